@@ -1,0 +1,77 @@
+"""ombm: optimized memory-based messaging for Python (Cheriton & Kutter).
+
+Processes talk through shared-memory *channel segments*. Writing a message
+into a segment raises an *address-valued signal*: each receiver's handler is
+called with the message's address translated into its own address space.
+
+This module is the public API only; see docs/paper-map.md for which module
+implements which section of the paper.
+"""
+
+from . import config as _config
+from .config import configure, settings
+from .errors import (
+    AddressError,
+    CallTimeout,
+    ChannelBrokenError,
+    ClosedError,
+    FrameError,
+    OmbmError,
+    ReadOnlyError,
+    RemoteError,
+    SegmentExistsError,
+    SegmentFormatError,
+    SegmentNotFoundError,
+    ServiceNotFoundError,
+    WouldBlock,
+)
+from .segment import (
+    CACHE_LINE,
+    CONVENTIONAL,
+    MESSAGE_CONSISTENCY,
+    PAGE,
+    Mode,
+    Region,
+    Segment,
+    create_segment,
+    open_segment,
+)
+from .signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
+from .stats import stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressError",
+    "CACHE_LINE",
+    "CONVENTIONAL",
+    "CallTimeout",
+    "ChannelBrokenError",
+    "ClosedError",
+    "Dispatcher",
+    "FrameError",
+    "MESSAGE_CONSISTENCY",
+    "Mode",
+    "OmbmError",
+    "PAGE",
+    "ReadOnlyError",
+    "Receiver",
+    "Region",
+    "RemoteError",
+    "Segment",
+    "SegmentExistsError",
+    "SegmentFormatError",
+    "SegmentNotFoundError",
+    "ServiceNotFoundError",
+    "SignalHandle",
+    "WouldBlock",
+    "configure",
+    "create_segment",
+    "open_segment",
+    "settings",
+    "sig_wait",
+    "signal",
+    "signal_handler",
+    "stats",
+]
+del _config

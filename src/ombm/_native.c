@@ -1,0 +1,498 @@
+/*
+ * ombm._native: the few operations Python cannot express (DESIGN.md §3).
+ *
+ *   - atomic load/store/compare-and-swap/fetch-add with acquire/release
+ *     ordering on shared memory (addresses are ints from ombm._layout users);
+ *   - futex wait/wake on a shared (non-private) word, with the GIL released;
+ *   - the signal FIFO (paper §3.1.2): a bounded multi-producer ring after
+ *     D. Vyukov, one CAS per push, drop-when-full, and its spin-then-sleep wait
+ *     following U. Drepper's "Futexes Are Tricky" (announce sleep, re-check,
+ *     wait; a sender wakes only a receiver that announced it sleeps);
+ *   - the fused copy-and-checksum of the RPC unmarshal copy (paper §4).
+ *
+ * Every offset used here is defined in ombm/_layout.py; the FIFO constants
+ * below must match it (tests/unit/test_layout.py checks them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- FIFO layout (mirrors _layout.FIFO_*) ---- */
+#define FIFO_TAIL 64      /* u64 enqueue position, own cache line */
+#define FIFO_HEAD 128     /* u64 dequeue position, own cache line */
+#define FIFO_SLEEP 192    /* u32 futex word: 0 awake, 1 futex sleep, 2 doorbell sleep */
+#define FIFO_MASK 12      /* u32 capacity (power of two) at offset 12 */
+#define FIFO_CELLS 256    /* first cell */
+#define FIFO_DROPS 40     /* u64 signals dropped because the FIFO was full */
+#define CELL_SIZE 32      /* u64 seq, u64 segment id, u64 offset, u64 pad */
+
+/* push results */
+#define PUSH_OK 0
+#define PUSH_WOKE 1       /* pushed and issued a futex wake */
+#define PUSH_DOORBELL 2   /* pushed; receiver sleeps in an event loop: ring its doorbell */
+#define PUSH_FULL 3       /* dropped: FIFO full (paper: loss when full) */
+
+/* wait results */
+#define WAIT_READY 0
+#define WAIT_TIMEOUT 1
+#define WAIT_STALLED 2    /* tail moved but the head cell never got published */
+
+typedef _Atomic uint64_t au64;
+typedef _Atomic uint32_t au32;
+
+static inline au64 *A64(uintptr_t a) { return (au64 *)a; }
+static inline au32 *A32(uintptr_t a) { return (au32 *)a; }
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static long futex(au32 *uaddr, int op, uint32_t val, const struct timespec *ts) {
+    return syscall(SYS_futex, (uint32_t *)uaddr, op, val, ts, NULL, 0);
+}
+
+static int parse_aligned(PyObject *o, uintptr_t *out, unsigned align) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (v == 0 || (v & (align - 1))) {
+        PyErr_Format(PyExc_ValueError, "ombm._native: address must be non-null and %u-byte aligned", align);
+        return -1;
+    }
+    *out = (uintptr_t)v;
+    return 0;
+}
+static int parse_addr(PyObject *o, uintptr_t *out) { return parse_aligned(o, out, 8); }
+static int parse_addr32(PyObject *o, uintptr_t *out) { return parse_aligned(o, out, 4); }
+
+/* ---------------------------------------------------------------- atomics */
+
+static PyObject *n_addr_of(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uintptr_t a = (uintptr_t)view.buf;
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong((unsigned long long)a);
+}
+
+static PyObject *n_load64(PyObject *self, PyObject *arg) {
+    uintptr_t a;
+    if (parse_addr(arg, &a) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(atomic_load_explicit(A64(a), memory_order_acquire));
+}
+
+static PyObject *n_load32(PyObject *self, PyObject *arg) {
+    uintptr_t a;
+    if (parse_addr32(arg, &a) < 0) return NULL;
+    return PyLong_FromUnsignedLong(atomic_load_explicit(A32(a), memory_order_acquire));
+}
+
+static PyObject *n_store64(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned long long v; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OK", &ao, &v) || parse_addr(ao, &a) < 0) return NULL;
+    atomic_store_explicit(A64(a), (uint64_t)v, memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static PyObject *n_store32(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned int v; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OI", &ao, &v) || parse_addr32(ao, &a) < 0) return NULL;
+    atomic_store_explicit(A32(a), (uint32_t)v, memory_order_release);
+    Py_RETURN_NONE;
+}
+
+static PyObject *n_cas64(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned long long expected, desired; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OKK", &ao, &expected, &desired) || parse_addr(ao, &a) < 0) return NULL;
+    uint64_t e = expected;
+    return PyBool_FromLong(atomic_compare_exchange_strong(A64(a), &e, (uint64_t)desired));
+}
+
+static PyObject *n_cas32(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned int expected, desired; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OII", &ao, &expected, &desired) || parse_addr32(ao, &a) < 0) return NULL;
+    uint32_t e = expected;
+    return PyBool_FromLong(atomic_compare_exchange_strong(A32(a), &e, (uint32_t)desired));
+}
+
+static PyObject *n_fetch_add64(PyObject *self, PyObject *args) {
+    PyObject *ao; long long delta; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OL", &ao, &delta) || parse_addr(ao, &a) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(atomic_fetch_add(A64(a), (uint64_t)delta));
+}
+
+/* ---------------------------------------------------------------- futex */
+
+static PyObject *n_futex_wait(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned int expected; double timeout_s; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "OId", &ao, &expected, &timeout_s) || parse_addr32(ao, &a) < 0) return NULL;
+    if (timeout_s < 0) timeout_s = 0;
+    struct timespec ts = {(time_t)timeout_s, (long)((timeout_s - (double)(time_t)timeout_s) * 1e9)};
+    long r;
+    Py_BEGIN_ALLOW_THREADS
+    r = futex(A32(a), FUTEX_WAIT, expected, &ts);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *n_futex_wake(PyObject *self, PyObject *args) {
+    PyObject *ao; int n = INT_MAX; uintptr_t a;
+    if (!PyArg_ParseTuple(args, "O|i", &ao, &n) || parse_addr32(ao, &a) < 0) return NULL;
+    return PyLong_FromLong(futex(A32(a), FUTEX_WAKE, (uint32_t)n, NULL));
+}
+
+/* ---------------------------------------------------------------- signal FIFO */
+
+static inline uint64_t fifo_mask(uintptr_t f) { return (uint64_t)(*(uint32_t *)(f + FIFO_MASK)) - 1; }
+static inline uintptr_t fifo_cell(uintptr_t f, uint64_t pos) {
+    return f + FIFO_CELLS + (uintptr_t)((pos & fifo_mask(f)) * CELL_SIZE);
+}
+
+/* Vyukov push; then the Drepper wake check. Never blocks. */
+static int fifo_push(uintptr_t f, uint64_t seg, uint64_t off) {
+    au64 *tail = A64(f + FIFO_TAIL);
+    uint64_t pos = atomic_load_explicit(tail, memory_order_relaxed);
+    uintptr_t cell;
+    for (;;) {
+        cell = fifo_cell(f, pos);
+        uint64_t seq = atomic_load_explicit(A64(cell), memory_order_acquire);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(tail, &pos, pos + 1, memory_order_relaxed,
+                                                      memory_order_relaxed))
+                break;
+        } else if (dif < 0) {
+            atomic_fetch_add_explicit(A64(f + FIFO_DROPS), 1, memory_order_relaxed);
+            return PUSH_FULL;
+        } else {
+            pos = atomic_load_explicit(tail, memory_order_relaxed);
+        }
+    }
+    ((uint64_t *)cell)[1] = seg;
+    ((uint64_t *)cell)[2] = off;
+    /* publish with a CAS so a consumer that skipped a stalled cell (a producer
+       killed between claim and publish) is detected: the late publish is lost. */
+    uint64_t expect = pos;
+    if (!atomic_compare_exchange_strong_explicit(A64(cell), &expect, pos + 1, memory_order_seq_cst,
+                                                 memory_order_relaxed)) {
+        atomic_fetch_add_explicit(A64(f + FIFO_DROPS), 1, memory_order_relaxed);
+        return PUSH_FULL;
+    }
+    au32 *sleep = A32(f + FIFO_SLEEP);
+    if (atomic_load_explicit(sleep, memory_order_seq_cst) != 0) {
+        uint32_t old = atomic_exchange(sleep, 0);
+        if (old == 1) {
+            futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
+            return PUSH_WOKE;
+        }
+        if (old == 2) return PUSH_DOORBELL;
+    }
+    return PUSH_OK;
+}
+
+static inline int fifo_ready(uintptr_t f) {
+    uint64_t pos = atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_relaxed);
+    uint64_t seq = atomic_load_explicit(A64(fifo_cell(f, pos)), memory_order_seq_cst);
+    return seq == pos + 1;
+}
+
+static inline int fifo_nonempty(uintptr_t f) {
+    return atomic_load_explicit(A64(f + FIFO_TAIL), memory_order_acquire) !=
+           atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_acquire);
+}
+
+static PyObject *n_fifo_push(PyObject *self, PyObject *args) {
+    PyObject *ao; unsigned long long seg, off; uintptr_t f;
+    if (!PyArg_ParseTuple(args, "OKK", &ao, &seg, &off) || parse_addr(ao, &f) < 0) return NULL;
+    return PyLong_FromLong(fifo_push(f, seg, off));
+}
+
+/* fanout(fifos, seg, off) -> 0 in the common case; else bits 0-15: drops,
+   bit 16+i: target i sleeps in an event loop and needs its doorbell rung,
+   bit 15: at least one futex wake was issued. */
+static PyObject *n_fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fanout(tuple_of_fifos, segment_id, offset)");
+        return NULL;
+    }
+    PyObject *tup = args[0];
+    unsigned long long seg = PyLong_AsUnsignedLongLong(args[1]), off = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(tup);
+    unsigned long long result = 0, drops = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uintptr_t f;
+        if (parse_addr(PyTuple_GET_ITEM(tup, i), &f) < 0) return NULL;
+        int r = fifo_push(f, seg, off);
+        if (r == PUSH_FULL) drops++;
+        else if (r == PUSH_WOKE) result |= 1ull << 15;
+        else if (r == PUSH_DOORBELL && i < 40) result |= 1ull << (16 + i);
+    }
+    return PyLong_FromUnsignedLongLong(result | (drops > 0x7fff ? 0x7fff : drops));
+}
+
+/* pop the head entry: (segment id, offset) (+ waited_ns if waited != UINT64_MAX), or None. */
+static PyObject *pop_tuple(uintptr_t f, uint64_t waited) {
+    au64 *head = A64(f + FIFO_HEAD);
+    uint64_t pos = atomic_load_explicit(head, memory_order_relaxed);
+    for (;;) {
+        uintptr_t cell = fifo_cell(f, pos);
+        uint64_t seq = atomic_load_explicit(A64(cell), memory_order_acquire);
+        int64_t dif = (int64_t)(seq - (pos + 1));
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(head, &pos, pos + 1, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
+                uint64_t seg = ((uint64_t *)cell)[1], off = ((uint64_t *)cell)[2];
+                atomic_store_explicit(A64(cell), pos + fifo_mask(f) + 1, memory_order_release);
+                if (waited == UINT64_MAX)
+                    return Py_BuildValue("(KK)", (unsigned long long)seg, (unsigned long long)off);
+                return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off,
+                                     (unsigned long long)waited);
+            }
+        } else if (dif < 0) {
+            Py_RETURN_NONE;
+        } else {
+            pos = atomic_load_explicit(head, memory_order_relaxed);
+        }
+    }
+}
+
+/* pop -> (segment id, offset) or None when empty (or head cell not yet published). */
+static PyObject *n_fifo_pop(PyObject *self, PyObject *arg) {
+    uintptr_t f;
+    if (parse_addr(arg, &f) < 0) return NULL;
+    return pop_tuple(f, UINT64_MAX);
+}
+
+/* skip_stalled: the head cell was claimed by a producer that never published
+   (killed mid-push). Retire it so later signals flow; True if skipped. */
+static PyObject *n_fifo_skip_stalled(PyObject *self, PyObject *arg) {
+    uintptr_t f;
+    if (parse_addr(arg, &f) < 0) return NULL;
+    au64 *head = A64(f + FIFO_HEAD);
+    uint64_t pos = atomic_load_explicit(head, memory_order_acquire);
+    if (atomic_load_explicit(A64(f + FIFO_TAIL), memory_order_acquire) == pos) Py_RETURN_FALSE;
+    uintptr_t cell = fifo_cell(f, pos);
+    uint64_t expect = pos;
+    if (!atomic_compare_exchange_strong(A64(cell), &expect, pos + fifo_mask(f) + 1)) Py_RETURN_FALSE;
+    atomic_store_explicit(head, pos + 1, memory_order_release);
+    Py_RETURN_TRUE;
+}
+
+/* Spin (pause, and sched_yield so a peer on the same CPU can run) for spin_ns,
+   then announce sleep, re-check, and sleep on the futex until timeout.
+   Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
+static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    int result = WAIT_TIMEOUT;
+    uint64_t start = now_ns();
+    uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
+    uint64_t spin_end = start + spin_ns;
+    if (spin_end > deadline || !sleep_ok) spin_end = deadline;
+    unsigned iter = 0;
+    for (;;) {
+        if (fifo_ready(f)) { result = WAIT_READY; goto done; }
+        if ((++iter & 63) == 0) {
+            if (now_ns() >= spin_end) break;
+            sched_yield();
+        } else {
+            cpu_relax();
+        }
+    }
+    au32 *sleep = A32(f + FIFO_SLEEP);
+    while (sleep_ok) {
+        uint64_t t = now_ns();
+        if (t >= deadline) break;
+        atomic_store_explicit(sleep, 1, memory_order_seq_cst);
+        if (fifo_ready(f)) { result = WAIT_READY; break; }
+        uint64_t left = deadline - t;
+        int stalled = fifo_nonempty(f);
+        /* a claimed-but-unpublished head cell: poll every 10 ms so the caller
+           can retire it if its producer died */
+        if (stalled && left > 10000000ull) left = 10000000ull;
+        struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
+        futex(sleep, FUTEX_WAIT, 1, &ts);
+        if (fifo_ready(f)) { result = WAIT_READY; break; }
+        if (stalled && fifo_nonempty(f) && now_ns() - t >= 9000000ull) { result = WAIT_STALLED; break; }
+    }
+    atomic_store_explicit(sleep, 0, memory_order_relaxed);
+done:
+    *waited_ns = now_ns() - start;
+    return result;
+}
+
+static int parse_wait_args(PyObject *const *args, Py_ssize_t nargs, uintptr_t *f, uint64_t *spin_ns,
+                           double *timeout_s, int *sleep_ok) {
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "expected (fifo, spin_ns, timeout_s[, sleep_ok])");
+        return -1;
+    }
+    if (parse_addr(args[0], f) < 0) return -1;
+    *spin_ns = PyLong_AsUnsignedLongLong(args[1]);
+    if (*spin_ns == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    *timeout_s = PyFloat_AsDouble(args[2]);
+    if (*timeout_s == -1.0 && PyErr_Occurred()) return -1;
+    if (*timeout_s < 0 || *timeout_s != *timeout_s) *timeout_s = 0;
+    if (*timeout_s > 1e9) *timeout_s = 1e9;
+    *sleep_ok = nargs == 4 ? PyObject_IsTrue(args[3]) : 1;
+    return *sleep_ok < 0 ? -1 : 0;
+}
+
+/* wait(fifo, spin_ns, timeout_s, sleep_ok=True) -> WAIT_* */
+static PyObject *n_fifo_wait(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uintptr_t f; uint64_t spin_ns, waited; double timeout_s; int sleep_ok, r;
+    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    if (fifo_ready(f)) return PyLong_FromLong(WAIT_READY);
+    Py_BEGIN_ALLOW_THREADS
+    r = do_wait(f, spin_ns, timeout_s, sleep_ok, &waited);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(r);
+}
+
+static PyObject *pop_tuple(uintptr_t f, uint64_t waited);
+
+/* wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* int */
+static PyObject *n_fifo_wait_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uintptr_t f; uint64_t spin_ns, waited = 0; double timeout_s; int sleep_ok, r = WAIT_READY;
+    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    if (!fifo_ready(f)) {
+        Py_BEGIN_ALLOW_THREADS
+        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &waited);
+        Py_END_ALLOW_THREADS
+    }
+    if (r != WAIT_READY) return PyLong_FromLong(r);
+    PyObject *t = pop_tuple(f, waited);
+    if (t == Py_None) { Py_DECREF(t); return PyLong_FromLong(WAIT_TIMEOUT); }
+    return t;
+}
+
+/* ---------------------------------------------------------------- checksum */
+
+/* 64-bit Fletcher over little-endian 8-byte words (last word zero-padded),
+   folded with the length: fast, order-sensitive, same result for
+   checksum(src) and copy_checksum(dst, src). */
+static inline uint64_t fold(uint64_t a, uint64_t b, Py_ssize_t n) {
+    return (a ^ ((b << 32) | (b >> 32))) + (uint64_t)n * 0x9E3779B97F4A7C15ull;
+}
+
+static uint64_t sum_copy(unsigned char *dst, const unsigned char *src, Py_ssize_t n) {
+    uint64_t a = 0, b = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, src + i, 8);
+        if (dst) memcpy(dst + i, &w, 8);
+        a += w;
+        b += a;
+    }
+    if (i < n) {
+        w = 0;
+        memcpy(&w, src + i, (size_t)(n - i));
+        if (dst) memcpy(dst + i, src + i, (size_t)(n - i));
+        a += w;
+        b += a;
+    }
+    return fold(a, b, n);
+}
+
+static PyObject *n_checksum(PyObject *self, PyObject *arg) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t s;
+    if (v.len < 65536) {
+        s = sum_copy(NULL, v.buf, v.len);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        s = sum_copy(NULL, v.buf, v.len);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLongLong(s);
+}
+
+/* copy_checksum(dst, src): copy src into the start of dst and return the checksum
+   of what was read, computed in the same pass (paper §4, integrated layer processing). */
+static PyObject *n_copy_checksum(PyObject *self, PyObject *args) {
+    PyObject *dsto, *srco;
+    if (!PyArg_ParseTuple(args, "OO", &dsto, &srco)) return NULL;
+    Py_buffer d, s;
+    if (PyObject_GetBuffer(dsto, &d, PyBUF_WRITABLE) < 0) return NULL;
+    if (PyObject_GetBuffer(srco, &s, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&d); return NULL; }
+    if (d.len < s.len) {
+        PyBuffer_Release(&d); PyBuffer_Release(&s);
+        PyErr_SetString(PyExc_ValueError, "copy_checksum: destination smaller than source");
+        return NULL;
+    }
+    uint64_t sum;
+    if (s.len < 65536) {
+        sum = sum_copy(d.buf, s.buf, s.len);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        sum = sum_copy(d.buf, s.buf, s.len);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&d); PyBuffer_Release(&s);
+    return PyLong_FromUnsignedLongLong(sum);
+}
+
+static PyMethodDef methods[] = {
+    {"addr_of", n_addr_of, METH_O, "address of a buffer's first byte (the buffer must outlive its use)"},
+    {"load64", n_load64, METH_O, "acquire-load a u64"},
+    {"load32", n_load32, METH_O, "acquire-load a u32"},
+    {"store64", n_store64, METH_VARARGS, "release-store a u64"},
+    {"store32", n_store32, METH_VARARGS, "release-store a u32"},
+    {"cas64", n_cas64, METH_VARARGS, "compare-and-swap a u64; True if swapped"},
+    {"cas32", n_cas32, METH_VARARGS, "compare-and-swap a u32; True if swapped"},
+    {"fetch_add64", n_fetch_add64, METH_VARARGS, "atomic fetch-add on a u64; returns the old value"},
+    {"futex_wait", n_futex_wait, METH_VARARGS, "futex_wait(addr, expected, timeout_s) -> woken"},
+    {"futex_wake", n_futex_wake, METH_VARARGS, "futex_wake(addr, n=all) -> number woken"},
+    {"fifo_push", n_fifo_push, METH_VARARGS, "push (segment id, offset); PUSH_* result"},
+    {"fanout", (PyCFunction)(void (*)(void))n_fanout, METH_FASTCALL, "push one signal to several FIFOs; 0 when all went well"},
+    {"fifo_pop", n_fifo_pop, METH_O, "pop (segment id, offset) or None"},
+    {"fifo_skip_stalled", n_fifo_skip_stalled, METH_O, "retire a head cell whose producer died"},
+    {"fifo_wait", (PyCFunction)(void (*)(void))n_fifo_wait, METH_FASTCALL, "spin-then-sleep until the FIFO has an entry; WAIT_*"},
+    {"fifo_wait_pop", (PyCFunction)(void (*)(void))n_fifo_wait_pop, METH_FASTCALL, "wait, then pop: (segment id, offset, waited_ns) or WAIT_*"},
+    {"checksum", n_checksum, METH_O, "64-bit Fletcher checksum of a buffer"},
+    {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "ombm._native",
+                                       "Atomics, futexes, the signal FIFO and fused copy+checksum.", -1,
+                                       methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
+    PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
+    PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);
+    PyModule_AddIntConstant(m, "PUSH_FULL", PUSH_FULL);
+    PyModule_AddIntConstant(m, "WAIT_READY", WAIT_READY);
+    PyModule_AddIntConstant(m, "WAIT_TIMEOUT", WAIT_TIMEOUT);
+    PyModule_AddIntConstant(m, "WAIT_STALLED", WAIT_STALLED);
+    PyModule_AddIntConstant(m, "FIFO_TAIL", FIFO_TAIL);
+    PyModule_AddIntConstant(m, "FIFO_HEAD", FIFO_HEAD);
+    PyModule_AddIntConstant(m, "FIFO_SLEEP", FIFO_SLEEP);
+    PyModule_AddIntConstant(m, "FIFO_CAPACITY", FIFO_MASK);
+    PyModule_AddIntConstant(m, "FIFO_CELLS", FIFO_CELLS);
+    PyModule_AddIntConstant(m, "FIFO_DROPS", FIFO_DROPS);
+    PyModule_AddIntConstant(m, "CELL_SIZE", CELL_SIZE);
+    return m;
+}

@@ -1,0 +1,119 @@
+"""A segment's directory: the software cache directory of paper §3.1.2.
+
+In ParaDiGM each cache line's directory entry holds a mode and P_i bits naming
+the processors to signal. Here each segment header holds up to
+``_layout.DIR_CAPACITY`` entries of two kinds:
+
+* ``KIND_RECEIVER``: receiver FIFO ``token`` watches ``[offset, offset+size)``
+  (the P_i bits of every line in that range);
+* ``KIND_HOLDER``: a process holds the segment (created or opened it), so the
+  segment is only reclaimed when no live holder remains.
+
+Entries are added and removed lock-free by any process (CAS on the entry's
+state, a generation number against torn reads, a directory version bumped
+after each change so senders can cache their view). Every entry records its
+owner's pid and start time; entries of dead owners are reclaimed lazily by
+senders and by ``ombm gc``.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import NamedTuple
+
+from . import _layout as L
+from . import _native, namespace
+from .errors import OmbmError
+
+
+class Entry(NamedTuple):
+    index: int
+    gen: int
+    pid: int
+    kind: int
+    start: int
+    token: int
+    offset: int
+    size: int
+
+
+class DirectoryFullError(OmbmError, OSError):
+    """Every directory entry of the segment is in use by a live process."""
+
+
+class Directory:
+    """Operations on the directory in a mapped segment header."""
+
+    def __init__(self, header: mmap.mmap) -> None:
+        self._mm = header
+        self._base = _native.addr_of(header)
+        self.version_address = self._base + L.SEG_DIR_VERSION
+
+    def version(self) -> int:
+        return _native.load64(self.version_address)
+
+    def _bump(self) -> None:
+        _native.fetch_add64(self.version_address, 1)
+
+    def claim(self, kind: int, token: int, offset: int, size: int) -> Entry:
+        """Publish a new entry owned by this process; reclaims dead entries if full."""
+        for attempt in range(2):
+            for index in range(L.DIR_CAPACITY):
+                at = self._base + L.entry_offset(index)
+                if _native.load32(at) != L.ENTRY_FREE or not _native.cas32(at, L.ENTRY_FREE, L.ENTRY_CLAIMED):
+                    continue
+                gen = (_native.load32(at + L.ENTRY_GEN) + 1) & 0xFFFFFFFF
+                _native.store32(at + L.ENTRY_GEN, gen)
+                pid, start = namespace.me()
+                L.DIR_ENTRY.pack_into(
+                    self._mm, L.entry_offset(index), L.ENTRY_CLAIMED, gen, pid, kind, start, token, offset, size
+                )
+                _native.store32(at, L.ENTRY_LIVE)
+                self._bump()
+                return Entry(index, gen, pid, kind, start, token, offset, size)
+            if attempt == 0 and not self.reclaim_dead():
+                break
+        raise DirectoryFullError(f"segment directory full ({L.DIR_CAPACITY} live entries)")
+
+    def free(self, entry: Entry) -> bool:
+        """Remove ``entry`` if it is still the same publication; False if already gone."""
+        at = self._base + L.entry_offset(entry.index)
+        if _native.load32(at + L.ENTRY_GEN) != entry.gen or not _native.cas32(at, L.ENTRY_LIVE, L.ENTRY_CLAIMED):
+            return False
+        if _native.load32(at + L.ENTRY_GEN) != entry.gen:  # reused between our two reads: undo
+            _native.store32(at, L.ENTRY_LIVE)
+            return False
+        _native.store32(at, L.ENTRY_FREE)
+        self._bump()
+        return True
+
+    def entries(self) -> list[Entry]:
+        """A consistent snapshot of the live entries."""
+        out = []
+        for index in range(L.DIR_CAPACITY):
+            off = L.entry_offset(index)
+            state, gen = L.DIR_ENTRY.unpack_from(self._mm, off)[:2]
+            if state != L.ENTRY_LIVE:
+                continue
+            fields = L.DIR_ENTRY.unpack_from(self._mm, off)
+            if fields[0] == L.ENTRY_LIVE and fields[1] == gen and L.DIR_ENTRY.unpack_from(self._mm, off)[:2] == (
+                L.ENTRY_LIVE,
+                gen,
+            ):
+                out.append(Entry(index, *fields[1:]))
+        return out
+
+    def reclaim_dead(self) -> int:
+        """Free the entries of dead owners (live or half-claimed); returns how many."""
+        freed = 0
+        for index in range(L.DIR_CAPACITY):
+            fields = L.DIR_ENTRY.unpack_from(self._mm, L.entry_offset(index))
+            state, gen, pid, _kind, start = fields[:5]
+            if state == L.ENTRY_FREE or namespace.is_alive(pid, start):
+                continue
+            at = self._base + L.entry_offset(index)
+            if _native.load32(at + L.ENTRY_GEN) == gen and _native.cas32(at, state, L.ENTRY_FREE):
+                freed += 1
+        if freed:
+            self._bump()
+        return freed

@@ -1,0 +1,87 @@
+"""The whole ombm exception tree.
+
+Every error ombm raises derives from :class:`OmbmError` and also from the
+builtin that fits, so ``except FileNotFoundError`` or ``except ValueError``
+keeps working for callers who do not know ombm::
+
+    OmbmError
+    ├── SegmentNotFoundError      (FileNotFoundError)  open_segment of an absent name
+    ├── SegmentExistsError        (FileExistsError)    create_segment of a taken name
+    ├── SegmentFormatError        (ValueError)         foreign, truncated, stale or corrupt header
+    ├── AddressError              (ValueError)         address/offset outside every bound region
+    ├── ReadOnlyError             (PermissionError)    write through a read-only binding
+    ├── ClosedError               (ValueError)         use of an unbound region / released segment / closed object
+    ├── WouldBlock                (BlockingIOError)    a non-blocking send found the channel full
+    ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
+    ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
+    ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
+    ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
+    └── CallTimeout               (TimeoutError)       no reply within the call's timeout
+
+Best-effort loss (a dropped signal, a bad checksum, a duplicate) is *not* an
+exception (paper §3.2): it is counted in ``ombm.stats()`` and repaired by the
+reliable layer above.
+"""
+
+from __future__ import annotations
+
+
+class OmbmError(Exception):
+    """Base class of every ombm error."""
+
+
+class SegmentNotFoundError(OmbmError, FileNotFoundError):
+    """No segment of that name exists."""
+
+
+class SegmentExistsError(OmbmError, FileExistsError):
+    """A segment of that name already exists."""
+
+
+class SegmentFormatError(OmbmError, ValueError):
+    """The object is not a valid ombm segment (foreign, truncated, stale or corrupt)."""
+
+
+class AddressError(OmbmError, ValueError):
+    """An address or offset outside every bound region, or a range that overruns one."""
+
+
+class ReadOnlyError(OmbmError, PermissionError):
+    """A write through a read-only binding."""
+
+
+class ClosedError(OmbmError, ValueError):
+    """Use of something already closed, unbound or released (you closed it)."""
+
+
+class WouldBlock(OmbmError, BlockingIOError):
+    """A non-blocking operation could not proceed without waiting."""
+
+
+class ChannelBrokenError(OmbmError, ConnectionError):
+    """The peer is gone or the channel was released by someone else (something else broke it)."""
+
+
+class FrameError(OmbmError, ValueError):
+    """A frame failed its bounds, format or checksum checks."""
+
+
+class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
+    """rpc.connect found no server for the name."""
+
+
+class RemoteError(OmbmError):
+    """The remote procedure raised; carries its type name, message and traceback text."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class CallTimeout(OmbmError, TimeoutError):
+    """No reply arrived within the call's timeout."""

@@ -1,0 +1,209 @@
+"""Per-receiver signal FIFOs (paper §3.1.2, DESIGN.md §2, §6).
+
+A :class:`Fifo` is the paper's per-processor 128-entry signal FIFO, one per
+receiving thread: a bounded multi-producer ring in a shared file (layout in
+``_layout``), pushed to by any sender with one CAS, dropping (and counting)
+when full. The receiver sleeps on the FIFO's futex word once its spin budget
+is spent; a sender pays the wake-up system call only if the word says so.
+
+Two kernel-assisted variants share the file:
+
+* the **software-only path** (paper §5.1): the FIFO is flagged ``KERNEL`` and
+  every signal is a ``sendto`` on the receiver's abstract Unix datagram socket
+  (a kernel queue); the receiver blocks in ``recv``;
+* the **doorbell** for event loops: a receiver sleeping in asyncio sets its
+  sleep word to 2 and a sender rings the same socket with one byte.
+
+:class:`FifoRef` is a sender's handle on someone else's FIFO.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import struct
+
+from . import _layout as L
+from . import _native, namespace
+from .errors import SegmentFormatError
+
+_SIGNAL = struct.Struct("<QQ")  # kernel-path datagram: segment id, offset
+DEFAULT_CAPACITY = 128
+
+
+def _abstract_name(token: int) -> bytes:
+    return f"\0ombm-{os.getuid()}-{token:016x}".encode()
+
+
+def _check_capacity(capacity: object) -> int:
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError("fifo capacity must be an int")
+    if capacity < 2 or capacity > 1 << 20 or capacity & (capacity - 1):
+        raise ValueError("fifo capacity must be a power of two between 2 and 2**20")
+    return capacity
+
+
+class Fifo:
+    """The receiving side: owns the FIFO file (and socket) of one receiver."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, *, kernel: bool = False) -> None:
+        capacity = _check_capacity(capacity)
+        self.token = namespace.new_token()
+        self.capacity = capacity
+        self.kernel = kernel
+        self.path = namespace.fifo_path(self.token)
+        self.sock: socket.socket | None = None
+        self._mm: mmap.mmap | None = None
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, L.fifo_size(capacity))
+            self._mm = mmap.mmap(fd, L.fifo_size(capacity))
+            self.address = _native.addr_of(self._mm)
+            cells = memoryview(self._mm)[L.FIFO_CELLS :].cast("Q")
+            cells[0::4] = memoryview(bytearray(struct.pack(f"<{capacity}Q", *range(capacity)))).cast("Q")
+            cells.release()
+            if kernel:
+                self._open_socket()
+            pid, start = namespace.me()
+            flags = L.FIFO_FLAG_KERNEL if kernel else 0
+            header = L.FIFO_HEADER.pack(b"\0" * 8, L.FIFO_VERSION, capacity, pid, flags, start, self.token, 0)
+            self._mm[: L.FIFO_HEADER.size] = header
+            self._mm[:8] = L.FIFO_MAGIC  # published last: a half-made FIFO has no magic
+        except BaseException:
+            os.close(fd)
+            self.close()
+            raise
+        os.close(fd)
+
+    def _open_socket(self) -> socket.socket:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.bind(_abstract_name(self.token))
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+        return self.sock
+
+    def doorbell(self) -> socket.socket:
+        """The socket an event loop waits on (created on first use)."""
+        return self._open_socket()
+
+    # -- consumer operations
+    def pop(self) -> tuple[int, int] | None:
+        if self.kernel:
+            try:
+                data = self.sock.recv(64)  # type: ignore[union-attr]
+            except BlockingIOError:
+                return None
+            return _SIGNAL.unpack(data) if len(data) == _SIGNAL.size else (L.NUDGE_SEGMENT, 0)
+        return _native.fifo_pop(self.address)
+
+    def pop_wait(self, timeout: float) -> tuple[int, int] | None:
+        """Software-only path: block in the kernel until a signal arrives or ``timeout``."""
+        sock = self.sock
+        sock.settimeout(timeout)  # type: ignore[union-attr]
+        try:
+            data = sock.recv(64)  # type: ignore[union-attr]
+        except (TimeoutError, BlockingIOError):
+            return None
+        finally:
+            sock.setblocking(False)  # type: ignore[union-attr]
+        return _SIGNAL.unpack(data) if len(data) == _SIGNAL.size else (L.NUDGE_SEGMENT, 0)
+
+    def drain_doorbell(self) -> None:
+        if self.sock is None or self.kernel:
+            return
+        try:
+            while self.sock.recv(64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def depth(self) -> int:
+        return _native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD)
+
+    def close(self) -> None:
+        """Idempotent: unlink the file, close the mapping and socket."""
+        if self._mm is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._mm.close()
+            self._mm = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+
+class FifoRef:
+    """A sender's mapping of another receiver's FIFO, validated as hostile input."""
+
+    _sender_sock: socket.socket | None = None
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        path = namespace.fifo_path(token)
+        fd = os.open(path, os.O_RDWR)  # FileNotFoundError: the receiver is gone
+        try:
+            st = os.fstat(fd)
+            if st.st_size < L.FIFO_CELLS:
+                raise SegmentFormatError(f"{path}: truncated signal FIFO")
+            head = os.pread(fd, L.FIFO_HEADER.size, 0)
+            magic, version, capacity, pid, flags, start, tok, _ = L.FIFO_HEADER.unpack(head)
+            if magic != L.FIFO_MAGIC or version != L.FIFO_VERSION or tok != token:
+                raise SegmentFormatError(f"{path}: not an ombm signal FIFO (or not ready yet)")
+            if capacity < 2 or capacity & (capacity - 1) or L.fifo_size(capacity) > st.st_size:
+                raise SegmentFormatError(f"{path}: bad FIFO capacity {capacity}")
+            self.mm = mmap.mmap(fd, L.fifo_size(capacity))
+        finally:
+            os.close(fd)
+        self.address = _native.addr_of(self.mm)
+        self.pid, self.start = pid, start
+        self.checked_at = 0.0  # last liveness check (monotonic), see Router._check_alive
+        self.kernel = bool(flags & L.FIFO_FLAG_KERNEL)
+
+    @classmethod
+    def _sock(cls) -> socket.socket:
+        if cls._sender_sock is None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            cls._sender_sock = s
+        return cls._sender_sock
+
+    def send_kernel(self, segment_id: int, offset: int) -> bool:
+        """Software-only path: one system call into the receiver's kernel queue. False if dropped."""
+        return self._sendto(_SIGNAL.pack(segment_id, offset))
+
+    def ring(self) -> bool:
+        """Wake a receiver sleeping in an event loop."""
+        return self._sendto(b"\1")
+
+    def _sendto(self, data: bytes) -> bool:
+        try:
+            self._sock().sendto(data, _abstract_name(self.token))
+            return True
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError as e:
+            if e.errno in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT):
+                return False
+            raise
+
+    def alive(self) -> bool:
+        return namespace.is_alive(self.pid, self.start)
+
+    def add_drop(self) -> None:
+        _native.fetch_add64(self.address + L.FIFO_DROPS, 1)
+
+
+os.register_at_fork(after_in_child=lambda: setattr(FifoRef, "_sender_sock", None))

@@ -1,0 +1,178 @@
+"""Looking at and reclaiming what lives in the per-user folder (``ombm ls``, ``ombm gc``).
+
+Everything is read as hostile input: a foreign or half-made file is reported,
+never trusted. Reclamation (DESIGN.md §3) removes
+
+* signal FIFOs whose owner (pid + start time) is dead,
+* directory entries of dead holders and receivers in every segment,
+* segments with no live holder left (their creator and every opener died).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from dataclasses import dataclass
+
+from . import _layout as L
+from . import namespace
+from .directory import Directory
+
+
+@dataclass(frozen=True)
+class ReceiverInfo:
+    token: int
+    pid: int
+    alive: bool
+    offset: int
+    size: int
+    depth: int
+    drops: int
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    name: str
+    size: int
+    mode: str
+    unit: int
+    signal_on_write: bool
+    holders: int  # live processes that created or opened it
+    receivers: tuple[ReceiverInfo, ...]
+    error: str = ""
+
+
+def _fifo_state(token: int) -> tuple[int, int, int, int] | None:
+    """(pid, start, depth, drops) of a FIFO file, or None if unreadable."""
+    try:
+        with open(namespace.fifo_path(token), "rb") as f:
+            data = f.read(L.FIFO_CELLS)
+    except OSError:
+        return None
+    if len(data) < L.FIFO_CELLS or data[:8] != L.FIFO_MAGIC:
+        return None
+    _m, _v, _cap, pid, _flags, start, _tok, drops = L.FIFO_HEADER.unpack_from(data)
+    tail = int.from_bytes(data[L.FIFO_TAIL : L.FIFO_TAIL + 8], "little")
+    head = int.from_bytes(data[L.FIFO_HEAD : L.FIFO_HEAD + 8], "little")
+    return pid, start, max(tail - head, 0), drops
+
+
+def _map_header(path: str) -> tuple[int, mmap.mmap] | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if os.fstat(fd).st_size < L.HEADER_SIZE:
+        os.close(fd)
+        return None
+    return fd, mmap.mmap(fd, L.HEADER_SIZE)
+
+
+def describe(name: str) -> SegmentInfo:
+    path = namespace.segment_path(name)
+    mapped = _map_header(path)
+    if mapped is None:
+        return SegmentInfo(name, 0, "?", 0, False, 0, (), error="unreadable or truncated")
+    fd, hdr = mapped
+    try:
+        magic, version, mode, size, unit, flags, *_ = L.SEG_HEADER.unpack_from(hdr)
+        if magic != L.SEG_MAGIC or version != L.SEG_VERSION:
+            return SegmentInfo(name, 0, "?", 0, False, 0, (), error="not an ombm segment of this version")
+        entries = Directory(hdr).entries()
+        holders = sum(1 for e in entries if e.kind == L.KIND_HOLDER and namespace.is_alive(e.pid, e.start))
+        receivers = []
+        for e in entries:
+            if e.kind != L.KIND_RECEIVER:
+                continue
+            state = _fifo_state(e.token)
+            depth, drops = (state[2], state[3]) if state else (0, 0)
+            alive = namespace.is_alive(e.pid, e.start)
+            receivers.append(ReceiverInfo(e.token, e.pid, alive, e.offset, e.size, depth, drops))
+        mode_name = {1: "message", 2: "conventional"}.get(mode, "?")
+        return SegmentInfo(name, size, mode_name, unit, bool(flags & L.FLAG_SIGNAL_ON_WRITE), holders, tuple(receivers))
+    finally:
+        hdr.close()
+        os.close(fd)
+
+
+def list_segments() -> list[SegmentInfo]:
+    names = sorted(f[4:] for f in os.listdir(namespace.folder()) if f.startswith("seg-"))
+    return [describe(n) for n in names]
+
+
+def reclaim_segment_if_dead(path: str) -> bool:
+    """Unlink the segment at ``path`` if no live process holds it; True if removed."""
+    mapped = _map_header(path)
+    if mapped is None:
+        return False
+    fd, hdr = mapped
+    try:
+        if hdr[:8] != L.SEG_MAGIC:
+            return False
+        directory = Directory(hdr)
+        directory.reclaim_dead()
+        if any(e.kind == L.KIND_HOLDER for e in directory.entries()):
+            return False
+        st_path, st_fd = os.stat(path), os.fstat(fd)
+        if (st_path.st_dev, st_path.st_ino) != (st_fd.st_dev, st_fd.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        hdr.close()
+        os.close(fd)
+
+
+def _stale(path: str, age_s: float = 10.0) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > age_s
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class GcReport:
+    fifos_removed: int
+    entries_freed: int
+    segments_removed: int
+
+
+def gc() -> GcReport:
+    """Reclaim everything dead processes left behind in this user's folder."""
+    folder = namespace.folder()
+    fifos = entries = segments = 0
+    for f in os.listdir(folder):
+        if f.startswith("fifo-"):
+            try:
+                token = int(f[5:], 16)
+            except ValueError:
+                continue
+            state = _fifo_state(token)
+            path = os.path.join(folder, f)
+            if state is None and not _stale(path):
+                continue  # being created right now, or unreadable: leave it
+            if state is None or not namespace.is_alive(state[0], state[1]):
+                try:
+                    os.unlink(path)
+                    fifos += 1
+                except FileNotFoundError:
+                    pass
+    for f in os.listdir(folder):
+        if not f.startswith("seg-"):
+            continue
+        path = os.path.join(folder, f)
+        mapped = _map_header(path)
+        if mapped is None:
+            continue
+        fd, hdr = mapped
+        try:
+            if hdr[:8] == L.SEG_MAGIC:
+                entries += Directory(hdr).reclaim_dead()
+        finally:
+            hdr.close()
+            os.close(fd)
+        segments += reclaim_segment_if_dead(path)
+    return GcReport(fifos, entries, segments)

@@ -1,0 +1,211 @@
+"""Marshalling of RPC arguments and results: msgpack, safe by default (DESIGN §3, paper §4).
+
+This module owns what a call and a reply look like as bytes.  It never touches a
+channel: the bytes it produces are the opaque messages of :mod:`ombm.rpc.protocol`.
+
+What travels, and what comes back:
+
+- ``None``, ``bool``, ``int``, ``float``, ``str``: as themselves (ints outside
+  msgpack's -2**63 .. 2**64-1 travel as ext type 3, two's complement bytes).
+- ``bytes``, ``bytearray``, ``memoryview`` (C-contiguous): as msgpack *bin*,
+  packed straight from the buffer (no intermediate ``bytes``); they come back as
+  ``bytes``.
+- ``list`` and ``tuple``: as msgpack arrays; they come back as **lists**.  The
+  positional arguments of a call come back as a tuple.
+- ``dict``: keys and values of the types above (a list key cannot come back);
+  comes back as a dict.
+- numpy arrays and scalars (only if numpy is installed; it is never required), of
+  numeric, bool, bytes, str, datetime or timedelta dtype: as ext type 1 carrying
+  dtype string, shape and the raw C-order buffer.  An array comes back as a
+  **read-only** ndarray viewing the received bytes (zero copy; the receiver owns
+  those bytes, so nothing can overwrite them; call ``.copy()`` for a writable one);
+  a numpy scalar comes back as a numpy scalar of the same dtype, except those that
+  subclass a Python type (``float64``, ``str_``, ``bytes_``), which travel as it.
+- anything else (sets, arbitrary objects, object or structured arrays, complex
+  numbers): ``TypeError`` naming the type, raised while encoding, i.e. on the caller's
+  side, unless the encoder passes ``allow_pickle=True``: then it travels pickled as
+  ext type 2, and the decoder must pass ``allow_pickle=True`` too or get
+  :class:`UnmarshalError`.  Never unpickle data from a peer you do not trust.
+
+Bytes that are not a valid call or reply raise :class:`UnmarshalError`
+(a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+import traceback
+
+import msgpack
+
+from ombm.errors import RemoteError
+
+__all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply",
+           "RemoteError", "UnmarshalError"]
+
+_EXT_NDARRAY = 1
+_EXT_PICKLE = 2
+_EXT_BIGINT = 3
+_OK, _ERR = 0, 1
+_ARRAY_KINDS = frozenset("biufcSUmM")
+_ARRAY_HEAD = struct.Struct("<BBB")  # is_scalar, ndim, len(dtype str); then dtype, u64 shape[]
+
+
+class UnmarshalError(ValueError):
+    """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
+
+
+# ---------------------------------------------------------------- encoding
+
+def _pack_ndarray(obj, np) -> msgpack.ExtType:
+    scalar = isinstance(obj, np.generic)
+    arr = np.asarray(obj, order="C")  # keeps 0-d arrays 0-d, copies a non-C-ordered one
+    dtype = arr.dtype
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
+        raise TypeError(f"cannot marshal a numpy array of dtype {dtype!s}")
+    dt = dtype.str.encode("ascii")
+    shape = struct.pack(f"<{arr.ndim}Q", *arr.shape)
+    head = _ARRAY_HEAD.pack(scalar, arr.ndim, len(dt)) + dt + shape
+    raw = arr.reshape(-1).view(np.uint8) if arr.size else b""
+    return msgpack.ExtType(_EXT_NDARRAY, b"".join((head, raw)))
+
+
+def _default(obj, allow_pickle: bool):
+    if isinstance(obj, int):  # msgpack calls us for ints it cannot hold
+        size = obj.bit_length() // 8 + 1
+        return msgpack.ExtType(_EXT_BIGINT, int(obj).to_bytes(size, "little", signed=True))
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(obj, (np.ndarray, np.generic)):
+        try:
+            return _pack_ndarray(obj, np)
+        except TypeError:
+            if not allow_pickle:
+                raise
+    if allow_pickle:
+        return msgpack.ExtType(_EXT_PICKLE, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    raise TypeError(f"cannot marshal an object of type {type(obj).__module__}."
+                    f"{type(obj).__qualname__} (pass allow_pickle=True to pickle it)")
+
+
+def _default_safe(obj):
+    return _default(obj, False)
+
+
+def _default_pickle(obj):
+    return _default(obj, True)
+
+
+def _pack(value, allow_pickle: bool) -> bytes:
+    try:
+        return msgpack.packb(value, default=_default_pickle if allow_pickle else _default_safe)
+    except BufferError as exc:  # a non-contiguous memoryview
+        raise TypeError(f"cannot marshal a non-contiguous buffer: {exc}") from None
+    except ValueError as exc:   # e.g. "recursion limit exceeded" on cyclic data
+        raise TypeError(f"cannot marshal value: {exc}") from None
+
+
+def encode_call(method: str, args: tuple = (), kwargs: dict | None = None, *,
+                allow_pickle: bool = False) -> bytes:
+    """Marshal a call of ``method(*args, **kwargs)``."""
+    if not isinstance(method, str):
+        raise TypeError(f"method name must be str, not {type(method).__name__}")
+    return _pack((method, args, kwargs or {}), allow_pickle)
+
+
+def encode_result(value, *, allow_pickle: bool = False) -> bytes:
+    """Marshal the value a call returned."""
+    return _pack((_OK, value), allow_pickle)
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """Marshal the exception a call raised: type name, message, traceback text."""
+    cls = type(exc)
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
+    try:
+        message = str(exc)
+        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    except Exception:  # an exception whose __str__ itself fails
+        message, text = f"<unprintable {name}>", ""
+    return msgpack.packb((_ERR, name, message, text))
+
+
+# ---------------------------------------------------------------- decoding
+
+def _unpack_ndarray(data: bytes):
+    try:
+        np = __import__("numpy")
+    except ImportError:
+        raise UnmarshalError("received a numpy array but numpy is not installed") from None
+    try:
+        scalar, ndim, dlen = _ARRAY_HEAD.unpack_from(data)
+        off = _ARRAY_HEAD.size
+        dtype = np.dtype(data[off:off + dlen].decode("ascii"))
+        off += dlen
+        shape = struct.unpack_from(f"<{ndim}Q", data, off)
+        off += 8 * ndim
+        if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
+            raise ValueError(f"dtype {dtype} not allowed")
+        count = 1
+        for dim in shape:
+            count *= dim
+        if count * dtype.itemsize != len(data) - off:
+            raise ValueError("array length does not match its shape")
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
+    except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        raise UnmarshalError(f"malformed numpy array: {exc}") from None
+    return arr[()] if scalar else arr
+
+
+def _ext_hook_safe(code: int, data: bytes):
+    if code == _EXT_NDARRAY:
+        return _unpack_ndarray(data)
+    if code == _EXT_BIGINT:
+        return int.from_bytes(data, "little", signed=True)
+    if code == _EXT_PICKLE:
+        raise UnmarshalError("received pickled data; decoding it requires allow_pickle=True")
+    raise UnmarshalError(f"unknown msgpack ext type {code}")
+
+
+def _ext_hook_pickle(code: int, data: bytes):
+    if code == _EXT_PICKLE:
+        try:
+            return pickle.loads(data)
+        except Exception as exc:
+            raise UnmarshalError(f"cannot unpickle received data: {exc!r}") from exc
+    return _ext_hook_safe(code, data)
+
+
+def _unpack(data, allow_pickle: bool):
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
+                               strict_map_key=False)
+    except UnmarshalError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors, ...
+        raise UnmarshalError(f"malformed message: {exc}") from None
+
+
+def decode_call(data, *, allow_pickle: bool = False) -> tuple[str, tuple, dict]:
+    """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`."""
+    call = _unpack(data, allow_pickle)
+    if (type(call) is not list or len(call) != 3 or type(call[0]) is not str
+            or type(call[1]) is not list or type(call[2]) is not dict
+            or not all(type(k) is str for k in call[2])):
+        raise UnmarshalError("not a call message")
+    return call[0], tuple(call[1]), call[2]
+
+
+def decode_reply(data, *, allow_pickle: bool = False):
+    """Return the result in bytes made by :func:`encode_result`, or raise the
+    :class:`RemoteError` described by bytes made by :func:`encode_error`."""
+    reply = _unpack(data, allow_pickle)
+    if type(reply) is list:
+        if len(reply) == 2 and reply[0] is _OK:
+            return reply[1]
+        if len(reply) == 4 and reply[0] is _ERR and all(type(x) is str for x in reply[1:]):
+            raise RemoteError(reply[1], reply[2], reply[3])
+    raise UnmarshalError("not a reply message")

@@ -1,0 +1,476 @@
+"""Reliable request/response transport for RPC, sans-I/O (paper §4).
+
+This module owns the rules that turn best-effort frames into calls that complete
+at most once: fragmentation, reassembly, retransmission, duplicate suppression
+and the reply cache.  It owns no socket, clock, thread or shared memory: frames
+(any buffer) and ``now`` (seconds, any monotonic origin) go in, events and
+encoded frames come out, in the style of h11 and aioquic.  The I/O layer
+
+1. passes every received frame to ``receive_frame(view, now)`` and handles the
+   events it returns;
+2. writes out ``frames_to_send(now)`` after every operation;
+3. calls ``handle_timer(now)`` when ``now`` reaches ``get_timer()`` (the paper's
+   asynchronous retransmission timer: the no-loss path never touches it).
+
+Rules:
+
+- A call's message is cut into frames of at most ``max_payload`` bytes; the client
+  resends all of them when no reply came within the call's RTO, with exponential
+  backoff per call.  The RTO adapts from RTT samples of calls sent only once
+  (Karn) as in RFC 6298, within ``[min_rto, max_rto]``.
+- Every request carries the client's cumulative ack: the lowest call id it still
+  waits for.  The server forgets cached replies below it and drops requests below
+  it as stale duplicates.
+- The server delivers each call id at most once (``RequestReceived``).  A duplicate
+  of an answered call re-queues the cached reply (once per retransmission: only
+  the duplicate of its last fragment does); a duplicate of a call still executing
+  is ignored.  The reply cache is bounded (``reply_cache``): if a reply the
+  client still needs is evicted, that call is never answered again (at-most-once
+  wins over liveness; the caller times out).
+- One-way calls are delivered at most once and never answered; the server
+  acknowledges each one with a tiny ACK frame (re-sent for every duplicate), and
+  the client retransmits a one-way call until that ACK arrives.
+- At most ``max_in_flight`` calls are outstanding; more wait, in order, inside the
+  client until a slot frees.
+- Bad input is never an exception: frames that fail :func:`wire.decode`, belong to
+  another connection, or make no sense here are dropped and counted in
+  ``statistics()`` (best-effort loss, paper §3.2).  Misuse by the local caller
+  (replying twice, to an unknown call, or to a one-way call) raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ombm.errors import FrameError
+from ombm.rpc.wire import MAX_FRAGMENTS, Kind, decode_fields, encode
+
+__all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
+           "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
+
+_CALL, _ONEWAY, _REPLY, _ERROR_REPLY, _ACK = (Kind.CALL, Kind.ONEWAY, Kind.REPLY,
+                                              Kind.ERROR_REPLY, Kind.ACK)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A call arrived, for the first and only time.  ``data`` is bytes-like."""
+
+    call_id: int
+    data: bytes | bytearray
+    oneway: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """The reply of a call arrived.  ``error`` is the server's ERROR_REPLY flag."""
+
+    call_id: int
+    data: bytes | bytearray
+    error: bool = False
+
+
+Event = RequestReceived | ReplyReceived
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    calls: int            # send_request() calls
+    retransmits: int      # calls resent by the timer
+    bad_frames: int       # failed decode, or made no sense (wrong kind, inconsistent fragments)
+    foreign_frames: int   # another connection id
+    duplicates: int       # replies/acks for calls already completed or cancelled
+    rto_s: float
+    srtt_s: float | None  # None before the first RTT sample
+    in_flight: int
+    queued: int           # waiting for one of the max_in_flight slots
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    requests: int         # calls delivered (RequestReceived)
+    replies: int          # send_reply() calls
+    bad_frames: int
+    foreign_frames: int
+    duplicates: int       # requests already delivered or older than the client's ack
+    cached_replies: int
+    evicted_replies: int  # dropped from the bounded cache before the client acked them
+    executing: int        # delivered calls not answered yet
+
+
+def split(data, max_payload: int) -> list:
+    """Cut ``data`` into at most MAX_FRAGMENTS pieces of at most ``max_payload`` bytes."""
+    if type(data) is not bytes:
+        data = memoryview(data).cast("B")
+    n = len(data)
+    if n <= max_payload:
+        return [data]
+    count = -(-n // max_payload)
+    if count > MAX_FRAGMENTS:
+        raise ValueError(f"message of {n} bytes needs {count} fragments of {max_payload} "
+                         f"bytes, more than {MAX_FRAGMENTS}")
+    view = memoryview(data)
+    return [view[i:i + max_payload] for i in range(0, n, max_payload)]
+
+
+class RtoEstimator:
+    """Retransmission timeout from RTT samples (RFC 6298), with Karn's backoff."""
+
+    __slots__ = ("rto", "srtt", "_rttvar", "_min", "_max")
+
+    def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
+        if not 0 < min_rto <= initial_rto <= max_rto:
+            raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
+        self.rto = initial_rto
+        self.srtt: float | None = None
+        self._rttvar = 0.0
+        self._min, self._max = min_rto, max_rto
+
+    def sample(self, rtt: float) -> None:
+        """Take the RTT of something sent once and answered."""
+        if self.srtt is None:
+            self.srtt, self._rttvar = rtt, rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(max(self.srtt + 4 * self._rttvar, self._min), self._max)
+
+    def backoff(self, rto: float | None = None) -> float:
+        """Double ``rto`` (default: the current RTO, which is then kept) up to the maximum."""
+        if rto is None:
+            self.rto = min(self.rto * 2, self._max)
+            return self.rto
+        return min(rto * 2, self._max)
+
+
+def _encode_message(kind, connection_id, message_id, pieces, ack=0) -> list[bytes]:
+    count = len(pieces)
+    if count == 1:
+        return [encode(kind, connection_id, message_id, pieces[0], ack=ack)]
+    return [encode(kind, connection_id, message_id, piece, frag_index=i, frag_count=count, ack=ack)
+            for i, piece in enumerate(pieces)]
+
+
+class _Reassembly:
+    """The fragments of one message received so far."""
+
+    __slots__ = ("kind", "parts", "missing")
+
+    def __init__(self, kind, count: int) -> None:
+        self.kind = kind
+        self.parts: list = [None] * count
+        self.missing = count
+
+    def add(self, kind, index: int, count: int, payload) -> bool | None:
+        """Store a fragment: True if the message is complete, False if not yet,
+        None if the fragment is a duplicate or inconsistent with the others."""
+        if count != len(self.parts) or kind is not self.kind or self.parts[index] is not None:
+            return None
+        self.parts[index] = payload
+        self.missing -= 1
+        return self.missing == 0
+
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _drain(out: deque, max_frames: int | None) -> list:
+    if max_frames is None or max_frames >= len(out):
+        frames = list(out)
+        out.clear()
+        return frames
+    return [out.popleft() for _ in range(max_frames)]
+
+
+def _check_payload(max_payload: int) -> None:
+    if not isinstance(max_payload, int) or max_payload < 1:
+        raise ValueError(f"max_payload must be a positive int, not {max_payload!r}")
+
+
+# ---------------------------------------------------------------- client
+
+class _Call:
+    __slots__ = ("call_id", "oneway", "frames", "sent_at", "retransmitted",
+                 "rto", "deadline", "reply")
+
+    def __init__(self, call_id: int, oneway: bool, frames: list[bytes]) -> None:
+        self.call_id = call_id
+        self.oneway = oneway
+        self.frames = frames
+        self.sent_at = 0.0
+        self.retransmitted = False
+        self.rto = 0.0
+        self.deadline = 0.0
+        self.reply: _Reassembly | None = None
+
+
+class ClientProtocol:
+    """The calling side of one connection."""
+
+    def __init__(self, connection_id: int, *, max_payload: int, max_in_flight: int = 32,
+                 initial_rto: float = 0.005, min_rto: float = 0.0005, max_rto: float = 0.5) -> None:
+        _check_payload(max_payload)
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._rto = RtoEstimator(initial_rto, min_rto, max_rto)
+        self.connection_id = connection_id
+        self.max_payload = max_payload
+        self.max_in_flight = max_in_flight
+        self._next_id = 1
+        self._in_flight: dict[int, _Call] = {}  # insertion order == call id order
+        self._queue: deque[_Call] = deque()
+        self._out: deque[bytes] = deque()
+        self._timers: list[tuple[float, int]] = []  # (deadline, call id), stale ones skipped
+        self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
+
+    # -- calls
+
+    def send_request(self, data, now: float, *, oneway: bool = False) -> int:
+        """Queue a call carrying ``data`` (bytes-like, copied now); return its call id."""
+        call_id = self._next_id
+        pieces = split(data, self.max_payload)
+        # The ack: the lowest call id still waited for (in flight, queued, or this one).
+        if self._in_flight:
+            ack = next(iter(self._in_flight))
+        else:
+            ack = self._queue[0].call_id if self._queue else call_id
+        frames = _encode_message(_ONEWAY if oneway else _CALL, self.connection_id,
+                                 call_id, pieces, ack)
+        self._next_id += 1
+        self._calls += 1
+        self._queue.append(_Call(call_id, oneway, frames))
+        self._fill(now)  # FIFO: calls are launched in call id order, after queued ones
+        return call_id
+
+    def cancel(self, call_id: int) -> None:
+        """Forget a call (the caller gave up); a late reply is counted as a duplicate.
+
+        The slot it frees is given to a queued call at the next ``frames_to_send``.
+        """
+        if self._in_flight.pop(call_id, None) is None:
+            for call in self._queue:
+                if call.call_id == call_id:
+                    self._queue.remove(call)
+                    break
+
+    def _launch(self, call: _Call, now: float) -> None:
+        self._in_flight[call.call_id] = call  # launched in call id order
+        call.sent_at = now
+        call.rto = self._rto.rto
+        call.deadline = now + call.rto
+        heapq.heappush(self._timers, (call.deadline, call.call_id))
+        self._out.extend(call.frames)
+
+    def _fill(self, now: float) -> None:
+        while self._queue and len(self._in_flight) < self.max_in_flight:
+            self._launch(self._queue.popleft(), now)
+
+    # -- frames
+
+    def receive_frame(self, view, now: float) -> list[Event]:
+        """Take one received frame; return the replies it completes."""
+        try:
+            kind, connection_id, call_id, index, count, _, payload, _ = decode_fields(view)
+        except FrameError:
+            self._bad += 1
+            return []
+        if connection_id != self.connection_id:
+            self._foreign += 1
+            return []
+        call = self._in_flight.get(call_id)
+        if call is None:
+            if 0 < call_id < self._next_id and kind in (_REPLY, _ERROR_REPLY, _ACK):
+                self._duplicates += 1
+            else:
+                self._bad += 1
+            return []
+        if call.oneway:
+            fits = kind is _ACK
+        else:
+            fits = kind is _REPLY or kind is _ERROR_REPLY
+        if not fits:
+            self._bad += 1
+            return []
+        if count == 1:
+            data = payload
+        else:
+            if call.reply is None:
+                call.reply = _Reassembly(kind, count)
+            done = call.reply.add(kind, index, count, payload)
+            if not done:
+                if done is None:
+                    self._duplicates += 1
+                return []
+            data = call.reply.data()
+        self._complete(call, now)
+        if call.oneway:
+            return []
+        return [ReplyReceived(call_id, data, kind is _ERROR_REPLY)]
+
+    def _complete(self, call: _Call, now: float) -> None:
+        del self._in_flight[call.call_id]
+        if not call.retransmitted:
+            self._rto.sample(now - call.sent_at)
+        self._fill(now)
+
+    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
+        """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
+        if self._queue:
+            self._fill(now)
+        return _drain(self._out, max_frames)
+
+    # -- timer
+
+    def get_timer(self) -> float | None:
+        """The next retransmission deadline, or None if no call is outstanding."""
+        timers = self._timers
+        while timers:
+            deadline, call_id = timers[0]
+            call = self._in_flight.get(call_id)
+            if call is not None and call.deadline == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Queue retransmissions of every call whose deadline has passed."""
+        timers = self._timers
+        expired = False
+        while timers and timers[0][0] <= now:
+            deadline, call_id = heapq.heappop(timers)
+            call = self._in_flight.get(call_id)
+            if call is None or call.deadline != deadline:
+                continue
+            expired = True
+            self._retransmits += 1
+            call.retransmitted = True
+            call.rto = self._rto.backoff(call.rto)
+            call.deadline = now + call.rto
+            heapq.heappush(timers, (call.deadline, call_id))
+            self._out.extend(call.frames)
+        if expired:  # Karn: keep the backed-off RTO until a clean sample arrives
+            self._rto.backoff()
+
+    def statistics(self) -> ClientStats:
+        return ClientStats(self._calls, self._retransmits, self._bad, self._foreign,
+                           self._duplicates, self._rto.rto, self._rto.srtt, len(self._in_flight),
+                           len(self._queue))
+
+
+# ---------------------------------------------------------------- server
+
+class ServerProtocol:
+    """The serving side of one connection."""
+
+    def __init__(self, connection_id: int, *, max_payload: int, reply_cache: int = 1024,
+                 max_partial: int = 64) -> None:
+        _check_payload(max_payload)
+        if reply_cache < 1 or max_partial < 1:
+            raise ValueError("reply_cache and max_partial must be at least 1")
+        self.connection_id = connection_id
+        self.max_payload = max_payload
+        self._cache_size = reply_cache
+        self._max_partial = max_partial
+        self._low = 0                  # the client waits for no call id below this
+        self._seen: set[int] = set()   # delivered call ids (those below _low pruned lazily)
+        self._seen_mark = 64
+        self._executing: set[int] = set()
+        self._replies: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._partial: OrderedDict[int, _Reassembly] = OrderedDict()
+        self._out: deque[bytes] = deque()
+        self._requests = self._replied = self._bad = self._foreign = 0
+        self._duplicates = self._evicted = 0
+
+    def receive_frame(self, view, now: float) -> list[Event]:
+        """Take one received frame; return the call it completes, if any."""
+        try:
+            kind, connection_id, call_id, index, count, ack, payload, _ = decode_fields(view)
+        except FrameError:
+            self._bad += 1
+            return []
+        if connection_id != self.connection_id:
+            self._foreign += 1
+            return []
+        if (kind is not _CALL and kind is not _ONEWAY) or ack > call_id:
+            self._bad += 1
+            return []
+        if ack > self._low:
+            self._advance(ack)
+        if call_id < self._low:
+            self._duplicates += 1
+            return []
+        if call_id in self._seen:
+            self._duplicates += 1
+            if index == count - 1:  # once per retransmitted request, not once per fragment
+                if kind is _ONEWAY:
+                    self._out.append(encode(_ACK, self.connection_id, call_id))
+                else:
+                    self._out.extend(self._replies.get(call_id, ()))
+            return []
+        if count == 1:
+            data = payload
+        else:
+            data = self._reassemble(kind, call_id, index, count, payload)
+            if data is None:
+                return []
+        self._seen.add(call_id)
+        self._requests += 1
+        oneway = kind is _ONEWAY
+        if oneway:
+            self._out.append(encode(_ACK, self.connection_id, call_id))
+        else:
+            self._executing.add(call_id)
+        return [RequestReceived(call_id, data, oneway)]
+
+    def _reassemble(self, kind, call_id: int, index: int, count: int, payload):
+        partial = self._partial.get(call_id)
+        if partial is None:
+            partial = self._partial[call_id] = _Reassembly(kind, count)
+            if len(self._partial) > self._max_partial:
+                self._partial.popitem(last=False)
+        done = partial.add(kind, index, count, payload)
+        if not done:
+            if done is None:
+                self._duplicates += 1
+            return None
+        del self._partial[call_id]
+        return partial.data()
+
+    def _advance(self, ack: int) -> None:
+        """The client no longer waits for calls below ``ack``: forget what only they needed."""
+        self._low = ack
+        for table in (self._replies, self._partial):
+            while table and next(iter(table)) < ack:
+                table.popitem(last=False)
+        if len(self._seen) > 2 * self._seen_mark:
+            self._seen = {call_id for call_id in self._seen if call_id >= ack}
+            self._seen_mark = max(64, len(self._seen))
+
+    def send_reply(self, call_id: int, data, now: float, *, error: bool = False) -> None:
+        """Answer a delivered call with ``data`` (bytes-like), flagged ERROR_REPLY if ``error``."""
+        if call_id not in self._executing:
+            raise ValueError(f"call {call_id} is not awaiting a reply "
+                             "(unknown, one-way, or already answered)")
+        pieces = split(data, self.max_payload)
+        self._executing.discard(call_id)
+        self._replied += 1
+        if call_id < self._low:
+            return  # the client gave up on it
+        frames = _encode_message(_ERROR_REPLY if error else _REPLY, self.connection_id,
+                                 call_id, pieces)
+        self._replies[call_id] = frames
+        if len(self._replies) > self._cache_size:
+            self._replies.popitem(last=False)
+            self._evicted += 1
+        self._out.extend(frames)
+
+    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
+        """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
+        return _drain(self._out, max_frames)
+
+    def statistics(self) -> ServerStats:
+        return ServerStats(self._requests, self._replied, self._bad, self._foreign,
+                           self._duplicates, len(self._replies), self._evicted,
+                           len(self._executing))

@@ -1,0 +1,399 @@
+"""Channel segments and their bindings into this address space (paper §3.2.1, §3.3).
+
+* :func:`create_segment` is the paper's ``CreateSegment(attributes, mode,
+  flags)``: a file in the per-user folder with a header page (magic, version,
+  mode, unit, directory) and the data; :func:`open_segment` finds it by name
+  in another process and checks the header as hostile input.
+* :meth:`Segment.bind` maps the data writable or read-only; a read-only
+  binding is enforced by the MMU (``PROT_READ``). Each binding has its own
+  base address, so the same offset has a different address in every binding:
+  that is what address-valued signals translate.
+* :meth:`Region.write` is the message write path: with message-oriented
+  consistency and signal-on-write, the write raises one signal per **unit
+  whose last byte it writes** (paper §3.3: "when the last byte ... is
+  written"), carrying the unit's start address, with no extra call.
+* ``release`` drops this process's hold; the creator's release (or the last
+  live holder's) removes the name. Dead holders are reclaimed by ``ombm gc``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import mmap
+import os
+import threading
+import weakref
+
+from . import _layout as L
+from . import _native, inspect, namespace
+from .delivery import Router
+from .directory import Directory, Entry
+from .errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
+from .errors import SegmentNotFoundError
+from .faults import FAULTS
+from .stats import COUNTERS
+
+CACHE_LINE = L.CACHE_LINE
+PAGE = mmap.PAGESIZE
+MAX_SEGMENT_SIZE = 1 << 44
+
+
+class Mode(enum.IntEnum):
+    """Consistency mode of a segment (paper §3.2)."""
+
+    MESSAGE_CONSISTENCY = 1  #: readers see data only after its signal; may be lost/overwritten
+    CONVENTIONAL = 2  #: ordinary coherent shared memory; signals only by explicit signal()
+
+
+MESSAGE_CONSISTENCY = Mode.MESSAGE_CONSISTENCY
+CONVENTIONAL = Mode.CONVENTIONAL
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _check_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _shm_free_bytes() -> int:
+    st = os.statvfs(namespace.SHM_ROOT)
+    return st.f_bavail * st.f_frsize
+
+
+def _validate_create(size, mode, unit, signal_on_write) -> tuple[int, Mode, int, bool]:
+    size = _check_int(size, "size")
+    if size <= 0:
+        raise ValueError(f"segment size must be positive, not {size}")
+    if size > MAX_SEGMENT_SIZE or L.HEADER_SIZE + _round_up(size, PAGE) > _shm_free_bytes():
+        raise ValueError(f"segment size {size} is beyond what this machine can map in {namespace.SHM_ROOT}")
+    try:
+        mode = Mode(mode)
+    except ValueError:
+        raise ValueError(f"unknown mode {mode!r}: use ombm.MESSAGE_CONSISTENCY or ombm.CONVENTIONAL") from None
+    unit = _check_int(unit, "unit")
+    if unit <= 0 or unit % CACHE_LINE:
+        raise ValueError(f"unit must be a positive multiple of the {CACHE_LINE}-byte cache line, not {unit}")
+    if signal_on_write is None:
+        signal_on_write = mode == Mode.MESSAGE_CONSISTENCY
+    if not isinstance(signal_on_write, bool):
+        raise TypeError("signal_on_write must be a bool")
+    if signal_on_write and mode != Mode.MESSAGE_CONSISTENCY:
+        raise ValueError("signal_on_write needs mode=MESSAGE_CONSISTENCY (paper §3.3: a message mode)")
+    return size, mode, unit, signal_on_write
+
+
+# ---- this process's bindings, by address (the "virtual address" side of translation)
+_index_lock = threading.Lock()
+_starts: list[int] = []
+_regions: list[Region] = []
+
+
+def find_region(address: object) -> Region:
+    """The bound region containing ``address`` (an int in this process)."""
+    address = _check_int(address, "address")
+    i = bisect.bisect_right(_starts, address) - 1
+    if i >= 0:
+        region = _regions[i]
+        if address < region.address + region.size:
+            return region
+    raise AddressError(f"address {address:#x} is not in any region bound by this process")
+
+
+class Region:
+    """A binding of a segment's data into this address space."""
+
+    def __init__(self, segment: Segment, writable: bool) -> None:
+        self.segment = segment
+        self.writable = writable
+        self.size = segment.size
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        self._mm: mmap.mmap | None = mmap.mmap(
+            segment._fd, _round_up(segment.size, PAGE), mmap.MAP_SHARED, prot, offset=L.HEADER_SIZE
+        )
+        self.address: int = _native.addr_of(self._mm)
+        view = memoryview(self._mm)
+        self._view = view
+        self.buffer: memoryview = view[: self.size]
+        self._wbuf: memoryview | None = self.buffer if writable else None
+        self._handles: weakref.WeakSet = weakref.WeakSet()
+        with _index_lock:
+            i = bisect.bisect(_starts, self.address)
+            _starts.insert(i, self.address)
+            _regions.insert(i, self)
+
+    # -- the message write path (paper §3.3)
+    def write(self, offset: int, data) -> None:
+        """Write ``data`` at ``offset``; raise one signal per unit whose last byte this writes."""
+        wbuf = self._wbuf
+        if wbuf is None:
+            raise ClosedError("region is unbound") if self._mm is None else ReadOnlyError("region is bound read-only")
+        if type(offset) is not int:
+            offset = _check_int(offset, "offset")
+        tp = type(data)
+        if tp is bytes or tp is bytearray:
+            n = len(data)
+        else:
+            data = memoryview(data)
+            if data.format != "B" or data.ndim != 1:
+                data = data.cast("B")
+            n = data.nbytes
+        end = offset + n
+        if offset < 0 or end > self.size:
+            raise AddressError(f"write of {n} bytes at offset {offset} overruns the {self.size}-byte region")
+        wbuf[offset:end] = data
+        seg = self.segment
+        if seg._message and n:
+            if FAULTS.active and FAULTS.should_corrupt():
+                at = offset + FAULTS.rng.randrange(n)
+                wbuf[at] ^= 1 << FAULTS.rng.randrange(8)
+                COUNTERS.messages_corrupted_fault += 1
+            if seg.signal_on_write:
+                unit, size = seg.unit, self.size
+                u = offset // unit
+                last = min(u * unit + unit, size) - 1
+                if last < end:
+                    deliver = seg._router.deliver
+                    while last < end:
+                        deliver(u * unit)
+                        u += 1
+                        last = min(u * unit + unit, size) - 1
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        if self._mm is None:
+            raise ClosedError("region is unbound")
+        offset = _check_int(offset, "offset")
+        nbytes = _check_int(nbytes, "nbytes")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise AddressError(f"read of {nbytes} bytes at offset {offset} overruns the {self.size}-byte region")
+        return bytes(self.buffer[offset : offset + nbytes])
+
+    def offset_of(self, address: int) -> int:
+        """The segment offset of an address in this region (the 'physical address')."""
+        address = _check_int(address, "address")
+        if not self.address <= address < self.address + self.size:
+            raise AddressError(f"address {address:#x} is outside this region")
+        return address - self.address
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def unbind(self) -> None:
+        """Idempotent: disable handlers on this region and unmap it."""
+        if self._mm is None:
+            return
+        for handle in list(self._handles):
+            handle.disable()
+        with _index_lock:
+            i = bisect.bisect_left(_starts, self.address)
+            while i < len(_regions) and _regions[i] is not self:
+                i += 1
+            if i < len(_regions):
+                del _starts[i], _regions[i]
+        mm, self._mm = self._mm, None
+        self._wbuf = None
+        self.buffer.release()
+        self._view.release()
+        try:
+            mm.close()
+        except BufferError:
+            pass  # views derived by the user keep the mapping alive until they go
+        self.segment._regions.discard(self)
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unbind()
+
+    def __repr__(self) -> str:
+        state = "unbound" if self._mm is None else f"at {self.address:#x}"
+        return f"<ombm.Region {self.segment.name!r} {'rw' if self.writable else 'ro'} {self.size} bytes {state}>"
+
+
+class Segment:
+    """A channel segment (one shared object), created or opened by this process."""
+
+    def __init__(self, name: str, fd: int, creator: bool) -> None:
+        self.name = name
+        self.path = namespace.segment_path(name)
+        self._fd = fd
+        self.creator = creator
+        self._hdr: mmap.mmap | None = mmap.mmap(fd, L.HEADER_SIZE)
+        fields = L.SEG_HEADER.unpack_from(self._hdr, 0)
+        self._parse(fields, os.fstat(fd).st_size)
+        self.directory = Directory(self._hdr)
+        self._router = Router(self.id, self.directory)
+        self._regions: weakref.WeakSet[Region] = weakref.WeakSet()
+        self._holder: Entry | None = None
+
+    def _parse(self, fields: tuple, file_size: int) -> None:
+        magic, version, mode, size, unit, flags, seg_id, _pid, cap, _start, _ver = fields
+        where = f"segment {self.name!r}"
+        if magic != L.SEG_MAGIC:
+            raise SegmentFormatError(f"{where} is not an ombm segment (bad magic), or is still being created")
+        if version != L.SEG_VERSION:
+            raise SegmentFormatError(f"{where} has layout version {version}; this ombm reads {L.SEG_VERSION}")
+        if mode not in (1, 2) or unit <= 0 or unit % CACHE_LINE or size <= 0 or cap != L.DIR_CAPACITY:
+            raise SegmentFormatError(f"{where} has a corrupt header")
+        if L.HEADER_SIZE + _round_up(size, PAGE) > file_size:
+            raise SegmentFormatError(f"{where} is truncated ({file_size} bytes for a {size}-byte segment)")
+        self.mode = Mode(mode)
+        self.size = size
+        self.unit = unit
+        self.signal_on_write = bool(flags & L.FLAG_SIGNAL_ON_WRITE)
+        self.id = seg_id
+        self._message = self.mode == Mode.MESSAGE_CONSISTENCY
+
+    def bind(self, writable: bool = True) -> Region:
+        """Map the segment's data into this process: the paper's 'Bind Memory Region'."""
+        if self._hdr is None:
+            raise ClosedError(f"segment {self.name!r} is released")
+        if not isinstance(writable, bool):
+            raise TypeError("writable must be a bool")
+        region = Region(self, writable)
+        self._regions.add(region)
+        return region
+
+    @property
+    def released(self) -> bool:
+        return self._hdr is None
+
+    def release(self) -> None:
+        """Idempotent: unbind our regions, drop our hold; the creator (or last holder) removes the name."""
+        if self._hdr is None:
+            return
+        for region in list(self._regions):
+            region.unbind()
+        if self._holder is not None:
+            self.directory.free(self._holder)
+            self._holder = None
+        others = [
+            e for e in self.directory.entries() if e.kind == L.KIND_HOLDER and namespace.is_alive(e.pid, e.start)
+        ]
+        if self.creator or not others:
+            _unlink_if_same(self.path, self._fd)
+        hdr, self._hdr = self._hdr, None
+        try:
+            hdr.close()
+        except BufferError:
+            pass
+        os.close(self._fd)
+        _LIVE.discard(self)
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return (
+            f"<ombm.Segment {self.name!r} size={self.size} mode={self.mode.name} unit={self.unit} "
+            f"signal_on_write={self.signal_on_write}{' released' if self.released else ''}>"
+        )
+
+
+def _unlink_if_same(path: str, fd: int) -> None:
+    """Unlink ``path`` only if it is still the object ``fd`` refers to."""
+    try:
+        st_path, st_fd = os.stat(path), os.fstat(fd)
+        if (st_path.st_dev, st_path.st_ino) == (st_fd.st_dev, st_fd.st_ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+_LIVE: weakref.WeakSet[Segment] = weakref.WeakSet()
+
+
+def _register(seg: Segment) -> Segment:
+    try:
+        seg._holder = seg.directory.claim(L.KIND_HOLDER, 0, 0, 0)
+    except BaseException:
+        seg.release()
+        raise
+    _LIVE.add(seg)
+    return seg
+
+
+def create_segment(
+    size: int,
+    *,
+    name: str | None = None,
+    mode: Mode = MESSAGE_CONSISTENCY,
+    unit: int = CACHE_LINE,
+    signal_on_write: bool | None = None,
+) -> Segment:
+    """Create a channel segment (paper ``CreateSegment``).
+
+    ``unit`` is the signalling/consistency unit in bytes (``CACHE_LINE``,
+    ``PAGE`` or any multiple of the line). ``signal_on_write`` defaults to on
+    for message consistency and must be off for ``CONVENTIONAL`` segments.
+    """
+    size, mode, unit, signal_on_write = _validate_create(size, mode, unit, signal_on_write)
+    name = namespace.new_name() if name is None else namespace.validate_name(name)
+    path = namespace.segment_path(name)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        # a name left behind by dead processes is reclaimed lazily (DESIGN.md §3)
+        if not inspect.reclaim_segment_if_dead(path):
+            raise SegmentExistsError(f"segment {name!r} already exists") from None
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:
+            raise SegmentExistsError(f"segment {name!r} already exists") from None
+    try:
+        os.ftruncate(fd, L.HEADER_SIZE + _round_up(size, PAGE))
+        pid, start = namespace.me()
+        flags = L.FLAG_SIGNAL_ON_WRITE if signal_on_write else 0
+        header = L.SEG_HEADER.pack(
+            b"\0" * 8, L.SEG_VERSION, mode, size, unit, flags, namespace.new_token(), pid, L.DIR_CAPACITY, start, 0
+        )
+        os.pwrite(fd, header, 0)
+        os.pwrite(fd, L.SEG_MAGIC, 0)  # published last: a half-made segment has no magic
+        seg = Segment(name, fd, creator=True)
+    except BaseException:
+        _unlink_if_same(path, fd)
+        os.close(fd)
+        raise
+    return _register(seg)
+
+
+def open_segment(name: str) -> Segment:
+    """Open an existing segment by name; ``SegmentNotFoundError`` if absent."""
+    name = namespace.validate_name(name)
+    path = namespace.segment_path(name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise SegmentNotFoundError(f"no segment named {name!r}") from None
+    try:
+        if os.fstat(fd).st_size < L.HEADER_SIZE:
+            raise SegmentFormatError(f"segment {name!r} is truncated or not an ombm segment")
+        seg = Segment(name, fd, creator=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _register(seg)
+
+
+def live_segments() -> list[Segment]:
+    return list(_LIVE)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits mappings but not ownership: it never frees its parent's holds."""
+    for seg in list(_LIVE):
+        seg.creator = False
+        seg._holder = None
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

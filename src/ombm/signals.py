@@ -1,0 +1,377 @@
+"""Address-valued signals: handlers, ``signal``, ``sig_wait`` (paper §3.1).
+
+The paper's kernel interface, per receiving thread:
+
+* ``SignalHandler(vaddr, size, fn)`` -> :func:`signal_handler`: publish a
+  directory entry for the range in its segment (so senders route to this
+  thread's signal FIFO) and remember ``fn`` with the binding's base address;
+* ``Signal(vaddr)`` -> :func:`signal`: translate ``vaddr`` to (segment,
+  offset) and push it to every watching receiver;
+* ``SigWait(t)`` -> :func:`sig_wait`: run handlers for pending signals,
+  waiting (spin, then futex sleep) up to ``t``; returns the time left.
+
+Delivery translates the "physical address" (segment id, offset) back into
+*this* process's address: the binding's base + offset, so each receiver's
+handler is called with its own address of the message. Signals to one
+receiver are dispatched in FIFO order; a receiver runs every one of its
+handlers whose range covers the offset.
+
+:class:`Receiver` owns one FIFO; by default each thread gets one lazily
+(``current_receiver()``). :class:`Dispatcher` owns a thread that runs handlers
+as asynchronous calls, for programs that do not want to call ``sig_wait``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from . import _layout as L
+from . import _native
+from . import config as _config
+from .config import settings
+from .errors import AddressError, ClosedError
+from .fifo import Fifo
+from .segment import Region, find_region
+from .stats import COUNTERS
+
+_log = logging.getLogger("ombm")
+_STALLED = _native.WAIT_STALLED
+_wait_pop = _native.fifo_wait_pop
+
+
+class SignalHandle:
+    """An enabled signal handler; ``disable()`` (idempotent) removes it."""
+
+    def __init__(self, receiver: Receiver, region: Region, lo: int, hi: int, fn: Callable[[int], object]):
+        self.receiver = receiver
+        self.region = region
+        self.lo, self.hi = lo, hi  # segment offsets [lo, hi)
+        self.base = region.address  # translation: offset -> this binding's address
+        self.fn = fn
+        self.entry = region.segment.directory.claim(L.KIND_RECEIVER, receiver.fifo.token, lo, hi - lo)
+        self.enabled = True
+
+    @property
+    def address(self) -> int:
+        return self.base + self.lo
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+    def disable(self) -> None:
+        if not self.enabled:
+            return
+        self.enabled = False
+        self.receiver._remove(self)
+        if not self.region.segment.released:
+            self.region.segment.directory.free(self.entry)
+
+    def __enter__(self) -> SignalHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+
+class Receiver:
+    """One signal FIFO and the handlers it dispatches to."""
+
+    def __init__(self, *, capacity: int | None = None, kernel: bool | None = None) -> None:
+        s = settings()
+        self.kernel = s.signal_path == "kernel" if kernel is None else kernel
+        self.fifo = Fifo(s.fifo_capacity if capacity is None else capacity, kernel=self.kernel)
+        self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
+        self._lock = threading.Lock()
+        self._ewma_ns = 0.0
+        self._waits = 0
+
+    # -- registration
+    def add_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
+        if self.fifo.closed:
+            raise ClosedError("receiver is closed")
+        if not callable(fn):
+            raise TypeError(f"signal handler must be callable, not {type(fn).__name__}")
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError("size must be an int")
+        region = find_region(address)
+        if size <= 0 or address + size > region.address + region.size:
+            raise AddressError(f"range {address:#x}+{size} is not inside one bound region")
+        lo = address - region.address
+        handle = SignalHandle(self, region, lo, lo + size, fn)
+        region._handles.add(handle)
+        with self._lock:
+            seg_handles = list(self._handlers.get(region.segment.id, ()))
+            seg_handles.append(handle)
+            self._handlers[region.segment.id] = seg_handles
+        return handle
+
+    def _remove(self, handle: SignalHandle) -> None:
+        with self._lock:
+            seg_handles = [h for h in self._handlers.get(handle.region.segment.id, ()) if h is not handle]
+            if seg_handles:
+                self._handlers[handle.region.segment.id] = seg_handles
+            else:
+                self._handlers.pop(handle.region.segment.id, None)
+
+    # -- delivery
+    def _dispatch(self, seg_id: int, offset: int) -> int:
+        ran = 0
+        for h in self._handlers.get(seg_id, ()):
+            if h.lo <= offset < h.hi and h.enabled:
+                ran += 1
+                COUNTERS.signals_delivered += 1
+                h.fn(h.base + offset)
+        if not ran and seg_id != L.NUDGE_SEGMENT:
+            COUNTERS.signals_unhandled += 1
+        return ran
+
+    def dispatch_pending(self, limit: int = 256) -> int:
+        """Run the handlers of up to ``limit`` signals already in the FIFO, in FIFO order.
+
+        Returns how many handler calls ran. A handler's exception propagates
+        after its signal was consumed: the FIFO stays consistent and the
+        later signals are still there for the next call.
+        """
+        ran = 0
+        pop = self.fifo.pop
+        for _ in range(limit):
+            item = pop()
+            if item is None:
+                break
+            ran += self._dispatch(*item)
+        return ran
+
+    def wait_once(self, timeout: float) -> int:
+        """Dispatch pending signals, or wait up to ``timeout`` for some and dispatch them."""
+        ran = self.dispatch_pending()
+        if ran or timeout <= 0:
+            return ran
+        if self.kernel:
+            item = self.fifo.pop_wait(timeout)
+            return (self._dispatch(*item) if item else 0) + self.dispatch_pending()
+        wait = _config.SETTINGS.wait
+        if wait == "adaptive":
+            r = _wait_pop(self.fifo.address, self._spin_budget(), timeout)
+        else:
+            r = _wait_pop(self.fifo.address, 0, timeout, wait == "sleep")
+        if type(r) is tuple:
+            if wait == "adaptive":
+                self._learn(r[2])
+            return self._dispatch(r[0], r[1]) + self.dispatch_pending()
+        if r == _STALLED and _native.fifo_skip_stalled(self.fifo.address):
+            COUNTERS.signals_stalled += 1
+        return self.dispatch_pending()
+
+    def _spin_budget(self) -> int:
+        """Adaptive spin (DESIGN.md §6): spin up to the cap while signals typically come
+        within it; once they typically take longer, spin only 2 µs before sleeping, and
+        probe with the full cap every 64th wait so a peer that got faster is noticed."""
+        self._waits += 1
+        cap = int(_config.SETTINGS.spin_us * 1000)
+        if self._ewma_ns <= cap or self._waits & 63 == 0:
+            return cap
+        return min(cap, 2000)
+
+    def _learn(self, waited_ns: int) -> None:
+        self._ewma_ns = waited_ns if self._ewma_ns == 0 else 0.875 * self._ewma_ns + 0.125 * waited_ns
+
+    def wait(self, timeout: float | None = None) -> float:
+        """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.
+
+        The time left is the timeout less the time spent waiting (handlers' own
+        run time is not charged)."""
+        if timeout is None:
+            timeout = 1e9  # "forever"
+        elif type(timeout) is not float and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise TypeError("timeout must be a number of seconds or None")
+        if not timeout >= 0:
+            raise ValueError("timeout must be >= 0")
+        if self.kernel:
+            return self._wait_kernel(timeout)
+        address = self.fifo.address
+        spent = 0.0
+        while True:
+            left = min(timeout - spent, 3600.0)
+            mode = _config.SETTINGS.wait
+            if mode == "adaptive":
+                r = _wait_pop(address, self._spin_budget(), left)
+            else:
+                r = _wait_pop(address, 0, left, mode == "sleep")
+            if type(r) is tuple:
+                waited = r[2]
+                spent += waited * 1e-9
+                if mode == "adaptive":
+                    self._learn(waited)
+                if self._dispatch(r[0], r[1]):
+                    return max(timeout - spent, 0.0)
+                continue
+            if r == _STALLED:
+                spent += 0.01
+                if _native.fifo_skip_stalled(address):
+                    COUNTERS.signals_stalled += 1
+                continue
+            spent += left
+            if spent >= timeout:
+                return 0.0
+
+    def _wait_kernel(self, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.dispatch_pending():
+                return max(deadline - time.monotonic(), 0.0)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return 0.0
+            item = self.fifo.pop_wait(min(left, 3600.0))
+            if item and self._dispatch(*item):
+                return max(deadline - time.monotonic(), 0.0)
+
+    def nudge(self) -> None:
+        """Make a waiting ``wait_once`` return (used to stop dispatcher threads)."""
+        from .delivery import fifo_ref
+
+        ref = fifo_ref(self.fifo.token)
+        if ref is None:
+            return
+        if ref.kernel:
+            ref.send_kernel(L.NUDGE_SEGMENT, 0)
+        elif _native.fanout((ref.address,), L.NUDGE_SEGMENT, 0) >> 16:
+            ref.ring()
+
+    def close(self) -> None:
+        """Idempotent: disable every handler, remove the FIFO."""
+        with self._lock:
+            handles = [h for hs in self._handlers.values() for h in hs]
+        for h in handles:
+            h.disable()
+        self.fifo.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.fifo.closed
+
+
+# ---- per-thread receivers
+_local = threading.local()
+_all_receivers: set[Receiver] = set()
+_all_lock = threading.Lock()
+
+
+class _ThreadReceiver:
+    """Holds a thread's receiver; closes it when the thread's locals are cleared."""
+
+    def __init__(self) -> None:
+        self.receiver = Receiver()
+        self.pid = os.getpid()
+        with _all_lock:
+            _all_receivers.add(self.receiver)
+
+    def __del__(self) -> None:
+        if self.pid != os.getpid():
+            return  # inherited through fork: the parent still owns it
+        with _all_lock:
+            _all_receivers.discard(self.receiver)
+        self.receiver.close()
+
+
+def current_receiver() -> Receiver:
+    """The calling thread's receiver (created on first use, and again if it was closed)."""
+    try:
+        receiver = _local.receiver
+        if receiver.fifo._mm is not None:
+            return receiver
+    except AttributeError:
+        pass
+    holder = _ThreadReceiver()
+    _local.holder = holder
+    _local.receiver = holder.receiver
+    return holder.receiver
+
+
+def signal_handler(address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
+    """Enable ``fn(address)`` for signals on ``[address, address+size)``; runs in this thread."""
+    if not callable(fn):
+        raise TypeError(f"signal handler must be callable, not {type(fn).__name__}")
+    return current_receiver().add_handler(address, size, fn)
+
+
+def signal(address: int) -> None:
+    """``Signal(vaddr)``: signal every receiver watching the location of ``address``."""
+    region = find_region(address)
+    region.segment._router.deliver(address - region.address)
+
+
+def sig_wait(timeout: float | None = None) -> float:
+    """``SigWait(t)``: run pending handlers of this thread, waiting up to ``timeout`` seconds."""
+    return current_receiver().wait(timeout)
+
+
+class Dispatcher:
+    """A thread, owned by this object, that runs its handlers as asynchronous calls.
+
+    Handler exceptions are passed to ``on_error`` (default: logged) and the
+    thread goes on. ``close()`` stops and joins the thread and disables the
+    handlers.
+    """
+
+    def __init__(self, *, on_error: Callable[[BaseException], object] | None = None, name: str = "ombm-dispatcher"):
+        self.receiver = Receiver()
+        self._on_error = on_error or (lambda e: _log.error("ombm signal handler raised", exc_info=e))
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def signal_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
+        return self.receiver.add_handler(address, size, fn)
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self.receiver.wait_once(0.5)
+            except Exception as e:  # a handler's error must not kill the dispatcher
+                COUNTERS.handler_errors += 1
+                self._on_error(e)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._stop:
+            return
+        self._stop = True
+        self.receiver.nudge()
+        self._thread.join(timeout)
+        self.receiver.close()
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _at_exit() -> None:
+    from .segment import live_segments
+
+    with _all_lock:
+        receivers = list(_all_receivers)
+        _all_receivers.clear()
+    for r in receivers:
+        r.close()
+    for seg in live_segments():
+        seg.release()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child owns none of its parent's receivers: start afresh (never close them)."""
+    global _local
+    _local = threading.local()
+    with _all_lock:
+        _all_receivers.clear()
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

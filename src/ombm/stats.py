@@ -1,0 +1,52 @@
+"""Process-wide counters of best-effort events (STYLE.md: loss is counted, not raised).
+
+``ombm.stats()`` returns a snapshot dict; the counters themselves are plain
+attributes bumped on the hot paths (under the GIL; a stolen increment under
+heavy threading is tolerated, these are statistics).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class Counters:
+    __slots__ = (
+        "signals_sent",
+        "signals_delivered",
+        "signals_dropped",
+        "signals_dropped_fault",
+        "signals_unhandled",
+        "signals_stalled",
+        "messages_corrupted_fault",
+        "wakeups",
+        "doorbells",
+        "kernel_signals",
+        "dead_receivers_reclaimed",
+        "handler_errors",
+    )
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+COUNTERS = Counters()
+os.register_at_fork(after_in_child=COUNTERS.reset)
+
+
+def stats() -> dict[str, int]:
+    """A snapshot of this process's signal counters.
+
+    ``signals_sent`` counts pushes into receivers' FIFOs (one per receiver),
+    ``signals_delivered`` handler calls made in this process, ``signals_dropped``
+    signals lost because a receiver's FIFO was full (or its kernel queue),
+    ``signals_dropped_fault``/``messages_corrupted_fault`` what fault injection did.
+    """
+    return COUNTERS.snapshot()

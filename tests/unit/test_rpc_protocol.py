@@ -1,0 +1,364 @@
+"""Reliable RPC transport (ombm.rpc.protocol), step by step, with a fake clock."""
+
+import pytest
+
+from ombm.rpc import wire
+from ombm.rpc.protocol import (ClientProtocol, ReplyReceived, RequestReceived, ServerProtocol,
+                               split)
+from ombm.rpc.wire import Kind, decode, encode
+
+CONN = 0xC0FFEE
+
+
+def pair(**client_kw):
+    return (ClientProtocol(CONN, max_payload=client_kw.pop("max_payload", 64), **client_kw),
+            ServerProtocol(CONN, max_payload=64))
+
+
+def to_server(client, server, now, frames=None):
+    events = []
+    for f in client.frames_to_send(now) if frames is None else frames:
+        events += server.receive_frame(memoryview(f), now)
+    return events
+
+
+def to_client(server, client, now, frames=None):
+    events = []
+    for f in server.frames_to_send(now) if frames is None else frames:
+        events += client.receive_frame(memoryview(f), now)
+    return events
+
+
+def test_call_and_reply():
+    c, s = pair()
+    cid = c.send_request(b"ping", 0.0)
+    [req] = to_server(c, s, 0.001)
+    assert req == RequestReceived(cid, b"ping", False)
+    s.send_reply(cid, b"pong", 0.002)
+    assert to_client(s, c, 0.003) == [ReplyReceived(cid, b"pong", False)]
+    st = c.statistics()
+    assert (st.calls, st.in_flight, st.retransmits, st.srtt_s) == (1, 0, 0, pytest.approx(0.003))
+    assert c.get_timer() is None
+
+
+def test_call_ids_increase_from_one():
+    c, _ = pair()
+    assert [c.send_request(b"", 0.0) for _ in range(3)] == [1, 2, 3]
+
+
+def test_error_reply_flag():
+    c, s = pair()
+    cid = c.send_request(b"x", 0.0)
+    to_server(c, s, 0.0)
+    s.send_reply(cid, b"boom", 0.0, error=True)
+    assert to_client(s, c, 0.0) == [ReplyReceived(cid, b"boom", True)]
+
+
+def test_large_messages_are_fragmented_and_reassembled_in_any_order():
+    c, s = pair(max_payload=10)
+    request = bytes(range(95))
+    cid = c.send_request(request, 0.0)
+    frames = c.frames_to_send(0.0)
+    assert len(frames) == 10 and all(len(f) <= 10 + wire.TRAILER_SIZE for f in frames)
+    assert to_server(c, s, 0.0, frames[::-1][:9]) == []
+    assert to_server(c, s, 0.0, frames[::-1]) == [RequestReceived(cid, request, False)]
+    s.send_reply(cid, request * 2, 0.0)
+    replies = s.frames_to_send(0.0)
+    assert len(replies) == 3  # the server's max_payload is 64
+    assert to_client(s, c, 0.0, [replies[2], replies[0], replies[2], replies[1]]) == [
+        ReplyReceived(cid, request * 2)]
+
+
+def test_message_too_large_for_frag_count():
+    c, _ = pair(max_payload=1)
+    with pytest.raises(ValueError):
+        c.send_request(bytes(wire.MAX_FRAGMENTS + 1), 0.0)
+    assert c.statistics().calls == 0
+
+
+def test_split():
+    assert split(b"abc", 3) == [b"abc"]
+    assert [bytes(p) for p in split(b"abcdefg", 3)] == [b"abc", b"def", b"g"]
+    assert split(b"", 3) == [b""]
+
+
+def test_lost_request_is_retransmitted_at_the_timer_with_backoff():
+    c, s = pair(initial_rto=0.01, min_rto=0.001, max_rto=0.05)
+    cid = c.send_request(b"x", 0.0)
+    c.frames_to_send(0.0)                      # lost
+    assert c.get_timer() == pytest.approx(0.01)
+    c.handle_timer(0.005)                      # too early: nothing
+    assert c.frames_to_send(0.005) == []
+    deadlines = []
+    now = 0.0
+    for _ in range(6):
+        now = c.get_timer()
+        c.handle_timer(now)
+        assert len(c.frames_to_send(now)) == 1  # lost again
+        deadlines.append(c.get_timer() - now)
+    assert deadlines == pytest.approx([0.02, 0.04, 0.05, 0.05, 0.05, 0.05])
+    assert c.statistics().retransmits == 6
+    c.handle_timer(now)
+    assert c.frames_to_send(now) == []         # not due again yet
+    c.handle_timer(c.get_timer())
+    [req] = to_server(c, s, now)
+    assert req.call_id == cid
+
+
+def test_lost_reply_is_recovered_from_the_reply_cache_without_re_execution():
+    c, s = pair()
+    cid = c.send_request(b"x", 0.0)
+    to_server(c, s, 0.0)
+    s.send_reply(cid, b"r", 0.0)
+    s.frames_to_send(0.0)                      # reply lost
+    c.handle_timer(c.get_timer())
+    assert to_server(c, s, 0.01) == []         # duplicate: not delivered again
+    assert s.statistics().duplicates == 1
+    assert to_client(s, c, 0.01) == [ReplyReceived(cid, b"r")]
+
+
+def test_duplicate_of_executing_call_is_ignored():
+    c, s = pair()
+    cid = c.send_request(b"slow", 0.0)
+    frames = c.frames_to_send(0.0)
+    assert len(to_server(c, s, 0.0, frames)) == 1
+    assert to_server(c, s, 0.0, frames) == []
+    assert s.frames_to_send(0.0) == []
+    assert s.statistics().executing == 1
+    s.send_reply(cid, b"done", 0.0)
+    assert s.statistics().executing == 0
+
+
+def test_karn_retransmitted_calls_give_no_rtt_sample():
+    c, s = pair(initial_rto=0.01)
+    cid = c.send_request(b"x", 0.0)
+    frames = c.frames_to_send(0.0)
+    c.handle_timer(0.01)
+    c.frames_to_send(0.01)
+    to_server(c, s, 0.0, frames)
+    s.send_reply(cid, b"r", 0.3)
+    to_client(s, c, 0.3)
+    assert c.statistics().srtt_s is None
+    assert c.statistics().rto_s == pytest.approx(0.02)  # backed off, kept until a clean sample
+
+
+def test_rto_adapts_to_fast_replies():
+    c, s = pair(initial_rto=0.1, min_rto=0.0001)
+    now = 0.0
+    for _ in range(50):
+        cid = c.send_request(b"x", now)
+        to_server(c, s, now)
+        s.send_reply(cid, b"", now)
+        now += 0.0002
+        to_client(s, c, now)
+    st = c.statistics()
+    assert st.srtt_s == pytest.approx(0.0002)
+    assert 0.0001 <= st.rto_s < 0.001
+
+
+def test_rto_is_clamped():
+    c, s = pair(initial_rto=0.01, min_rto=0.005, max_rto=0.02)
+    cid = c.send_request(b"x", 0.0)
+    to_server(c, s, 0.0)
+    s.send_reply(cid, b"", 0.0)
+    to_client(s, c, 0.00001)
+    assert c.statistics().rto_s == 0.005
+    cid = c.send_request(b"x", 1.0)
+    to_server(c, s, 1.0)
+    s.send_reply(cid, b"", 1.0)
+    to_client(s, c, 3.0)
+    assert c.statistics().rto_s == 0.02
+
+
+def test_oneway_is_delivered_once_acked_and_never_answered():
+    c, s = pair()
+    cid = c.send_request(b"log", 0.0, oneway=True)
+    frames = c.frames_to_send(0.0)
+    assert to_server(c, s, 0.0, frames) == [RequestReceived(cid, b"log", True)]
+    [ack] = s.frames_to_send(0.0)
+    assert decode(ack).kind is Kind.ACK
+    assert c.statistics().in_flight == 1
+    c.handle_timer(c.get_timer())              # ACK lost: the call is retransmitted
+    assert to_server(c, s, 0.01) == []         # ...and not delivered twice, but re-acked
+    assert to_client(s, c, 0.01) == []
+    assert c.statistics().in_flight == 0 and c.get_timer() is None
+    with pytest.raises(ValueError):
+        s.send_reply(cid, b"no", 0.0)
+
+
+def test_max_in_flight_queues_calls_in_order():
+    c, s = pair(max_in_flight=2)
+    ids = [c.send_request(bytes([i]), 0.0) for i in range(5)]
+    assert (c.statistics().in_flight, c.statistics().queued) == (2, 3)
+    reqs = to_server(c, s, 0.0)
+    assert [r.call_id for r in reqs] == ids[:2]
+    s.send_reply(ids[1], b"", 0.0)
+    to_client(s, c, 0.0)
+    assert [r.call_id for r in to_server(c, s, 0.0)] == [ids[2]]
+    c.cancel(ids[3])                           # a queued call given up
+    c.cancel(ids[0])                           # an in-flight one
+    assert [r.call_id for r in to_server(c, s, 0.0)] == [ids[4]]
+    assert (c.statistics().in_flight, c.statistics().queued) == (2, 0)
+
+
+def test_cancelled_call_reply_is_a_duplicate():
+    c, s = pair()
+    cid = c.send_request(b"x", 0.0)
+    to_server(c, s, 0.0)
+    c.cancel(cid)
+    assert c.get_timer() is None
+    s.send_reply(cid, b"late", 0.0)
+    assert to_client(s, c, 0.0) == []
+    assert c.statistics().duplicates == 1
+    c.cancel(cid)                              # idempotent
+    c.cancel(12345)
+
+
+def test_requests_carry_the_lowest_call_id_still_waited_for():
+    c, s = pair()
+    a = c.send_request(b"a", 0.0)
+    b = c.send_request(b"b", 0.0)
+    assert [decode(f).ack for f in c.frames_to_send(0.0)] == [a, a]
+    c.cancel(a)
+    d = c.send_request(b"d", 0.0)
+    assert decode(c.frames_to_send(0.0)[0]).ack == b
+    assert d == 3
+
+
+def test_ack_lets_server_drop_cached_replies_and_stale_duplicates():
+    c, s = pair()
+    first = c.send_request(b"1", 0.0)
+    first_frames = c.frames_to_send(0.0)
+    to_server(c, s, 0.0, first_frames)
+    s.send_reply(first, b"r1", 0.0)
+    to_client(s, c, 0.0)
+    assert s.statistics().cached_replies == 1
+    second = c.send_request(b"2", 0.0)         # acks everything below `second`
+    to_server(c, s, 0.0)
+    assert s.statistics().cached_replies == 0
+    assert to_server(c, s, 0.0, first_frames) == []   # stale duplicate of call 1
+    assert s.frames_to_send(0.0) == []                # and no reply re-sent
+    s.send_reply(second, b"r2", 0.0)
+    assert to_client(s, c, 0.0) == [ReplyReceived(second, b"r2")]
+
+
+def test_reply_cache_is_bounded():
+    c = ClientProtocol(CONN, max_payload=64, max_in_flight=100)
+    s = ServerProtocol(CONN, max_payload=64, reply_cache=4)
+    blocker = c.send_request(b"stuck", 0.0)    # keeps the client's ack at `blocker`
+    ids = [c.send_request(b"", 0.0) for _ in range(10)]
+    for r in to_server(c, s, 0.0):
+        if r.call_id != blocker:
+            s.send_reply(r.call_id, b"", 0.0)
+    assert s.statistics().cached_replies == 4
+    assert s.statistics().evicted_replies == 6
+    assert len(ids) == 10
+
+
+def test_late_reply_to_a_call_the_client_gave_up_is_dropped():
+    c, s = pair()
+    a = c.send_request(b"a", 0.0)
+    to_server(c, s, 0.0)
+    c.cancel(a)
+    c.send_request(b"b", 0.0)
+    to_server(c, s, 0.0)                       # ack = b > a
+    s.send_reply(a, b"late", 0.0)              # accepted, but nobody waits for it
+    assert s.frames_to_send(0.0) == []
+    assert s.statistics().cached_replies == 0
+
+
+def test_send_reply_misuse_raises_value_error():
+    c, s = pair()
+    cid = c.send_request(b"x", 0.0)
+    to_server(c, s, 0.0)
+    with pytest.raises(ValueError):
+        s.send_reply(cid + 1, b"", 0.0)
+    s.send_reply(cid, b"", 0.0)
+    with pytest.raises(ValueError):
+        s.send_reply(cid, b"", 0.0)
+
+
+def test_foreign_and_bad_frames_are_counted_never_raised():
+    c, s = pair()
+    cid = c.send_request(b"x", 0.0)
+    other = ClientProtocol(CONN + 1, max_payload=64)
+    other.send_request(b"x", 0.0)
+    assert to_server(c, s, 0.0, other.frames_to_send(0.0)) == []
+    junk = [b"", b"\x00" * 100, encode(Kind.REPLY, CONN, 1, b""),          # reply to a server
+            encode(Kind.CALL, CONN, 5, b"", ack=6),                        # ack beyond id
+            encode(Kind.DATA, CONN, 1, b"")]
+    assert to_server(c, s, 0.0, junk) == []
+    assert (s.statistics().foreign_frames, s.statistics().bad_frames) == (1, 5)
+    assert to_server(c, s, 0.0) == [RequestReceived(cid, b"x", False)]
+
+    wrong = [encode(Kind.REPLY, CONN + 1, cid, b""), encode(Kind.CALL, CONN, cid, b""),
+             encode(Kind.ACK, CONN, cid, b""),                              # ack for a 2-way call
+             encode(Kind.REPLY, CONN, 999, b""), b"garbage" * 10]
+    assert to_client(s, c, 0.0, wrong) == []
+    st = c.statistics()
+    assert (st.foreign_frames, st.bad_frames, st.in_flight) == (1, 4, 1)
+
+
+def test_corrupted_frame_is_dropped_then_retransmission_repairs():
+    c, s = pair()
+    cid = c.send_request(b"payload", 0.0)
+    [f] = c.frames_to_send(0.0)
+    damaged = bytearray(f)
+    damaged[3] ^= 0x40
+    assert to_server(c, s, 0.0, [damaged]) == []
+    assert s.statistics().bad_frames == 1
+    c.handle_timer(c.get_timer())
+    assert to_server(c, s, 0.01) == [RequestReceived(cid, b"payload", False)]
+
+
+def test_frames_to_send_max_frames():
+    c, _ = pair(max_payload=1)
+    c.send_request(b"abcde", 0.0)
+    first = c.frames_to_send(0.0, max_frames=2)
+    rest = c.frames_to_send(0.0)
+    assert (len(first), len(rest)) == (2, 3)
+    assert b"".join(decode(f).payload for f in first + rest) == b"abcde"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(max_payload=0), dict(max_payload=8, max_in_flight=0),
+    dict(max_payload=8, initial_rto=0.0001, min_rto=0.001),
+    dict(max_payload=8, initial_rto=1.0, max_rto=0.5),
+])
+def test_bad_client_arguments(kwargs):
+    with pytest.raises(ValueError):
+        ClientProtocol(CONN, **kwargs)
+
+
+def test_bad_server_arguments():
+    with pytest.raises(ValueError):
+        ServerProtocol(CONN, max_payload=0)
+    with pytest.raises(ValueError):
+        ServerProtocol(CONN, max_payload=8, reply_cache=0)
+
+
+def test_new_calls_wait_behind_queued_ones_and_the_ack_never_skips_them():
+    # Regression (found by the stateful test): cancelling every in-flight call and
+    # then calling again used to launch the new call ahead of the queued ones, so
+    # its ack told the server to drop them.
+    c, s = pair(max_in_flight=3)
+    ids = [c.send_request(bytes([i]), 0.0) for i in range(5)]   # 1-3 in flight, 4-5 queued
+    for cid in ids[:3]:
+        c.cancel(cid)
+    new = c.send_request(b"new", 0.0)
+    frames = c.frames_to_send(0.0)
+    assert [decode(f).message_id for f in frames] == [1, 2, 3, 4, 5, new]
+    assert [decode(f).ack for f in frames[3:]] == [1, 1, 4]
+    delivered = to_server(c, s, 0.0, frames[3:])
+    assert [r.call_id for r in delivered] == [4, 5, new]
+
+
+def test_server_remembers_delivered_calls_at_the_ack_across_pruning():
+    s = ServerProtocol(CONN, max_payload=64)
+    frames = {i: encode(Kind.CALL, CONN, i, b"", ack=1) for i in range(1, 300)}
+    for i in range(1, 300):
+        assert len(s.receive_frame(frames[i], 0.0)) == 1
+    s.receive_frame(encode(Kind.CALL, CONN, 300, b"", ack=200), 0.0)   # prunes below 200
+    for i in (1, 199, 200, 201, 299):
+        assert s.receive_frame(frames[i], 0.0) == []
+    assert s.statistics().requests == 300
