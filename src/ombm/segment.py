@@ -26,7 +26,7 @@ import threading
 import weakref
 
 from . import _layout as L
-from . import _native, inspect, namespace
+from . import _native, inspect, lifecycle, namespace
 from .delivery import Router
 from .directory import Directory, Entry
 from .errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
@@ -153,15 +153,14 @@ class Region:
                 wbuf[at] ^= 1 << FAULTS.rng.randrange(8)
                 COUNTERS.messages_corrupted_fault += 1
             if seg.signal_on_write:
+                # units whose last byte lies in [offset, end); the last unit ends at the segment's end
                 unit, size = seg.unit, self.size
-                u = offset // unit
-                last = min(u * unit + unit, size) - 1
-                if last < end:
+                start = offset // unit * unit
+                if min(start + unit, size) <= end:
                     deliver = seg._router.deliver
-                    while last < end:
-                        deliver(u * unit)
-                        u += 1
-                        last = min(u * unit + unit, size) - 1
+                    while start < size and min(start + unit, size) <= end:
+                        deliver(start)
+                        start += unit
 
     def read(self, offset: int, nbytes: int) -> bytes:
         if self._mm is None:
@@ -313,6 +312,7 @@ _LIVE: weakref.WeakSet[Segment] = weakref.WeakSet()
 
 
 def _register(seg: Segment) -> Segment:
+    lifecycle.arm()
     try:
         seg._holder = seg.directory.claim(L.KIND_HOLDER, 0, 0, 0)
     except BaseException:
@@ -396,4 +396,10 @@ def _after_fork_in_child() -> None:
     _LIVE.clear()
 
 
+def _release_all() -> None:
+    for seg in live_segments():
+        seg.release()
+
+
+lifecycle.on_exit(_release_all)
 os.register_at_fork(after_in_child=_after_fork_in_child)

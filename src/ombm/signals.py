@@ -23,7 +23,6 @@ as asynchronous calls, for programs that do not want to call ``sig_wait``.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -31,7 +30,7 @@ import time
 from typing import Callable
 
 from . import _layout as L
-from . import _native
+from . import _native, lifecycle
 from . import config as _config
 from .config import settings
 from .errors import AddressError, ClosedError
@@ -85,6 +84,7 @@ class Receiver:
     def __init__(self, *, capacity: int | None = None, kernel: bool | None = None) -> None:
         s = settings()
         self.kernel = s.signal_path == "kernel" if kernel is None else kernel
+        lifecycle.arm()
         self.fifo = Fifo(s.fifo_capacity if capacity is None else capacity, kernel=self.kernel)
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
         self._lock = threading.Lock()
@@ -353,16 +353,12 @@ class Dispatcher:
         self.close()
 
 
-def _at_exit() -> None:
-    from .segment import live_segments
-
+def _close_receivers() -> None:
     with _all_lock:
         receivers = list(_all_receivers)
         _all_receivers.clear()
     for r in receivers:
         r.close()
-    for seg in live_segments():
-        seg.release()
 
 
 def _after_fork_in_child() -> None:
@@ -373,5 +369,5 @@ def _after_fork_in_child() -> None:
         _all_receivers.clear()
 
 
-atexit.register(_at_exit)
+lifecycle.on_exit(_close_receivers)
 os.register_at_fork(after_in_child=_after_fork_in_child)

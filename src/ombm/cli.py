@@ -1,0 +1,93 @@
+"""The ``ombm`` command: thin wrappers over the library (DESIGN.md §1.5).
+
+``ombm ls`` and ``ombm gc`` look at and reclaim shared objects, ``ombm demo``
+shows the system working, ``ombm bench`` measures it against its peers and
+``ombm sim`` runs the simulator of the paper's hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from . import inspect
+
+    segments = inspect.list_segments()
+    table = Table(title="ombm segments", show_lines=False)
+    for col in ("name", "size", "mode", "unit", "sow", "holders", "receivers", "FIFO depth", "drops", "note"):
+        table.add_column(col, justify="right" if col in ("size", "unit", "holders", "receivers", "drops") else "left")
+    for s in segments:
+        live = [r for r in s.receivers if r.alive]
+        dead = len(s.receivers) - len(live)
+        table.add_row(
+            s.name,
+            str(s.size),
+            s.mode,
+            str(s.unit),
+            "yes" if s.signal_on_write else "no",
+            str(s.holders),
+            str(len(live)) + (f" (+{dead} dead)" if dead else ""),
+            ",".join(str(r.depth) for r in live) or "-",
+            str(sum(r.drops for r in s.receivers)),
+            s.error or ("orphaned: run ombm gc" if s.holders == 0 else ""),
+        )
+    Console().print(table)
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from . import inspect
+
+    report = inspect.gc()
+    Console().print(
+        f"reclaimed {report.fifos_removed} signal FIFOs, {report.entries_freed} directory entries, "
+        f"{report.segments_removed} segments of dead processes"
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.main(receivers=args.receivers, iterations=args.iterations)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import runner
+
+    return runner.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ombm", description="optimized memory-based messaging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ls", help="list segments, binders, receivers, FIFO depth and drops").set_defaults(func=_ls)
+    sub.add_parser("gc", help="reclaim objects left behind by dead processes").set_defaults(func=_gc)
+    demo = sub.add_parser("demo", help="signal-on-write to several receiver processes, then RPC")
+    demo.add_argument("--receivers", type=int, default=3, help="receiver processes (default 3)")
+    demo.add_argument("--iterations", type=int, default=20000, help="round trips to time (default 20000)")
+    demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="measure ombm against the IPC a Python user would otherwise pick")
+    bench.add_argument("suite", nargs="?", default="all", choices=("all", "core", "rpc", "streams"))
+    bench.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    bench.add_argument("--out", default="docs/benchmarks.md", help="markdown file to write (default docs/benchmarks.md)")
+    bench.set_defaults(func=_bench)
+    from .sim.cli import add_subcommand
+
+    add_subcommand(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
