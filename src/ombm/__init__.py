@@ -22,6 +22,7 @@ from .errors import (
     SegmentExistsError,
     SegmentFormatError,
     SegmentNotFoundError,
+    ServerGoneError,
     ServiceNotFoundError,
     WouldBlock,
 )
@@ -38,6 +39,8 @@ from .segment import (
 )
 from .signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
 from .stats import stats
+
+from . import rpc  # noqa: E402  (ombm.rpc.Server, ombm.rpc.connect)
 
 __version__ = "0.1.0"
 
@@ -62,12 +65,14 @@ __all__ = [
     "SegmentExistsError",
     "SegmentFormatError",
     "SegmentNotFoundError",
+    "ServerGoneError",
     "ServiceNotFoundError",
     "SignalHandle",
     "WouldBlock",
     "configure",
     "create_segment",
     "open_segment",
+    "rpc",
     "settings",
     "sig_wait",
     "signal",

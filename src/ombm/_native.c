@@ -45,6 +45,7 @@
 #define WAIT_READY 0
 #define WAIT_TIMEOUT 1
 #define WAIT_STALLED 2    /* tail moved but the head cell never got published */
+#define WAIT_INTERRUPTED 3 /* a POSIX signal interrupted the sleep: let Python run its handlers */
 
 typedef _Atomic uint64_t au64;
 typedef _Atomic uint32_t au32;
@@ -328,8 +329,9 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
            can retire it if its producer died */
         if (stalled && left > 10000000ull) left = 10000000ull;
         struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
-        futex(sleep, FUTEX_WAIT, 1, &ts);
+        long fr = futex(sleep, FUTEX_WAIT, 1, &ts);
         if (fifo_ready(f)) { result = WAIT_READY; break; }
+        if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
         if (stalled && fifo_nonempty(f) && now_ns() - t >= 9000000ull) { result = WAIT_STALLED; break; }
     }
     atomic_store_explicit(sleep, 0, memory_order_relaxed);
@@ -363,7 +365,8 @@ static PyObject *n_fifo_wait(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_BEGIN_ALLOW_THREADS
     r = do_wait(f, spin_ns, timeout_s, sleep_ok, &waited);
     Py_END_ALLOW_THREADS
-    return PyLong_FromLong(r);
+    if (r == WAIT_INTERRUPTED && PyErr_CheckSignals() < 0) return NULL;
+    return PyLong_FromLong(r == WAIT_INTERRUPTED ? WAIT_TIMEOUT : r);
 }
 
 static PyObject *pop_tuple(uintptr_t f, uint64_t waited);
@@ -372,10 +375,17 @@ static PyObject *pop_tuple(uintptr_t f, uint64_t waited);
 static PyObject *n_fifo_wait_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     uintptr_t f; uint64_t spin_ns, waited = 0; double timeout_s; int sleep_ok, r = WAIT_READY;
     if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
-    if (!fifo_ready(f)) {
+    while (!fifo_ready(f)) {
+        uint64_t w = 0;
         Py_BEGIN_ALLOW_THREADS
-        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &waited);
+        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
+        waited += w;
+        if (r != WAIT_INTERRUPTED) break;
+        if (PyErr_CheckSignals() < 0) return NULL;  /* e.g. KeyboardInterrupt */
+        timeout_s -= (double)w * 1e-9;
+        r = WAIT_TIMEOUT;
+        if (timeout_s <= 0) break;
     }
     if (r != WAIT_READY) return PyLong_FromLong(r);
     PyObject *t = pop_tuple(f, waited);

@@ -16,7 +16,8 @@ keeps working for callers who do not know ombm::
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
-    └── CallTimeout               (TimeoutError)       no reply within the call's timeout
+    ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
+    │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
 
 Best-effort loss (a dropped signal, a bad checksum, a duplicate) is *not* an
 exception (paper §3.2): it is counted in ``ombm.stats()`` and repaired by the
@@ -85,3 +86,7 @@ class RemoteError(OmbmError):
 
 class CallTimeout(OmbmError, TimeoutError):
     """No reply arrived within the call's timeout."""
+
+
+class ServerGoneError(CallTimeout, ChannelBrokenError):
+    """The RPC server stopped or died: both a CallTimeout and a ConnectionError."""

@@ -1,1 +1,1 @@
-"""Benchmarks: ombm against the IPC a Python user would otherwise pick, in one run (DESIGN.md §5)."""
+"""Benchmarks: ombm against the IPC a Python user would otherwise pick, in one run (DESIGN §5)."""

@@ -267,7 +267,7 @@ def _serving(
 
 
 def _ask_to_stop(control: Connection, link: _Link) -> None:
-    """This side first (a gRPC channel closed after its server logs a GOAWAY), then the child."""
+    """Stop this side, then tell the child (a gRPC channel whose server stops first logs GOAWAY)."""
     try:
         link.shutdown()
     finally:

@@ -1,0 +1,19 @@
+"""Reliable RPC over memory-based messaging (paper §4).
+
+    srv = ombm.rpc.Server("calc", obj).start()     # obj's public methods, on the well-known channel "calc"
+    with ombm.rpc.connect("calc", timeout=5.0) as cli:
+        cli.add(1, 2)                              # -> 3, in a few microseconds
+        cli.oneway("log", "hi")                    # no reply (paper §8)
+        fut = cli.call_async("add", 3, 4); fut.result()
+
+Layers: ``wire`` (frames), ``marshal`` (msgpack, out-of-band buffers, no
+pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
+``channel`` (slots on segments), ``timer`` (the asynchronous retransmission
+timer), ``client`` and ``server`` (the I/O glue).
+"""
+
+from ..errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError
+from .client import Client, Future, connect
+from .server import Server
+
+__all__ = ["CallTimeout", "Client", "Future", "RemoteError", "Server", "ServerGoneError", "ServiceNotFoundError", "connect"]

@@ -1,0 +1,81 @@
+"""RPC channel segments: one direction of a connection, cut into slots (paper §4).
+
+A channel is a message-consistency segment whose signalling unit is one
+slot. A frame (payload + trailer, see ``wire``) is written so that it *ends*
+at its slot's last byte: that write completes the unit, so signal-on-write
+raises exactly one signal, carrying the slot's start address, with no extra
+call by the sender. The receiver finds the trailer at the slot's end.
+
+Slots are used round-robin. Message consistency allows a slot to be
+overwritten before it was read: the checksum folded into the unmarshal copy
+detects it and the reliable transport retransmits.
+"""
+
+from __future__ import annotations
+
+import random
+
+from .. import segment as _segment
+from ..errors import SegmentNotFoundError
+from .wire import TRAILER_SIZE
+
+DEFAULT_SLOT_SIZE = 16384
+DEFAULT_SLOTS = 64
+
+
+class Channel:
+    """A bound channel segment; ``writable`` on the sending side, read-only on the receiving side."""
+
+    def __init__(self, segment: _segment.Segment, writable: bool) -> None:
+        self.segment = segment
+        self.slot_size = segment.unit
+        self.slots = segment.size // self.slot_size
+        if self.slots < 1 or self.slot_size <= TRAILER_SIZE:
+            segment.release()
+            raise ValueError(f"segment {segment.name!r} is not an RPC channel (unit {segment.unit})")
+        self.region = segment.bind(writable)
+        self.max_payload = self.slot_size - TRAILER_SIZE
+        self._next = 0
+
+    @classmethod
+    def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE) -> Channel:
+        seg = _segment.create_segment(slots * slot_size, name=name, unit=slot_size)
+        try:
+            return cls(seg, writable=True)
+        except BaseException:
+            seg.release()
+            raise
+
+    @classmethod
+    def open(cls, name: str, *, writable: bool) -> Channel:
+        seg = _segment.open_segment(name)  # SegmentNotFoundError
+        return cls(seg, writable)
+
+    @property
+    def name(self) -> str:
+        return self.segment.name
+
+    def send(self, frame: bytes, slot: int | None = None) -> None:
+        """Write ``frame`` to end at the end of the next (or given) slot: one signal."""
+        if slot is None:
+            slot = self._next
+            self._next = slot + 1 if slot + 1 < self.slots else 0
+        end = (slot + 1) * self.slot_size
+        self.region.write(end - len(frame), frame)
+
+    def send_anywhere(self, frame: bytes) -> None:
+        """For multi-writer channels (the well-known channel): a random slot."""
+        self.send(frame, random.randrange(self.slots))
+
+    def slot_view(self, address: int) -> memoryview:
+        """The slot containing ``address`` (a signal's translated address): the frame ends at its end."""
+        offset = address - self.region.address
+        start = offset - offset % self.slot_size
+        return self.region.buffer[start : start + self.slot_size]
+
+    def close(self) -> None:
+        self.region.unbind()
+        self.segment.release()
+
+
+__all__ = ["Channel", "SegmentNotFoundError", "DEFAULT_SLOTS", "DEFAULT_SLOT_SIZE"]

@@ -1,0 +1,279 @@
+"""The RPC client: connect through the well-known channel, call, get the reply (paper §4).
+
+``connect(name)`` creates a request channel (client writes) and a reply
+channel (server writes), writes a CONNECT frame naming them into the
+service's well-known channel, and waits for the server's ACK.
+
+A synchronous call marshals the arguments, hands the message to the
+sans-I/O :class:`~ombm.rpc.protocol.ClientProtocol`, writes its frames (the
+write of each frame's last byte signals the server), then **dispatches its own
+reply signal** in the calling thread: no thread hop. With several threads on
+one client, one thread at a time dispatches (the leader) and completes every
+reply it finds; the others poll until their reply is in or they lead.
+Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call
+path. A server that stopped or died is noticed while waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import msgpack
+
+from .. import namespace
+from .. import _layout as L
+from ..errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
+from ..errors import ServiceNotFoundError
+from ..signals import Receiver
+from . import marshal, wire
+from .channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel
+from .protocol import ClientProtocol
+from .server import well_known_name
+from .timer import timer
+
+_LIVENESS_CHECK_S = 0.1
+
+
+class _Pending:
+    __slots__ = ("done", "data", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.data = b""
+        self.error = False
+
+
+class Future:
+    """A pipelined call's result: ``result(timeout)`` dispatches replies until it is in."""
+
+    def __init__(self, client: Client, call_id: int, pending: _Pending) -> None:
+        self._client, self._call_id, self._pending = client, call_id, pending
+
+    def done(self) -> bool:
+        return self._pending.done
+
+    def result(self, timeout: float | None = None) -> Any:
+        client = self._client
+        deadline = time.monotonic() + (client.timeout if timeout is None else timeout)
+        client._wait(self._call_id, self._pending, deadline)
+        return marshal.decode_reply(self._pending.data, allow_pickle=client.allow_pickle)
+
+
+class Client:
+    """A connection to one service; call its methods as attributes: ``client.add(1, 2)``."""
+
+    def __init__(
+        self,
+        name: str,
+        timeout: float = 5.0,
+        *,
+        allow_pickle: bool = False,
+        slots: int = DEFAULT_SLOTS,
+        slot_size: int = DEFAULT_SLOT_SIZE,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        self.service = namespace.validate_name(name)
+        self.timeout = float(timeout)
+        self.allow_pickle = allow_pickle
+        self._closed = False
+        self._lock = threading.Lock()  # protocol state
+        self._leader = threading.Lock()  # who dispatches the receiver
+        self._pending: dict[int, _Pending] = {}
+        self._protocol: ClientProtocol | None = None
+        self._nonce = namespace.new_token()
+        self._hello: dict | None = None
+        self._request = self._reply = self._receiver = None
+        try:
+            well_known = Channel.open(well_known_name(name), writable=True)
+        except SegmentNotFoundError:
+            raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
+        try:
+            self._connect(well_known, slots, slot_size)
+        except BaseException:
+            self._teardown()
+            raise
+        finally:
+            well_known.close()
+        timer().add(self)
+
+    # -- first contact
+    def _connect(self, well_known: Channel, slots: int, slot_size: int) -> None:
+        tag = f"{well_known_name(self.service)}-{self._nonce:016x}"
+        self._request = Channel.create(f"{tag}-req", slots=slots, slot_size=slot_size)
+        self._reply = Channel.create(f"{tag}-rep", slots=slots, slot_size=slot_size)
+        self._receiver = Receiver()
+        region = self._reply.region
+        self._receiver.add_handler(region.address, region.size, self._on_reply)
+        conn_id = namespace.new_token()
+        pid, start = namespace.me()
+        hello = msgpack.packb({"req": self._request.name, "rep": self._reply.name, "conn": conn_id, "pid": pid, "start": start})
+        frame = wire.encode(wire.Kind.CALL, 0, self._nonce, hello)
+        deadline = time.monotonic() + self.timeout
+        backoff = 0.002
+        while self._hello is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not _has_live_receiver(well_known):
+                    raise ServiceNotFoundError(f"service {self.service!r} is not being served (its server is gone)")
+                raise CallTimeout(f"service {self.service!r} did not answer within {self.timeout} s")
+            well_known.send_anywhere(frame)
+            self._receiver.wait(min(left, backoff))
+            backoff = min(backoff * 2, 0.1)
+        self._server = (int(self._hello["pid"]), int(self._hello["start"]))
+        max_payload = min(int(self._hello["max_payload"]), self._request.max_payload)
+        self._protocol = ClientProtocol(conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2))
+
+    def _on_reply(self, address: int) -> None:
+        view = self._reply.slot_view(address)
+        if self._protocol is None:  # connecting: only the server's ACK matters
+            try:
+                kind, _, nonce, _, _, _, payload, _ = wire.decode_fields(view)
+                if kind == wire.Kind.ACK and nonce == self._nonce:
+                    self._hello = msgpack.unpackb(payload)
+            except (FrameError, ValueError, msgpack.UnpackException):
+                pass
+            return
+        now = time.monotonic()
+        with self._lock:
+            events = self._protocol.receive_frame(view, now)
+            for event in events:
+                pending = self._pending.pop(event.call_id, None)
+                if pending is not None:
+                    pending.data, pending.error, pending.done = event.data, event.error, True
+
+    # -- calls
+    def _send(self, method: str, args: tuple, kwargs: dict, oneway: bool) -> tuple[int, _Pending]:
+        if self._closed:
+            raise ClosedError("client is closed")
+        if not isinstance(method, str):
+            raise TypeError("method name must be a str")
+        data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
+        pending = _Pending()
+        now = time.monotonic()
+        with self._lock:
+            protocol = self._protocol
+            call_id = protocol.send_request(data, now, oneway=oneway)
+            if not oneway:
+                self._pending[call_id] = pending
+            send = self._request.send
+            for frame in protocol.frames_to_send(now):
+                send(frame)
+        timer().busy = True
+        return call_id, pending
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` remotely and return its result (``RemoteError`` if it raised)."""
+        call_id, pending = self._send(method, args, kwargs, False)
+        self._wait(call_id, pending, time.monotonic() + self.timeout)
+        return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
+
+    def call_async(self, method: str, *args: Any, **kwargs: Any) -> Future:
+        """Send a call now, collect its result later: pipelined calls."""
+        call_id, pending = self._send(method, args, kwargs, False)
+        return Future(self, call_id, pending)
+
+    def oneway(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """A call with no reply (paper §8): delivered at most once, retransmitted until acknowledged."""
+        self._send(method, args, kwargs, True)
+
+    def _wait(self, call_id: int, pending: _Pending, deadline: float) -> None:
+        check_at = time.monotonic() + _LIVENESS_CHECK_S
+        while not pending.done:
+            now = time.monotonic()
+            if now >= deadline:
+                self._give_up(call_id)
+                if not self._server_alive():
+                    raise ServerGoneError(f"the server of {self.service!r} stopped or died")
+                raise CallTimeout(f"no reply from {self.service!r} within the timeout")
+            if now >= check_at:
+                check_at = now + _LIVENESS_CHECK_S
+                if not self._server_alive():
+                    self._give_up(call_id)
+                    raise ServerGoneError(f"the server of {self.service!r} stopped or died")
+            if self._leader.acquire(blocking=False):
+                try:
+                    if not pending.done:
+                        self._receiver.wait(min(deadline, check_at) - now)
+                finally:
+                    self._leader.release()
+            else:
+                time.sleep(0.0002)
+
+    def _give_up(self, call_id: int) -> None:
+        with self._lock:
+            self._pending.pop(call_id, None)
+            if self._protocol is not None:
+                self._protocol.cancel(call_id)
+
+    def _server_alive(self) -> bool:
+        """The server runs and still serves us (its handler is on our request channel)."""
+        pid, start = self._server
+        if not namespace.is_alive(pid, start):
+            return False
+        return any(
+            e.kind == L.KIND_RECEIVER and e.pid == pid for e in self._request.segment.directory.entries()
+        )
+
+    def _tick(self, now: float) -> bool:
+        """Called by the retransmission timer thread; True while calls are outstanding."""
+        with self._lock:
+            protocol = self._protocol
+            if protocol is None or self._closed:
+                return False
+            deadline = protocol.get_timer()
+            if deadline is None:
+                return False
+            if now >= deadline:
+                protocol.handle_timer(now)
+                for frame in protocol.frames_to_send(now):
+                    self._request.send(frame)
+            return True
+
+    def statistics(self):
+        """The transport's counters (calls, retransmits, bad frames, RTO, ...)."""
+        return self._protocol.statistics()
+
+    # -- lifetime
+    def close(self) -> None:
+        """Idempotent: release both channels; the server reclaims its side."""
+        if self._closed:
+            return
+        self._closed = True
+        timer().remove(self)
+        with self._leader:
+            self._teardown()
+
+    def _teardown(self) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
+        for ch in (self._request, self._reply):
+            if ch is not None:
+                ch.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<ombm.rpc.Client {self.service!r}{' closed' if self._closed else ''}>"
+
+
+def _has_live_receiver(channel: Channel) -> bool:
+    return any(
+        e.kind == L.KIND_RECEIVER and namespace.is_alive(e.pid, e.start) for e in channel.segment.directory.entries()
+    )
+
+
+def connect(name: str, timeout: float = 5.0, **options: Any) -> Client:
+    """Connect to the service ``name``; ``timeout`` bounds the connect and is every call's default."""
+    return Client(name, timeout, **options)

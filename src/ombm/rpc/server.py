@@ -1,0 +1,232 @@
+"""The RPC server: a well-known channel, and a request/reply channel pair per client (paper §4).
+
+First contact: a client writes a CONNECT frame (naming the request and reply
+channel segments it created) into the service's **well-known channel**
+``rpc-<name>``, which many clients may write at once. The server binds the
+request channel read-only with its RPC signal handler and the reply channel
+writable, and answers with an ACK frame carrying its identity. From then on
+each request frame raises a signal in the server; the handler unmarshals
+(checksum folded into the copy), calls the method, and writes the reply,
+whose write signals the client.
+
+The server's receiver is owned by the server, so clients that connect after
+``Server(...)`` but before ``start()``/``serve_forever()`` are queued in its
+FIFO and served once it runs. Connections of dead clients are reclaimed.
+Calls run in the serving thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+import threading
+import time
+from typing import Any
+
+import msgpack
+
+from .. import namespace
+from ..errors import FrameError, SegmentFormatError, SegmentNotFoundError
+from ..signals import Receiver
+from ..stats import COUNTERS
+from . import marshal, wire
+from .channel import Channel
+from .protocol import ServerProtocol
+
+WELL_KNOWN_SLOTS = 32
+WELL_KNOWN_SLOT_SIZE = 1024
+REAP_INTERVAL_S = 1.0
+
+
+def well_known_name(service: str) -> str:
+    return f"rpc-{namespace.validate_name(service)}"
+
+
+class _Connection:
+    def __init__(self, conn_id: int, nonce: int, request: Channel, reply: Channel, pid: int, start: int, max_payload):
+        self.conn_id = conn_id
+        self.nonce = nonce
+        self.request = request
+        self.reply = reply
+        self.pid, self.start = pid, start
+        self.protocol = ServerProtocol(conn_id, max_payload=max_payload)
+        self.handle = None
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.disable()
+        for ch in (self.request, self.reply):
+            try:
+                ch.close()
+            except Exception:
+                pass
+
+
+class Server:
+    """Serve the public methods of ``obj`` on the well-known channel ``name``."""
+
+    def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False) -> None:
+        self.name = namespace.validate_name(name)
+        self.obj = obj
+        self.allow_pickle = allow_pickle
+        self._methods = {
+            attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
+        }
+        self._receiver = Receiver()
+        self._connections: dict[int, _Connection] = {}
+        self._by_nonce: dict[int, _Connection] = {}
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._serving = threading.Lock()
+        self._last_reap = time.monotonic()
+        try:
+            self._well_known = Channel.create(
+                well_known_name(name), slots=WELL_KNOWN_SLOTS, slot_size=WELL_KNOWN_SLOT_SIZE
+            )
+            region = self._well_known.region
+            self._receiver.add_handler(region.address, region.size, self._on_connect)
+        except BaseException:
+            self._receiver.close()
+            raise
+        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0}
+
+    # -- first contact
+    def _on_connect(self, address: int) -> None:
+        try:
+            kind, _, nonce, _, _, _, payload, _ = wire.decode_fields(self._well_known.slot_view(address))
+            if kind != wire.Kind.CALL:
+                raise FrameError("not a CONNECT frame")
+            hello = msgpack.unpackb(payload)
+            req_name, rep_name = str(hello["req"]), str(hello["rep"])
+            conn_id, pid, start = int(hello["conn"]), int(hello["pid"]), int(hello["start"])
+        except (FrameError, ValueError, KeyError, TypeError, msgpack.UnpackException):
+            self.stats["bad_connects"] += 1
+            return
+        conn = self._by_nonce.get(nonce)
+        if conn is None:
+            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start)
+            if conn is None:
+                return
+        me_pid, me_start = namespace.me()
+        ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload})
+        conn.reply.send(wire.encode(wire.Kind.ACK, conn.conn_id, nonce, ack))
+
+    def _accept(self, conn_id, nonce, req_name, rep_name, pid, start) -> _Connection | None:
+        if conn_id in self._connections or not namespace.is_alive(pid, start):
+            self.stats["bad_connects"] += 1
+            return None
+        try:
+            request = Channel.open(req_name, writable=False)
+        except (SegmentNotFoundError, SegmentFormatError, ValueError):
+            self.stats["bad_connects"] += 1
+            return None
+        try:
+            reply = Channel.open(rep_name, writable=True)
+        except (SegmentNotFoundError, SegmentFormatError, ValueError):
+            request.close()
+            self.stats["bad_connects"] += 1
+            return None
+        conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload))
+        region = request.region
+        conn.handle = self._receiver.add_handler(region.address, region.size, lambda a: self._on_request(conn, a))
+        self._connections[conn_id] = conn
+        self._by_nonce[nonce] = conn
+        self.stats["connections"] += 1
+        return conn
+
+    # -- calls
+    def _on_request(self, conn: _Connection, address: int) -> None:
+        now = time.monotonic()
+        protocol = conn.protocol
+        for event in protocol.receive_frame(conn.request.slot_view(address), now):
+            data, error = self._execute(event.data)
+            if not event.oneway:
+                protocol.send_reply(event.call_id, data, now, error=error)
+        for frame in protocol.frames_to_send(now):
+            conn.reply.send(frame)
+
+    def _execute(self, data) -> tuple[bytes, bool]:
+        self.stats["calls"] += 1
+        try:
+            method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle)
+            fn = self._methods.get(method)
+            if fn is None:
+                raise AttributeError(f"service {self.name!r} has no method {method!r}")
+            return marshal.encode_result(fn(*args, **kwargs), allow_pickle=self.allow_pickle), False
+        except Exception as exc:  # the remote caller gets it as RemoteError
+            self.stats["errors"] += 1
+            return marshal.encode_error(exc), True
+
+    # -- liveness
+    def _reap(self) -> None:
+        for conn in list(self._connections.values()):
+            if not namespace.is_alive(conn.pid, conn.start):
+                self._drop(conn)
+                COUNTERS.dead_receivers_reclaimed += 1
+
+    def _drop(self, conn: _Connection) -> None:
+        self._connections.pop(conn.conn_id, None)
+        self._by_nonce.pop(conn.nonce, None)
+        conn.close()
+
+    # -- running
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until ``stop()``, SIGINT or SIGTERM (main thread only)."""
+        if not self._serving.acquire(blocking=False):
+            raise RuntimeError("this server is already being served by another thread")
+        previous = None
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            previous = _signal.signal(_signal.SIGTERM, lambda signum, frame: self._request_stop())
+        try:
+            while not self._stop:
+                self._receiver.wait(REAP_INTERVAL_S)
+                now = time.monotonic()
+                if now - self._last_reap >= REAP_INTERVAL_S:
+                    self._last_reap = now
+                    self._reap()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if in_main:
+                _signal.signal(_signal.SIGTERM, previous)
+            self._serving.release()
+            if self._thread is None or threading.current_thread() is not self._thread:
+                self._close()
+
+    def start(self) -> Server:
+        """Serve in a background thread owned by this server (``stop()`` joins it)."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self.serve_forever, name=f"ombm-rpc-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _request_stop(self) -> None:
+        self._stop = True
+        if not self._receiver.closed:
+            self._receiver.nudge()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, join the thread, and release every channel (idempotent)."""
+        self._request_stop()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._close()
+
+    def _close(self) -> None:
+        if self._receiver.closed:
+            return
+        for conn in list(self._connections.values()):
+            self._drop(conn)
+        self._receiver.close()
+        self._well_known.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ombm.rpc.Server {self.name!r} connections={len(self._connections)}>"

@@ -1,0 +1,75 @@
+"""The asynchronous retransmission timer: one thread per process (paper §4).
+
+"Lost or dropped messages are detected and handled by an asynchronous timer
+process. The timer process simply reviews the set of outstanding calls
+periodically and requests retransmissions": the call path never touches it
+beyond setting a flag. It ticks every millisecond while some client had calls
+outstanding in the last tick and every 20 ms otherwise, and exits when no
+client is registered (it is owned by this module and joined by
+:func:`shutdown`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+
+BUSY_TICK_S = 0.001
+IDLE_TICK_S = 0.02
+
+
+class RetransmissionTimer:
+    def __init__(self) -> None:
+        self._clients: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.busy = False
+
+    def add(self, client) -> None:
+        with self._lock:
+            self._clients.add(client)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="ombm-rpc-timer", daemon=True)
+                self._thread.start()
+
+    def remove(self, client) -> None:
+        with self._lock:
+            self._clients.discard(client)
+
+    def _run(self) -> None:
+        while not self._stop.wait(BUSY_TICK_S if self.busy else IDLE_TICK_S):
+            self.busy = False
+            with self._lock:
+                clients = list(self._clients)
+                if not clients:
+                    self._thread = None
+                    return
+            now = time.monotonic()
+            for client in clients:
+                if client._tick(now):
+                    self.busy = True
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        thread = self._thread
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+TIMER = RetransmissionTimer()
+
+
+def _after_fork_in_child() -> None:
+    global TIMER
+    TIMER = RetransmissionTimer()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def timer() -> RetransmissionTimer:
+    return TIMER
