@@ -40,7 +40,7 @@ from .segment import (
 from .signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
 from .stats import stats
 
-from . import rpc  # noqa: E402  (ombm.rpc.Server, ombm.rpc.connect)
+from . import aio, rpc  # noqa: E402  (ombm.aio.sig_wait, ombm.rpc.Server, ombm.rpc.connect)
 
 __version__ = "0.1.0"
 
@@ -69,6 +69,7 @@ __all__ = [
     "ServiceNotFoundError",
     "SignalHandle",
     "WouldBlock",
+    "aio",
     "configure",
     "create_segment",
     "open_segment",

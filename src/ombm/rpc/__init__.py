@@ -5,6 +5,7 @@
         cli.add(1, 2)                              # -> 3, in a few microseconds
         cli.oneway("log", "hi")                    # no reply (paper §8)
         fut = cli.call_async("add", 3, 4); fut.result()
+    client = await ombm.rpc.connect_async("calc"); await client.add(1, 2)   # asyncio
 
 Layers: ``wire`` (frames), ``marshal`` (msgpack, out-of-band buffers, no
 pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
@@ -13,7 +14,19 @@ timer), ``client`` and ``server`` (the I/O glue).
 """
 
 from ..errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError
+from .aio import AsyncClient, connect_async
 from .client import Client, Future, connect
 from .server import Server
 
-__all__ = ["CallTimeout", "Client", "Future", "RemoteError", "Server", "ServerGoneError", "ServiceNotFoundError", "connect"]
+__all__ = [
+    "AsyncClient",
+    "CallTimeout",
+    "Client",
+    "Future",
+    "RemoteError",
+    "Server",
+    "ServerGoneError",
+    "ServiceNotFoundError",
+    "connect",
+    "connect_async",
+]

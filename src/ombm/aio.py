@@ -1,0 +1,70 @@
+"""asyncio integration: await address-valued signals without a thread per channel.
+
+A receiver that waits in an event loop announces it in its FIFO's sleep word
+(``SLEEP_DOORBELL`` instead of the futex's ``SLEEP_FUTEX``) and lets the loop
+watch its doorbell socket; a sender that finds the word set rings it with one
+datagram (the same Drepper protocol as the futex path: announce, re-check,
+sleep). On the software-only path the signals themselves arrive on that
+socket. Handlers run in the event loop's thread.
+
+    handle = ombm.signal_handler(region.address, region.size, on_message)
+    await ombm.aio.sig_wait(1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from . import _layout as L
+from . import _native
+from .signals import Receiver, current_receiver
+
+
+def _check_timeout(timeout: float | None) -> float:
+    if timeout is None:
+        return 1e9
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError("timeout must be a number of seconds or None")
+    if not timeout >= 0:
+        raise ValueError("timeout must be >= 0")
+    return float(timeout)
+
+
+async def wait(receiver: Receiver, timeout: float | None = None) -> float:
+    """Run ``receiver``'s handlers for pending signals, awaiting up to ``timeout`` for one.
+
+    Returns the time left once a handler ran, or 0.0 after the timeout.
+    """
+    timeout = _check_timeout(timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    sleep_word = receiver.fifo.address + L.FIFO_SLEEP
+    while True:
+        if receiver.dispatch_pending():
+            return max(deadline - loop.time(), 0.0)
+        left = deadline - loop.time()
+        if left <= 0:
+            return 0.0
+        sock = receiver.fifo.doorbell()
+        if not receiver.kernel:
+            _native.store32(sleep_word, L.SLEEP_DOORBELL)
+            if receiver.fifo.depth():  # re-check after announcing (no lost wake-up)
+                _native.store32(sleep_word, L.SLEEP_AWAKE)
+                continue
+        ready = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, left)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+            if not receiver.kernel:
+                _native.store32(sleep_word, L.SLEEP_AWAKE)
+                receiver.fifo.drain_doorbell()
+
+
+async def sig_wait(timeout: float | None = None) -> float:
+    """``SigWait`` for coroutines: the event loop thread's receiver (see :func:`ombm.sig_wait`)."""
+    return await wait(current_receiver(), timeout)

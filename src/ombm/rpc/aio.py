@@ -1,0 +1,85 @@
+"""An asyncio RPC client: ``await client.add(1, 2)`` without a thread hop.
+
+One pump task per client awaits the client's reply signals in the event loop
+(:func:`ombm.aio.wait`, doorbell socket, no thread) while calls are
+outstanding, and completes each call's future as its reply is dispatched.
+Connecting (a few milliseconds at most) runs in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .. import aio as _aio
+from ..errors import CallTimeout, ServerGoneError
+from . import marshal
+from .client import Client, connect
+
+
+class AsyncClient:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._waiting: dict[int, tuple[Any, asyncio.Future]] = {}
+        self._pump: asyncio.Task | None = None
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        client = self.client
+        call_id, pending = client._send(method, args, kwargs, False)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = (pending, future)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.ensure_future(self._run_pump())
+        try:
+            await asyncio.wait_for(asyncio.shield(future), client.timeout)
+        except asyncio.TimeoutError:
+            self._waiting.pop(call_id, None)
+            client._give_up(call_id)
+            if not client._server_alive():
+                raise ServerGoneError(f"the server of {client.service!r} stopped or died") from None
+            raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
+        return marshal.decode_reply(pending.data, allow_pickle=client.allow_pickle)
+
+    async def oneway(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.client.oneway(method, *args, **kwargs)
+
+    async def _run_pump(self) -> None:
+        check_at = time.monotonic() + 0.1
+        while self._waiting:
+            await _aio.wait(self.client._receiver, 0.05)
+            for call_id, (pending, future) in list(self._waiting.items()):
+                if pending.done:
+                    del self._waiting[call_id]
+                    if not future.done():
+                        future.set_result(None)
+            if time.monotonic() >= check_at:
+                check_at = time.monotonic() + 0.1
+                if not self.client._server_alive():
+                    for _, future in self._waiting.values():
+                        if not future.done():
+                            future.set_exception(ServerGoneError(f"the server of {self.client.service!r} is gone"))
+                    self._waiting.clear()
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        self.client.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+async def connect_async(name: str, timeout: float = 5.0, **options: Any) -> AsyncClient:
+    """``await ombm.rpc.connect_async("calc")``: an :class:`AsyncClient`."""
+    loop = asyncio.get_running_loop()
+    client = await loop.run_in_executor(None, lambda: connect(name, timeout, **options))
+    return AsyncClient(client)
