@@ -461,6 +461,123 @@ static PyObject *n_copy_checksum(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(sum);
 }
 
+/* ---------------------------------------------------------------- RPC frames (rpc/wire.py) */
+
+/* The 48-byte trailer that ends every frame (little-endian; see rpc/wire.py):
+   0 connection id u64 | 8 message id u64 | 16 ack u64 | 24 payload length u32 | 28 credit u32 |
+   32 fragment index u16 | 34 fragment count u16 | 36 kind u8 | 37 flags u8 | 38 magic u16 |
+   40 checksum u64 over payload + trailer[0:40]. */
+#define TRAILER 48
+#define TRAILER_HEAD 40
+#define FRAME_MAGIC 0x4F01
+
+static inline void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put16(unsigned char *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t get16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+/* frame_encode(kind, connection_id, message_id, payload, frag_index, frag_count, ack, credit) -> bytes */
+static PyObject *n_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "frame_encode takes 8 arguments");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[0]);
+    unsigned long long conn = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long msg = PyLong_AsUnsignedLongLong(args[2]);
+    long idx = PyLong_AsLong(args[4]), count = PyLong_AsLong(args[5]);
+    unsigned long long ack = PyLong_AsUnsignedLongLong(args[6]);
+    long long credit = PyLong_AsLongLong(args[7]);
+    if (PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "frame field out of range");
+        }
+        return NULL;
+    }
+    if (kind < 1 || kind > 255 || idx < 0 || idx >= count || count > 0xFFFF || credit < 0 || credit > 0xFFFFFFFFll) {
+        PyErr_SetString(PyExc_ValueError, "bad frame kind, fragment or credit");
+        return NULL;
+    }
+    Py_buffer p;
+    if (PyObject_GetBuffer(args[3], &p, PyBUF_SIMPLE) < 0) return NULL;
+    if (p.len > 0xFFFFFFFFll) {
+        PyBuffer_Release(&p);
+        PyErr_SetString(PyExc_ValueError, "payload too large for a frame");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, p.len + TRAILER);
+    if (!out) { PyBuffer_Release(&p); return NULL; }
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(d, p.buf, (size_t)p.len);
+    unsigned char *t = d + p.len;
+    put64(t, conn); put64(t + 8, msg); put64(t + 16, ack);
+    put32(t + 24, (uint32_t)p.len); put32(t + 28, (uint32_t)credit);
+    put16(t + 32, (uint16_t)idx); put16(t + 34, (uint16_t)count);
+    t[36] = (unsigned char)kind; t[37] = 0; put16(t + 38, FRAME_MAGIC);
+    put64(t + 40, sum_copy(NULL, d, p.len + TRAILER_HEAD));
+    PyBuffer_Release(&p);
+    return out;
+}
+
+/* frame_decode(view, kinds) -> (kind, connection id, message id, frag index, frag count, ack,
+   payload bytearray, credit). The frame ends at the end of `view`, which may be shared memory a
+   hostile peer writes: the length is read once and bounds-checked, payload + trailer are copied
+   once into private memory with the checksum folded into the copy (paper §4), and every field is
+   then read from the private copy. `kinds[k]` is the object returned for kind k (None: invalid).
+   Raises ValueError on anything wrong. */
+static PyObject *n_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "frame_decode(view, kinds_tuple)");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *b = v.buf;
+    Py_ssize_t n = v.len;
+    PyObject *copy = NULL;
+    const char *err = NULL;
+    if (n < TRAILER) { err = "buffer too short for a frame trailer"; goto fail; }
+    uint32_t plen = get32(b + n - 24);
+    uint64_t total = get64(b + n - 8);
+    if ((Py_ssize_t)plen > n - TRAILER) { err = "payload length overruns the buffer"; goto fail; }
+    copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)plen + TRAILER_HEAD);
+    if (!copy) goto fail;
+    unsigned char *c = (unsigned char *)PyByteArray_AS_STRING(copy);
+    if (sum_copy(c, b + n - TRAILER - plen, (Py_ssize_t)plen + TRAILER_HEAD) != total) {
+        err = "checksum mismatch (corrupt, torn or overwritten frame)";
+        goto fail;
+    }
+    PyBuffer_Release(&v);
+    const unsigned char *t = c + plen;
+    uint16_t idx = get16(t + 32), count = get16(t + 34), magic = get16(t + 38);
+    unsigned kind = t[36];
+    if (magic != FRAME_MAGIC || t[37] != 0 || get32(t + 24) != plen || idx >= count) {
+        Py_DECREF(copy);
+        PyErr_SetString(PyExc_ValueError, "malformed trailer (magic, flags, length or fragment)");
+        return NULL;
+    }
+    PyObject *kinds = args[1];
+    if (kind >= (unsigned)PyTuple_GET_SIZE(kinds) || PyTuple_GET_ITEM(kinds, kind) == Py_None) {
+        Py_DECREF(copy);
+        PyErr_SetString(PyExc_ValueError, "unknown frame kind");
+        return NULL;
+    }
+    PyObject *kobj = PyTuple_GET_ITEM(kinds, kind);
+    unsigned long long conn = get64(t), msg = get64(t + 8), ack = get64(t + 16);
+    unsigned long credit = get32(t + 28);
+    if (PyByteArray_Resize(copy, plen) < 0) { Py_DECREF(copy); return NULL; }
+    PyObject *r = Py_BuildValue("(OKKiiKNk)", kobj, conn, msg, (int)idx, (int)count, ack, copy, credit);
+    return r;
+fail:
+    PyBuffer_Release(&v);
+    Py_XDECREF(copy);
+    if (err) PyErr_SetString(PyExc_ValueError, err);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"addr_of", n_addr_of, METH_O, "address of a buffer's first byte (the buffer must outlive its use)"},
     {"load64", n_load64, METH_O, "acquire-load a u64"},
@@ -478,6 +595,8 @@ static PyMethodDef methods[] = {
     {"fifo_skip_stalled", n_fifo_skip_stalled, METH_O, "retire a head cell whose producer died"},
     {"fifo_wait", (PyCFunction)(void (*)(void))n_fifo_wait, METH_FASTCALL, "spin-then-sleep until the FIFO has an entry; WAIT_*"},
     {"fifo_wait_pop", (PyCFunction)(void (*)(void))n_fifo_wait_pop, METH_FASTCALL, "wait, then pop: (segment id, offset, waited_ns) or WAIT_*"},
+    {"frame_encode", (PyCFunction)(void (*)(void))n_frame_encode, METH_FASTCALL, "encode an RPC frame: payload + trailer"},
+    {"frame_decode", (PyCFunction)(void (*)(void))n_frame_decode, METH_FASTCALL, "validate and copy out the frame ending a buffer"},
     {"checksum", n_checksum, METH_O, "64-bit Fletcher checksum of a buffer"},
     {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
     {NULL, NULL, 0, NULL},

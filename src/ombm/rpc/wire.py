@@ -44,8 +44,9 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from ombm._native import checksum as _checksum
 from ombm._native import copy_checksum as _copy_checksum
+from ombm._native import frame_decode as _frame_decode
+from ombm._native import frame_encode as _frame_encode
 from ombm.errors import FrameError
 
 __all__ = ["TRAILER_SIZE", "MAGIC", "MAX_FRAGMENTS", "Kind", "Frame", "FrameError",
@@ -75,6 +76,7 @@ class Kind(enum.IntEnum):
 
 
 _KIND_BY_VALUE = {int(k): k for k in Kind}
+_KINDS = tuple(_KIND_BY_VALUE.get(v) for v in range(max(_KIND_BY_VALUE) + 1))  # kind byte -> Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +115,10 @@ def _head(kind, connection_id, message_id, frag_index, frag_count, ack, credit, 
 
 def encode(kind: int, connection_id: int, message_id: int, payload=b"", *,
            frag_index: int = 0, frag_count: int = 1, ack: int = 0, credit: int = 0) -> bytes:
-    """Return the frame (payload followed by its trailer) as bytes."""
-    if not isinstance(payload, bytes):
-        payload = memoryview(payload).cast("B")
-    body = b"".join((payload, _head(kind, connection_id, message_id, frag_index,
-                                    frag_count, ack, credit, len(payload))))
-    return body + _SUM.pack(_checksum(body))
+    """Return the frame (payload followed by its trailer) as bytes (native: one pass)."""
+    if kind not in _KIND_BY_VALUE:
+        raise ValueError(f"unknown frame kind {kind!r}")
+    return _frame_encode(kind, connection_id, message_id, payload, frag_index, frag_count, ack, credit)
 
 
 def encode_into(buf, end: int, kind: int, connection_id: int, message_id: int, payload=b"", *,
@@ -143,25 +143,16 @@ def encode_into(buf, end: int, kind: int, connection_id: int, message_id: int, p
 
 def decode_fields(view) -> tuple:
     """Like :func:`decode` but return a plain tuple (the protocols' hot path):
-    ``(kind, connection_id, message_id, frag_index, frag_count, ack, payload, credit)``."""
-    n = len(view)
-    if n < TRAILER_SIZE:
-        raise FrameError(f"{n} bytes cannot hold a {TRAILER_SIZE}-byte trailer")
-    plen, _, _, _, _, _, _, total = _TAIL.unpack_from(view, n - 24)
-    if plen > n - TRAILER_SIZE:
-        raise FrameError(f"payload length {plen} overruns the {n}-byte buffer")
-    copy = bytearray(plen + _HEAD_SIZE)
-    if _copy_checksum(copy, view[n - TRAILER_SIZE - plen:n - 8]) != total:
-        raise FrameError("checksum mismatch (corrupt, torn or overwritten frame)")
-    (connection_id, message_id, ack, plen2, credit,
-     frag_index, frag_count, kind, flags, magic) = _HEAD.unpack_from(copy, plen)
-    if magic != MAGIC or flags or plen2 != plen or frag_index >= frag_count:
-        raise FrameError("malformed trailer (magic, flags, length or fragment)")
-    kind = _KIND_BY_VALUE.get(kind)
-    if kind is None:
-        raise FrameError("unknown frame kind")
-    del copy[plen:]
-    return kind, connection_id, message_id, frag_index, frag_count, ack, copy, credit
+    ``(kind, connection_id, message_id, frag_index, frag_count, ack, payload, credit)``.
+
+    Native: the length is read once and bounds-checked, then payload and
+    trailer are copied once into private memory with the checksum folded into
+    that copy (paper §4), and every field is read from the copy.
+    """
+    try:
+        return _frame_decode(view, _KINDS)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
 
 
 def peek_kind(view) -> int | None:
