@@ -17,17 +17,7 @@ import asyncio
 
 from . import _layout as L
 from . import _native
-from .signals import Receiver, current_receiver
-
-
-def _check_timeout(timeout: float | None) -> float:
-    if timeout is None:
-        return 1e9
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError("timeout must be a number of seconds or None")
-    if not timeout >= 0:
-        raise ValueError("timeout must be >= 0")
-    return float(timeout)
+from .signals import Receiver, _check_timeout, current_receiver
 
 
 async def wait(receiver: Receiver, timeout: float | None = None) -> float:
@@ -67,4 +57,4 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
 
 async def sig_wait(timeout: float | None = None) -> float:
     """``SigWait`` for coroutines: the event loop thread's receiver (see :func:`ombm.sig_wait`)."""
-    return await wait(current_receiver(), timeout)
+    return await wait(current_receiver(), _check_timeout(timeout))

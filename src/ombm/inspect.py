@@ -101,6 +101,12 @@ def list_segments() -> list[SegmentInfo]:
     return [describe(n) for n in names]
 
 
+def _ours(hdr: mmap.mmap) -> bool:
+    """A segment of exactly this layout (another version's directory is not ours to edit)."""
+    magic, version = L.SEG_HEADER.unpack_from(hdr)[:2]
+    return magic == L.SEG_MAGIC and version == L.SEG_VERSION
+
+
 def reclaim_segment_if_dead(path: str) -> bool:
     """Unlink the segment at ``path`` if no live process holds it; True if removed."""
     mapped = _map_header(path)
@@ -108,7 +114,7 @@ def reclaim_segment_if_dead(path: str) -> bool:
         return False
     fd, hdr = mapped
     try:
-        if hdr[:8] != L.SEG_MAGIC:
+        if not _ours(hdr):
             return False
         directory = Directory(hdr)
         directory.reclaim_dead()
@@ -169,7 +175,7 @@ def gc() -> GcReport:
             continue
         fd, hdr = mapped
         try:
-            if hdr[:8] == L.SEG_MAGIC:
+            if _ours(hdr):
                 entries += Directory(hdr).reclaim_dead()
         finally:
             hdr.close()

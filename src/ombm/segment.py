@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import errno
 import mmap
 import os
 import threading
@@ -374,6 +375,10 @@ def open_segment(name: str) -> Segment:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise SegmentNotFoundError(f"no segment named {name!r}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SegmentFormatError(f"{path} is a symbolic link, not an ombm segment") from None
+        raise
     try:
         if os.fstat(fd).st_size < L.HEADER_SIZE:
             raise SegmentFormatError(f"segment {name!r} is truncated or not an ombm segment")

@@ -43,6 +43,28 @@ _STALLED = _native.WAIT_STALLED
 _wait_pop = _native.fifo_wait_pop
 
 
+def _resolve(address: int, size: int, fn: Callable[[int], object]) -> tuple[Region, int]:
+    """Validate a handler's arguments; return the region and the range's segment offset."""
+    if not callable(fn):
+        raise TypeError(f"signal handler must be callable, not {type(fn).__name__}")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError("size must be an int")
+    region = find_region(address)
+    if size <= 0 or address + size > region.address + region.size:
+        raise AddressError(f"range {address:#x}+{size} is not inside one bound region")
+    return region, address - region.address
+
+
+def _check_timeout(timeout: object) -> float:
+    if timeout is None:
+        return 1e9  # "forever"
+    if type(timeout) is not float and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+        raise TypeError("timeout must be a number of seconds or None")
+    if not timeout >= 0:
+        raise ValueError("timeout must be >= 0")
+    return timeout
+
+
 class SignalHandle:
     """An enabled signal handler; ``disable()`` (idempotent) removes it."""
 
@@ -95,14 +117,7 @@ class Receiver:
     def add_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
         if self.fifo.closed:
             raise ClosedError("receiver is closed")
-        if not callable(fn):
-            raise TypeError(f"signal handler must be callable, not {type(fn).__name__}")
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError("size must be an int")
-        region = find_region(address)
-        if size <= 0 or address + size > region.address + region.size:
-            raise AddressError(f"range {address:#x}+{size} is not inside one bound region")
-        lo = address - region.address
+        region, lo = _resolve(address, size, fn)
         handle = SignalHandle(self, region, lo, lo + size, fn)
         region._handles.add(handle)
         with self._lock:
@@ -186,12 +201,7 @@ class Receiver:
 
         The time left is the timeout less the time spent waiting (handlers' own
         run time is not charged)."""
-        if timeout is None:
-            timeout = 1e9  # "forever"
-        elif type(timeout) is not float and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
-            raise TypeError("timeout must be a number of seconds or None")
-        if not timeout >= 0:
-            raise ValueError("timeout must be >= 0")
+        timeout = _check_timeout(timeout)
         if self.kernel:
             return self._wait_kernel(timeout)
         address = self.fifo.address
@@ -296,8 +306,7 @@ def current_receiver() -> Receiver:
 
 def signal_handler(address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
     """Enable ``fn(address)`` for signals on ``[address, address+size)``; runs in this thread."""
-    if not callable(fn):
-        raise TypeError(f"signal handler must be callable, not {type(fn).__name__}")
+    _resolve(address, size, fn)  # bad arguments change nothing (no FIFO is created)
     return current_receiver().add_handler(address, size, fn)
 
 
@@ -309,7 +318,7 @@ def signal(address: int) -> None:
 
 def sig_wait(timeout: float | None = None) -> float:
     """``SigWait(t)``: run pending handlers of this thread, waiting up to ``timeout`` seconds."""
-    return current_receiver().wait(timeout)
+    return current_receiver().wait(_check_timeout(timeout))
 
 
 class Dispatcher:
