@@ -57,4 +57,5 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
 
 async def sig_wait(timeout: float | None = None) -> float:
     """``SigWait`` for coroutines: the event loop thread's receiver (see :func:`ombm.sig_wait`)."""
-    return await wait(current_receiver(), _check_timeout(timeout))
+    timeout = _check_timeout(timeout)
+    return await wait(current_receiver(), timeout)

@@ -318,7 +318,8 @@ def signal(address: int) -> None:
 
 def sig_wait(timeout: float | None = None) -> float:
     """``SigWait(t)``: run pending handlers of this thread, waiting up to ``timeout`` seconds."""
-    return current_receiver().wait(_check_timeout(timeout))
+    timeout = _check_timeout(timeout)  # before the receiver exists: bad input creates nothing
+    return current_receiver().wait(timeout)
 
 
 class Dispatcher:
