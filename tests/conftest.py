@@ -35,7 +35,7 @@ import pytest
 SHM_ROOT = "/dev/shm"
 FOLDER = os.path.join(SHM_ROOT, f"ombm-{os.getuid()}")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-LEFTOVER_GRACE_S = 2.0
+LEFTOVER_GRACE_S = float(os.environ.get("OMBM_TEST_LEFTOVER_GRACE_S", "2.0"))  # for objects of exiting children
 
 # header offsets of the owner pid (see ombm/_layout.py); a guard must not trust the library it guards
 _PID_AT = {"seg-": 40, "fifo-": 16}
@@ -165,7 +165,7 @@ def _kill_and_reap(children) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers(request):
+def _no_leftovers():
     before = _snapshot()
     config_mod = sys.modules.get("ombm.config")
     saved_settings = config_mod.SETTINGS if config_mod is not None else None

@@ -51,6 +51,7 @@ class Fifo:
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, kernel: bool = False) -> None:
         capacity = _check_capacity(capacity)
         self.token = namespace.new_token()
+        self.owner_pid = os.getpid()  # a forked child must never unlink its parent's FIFO
         self.capacity = capacity
         self.kernel = kernel
         self.path = namespace.fifo_path(self.token)
@@ -128,12 +129,13 @@ class Fifo:
         return _native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD)
 
     def close(self) -> None:
-        """Idempotent: unlink the file, close the mapping and socket."""
+        """Idempotent: unlink the file (only in the creating process), close the mapping and socket."""
         if self._mm is not None:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            if os.getpid() == self.owner_pid:
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
             self._mm.close()
             self._mm = None
         if self.sock is not None:

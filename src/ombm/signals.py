@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Callable
 
 from . import _layout as L
@@ -108,6 +109,9 @@ class Receiver:
         self.kernel = s.signal_path == "kernel" if kernel is None else kernel
         lifecycle.arm()
         self.fifo = Fifo(s.fifo_capacity if capacity is None else capacity, kernel=self.kernel)
+        weakref.finalize(self, self.fifo.close)  # a receiver dropped unclosed still removes its FIFO
+        with _all_lock:
+            _all_receivers.add(self)  # closed at exit
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
         self._lock = threading.Lock()
         self._ewma_ns = 0.0
@@ -269,7 +273,7 @@ class Receiver:
 
 # ---- per-thread receivers
 _local = threading.local()
-_all_receivers: set[Receiver] = set()
+_all_receivers: weakref.WeakSet[Receiver] = weakref.WeakSet()
 _all_lock = threading.Lock()
 
 
@@ -279,14 +283,10 @@ class _ThreadReceiver:
     def __init__(self) -> None:
         self.receiver = Receiver()
         self.pid = os.getpid()
-        with _all_lock:
-            _all_receivers.add(self.receiver)
 
     def __del__(self) -> None:
         if self.pid != os.getpid():
             return  # inherited through fork: the parent still owns it
-        with _all_lock:
-            _all_receivers.discard(self.receiver)
         self.receiver.close()
 
 

@@ -114,9 +114,9 @@ def receive_until_sentinel(conn, name, lo, size, settings, read_bytes=0, ack_eve
 
 
 @child
-def fill_then_drain(conn, name, capacity):
+def fill_then_drain(conn, name, settings):
     """Enable a handler, let the FIFO fill without consuming, then drain it on request."""
-    ombm.configure(fifo_capacity=capacity)
+    ombm.configure(**settings)
     seg = ombm.open_segment(name)
     region = seg.bind()
     got = []
@@ -163,8 +163,9 @@ def echo(conn, request_name, reply_name, n, settings):
 
 
 @child
-def hold_and_block(conn, name, size, create, watch):
+def hold_and_block(conn, name, size, create, watch, settings=None):
     """Create (or open) a segment, optionally watch it, report, then block until killed."""
+    ombm.configure(**(settings or {}))
     seg = ombm.create_segment(size, name=name) if create else ombm.open_segment(name)
     region = seg.bind()
     info = {"pid": os.getpid(), "base": region.address}
@@ -176,6 +177,17 @@ def hold_and_block(conn, name, size, create, watch):
     else:
         conn.send(("ready", info))
         conn.recv()
+
+
+@child
+def send_burst(conn, name, first, n):
+    """On "go", signal offsets first .. first+n-1 as fast as possible (a producer among several)."""
+    region = ombm.open_segment(name).bind()
+    conn.send(("ready", {"pid": os.getpid()}))
+    assert conn.recv() == "go"
+    for i in range(first, first + n):
+        ombm.signal(region.address + i)
+    conn.send(("result", ombm.stats()))
 
 
 @child

@@ -36,6 +36,8 @@ class Channel:
         self.region = segment.bind(writable)
         self.max_payload = self.slot_size - TRAILER_SIZE
         self._next = 0
+        buf, size = self.region.buffer, self.slot_size
+        self._views = [buf[i * size : (i + 1) * size] for i in range(self.slots)]
 
     @classmethod
     def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE) -> Channel:
@@ -69,11 +71,12 @@ class Channel:
 
     def slot_view(self, address: int) -> memoryview:
         """The slot containing ``address`` (a signal's translated address): the frame ends at its end."""
-        offset = address - self.region.address
-        start = offset - offset % self.slot_size
-        return self.region.buffer[start : start + self.slot_size]
+        return self._views[(address - self.region.address) // self.slot_size]
 
     def close(self) -> None:
+        for view in self._views:
+            view.release()
+        self._views = []
         self.region.unbind()
         self.segment.release()
 
