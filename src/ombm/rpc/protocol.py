@@ -130,12 +130,21 @@ class RtoEstimator:
 
     def sample(self, rtt: float) -> None:
         """Take the RTT of something sent once and answered."""
-        if self.srtt is None:
-            self.srtt, self._rttvar = rtt, rtt / 2
+        # Once per call: plain comparisons instead of abs/min/max calls, same results.
+        srtt = self.srtt
+        if srtt is None:
+            srtt, rttvar = rtt, rtt / 2
         else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + 4 * self._rttvar, self._min), self._max)
+            diff = srtt - rtt
+            rttvar = 0.75 * self._rttvar + 0.25 * (diff if diff >= 0 else -diff)
+            srtt = 0.875 * srtt + 0.125 * rtt
+        self.srtt, self._rttvar = srtt, rttvar
+        rto = srtt + 4.0 * rttvar  # a float constant keeps the float fast path
+        if rto < self._min:
+            rto = self._min
+        elif rto > self._max:
+            rto = self._max
+        self.rto = rto
 
     def backoff(self, rto: float | None = None) -> float:
         """Double ``rto`` (default: the current RTO, which is then kept) up to the maximum."""
@@ -145,12 +154,18 @@ class RtoEstimator:
         return min(rto * 2, self._max)
 
 
-def _encode_message(kind, connection_id, message_id, pieces, ack=0) -> list[bytes]:
+def _encode_message(kind, connection_id, message_id, pieces, ack=0) -> tuple:
+    """The frames of a message cut by :func:`split`, as a tuple.
+
+    Callers take a fast path instead when the message is ``bytes`` that fit one
+    frame: ``(encode(...),)`` without :func:`split` and its list.
+    """
     count = len(pieces)
     if count == 1:
-        return [encode(kind, connection_id, message_id, pieces[0], ack=ack)]
-    return [encode(kind, connection_id, message_id, piece, frag_index=i, frag_count=count, ack=ack)
-            for i, piece in enumerate(pieces)]
+        return (encode(kind, connection_id, message_id, pieces[0], ack=ack),)
+    return tuple(encode(kind, connection_id, message_id, piece, frag_index=i, frag_count=count,
+                        ack=ack)
+                 for i, piece in enumerate(pieces))
 
 
 class _Reassembly:
@@ -177,6 +192,7 @@ class _Reassembly:
 
 
 def _drain(out: deque, max_frames: int | None) -> list:
+    """Take the frames ready to write from ``out`` (used by :mod:`ombm.rpc.streamproto`)."""
     if max_frames is None or max_frames >= len(out):
         frames = list(out)
         out.clear()
@@ -189,25 +205,64 @@ def _check_payload(max_payload: int) -> None:
         raise ValueError(f"max_payload must be a positive int, not {max_payload!r}")
 
 
+# Making the events.  The generated __init__ of a frozen dataclass stores each
+# field through object.__setattr__, which costs more than the rest of a small
+# call's bookkeeping.  The hot paths instead fill a mutable twin of the event class
+# (the same __slots__, so the same memory layout) with plain attribute stores and
+# then give it the frozen class: the result is an ordinary, equal, hashable event.
+
+
+class _NewRequest:
+    __slots__ = RequestReceived.__slots__
+
+
+class _NewReply:
+    __slots__ = ReplyReceived.__slots__
+
+
+_heappush, _heappop = heapq.heappush, heapq.heappop
+
+
+def _timer_order(call: _Call) -> tuple:
+    return call.deadline, call.call_id
+
+
 # ---------------------------------------------------------------- client
 
 class _Call:
-    __slots__ = ("call_id", "oneway", "frames", "sent_at", "retransmitted",
-                 "rto", "deadline", "reply")
+    """A call of the client.
 
-    def __init__(self, call_id: int, oneway: bool, frames: list[bytes]) -> None:
-        self.call_id = call_id
-        self.oneway = oneway
-        self.frames = frames
-        self.sent_at = 0.0
-        self.retransmitted = False
-        self.rto = 0.0
-        self.deadline = 0.0
-        self.reply: _Reassembly | None = None
+    ``call_id``, ``oneway`` and ``frames`` (a tuple of encoded frames) are set when
+    it is made, the rest when it is launched: ``sent_at``, the time of its only
+    transmission, or None once it was retransmitted (Karn: its reply gives no RTT
+    sample); ``rto``, its own backed-off RTO; ``deadline``, when it is retransmitted
+    next; ``heaped``, where that deadline is kept (see :class:`ClientProtocol`).
+    There is no ``__init__``: storing the fields directly costs about half as much.
+    """
+
+    __slots__ = ("call_id", "oneway", "frames", "sent_at", "rto", "deadline", "heaped")
 
 
 class ClientProtocol:
-    """The calling side of one connection."""
+    """The calling side of one connection.
+
+    The synchronous call (one fragment out, one fragment back) is the hot path and
+    is kept free of per-call bookkeeping beyond the in-flight table:
+
+    - A message that fits one frame is encoded directly (no split, no reassembly).
+    - Retransmission deadlines need no heap push per call.  Calls are launched in
+      call id order, which is the order of ``_in_flight``; a call whose deadline is
+      not earlier than that of the previous call launched this way (or that finds
+      nothing in flight) is *ordered* (``heaped`` False), so the ordered calls in
+      ``_in_flight`` have non-decreasing deadlines and the first of them holds the
+      earliest.  Only the others, a call launched with a shorter RTO than a call
+      still in flight and every call once it was retransmitted, are *heaped*: they
+      get an entry in ``_timers``, a heap of ``(deadline, call id)`` whose stale
+      entries are skipped.  :meth:`get_timer` takes the earlier of both (skipping
+      the heaped calls before the first ordered one: at most ``max_in_flight``).
+    - A reply that fits one frame completes its call without a reassembly object,
+      and the RTT sample and the event cost a few attribute stores each.
+    """
 
     def __init__(self, connection_id: int, *, max_payload: int, max_in_flight: int = 32,
                  initial_rto: float = 0.005, min_rto: float = 0.0005, max_rto: float = 0.5) -> None:
@@ -219,10 +274,12 @@ class ClientProtocol:
         self.max_payload = max_payload
         self.max_in_flight = max_in_flight
         self._next_id = 1
-        self._in_flight: dict[int, _Call] = {}  # insertion order == call id order
+        self._in_flight: dict[int, _Call] = {}  # insertion order == launch order == call id order
         self._queue: deque[_Call] = deque()
-        self._out: deque[bytes] = deque()
-        self._timers: list[tuple[float, int]] = []  # (deadline, call id), stale ones skipped
+        self._out: list[bytes] = []
+        self._timers: list[tuple[float, int]] = []  # heaped calls only, stale entries skipped
+        self._last_deadline = 0.0  # of the latest ordered call
+        self._partial: dict[int, _Reassembly] = {}  # multi-fragment replies being reassembled
         self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
 
     # -- calls
@@ -230,18 +287,34 @@ class ClientProtocol:
     def send_request(self, data, now: float, *, oneway: bool = False) -> int:
         """Queue a call carrying ``data`` (bytes-like, copied now); return its call id."""
         call_id = self._next_id
-        pieces = split(data, self.max_payload)
+        in_flight = self._in_flight
+        queue = self._queue
         # The ack: the lowest call id still waited for (in flight, queued, or this one).
-        if self._in_flight:
-            ack = next(iter(self._in_flight))
+        if in_flight:
+            ack = next(iter(in_flight))
+        elif queue:
+            ack = queue[0].call_id
         else:
-            ack = self._queue[0].call_id if self._queue else call_id
-        frames = _encode_message(_ONEWAY if oneway else _CALL, self.connection_id,
-                                 call_id, pieces, ack)
-        self._next_id += 1
+            ack = call_id
+        kind = _ONEWAY if oneway else _CALL
+        if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
+            frames = (encode(kind, self.connection_id, call_id, data, ack=ack),)
+        else:
+            frames = _encode_message(kind, self.connection_id, call_id,
+                                     split(data, self.max_payload), ack)
+        call = _Call()
+        call.call_id = call_id
+        call.oneway = oneway
+        call.frames = frames
+        self._next_id = call_id + 1
         self._calls += 1
-        self._queue.append(_Call(call_id, oneway, frames))
-        self._fill(now)  # FIFO: calls are launched in call id order, after queued ones
+        if queue:  # FIFO: calls are launched in call id order, after queued ones
+            queue.append(call)
+            self._fill(now)
+        elif len(in_flight) < self.max_in_flight:
+            self._launch(call, now)
+        else:
+            queue.append(call)
         return call_id
 
     def cancel(self, call_id: int) -> None:
@@ -249,6 +322,7 @@ class ClientProtocol:
 
         The slot it frees is given to a queued call at the next ``frames_to_send``.
         """
+        self._partial.pop(call_id, None)
         if self._in_flight.pop(call_id, None) is None:
             for call in self._queue:
                 if call.call_id == call_id:
@@ -256,11 +330,17 @@ class ClientProtocol:
                     break
 
     def _launch(self, call: _Call, now: float) -> None:
-        self._in_flight[call.call_id] = call  # launched in call id order
+        in_flight = self._in_flight
         call.sent_at = now
-        call.rto = self._rto.rto
-        call.deadline = now + call.rto
-        heapq.heappush(self._timers, (call.deadline, call.call_id))
+        call.rto = rto = self._rto.rto
+        call.deadline = deadline = now + rto
+        if in_flight and deadline < self._last_deadline:
+            call.heaped = True
+            _heappush(self._timers, (deadline, call.call_id))
+        else:
+            call.heaped = False
+            self._last_deadline = deadline
+        in_flight[call.call_id] = call
         self._out.extend(call.frames)
 
     def _fill(self, now: float) -> None:
@@ -279,79 +359,125 @@ class ClientProtocol:
         if connection_id != self.connection_id:
             self._foreign += 1
             return []
-        call = self._in_flight.get(call_id)
+        in_flight = self._in_flight
+        call = in_flight.get(call_id)
         if call is None:
             if 0 < call_id < self._next_id and kind in (_REPLY, _ERROR_REPLY, _ACK):
                 self._duplicates += 1
             else:
                 self._bad += 1
             return []
-        if call.oneway:
+        oneway = call.oneway
+        if oneway:
             fits = kind is _ACK
         else:
             fits = kind is _REPLY or kind is _ERROR_REPLY
         if not fits:
             self._bad += 1
             return []
-        if count == 1:
+        if count == 1:  # the fast path: the whole reply in one frame
             data = payload
+            if self._partial:
+                self._partial.pop(call_id, None)
         else:
-            if call.reply is None:
-                call.reply = _Reassembly(kind, count)
-            done = call.reply.add(kind, index, count, payload)
-            if not done:
-                if done is None:
-                    self._duplicates += 1
+            data = self._reassemble(call_id, kind, index, count, payload)
+            if data is None:
                 return []
-            data = call.reply.data()
-        self._complete(call, now)
-        if call.oneway:
+        # The call is complete.
+        del in_flight[call_id]
+        sent_at = call.sent_at
+        if sent_at is not None:
+            self._rto.sample(now - sent_at)
+        if self._queue:
+            self._fill(now)
+        if oneway:
             return []
-        return [ReplyReceived(call_id, data, kind is _ERROR_REPLY)]
+        event = _NewReply()
+        event.call_id = call_id
+        event.data = data
+        event.error = kind is _ERROR_REPLY
+        event.__class__ = ReplyReceived
+        return [event]
 
-    def _complete(self, call: _Call, now: float) -> None:
-        del self._in_flight[call.call_id]
-        if not call.retransmitted:
-            self._rto.sample(now - call.sent_at)
-        self._fill(now)
+    def _reassemble(self, call_id: int, kind, index: int, count: int, payload):
+        """Add a fragment of a reply: the reply if complete, else None."""
+        reply = self._partial.get(call_id)
+        if reply is None:
+            reply = self._partial[call_id] = _Reassembly(kind, count)
+        done = reply.add(kind, index, count, payload)
+        if not done:
+            if done is None:
+                self._duplicates += 1
+            return None
+        del self._partial[call_id]
+        return reply.data()
 
     def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
         """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
         if self._queue:
             self._fill(now)
-        return _drain(self._out, max_frames)
+        out = self._out
+        if max_frames is None or max_frames >= len(out):
+            self._out = []
+            return out
+        frames = out[:max_frames]
+        del out[:max_frames]
+        return frames
 
     # -- timer
+
+    def _first_ordered(self) -> _Call | None:
+        for call in self._in_flight.values():
+            if not call.heaped:
+                return call
+        return None
 
     def get_timer(self) -> float | None:
         """The next retransmission deadline, or None if no call is outstanding."""
         timers = self._timers
-        while timers:
+        in_flight = self._in_flight
+        while timers:  # drop stale heap entries (call completed, cancelled or re-armed)
             deadline, call_id = timers[0]
-            call = self._in_flight.get(call_id)
+            call = in_flight.get(call_id)
             if call is not None and call.deadline == deadline:
-                return deadline
-            heapq.heappop(timers)
-        return None
+                break
+            _heappop(timers)
+        first = self._first_ordered()
+        if first is None:
+            return timers[0][0] if timers else None
+        if timers and timers[0][0] < first.deadline:
+            return timers[0][0]
+        return first.deadline
 
     def handle_timer(self, now: float) -> None:
         """Queue retransmissions of every call whose deadline has passed."""
+        expired = []
+        for call in self._in_flight.values():  # ordered calls: stop at the first not due
+            if not call.heaped:
+                if call.deadline > now:
+                    break
+                expired.append(call)
         timers = self._timers
-        expired = False
+        in_flight = self._in_flight
         while timers and timers[0][0] <= now:
-            deadline, call_id = heapq.heappop(timers)
-            call = self._in_flight.get(call_id)
-            if call is None or call.deadline != deadline:
-                continue
-            expired = True
+            deadline, call_id = _heappop(timers)
+            call = in_flight.get(call_id)
+            if call is not None and call.deadline == deadline:
+                expired.append(call)
+        if not expired:
+            return
+        expired.sort(key=_timer_order)
+        backoff = self._rto.backoff
+        out = self._out
+        for call in expired:
             self._retransmits += 1
-            call.retransmitted = True
-            call.rto = self._rto.backoff(call.rto)
-            call.deadline = now + call.rto
-            heapq.heappush(timers, (call.deadline, call_id))
-            self._out.extend(call.frames)
-        if expired:  # Karn: keep the backed-off RTO until a clean sample arrives
-            self._rto.backoff()
+            call.sent_at = None
+            call.heaped = True
+            call.rto = rto = backoff(call.rto)
+            call.deadline = deadline = now + rto
+            _heappush(timers, (deadline, call.call_id))
+            out.extend(call.frames)
+        backoff()  # Karn: keep the backed-off RTO until a clean sample arrives
 
     def statistics(self) -> ClientStats:
         return ClientStats(self._calls, self._retransmits, self._bad, self._foreign,
@@ -362,7 +488,14 @@ class ClientProtocol:
 # ---------------------------------------------------------------- server
 
 class ServerProtocol:
-    """The serving side of one connection."""
+    """The serving side of one connection.
+
+    The synchronous call is the hot path: a request or reply that fits one frame
+    skips reassembly and :func:`split`.  The reply cache is a plain dict used in
+    insertion order (oldest first): taking its first key and deleting it is cheaper
+    than ``OrderedDict.popitem``, and the synchronous call does exactly that once
+    per call (the next request's ack releases the previous reply).
+    """
 
     def __init__(self, connection_id: int, *, max_payload: int, reply_cache: int = 1024,
                  max_partial: int = 64) -> None:
@@ -375,11 +508,11 @@ class ServerProtocol:
         self._max_partial = max_partial
         self._low = 0                  # the client waits for no call id below this
         self._seen: set[int] = set()   # delivered call ids (those below _low pruned lazily)
-        self._seen_mark = 64
+        self._seen_limit = 128         # prune _seen when it grows beyond this
         self._executing: set[int] = set()
-        self._replies: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._replies: dict[int, tuple] = {}   # call id -> frames, oldest first
         self._partial: OrderedDict[int, _Reassembly] = OrderedDict()
-        self._out: deque[bytes] = deque()
+        self._out: list[bytes] = []
         self._requests = self._replied = self._bad = self._foreign = 0
         self._duplicates = self._evicted = 0
 
@@ -401,28 +534,34 @@ class ServerProtocol:
         if call_id < self._low:
             self._duplicates += 1
             return []
-        if call_id in self._seen:
+        seen = self._seen
+        if call_id in seen:
             self._duplicates += 1
             if index == count - 1:  # once per retransmitted request, not once per fragment
                 if kind is _ONEWAY:
-                    self._out.append(encode(_ACK, self.connection_id, call_id))
+                    self._out.append(encode(_ACK, connection_id, call_id))
                 else:
                     self._out.extend(self._replies.get(call_id, ()))
             return []
-        if count == 1:
+        if count == 1:  # the fast path: the whole request in one frame
             data = payload
         else:
             data = self._reassemble(kind, call_id, index, count, payload)
             if data is None:
                 return []
-        self._seen.add(call_id)
+        seen.add(call_id)
         self._requests += 1
         oneway = kind is _ONEWAY
         if oneway:
-            self._out.append(encode(_ACK, self.connection_id, call_id))
+            self._out.append(encode(_ACK, connection_id, call_id))
         else:
             self._executing.add(call_id)
-        return [RequestReceived(call_id, data, oneway)]
+        event = _NewRequest()
+        event.call_id = call_id
+        event.data = data
+        event.oneway = oneway
+        event.__class__ = RequestReceived
+        return [event]
 
     def _reassemble(self, kind, call_id: int, index: int, count: int, payload):
         partial = self._partial.get(call_id)
@@ -441,34 +580,54 @@ class ServerProtocol:
     def _advance(self, ack: int) -> None:
         """The client no longer waits for calls below ``ack``: forget what only they needed."""
         self._low = ack
-        for table in (self._replies, self._partial):
-            while table and next(iter(table)) < ack:
-                table.popitem(last=False)
-        if len(self._seen) > 2 * self._seen_mark:
+        replies = self._replies
+        while replies:
+            oldest = next(iter(replies))
+            if oldest >= ack:
+                break
+            del replies[oldest]
+        partial = self._partial
+        while partial and next(iter(partial)) < ack:
+            partial.popitem(last=False)
+        if len(self._seen) > self._seen_limit:
             self._seen = {call_id for call_id in self._seen if call_id >= ack}
-            self._seen_mark = max(64, len(self._seen))
+            self._seen_limit = 2 * max(64, len(self._seen))
 
     def send_reply(self, call_id: int, data, now: float, *, error: bool = False) -> None:
         """Answer a delivered call with ``data`` (bytes-like), flagged ERROR_REPLY if ``error``."""
-        if call_id not in self._executing:
+        executing = self._executing
+        if call_id not in executing:
             raise ValueError(f"call {call_id} is not awaiting a reply "
                              "(unknown, one-way, or already answered)")
-        pieces = split(data, self.max_payload)
-        self._executing.discard(call_id)
+        if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
+            pieces = None
+        else:
+            pieces = split(data, self.max_payload)
+        executing.remove(call_id)
         self._replied += 1
         if call_id < self._low:
             return  # the client gave up on it
-        frames = _encode_message(_ERROR_REPLY if error else _REPLY, self.connection_id,
-                                 call_id, pieces)
-        self._replies[call_id] = frames
-        if len(self._replies) > self._cache_size:
-            self._replies.popitem(last=False)
+        kind = _ERROR_REPLY if error else _REPLY
+        if pieces is None:
+            frames = (encode(kind, self.connection_id, call_id, data),)
+        else:
+            frames = _encode_message(kind, self.connection_id, call_id, pieces)
+        replies = self._replies
+        replies[call_id] = frames
+        if len(replies) > self._cache_size:
+            del replies[next(iter(replies))]
             self._evicted += 1
         self._out.extend(frames)
 
     def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
         """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
-        return _drain(self._out, max_frames)
+        out = self._out
+        if max_frames is None or max_frames >= len(out):
+            self._out = []
+            return out
+        frames = out[:max_frames]
+        del out[:max_frames]
+        return frames
 
     def statistics(self) -> ServerStats:
         return ServerStats(self._requests, self._replied, self._bad, self._foreign,
