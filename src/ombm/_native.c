@@ -310,7 +310,7 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
     unsigned iter = 0;
     for (;;) {
         if (fifo_ready(f)) { result = WAIT_READY; goto done; }
-        if ((++iter & 63) == 0) {
+        if ((++iter & 15) == 0) {
             if (now_ns() >= spin_end) break;
             sched_yield();
         } else {
