@@ -222,7 +222,7 @@ class Receiver:
                 spent += waited * 1e-9
                 if mode == "adaptive":
                     self._learn(waited)
-                if self._dispatch(r[0], r[1]):
+                if self._dispatch(r[0], r[1]) or r[0] == L.NUDGE_SEGMENT:  # a nudge ends the wait early
                     return max(timeout - spent, 0.0)
                 continue
             if r == _STALLED:

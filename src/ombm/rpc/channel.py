@@ -19,7 +19,7 @@ from .. import segment as _segment
 from ..errors import SegmentNotFoundError
 from .wire import TRAILER_SIZE
 
-DEFAULT_SLOT_SIZE = 16384
+DEFAULT_SLOT_SIZE = 32768
 DEFAULT_SLOTS = 64
 
 
@@ -35,6 +35,8 @@ class Channel:
             raise ValueError(f"segment {segment.name!r} is not an RPC channel (unit {segment.unit})")
         self.region = segment.bind(writable)
         self.max_payload = self.slot_size - TRAILER_SIZE
+        # a message may use at most half the ring, so it never overwrites its own fragments
+        self.max_message = max(1, self.slots // 2) * self.max_payload
         self._next = 0
         buf, size = self.region.buffer, self.slot_size
         self._views = [buf[i * size : (i + 1) * size] for i in range(self.slots)]

@@ -138,11 +138,21 @@ class Client:
             return
         now = time.monotonic()
         with self._lock:
-            events = self._protocol.receive_frame(view, now)
-            for event in events:
+            protocol = self._protocol
+            for event in protocol.receive_frame(view, now):
                 pending = self._pending.pop(event.call_id, None)
                 if pending is not None:
                     pending.data, pending.error, pending.done = event.data, event.error, True
+            for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
+                self._request.send(frame)
+
+    def _poll(self) -> None:
+        """Dispatch reply signals already here, unless another thread is dispatching."""
+        if self._leader.acquire(blocking=False):
+            try:
+                self._receiver.dispatch_pending()
+            finally:
+                self._leader.release()
 
     # -- calls
     def _send(self, method: str, args: tuple, kwargs: dict, oneway: bool) -> tuple[int, _Pending]:
@@ -151,6 +161,13 @@ class Client:
         if not isinstance(method, str):
             raise TypeError("method name must be a str")
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
+        if len(data) > self._request.max_message:
+            raise ValueError(
+                f"the call ({len(data)} bytes marshalled) exceeds what this connection's request channel carries "
+                f"({self._request.max_message} bytes); connect with more or larger slots, or use ombm.Stream"
+            )
+        if oneway:
+            self._poll()  # one-way calls are acknowledged: take in what has arrived
         pending = _Pending()
         now = time.monotonic()
         with self._lock:
@@ -219,6 +236,9 @@ class Client:
 
     def _tick(self, now: float) -> bool:
         """Called by the retransmission timer thread; True while calls are outstanding."""
+        if self._closed:
+            return False
+        self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
         with self._lock:
             protocol = self._protocol
             if protocol is None or self._closed:

@@ -87,7 +87,7 @@ class Server:
         except BaseException:
             self._receiver.close()
             raise
-        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0}
+        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
 
     # -- first contact
     def _on_connect(self, address: int) -> None:
@@ -98,6 +98,8 @@ class Server:
             hello = msgpack.unpackb(payload)
             req_name, rep_name = str(hello["req"]), str(hello["rep"])
             conn_id, pid, start = int(hello["conn"]), int(hello["pid"]), int(hello["start"])
+            if not (0 < conn_id < 1 << 64 and 0 < pid < 1 << 31 and 0 <= start < 1 << 64):
+                raise ValueError("connection id, pid or start time out of range")
         except (FrameError, ValueError, KeyError, TypeError, msgpack.UnpackException):
             self.stats["bad_connects"] += 1
             return
@@ -127,7 +129,7 @@ class Server:
             return None
         conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload))
         region = request.region
-        conn.handle = self._receiver.add_handler(region.address, region.size, lambda a: self._on_request(conn, a))
+        conn.handle = self._receiver.add_handler(region.address, region.size, lambda a: self._guarded(conn, a))
         self._connections[conn_id] = conn
         self._by_nonce[nonce] = conn
         self.stats["connections"] += 1
@@ -138,20 +140,31 @@ class Server:
         now = time.monotonic()
         protocol = conn.protocol
         for event in protocol.receive_frame(conn.request.slot_view(address), now):
-            data, error = self._execute(event.data)
+            data, error = self._execute(event.data, conn.reply.max_message)
             if not event.oneway:
                 protocol.send_reply(event.call_id, data, now, error=error)
         for frame in protocol.frames_to_send(now):
             conn.reply.send(frame)
 
-    def _execute(self, data) -> tuple[bytes, bool]:
+    def _guarded(self, conn: _Connection, address: int) -> None:
+        """A client's frames must never stop the server: anything unexpected is counted, the frame dropped."""
+        try:
+            self._on_request(conn, address)
+        except Exception:
+            self.stats["dropped_frames"] += 1
+
+    def _execute(self, data, limit: int) -> tuple[bytes, bool]:
         self.stats["calls"] += 1
         try:
             method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle)
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
-            return marshal.encode_result(fn(*args, **kwargs), allow_pickle=self.allow_pickle), False
+            result = marshal.encode_result(fn(*args, **kwargs), allow_pickle=self.allow_pickle)
+            if len(result) > limit:
+                raise ValueError(f"the result ({len(result)} bytes) exceeds what the client's reply channel carries "
+                                 f"({limit} bytes); connect with more or larger slots, or use ombm.Stream")
+            return result, False
         except Exception as exc:  # the remote caller gets it as RemoteError
             self.stats["errors"] += 1
             return marshal.encode_error(exc), True
