@@ -114,7 +114,8 @@ class Receiver:
             _all_receivers.add(self)  # closed at exit
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
         self._lock = threading.Lock()
-        self._ewma_ns = 0.0
+        self._misses = 0  # consecutive waits that outlasted the spin budget
+        self._spin_cap = int(s.spin_us * 1000)
         self._waits = 0
 
     # -- registration
@@ -188,17 +189,22 @@ class Receiver:
         return self.dispatch_pending()
 
     def _spin_budget(self) -> int:
-        """Adaptive spin (DESIGN.md §6): spin up to the cap while signals typically come
-        within it; once they typically take longer, spin only 2 µs before sleeping, and
-        probe with the full cap every 64th wait so a peer that got faster is noticed."""
+        """Adaptive spin (DESIGN.md §6): spin up to the cap while signals come within it; after
+        8 waits in a row that had to sleep, spin only 2 µs, but probe with the full cap every
+        64th wait so a peer that got faster is noticed at once."""
         self._waits += 1
-        cap = int(_config.SETTINGS.spin_us * 1000)
-        if self._ewma_ns <= cap or self._waits & 63 == 0:
+        cap = self._spin_cap = int(_config.SETTINGS.spin_us * 1000)
+        if self._misses < 8 or self._waits & 63 == 0:
             return cap
         return min(cap, 2000)
 
     def _learn(self, waited_ns: int) -> None:
-        self._ewma_ns = waited_ns if self._ewma_ns == 0 else 0.875 * self._ewma_ns + 0.125 * waited_ns
+        """Count whether the wait ended while spinning; only a spinning success resets the misses
+        (a wait that slept includes the wake-up latency and says nothing about the peer)."""
+        if waited_ns <= self._spin_cap:
+            self._misses = 0
+        else:
+            self._misses += 1
 
     def wait(self, timeout: float | None = None) -> float:
         """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from .. import _layout as L
 from .. import namespace
 from ..errors import FrameError, SegmentFormatError, SegmentNotFoundError
 from ..signals import Receiver
@@ -171,10 +172,15 @@ class Server:
 
     # -- liveness
     def _reap(self) -> None:
+        """Drop connections whose client died or closed (it no longer holds its request channel)."""
         for conn in list(self._connections.values()):
             if not namespace.is_alive(conn.pid, conn.start):
                 self._drop(conn)
                 COUNTERS.dead_receivers_reclaimed += 1
+            elif not any(
+                e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
+            ):
+                self._drop(conn)
 
     def _drop(self, conn: _Connection) -> None:
         self._connections.pop(conn.conn_id, None)

@@ -1,0 +1,465 @@
+"""The RPC suite: ombm RPC against the request/response a Python user would otherwise pick (issue 3).
+
+Measures, in one run and on both placements of DESIGN.md §5:
+
+- the paper's Table 4 columns (null RPC, 32 bytes sent and received, 1 KiB) plus 64 KiB, for
+  ombm (adaptive wait, memory signal path), ombm on the software-only signal path (the paper's
+  "Soft MBM": every signal a system call) and every peer of ``peers.rpc_peers`` (os.pipe, a Unix
+  socketpair, multiprocessing.Pipe, multiprocessing.connection, pyzmq REQ/REP over ipc://, gRPC
+  over a Unix socket, iceoryx2 request/response). Every system echoes the payload: the request
+  carries it and so does the reply (the paper's "send 1 KB" had a null reply; an echo is more
+  work, the same for everyone). A peer that cannot run is skipped with the reason;
+- the paper's Table 2: ombm's own per-call costs, taken apart in this process (marshalling,
+  framing with its checksum, the sans-I/O protocol logic, the slot lookup) beside the signal
+  round trip and the measured call;
+- the paper's Table 3 row for RPC: connect + disconnect against a running server;
+- the CPU an idle server uses.
+
+The ombm server is a spawned child (``core.child``) pinned to the placement's server CPU; for
+the software-only variant ``OMBM_SIGNAL_PATH=kernel`` is in its environment before it imports
+ombm, and this process is configured likewise before it connects. It is stopped by SIGTERM,
+which ``serve_forever`` turns into a clean stop that releases its channels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import ombm
+from ombm import _native
+from ombm.rpc import marshal, wire
+from ombm.rpc.channel import Channel
+from ombm.rpc.protocol import ClientProtocol, ServerProtocol
+
+from . import core, peers
+from .affinity import PLACEMENTS, pinned
+from .report import Latency, Target, md_table, median, percent, ratio, targets_table, times, us
+
+SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536}
+_TARGET_COLUMNS = ("null", "32 B", "1 KiB")
+_KERNEL_PEERS = ("os.pipe", "socketpair", "multiprocessing.Pipe", "mp.connection", "pyzmq ipc REQ/REP", "gRPC unix")
+_VARIANTS = {"ombm": "memory", "ombm software-only": "kernel"}
+_BREAKDOWN_SIZES = {"32 B": 32, "1 KiB": 1024}
+_SLOW_US = 40.0  # about one kernel wake-up across CPUs on this VM: a call slower than this slept
+
+
+@dataclass(frozen=True)
+class Plan:
+    ombm_calls: dict[str, int]
+    peer_calls: dict[str, int]
+    warmup: int
+    connects: int
+    breakdown: int
+    idle_window_s: float
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls({"null": 500, "32 B": 500, "1 KiB": 500, "64 KiB": 100},
+                       {"null": 200, "32 B": 200, "1 KiB": 200, "64 KiB": 50}, 50, 20, 500, 1.0)
+        return cls({"null": 50_000, "32 B": 50_000, "1 KiB": 50_000, "64 KiB": 5_000},
+                   {"null": 10_000, "32 B": 10_000, "1 KiB": 10_000, "64 KiB": 2_000}, 300, 300, 20_000, 2.0)
+
+
+@dataclass
+class RpcResult:
+    plan: Plan
+    calls: dict[str, dict[str, dict[str, Latency]]] = field(default_factory=dict)  # placement -> system -> size
+    skipped: dict[str, str] = field(default_factory=dict)
+    retransmits: dict[str, int] = field(default_factory=dict)  # "variant, placement" -> count
+    slow: dict[str, dict[str, float]] = field(default_factory=dict)  # "variant, placement" -> size -> % slow
+    connect: dict[str, Latency] = field(default_factory=dict)  # "connect", "disconnect", "connect+disconnect"
+    idle: dict[str, float] = field(default_factory=dict)
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # size -> component -> µs
+    signal_rt_us: float = math.nan
+    elapsed_s: float = 0.0
+
+
+# --- the ombm server child -------------------------------------------------------------------------
+
+
+class _Service:
+    """What the benchmark calls: the null RPC and an echo."""
+
+    def null(self) -> None:
+        return None
+
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+def _server_child(control: Connection, name: str) -> None:
+    def leave(signum: int, frame: Any) -> None:  # SIGTERM before serve_forever took it over
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    server = ombm.rpc.Server(name, _Service())
+    control.send(("ready",))
+    server.serve_forever()  # until SIGTERM; then it releases its channels
+
+
+def _connect(name: str, deadline_s: float = 10.0) -> ombm.rpc.Client:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return ombm.rpc.connect(name, timeout=10.0)
+        except ombm.ServiceNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _payload(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def ombm_calls(variant: str, placement: tuple[int, int], plan: Plan, extras: bool) -> dict[str, Any]:
+    """Calls of every size against a server child; with ``extras`` also connect+disconnect and idle CPU."""
+    path = _VARIANTS[variant]
+    name = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
+    env = {"OMBM_SIGNAL_PATH": path, "OMBM_WAIT": "adaptive"}
+    previous = ombm.settings()
+    ombm.configure(signal_path=path, wait="adaptive")
+    found: dict[str, Any] = {"calls": {}}
+    try:
+        budget = sum(plan.ombm_calls.values()) * 0.002 + plan.connects * 0.01 + 30
+        with core.child(_server_child, name, cpu=placement[1], env=env, lifetime_s=budget, terminate=True) as (
+            process, _
+        ), pinned(placement[0]):
+            with _connect(name) as client:
+                found["slow"] = {}
+                for label, size in SIZES.items():
+                    samples = _time_calls(client, size, plan.ombm_calls[label], plan.warmup)
+                    found["calls"][label] = Latency.of(samples)
+                    found["slow"][label] = 100 * sum(1 for s in samples if s > _SLOW_US) / len(samples)
+                found["retransmits"] = client.statistics().retransmits
+                if extras:
+                    found["connect"] = _connect_disconnect(name, plan.connects)
+                    time.sleep(0.3)
+                    found["idle"] = core.idle_cpu(process.pid, plan.idle_window_s)
+    finally:
+        ombm.configure(signal_path=previous.signal_path, wait=previous.wait)
+    return found
+
+
+def _time_calls(client: ombm.rpc.Client, size: int, iterations: int, warmup: int) -> list[float]:
+    call = client.call
+    if size == 0:
+        def operation() -> Any:
+            return call("null")
+    else:
+        payload = _payload(size)
+        if call("echo", payload) != payload:
+            raise RuntimeError("ombm echoed a different payload")
+
+        def operation() -> Any:
+            return call("echo", payload)
+    for _ in range(warmup):
+        operation()
+    return core.timed(operation, iterations)
+
+
+def _connect_disconnect(name: str, iterations: int) -> dict[str, Latency]:
+    clock = time.perf_counter_ns
+    connects, closes, both = [], [], []
+    for _ in range(iterations):
+        t0 = clock()
+        client = ombm.rpc.connect(name, timeout=10.0)
+        t1 = clock()
+        client.close()
+        t2 = clock()
+        connects.append((t1 - t0) / 1000)
+        closes.append((t2 - t1) / 1000)
+        both.append((t2 - t0) / 1000)
+    return {"connect": Latency.of(connects), "disconnect": Latency.of(closes),
+            "connect+disconnect": Latency.of(both)}
+
+
+# --- Table 2: ombm's per-call costs, taken apart ---------------------------------------------------
+
+
+def breakdown(size: int, iterations: int) -> dict[str, float]:
+    """Median µs of each part of an echo call of ``size`` bytes, in this process."""
+    payload = _payload(size)
+    call = marshal.encode_call("echo", (payload,), {})
+    result = marshal.encode_result(payload)
+    request_frame = wire.encode(wire.Kind.CALL, 7, 1, call, ack=1)
+    reply_frame = wire.encode(wire.Kind.REPLY, 7, 1, result)
+    parts = {
+        "marshal call": lambda: marshal.encode_call("echo", (payload,), {}),
+        "unmarshal call": lambda: marshal.decode_call(call),
+        "marshal result": lambda: marshal.encode_result(payload),
+        "unmarshal reply": lambda: marshal.decode_reply(result),
+        "frame encode, request + reply": lambda: (wire.encode(wire.Kind.CALL, 7, 1, call, ack=1),
+                                                  wire.encode(wire.Kind.REPLY, 7, 1, result)),
+        "frame decode + checksum, request + reply": lambda: (wire.decode_fields(memoryview(request_frame)),
+                                                             wire.decode_fields(memoryview(reply_frame))),
+        "checksum alone, 4 passes": lambda: (_checksum(request_frame[:-8]), _checksum(reply_frame[:-8]),
+                                             _checksum(request_frame[:-8]), _checksum(reply_frame[:-8])),
+        "protocol round (incl. framing)": _protocol_round(call, result),
+    }
+    found = {name: median(core.timed(operation, iterations)) for name, operation in parts.items()}
+    with _channel() as channel:
+        address = channel.region.address
+        found["channel write, request + reply"] = 2 * median(
+            core.timed(lambda: channel.send(request_frame), iterations))
+        found["slot lookup, request + reply"] = 2 * median(
+            core.timed(lambda: channel.slot_view(address), iterations))
+    found["protocol logic"] = found["protocol round (incl. framing)"] - found["frame encode, request + reply"] \
+        - found["frame decode + checksum, request + reply"]
+    return found
+
+
+_checksum = _native.checksum
+
+
+def _protocol_round(call: bytes, result: bytes) -> Callable[[], Any]:
+    """One call through ClientProtocol and ServerProtocol in this process (frames handed over)."""
+    client = ClientProtocol(7, max_payload=16336)
+    server = ServerProtocol(7, max_payload=16336)
+
+    def round_trip() -> Any:
+        now = time.monotonic()
+        client.send_request(call, now)
+        (request,) = client.frames_to_send(now)
+        (event,) = server.receive_frame(memoryview(request), now)
+        server.send_reply(event.call_id, result, now)
+        (reply,) = server.frames_to_send(now)
+        return client.receive_frame(memoryview(reply), now)
+
+    return round_trip
+
+
+@contextmanager
+def _channel() -> Iterator[Channel]:
+    """A throw-away RPC channel with no receiver, made as a client makes its request channel."""
+    channel = Channel.create(f"bench-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+# --- the suite -------------------------------------------------------------------------------------
+
+
+def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = False) -> RpcResult:
+    """Run every RPC measurement; ``progress(done, total, what)`` before each step."""
+    result = RpcResult(Plan.make(quick))
+    steps: list[tuple[str, Callable[[], None]]] = []
+    for label, placement in PLACEMENTS.items():
+        for variant in _VARIANTS:
+            steps.append((f"{variant}, {label}", _ombm_step(result, variant, label, placement)))
+        for peer in peers.rpc_peers():
+            ok, why = peer.available()
+            if not ok:
+                result.skipped[peer.name] = why
+                continue
+            for column in SIZES:
+                steps.append((f"{peer.name} {column}, {label}", _peer_step(result, peer, column, label, placement)))
+    steps.append(("signal round trip for Table 2", lambda: _signal_step(result)))
+    for column, size in _BREAKDOWN_SIZES.items():
+        steps.append((f"Table 2 breakdown, {column}", lambda c=column, s=size: result.breakdown.__setitem__(
+            c, breakdown(s, result.plan.breakdown))))
+    result.elapsed_s = core.run_steps(steps, progress)
+    return result
+
+
+def _ombm_step(result: RpcResult, variant: str, label: str, placement: tuple[int, int]) -> Callable[[], None]:
+    def step() -> None:
+        extras = variant == "ombm" and label == "cross-cpu"
+        found = ombm_calls(variant, placement, result.plan, extras)
+        result.calls.setdefault(label, {})[variant] = found["calls"]
+        result.retransmits[f"{variant}, {label}"] = found["retransmits"]
+        result.slow[f"{variant}, {label}"] = found["slow"]
+        if extras:
+            result.connect = found["connect"]
+            result.idle = found["idle"]
+
+    return step
+
+
+def _peer_step(result: RpcResult, peer: peers.Peer, column: str, label: str,
+               placement: tuple[int, int]) -> Callable[[], None]:
+    def step() -> None:
+        if peer.name in result.skipped:
+            return
+        try:
+            samples = peer.roundtrip(SIZES[column], result.plan.peer_calls[column], placement, result.plan.warmup)
+        except Exception as exc:  # a peer that fails here is reported, never given a number
+            result.skipped[peer.name] = f"failed at {column}, {label}: {type(exc).__name__}: {exc}"
+            for table in result.calls.values():
+                table.pop(peer.name, None)
+            return
+        result.calls.setdefault(label, {}).setdefault(peer.name, {})[column] = Latency.of(samples)
+
+    return step
+
+
+def _signal_step(result: RpcResult) -> None:
+    samples = core.ombm_round_trip("ombm adaptive", PLACEMENTS["cross-cpu"], result.plan.breakdown // 2, 200)
+    result.signal_rt_us = median(samples)
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def _median(result: RpcResult, placement: str, system: str, column: str) -> float:
+    cell = result.calls.get(placement, {}).get(system, {}).get(column)
+    return cell.median_us if cell else math.nan
+
+
+def _fastest_kernel_peer(result: RpcResult, placement: str, column: str) -> tuple[str, float]:
+    found = [(name, _median(result, placement, name, column)) for name in _KERNEL_PEERS]
+    found = [(name, value) for name, value in found if not math.isnan(value)]
+    return min(found, key=lambda item: item[1]) if found else ("—", math.nan)
+
+
+def _worst_ratio(result: RpcResult, placement: str, other: Callable[[str], float]) -> tuple[float, str]:
+    """The smallest (other ÷ ombm) over the target columns, and which column it was."""
+    ratios = [(ratio(other(column), _median(result, placement, "ombm", column)), column) for column in _TARGET_COLUMNS]
+    ratios = [item for item in ratios if not math.isnan(item[0])]
+    return min(ratios) if ratios else (math.nan, "")
+
+
+def targets(result: RpcResult) -> list[Target]:
+    found = []
+    for placement in result.calls:
+        for column, limit in zip(_TARGET_COLUMNS, (4.0, 4.5, 6.0)):
+            found.append(Target(f"ombm {column} call, {placement}", limit, _median(result, placement, "ombm", column),
+                                " µs", note="median"))
+    for placement in result.calls:
+        others = {
+            "fastest kernel-based peer": (10, lambda c, p=placement: _fastest_kernel_peer(result, p, c)[1]),
+            "iceoryx2": (2, lambda c, p=placement: _median(result, p, "iceoryx2 req/resp", c)),
+            "ombm software-only": (10, lambda c, p=placement: _median(result, p, "ombm software-only", c)),
+        }
+        for name, (limit, other) in others.items():
+            worst, column = _worst_ratio(result, placement, other)
+            note = f"smallest over null/32 B/1 KiB ({column})" if column else "not measured"
+            found.append(Target(f"vs {name}, {placement}", limit, worst, "×", at_most=False, note=note))
+    if result.connect:
+        found.append(Target("connect + disconnect", 1000, result.connect["connect+disconnect"].median_us, " µs",
+                            note="median, cross-cpu"))
+    if "1 KiB" in result.breakdown:
+        checksum = result.breakdown["1 KiB"]["checksum alone, 4 passes"]
+        share = 100 * checksum / _median(result, "cross-cpu", "ombm", "1 KiB")
+        found.append(Target("checksum share of a 1 KiB call", 10, share, " %",
+                            note="4 standalone checksum passes ÷ measured 1 KiB echo, cross-cpu (an upper bound)"))
+    if result.idle:
+        found.append(Target("idle server", 1.0, result.idle["stat_percent"], " % of a core",
+                            note=f"utime+stime over {result.idle['window_s']:.1f} s "
+                                 f"(schedstat: {result.idle['schedstat_percent']:.3f} %)"))
+    return found
+
+
+def markdown(result: RpcResult) -> str:
+    plan = result.plan
+    parts = ["## RPC (issue 3)", "",
+             f"Round trip of one call from this process (pinned to CPU 0) to a server in a freshly spawned "
+             f"process (CPU 1 *cross-cpu*, CPU 0 *same-cpu*). Every system echoes the payload (the request "
+             f"carries it, the reply carries it back; *null*: nothing each way, for ombm the call `null()`). "
+             f"ombm: {plan.ombm_calls['32 B']:,} calls per cell ({plan.ombm_calls['64 KiB']:,} at 64 KiB); "
+             f"peers: {plan.peer_calls['32 B']:,} ({plan.peer_calls['64 KiB']:,} at 64 KiB), after "
+             f"{plan.warmup} warm-up calls. *ombm software-only* is the paper's Soft MBM: every signal a "
+             f"system call into the receiver's kernel queue.", ""]
+    for placement, systems in result.calls.items():
+        parts += [f"### Call latency, {placement}: median µs (p99)", ""]
+        rows = []
+        for system, cells in systems.items():
+            rows.append([system] + [f"{us(cells[c].median_us)} ({us(cells[c].p99_us)})" if c in cells else "—"
+                                    for c in SIZES])
+        parts += [md_table(["system", *SIZES], rows), ""]
+    for name, why in result.skipped.items():
+        parts.append(f"*{name} skipped: {why}*\n")
+    parts += ["### How much faster ombm is (ratio of medians, same run)", ""]
+    rows = []
+    for placement in result.calls:
+        for label, other in (
+            ("fastest kernel-based peer", lambda c, p=placement: _fastest_kernel_peer(result, p, c)),
+            ("iceoryx2 req/resp", lambda c, p=placement: ("", _median(result, p, "iceoryx2 req/resp", c))),
+            ("ombm software-only", lambda c, p=placement: ("", _median(result, p, "ombm software-only", c))),
+        ):
+            cells = []
+            for column in SIZES:
+                name, value = other(column)
+                cell = times(ratio(value, _median(result, placement, "ombm", column)))
+                cells.append(f"{cell} ({name})" if name else cell)
+            rows.append([placement, label, *cells])
+    parts += [md_table(["placement", "ombm vs", *SIZES], rows), ""]
+    retransmits = ", ".join(f"{key}: {value}" for key, value in result.retransmits.items())
+    parts += [f"Retransmissions during the ombm runs: {retransmits}.", ""]
+    rows = [[key, *(percent(shares[c], 1) for c in SIZES)] for key, shares in result.slow.items()]
+    parts += [f"Share of ombm calls slower than {_SLOW_US:.0f} µs (about one kernel wake-up across CPUs here: "
+              "such a call found a side asleep):", "", md_table(["variant, placement", *SIZES], rows), ""]
+    if result.breakdown:
+        parts += _breakdown_markdown(result)
+    if result.connect:
+        c = result.connect
+        parts += ["### Setup (paper Table 3 row)", "",
+                  f"`ombm.rpc.connect(name)` + `close()` against the running server, cross-cpu, {plan.connects} times "
+                  "(the paper: 2030 µs for the same life cycle).", "",
+                  md_table(["operation", "median µs", "p99 µs"],
+                           [[name, us(lat.median_us), us(lat.p99_us)] for name, lat in c.items()]), ""]
+    if result.idle:
+        i = result.idle
+        parts += [f"Idle server (a client connected, no calls), over {i['window_s']:.1f} s: utime+stime "
+                  f"{percent(i['stat_percent'])} of a core (resolution {i['resolution_percent']:.2f} %), "
+                  f"schedstat {percent(i['schedstat_percent'], 3)}.", ""]
+    parts += ["### Targets (issue 3)", "", targets_table(targets(result))]
+    return "\n".join(parts) + "\n"
+
+
+_TABLE2_ROWS = (  # (component, in the sum?)
+    ("marshal call", True),
+    ("frame encode, request + reply", True),
+    ("signal round trip", True),
+    ("slot lookup, request + reply", True),
+    ("frame decode + checksum, request + reply", True),
+    ("unmarshal call", True),
+    ("marshal result", True),
+    ("unmarshal reply", True),
+    ("protocol logic", True),
+    ("channel write, request + reply", False),
+    ("checksum alone, 4 passes", False),
+)
+
+
+def _breakdown_markdown(result: RpcResult) -> list[str]:
+    sizes = list(result.breakdown)
+    rows, sums = [], {s: 0.0 for s in sizes}
+    for name, summed in _TABLE2_ROWS:
+        cells = []
+        for s in sizes:
+            value = result.signal_rt_us if name == "signal round trip" else result.breakdown[s][name]
+            if summed:
+                sums[s] += value
+            cells.append(us(value))
+        rows.append([name if summed else f"*of which:* {name}", *cells])
+    rows.append(["**sum**", *(f"**{us(sums[s])}**" for s in sizes)])
+    measured = {s: _median(result, "cross-cpu", "ombm", s) for s in sizes}
+    rows.append(["measured call (cross-cpu)", *(us(measured[s]) for s in sizes)])
+    rows.append(["rest: client/server glue (locks, pending table, wait loop)",
+                 *(us(measured[s] - sums[s]) for s in sizes)])
+    return [
+        "### Where an ombm call's time goes (paper Table 2 shape)", "",
+        "Each part timed alone in this process (median µs of "
+        f"{result.plan.breakdown:,} runs), beside the signal round trip (32-byte write + signal each way, "
+        "cross-cpu, adaptive) and the measured echo call. *Protocol logic*: one call through "
+        "`ClientProtocol` and `ServerProtocol` (frames handed over in memory) less its frame encoding and "
+        "decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
+        "no receiver, so no signal) inside the signal round trip, the standalone checksum of each frame "
+        "(encode and decode, request and reply) inside the framing rows (decoding folds it into its copy). "
+        "*rest* is what the parts do not explain: it can be negative, the parts timed alone are not exactly "
+        "additive.", "",
+        md_table(["component", *sizes], rows), "",
+    ]
