@@ -14,7 +14,9 @@ from .errors import (
     AddressError,
     CallTimeout,
     ChannelBrokenError,
+    ChannelTimeout,
     ClosedError,
+    EndOfStream,
     FrameError,
     OmbmError,
     ReadOnlyError,
@@ -39,6 +41,9 @@ from .segment import (
 )
 from .signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
 from .stats import stats
+from .arrays import ArrayView
+from .channel import RawChannel, RawFrame, RawStats, RawView
+from .stream import Stream, StreamStats
 
 from . import aio, rpc  # noqa: E402  (ombm.aio.sig_wait, ombm.rpc.Server, ombm.rpc.connect)
 
@@ -46,6 +51,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressError",
+    "ArrayView",
+    "ChannelTimeout",
+    "EndOfStream",
+    "RawChannel",
+    "RawFrame",
+    "RawStats",
+    "RawView",
+    "Stream",
+    "StreamStats",
     "CACHE_LINE",
     "CONVENTIONAL",
     "CallTimeout",

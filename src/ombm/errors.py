@@ -12,6 +12,8 @@ keeps working for callers who do not know ombm::
     ├── ReadOnlyError             (PermissionError)    write through a read-only binding
     ├── ClosedError               (ValueError)         use of an unbound region / released segment / closed object
     ├── WouldBlock                (BlockingIOError)    a non-blocking send found the channel full
+    ├── ChannelTimeout            (TimeoutError)       a channel operation timed out (nothing lost)
+    ├── EndOfStream               (EOFError)           the writer closed and everything was delivered
     ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
@@ -57,6 +59,14 @@ class ClosedError(OmbmError, ValueError):
 
 class WouldBlock(OmbmError, BlockingIOError):
     """A non-blocking operation could not proceed without waiting."""
+
+
+class ChannelTimeout(OmbmError, TimeoutError):
+    """A channel operation did not complete within its timeout (nothing was lost)."""
+
+
+class EndOfStream(OmbmError, EOFError):
+    """The writer closed the channel and every message it sent was delivered."""
 
 
 class ChannelBrokenError(OmbmError, ConnectionError):

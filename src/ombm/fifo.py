@@ -57,6 +57,7 @@ class Fifo:
         self.path = namespace.fifo_path(self.token)
         self.sock: socket.socket | None = None
         self._mm: mmap.mmap | None = None
+        self._closed = False
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, L.fifo_size(capacity))
@@ -129,22 +130,27 @@ class Fifo:
         return _native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD)
 
     def close(self) -> None:
-        """Idempotent: unlink the file (only in the creating process), close the mapping and socket."""
-        if self._mm is not None:
-            if os.getpid() == self.owner_pid:
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
-            self._mm.close()
-            self._mm = None
+        """Idempotent: unlink the file (only in the creating process) and close the socket.
+
+        The mapping itself stays until this object is garbage-collected: another thread
+        may still be inside a native wait on it (one that holds the receiver, hence this
+        object), and unmapping under it would crash the process.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() == self.owner_pid:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
     @property
     def closed(self) -> bool:
-        return self._mm is None
+        return self._closed
 
 
 class FifoRef:

@@ -300,7 +300,7 @@ def current_receiver() -> Receiver:
     """The calling thread's receiver (created on first use, and again if it was closed)."""
     try:
         receiver = _local.receiver
-        if receiver.fifo._mm is not None:
+        if not receiver.fifo._closed:
             return receiver
     except AttributeError:
         pass

@@ -56,6 +56,7 @@ _HEAD = struct.Struct("<QQQIIHHBBH")   # trailer[0:40], everything before the ch
 _SUM = struct.Struct("<Q")
 _TAIL = struct.Struct("<IIHHBBHQ")     # trailer[24:48]: payload_len ... checksum
 TRAILER_SIZE = _HEAD.size + _SUM.size  # 48
+TRAILER_HEAD, TRAILER_SUM, TRAILER_TAIL = _HEAD, _SUM, _TAIL  # for channels that frame in place (ombm.stream)
 _HEAD_SIZE = _HEAD.size                # 40
 MAGIC = 0x4F01                         # format "O", version 1
 MAX_FRAGMENTS = 0xFFFF

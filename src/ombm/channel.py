@@ -1,0 +1,708 @@
+"""Channels: the basic channel class and the raw best-effort channel (paper §3.2, §3.3, §4).
+
+Paper §4: "A basic channel mechanism in the class library supports a raw form of
+communication ... each cache line is specifically addressed with its local address
+within the channel segment. Derived classes of the basic channel class provide the
+reliable transport mechanisms."  This module owns that basic class and the raw
+channel; :mod:`ombm.stream` derives the reliable stream from the same class.
+
+:class:`Channel` owns one message-consistency segment with a *control block* at its
+start and ``slots`` equal slots after it.  The segment's signalling unit is the slot,
+so the write of a slot's **last byte** raises exactly one signal carrying the slot's
+start (signal-on-write, §3.3), and the reader finds what it needs at the slot's end::
+
+    segment data (unit = slot_size, a multiple of 64)
+    +-------------------+---------+---------+-- ... --+-----------+
+    | control block     | slot 0  | slot 1  |         | slot n-1  |
+    | (first units)     |         |         |         |           |
+    +-------------------+---------+---------+-- ... --+-----------+
+    ^0                  ^first    ^first + slot_size
+
+    control block (CONTROL, little-endian; written by the writer, magic last)
+      0  8s  magic     b"OMBMCHN\\x01"
+      8  u32 version   | 12 u32 kind (1 raw channel, 2 stream)
+     16  u64 slot_size | 24 u64 slots | 32 u64 first (offset of slot 0)
+     40  u64 connection id (random: frames of another channel are rejected)
+     48  u32 writer pid | 52 u32 state (1 open, 2 closed by the writer)
+     56  u64 writer start time (liveness: pid + start, never the pid alone)
+     64  u64 published  (raw: writes so far)
+     72  u64 wake-at    (stream: 0, or the writer sleeps until the reader released this many)
+
+Nobody registers a handler over the control block, and it is written with plain
+stores, never :meth:`Region.write`, so it never raises a signal.
+
+**Raw channel** (:class:`RawChannel`, paper §4 "raw video"): one writer, any number
+of readers, no checksum, no retransmission.  A unit (slot) is addressed by its index;
+its payload starts at the unit's start (64-byte aligned) and a 32-byte header ends
+it::
+
+    unit:  | payload (length bytes) ... | gen_begin u64 | seq u64 | length u32 | 0 u32 | gen_end u64 |
+                                        ^end-32                                        ^end-8     end^
+
+The generation is a per-unit write count used as a seqlock written at both ends:
+the writer stores ``gen_begin = g`` (a locked compare-and-swap: a full barrier),
+copies the payload, then writes ``seq, length, gen_end = g`` with one
+:meth:`Region.write` whose last byte completes the unit: one signal.  A reader
+copies the payload between two reads of the generation; ``gen_begin == gen_end``
+before and after means a good read, anything else a torn or overwritten one.  The
+writer never waits for anyone: a reader that falls behind finds units overwritten
+by newer generations (or its FIFO full) and counts the generations it never read as
+``missed`` (paper §3.2: "the message can be overwritten ... before the receiver
+reads it").  The reader's ordering of loads relies on x86-64 (TSO) load ordering.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+
+from . import _native, namespace
+from . import config as _config
+from . import segment as _segment
+from .errors import AddressError, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, OmbmError
+from .errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
+from .signals import Receiver
+from .signals import signal as _signal
+
+__all__ = ["Channel", "ChannelTimeout", "EndOfStream", "RawChannel", "RawFrame", "RawView", "RawStats", "check_timeout"]
+
+CACHE_LINE = _segment.CACHE_LINE
+CONTROL = struct.Struct("<8sII QQQQ II Q Q Q")
+CONTROL_MAGIC = b"OMBMCHN\x01"
+CONTROL_VERSION = 1
+CONTROL_SIZE = 128
+CTRL_STATE = 52
+CTRL_PUBLISHED = 64
+CTRL_WAKE_AT = 72
+KIND_RAW, KIND_STREAM = 1, 2
+STATE_OPEN, STATE_CLOSED = 1, 2
+_KIND_NAMES = {KIND_RAW: "raw channel", KIND_STREAM: "stream"}
+
+RAW_HEADER = struct.Struct("<QQIIQ")  # gen_begin seq length reserved gen_end, ends the unit
+RAW_HEADER_SIZE = RAW_HEADER.size  # 32
+_RAW_TAIL = struct.Struct("<QIIQ")  # the part written last: seq length reserved gen_end
+
+TICK_S = 0.05  # a waiting end re-checks its peer's liveness and its slots this often
+SPIN_MIN_S, SPIN_MAX_S = 2e-6, 5e-4  # spin budget of a waiting end (see Channel._wait_slice)
+_OPEN_RETRY_S = 0.005
+
+_load64, _load32, _store64, _store32, _cas64 = (
+    _native.load64, _native.load32, _native.store64, _native.store32, _native.cas64)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """``None`` (wait forever) or a number of seconds >= 0; raise before anything happens."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+def _check_count(value: object, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, not {value}")
+    return value
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+class Channel:
+    """The basic channel: a slotted message-consistency segment and its control block.
+
+    Built by :meth:`_create` (the writer: binds writable, writes the control block)
+    or :meth:`_open` (a reader: binds read-only and checks the control block as
+    hostile input).  Derived classes add the protocol.
+    """
+
+    KIND = 0
+
+    def __init__(self, seg: _segment.Segment, writable: bool) -> None:
+        self.segment = seg
+        self.writable = writable
+        self.region = seg.bind(writable)
+        self.slot_size = seg.unit
+        self._base = self.region.address
+        self._buf = self.region.buffer
+        self._receiver: Receiver | None = None
+        self._closed = False
+        self._last_check = 0.0
+        self._wait_ewma = 0.0
+        self._waits_seen = 0
+
+    # ---- construction
+    @classmethod
+    def _create(cls, name: str | None, slot_size: int, slots: int, connection_id: int | None = None):
+        name = namespace.new_name() if name is None else namespace.validate_name(name)
+        first = _round_up(CONTROL_SIZE, slot_size)
+        seg = _segment.create_segment(first + slots * slot_size, name=name, unit=slot_size)
+        try:
+            self = cls(seg, writable=True)
+            self.slots, self.first = slots, first
+            self.connection_id = namespace.new_token() if connection_id is None else connection_id
+            pid, start = namespace.me()
+            fields = CONTROL.pack(b"\0" * 8, CONTROL_VERSION, cls.KIND, slot_size, slots, first,
+                                  self.connection_id, pid, STATE_OPEN, start, 0, 0)
+            self._buf[8:CONTROL.size] = fields[8:]
+            self._buf[0:8] = CONTROL_MAGIC  # published last: a half-made channel has no magic
+            self._writer = (pid, start)
+        except BaseException:
+            seg.release()
+            raise
+        return self
+
+    @classmethod
+    def _open(cls, name: str, timeout: float | None):
+        """Open the segment ``name`` read-only, waiting up to ``timeout`` for it to appear."""
+        name = namespace.validate_name(name)
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                seg = _segment.open_segment(name)
+            except SegmentNotFoundError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                time.sleep(_OPEN_RETRY_S)
+                continue
+            try:
+                self = cls(seg, writable=False)
+                if self._parse_control(deadline is not None and time.monotonic() >= deadline):
+                    return self
+            except BaseException:
+                seg.release()
+                raise
+            seg.release()
+            time.sleep(_OPEN_RETRY_S)
+
+    def _parse_control(self, final: bool) -> bool:
+        """Check the control block; False if it is not published yet (and ``final`` is False)."""
+        where = f"segment {self.segment.name!r}"
+        if self.segment.size < CONTROL_SIZE:
+            raise SegmentFormatError(f"{where} is too small to be a channel")
+        (magic, version, kind, slot_size, slots, first, conn, pid, state, start, _pub, _wait) = \
+            CONTROL.unpack_from(self._buf, 0)
+        if magic != CONTROL_MAGIC:
+            if final:
+                raise SegmentFormatError(f"{where} is not an ombm channel (no control block), "
+                                         "or its writer is still creating it")
+            return False
+        if version != CONTROL_VERSION:
+            raise SegmentFormatError(f"{where} has channel layout version {version}; this ombm reads "
+                                     f"{CONTROL_VERSION}")
+        if kind != self.KIND:
+            what = _KIND_NAMES.get(kind, f"kind {kind}")
+            raise SegmentFormatError(f"{where} is a {what}, not a {_KIND_NAMES[self.KIND]}")
+        if (slot_size != self.slot_size or slots < 1 or first != _round_up(CONTROL_SIZE, slot_size)
+                or first + slots * slot_size > self.segment.size):
+            raise SegmentFormatError(f"{where} has a corrupt channel control block")
+        self.slots, self.first, self.connection_id = slots, first, conn
+        self._writer = (pid, start)
+        return True
+
+    # ---- shared helpers
+    @property
+    def name(self) -> str:
+        return self.segment.name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def slot_offset(self, slot: int) -> int:
+        """Offset of slot ``slot`` in the segment (its signals carry base + this)."""
+        return self.first + slot * self.slot_size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{type(self).__name__} {self.segment.name!r} is closed")
+
+    def _own_receiver(self, lo: int, hi: int, fn) -> Receiver:
+        """This object's own signal FIFO, watching offsets [lo, hi) (no thread hop)."""
+        receiver = Receiver()
+        try:
+            receiver.add_handler(self._base + lo, hi - lo, fn)
+        except BaseException:
+            receiver.close()
+            raise
+        self._receiver = receiver
+        return receiver
+
+    def writer_state(self) -> int:
+        return _load32(self._base + CTRL_STATE)
+
+    def writer_alive(self) -> bool:
+        return namespace.is_alive(*self._writer)
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Wait for a signal up to one tick (or the deadline); False once the deadline passed."""
+        if deadline is None:
+            self._wait_slice(TICK_S)
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self._wait_slice(min(left, TICK_S))
+        return True
+
+    def _wait_slice(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a signal and dispatch it; True if one came.
+
+        Streaming-aware spinning: a channel end learns how long its waits take (EWMA);
+        while signals come within ``SPIN_MAX_S`` (data is flowing) it spins up to twice
+        that before it sleeps, because on this kind of VM a wake-up through the kernel
+        costs about as long as producing a 1 MiB message; an idle end spins 2 µs and
+        sleeps (DESIGN.md §6: an idle receiver must not burn a core).  The spin yields
+        the CPU (sched_yield) so a peer on the same CPU still runs.
+        """
+        receiver = self._receiver
+        mode = _config.SETTINGS.wait
+        if receiver.kernel or mode != "adaptive":
+            return receiver.wait(timeout) > 0.0 or bool(receiver.dispatch_pending())
+        self._waits_seen += 1
+        ewma = self._wait_ewma
+        if ewma < SPIN_MAX_S or self._waits_seen & 63 == 0:
+            spin = min(max(2 * ewma, SPIN_MIN_S), SPIN_MAX_S)
+        else:
+            spin = SPIN_MIN_S
+        address = receiver.fifo.address
+        start = time.perf_counter()
+        r = _native.fifo_wait(address, int(spin * 1e9), timeout)
+        if r == _native.WAIT_READY:
+            waited = time.perf_counter() - start
+            self._wait_ewma = waited if ewma == 0 else 0.75 * ewma + 0.25 * waited
+            receiver.dispatch_pending()
+            return True
+        if r == _native.WAIT_STALLED:
+            _native.fifo_skip_stalled(address)
+        self._wait_ewma = max(ewma, timeout)
+        return bool(receiver.dispatch_pending())
+
+    def _tick_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_check >= TICK_S:
+            self._last_check = now
+            return True
+        return False
+
+    def close(self) -> None:
+        """Idempotent: stop watching, unbind, release the segment."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._receiver is not None:
+            self._receiver.close()
+        self._buf = None
+        self.segment.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not getattr(self, "_closed", True) and not self.segment.released:
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+                self._abandon()
+        except Exception:  # finalizers never raise
+            pass
+
+    def _abandon(self) -> None:
+        """Close from a finalizer: never wait."""
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("writer" if self.writable else "reader")
+        return (f"<ombm.{type(self).__name__} {self.segment.name!r} {state} "
+                f"{getattr(self, 'slots', '?')} x {self.slot_size} bytes>")
+
+
+# ---------------------------------------------------------------- raw channel
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One good read of a unit: its index, channel-wide sequence number, generation, data."""
+
+    unit: int
+    seq: int
+    generation: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class RawStats:
+    written: int    # writer: units written
+    received: int   # reader: good reads delivered
+    missed: int     # reader: writes it never delivered (overwritten, torn, signal lost)
+    torn: int       # reader: reads found torn or overwritten (a cause of `missed`)
+    stale: int      # reader: signals for a unit it had already delivered at that generation
+
+
+class RawView:
+    """A zero-copy look at a unit: ``data`` is a read-only view of the segment.
+
+    The writer never waits for readers, so the unit may be overwritten at any time:
+    :meth:`intact` tells whether it still holds the generation that was checked
+    when the view was made; use the data, then check.  :meth:`release` (or leaving
+    the ``with`` block) releases ``data``: any later use of it raises ``ValueError``.
+    """
+
+    __slots__ = ("unit", "seq", "generation", "data", "_addresses")
+
+    def __init__(self, unit, seq, generation, data, addresses) -> None:
+        self.unit, self.seq, self.generation, self.data = unit, seq, generation, data
+        self._addresses = addresses
+
+    def intact(self) -> bool:
+        begin, end = self._addresses
+        return _load64(begin) == self.generation and _load64(end) == self.generation
+
+    def release(self) -> None:
+        self.data.release()
+
+    def __enter__(self) -> RawView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RawChannel(Channel):
+    """Best-effort multicast of units addressed by index (paper §4's basic channel).
+
+    Writer: ``RawChannel.create(name, unit_size=..., units=...)`` then :meth:`write`
+    (or :meth:`begin`/:meth:`commit` to fill a unit in place).  Readers, in other
+    processes: ``RawChannel.open(name)`` then :meth:`recv` / :meth:`recv_into` /
+    :meth:`recv_view`, or :meth:`read` any unit by index.
+
+    ``ordered=True`` (default) delivers frames in increasing ``seq`` and counts the
+    gaps as missed: a stream of frames where only the newest matters.  With
+    ``ordered=False`` each unit is its own stream (tiles of a picture): a unit is
+    delivered whenever it holds a newer generation than the last delivered one.
+    """
+
+    KIND = KIND_RAW
+
+    # ---- writer
+    @classmethod
+    def create(cls, name: str | None = None, *, unit_size: int = 65536 - RAW_HEADER_SIZE,
+               units: int = 16) -> RawChannel:
+        """Create the channel; ``unit_size`` is the largest payload of one unit, in bytes."""
+        unit_size = _check_count(unit_size, "unit_size")
+        units = _check_count(units, "units")
+        self = cls._create(name, _round_up(unit_size + RAW_HEADER_SIZE, CACHE_LINE), units)
+        self._setup_writer()
+        return self
+
+    def _setup_writer(self) -> None:
+        self.max_payload = self.slot_size - RAW_HEADER_SIZE
+        self._gens = [0] * self.slots
+        self._seq = 0
+        self._next_unit = 0
+        self._pending: tuple[int, int] | None = None  # begin()'s (unit, generation)
+        self._wbuf = self._buf
+        self._write = self.region.write
+
+    @property
+    def units(self) -> int:
+        return self.slots
+
+    def _unit_arg(self, unit) -> int:
+        if unit is None:
+            unit = self._next_unit
+            self._next_unit = unit + 1 if unit + 1 < self.slots else 0
+            return unit
+        if isinstance(unit, bool) or not isinstance(unit, int):
+            raise TypeError(f"unit must be an int or None, not {type(unit).__name__}")
+        if not 0 <= unit < self.slots:
+            raise AddressError(f"unit {unit} is outside 0..{self.slots - 1}")
+        return unit
+
+    def _start_unit(self, unit: int) -> tuple[int, int]:
+        gen = self._gens[unit] + 1
+        end = self.first + (unit + 1) * self.slot_size
+        if not _cas64(self._base + end - RAW_HEADER_SIZE, gen - 1, gen):  # a full barrier
+            _store64(self._base + end - RAW_HEADER_SIZE, gen)
+        return gen, end
+
+    def _finish_unit(self, unit: int, gen: int, end: int, n: int) -> int:
+        self._seq = seq = self._seq + 1
+        self._write(end - 24, _RAW_TAIL.pack(seq, n, 0, gen))  # completes the unit: one signal
+        self._gens[unit] = gen
+        _store64(self._base + CTRL_PUBLISHED, seq)
+        return seq
+
+    def write(self, data, unit: int | None = None) -> int:
+        """Write ``data`` into ``unit`` (default: the next one, round-robin); return its seq.
+
+        Never waits: readers that fall behind lose units, the writer is not slowed.
+        """
+        if self._closed or not self.writable:
+            self._check_open()
+            raise ReadOnlyError("a RawChannel opened for reading cannot write")
+        if self._pending is not None:
+            raise RuntimeError("commit() the unit begun with begin() first")
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        n = len(data)
+        if n > self.max_payload:
+            raise ValueError(f"{n} bytes do not fit a unit of this raw channel (at most "
+                             f"{self.max_payload}; a raw channel does not fragment: use a Stream)")
+        unit = self._unit_arg(unit)
+        gen, end = self._start_unit(unit)
+        start = end - self.slot_size
+        self._wbuf[start:start + n] = data
+        return self._finish_unit(unit, gen, end, n)
+
+    def begin(self, unit: int | None = None) -> memoryview:
+        """Two-phase write: a writable view of a unit's payload area; fill it, then :meth:`commit`."""
+        if self._closed or not self.writable:
+            self._check_open()
+            raise ReadOnlyError("a RawChannel opened for reading cannot write")
+        if self._pending is not None:
+            raise RuntimeError("commit() the unit begun with begin() first")
+        unit = self._unit_arg(unit)
+        gen, end = self._start_unit(unit)
+        self._pending = (unit, gen)
+        start = end - self.slot_size
+        return self._wbuf[start:start + self.max_payload]
+
+    def commit(self, length: int) -> int:
+        """Publish the unit begun with :meth:`begin`, holding ``length`` bytes; return its seq."""
+        if self._pending is None:
+            raise RuntimeError("commit() without begin()")
+        length = _check_count(length, "length", 0)
+        if length > self.max_payload:
+            raise ValueError(f"length {length} exceeds the unit's {self.max_payload} bytes")
+        unit, gen = self._pending
+        self._pending = None
+        return self._finish_unit(unit, gen, self.first + (unit + 1) * self.slot_size, length)
+
+    # ---- reader
+    @classmethod
+    def open(cls, name: str, *, ordered: bool = True, timeout: float | None = 0.0,
+             capacity: int | None = None) -> RawChannel:
+        """Open ``name`` for reading (waiting up to ``timeout`` for the writer to create it).
+
+        ``capacity`` is this reader's signal FIFO size (default: the paper's 128).
+        """
+        if not isinstance(ordered, bool):
+            raise TypeError("ordered must be a bool")
+        self = cls._open(name, timeout)
+        try:
+            self._setup_reader(ordered, capacity)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _setup_reader(self, ordered: bool, capacity: int | None) -> None:
+        self.max_payload = self.slot_size - RAW_HEADER_SIZE
+        self.ordered = ordered
+        self._ready: deque[int] = deque()
+        lo, hi = self.first, self.first + self.slots * self.slot_size
+        origin, size = self._base + self.first, self.slot_size
+        ready = self._ready.append
+        receiver = Receiver(capacity=capacity)
+        try:
+            receiver.add_handler(self._base + lo, hi - lo, lambda address: ready((address - origin) // size))
+        except BaseException:
+            receiver.close()
+            raise
+        self._receiver = receiver
+        # baseline after the handler is on: every later write is either signalled or a gap
+        self._last_seq = _load64(self._base + CTRL_PUBLISHED)
+        self._last_gen = [_load64(self._unit_end(u) - 8) for u in range(self.slots)]
+        self._received = self._missed = self._torn = self._stale = 0
+
+    def _unit_end(self, unit: int) -> int:
+        return self._base + self.first + (unit + 1) * self.slot_size
+
+    def _check_reader(self) -> None:
+        if self._closed:
+            self._check_open()
+        if self.writable:
+            raise TypeError("the writing end of a RawChannel cannot receive")
+
+    def _snapshot(self, unit: int):
+        """(gen, seq, length, start) of a unit whose header is consistent now, else None."""
+        end = self._unit_end(unit)
+        gen = _load64(end - 8)
+        if gen == 0 or _load64(end - 32) != gen:
+            return None if gen == 0 else False
+        _, seq, length, _, _ = RAW_HEADER.unpack_from(self._buf, end - self._base - 32)
+        if length > self.max_payload:
+            return False
+        return gen, seq, length, end - self._base - self.slot_size
+
+    def _intact(self, unit: int, gen: int) -> bool:
+        end = self._unit_end(unit)
+        return _load64(end - 32) == gen and _load64(end - 8) == gen
+
+    def _is_new(self, unit: int, gen: int, seq: int) -> bool:
+        if self.ordered:
+            return seq > self._last_seq
+        return gen > self._last_gen[unit]
+
+    def _accept(self, unit: int, gen: int, seq: int) -> None:
+        """Deliver a good read; count what was missed before it."""
+        if self.ordered:
+            self._missed += seq - self._last_seq - 1
+            self._last_seq = seq
+        else:
+            self._missed += gen - self._last_gen[unit] - 1
+        self._last_gen[unit] = gen
+        self._received += 1
+
+    def _take(self, copy_into):
+        """Read the next signalled unit that holds a new good frame, or None if none is pending.
+
+        An ordered reader that fell behind skips frames about to be overwritten: a
+        frame half the ring or more behind the writer's latest, with newer frames
+        signalled, is not worth copying (it would likely be torn); the gap is counted
+        as missed.
+        """
+        ready = self._ready
+        published = self._base + CTRL_PUBLISHED
+        horizon = max(1, self.slots // 2)
+        ordered = self.ordered
+        while True:
+            if not ready and not self._receiver.dispatch_pending():
+                return None
+            while ready:
+                unit = ready.popleft()
+                snap = self._snapshot(unit)
+                if not snap:
+                    if snap is False:
+                        self._torn += 1
+                    continue
+                gen, seq, length, start = snap
+                if not self._is_new(unit, gen, seq):
+                    self._stale += 1
+                    continue
+                if ordered and ready and _load64(published) - seq >= horizon:
+                    continue  # at risk, and a newer frame is signalled anyway
+                data = copy_into(start, length)
+                if not self._intact(unit, gen):
+                    self._torn += 1
+                    continue
+                self._accept(unit, gen, seq)
+                return RawFrame(unit, seq, gen, data)
+
+    def _recv(self, copy_into, timeout):
+        self._check_reader()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._take(copy_into)
+            if frame is not None:
+                return frame
+            if self.writer_state() == STATE_CLOSED or self._tick_due():
+                self._check_writer()
+            if not self._wait(deadline):
+                frame = self._take(copy_into)
+                if frame is not None:
+                    return frame
+                raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
+
+    def _check_writer(self) -> None:
+        if self.writer_state() == STATE_CLOSED:
+            raise EndOfStream(f"the writer closed raw channel {self.name!r}")
+        if not self.writer_alive():
+            raise ChannelBrokenError(f"the writer of raw channel {self.name!r} died")
+
+    def recv(self, timeout: float | None = None) -> RawFrame:
+        """The next new good frame, copied out (``data`` is bytes); waits up to ``timeout``."""
+        timeout = check_timeout(timeout)
+        buf = self._buf
+        return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
+
+    def recv_nowait(self) -> RawFrame:
+        """Like :meth:`recv` but raise :class:`~ombm.WouldBlock` if no new frame is there."""
+        self._check_reader()
+        buf = self._buf
+        frame = self._take(lambda start, n: bytes(buf[start:start + n]))
+        if frame is None:
+            raise WouldBlock(f"no new frame on {self.name!r}")
+        return frame
+
+    def recv_into(self, buffer, timeout: float | None = None) -> RawFrame:
+        """Copy the next new good frame into ``buffer``; ``frame.data`` is a view of ``buffer``."""
+        timeout = check_timeout(timeout)
+        out = memoryview(buffer).cast("B")
+        if out.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if out.nbytes < self.max_payload:
+            raise ValueError(f"buffer of {out.nbytes} bytes is smaller than a unit ({self.max_payload})")
+        buf = self._buf
+
+        def copy_into(start: int, n: int) -> memoryview:
+            out[:n] = buf[start:start + n]
+            return out[:n]
+
+        return self._recv(copy_into, timeout)
+
+    def recv_view(self, timeout: float | None = None) -> RawView:
+        """Zero copy: the next new frame as a :class:`RawView` of the segment.
+
+        The generation is checked when the view is made; check :meth:`RawView.intact`
+        after using the data (the writer does not wait for readers).
+        """
+        timeout = check_timeout(timeout)
+        self._check_reader()
+        buf = self._buf
+        frame = self._recv(lambda start, n: buf[start:start + n], timeout)
+        end = self._unit_end(frame.unit)
+        return RawView(frame.unit, frame.seq, frame.generation, frame.data, (end - 32, end - 8))
+
+    def read(self, unit: int) -> RawFrame | None:
+        """Read unit ``unit`` as it is now (addressed access, no signal needed).
+
+        ``None`` if it was never written or the read was torn (counted).  Does not
+        change what :meth:`recv` delivers.
+        """
+        self._check_reader()
+        if isinstance(unit, bool) or not isinstance(unit, int):
+            raise TypeError(f"unit must be an int, not {type(unit).__name__}")
+        if not 0 <= unit < self.slots:
+            raise AddressError(f"unit {unit} is outside 0..{self.slots - 1}")
+        snap = self._snapshot(unit)
+        if not snap:
+            if snap is False:
+                self._torn += 1
+            return None
+        gen, seq, length, start = snap
+        data = bytes(self._buf[start:start + length])
+        if not self._intact(unit, gen):
+            self._torn += 1
+            return None
+        return RawFrame(unit, seq, gen, data)
+
+    def statistics(self) -> RawStats:
+        if self.writable:
+            return RawStats(self._seq, 0, 0, 0, 0)
+        return RawStats(0, self._received, self._missed, self._torn, self._stale)
+
+    def close(self) -> None:
+        """Idempotent. The writer marks the channel closed (readers get ChannelBrokenError)."""
+        if self._closed:
+            return
+        if self.writable and not self.segment.released:
+            _store32(self._base + CTRL_STATE, STATE_CLOSED)
+            try:  # wake readers so they notice
+                _signal(self._base + self.first)
+            except Exception:
+                pass
+        self._wbuf = None
+        super().close()
