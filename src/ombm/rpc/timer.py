@@ -4,7 +4,7 @@
 process. The timer process simply reviews the set of outstanding calls
 periodically and requests retransmissions": the call path never touches it
 beyond setting a flag. It ticks every millisecond while some client had calls
-outstanding in the last tick and every 20 ms otherwise, and exits when no
+outstanding in the last tick and every 50 ms otherwise, and exits when no
 client is registered (it is owned by this module and joined by
 :func:`shutdown`).
 """
@@ -17,7 +17,7 @@ import time
 import weakref
 
 BUSY_TICK_S = 0.001
-IDLE_TICK_S = 0.02
+IDLE_TICK_S = 0.05
 
 
 class RetransmissionTimer:
