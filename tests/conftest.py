@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 
 import pytest
+import ombm
 
 SHM_ROOT = "/dev/shm"
 FOLDER = os.path.join(SHM_ROOT, f"ombm-{os.getuid()}")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = os.path.dirname(os.path.dirname(ombm.__file__))  # where the ombm under test lives (installed or src/)
 LEFTOVER_GRACE_S = float(os.environ.get("OMBM_TEST_LEFTOVER_GRACE_S", "2.0"))  # for objects of exiting children
 
 # header offsets of the owner pid (see ombm/_layout.py); a guard must not trust the library it guards

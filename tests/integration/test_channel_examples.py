@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import ombm
 
 pytestmark = pytest.mark.processes
 
@@ -15,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(ombm.__file__)) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                COLUMNS="160")
     for key in [k for k in env if k.startswith("OMBM_FAULT_")]:
         del env[key]

@@ -25,7 +25,7 @@ from ombm.stream import Stream
 pytestmark = pytest.mark.processes
 
 TIMEOUT_S = 60.0  # generous: never a performance bound
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+SRC = os.path.dirname(os.path.dirname(ombm.__file__))  # where the ombm under test lives (installed or src/)
 
 
 def expect(conn, tag):

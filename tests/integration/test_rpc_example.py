@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rpc_helpers import segments_of, service_name
+import ombm
 
 pytestmark = pytest.mark.processes
 
@@ -20,7 +21,7 @@ EXAMPLE = ROOT / "examples" / "work_queue.py"
 def test_work_queue_example():
     name = service_name("work-queue")
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(ombm.__file__)) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "120"
     for key in [k for k in env if k.startswith("OMBM_FAULT_")]:
         del env[key]

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import ombm
+
 HERE = Path(__file__).resolve().parent
-SRC = str(HERE.parents[1] / "src")
+SRC = os.path.dirname(os.path.dirname(ombm.__file__))  # where the ombm under test lives (installed or src/)
 
 INNER_TESTS = '''
 import multiprocessing, time
