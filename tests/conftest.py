@@ -225,6 +225,20 @@ class Procs:
         )
 
     def close(self) -> None:
+        # a child that finished its work may still be running its exit cleanup (closing its
+        # receivers): give all of them up to 1 s together to exit by themselves, then kill
+        deadline = time.monotonic() + 1.0
+        for p in self.children:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                if isinstance(p, subprocess.Popen):
+                    p.wait(timeout=left)
+                else:
+                    p.join(left)
+            except (AssertionError, ValueError, subprocess.TimeoutExpired):
+                pass
         _kill_and_reap(self.children)
 
 
