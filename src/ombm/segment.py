@@ -121,6 +121,10 @@ class Region:
         self._view = view
         self.buffer: memoryview = view[: self.size]
         self._wbuf: memoryview | None = self.buffer if writable else None
+        # the write path's constants (signal-on-write unit, 0 if this segment raises none)
+        self._message = segment._message
+        self._sow_unit = segment.unit if segment._message and segment.signal_on_write else 0
+        self._deliver = segment._router.deliver
         self._handles: weakref.WeakSet = weakref.WeakSet()
         with _index_lock:
             i = bisect.bisect(_starts, self.address)
@@ -147,18 +151,18 @@ class Region:
         if offset < 0 or end > self.size:
             raise AddressError(f"write of {n} bytes at offset {offset} overruns the {self.size}-byte region")
         wbuf[offset:end] = data
-        seg = self.segment
-        if seg._message and n:
+        if self._message and n:
             if FAULTS.active and FAULTS.should_corrupt():
                 at = offset + FAULTS.rng.randrange(n)
                 wbuf[at] ^= 1 << FAULTS.rng.randrange(8)
                 COUNTERS.messages_corrupted_fault += 1
-            if seg.signal_on_write:
+            unit = self._sow_unit
+            if unit:
                 # units whose last byte lies in [offset, end); the last unit ends at the segment's end
-                unit, size = seg.unit, self.size
+                size = self.size
                 start = offset // unit * unit
                 if min(start + unit, size) <= end:
-                    deliver = seg._router.deliver
+                    deliver = self._deliver
                     while start < size and min(start + unit, size) <= end:
                         deliver(start)
                         start += unit

@@ -114,9 +114,9 @@ class Receiver:
             _all_receivers.add(self)  # closed at exit
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
         self._lock = threading.Lock()
-        self._misses = 0  # consecutive waits that outlasted the spin budget
-        self._spin_cap = int(s.spin_us * 1000)
-        self._waits = 0
+        self._address = self.fifo.address
+        self._misses = 0  # consecutive waits that outlasted the spin cap
+        self._adopt(s)
 
     # -- registration
     def add_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
@@ -175,59 +175,67 @@ class Receiver:
         if self.kernel:
             item = self.fifo.pop_wait(timeout)
             return (self._dispatch(*item) if item else 0) + self.dispatch_pending()
-        wait = _config.SETTINGS.wait
-        if wait == "adaptive":
-            r = _wait_pop(self.fifo.address, self._spin_budget(), timeout)
+        if _config.SETTINGS is not self._settings:
+            self._adopt(_config.SETTINGS)
+        if self._adaptive:
+            r = _wait_pop(self._address, self._budget, timeout)
         else:
-            r = _wait_pop(self.fifo.address, 0, timeout, wait == "sleep")
+            r = _wait_pop(self._address, 0, timeout, self._sleep_ok)
         if type(r) is tuple:
-            if wait == "adaptive":
-                self._learn(r[2])
+            if self._adaptive:
+                if r[2] > self._cap:
+                    self._miss()
+                elif self._misses:
+                    self._misses, self._budget = 0, self._cap
             return self._dispatch(r[0], r[1]) + self.dispatch_pending()
-        if r == _STALLED and _native.fifo_skip_stalled(self.fifo.address):
+        if r == _STALLED and _native.fifo_skip_stalled(self._address):
             COUNTERS.signals_stalled += 1
         return self.dispatch_pending()
 
-    def _spin_budget(self) -> int:
-        """Adaptive spin (DESIGN.md §6): spin up to the cap while signals come within it; after
-        8 waits in a row that had to sleep, spin only 2 µs, but probe with the full cap every
-        64th wait so a peer that got faster is noticed at once."""
-        self._waits += 1
-        cap = self._spin_cap = int(_config.SETTINGS.spin_us * 1000)
-        if self._misses < 8 or self._waits & 63 == 0:
-            return cap
-        return min(cap, 2000)
+    # Adaptive spin (DESIGN.md §6): spin up to the cap while signals come within it; after 8 waits
+    # in a row that had to sleep, spin only 2 µs, probing with the full cap every 64th miss so a
+    # peer that got faster is noticed. Only a wait that ended while spinning resets the misses (a
+    # wait that slept includes the wake-up latency and says nothing about the peer).
+    def _adopt(self, settings_now) -> None:
+        self._settings = settings_now
+        self._adaptive = settings_now.wait == "adaptive"
+        self._sleep_ok = settings_now.wait == "sleep"  # "spin" never sleeps
+        self._cap = int(settings_now.spin_us * 1000)
+        self._budget = self._cap if self._misses < 8 else min(self._cap, 2000)
 
-    def _learn(self, waited_ns: int) -> None:
-        """Count whether the wait ended while spinning; only a spinning success resets the misses
-        (a wait that slept includes the wake-up latency and says nothing about the peer)."""
-        if waited_ns <= self._spin_cap:
-            self._misses = 0
-        else:
-            self._misses += 1
+    def _miss(self) -> None:
+        self._misses += 1
+        if self._misses >= 8:
+            self._budget = self._cap if self._misses % 64 == 0 else min(self._cap, 2000)
 
     def wait(self, timeout: float | None = None) -> float:
         """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.
 
         The time left is the timeout less the time spent waiting (handlers' own
         run time is not charged)."""
-        timeout = _check_timeout(timeout)
+        if type(timeout) is not float or not timeout >= 0:
+            timeout = _check_timeout(timeout)
         if self.kernel:
             return self._wait_kernel(timeout)
-        address = self.fifo.address
+        address = self._address
         spent = 0.0
         while True:
-            left = min(timeout - spent, 3600.0)
-            mode = _config.SETTINGS.wait
-            if mode == "adaptive":
-                r = _wait_pop(address, self._spin_budget(), left)
+            left = timeout - spent if timeout - spent < 3600.0 else 3600.0
+            settings_now = _config.SETTINGS
+            if settings_now is not self._settings:
+                self._adopt(settings_now)
+            if self._adaptive:
+                r = _wait_pop(address, self._budget, left)
             else:
-                r = _wait_pop(address, 0, left, mode == "sleep")
+                r = _wait_pop(address, 0, left, self._sleep_ok)
             if type(r) is tuple:
                 waited = r[2]
                 spent += waited * 1e-9
-                if mode == "adaptive":
-                    self._learn(waited)
+                if self._adaptive:
+                    if waited > self._cap:
+                        self._miss()
+                    elif self._misses:
+                        self._misses, self._budget = 0, self._cap
                 if self._dispatch(r[0], r[1]) or r[0] == L.NUDGE_SEGMENT:  # a nudge ends the wait early
                     return max(timeout - spent, 0.0)
                 continue
