@@ -22,14 +22,12 @@ import os
 import time
 import traceback
 
-import pytest
-
 import ombm
 from ombm import inspect as ombm_inspect
 from ombm import namespace
+from helpers_core import CHILD_TIMEOUT_S, expect, join  # noqa: F401  (shared parent-side helpers)
 
 SPAWN = multiprocessing.get_context("spawn")
-CHILD_TIMEOUT_S = 60.0  # generous: the machine may be busy; never a performance bound
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -254,26 +252,6 @@ class Children:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def expect(conn, tag: str, timeout: float = CHILD_TIMEOUT_S):
-    """The payload of the child's next message, which must be ``tag``."""
-    if not conn.poll(timeout):
-        pytest.fail(f"child sent nothing within {timeout} s (waiting for {tag!r})")
-    try:
-        kind, payload = conn.recv()
-    except EOFError:
-        pytest.fail(f"child closed its connection before sending {tag!r}")
-    if kind == "error":
-        pytest.fail(f"child failed:\n{payload}")
-    assert kind == tag, f"expected {tag!r} from the child, got {kind!r}: {payload!r}"
-    return payload
-
-
-def join(p, timeout: float = CHILD_TIMEOUT_S) -> int:
-    p.join(timeout)
-    assert not p.is_alive(), f"child {p.pid} did not exit within {timeout} s"
-    return p.exitcode
 
 
 def service_name(label: str) -> str:

@@ -191,6 +191,26 @@ class _Reassembly:
         return b"".join(self.parts)
 
 
+def _reassemble(partial: dict, message_id: int, kind, index: int, count: int, payload,
+                limit: int | None = None) -> tuple[bytes | None, bool]:
+    """Add one fragment to the messages being reassembled in ``partial`` (by message id).
+
+    Returns ``(message, duplicate)``: the whole message once its last fragment is in
+    (else None), and whether the fragment was a duplicate or inconsistent. With
+    ``limit``, ``partial`` is an OrderedDict and the oldest message is evicted past it.
+    """
+    reassembly = partial.get(message_id)
+    if reassembly is None:
+        reassembly = partial[message_id] = _Reassembly(kind, count)
+        if limit is not None and len(partial) > limit:
+            partial.popitem(last=False)
+    done = reassembly.add(kind, index, count, payload)
+    if not done:
+        return None, done is None
+    del partial[message_id]
+    return reassembly.data(), False
+
+
 def _drain(out: deque, max_frames: int | None) -> list:
     """Take the frames ready to write from ``out`` (used by :mod:`ombm.rpc.streamproto`)."""
     if max_frames is None or max_frames >= len(out):
@@ -401,16 +421,9 @@ class ClientProtocol:
 
     def _reassemble(self, call_id: int, kind, index: int, count: int, payload):
         """Add a fragment of a reply: the reply if complete, else None."""
-        reply = self._partial.get(call_id)
-        if reply is None:
-            reply = self._partial[call_id] = _Reassembly(kind, count)
-        done = reply.add(kind, index, count, payload)
-        if not done:
-            if done is None:
-                self._duplicates += 1
-            return None
-        del self._partial[call_id]
-        return reply.data()
+        data, duplicate = _reassemble(self._partial, call_id, kind, index, count, payload)
+        self._duplicates += duplicate
+        return data
 
     def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
         """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
@@ -564,18 +577,9 @@ class ServerProtocol:
         return [event]
 
     def _reassemble(self, kind, call_id: int, index: int, count: int, payload):
-        partial = self._partial.get(call_id)
-        if partial is None:
-            partial = self._partial[call_id] = _Reassembly(kind, count)
-            if len(self._partial) > self._max_partial:
-                self._partial.popitem(last=False)
-        done = partial.add(kind, index, count, payload)
-        if not done:
-            if done is None:
-                self._duplicates += 1
-            return None
-        del self._partial[call_id]
-        return partial.data()
+        data, duplicate = _reassemble(self._partial, call_id, kind, index, count, payload, self._max_partial)
+        self._duplicates += duplicate
+        return data
 
     def _advance(self, ack: int) -> None:
         """The client no longer waits for calls below ``ack``: forget what only they needed."""
