@@ -578,6 +578,208 @@ fail:
     return NULL;
 }
 
+
+/* ---------------------------------------------------------------- the message write (segment.py) */
+
+/* Signals pushed by Writer objects (ombm.stats() adds them to the Python counters). */
+static unsigned long long writer_signals_sent = 0;
+
+/* Writer: Region.write's fast path (paper §3.3). Copies the data into the bound segment and,
+   for each signalling unit whose last byte it wrote, pushes (segment id, unit offset) into the
+   FIFO of every receiver watching that unit: the route, cached per unit offset and dropped
+   whenever the segment's directory version moves. The routes come from the segment's Python
+   Router; anything out of the ordinary goes back to Python: a write the fast path does not
+   take (bad arguments, a closed binding: `slow` raises the documented errors), a route with a
+   software-only receiver (`deliver`), and a fan-out that dropped, woke or must ring a doorbell
+   (`after`). Each cached route keeps the FIFO mappings it points into alive. */
+typedef struct {
+    PyObject_HEAD
+    unsigned char *base;      /* NULL once closed */
+    Py_ssize_t size;
+    Py_ssize_t unit;          /* signal-on-write unit, 0: this binding raises no signal */
+    uintptr_t version_addr;
+    uint64_t version;
+    unsigned long long seg_id;
+    PyObject *routes;         /* dict: unit offset -> (fifo addresses, memory refs, kernel refs) */
+    PyObject *slow, *route_fn, *deliver_fn, *after_fn;
+} Writer;
+
+static int Writer_init(Writer *w, PyObject *args, PyObject *kw) {
+    unsigned long long base, version_addr, seg_id;
+    Py_ssize_t size, unit;
+    PyObject *slow, *route_fn, *deliver_fn, *after_fn;
+    if (!PyArg_ParseTuple(args, "KnnKKOOOO", &base, &size, &unit, &version_addr, &seg_id, &slow, &route_fn,
+                          &deliver_fn, &after_fn))
+        return -1;
+    if (!base || size < 0 || unit < 0 || !version_addr || (version_addr & 7)) {
+        PyErr_SetString(PyExc_ValueError, "Writer: bad base, size, unit or version address");
+        return -1;
+    }
+    w->base = (unsigned char *)(uintptr_t)base;
+    w->size = size;
+    w->unit = unit;
+    w->version_addr = (uintptr_t)version_addr;
+    w->version = UINT64_MAX;
+    w->seg_id = seg_id;
+    Py_XSETREF(w->routes, PyDict_New());
+    if (!w->routes) return -1;
+    Py_INCREF(slow); Py_XSETREF(w->slow, slow);
+    Py_INCREF(route_fn); Py_XSETREF(w->route_fn, route_fn);
+    Py_INCREF(deliver_fn); Py_XSETREF(w->deliver_fn, deliver_fn);
+    Py_INCREF(after_fn); Py_XSETREF(w->after_fn, after_fn);
+    return 0;
+}
+
+static int Writer_traverse(Writer *w, visitproc visit, void *arg) {
+    Py_VISIT(w->routes); Py_VISIT(w->slow); Py_VISIT(w->route_fn); Py_VISIT(w->deliver_fn); Py_VISIT(w->after_fn);
+    return 0;
+}
+
+static int Writer_clear(Writer *w) {
+    Py_CLEAR(w->routes); Py_CLEAR(w->slow); Py_CLEAR(w->route_fn); Py_CLEAR(w->deliver_fn); Py_CLEAR(w->after_fn);
+    return 0;
+}
+
+static void Writer_dealloc(Writer *w) {
+    PyObject_GC_UnTrack(w);
+    Writer_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+/* Signal every receiver watching the unit at `start`: 0, or -1 with an exception set. */
+static int writer_deliver(Writer *w, Py_ssize_t start) {
+    uint64_t v = atomic_load_explicit(A64(w->version_addr), memory_order_acquire);
+    if (v != w->version) {
+        PyDict_Clear(w->routes);
+        w->version = v;
+    }
+    PyObject *key = PyLong_FromSsize_t(start);
+    if (!key) return -1;
+    PyObject *route = PyDict_GetItemWithError(w->routes, key);
+    if (route) {
+        Py_INCREF(route);
+    } else {
+        if (PyErr_Occurred()) { Py_DECREF(key); return -1; }
+        route = PyObject_CallOneArg(w->route_fn, key);
+        if (!route) { Py_DECREF(key); return -1; }
+        if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(route, 0)) ||
+            !PyTuple_Check(PyTuple_GET_ITEM(route, 2))) {
+            Py_DECREF(route); Py_DECREF(key);
+            PyErr_SetString(PyExc_TypeError, "Writer: route must be (addresses, memory refs, kernel refs)");
+            return -1;
+        }
+        if (PyDict_SetItem(w->routes, key, route) < 0) { Py_DECREF(route); Py_DECREF(key); return -1; }
+    }
+    int rc = 0;
+    if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(route, 2))) {  /* a software-only receiver: Python sends */
+        PyObject *r = PyObject_CallOneArg(w->deliver_fn, key);
+        if (!r) rc = -1; else Py_DECREF(r);
+        goto out;
+    }
+    PyObject *addrs = PyTuple_GET_ITEM(route, 0);
+    Py_ssize_t n = PyTuple_GET_SIZE(addrs);
+    unsigned long long result = 0, drops = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uintptr_t f;
+        if (parse_addr(PyTuple_GET_ITEM(addrs, i), &f) < 0) { rc = -1; goto out; }
+        int r = fifo_push(f, w->seg_id, (uint64_t)start);
+        if (r == PUSH_FULL) drops++;
+        else if (r == PUSH_WOKE) result |= 1ull << 15;
+        else if (r == PUSH_DOORBELL && i < 40) result |= 1ull << (16 + i);
+    }
+    writer_signals_sent += (unsigned long long)n;
+    result |= drops > 0x7fff ? 0x7fff : drops;
+    if (result) {  /* drops to count (and maybe a dead receiver), a wake-up to count, a doorbell */
+        PyObject *ro = PyLong_FromUnsignedLongLong(result);
+        if (!ro) { rc = -1; goto out; }
+        PyObject *r = PyObject_CallFunctionObjArgs(w->after_fn, ro, PyTuple_GET_ITEM(route, 1), NULL);
+        Py_DECREF(ro);
+        if (!r) rc = -1; else Py_DECREF(r);
+    }
+out:
+    Py_DECREF(route);
+    Py_DECREF(key);
+    return rc;
+}
+
+/* write(offset, data): copy, then raise one signal per completed unit. */
+static PyObject *Writer_write(Writer *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (!w->base || nargs != 2 || !PyLong_CheckExact(args[0])) return PyObject_Vectorcall(w->slow, args, nargs, NULL);
+    Py_ssize_t off = PyLong_AsSsize_t(args[0]);
+    if (off == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(w->slow, args, nargs, NULL);
+    }
+    PyObject *d = args[1];
+    Py_buffer view;
+    const char *src;
+    Py_ssize_t n;
+    int has_view = 0;
+    if (PyBytes_CheckExact(d)) {
+        src = PyBytes_AS_STRING(d); n = PyBytes_GET_SIZE(d);
+    } else if (PyByteArray_CheckExact(d)) {
+        src = PyByteArray_AS_STRING(d); n = PyByteArray_GET_SIZE(d);
+    } else {
+        if (PyObject_GetBuffer(d, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            return PyObject_Vectorcall(w->slow, args, nargs, NULL);
+        }
+        has_view = 1; src = view.buf; n = view.len;
+    }
+    if (off < 0 || n > w->size - off) {
+        if (has_view) PyBuffer_Release(&view);
+        return PyObject_Vectorcall(w->slow, args, nargs, NULL);  /* raises AddressError */
+    }
+    memmove(w->base + off, src, (size_t)n);
+    if (has_view) PyBuffer_Release(&view);
+    Py_ssize_t unit = w->unit, size = w->size, end = off + n;
+    if (unit && n) {
+        for (Py_ssize_t start = off / unit * unit; start < size; start += unit) {
+            Py_ssize_t unit_end = start + unit < size ? start + unit : size;
+            if (unit_end > end) break;
+            if (writer_deliver(w, start) < 0) return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Writer_close(Writer *w, PyObject *unused) {
+    w->base = NULL;
+    if (w->routes) PyDict_Clear(w->routes);
+    Py_RETURN_NONE;
+}
+
+static PyObject *n_writer_counters(PyObject *self, PyObject *unused) {
+    return PyLong_FromUnsignedLongLong(writer_signals_sent);
+}
+
+static PyObject *n_writer_counters_reset(PyObject *self, PyObject *unused) {
+    writer_signals_sent = 0;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))Writer_write, METH_FASTCALL,
+     "write(offset, data): copy data in, then signal every unit whose last byte it wrote"},
+    {"close", (PyCFunction)Writer_close, METH_NOARGS, "stop writing: every later write takes the slow path"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.Writer",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Writer(base, size, unit, version_address, segment_id, slow, route, deliver, after): "
+              "the fast path of Region.write",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Writer_init,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_traverse = (traverseproc)Writer_traverse,
+    .tp_clear = (inquiry)Writer_clear,
+    .tp_methods = Writer_methods,
+};
+
 static PyMethodDef methods[] = {
     {"addr_of", n_addr_of, METH_O, "address of a buffer's first byte (the buffer must outlive its use)"},
     {"load64", n_load64, METH_O, "acquire-load a u64"},
@@ -599,6 +801,8 @@ static PyMethodDef methods[] = {
     {"frame_decode", (PyCFunction)(void (*)(void))n_frame_decode, METH_FASTCALL, "validate and copy out the frame ending a buffer"},
     {"checksum", n_checksum, METH_O, "64-bit Fletcher checksum of a buffer"},
     {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
+    {"writer_signals_sent", n_writer_counters, METH_NOARGS, "signals pushed by Writer objects in this process"},
+    {"writer_signals_reset", n_writer_counters_reset, METH_NOARGS, "zero the Writer counter (after fork)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -607,8 +811,11 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "ombm._native",
                                        methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&WriterType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
+    Py_INCREF(&WriterType);
+    if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) { Py_DECREF(&WriterType); Py_DECREF(m); return NULL; }
     PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
     PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
     PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);

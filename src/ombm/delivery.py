@@ -90,14 +90,17 @@ class Router:
         self.routes[offset] = route
         return route
 
-    def deliver(self, offset: int) -> None:
-        """Signal every receiver watching ``offset`` of this segment."""
+    def route(self, offset: int) -> tuple:
+        """``(fifo addresses, their FifoRefs, kernel-path FifoRefs)`` of the receivers watching ``offset``."""
         version = _load64(self.version_address)
         if version != self.version:
             self._rebuild(version)
         route = self.routes.get(offset)
-        if route is None:
-            route = self._route(offset)
+        return self._route(offset) if route is None else route
+
+    def deliver(self, offset: int) -> None:
+        """Signal every receiver watching ``offset`` of this segment."""
+        route = self.route(offset)
         if FAULTS.active:
             self._deliver_with_faults(offset, route[1], route[2])
             return
@@ -106,7 +109,7 @@ class Router:
             result = _fanout(addresses, self.segment_id, offset)
             COUNTERS.signals_sent += len(addresses)
             if result:
-                self._after_fanout(result, route[1])
+                self.after_fanout(result, route[1])
         if route[2]:
             for ref in route[2]:
                 self._send_kernel(ref, offset)
@@ -120,7 +123,8 @@ class Router:
             ref.add_drop()
             self._check_alive((ref,))
 
-    def _after_fanout(self, result: int, memory: tuple[FifoRef, ...]) -> None:
+    def after_fanout(self, result: int, memory: tuple[FifoRef, ...]) -> None:
+        """Count drops (and reclaim dead receivers), count a wake-up, ring doorbells."""
         drops = result & 0x7FFF
         if drops:
             COUNTERS.signals_dropped += drops
@@ -142,7 +146,7 @@ class Router:
             result = _native.fanout((ref.address,), self.segment_id, offset)
             COUNTERS.signals_sent += 1
             if result:
-                self._after_fanout(result, (ref,))
+                self.after_fanout(result, (ref,))
         for ref in kernel:
             if FAULTS.should_drop():
                 COUNTERS.signals_dropped_fault += 1

@@ -126,6 +126,14 @@ class Region:
         self._sow_unit = segment.unit if segment._message and segment.signal_on_write else 0
         self._deliver = segment._router.deliver
         self._handles: weakref.WeakSet = weakref.WeakSet()
+        self._writer = None
+        if writable and not FAULTS.active:  # the native write path; fault injection stays in Python
+            router = segment._router
+            self._writer = _native.Writer(
+                self.address, self.size, self._sow_unit, router.version_address, segment.id,
+                Region.write.__get__(self), router.route, router.deliver, router.after_fanout,
+            )
+            self.write = self._writer.write  # shadows the method below, which stays its slow path
         with _index_lock:
             i = bisect.bisect(_starts, self.address)
             _starts.insert(i, self.address)
@@ -133,7 +141,12 @@ class Region:
 
     # -- the message write path (paper §3.3)
     def write(self, offset: int, data) -> None:
-        """Write ``data`` at ``offset``; raise one signal per unit whose last byte this writes."""
+        """Write ``data`` at ``offset``; raise one signal per unit whose last byte this writes.
+
+        A writable binding's ``write`` is the native ``_native.Writer.write``, which does the same
+        (copy, then one signal per completed unit through the segment's cached routes) and calls this
+        method for anything it does not take itself: bad arguments, a closed binding, fault injection.
+        """
         wbuf = self._wbuf
         if wbuf is None:
             raise ClosedError("region is unbound") if self._mm is None else ReadOnlyError("region is bound read-only")
@@ -201,6 +214,8 @@ class Region:
                 del _starts[i], _regions[i]
         mm, self._mm = self._mm, None
         self._wbuf = None
+        if self._writer is not None:
+            self._writer.close()
         self.buffer.release()
         self._view.release()
         try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from . import _native
+
 
 class Counters:
     __slots__ = (
@@ -32,9 +34,12 @@ class Counters:
     def reset(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
+        _native.writer_signals_reset()
 
     def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        counts = {name: getattr(self, name) for name in self.__slots__}
+        counts["signals_sent"] += _native.writer_signals_sent()  # pushed by Region.write's native path
+        return counts
 
 
 COUNTERS = Counters()
