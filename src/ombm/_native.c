@@ -395,11 +395,23 @@ static PyObject *n_fifo_wait_pop(PyObject *self, PyObject *const *args, Py_ssize
 
 /* ---------------------------------------------------------------- checksum */
 
-/* 64-bit Fletcher over little-endian 8-byte words (last word zero-padded),
-   folded with the length: fast, order-sensitive, same result for
-   checksum(src) and copy_checksum(dst, src). */
+/* 64-bit Fletcher over little-endian 8-byte words (last word zero-padded), finished by
+   mixing both sums and the length through MurmurHash3's 64-bit finalizer (a bijection
+   that spreads every input bit over the result): fast, order-sensitive, the same result
+   for checksum(src) and copy_checksum(dst, src). A plain XOR fold of the two sums lets
+   a change in the last word cancel out (a change of bits k and k+32 in both sums), which
+   is exactly what a checksum of a checksum produces. */
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ull;
+    k ^= k >> 33;
+    return k;
+}
+
 static inline uint64_t fold(uint64_t a, uint64_t b, Py_ssize_t n) {
-    return (a ^ ((b << 32) | (b >> 32))) + (uint64_t)n * 0x9E3779B97F4A7C15ull;
+    return fmix64(a ^ fmix64(b + (uint64_t)n * 0x9E3779B97F4A7C15ull));
 }
 
 static uint64_t sum_copy(unsigned char *dst, const unsigned char *src, Py_ssize_t n) {

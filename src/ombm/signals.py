@@ -208,6 +208,36 @@ class Receiver:
         if self._misses >= 8:
             self._budget = self._cap if self._misses % 64 == 0 else min(self._cap, 2000)
 
+    def pop_wait(self, timeout: float) -> tuple[int, int] | None:
+        """Take the next signal, waiting (spin, then sleep) up to ``timeout`` seconds: its
+        ``(segment id, offset)``, or None if none came. No handler runs: for owners of the
+        receiver that dispatch their own segments (the RPC client and server) and hand the
+        rest to :meth:`dispatch`."""
+        if self.kernel:
+            return self.fifo.pop_wait(timeout) if timeout > 0 else self.fifo.pop()
+        settings_now = _config.SETTINGS
+        if settings_now is not self._settings:
+            self._adopt(settings_now)
+        if self._adaptive:
+            r = _wait_pop(self._address, self._budget, timeout)
+            if type(r) is tuple:
+                if r[2] > self._cap:
+                    self._miss()
+                elif self._misses:
+                    self._misses, self._budget = 0, self._cap
+                return r[0], r[1]
+        else:
+            r = _wait_pop(self._address, 0, timeout, self._sleep_ok)
+            if type(r) is tuple:
+                return r[0], r[1]
+        if r == _STALLED and _native.fifo_skip_stalled(self._address):
+            COUNTERS.signals_stalled += 1
+        return None
+
+    def dispatch(self, segment_id: int, offset: int) -> int:
+        """Run the handlers of one signal taken by :meth:`pop_wait`; how many ran."""
+        return self._dispatch(segment_id, offset)
+
     def wait(self, timeout: float | None = None) -> float:
         """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.
 

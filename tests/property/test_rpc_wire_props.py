@@ -78,3 +78,36 @@ def test_garbage_never_crashes(garbage):
         decode(memoryview(garbage))
     except FrameError:
         pass
+
+
+# The native checksum: one flipped bit anywhere changes it, also when it is taken again over
+# a header and another checksum (the stream's two-level seal). Before its finish mixed the
+# sums, a bit flip in a one-word payload left that seal unchanged about one time in ten.
+
+@given(st.binary(min_size=1, max_size=200), st.data())
+def test_one_flipped_bit_changes_the_checksum(data, draw):
+    from ombm import _native
+
+    bit = draw.draw(st.integers(0, 8 * len(data) - 1))
+    flipped = bytearray(data)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    assert _native.checksum(data) != _native.checksum(flipped)
+
+
+@given(st.binary(min_size=1, max_size=64), st.binary(min_size=40, max_size=40), st.data())
+def test_one_flipped_bit_changes_a_stream_seal(payload, head, draw):
+    from ombm import _native
+    from ombm.stream import seal
+
+    bit = draw.draw(st.integers(0, 8 * len(payload) - 1))
+    flipped = bytearray(payload)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    assert seal(head, _native.checksum(payload)) != seal(head, _native.checksum(flipped))
+
+
+def test_the_seal_collision_that_was_found():
+    from ombm import _native
+    from ombm.stream import seal
+
+    head = bytes(range(40))
+    assert seal(head, _native.checksum(b"original")) != seal(head, _native.checksum(b"originam"))

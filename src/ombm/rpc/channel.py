@@ -75,6 +75,10 @@ class Channel:
         """The slot containing ``address`` (a signal's translated address): the frame ends at its end."""
         return self._views[(address - self.region.address) // self.slot_size]
 
+    def slot_view_at(self, offset: int) -> memoryview:
+        """The slot containing segment offset ``offset`` (a signal taken with ``Receiver.pop_wait``)."""
+        return self._views[offset // self.slot_size]
+
     def close(self) -> None:
         for view in self._views:
             view.release()

@@ -16,6 +16,7 @@ path. A server that stopped or died is noticed while waiting.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -97,7 +98,8 @@ class Client:
             raise
         finally:
             well_known.close()
-        timer().add(self)
+        self._timer = timer()
+        self._timer.add(self)
 
     # -- first contact
     def _connect(self, well_known: Channel, slots: int, slot_size: int) -> None:
@@ -107,6 +109,7 @@ class Client:
         self._receiver = Receiver()
         region = self._reply.region
         self._receiver.add_handler(region.address, region.size, self._on_reply)
+        self._reply_segment = self._reply.segment.id
         conn_id = namespace.new_token()
         pid, start = namespace.me()
         hello = msgpack.packb({"req": self._request.name, "rep": self._reply.name, "conn": conn_id, "pid": pid, "start": start})
@@ -130,7 +133,12 @@ class Client:
         )
 
     def _on_reply(self, address: int) -> None:
-        view = self._reply.slot_view(address)
+        """The reply channel's signal handler (generic dispatch: ``_poll``, connecting)."""
+        self._take_reply(address - self._reply.region.address)
+
+    def _take_reply(self, offset: int) -> None:
+        """Hand the frame in the reply slot at ``offset`` to the protocol; complete its call."""
+        view = self._reply.slot_view_at(offset)
         if self._protocol is None:  # connecting: only the server's ACK matters
             try:
                 kind, _, nonce, _, _, _, payload, _ = wire.decode_fields(view)
@@ -181,7 +189,7 @@ class Client:
             send = self._request.send
             for frame in protocol.frames_to_send(now):
                 send(frame)
-        timer().busy = True
+        self._timer.busy = True
         return call_id, pending
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -200,9 +208,13 @@ class Client:
         self._send(method, args, kwargs, True)
 
     def _wait(self, call_id: int, pending: _Pending, deadline: float) -> None:
-        check_at = time.monotonic() + _LIVENESS_CHECK_S
+        """Dispatch reply signals in this thread (if it leads) until ``pending`` is done."""
+        check_at = None
+        receiver = self._receiver
         while not pending.done:
             now = time.monotonic()
+            if check_at is None:
+                check_at = now + _LIVENESS_CHECK_S
             if now >= deadline:
                 self._give_up(call_id)
                 if not self._server_alive():
@@ -215,8 +227,13 @@ class Client:
                     raise ServerGoneError(f"the server of {self.service!r} stopped or died")
             if self._leader.acquire(blocking=False):
                 try:
-                    if not pending.done:
-                        self._receiver.wait(min(deadline, check_at) - now)
+                    if not pending.done:  # another thread may have completed it
+                        signal = receiver.pop_wait(min(deadline, check_at) - now)
+                        if signal is not None:
+                            if signal[0] == self._reply_segment:
+                                self._take_reply(signal[1])
+                            else:
+                                receiver.dispatch(*signal)
                 finally:
                     self._leader.release()
             else:
@@ -265,7 +282,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        timer().remove(self)
+        self._timer.remove(self)
         with self._leader:
             self._teardown()
 
@@ -285,7 +302,9 @@ class Client:
     def __getattr__(self, method: str):
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+        remote = functools.partial(self.call, method)
+        self.__dict__[method] = remote  # found directly next time
+        return remote
 
     def __repr__(self) -> str:
         return f"<ombm.rpc.Client {self.service!r}{' closed' if self._closed else ''}>"

@@ -109,32 +109,44 @@ class _Packers(threading.local):
 _packers = _Packers()
 
 
-def _pack(value, allow_pickle: bool) -> bytes:
-    packer = _packers.pickle if allow_pickle else _packers.safe
-    try:
-        return packer.pack(value)
-    except BufferError as exc:  # a non-contiguous memoryview
-        packer.reset()
-        raise TypeError(f"cannot marshal a non-contiguous buffer: {exc}") from None
-    except ValueError as exc:   # e.g. "recursion limit exceeded" on cyclic data
-        packer.reset()
-        raise TypeError(f"cannot marshal value: {exc}") from None
-    except BaseException:
-        packer.reset()  # never leave half a message in the reused buffer
-        raise
+def _pack_failed(packer, exc: BaseException) -> BaseException:
+    """What to raise when ``packer`` failed with ``exc``; its half-written buffer is discarded."""
+    packer.reset()  # never leave half a message in the reused buffer
+    if isinstance(exc, BufferError):  # a non-contiguous memoryview
+        return TypeError(f"cannot marshal a non-contiguous buffer: {exc}")
+    if isinstance(exc, ValueError):   # e.g. "recursion limit exceeded" on cyclic data
+        return TypeError(f"cannot marshal value: {exc}")
+    return exc
+
+
+_NO_KWARGS: dict = {}  # packed for a call without keyword arguments, never changed
 
 
 def encode_call(method: str, args: tuple = (), kwargs: dict | None = None, *,
                 allow_pickle: bool = False) -> bytes:
     """Marshal a call of ``method(*args, **kwargs)``."""
-    if not isinstance(method, str):
+    if type(method) is not str and not isinstance(method, str):
         raise TypeError(f"method name must be str, not {type(method).__name__}")
-    return _pack((method, args, kwargs or {}), allow_pickle)
+    packer = _packers.pickle if allow_pickle else _packers.safe
+    try:
+        return packer.pack((method, args, kwargs or _NO_KWARGS))
+    except BaseException as exc:
+        error = _pack_failed(packer, exc)
+        if error is exc:
+            raise
+    raise error from None
 
 
 def encode_result(value, *, allow_pickle: bool = False) -> bytes:
     """Marshal the value a call returned."""
-    return _pack((_OK, value), allow_pickle)
+    packer = _packers.pickle if allow_pickle else _packers.safe
+    try:
+        return packer.pack((_OK, value))
+    except BaseException as exc:
+        error = _pack_failed(packer, exc)
+        if error is exc:
+            raise
+    raise error from None
 
 
 def encode_error(exc: BaseException) -> bytes:
@@ -197,30 +209,36 @@ def _ext_hook_pickle(code: int, data: bytes):
     return _ext_hook_safe(code, data)
 
 
-def _unpack(data, allow_pickle: bool):
-    try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
-                               strict_map_key=False)
-    except UnmarshalError:
-        raise
-    except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors, ...
-        raise UnmarshalError(f"malformed message: {exc}") from None
+_unpackb = msgpack.unpackb
 
 
 def decode_call(data, *, allow_pickle: bool = False) -> tuple[str, tuple, dict]:
     """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`."""
-    call = _unpack(data, allow_pickle)
-    if (type(call) is not list or len(call) != 3 or type(call[0]) is not str
-            or type(call[1]) is not list or type(call[2]) is not dict
-            or not all(type(k) is str for k in call[2])):
-        raise UnmarshalError("not a call message")
-    return call[0], tuple(call[1]), call[2]
+    try:
+        call = _unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
+                        strict_map_key=False)
+    except UnmarshalError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors, ...
+        raise UnmarshalError(f"malformed message: {exc}") from None
+    if type(call) is list and len(call) == 3:
+        method, args, kwargs = call
+        if type(method) is str and type(args) is list and type(kwargs) is dict:
+            if not kwargs or all(type(k) is str for k in kwargs):
+                return method, tuple(args), kwargs
+    raise UnmarshalError("not a call message")
 
 
 def decode_reply(data, *, allow_pickle: bool = False):
     """Return the result in bytes made by :func:`encode_result`, or raise the
     :class:`RemoteError` described by bytes made by :func:`encode_error`."""
-    reply = _unpack(data, allow_pickle)
+    try:
+        reply = _unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
+                         strict_map_key=False)
+    except UnmarshalError:
+        raise
+    except Exception as exc:
+        raise UnmarshalError(f"malformed message: {exc}") from None
     if type(reply) is list:
         if len(reply) == 2 and reply[0] is _OK:
             return reply[1]

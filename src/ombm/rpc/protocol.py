@@ -44,8 +44,7 @@ import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ombm.errors import FrameError
-from ombm.rpc.wire import MAX_FRAGMENTS, Kind, decode_fields, encode
+from ombm.rpc.wire import KIND_TABLE, MAX_FRAGMENTS, Kind, encode, raw_decode, raw_encode
 
 __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
            "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
@@ -318,7 +317,7 @@ class ClientProtocol:
             ack = call_id
         kind = _ONEWAY if oneway else _CALL
         if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
-            frames = (encode(kind, self.connection_id, call_id, data, ack=ack),)
+            frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, ack, 0),)
         else:
             frames = _encode_message(kind, self.connection_id, call_id,
                                      split(data, self.max_payload), ack)
@@ -372,8 +371,8 @@ class ClientProtocol:
     def receive_frame(self, view, now: float) -> list[Event]:
         """Take one received frame; return the replies it completes."""
         try:
-            kind, connection_id, call_id, index, count, _, payload, _ = decode_fields(view)
-        except FrameError:
+            kind, connection_id, call_id, index, count, _, payload, _ = raw_decode(view, KIND_TABLE)
+        except ValueError:  # FrameError, or ValueError from the native decoder
             self._bad += 1
             return []
         if connection_id != self.connection_id:
@@ -532,8 +531,8 @@ class ServerProtocol:
     def receive_frame(self, view, now: float) -> list[Event]:
         """Take one received frame; return the call it completes, if any."""
         try:
-            kind, connection_id, call_id, index, count, ack, payload, _ = decode_fields(view)
-        except FrameError:
+            kind, connection_id, call_id, index, count, ack, payload, _ = raw_decode(view, KIND_TABLE)
+        except ValueError:  # FrameError, or ValueError from the native decoder
             self._bad += 1
             return []
         if connection_id != self.connection_id:
@@ -613,7 +612,7 @@ class ServerProtocol:
             return  # the client gave up on it
         kind = _ERROR_REPLY if error else _REPLY
         if pieces is None:
-            frames = (encode(kind, self.connection_id, call_id, data),)
+            frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, 0, 0),)
         else:
             frames = _encode_message(kind, self.connection_id, call_id, pieces)
         replies = self._replies

@@ -75,6 +75,7 @@ class Server:
         self._receiver = Receiver()
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
+        self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
         self._stop = False
         self._thread: threading.Thread | None = None
         self._serving = threading.Lock()
@@ -122,6 +123,10 @@ class Server:
         except (SegmentNotFoundError, SegmentFormatError, ValueError):
             self.stats["bad_connects"] += 1
             return None
+        if request.segment.id == self._well_known.segment.id or request.segment.id in self._by_segment:
+            request.close()  # a channel this server already serves: a hostile or confused CONNECT
+            self.stats["bad_connects"] += 1
+            return None
         try:
             reply = Channel.open(rep_name, writable=True)
         except (SegmentNotFoundError, SegmentFormatError, ValueError):
@@ -130,27 +135,30 @@ class Server:
             return None
         conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload))
         region = request.region
-        conn.handle = self._receiver.add_handler(region.address, region.size, lambda a: self._guarded(conn, a))
+        conn.handle = self._receiver.add_handler(
+            region.address, region.size, lambda address: self._guarded(conn, address - region.address)
+        )
         self._connections[conn_id] = conn
         self._by_nonce[nonce] = conn
+        self._by_segment[request.segment.id] = conn
         self.stats["connections"] += 1
         return conn
 
     # -- calls
-    def _on_request(self, conn: _Connection, address: int) -> None:
+    def _on_request(self, conn: _Connection, offset: int) -> None:
         now = time.monotonic()
         protocol = conn.protocol
-        for event in protocol.receive_frame(conn.request.slot_view(address), now):
+        for event in protocol.receive_frame(conn.request.slot_view_at(offset), now):
             data, error = self._execute(event.data, conn.reply.max_message)
             if not event.oneway:
                 protocol.send_reply(event.call_id, data, now, error=error)
         for frame in protocol.frames_to_send(now):
             conn.reply.send(frame)
 
-    def _guarded(self, conn: _Connection, address: int) -> None:
+    def _guarded(self, conn: _Connection, offset: int) -> None:
         """A client's frames must never stop the server: anything unexpected is counted, the frame dropped."""
         try:
-            self._on_request(conn, address)
+            self._on_request(conn, offset)
         except Exception:
             self.stats["dropped_frames"] += 1
 
@@ -185,6 +193,7 @@ class Server:
     def _drop(self, conn: _Connection) -> None:
         self._connections.pop(conn.conn_id, None)
         self._by_nonce.pop(conn.nonce, None)
+        self._by_segment.pop(conn.request.segment.id, None)
         conn.close()
 
     # -- running
@@ -197,8 +206,15 @@ class Server:
         if in_main:
             previous = _signal.signal(_signal.SIGTERM, lambda signum, frame: self._request_stop())
         try:
+            receiver, by_segment = self._receiver, self._by_segment
             while not self._stop:
-                self._receiver.wait(REAP_INTERVAL_S)
+                signal = receiver.pop_wait(REAP_INTERVAL_S)
+                if signal is not None:
+                    conn = by_segment.get(signal[0])
+                    if conn is not None:  # a request: handled here, without the generic dispatch
+                        self._guarded(conn, signal[1])
+                    else:  # the well-known channel, a nudge
+                        receiver.dispatch(*signal)
                 now = time.monotonic()
                 if now - self._last_reap >= REAP_INTERVAL_S:
                     self._last_reap = now

@@ -50,7 +50,7 @@ from ombm._native import frame_encode as _frame_encode
 from ombm.errors import FrameError
 
 __all__ = ["TRAILER_SIZE", "MAGIC", "MAX_FRAGMENTS", "Kind", "Frame", "FrameError",
-           "encode", "encode_into", "decode", "decode_fields", "peek_kind"]
+           "encode", "encode_into", "decode", "decode_fields", "raw_decode", "raw_encode", "KIND_TABLE", "peek_kind"]
 
 _HEAD = struct.Struct("<QQQIIHHBBH")   # trailer[0:40], everything before the checksum
 _SUM = struct.Struct("<Q")
@@ -78,6 +78,14 @@ class Kind(enum.IntEnum):
 
 _KIND_BY_VALUE = {int(k): k for k in Kind}
 _KINDS = tuple(_KIND_BY_VALUE.get(v) for v in range(max(_KIND_BY_VALUE) + 1))  # kind byte -> Kind
+KIND_TABLE = _KINDS
+
+# decode_fields without its wrapper, for the protocols' per-frame path:
+# ``raw_decode(view, KIND_TABLE)`` returns the same tuple and raises plain ValueError.
+raw_decode = _frame_decode
+# encode without its checks, for constant kinds on the protocols' per-call path:
+# ``raw_encode(kind, connection_id, message_id, payload, frag_index, frag_count, ack, credit)``.
+raw_encode = _frame_encode
 
 
 @dataclass(frozen=True, slots=True)
