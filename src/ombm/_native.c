@@ -250,8 +250,8 @@ static PyObject *n_fanout(PyObject *self, PyObject *const *args, Py_ssize_t narg
     return PyLong_FromUnsignedLongLong(result | (drops > 0x7fff ? 0x7fff : drops));
 }
 
-/* pop the head entry: (segment id, offset) (+ waited_ns if waited != UINT64_MAX), or None. */
-static PyObject *pop_tuple(uintptr_t f, uint64_t waited) {
+/* Take the head entry of FIFO f: 1 and (seg, off), or 0 if there is none (or not yet published). */
+static int fifo_take(uintptr_t f, uint64_t *seg, uint64_t *off) {
     au64 *head = A64(f + FIFO_HEAD);
     uint64_t pos = atomic_load_explicit(head, memory_order_relaxed);
     for (;;) {
@@ -261,19 +261,25 @@ static PyObject *pop_tuple(uintptr_t f, uint64_t waited) {
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(head, &pos, pos + 1, memory_order_relaxed,
                                                       memory_order_relaxed)) {
-                uint64_t seg = ((uint64_t *)cell)[1], off = ((uint64_t *)cell)[2];
+                *seg = ((uint64_t *)cell)[1];
+                *off = ((uint64_t *)cell)[2];
                 atomic_store_explicit(A64(cell), pos + fifo_mask(f) + 1, memory_order_release);
-                if (waited == UINT64_MAX)
-                    return Py_BuildValue("(KK)", (unsigned long long)seg, (unsigned long long)off);
-                return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off,
-                                     (unsigned long long)waited);
+                return 1;
             }
         } else if (dif < 0) {
-            Py_RETURN_NONE;
+            return 0;
         } else {
             pos = atomic_load_explicit(head, memory_order_relaxed);
         }
     }
+}
+
+/* pop the head entry: (segment id, offset) (+ waited_ns if waited != UINT64_MAX), or None. */
+static PyObject *pop_tuple(uintptr_t f, uint64_t waited) {
+    uint64_t seg, off;
+    if (!fifo_take(f, &seg, &off)) Py_RETURN_NONE;
+    if (waited == UINT64_MAX) return Py_BuildValue("(KK)", (unsigned long long)seg, (unsigned long long)off);
+    return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off, (unsigned long long)waited);
 }
 
 /* pop -> (segment id, offset) or None when empty (or head cell not yet published). */
@@ -614,6 +620,7 @@ typedef struct {
     unsigned long long seg_id;
     PyObject *routes;         /* dict: unit offset -> (fifo addresses, memory refs, kernel refs) */
     PyObject *slow, *route_fn, *deliver_fn, *after_fn;
+    Py_ssize_t next_unit;     /* send(): the unit the next message ends (round robin) */
 } Writer;
 
 static int Writer_init(Writer *w, PyObject *args, PyObject *kw) {
@@ -714,6 +721,35 @@ out:
     return rc;
 }
 
+/* Copy n bytes to end at the end of the next unit (round robin), raising that unit's signal:
+   an RPC channel's send (rpc/channel.py), whose units are its slots. 0, or -1 with an exception. */
+static int writer_send(Writer *w, const char *src, Py_ssize_t n) {
+    Py_ssize_t unit = w->unit;
+    if (!w->base || !unit || w->size % unit) {
+        PyErr_SetString(PyExc_ValueError, "Writer.send: closed, or not a binding cut into whole signalling units");
+        return -1;
+    }
+    if (n > unit) {
+        PyErr_Format(PyExc_ValueError, "Writer.send: %zd bytes do not fit a %zd-byte unit", n, unit);
+        return -1;
+    }
+    Py_ssize_t slot = w->next_unit;
+    if (slot < 0 || slot >= w->size / unit) slot = 0;
+    w->next_unit = slot + 1 < w->size / unit ? slot + 1 : 0;
+    Py_ssize_t end = (slot + 1) * unit;
+    memcpy(w->base + end - n, src, (size_t)n);
+    return n ? writer_deliver(w, slot * unit) : 0;
+}
+
+static PyObject *Writer_send(Writer *w, PyObject *data) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0) return NULL;
+    int rc = writer_send(w, v.buf, v.len);
+    PyBuffer_Release(&v);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* write(offset, data): copy, then raise one signal per completed unit. */
 static PyObject *Writer_write(Writer *w, PyObject *const *args, Py_ssize_t nargs) {
     if (!w->base || nargs != 2 || !PyLong_CheckExact(args[0])) return PyObject_Vectorcall(w->slow, args, nargs, NULL);
@@ -773,6 +809,8 @@ static PyObject *n_writer_counters_reset(PyObject *self, PyObject *unused) {
 static PyMethodDef Writer_methods[] = {
     {"write", (PyCFunction)(void (*)(void))Writer_write, METH_FASTCALL,
      "write(offset, data): copy data in, then signal every unit whose last byte it wrote"},
+    {"send", (PyCFunction)Writer_send, METH_O,
+     "send(data): write data to end at the end of the next unit (round robin): that unit's one signal"},
     {"close", (PyCFunction)Writer_close, METH_NOARGS, "stop writing: every later write takes the slow path"},
     {NULL, NULL, 0, NULL},
 };
@@ -790,6 +828,170 @@ static PyTypeObject WriterType = {
     .tp_traverse = (traverseproc)Writer_traverse,
     .tp_clear = (inquiry)Writer_clear,
     .tp_methods = Writer_methods,
+};
+
+
+/* ---------------------------------------------------------------- the RPC call lane (rpc/client.py) */
+
+/* CallLane: a synchronous RPC call's no-loss path in one native call (paper §4: the timer
+   and the rest of the transport cost nothing when nothing is lost). call(frame, call_id, ...)
+   writes the request frame into the next request slot (its last byte signals the server),
+   then waits (spin, then futex sleep) on the caller's signal FIFO and takes the reply: the
+   frame in the reply slot the signal names, copied out once with its checksum folded into
+   the copy, and accepted only if it is a whole REPLY or ERROR_REPLY of this connection and
+   call. Anything else is handed back to Python untouched by policy: a signal for another
+   segment or a frame the lane does not take (LANE_OTHER, with the signal), or no signal by
+   the timeout (LANE_TIMEOUT); the client then puts the call under the retransmission timer. */
+#define LANE_REPLY 0
+#define LANE_ERROR_REPLY 1
+#define LANE_OTHER 2
+#define LANE_TIMEOUT 3
+
+typedef struct {
+    PyObject_HEAD
+    Writer *request;          /* the request channel's writer; NULL once closed */
+    uintptr_t fifo;           /* the caller's signal FIFO */
+    unsigned long long reply_seg;
+    const unsigned char *reply_base;
+    Py_ssize_t reply_size, reply_slot;
+    unsigned long long connection_id;
+} CallLane;
+
+static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
+    PyObject *writer, *fifo_o;
+    unsigned long long reply_seg, reply_base, conn;
+    Py_ssize_t reply_size, reply_slot;
+    if (!PyArg_ParseTuple(args, "O!OKKnnK", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
+                          &reply_slot, &conn))
+        return -1;
+    uintptr_t f;
+    if (parse_addr(fifo_o, &f) < 0) return -1;
+    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
+        PyErr_SetString(PyExc_ValueError, "CallLane: bad reply channel geometry");
+        return -1;
+    }
+    Py_INCREF(writer);
+    Py_XSETREF(l->request, (Writer *)writer);
+    l->fifo = f;
+    l->reply_seg = reply_seg;
+    l->reply_base = (const unsigned char *)(uintptr_t)reply_base;
+    l->reply_size = reply_size;
+    l->reply_slot = reply_slot;
+    l->connection_id = conn;
+    return 0;
+}
+
+static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) { Py_VISIT(l->request); return 0; }
+static int CallLane_clear(CallLane *l) { Py_CLEAR(l->request); return 0; }
+static void CallLane_dealloc(CallLane *l) {
+    PyObject_GC_UnTrack(l);
+    CallLane_clear(l);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection and call:
+   a new bytes object with its payload and *kind set; NULL (no exception) otherwise. */
+static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, unsigned *kind) {
+    if (off >= (uint64_t)l->reply_size) return NULL;
+    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
+    Py_ssize_t n = l->reply_slot;
+    if (start + n > l->reply_size) return NULL;
+    const unsigned char *b = l->reply_base + start;
+    uint32_t plen = get32(b + n - 24);
+    uint64_t total = get64(b + n - 8);
+    if ((Py_ssize_t)plen > n - TRAILER) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)plen + TRAILER_HEAD);
+    if (!out) { PyErr_Clear(); return NULL; }
+    unsigned char *c = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char *t = c + plen;
+    if (sum_copy(c, b + n - TRAILER - plen, (Py_ssize_t)plen + TRAILER_HEAD) != total ||
+        get16(t + 38) != FRAME_MAGIC || t[37] != 0 || get32(t + 24) != plen || get16(t + 32) != 0 ||
+        get16(t + 34) != 1 || (t[36] != 3 && t[36] != 4) || get64(t) != l->connection_id || get64(t + 8) != call_id) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    *kind = t[36];
+    if (_PyBytes_Resize(&out, plen) < 0) { PyErr_Clear(); return NULL; }
+    return out;
+}
+
+/* call(frame, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
+   (LANE_REPLY | LANE_ERROR_REPLY, payload bytes, ...), (LANE_OTHER, (segment id, offset), ...),
+   (LANE_TIMEOUT, WAIT_* code, ...). */
+static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "call(frame, call_id, spin_ns, timeout_s, sleep_ok)");
+        return NULL;
+    }
+    if (!l->request) {
+        PyErr_SetString(PyExc_ValueError, "CallLane is closed");
+        return NULL;
+    }
+    unsigned long long call_id = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long spin_ns = PyLong_AsUnsignedLongLong(args[2]);
+    double timeout_s = PyFloat_AsDouble(args[3]);
+    int sleep_ok = PyObject_IsTrue(args[4]);
+    if (PyErr_Occurred() || sleep_ok < 0) return NULL;
+    if (timeout_s < 0 || timeout_s != timeout_s) timeout_s = 0;
+    if (timeout_s > 1e9) timeout_s = 1e9;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    int rc = writer_send(l->request, v.buf, v.len);
+    PyBuffer_Release(&v);
+    if (rc < 0) return NULL;
+    uintptr_t f = l->fifo;
+    uint64_t waited = 0;
+    int r = WAIT_READY;
+    while (!fifo_ready(f)) {
+        uint64_t w = 0;
+        Py_BEGIN_ALLOW_THREADS
+        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
+        Py_END_ALLOW_THREADS
+        waited += w;
+        if (r != WAIT_INTERRUPTED) break;
+        if (PyErr_CheckSignals() < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays outstanding */
+        timeout_s -= (double)w * 1e-9;
+        r = WAIT_TIMEOUT;
+        if (timeout_s <= 0) break;
+    }
+    uint64_t seg, off;
+    if (r != WAIT_READY || !fifo_take(f, &seg, &off))
+        return Py_BuildValue("(iiK)", LANE_TIMEOUT, r == WAIT_READY ? WAIT_TIMEOUT : r, (unsigned long long)waited);
+    if (seg == l->reply_seg) {
+        unsigned kind = 0;
+        PyObject *payload = lane_take_reply(l, off, call_id, &kind);
+        if (payload)
+            return Py_BuildValue("(iNK)", kind == 4 ? LANE_ERROR_REPLY : LANE_REPLY, payload, (unsigned long long)waited);
+    }
+    return Py_BuildValue("(i(KK)K)", LANE_OTHER, (unsigned long long)seg, (unsigned long long)off,
+                         (unsigned long long)waited);
+}
+
+static PyObject *CallLane_close(CallLane *l, PyObject *unused) {
+    Py_CLEAR(l->request);
+    l->reply_base = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef CallLane_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
+     "call(frame, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
+    {"close", (PyCFunction)CallLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CallLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.CallLane",
+    .tp_basicsize = sizeof(CallLane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "CallLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)CallLane_init,
+    .tp_dealloc = (destructor)CallLane_dealloc,
+    .tp_traverse = (traverseproc)CallLane_traverse,
+    .tp_clear = (inquiry)CallLane_clear,
+    .tp_methods = CallLane_methods,
 };
 
 static PyMethodDef methods[] = {
@@ -823,11 +1025,17 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "ombm._native",
                                        methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&WriterType) < 0) return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&CallLaneType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) { Py_DECREF(&WriterType); Py_DECREF(m); return NULL; }
+    Py_INCREF(&CallLaneType);
+    if (PyModule_AddObject(m, "CallLane", (PyObject *)&CallLaneType) < 0) { Py_DECREF(&CallLaneType); Py_DECREF(m); return NULL; }
+    PyModule_AddIntConstant(m, "LANE_REPLY", LANE_REPLY);
+    PyModule_AddIntConstant(m, "LANE_ERROR_REPLY", LANE_ERROR_REPLY);
+    PyModule_AddIntConstant(m, "LANE_OTHER", LANE_OTHER);
+    PyModule_AddIntConstant(m, "LANE_TIMEOUT", LANE_TIMEOUT);
     PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
     PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
     PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);

@@ -172,25 +172,8 @@ class Receiver:
         ran = self.dispatch_pending()
         if ran or timeout <= 0:
             return ran
-        if self.kernel:
-            item = self.fifo.pop_wait(timeout)
-            return (self._dispatch(*item) if item else 0) + self.dispatch_pending()
-        if _config.SETTINGS is not self._settings:
-            self._adopt(_config.SETTINGS)
-        if self._adaptive:
-            r = _wait_pop(self._address, self._budget, timeout)
-        else:
-            r = _wait_pop(self._address, 0, timeout, self._sleep_ok)
-        if type(r) is tuple:
-            if self._adaptive:
-                if r[2] > self._cap:
-                    self._miss()
-                elif self._misses:
-                    self._misses, self._budget = 0, self._cap
-            return self._dispatch(r[0], r[1]) + self.dispatch_pending()
-        if r == _STALLED and _native.fifo_skip_stalled(self._address):
-            COUNTERS.signals_stalled += 1
-        return self.dispatch_pending()
+        item = self.pop_wait(timeout)
+        return (self._dispatch(*item) if item else 0) + self.dispatch_pending()
 
     # Adaptive spin (DESIGN.md §6): spin up to the cap while signals come within it; after 8 waits
     # in a row that had to sleep, spin only 2 µs, probing with the full cap every 64th miss so a
@@ -233,6 +216,23 @@ class Receiver:
         if r == _STALLED and _native.fifo_skip_stalled(self._address):
             COUNTERS.signals_stalled += 1
         return None
+
+    def wait_policy(self) -> tuple[int, bool]:
+        """``(spin budget in ns, may sleep)`` for a native wait on this receiver's memory FIFO
+        (the RPC call lane); report how it ended with :meth:`waited`."""
+        if _config.SETTINGS is not self._settings:
+            self._adopt(_config.SETTINGS)
+        if self._adaptive:
+            return self._budget, True
+        return 0, self._sleep_ok
+
+    def waited(self, waited_ns: int) -> None:
+        """Learn from a native wait that took a signal after ``waited_ns`` (adaptive spin)."""
+        if self._adaptive:
+            if waited_ns > self._cap:
+                self._miss()
+            elif self._misses:
+                self._misses, self._budget = 0, self._cap
 
     def dispatch(self, segment_id: int, offset: int) -> int:
         """Run the handlers of one signal taken by :meth:`pop_wait`; how many ran."""

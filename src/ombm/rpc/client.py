@@ -23,11 +23,12 @@ from typing import Any
 
 import msgpack
 
-from .. import namespace
 from .. import _layout as L
+from .. import _native, namespace
 from ..errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
 from ..errors import ServiceNotFoundError
 from ..signals import Receiver
+from ..stats import COUNTERS
 from . import marshal, wire
 from .channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel
 from .protocol import ClientProtocol
@@ -35,6 +36,7 @@ from .server import well_known_name
 from .timer import timer
 
 _LIVENESS_CHECK_S = 0.1
+_LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 
 
 class _Pending:
@@ -87,6 +89,7 @@ class Client:
         self._nonce = namespace.new_token()
         self._hello: dict | None = None
         self._request = self._reply = self._receiver = None
+        self._lane = None  # the native fast lane of synchronous calls (memory signal path only)
         try:
             well_known = Channel.open(well_known_name(name), writable=True)
         except SegmentNotFoundError:
@@ -131,6 +134,13 @@ class Client:
         self._protocol = ClientProtocol(
             conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), min_rto=0.002
         )
+        self._max_message = self._request.max_message
+        if self._request.writer is not None and not self._receiver.kernel:
+            reply = self._reply.region
+            self._lane = _native.CallLane(
+                self._request.writer, self._receiver.fifo.address, self._reply_segment,
+                reply.address, reply.size, self._reply.slot_size, conn_id,
+            )
 
     def _on_reply(self, address: int) -> None:
         """The reply channel's signal handler (generic dispatch: ``_poll``, connecting)."""
@@ -166,17 +176,22 @@ class Client:
                 self._leader.release()
 
     # -- calls
-    def _send(self, method: str, args: tuple, kwargs: dict, oneway: bool) -> tuple[int, _Pending]:
+    def _marshal(self, method: str, args: tuple, kwargs: dict) -> bytes:
         if self._closed:
             raise ClosedError("client is closed")
-        if not isinstance(method, str):
-            raise TypeError("method name must be a str")
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
-        if len(data) > self._request.max_message:
+        if len(data) > self._max_message:
             raise ValueError(
                 f"the call ({len(data)} bytes marshalled) exceeds what this connection's request channel carries "
-                f"({self._request.max_message} bytes); connect with more or larger slots, or use ombm.Stream"
+                f"({self._max_message} bytes); connect with more or larger slots, or use ombm.Stream"
             )
+        return data
+
+    def _send(self, method: str, args: tuple, kwargs: dict, oneway: bool) -> tuple[int, _Pending]:
+        return self._submit(self._marshal(method, args, kwargs), oneway)
+
+    def _submit(self, data: bytes, oneway: bool) -> tuple[int, _Pending]:
+        """Hand a marshalled call to the protocol and write its frames; the timer watches it."""
         if oneway:
             self._poll()  # one-way calls are acknowledged: take in what has arrived
         pending = _Pending()
@@ -194,9 +209,64 @@ class Client:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` remotely and return its result (``RemoteError`` if it raised)."""
-        call_id, pending = self._send(method, args, kwargs, False)
+        data = self._marshal(method, args, kwargs)
+        lane = self._lane
+        if lane is not None and self._leader.acquire(blocking=False):
+            with self._lock:
+                begun = self._protocol.begin_call(data)
+            if begun is None:
+                self._leader.release()
+            else:
+                return self._call_on_lane(lane, *begun)
+        call_id, pending = self._submit(data, False)
         self._wait(call_id, pending, time.monotonic() + self.timeout)
         return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
+
+    def _call_on_lane(self, lane, call_id: int, frame: bytes) -> Any:
+        """The no-loss path of a synchronous call, in one native call (``_native.CallLane``).
+
+        Entered holding the leader lock. Write the request, wait for its reply, take it:
+        no timer, no pending-call table. If anything else comes first, or no reply within
+        the RTO, the call joins the protocol's in-flight calls as if sent the ordinary way.
+        """
+        receiver = self._receiver
+        reply = None
+        try:
+            spin_ns, sleep_ok = receiver.wait_policy()
+            sent_at = time.monotonic()
+            patience = min(self._protocol.rto, self.timeout)
+            status, value, waited = lane.call(frame, call_id, spin_ns, patience, sleep_ok)
+            if status <= _LANE_ERROR_REPLY:  # the reply: done
+                receiver.waited(waited)
+                with self._lock:
+                    self._protocol.end_call(call_id, sent_at, time.monotonic())
+                reply = value
+            else:
+                pending = _Pending()
+                with self._lock:
+                    self._protocol.adopt_call(call_id, frame, sent_at)
+                    self._pending[call_id] = pending
+                self._timer.busy = True
+                if status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
+                    receiver.waited(waited)
+                    segment_id, offset = value
+                    if segment_id == self._reply_segment:
+                        self._take_reply(offset)
+                    else:
+                        receiver.dispatch(segment_id, offset)
+                elif value == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+                    COUNTERS.signals_stalled += 1
+        except BaseException:
+            with self._lock:
+                self._protocol.cancel(call_id)
+                self._pending.pop(call_id, None)
+            self._leader.release()
+            raise
+        self._leader.release()
+        if reply is None:
+            self._wait(call_id, pending, sent_at + self.timeout)
+            reply = pending.data
+        return marshal.decode_reply(reply, allow_pickle=self.allow_pickle)
 
     def call_async(self, method: str, *args: Any, **kwargs: Any) -> Future:
         """Send a call now, collect its result later: pipelined calls."""
@@ -287,6 +357,8 @@ class Client:
             self._teardown()
 
     def _teardown(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         if self._receiver is not None:
             self._receiver.close()
         for ch in (self._request, self._reply):

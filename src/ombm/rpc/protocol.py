@@ -299,6 +299,7 @@ class ClientProtocol:
         self._timers: list[tuple[float, int]] = []  # heaped calls only, stale entries skipped
         self._last_deadline = 0.0  # of the latest ordered call
         self._partial: dict[int, _Reassembly] = {}  # multi-fragment replies being reassembled
+        self._lane: int | None = None  # the call id on the fast lane (see begin_call), if any
         self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
 
     # -- calls
@@ -315,6 +316,9 @@ class ClientProtocol:
             ack = queue[0].call_id
         else:
             ack = call_id
+        lane = self._lane
+        if lane is not None and lane < ack:
+            ack = lane
         kind = _ONEWAY if oneway else _CALL
         if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
             frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, ack, 0),)
@@ -336,11 +340,67 @@ class ClientProtocol:
             queue.append(call)
         return call_id
 
+    @property
+    def rto(self) -> float:
+        """The current retransmission timeout (seconds)."""
+        return self._rto.rto
+
+    # -- the fast lane (paper §4: the no-loss path never touches the timer)
+
+    def begin_call(self, data) -> tuple[int, bytes] | None:
+        """Hand a synchronous call to the I/O layer's fast lane, if nothing else is outstanding.
+
+        Returns ``(call_id, frame)`` when ``data`` (bytes) fits one frame and no call is in
+        flight, queued or on the lane; else None (use :meth:`send_request`). The I/O layer
+        writes the frame, takes the reply itself (a whole REPLY/ERROR_REPLY frame of this
+        connection and call: :meth:`receive_frame` would deliver exactly that), and then
+        reports :meth:`end_call`; or, if anything else happens first (no reply within its
+        patience, another frame or signal), :meth:`adopt_call`, after which the call is an
+        ordinary one under the retransmission timer. Until then its id holds back the ack of
+        later calls, so the server keeps its reply.
+        """
+        if (self._in_flight or self._queue or self._lane is not None or type(data) is not bytes
+                or len(data) > self.max_payload):
+            return None
+        call_id = self._next_id
+        self._next_id = call_id + 1
+        self._calls += 1
+        self._lane = call_id
+        return call_id, raw_encode(_CALL, self.connection_id, call_id, data, 0, 1, call_id, 0)
+
+    def end_call(self, call_id: int, sent_at: float, now: float) -> None:
+        """The lane's call got its reply: take its RTT sample and free the lane."""
+        if self._lane != call_id:
+            raise ValueError(f"call {call_id} is not on the lane")
+        self._lane = None
+        self._rto.sample(now - sent_at)
+
+    def adopt_call(self, call_id: int, frame: bytes, sent_at: float) -> None:
+        """Put the lane's call, sent once at ``sent_at``, under the timer as an in-flight call."""
+        if self._lane != call_id:
+            raise ValueError(f"call {call_id} is not on the lane")
+        self._lane = None
+        call = _Call()
+        call.call_id = call_id
+        call.oneway = False
+        call.frames = (frame,)
+        call.sent_at = sent_at
+        call.rto = rto = self._rto.rto
+        call.deadline = deadline = sent_at + rto
+        call.heaped = True  # its deadline is not ordered with the calls launched meanwhile
+        _heappush(self._timers, (deadline, call_id))
+        # in flight in call id order: it is older than any call launched while it was on the lane
+        in_flight = self._in_flight
+        self._in_flight = {call_id: call}
+        self._in_flight.update(in_flight)
+
     def cancel(self, call_id: int) -> None:
         """Forget a call (the caller gave up); a late reply is counted as a duplicate.
 
         The slot it frees is given to a queued call at the next ``frames_to_send``.
         """
+        if self._lane == call_id:
+            self._lane = None
         self._partial.pop(call_id, None)
         if self._in_flight.pop(call_id, None) is None:
             for call in self._queue:
