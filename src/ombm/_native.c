@@ -304,6 +304,10 @@ static PyObject *n_fifo_skip_stalled(PyObject *self, PyObject *arg) {
     Py_RETURN_TRUE;
 }
 
+/* Set by do_wait when its last spin saw a sched_yield run another thread (per thread). */
+static _Thread_local int yield_hint = 0;
+#define YIELD_RAN_OTHER_NS 1500ull
+
 /* Spin (pause, and sched_yield so a peer on the same CPU can run) for spin_ns,
    then announce sleep, re-check, and sleep on the futex until timeout.
    Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
@@ -314,11 +318,18 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
     unsigned iter = 0;
+    /* A yield that took long ran another thread on this CPU: likely the peer we wait for
+       (both on one CPU). Then pausing only delays it: yield at every check, in this wait
+       and, through the thread's hint, from the start of the next. */
+    unsigned every = yield_hint ? 1 : 16;
+    int shared = 0;
     for (;;) {
         if (fifo_ready(f)) { result = WAIT_READY; goto done; }
-        if ((++iter & 15) == 0) {
-            if (now_ns() >= spin_end) break;
+        if (++iter % every == 0) {
+            uint64_t t = now_ns();
+            if (t >= spin_end) break;
             sched_yield();
+            if (now_ns() - t > YIELD_RAN_OTHER_NS) { shared = 1; every = 1; }
         } else {
             cpu_relax();
         }
@@ -342,6 +353,7 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
     }
     atomic_store_explicit(sleep, 0, memory_order_relaxed);
 done:
+    yield_hint = shared;
     *waited_ns = now_ns() - start;
     return result;
 }
@@ -546,29 +558,25 @@ static PyObject *n_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_
    once into private memory with the checksum folded into the copy (paper §4), and every field is
    then read from the private copy. `kinds[k]` is the object returned for kind k (None: invalid).
    Raises ValueError on anything wrong. */
-static PyObject *n_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "frame_decode(view, kinds_tuple)");
+static PyObject *decode_frame(const unsigned char *b, Py_ssize_t n, PyObject *kinds) {
+    if (n < TRAILER) {
+        PyErr_SetString(PyExc_ValueError, "buffer too short for a frame trailer");
         return NULL;
     }
-    Py_buffer v;
-    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *b = v.buf;
-    Py_ssize_t n = v.len;
-    PyObject *copy = NULL;
-    const char *err = NULL;
-    if (n < TRAILER) { err = "buffer too short for a frame trailer"; goto fail; }
     uint32_t plen = get32(b + n - 24);
     uint64_t total = get64(b + n - 8);
-    if ((Py_ssize_t)plen > n - TRAILER) { err = "payload length overruns the buffer"; goto fail; }
-    copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)plen + TRAILER_HEAD);
-    if (!copy) goto fail;
+    if ((Py_ssize_t)plen > n - TRAILER) {
+        PyErr_SetString(PyExc_ValueError, "payload length overruns the buffer");
+        return NULL;
+    }
+    PyObject *copy = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)plen + TRAILER_HEAD);
+    if (!copy) return NULL;
     unsigned char *c = (unsigned char *)PyByteArray_AS_STRING(copy);
     if (sum_copy(c, b + n - TRAILER - plen, (Py_ssize_t)plen + TRAILER_HEAD) != total) {
-        err = "checksum mismatch (corrupt, torn or overwritten frame)";
-        goto fail;
+        Py_DECREF(copy);
+        PyErr_SetString(PyExc_ValueError, "checksum mismatch (corrupt, torn or overwritten frame)");
+        return NULL;
     }
-    PyBuffer_Release(&v);
     const unsigned char *t = c + plen;
     uint16_t idx = get16(t + 32), count = get16(t + 34), magic = get16(t + 38);
     unsigned kind = t[36];
@@ -577,7 +585,6 @@ static PyObject *n_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "malformed trailer (magic, flags, length or fragment)");
         return NULL;
     }
-    PyObject *kinds = args[1];
     if (kind >= (unsigned)PyTuple_GET_SIZE(kinds) || PyTuple_GET_ITEM(kinds, kind) == Py_None) {
         Py_DECREF(copy);
         PyErr_SetString(PyExc_ValueError, "unknown frame kind");
@@ -587,15 +594,20 @@ static PyObject *n_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_
     unsigned long long conn = get64(t), msg = get64(t + 8), ack = get64(t + 16);
     unsigned long credit = get32(t + 28);
     if (PyByteArray_Resize(copy, plen) < 0) { Py_DECREF(copy); return NULL; }
-    PyObject *r = Py_BuildValue("(OKKiiKNk)", kobj, conn, msg, (int)idx, (int)count, ack, copy, credit);
-    return r;
-fail:
-    PyBuffer_Release(&v);
-    Py_XDECREF(copy);
-    if (err) PyErr_SetString(PyExc_ValueError, err);
-    return NULL;
+    return Py_BuildValue("(OKKiiKNk)", kobj, conn, msg, (int)idx, (int)count, ack, copy, credit);
 }
 
+static PyObject *n_frame_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "frame_decode(view, kinds_tuple)");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *r = decode_frame(v.buf, v.len, args[1]);
+    PyBuffer_Release(&v);
+    return r;
+}
 
 /* ---------------------------------------------------------------- the message write (segment.py) */
 
@@ -994,6 +1006,151 @@ static PyTypeObject CallLaneType = {
     .tp_methods = CallLane_methods,
 };
 
+
+/* ---------------------------------------------------------------- the RPC request intake (rpc/server.py) */
+
+/* RequestIntake: the server's wait for its next request, in one native call. It waits (spin,
+   then futex sleep) on the server's signal FIFO, takes one signal, and if it names a request
+   channel registered with add() decodes the frame in that slot (copied out once, checksum
+   folded into the copy, every field read from the copy: see frame_decode). Anything else goes
+   back to the caller as the bare signal. */
+typedef struct {
+    PyObject_HEAD
+    uintptr_t fifo;
+    PyObject *channels;       /* dict: segment id -> (connection, base address, size, slot size) */
+    PyObject *kinds;
+} RequestIntake;
+
+static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *kw) {
+    PyObject *fifo_o, *kinds;
+    if (!PyArg_ParseTuple(args, "OO!", &fifo_o, &PyTuple_Type, &kinds)) return -1;
+    if (parse_addr(fifo_o, &x->fifo) < 0) return -1;
+    Py_XSETREF(x->channels, PyDict_New());
+    if (!x->channels) return -1;
+    Py_INCREF(kinds);
+    Py_XSETREF(x->kinds, kinds);
+    return 0;
+}
+
+static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) {
+    Py_VISIT(x->channels); Py_VISIT(x->kinds);
+    return 0;
+}
+static int RequestIntake_clear(RequestIntake *x) { Py_CLEAR(x->channels); Py_CLEAR(x->kinds); return 0; }
+static void RequestIntake_dealloc(RequestIntake *x) {
+    PyObject_GC_UnTrack(x);
+    RequestIntake_clear(x);
+    Py_TYPE(x)->tp_free((PyObject *)x);
+}
+
+/* add(segment_id, connection, base, size, slot_size): requests on that segment come decoded. */
+static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
+    PyObject *seg, *conn;
+    unsigned long long base;
+    Py_ssize_t size, slot;
+    if (!PyArg_ParseTuple(args, "O!OKnn", &PyLong_Type, &seg, &conn, &base, &size, &slot)) return NULL;
+    if (!base || slot < TRAILER || size < slot) {
+        PyErr_SetString(PyExc_ValueError, "RequestIntake.add: bad channel geometry");
+        return NULL;
+    }
+    PyObject *entry = Py_BuildValue("(OKnn)", conn, base, size, slot);
+    if (!entry) return NULL;
+    int rc = PyDict_SetItem(x->channels, seg, entry);
+    Py_DECREF(entry);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* remove(segment_id): forget it (before its channel is unbound). */
+static PyObject *RequestIntake_remove(RequestIntake *x, PyObject *seg) {
+    if (PyDict_DelItem(x->channels, seg) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_KeyError)) return NULL;
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
+/* next(spin_ns, timeout_s, sleep_ok) -> (connection, fields or None, waited_ns) for a request
+   (fields as frame_decode returns them; None: the frame failed its checks), (segment id, offset,
+   waited_ns) for any other signal, or a WAIT_* int when none came. */
+static PyObject *RequestIntake_next(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "next(spin_ns, timeout_s, sleep_ok)");
+        return NULL;
+    }
+    unsigned long long spin_ns = PyLong_AsUnsignedLongLong(args[0]);
+    double timeout_s = PyFloat_AsDouble(args[1]);
+    int sleep_ok = PyObject_IsTrue(args[2]);
+    if (PyErr_Occurred() || sleep_ok < 0) return NULL;
+    if (timeout_s < 0 || timeout_s != timeout_s) timeout_s = 0;
+    if (timeout_s > 1e9) timeout_s = 1e9;
+    uintptr_t f = x->fifo;
+    uint64_t waited = 0;
+    int r = WAIT_READY;
+    while (!fifo_ready(f)) {
+        uint64_t w = 0;
+        Py_BEGIN_ALLOW_THREADS
+        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
+        Py_END_ALLOW_THREADS
+        waited += w;
+        if (r != WAIT_INTERRUPTED) break;
+        if (PyErr_CheckSignals() < 0) return NULL;
+        timeout_s -= (double)w * 1e-9;
+        r = WAIT_TIMEOUT;
+        if (timeout_s <= 0) break;
+    }
+    uint64_t seg, off;
+    if (r != WAIT_READY || !fifo_take(f, &seg, &off)) return PyLong_FromLong(r == WAIT_READY ? WAIT_TIMEOUT : r);
+    PyObject *key = PyLong_FromUnsignedLongLong(seg);
+    if (!key) return NULL;
+    PyObject *entry = PyDict_GetItemWithError(x->channels, key);  /* borrowed */
+    Py_DECREF(key);
+    if (!entry) {
+        if (PyErr_Occurred()) return NULL;
+        return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off, (unsigned long long)waited);
+    }
+    PyObject *conn = PyTuple_GET_ITEM(entry, 0);
+    unsigned long long base = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 1));
+    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2)), slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
+    if (PyErr_Occurred()) return NULL;
+    PyObject *fields = NULL;
+    if (off < (uint64_t)size) {
+        Py_ssize_t start = (Py_ssize_t)off / slot * slot;
+        if (start + slot <= size) fields = decode_frame((const unsigned char *)(uintptr_t)base + start, slot, x->kinds);
+    }
+    if (!fields) {
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+            PyErr_Clear();
+        }
+        fields = Py_None;
+        Py_INCREF(fields);
+    }
+    return Py_BuildValue("(ONK)", conn, fields, (unsigned long long)waited);
+}
+
+static PyMethodDef RequestIntake_methods[] = {
+    {"add", (PyCFunction)RequestIntake_add, METH_VARARGS, "add(segment_id, connection, base, size, slot_size)"},
+    {"remove", (PyCFunction)RequestIntake_remove, METH_O, "remove(segment_id)"},
+    {"next", (PyCFunction)(void (*)(void))RequestIntake_next, METH_FASTCALL,
+     "next(spin_ns, timeout_s, sleep_ok) -> (connection, fields|None, waited_ns) | (segment id, offset, waited_ns) | WAIT_*"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RequestIntakeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.RequestIntake",
+    .tp_basicsize = sizeof(RequestIntake),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RequestIntake(fifo, kinds): the RPC server's wait for its next request",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)RequestIntake_init,
+    .tp_dealloc = (destructor)RequestIntake_dealloc,
+    .tp_traverse = (traverseproc)RequestIntake_traverse,
+    .tp_clear = (inquiry)RequestIntake_clear,
+    .tp_methods = RequestIntake_methods,
+};
+
 static PyMethodDef methods[] = {
     {"addr_of", n_addr_of, METH_O, "address of a buffer's first byte (the buffer must outlive its use)"},
     {"load64", n_load64, METH_O, "acquire-load a u64"},
@@ -1025,13 +1182,18 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "ombm._native",
                                        methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&CallLaneType) < 0) return NULL;
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&CallLaneType) < 0 || PyType_Ready(&RequestIntakeType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     Py_INCREF(&WriterType);
     if (PyModule_AddObject(m, "Writer", (PyObject *)&WriterType) < 0) { Py_DECREF(&WriterType); Py_DECREF(m); return NULL; }
     Py_INCREF(&CallLaneType);
     if (PyModule_AddObject(m, "CallLane", (PyObject *)&CallLaneType) < 0) { Py_DECREF(&CallLaneType); Py_DECREF(m); return NULL; }
+    Py_INCREF(&RequestIntakeType);
+    if (PyModule_AddObject(m, "RequestIntake", (PyObject *)&RequestIntakeType) < 0) {
+        Py_DECREF(&RequestIntakeType); Py_DECREF(m); return NULL;
+    }
     PyModule_AddIntConstant(m, "LANE_REPLY", LANE_REPLY);
     PyModule_AddIntConstant(m, "LANE_ERROR_REPLY", LANE_ERROR_REPLY);
     PyModule_AddIntConstant(m, "LANE_OTHER", LANE_OTHER);

@@ -208,54 +208,40 @@ class Client:
         return call_id, pending
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` remotely and return its result (``RemoteError`` if it raised)."""
+        """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
+
+        A call made while no other call of this client is outstanding takes the fast lane:
+        the request is written, the reply waited for and taken in one native call
+        (``_native.CallLane``), with no timer and no pending-call table. If anything else
+        comes first, or no reply within the RTO, the call joins the protocol's in-flight
+        calls as if sent the ordinary way (:meth:`ClientProtocol.adopt_call`).
+        """
         data = self._marshal(method, args, kwargs)
         lane = self._lane
-        if lane is not None and self._leader.acquire(blocking=False):
-            with self._lock:
-                begun = self._protocol.begin_call(data)
-            if begun is None:
-                self._leader.release()
-            else:
-                return self._call_on_lane(lane, *begun)
-        call_id, pending = self._submit(data, False)
-        self._wait(call_id, pending, time.monotonic() + self.timeout)
-        return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
-
-    def _call_on_lane(self, lane, call_id: int, frame: bytes) -> Any:
-        """The no-loss path of a synchronous call, in one native call (``_native.CallLane``).
-
-        Entered holding the leader lock. Write the request, wait for its reply, take it:
-        no timer, no pending-call table. If anything else comes first, or no reply within
-        the RTO, the call joins the protocol's in-flight calls as if sent the ordinary way.
-        """
+        if lane is None or not self._leader.acquire(blocking=False):
+            return self._call_ordinary(data)
+        with self._lock:
+            begun = self._protocol.begin_call(data)
+        if begun is None or self._closed:
+            if begun is not None:
+                with self._lock:
+                    self._protocol.cancel(begun[0])
+            self._leader.release()
+            return self._call_ordinary(data)
+        call_id, frame = begun
         receiver = self._receiver
-        reply = None
         try:
             spin_ns, sleep_ok = receiver.wait_policy()
             sent_at = time.monotonic()
-            patience = min(self._protocol.rto, self.timeout)
-            status, value, waited = lane.call(frame, call_id, spin_ns, patience, sleep_ok)
+            status, value, waited = lane.call(frame, call_id, spin_ns, min(self._protocol.rto, self.timeout), sleep_ok)
             if status <= _LANE_ERROR_REPLY:  # the reply: done
                 receiver.waited(waited)
-                with self._lock:
-                    self._protocol.end_call(call_id, sent_at, time.monotonic())
+                # no lock: this frees the lane (one store) and takes an RTT sample
+                self._protocol.end_call(call_id, sent_at, time.monotonic())
                 reply = value
             else:
-                pending = _Pending()
-                with self._lock:
-                    self._protocol.adopt_call(call_id, frame, sent_at)
-                    self._pending[call_id] = pending
-                self._timer.busy = True
-                if status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
-                    receiver.waited(waited)
-                    segment_id, offset = value
-                    if segment_id == self._reply_segment:
-                        self._take_reply(offset)
-                    else:
-                        receiver.dispatch(segment_id, offset)
-                elif value == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
-                    COUNTERS.signals_stalled += 1
+                pending = self._adopt(call_id, frame, sent_at, status, value, waited)
+                reply = None
         except BaseException:
             with self._lock:
                 self._protocol.cancel(call_id)
@@ -267,6 +253,30 @@ class Client:
             self._wait(call_id, pending, sent_at + self.timeout)
             reply = pending.data
         return marshal.decode_reply(reply, allow_pickle=self.allow_pickle)
+
+    def _adopt(self, call_id: int, frame: bytes, sent_at: float, status: int, value, waited: int) -> _Pending:
+        """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
+        receiver = self._receiver
+        pending = _Pending()
+        with self._lock:
+            self._protocol.adopt_call(call_id, frame, sent_at)
+            self._pending[call_id] = pending
+        self._timer.busy = True
+        if status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
+            receiver.waited(waited)
+            segment_id, offset = value
+            if segment_id == self._reply_segment:
+                self._take_reply(offset)
+            else:
+                receiver.dispatch(segment_id, offset)
+        elif value == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+            COUNTERS.signals_stalled += 1
+        return pending
+
+    def _call_ordinary(self, data: bytes) -> Any:
+        call_id, pending = self._submit(data, False)
+        self._wait(call_id, pending, time.monotonic() + self.timeout)
+        return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
 
     def call_async(self, method: str, *args: Any, **kwargs: Any) -> Future:
         """Send a call now, collect its result later: pipelined calls."""

@@ -591,10 +591,19 @@ class ServerProtocol:
     def receive_frame(self, view, now: float) -> list[Event]:
         """Take one received frame; return the call it completes, if any."""
         try:
-            kind, connection_id, call_id, index, count, ack, payload, _ = raw_decode(view, KIND_TABLE)
+            fields = raw_decode(view, KIND_TABLE)
         except ValueError:  # FrameError, or ValueError from the native decoder
             self._bad += 1
             return []
+        return self.receive_fields(fields, now)
+
+    def receive_fields(self, fields: tuple | None, now: float) -> list[Event]:
+        """:meth:`receive_frame` of a frame the I/O layer decoded already: the tuple of
+        :func:`wire.decode_fields`, or None for a frame that failed its checks."""
+        if fields is None:
+            self._bad += 1
+            return []
+        kind, connection_id, call_id, index, count, ack, payload, _ = fields
         if connection_id != self.connection_id:
             self._foreign += 1
             return []
@@ -602,7 +611,15 @@ class ServerProtocol:
             self._bad += 1
             return []
         if ack > self._low:
-            self._advance(ack)
+            self._low = ack
+            replies = self._replies
+            while replies:  # forget the replies the client no longer waits for (oldest first)
+                oldest = next(iter(replies))
+                if oldest >= ack:
+                    break
+                del replies[oldest]
+            if self._partial or len(self._seen) > self._seen_limit:
+                self._advance(ack)
         if call_id < self._low:
             self._duplicates += 1
             return []
@@ -641,14 +658,8 @@ class ServerProtocol:
         return data
 
     def _advance(self, ack: int) -> None:
-        """The client no longer waits for calls below ``ack``: forget what only they needed."""
-        self._low = ack
-        replies = self._replies
-        while replies:
-            oldest = next(iter(replies))
-            if oldest >= ack:
-                break
-            del replies[oldest]
+        """The client no longer waits for calls below ``ack`` (``_low`` moved there and its cached
+        replies were dropped): forget the partial messages and delivered ids only they needed."""
         partial = self._partial
         while partial and next(iter(partial)) < ack:
             partial.popitem(last=False)

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 
 from .. import _layout as L
-from .. import namespace
+from .. import _native, namespace
 from ..errors import FrameError, SegmentFormatError, SegmentNotFoundError
 from ..signals import Receiver
 from ..stats import COUNTERS
@@ -51,6 +51,8 @@ class _Connection:
         self.pid, self.start = pid, start
         self.protocol = ServerProtocol(conn_id, max_payload=max_payload)
         self.handle = None
+        self.send = reply.send if reply.writer is None else reply.writer.send  # a frame into the next reply slot
+        self.limit = reply.max_message  # the largest result the client can take
 
     def close(self) -> None:
         if self.handle is not None:
@@ -73,6 +75,8 @@ class Server:
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
         self._receiver = Receiver()
+        # requests come decoded from one native wait (memory signal path only)
+        self._intake = None if self._receiver.kernel else _native.RequestIntake(self._receiver.fifo.address, wire.KIND_TABLE)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
         self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
@@ -141,19 +145,25 @@ class Server:
         self._connections[conn_id] = conn
         self._by_nonce[nonce] = conn
         self._by_segment[request.segment.id] = conn
+        if self._intake is not None:
+            self._intake.add(request.segment.id, conn, region.address, region.size, request.slot_size)
         self.stats["connections"] += 1
         return conn
 
     # -- calls
     def _on_request(self, conn: _Connection, offset: int) -> None:
         now = time.monotonic()
+        self._answer(conn, conn.protocol.receive_frame(conn.request.slot_view_at(offset), now), now)
+
+    def _answer(self, conn: _Connection, events: list, now: float) -> None:
+        """Execute the calls the protocol delivered; write the replies (and acks) it has."""
         protocol = conn.protocol
-        for event in protocol.receive_frame(conn.request.slot_view_at(offset), now):
-            data, error = self._execute(event.data, conn.reply.max_message)
+        for event in events:
+            data, error = self._execute(event.data, conn.limit)
             if not event.oneway:
                 protocol.send_reply(event.call_id, data, now, error=error)
         for frame in protocol.frames_to_send(now):
-            conn.reply.send(frame)
+            conn.send(frame)
 
     def _guarded(self, conn: _Connection, offset: int) -> None:
         """A client's frames must never stop the server: anything unexpected is counted, the frame dropped."""
@@ -191,6 +201,8 @@ class Server:
                 self._drop(conn)
 
     def _drop(self, conn: _Connection) -> None:
+        if self._intake is not None:
+            self._intake.remove(conn.request.segment.id)
         self._connections.pop(conn.conn_id, None)
         self._by_nonce.pop(conn.nonce, None)
         self._by_segment.pop(conn.request.segment.id, None)
@@ -206,15 +218,11 @@ class Server:
         if in_main:
             previous = _signal.signal(_signal.SIGTERM, lambda signum, frame: self._request_stop())
         try:
-            receiver, by_segment = self._receiver, self._by_segment
             while not self._stop:
-                signal = receiver.pop_wait(REAP_INTERVAL_S)
-                if signal is not None:
-                    conn = by_segment.get(signal[0])
-                    if conn is not None:  # a request: handled here, without the generic dispatch
-                        self._guarded(conn, signal[1])
-                    else:  # the well-known channel, a nudge
-                        receiver.dispatch(*signal)
+                if self._intake is not None:
+                    self._take_next()
+                else:
+                    self._take_next_kernel()
                 now = time.monotonic()
                 if now - self._last_reap >= REAP_INTERVAL_S:
                     self._last_reap = now
@@ -235,6 +243,36 @@ class Server:
         self._thread = threading.Thread(target=self.serve_forever, name=f"ombm-rpc-{self.name}", daemon=True)
         self._thread.start()
         return self
+
+    def _take_next(self) -> None:
+        """Wait for the next signal and serve it: a request comes decoded by the native intake."""
+        receiver = self._receiver
+        spin_ns, sleep_ok = receiver.wait_policy()
+        r = self._intake.next(spin_ns, REAP_INTERVAL_S, sleep_ok)
+        if type(r) is not tuple:
+            if r == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+                COUNTERS.signals_stalled += 1
+            return
+        receiver.waited(r[2])
+        conn = r[0]
+        if type(conn) is int:  # the well-known channel, a nudge
+            receiver.dispatch(conn, r[1])
+            return
+        now = time.monotonic()
+        try:  # a client's frames must never stop the server: anything unexpected is counted, the frame dropped
+            self._answer(conn, conn.protocol.receive_fields(r[1], now), now)
+        except Exception:
+            self.stats["dropped_frames"] += 1
+
+    def _take_next_kernel(self) -> None:
+        """The same on the software-only signal path (every signal through the kernel)."""
+        signal = self._receiver.pop_wait(REAP_INTERVAL_S)
+        if signal is not None:
+            conn = self._by_segment.get(signal[0])
+            if conn is not None:
+                self._guarded(conn, signal[1])
+            else:
+                self._receiver.dispatch(*signal)
 
     def _request_stop(self) -> None:
         self._stop = True
