@@ -196,6 +196,43 @@ def test_garbage_in_a_client_request_channel(server):
     server.stop()
 
 
+def test_garbage_in_a_client_reply_channel(server):
+    """Whatever lands in a client's reply slots (the fast lane reads them first) never gives it a
+    wrong result: frames it does not take go to the protocol, which drops and counts them."""
+    name = server.name
+    rng = random.Random(7)
+    before = segments_of(name)
+    with ombm.rpc.connect(name, timeout=30.0) as victim:
+        assert victim.add(1, 2) == 3
+        (rep_name,) = [s for s in segments_of(name) - before if s.endswith("-rep")]
+        conn_id = victim._protocol.connection_id
+        with ombm.open_segment(rep_name) as seg:
+            region = seg.bind(writable=True)
+            slot = seg.unit
+            far = 2**62
+            blobs = [rng.randbytes(slot) for _ in range(20)]
+            blobs += [rng.randbytes(rng.randrange(1, 4096)) for _ in range(20)]
+            reply = wire.encode(wire.Kind.REPLY, conn_id, far, b"\x92\x00\x01")
+            blobs += [reply[:-cut] for cut in (1, 8, 48)] + [reply[1:]]
+            blobs += [b"\0" * 1000 + _trailer(n, wire.Kind.REPLY) for n in (0xFFFFFFFF, slot, slot - 47)]
+            blobs += [
+                wire.encode(wire.Kind.REPLY, conn_id ^ 1, 2, b"another connection"),
+                wire.encode(wire.Kind.REPLY, conn_id, far, b"a call never made"),
+                wire.encode(wire.Kind.CALL, conn_id, 3, b"a request is not a reply"),
+                wire.encode(wire.Kind.REPLY, conn_id, 1, b"a call long answered"),
+                wire.encode(wire.Kind.REPLY, conn_id, far, b"x", frag_index=3, frag_count=9),
+            ]
+            for round_ in range(3):
+                _write_slots(region, slot, blobs)  # their signals wait in the victim's FIFO
+                for i in range(10):
+                    assert victim.add(round_, i) == round_ + i
+            region.unbind()
+        stats = victim.statistics()
+        assert stats.bad_frames + stats.foreign_frames + stats.duplicates > 0
+        assert victim.add(2, 2) == 4
+    server.stop()
+
+
 def test_connect_with_an_out_of_range_connection_id_is_rejected(server):
     name = server.name
     with ombm.rpc.connect(name, timeout=5.0) as cli:

@@ -167,3 +167,32 @@ def test_gc_leaves_live_objects_alone(seg, own_receiver):
 def test_names_are_validated_to_safe_file_names():
     assert namespace.validate_name("a" * 200) == "a" * 200
     assert namespace.validate_name("x-1_2.3") == "x-1_2.3"
+
+
+def test_the_native_write_path_does_what_the_python_one_does(own_receiver):
+    """Region.write is native (``_native.Writer``) on writable bindings; the class method is its
+    slow path. Both must leave the same bytes and raise the same signals, for any buffer."""
+    import array
+
+    from ombm.signals import current_receiver
+
+    got = []
+    with ombm.create_segment(4096, unit=256) as seg:
+        fast, slow = seg.bind(), seg.bind()
+        assert type(fast.write).__name__ == "builtin_function_or_method"  # the native one
+        ombm.signal_handler(fast.address, fast.size, lambda address: got.append(address - fast.address))
+        writes = [(250, b"abcdef"), (0, bytearray(b"x" * 256)), (300, memoryview(b"y" * 800)),
+                  (3000, array.array("i", range(274))), (4000, memoryview(bytes(range(96))).cast("B", (8, 12))),
+                  (17, b""), (511, b"z")]
+        for path in (fast.write, ombm.Region.write.__get__(slow)):
+            fast.buffer[:] = bytes(seg.size)  # a plain store: no signal
+            got.clear()
+            for offset, data in writes:
+                path(offset, data)
+            current_receiver().dispatch_pending()
+            snapshot = (bytes(seg.bind(writable=False).buffer), sorted(got))
+            if path is fast.write:
+                first = snapshot
+        assert snapshot == first
+        # each unit whose last byte a write wrote, once per such write
+        assert first[1] == [0, 0, 256, 256, 512, 768, 2816, 3072, 3328, 3584, 3840, 3840]

@@ -362,3 +362,66 @@ def test_server_remembers_delivered_calls_at_the_ack_across_pruning():
     for i in (1, 199, 200, 201, 299):
         assert s.receive_frame(frames[i], 0.0) == []
     assert s.statistics().requests == 300
+
+
+# -- the fast lane: a synchronous call the I/O layer carries itself (begin/end/adopt_call)
+
+def test_lane_call_and_reply():
+    c, s = pair()
+    call_id, frame = c.begin_call(b"ping")
+    assert c.frames_to_send(0.0) == [] and c.get_timer() is None  # nothing for the timer
+    [req] = to_server(c, s, 0.0, [frame])
+    assert req == RequestReceived(call_id, b"ping", False)
+    s.send_reply(call_id, b"pong", 0.0)
+    [reply] = s.frames_to_send(0.0)
+    f = decode(memoryview(reply))
+    assert (f.kind, f.message_id, f.payload) == (Kind.REPLY, call_id, b"pong")  # what the lane accepts
+    c.end_call(call_id, 0.0, 0.004)
+    st = c.statistics()
+    assert (st.calls, st.in_flight, st.srtt_s) == (1, 0, pytest.approx(0.004))
+    assert c.send_request(b"next", 0.01) == call_id + 1
+
+
+def test_lane_is_refused_while_anything_is_outstanding():
+    c, _ = pair(max_payload=8)
+    assert c.begin_call(b"x" * 9) is None  # does not fit one frame
+    assert c.begin_call(bytearray(b"x")) is None  # only bytes
+    call_id, _ = c.begin_call(b"x")
+    assert c.begin_call(b"y") is None  # the lane is taken
+    c.cancel(call_id)
+    c.send_request(b"z", 0.0)
+    assert c.begin_call(b"y") is None  # a call in flight
+
+
+def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
+    c, s = pair()
+    lane_id, frame = c.begin_call(b"slow")
+    other = c.send_request(b"meanwhile", 0.0)
+    f = decode(memoryview(c.frames_to_send(0.0)[0]))
+    assert (f.message_id, f.ack) == (other, lane_id)  # the server must keep the lane call's reply
+    to_server(c, s, 0.0, [frame])
+    s.send_reply(lane_id, b"late", 0.0)
+    s.frames_to_send(0.0)
+    # the lane gives up waiting: adopted, it is retransmitted by the timer like any call
+    c.adopt_call(lane_id, frame, 0.0)
+    assert c.statistics().in_flight == 2
+    c.handle_timer(c.get_timer())
+    resent = c.frames_to_send(1.0)
+    assert any(decode(memoryview(x)).message_id == lane_id for x in resent)
+    to_server(c, s, 1.0, resent)  # a duplicate: the cached reply goes out again, no re-execution
+    events = to_client(s, c, 1.0)
+    assert ReplyReceived(lane_id, b"late", False) in events
+    st = s.statistics()
+    assert (st.requests, st.duplicates) == (2, 1)  # the lane call once, `other` once (first seen now)
+
+
+def test_lane_misuse_raises_value_error():
+    c, _ = pair()
+    with pytest.raises(ValueError):
+        c.end_call(1, 0.0, 0.0)
+    call_id, frame = c.begin_call(b"x")
+    with pytest.raises(ValueError):
+        c.adopt_call(call_id + 1, frame, 0.0)
+    c.adopt_call(call_id, frame, 0.0)
+    with pytest.raises(ValueError):
+        c.end_call(call_id, 0.0, 0.0)
