@@ -39,6 +39,7 @@ from ombm import _native
 from ombm.rpc import marshal, wire
 from ombm.rpc.channel import Channel
 from ombm.rpc.protocol import ClientProtocol, ServerProtocol
+from ombm.rpc.server import REAP_INTERVAL_S
 
 from . import core, peers
 from .affinity import PLACEMENTS, pinned
@@ -144,7 +145,9 @@ def ombm_calls(variant: str, placement: tuple[int, int], plan: Plan, extras: boo
                 found["retransmits"] = client.statistics().retransmits
                 if extras:
                     found["connect"] = _connect_disconnect(name, plan.connects)
-                    time.sleep(0.3)
+                    # idle: once the server reaped the connections those cycles closed (it looks
+                    # every REAP_INTERVAL_S), with this client still connected and silent
+                    time.sleep(REAP_INTERVAL_S + 0.3)
                     found["idle"] = core.idle_cpu(process.pid, plan.idle_window_s)
     finally:
         ombm.configure(signal_path=previous.signal_path, wait=previous.wait)
@@ -223,18 +226,21 @@ _checksum = _native.checksum
 
 
 def _protocol_round(call: bytes, result: bytes) -> Callable[[], Any]:
-    """One call through ClientProtocol and ServerProtocol in this process (frames handed over)."""
+    """One synchronous call through ClientProtocol (its fast lane, as a call takes it) and
+    ServerProtocol in this process, frames handed over in memory; the reply decoded as the
+    lane decodes it (natively, in ``_native.CallLane``)."""
     client = ClientProtocol(7, max_payload=16336)
     server = ServerProtocol(7, max_payload=16336)
 
     def round_trip() -> Any:
         now = time.monotonic()
-        client.send_request(call, now)
-        (request,) = client.frames_to_send(now)
+        call_id, request = client.begin_call(call)
         (event,) = server.receive_frame(memoryview(request), now)
         server.send_reply(event.call_id, result, now)
         (reply,) = server.frames_to_send(now)
-        return client.receive_frame(memoryview(reply), now)
+        fields = wire.decode_fields(memoryview(reply))
+        client.end_call(call_id, now, now)
+        return fields
 
     return round_trip
 
@@ -412,7 +418,8 @@ def markdown(result: RpcResult) -> str:
                            [[name, us(lat.median_us), us(lat.p99_us)] for name, lat in c.items()]), ""]
     if result.idle:
         i = result.idle
-        parts += [f"Idle server (a client connected, no calls), over {i['window_s']:.1f} s: utime+stime "
+        parts += [f"Idle server (a client connected, no calls; measured once the server reaped the connections "
+                  f"the connect + disconnect cycles closed), over {i['window_s']:.1f} s: utime+stime "
                   f"{percent(i['stat_percent'])} of a core (resolution {i['resolution_percent']:.2f} %), "
                   f"schedstat {percent(i['schedstat_percent'], 3)}.", ""]
     parts += ["### Targets (issue 3)", "", targets_table(targets(result))]
@@ -455,8 +462,8 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
         "Each part timed alone in this process (median µs of "
         f"{result.plan.breakdown:,} runs), beside the signal round trip (32-byte write + signal each way, "
         "cross-cpu, adaptive) and the measured echo call. *Protocol logic*: one call through "
-        "`ClientProtocol` and `ServerProtocol` (frames handed over in memory) less its frame encoding and "
-        "decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
+        "`ClientProtocol`'s fast lane (`begin_call`/`end_call`, as a synchronous call takes it) and "
+        "`ServerProtocol` (frames handed over in memory) less its frame encoding and decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
         "no receiver, so no signal) inside the signal round trip, the standalone checksum of each frame "
         "(encode and decode, request and reply) inside the framing rows (decoding folds it into its copy). "
         "*rest* is what the parts do not explain: it can be negative, the parts timed alone are not exactly "
