@@ -435,6 +435,16 @@ static inline uint64_t fold(uint64_t a, uint64_t b, Py_ssize_t n) {
 static uint64_t sum_copy(unsigned char *dst, const unsigned char *src, Py_ssize_t n) {
     uint64_t a = 0, b = 0, w;
     Py_ssize_t i = 0;
+    /* four words a step: the same sums as one word at a time (b gains 4a + 4w0 + 3w1 + 2w2 + w3),
+       without the word-to-word dependency of the plain loop */
+    for (; i + 32 <= n; i += 32) {
+        uint64_t w0, w1, w2, w3;
+        memcpy(&w0, src + i, 8); memcpy(&w1, src + i + 8, 8);
+        memcpy(&w2, src + i + 16, 8); memcpy(&w3, src + i + 24, 8);
+        if (dst) memcpy(dst + i, src + i, 32);
+        b += 4 * (a + w0) + 3 * w1 + 2 * w2 + w3;
+        a += w0 + w1 + w2 + w3;
+    }
     for (; i + 8 <= n; i += 8) {
         memcpy(&w, src + i, 8);
         if (dst) memcpy(dst + i, &w, 8);
