@@ -389,22 +389,33 @@ static PyObject *n_fifo_wait(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 static PyObject *pop_tuple(uintptr_t f, uint64_t waited);
 
-/* wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* int */
-static PyObject *n_fifo_wait_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    uintptr_t f; uint64_t spin_ns, waited = 0; double timeout_s; int sleep_ok, r = WAIT_READY;
-    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+/* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
+   WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
+   handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
+static int wait_signal(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    int r = WAIT_READY;
+    *waited_ns = 0;
     while (!fifo_ready(f)) {
         uint64_t w = 0;
         Py_BEGIN_ALLOW_THREADS
         r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
-        waited += w;
+        *waited_ns += w;
         if (r != WAIT_INTERRUPTED) break;
-        if (PyErr_CheckSignals() < 0) return NULL;  /* e.g. KeyboardInterrupt */
+        if (PyErr_CheckSignals() < 0) return -1;
         timeout_s -= (double)w * 1e-9;
         r = WAIT_TIMEOUT;
         if (timeout_s <= 0) break;
     }
+    return r;
+}
+
+/* wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* int */
+static PyObject *n_fifo_wait_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    uintptr_t f; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
+    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
+    if (r < 0) return NULL;
     if (r != WAIT_READY) return PyLong_FromLong(r);
     PyObject *t = pop_tuple(f, waited);
     if (t == Py_None) { Py_DECREF(t); return PyLong_FromLong(WAIT_TIMEOUT); }
@@ -962,20 +973,9 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     PyBuffer_Release(&v);
     if (rc < 0) return NULL;
     uintptr_t f = l->fifo;
-    uint64_t waited = 0;
-    int r = WAIT_READY;
-    while (!fifo_ready(f)) {
-        uint64_t w = 0;
-        Py_BEGIN_ALLOW_THREADS
-        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
-        Py_END_ALLOW_THREADS
-        waited += w;
-        if (r != WAIT_INTERRUPTED) break;
-        if (PyErr_CheckSignals() < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays outstanding */
-        timeout_s -= (double)w * 1e-9;
-        r = WAIT_TIMEOUT;
-        if (timeout_s <= 0) break;
-    }
+    uint64_t waited;
+    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
+    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
     uint64_t seg, off;
     if (r != WAIT_READY || !fifo_take(f, &seg, &off))
         return Py_BuildValue("(iiK)", LANE_TIMEOUT, r == WAIT_READY ? WAIT_TIMEOUT : r, (unsigned long long)waited);
@@ -1095,20 +1095,9 @@ static PyObject *RequestIntake_next(RequestIntake *x, PyObject *const *args, Py_
     if (timeout_s < 0 || timeout_s != timeout_s) timeout_s = 0;
     if (timeout_s > 1e9) timeout_s = 1e9;
     uintptr_t f = x->fifo;
-    uint64_t waited = 0;
-    int r = WAIT_READY;
-    while (!fifo_ready(f)) {
-        uint64_t w = 0;
-        Py_BEGIN_ALLOW_THREADS
-        r = do_wait(f, spin_ns, timeout_s, sleep_ok, &w);
-        Py_END_ALLOW_THREADS
-        waited += w;
-        if (r != WAIT_INTERRUPTED) break;
-        if (PyErr_CheckSignals() < 0) return NULL;
-        timeout_s -= (double)w * 1e-9;
-        r = WAIT_TIMEOUT;
-        if (timeout_s <= 0) break;
-    }
+    uint64_t waited;
+    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
+    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
     uint64_t seg, off;
     if (r != WAIT_READY || !fifo_take(f, &seg, &off)) return PyLong_FromLong(r == WAIT_READY ? WAIT_TIMEOUT : r);
     PyObject *key = PyLong_FromUnsignedLongLong(seg);
