@@ -218,15 +218,10 @@ class Server:
         if in_main:
             previous = _signal.signal(_signal.SIGTERM, lambda signum, frame: self._request_stop())
         try:
-            while not self._stop:
-                if self._intake is not None:
-                    self._take_next()
-                else:
-                    self._take_next_kernel()
-                now = time.monotonic()
-                if now - self._last_reap >= REAP_INTERVAL_S:
-                    self._last_reap = now
-                    self._reap()
+            if self._intake is not None:
+                self._serve_memory()
+            else:
+                self._serve_kernel()
         except KeyboardInterrupt:
             pass
         finally:
@@ -244,35 +239,46 @@ class Server:
         self._thread.start()
         return self
 
-    def _take_next(self) -> None:
-        """Wait for the next signal and serve it: a request comes decoded by the native intake."""
-        receiver = self._receiver
-        spin_ns, sleep_ok = receiver.wait_policy()
-        r = self._intake.next(spin_ns, REAP_INTERVAL_S, sleep_ok)
-        if type(r) is not tuple:
-            if r == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+    def _serve_memory(self) -> None:
+        """The serving loop: requests come decoded by the native intake (one call per request)."""
+        receiver, stats = self._receiver, self.stats
+        next_signal, wait_policy, waited = self._intake.next, receiver.wait_policy, receiver.waited
+        monotonic = time.monotonic
+        while not self._stop:
+            spin_ns, sleep_ok = wait_policy()
+            r = next_signal(spin_ns, REAP_INTERVAL_S, sleep_ok)
+            now = monotonic()
+            if type(r) is tuple:
+                waited(r[2])
+                conn = r[0]
+                if type(conn) is int:  # the well-known channel, a nudge
+                    receiver.dispatch(conn, r[1])
+                else:
+                    try:  # a client's frames must never stop the server: counted, the frame dropped
+                        self._answer(conn, conn.protocol.receive_fields(r[1], now), now)
+                    except Exception:
+                        stats["dropped_frames"] += 1
+            elif r == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
                 COUNTERS.signals_stalled += 1
-            return
-        receiver.waited(r[2])
-        conn = r[0]
-        if type(conn) is int:  # the well-known channel, a nudge
-            receiver.dispatch(conn, r[1])
-            return
-        now = time.monotonic()
-        try:  # a client's frames must never stop the server: anything unexpected is counted, the frame dropped
-            self._answer(conn, conn.protocol.receive_fields(r[1], now), now)
-        except Exception:
-            self.stats["dropped_frames"] += 1
+            if now - self._last_reap >= REAP_INTERVAL_S:
+                self._last_reap = now
+                self._reap()
 
-    def _take_next_kernel(self) -> None:
+    def _serve_kernel(self) -> None:
         """The same on the software-only signal path (every signal through the kernel)."""
-        signal = self._receiver.pop_wait(REAP_INTERVAL_S)
-        if signal is not None:
-            conn = self._by_segment.get(signal[0])
-            if conn is not None:
-                self._guarded(conn, signal[1])
-            else:
-                self._receiver.dispatch(*signal)
+        receiver = self._receiver
+        while not self._stop:
+            signal = receiver.pop_wait(REAP_INTERVAL_S)
+            if signal is not None:
+                conn = self._by_segment.get(signal[0])
+                if conn is not None:
+                    self._guarded(conn, signal[1])
+                else:
+                    receiver.dispatch(*signal)
+            now = time.monotonic()
+            if now - self._last_reap >= REAP_INTERVAL_S:
+                self._last_reap = now
+                self._reap()
 
     def _request_stop(self) -> None:
         self._stop = True
