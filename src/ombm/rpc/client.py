@@ -223,9 +223,11 @@ class Client:
         with self._lock:
             begun = self._protocol.begin_call(data)
         if begun is None or self._closed:
-            if begun is not None:
+            if begun is not None:  # closed meanwhile (close() takes the leader lock to tear down)
                 with self._lock:
                     self._protocol.cancel(begun[0])
+                self._leader.release()
+                raise ClosedError("client is closed")
             self._leader.release()
             return self._call_ordinary(data)
         call_id, frame = begun
