@@ -358,6 +358,19 @@ done:
     return result;
 }
 
+/* (spin_ns, timeout_s[, sleep_ok]) at args[0..n): timeout clamped to [0, 1e9], sleep_ok default True. */
+static int parse_wait_policy(PyObject *const *args, Py_ssize_t n, uint64_t *spin_ns, double *timeout_s,
+                             int *sleep_ok) {
+    *spin_ns = PyLong_AsUnsignedLongLong(args[0]);
+    if (*spin_ns == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    *timeout_s = PyFloat_AsDouble(args[1]);
+    if (*timeout_s == -1.0 && PyErr_Occurred()) return -1;
+    if (*timeout_s < 0 || *timeout_s != *timeout_s) *timeout_s = 0;
+    if (*timeout_s > 1e9) *timeout_s = 1e9;
+    *sleep_ok = n == 3 ? PyObject_IsTrue(args[2]) : 1;
+    return *sleep_ok < 0 ? -1 : 0;
+}
+
 static int parse_wait_args(PyObject *const *args, Py_ssize_t nargs, uintptr_t *f, uint64_t *spin_ns,
                            double *timeout_s, int *sleep_ok) {
     if (nargs < 3 || nargs > 4) {
@@ -365,14 +378,7 @@ static int parse_wait_args(PyObject *const *args, Py_ssize_t nargs, uintptr_t *f
         return -1;
     }
     if (parse_addr(args[0], f) < 0) return -1;
-    *spin_ns = PyLong_AsUnsignedLongLong(args[1]);
-    if (*spin_ns == (uint64_t)-1 && PyErr_Occurred()) return -1;
-    *timeout_s = PyFloat_AsDouble(args[2]);
-    if (*timeout_s == -1.0 && PyErr_Occurred()) return -1;
-    if (*timeout_s < 0 || *timeout_s != *timeout_s) *timeout_s = 0;
-    if (*timeout_s > 1e9) *timeout_s = 1e9;
-    *sleep_ok = nargs == 4 ? PyObject_IsTrue(args[3]) : 1;
-    return *sleep_ok < 0 ? -1 : 0;
+    return parse_wait_policy(args + 1, nargs - 1, spin_ns, timeout_s, sleep_ok);
 }
 
 /* wait(fifo, spin_ns, timeout_s, sleep_ok=True) -> WAIT_* */
@@ -961,12 +967,11 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     unsigned long long call_id = PyLong_AsUnsignedLongLong(args[1]);
-    unsigned long long spin_ns = PyLong_AsUnsignedLongLong(args[2]);
-    double timeout_s = PyFloat_AsDouble(args[3]);
-    int sleep_ok = PyObject_IsTrue(args[4]);
-    if (PyErr_Occurred() || sleep_ok < 0) return NULL;
-    if (timeout_s < 0 || timeout_s != timeout_s) timeout_s = 0;
-    if (timeout_s > 1e9) timeout_s = 1e9;
+    if (call_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    uint64_t spin_ns;
+    double timeout_s;
+    int sleep_ok;
+    if (parse_wait_policy(args + 2, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
     int rc = writer_send(l->request, v.buf, v.len);
@@ -1088,12 +1093,10 @@ static PyObject *RequestIntake_next(RequestIntake *x, PyObject *const *args, Py_
         PyErr_SetString(PyExc_TypeError, "next(spin_ns, timeout_s, sleep_ok)");
         return NULL;
     }
-    unsigned long long spin_ns = PyLong_AsUnsignedLongLong(args[0]);
-    double timeout_s = PyFloat_AsDouble(args[1]);
-    int sleep_ok = PyObject_IsTrue(args[2]);
-    if (PyErr_Occurred() || sleep_ok < 0) return NULL;
-    if (timeout_s < 0 || timeout_s != timeout_s) timeout_s = 0;
-    if (timeout_s > 1e9) timeout_s = 1e9;
+    uint64_t spin_ns;
+    double timeout_s;
+    int sleep_ok;
+    if (parse_wait_policy(args, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
     uintptr_t f = x->fifo;
     uint64_t waited;
     int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);

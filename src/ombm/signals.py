@@ -203,16 +203,11 @@ class Receiver:
             self._adopt(settings_now)
         if self._adaptive:
             r = _wait_pop(self._address, self._budget, timeout)
-            if type(r) is tuple:
-                if r[2] > self._cap:
-                    self._miss()
-                elif self._misses:
-                    self._misses, self._budget = 0, self._cap
-                return r[0], r[1]
         else:
             r = _wait_pop(self._address, 0, timeout, self._sleep_ok)
-            if type(r) is tuple:
-                return r[0], r[1]
+        if type(r) is tuple:
+            self.waited(r[2])
+            return r[0], r[1]
         if r == _STALLED and _native.fifo_skip_stalled(self._address):
             COUNTERS.signals_stalled += 1
         return None
@@ -261,7 +256,7 @@ class Receiver:
             if type(r) is tuple:
                 waited = r[2]
                 spent += waited * 1e-9
-                if self._adaptive:
+                if self._adaptive:  # self.waited(waited), inlined: sig_wait's per-signal path
                     if waited > self._cap:
                         self._miss()
                     elif self._misses:

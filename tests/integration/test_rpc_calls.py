@@ -18,18 +18,23 @@ from rpc_helpers import Children, add_many, expect, join, pattern, serve_started
 pytestmark = pytest.mark.processes
 
 
-@pytest.fixture(scope="module")
-def calc():
-    """The name of a Calc service served by a child process for the whole module."""
-    name = service_name("calc")
+def _served(kind: str):
+    """Serve a ``kind`` service in a child process; yield its name; stop it cleanly after."""
+    name = service_name(kind)
     with Children() as children:
-        p, conn = children.spawn(serve_started, [(name, "calc")])
+        p, conn = children.spawn(serve_started, [(name, kind)])
         expect(conn, "constructed")
         expect(conn, "ready")
         yield name
         conn.send("stop")
         expect(conn, "result")
         assert join(p) == 0
+
+
+@pytest.fixture(scope="module")
+def calc():
+    """The name of a Calc service served by a child process for the whole module."""
+    yield from _served("calc")
 
 
 @pytest.fixture
@@ -251,15 +256,7 @@ def test_one_client_shared_by_threads(cli):
 @pytest.fixture
 def counter(calc):
     """A fresh Counter service of its own, served by a child process."""
-    name = service_name("counter")
-    with Children() as children:
-        p, conn = children.spawn(serve_started, [(name, "counter")])
-        expect(conn, "constructed")
-        expect(conn, "ready")
-        yield name
-        conn.send("stop")
-        expect(conn, "result")
-        assert join(p) == 0
+    yield from _served("counter")
 
 
 def test_oneway_calls_are_executed_exactly_once(counter):

@@ -248,6 +248,23 @@ def _timer_order(call: _Call) -> tuple:
 
 # ---------------------------------------------------------------- client
 
+class _Outbox:
+    """The frames a protocol has ready to write (``_out``, oldest first)."""
+
+    _out: list
+
+    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
+        """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
+        out = self._out
+        if max_frames is None or max_frames >= len(out):
+            self._out = []
+            return out
+        frames = out[:max_frames]
+        del out[:max_frames]
+        return frames
+
+
+
 class _Call:
     """A call of the client.
 
@@ -262,7 +279,7 @@ class _Call:
     __slots__ = ("call_id", "oneway", "frames", "sent_at", "rto", "deadline", "heaped")
 
 
-class ClientProtocol:
+class ClientProtocol(_Outbox):
     """The calling side of one connection.
 
     The synchronous call (one fragment out, one fragment back) is the hot path and
@@ -488,13 +505,7 @@ class ClientProtocol:
         """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
         if self._queue:
             self._fill(now)
-        out = self._out
-        if max_frames is None or max_frames >= len(out):
-            self._out = []
-            return out
-        frames = out[:max_frames]
-        del out[:max_frames]
-        return frames
+        return _Outbox.frames_to_send(self, now, max_frames)
 
     # -- timer
 
@@ -559,7 +570,7 @@ class ClientProtocol:
 
 # ---------------------------------------------------------------- server
 
-class ServerProtocol:
+class ServerProtocol(_Outbox):
     """The serving side of one connection.
 
     The synchronous call is the hot path: a request or reply that fits one frame
@@ -692,16 +703,6 @@ class ServerProtocol:
             del replies[next(iter(replies))]
             self._evicted += 1
         self._out.extend(frames)
-
-    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
-        """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
-        out = self._out
-        if max_frames is None or max_frames >= len(out):
-            self._out = []
-            return out
-        frames = out[:max_frames]
-        del out[:max_frames]
-        return frames
 
     def statistics(self) -> ServerStats:
         return ServerStats(self._requests, self._replied, self._bad, self._foreign,
