@@ -873,18 +873,22 @@ static PyTypeObject WriterType = {
 /* ---------------------------------------------------------------- the RPC call lane (rpc/client.py) */
 
 /* CallLane: a synchronous RPC call's no-loss path in one native call (paper §4: the timer
-   and the rest of the transport cost nothing when nothing is lost). call(frame, call_id, ...)
-   writes the request frame into the next request slot (its last byte signals the server),
-   then waits (spin, then futex sleep) on the caller's signal FIFO and takes the reply: the
-   frame in the reply slot the signal names, copied out once with its checksum folded into
-   the copy, and accepted only if it is a whole REPLY or ERROR_REPLY of this connection and
-   call. Anything else is handed back to Python untouched by policy: a signal for another
-   segment or a frame the lane does not take (LANE_OTHER, with the signal), or no signal by
-   the timeout (LANE_TIMEOUT); the client then puts the call under the retransmission timer. */
-#define LANE_REPLY 0
-#define LANE_ERROR_REPLY 1
-#define LANE_OTHER 2
-#define LANE_TIMEOUT 3
+   and the rest of the transport cost nothing when nothing is lost). call(message, call_id, ...)
+   frames the marshalled call (one CALL frame acking everything before it) into the next request
+   slot (its last byte signals the server), then waits (spin, then futex sleep) on the caller's
+   signal FIFO and takes the reply: the frame in the reply slot the signal names, copied out once
+   with its checksum folded into the copy, and accepted only if it is a whole REPLY or ERROR_REPLY
+   of this connection and call. A REPLY is unmarshalled here (unpack(payload, ext_hook=...,
+   strict_map_key=False)) when it is a plain result; anything else is handed back to Python
+   untouched by policy: the raw reply (an error, or a reply the unmarshaller refused: Python's
+   decode raises the documented error), a signal for another segment or a frame the lane does not
+   take (LANE_OTHER, with the signal), or no signal by the timeout (LANE_TIMEOUT); the client then
+   puts the call under the retransmission timer. */
+#define LANE_VALUE 0       /* in the order Python tests them: <= LANE_ERROR_REPLY is a reply */
+#define LANE_REPLY 1
+#define LANE_ERROR_REPLY 2
+#define LANE_OTHER 3
+#define LANE_TIMEOUT 4
 
 typedef struct {
     PyObject_HEAD
@@ -894,14 +898,15 @@ typedef struct {
     const unsigned char *reply_base;
     Py_ssize_t reply_size, reply_slot;
     unsigned long long connection_id;
+    PyObject *unpack, *ext_hook, *kwnames;  /* the reply unmarshaller (msgpack.unpackb) */
 } CallLane;
 
 static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
-    PyObject *writer, *fifo_o;
+    PyObject *writer, *fifo_o, *unpack, *ext_hook;
     unsigned long long reply_seg, reply_base, conn;
     Py_ssize_t reply_size, reply_slot;
-    if (!PyArg_ParseTuple(args, "O!OKKnnK", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
-                          &reply_slot, &conn))
+    if (!PyArg_ParseTuple(args, "O!OKKnnKOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
+                          &reply_slot, &conn, &unpack, &ext_hook))
         return -1;
     uintptr_t f;
     if (parse_addr(fifo_o, &f) < 0) return -1;
@@ -909,8 +914,19 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "CallLane: bad reply channel geometry");
         return -1;
     }
+    if (!PyCallable_Check(unpack)) {
+        PyErr_SetString(PyExc_TypeError, "CallLane: unpack must be callable");
+        return -1;
+    }
+    PyObject *kwnames = Py_BuildValue("(ss)", "ext_hook", "strict_map_key");
+    if (!kwnames) return -1;
+    Py_XSETREF(l->kwnames, kwnames);
     Py_INCREF(writer);
     Py_XSETREF(l->request, (Writer *)writer);
+    Py_INCREF(unpack);
+    Py_XSETREF(l->unpack, unpack);
+    Py_INCREF(ext_hook);
+    Py_XSETREF(l->ext_hook, ext_hook);
     l->fifo = f;
     l->reply_seg = reply_seg;
     l->reply_base = (const unsigned char *)(uintptr_t)reply_base;
@@ -920,8 +936,14 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) { Py_VISIT(l->request); return 0; }
-static int CallLane_clear(CallLane *l) { Py_CLEAR(l->request); return 0; }
+static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) {
+    Py_VISIT(l->request); Py_VISIT(l->unpack); Py_VISIT(l->ext_hook); Py_VISIT(l->kwnames);
+    return 0;
+}
+static int CallLane_clear(CallLane *l) {
+    Py_CLEAR(l->request); Py_CLEAR(l->unpack); Py_CLEAR(l->ext_hook); Py_CLEAR(l->kwnames);
+    return 0;
+}
 static void CallLane_dealloc(CallLane *l) {
     PyObject_GC_UnTrack(l);
     CallLane_clear(l);
@@ -954,12 +976,34 @@ static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, un
     return out;
 }
 
-/* call(frame, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
-   (LANE_REPLY | LANE_ERROR_REPLY, payload bytes, ...), (LANE_OTHER, (segment id, offset), ...),
-   (LANE_TIMEOUT, WAIT_* code, ...). */
+/* The result in a REPLY payload that unmarshals to [0, result] (a new reference), or NULL
+   (no exception) for anything else. */
+static PyObject *lane_result(CallLane *l, PyObject *payload) {
+    PyObject *argv[3] = {payload, l->ext_hook, Py_False};
+    PyObject *reply = PyObject_Vectorcall(l->unpack, argv, 1, l->kwnames);
+    if (!reply) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();  /* Python's decode says why */
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
+        PyObject *tag = PyList_GET_ITEM(reply, 0);
+        int overflow;
+        if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow) {
+            result = PyList_GET_ITEM(reply, 1);
+            Py_INCREF(result);
+        }
+    }
+    Py_DECREF(reply);
+    return result;
+}
+
+/* call(message, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
+   (LANE_VALUE, result, ...), (LANE_REPLY | LANE_ERROR_REPLY, payload bytes, ...),
+   (LANE_OTHER, (segment id, offset), ...), (LANE_TIMEOUT, WAIT_* code, ...). */
 static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "call(frame, call_id, spin_ns, timeout_s, sleep_ok)");
+        PyErr_SetString(PyExc_TypeError, "call(message, call_id, spin_ns, timeout_s, sleep_ok)");
         return NULL;
     }
     if (!l->request) {
@@ -972,10 +1016,29 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     double timeout_s;
     int sleep_ok;
     if (parse_wait_policy(args + 2, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
-    Py_buffer v;
-    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
-    int rc = writer_send(l->request, v.buf, v.len);
-    PyBuffer_Release(&v);
+    if (!PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "CallLane.call: message must be bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n + TRAILER > l->request->unit) {
+        PyErr_SetString(PyExc_ValueError, "CallLane.call: message does not fit one frame");
+        return NULL;
+    }
+    /* the CALL frame: message + trailer (ack = call id: the caller waits for nothing older) */
+    unsigned char tr[TRAILER];
+    put64(tr, l->connection_id); put64(tr + 8, call_id); put64(tr + 16, call_id);
+    put32(tr + 24, (uint32_t)n); put32(tr + 28, 0);
+    put16(tr + 32, 0); put16(tr + 34, 1);
+    tr[36] = 1; tr[37] = 0; put16(tr + 38, FRAME_MAGIC);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, n + TRAILER);
+    if (!frame) return NULL;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
+    memcpy(d, PyBytes_AS_STRING(args[0]), (size_t)n);
+    memcpy(d + n, tr, TRAILER_HEAD);
+    put64(d + n + 40, sum_copy(NULL, d, n + TRAILER_HEAD));
+    int rc = writer_send(l->request, (const char *)d, n + TRAILER);
+    Py_DECREF(frame);
     if (rc < 0) return NULL;
     uintptr_t f = l->fifo;
     uint64_t waited;
@@ -987,8 +1050,17 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     if (seg == l->reply_seg) {
         unsigned kind = 0;
         PyObject *payload = lane_take_reply(l, off, call_id, &kind);
-        if (payload)
+        if (payload) {
+            if (kind == 3) {
+                PyObject *result = lane_result(l, payload);
+                if (result) {
+                    Py_DECREF(payload);
+                    return Py_BuildValue("(iNK)", LANE_VALUE, result, (unsigned long long)waited);
+                }
+                if (PyErr_Occurred()) { Py_DECREF(payload); return NULL; }
+            }
             return Py_BuildValue("(iNK)", kind == 4 ? LANE_ERROR_REPLY : LANE_REPLY, payload, (unsigned long long)waited);
+        }
     }
     return Py_BuildValue("(i(KK)K)", LANE_OTHER, (unsigned long long)seg, (unsigned long long)off,
                          (unsigned long long)waited);
@@ -1002,7 +1074,7 @@ static PyObject *CallLane_close(CallLane *l, PyObject *unused) {
 
 static PyMethodDef CallLane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
-     "call(frame, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
+     "call(message, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
     {"close", (PyCFunction)CallLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1012,7 +1084,8 @@ static PyTypeObject CallLaneType = {
     .tp_name = "ombm._native.CallLane",
     .tp_basicsize = sizeof(CallLane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "CallLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id)",
+    .tp_doc = "CallLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id, "
+              "unpack, ext_hook)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)CallLane_init,
     .tp_dealloc = (destructor)CallLane_dealloc,
@@ -1024,54 +1097,135 @@ static PyTypeObject CallLaneType = {
 
 /* ---------------------------------------------------------------- the RPC request intake (rpc/server.py) */
 
-/* RequestIntake: the server's wait for its next request, in one native call. It waits (spin,
-   then futex sleep) on the server's signal FIFO, takes one signal, and if it names a request
-   channel registered with add() decodes the frame in that slot (copied out once, checksum
-   folded into the copy, every field read from the copy: see frame_decode). Anything else goes
-   back to the caller as the bare signal. */
+/* RequestIntake: the server's serving loop in one native call (paper §4: the no-loss path costs
+   no protocol work). serve() waits (spin, then futex sleep) on the server's signal FIFO and takes
+   signals one after another. A signal naming a registered request channel is a request: the frame
+   in that slot is copied out once, its checksum folded into the copy, and every field read from the
+   private copy (see frame_decode).
+
+   The server lane. While a connection's lane is on (lane(): the Python ServerProtocol lent it the
+   highest call id it delivered), a request that is one whole CALL frame of that connection, acking
+   everything before it (ack == call id), and newer than every call delivered is served right here:
+   execute(payload, limit) runs the method (the server's Python), and its reply, if it fits one
+   frame, is written into the next reply slot and kept as the reply cache (the client's next ack
+   releases it). Such a request changes the protocol state in one known way, so the lane only counts
+   and remembers the last one; anything else goes back to Python with that delta (the "handback"),
+   and the protocol applies it before it takes the frame (ServerProtocol.from_lane). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn;           /* the server's connection object, handed back with its frames */
+    const unsigned char *base;
+    Py_ssize_t size, slot;    /* request channel geometry */
+    Writer *reply;            /* the reply channel's writer; NULL: no lane for this connection */
+    unsigned long long connection_id;
+    Py_ssize_t max_payload;   /* the largest reply payload in one frame */
+    PyObject *limit;          /* int: the largest result the client takes (execute's 2nd argument) */
+    int active;               /* the lane holds the connection's state */
+    unsigned long long last;  /* the highest call id delivered */
+    unsigned long long served, replied;  /* requests served on the lane since lane() */
+    PyObject *frame;          /* the reply frame of `last` if the lane served it, else NULL */
+} IntakeEntry;
+
+static int IntakeEntry_traverse(IntakeEntry *e, visitproc visit, void *arg) {
+    Py_VISIT(e->conn); Py_VISIT(e->reply); Py_VISIT(e->limit); Py_VISIT(e->frame);
+    return 0;
+}
+static int IntakeEntry_clear(IntakeEntry *e) {
+    Py_CLEAR(e->conn); Py_CLEAR(e->reply); Py_CLEAR(e->limit); Py_CLEAR(e->frame);
+    return 0;
+}
+static void IntakeEntry_dealloc(IntakeEntry *e) {
+    PyObject_GC_UnTrack(e);
+    IntakeEntry_clear(e);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static PyTypeObject IntakeEntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.IntakeEntry",
+    .tp_basicsize = sizeof(IntakeEntry),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "one request channel of a RequestIntake (internal)",
+    .tp_dealloc = (destructor)IntakeEntry_dealloc,
+    .tp_traverse = (traverseproc)IntakeEntry_traverse,
+    .tp_clear = (inquiry)IntakeEntry_clear,
+};
+
 typedef struct {
     PyObject_HEAD
     uintptr_t fifo;
-    PyObject *channels;       /* dict: segment id -> (connection, base address, size, slot size) */
-    PyObject *kinds;
+    PyObject *channels;       /* dict: segment id -> IntakeEntry */
+    PyObject *kinds;          /* kind byte -> the object frame_decode returns for it */
+    PyObject *execute;        /* execute(payload, limit) -> (reply payload bytes, error flag) */
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *kw) {
-    PyObject *fifo_o, *kinds;
-    if (!PyArg_ParseTuple(args, "OO!", &fifo_o, &PyTuple_Type, &kinds)) return -1;
+    PyObject *fifo_o, *kinds, *execute;
+    if (!PyArg_ParseTuple(args, "OO!O", &fifo_o, &PyTuple_Type, &kinds, &execute)) return -1;
     if (parse_addr(fifo_o, &x->fifo) < 0) return -1;
+    if (!PyCallable_Check(execute)) {
+        PyErr_SetString(PyExc_TypeError, "RequestIntake: execute must be callable");
+        return -1;
+    }
     Py_XSETREF(x->channels, PyDict_New());
     if (!x->channels) return -1;
     Py_INCREF(kinds);
     Py_XSETREF(x->kinds, kinds);
+    Py_INCREF(execute);
+    Py_XSETREF(x->execute, execute);
     return 0;
 }
 
 static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) {
-    Py_VISIT(x->channels); Py_VISIT(x->kinds);
+    Py_VISIT(x->channels); Py_VISIT(x->kinds); Py_VISIT(x->execute);
     return 0;
 }
-static int RequestIntake_clear(RequestIntake *x) { Py_CLEAR(x->channels); Py_CLEAR(x->kinds); return 0; }
+static int RequestIntake_clear(RequestIntake *x) {
+    Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->execute);
+    return 0;
+}
 static void RequestIntake_dealloc(RequestIntake *x) {
     PyObject_GC_UnTrack(x);
     RequestIntake_clear(x);
     Py_TYPE(x)->tp_free((PyObject *)x);
 }
 
-/* add(segment_id, connection, base, size, slot_size): requests on that segment come decoded. */
+/* add(segment_id, connection, base, size, slot_size, reply_writer, connection_id, max_payload, limit):
+   requests on that segment come decoded; reply_writer None: never a lane for it. */
 static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
-    PyObject *seg, *conn;
-    unsigned long long base;
-    Py_ssize_t size, slot;
-    if (!PyArg_ParseTuple(args, "O!OKnn", &PyLong_Type, &seg, &conn, &base, &size, &slot)) return NULL;
-    if (!base || slot < TRAILER || size < slot) {
+    PyObject *seg, *conn, *writer, *limit;
+    unsigned long long base, conn_id;
+    Py_ssize_t size, slot, max_payload;
+    if (!PyArg_ParseTuple(args, "O!OKnnOKnO!", &PyLong_Type, &seg, &conn, &base, &size, &slot, &writer, &conn_id,
+                          &max_payload, &PyLong_Type, &limit))
+        return NULL;
+    if (!base || slot < TRAILER || size < slot || max_payload < 0) {
         PyErr_SetString(PyExc_ValueError, "RequestIntake.add: bad channel geometry");
         return NULL;
     }
-    PyObject *entry = Py_BuildValue("(OKnn)", conn, base, size, slot);
-    if (!entry) return NULL;
-    int rc = PyDict_SetItem(x->channels, seg, entry);
-    Py_DECREF(entry);
+    if (writer != Py_None && !PyObject_TypeCheck(writer, &WriterType)) {
+        PyErr_SetString(PyExc_TypeError, "RequestIntake.add: reply_writer must be a Writer or None");
+        return NULL;
+    }
+    IntakeEntry *e = PyObject_GC_New(IntakeEntry, &IntakeEntryType);
+    if (!e) return NULL;
+    Py_INCREF(conn);
+    e->conn = conn;
+    e->base = (const unsigned char *)(uintptr_t)base;
+    e->size = size;
+    e->slot = slot;
+    e->reply = writer == Py_None ? NULL : (Writer *)writer;
+    Py_XINCREF(e->reply);
+    e->connection_id = conn_id;
+    e->max_payload = max_payload;
+    Py_INCREF(limit);
+    e->limit = limit;
+    e->active = 0;
+    e->last = e->served = e->replied = 0;
+    e->frame = NULL;
+    PyObject_GC_Track(e);
+    int rc = PyDict_SetItem(x->channels, seg, (PyObject *)e);
+    Py_DECREF(e);
     if (rc < 0) return NULL;
     Py_RETURN_NONE;
 }
@@ -1085,57 +1239,217 @@ static PyObject *RequestIntake_remove(RequestIntake *x, PyObject *seg) {
     Py_RETURN_NONE;
 }
 
-/* next(spin_ns, timeout_s, sleep_ok) -> (connection, fields or None, waited_ns) for a request
-   (fields as frame_decode returns them; None: the frame failed its checks), (segment id, offset,
-   waited_ns) for any other signal, or a WAIT_* int when none came. */
-static PyObject *RequestIntake_next(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "next(spin_ns, timeout_s, sleep_ok)");
+static IntakeEntry *intake_entry(RequestIntake *x, PyObject *seg) {
+    PyObject *e = PyDict_GetItemWithError(x->channels, seg);  /* borrowed */
+    if (!e && !PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "no such request channel");
+    return (IntakeEntry *)e;
+}
+
+/* The lane's state as the protocol takes it back: (served, replied, last, reply frame or None);
+   the lane is off afterwards. */
+static PyObject *lane_handback(IntakeEntry *e) {
+    PyObject *r = Py_BuildValue("(KKKO)", e->served, e->replied, e->last, e->frame ? e->frame : Py_None);
+    if (!r) return NULL;
+    e->active = 0;
+    e->served = e->replied = 0;
+    Py_CLEAR(e->frame);
+    return r;
+}
+
+/* lane(segment_id, last): the protocol lends the lane its state (its highest delivered call id).
+   False (lane stays off) if the connection has no reply writer. */
+static PyObject *RequestIntake_lane(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lane(segment_id, last)");
+        return NULL;
+    }
+    IntakeEntry *e = intake_entry(x, args[0]);
+    if (!e) return NULL;
+    unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
+    if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (e->active) {
+        PyErr_SetString(PyExc_ValueError, "the lane already holds this connection's state");
+        return NULL;
+    }
+    if (!e->reply) Py_RETURN_FALSE;
+    e->active = 1;
+    e->last = last;
+    e->served = e->replied = 0;
+    Py_CLEAR(e->frame);
+    Py_RETURN_TRUE;
+}
+
+/* take(segment_id) -> the handback (see lane_handback), or None if the lane is off. */
+static PyObject *RequestIntake_take(RequestIntake *x, PyObject *seg) {
+    IntakeEntry *e = intake_entry(x, seg);
+    if (!e) return NULL;
+    if (!e->active) Py_RETURN_NONE;
+    return lane_handback(e);
+}
+
+/* A frame for Python: (connection, fields or None, waited_ns, handback or None, executed or None). */
+static PyObject *intake_to_python(RequestIntake *x, IntakeEntry *e, const unsigned char *b, Py_ssize_t n,
+                                  uint64_t waited, PyObject *fields, PyObject *executed) {
+    if (!fields) {
+        fields = b ? decode_frame(b, n, x->kinds) : NULL;
+        if (!fields) {
+            if (PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+                PyErr_Clear();
+            }
+            fields = Py_None;
+            Py_INCREF(fields);
+        }
+    } else {
+        Py_INCREF(fields);
+    }
+    PyObject *handback = e->active ? lane_handback(e) : (Py_INCREF(Py_None), Py_None);
+    if (!handback) { Py_DECREF(fields); return NULL; }
+    return Py_BuildValue("(ONKNO)", e->conn, fields, (unsigned long long)waited, handback,
+                         executed ? executed : Py_None);
+}
+
+/* One request signal for entry e at offset off: 1 if the lane served it; 0 with *out a new tuple
+   for Python; -1 with an exception. */
+static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64_t waited, PyObject **out) {
+    if (off >= (uint64_t)e->size) return (*out = intake_to_python(x, e, NULL, 0, waited, NULL, NULL)) ? 0 : -1;
+    Py_ssize_t start = (Py_ssize_t)off / e->slot * e->slot, n = e->slot;
+    if (start + n > e->size) return (*out = intake_to_python(x, e, NULL, 0, waited, NULL, NULL)) ? 0 : -1;
+    const unsigned char *b = e->base + start;
+    if (!e->active || !e->reply->base) return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
+    /* The lane's test, on a private copy: one whole CALL of this connection, acking all before it. */
+    uint32_t plen = get32(b + n - 24);
+    uint64_t total = get64(b + n - 8);
+    if ((Py_ssize_t)plen > n - TRAILER) return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)plen + TRAILER_HEAD);
+    if (!payload) return -1;
+    unsigned char *c = (unsigned char *)PyBytes_AS_STRING(payload);
+    const unsigned char *t = c + plen;
+    uint64_t call_id;
+    if (sum_copy(c, b + n - TRAILER - plen, (Py_ssize_t)plen + TRAILER_HEAD) != total ||
+        get16(t + 38) != FRAME_MAGIC || t[37] != 0 || get32(t + 24) != plen || get16(t + 32) != 0 ||
+        get16(t + 34) != 1 || t[36] != 1 || get64(t) != e->connection_id ||
+        (call_id = get64(t + 8)) != get64(t + 16) || call_id <= e->last) {
+        Py_DECREF(payload);
+        return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
+    }
+    unsigned long credit = get32(t + 28);
+    if (_PyBytes_Resize(&payload, plen) < 0) return -1;
+    PyObject *argv[2] = {payload, e->limit};
+    PyObject *executed = PyObject_Vectorcall(x->execute, argv, 2, NULL);
+    if (!executed) {
+        /* delivered, never answered (execute raised past the server's own handling, e.g.
+           KeyboardInterrupt): a retransmission must not run it again */
+        Py_DECREF(payload);
+        e->last = call_id;
+        e->served++;
+        Py_CLEAR(e->frame);
+        return -1;
+    }
+    PyObject *data;
+    int error;
+    if (!PyTuple_CheckExact(executed) || PyTuple_GET_SIZE(executed) != 2 ||
+        !PyBytes_CheckExact(data = PyTuple_GET_ITEM(executed, 0)) ||
+        (error = PyObject_IsTrue(PyTuple_GET_ITEM(executed, 1))) < 0) {
+        Py_DECREF(payload);
+        Py_DECREF(executed);
+        e->last = call_id;
+        e->served++;
+        Py_CLEAR(e->frame);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "execute must return (bytes, bool)");
+        return -1;
+    }
+    Py_ssize_t dlen = PyBytes_GET_SIZE(data);
+    if (dlen > e->max_payload || dlen + TRAILER > e->reply->unit) {
+        /* a reply of several frames: the protocol splits it */
+        PyObject *fields = Py_BuildValue("(OKKiiKOk)", PyTuple_GET_ITEM(x->kinds, 1), e->connection_id,
+                                         (unsigned long long)call_id, 0, 1, (unsigned long long)call_id,
+                                         payload, credit);
+        Py_DECREF(payload);
+        if (!fields) { Py_DECREF(executed); return -1; }
+        *out = intake_to_python(x, e, b, n, waited, fields, executed);
+        Py_DECREF(fields);
+        Py_DECREF(executed);
+        return *out ? 0 : -1;
+    }
+    Py_DECREF(payload);
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, dlen + TRAILER);
+    if (!frame) { Py_DECREF(executed); return -1; }
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
+    memcpy(d, PyBytes_AS_STRING(data), (size_t)dlen);
+    Py_DECREF(executed);
+    unsigned char *r = d + dlen;
+    put64(r, e->connection_id); put64(r + 8, call_id); put64(r + 16, 0);
+    put32(r + 24, (uint32_t)dlen); put32(r + 28, 0);
+    put16(r + 32, 0); put16(r + 34, 1);
+    r[36] = error ? 4 : 3; r[37] = 0; put16(r + 38, FRAME_MAGIC);
+    put64(r + 40, sum_copy(NULL, d, dlen + TRAILER_HEAD));
+    e->last = call_id;
+    e->served++;
+    e->replied++;
+    Py_XSETREF(e->frame, frame);  /* the reply cache: sent again if the request comes again */
+    if (writer_send(e->reply, (const char *)d, dlen + TRAILER) < 0) {
+        if (e->reply->base) return -1;
+        PyErr_Clear();  /* the method closed the connection (e.g. it stopped the server): lost */
+    }
+    return 1;
+}
+
+/* serve(spin_ns, timeout_s, sleep_ok, learn_ns) -> what Python must see next:
+   - (connection, fields or None, waited_ns, handback or None, executed or None): a request frame
+     the lane did not serve (fields as frame_decode returns them; None: it failed its checks;
+     executed: the lane ran it already, its reply (payload, error) needs several frames);
+   - (segment id, offset, waited_ns): any other signal;
+   - (None, None, waited_ns): the lane served a request whose wait outlasted learn_ns (the
+     adaptive spin learns from it);
+   - a WAIT_* int: no signal within timeout_s, which bounds the whole call. */
+static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "serve(spin_ns, timeout_s, sleep_ok, learn_ns)");
         return NULL;
     }
     uint64_t spin_ns;
     double timeout_s;
     int sleep_ok;
     if (parse_wait_policy(args, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    unsigned long long learn_ns = PyLong_AsUnsignedLongLong(args[3]);
+    if (learn_ns == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     uintptr_t f = x->fifo;
-    uint64_t waited;
-    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
-    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
-    uint64_t seg, off;
-    if (r != WAIT_READY || !fifo_take(f, &seg, &off)) return PyLong_FromLong(r == WAIT_READY ? WAIT_TIMEOUT : r);
-    PyObject *key = PyLong_FromUnsignedLongLong(seg);
-    if (!key) return NULL;
-    PyObject *entry = PyDict_GetItemWithError(x->channels, key);  /* borrowed */
-    Py_DECREF(key);
-    if (!entry) {
-        if (PyErr_Occurred()) return NULL;
-        return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off, (unsigned long long)waited);
-    }
-    PyObject *conn = PyTuple_GET_ITEM(entry, 0);
-    unsigned long long base = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 1));
-    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2)), slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
-    if (PyErr_Occurred()) return NULL;
-    PyObject *fields = NULL;
-    if (off < (uint64_t)size) {
-        Py_ssize_t start = (Py_ssize_t)off / slot * slot;
-        if (start + slot <= size) fields = decode_frame((const unsigned char *)(uintptr_t)base + start, slot, x->kinds);
-    }
-    if (!fields) {
-        if (PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
-            PyErr_Clear();
+    uint64_t deadline = now_ns() + (uint64_t)(timeout_s * 1e9);
+    for (;;) {
+        uint64_t t = now_ns(), waited;
+        int r = wait_signal(f, spin_ns, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
+        if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
+        uint64_t seg, off;
+        if (r != WAIT_READY || !fifo_take(f, &seg, &off)) return PyLong_FromLong(r == WAIT_READY ? WAIT_TIMEOUT : r);
+        PyObject *key = PyLong_FromUnsignedLongLong(seg);
+        if (!key) return NULL;
+        IntakeEntry *e = (IntakeEntry *)PyDict_GetItemWithError(x->channels, key);
+        Py_DECREF(key);
+        if (!e) {
+            if (PyErr_Occurred()) return NULL;
+            return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off, (unsigned long long)waited);
         }
-        fields = Py_None;
-        Py_INCREF(fields);
+        Py_INCREF(e);  /* the method it runs may drop the connection */
+        PyObject *out = NULL;
+        int served = intake_request(x, e, off, waited, &out);
+        Py_DECREF(e);
+        if (served <= 0) return out;
+        if (waited > learn_ns) return Py_BuildValue("(OOK)", Py_None, Py_None, (unsigned long long)waited);
+        if (now_ns() >= deadline) return PyLong_FromLong(WAIT_TIMEOUT);
     }
-    return Py_BuildValue("(ONK)", conn, fields, (unsigned long long)waited);
 }
 
 static PyMethodDef RequestIntake_methods[] = {
-    {"add", (PyCFunction)RequestIntake_add, METH_VARARGS, "add(segment_id, connection, base, size, slot_size)"},
+    {"add", (PyCFunction)RequestIntake_add, METH_VARARGS,
+     "add(segment_id, connection, base, size, slot_size, reply_writer, connection_id, max_payload, limit)"},
     {"remove", (PyCFunction)RequestIntake_remove, METH_O, "remove(segment_id)"},
-    {"next", (PyCFunction)(void (*)(void))RequestIntake_next, METH_FASTCALL,
-     "next(spin_ns, timeout_s, sleep_ok) -> (connection, fields|None, waited_ns) | (segment id, offset, waited_ns) | WAIT_*"},
+    {"lane", (PyCFunction)(void (*)(void))RequestIntake_lane, METH_FASTCALL,
+     "lane(segment_id, last) -> bool: serve that connection's simple requests natively"},
+    {"take", (PyCFunction)RequestIntake_take, METH_O, "take(segment_id) -> (served, replied, last, frame) | None"},
+    {"serve", (PyCFunction)(void (*)(void))RequestIntake_serve, METH_FASTCALL,
+     "serve(spin_ns, timeout_s, sleep_ok, learn_ns) -> (connection, fields, waited_ns, handback, executed) | "
+     "(segment id, offset, waited_ns) | (None, None, waited_ns) | WAIT_*"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1144,7 +1458,7 @@ static PyTypeObject RequestIntakeType = {
     .tp_name = "ombm._native.RequestIntake",
     .tp_basicsize = sizeof(RequestIntake),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "RequestIntake(fifo, kinds): the RPC server's wait for its next request",
+    .tp_doc = "RequestIntake(fifo, kinds, execute): the RPC server's serving loop and its native lane",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)RequestIntake_init,
     .tp_dealloc = (destructor)RequestIntake_dealloc,
@@ -1184,7 +1498,8 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "ombm._native",
                                        methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&CallLaneType) < 0 || PyType_Ready(&RequestIntakeType) < 0)
+    if (PyType_Ready(&WriterType) < 0 || PyType_Ready(&CallLaneType) < 0 || PyType_Ready(&IntakeEntryType) < 0 ||
+        PyType_Ready(&RequestIntakeType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
@@ -1200,6 +1515,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "LANE_ERROR_REPLY", LANE_ERROR_REPLY);
     PyModule_AddIntConstant(m, "LANE_OTHER", LANE_OTHER);
     PyModule_AddIntConstant(m, "LANE_TIMEOUT", LANE_TIMEOUT);
+    PyModule_AddIntConstant(m, "LANE_VALUE", LANE_VALUE);
     PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
     PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
     PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);

@@ -212,14 +212,16 @@ class Receiver:
             COUNTERS.signals_stalled += 1
         return None
 
-    def wait_policy(self) -> tuple[int, bool]:
-        """``(spin budget in ns, may sleep)`` for a native wait on this receiver's memory FIFO
-        (the RPC call lane); report how it ended with :meth:`waited`."""
+    def wait_policy(self) -> tuple[int, bool, int]:
+        """``(spin budget in ns, may sleep, learn_ns)`` for a native wait on this receiver's
+        memory FIFO (the RPC call lane and serving loop); report how it ended with :meth:`waited`.
+        A wait that took no longer than ``learn_ns`` teaches the policy nothing: a native loop of
+        several waits need only report the others."""
         if _config.SETTINGS is not self._settings:
             self._adopt(_config.SETTINGS)
         if self._adaptive:
-            return self._budget, True
-        return 0, self._sleep_ok
+            return self._budget, True, 0 if self._misses else self._cap
+        return 0, self._sleep_ok, _NEVER_LEARNS
 
     def waited(self, waited_ns: int) -> None:
         """Learn from a native wait that took a signal after ``waited_ns`` (adaptive spin)."""
@@ -308,6 +310,9 @@ class Receiver:
     @property
     def closed(self) -> bool:
         return self.fifo.closed
+
+
+_NEVER_LEARNS = 2**64 - 1  # wait_policy's learn_ns when the policy is fixed
 
 
 # ---- per-thread receivers

@@ -366,48 +366,59 @@ def test_server_remembers_delivered_calls_at_the_ack_across_pruning():
 
 # -- the fast lane: a synchronous call the I/O layer carries itself (begin/end/adopt_call)
 
+def lane_frame(call_id: int, data: bytes) -> bytes:
+    """The CALL frame the native lane writes for a call begun with begin_call."""
+    return encode(Kind.CALL, CONN, call_id, data, ack=call_id)
+
+
 def test_lane_call_and_reply():
     c, s = pair()
-    call_id, frame = c.begin_call(b"ping")
+    call_id = c.begin_call(len(b"ping"))
     assert c.frames_to_send(0.0) == [] and c.get_timer() is None  # nothing for the timer
-    [req] = to_server(c, s, 0.0, [frame])
+    [req] = to_server(c, s, 0.0, [lane_frame(call_id, b"ping")])
     assert req == RequestReceived(call_id, b"ping", False)
     s.send_reply(call_id, b"pong", 0.0)
     [reply] = s.frames_to_send(0.0)
     f = decode(memoryview(reply))
     assert (f.kind, f.message_id, f.payload) == (Kind.REPLY, call_id, b"pong")  # what the lane accepts
-    c.end_call(call_id, 0.0, 0.004)
+    c.end_call(call_id, 0.004)
     st = c.statistics()
     assert (st.calls, st.in_flight, st.srtt_s) == (1, 0, pytest.approx(0.004))
     assert c.send_request(b"next", 0.01) == call_id + 1
 
 
+def test_lane_end_without_a_sample_keeps_the_rto():
+    c, _ = pair()
+    rto = c.rto
+    c.end_call(c.begin_call(1), None)
+    assert c.rto == rto and c.statistics().srtt_s is None
+
+
 def test_lane_is_refused_while_anything_is_outstanding():
     c, _ = pair(max_payload=8)
-    assert c.begin_call(b"x" * 9) is None  # does not fit one frame
-    assert c.begin_call(bytearray(b"x")) is None  # only bytes
-    call_id, _ = c.begin_call(b"x")
-    assert c.begin_call(b"y") is None  # the lane is taken
+    assert c.begin_call(9) is None  # does not fit one frame
+    call_id = c.begin_call(8)
+    assert c.begin_call(1) is None  # the lane is taken
     c.cancel(call_id)
     c.send_request(b"z", 0.0)
-    assert c.begin_call(b"y") is None  # a call in flight
+    assert c.begin_call(1) is None  # a call in flight
 
 
 def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
     c, s = pair()
-    lane_id, frame = c.begin_call(b"slow")
+    lane_id = c.begin_call(len(b"slow"))
     other = c.send_request(b"meanwhile", 0.0)
     f = decode(memoryview(c.frames_to_send(0.0)[0]))
     assert (f.message_id, f.ack) == (other, lane_id)  # the server must keep the lane call's reply
-    to_server(c, s, 0.0, [frame])
+    to_server(c, s, 0.0, [lane_frame(lane_id, b"slow")])
     s.send_reply(lane_id, b"late", 0.0)
     s.frames_to_send(0.0)
     # the lane gives up waiting: adopted, it is retransmitted by the timer like any call
-    c.adopt_call(lane_id, frame, 0.0)
+    c.adopt_call(lane_id, b"slow", 0.0)
     assert c.statistics().in_flight == 2
     c.handle_timer(c.get_timer())
     resent = c.frames_to_send(1.0)
-    assert any(decode(memoryview(x)).message_id == lane_id for x in resent)
+    assert lane_frame(lane_id, b"slow") in resent  # adopt_call frames it as the lane did
     to_server(c, s, 1.0, resent)  # a duplicate: the cached reply goes out again, no re-execution
     events = to_client(s, c, 1.0)
     assert ReplyReceived(lane_id, b"late", False) in events
@@ -418,10 +429,61 @@ def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
 def test_lane_misuse_raises_value_error():
     c, _ = pair()
     with pytest.raises(ValueError):
-        c.end_call(1, 0.0, 0.0)
-    call_id, frame = c.begin_call(b"x")
+        c.end_call(1, 0.0)
+    call_id = c.begin_call(1)
     with pytest.raises(ValueError):
-        c.adopt_call(call_id + 1, frame, 0.0)
-    c.adopt_call(call_id, frame, 0.0)
+        c.adopt_call(call_id + 1, b"x", 0.0)
+    c.adopt_call(call_id, b"x", 0.0)
     with pytest.raises(ValueError):
-        c.end_call(call_id, 0.0, 0.0)
+        c.end_call(call_id, 0.0)
+
+
+# -- the server lane: the I/O layer serves simple requests itself (to_lane/from_lane)
+
+def lane_reply(call_id: int, reply: bytes) -> bytes:
+    """The reply frame the native server lane writes and caches for a request it serves."""
+    return encode(Kind.REPLY, CONN, call_id, reply)
+
+
+def test_server_lane_delta_equals_the_protocol_serving_the_same_calls():
+    lent, plain = ServerProtocol(CONN, max_payload=64), ServerProtocol(CONN, max_payload=64)
+    for p in (lent, plain):  # some history first: calls 1..3, answered
+        for i in (1, 2, 3):
+            [ev] = p.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i), 0.0)
+            p.send_reply(ev.call_id, b"r%d" % i, 0.0)
+        p.frames_to_send(0.0)
+    assert lent.to_lane() == 3
+    for i in (4, 5, 6):  # served by the lane: acking all before, newer than any delivered
+        frame = lane_reply(i, b"r%d" % i)
+        [ev] = plain.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i), 0.0)
+        plain.send_reply(ev.call_id, b"r%d" % i, 0.0)
+        assert plain.frames_to_send(0.0) == [frame]
+    lent.from_lane(3, 3, 6, frame)
+    assert lent.statistics() == plain.statistics()
+    for p in (lent, plain):  # the same answers to what comes next: a retransmission, a stale call, a new one
+        assert p.receive_frame(encode(Kind.CALL, CONN, 6, b"q", ack=6), 1.0) == []
+        assert p.frames_to_send(1.0) == [frame]
+        assert p.receive_frame(encode(Kind.CALL, CONN, 5, b"q", ack=5), 1.0) == []
+        assert p.frames_to_send(1.0) == []
+        assert p.receive_frame(encode(Kind.CALL, CONN, 7, b"q", ack=7), 1.0) == [RequestReceived(7, b"q", False)]
+    assert lent.statistics() == plain.statistics()
+
+
+def test_server_lane_is_not_lent_while_a_call_awaits_its_reply():
+    s = ServerProtocol(CONN, max_payload=64)
+    assert s.to_lane() == 0
+    [ev] = s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0)
+    assert s.to_lane() is None
+    s.send_reply(ev.call_id, b"r", 0.0)
+    assert s.to_lane() == 1
+    s.from_lane(0, 0, 1, None)  # nothing served: nothing changes
+    with pytest.raises(ValueError):
+        s.from_lane(1, 1, 1, b"")  # the lane serves only calls newer than any delivered
+
+
+def test_server_lane_call_that_raised_is_never_run_again():
+    s = ServerProtocol(CONN, max_payload=64)
+    s.from_lane(1, 0, 1, None)  # delivered on the lane, never answered
+    assert s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0) == []
+    assert s.frames_to_send(0.0) == []
+    assert s.statistics().duplicates == 1

@@ -38,7 +38,7 @@ import ombm
 from ombm import _native
 from ombm.rpc import marshal, wire
 from ombm.rpc.channel import Channel
-from ombm.rpc.protocol import ClientProtocol, ServerProtocol
+from ombm.rpc.protocol import ClientProtocol
 from ombm.rpc.server import REAP_INTERVAL_S
 
 from . import core, peers
@@ -226,20 +226,18 @@ _checksum = _native.checksum
 
 
 def _protocol_round(call: bytes, result: bytes) -> Callable[[], Any]:
-    """One synchronous call through ClientProtocol (its fast lane, as a call takes it) and
-    ServerProtocol in this process, frames handed over in memory; the reply decoded as the
-    lane decodes it (natively, in ``_native.CallLane``)."""
+    """One synchronous call's transport work as the two lanes do it, in this process: the
+    client's bookkeeping (``ClientProtocol.begin_call``/``end_call``; the server lane's is a few
+    native compares), the request and reply frames encoded and decoded (checksum folded into the
+    decoding copy), frames handed over in memory."""
     client = ClientProtocol(7, max_payload=16336)
-    server = ServerProtocol(7, max_payload=16336)
+    encode, decode, kinds = wire.raw_encode, wire.raw_decode, wire.KIND_TABLE
 
     def round_trip() -> Any:
-        now = time.monotonic()
-        call_id, request = client.begin_call(call)
-        (event,) = server.receive_frame(memoryview(request), now)
-        server.send_reply(event.call_id, result, now)
-        (reply,) = server.frames_to_send(now)
-        fields = wire.decode_fields(memoryview(reply))
-        client.end_call(call_id, now, now)
+        call_id = client.begin_call(len(call))
+        decode(memoryview(encode(wire.Kind.CALL, 7, call_id, call, 0, 1, call_id, 0)), kinds)
+        fields = decode(memoryview(encode(wire.Kind.REPLY, 7, call_id, result, 0, 1, 0, 0)), kinds)
+        client.end_call(call_id, 1e-5)
         return fields
 
     return round_trip
@@ -461,9 +459,9 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
         "### Where an ombm call's time goes (paper Table 2 shape)", "",
         "Each part timed alone in this process (median µs of "
         f"{result.plan.breakdown:,} runs), beside the signal round trip (32-byte write + signal each way, "
-        "cross-cpu, adaptive) and the measured echo call. *Protocol logic*: one call through "
-        "`ClientProtocol`'s fast lane (`begin_call`/`end_call`, as a synchronous call takes it) and "
-        "`ServerProtocol` (frames handed over in memory) less its frame encoding and decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
+        "cross-cpu, adaptive) and the measured echo call. *Protocol logic*: one call's transport work as "
+        "the lanes do it (`ClientProtocol.begin_call`/`end_call`; the server lane's bookkeeping is a few "
+        "native compares), less its frame encoding and decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
         "no receiver, so no signal) inside the signal round trip, the standalone checksum of each frame "
         "(encode and decode, request and reply) inside the framing rows (decoding folds it into its copy). "
         "*rest* is what the parts do not explain: it can be negative, the parts timed alone are not exactly "

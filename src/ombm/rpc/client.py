@@ -36,7 +36,7 @@ from .server import well_known_name
 from .timer import timer
 
 _LIVENESS_CHECK_S = 0.1
-_LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_ERROR_REPLY, _native.LANE_OTHER
+_LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 
 
 class _Pending:
@@ -81,6 +81,7 @@ class Client:
         self.service = namespace.validate_name(name)
         self.timeout = float(timeout)
         self.allow_pickle = allow_pickle
+        self._encode = functools.partial(marshal.encode_call, allow_pickle=True) if allow_pickle else marshal.encode_call
         self._closed = False
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
@@ -140,6 +141,7 @@ class Client:
             self._lane = _native.CallLane(
                 self._request.writer, self._receiver.fifo.address, self._reply_segment,
                 reply.address, reply.size, self._reply.slot_size, conn_id,
+                msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
             )
 
     def _on_reply(self, address: int) -> None:
@@ -179,7 +181,9 @@ class Client:
     def _marshal(self, method: str, args: tuple, kwargs: dict) -> bytes:
         if self._closed:
             raise ClosedError("client is closed")
-        data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
+        return self._fits(self._encode(method, args, kwargs))  # TypeError here
+
+    def _fits(self, data: bytes) -> bytes:
         if len(data) > self._max_message:
             raise ValueError(
                 f"the call ({len(data)} bytes marshalled) exceeds what this connection's request channel carries "
@@ -211,57 +215,60 @@ class Client:
         """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
 
         A call made while no other call of this client is outstanding takes the fast lane:
-        the request is written, the reply waited for and taken in one native call
+        the request is written, the reply waited for, taken and unmarshalled in one native call
         (``_native.CallLane``), with no timer and no pending-call table. If anything else
         comes first, or no reply within the RTO, the call joins the protocol's in-flight
         calls as if sent the ordinary way (:meth:`ClientProtocol.adopt_call`).
         """
-        data = self._marshal(method, args, kwargs)
+        if self._closed:
+            raise ClosedError("client is closed")
+        data = self._encode(method, args, kwargs)  # TypeError here
         lane = self._lane
-        if lane is None or not self._leader.acquire(blocking=False):
-            return self._call_ordinary(data)
-        with self._lock:
-            begun = self._protocol.begin_call(data)
-        if begun is None or self._closed:
-            if begun is not None:  # closed meanwhile (close() takes the leader lock to tear down)
-                with self._lock:
-                    self._protocol.cancel(begun[0])
+        if lane is None or not self._leader.acquire(False):
+            return self._call_ordinary(self._fits(data))
+        lock = self._lock
+        lock.acquire()
+        call_id = self._protocol.begin_call(len(data))
+        lock.release()
+        if call_id is None or self._closed:
+            if call_id is not None:  # closed meanwhile (close() takes the leader lock to tear down)
+                with lock:
+                    self._protocol.cancel(call_id)
                 self._leader.release()
                 raise ClosedError("client is closed")
             self._leader.release()
-            return self._call_ordinary(data)
-        call_id, frame = begun
+            return self._call_ordinary(self._fits(data))
         receiver = self._receiver
         try:
-            spin_ns, sleep_ok = receiver.wait_policy()
-            sent_at = time.monotonic()
-            status, value, waited = lane.call(frame, call_id, spin_ns, min(self._protocol.rto, self.timeout), sleep_ok)
+            spin_ns, sleep_ok, _ = receiver.wait_policy()
+            status, value, waited = lane.call(data, call_id, spin_ns, min(self._protocol.rto, self.timeout), sleep_ok)
             if status <= _LANE_ERROR_REPLY:  # the reply: done
                 receiver.waited(waited)
                 # no lock: this frees the lane (one store) and takes an RTT sample
-                self._protocol.end_call(call_id, sent_at, time.monotonic())
-                reply = value
+                self._protocol.end_call(call_id, waited * 1e-9)
+                pending = None
             else:
-                pending = self._adopt(call_id, frame, sent_at, status, value, waited)
-                reply = None
+                pending = self._adopt(call_id, data, status, value, waited)
         except BaseException:
-            with self._lock:
+            with lock:
                 self._protocol.cancel(call_id)
                 self._pending.pop(call_id, None)
             self._leader.release()
             raise
         self._leader.release()
-        if reply is None:
-            self._wait(call_id, pending, sent_at + self.timeout)
-            reply = pending.data
-        return marshal.decode_reply(reply, allow_pickle=self.allow_pickle)
+        if status == _LANE_VALUE:
+            return value
+        if pending is not None:
+            self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
+            value = pending.data
+        return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
 
-    def _adopt(self, call_id: int, frame: bytes, sent_at: float, status: int, value, waited: int) -> _Pending:
+    def _adopt(self, call_id: int, data: bytes, status: int, value, waited: int) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
         receiver = self._receiver
         pending = _Pending()
         with self._lock:
-            self._protocol.adopt_call(call_id, frame, sent_at)
+            self._protocol.adopt_call(call_id, data, time.monotonic() - waited * 1e-9)
             self._pending[call_id] = pending
         self._timer.busy = True
         if status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way

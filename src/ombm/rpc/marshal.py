@@ -212,6 +212,12 @@ def _ext_hook_pickle(code: int, data: bytes):
 _unpackb = msgpack.unpackb
 
 
+def ext_hook(allow_pickle: bool = False):
+    """The msgpack ``ext_hook`` the decoders use: for a native decoder of plain results (the
+    RPC call lane unmarshals ``[0, result]`` replies with it, as :func:`decode_reply` would)."""
+    return _ext_hook_pickle if allow_pickle else _ext_hook_safe
+
+
 def decode_call(data, *, allow_pickle: bool = False) -> tuple[str, tuple, dict]:
     """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`."""
     try:

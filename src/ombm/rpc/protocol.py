@@ -364,43 +364,46 @@ class ClientProtocol(_Outbox):
 
     # -- the fast lane (paper §4: the no-loss path never touches the timer)
 
-    def begin_call(self, data) -> tuple[int, bytes] | None:
+    def begin_call(self, size: int) -> int | None:
         """Hand a synchronous call to the I/O layer's fast lane, if nothing else is outstanding.
 
-        Returns ``(call_id, frame)`` when ``data`` (bytes) fits one frame and no call is in
+        Returns the call id when a message of ``size`` bytes fits one frame and no call is in
         flight, queued or on the lane; else None (use :meth:`send_request`). The I/O layer
-        writes the frame, takes the reply itself (a whole REPLY/ERROR_REPLY frame of this
-        connection and call: :meth:`receive_frame` would deliver exactly that), and then
-        reports :meth:`end_call`; or, if anything else happens first (no reply within its
+        writes the message as one CALL frame acking every call before it (``ack`` = call id, as
+        :meth:`adopt_call` frames it), takes the reply itself (a whole REPLY/ERROR_REPLY frame
+        of this connection and call: :meth:`receive_frame` would deliver exactly that), and
+        then reports :meth:`end_call`; or, if anything else happens first (no reply within its
         patience, another frame or signal), :meth:`adopt_call`, after which the call is an
         ordinary one under the retransmission timer. Until then its id holds back the ack of
         later calls, so the server keeps its reply.
         """
-        if (self._in_flight or self._queue or self._lane is not None or type(data) is not bytes
-                or len(data) > self.max_payload):
+        if self._in_flight or self._queue or self._lane is not None or size > self.max_payload:
             return None
         call_id = self._next_id
         self._next_id = call_id + 1
         self._calls += 1
         self._lane = call_id
-        return call_id, raw_encode(_CALL, self.connection_id, call_id, data, 0, 1, call_id, 0)
+        return call_id
 
-    def end_call(self, call_id: int, sent_at: float, now: float) -> None:
-        """The lane's call got its reply: take its RTT sample and free the lane."""
+    def end_call(self, call_id: int, rtt: float | None) -> None:
+        """The lane's call got its reply ``rtt`` seconds after it was sent (None: no sample
+        taken): take the RTT sample and free the lane."""
         if self._lane != call_id:
             raise ValueError(f"call {call_id} is not on the lane")
         self._lane = None
-        self._rto.sample(now - sent_at)
+        if rtt is not None:
+            self._rto.sample(rtt)
 
-    def adopt_call(self, call_id: int, frame: bytes, sent_at: float) -> None:
-        """Put the lane's call, sent once at ``sent_at``, under the timer as an in-flight call."""
+    def adopt_call(self, call_id: int, data: bytes, sent_at: float) -> None:
+        """Put the lane's call of message ``data``, sent once at ``sent_at``, under the timer as
+        an in-flight call."""
         if self._lane != call_id:
             raise ValueError(f"call {call_id} is not on the lane")
         self._lane = None
         call = _Call()
         call.call_id = call_id
         call.oneway = False
-        call.frames = (frame,)
+        call.frames = (raw_encode(_CALL, self.connection_id, call_id, data, 0, 1, call_id, 0),)
         call.sent_at = sent_at
         call.rto = rto = self._rto.rto
         call.deadline = deadline = sent_at + rto
@@ -591,6 +594,7 @@ class ServerProtocol(_Outbox):
         self._max_partial = max_partial
         self._low = 0                  # the client waits for no call id below this
         self._seen: set[int] = set()   # delivered call ids (those below _low pruned lazily)
+        self._last = 0                 # the highest call id delivered
         self._seen_limit = 128         # prune _seen when it grows beyond this
         self._executing: set[int] = set()
         self._replies: dict[int, tuple] = {}   # call id -> frames, oldest first
@@ -650,6 +654,8 @@ class ServerProtocol(_Outbox):
             if data is None:
                 return []
         seen.add(call_id)
+        if call_id > self._last:
+            self._last = call_id
         self._requests += 1
         oneway = kind is _ONEWAY
         if oneway:
@@ -703,6 +709,36 @@ class ServerProtocol(_Outbox):
             del replies[next(iter(replies))]
             self._evicted += 1
         self._out.extend(frames)
+
+    # -- the native server lane (rpc/server.py, _native.RequestIntake)
+
+    def to_lane(self) -> int | None:
+        """Lend the state to the I/O layer's lane: the highest call id delivered, or None while a
+        call awaits its reply.
+
+        The lane then serves requests that are one whole CALL frame acking every call before it
+        (ack == call id) and newer than any delivered, and only those: for each, exactly what
+        :meth:`receive_fields` and :meth:`send_reply` would do comes down to "the client waits
+        for nothing older; deliver it; cache its one-frame reply". Before the protocol takes any
+        other frame, the lane hands that back (:meth:`from_lane`)."""
+        return None if self._executing else self._last
+
+    def from_lane(self, served: int, replied: int, last: int, frame: bytes | None) -> None:
+        """Take back the state lent by :meth:`to_lane`: the lane served ``served`` requests (and
+        answered ``replied`` of them), the last being ``last``, whose reply frame is ``frame``
+        (None: it was never answered)."""
+        if not served:
+            return
+        if last <= self._last:
+            raise ValueError(f"the lane's last call {last} is not newer than {self._last}")
+        self._requests += served
+        self._replied += replied
+        self._low = self._last = last  # it acked everything before it
+        self._replies = {last: (frame,)} if frame is not None else {}  # older replies are released
+        self._seen = {last}  # every other delivered id is below _low: stale whatever comes
+        self._seen_limit = 128
+        if self._partial:
+            self._advance(last)
 
     def statistics(self) -> ServerStats:
         return ServerStats(self._requests, self._replied, self._bad, self._foreign,

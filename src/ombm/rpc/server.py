@@ -76,7 +76,8 @@ class Server:
         }
         self._receiver = Receiver()
         # requests come decoded from one native wait (memory signal path only)
-        self._intake = None if self._receiver.kernel else _native.RequestIntake(self._receiver.fifo.address, wire.KIND_TABLE)
+        self._intake = None if self._receiver.kernel else _native.RequestIntake(
+            self._receiver.fifo.address, wire.KIND_TABLE, self._execute)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
         self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
@@ -146,7 +147,10 @@ class Server:
         self._by_nonce[nonce] = conn
         self._by_segment[request.segment.id] = conn
         if self._intake is not None:
-            self._intake.add(request.segment.id, conn, region.address, region.size, request.slot_size)
+            seg = request.segment.id
+            self._intake.add(seg, conn, region.address, region.size, request.slot_size, reply.writer, conn_id,
+                             conn.protocol.max_payload, conn.limit)
+            self._intake.lane(seg, conn.protocol.to_lane())
         self.stats["connections"] += 1
         return conn
 
@@ -155,11 +159,12 @@ class Server:
         now = time.monotonic()
         self._answer(conn, conn.protocol.receive_frame(conn.request.slot_view_at(offset), now), now)
 
-    def _answer(self, conn: _Connection, events: list, now: float) -> None:
-        """Execute the calls the protocol delivered; write the replies (and acks) it has."""
+    def _answer(self, conn: _Connection, events: list, now: float, executed: tuple | None = None) -> None:
+        """Execute the calls the protocol delivered (``executed``: the one call, run already by the
+        native lane); write the replies (and acks) the protocol has."""
         protocol = conn.protocol
         for event in events:
-            data, error = self._execute(event.data, conn.limit)
+            data, error = executed or self._execute(event.data, conn.limit)
             if not event.oneway:
                 protocol.send_reply(event.call_id, data, now, error=error)
         for frame in protocol.frames_to_send(now):
@@ -240,29 +245,41 @@ class Server:
         return self
 
     def _serve_memory(self) -> None:
-        """The serving loop: requests come decoded by the native intake (one call per request)."""
-        receiver, stats = self._receiver, self.stats
-        next_signal, wait_policy, waited = self._intake.next, receiver.wait_policy, receiver.waited
+        """The serving loop: the native intake serves the simple requests itself (the server
+        lane) and returns everything else: frames the protocol takes, other signals, timeouts."""
+        receiver = self._receiver
+        serve, wait_policy, waited = self._intake.serve, receiver.wait_policy, receiver.waited
         monotonic = time.monotonic
         while not self._stop:
-            spin_ns, sleep_ok = wait_policy()
-            r = next_signal(spin_ns, REAP_INTERVAL_S, sleep_ok)
+            spin_ns, sleep_ok, learn_ns = wait_policy()
+            r = serve(spin_ns, REAP_INTERVAL_S, sleep_ok, learn_ns)
             now = monotonic()
             if type(r) is tuple:
                 waited(r[2])
                 conn = r[0]
                 if type(conn) is int:  # the well-known channel, a nudge
                     receiver.dispatch(conn, r[1])
-                else:
-                    try:  # a client's frames must never stop the server: counted, the frame dropped
-                        self._answer(conn, conn.protocol.receive_fields(r[1], now), now)
-                    except Exception:
-                        stats["dropped_frames"] += 1
+                elif conn is not None:  # None: the lane served a request
+                    self._take_frame(conn, r[1], r[3], r[4], now)
             elif r == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
                 COUNTERS.signals_stalled += 1
             if now - self._last_reap >= REAP_INTERVAL_S:
                 self._last_reap = now
                 self._reap()
+
+    def _take_frame(self, conn: _Connection, fields, handback, executed, now: float) -> None:
+        """A request frame the lane left to the protocol: take back the lane's state, answer,
+        and lend the state to the lane again if the connection is back to simple."""
+        protocol = conn.protocol
+        try:  # a client's frames must never stop the server: counted, the frame dropped
+            if handback is not None:
+                protocol.from_lane(*handback)
+            self._answer(conn, protocol.receive_fields(fields, now), now, executed)
+        except Exception:
+            self.stats["dropped_frames"] += 1
+        last = protocol.to_lane()
+        if last is not None and self._connections.get(conn.conn_id) is conn:
+            self._intake.lane(conn.request.segment.id, last)
 
     def _serve_kernel(self) -> None:
         """The same on the software-only signal path (every signal through the kernel)."""
