@@ -1156,33 +1156,168 @@ typedef struct {
     uintptr_t fifo;
     PyObject *channels;       /* dict: segment id -> IntakeEntry */
     PyObject *kinds;          /* kind byte -> the object frame_decode returns for it */
-    PyObject *execute;        /* execute(payload, limit) -> (reply payload bytes, error flag) */
+    /* the server's side of a call (rpc/server.py, rpc/marshal.py) */
+    PyObject *methods;        /* dict: method name -> callable */
+    PyObject *stats;          /* the server's stats dict: "calls" counts the calls run here */
+    PyObject *unpack, *ext_hook, *kwnames;  /* msgpack.unpackb and its keyword arguments */
+    PyObject *pack, *reset;   /* a msgpack Packer's pack and reset, this loop's own */
+    PyObject *execute;        /* execute(payload, limit) -> (reply payload, error): all of a call, in Python */
+    PyObject *finish;         /* finish(result, exception, limit) -> (reply payload, error) */
+    PyObject *calls_key, *zero, *one;
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *kw) {
-    PyObject *fifo_o, *kinds, *execute;
-    if (!PyArg_ParseTuple(args, "OO!O", &fifo_o, &PyTuple_Type, &kinds, &execute)) return -1;
+    PyObject *fifo_o, *kinds, *methods, *stats, *unpack, *ext_hook, *packer, *execute, *finish;
+    if (!PyArg_ParseTuple(args, "OO!O!O!OOOOO", &fifo_o, &PyTuple_Type, &kinds, &PyDict_Type, &methods,
+                          &PyDict_Type, &stats, &unpack, &ext_hook, &packer, &execute, &finish))
+        return -1;
     if (parse_addr(fifo_o, &x->fifo) < 0) return -1;
-    if (!PyCallable_Check(execute)) {
-        PyErr_SetString(PyExc_TypeError, "RequestIntake: execute must be callable");
+    if (!PyCallable_Check(unpack) || !PyCallable_Check(execute) || !PyCallable_Check(finish)) {
+        PyErr_SetString(PyExc_TypeError, "RequestIntake: unpack, execute and finish must be callable");
         return -1;
     }
-    Py_XSETREF(x->channels, PyDict_New());
-    if (!x->channels) return -1;
-    Py_INCREF(kinds);
-    Py_XSETREF(x->kinds, kinds);
-    Py_INCREF(execute);
-    Py_XSETREF(x->execute, execute);
+    PyObject *pack = PyObject_GetAttrString(packer, "pack");
+    PyObject *reset = pack ? PyObject_GetAttrString(packer, "reset") : NULL;
+    PyObject *kwnames = Py_BuildValue("(ss)", "ext_hook", "strict_map_key");
+    PyObject *calls_key = PyUnicode_InternFromString("calls");
+    PyObject *zero = PyLong_FromLong(0), *one = PyLong_FromLong(1);
+    PyObject *channels = PyDict_New();
+    if (!pack || !reset || !kwnames || !calls_key || !zero || !one || !channels) {
+        Py_XDECREF(pack); Py_XDECREF(reset); Py_XDECREF(kwnames); Py_XDECREF(calls_key); Py_XDECREF(zero);
+        Py_XDECREF(one); Py_XDECREF(channels);
+        return -1;
+    }
+    Py_XSETREF(x->pack, pack);
+    Py_XSETREF(x->reset, reset);
+    Py_XSETREF(x->kwnames, kwnames);
+    Py_XSETREF(x->calls_key, calls_key);
+    Py_XSETREF(x->zero, zero);
+    Py_XSETREF(x->one, one);
+    Py_XSETREF(x->channels, channels);
+    Py_INCREF(kinds); Py_XSETREF(x->kinds, kinds);
+    Py_INCREF(methods); Py_XSETREF(x->methods, methods);
+    Py_INCREF(stats); Py_XSETREF(x->stats, stats);
+    Py_INCREF(unpack); Py_XSETREF(x->unpack, unpack);
+    Py_INCREF(ext_hook); Py_XSETREF(x->ext_hook, ext_hook);
+    Py_INCREF(execute); Py_XSETREF(x->execute, execute);
+    Py_INCREF(finish); Py_XSETREF(x->finish, finish);
     return 0;
 }
 
 static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) {
-    Py_VISIT(x->channels); Py_VISIT(x->kinds); Py_VISIT(x->execute);
+    Py_VISIT(x->channels); Py_VISIT(x->kinds); Py_VISIT(x->methods); Py_VISIT(x->stats); Py_VISIT(x->unpack);
+    Py_VISIT(x->ext_hook); Py_VISIT(x->kwnames); Py_VISIT(x->pack); Py_VISIT(x->reset); Py_VISIT(x->execute);
+    Py_VISIT(x->finish); Py_VISIT(x->calls_key); Py_VISIT(x->zero); Py_VISIT(x->one);
     return 0;
 }
 static int RequestIntake_clear(RequestIntake *x) {
-    Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->execute);
+    Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->methods); Py_CLEAR(x->stats); Py_CLEAR(x->unpack);
+    Py_CLEAR(x->ext_hook); Py_CLEAR(x->kwnames); Py_CLEAR(x->pack); Py_CLEAR(x->reset); Py_CLEAR(x->execute);
+    Py_CLEAR(x->finish); Py_CLEAR(x->calls_key); Py_CLEAR(x->zero); Py_CLEAR(x->one);
     return 0;
+}
+
+/* The exception being raised, normalized, with its traceback attached; the error indicator is
+   cleared. */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* finish(result, exception, limit): the call's reply when it is not a plain result that fits. */
+static PyObject *intake_finish(RequestIntake *x, IntakeEntry *e, PyObject *result, PyObject *exc) {
+    PyObject *argv[3] = {result ? result : Py_None, exc ? exc : Py_None, e->limit};
+    return PyObject_Vectorcall(x->finish, argv, 3, NULL);
+}
+
+/* Run the call in `payload` as Server._execute would: -> (reply payload bytes, error flag), or
+   NULL with an exception that is not the call's (e.g. KeyboardInterrupt). The common case stays
+   here: unmarshal (msgpack, as marshal.decode_call), look the method up, call it, marshal
+   [0, result] with this loop's own Packer. A request that does not unmarshal to a call of a known
+   method goes to execute() whole (nothing ran yet); a method that raised, or a result that does
+   not marshal or fit, to finish(). */
+static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payload) {
+    PyObject *argv[3] = {payload, x->ext_hook, Py_False};
+    PyObject *call = PyObject_Vectorcall(x->unpack, argv, 1, x->kwnames);
+    if (!call) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        goto in_python;
+    }
+    if (!PyList_CheckExact(call) || PyList_GET_SIZE(call) != 3) goto in_python;
+    PyObject *name = PyList_GET_ITEM(call, 0), *args = PyList_GET_ITEM(call, 1), *kwargs = PyList_GET_ITEM(call, 2);
+    if (!PyUnicode_CheckExact(name) || !PyList_CheckExact(args) || !PyDict_CheckExact(kwargs)) goto in_python;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(kwargs, &pos, &key, &value))
+        if (!PyUnicode_CheckExact(key)) goto in_python;
+    PyObject *fn = PyDict_GetItemWithError(x->methods, name);  /* borrowed */
+    if (!fn) {
+        if (PyErr_Occurred()) { Py_DECREF(call); return NULL; }
+        goto in_python;
+    }
+    Py_INCREF(fn);
+    PyObject *calls = PyDict_GetItemWithError(x->stats, x->calls_key);  /* borrowed */
+    PyObject *more = calls ? PyNumber_Add(calls, x->one) : NULL;
+    if (!more || PyDict_SetItem(x->stats, x->calls_key, more) < 0) {
+        Py_XDECREF(more);
+        Py_DECREF(fn);
+        Py_DECREF(call);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "calls");
+        return NULL;
+    }
+    Py_DECREF(more);
+    PyObject *result;
+    if (PyDict_GET_SIZE(kwargs) == 0) {
+        result = PyObject_Vectorcall(fn, ((PyListObject *)args)->ob_item, PyList_GET_SIZE(args), NULL);
+    } else {
+        PyObject *targs = PyList_AsTuple(args);
+        result = targs ? PyObject_Call(fn, targs, kwargs) : NULL;
+        Py_XDECREF(targs);
+    }
+    Py_DECREF(fn);
+    Py_DECREF(call);
+    if (!result) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;  /* as _execute: only Exception is the call's */
+        PyObject *exc = take_exception();
+        PyObject *r = intake_finish(x, e, NULL, exc);
+        Py_XDECREF(exc);
+        return r;
+    }
+    PyObject *pair = PyTuple_Pack(2, x->zero, result);
+    PyObject *data = pair ? PyObject_CallOneArg(x->pack, pair) : NULL;
+    Py_XDECREF(pair);
+    if (!data) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) { Py_DECREF(result); return NULL; }
+        PyErr_Clear();
+        PyObject *r = PyObject_CallNoArgs(x->reset);  /* never leave half a message in the buffer */
+        if (!r) { Py_DECREF(result); return NULL; }
+        Py_DECREF(r);
+    }
+    if (!data || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > PyLong_AsSsize_t(e->limit)) {
+        Py_XDECREF(data);
+        PyObject *r = intake_finish(x, e, result, NULL);  /* says why, as the error reply */
+        Py_DECREF(result);
+        return r;
+    }
+    Py_DECREF(result);
+    PyObject *r = PyTuple_Pack(2, data, Py_False);
+    Py_DECREF(data);
+    return r;
+in_python:
+    Py_XDECREF(call);
+    argv[0] = payload;
+    argv[1] = e->limit;
+    return PyObject_Vectorcall(x->execute, argv, 2, NULL);
 }
 static void RequestIntake_dealloc(RequestIntake *x) {
     PyObject_GC_UnTrack(x);
@@ -1335,8 +1470,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     }
     unsigned long credit = get32(t + 28);
     if (_PyBytes_Resize(&payload, plen) < 0) return -1;
-    PyObject *argv[2] = {payload, e->limit};
-    PyObject *executed = PyObject_Vectorcall(x->execute, argv, 2, NULL);
+    PyObject *executed = intake_execute(x, e, payload);
     if (!executed) {
         /* delivered, never answered (execute raised past the server's own handling, e.g.
            KeyboardInterrupt): a retransmission must not run it again */
@@ -1458,7 +1592,8 @@ static PyTypeObject RequestIntakeType = {
     .tp_name = "ombm._native.RequestIntake",
     .tp_basicsize = sizeof(RequestIntake),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "RequestIntake(fifo, kinds, execute): the RPC server's serving loop and its native lane",
+    .tp_doc = "RequestIntake(fifo, kinds, methods, stats, unpack, ext_hook, packer, execute, finish): "
+              "the RPC server's serving loop and its native lane",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)RequestIntake_init,
     .tp_dealloc = (destructor)RequestIntake_dealloc,

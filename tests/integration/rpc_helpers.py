@@ -105,6 +105,14 @@ class Counter:
     def bump(self, n: int = 1) -> None:  # for one-way calls
         self.value += n
 
+    def blob(self, nbytes: int) -> bytes:  # a result of several frames
+        self.value += 1
+        return pattern(nbytes)
+
+    def stop_now(self) -> int:  # KeyboardInterrupt past the server's own handling: the server stops
+        self.value += 1
+        raise KeyboardInterrupt
+
     def get(self) -> int:
         return self.value
 

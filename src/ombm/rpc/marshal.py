@@ -98,12 +98,19 @@ def _default_pickle(obj):
     return _default(obj, True)
 
 
+def packer(allow_pickle: bool = False) -> msgpack.Packer:
+    """A msgpack Packer that packs as the encoders do, for one thread (the RPC server's native
+    lane packs ``(0, result)`` with its own; on failure it must ``reset()`` it and let
+    :func:`encode_result` say why)."""
+    return msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe)
+
+
 class _Packers(threading.local):
     """One msgpack Packer per thread and mode: reusing it is 3x cheaper than ``packb``."""
 
     def __init__(self) -> None:
-        self.safe = msgpack.Packer(default=_default_safe)
-        self.pickle = msgpack.Packer(default=_default_pickle)
+        self.safe = packer(False)
+        self.pickle = packer(True)
 
 
 _packers = _Packers()

@@ -74,10 +74,12 @@ class Server:
         self._methods = {
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
+        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
         self._receiver = Receiver()
-        # requests come decoded from one native wait (memory signal path only)
+        # the serving loop and its lane, native (memory signal path only)
         self._intake = None if self._receiver.kernel else _native.RequestIntake(
-            self._receiver.fifo.address, wire.KIND_TABLE, self._execute)
+            self._receiver.fifo.address, wire.KIND_TABLE, self._methods, self.stats, msgpack.unpackb,
+            marshal.ext_hook(allow_pickle), marshal.packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
         self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
@@ -94,7 +96,6 @@ class Server:
         except BaseException:
             self._receiver.close()
             raise
-        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
 
     # -- first contact
     def _on_connect(self, address: int) -> None:
@@ -178,20 +179,35 @@ class Server:
             self.stats["dropped_frames"] += 1
 
     def _execute(self, data, limit: int) -> tuple[bytes, bool]:
+        """Run the call marshalled in ``data``: its reply payload, and whether it is an error."""
         self.stats["calls"] += 1
         try:
             method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle)
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
-            result = marshal.encode_result(fn(*args, **kwargs), allow_pickle=self.allow_pickle)
-            if len(result) > limit:
-                raise ValueError(f"the result ({len(result)} bytes) exceeds what the client's reply channel carries "
-                                 f"({limit} bytes); connect with more or larger slots, or use ombm.Stream")
-            return result, False
+            return self._result(fn(*args, **kwargs), limit), False
         except Exception as exc:  # the remote caller gets it as RemoteError
             self.stats["errors"] += 1
             return marshal.encode_error(exc), True
+
+    def _result(self, value, limit: int) -> bytes:
+        result = marshal.encode_result(value, allow_pickle=self.allow_pickle)
+        if len(result) > limit:
+            raise ValueError(f"the result ({len(result)} bytes) exceeds what the client's reply channel carries "
+                             f"({limit} bytes); connect with more or larger slots, or use ombm.Stream")
+        return result
+
+    def _finish(self, value, exc: Exception | None, limit: int) -> tuple[bytes, bool]:
+        """The end of a call the native lane ran whose outcome is not a plain result that fits:
+        the method raised ``exc``, or ``value`` does not marshal or fit (as :meth:`_execute`)."""
+        if exc is None:
+            try:
+                return self._result(value, limit), False
+            except Exception as failed:
+                exc = failed
+        self.stats["errors"] += 1
+        return marshal.encode_error(exc), True
 
     # -- liveness
     def _reap(self) -> None:

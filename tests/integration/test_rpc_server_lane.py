@@ -1,0 +1,154 @@
+"""The server lane (paper §4): the native serving loop answers simple calls itself and hands
+everything else to the protocol, which must then behave as if it had seen every call.
+
+A non-idempotent Counter served in a child process shows any call executed twice; raw frames
+written into a client's request channel play a retransmitting or confused client.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import ombm
+from ombm.rpc import RemoteError, marshal, wire
+from rpc_helpers import Children, expect, join, pattern, serve_started, service_name
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def counter():
+    """A fresh Counter service served by a child process."""
+    name = service_name("lane")
+    with Children() as children:
+        p, conn = children.spawn(serve_started, [(name, "counter")])
+        expect(conn, "constructed")
+        expect(conn, "ready")
+        yield name, p, conn
+
+
+def _stop(p, conn) -> list:
+    conn.send("stop")
+    stats = expect(conn, "result")["stats"]
+    assert join(p) == 0
+    return stats
+
+
+def _resend(cli, call_id: int, method: str, *args, ack: int | None = None) -> None:
+    """Write a CALL frame into the client's request channel as the client's lane frames it."""
+    message = marshal.encode_call(method, args, {})
+    cli._request.send(wire.encode(wire.Kind.CALL, cli._protocol.connection_id, call_id, message,
+                                  ack=call_id if ack is None else ack))
+
+
+def _next_reply(cli, timeout: float = 10.0):
+    """The next frame the server writes into the client's reply channel, or None."""
+    signal = cli._receiver.pop_wait(timeout)
+    if signal is None:
+        return None
+    return wire.decode(cli._reply.slot_view_at(signal[1]))
+
+
+def test_a_retransmitted_call_gets_its_cached_reply_and_runs_once(counter):
+    name, p, conn = counter
+    with ombm.rpc.connect(name, timeout=30.0) as cli:
+        assert [cli.increment() for _ in range(3)] == [1, 2, 3]  # served on the lane
+        last = cli._protocol._next_id - 1
+        _resend(cli, last, "increment")  # the reply was lost, say: the client sends the call again
+        frame = _next_reply(cli)
+        assert frame is not None and (frame.kind, frame.message_id) == (wire.Kind.REPLY, last)
+        assert marshal.decode_reply(frame.payload) == 3  # the cached reply, not a fourth run
+        _resend(cli, last - 1, "increment")  # stale: the client acked it long ago
+        assert _next_reply(cli, 0.3) is None
+        assert cli.increment() == 4 and cli.get() == 4  # and the lane serves again
+    assert _stop(p, conn)[0]["calls"] == 5
+
+
+def test_calls_that_do_not_ack_everything_before_them_go_through_the_protocol(counter):
+    name, p, conn = counter
+    with ombm.rpc.connect(name, timeout=30.0) as cli:
+        assert cli.increment() == 1
+        first = cli._protocol._next_id
+        cli._protocol._next_id += 2  # the client's later calls skip the two ids used here
+        _resend(cli, first + 1, "increment", ack=first)  # call first+1 while first is outstanding
+        _resend(cli, first, "increment", ack=first)  # then first: older than one delivered
+        replies = {f.message_id: marshal.decode_reply(f.payload) for f in (_next_reply(cli), _next_reply(cli))}
+        assert replies == {first + 1: 2, first: 3}
+        _resend(cli, first, "increment", ack=first)  # a duplicate of either is answered from the cache
+        frame = _next_reply(cli)
+        assert (frame.message_id, marshal.decode_reply(frame.payload)) == (first, 3)
+        assert [cli.increment() for _ in range(3)] == [4, 5, 6]
+    assert _stop(p, conn)[0]["calls"] == 6
+
+
+def test_a_result_of_several_frames_is_split_by_the_protocol_and_runs_once(counter):
+    name, p, conn = counter
+    with ombm.rpc.connect(name, timeout=30.0, slot_size=4096) as cli:
+        assert cli.increment() == 1
+        assert cli.blob(50_000) == pattern(50_000)  # run by the lane, sent in 13 frames
+        assert cli.increment() == 3
+        assert cli.blob(10) == pattern(10)
+        assert cli.get() == 4
+    _stop(p, conn)
+
+
+def test_errors_raised_in_the_lane_reach_the_caller(counter):
+    name, p, conn = counter
+    with ombm.rpc.connect(name, timeout=30.0) as cli:
+        with pytest.raises(RemoteError) as info:
+            cli.bump("not a number")  # TypeError inside the method
+        assert info.value.type_name == "TypeError" and "bump" in info.value.traceback
+        with pytest.raises(RemoteError, match="AttributeError"):
+            cli.no_such_method()
+        with pytest.raises(RemoteError, match="exceeds what the client's reply channel carries"):
+            cli.blob(10_000_000)
+        assert cli.increment() == 2  # blob ran once before its result was refused
+    stats = _stop(p, conn)[0]
+    assert (stats["calls"], stats["errors"]) == (4, 3)
+
+
+def test_mixed_calls_from_threads_execute_exactly_once(counter):
+    name, p, conn = counter
+    n, threads = 200, 4
+    results: list = []
+    with ombm.rpc.connect(name, timeout=30.0) as cli:
+        def work(k: int) -> None:
+            mine = []
+            for i in range(n):
+                if (i + k) % 5 == 0:
+                    mine.append(cli.call_async("increment").result(30.0))
+                elif (i + k) % 7 == 0:
+                    cli.oneway("bump")
+                else:
+                    mine.append(cli.increment())
+            results.extend(mine)
+
+        workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        assert not any(w.is_alive() for w in workers)
+        oneways = sum(1 for k in range(threads) for i in range(n) if (i + k) % 5 and (i + k) % 7 == 0)
+        assert len(results) == len(set(results)) == threads * n - oneways  # no increment ran twice
+        total = threads * n
+        value = cli.get()
+        for _ in range(3000):  # one-way calls are retransmitted until acknowledged
+            if value >= total:
+                break
+            value = cli.get()
+        assert value == total
+    _stop(p, conn)
+
+
+def test_keyboard_interrupt_in_a_method_ends_the_serving_loop_as_sigint_does(counter):
+    name, p, conn = counter
+    with ombm.rpc.connect(name, timeout=1.0) as cli:
+        assert cli.increment() == 1
+        with pytest.raises(ombm.rpc.CallTimeout):
+            cli.stop_now()  # delivered, never answered: the loop stopped
+        with pytest.raises(ombm.rpc.CallTimeout):
+            cli.increment()
+    assert _stop(p, conn)[0]["calls"] == 2  # and stop() still releases everything
