@@ -873,9 +873,10 @@ static PyTypeObject WriterType = {
 /* ---------------------------------------------------------------- the RPC call lane (rpc/client.py) */
 
 /* CallLane: a synchronous RPC call's no-loss path in one native call (paper §4: the timer
-   and the rest of the transport cost nothing when nothing is lost). call(message, call_id, ...)
-   frames the marshalled call (one CALL frame acking everything before it) into the next request
-   slot (its last byte signals the server), then waits (spin, then futex sleep) on the caller's
+   and the rest of the transport cost nothing when nothing is lost). call(method, args, kwargs,
+   call_id, ...) marshals the call with the lane's own msgpack Packer (the caller holds the
+   client's leader lock, so one thread at a time), frames it (one CALL frame acking everything
+   before it) into the next request slot (its last byte signals the server), then waits (spin, then futex sleep) on the caller's
    signal FIFO and takes the reply: the frame in the reply slot the signal names, copied out once
    with its checksum folded into the copy, and accepted only if it is a whole REPLY or ERROR_REPLY
    of this connection and call. A REPLY is unmarshalled here (unpack(payload, ext_hook=...,
@@ -889,6 +890,7 @@ static PyTypeObject WriterType = {
 #define LANE_ERROR_REPLY 2
 #define LANE_OTHER 3
 #define LANE_TIMEOUT 4
+#define LANE_UNSENT 5
 
 typedef struct {
     PyObject_HEAD
@@ -898,16 +900,23 @@ typedef struct {
     const unsigned char *reply_base;
     Py_ssize_t reply_size, reply_slot;
     unsigned long long connection_id;
+    Py_ssize_t max_payload;   /* the largest message in one frame */
+    PyObject *pack, *reset;   /* the call marshaller: a msgpack Packer's pack and reset (the lane's own) */
     PyObject *unpack, *ext_hook, *kwnames;  /* the reply unmarshaller (msgpack.unpackb) */
+    PyObject *message;        /* the last call's marshalled message (None before the first) */
 } CallLane;
 
 static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
-    PyObject *writer, *fifo_o, *unpack, *ext_hook;
+    PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook;
     unsigned long long reply_seg, reply_base, conn;
-    Py_ssize_t reply_size, reply_slot;
-    if (!PyArg_ParseTuple(args, "O!OKKnnKOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
-                          &reply_slot, &conn, &unpack, &ext_hook))
+    Py_ssize_t reply_size, reply_slot, max_payload;
+    if (!PyArg_ParseTuple(args, "O!OKKnnKnOOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
+                          &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook))
         return -1;
+    if (max_payload < 0 || max_payload + TRAILER > ((Writer *)writer)->unit) {
+        PyErr_SetString(PyExc_ValueError, "CallLane: max_payload does not fit the request channel's slots");
+        return -1;
+    }
     uintptr_t f;
     if (parse_addr(fifo_o, &f) < 0) return -1;
     if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
@@ -918,9 +927,19 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_TypeError, "CallLane: unpack must be callable");
         return -1;
     }
+    PyObject *pack = PyObject_GetAttrString(packer, "pack");
+    PyObject *reset = pack ? PyObject_GetAttrString(packer, "reset") : NULL;
     PyObject *kwnames = Py_BuildValue("(ss)", "ext_hook", "strict_map_key");
-    if (!kwnames) return -1;
+    if (!pack || !reset || !kwnames) {
+        Py_XDECREF(pack); Py_XDECREF(reset); Py_XDECREF(kwnames);
+        return -1;
+    }
+    Py_XSETREF(l->pack, pack);
+    Py_XSETREF(l->reset, reset);
     Py_XSETREF(l->kwnames, kwnames);
+    Py_INCREF(Py_None);
+    Py_XSETREF(l->message, Py_None);
+    l->max_payload = max_payload;
     Py_INCREF(writer);
     Py_XSETREF(l->request, (Writer *)writer);
     Py_INCREF(unpack);
@@ -937,11 +956,13 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
 }
 
 static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) {
-    Py_VISIT(l->request); Py_VISIT(l->unpack); Py_VISIT(l->ext_hook); Py_VISIT(l->kwnames);
+    Py_VISIT(l->request); Py_VISIT(l->pack); Py_VISIT(l->reset); Py_VISIT(l->unpack); Py_VISIT(l->ext_hook);
+    Py_VISIT(l->kwnames); Py_VISIT(l->message);
     return 0;
 }
 static int CallLane_clear(CallLane *l) {
-    Py_CLEAR(l->request); Py_CLEAR(l->unpack); Py_CLEAR(l->ext_hook); Py_CLEAR(l->kwnames);
+    Py_CLEAR(l->request); Py_CLEAR(l->pack); Py_CLEAR(l->reset); Py_CLEAR(l->unpack); Py_CLEAR(l->ext_hook);
+    Py_CLEAR(l->kwnames); Py_CLEAR(l->message);
     return 0;
 }
 static void CallLane_dealloc(CallLane *l) {
@@ -998,45 +1019,58 @@ static PyObject *lane_result(CallLane *l, PyObject *payload) {
     return result;
 }
 
-/* call(message, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
+/* call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
    (LANE_VALUE, result, ...), (LANE_REPLY | LANE_ERROR_REPLY, payload bytes, ...),
-   (LANE_OTHER, (segment id, offset), ...), (LANE_TIMEOUT, WAIT_* code, ...). */
+   (LANE_OTHER, (segment id, offset), ...), (LANE_TIMEOUT, WAIT_* code, ...), or (LANE_UNSENT,
+   None, 0) when the call does not marshal (as marshal.encode_call would: Python's says why) or
+   needs more than one frame: nothing was written. The message written stays in `message`. */
 static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "call(message, call_id, spin_ns, timeout_s, sleep_ok)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok)");
         return NULL;
     }
     if (!l->request) {
         PyErr_SetString(PyExc_ValueError, "CallLane is closed");
         return NULL;
     }
-    unsigned long long call_id = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long call_id = PyLong_AsUnsignedLongLong(args[3]);
     if (call_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     uint64_t spin_ns;
     double timeout_s;
     int sleep_ok;
-    if (parse_wait_policy(args + 2, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
-    if (!PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "CallLane.call: message must be bytes");
-        return NULL;
+    if (parse_wait_policy(args + 4, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    /* the message: (method, args, kwargs) as marshal.encode_call packs it */
+    if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
+        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
+    PyObject *triple = PyTuple_Pack(3, args[0], args[1], args[2]);
+    if (!triple) return NULL;
+    PyObject *message = PyObject_CallOneArg(l->pack, triple);
+    Py_DECREF(triple);
+    if (!message) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        PyObject *r = PyObject_CallNoArgs(l->reset);  /* never leave half a message in the buffer */
+        if (!r) return NULL;
+        Py_DECREF(r);
+        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
     }
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    if (n + TRAILER > l->request->unit) {
-        PyErr_SetString(PyExc_ValueError, "CallLane.call: message does not fit one frame");
-        return NULL;
+    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload) {
+        Py_DECREF(message);
+        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
     }
+    Py_XSETREF(l->message, message);
+    Py_ssize_t n = PyBytes_GET_SIZE(message);
     /* the CALL frame: message + trailer (ack = call id: the caller waits for nothing older) */
-    unsigned char tr[TRAILER];
+    PyObject *frame = PyBytes_FromStringAndSize(NULL, n + TRAILER);
+    if (!frame) return NULL;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
+    memcpy(d, PyBytes_AS_STRING(message), (size_t)n);
+    unsigned char *tr = d + n;
     put64(tr, l->connection_id); put64(tr + 8, call_id); put64(tr + 16, call_id);
     put32(tr + 24, (uint32_t)n); put32(tr + 28, 0);
     put16(tr + 32, 0); put16(tr + 34, 1);
     tr[36] = 1; tr[37] = 0; put16(tr + 38, FRAME_MAGIC);
-    PyObject *frame = PyBytes_FromStringAndSize(NULL, n + TRAILER);
-    if (!frame) return NULL;
-    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
-    memcpy(d, PyBytes_AS_STRING(args[0]), (size_t)n);
-    memcpy(d + n, tr, TRAILER_HEAD);
-    put64(d + n + 40, sum_copy(NULL, d, n + TRAILER_HEAD));
+    put64(tr + 40, sum_copy(NULL, d, n + TRAILER_HEAD));
     int rc = writer_send(l->request, (const char *)d, n + TRAILER);
     Py_DECREF(frame);
     if (rc < 0) return NULL;
@@ -1072,9 +1106,20 @@ static PyObject *CallLane_close(CallLane *l, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *CallLane_message(CallLane *l, void *closure) {
+    PyObject *m = l->message ? l->message : Py_None;
+    Py_INCREF(m);
+    return m;
+}
+
+static PyGetSetDef CallLane_getset[] = {
+    {"message", (getter)CallLane_message, NULL, "the last call's marshalled message (for its adoption)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef CallLane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
-     "call(message, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
+     "call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
     {"close", (PyCFunction)CallLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1085,13 +1130,14 @@ static PyTypeObject CallLaneType = {
     .tp_basicsize = sizeof(CallLane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "CallLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id, "
-              "unpack, ext_hook)",
+              "max_payload, packer, unpack, ext_hook)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)CallLane_init,
     .tp_dealloc = (destructor)CallLane_dealloc,
     .tp_traverse = (traverseproc)CallLane_traverse,
     .tp_clear = (inquiry)CallLane_clear,
     .tp_methods = CallLane_methods,
+    .tp_getset = CallLane_getset,
 };
 
 
@@ -1651,6 +1697,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "LANE_OTHER", LANE_OTHER);
     PyModule_AddIntConstant(m, "LANE_TIMEOUT", LANE_TIMEOUT);
     PyModule_AddIntConstant(m, "LANE_VALUE", LANE_VALUE);
+    PyModule_AddIntConstant(m, "LANE_UNSENT", LANE_UNSENT);
     PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
     PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
     PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);

@@ -373,7 +373,7 @@ def lane_frame(call_id: int, data: bytes) -> bytes:
 
 def test_lane_call_and_reply():
     c, s = pair()
-    call_id = c.begin_call(len(b"ping"))
+    call_id = c.begin_call()
     assert c.frames_to_send(0.0) == [] and c.get_timer() is None  # nothing for the timer
     [req] = to_server(c, s, 0.0, [lane_frame(call_id, b"ping")])
     assert req == RequestReceived(call_id, b"ping", False)
@@ -387,26 +387,30 @@ def test_lane_call_and_reply():
     assert c.send_request(b"next", 0.01) == call_id + 1
 
 
-def test_lane_end_without_a_sample_keeps_the_rto():
+def test_lane_calls_sample_the_rtt_first_and_then_one_in_eight():
     c, _ = pair()
-    rto = c.rto
-    c.end_call(c.begin_call(1), None)
-    assert c.rto == rto and c.statistics().srtt_s is None
+    samples = []
+    for i in range(1, 33):
+        srtt = c.statistics().srtt_s
+        c.end_call(c.begin_call(), 0.001 * i)
+        if c.statistics().srtt_s != srtt:
+            samples.append(i)
+    assert samples == [1, 8, 16, 24, 32]
 
 
 def test_lane_is_refused_while_anything_is_outstanding():
     c, _ = pair(max_payload=8)
-    assert c.begin_call(9) is None  # does not fit one frame
-    call_id = c.begin_call(8)
-    assert c.begin_call(1) is None  # the lane is taken
-    c.cancel(call_id)
+    call_id = c.begin_call()
+    assert c.begin_call() is None  # the lane is taken
+    c.unsent_call(call_id)  # its message needs several frames, say: given up, not counted
+    assert c.statistics().calls == 0
     c.send_request(b"z", 0.0)
-    assert c.begin_call(1) is None  # a call in flight
+    assert c.begin_call() is None  # a call in flight
 
 
 def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
     c, s = pair()
-    lane_id = c.begin_call(len(b"slow"))
+    lane_id = c.begin_call()
     other = c.send_request(b"meanwhile", 0.0)
     f = decode(memoryview(c.frames_to_send(0.0)[0]))
     assert (f.message_id, f.ack) == (other, lane_id)  # the server must keep the lane call's reply
@@ -430,12 +434,14 @@ def test_lane_misuse_raises_value_error():
     c, _ = pair()
     with pytest.raises(ValueError):
         c.end_call(1, 0.0)
-    call_id = c.begin_call(1)
+    call_id = c.begin_call()
     with pytest.raises(ValueError):
         c.adopt_call(call_id + 1, b"x", 0.0)
     c.adopt_call(call_id, b"x", 0.0)
     with pytest.raises(ValueError):
         c.end_call(call_id, 0.0)
+    with pytest.raises(ValueError):
+        c.unsent_call(call_id)
 
 
 # -- the server lane: the I/O layer serves simple requests itself (to_lane/from_lane)

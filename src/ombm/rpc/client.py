@@ -37,6 +37,7 @@ from .timer import timer
 
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
+_LANE_UNSENT = _native.LANE_UNSENT
 
 
 class _Pending:
@@ -81,7 +82,6 @@ class Client:
         self.service = namespace.validate_name(name)
         self.timeout = float(timeout)
         self.allow_pickle = allow_pickle
-        self._encode = functools.partial(marshal.encode_call, allow_pickle=True) if allow_pickle else marshal.encode_call
         self._closed = False
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
@@ -140,8 +140,8 @@ class Client:
             reply = self._reply.region
             self._lane = _native.CallLane(
                 self._request.writer, self._receiver.fifo.address, self._reply_segment,
-                reply.address, reply.size, self._reply.slot_size, conn_id,
-                msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
+                reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
+                marshal.packer(self.allow_pickle), msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
             )
 
     def _on_reply(self, address: int) -> None:
@@ -181,9 +181,7 @@ class Client:
     def _marshal(self, method: str, args: tuple, kwargs: dict) -> bytes:
         if self._closed:
             raise ClosedError("client is closed")
-        return self._fits(self._encode(method, args, kwargs))  # TypeError here
-
-    def _fits(self, data: bytes) -> bytes:
+        data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
         if len(data) > self._max_message:
             raise ValueError(
                 f"the call ({len(data)} bytes marshalled) exceeds what this connection's request channel carries "
@@ -215,49 +213,52 @@ class Client:
         """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
 
         A call made while no other call of this client is outstanding takes the fast lane:
-        the request is written, the reply waited for, taken and unmarshalled in one native call
-        (``_native.CallLane``), with no timer and no pending-call table. If anything else
-        comes first, or no reply within the RTO, the call joins the protocol's in-flight
-        calls as if sent the ordinary way (:meth:`ClientProtocol.adopt_call`).
+        the call is marshalled and written, the reply waited for, taken and unmarshalled in
+        one native call (``_native.CallLane``), with no timer and no pending-call table. If
+        anything else comes first, or no reply within the RTO, the call joins the protocol's
+        in-flight calls as if sent the ordinary way (:meth:`ClientProtocol.adopt_call`).
         """
-        if self._closed:
-            raise ClosedError("client is closed")
-        data = self._encode(method, args, kwargs)  # TypeError here
         lane = self._lane
         if lane is None or not self._leader.acquire(False):
-            return self._call_ordinary(self._fits(data))
-        lock = self._lock
-        lock.acquire()
-        call_id = self._protocol.begin_call(len(data))
-        lock.release()
-        if call_id is None or self._closed:
-            if call_id is not None:  # closed meanwhile (close() takes the leader lock to tear down)
-                with lock:
-                    self._protocol.cancel(call_id)
-                self._leader.release()
-                raise ClosedError("client is closed")
+            return self._call_ordinary(self._marshal(method, args, kwargs))
+        if self._closed:  # close() takes the leader lock to tear down: checked once leading
             self._leader.release()
-            return self._call_ordinary(self._fits(data))
+            raise ClosedError("client is closed")
+        lock, protocol = self._lock, self._protocol
+        lock.acquire()
+        call_id = protocol.begin_call()
+        lock.release()
+        if call_id is None:
+            self._leader.release()
+            return self._call_ordinary(self._marshal(method, args, kwargs))
         receiver = self._receiver
         try:
             spin_ns, sleep_ok, _ = receiver.wait_policy()
-            status, value, waited = lane.call(data, call_id, spin_ns, min(self._protocol.rto, self.timeout), sleep_ok)
+            rto, timeout = protocol.rto, self.timeout
+            status, value, waited = lane.call(method, args, kwargs, call_id, spin_ns,
+                                              rto if rto < timeout else timeout, sleep_ok)
             if status <= _LANE_ERROR_REPLY:  # the reply: done
                 receiver.waited(waited)
-                # no lock: this frees the lane (one store) and takes an RTT sample
-                self._protocol.end_call(call_id, waited * 1e-9)
+                # no lock: this frees the lane (one store) and may take an RTT sample
+                protocol.end_call(call_id, waited * 1e-9)
+                pending = None
+            elif status == _LANE_UNSENT:  # it does not marshal, or needs several frames
+                with lock:
+                    protocol.unsent_call(call_id)
                 pending = None
             else:
-                pending = self._adopt(call_id, data, status, value, waited)
+                pending = self._adopt(call_id, lane.message, status, value, waited)
         except BaseException:
             with lock:
-                self._protocol.cancel(call_id)
+                protocol.cancel(call_id)
                 self._pending.pop(call_id, None)
             self._leader.release()
             raise
         self._leader.release()
         if status == _LANE_VALUE:
             return value
+        if status == _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
+            return self._call_ordinary(self._marshal(method, args, kwargs))
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
             value = pending.data

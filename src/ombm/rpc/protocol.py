@@ -52,6 +52,8 @@ __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived
 _CALL, _ONEWAY, _REPLY, _ERROR_REPLY, _ACK = (Kind.CALL, Kind.ONEWAY, Kind.REPLY,
                                               Kind.ERROR_REPLY, Kind.ACK)
 
+LANE_RTT_SAMPLING = 8  # one call on the client's fast lane in this many takes an RTT sample
+
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
@@ -364,12 +366,13 @@ class ClientProtocol(_Outbox):
 
     # -- the fast lane (paper §4: the no-loss path never touches the timer)
 
-    def begin_call(self, size: int) -> int | None:
+    def begin_call(self) -> int | None:
         """Hand a synchronous call to the I/O layer's fast lane, if nothing else is outstanding.
 
-        Returns the call id when a message of ``size`` bytes fits one frame and no call is in
-        flight, queued or on the lane; else None (use :meth:`send_request`). The I/O layer
-        writes the message as one CALL frame acking every call before it (``ack`` = call id, as
+        Returns the call id when no call is in flight, queued or on the lane; else None (use
+        :meth:`send_request`). The I/O layer writes the call's message, which must fit one
+        frame (at most ``max_payload`` bytes; else it gives the call up: :meth:`unsent_call`),
+        as one CALL frame acking every call before it (``ack`` = call id, as
         :meth:`adopt_call` frames it), takes the reply itself (a whole REPLY/ERROR_REPLY frame
         of this connection and call: :meth:`receive_frame` would deliver exactly that), and
         then reports :meth:`end_call`; or, if anything else happens first (no reply within its
@@ -377,7 +380,7 @@ class ClientProtocol(_Outbox):
         ordinary one under the retransmission timer. Until then its id holds back the ack of
         later calls, so the server keeps its reply.
         """
-        if self._in_flight or self._queue or self._lane is not None or size > self.max_payload:
+        if self._in_flight or self._queue or self._lane is not None:
             return None
         call_id = self._next_id
         self._next_id = call_id + 1
@@ -385,14 +388,25 @@ class ClientProtocol(_Outbox):
         self._lane = call_id
         return call_id
 
-    def end_call(self, call_id: int, rtt: float | None) -> None:
-        """The lane's call got its reply ``rtt`` seconds after it was sent (None: no sample
-        taken): take the RTT sample and free the lane."""
+    def end_call(self, call_id: int, rtt: float) -> None:
+        """The lane's call got its reply ``rtt`` seconds after it was sent: free the lane.
+
+        One lane call in :data:`LANE_RTT_SAMPLING` gives an RTT sample (and the first): the
+        estimate needs no more than about one sample per round trip (RFC 6298 §3), and a
+        synchronous call is one round trip."""
         if self._lane != call_id:
             raise ValueError(f"call {call_id} is not on the lane")
         self._lane = None
-        if rtt is not None:
+        if not call_id % LANE_RTT_SAMPLING or self._rto.srtt is None:
             self._rto.sample(rtt)
+
+    def unsent_call(self, call_id: int) -> None:
+        """The lane's call was never sent (its message needs several frames, or does not
+        marshal): free the lane; the call is not counted and its id never used."""
+        if self._lane != call_id:
+            raise ValueError(f"call {call_id} is not on the lane")
+        self._lane = None
+        self._calls -= 1
 
     def adopt_call(self, call_id: int, data: bytes, sent_at: float) -> None:
         """Put the lane's call of message ``data``, sent once at ``sent_at``, under the timer as
