@@ -152,3 +152,29 @@ def test_keyboard_interrupt_in_a_method_ends_the_serving_loop_as_sigint_does(cou
         with pytest.raises(ombm.rpc.CallTimeout):
             cli.increment()
     assert _stop(p, conn)[0]["calls"] == 2  # and stop() still releases everything
+
+
+class _Sets:
+    def union(self, a, b):
+        return a | b
+
+    def as_set(self, items):
+        return set(items)
+
+
+def test_pickled_values_travel_both_lanes_only_when_allowed():
+    name = service_name("pickle")
+    with ombm.rpc.Server(name, _Sets(), allow_pickle=True).start():
+        with ombm.rpc.connect(name, timeout=30.0, allow_pickle=True) as cli:
+            assert cli.union({1}, {2}) == {1, 2}  # pickled out and back, both ends on their lane
+        with ombm.rpc.connect(name, timeout=30.0) as plain:
+            with pytest.raises(TypeError):
+                plain.union({1}, {2})  # refused at the caller, nothing sent
+            with pytest.raises(marshal.UnmarshalError, match="allow_pickle"):
+                plain.as_set([1, 2])  # the server pickles the result; this client refuses it
+            assert plain.union(1, 2) == 3
+    name = service_name("nopickle")
+    with ombm.rpc.Server(name, _Sets()).start():
+        with ombm.rpc.connect(name, timeout=30.0, allow_pickle=True) as cli:
+            with pytest.raises(RemoteError, match="allow_pickle"):
+                cli.union({1}, {2})  # the server refuses to unpickle
