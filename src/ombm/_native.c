@@ -535,6 +535,22 @@ static inline uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p,
 static inline uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint16_t get16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
+/* A frame as bytes: payload + trailer (fragment index/count, credit as given). */
+static PyObject *frame_bytes(unsigned kind, uint64_t conn, uint64_t msg, const void *payload, Py_ssize_t plen,
+                             unsigned idx, unsigned count, uint64_t ack, uint32_t credit) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, plen + TRAILER);
+    if (!out) return NULL;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(d, payload, (size_t)plen);
+    unsigned char *t = d + plen;
+    put64(t, conn); put64(t + 8, msg); put64(t + 16, ack);
+    put32(t + 24, (uint32_t)plen); put32(t + 28, credit);
+    put16(t + 32, (uint16_t)idx); put16(t + 34, (uint16_t)count);
+    t[36] = (unsigned char)kind; t[37] = 0; put16(t + 38, FRAME_MAGIC);
+    put64(t + 40, sum_copy(NULL, d, plen + TRAILER_HEAD));
+    return out;
+}
+
 /* frame_encode(kind, connection_id, message_id, payload, frag_index, frag_count, ack, credit) -> bytes */
 static PyObject *n_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 8) {
@@ -565,16 +581,8 @@ static PyObject *n_frame_encode(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "payload too large for a frame");
         return NULL;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, p.len + TRAILER);
-    if (!out) { PyBuffer_Release(&p); return NULL; }
-    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
-    memcpy(d, p.buf, (size_t)p.len);
-    unsigned char *t = d + p.len;
-    put64(t, conn); put64(t + 8, msg); put64(t + 16, ack);
-    put32(t + 24, (uint32_t)p.len); put32(t + 28, (uint32_t)credit);
-    put16(t + 32, (uint16_t)idx); put16(t + 34, (uint16_t)count);
-    t[36] = (unsigned char)kind; t[37] = 0; put16(t + 38, FRAME_MAGIC);
-    put64(t + 40, sum_copy(NULL, d, p.len + TRAILER_HEAD));
+    PyObject *out = frame_bytes((unsigned)kind, conn, msg, p.buf, p.len, (unsigned)idx, (unsigned)count, ack,
+                                (uint32_t)credit);
     PyBuffer_Release(&p);
     return out;
 }
@@ -762,7 +770,8 @@ out:
 
 /* Copy n bytes to end at the end of the next unit (round robin), raising that unit's signal:
    an RPC channel's send (rpc/channel.py), whose units are its slots. 0, or -1 with an exception. */
-static int writer_send(Writer *w, const char *src, Py_ssize_t n) {
+/* The next unit (round robin) for a message of n bytes: its start offset, or -1 with an exception. */
+static Py_ssize_t writer_next_unit(Writer *w, Py_ssize_t n) {
     Py_ssize_t unit = w->unit;
     if (!w->base || !unit || w->size % unit) {
         PyErr_SetString(PyExc_ValueError, "Writer.send: closed, or not a binding cut into whole signalling units");
@@ -775,9 +784,33 @@ static int writer_send(Writer *w, const char *src, Py_ssize_t n) {
     Py_ssize_t slot = w->next_unit;
     if (slot < 0 || slot >= w->size / unit) slot = 0;
     w->next_unit = slot + 1 < w->size / unit ? slot + 1 : 0;
-    Py_ssize_t end = (slot + 1) * unit;
-    memcpy(w->base + end - n, src, (size_t)n);
-    return n ? writer_deliver(w, slot * unit) : 0;
+    return slot * unit;
+}
+
+static int writer_send(Writer *w, const char *src, Py_ssize_t n) {
+    Py_ssize_t start = writer_next_unit(w, n);
+    if (start < 0) return -1;
+    memcpy(w->base + start + w->unit - n, src, (size_t)n);
+    return n ? writer_deliver(w, start) : 0;
+}
+
+/* Write one whole RPC frame (see rpc/wire.py) of `payload` into the next unit, raising its
+   signal: the payload and trailer go straight into the slot and the checksum is summed there,
+   the last 8 bytes written (no frame built aside). Whoever could change the slot meanwhile is
+   its reader, who only spoils its own copy. 0, or -1 with an exception. */
+static int writer_send_frame(Writer *w, unsigned kind, uint64_t conn, uint64_t msg, uint64_t ack,
+                             const char *payload, Py_ssize_t plen) {
+    Py_ssize_t n = plen + TRAILER;
+    Py_ssize_t start = writer_next_unit(w, n);
+    if (start < 0) return -1;
+    unsigned char *d = w->base + start + w->unit - n, *t = d + plen;
+    memcpy(d, payload, (size_t)plen);
+    put64(t, conn); put64(t + 8, msg); put64(t + 16, ack);
+    put32(t + 24, (uint32_t)plen); put32(t + 28, 0);
+    put16(t + 32, 0); put16(t + 34, 1);
+    t[36] = (unsigned char)kind; t[37] = 0; put16(t + 38, FRAME_MAGIC);
+    put64(t + 40, sum_copy(NULL, d, plen + TRAILER_HEAD));
+    return writer_deliver(w, start);
 }
 
 static PyObject *Writer_send(Writer *w, PyObject *data) {
@@ -1059,21 +1092,10 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
         return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
     }
     Py_XSETREF(l->message, message);
-    Py_ssize_t n = PyBytes_GET_SIZE(message);
-    /* the CALL frame: message + trailer (ack = call id: the caller waits for nothing older) */
-    PyObject *frame = PyBytes_FromStringAndSize(NULL, n + TRAILER);
-    if (!frame) return NULL;
-    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
-    memcpy(d, PyBytes_AS_STRING(message), (size_t)n);
-    unsigned char *tr = d + n;
-    put64(tr, l->connection_id); put64(tr + 8, call_id); put64(tr + 16, call_id);
-    put32(tr + 24, (uint32_t)n); put32(tr + 28, 0);
-    put16(tr + 32, 0); put16(tr + 34, 1);
-    tr[36] = 1; tr[37] = 0; put16(tr + 38, FRAME_MAGIC);
-    put64(tr + 40, sum_copy(NULL, d, n + TRAILER_HEAD));
-    int rc = writer_send(l->request, (const char *)d, n + TRAILER);
-    Py_DECREF(frame);
-    if (rc < 0) return NULL;
+    /* one CALL frame, ack = call id: the caller waits for nothing older */
+    if (writer_send_frame(l->request, 1, l->connection_id, call_id, call_id, PyBytes_AS_STRING(message),
+                          PyBytes_GET_SIZE(message)) < 0)
+        return NULL;
     uintptr_t f = l->fifo;
     uint64_t waited;
     int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
@@ -1169,15 +1191,16 @@ typedef struct {
     int active;               /* the lane holds the connection's state */
     unsigned long long last;  /* the highest call id delivered */
     unsigned long long served, replied;  /* requests served on the lane since lane() */
-    PyObject *frame;          /* the reply frame of `last` if the lane served it, else NULL */
+    PyObject *reply_payload;  /* the reply to `last` if the lane served it (payload bytes), else NULL */
+    unsigned reply_kind;      /* and its kind: REPLY or ERROR_REPLY */
 } IntakeEntry;
 
 static int IntakeEntry_traverse(IntakeEntry *e, visitproc visit, void *arg) {
-    Py_VISIT(e->conn); Py_VISIT(e->reply); Py_VISIT(e->limit); Py_VISIT(e->frame);
+    Py_VISIT(e->conn); Py_VISIT(e->reply); Py_VISIT(e->limit); Py_VISIT(e->reply_payload);
     return 0;
 }
 static int IntakeEntry_clear(IntakeEntry *e) {
-    Py_CLEAR(e->conn); Py_CLEAR(e->reply); Py_CLEAR(e->limit); Py_CLEAR(e->frame);
+    Py_CLEAR(e->conn); Py_CLEAR(e->reply); Py_CLEAR(e->limit); Py_CLEAR(e->reply_payload);
     return 0;
 }
 static void IntakeEntry_dealloc(IntakeEntry *e) {
@@ -1403,7 +1426,8 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
     e->limit = limit;
     e->active = 0;
     e->last = e->served = e->replied = 0;
-    e->frame = NULL;
+    e->reply_payload = NULL;
+    e->reply_kind = 0;
     PyObject_GC_Track(e);
     int rc = PyDict_SetItem(x->channels, seg, (PyObject *)e);
     Py_DECREF(e);
@@ -1429,11 +1453,19 @@ static IntakeEntry *intake_entry(RequestIntake *x, PyObject *seg) {
 /* The lane's state as the protocol takes it back: (served, replied, last, reply frame or None);
    the lane is off afterwards. */
 static PyObject *lane_handback(IntakeEntry *e) {
-    PyObject *r = Py_BuildValue("(KKKO)", e->served, e->replied, e->last, e->frame ? e->frame : Py_None);
+    PyObject *frame = Py_None;
+    if (e->reply_payload) {  /* the reply cache, framed as the lane wrote it */
+        frame = frame_bytes(e->reply_kind, e->connection_id, e->last, PyBytes_AS_STRING(e->reply_payload),
+                            PyBytes_GET_SIZE(e->reply_payload), 0, 1, 0, 0);
+        if (!frame) return NULL;
+    } else {
+        Py_INCREF(frame);
+    }
+    PyObject *r = Py_BuildValue("(KKKN)", e->served, e->replied, e->last, frame);
     if (!r) return NULL;
     e->active = 0;
     e->served = e->replied = 0;
-    Py_CLEAR(e->frame);
+    Py_CLEAR(e->reply_payload);
     return r;
 }
 
@@ -1456,7 +1488,7 @@ static PyObject *RequestIntake_lane(RequestIntake *x, PyObject *const *args, Py_
     e->active = 1;
     e->last = last;
     e->served = e->replied = 0;
-    Py_CLEAR(e->frame);
+    Py_CLEAR(e->reply_payload);
     Py_RETURN_TRUE;
 }
 
@@ -1523,7 +1555,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
         Py_DECREF(payload);
         e->last = call_id;
         e->served++;
-        Py_CLEAR(e->frame);
+        Py_CLEAR(e->reply_payload);
         return -1;
     }
     PyObject *data;
@@ -1535,7 +1567,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
         Py_DECREF(executed);
         e->last = call_id;
         e->served++;
-        Py_CLEAR(e->frame);
+        Py_CLEAR(e->reply_payload);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "execute must return (bytes, bool)");
         return -1;
     }
@@ -1553,22 +1585,14 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
         return *out ? 0 : -1;
     }
     Py_DECREF(payload);
-    PyObject *frame = PyBytes_FromStringAndSize(NULL, dlen + TRAILER);
-    if (!frame) { Py_DECREF(executed); return -1; }
-    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(frame);
-    memcpy(d, PyBytes_AS_STRING(data), (size_t)dlen);
-    Py_DECREF(executed);
-    unsigned char *r = d + dlen;
-    put64(r, e->connection_id); put64(r + 8, call_id); put64(r + 16, 0);
-    put32(r + 24, (uint32_t)dlen); put32(r + 28, 0);
-    put16(r + 32, 0); put16(r + 34, 1);
-    r[36] = error ? 4 : 3; r[37] = 0; put16(r + 38, FRAME_MAGIC);
-    put64(r + 40, sum_copy(NULL, d, dlen + TRAILER_HEAD));
     e->last = call_id;
     e->served++;
     e->replied++;
-    Py_XSETREF(e->frame, frame);  /* the reply cache: sent again if the request comes again */
-    if (writer_send(e->reply, (const char *)d, dlen + TRAILER) < 0) {
+    Py_INCREF(data);
+    Py_XSETREF(e->reply_payload, data);  /* the reply cache: sent again if the request comes again */
+    e->reply_kind = error ? 4 : 3;
+    Py_DECREF(executed);
+    if (writer_send_frame(e->reply, e->reply_kind, e->connection_id, call_id, 0, PyBytes_AS_STRING(data), dlen) < 0) {
         if (e->reply->base) return -1;
         PyErr_Clear();  /* the method closed the connection (e.g. it stopped the server): lost */
     }

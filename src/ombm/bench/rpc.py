@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import msgpack
+
 import ombm
 from ombm import _native
 from ombm.rpc import marshal, wire
@@ -191,35 +193,49 @@ def _connect_disconnect(name: str, iterations: int) -> dict[str, Latency]:
 
 
 def breakdown(size: int, iterations: int) -> dict[str, float]:
-    """Median µs of each part of an echo call of ``size`` bytes, in this process."""
+    """µs of each part of an echo call of ``size`` bytes as the two lanes do it, in this process:
+    each part run ``iterations`` times in batches, the median batch's mean (so the clock's own
+    cost, about 0.1 µs a reading, is not charged to parts that take less)."""
     payload = _payload(size)
-    call = marshal.encode_call("echo", (payload,), {})
-    result = marshal.encode_result(payload)
-    request_frame = wire.encode(wire.Kind.CALL, 7, 1, call, ack=1)
-    reply_frame = wire.encode(wire.Kind.REPLY, 7, 1, result)
+    pack, unpack, hook = marshal.packer().pack, msgpack.unpackb, marshal.ext_hook()
+    call = pack(("echo", (payload,), {}))
+    result = pack((0, payload))
+    encode, decode, kinds = wire.raw_encode, wire.raw_decode, wire.KIND_TABLE
+    request_frame = encode(wire.Kind.CALL, 7, 1, call, 0, 1, 1, 0)
+    reply_frame = encode(wire.Kind.REPLY, 7, 1, result, 0, 1, 0, 0)
+    request_view, reply_view = memoryview(request_frame), memoryview(reply_frame)
+    request_sum, reply_sum = request_view[:-8], reply_view[:-8]  # what the trailer's checksum covers
     parts = {
-        "marshal call": lambda: marshal.encode_call("echo", (payload,), {}),
-        "unmarshal call": lambda: marshal.decode_call(call),
-        "marshal result": lambda: marshal.encode_result(payload),
-        "unmarshal reply": lambda: marshal.decode_reply(result),
-        "frame encode, request + reply": lambda: (wire.encode(wire.Kind.CALL, 7, 1, call, ack=1),
-                                                  wire.encode(wire.Kind.REPLY, 7, 1, result)),
-        "frame decode + checksum, request + reply": lambda: (wire.decode_fields(memoryview(request_frame)),
-                                                             wire.decode_fields(memoryview(reply_frame))),
-        "checksum alone, 4 passes": lambda: (_checksum(request_frame[:-8]), _checksum(reply_frame[:-8]),
-                                             _checksum(request_frame[:-8]), _checksum(reply_frame[:-8])),
+        "marshal call": lambda: pack(("echo", (payload,), {})),
+        "unmarshal call": lambda: unpack(call, ext_hook=hook, strict_map_key=False),
+        "marshal result": lambda: pack((0, payload)),
+        "unmarshal reply": lambda: unpack(result, ext_hook=hook, strict_map_key=False),
+        "frame encode, request + reply": lambda: (encode(wire.Kind.CALL, 7, 1, call, 0, 1, 1, 0),
+                                                  encode(wire.Kind.REPLY, 7, 1, result, 0, 1, 0, 0)),
+        "frame decode + checksum, request + reply": lambda: (decode(request_view, kinds), decode(reply_view, kinds)),
+        "checksum alone, 4 passes": lambda: (_checksum(request_sum), _checksum(reply_sum),
+                                             _checksum(request_sum), _checksum(reply_sum)),
         "protocol round (incl. framing)": _protocol_round(call, result),
     }
-    found = {name: median(core.timed(operation, iterations)) for name, operation in parts.items()}
+    found = {name: _per_call(operation, iterations) for name, operation in parts.items()}
     with _channel() as channel:
-        address = channel.region.address
-        found["channel write, request + reply"] = 2 * median(
-            core.timed(lambda: channel.send(request_frame), iterations))
-        found["slot lookup, request + reply"] = 2 * median(
-            core.timed(lambda: channel.slot_view(address), iterations))
+        found["channel write, request + reply"] = 2 * _per_call(lambda: channel.send(request_frame), iterations)
     found["protocol logic"] = found["protocol round (incl. framing)"] - found["frame encode, request + reply"] \
         - found["frame decode + checksum, request + reply"]
     return found
+
+
+def _per_call(operation: Callable[[], Any], iterations: int, batches: int = 20) -> float:
+    """The median over ``batches`` batches of the mean µs of one ``operation``."""
+    clock = time.perf_counter_ns
+    size = max(1, iterations // batches)
+    means = []
+    for _ in range(batches):
+        start = clock()
+        for _ in range(size):
+            operation()
+        means.append((clock() - start) / size / 1000)
+    return median(means)
 
 
 _checksum = _native.checksum
@@ -428,7 +444,6 @@ _TABLE2_ROWS = (  # (component, in the sum?)
     ("marshal call", True),
     ("frame encode, request + reply", True),
     ("signal round trip", True),
-    ("slot lookup, request + reply", True),
     ("frame decode + checksum, request + reply", True),
     ("unmarshal call", True),
     ("marshal result", True),
@@ -453,15 +468,17 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
     rows.append(["**sum**", *(f"**{us(sums[s])}**" for s in sizes)])
     measured = {s: _median(result, "cross-cpu", "ombm", s) for s in sizes}
     rows.append(["measured call (cross-cpu)", *(us(measured[s]) for s in sizes)])
-    rows.append(["rest: client/server glue (locks, pending table, wait loop)",
+    rows.append(["rest: the Python of both ends (call, locks, wait policy, serving loop), method",
                  *(us(measured[s] - sums[s]) for s in sizes)])
     return [
         "### Where an ombm call's time goes (paper Table 2 shape)", "",
-        "Each part timed alone in this process (median µs of "
-        f"{result.plan.breakdown:,} runs), beside the signal round trip (32-byte write + signal each way, "
-        "cross-cpu, adaptive) and the measured echo call. *Protocol logic*: one call's transport work as "
-        "the lanes do it (`ClientProtocol.begin_call`/`end_call`; the server lane's bookkeeping is a few "
-        "native compares), less its frame encoding and decoding. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
+        "Each part as the two lanes do it (the client's `_native.CallLane`, the server's "
+        "`_native.RequestIntake`), timed alone in this process: the mean of a batch, median of 20 batches "
+        f"over {result.plan.breakdown:,} runs, beside the signal round trip (32-byte write + signal each way, "
+        "cross-cpu, adaptive) and the measured echo call. The lanes marshal with a msgpack `Packer` and "
+        "unmarshal with `msgpack.unpackb`, the rows call the same. *Protocol logic*: the client's "
+        "bookkeeping (`ClientProtocol.begin_call`/`end_call`; the server lane's is a few native compares). "
+        "*of which* rows are already inside a row above: the channel writes (copy into the slot; "
         "no receiver, so no signal) inside the signal round trip, the standalone checksum of each frame "
         "(encode and decode, request and reply) inside the framing rows (decoding folds it into its copy). "
         "*rest* is what the parts do not explain: it can be negative, the parts timed alone are not exactly "
