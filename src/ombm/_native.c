@@ -304,12 +304,18 @@ static PyObject *n_fifo_skip_stalled(PyObject *self, PyObject *arg) {
     Py_RETURN_TRUE;
 }
 
-/* Set by do_wait when its last spin saw a sched_yield run another thread (per thread). */
+/* Set by do_wait when its last yield ran another thread on this CPU (per thread). */
 static _Thread_local int yield_hint = 0;
 #define YIELD_RAN_OTHER_NS 1500ull
+/* How long a spin only polls (reading the clock between checks) before it pauses and yields,
+   unless the hint says the peer shares this CPU. A sched_yield is a system call (a few hundred
+   ns here) during which a signal that arrives goes unseen, and a peer on another CPU usually
+   answers within this. No pause either: under KVM a run of pauses longer than the
+   pause-loop-exit window (about 4,096 cycles) makes the host deschedule this vCPU. */
+#define QUIET_SPIN_NS 3000ull
 
-/* Spin (pause, and sched_yield so a peer on the same CPU can run) for spin_ns,
-   then announce sleep, re-check, and sleep on the futex until timeout.
+/* Spin (poll for QUIET_SPIN_NS, then pause and sched_yield, so a peer on the same CPU can run) for
+   spin_ns, then announce sleep, re-check, and sleep on the futex until timeout.
    Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
 static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
@@ -320,16 +326,23 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
     unsigned iter = 0;
     /* A yield that took long ran another thread on this CPU: likely the peer we wait for
        (both on one CPU). Then pausing only delays it: yield at every check, in this wait
-       and, through the thread's hint, from the start of the next. */
-    unsigned every = yield_hint ? 1 : 16;
-    int shared = 0;
+       and, through the thread's hint, from the start of the next; a fast yield clears it. */
+    int shared = yield_hint, yielded = 0;
+    unsigned every = shared ? 1 : 16;
+    if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
+        uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
+        while (now_ns() < quiet_end)
+            if (fifo_ready(f)) { result = WAIT_READY; goto done; }
+    }
     for (;;) {
         if (fifo_ready(f)) { result = WAIT_READY; goto done; }
         if (++iter % every == 0) {
             uint64_t t = now_ns();
             if (t >= spin_end) break;
             sched_yield();
-            if (now_ns() - t > YIELD_RAN_OTHER_NS) { shared = 1; every = 1; }
+            yielded = 1;
+            shared = now_ns() - t > YIELD_RAN_OTHER_NS;
+            if (shared) every = 1;
         } else {
             cpu_relax();
         }
@@ -353,7 +366,7 @@ static int do_wait(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok
     }
     atomic_store_explicit(sleep, 0, memory_order_relaxed);
 done:
-    yield_hint = shared;
+    if (yielded) yield_hint = shared;
     *waited_ns = now_ns() - start;
     return result;
 }
