@@ -919,24 +919,34 @@ static PyTypeObject WriterType = {
 /* ---------------------------------------------------------------- the RPC call lane (rpc/client.py) */
 
 /* CallLane: a synchronous RPC call's no-loss path in one native call (paper §4: the timer
-   and the rest of the transport cost nothing when nothing is lost). call(method, args, kwargs,
-   call_id, ...) marshals the call with the lane's own msgpack Packer (the caller holds the
-   client's leader lock, so one thread at a time), frames it (one CALL frame acking everything
-   before it) into the next request slot (its last byte signals the server), then waits (spin, then futex sleep) on the caller's
-   signal FIFO and takes the reply: the frame in the reply slot the signal names, copied out once
-   with its checksum folded into the copy, and accepted only if it is a whole REPLY or ERROR_REPLY
-   of this connection and call. A REPLY is unmarshalled here (unpack(payload, ext_hook=...,
-   strict_map_key=False)) when it is a plain result; anything else is handed back to Python
-   untouched by policy: the raw reply (an error, or a reply the unmarshaller refused: Python's
-   decode raises the documented error), a signal for another segment or a frame the lane does not
-   take (LANE_OTHER, with the signal), or no signal by the timeout (LANE_TIMEOUT); the client then
-   puts the call under the retransmission timer. */
+   and the rest of the transport cost nothing when nothing is lost).
+
+   While nothing else of the client is outstanding, the Python ClientProtocol *lends* the lane
+   its call ids (lend(next_id, patience)): from then on call(method, args, kwargs, ...) takes the
+   next id itself, marshals the call with the lane's own msgpack Packer (the caller leads the
+   client's receiver, so one thread at a time), writes one CALL frame acking everything before
+   it straight into the next request slot (its last byte signals the server), waits (spin, then
+   futex sleep) on the caller's signal FIFO and takes the reply: the frame in the reply slot the
+   signal names, copied out once with its checksum folded into the copy, and accepted only if it
+   is a whole REPLY or ERROR_REPLY of this connection and call. A REPLY that unmarshals to
+   [0, result] (unpack(payload, ext_hook=..., strict_map_key=False)) is the call's value; the
+   lane counts the call and remembers its round trip, and that is all the protocol would have
+   done. reclaim() gives the protocol its state back: the next id, the calls made, the call in
+   progress if any, the last round trip.
+
+   Everything else is handed back to Python untouched by policy, with the call id when the call
+   is now the protocol's to settle: the raw reply (an error, or a reply the native unmarshal
+   refused: Python's decode raises the documented error), a signal for another segment or a frame
+   the lane does not take (LANE_OTHER, with the signal), no signal within the patience
+   (LANE_TIMEOUT), a call that does not marshal or fit one frame (LANE_UNSENT: nothing written,
+   no id taken), or no lent state (LANE_NOT_LENT). */
 #define LANE_VALUE 0       /* in the order Python tests them: <= LANE_ERROR_REPLY is a reply */
 #define LANE_REPLY 1
 #define LANE_ERROR_REPLY 2
 #define LANE_OTHER 3
 #define LANE_TIMEOUT 4
 #define LANE_UNSENT 5
+#define LANE_NOT_LENT 6
 
 typedef struct {
     PyObject_HEAD
@@ -950,6 +960,11 @@ typedef struct {
     PyObject *pack, *reset;   /* the call marshaller: a msgpack Packer's pack and reset (the lane's own) */
     PyObject *unpack, *ext_hook, *kwnames;  /* the reply unmarshaller (msgpack.unpackb) */
     PyObject *message;        /* the last call's marshalled message (None before the first) */
+    /* the protocol state lent by lend(), given back by reclaim() */
+    int lent;
+    unsigned long long next_id, calls, current;  /* current: the call on its way, 0 if none */
+    uint64_t rtt_ns;          /* the last call's round trip, 0 if none since lend() */
+    double patience_s;        /* how long a call waits on the lane before it goes to the timer */
 } CallLane;
 
 static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
@@ -985,6 +1000,9 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *kw) {
     Py_XSETREF(l->kwnames, kwnames);
     Py_INCREF(Py_None);
     Py_XSETREF(l->message, Py_None);
+    l->lent = 0;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
     l->max_payload = max_payload;
     Py_INCREF(writer);
     Py_XSETREF(l->request, (Writer *)writer);
@@ -1065,29 +1083,30 @@ static PyObject *lane_result(CallLane *l, PyObject *payload) {
     return result;
 }
 
-/* call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns):
+/* call(method, args, kwargs, spin_ns, sleep_ok) -> (status, value, waited_ns, call_id):
    (LANE_VALUE, result, ...), (LANE_REPLY | LANE_ERROR_REPLY, payload bytes, ...),
-   (LANE_OTHER, (segment id, offset), ...), (LANE_TIMEOUT, WAIT_* code, ...), or (LANE_UNSENT,
-   None, 0) when the call does not marshal (as marshal.encode_call would: Python's says why) or
-   needs more than one frame: nothing was written. The message written stays in `message`. */
+   (LANE_OTHER, (segment id, offset), ...), (LANE_TIMEOUT, WAIT_* code, ...), (LANE_UNSENT, None,
+   0, 0) or (LANE_NOT_LENT, None, 0, 0). call_id is 0 when the lane settled the call itself (a
+   reply while the state stayed lent), else the id of the call the protocol must settle (a reply
+   after reclaim(): end it; LANE_OTHER, LANE_TIMEOUT: adopt it). The message written stays in
+   `message`. */
 static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok)");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "call(method, args, kwargs, spin_ns, sleep_ok)");
         return NULL;
     }
     if (!l->request) {
         PyErr_SetString(PyExc_ValueError, "CallLane is closed");
         return NULL;
     }
-    unsigned long long call_id = PyLong_AsUnsignedLongLong(args[3]);
-    if (call_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    uint64_t spin_ns;
-    double timeout_s;
-    int sleep_ok;
-    if (parse_wait_policy(args + 4, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    uint64_t spin_ns = PyLong_AsUnsignedLongLong(args[3]);
+    if (spin_ns == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    int sleep_ok = PyObject_IsTrue(args[4]);
+    if (sleep_ok < 0) return NULL;
+    if (!l->lent) return Py_BuildValue("(iOii)", LANE_NOT_LENT, Py_None, 0, 0);
     /* the message: (method, args, kwargs) as marshal.encode_call packs it */
     if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
-        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
+        return Py_BuildValue("(iOii)", LANE_UNSENT, Py_None, 0, 0);
     PyObject *triple = PyTuple_Pack(3, args[0], args[1], args[2]);
     if (!triple) return NULL;
     PyObject *message = PyObject_CallOneArg(l->pack, triple);
@@ -1098,41 +1117,95 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
         PyObject *r = PyObject_CallNoArgs(l->reset);  /* never leave half a message in the buffer */
         if (!r) return NULL;
         Py_DECREF(r);
-        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
+        return Py_BuildValue("(iOii)", LANE_UNSENT, Py_None, 0, 0);
     }
-    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload) {
-        Py_DECREF(message);
-        return Py_BuildValue("(iOi)", LANE_UNSENT, Py_None, 0);
+    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent) {
+        Py_DECREF(message);  /* (lent again: packing ran Python code, which may have reclaimed) */
+        return Py_BuildValue("(iOii)", l->lent ? LANE_UNSENT : LANE_NOT_LENT, Py_None, 0, 0);
     }
     Py_XSETREF(l->message, message);
+    /* the id is taken before the write, which may run Python code (a route to look up, a
+       wake-up to count) and so let another thread reclaim the state */
+    unsigned long long call_id = l->next_id++;
+    l->calls++;
+    l->current = call_id;
     /* one CALL frame, ack = call id: the caller waits for nothing older */
     if (writer_send_frame(l->request, 1, l->connection_id, call_id, call_id, PyBytes_AS_STRING(message),
                           PyBytes_GET_SIZE(message)) < 0)
-        return NULL;
+        return NULL;  /* the call stays current, for the protocol to cancel */
     uintptr_t f = l->fifo;
     uint64_t waited;
-    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
-    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
+    int r = wait_signal(f, spin_ns, l->patience_s, sleep_ok, &waited);
+    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays current, for the protocol to cancel */
+    /* Python may have run meanwhile (another thread, a signal handler): the state may be reclaimed */
+    unsigned long long settle = l->lent ? 0 : call_id;
     uint64_t seg, off;
     if (r != WAIT_READY || !fifo_take(f, &seg, &off))
-        return Py_BuildValue("(iiK)", LANE_TIMEOUT, r == WAIT_READY ? WAIT_TIMEOUT : r, (unsigned long long)waited);
+        return Py_BuildValue("(iiKK)", LANE_TIMEOUT, r == WAIT_READY ? WAIT_TIMEOUT : r, (unsigned long long)waited,
+                             call_id);
     if (seg == l->reply_seg) {
         unsigned kind = 0;
         PyObject *payload = lane_take_reply(l, off, call_id, &kind);
         if (payload) {
+            if (!settle) {  /* the call is over: what the protocol's end_call would do */
+                l->current = 0;
+                l->rtt_ns = waited ? waited : 1;
+            }
             if (kind == 3) {
                 PyObject *result = lane_result(l, payload);
                 if (result) {
                     Py_DECREF(payload);
-                    return Py_BuildValue("(iNK)", LANE_VALUE, result, (unsigned long long)waited);
+                    return Py_BuildValue("(iNKK)", LANE_VALUE, result, (unsigned long long)waited, settle);
                 }
                 if (PyErr_Occurred()) { Py_DECREF(payload); return NULL; }
             }
-            return Py_BuildValue("(iNK)", kind == 4 ? LANE_ERROR_REPLY : LANE_REPLY, payload, (unsigned long long)waited);
+            return Py_BuildValue("(iNKK)", kind == 4 ? LANE_ERROR_REPLY : LANE_REPLY, payload,
+                                 (unsigned long long)waited, settle);
         }
     }
-    return Py_BuildValue("(i(KK)K)", LANE_OTHER, (unsigned long long)seg, (unsigned long long)off,
-                         (unsigned long long)waited);
+    return Py_BuildValue("(i(KK)KK)", LANE_OTHER, (unsigned long long)seg, (unsigned long long)off,
+                         (unsigned long long)waited, call_id);
+}
+
+/* lend(next_id, patience_s): the protocol lends its call ids (nothing else is outstanding). */
+static PyObject *CallLane_lend(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lend(next_id, patience_s)");
+        return NULL;
+    }
+    unsigned long long next_id = PyLong_AsUnsignedLongLong(args[0]);
+    if (next_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double patience = PyFloat_AsDouble(args[1]);
+    if (patience == -1.0 && PyErr_Occurred()) return NULL;
+    if (l->lent) {
+        PyErr_SetString(PyExc_ValueError, "the lane already holds the protocol's state");
+        return NULL;
+    }
+    if (!next_id || !(patience >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "lend: call ids start at 1 and the patience is not negative");
+        return NULL;
+    }
+    l->lent = 1;
+    l->next_id = next_id;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
+    l->patience_s = patience > 1e9 ? 1e9 : patience;
+    Py_RETURN_NONE;
+}
+
+/* reclaim() -> (next_id, calls, current call id or None, last round trip in s or None), or None
+   if nothing is lent; the lane holds nothing afterwards. */
+static PyObject *CallLane_reclaim(CallLane *l, PyObject *unused) {
+    if (!l->lent) Py_RETURN_NONE;
+    PyObject *current = l->current ? PyLong_FromUnsignedLongLong(l->current) : (Py_INCREF(Py_None), Py_None);
+    PyObject *rtt = l->rtt_ns ? PyFloat_FromDouble((double)l->rtt_ns * 1e-9) : (Py_INCREF(Py_None), Py_None);
+    if (!current || !rtt) { Py_XDECREF(current); Py_XDECREF(rtt); return NULL; }
+    PyObject *r = Py_BuildValue("(KKNN)", l->next_id, l->calls, current, rtt);
+    if (!r) return NULL;
+    l->lent = 0;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
+    return r;
 }
 
 static PyObject *CallLane_close(CallLane *l, PyObject *unused) {
@@ -1147,14 +1220,20 @@ static PyObject *CallLane_message(CallLane *l, void *closure) {
     return m;
 }
 
+static PyObject *CallLane_lent(CallLane *l, void *closure) { return PyBool_FromLong(l->lent); }
+
 static PyGetSetDef CallLane_getset[] = {
     {"message", (getter)CallLane_message, NULL, "the last call's marshalled message (for its adoption)", NULL},
+    {"lent", (getter)CallLane_lent, NULL, "whether the lane holds the protocol's state", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef CallLane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
-     "call(method, args, kwargs, call_id, spin_ns, timeout_s, sleep_ok) -> (status, value, waited_ns)"},
+     "call(method, args, kwargs, spin_ns, sleep_ok) -> (status, value, waited_ns, call_id to settle or 0)"},
+    {"lend", (PyCFunction)(void (*)(void))CallLane_lend, METH_FASTCALL, "lend(next_id, patience_s)"},
+    {"reclaim", (PyCFunction)CallLane_reclaim, METH_NOARGS,
+     "reclaim() -> (next_id, calls, current call id | None, last rtt s | None) | None"},
     {"close", (PyCFunction)CallLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1191,7 +1270,7 @@ static PyTypeObject CallLaneType = {
    frame, is written into the next reply slot and kept as the reply cache (the client's next ack
    releases it). Such a request changes the protocol state in one known way, so the lane only counts
    and remembers the last one; anything else goes back to Python with that delta (the "handback"),
-   and the protocol applies it before it takes the frame (ServerProtocol.from_lane). */
+   and the protocol applies it before it takes the frame (ServerProtocol.reclaim). */
 typedef struct {
     PyObject_HEAD
     PyObject *conn;           /* the server's connection object, handed back with its frames */
@@ -1735,6 +1814,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyModule_AddIntConstant(m, "LANE_TIMEOUT", LANE_TIMEOUT);
     PyModule_AddIntConstant(m, "LANE_VALUE", LANE_VALUE);
     PyModule_AddIntConstant(m, "LANE_UNSENT", LANE_UNSENT);
+    PyModule_AddIntConstant(m, "LANE_NOT_LENT", LANE_NOT_LENT);
     PyModule_AddIntConstant(m, "PUSH_OK", PUSH_OK);
     PyModule_AddIntConstant(m, "PUSH_WOKE", PUSH_WOKE);
     PyModule_AddIntConstant(m, "PUSH_DOORBELL", PUSH_DOORBELL);

@@ -364,53 +364,49 @@ def test_server_remembers_delivered_calls_at_the_ack_across_pruning():
     assert s.statistics().requests == 300
 
 
-# -- the fast lane: a synchronous call the I/O layer carries itself (begin/end/adopt_call)
+# -- the fast lane: the I/O layer makes synchronous calls itself (lend/reclaim, end/adopt_call)
 
 def lane_frame(call_id: int, data: bytes) -> bytes:
-    """The CALL frame the native lane writes for a call begun with begin_call."""
+    """The CALL frame the native lane writes for a call it makes with a lent id."""
     return encode(Kind.CALL, CONN, call_id, data, ack=call_id)
 
 
-def test_lane_call_and_reply():
+def test_lent_calls_are_counted_and_sampled_when_reclaimed():
     c, s = pair()
-    call_id = c.begin_call()
-    assert c.frames_to_send(0.0) == [] and c.get_timer() is None  # nothing for the timer
-    [req] = to_server(c, s, 0.0, [lane_frame(call_id, b"ping")])
-    assert req == RequestReceived(call_id, b"ping", False)
-    s.send_reply(call_id, b"pong", 0.0)
-    [reply] = s.frames_to_send(0.0)
-    f = decode(memoryview(reply))
-    assert (f.kind, f.message_id, f.payload) == (Kind.REPLY, call_id, b"pong")  # what the lane accepts
-    c.end_call(call_id, 0.004)
+    first = c.lend()
+    assert first == 1 and c.frames_to_send(0.0) == [] and c.get_timer() is None  # nothing for the timer
+    for call_id in (first, first + 1, first + 2):  # what the lane does: one frame out, the reply in
+        [req] = to_server(c, s, 0.0, [lane_frame(call_id, b"ping")])
+        assert req == RequestReceived(call_id, b"ping", False)
+        s.send_reply(call_id, b"pong", 0.0)
+        [reply] = s.frames_to_send(0.0)
+        f = decode(memoryview(reply))
+        assert (f.kind, f.message_id, f.payload) == (Kind.REPLY, call_id, b"pong")  # what the lane accepts
+    c.reclaim(first + 3, 3, None, 0.004)
     st = c.statistics()
-    assert (st.calls, st.in_flight, st.srtt_s) == (1, 0, pytest.approx(0.004))
-    assert c.send_request(b"next", 0.01) == call_id + 1
+    assert (st.calls, st.in_flight, st.srtt_s) == (3, 0, pytest.approx(0.004))
+    assert c.send_request(b"next", 0.01) == first + 3
 
 
-def test_lane_calls_sample_the_rtt_first_and_then_one_in_eight():
+def test_nothing_is_lent_while_anything_is_outstanding():
     c, _ = pair()
-    samples = []
-    for i in range(1, 33):
-        srtt = c.statistics().srtt_s
-        c.end_call(c.begin_call(), 0.001 * i)
-        if c.statistics().srtt_s != srtt:
-            samples.append(i)
-    assert samples == [1, 8, 16, 24, 32]
-
-
-def test_lane_is_refused_while_anything_is_outstanding():
-    c, _ = pair(max_payload=8)
-    call_id = c.begin_call()
-    assert c.begin_call() is None  # the lane is taken
-    c.unsent_call(call_id)  # its message needs several frames, say: given up, not counted
-    assert c.statistics().calls == 0
-    c.send_request(b"z", 0.0)
-    assert c.begin_call() is None  # a call in flight
+    call_id = c.send_request(b"z", 0.0)
+    assert c.lend() is None  # a call in flight
+    c.cancel(call_id)
+    assert c.lend() == call_id + 1
+    assert c.lend() is None  # lent already
+    with pytest.raises(RuntimeError, match="reclaim"):
+        c.send_request(b"y", 0.0)  # the ids are the lane's until reclaimed
+    c.reclaim(call_id + 1, 0, None, None)
+    assert c.send_request(b"y", 0.0) == call_id + 1
+    assert c.statistics().srtt_s is None  # no round trip, no sample
 
 
 def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
     c, s = pair()
-    lane_id = c.begin_call()
+    lane_id = c.lend()
+    c.reclaim(lane_id + 1, 1, lane_id, None)  # another thread needs the protocol: the lane's call stays on it
+    assert c.lane_call == lane_id
     other = c.send_request(b"meanwhile", 0.0)
     f = decode(memoryview(c.frames_to_send(0.0)[0]))
     assert (f.message_id, f.ack) == (other, lane_id)  # the server must keep the lane call's reply
@@ -419,7 +415,7 @@ def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
     s.frames_to_send(0.0)
     # the lane gives up waiting: adopted, it is retransmitted by the timer like any call
     c.adopt_call(lane_id, b"slow", 0.0)
-    assert c.statistics().in_flight == 2
+    assert c.statistics().in_flight == 2 and c.lane_call is None
     c.handle_timer(c.get_timer())
     resent = c.frames_to_send(1.0)
     assert lane_frame(lane_id, b"slow") in resent  # adopt_call frames it as the lane did
@@ -430,21 +426,38 @@ def test_calls_made_while_the_lane_waits_ack_no_further_than_it():
     assert (st.requests, st.duplicates) == (2, 1)  # the lane call once, `other` once (first seen now)
 
 
+def test_a_lane_call_whose_reply_comes_after_the_reclaim_is_ended_by_the_protocol():
+    c, _ = pair()
+    lane_id = c.lend()
+    c.reclaim(lane_id + 1, 1, lane_id, None)
+    c.end_call(lane_id, 0.003)
+    st = c.statistics()
+    assert (st.calls, st.srtt_s, c.lane_call) == (1, pytest.approx(0.003), None)
+    assert c.lend() == lane_id + 1
+
+
 def test_lane_misuse_raises_value_error():
     c, _ = pair()
     with pytest.raises(ValueError):
+        c.reclaim(1, 0, None, None)  # nothing lent
+    with pytest.raises(ValueError):
         c.end_call(1, 0.0)
-    call_id = c.begin_call()
+    first = c.lend()
     with pytest.raises(ValueError):
-        c.adopt_call(call_id + 1, b"x", 0.0)
-    c.adopt_call(call_id, b"x", 0.0)
+        c.end_call(-1, 0.0)  # lent: there is no lane call to end
     with pytest.raises(ValueError):
-        c.end_call(call_id, 0.0)
+        c.reclaim(first - 1, 0, None, None)  # ids never go back
     with pytest.raises(ValueError):
-        c.unsent_call(call_id)
+        c.reclaim(first + 1, 1, first + 1, None)  # the current call is one the lane took
+    c.reclaim(first + 1, 1, first, None)
+    with pytest.raises(ValueError):
+        c.adopt_call(first + 1, b"x", 0.0)
+    c.adopt_call(first, b"x", 0.0)
+    with pytest.raises(ValueError):
+        c.end_call(first, 0.0)
 
 
-# -- the server lane: the I/O layer serves simple requests itself (to_lane/from_lane)
+# -- the server lane: the I/O layer serves simple requests itself (lend/reclaim)
 
 def lane_reply(call_id: int, reply: bytes) -> bytes:
     """The reply frame the native server lane writes and caches for a request it serves."""
@@ -458,13 +471,13 @@ def test_server_lane_delta_equals_the_protocol_serving_the_same_calls():
             [ev] = p.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i), 0.0)
             p.send_reply(ev.call_id, b"r%d" % i, 0.0)
         p.frames_to_send(0.0)
-    assert lent.to_lane() == 3
+    assert lent.lend() == 3
     for i in (4, 5, 6):  # served by the lane: acking all before, newer than any delivered
         frame = lane_reply(i, b"r%d" % i)
         [ev] = plain.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i), 0.0)
         plain.send_reply(ev.call_id, b"r%d" % i, 0.0)
         assert plain.frames_to_send(0.0) == [frame]
-    lent.from_lane(3, 3, 6, frame)
+    lent.reclaim(3, 3, 6, frame)
     assert lent.statistics() == plain.statistics()
     for p in (lent, plain):  # the same answers to what comes next: a retransmission, a stale call, a new one
         assert p.receive_frame(encode(Kind.CALL, CONN, 6, b"q", ack=6), 1.0) == []
@@ -477,19 +490,19 @@ def test_server_lane_delta_equals_the_protocol_serving_the_same_calls():
 
 def test_server_lane_is_not_lent_while_a_call_awaits_its_reply():
     s = ServerProtocol(CONN, max_payload=64)
-    assert s.to_lane() == 0
+    assert s.lend() == 0
     [ev] = s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0)
-    assert s.to_lane() is None
+    assert s.lend() is None
     s.send_reply(ev.call_id, b"r", 0.0)
-    assert s.to_lane() == 1
-    s.from_lane(0, 0, 1, None)  # nothing served: nothing changes
+    assert s.lend() == 1
+    s.reclaim(0, 0, 1, None)  # nothing served: nothing changes
     with pytest.raises(ValueError):
-        s.from_lane(1, 1, 1, b"")  # the lane serves only calls newer than any delivered
+        s.reclaim(1, 1, 1, b"")  # the lane serves only calls newer than any delivered
 
 
 def test_server_lane_call_that_raised_is_never_run_again():
     s = ServerProtocol(CONN, max_payload=64)
-    s.from_lane(1, 0, 1, None)  # delivered on the lane, never answered
+    s.reclaim(1, 0, 1, None)  # delivered on the lane, never answered
     assert s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0) == []
     assert s.frames_to_send(0.0) == []
     assert s.statistics().duplicates == 1

@@ -9,8 +9,8 @@ Measures, in one run and on both placements of DESIGN.md §5:
   over a Unix socket, iceoryx2 request/response). Every system echoes the payload: the request
   carries it and so does the reply (the paper's "send 1 KB" had a null reply; an echo is more
   work, the same for everyone). A peer that cannot run is skipped with the reason;
-- the paper's Table 2: ombm's own per-call costs, taken apart in this process (marshalling,
-  framing with its checksum, the sans-I/O protocol logic, the slot lookup) beside the signal
+- the paper's Table 2: ombm's own per-call costs as its two lanes incur them, taken apart in
+  this process (marshalling, framing with its checksum, the channel write) beside the signal
   round trip and the measured call;
 - the paper's Table 3 row for RPC: connect + disconnect against a running server;
 - the CPU an idle server uses.
@@ -40,7 +40,6 @@ import ombm
 from ombm import _native
 from ombm.rpc import marshal, wire
 from ombm.rpc.channel import Channel
-from ombm.rpc.protocol import ClientProtocol
 from ombm.rpc.server import REAP_INTERVAL_S
 
 from . import core, peers
@@ -215,13 +214,10 @@ def breakdown(size: int, iterations: int) -> dict[str, float]:
         "frame decode + checksum, request + reply": lambda: (decode(request_view, kinds), decode(reply_view, kinds)),
         "checksum alone, 4 passes": lambda: (_checksum(request_sum), _checksum(reply_sum),
                                              _checksum(request_sum), _checksum(reply_sum)),
-        "protocol round (incl. framing)": _protocol_round(call, result),
     }
     found = {name: _per_call(operation, iterations) for name, operation in parts.items()}
     with _channel() as channel:
         found["channel write, request + reply"] = 2 * _per_call(lambda: channel.send(request_frame), iterations)
-    found["protocol logic"] = found["protocol round (incl. framing)"] - found["frame encode, request + reply"] \
-        - found["frame decode + checksum, request + reply"]
     return found
 
 
@@ -239,24 +235,6 @@ def _per_call(operation: Callable[[], Any], iterations: int, batches: int = 20) 
 
 
 _checksum = _native.checksum
-
-
-def _protocol_round(call: bytes, result: bytes) -> Callable[[], Any]:
-    """One synchronous call's transport work as the two lanes do it, in this process: the
-    client's bookkeeping (``ClientProtocol.begin_call``/``end_call``; the server lane's is a few
-    native compares), the request and reply frames encoded and decoded (checksum folded into the
-    decoding copy), frames handed over in memory."""
-    client = ClientProtocol(7, max_payload=16336)
-    encode, decode, kinds = wire.raw_encode, wire.raw_decode, wire.KIND_TABLE
-
-    def round_trip() -> Any:
-        call_id = client.begin_call()
-        decode(memoryview(encode(wire.Kind.CALL, 7, call_id, call, 0, 1, call_id, 0)), kinds)
-        fields = decode(memoryview(encode(wire.Kind.REPLY, 7, call_id, result, 0, 1, 0, 0)), kinds)
-        client.end_call(call_id, 1e-5)
-        return fields
-
-    return round_trip
 
 
 @contextmanager
@@ -472,7 +450,6 @@ _TABLE2_ROWS = (  # (component, in the sum?)
     ("unmarshal call", True),
     ("marshal result", True),
     ("unmarshal reply", True),
-    ("protocol logic", True),
     ("channel write, request + reply", False),
     ("checksum alone, 4 passes", False),
 )
@@ -500,9 +477,8 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
         "`_native.RequestIntake`), timed alone in this process: the mean of a batch, median of 20 batches "
         f"over {result.plan.breakdown:,} runs, beside the signal round trip (32-byte write + signal each way, "
         "cross-cpu, adaptive) and the measured echo call. The lanes marshal with a msgpack `Packer` and "
-        "unmarshal with `msgpack.unpackb`, the rows call the same. *Protocol logic*: the client's "
-        "bookkeeping (`ClientProtocol.begin_call`/`end_call`; the server lane's is a few native compares). "
-        "*of which* rows are already inside a row above: the channel writes (copy into the slot; "
+        "unmarshal with `msgpack.unpackb`, the rows call the same; their protocol bookkeeping is a few "
+        "native compares and counts, not shown. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
         "no receiver, so no signal) inside the signal round trip, the standalone checksum of each frame "
         "(encode and decode, request and reply) inside the framing rows (decoding folds it into its copy). "
         "*rest* is what the parts do not explain: it can be negative, the parts timed alone are not exactly "

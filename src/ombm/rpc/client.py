@@ -37,7 +37,7 @@ from .timer import timer
 
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
-_LANE_UNSENT = _native.LANE_UNSENT
+_LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_UNSENT, _native.LANE_NOT_LENT
 
 
 class _Pending:
@@ -161,6 +161,7 @@ class Client:
             return
         now = time.monotonic()
         with self._lock:
+            self._own()
             protocol = self._protocol
             for event in protocol.receive_frame(view, now):
                 pending = self._pending.pop(event.call_id, None)
@@ -199,6 +200,7 @@ class Client:
         pending = _Pending()
         now = time.monotonic()
         with self._lock:
+            self._own()
             protocol = self._protocol
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
@@ -212,11 +214,13 @@ class Client:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
 
-        A call made while no other call of this client is outstanding takes the fast lane:
-        the call is marshalled and written, the reply waited for, taken and unmarshalled in
-        one native call (``_native.CallLane``), with no timer and no pending-call table. If
-        anything else comes first, or no reply within the RTO, the call joins the protocol's
-        in-flight calls as if sent the ordinary way (:meth:`ClientProtocol.adopt_call`).
+        A call made while no other call of this client is outstanding takes the fast lane: the
+        protocol lends the lane its call ids (:meth:`ClientProtocol.lend`), and the call is
+        marshalled and written, the reply waited for, taken and unmarshalled in one native call
+        (``_native.CallLane``), with no lock, timer or pending-call table. Anything that needs
+        the protocol takes its state back first (:meth:`_own`). If anything else comes first,
+        or no reply within the RTO, the call joins the protocol's in-flight calls as if sent the
+        ordinary way (:meth:`ClientProtocol.adopt_call`).
         """
         lane = self._lane
         if lane is None or not self._leader.acquire(False):
@@ -224,51 +228,67 @@ class Client:
         if self._closed:  # close() takes the leader lock to tear down: checked once leading
             self._leader.release()
             raise ClosedError("client is closed")
-        lock, protocol = self._lock, self._protocol
-        lock.acquire()
-        call_id = protocol.begin_call()
-        lock.release()
-        if call_id is None:
-            self._leader.release()
-            return self._call_ordinary(self._marshal(method, args, kwargs))
         receiver = self._receiver
+        call_id = None
         try:
-            spin_ns, sleep_ok, _ = receiver.wait_policy()
-            rto, timeout = protocol.rto, self.timeout
-            status, value, waited = lane.call(method, args, kwargs, call_id, spin_ns,
-                                              rto if rto < timeout else timeout, sleep_ok)
-            if status <= _LANE_ERROR_REPLY:  # the reply: done
-                receiver.waited(waited)
-                # no lock: this frees the lane (one store) and may take an RTT sample
-                protocol.end_call(call_id, waited * 1e-9)
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
+            status, value, waited, call_id = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            if status == _LANE_NOT_LENT and self._lend():
+                status, value, waited, call_id = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            if status <= _LANE_ERROR_REPLY:  # the reply
+                if waited > learn_ns:
+                    receiver.waited(waited)
+                if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
+                    with self._lock:
+                        self._protocol.end_call(call_id, waited * 1e-9)
                 pending = None
-            elif status == _LANE_UNSENT:  # it does not marshal, or needs several frames
-                with lock:
-                    protocol.unsent_call(call_id)
+            elif status >= _LANE_UNSENT:  # nothing sent: does not marshal, needs several frames, not lent
                 pending = None
             else:
                 pending = self._adopt(call_id, lane.message, status, value, waited)
         except BaseException:
-            with lock:
-                protocol.cancel(call_id)
-                self._pending.pop(call_id, None)
+            with self._lock:
+                self._own()
+                if call_id is None:  # raised inside the lane: its call, if it took one, is the lane's
+                    call_id = self._protocol.lane_call
+                if call_id:
+                    self._protocol.cancel(call_id)
+                    self._pending.pop(call_id, None)
             self._leader.release()
             raise
         self._leader.release()
         if status == _LANE_VALUE:
             return value
-        if status == _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
+        if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
             return self._call_ordinary(self._marshal(method, args, kwargs))
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
             value = pending.data
         return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
 
+    def _lend(self) -> bool:
+        """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
+        with self._lock:
+            protocol = self._protocol
+            next_id = protocol.lend()
+            if next_id is None:
+                return False
+            rto = protocol.rto
+            self._lane.lend(next_id, rto if rto < self.timeout else self.timeout)
+            return True
+
+    def _own(self) -> None:
+        """With ``_lock`` held: take the protocol's state back from the lane, if it holds it."""
+        lane = self._lane
+        if lane is not None and lane.lent:
+            self._protocol.reclaim(*lane.reclaim())
+
     def _adopt(self, call_id: int, data: bytes, status: int, value, waited: int) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
         receiver = self._receiver
         pending = _Pending()
         with self._lock:
+            self._own()
             self._protocol.adopt_call(call_id, data, time.monotonic() - waited * 1e-9)
             self._pending[call_id] = pending
         self._timer.busy = True
@@ -331,6 +351,7 @@ class Client:
 
     def _give_up(self, call_id: int) -> None:
         with self._lock:
+            self._own()
             self._pending.pop(call_id, None)
             if self._protocol is not None:
                 self._protocol.cancel(call_id)
@@ -351,8 +372,9 @@ class Client:
         self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
         with self._lock:
             protocol = self._protocol
-            if protocol is None or self._closed:
-                return False
+            lane = self._lane
+            if protocol is None or self._closed or (lane is not None and lane.lent):
+                return False  # lent: nothing was outstanding but the lane's calls, which need no timer
             deadline = protocol.get_timer()
             if deadline is None:
                 return False
@@ -364,7 +386,9 @@ class Client:
 
     def statistics(self):
         """The transport's counters (calls, retransmits, bad frames, RTO, ...)."""
-        return self._protocol.statistics()
+        with self._lock:
+            self._own()
+            return self._protocol.statistics()
 
     # -- lifetime
     def close(self) -> None:

@@ -52,7 +52,7 @@ __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived
 _CALL, _ONEWAY, _REPLY, _ERROR_REPLY, _ACK = (Kind.CALL, Kind.ONEWAY, Kind.REPLY,
                                               Kind.ERROR_REPLY, Kind.ACK)
 
-LANE_RTT_SAMPLING = 8  # one call on the client's fast lane in this many takes an RTT sample
+_LENT = -1  # ClientProtocol._lane while the I/O layer's lane holds the call ids (see lend)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +318,7 @@ class ClientProtocol(_Outbox):
         self._timers: list[tuple[float, int]] = []  # heaped calls only, stale entries skipped
         self._last_deadline = 0.0  # of the latest ordered call
         self._partial: dict[int, _Reassembly] = {}  # multi-fragment replies being reassembled
-        self._lane: int | None = None  # the call id on the fast lane (see begin_call), if any
+        self._lane: int | None = None  # the call id on the fast lane, if any; _LENT: see lend
         self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
 
     # -- calls
@@ -336,8 +336,11 @@ class ClientProtocol(_Outbox):
         else:
             ack = call_id
         lane = self._lane
-        if lane is not None and lane < ack:
-            ack = lane
+        if lane is not None:
+            if lane == _LENT:
+                raise RuntimeError("the call ids are lent to the fast lane: reclaim() them first")
+            if lane < ack:
+                ack = lane
         kind = _ONEWAY if oneway else _CALL
         if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
             frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, ack, 0),)
@@ -366,47 +369,51 @@ class ClientProtocol(_Outbox):
 
     # -- the fast lane (paper §4: the no-loss path never touches the timer)
 
-    def begin_call(self) -> int | None:
-        """Hand a synchronous call to the I/O layer's fast lane, if nothing else is outstanding.
+    @property
+    def lane_call(self) -> int | None:
+        """The id of the call on the fast lane, if any (None also while the ids are lent)."""
+        lane = self._lane
+        return None if lane == _LENT else lane
 
-        Returns the call id when no call is in flight, queued or on the lane; else None (use
-        :meth:`send_request`). The I/O layer writes the call's message, which must fit one
-        frame (at most ``max_payload`` bytes; else it gives the call up: :meth:`unsent_call`),
-        as one CALL frame acking every call before it (``ack`` = call id, as
-        :meth:`adopt_call` frames it), takes the reply itself (a whole REPLY/ERROR_REPLY frame
-        of this connection and call: :meth:`receive_frame` would deliver exactly that), and
-        then reports :meth:`end_call`; or, if anything else happens first (no reply within its
-        patience, another frame or signal), :meth:`adopt_call`, after which the call is an
-        ordinary one under the retransmission timer. Until then its id holds back the ack of
-        later calls, so the server keeps its reply.
+    def lend(self) -> int | None:
+        """Lend the call ids to the I/O layer's fast lane while nothing is outstanding.
+
+        Returns the next call id when no call is in flight, queued or on the lane; else None
+        (use :meth:`send_request`). Until :meth:`reclaim`, the lane makes synchronous calls on
+        its own, one at a time: each takes the next id, goes out as one CALL frame acking every
+        call before it (``ack`` = call id, as :meth:`adopt_call` frames it), and is over when
+        its reply comes (a whole REPLY/ERROR_REPLY frame of this connection and call:
+        :meth:`receive_frame` would deliver exactly that). That is all this protocol would do
+        for such a call, so the lane only counts them. Every other use of the protocol must
+        reclaim first (``send_request`` raises ``RuntimeError`` meanwhile).
         """
         if self._in_flight or self._queue or self._lane is not None:
             return None
-        call_id = self._next_id
-        self._next_id = call_id + 1
-        self._calls += 1
-        self._lane = call_id
-        return call_id
+        self._lane = _LENT
+        return self._next_id
 
-    def end_call(self, call_id: int, rtt: float) -> None:
-        """The lane's call got its reply ``rtt`` seconds after it was sent: free the lane.
-
-        One lane call in :data:`LANE_RTT_SAMPLING` gives an RTT sample (and the first): the
-        estimate needs no more than about one sample per round trip (RFC 6298 §3), and a
-        synchronous call is one round trip."""
-        if self._lane != call_id:
-            raise ValueError(f"call {call_id} is not on the lane")
-        self._lane = None
-        if not call_id % LANE_RTT_SAMPLING or self._rto.srtt is None:
+    def reclaim(self, next_id: int, calls: int, current: int | None, rtt: float | None) -> None:
+        """Take back the call ids lent by :meth:`lend`: the lane's next id, how many calls it
+        made, the call still on its way if any (it stays on the lane: :meth:`end_call`,
+        :meth:`adopt_call` or :meth:`cancel` settles it), and the round trip of its last
+        completed call if any (an RTT sample)."""
+        if self._lane != _LENT:
+            raise ValueError("the call ids are not lent")
+        if next_id < self._next_id or calls < 0 or (current is not None and not self._next_id <= current < next_id):
+            raise ValueError("the lane's state does not follow from what was lent")
+        self._next_id = next_id
+        self._calls += calls
+        self._lane = current
+        if rtt is not None:
             self._rto.sample(rtt)
 
-    def unsent_call(self, call_id: int) -> None:
-        """The lane's call was never sent (its message needs several frames, or does not
-        marshal): free the lane; the call is not counted and its id never used."""
-        if self._lane != call_id:
+    def end_call(self, call_id: int, rtt: float) -> None:
+        """The lane's call ``call_id`` got its reply ``rtt`` seconds after it was sent, after the
+        state was reclaimed: take the RTT sample and free the lane."""
+        if self._lane != call_id or call_id == _LENT:
             raise ValueError(f"call {call_id} is not on the lane")
         self._lane = None
-        self._calls -= 1
+        self._rto.sample(rtt)
 
     def adopt_call(self, call_id: int, data: bytes, sent_at: float) -> None:
         """Put the lane's call of message ``data``, sent once at ``sent_at``, under the timer as
@@ -726,7 +733,7 @@ class ServerProtocol(_Outbox):
 
     # -- the native server lane (rpc/server.py, _native.RequestIntake)
 
-    def to_lane(self) -> int | None:
+    def lend(self) -> int | None:
         """Lend the state to the I/O layer's lane: the highest call id delivered, or None while a
         call awaits its reply.
 
@@ -734,11 +741,11 @@ class ServerProtocol(_Outbox):
         (ack == call id) and newer than any delivered, and only those: for each, exactly what
         :meth:`receive_fields` and :meth:`send_reply` would do comes down to "the client waits
         for nothing older; deliver it; cache its one-frame reply". Before the protocol takes any
-        other frame, the lane hands that back (:meth:`from_lane`)."""
+        other frame, the lane hands that back (:meth:`reclaim`)."""
         return None if self._executing else self._last
 
-    def from_lane(self, served: int, replied: int, last: int, frame: bytes | None) -> None:
-        """Take back the state lent by :meth:`to_lane`: the lane served ``served`` requests (and
+    def reclaim(self, served: int, replied: int, last: int, frame: bytes | None) -> None:
+        """Take back the state lent by :meth:`lend`: the lane served ``served`` requests (and
         answered ``replied`` of them), the last being ``last``, whose reply frame is ``frame``
         (None: it was never answered)."""
         if not served:

@@ -151,7 +151,7 @@ class Server:
             seg = request.segment.id
             self._intake.add(seg, conn, region.address, region.size, request.slot_size, reply.writer, conn_id,
                              conn.protocol.max_payload, conn.limit)
-            self._intake.lane(seg, conn.protocol.to_lane())
+            self._intake.lane(seg, conn.protocol.lend())
         self.stats["connections"] += 1
         return conn
 
@@ -289,11 +289,11 @@ class Server:
         protocol = conn.protocol
         try:  # a client's frames must never stop the server: counted, the frame dropped
             if handback is not None:
-                protocol.from_lane(*handback)
+                protocol.reclaim(*handback)
             self._answer(conn, protocol.receive_fields(fields, now), now, executed)
         except Exception:
             self.stats["dropped_frames"] += 1
-        last = protocol.to_lane()
+        last = protocol.lend()
         if last is not None and self._connections.get(conn.conn_id) is conn:
             self._intake.lane(conn.request.segment.id, last)
 

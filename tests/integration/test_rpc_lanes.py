@@ -1,8 +1,9 @@
-"""The server lane (paper §4): the native serving loop answers simple calls itself and hands
-everything else to the protocol, which must then behave as if it had seen every call.
+"""The two lanes (paper §4): the native paths that make and serve simple calls, and hand
+everything else to the sans-I/O protocol, which must then behave as if it had seen every call.
 
 A non-idempotent Counter served in a child process shows any call executed twice; raw frames
-written into a client's request channel play a retransmitting or confused client.
+written into a client's request channel play a retransmitting or confused client; threads that
+need the client's protocol while another calls on its lane take the lent state back mid-call.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ def _stop(p, conn) -> list:
     return stats
 
 
+def _next_id(cli) -> int:
+    """The client's next call id (statistics() takes the protocol's state back from the lane)."""
+    cli.statistics()
+    return cli._protocol._next_id
+
+
 def _resend(cli, call_id: int, method: str, *args, ack: int | None = None) -> None:
     """Write a CALL frame into the client's request channel as the client's lane frames it."""
     message = marshal.encode_call(method, args, {})
@@ -55,7 +62,7 @@ def test_a_retransmitted_call_gets_its_cached_reply_and_runs_once(counter):
     name, p, conn = counter
     with ombm.rpc.connect(name, timeout=30.0) as cli:
         assert [cli.increment() for _ in range(3)] == [1, 2, 3]  # served on the lane
-        last = cli._protocol._next_id - 1
+        last = _next_id(cli) - 1
         _resend(cli, last, "increment")  # the reply was lost, say: the client sends the call again
         frame = _next_reply(cli)
         assert frame is not None and (frame.kind, frame.message_id) == (wire.Kind.REPLY, last)
@@ -70,7 +77,7 @@ def test_calls_that_do_not_ack_everything_before_them_go_through_the_protocol(co
     name, p, conn = counter
     with ombm.rpc.connect(name, timeout=30.0) as cli:
         assert cli.increment() == 1
-        first = cli._protocol._next_id
+        first = _next_id(cli)
         cli._protocol._next_id += 2  # the client's later calls skip the two ids used here
         _resend(cli, first + 1, "increment", ack=first)  # call first+1 while first is outstanding
         _resend(cli, first, "increment", ack=first)  # then first: older than one delivered
@@ -178,3 +185,36 @@ def test_pickled_values_travel_both_lanes_only_when_allowed():
         with ombm.rpc.connect(name, timeout=30.0, allow_pickle=True) as cli:
             with pytest.raises(RemoteError, match="allow_pickle"):
                 cli.union({1}, {2})  # the server refuses to unpickle
+
+
+def test_taking_the_state_back_mid_call_loses_and_repeats_nothing(counter):
+    name, p, conn = counter
+    n = 1500
+    with ombm.rpc.connect(name, timeout=30.0) as cli:
+        results, errors = [], []
+        done = threading.Event()
+
+        def caller() -> None:
+            try:
+                results.extend(cli.increment() for _ in range(n))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        def meddler() -> None:  # every statistics() and ordinary call reclaims the lent state
+            while not done.is_set():
+                cli.statistics()
+                cli.call_async("get").result(30.0)
+
+        threads = [threading.Thread(target=caller, daemon=True), threading.Thread(target=meddler, daemon=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert sorted(results) == list(range(1, n + 1))  # each increment ran once, none lost
+        assert cli.get() == n
+        st = cli.statistics()
+        assert st.in_flight == 0 and st.retransmits == 0
+    _stop(p, conn)
