@@ -4,10 +4,13 @@
 channel (server writes), writes a CONNECT frame naming them into the
 service's well-known channel, and waits for the server's ACK.
 
-A synchronous call marshals the arguments, hands the message to the
-sans-I/O :class:`~ombm.rpc.protocol.ClientProtocol`, writes its frames (the
-write of each frame's last byte signals the server), then **dispatches its own
-reply signal** in the calling thread: no thread hop. With several threads on
+A synchronous call made while nothing else is outstanding is one native call
+(``_native.CallLane``, holding the call ids the sans-I/O
+:class:`~ombm.rpc.protocol.ClientProtocol` lent it): marshal, write the frame
+(the write of its last byte signals the server), wait, take and unmarshal the
+reply. Any other call marshals the arguments, hands the message to the protocol,
+writes its frames, then **dispatches its own reply signal** in the calling
+thread: no thread hop either way. With several threads on
 one client, one thread at a time dispatches (the leader) and completes every
 reply it finds; the others poll until their reply is in or they lead.
 Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call

@@ -9,6 +9,13 @@ each request frame raises a signal in the server; the handler unmarshals
 (checksum folded into the copy), calls the method, and writes the reply,
 whose write signals the client.
 
+On the memory signal path the serving loop is native (``_native.RequestIntake``):
+a request that acks every call before it is served without returning to Python
+but for the method itself (the *server lane*: unmarshal, call, marshal, write the
+reply, keep it as the reply cache); every other frame goes to the connection's
+sans-I/O ``ServerProtocol``, which first takes back what the lane served
+(``ServerProtocol.reclaim``) and lends its state again afterwards (``lend``).
+
 The server's receiver is owned by the server, so clients that connect after
 ``Server(...)`` but before ``start()``/``serve_forever()`` are queued in its
 FIFO and served once it runs. Connections of dead clients are reclaimed.
