@@ -104,8 +104,7 @@ def test_numpy_arrays_round_trip(cli):
     assert cli.identity(np.int16(-7)) == np.int16(-7)
 
 
-# 1 MB = 62 fragments of the default 16 KiB slots, within the 64-slot channel; 1 MiB (65 fragments)
-# overruns it: see test_messages_larger_than_the_channel_ring_complete below.
+# 16 KiB and 100 KiB fit one frame of the default 128 KiB slots; 1 MB is 8 fragments each way
 @pytest.mark.parametrize("nbytes", [16 * 1024, 100 * 1024, 1_000_000], ids=["16KiB", "100KiB", "1MB"])
 def test_large_messages_fragment_both_ways(cli, nbytes):
     data = pattern(nbytes)
@@ -117,7 +116,7 @@ def test_large_messages_fragment_both_ways(cli, nbytes):
 def test_messages_larger_than_the_channel_are_refused_at_the_caller_and_bigger_channels_carry_them(calc):
     nbytes = 4 * 1024 * 1024
     data = pattern(nbytes)
-    with ombm.rpc.connect(calc, timeout=3.0) as client:  # default channel: up to ~1 MiB per message
+    with ombm.rpc.connect(calc, timeout=3.0) as client:  # default channel: up to ~2 MiB per message
         with pytest.raises(ValueError, match="exceeds"):
             client.size(data)
         assert client.size(b"abc") == 3  # nothing was sent; the connection is intact

@@ -19,8 +19,8 @@ from .. import segment as _segment
 from ..errors import SegmentNotFoundError
 from .wire import TRAILER_SIZE
 
-DEFAULT_SLOT_SIZE = 32768
-DEFAULT_SLOTS = 64
+DEFAULT_SLOT_SIZE = 131072
+DEFAULT_SLOTS = 32
 
 
 class Channel:
