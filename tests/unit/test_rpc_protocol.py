@@ -436,6 +436,18 @@ def test_a_lane_call_whose_reply_comes_after_the_reclaim_is_ended_by_the_protoco
     assert c.lend() == lane_id + 1
 
 
+def test_calls_adopted_again_and_again_leave_no_timer_entries_behind():
+    c, s = pair()
+    for _ in range(100):  # each call: lent, taken by the lane, adopted, answered the ordinary way
+        lane_id = c.lend()
+        c.reclaim(lane_id + 1, 1, lane_id, None)
+        c.adopt_call(lane_id, b"q", 0.0)
+        to_server(c, s, 0.0, [lane_frame(lane_id, b"q")])
+        s.send_reply(lane_id, b"r", 0.0)
+        assert to_client(s, c, 0.0) == [ReplyReceived(lane_id, b"r", False)]
+    assert c.lend() is not None and len(c._timers) == 0  # the heap does not grow with the calls
+
+
 def test_lane_misuse_raises_value_error():
     c, _ = pair()
     with pytest.raises(ValueError):

@@ -390,6 +390,7 @@ class ClientProtocol(_Outbox):
         if self._in_flight or self._queue or self._lane is not None:
             return None
         self._lane = _LENT
+        self._timers.clear()  # nothing in flight: every entry left is stale
         return self._next_id
 
     def reclaim(self, next_id: int, calls: int, current: int | None, rtt: float | None) -> None:
