@@ -474,7 +474,7 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
     rows.append(["**sum**", *(f"**{us(sums[s])}**" for s in sizes)])
     measured = {s: _median(result, "cross-cpu", "ombm", s) for s in sizes}
     rows.append(["measured call (cross-cpu)", *(us(measured[s]) for s in sizes)])
-    rows.append(["rest: the Python of both ends (call, locks, wait policy, serving loop), method",
+    rows.append(["rest: the Python of both ends (the call, the wait policy), the method, overlap",
                  *(us(measured[s] - sums[s]) for s in sizes)])
     return [
         "### Where an ombm call's time goes (paper Table 2 shape)", "",
