@@ -9,6 +9,7 @@ need the client's protocol while another calls on its lane take the lent state b
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -38,8 +39,11 @@ def _stop(p, conn) -> list:
 
 
 def _next_id(cli) -> int:
-    """The client's next call id (statistics() takes the protocol's state back from the lane)."""
-    cli.statistics()
+    """The client's next call id, with the client's timer kept away from its reply signals: the
+    frames the raw tests write are answered into its reply channel and read here (a busy machine
+    may have made a call retransmit, and the timer then polls the client's FIFO)."""
+    cli._timer.remove(cli)
+    cli.statistics()  # takes the protocol's state back from the lane
     return cli._protocol._next_id
 
 
@@ -50,12 +54,21 @@ def _resend(cli, call_id: int, method: str, *args, ack: int | None = None) -> No
                                   ack=call_id if ack is None else ack))
 
 
-def _next_reply(cli, timeout: float = 10.0):
-    """The next frame the server writes into the client's reply channel, or None."""
-    signal = cli._receiver.pop_wait(timeout)
-    if signal is None:
-        return None
-    return wire.decode(cli._reply.slot_view_at(signal[1]))
+def _reply_to(cli, call_id: int, timeout: float = 10.0):
+    """The next frame the server writes into the client's reply channel for ``call_id``, or None
+    (late duplicate replies to earlier calls, which a retransmission may have caused, skipped)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        signal = cli._receiver.pop_wait(left)
+        if signal is None:
+            return None
+        try:
+            frame = wire.decode(cli._reply.slot_view_at(signal[1]))
+        except ValueError:  # overwritten meanwhile
+            continue
+        if frame.message_id == call_id:
+            return frame
+    return None
 
 
 def test_a_retransmitted_call_gets_its_cached_reply_and_runs_once(counter):
@@ -64,11 +77,11 @@ def test_a_retransmitted_call_gets_its_cached_reply_and_runs_once(counter):
         assert [cli.increment() for _ in range(3)] == [1, 2, 3]  # served on the lane
         last = _next_id(cli) - 1
         _resend(cli, last, "increment")  # the reply was lost, say: the client sends the call again
-        frame = _next_reply(cli)
-        assert frame is not None and (frame.kind, frame.message_id) == (wire.Kind.REPLY, last)
+        frame = _reply_to(cli, last)
+        assert frame is not None and frame.kind == wire.Kind.REPLY
         assert marshal.decode_reply(frame.payload) == 3  # the cached reply, not a fourth run
         _resend(cli, last - 1, "increment")  # stale: the client acked it long ago
-        assert _next_reply(cli, 0.3) is None
+        assert _reply_to(cli, last - 1, 0.3) is None
         assert cli.increment() == 4 and cli.get() == 4  # and the lane serves again
     assert _stop(p, conn)[0]["calls"] == 5
 
@@ -80,12 +93,12 @@ def test_calls_that_do_not_ack_everything_before_them_go_through_the_protocol(co
         first = _next_id(cli)
         cli._protocol._next_id += 2  # the client's later calls skip the two ids used here
         _resend(cli, first + 1, "increment", ack=first)  # call first+1 while first is outstanding
+        later = _reply_to(cli, first + 1)
         _resend(cli, first, "increment", ack=first)  # then first: older than one delivered
-        replies = {f.message_id: marshal.decode_reply(f.payload) for f in (_next_reply(cli), _next_reply(cli))}
-        assert replies == {first + 1: 2, first: 3}
-        _resend(cli, first, "increment", ack=first)  # a duplicate of either is answered from the cache
-        frame = _next_reply(cli)
-        assert (frame.message_id, marshal.decode_reply(frame.payload)) == (first, 3)
+        earlier = _reply_to(cli, first)
+        assert (marshal.decode_reply(later.payload), marshal.decode_reply(earlier.payload)) == (2, 3)
+        _resend(cli, first, "increment", ack=first)  # a duplicate is answered from the cache
+        assert marshal.decode_reply(_reply_to(cli, first).payload) == 3
         assert [cli.increment() for _ in range(3)] == [4, 5, 6]
     assert _stop(p, conn)[0]["calls"] == 6
 
@@ -141,10 +154,9 @@ def test_mixed_calls_from_threads_execute_exactly_once(counter):
         oneways = sum(1 for k in range(threads) for i in range(n) if (i + k) % 5 and (i + k) % 7 == 0)
         assert len(results) == len(set(results)) == threads * n - oneways  # no increment ran twice
         total = threads * n
-        value = cli.get()
-        for _ in range(3000):  # one-way calls are retransmitted until acknowledged
-            if value >= total:
-                break
+        value, deadline = cli.get(), time.monotonic() + 30.0
+        while value < total and time.monotonic() < deadline:  # one-way calls are retransmitted until acked
+            time.sleep(0.01)
             value = cli.get()
         assert value == total
     _stop(p, conn)
@@ -152,7 +164,7 @@ def test_mixed_calls_from_threads_execute_exactly_once(counter):
 
 def test_keyboard_interrupt_in_a_method_ends_the_serving_loop_as_sigint_does(counter):
     name, p, conn = counter
-    with ombm.rpc.connect(name, timeout=1.0) as cli:
+    with ombm.rpc.connect(name, timeout=3.0) as cli:
         assert cli.increment() == 1
         with pytest.raises(ombm.rpc.CallTimeout):
             cli.stop_now()  # delivered, never answered: the loop stopped
@@ -215,6 +227,5 @@ def test_taking_the_state_back_mid_call_loses_and_repeats_nothing(counter):
         assert not errors and not any(t.is_alive() for t in threads)
         assert sorted(results) == list(range(1, n + 1))  # each increment ran once, none lost
         assert cli.get() == n
-        st = cli.statistics()
-        assert st.in_flight == 0 and st.retransmits == 0
+        assert cli.statistics().in_flight == 0
     _stop(p, conn)
