@@ -1280,6 +1280,7 @@ typedef struct {
     unsigned long long connection_id;
     Py_ssize_t max_payload;   /* the largest reply payload in one frame */
     PyObject *limit;          /* int: the largest result the client takes (execute's 2nd argument) */
+    Py_ssize_t limit_n;       /* the same, as a C integer */
     int active;               /* the lane holds the connection's state */
     unsigned long long last;  /* the highest call id delivered */
     unsigned long long served, replied;  /* requests served on the lane since lane() */
@@ -1464,7 +1465,7 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
         if (!r) { Py_DECREF(result); return NULL; }
         Py_DECREF(r);
     }
-    if (!data || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > PyLong_AsSsize_t(e->limit)) {
+    if (!data || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > e->limit_n) {
         Py_XDECREF(data);
         PyObject *r = intake_finish(x, e, result, NULL);  /* says why, as the error reply */
         Py_DECREF(result);
@@ -1495,7 +1496,9 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!OKnnOKnO!", &PyLong_Type, &seg, &conn, &base, &size, &slot, &writer, &conn_id,
                           &max_payload, &PyLong_Type, &limit))
         return NULL;
-    if (!base || slot < TRAILER || size < slot || max_payload < 0) {
+    Py_ssize_t limit_n = PyLong_AsSsize_t(limit);
+    if (limit_n == -1 && PyErr_Occurred()) return NULL;
+    if (!base || slot < TRAILER || size < slot || max_payload < 0 || limit_n < 0) {
         PyErr_SetString(PyExc_ValueError, "RequestIntake.add: bad channel geometry");
         return NULL;
     }
@@ -1516,6 +1519,7 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
     e->max_payload = max_payload;
     Py_INCREF(limit);
     e->limit = limit;
+    e->limit_n = limit_n;
     e->active = 0;
     e->last = e->served = e->replied = 0;
     e->reply_payload = NULL;
@@ -1641,22 +1645,18 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     unsigned long credit = get32(t + 28);
     if (_PyBytes_Resize(&payload, plen) < 0) return -1;
     PyObject *executed = intake_execute(x, e, payload);
-    if (!executed) {
+    PyObject *data = NULL;
+    int error = -1;
+    if (executed && PyTuple_CheckExact(executed) && PyTuple_GET_SIZE(executed) == 2 &&
+        PyBytes_CheckExact(PyTuple_GET_ITEM(executed, 0))) {
+        data = PyTuple_GET_ITEM(executed, 0);
+        error = PyObject_IsTrue(PyTuple_GET_ITEM(executed, 1));
+    }
+    if (error < 0) {
         /* delivered, never answered (execute raised past the server's own handling, e.g.
            KeyboardInterrupt): a retransmission must not run it again */
         Py_DECREF(payload);
-        e->last = call_id;
-        e->served++;
-        Py_CLEAR(e->reply_payload);
-        return -1;
-    }
-    PyObject *data;
-    int error;
-    if (!PyTuple_CheckExact(executed) || PyTuple_GET_SIZE(executed) != 2 ||
-        !PyBytes_CheckExact(data = PyTuple_GET_ITEM(executed, 0)) ||
-        (error = PyObject_IsTrue(PyTuple_GET_ITEM(executed, 1))) < 0) {
-        Py_DECREF(payload);
-        Py_DECREF(executed);
+        Py_XDECREF(executed);
         e->last = call_id;
         e->served++;
         Py_CLEAR(e->reply_payload);

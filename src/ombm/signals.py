@@ -41,6 +41,7 @@ from .stats import COUNTERS
 
 _log = logging.getLogger("ombm")
 _STALLED = _native.WAIT_STALLED
+_NEVER_LEARNS = 2**64 - 1  # wait_policy's learn_ns when the policy is fixed
 _wait_pop = _native.fifo_wait_pop
 
 
@@ -310,9 +311,6 @@ class Receiver:
     @property
     def closed(self) -> bool:
         return self.fifo.closed
-
-
-_NEVER_LEARNS = 2**64 - 1  # wait_policy's learn_ns when the policy is fixed
 
 
 # ---- per-thread receivers

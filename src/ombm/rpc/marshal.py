@@ -99,9 +99,9 @@ def _default_pickle(obj):
 
 
 def packer(allow_pickle: bool = False) -> msgpack.Packer:
-    """A msgpack Packer that packs as the encoders do, for one thread (the RPC server's native
-    lane packs ``(0, result)`` with its own; on failure it must ``reset()`` it and let
-    :func:`encode_result` say why)."""
+    """A msgpack Packer that packs as the encoders do, for one thread at a time (each native RPC
+    lane packs with its own: calls as :func:`encode_call`, results as :func:`encode_result`; on
+    failure it must ``reset()`` it and let the Python encoder say why)."""
     return msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe)
 
 
