@@ -27,7 +27,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from ombm.stream import Stream
+from ombm.channels.stream import Stream
 
 CHUNK = 1 << 20
 

@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ombm.channel import EndOfStream, RawChannel
+from ombm.channels.raw import EndOfStream, RawChannel
 
 WIDTH, HEIGHT = 640, 480
 FRAME_BYTES = WIDTH * HEIGHT * 3

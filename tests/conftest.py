@@ -168,14 +168,14 @@ def _kill_and_reap(children) -> list[str]:
 @pytest.fixture(autouse=True)
 def _no_leftovers():
     before = _snapshot()
-    config_mod = sys.modules.get("ombm.config")
+    config_mod = sys.modules.get("ombm.core.config")
     saved_settings = config_mod.SETTINGS if config_mod is not None else None
     del _started[:]
     yield
     children = list(_started)
     del _started[:]
     survivors = _kill_and_reap(children)
-    config_mod = sys.modules.get("ombm.config")
+    config_mod = sys.modules.get("ombm.core.config")
     if config_mod is not None:
         config_mod.SETTINGS = saved_settings if saved_settings is not None else config_mod._from_env()
     deadline = time.monotonic() + LEFTOVER_GRACE_S
@@ -255,7 +255,7 @@ def procs():
 def own_receiver():
     """Close the calling (main) thread's ombm receiver after a test that used sig_wait in it."""
     yield
-    signals = sys.modules.get("ombm.signals")
+    signals = sys.modules.get("ombm.core.signals")
     receiver = getattr(signals._local, "receiver", None) if signals is not None else None
     if receiver is not None:
         receiver.close()

@@ -8,44 +8,17 @@ This module is the public API only; see docs/paper-map.md for which module
 implements which section of the paper.
 """
 
-from . import config as _config
-from .config import configure, settings
-from .errors import (
-    AddressError,
-    CallTimeout,
-    ChannelBrokenError,
-    ChannelTimeout,
-    ClosedError,
-    EndOfStream,
-    FrameError,
-    OmbmError,
-    ReadOnlyError,
-    RemoteError,
-    SegmentExistsError,
-    SegmentFormatError,
-    SegmentNotFoundError,
-    ServerGoneError,
-    ServiceNotFoundError,
-    WouldBlock,
-)
-from .segment import (
-    CACHE_LINE,
-    CONVENTIONAL,
-    MESSAGE_CONSISTENCY,
-    PAGE,
-    Mode,
-    Region,
-    Segment,
-    create_segment,
-    open_segment,
-)
-from .signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
-from .stats import stats
-from .arrays import ArrayView
-from .channel import RawChannel, RawFrame, RawStats, RawView
-from .stream import Stream, StreamStats
+from ombm.core import config as _config
+from ombm.core.config import configure, settings
+from ombm.errors import AddressError, CallTimeout, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, FrameError, OmbmError, ReadOnlyError, RemoteError, SegmentExistsError, SegmentFormatError, SegmentNotFoundError, ServerGoneError, ServiceNotFoundError, WouldBlock
+from ombm.core.segment import CACHE_LINE, CONVENTIONAL, MESSAGE_CONSISTENCY, PAGE, Mode, Region, Segment, create_segment, open_segment
+from ombm.core.signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
+from ombm.core.stats import stats
+from ombm.channels.arrays import ArrayView
+from ombm.channels.raw import RawChannel, RawFrame, RawStats, RawView
+from ombm.channels.stream import Stream, StreamStats
 
-from . import aio, rpc  # noqa: E402  (ombm.aio.sig_wait, ombm.rpc.Server, ombm.rpc.connect)
+from ombm import aio, rpc  # noqa: E402  (ombm.aio.sig_wait, ombm.rpc.Server, ombm.rpc.connect)
 
 __version__ = "0.1.0"
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import struct
 
-from . import _native
+from ombm import _native
 
 CACHE_LINE = 64
 

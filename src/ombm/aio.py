@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 
-from . import _layout as L
-from . import _native
-from .signals import Receiver, _check_timeout, current_receiver
+from ombm import _layout as L
+from ombm import _native
+from ombm.core.signals import Receiver, _check_timeout, current_receiver
 
 
 async def wait(receiver: Receiver, timeout: float | None = None) -> float:

@@ -19,7 +19,7 @@ import pytest
 
 import ombm
 from ombm import _layout, _native
-from ombm.signals import current_receiver
+from ombm.core.signals import current_receiver
 
 CHILD_TIMEOUT_S = 60.0  # generous: the machine may be busy; never a performance bound
 

@@ -23,8 +23,8 @@ import time
 import traceback
 
 import ombm
-from ombm import inspect as ombm_inspect
-from ombm import namespace
+from ombm.core import admin as ombm_inspect
+from ombm.core import namespace
 from helpers_core import CHILD_TIMEOUT_S, expect, join  # noqa: F401  (shared parent-side helpers)
 
 SPAWN = multiprocessing.get_context("spawn")

@@ -18,9 +18,9 @@ import traceback
 import pytest
 
 import ombm
-from ombm import inspect as ombm_inspect
-from ombm.channel import ChannelTimeout, EndOfStream, RawChannel
-from ombm.stream import Stream
+from ombm.core import admin as ombm_inspect
+from ombm.channels.raw import ChannelTimeout, EndOfStream, RawChannel
+from ombm.channels.stream import Stream
 
 pytestmark = pytest.mark.processes
 
@@ -171,8 +171,8 @@ def test_a_killed_writer_breaks_the_reader_after_what_it_sent(procs):
             r.recv(TIMEOUT_S)
     finally:
         r.close()  # the last live holder: the dead writer's segments go with it
-    assert not os.path.exists(ombm.namespace.segment_path(name))
-    assert not os.path.exists(ombm.namespace.segment_path(name + ".credit"))
+    assert not os.path.exists(ombm.core.namespace.segment_path(name))
+    assert not os.path.exists(ombm.core.namespace.segment_path(name + ".credit"))
     assert ombm_inspect.gc().fifos_removed >= 1  # the dead writer's credit FIFO
 
 
@@ -210,7 +210,7 @@ def test_zero_copy_arrays_across_processes_hold_the_writer_until_released(procs)
 # ---------------------------------------------------------------- faults (real env vars)
 WRITER = """
 import dataclasses, hashlib, json, sys
-from ombm.stream import Stream
+from ombm.channels.stream import Stream
 name, n = sys.argv[1], int(sys.argv[2])
 w = Stream.create(name, slot_bytes=2048, slots=4)
 print("ready", flush=True)
@@ -227,7 +227,7 @@ w.close()
 
 READER = """
 import hashlib, json, sys
-from ombm.stream import Stream
+from ombm.channels.stream import Stream
 import ombm
 name, n = sys.argv[1], int(sys.argv[2])
 r = Stream.open(name, timeout=60)

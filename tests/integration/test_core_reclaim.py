@@ -17,7 +17,7 @@ import pytest
 
 import ombm
 from ombm import _layout as L
-from ombm import inspect as ombm_inspect
+from ombm.core import admin as ombm_inspect
 
 pytestmark = pytest.mark.processes
 
@@ -94,7 +94,7 @@ def test_a_sender_reclaims_a_dead_receiver_once_its_fifo_fills(procs, seg):
 def test_gc_removes_a_segment_whose_creator_was_killed(procs):
     name = f"core-orphan-{os.getpid()}"
     p, info = start(procs, name, create=True)
-    path = ombm.namespace.segment_path(name)
+    path = ombm.core.namespace.segment_path(name)
     sigkill(p)
     assert os.path.exists(path)
     assert [i for i in ombm_inspect.list_segments() if i.name == name][0].holders == 0
@@ -126,7 +126,7 @@ def test_a_name_with_a_live_holder_is_not_taken_over(procs):
         opened.bind().write(0, b"still usable")
     finally:
         opened.release()  # the last live holder removes the name
-    assert not os.path.exists(ombm.namespace.segment_path(name))
+    assert not os.path.exists(ombm.core.namespace.segment_path(name))
 
 
 CHILD = """

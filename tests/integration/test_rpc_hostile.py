@@ -16,8 +16,9 @@ import msgpack
 import pytest
 
 import ombm
-from ombm import namespace
-from ombm.rpc import RemoteError, wire
+from ombm.core import namespace
+from ombm.rpc import RemoteError
+from ombm.transport import wire
 from rpc_helpers import Children, add_many, expect, join, segments_of, send_signal, serve_forever, service_name
 
 pytestmark = pytest.mark.processes
@@ -237,8 +238,8 @@ def test_connect_with_an_out_of_range_connection_id_is_rejected(server):
     name = server.name
     with ombm.rpc.connect(name, timeout=5.0) as cli:
         assert cli.add(1, 2) == 3
-        req = ombm.rpc.channel.Channel.create(f"{name}-evil-req", slots=4, slot_size=1024)
-        rep = ombm.rpc.channel.Channel.create(f"{name}-evil-rep", slots=4, slot_size=1024)
+        req = ombm.rpc.slots.SlotChannel.create(f"{name}-evil-req", slots=4, slot_size=1024)
+        rep = ombm.rpc.slots.SlotChannel.create(f"{name}-evil-rep", slots=4, slot_size=1024)
         try:
             with ombm.open_segment(f"rpc-{name}") as seg:
                 region = seg.bind(writable=True)

@@ -14,7 +14,8 @@ import time
 import pytest
 
 import ombm
-from ombm.rpc import RemoteError, marshal, wire
+from ombm.rpc import RemoteError, marshal
+from ombm.transport import wire
 from rpc_helpers import Children, expect, join, pattern, serve_started, service_name
 
 pytestmark = pytest.mark.processes

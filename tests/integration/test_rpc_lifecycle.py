@@ -2,7 +2,7 @@
 
 What a client sees (``ServiceNotFoundError``, ``ServerGoneError``), what is
 left in /dev/shm afterwards, and who reclaims it: the server for dead
-clients, ``ombm.inspect.gc()`` for a dead server.
+clients, ``ombm.core.admin.gc()`` for a dead server.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import pytest
 
 import ombm
-from ombm import inspect as ombm_inspect
+from ombm.core import admin as ombm_inspect
 from rpc_helpers import (
     Calc,
     Children,

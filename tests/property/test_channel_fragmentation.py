@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import ombm
-from ombm.stream import Stream
+from ombm.channels.stream import Stream
 
 np = pytest.importorskip("numpy")
 

@@ -1,4 +1,4 @@
-"""The signal FIFO (ombm.fifo + ombm._native) against a bounded deque (paper §3.1.2).
+"""The signal FIFO (ombm.core.fifo + ombm._native) against a bounded deque (paper §3.1.2).
 
 Pushes beyond the capacity are dropped and counted, never block; pops come
 out in push order; ``fanout`` pushes one signal to several FIFOs and reports
@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.fifo import Fifo
+from ombm.core.fifo import Fifo
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 SETTINGS = settings(max_examples=60, stateful_step_count=60, deadline=None,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 import ombm
-from ombm.segment import find_region
+from ombm.core.segment import find_region
 
 
 def signalled_offsets(size: int, unit: int, offset: int, length: int) -> list[int]:

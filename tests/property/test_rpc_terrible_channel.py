@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ombm.rpc.protocol import ClientProtocol, ServerProtocol
+from ombm.transport.rpc_protocol import ClientProtocol, ServerProtocol
 
 CONN = 77
 

@@ -1,10 +1,10 @@
-"""Frames (ombm.rpc.wire): round trips and damage detection over generated frames."""
+"""Frames (ombm.transport.wire): round trips and damage detection over generated frames."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ombm.rpc import wire
-from ombm.rpc.wire import TRAILER_SIZE, Frame, FrameError, Kind, decode, encode
+from ombm.transport import wire
+from ombm.transport.wire import TRAILER_SIZE, Frame, FrameError, Kind, decode, encode
 
 u64 = st.integers(0, 2**64 - 1)
 
@@ -97,7 +97,7 @@ def test_one_flipped_bit_changes_the_checksum(data, draw):
 @given(st.binary(min_size=1, max_size=64), st.binary(min_size=40, max_size=40), st.data())
 def test_one_flipped_bit_changes_a_stream_seal(payload, head, draw):
     from ombm import _native
-    from ombm.stream import seal
+    from ombm.channels.stream import seal
 
     bit = draw.draw(st.integers(0, 8 * len(payload) - 1))
     flipped = bytearray(payload)
@@ -107,7 +107,7 @@ def test_one_flipped_bit_changes_a_stream_seal(payload, head, draw):
 
 def test_the_seal_collision_that_was_found():
     from ombm import _native
-    from ombm.stream import seal
+    from ombm.channels.stream import seal
 
     head = bytes(range(40))
     assert seal(head, _native.checksum(b"original")) != seal(head, _native.checksum(b"originam"))

@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ombm.rpc.streamproto import CreditAvailable, StreamReceiver, StreamSender
+from ombm.transport.stream_protocol import CreditAvailable, StreamReceiver, StreamSender
 
 CONN = 4242
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from ombm.sim import cli, report
+from ombm.cli import sim as cli
+from ombm.sim import report
 
 
 @pytest.fixture(scope="module")

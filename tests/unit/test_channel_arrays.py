@@ -9,9 +9,9 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-import ombm  # noqa: E402
-from ombm.arrays import ArrayView  # noqa: E402
-from ombm.stream import Stream  # noqa: E402
+import ombm
+from ombm.channels.arrays import ArrayView  # noqa: E402
+from ombm.channels.stream import Stream  # noqa: E402
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_a_kept_array_outlives_the_stream_safely(name, own_receiver):
 def test_hostile_array_headers_are_frame_errors(header):
     import msgpack
 
-    from ombm.arrays import unpack_trailer
+    from ombm.channels.arrays import unpack_trailer
 
     packed = msgpack.packb(header)
     payload = bytes(64) + packed + len(packed).to_bytes(4, "little")

@@ -11,8 +11,8 @@ import os
 import pytest
 
 import ombm
-from ombm.channel import ChannelTimeout, EndOfStream, RawChannel, RawFrame
-from ombm.stream import Stream
+from ombm.channels.raw import ChannelTimeout, EndOfStream, RawChannel, RawFrame
+from ombm.channels.stream import Stream
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import threading
 import pytest
 
 import ombm
-from ombm import stream as stream_mod
-from ombm.channel import ChannelTimeout, EndOfStream
-from ombm.channel import RawChannel
-from ombm.stream import Stream
+from ombm.channels import stream as stream_mod
+from ombm.channels.raw import ChannelTimeout, EndOfStream
+from ombm.channels.raw import RawChannel
+from ombm.channels.stream import Stream
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ import threading
 import pytest
 
 import ombm
-import ombm.inspect
+import ombm.core.admin
 from ombm import _layout as L
-from ombm import errors, namespace
-from ombm.fifo import Fifo
-from ombm.segment import find_region
+from ombm import errors
+from ombm.core import namespace
+from ombm.core.fifo import Fifo
+from ombm.core.segment import find_region
 
 FOLDER = namespace.folder()
 
@@ -254,7 +255,7 @@ def test_gc_leaves_a_segment_of_another_layout_version_alone():
     with open(path, "xb") as f:
         f.write(content)
     try:
-        ombm.inspect.gc()
+        ombm.core.admin.gc()
         assert os.path.exists(path)
         with open(path, "rb") as f:
             assert f.read() == content
@@ -413,7 +414,7 @@ def test_sig_wait_with_a_bad_timeout_creates_nothing():
         except ValueError:
             pass
         seen.extend(my_objects() - before)
-        ombm.signals.current_receiver().close()
+        ombm.core.signals.current_receiver().close()
 
     in_fresh_thread(run)
     assert seen == []
@@ -430,7 +431,7 @@ def test_signal_handler_outside_every_region_creates_nothing():
         except ombm.AddressError:
             pass
         seen.extend(my_objects() - before)
-        ombm.signals.current_receiver().close()
+        ombm.core.signals.current_receiver().close()
 
     in_fresh_thread(run)
     assert seen == []

@@ -1,4 +1,4 @@
-"""Segments and regions in one process (ombm.segment): creation, binding, reading, releasing."""
+"""Segments and regions in one process (ombm.core.segment): creation, binding, reading, releasing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 import pytest
 
 import ombm
-from ombm import inspect as ombm_inspect
-from ombm import namespace
+from ombm.core import admin as ombm_inspect
+from ombm.core import namespace
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_unbind_is_idempotent_and_closes_the_region(seg):
     with pytest.raises(ombm.ClosedError):
         region.read(0, 1)
     with pytest.raises(ombm.AddressError):
-        ombm.segment.find_region(region.address)
+        ombm.core.segment.find_region(region.address)
 
 
 def test_bind_after_release_is_a_closed_error():
@@ -138,8 +138,8 @@ def test_region_read_and_write_round_trip_any_buffer(seg):
 def test_find_region_maps_addresses_to_their_binding(seg):
     a, b = seg.bind(), seg.bind()
     for region in (a, b):
-        assert ombm.segment.find_region(region.address) is region
-        assert ombm.segment.find_region(region.address + seg.size - 1) is region
+        assert ombm.core.segment.find_region(region.address) is region
+        assert ombm.core.segment.find_region(region.address + seg.size - 1) is region
 
 
 def test_list_segments_describes_holders_and_receivers(seg, own_receiver):
@@ -174,7 +174,7 @@ def test_the_native_write_path_does_what_the_python_one_does(own_receiver):
     slow path. Both must leave the same bytes and raise the same signals, for any buffer."""
     import array
 
-    from ombm.signals import current_receiver
+    from ombm.core.signals import current_receiver
 
     got = []
     with ombm.create_segment(4096, unit=256) as seg:

@@ -1,4 +1,4 @@
-"""Address-valued signals in one process (ombm.signals): handlers, signal-on-write, sig_wait, Dispatcher."""
+"""Address-valued signals in one process (ombm.core.signals): handlers, signal-on-write, sig_wait, Dispatcher."""
 
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def test_each_thread_has_its_own_receiver_and_all_watchers_get_the_signal():
                 while len(got) < 4 and time.monotonic() < deadline:
                     ombm.sig_wait(1.0)
             finally:
-                ombm.signals.current_receiver().close()
+                ombm.core.signals.current_receiver().close()
 
         threads = [threading.Thread(target=watch, args=(i,)) for i in range(3)]
         for t in threads:

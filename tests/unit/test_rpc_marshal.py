@@ -7,8 +7,7 @@ import msgpack
 import pytest
 
 from ombm.rpc import marshal
-from ombm.rpc.marshal import (RemoteError, UnmarshalError, decode_call, decode_reply,
-                              encode_call, encode_error, encode_result)
+from ombm.rpc.marshal import RemoteError, UnmarshalError, decode_call, decode_reply, encode_call, encode_error, encode_result
 
 
 def reply(value, **kw):

@@ -1,11 +1,10 @@
-"""Reliable RPC transport (ombm.rpc.protocol), step by step, with a fake clock."""
+"""Reliable RPC transport (ombm.transport.rpc_protocol), step by step, with a fake clock."""
 
 import pytest
 
-from ombm.rpc import wire
-from ombm.rpc.protocol import (ClientProtocol, ReplyReceived, RequestReceived, ServerProtocol,
-                               split)
-from ombm.rpc.wire import Kind, decode, encode
+from ombm.transport import wire
+from ombm.transport.rpc_protocol import ClientProtocol, ReplyReceived, RequestReceived, ServerProtocol, split
+from ombm.transport.wire import Kind, decode, encode
 
 CONN = 0xC0FFEE
 

@@ -1,11 +1,10 @@
-"""Reliable ordered stream with flow control (ombm.rpc.streamproto), step by step."""
+"""Reliable ordered stream with flow control (ombm.transport.stream_protocol), step by step."""
 
 import pytest
 
-from ombm.rpc import wire
-from ombm.rpc.streamproto import (CreditAvailable, MessageReceived, StreamReceiver,
-                                  StreamSender)
-from ombm.rpc.wire import Kind, decode, encode
+from ombm.transport import wire
+from ombm.transport.stream_protocol import CreditAvailable, MessageReceived, StreamReceiver, StreamSender
+from ombm.transport.wire import Kind, decode, encode
 
 CONN = 0x5EED
 

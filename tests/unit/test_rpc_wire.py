@@ -1,4 +1,4 @@
-"""Frames (ombm.rpc.wire): encoding, and rejection of every damaged frame."""
+"""Frames (ombm.transport.wire): encoding, and rejection of every damaged frame."""
 
 import struct
 from dataclasses import FrozenInstanceError
@@ -6,8 +6,8 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 from ombm._native import checksum
-from ombm.rpc import wire
-from ombm.rpc.wire import TRAILER_SIZE, Frame, FrameError, Kind, decode, encode
+from ombm.transport import wire
+from ombm.transport.wire import TRAILER_SIZE, Frame, FrameError, Kind, decode, encode
 
 HEAD = struct.Struct("<QQQIIHHBBH")
 

@@ -13,10 +13,10 @@ pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
 timer), ``client`` and ``server`` (the I/O glue).
 """
 
-from ..errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError
-from .aio import AsyncClient, connect_async
-from .client import Client, Future, connect
-from .server import Server
+from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError
+from ombm.rpc.aio import AsyncClient, connect_async
+from ombm.rpc.client import Client, Future, connect
+from ombm.rpc.server import Server
 
 __all__ = [
     "AsyncClient",

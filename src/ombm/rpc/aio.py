@@ -12,10 +12,10 @@ import asyncio
 import time
 from typing import Any
 
-from .. import aio as _aio
-from ..errors import CallTimeout, ServerGoneError
-from . import marshal
-from .client import Client, connect
+from ombm import aio as _aio
+from ombm.errors import CallTimeout, ServerGoneError
+from ombm.rpc import marshal
+from ombm.rpc.client import Client, connect
 
 
 class AsyncClient:

@@ -6,7 +6,7 @@ service's well-known channel, and waits for the server's ACK.
 
 A synchronous call made while nothing else is outstanding is one native call
 (``_native.CallLane``, holding the call ids the sans-I/O
-:class:`~ombm.rpc.protocol.ClientProtocol` lent it): marshal, write the frame
+:class:`~ombm.transport.rpc_protocol.ClientProtocol` lent it): marshal, write the frame
 (the write of its last byte signals the server), wait, take and unmarshal the
 reply. Any other call marshals the arguments, hands the message to the protocol,
 writes its frames, then **dispatches its own reply signal** in the calling
@@ -26,17 +26,18 @@ from typing import Any
 
 import msgpack
 
-from .. import _layout as L
-from .. import _native, namespace
-from ..errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
-from ..errors import ServiceNotFoundError
-from ..signals import Receiver
-from ..stats import COUNTERS
-from . import marshal, wire
-from .channel import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, Channel
-from .protocol import ClientProtocol
-from .server import well_known_name
-from .timer import timer
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
+from ombm.errors import ServiceNotFoundError
+from ombm.core.signals import Receiver
+from ombm.core.stats import COUNTERS
+from ombm.rpc import marshal
+from ombm.transport import wire
+from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, SlotChannel, well_known_name
+from ombm.transport.rpc_protocol import ClientProtocol
+from ombm.rpc.timer import timer
 
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
@@ -95,7 +96,7 @@ class Client:
         self._request = self._reply = self._receiver = None
         self._lane = None  # the native fast lane of synchronous calls (memory signal path only)
         try:
-            well_known = Channel.open(well_known_name(name), writable=True)
+            well_known = SlotChannel.open(well_known_name(name), writable=True)
         except SegmentNotFoundError:
             raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
         try:
@@ -109,10 +110,10 @@ class Client:
         self._timer.add(self)
 
     # -- first contact
-    def _connect(self, well_known: Channel, slots: int, slot_size: int) -> None:
+    def _connect(self, well_known: SlotChannel, slots: int, slot_size: int) -> None:
         tag = f"{well_known_name(self.service)}-{self._nonce:016x}"
-        self._request = Channel.create(f"{tag}-req", slots=slots, slot_size=slot_size)
-        self._reply = Channel.create(f"{tag}-rep", slots=slots, slot_size=slot_size)
+        self._request = SlotChannel.create(f"{tag}-req", slots=slots, slot_size=slot_size)
+        self._reply = SlotChannel.create(f"{tag}-rep", slots=slots, slot_size=slot_size)
         self._receiver = Receiver()
         region = self._reply.region
         self._receiver.add_handler(region.address, region.size, self._on_reply)
@@ -429,7 +430,7 @@ class Client:
         return f"<ombm.rpc.Client {self.service!r}{' closed' if self._closed else ''}>"
 
 
-def _has_live_receiver(channel: Channel) -> bool:
+def _has_live_receiver(channel: SlotChannel) -> bool:
     return any(
         e.kind == L.KIND_RECEIVER and namespace.is_alive(e.pid, e.start) for e in channel.segment.directory.entries()
     )

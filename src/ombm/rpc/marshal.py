@@ -1,7 +1,7 @@
 """Marshalling of RPC arguments and results: msgpack, safe by default (DESIGN §3, paper §4).
 
 This module owns what a call and a reply look like as bytes.  It never touches a
-channel: the bytes it produces are the opaque messages of :mod:`ombm.rpc.protocol`.
+channel: the bytes it produces are the opaque messages of :mod:`ombm.transport.rpc_protocol`.
 
 What travels, and what comes back:
 

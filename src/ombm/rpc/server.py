@@ -31,26 +31,22 @@ from typing import Any
 
 import msgpack
 
-from .. import _layout as L
-from .. import _native, namespace
-from ..errors import FrameError, SegmentFormatError, SegmentNotFoundError
-from ..signals import Receiver
-from ..stats import COUNTERS
-from . import marshal, wire
-from .channel import Channel
-from .protocol import ServerProtocol
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.errors import FrameError, SegmentFormatError, SegmentNotFoundError
+from ombm.core.signals import Receiver
+from ombm.core.stats import COUNTERS
+from ombm.rpc import marshal
+from ombm.transport import wire
+from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
+from ombm.transport.rpc_protocol import ServerProtocol
 
-WELL_KNOWN_SLOTS = 32
-WELL_KNOWN_SLOT_SIZE = 1024
 REAP_INTERVAL_S = 1.0
 
 
-def well_known_name(service: str) -> str:
-    return f"rpc-{namespace.validate_name(service)}"
-
-
 class _Connection:
-    def __init__(self, conn_id: int, nonce: int, request: Channel, reply: Channel, pid: int, start: int, max_payload):
+    def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int, max_payload):
         self.conn_id = conn_id
         self.nonce = nonce
         self.request = request
@@ -95,7 +91,7 @@ class Server:
         self._serving = threading.Lock()
         self._last_reap = time.monotonic()
         try:
-            self._well_known = Channel.create(
+            self._well_known = SlotChannel.create(
                 well_known_name(name), slots=WELL_KNOWN_SLOTS, slot_size=WELL_KNOWN_SLOT_SIZE
             )
             region = self._well_known.region
@@ -132,7 +128,7 @@ class Server:
             self.stats["bad_connects"] += 1
             return None
         try:
-            request = Channel.open(req_name, writable=False)
+            request = SlotChannel.open(req_name, writable=False)
         except (SegmentNotFoundError, SegmentFormatError, ValueError):
             self.stats["bad_connects"] += 1
             return None
@@ -141,7 +137,7 @@ class Server:
             self.stats["bad_connects"] += 1
             return None
         try:
-            reply = Channel.open(rep_name, writable=True)
+            reply = SlotChannel.open(rep_name, writable=True)
         except (SegmentNotFoundError, SegmentFormatError, ValueError):
             request.close()
             self.stats["bad_connects"] += 1

@@ -12,7 +12,7 @@ Layers, lowest first:
 * :mod:`~ombm.sim.mbm`        the four configurations' send and receive paths
 * :mod:`~ombm.sim.rpc`        an RPC over two channels (Tables 2 and 4)
 * :mod:`~ombm.sim.scenarios`  the paper's results (a)-(e); :mod:`~ombm.sim.explore` (f)-(h)
-* :mod:`~ombm.sim.report`, :mod:`~ombm.sim.figures`, :mod:`~ombm.sim.cli`   output
+* :mod:`~ombm.sim.report`, :mod:`~ombm.sim.figures`   output (the command line: :mod:`ombm.cli.sim`)
 
 Example::
 
@@ -22,10 +22,10 @@ Example::
 The report (``ombm.sim.report``, which imports matplotlib) is not imported here.
 """
 
-from .machine import Machine, Mode
-from .mbm import CONFIGS, CONSISTENCY, OPTIMIZED, SEQUENCE, SIGNALS, SOFTWARE, Config, Messenger
-from .params import FUTURE, PARADIGM, MachineParams
-from .rpc import rpc
+from ombm.sim.machine import Machine, Mode
+from ombm.sim.mbm import CONFIGS, CONSISTENCY, OPTIMIZED, SEQUENCE, SIGNALS, SOFTWARE, Config, Messenger
+from ombm.sim.params import FUTURE, PARADIGM, MachineParams
+from ombm.sim.rpc import rpc
 
 __all__ = [
     "CONFIGS",

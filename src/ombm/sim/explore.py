@@ -23,24 +23,10 @@ from dataclasses import replace
 
 import simpy
 
-from .machine import Machine, Process
-from .mbm import OPTIMIZED, Messenger
-from .memory import Memory
-from .params import (
-    ALLOCATIONS_PER_CLIENT,
-    ALLOCATOR_LINES,
-    ALLOCATOR_US,
-    FIFO_BURSTS_PER_SENDER,
-    FIFO_MEAN_GAP_US,
-    FIFO_SENDERS,
-    FUTURE,
-    HANDLER_US,
-    RTL_GAP_US,
-    RTL_SIGNALS,
-    THINK_US,
-    Component,
-    MachineParams,
-)
+from ombm.sim.machine import Machine, Process
+from ombm.sim.mbm import OPTIMIZED, Messenger
+from ombm.sim.memory import Memory
+from ombm.sim.params import ALLOCATIONS_PER_CLIENT, ALLOCATOR_LINES, ALLOCATOR_US, FIFO_BURSTS_PER_SENDER, FIFO_MEAN_GAP_US, FIFO_SENDERS, FUTURE, HANDLER_US, RTL_GAP_US, RTL_SIGNALS, THINK_US, Component, MachineParams
 
 FIFO_SIZES = (4, 8, 16, 32, 64, 128, 256, 512)
 BURSTS = (8, 32, 128)

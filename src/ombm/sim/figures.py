@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .params import PAPER
+from ombm.sim.params import PAPER
 
 _SHARES = (("signals", "address-valued signals", "#4c72b0"),
            ("consistency", "message consistency", "#dd8452"),

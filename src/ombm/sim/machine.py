@@ -32,7 +32,7 @@ from typing import Generator, Iterable, NamedTuple
 
 import simpy
 
-from .params import Component, MachineParams
+from ombm.sim.params import Component, MachineParams
 
 Process = Generator[simpy.Event, object, object]
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import simpy
 
-from .machine import Machine, Mode, Process
-from .memory import Memory
-from .params import TABLE1_HARDWARE as HW
-from .params import TABLE1_SOFTWARE as SW
-from .params import Component
+from ombm.sim.machine import Machine, Mode, Process
+from ombm.sim.memory import Memory
+from ombm.sim.params import TABLE1_HARDWARE as HW
+from ombm.sim.params import TABLE1_SOFTWARE as SW
+from ombm.sim.params import Component
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,8 @@ a separate address transaction from the sender's board.
 
 from __future__ import annotations
 
-from .machine import Entry, Machine, Mode, Process
-from .params import Component
+from ombm.sim.machine import Entry, Machine, Mode, Process
+from ombm.sim.params import Component
 
 
 class Memory:

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from . import explore, figures, scenarios
-from .params import PAPER, TABLE1_HARDWARE, TABLE1_SOFTWARE, parameter_table
-from .report_text import TEMPLATE
+from ombm.sim import explore, figures, scenarios
+from ombm.sim.params import PAPER, TABLE1_HARDWARE, TABLE1_SOFTWARE, parameter_table
+from ombm.sim.report_text import TEMPLATE
 
 STEPS: tuple[tuple[str, str, Callable[[], object]], ...] = (
     ("table1", "Table 1: kernel components", scenarios.table1),

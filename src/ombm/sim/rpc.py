@@ -15,9 +15,9 @@ a null message costs none but still occupies one line, its header. Table 4's
 
 from __future__ import annotations
 
-from .machine import Machine, Process, placement
-from .mbm import Channel, Config, Messenger
-from .params import TABLE2, Component, MachineParams
+from ombm.sim.machine import Machine, Process, placement
+from ombm.sim.mbm import Channel, Config, Messenger
+from ombm.sim.params import TABLE2, Component, MachineParams
 
 
 def _steps(params: MachineParams, nbytes: int, verb: str) -> tuple[Component | None, int]:

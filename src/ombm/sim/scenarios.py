@@ -21,19 +21,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-from .machine import Machine, Process, placement
-from .mbm import CONSISTENCY, OPTIMIZED, SEQUENCE, SIGNALS, SOFTWARE, Config, Messenger
-from .params import (
-    FIG7_L2_LINE_US,
-    FIG78_HOP_US,
-    FIG78_L3_LINE_US,
-    FUTURE,
-    PARADIGM,
-    TABLE1_HARDWARE,
-    TABLE1_SOFTWARE,
-    MachineParams,
-)
-from .rpc import rpc
+from ombm.sim.machine import Machine, Process, placement
+from ombm.sim.mbm import CONSISTENCY, OPTIMIZED, SEQUENCE, SIGNALS, SOFTWARE, Config, Messenger
+from ombm.sim.params import FIG7_L2_LINE_US, FIG78_HOP_US, FIG78_L3_LINE_US, FUTURE, PARADIGM, TABLE1_HARDWARE, TABLE1_SOFTWARE, MachineParams
+from ombm.sim.rpc import rpc
 
 SHARE_KEYS = {SIGNALS.key: "signals", CONSISTENCY.key: "consistency", OPTIMIZED.key: "signal_on_write"}
 CPU_SPEEDS = (1, 2, 4, 8, 16, 32)

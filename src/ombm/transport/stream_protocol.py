@@ -3,7 +3,7 @@
 This module owns the transport under ``ombm.Stream``: one :class:`StreamSender`
 and one :class:`StreamReceiver` per direction, turning best-effort frames into
 messages delivered in order, exactly once, with a slow receiver slowing the sender
-down instead of losing data.  Like :mod:`ombm.rpc.protocol` it owns no socket,
+down instead of losing data.  Like :mod:`ombm.transport.rpc_protocol` it owns no socket,
 clock, thread or shared memory: frames and ``now`` in, events and frames out.
 
 Rules:
@@ -43,8 +43,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ombm.errors import FrameError
-from ombm.rpc.protocol import RtoEstimator, _check_payload, _drain, split
-from ombm.rpc.wire import Kind, decode_fields, encode
+from ombm.transport.rpc_protocol import RtoEstimator, _check_payload, _drain, split
+from ombm.transport.wire import Kind, decode_fields, encode
 
 __all__ = ["StreamSender", "StreamReceiver", "MessageReceived", "CreditAvailable",
            "SenderStats", "ReceiverStats"]

@@ -36,9 +36,9 @@ from typing import Any
 
 import ombm
 
-from . import peers
-from .affinity import PLACEMENTS, pin, pinned
-from .report import Latency, Target, md_table, median, percent, rate, ratio, slope, targets_table, times, us
+from ombm.cli.bench import peers
+from ombm.cli.bench.affinity import PLACEMENTS, pin, pinned
+from ombm.cli.bench.report import Latency, Target, md_table, median, percent, rate, ratio, slope, targets_table, times, us
 
 _CONTEXT = multiprocessing.get_context("spawn")
 _START_TIMEOUT_S = 30.0

@@ -30,7 +30,7 @@ import weakref
 
 import msgpack
 
-from .errors import ClosedError, FrameError
+from ombm.errors import ClosedError, FrameError
 
 __all__ = ["ArrayView", "check_array", "pack_header", "unpack_trailer", "owner_of"]
 

@@ -25,9 +25,10 @@ import os
 import socket
 import struct
 
-from . import _layout as L
-from . import _native, namespace
-from .errors import SegmentFormatError
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.errors import SegmentFormatError
 
 _SIGNAL = struct.Struct("<QQ")  # kernel-path datagram: segment id, offset
 DEFAULT_CAPACITY = 128

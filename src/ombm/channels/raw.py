@@ -4,7 +4,7 @@ Paper §4: "A basic channel mechanism in the class library supports a raw form o
 communication ... each cache line is specifically addressed with its local address
 within the channel segment. Derived classes of the basic channel class provide the
 reliable transport mechanisms."  This module owns that basic class and the raw
-channel; :mod:`ombm.stream` derives the reliable stream from the same class.
+channel; :mod:`ombm.channels.stream` derives the reliable stream from the same class.
 
 :class:`Channel` owns one message-consistency segment with a *control block* at its
 start and ``slots`` equal slots after it.  The segment's signalling unit is the slot,
@@ -59,13 +59,14 @@ import warnings
 from collections import deque
 from dataclasses import dataclass
 
-from . import _native, namespace
-from . import config as _config
-from . import segment as _segment
-from .errors import AddressError, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, OmbmError
-from .errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
-from .signals import Receiver
-from .signals import signal as _signal
+from ombm import _native
+from ombm.core import namespace
+from ombm.core import config as _config
+from ombm.core import segment as _segment
+from ombm.errors import AddressError, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, OmbmError
+from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
+from ombm.core.signals import Receiver
+from ombm.core.signals import signal as _signal
 
 __all__ = ["Channel", "ChannelTimeout", "EndOfStream", "RawChannel", "RawFrame", "RawView", "RawStats", "check_timeout"]
 

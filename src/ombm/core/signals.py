@@ -30,14 +30,15 @@ import time
 import weakref
 from typing import Callable
 
-from . import _layout as L
-from . import _native, lifecycle
-from . import config as _config
-from .config import settings
-from .errors import AddressError, ClosedError
-from .fifo import Fifo
-from .segment import Region, find_region
-from .stats import COUNTERS
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import lifecycle
+from ombm.core import config as _config
+from ombm.core.config import settings
+from ombm.errors import AddressError, ClosedError
+from ombm.core.fifo import Fifo
+from ombm.core.segment import Region, find_region
+from ombm.core.stats import COUNTERS
 
 _log = logging.getLogger("ombm")
 _STALLED = _native.WAIT_STALLED
@@ -290,7 +291,7 @@ class Receiver:
 
     def nudge(self) -> None:
         """Make a waiting ``wait_once`` return (used to stop dispatcher threads)."""
-        from .delivery import fifo_ref
+        from ombm.core.delivery import fifo_ref
 
         ref = fifo_ref(self.fifo.token)
         if ref is None:

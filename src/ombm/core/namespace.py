@@ -18,7 +18,7 @@ import re
 import secrets
 import stat
 
-from . import _layout
+from ombm import _layout
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]*")
 SHM_ROOT = os.environ.get("OMBM_SHM_DIR", "/dev/shm")

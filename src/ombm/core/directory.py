@@ -19,11 +19,13 @@ senders and by ``ombm gc``.
 from __future__ import annotations
 
 import mmap
+import os
 from typing import NamedTuple
 
-from . import _layout as L
-from . import _native, namespace
-from .errors import OmbmError
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.errors import OmbmError
 
 
 class Entry(NamedTuple):
@@ -117,3 +119,47 @@ class Directory:
         if freed:
             self._bump()
         return freed
+
+
+# ---- a segment file's header, for reclamation by name (create_segment) and by `ombm gc`
+
+def map_header(path: str) -> tuple[int, mmap.mmap] | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if os.fstat(fd).st_size < L.HEADER_SIZE:
+        os.close(fd)
+        return None
+    return fd, mmap.mmap(fd, L.HEADER_SIZE)
+
+
+def is_current_layout(hdr: mmap.mmap) -> bool:
+    """A segment of exactly this layout (another version's directory is not ours to edit)."""
+    magic, version = L.SEG_HEADER.unpack_from(hdr)[:2]
+    return magic == L.SEG_MAGIC and version == L.SEG_VERSION
+
+
+def reclaim_segment_if_dead(path: str) -> bool:
+    """Unlink the segment at ``path`` if no live process holds it; True if removed."""
+    mapped = map_header(path)
+    if mapped is None:
+        return False
+    fd, hdr = mapped
+    try:
+        if not is_current_layout(hdr):
+            return False
+        directory = Directory(hdr)
+        directory.reclaim_dead()
+        if any(e.kind == L.KIND_HOLDER for e in directory.entries()):
+            return False
+        st_path, st_fd = os.stat(path), os.fstat(fd)
+        if (st_path.st_dev, st_path.st_ino) != (st_fd.st_dev, st_fd.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        hdr.close()
+        os.close(fd)

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..channel import EndOfStream, RawChannel
-from ..stream import Stream
-from . import core, peers
-from .affinity import PLACEMENTS, pinned
-from .report import Target, md_table, targets_table
+from ombm.channels.raw import EndOfStream, RawChannel
+from ombm.channels.stream import Stream
+from ombm.cli.bench import core, peers
+from ombm.cli.bench.affinity import PLACEMENTS, pinned
+from ombm.cli.bench.report import Target, md_table, targets_table
 
 SIZES = (4 << 10, 64 << 10, 1 << 20, 8 << 20, 64 << 20)
 RAW_MAX_FRAME = 16 << 20  # a raw frame is one unit: larger frames would take huge segments

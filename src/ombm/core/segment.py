@@ -26,14 +26,15 @@ import os
 import threading
 import weakref
 
-from . import _layout as L
-from . import _native, inspect, lifecycle, namespace
-from .delivery import Router
-from .directory import Directory, Entry
-from .errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
-from .errors import SegmentNotFoundError
-from .faults import FAULTS
-from .stats import COUNTERS
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import lifecycle, namespace
+from ombm.core.delivery import Router
+from ombm.core.directory import Directory, Entry, reclaim_segment_if_dead
+from ombm.errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
+from ombm.errors import SegmentNotFoundError
+from ombm.core.faults import FAULTS
+from ombm.core.stats import COUNTERS
 
 CACHE_LINE = L.CACHE_LINE
 PAGE = mmap.PAGESIZE
@@ -195,6 +196,12 @@ class Region:
         if not self.address <= address < self.address + self.size:
             raise AddressError(f"address {address:#x} is outside this region")
         return address - self.address
+
+    @property
+    def native_writer(self) -> _native.Writer | None:
+        """The native write path of a writable binding (None when read-only, closed, or under
+        fault injection): lanes and slot channels write frames through it."""
+        return self._writer
 
     @property
     def closed(self) -> bool:
@@ -363,7 +370,7 @@ def create_segment(
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     except FileExistsError:
         # a name left behind by dead processes is reclaimed lazily (DESIGN.md §3)
-        if not inspect.reclaim_segment_if_dead(path):
+        if not reclaim_segment_if_dead(path):
             raise SegmentExistsError(f"segment {name!r} already exists") from None
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import _native
+from ombm import _native
 
 
 class Counters:

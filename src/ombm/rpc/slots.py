@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import random
 
-from .. import segment as _segment
-from ..errors import SegmentNotFoundError
-from .wire import TRAILER_SIZE
+from ombm.core import namespace
+from ombm.core import segment as _segment
+from ombm.errors import SegmentNotFoundError
+from ombm.transport.wire import TRAILER_SIZE
 
 DEFAULT_SLOT_SIZE = 131072
 DEFAULT_SLOTS = 32
+WELL_KNOWN_SLOTS = 32
+WELL_KNOWN_SLOT_SIZE = 1024
 
 
-class Channel:
+def well_known_name(service: str) -> str:
+    """The segment name of ``service``'s well-known channel (clients write CONNECTs into it)."""
+    return f"rpc-{namespace.validate_name(service)}"
+
+
+class SlotChannel:
     """A bound channel segment; ``writable`` on the sending side, read-only on the receiving side."""
 
     def __init__(self, segment: _segment.Segment, writable: bool) -> None:
@@ -39,13 +47,13 @@ class Channel:
         self.max_message = max(1, self.slots // 2) * self.max_payload
         self._next = 0
         # the native round-robin send (fault injection leaves the binding without one)
-        writer = getattr(self.region, "_writer", None)
+        writer = self.region.native_writer
         self.writer = writer if writable and writer is not None and segment.size % self.slot_size == 0 else None
         buf, size = self.region.buffer, self.slot_size
         self._views = [buf[i * size : (i + 1) * size] for i in range(self.slots)]
 
     @classmethod
-    def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE) -> Channel:
+    def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE) -> SlotChannel:
         seg = _segment.create_segment(slots * slot_size, name=name, unit=slot_size)
         try:
             return cls(seg, writable=True)
@@ -54,7 +62,7 @@ class Channel:
             raise
 
     @classmethod
-    def open(cls, name: str, *, writable: bool) -> Channel:
+    def open(cls, name: str, *, writable: bool) -> SlotChannel:
         seg = _segment.open_segment(name)  # SegmentNotFoundError
         return cls(seg, writable)
 
@@ -94,4 +102,5 @@ class Channel:
         self.segment.release()
 
 
-__all__ = ["Channel", "SegmentNotFoundError", "DEFAULT_SLOTS", "DEFAULT_SLOT_SIZE"]
+__all__ = ["SlotChannel", "DEFAULT_SLOTS", "DEFAULT_SLOT_SIZE", "WELL_KNOWN_SLOTS", "WELL_KNOWN_SLOT_SIZE",
+           "well_known_name"]

@@ -15,9 +15,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import _layout as L
-from . import namespace
-from .directory import Directory
+from ombm import _layout as L
+from ombm.core import namespace
+from ombm.core.directory import Directory, is_current_layout, map_header, reclaim_segment_if_dead
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,9 @@ def _fifo_state(token: int) -> tuple[int, int, int, int] | None:
     return pid, start, max(tail - head, 0), drops
 
 
-def _map_header(path: str) -> tuple[int, mmap.mmap] | None:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    if os.fstat(fd).st_size < L.HEADER_SIZE:
-        os.close(fd)
-        return None
-    return fd, mmap.mmap(fd, L.HEADER_SIZE)
-
-
 def describe(name: str) -> SegmentInfo:
     path = namespace.segment_path(name)
-    mapped = _map_header(path)
+    mapped = map_header(path)
     if mapped is None:
         return SegmentInfo(name, 0, "?", 0, False, 0, (), error="unreadable or truncated")
     fd, hdr = mapped
@@ -99,37 +88,6 @@ def describe(name: str) -> SegmentInfo:
 def list_segments() -> list[SegmentInfo]:
     names = sorted(f[4:] for f in os.listdir(namespace.folder()) if f.startswith("seg-"))
     return [describe(n) for n in names]
-
-
-def _ours(hdr: mmap.mmap) -> bool:
-    """A segment of exactly this layout (another version's directory is not ours to edit)."""
-    magic, version = L.SEG_HEADER.unpack_from(hdr)[:2]
-    return magic == L.SEG_MAGIC and version == L.SEG_VERSION
-
-
-def reclaim_segment_if_dead(path: str) -> bool:
-    """Unlink the segment at ``path`` if no live process holds it; True if removed."""
-    mapped = _map_header(path)
-    if mapped is None:
-        return False
-    fd, hdr = mapped
-    try:
-        if not _ours(hdr):
-            return False
-        directory = Directory(hdr)
-        directory.reclaim_dead()
-        if any(e.kind == L.KIND_HOLDER for e in directory.entries()):
-            return False
-        st_path, st_fd = os.stat(path), os.fstat(fd)
-        if (st_path.st_dev, st_path.st_ino) != (st_fd.st_dev, st_fd.st_ino):
-            return False
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        hdr.close()
-        os.close(fd)
 
 
 def _stale(path: str, age_s: float = 10.0) -> bool:
@@ -170,12 +128,12 @@ def gc() -> GcReport:
         if not f.startswith("seg-"):
             continue
         path = os.path.join(folder, f)
-        mapped = _map_header(path)
+        mapped = map_header(path)
         if mapped is None:
             continue
         fd, hdr = mapped
         try:
-            if _ours(hdr):
+            if is_current_layout(hdr):
                 entries += Directory(hdr).reclaim_dead()
         finally:
             hdr.close()

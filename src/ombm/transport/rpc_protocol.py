@@ -44,7 +44,7 @@ import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ombm.rpc.wire import KIND_TABLE, MAX_FRAGMENTS, Kind, encode, raw_decode, raw_encode
+from ombm.transport.wire import KIND_TABLE, MAX_FRAGMENTS, Kind, encode, raw_decode, raw_encode
 
 __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
            "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
@@ -213,7 +213,7 @@ def _reassemble(partial: dict, message_id: int, kind, index: int, count: int, pa
 
 
 def _drain(out: deque, max_frames: int | None) -> list:
-    """Take the frames ready to write from ``out`` (used by :mod:`ombm.rpc.streamproto`)."""
+    """Take the frames ready to write from ``out`` (used by :mod:`ombm.transport.stream_protocol`)."""
     if max_frames is None or max_frames >= len(out):
         frames = list(out)
         out.clear()

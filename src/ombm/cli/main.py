@@ -16,7 +16,7 @@ from rich.table import Table
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from . import inspect
+    from ombm.core import admin as inspect
 
     segments = inspect.list_segments()
     table = Table(title="ombm segments", show_lines=False)
@@ -42,7 +42,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from . import inspect
+    from ombm.core import admin as inspect
 
     report = inspect.gc()
     Console().print(
@@ -53,13 +53,13 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from ombm.cli import demo
 
     return demo.main(receivers=args.receivers, iterations=args.iterations)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import runner
+    from ombm.cli.bench import runner
 
     return runner.main(args)
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     bench.add_argument("--out", default="docs/benchmarks.md", help="markdown file to write (default docs/benchmarks.md)")
     bench.set_defaults(func=_bench)
-    from .sim.cli import add_subcommand
+    from ombm.cli.sim import add_subcommand
 
     add_subcommand(sub)
     return parser

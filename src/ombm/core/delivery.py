@@ -19,15 +19,16 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from . import _layout as L
-from . import _native, namespace
-from .errors import SegmentFormatError
-from .faults import FAULTS
-from .fifo import FifoRef
-from .stats import COUNTERS
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.errors import SegmentFormatError
+from ombm.core.faults import FAULTS
+from ombm.core.fifo import FifoRef
+from ombm.core.stats import COUNTERS
 
 if TYPE_CHECKING:
-    from .directory import Directory
+    from ombm.core.directory import Directory
 
 _load64 = _native.load64
 _fanout = _native.fanout

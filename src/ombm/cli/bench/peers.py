@@ -47,7 +47,7 @@ from multiprocessing import reduction
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from .affinity import pin, pinned
+from ombm.cli.bench.affinity import pin, pinned
 
 # spawn, not fork: by the time a peer runs, this process may hold threads (zmq I/O threads, gRPC
 # pollers, an ombm server), and a forked child would inherit their locks in whatever state they
@@ -772,7 +772,7 @@ class _ZmqPushPull(_Zmq):
         return self._receive(copy=False).buffer
 
 
-_GRPC_SERVICE, _GRPC_METHOD = "ombm.bench.Peer", "Echo"
+_GRPC_SERVICE, _GRPC_METHOD = "ombm.cli.bench.Peer", "Echo"
 
 
 def _grpc_echo(request: bytes, context: Any) -> bytes:

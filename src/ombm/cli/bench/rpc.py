@@ -38,13 +38,14 @@ import msgpack
 
 import ombm
 from ombm import _native
-from ombm.rpc import marshal, wire
-from ombm.rpc.channel import Channel
+from ombm.rpc import marshal
+from ombm.transport import wire
+from ombm.rpc.slots import SlotChannel
 from ombm.rpc.server import REAP_INTERVAL_S
 
-from . import core, peers
-from .affinity import PLACEMENTS, pinned
-from .report import Latency, Target, md_table, median, percent, ratio, targets_table, times, us
+from ombm.cli.bench import core, peers
+from ombm.cli.bench.affinity import PLACEMENTS, pinned
+from ombm.cli.bench.report import Latency, Target, md_table, median, percent, ratio, targets_table, times, us
 
 SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536}
 _TARGET_COLUMNS = ("null", "32 B", "1 KiB")
@@ -243,9 +244,9 @@ _CHECKSUM_BLOCK = 256 * 1024
 
 
 @contextmanager
-def _channel() -> Iterator[Channel]:
+def _channel() -> Iterator[SlotChannel]:
     """A throw-away RPC channel with no receiver, made as a client makes its request channel."""
-    channel = Channel.create(f"bench-{os.getpid()}-{secrets.token_hex(4)}")
+    channel = SlotChannel.create(f"bench-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield channel
     finally:

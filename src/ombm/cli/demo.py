@@ -123,7 +123,7 @@ def main(receivers: int = 3, iterations: int = 20000) -> int:
     _multicast(console, ctx, receivers)
     _round_trips(console, ctx, iterations)
     try:
-        from . import rpc_demo
+        from ombm.cli import rpc_demo
     except ImportError:
         return 0
     return rpc_demo.main(console, ctx)

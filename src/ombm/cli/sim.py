@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from . import explore, report, scenarios
-from .params import PAPER, parameter_table
+from ombm.sim import explore, report, scenarios
+from ombm.sim.params import PAPER, parameter_table
 
 _console = Console()
 

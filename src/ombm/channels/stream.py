@@ -1,11 +1,11 @@
 """The reliable stream: ordered, checksummed, flow-controlled messages over channel segments (paper §4).
 
-:class:`Stream` derives from the basic :class:`~ombm.channel.Channel` ("derived classes
+:class:`Stream` derives from the basic :class:`~ombm.channels.raw.Channel` ("derived classes
 of the basic channel class provide the reliable transport mechanisms").  One writer,
 one reader, two unidirectional segments, both created by the writer:
 
 * the **data channel** ``name`` (writer read-write, reader read-only): ``slots`` slots;
-  fragment number ``s`` of the stream is a wire frame (:mod:`ombm.rpc.wire`: payload +
+  fragment number ``s`` of the stream is a wire frame (:mod:`ombm.transport.wire`: payload +
   48-byte trailer, checksum last) that *ends* at the end of slot ``s % slots``, so the
   write of its last byte raises exactly one signal (signal-on-write);
 * the **credit channel** ``name + ".credit"`` (reader read-write, writer read-only),
@@ -21,7 +21,7 @@ one reader, two unidirectional segments, both created by the writer:
 DATA frames use the wire trailer's layout: ``message_id`` = fragment number (from 0),
 ``frag_index``/``frag_count`` = its place in its message; the stream direction carries
 no acknowledgement, so ``ack`` holds the message's total length and ``credit`` its
-content (0 bytes, 1 numpy array, see :mod:`ombm.arrays`).  Their checksum field has two
+content (0 bytes, 1 numpy array, see :mod:`ombm.channels.arrays`).  Their checksum field has two
 levels (:func:`seal`): the native checksum of ``trailer[0:40]`` followed by the payload's
 own checksum, so that at both ends the payload is copied and checksummed in **one pass**
 (``_native.copy_checksum``; the native checksum cannot be continued from the payload into
@@ -54,7 +54,7 @@ Rules:
   run inside ``send``/``flush``/``close`` (no timer thread).
 * **Liveness.** A waiting end checks its peer (pid + start time) every ``TICK_S``: a
   dead or closed reader makes ``send`` raise :class:`~ombm.ChannelBrokenError`; a
-  closed writer ends the stream (:class:`~ombm.channel.EndOfStream` after the last
+  closed writer ends the stream (:class:`~ombm.channels.raw.EndOfStream` after the last
   message), a dead one breaks it.  A timeout never loses or duplicates a message.
 
 One thread at a time per end; :meth:`ArrayView.release` may come from any thread.
@@ -69,17 +69,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from . import _layout as L
-from . import _native, namespace
-from . import segment as _segment
-from .arrays import ArrayView, check_array, pack_header, unpack_trailer
-from .channel import CACHE_LINE, CTRL_STATE, CTRL_WAKE_AT, KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
-from .channel import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
-from .errors import ChannelBrokenError, FrameError, ReadOnlyError, SegmentExistsError
-from .errors import SegmentFormatError, WouldBlock
-from .rpc import wire
-from .rpc.protocol import split
-from .signals import Receiver, signal as _signal
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace
+from ombm.core import segment as _segment
+from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_trailer
+from ombm.channels.raw import CACHE_LINE, CTRL_STATE, CTRL_WAKE_AT, KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
+from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
+from ombm.errors import ChannelBrokenError, FrameError, ReadOnlyError, SegmentExistsError
+from ombm.errors import SegmentFormatError, WouldBlock
+from ombm.transport import wire
+from ombm.transport.rpc_protocol import split
+from ombm.core.signals import Receiver, signal as _signal
 
 __all__ = ["Stream", "StreamStats", "DEFAULT_SLOT_BYTES", "DEFAULT_SLOTS"]
 
@@ -291,7 +292,7 @@ class Stream(Channel):
     def send(self, data, timeout: float | None = None) -> None:
         """Send one message (bytes-like, any size), waiting for credit up to ``timeout``.
 
-        :class:`~ombm.channel.ChannelTimeout` if the reader did not make room in time
+        :class:`~ombm.channels.raw.ChannelTimeout` if the reader did not make room in time
         (nothing was sent, or, for a message longer than the window, the rest is sent
         first by the next ``send``/``flush``: ``exc.partial``);
         :class:`~ombm.ChannelBrokenError` if the reader closed or died.
@@ -600,8 +601,8 @@ class Stream(Channel):
     def recv(self, timeout: float | None = None):
         """The next message: a ``bytearray`` you own (an :class:`ArrayView` for an array).
 
-        Waits up to ``timeout`` (``None``: forever): :class:`~ombm.channel.ChannelTimeout`;
-        after the writer's last message :class:`~ombm.channel.EndOfStream`; a dead writer
+        Waits up to ``timeout`` (``None``: forever): :class:`~ombm.channels.raw.ChannelTimeout`;
+        after the writer's last message :class:`~ombm.channels.raw.EndOfStream`; a dead writer
         :class:`~ombm.ChannelBrokenError`.
         """
         self._check_reader_side()

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import report
+from ombm.cli.bench import report
 
 SUITES = ("core", "rpc", "streams")
 
@@ -62,7 +62,7 @@ class _Bar:
 
 
 def _suite_module(suite: str) -> Any:
-    return importlib.import_module(f"ombm.bench.{suite}")
+    return importlib.import_module(f"ombm.cli.bench.{suite}")
 
 
 def _run_suite(module: Any, bar: _Bar, quick: bool) -> str:
@@ -117,11 +117,11 @@ def _write(path: str, header: str, sections: dict[str, str]) -> None:
 
 def _reclaim(console: Console) -> None:
     """Children that had to be killed may have left objects: reclaim what dead processes left."""
-    from . import core
+    from ombm.cli.bench import core
 
     if not core.killed_children:
         return
-    from .. import inspect as ombm_inspect
+    from ombm.core import admin as ombm_inspect
 
     found = ombm_inspect.gc()
     console.print(f"[yellow]killed {len(core.killed_children)} stuck children; ombm gc reclaimed "
@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 module = _suite_module(suite)
             except Exception as exc:  # streams belongs to another module that may not be there yet
-                console.print(f"[yellow]{suite} skipped: cannot import ombm.bench.{suite}: "
+                console.print(f"[yellow]{suite} skipped: cannot import ombm.cli.bench.{suite}: "
                               f"{type(exc).__name__}: {exc}[/yellow]")
                 continue
             bar = _Bar(progress, suite)
