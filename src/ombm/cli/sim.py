@@ -2,13 +2,16 @@
 
 This module owns the ``sim`` sub-command: ``report`` (markdown, PNG, JSON)
 and one command per scenario printing a rich table. The top-level ``ombm``
-CLI calls :func:`add_subcommand`; ``python -m ombm.sim`` builds a parser of
-its own around it (:func:`main`).
+CLI calls :func:`add_subcommand`; :func:`main` runs the sub-commands alone.
+
+The simulator is the optional extra ``[sim]`` (simpy, matplotlib): it is imported
+when a command runs, and without it every command says which command installs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,10 +20,27 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ombm.sim import explore, report, scenarios
-from ombm.sim.params import PAPER, parameter_table
-
 _console = Console()
+INSTALL_HINT = "ombm sim needs the simulator's extra: pip install 'ombm[sim]' (simpy, matplotlib)"
+
+
+class SimulatorMissing(SystemExit):
+    """The ``[sim]`` extra is not installed: the command ends with exit status 2 and the hint."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(2)
+        self.missing = missing
+
+
+def _sim(module: str):
+    """``ombm.sim.<module>``, or :class:`SimulatorMissing` if simpy or matplotlib is absent."""
+    try:
+        return importlib.import_module(f"ombm.sim.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("simpy", "matplotlib") and not str(exc.name).startswith(("simpy.", "matplotlib.")):
+            raise
+        _console.print(f"{INSTALL_HINT} ({exc.name} is not installed)", style="red", markup=False)
+        raise SimulatorMissing(str(exc.name)) from None
 
 
 def _print(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> int:
@@ -37,6 +57,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.out is None and args.json is None:
         _console.print("[red]give --out DIR and/or --json FILE[/red]")
         return 2
+    report = _sim("report")
     start = time.perf_counter()
     with Progress(console=_console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(report.STEPS))
@@ -53,7 +74,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _table1(args: argparse.Namespace) -> int:
-    result = scenarios.table1()
+    result = _sim("scenarios").table1()
     sw = {n: (t, i) for n, t, i in result["software"]["components"]}
     hw = {n: (t, i) for n, t, i in result["hardware"]["components"]}
     rows = [[n, *sw.get(n, ("–", "–")), *hw.get(n, ("–", "–"))] for n in dict.fromkeys([*sw, *hw])]
@@ -64,53 +85,55 @@ def _table1(args: argparse.Namespace) -> int:
 
 
 def _table4(args: argparse.Namespace) -> int:
+    scenarios, paper_rows = _sim("scenarios"), _sim("params").PAPER["table4"]
     result = scenarios.table4()
     rows = [[key, *(f"{result[key][col]:.1f} ({paper})"
-                    for col, paper in zip(scenarios.TABLE4_CALLS, PAPER["table4"][key]))]
+                    for col, paper in zip(scenarios.TABLE4_CALLS, paper_rows[key]))]
             for key in result]
     return _print("Table 4 RPC µs, simulated (paper)", ["system", "null", "32 bytes", "1 KB"], rows)
 
 
 def _fig5(args: argparse.Namespace) -> int:
     rows = [[r["level"], r["config"], r["total"], ", ".join(f"{k}: {n}" for k, n in r["transactions"].items())]
-            for r in scenarios.fig5()]
+            for r in _sim("scenarios").fig5()]
     return _print("Figure 5: transactions per 32-byte message", ["level", "config", "total", "by stage"], rows)
 
 
 def _fig6(args: argparse.Namespace) -> int:
     rows = [[r["levels"], r["speedup"], *(100 * r["share"][k] for k in ("signals", "consistency", "signal_on_write"))]
-            for r in scenarios.fig6()]
+            for r in _sim("scenarios").fig6()]
     return _print("Figure 6 (paper shares: L2 79/6/15, 3 hops 56/37/7)",
                   ["levels", "speedup", "% signals", "% consistency", "% signal-on-write"], rows)
 
 
-def _curve(name: str, scenario: Callable[[], list[dict]]) -> Callable[[argparse.Namespace], int]:
+def _curve(name: str, scenario: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
-        rows = [[r["cpu_speed"], r["software_us"], r["optimized_us"], r["speedup"]] for r in scenario()]
+        curve = getattr(_sim("scenarios"), scenario)()
+        rows = [[r["cpu_speed"], r["software_us"], r["optimized_us"], r["speedup"]] for r in curve]
         return _print(name, ["CPU speed", "software µs", "optimized µs", "speedup"], rows)
     return command
 
 
 def _fifo(args: argparse.Namespace) -> int:
     rows = [[r["burst"], r["fifo_entries"], r["signals"], r["dropped"], f"{100 * r['loss']:.1f}%"]
-            for r in explore.fifo_curve()]
+            for r in _sim("explore").fifo_curve()]
     return _print("(f) signal loss vs FIFO size", ["burst", "FIFO", "signals", "dropped", "loss"], rows)
 
 
 def _shipping(args: argparse.Namespace) -> int:
     rows = [[r["n"], r["mode"], r["mean_latency_us"], r["throughput_per_ms"], r["transactions_per_allocation"]]
-            for r in explore.shipping_curve()]
+            for r in _sim("explore").shipping_curve()]
     return _print("(g) work-queue allocator", ["N", "shipping", "latency µs", "alloc/ms", "txn/alloc"], rows)
 
 
 def _rtl(args: argparse.Namespace) -> int:
     rows = [[r["rtl_entries"], r["regions"], f"{100 * r['hit_rate']:.0f}%", r["mean_latency_us"]]
-            for r in explore.rtl_grid()]
+            for r in _sim("explore").rtl_grid()]
     return _print("(h) reverse TLB", ["entries", "regions", "hit rate", "signal to handler µs"], rows)
 
 
 def _params(args: argparse.Namespace) -> int:
-    return _print("model parameters", ["name", "value", "source", "section / reason", "note"], parameter_table())
+    return _print("model parameters", ["name", "value", "source", "section / reason", "note"], _sim("params").parameter_table())
 
 
 _COMMANDS: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
@@ -119,9 +142,9 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
     ("table4", "Table 4: Opt./Soft MBM RPC at L2 and L3", _table4),
     ("fig6", "Figure 6: speedup vs levels traversed, with attribution", _fig6),
     ("fig7", "Figure 7: speedup vs CPU speed through an L2",
-     _curve("Figure 7: through a shared L2", scenarios.fig7)),
+     _curve("Figure 7: through a shared L2", "fig7")),
     ("fig8", "Figure 8: speedup vs CPU speed over a fiber link",
-     _curve("Figure 8: over a fiber link", scenarios.fig8)),
+     _curve("Figure 8: over a fiber link", "fig8")),
     ("fifo", "(f) signal loss vs FIFO size", _fifo),
     ("shipping", "(g) function shipping vs data shipping", _shipping),
     ("rtl", "(h) reverse TLB signal-to-handler latency", _rtl),
@@ -145,8 +168,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ombm.sim COMMAND``: the ``sim`` sub-commands on their own."""
-    parser = argparse.ArgumentParser(prog="python -m ombm.sim", description="ParaDiGM simulator")
+    """The ``sim`` sub-commands on their own (``ombm sim COMMAND`` without the leading ``ombm``)."""
+    parser = argparse.ArgumentParser(prog="ombm sim", description="ParaDiGM simulator")
     _fill(parser)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return int(args.func(args))
+    except SimulatorMissing:
+        return 2
