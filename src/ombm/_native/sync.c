@@ -3,8 +3,14 @@
  * wait on a signal FIFO (paper §3.1.2: the receiver sees a signal while it spins and is woken
  * through the kernel only if it sleeps; DESIGN.md §2 and the wait policy of core/signals.py).
  *
- * Addresses are ints that ombm._layout's users compute (a mapping's base + an offset). The loads
- * Python calls are acquire, its stores release, its compare-and-swaps and fetch-adds seq_cst.
+ * Addresses are ints that ombm._layout's users compute (a mapping's base + an offset). Every
+ * access Python makes here is seq_cst: the protocols written in Python include Dekker-style
+ * handshakes, where each side stores, then loads, and at least one must see the other's store
+ * (aio.py announces its doorbell sleep with store32, then reads the FIFO's depth, against
+ * fifo_push, which publishes, then reads the sleep word). Release stores and acquire loads do
+ * not promise that (a store may pass a later load, on x86 too). A seq_cst load is the acquire
+ * load's instruction on x86 and aarch64; a seq_cst store costs an xchg on x86, little beside a
+ * Python call.
  */
 #include "fifo.h"  /* first: Python.h sets the feature macros */
 
@@ -31,26 +37,26 @@ static PyObject *n_addr_of(PyObject *Py_UNUSED(self), PyObject *arg) {
 static PyObject *n_load64(PyObject *Py_UNUSED(self), PyObject *arg) {
     uintptr_t a;
     if (parse_addr(arg, &a) < 0) return NULL;
-    return PyLong_FromUnsignedLongLong(atomic_load_explicit(A64(a), memory_order_acquire));
+    return PyLong_FromUnsignedLongLong(atomic_load_explicit(A64(a), memory_order_seq_cst));
 }
 
 static PyObject *n_load32(PyObject *Py_UNUSED(self), PyObject *arg) {
     uintptr_t a;
     if (parse_addr32(arg, &a) < 0) return NULL;
-    return PyLong_FromUnsignedLong(atomic_load_explicit(A32(a), memory_order_acquire));
+    return PyLong_FromUnsignedLong(atomic_load_explicit(A32(a), memory_order_seq_cst));
 }
 
 static PyObject *n_store64(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *ao; unsigned long long v; uintptr_t a;
     if (!PyArg_ParseTuple(args, "OK", &ao, &v) || parse_addr(ao, &a) < 0) return NULL;
-    atomic_store_explicit(A64(a), (uint64_t)v, memory_order_release);
+    atomic_store_explicit(A64(a), (uint64_t)v, memory_order_seq_cst);
     Py_RETURN_NONE;
 }
 
 static PyObject *n_store32(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *ao; unsigned int v; uintptr_t a;
     if (!PyArg_ParseTuple(args, "OI", &ao, &v) || parse_addr32(ao, &a) < 0) return NULL;
-    atomic_store_explicit(A32(a), (uint32_t)v, memory_order_release);
+    atomic_store_explicit(A32(a), (uint32_t)v, memory_order_seq_cst);
     Py_RETURN_NONE;
 }
 
@@ -202,10 +208,10 @@ int parse_wait_policy(PyObject *const *args, Py_ssize_t n, uint64_t *spin_ns, do
 
 static PyMethodDef sync_functions[] = {
     {"addr_of", n_addr_of, METH_O, "address of a buffer's first byte (the buffer must outlive its use)"},
-    {"load64", n_load64, METH_O, "acquire-load a u64"},
-    {"load32", n_load32, METH_O, "acquire-load a u32"},
-    {"store64", n_store64, METH_VARARGS, "release-store a u64"},
-    {"store32", n_store32, METH_VARARGS, "release-store a u32"},
+    {"load64", n_load64, METH_O, "atomically load a u64 (seq_cst, so at least acquire)"},
+    {"load32", n_load32, METH_O, "atomically load a u32 (seq_cst, so at least acquire)"},
+    {"store64", n_store64, METH_VARARGS, "atomically store a u64 (seq_cst, so at least release)"},
+    {"store32", n_store32, METH_VARARGS, "atomically store a u32 (seq_cst, so at least release)"},
     {"cas64", n_cas64, METH_VARARGS, "compare-and-swap a u64; True if swapped"},
     {"cas32", n_cas32, METH_VARARGS, "compare-and-swap a u32; True if swapped"},
     {"fetch_add64", n_fetch_add64, METH_VARARGS, "atomic fetch-add on a u64; returns the old value"},
