@@ -25,7 +25,8 @@
 #define LANE_UNSENT 6      /* the call does not marshal or fit one frame: nothing sent */
 #define LANE_NOT_LENT 7    /* the lane holds no call ids: nothing sent */
 
-/* ServeResult.status (request_intake.c): what Python must see next */
+/* ServeResult.status (request_intake.c): what Python must see next, in the order Python tests
+   them: <= SERVE_LEARN a signal came */
 #define SERVE_REQUEST 0    /* a request frame the lane did not serve: connection, fields, handback, executed */
 #define SERVE_SIGNAL 1     /* any other signal: segment_id, offset */
 #define SERVE_LEARN 2      /* the lane served a request whose wait outlasted learn_ns: the spin learns */
