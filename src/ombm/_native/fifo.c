@@ -50,10 +50,10 @@ static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
     au64 *head = A64(f + FIFO_HEAD);
     uint64_t pos = atomic_load_explicit(head, memory_order_acquire);
     if (atomic_load_explicit(A64(f + FIFO_TAIL), memory_order_acquire) == pos) Py_RETURN_FALSE;
-    uint64_t expect = pos;
+    uint64_t expect = pos, mask = fifo_mask(f);
     /* hand the cell to the next lap: the stalled producer's publish, a CAS of the same word
        (read-modify-writes of one word are totally ordered), then fails and is lost */
-    if (!atomic_compare_exchange_strong_explicit(fifo_cell(f, pos), &expect, pos + fifo_mask(f) + 1,
+    if (!atomic_compare_exchange_strong_explicit(fifo_cell(f, mask, pos), &expect, pos + mask + 1,
                                                  memory_order_seq_cst, memory_order_seq_cst))
         Py_RETURN_FALSE;
     atomic_store_explicit(head, pos + 1, memory_order_release);

@@ -13,23 +13,25 @@
 
 #include "native.h"
 
+/* capacity - 1, read once per operation. The capacity is written once before the FIFO's name is
+   published; relaxed: nothing is ordered by it. */
 static inline uint64_t fifo_mask(uintptr_t f) {
-    /* written once before the FIFO's name was published; relaxed: nothing is ordered by it */
     return (uint64_t)atomic_load_explicit(A32(f + FIFO_CAPACITY), memory_order_relaxed) - 1;
 }
 
-static inline au64 *fifo_cell(uintptr_t f, uint64_t pos) {
-    return A64(f + FIFO_CELLS + (uintptr_t)((pos & fifo_mask(f)) * CELL_SIZE));
+static inline au64 *fifo_cell(uintptr_t f, uint64_t mask, uint64_t pos) {
+    return A64(f + FIFO_CELLS + (uintptr_t)((pos & mask) * CELL_SIZE));
 }
 
 /* Push (segment id, offset): Vyukov's push, then Drepper's wake check. Never blocks. PUSH_*. */
 static inline int fifo_push(uintptr_t f, uint64_t seg, uint64_t off) {
     au64 *tail = A64(f + FIFO_TAIL);
+    uint64_t mask = fifo_mask(f);
     /* relaxed: the position is only a guess until the CAS below claims it */
     uint64_t pos = atomic_load_explicit(tail, memory_order_relaxed);
     au64 *cell;
     for (;;) {
-        cell = fifo_cell(f, pos);
+        cell = fifo_cell(f, mask, pos);
         /* acquire: pairs with the consumer's release in fifo_take, so its reads of the cell's
            previous entry happen before the writes below */
         uint64_t seq = atomic_load_explicit(&cell[0], memory_order_acquire);
@@ -77,7 +79,7 @@ static inline int fifo_push(uintptr_t f, uint64_t seg, uint64_t off) {
    fifo_push); the head is the receiver's own position, relaxed. */
 static inline int fifo_ready(uintptr_t f) {
     uint64_t pos = atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_relaxed);
-    uint64_t seq = atomic_load_explicit(fifo_cell(f, pos), memory_order_seq_cst);
+    uint64_t seq = atomic_load_explicit(fifo_cell(f, fifo_mask(f), pos), memory_order_seq_cst);
     return seq == pos + 1;
 }
 
@@ -90,9 +92,10 @@ static inline int fifo_nonempty(uintptr_t f) {
 /* Take the head entry of FIFO f: 1 and (seg, off), or 0 if there is none (or not yet published). */
 static inline int fifo_take(uintptr_t f, uint64_t *seg, uint64_t *off) {
     au64 *head = A64(f + FIFO_HEAD);
+    uint64_t mask = fifo_mask(f);
     uint64_t pos = atomic_load_explicit(head, memory_order_relaxed);
     for (;;) {
-        au64 *cell = fifo_cell(f, pos);
+        au64 *cell = fifo_cell(f, mask, pos);
         /* acquire: pairs with the producer's publish, so its segment id and offset are visible */
         uint64_t seq = atomic_load_explicit(&cell[0], memory_order_acquire);
         int64_t dif = (int64_t)(seq - (pos + 1));
@@ -102,7 +105,7 @@ static inline int fifo_take(uintptr_t f, uint64_t *seg, uint64_t *off) {
                 *seg = atomic_load_explicit(&cell[1], memory_order_relaxed);
                 *off = atomic_load_explicit(&cell[2], memory_order_relaxed);
                 /* release: the reads above happen before a producer of the next lap writes */
-                atomic_store_explicit(&cell[0], pos + fifo_mask(f) + 1, memory_order_release);
+                atomic_store_explicit(&cell[0], pos + mask + 1, memory_order_release);
                 return 1;
             }
         } else if (dif < 0) {
