@@ -8,17 +8,18 @@
  *   fifo.h, fifo.c    the signal FIFO ring: push, take, fan-out, pop, wait          (paper §3.1.2)
  *   frame.h, frame.c  THE frame check (bounds + checksum), the checksum, frame encode/decode (§4)
  *   writer.h, writer.c  signal-on-write: Region.write's fast path                   (paper §3.3)
- *   lane.h, lane.c    what both RPC lanes share: marshalling, typed results          (paper §4)
+ *   lane.h, lane.c    what both RPC lanes share: statuses, typed results, marshalling (paper §4)
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)
- *   module.c          creates the module; each part adds its functions, types, constants
+ *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
  * `static inline` in the headers, so the split costs no call.
  *
  * Memory ordering. Every word that another process reads or writes concurrently (the FIFO's
  * positions, cells, sleep word and counters; a segment's directory version) is a C11 atomic,
  * accessed with the ordering it needs, said beside it where it is not obvious: nothing relies on
- * x86's strong ordering, so the module is correct on aarch64 too. Message contents (the data a
+ * x86's strong ordering, so the module is correct on aarch64 too; the loads, stores and
+ * read-modify-writes Python calls (sync.c) are all seq_cst. Message contents (the data a
  * Writer copies, a frame in a slot) are not atomics: a message is published by the signal (the
  * FIFO cell's release), and a reader that raced with an overwrite, which message-oriented
  * consistency allows (paper §3.2), sees it in the frame's checksum.
