@@ -1,12 +1,26 @@
-"""Build the one native module (atomics, futex, spin-then-sleep, fused copy+checksum)."""
+"""Build the one native module, ombm._native, from the C files of src/ombm/_native/ (one concept
+each; native.h maps them). Linux only: it uses futexes and /dev/shm."""
+import sys
+from glob import glob
+
 from setuptools import Extension, setup
+
+if not sys.platform.startswith("linux"):
+    raise SystemExit(f"ombm needs Linux (futexes, /dev/shm): this is {sys.platform}")
+
+NATIVE = "src/ombm/_native"
+sources = sorted(glob(f"{NATIVE}/*.c"))
+if not sources:
+    raise SystemExit(f"no C sources in {NATIVE}: run setup.py from the project's root")
 
 setup(
     ext_modules=[
         Extension(
             "ombm._native",
-            sources=["src/ombm/_native.c"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            sources=sources,
+            depends=sorted(glob(f"{NATIVE}/*.h")),
+            # -fvisibility=hidden: the parts' shared functions stay inside the module
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"],
         )
     ]
 )

@@ -38,7 +38,7 @@ Receiver signal FIFO ``fifo-<token>`` (paper §3.1.2, one per receiving thread):
     192 sleep u32  (own cache line: futex word 0 awake / 1 futex / 2 doorbell)
     256 cells: capacity x 32 bytes (seq u64, segment id u64, offset u64, pad)
 
-The FIFO offsets are shared with ``_native.c``; ``check_native()`` proves it.
+The FIFO offsets are shared with ``_native/native.h``; ``check_native()`` proves it.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from ombm.rpc.timer import timer
 
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
-_LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_UNSENT, _native.LANE_NOT_LENT
+_LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
 
 
 class _Pending:
@@ -236,9 +236,10 @@ class Client:
         call_id = None
         try:
             spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
-            status, value, waited, call_id = lane.call(method, args, kwargs, spin_ns, sleep_ok)
-            if status == _LANE_NOT_LENT and self._lend():
-                status, value, waited, call_id = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            if result.status == _LANE_NOT_LENT and self._lend():
+                result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
                 if waited > learn_ns:
                     receiver.waited(waited)
@@ -249,7 +250,7 @@ class Client:
             elif status >= _LANE_UNSENT:  # nothing sent: does not marshal, needs several frames, not lent
                 pending = None
             else:
-                pending = self._adopt(call_id, lane.message, status, value, waited)
+                pending = self._adopt(call_id, lane.message, result)
         except BaseException:
             with self._lock:
                 self._own()
@@ -262,9 +263,10 @@ class Client:
             raise
         self._leader.release()
         if status == _LANE_VALUE:
-            return value
+            return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
             return self._call_ordinary(self._marshal(method, args, kwargs))
+        value = result.value
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
             value = pending.data
@@ -287,23 +289,24 @@ class Client:
         if lane is not None and lane.lent:
             self._protocol.reclaim(*lane.reclaim())
 
-    def _adopt(self, call_id: int, data: bytes, status: int, value, waited: int) -> _Pending:
+    def _adopt(self, call_id: int, data: bytes, result: _native.CallResult) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
         receiver = self._receiver
         pending = _Pending()
+        waited = result.waited_ns
         with self._lock:
             self._own()
             self._protocol.adopt_call(call_id, data, time.monotonic() - waited * 1e-9)
             self._pending[call_id] = pending
         self._timer.busy = True
-        if status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
+        if result.status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
             receiver.waited(waited)
-            segment_id, offset = value
+            segment_id, offset = result.segment_id, result.offset
             if segment_id == self._reply_segment:
                 self._take_reply(offset)
             else:
                 receiver.dispatch(segment_id, offset)
-        elif value == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+        elif result.status == _LANE_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
             COUNTERS.signals_stalled += 1
         return pending
 

@@ -43,6 +43,8 @@ from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, 
 from ombm.transport.rpc_protocol import ServerProtocol
 
 REAP_INTERVAL_S = 1.0
+_SERVE_REQUEST, _SERVE_SIGNAL, _SERVE_LEARN = _native.SERVE_REQUEST, _native.SERVE_SIGNAL, _native.SERVE_LEARN
+_SERVE_STALLED = _native.SERVE_STALLED
 
 
 class _Connection:
@@ -273,14 +275,14 @@ class Server:
             spin_ns, sleep_ok, learn_ns = wait_policy()
             r = serve(spin_ns, REAP_INTERVAL_S, sleep_ok, learn_ns)
             now = monotonic()
-            if type(r) is tuple:
-                waited(r[2])
-                conn = r[0]
-                if type(conn) is int:  # the well-known channel, a nudge
-                    receiver.dispatch(conn, r[1])
-                elif conn is not None:  # None: the lane served a request
-                    self._take_frame(conn, r[1], r[3], r[4], now)
-            elif r == _native.WAIT_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
+            status = r.status
+            if status <= _SERVE_LEARN:  # a signal came (SERVE_LEARN: the lane served a request)
+                waited(r.waited_ns)
+                if status == _SERVE_REQUEST:
+                    self._take_frame(r.connection, r.fields, r.handback, r.executed, now)
+                elif status == _SERVE_SIGNAL:  # the well-known channel, a nudge
+                    receiver.dispatch(r.segment_id, r.offset)
+            elif status == _SERVE_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
                 COUNTERS.signals_stalled += 1
             if now - self._last_reap >= REAP_INTERVAL_S:
                 self._last_reap = now

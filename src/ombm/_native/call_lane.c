@@ -1,0 +1,307 @@
+/*
+ * CallLane: a synchronous RPC call's no-loss path in one native call (paper §4: the timer and
+ * the rest of the transport cost nothing when nothing is lost). rpc/client.py drives it.
+ *
+ * While nothing else of the client is outstanding, the Python ClientProtocol *lends* the lane
+ * its call ids (lend(next_id, patience)): from then on call(method, args, kwargs, ...) takes the
+ * next id itself, marshals the call with the lane's own msgpack Packer (the caller leads the
+ * client's receiver, so one thread at a time), writes one CALL frame acking everything before
+ * it straight into the next request slot (its last byte signals the server), waits (spin, then
+ * futex sleep) on the caller's signal FIFO and takes the reply: the frame in the reply slot the
+ * signal names, through THE frame check (frame_take), and accepted only if it is a whole REPLY
+ * or ERROR_REPLY of this connection and call. A REPLY that unmarshals to [0, result]
+ * (unpack(payload, ext_hook=..., strict_map_key=False)) is the call's value; the lane counts the
+ * call and remembers its round trip, and that is all the protocol would have done. reclaim()
+ * gives the protocol its state back: the next id, the calls made, the call in progress if any,
+ * the last round trip.
+ *
+ * Everything else is handed back to Python untouched by policy, with the call id when the call
+ * is now the protocol's to settle: the raw reply (an error, or a reply the native unmarshal
+ * refused: Python's decode raises the documented error), a signal for another segment or a frame
+ * the lane does not take (LANE_OTHER, with the signal), no signal within the patience
+ * (LANE_TIMEOUT, or LANE_STALLED if the FIFO's head cell was claimed and never published), a
+ * call that does not marshal or fit one frame (LANE_UNSENT: nothing written, no id taken), or no
+ * lent state (LANE_NOT_LENT). The result is a CallResult record.
+ */
+#include "fifo.h"
+#include "frame.h"
+#include "lane.h"
+#include "writer.h"
+
+static PyTypeObject CallResultType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.CallResult",
+    .tp_doc = "What CallLane.call did. status: a LANE_* constant; value: the call's result (LANE_VALUE), the "
+              "reply's payload bytes (LANE_REPLY, LANE_ERROR_REPLY), else None; waited_ns: how long the call "
+              "waited for a signal; call_id: the call the protocol must settle (a reply after reclaim(): end "
+              "it; LANE_OTHER, LANE_TIMEOUT, LANE_STALLED: adopt it), 0 if none; segment_id, offset: the "
+              "signal (LANE_OTHER), else 0.",
+    RECORD_TYPE_SLOTS,
+};
+static const char *const call_result_fields[] = {"status", "value", "waited_ns", "call_id", "segment_id", "offset",
+                                                 NULL};
+
+/* A CallResult; `value` a new reference. */
+static PyObject *call_result(int status, PyObject *value, uint64_t waited_ns, uint64_t call_id, uint64_t seg,
+                             uint64_t off) {
+    PyObject *fields[6] = {PyLong_FromLong(status), value, PyLong_FromUnsignedLongLong(waited_ns),
+                           PyLong_FromUnsignedLongLong(call_id), PyLong_FromUnsignedLongLong(seg),
+                           PyLong_FromUnsignedLongLong(off)};
+    return record_new(&CallResultType, fields);
+}
+
+static PyObject *call_unsent(int status) { return call_result(status, Py_NewRef(Py_None), 0, 0, 0, 0); }
+
+typedef struct {
+    PyObject_HEAD
+    Writer *request;          /* the request channel's writer; NULL once closed */
+    uintptr_t fifo;           /* the caller's signal FIFO */
+    unsigned long long reply_seg;
+    const unsigned char *reply_base;
+    Py_ssize_t reply_size, reply_slot;
+    unsigned long long connection_id;
+    Py_ssize_t max_payload;   /* the largest message in one frame */
+    Marshal marshal;          /* the call's marshaller and the reply's unmarshaller */
+    PyObject *message;        /* the last call's marshalled message (None before the first) */
+    /* the protocol state lent by lend(), given back by reclaim() */
+    int lent;
+    unsigned long long next_id, calls, current;  /* current: the call on its way, 0 if none */
+    uint64_t rtt_ns;          /* the last call's round trip, 0 if none since lend() */
+    double patience_s;        /* how long a call waits on the lane before it goes to the timer */
+} CallLane;
+
+static int CallLane_init(CallLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook;
+    unsigned long long reply_seg, reply_base, conn;
+    Py_ssize_t reply_size, reply_slot, max_payload;
+    if (!PyArg_ParseTuple(args, "O!OKKnnKnOOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
+                          &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook))
+        return -1;
+    if (max_payload < 0 || max_payload + TRAILER > ((Writer *)writer)->unit) {
+        PyErr_SetString(PyExc_ValueError, "CallLane: max_payload does not fit the request channel's slots");
+        return -1;
+    }
+    uintptr_t f;
+    if (parse_addr(fifo_o, &f) < 0) return -1;
+    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
+        PyErr_SetString(PyExc_ValueError, "CallLane: bad reply channel geometry");
+        return -1;
+    }
+    if (!PyCallable_Check(unpack)) {
+        PyErr_SetString(PyExc_TypeError, "CallLane: unpack must be callable");
+        return -1;
+    }
+    if (marshal_init(&l->marshal, packer, unpack, ext_hook) < 0) return -1;
+    Py_XSETREF(l->message, Py_NewRef(Py_None));
+    l->lent = 0;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
+    l->max_payload = max_payload;
+    Py_XSETREF(l->request, (Writer *)Py_NewRef(writer));
+    l->fifo = f;
+    l->reply_seg = reply_seg;
+    l->reply_base = (const unsigned char *)(uintptr_t)reply_base;
+    l->reply_size = reply_size;
+    l->reply_slot = reply_slot;
+    l->connection_id = conn;
+    return 0;
+}
+
+static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) {
+    Py_VISIT(l->request); Py_VISIT(l->message);
+    return marshal_traverse(&l->marshal, visit, arg);
+}
+static int CallLane_clear(CallLane *l) {
+    Py_CLEAR(l->request); Py_CLEAR(l->message);
+    marshal_clear(&l->marshal);
+    return 0;
+}
+
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection and call:
+   a new bytes object with its payload and *kind set; NULL (no exception) otherwise. */
+static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, unsigned *kind) {
+    if (off >= (uint64_t)l->reply_size) return NULL;
+    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
+    if (start + l->reply_slot > l->reply_size) return NULL;
+    frame_trailer t;
+    const char *why;
+    PyObject *payload = frame_take(l->reply_base + start, l->reply_slot, 0, &t, &why);
+    if (!payload) {
+        PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
+        return NULL;
+    }
+    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
+        t.connection_id != l->connection_id || t.message_id != call_id) {
+        Py_DECREF(payload);
+        return NULL;
+    }
+    *kind = t.kind;
+    return payload;
+}
+
+/* The result in a REPLY payload that unmarshals to [0, result] (a new reference), or NULL
+   (no exception unless one that is not an Exception was raised) for anything else. */
+static PyObject *lane_result(CallLane *l, PyObject *payload) {
+    PyObject *reply = marshal_unpack(&l->marshal, payload);
+    if (!reply) return NULL;
+    PyObject *result = NULL;
+    if (PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
+        PyObject *tag = PyList_GET_ITEM(reply, 0);
+        int overflow;
+        if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow)
+            result = Py_NewRef(PyList_GET_ITEM(reply, 1));
+    }
+    Py_DECREF(reply);
+    return result;
+}
+
+/* call(method, args, kwargs, spin_ns, sleep_ok) -> CallResult (see the file's comment). The
+   message written stays in `message`. */
+static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "call(method, args, kwargs, spin_ns, sleep_ok)");
+        return NULL;
+    }
+    if (!l->request) {
+        PyErr_SetString(PyExc_ValueError, "CallLane is closed");
+        return NULL;
+    }
+    uint64_t spin_ns = PyLong_AsUnsignedLongLong(args[3]);
+    if (spin_ns == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    int sleep_ok = PyObject_IsTrue(args[4]);
+    if (sleep_ok < 0) return NULL;
+    if (!l->lent) return call_unsent(LANE_NOT_LENT);
+    /* the message: (method, args, kwargs) as marshal.encode_call packs it */
+    if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
+        return call_unsent(LANE_UNSENT);
+    PyObject *triple = PyTuple_Pack(3, args[0], args[1], args[2]);
+    if (!triple) return NULL;
+    PyObject *message = marshal_pack(&l->marshal, triple);
+    Py_DECREF(triple);
+    if (!message) return PyErr_Occurred() ? NULL : call_unsent(LANE_UNSENT);
+    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent) {
+        Py_DECREF(message);  /* (lent again: packing ran Python code, which may have reclaimed) */
+        return call_unsent(l->lent ? LANE_UNSENT : LANE_NOT_LENT);
+    }
+    Py_XSETREF(l->message, message);
+    /* the id is taken before the write, which may run Python code (a route to look up, a
+       wake-up to count) and so let another thread reclaim the state */
+    unsigned long long call_id = l->next_id++;
+    l->calls++;
+    l->current = call_id;
+    /* one CALL frame, ack = call id: the caller waits for nothing older */
+    if (writer_send_frame(l->request, KIND_CALL, l->connection_id, call_id, call_id, PyBytes_AS_STRING(message),
+                          PyBytes_GET_SIZE(message)) < 0)
+        return NULL;  /* the call stays current, for the protocol to cancel */
+    uintptr_t f = l->fifo;
+    uint64_t waited;
+    int r = wait_signal(f, spin_ns, l->patience_s, sleep_ok, &waited);
+    if (r < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays current, for the protocol to cancel */
+    /* Python may have run meanwhile (another thread, a signal handler): the state may be reclaimed */
+    unsigned long long settle = l->lent ? 0 : call_id;
+    uint64_t seg, off;
+    if (r != WAIT_READY || !fifo_take(f, &seg, &off))
+        return call_result(r == WAIT_STALLED ? LANE_STALLED : LANE_TIMEOUT, Py_NewRef(Py_None), waited, call_id, 0, 0);
+    if (seg == l->reply_seg) {
+        unsigned kind = 0;
+        PyObject *payload = lane_take_reply(l, off, call_id, &kind);
+        if (payload) {
+            if (!settle) {  /* the call is over: what the protocol's end_call would do */
+                l->current = 0;
+                l->rtt_ns = waited ? waited : 1;
+            }
+            if (kind == KIND_REPLY) {
+                PyObject *result = lane_result(l, payload);
+                if (result) {
+                    Py_DECREF(payload);
+                    return call_result(LANE_VALUE, result, waited, settle, 0, 0);
+                }
+                if (PyErr_Occurred()) { Py_DECREF(payload); return NULL; }
+            }
+            return call_result(kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY, payload, waited, settle, 0, 0);
+        }
+    }
+    return call_result(LANE_OTHER, Py_NewRef(Py_None), waited, call_id, seg, off);
+}
+
+/* lend(next_id, patience_s): the protocol lends its call ids (nothing else is outstanding). */
+static PyObject *CallLane_lend(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lend(next_id, patience_s)");
+        return NULL;
+    }
+    unsigned long long next_id = PyLong_AsUnsignedLongLong(args[0]);
+    if (next_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double patience = PyFloat_AsDouble(args[1]);
+    if (patience == -1.0 && PyErr_Occurred()) return NULL;
+    if (l->lent) {
+        PyErr_SetString(PyExc_ValueError, "the lane already holds the protocol's state");
+        return NULL;
+    }
+    if (!next_id || !(patience >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "lend: call ids start at 1 and the patience is not negative");
+        return NULL;
+    }
+    l->lent = 1;
+    l->next_id = next_id;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
+    l->patience_s = patience > 1e9 ? 1e9 : patience;
+    Py_RETURN_NONE;
+}
+
+/* reclaim() -> (next_id, calls, current call id or None, last round trip in s or None), or None
+   if nothing is lent; the lane holds nothing afterwards. */
+static PyObject *CallLane_reclaim(CallLane *l, PyObject *Py_UNUSED(ignored)) {
+    if (!l->lent) Py_RETURN_NONE;
+    PyObject *current = l->current ? PyLong_FromUnsignedLongLong(l->current) : Py_NewRef(Py_None);
+    PyObject *rtt = l->rtt_ns ? PyFloat_FromDouble((double)l->rtt_ns * 1e-9) : Py_NewRef(Py_None);
+    if (!current || !rtt) { Py_XDECREF(current); Py_XDECREF(rtt); return NULL; }
+    PyObject *r = Py_BuildValue("(KKNN)", l->next_id, l->calls, current, rtt);
+    if (!r) return NULL;
+    l->lent = 0;
+    l->calls = l->current = 0;
+    l->rtt_ns = 0;
+    return r;
+}
+
+static PyObject *CallLane_close(CallLane *l, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(l->request);
+    l->reply_base = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *CallLane_message(CallLane *l, void *Py_UNUSED(closure)) {
+    return Py_NewRef(l->message ? l->message : Py_None);
+}
+
+static PyObject *CallLane_lent(CallLane *l, void *Py_UNUSED(closure)) { return PyBool_FromLong(l->lent); }
+
+static PyMethodDef CallLane_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
+     "call(method, args, kwargs, spin_ns, sleep_ok) -> CallResult"},
+    {"lend", (PyCFunction)(void (*)(void))CallLane_lend, METH_FASTCALL, "lend(next_id, patience_s)"},
+    {"reclaim", (PyCFunction)CallLane_reclaim, METH_NOARGS,
+     "reclaim() -> (next_id, calls, current call id | None, last rtt s | None) | None"},
+    {"close", (PyCFunction)CallLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef CallLane_getset[] = {
+    {"message", (getter)CallLane_message, NULL, "the last call's marshalled message (for its adoption)", NULL},
+    {"lent", (getter)CallLane_lent, NULL, "whether the lane holds the protocol's state", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CallLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    NATIVE_TYPE(CallLane),
+    .tp_doc = "CallLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id, "
+              "max_payload, packer, unpack, ext_hook)",
+    .tp_getset = CallLane_getset,
+};
+
+int native_add_call_lane(PyObject *module) {
+    if (record_ready(&CallResultType, call_result_fields) < 0) return -1;
+    return native_add(module, NULL, (PyTypeObject *const[]){&CallResultType, &CallLaneType, NULL});
+}

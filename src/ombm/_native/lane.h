@@ -1,0 +1,85 @@
+/*
+ * What the two RPC lanes share (call_lane.c, request_intake.c; paper §4): the statuses of what
+ * they return and the typed records that carry them, and the marshalling they do with the
+ * msgpack objects Python hands them (rpc/marshal.py's format). lane.c implements the records
+ * and the marshalling.
+ */
+#ifndef OMBM_LANE_H
+#define OMBM_LANE_H
+
+#include "native.h"
+#if PY_VERSION_HEX < 0x030C0000
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
+
+/* CallResult.status (call_lane.c), in the order Python tests them: <= LANE_ERROR_REPLY is a
+   reply, >= LANE_UNSENT sent nothing */
+#define LANE_VALUE 0       /* the reply's result, unmarshalled */
+#define LANE_REPLY 1       /* a reply the lane did not unmarshal: its payload */
+#define LANE_ERROR_REPLY 2 /* an error reply: its payload */
+#define LANE_OTHER 3       /* another signal, or a frame the lane does not take: the signal */
+#define LANE_TIMEOUT 4     /* no signal within the patience */
+#define LANE_STALLED 5     /* the FIFO's head cell was claimed and never published (fifo_skip_stalled) */
+#define LANE_UNSENT 6      /* the call does not marshal or fit one frame: nothing sent */
+#define LANE_NOT_LENT 7    /* the lane holds no call ids: nothing sent */
+
+/* ServeResult.status (request_intake.c): what Python must see next, in the order Python tests
+   them: <= SERVE_LEARN a signal came */
+#define SERVE_REQUEST 0    /* a request frame the lane did not serve: connection, fields, handback, executed */
+#define SERVE_SIGNAL 1     /* any other signal: segment_id, offset */
+#define SERVE_LEARN 2      /* the lane served a request whose wait outlasted learn_ns: the spin learns */
+#define SERVE_TIMEOUT 3    /* no signal within timeout_s */
+#define SERVE_STALLED 4    /* the FIFO's head cell was claimed and never published (fifo_skip_stalled) */
+
+/* ---- marshalling: msgpack through a lane's own Packer and msgpack.unpackb */
+typedef struct {
+    PyObject *pack, *reset;   /* a msgpack Packer's pack and reset, the lane's own */
+    PyObject *unpack;         /* msgpack.unpackb */
+    PyObject *ext_hook;       /* rpc/marshal.py's ext hook */
+    PyObject *kwnames;        /* ("ext_hook", "strict_map_key") */
+} Marshal;
+
+/* Take the packer's pack and reset and keep unpack and ext_hook: 0, or -1 with an exception. */
+int marshal_init(Marshal *m, PyObject *packer, PyObject *unpack, PyObject *ext_hook);
+int marshal_traverse(Marshal *m, visitproc visit, void *arg);
+void marshal_clear(Marshal *m);
+
+/* pack(obj): the bytes, or NULL. A failure that is an Exception (obj does not marshal) leaves no
+   exception set and resets the packer (never half a message in its buffer); anything else
+   (e.g. KeyboardInterrupt) is left set. */
+PyObject *marshal_pack(Marshal *m, PyObject *obj);
+
+/* unpackb(data, ext_hook=..., strict_map_key=False): the object, or NULL; an Exception (data
+   does not unmarshal: Python's own decoding says why) leaves no exception set, anything else does. */
+PyObject *marshal_unpack(Marshal *m, PyObject *data);
+
+/* ---- typed results: a small immutable record with named fields, made only here. Its fields
+   are read-only members of kind Py_T_OBJECT_EX, read as fast as __slots__ (the interpreter
+   specializes such reads; those of a PyStructSequence, whose members are T_OBJECT, it does
+   not: four reads cost about 4x). A record type is a static PyTypeObject with its name, doc and
+   RECORD_TYPE_SLOTS; record_ready gives it its fields. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *field[];        /* one per name */
+} Record;
+
+#define RECORD_TYPE_SLOTS                                                                        \
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,     \
+    .tp_dealloc = native_dealloc, .tp_traverse = record_traverse, .tp_clear = record_clear,    \
+    .tp_repr = record_repr
+
+int record_traverse(PyObject *self, visitproc visit, void *arg);
+int record_clear(PyObject *self);
+PyObject *record_repr(PyObject *self);
+
+/* Give `type` the fields `names` (NULL-terminated; strings that live forever) and ready it:
+   0, or -1 with an exception. */
+int record_ready(PyTypeObject *type, const char *const *names);
+
+/* A new record of `type` whose fields are values[0..n) (references stolen; a NULL value, a
+   failed conversion, makes it NULL with that exception set, the others released). */
+PyObject *record_new(PyTypeObject *type, PyObject **values);
+
+#endif
