@@ -1,0 +1,245 @@
+"""Types of ``ombm._native`` (source: ``_native.c``): atomics, futexes, the signal FIFO, frames,
+the fused copy+checksum, the native write path and the RPC lanes.
+
+Every address is an ``int`` (a ``uintptr_t`` in C): 8-byte aligned for the 64-bit operations and
+the FIFO, 4-byte aligned for the 32-bit ones; an unaligned or null address raises ``ValueError``.
+Every function takes its arguments by position only.
+"""
+
+from collections.abc import Callable
+from typing import Any, Final, Generic, Protocol, TypeVar, final
+
+from _typeshed import ReadableBuffer, WriteableBuffer
+
+_K = TypeVar("_K")  # what a frame's kind byte decodes to: the objects of the ``kinds`` table
+_C = TypeVar("_C")  # a RequestIntake's connection objects, handed back with their frames
+_R_co = TypeVar("_R_co", covariant=True)  # a Writer's receiver references, handed back to ``after``
+
+# ---- constants (FIFO_* and CELL_SIZE mirror ombm._layout; _layout.check_native() proves it)
+FIFO_TAIL: Final = 64
+FIFO_HEAD: Final = 128
+FIFO_SLEEP: Final = 192
+FIFO_CAPACITY: Final = 12  # the offset of the FIFO's capacity (u32)
+FIFO_CELLS: Final = 256
+FIFO_DROPS: Final = 40
+CELL_SIZE: Final = 32
+
+PUSH_OK: Final = 0
+PUSH_WOKE: Final = 1  # pushed and issued a futex wake
+PUSH_DOORBELL: Final = 2  # pushed; the receiver sleeps in an event loop: ring its doorbell
+PUSH_FULL: Final = 3  # dropped: the FIFO is full
+
+WAIT_READY: Final = 0
+WAIT_TIMEOUT: Final = 1
+WAIT_STALLED: Final = 2  # the tail moved but the head cell was never published
+
+LANE_VALUE: Final = 0  # in the order Python tests them: <= LANE_ERROR_REPLY is a reply
+LANE_REPLY: Final = 1
+LANE_ERROR_REPLY: Final = 2
+LANE_OTHER: Final = 3
+LANE_TIMEOUT: Final = 4
+LANE_UNSENT: Final = 5
+LANE_NOT_LENT: Final = 6
+
+# ---- the shapes of what the lanes take and give
+# a decoded frame: (kind, connection id, message id, fragment index, fragment count, ack, payload, credit)
+_FrameFields = tuple[_K, int, int, int, int, int, bytearray, int]
+# what a RequestIntake's lane hands back to the protocol: (served, replied, last, reply frame or None)
+_Handback = tuple[int, int, int, bytes | None]
+# a Writer's route for one unit: (FIFO addresses, their receiver references, software-only receivers)
+_Route = tuple[tuple[int, ...], tuple[_R_co, ...], tuple[object, ...]]
+
+class _Packer(Protocol):
+    """A msgpack Packer (the lane's own: one thread at a time)."""
+
+    def pack(self, obj: object, /) -> bytes: ...
+    def reset(self) -> None: ...
+
+class _Unpack(Protocol):
+    """``msgpack.unpackb``, called as ``unpack(payload, ext_hook=..., strict_map_key=False)``."""
+
+    def __call__(self, data: bytes, /, *, ext_hook: _ExtHook, strict_map_key: bool) -> Any: ...
+
+_ExtHook = Callable[[int, bytes], Any]
+
+# ---- atomics (acquire loads, release stores, sequentially consistent read-modify-writes)
+def addr_of(buffer: ReadableBuffer, /) -> int:
+    """The address of a buffer's first byte (the buffer must outlive its use)."""
+
+def load64(address: int, /) -> int: ...
+def load32(address: int, /) -> int: ...
+def store64(address: int, value: int, /) -> None: ...
+def store32(address: int, value: int, /) -> None: ...
+def cas64(address: int, expected: int, desired: int, /) -> bool: ...
+def cas32(address: int, expected: int, desired: int, /) -> bool: ...
+def fetch_add64(address: int, delta: int, /) -> int:
+    """Returns the old value."""
+
+# ---- futex on a shared (non-private) 32-bit word, the GIL released
+def futex_wait(address: int, expected: int, timeout_s: float, /) -> bool:
+    """True if woken (False: timeout, or the word did not hold ``expected``)."""
+
+def futex_wake(address: int, n: int = ..., /) -> int:
+    """Wake up to ``n`` waiters (default: all); how many were woken."""
+
+# ---- the signal FIFO (paper §3.1.2); ``fifo`` is the address of a mapped FIFO
+def fifo_push(fifo: int, segment_id: int, offset: int, /) -> int:
+    """One of PUSH_*."""
+
+def fanout(fifos: tuple[int, ...], segment_id: int, offset: int, /) -> int:
+    """Push one signal to several FIFOs: 0 when all went well; else bits 0-14 count the drops, bit 15 says a
+    futex wake was issued, and bit 16 + i that FIFO i wants its doorbell rung."""
+
+def fifo_pop(fifo: int, /) -> tuple[int, int] | None:
+    """``(segment id, offset)``, or None when empty (or the head cell is not published yet)."""
+
+def fifo_skip_stalled(fifo: int, /) -> bool:
+    """Retire a head cell whose producer died between claim and publish; True if one was retired."""
+
+def fifo_wait(fifo: int, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /) -> int:
+    """Spin, then sleep, until the FIFO has an entry: one of WAIT_*."""
+
+def fifo_wait_pop(fifo: int, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /) -> tuple[int, int, int] | int:
+    """Wait, then pop: ``(segment id, offset, waited_ns)``, or WAIT_TIMEOUT / WAIT_STALLED."""
+
+# ---- frames (ombm.transport.wire) and the checksum
+def frame_encode(
+    kind: int, connection_id: int, message_id: int, payload: ReadableBuffer, frag_index: int, frag_count: int,
+    ack: int, credit: int, /,
+) -> bytes:
+    """The frame: payload + trailer. ``ValueError`` for a field out of range."""
+
+def frame_decode(view: ReadableBuffer, kinds: tuple[_K | None, ...], /) -> _FrameFields[_K]:
+    """Validate and copy out the frame ending ``view``; ``kinds[k]`` is what kind byte k decodes to (None:
+    invalid). ``ValueError`` for anything wrong."""
+
+def checksum(buffer: ReadableBuffer, /) -> int:
+    """The 64-bit Fletcher checksum of a buffer."""
+
+def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
+    """Copy ``src`` into the start of ``dst``; the checksum of ``src``."""
+
+# ---- the message write (ombm.core.segment)
+def writer_signals_sent() -> int:
+    """Signals pushed by Writer objects in this process."""
+
+def writer_signals_reset() -> None:
+    """Zero the Writer counter (after fork)."""
+
+@final
+class Writer(Generic[_R_co]):
+    """The fast path of ``Region.write``: copy, then signal every unit whose last byte was written, through
+    the routes ``route(unit offset)`` gives (cached until the segment's directory version moves)."""
+
+    def __init__(
+        self,
+        base: int,
+        size: int,
+        unit: int,
+        version_address: int,
+        segment_id: int,
+        slow: Callable[[int, ReadableBuffer], None],
+        route: Callable[[int], _Route[_R_co]],
+        deliver: Callable[[int], object],
+        after: Callable[[int, tuple[_R_co, ...]], object],
+        /,
+    ) -> None: ...
+    def write(self, offset: int, data: ReadableBuffer, /) -> None: ...
+    def send(self, data: ReadableBuffer, /) -> None:
+        """Write ``data`` to end at the end of the next unit (round robin): that unit's one signal."""
+
+    def close(self) -> None:
+        """Stop writing: every later write takes the slow path."""
+
+# ---- the RPC lanes (ombm.rpc.client, ombm.rpc.server)
+@final
+class CallLane:
+    """A synchronous RPC call's no-loss path in one native call."""
+
+    def __init__(
+        self,
+        request_writer: Writer[object],
+        fifo: int,
+        reply_segment_id: int,
+        reply_base: int,
+        reply_size: int,
+        reply_slot: int,
+        connection_id: int,
+        max_payload: int,
+        packer: _Packer,
+        unpack: _Unpack,
+        ext_hook: _ExtHook,
+        /,
+    ) -> None: ...
+    @property
+    def message(self) -> bytes | None:
+        """The last call's marshalled message (None before the first)."""
+
+    @property
+    def lent(self) -> bool:
+        """Whether the lane holds the protocol's state."""
+
+    def call(
+        self, method: str, args: tuple[object, ...], kwargs: dict[str, object], spin_ns: int, sleep_ok: bool, /
+    ) -> tuple[int, Any, int, int]:
+        """``(status, value, waited_ns, call_id to settle or 0)``; ``value`` by status: LANE_VALUE the call's
+        result (any unmarshalled object), LANE_REPLY / LANE_ERROR_REPLY the reply payload (bytes), LANE_OTHER
+        ``(segment id, offset)`` of a signal, LANE_TIMEOUT a WAIT_* code, LANE_UNSENT / LANE_NOT_LENT None."""
+
+    def lend(self, next_id: int, patience_s: float, /) -> None: ...
+    def reclaim(self) -> tuple[int, int, int | None, float | None] | None:
+        """``(next_id, calls, current call id or None, last round trip in s or None)``, or None if not lent."""
+
+    def close(self) -> None:
+        """Forget the channels (before they are unbound)."""
+
+@final
+class RequestIntake(Generic[_C, _K]):
+    """The RPC server's serving loop and its native lane."""
+
+    def __init__(
+        self,
+        fifo: int,
+        kinds: tuple[_K | None, ...],
+        methods: dict[str, Callable[..., object]],
+        stats: dict[str, int],
+        unpack: _Unpack,
+        ext_hook: _ExtHook,
+        packer: _Packer,
+        execute: Callable[[bytes, int], tuple[bytes, bool]],
+        finish: Callable[[object, Exception | None, int], tuple[bytes, bool]],
+        /,
+    ) -> None: ...
+    def add(
+        self,
+        segment_id: int,
+        connection: _C,
+        base: int,
+        size: int,
+        slot_size: int,
+        reply_writer: Writer[object] | None,
+        connection_id: int,
+        max_payload: int,
+        limit: int,
+        /,
+    ) -> None: ...
+    def remove(self, segment_id: int, /) -> None: ...
+    def lane(self, segment_id: int, last: int, /) -> bool:
+        """Serve that connection's simple requests natively from call id ``last`` on; False if it has no
+        reply writer."""
+
+    def take(self, segment_id: int, /) -> _Handback | None:
+        """The lane's state handed back (the lane is off afterwards), or None if it was off."""
+
+    def serve(
+        self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /
+    ) -> (
+        tuple[_C, _FrameFields[_K] | None, int, _Handback | None, tuple[bytes, bool] | None]
+        | tuple[int, int, int]
+        | tuple[None, None, int]
+        | int
+    ):
+        """What Python must see next: ``(connection, fields or None, waited_ns, handback or None, executed or
+        None)`` for a request frame the lane did not serve; ``(segment id, offset, waited_ns)`` for any other
+        signal; ``(None, None, waited_ns)`` after a served request whose wait outlasted ``learn_ns``; or a
+        WAIT_* code when no signal came within ``timeout_s``."""
