@@ -8,6 +8,7 @@ keeps working for callers who do not know ombm::
     ├── SegmentNotFoundError      (FileNotFoundError)  open_segment of an absent name
     ├── SegmentExistsError        (FileExistsError)    create_segment of a taken name
     ├── SegmentFormatError        (ValueError)         foreign, truncated, stale or corrupt header
+    ├── DirectoryFullError        (OSError)            every directory entry of a segment is held by a live process
     ├── AddressError              (ValueError)         address/offset outside every bound region
     ├── ReadOnlyError             (PermissionError)    write through a read-only binding
     ├── ClosedError               (ValueError)         use of an unbound region / released segment / closed object
@@ -16,10 +17,14 @@ keeps working for callers who do not know ombm::
     ├── EndOfStream               (EOFError)           the writer closed and everything was delivered
     ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
+    ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
-    ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
-    │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+    └── CallTimeout               (TimeoutError)       no reply within the call's timeout
+        └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+
+Misuse by the caller (an argument of the wrong type or value, an operation out of order) raises
+the plain builtin (``TypeError``, ``ValueError``, ``RuntimeError``), as the standard library does.
 
 Best-effort loss (a dropped signal, a bad checksum, a duplicate) is *not* an
 exception (paper §3.2): it is counted in ``ombm.stats()`` and repaired by the
@@ -43,6 +48,10 @@ class SegmentExistsError(OmbmError, FileExistsError):
 
 class SegmentFormatError(OmbmError, ValueError):
     """The object is not a valid ombm segment (foreign, truncated, stale or corrupt)."""
+
+
+class DirectoryFullError(OmbmError, OSError):
+    """Every directory entry of the segment is in use by a live process."""
 
 
 class AddressError(OmbmError, ValueError):
@@ -77,6 +86,10 @@ class FrameError(OmbmError, ValueError):
     """A frame failed its bounds, format or checksum checks."""
 
 
+class UnmarshalError(OmbmError, ValueError):
+    """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
+
+
 class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
     """rpc.connect found no server for the name."""
 
@@ -90,7 +103,7 @@ class RemoteError(OmbmError):
         self.message = message
         self.traceback = traceback
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback))
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import OmbmError
+from ombm.errors import DirectoryFullError as DirectoryFullError  # raised here; importable from here as before
 
 
 class Entry(NamedTuple):
@@ -37,10 +37,6 @@ class Entry(NamedTuple):
     token: int
     offset: int
     size: int
-
-
-class DirectoryFullError(OmbmError, OSError):
-    """Every directory entry of the segment is in use by a live process."""
 
 
 class Directory:

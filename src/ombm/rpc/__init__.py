@@ -13,7 +13,7 @@ pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
 timer), ``client`` and ``server`` (the I/O glue).
 """
 
-from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError
+from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
 from ombm.rpc.client import Client, Future, connect
 from ombm.rpc.server import Server
@@ -27,6 +27,7 @@ __all__ = [
     "Server",
     "ServerGoneError",
     "ServiceNotFoundError",
+    "UnmarshalError",
     "connect",
     "connect_async",
 ]

@@ -27,8 +27,8 @@ What travels, and what comes back:
   ext type 2, and the decoder must pass ``allow_pickle=True`` too or get
   :class:`UnmarshalError`.  Never unpickle data from a peer you do not trust.
 
-Bytes that are not a valid call or reply raise :class:`UnmarshalError`
-(a ``ValueError``).
+Bytes that are not a valid call or reply raise :class:`~ombm.errors.UnmarshalError`
+(an ``OmbmError`` and a ``ValueError``; importable from here too).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import traceback
 
 import msgpack
 
-from ombm.errors import RemoteError
+from ombm.errors import RemoteError, UnmarshalError
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply",
            "RemoteError", "UnmarshalError"]
@@ -52,10 +52,6 @@ _EXT_BIGINT = 3
 _OK, _ERR = 0, 1
 _ARRAY_KINDS = frozenset("biufcSUmM")
 _ARRAY_HEAD = struct.Struct("<BBB")  # is_scalar, ndim, len(dtype str); then dtype, u64 shape[]
-
-
-class UnmarshalError(ValueError):
-    """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
 
 
 # ---------------------------------------------------------------- encoding
