@@ -15,26 +15,49 @@ Environment variables are read at import; :func:`configure` changes them.
 
 from __future__ import annotations
 
+import enum
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
 
-WAIT_MODES = ("adaptive", "spin", "sleep")
-SIGNAL_PATHS = ("memory", "kernel")
+WaitMode = Literal["adaptive", "spin", "sleep"]
+SignalPath = Literal["memory", "kernel"]
+WAIT_MODES: tuple[WaitMode, ...] = ("adaptive", "spin", "sleep")
+SIGNAL_PATHS: tuple[SignalPath, ...] = ("memory", "kernel")
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 @dataclass(frozen=True)
 class Settings:
-    wait: str = "adaptive"
+    wait: WaitMode = "adaptive"
     spin_us: float = 50.0
-    signal_path: str = "memory"
+    signal_path: SignalPath = "memory"
     fifo_capacity: int = 128
 
 
+class _Unchanged(enum.Enum):
+    """The default of :func:`configure`'s parameters: keep the current value."""
+
+    UNCHANGED = "unchanged"
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+UNCHANGED: Final = _Unchanged.UNCHANGED
+
+
+def _one_of(name: str, value: object, choices: tuple[_Choice, ...]) -> _Choice:
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ValueError(f"{name} must be one of {choices}, not {value!r}")
+
+
 def _validate(s: Settings) -> Settings:
-    if s.wait not in WAIT_MODES:
-        raise ValueError(f"wait must be one of {WAIT_MODES}, not {s.wait!r}")
-    if s.signal_path not in SIGNAL_PATHS:
-        raise ValueError(f"signal_path must be one of {SIGNAL_PATHS}, not {s.signal_path!r}")
+    _one_of("wait", s.wait, WAIT_MODES)
+    _one_of("signal_path", s.signal_path, SIGNAL_PATHS)
     if isinstance(s.spin_us, bool) or not isinstance(s.spin_us, (int, float)) or not 0 <= s.spin_us <= 1e6:
         raise ValueError("spin_us must be a number of microseconds between 0 and 1e6")
     if isinstance(s.fifo_capacity, bool) or not isinstance(s.fifo_capacity, int):
@@ -45,23 +68,37 @@ def _validate(s: Settings) -> Settings:
 
 
 def _from_env() -> Settings:
-    s = Settings()
-    if "OMBM_SPIN_US" in os.environ:
-        s = replace(s, spin_us=float(os.environ["OMBM_SPIN_US"]))
-    if "OMBM_SIGNAL_PATH" in os.environ:
-        s = replace(s, signal_path=os.environ["OMBM_SIGNAL_PATH"])
-    if "OMBM_WAIT" in os.environ:
-        s = replace(s, wait=os.environ["OMBM_WAIT"])
-    return _validate(s)
+    env = os.environ
+    default = Settings()
+    spin_us = float(env["OMBM_SPIN_US"]) if "OMBM_SPIN_US" in env else default.spin_us
+    wait = _one_of("wait", env["OMBM_WAIT"], WAIT_MODES) if "OMBM_WAIT" in env else default.wait
+    signal_path = (_one_of("signal_path", env["OMBM_SIGNAL_PATH"], SIGNAL_PATHS) if "OMBM_SIGNAL_PATH" in env
+                   else default.signal_path)
+    return _validate(Settings(wait, spin_us, signal_path, default.fifo_capacity))
 
 
 SETTINGS = _from_env()
 
 
-def configure(**changes: object) -> Settings:
-    """Change process-wide settings; returns the new :class:`Settings`. Unknown keys raise TypeError."""
+def configure(
+    *,
+    wait: WaitMode | _Unchanged = UNCHANGED,
+    spin_us: float | _Unchanged = UNCHANGED,
+    signal_path: SignalPath | _Unchanged = UNCHANGED,
+    fifo_capacity: int | _Unchanged = UNCHANGED,
+) -> Settings:
+    """Change process-wide settings (those not given stay as they are); returns the new :class:`Settings`.
+
+    A bad value raises ``ValueError`` (``TypeError`` for a ``fifo_capacity`` that is not an int) and
+    changes nothing; an unknown keyword raises ``TypeError``."""
     global SETTINGS
-    SETTINGS = _validate(replace(SETTINGS, **changes))  # type: ignore[arg-type]
+    now = SETTINGS
+    SETTINGS = _validate(Settings(
+        wait=now.wait if wait is UNCHANGED else wait,
+        spin_us=now.spin_us if spin_us is UNCHANGED else spin_us,
+        signal_path=now.signal_path if signal_path is UNCHANGED else signal_path,
+        fifo_capacity=now.fifo_capacity if fifo_capacity is UNCHANGED else fifo_capacity,
+    ))
     return SETTINGS
 
 

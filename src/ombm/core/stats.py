@@ -13,20 +13,19 @@ from ombm import _native
 
 
 class Counters:
-    __slots__ = (
-        "signals_sent",
-        "signals_delivered",
-        "signals_dropped",
-        "signals_dropped_fault",
-        "signals_unhandled",
-        "signals_stalled",
-        "messages_corrupted_fault",
-        "wakeups",
-        "doorbells",
-        "kernel_signals",
-        "dead_receivers_reclaimed",
-        "handler_errors",
-    )
+    signals_sent: int
+    signals_delivered: int
+    signals_dropped: int
+    signals_dropped_fault: int
+    signals_unhandled: int
+    signals_stalled: int
+    messages_corrupted_fault: int
+    wakeups: int
+    doorbells: int
+    kernel_signals: int
+    dead_receivers_reclaimed: int
+    handler_errors: int
+    __slots__ = tuple(__annotations__)  # the counters above, in this order
 
     def __init__(self) -> None:
         self.reset()

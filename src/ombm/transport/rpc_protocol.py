@@ -43,8 +43,14 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
-from ombm.transport.wire import KIND_TABLE, MAX_FRAGMENTS, Kind, encode, raw_decode, raw_encode
+from ombm.transport.wire import KIND_TABLE, MAX_FRAGMENTS, FrameFields, Kind, encode, raw_decode, raw_encode
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+_T = TypeVar("_T")
 
 __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
            "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
@@ -101,7 +107,7 @@ class ServerStats:
     executing: int        # delivered calls not answered yet
 
 
-def split(data, max_payload: int) -> list:
+def split(data: ReadableBuffer, max_payload: int) -> list[bytes | memoryview]:
     """Cut ``data`` into at most MAX_FRAGMENTS pieces of at most ``max_payload`` bytes."""
     if type(data) is not bytes:
         data = memoryview(data).cast("B")
@@ -155,7 +161,8 @@ class RtoEstimator:
         return min(rto * 2, self._max)
 
 
-def _encode_message(kind, connection_id, message_id, pieces, ack=0) -> tuple:
+def _encode_message(kind: Kind, connection_id: int, message_id: int, pieces: list[bytes | memoryview],
+                    ack: int = 0) -> tuple[bytes, ...]:
     """The frames of a message cut by :func:`split`, as a tuple.
 
     Callers take a fast path instead when the message is ``bytes`` that fit one
@@ -174,12 +181,12 @@ class _Reassembly:
 
     __slots__ = ("kind", "parts", "missing")
 
-    def __init__(self, kind, count: int) -> None:
+    def __init__(self, kind: Kind, count: int) -> None:
         self.kind = kind
-        self.parts: list = [None] * count
+        self.parts: list[bytearray | None] = [None] * count
         self.missing = count
 
-    def add(self, kind, index: int, count: int, payload) -> bool | None:
+    def add(self, kind: Kind, index: int, count: int, payload: bytearray) -> bool | None:
         """Store a fragment: True if the message is complete, False if not yet,
         None if the fragment is a duplicate or inconsistent with the others."""
         if count != len(self.parts) or kind is not self.kind or self.parts[index] is not None:
@@ -189,11 +196,12 @@ class _Reassembly:
         return self.missing == 0
 
     def data(self) -> bytes:
-        return b"".join(self.parts)
+        """The whole message (once no part is missing)."""
+        return b"".join(part for part in self.parts if part is not None)
 
 
-def _reassemble(partial: dict, message_id: int, kind, index: int, count: int, payload,
-                limit: int | None = None) -> tuple[bytes | None, bool]:
+def _reassemble(partial: dict[int, _Reassembly], message_id: int, kind: Kind, index: int, count: int,
+                payload: bytearray, limit: int | None = None) -> tuple[bytes | None, bool]:
     """Add one fragment to the messages being reassembled in ``partial`` (by message id).
 
     Returns ``(message, duplicate)``: the whole message once its last fragment is in
@@ -204,7 +212,7 @@ def _reassemble(partial: dict, message_id: int, kind, index: int, count: int, pa
     if reassembly is None:
         reassembly = partial[message_id] = _Reassembly(kind, count)
         if limit is not None and len(partial) > limit:
-            partial.popitem(last=False)
+            del partial[next(iter(partial))]  # the oldest
     done = reassembly.add(kind, index, count, payload)
     if not done:
         return None, done is None
@@ -212,7 +220,7 @@ def _reassemble(partial: dict, message_id: int, kind, index: int, count: int, pa
     return reassembly.data(), False
 
 
-def _drain(out: deque, max_frames: int | None) -> list:
+def _drain(out: deque[_T], max_frames: int | None) -> list[_T]:
     """Take the frames ready to write from ``out`` (used by :mod:`ombm.transport.stream_protocol`)."""
     if max_frames is None or max_frames >= len(out):
         frames = list(out)
@@ -235,16 +243,22 @@ def _check_payload(max_payload: int) -> None:
 
 class _NewRequest:
     __slots__ = RequestReceived.__slots__
+    call_id: int
+    data: bytes | bytearray
+    oneway: bool
 
 
 class _NewReply:
     __slots__ = ReplyReceived.__slots__
+    call_id: int
+    data: bytes | bytearray
+    error: bool
 
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
 
 
-def _timer_order(call: _Call) -> tuple:
+def _timer_order(call: _Call) -> tuple[float, int]:
     return call.deadline, call.call_id
 
 
@@ -253,7 +267,7 @@ def _timer_order(call: _Call) -> tuple:
 class _Outbox:
     """The frames a protocol has ready to write (``_out``, oldest first)."""
 
-    _out: list
+    _out: list[bytes]
 
     def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
         """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
@@ -279,6 +293,13 @@ class _Call:
     """
 
     __slots__ = ("call_id", "oneway", "frames", "sent_at", "rto", "deadline", "heaped")
+    call_id: int
+    oneway: bool
+    frames: tuple[bytes, ...]
+    sent_at: float | None
+    rto: float
+    deadline: float
+    heaped: bool
 
 
 class ClientProtocol(_Outbox):
@@ -323,7 +344,7 @@ class ClientProtocol(_Outbox):
 
     # -- calls
 
-    def send_request(self, data, now: float, *, oneway: bool = False) -> int:
+    def send_request(self, data: ReadableBuffer, now: float, *, oneway: bool = False) -> int:
         """Queue a call carrying ``data`` (bytes-like, copied now); return its call id."""
         call_id = self._next_id
         in_flight = self._in_flight
@@ -343,7 +364,7 @@ class ClientProtocol(_Outbox):
                 ack = lane
         kind = _ONEWAY if oneway else _CALL
         if type(data) is bytes and len(data) <= self.max_payload:  # the fast path
-            frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, ack, 0),)
+            frames: tuple[bytes, ...] = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, ack, 0),)
         else:
             frames = _encode_message(kind, self.connection_id, call_id,
                                      split(data, self.max_payload), ack)
@@ -470,7 +491,7 @@ class ClientProtocol(_Outbox):
 
     # -- frames
 
-    def receive_frame(self, view, now: float) -> list[Event]:
+    def receive_frame(self, view: ReadableBuffer, now: float) -> list[Event]:
         """Take one received frame; return the replies it completes."""
         try:
             kind, connection_id, call_id, index, count, _, payload, _ = raw_decode(view, KIND_TABLE)
@@ -497,13 +518,14 @@ class ClientProtocol(_Outbox):
             self._bad += 1
             return []
         if count == 1:  # the fast path: the whole reply in one frame
-            data = payload
+            data: bytes | bytearray = payload
             if self._partial:
                 self._partial.pop(call_id, None)
         else:
-            data = self._reassemble(call_id, kind, index, count, payload)
-            if data is None:
+            whole = self._reassemble(call_id, kind, index, count, payload)
+            if whole is None:
                 return []
+            data = whole
         # The call is complete.
         del in_flight[call_id]
         sent_at = call.sent_at
@@ -517,10 +539,11 @@ class ClientProtocol(_Outbox):
         event.call_id = call_id
         event.data = data
         event.error = kind is _ERROR_REPLY
-        event.__class__ = ReplyReceived
-        return [event]
+        # the twin becomes the frozen event it mirrors (same slots): mypy cannot follow a class change
+        event.__class__ = ReplyReceived  # type: ignore[assignment]
+        return [event]  # type: ignore[list-item]
 
-    def _reassemble(self, call_id: int, kind, index: int, count: int, payload):
+    def _reassemble(self, call_id: int, kind: Kind, index: int, count: int, payload: bytearray) -> bytes | None:
         """Add a fragment of a reply: the reply if complete, else None."""
         data, duplicate = _reassemble(self._partial, call_id, kind, index, count, payload)
         self._duplicates += duplicate
@@ -569,9 +592,9 @@ class ClientProtocol(_Outbox):
         in_flight = self._in_flight
         while timers and timers[0][0] <= now:
             deadline, call_id = _heappop(timers)
-            call = in_flight.get(call_id)
-            if call is not None and call.deadline == deadline:
-                expired.append(call)
+            timed = in_flight.get(call_id)
+            if timed is not None and timed.deadline == deadline:
+                expired.append(timed)
         if not expired:
             return
         expired.sort(key=_timer_order)
@@ -619,13 +642,13 @@ class ServerProtocol(_Outbox):
         self._last = 0                 # the highest call id delivered
         self._seen_limit = 128         # prune _seen when it grows beyond this
         self._executing: set[int] = set()
-        self._replies: dict[int, tuple] = {}   # call id -> frames, oldest first
+        self._replies: dict[int, tuple[bytes, ...]] = {}   # call id -> frames, oldest first
         self._partial: OrderedDict[int, _Reassembly] = OrderedDict()
         self._out: list[bytes] = []
         self._requests = self._replied = self._bad = self._foreign = 0
         self._duplicates = self._evicted = 0
 
-    def receive_frame(self, view, now: float) -> list[Event]:
+    def receive_frame(self, view: ReadableBuffer, now: float) -> list[Event]:
         """Take one received frame; return the call it completes, if any."""
         try:
             fields = raw_decode(view, KIND_TABLE)
@@ -634,7 +657,7 @@ class ServerProtocol(_Outbox):
             return []
         return self.receive_fields(fields, now)
 
-    def receive_fields(self, fields: tuple | None, now: float) -> list[Event]:
+    def receive_fields(self, fields: FrameFields | None, now: float) -> list[Event]:
         """:meth:`receive_frame` of a frame the I/O layer decoded already: the tuple of
         :func:`wire.decode_fields`, or None for a frame that failed its checks."""
         if fields is None:
@@ -670,11 +693,12 @@ class ServerProtocol(_Outbox):
                     self._out.extend(self._replies.get(call_id, ()))
             return []
         if count == 1:  # the fast path: the whole request in one frame
-            data = payload
+            data: bytes | bytearray = payload
         else:
-            data = self._reassemble(kind, call_id, index, count, payload)
-            if data is None:
+            whole = self._reassemble(kind, call_id, index, count, payload)
+            if whole is None:
                 return []
+            data = whole
         seen.add(call_id)
         if call_id > self._last:
             self._last = call_id
@@ -688,10 +712,11 @@ class ServerProtocol(_Outbox):
         event.call_id = call_id
         event.data = data
         event.oneway = oneway
-        event.__class__ = RequestReceived
-        return [event]
+        # the twin becomes the frozen event it mirrors (same slots): mypy cannot follow a class change
+        event.__class__ = RequestReceived  # type: ignore[assignment]
+        return [event]  # type: ignore[list-item]
 
-    def _reassemble(self, kind, call_id: int, index: int, count: int, payload):
+    def _reassemble(self, kind: Kind, call_id: int, index: int, count: int, payload: bytearray) -> bytes | None:
         data, duplicate = _reassemble(self._partial, call_id, kind, index, count, payload, self._max_partial)
         self._duplicates += duplicate
         return data
@@ -706,7 +731,7 @@ class ServerProtocol(_Outbox):
             self._seen = {call_id for call_id in self._seen if call_id >= ack}
             self._seen_limit = 2 * max(64, len(self._seen))
 
-    def send_reply(self, call_id: int, data, now: float, *, error: bool = False) -> None:
+    def send_reply(self, call_id: int, data: ReadableBuffer, now: float, *, error: bool = False) -> None:
         """Answer a delivered call with ``data`` (bytes-like), flagged ERROR_REPLY if ``error``."""
         executing = self._executing
         if call_id not in executing:
@@ -722,7 +747,7 @@ class ServerProtocol(_Outbox):
             return  # the client gave up on it
         kind = _ERROR_REPLY if error else _REPLY
         if pieces is None:
-            frames = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, 0, 0),)
+            frames: tuple[bytes, ...] = (raw_encode(kind, self.connection_id, call_id, data, 0, 1, 0, 0),)
         else:
             frames = _encode_message(kind, self.connection_id, call_id, pieces)
         replies = self._replies

@@ -43,14 +43,19 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ombm._native import copy_checksum as _copy_checksum
 from ombm._native import frame_decode as _frame_decode
 from ombm._native import frame_encode as _frame_encode
 from ombm.errors import FrameError
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
 __all__ = ["TRAILER_SIZE", "MAGIC", "MAX_FRAGMENTS", "Kind", "Frame", "FrameError",
-           "encode", "encode_into", "decode", "decode_fields", "raw_decode", "raw_encode", "KIND_TABLE", "peek_kind"]
+           "encode", "encode_into", "decode", "decode_fields", "raw_decode", "raw_encode", "KIND_TABLE", "peek_kind",
+           "FrameFields"]
 
 _HEAD = struct.Struct("<QQQIIHHBBH")   # trailer[0:40], everything before the checksum
 _SUM = struct.Struct("<Q")
@@ -76,8 +81,11 @@ class Kind(enum.IntEnum):
     PROBE = 8        # stream sender -> receiver: "tell me your window"
 
 
+# a decoded frame: (kind, connection_id, message_id, frag_index, frag_count, ack, payload, credit)
+FrameFields = tuple[Kind, int, int, int, int, int, bytearray, int]
+
 _KIND_BY_VALUE = {int(k): k for k in Kind}
-_KINDS = tuple(_KIND_BY_VALUE.get(v) for v in range(max(_KIND_BY_VALUE) + 1))  # kind byte -> Kind
+_KINDS: tuple[Kind | None, ...] = tuple(_KIND_BY_VALUE.get(v) for v in range(max(_KIND_BY_VALUE) + 1))  # kind byte -> Kind
 KIND_TABLE = _KINDS
 
 # decode_fields without its wrapper, for the protocols' per-frame path:
@@ -108,7 +116,8 @@ class Frame:
     credit: int = 0
 
 
-def _head(kind, connection_id, message_id, frag_index, frag_count, ack, credit, n):
+def _head(kind: int, connection_id: int, message_id: int, frag_index: int, frag_count: int, ack: int, credit: int,
+          n: int) -> bytes:
     if not 0 <= frag_index < frag_count <= MAX_FRAGMENTS:
         raise ValueError(f"bad fragment {frag_index}/{frag_count}")
     if n > _U32 or not 0 <= credit <= _U32:
@@ -122,7 +131,7 @@ def _head(kind, connection_id, message_id, frag_index, frag_count, ack, credit, 
         raise ValueError(f"frame field out of range: {exc}") from None
 
 
-def encode(kind: int, connection_id: int, message_id: int, payload=b"", *,
+def encode(kind: int, connection_id: int, message_id: int, payload: ReadableBuffer = b"", *,
            frag_index: int = 0, frag_count: int = 1, ack: int = 0, credit: int = 0) -> bytes:
     """Return the frame (payload followed by its trailer) as bytes (native: one pass)."""
     if kind not in _KIND_BY_VALUE:
@@ -130,7 +139,8 @@ def encode(kind: int, connection_id: int, message_id: int, payload=b"", *,
     return _frame_encode(kind, connection_id, message_id, payload, frag_index, frag_count, ack, credit)
 
 
-def encode_into(buf, end: int, kind: int, connection_id: int, message_id: int, payload=b"", *,
+def encode_into(buf: WriteableBuffer, end: int, kind: int, connection_id: int, message_id: int,
+                payload: ReadableBuffer = b"", *,
                 frag_index: int = 0, frag_count: int = 1, ack: int = 0, credit: int = 0) -> int:
     """Write a frame that ends at ``end`` in the writable buffer ``buf``; return its start.
 
@@ -150,7 +160,7 @@ def encode_into(buf, end: int, kind: int, connection_id: int, message_id: int, p
     return start
 
 
-def decode_fields(view) -> tuple:
+def decode_fields(view: ReadableBuffer) -> FrameFields:
     """Like :func:`decode` but return a plain tuple (the protocols' hot path):
     ``(kind, connection_id, message_id, frag_index, frag_count, ack, payload, credit)``.
 
@@ -164,7 +174,7 @@ def decode_fields(view) -> tuple:
         raise FrameError(str(exc)) from None
 
 
-def peek_kind(view) -> int | None:
+def peek_kind(view: bytes | bytearray | memoryview) -> int | None:
     """The kind byte of the frame ending ``view``, unvalidated, or None if too short.
 
     Only for routing a frame to the protocol object that will decode it (say DATA
@@ -179,7 +189,7 @@ _new = object.__new__
  _set_ack, _set_payload, _set_credit) = (getattr(Frame, name).__set__ for name in Frame.__slots__)
 
 
-def decode(view) -> Frame:
+def decode(view: ReadableBuffer) -> Frame:
     """Validate and copy out the frame that ends at the end of ``view``.
 
     ``view`` is a memoryview (or other buffer of unsigned bytes) that may live in
