@@ -30,20 +30,18 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
     deadline = loop.time() + timeout
     sleep_word = receiver.fifo.address + L.FIFO_SLEEP
     while True:
-        if receiver.dispatch_pending():
-            return max(deadline - loop.time(), 0.0)
-        left = deadline - loop.time()
-        if left <= 0:
-            return 0.0
+        over, left = receiver.dispatch_before(deadline, loop.time)
+        if over:
+            return left
         sock = receiver.fifo.doorbell()
         if not receiver.kernel:
             _native.store32(sleep_word, L.SLEEP_DOORBELL)
             if receiver.fifo.depth():  # re-check after announcing (no lost wake-up)
                 _native.store32(sleep_word, L.SLEEP_AWAKE)
                 continue
-        ready = loop.create_future()
+        ready: asyncio.Future[None] = loop.create_future()
         fd = sock.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, _set_once, ready)
         try:
             await asyncio.wait_for(ready, left)
         except asyncio.TimeoutError:
@@ -53,6 +51,11 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
             if not receiver.kernel:
                 _native.store32(sleep_word, L.SLEEP_AWAKE)
                 receiver.fifo.drain_doorbell()
+
+
+def _set_once(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def sig_wait(timeout: float | None = None) -> float:

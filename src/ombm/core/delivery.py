@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ombm import _layout as L
@@ -34,6 +35,9 @@ _load64 = _native.load64
 _fanout = _native.fanout
 _REFS: dict[int, FifoRef] = {}  # token -> mapping of that receiver's FIFO (process-wide)
 _MAX_ROUTES = 4096
+
+# the receivers watching one offset: (their FIFO addresses, those FIFOs, the software-only receivers)
+Route = tuple[tuple[int, ...], tuple[FifoRef, ...], tuple[FifoRef, ...]]
 
 
 def fifo_ref(token: int) -> FifoRef | None:
@@ -64,7 +68,7 @@ class Router:
         self.version_address = directory.version_address
         self.version = -1
         self.ranges: list[tuple[int, int, FifoRef]] = []
-        self.routes: dict[int, tuple] = {}
+        self.routes: dict[int, Route] = {}
 
     def _rebuild(self, version: int) -> None:
         ranges = []
@@ -79,19 +83,19 @@ class Router:
         self.routes = {}
         self.version = version
 
-    def _route(self, offset: int) -> tuple:
+    def _route(self, offset: int) -> Route:
         refs: dict[int, FifoRef] = {}
         for lo, hi, ref in self.ranges:
             if lo <= offset < hi:
                 refs[ref.token] = ref
         memory = tuple(r for r in refs.values() if not r.kernel)
-        route = (tuple(r.address for r in memory), memory, tuple(r for r in refs.values() if r.kernel))
+        route: Route = (tuple(r.address for r in memory), memory, tuple(r for r in refs.values() if r.kernel))
         if len(self.routes) >= _MAX_ROUTES:
             self.routes.clear()
         self.routes[offset] = route
         return route
 
-    def route(self, offset: int) -> tuple:
+    def route(self, offset: int) -> Route:
         """``(fifo addresses, their FifoRefs, kernel-path FifoRefs)`` of the receivers watching ``offset``."""
         version = _load64(self.version_address)
         if version != self.version:
@@ -139,7 +143,7 @@ class Router:
                 COUNTERS.doorbells += 1
                 ref.ring()
 
-    def _deliver_with_faults(self, offset: int, memory: tuple, kernel: tuple) -> None:
+    def _deliver_with_faults(self, offset: int, memory: tuple[FifoRef, ...], kernel: tuple[FifoRef, ...]) -> None:
         for ref in memory:
             if FAULTS.should_drop():
                 COUNTERS.signals_dropped_fault += 1
@@ -154,7 +158,7 @@ class Router:
                 continue
             self._send_kernel(ref, offset)
 
-    def _check_alive(self, refs) -> None:
+    def _check_alive(self, refs: Iterable[FifoRef]) -> None:
         """A full FIFO may belong to a dead receiver: reclaim it (lazily, by the sender).
 
         Liveness costs a /proc read, so each receiver is checked at most every 50 ms."""

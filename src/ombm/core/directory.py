@@ -29,7 +29,7 @@ from ombm.errors import DirectoryFullError as DirectoryFullError  # raised here;
 
 
 class Entry(NamedTuple):
-    index: int
+    position: int  # in the directory, 0 .. DIR_CAPACITY - 1 (not "index": that is tuple.index)
     gen: int
     pid: int
     kind: int
@@ -75,7 +75,7 @@ class Directory:
 
     def free(self, entry: Entry) -> bool:
         """Remove ``entry`` if it is still the same publication; False if already gone."""
-        at = self._base + L.entry_offset(entry.index)
+        at = self._base + L.entry_offset(entry.position)
         if _native.load32(at + L.ENTRY_GEN) != entry.gen or not _native.cas32(at, L.ENTRY_LIVE, L.ENTRY_CLAIMED):
             return False
         if _native.load32(at + L.ENTRY_GEN) != entry.gen:  # reused between our two reads: undo
@@ -133,7 +133,7 @@ def map_header(path: str) -> tuple[int, mmap.mmap] | None:
 def is_current_layout(hdr: mmap.mmap) -> bool:
     """A segment of exactly this layout (another version's directory is not ours to edit)."""
     magic, version = L.SEG_HEADER.unpack_from(hdr)[:2]
-    return magic == L.SEG_MAGIC and version == L.SEG_VERSION
+    return bool(magic == L.SEG_MAGIC and version == L.SEG_VERSION)
 
 
 def reclaim_segment_if_dead(path: str) -> bool:

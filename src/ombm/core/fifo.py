@@ -99,8 +99,9 @@ class Fifo:
     # -- consumer operations
     def pop(self) -> tuple[int, int] | None:
         if self.kernel:
+            sock: socket.socket = self.sock  # type: ignore[assignment]  # a kernel FIFO's socket: None once closed
             try:
-                data = self.sock.recv(64)  # type: ignore[union-attr]
+                data = sock.recv(64)
             except BlockingIOError:
                 return None
             return _SIGNAL.unpack(data) if len(data) == _SIGNAL.size else (L.NUDGE_SEGMENT, 0)
@@ -108,14 +109,14 @@ class Fifo:
 
     def pop_wait(self, timeout: float) -> tuple[int, int] | None:
         """Software-only path: block in the kernel until a signal arrives or ``timeout``."""
-        sock = self.sock
-        sock.settimeout(timeout)  # type: ignore[union-attr]
+        sock: socket.socket = self.sock  # type: ignore[assignment]  # a kernel FIFO's socket: None once closed
+        sock.settimeout(timeout)
         try:
-            data = sock.recv(64)  # type: ignore[union-attr]
+            data = sock.recv(64)
         except (TimeoutError, BlockingIOError):
             return None
         finally:
-            sock.setblocking(False)  # type: ignore[union-attr]
+            sock.setblocking(False)
         return _SIGNAL.unpack(data) if len(data) == _SIGNAL.size else (L.NUDGE_SEGMENT, 0)
 
     def drain_doorbell(self) -> None:

@@ -25,6 +25,7 @@ import mmap
 import os
 import threading
 import weakref
+from typing import TYPE_CHECKING, Any
 
 from ombm import _layout as L
 from ombm import _native
@@ -35,6 +36,12 @@ from ombm.errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsE
 from ombm.errors import SegmentNotFoundError
 from ombm.core.faults import FAULTS
 from ombm.core.stats import COUNTERS
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from ombm.core.fifo import FifoRef
+    from ombm.core.signals import SignalHandle
 
 CACHE_LINE = L.CACHE_LINE
 PAGE = mmap.PAGESIZE
@@ -67,7 +74,7 @@ def _shm_free_bytes() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _validate_create(size, mode, unit, signal_on_write) -> tuple[int, Mode, int, bool]:
+def _validate_create(size: int, mode: int, unit: int, signal_on_write: bool | None) -> tuple[int, Mode, int, bool]:
     size = _check_int(size, "size")
     if size <= 0:
         raise ValueError(f"segment size must be positive, not {size}")
@@ -126,22 +133,23 @@ class Region:
         self._message = segment._message
         self._sow_unit = segment.unit if segment._message and segment.signal_on_write else 0
         self._deliver = segment._router.deliver
-        self._handles: weakref.WeakSet = weakref.WeakSet()
-        self._writer = None
+        self._handles: weakref.WeakSet[SignalHandle] = weakref.WeakSet()
+        self._writer: _native.Writer[FifoRef] | None = None
         if writable and not FAULTS.active:  # the native write path; fault injection stays in Python
             router = segment._router
             self._writer = _native.Writer(
                 self.address, self.size, self._sow_unit, router.version_address, segment.id,
                 Region.write.__get__(self), router.route, router.deliver, router.after_fanout,
             )
-            self.write = self._writer.write  # shadows the method below, which stays its slow path
+            # shadows the method below, which stays its slow path (mypy: a method is not assigned to)
+            self.write = self._writer.write  # type: ignore[method-assign, assignment]
         with _index_lock:
             i = bisect.bisect(_starts, self.address)
             _starts.insert(i, self.address)
             _regions.insert(i, self)
 
     # -- the message write path (paper §3.3)
-    def write(self, offset: int, data) -> None:
+    def write(self, offset: int, data: ReadableBuffer) -> None:
         """Write ``data`` at ``offset``; raise one signal per unit whose last byte this writes.
 
         A writable binding's ``write`` is the native ``_native.Writer.write``, which does the same
@@ -153,8 +161,7 @@ class Region:
             raise ClosedError("region is unbound") if self._mm is None else ReadOnlyError("region is bound read-only")
         if type(offset) is not int:
             offset = _check_int(offset, "offset")
-        tp = type(data)
-        if tp is bytes or tp is bytearray:
+        if type(data) is bytes or type(data) is bytearray:
             n = len(data)
         else:
             data = memoryview(data)
@@ -198,7 +205,7 @@ class Region:
         return address - self.address
 
     @property
-    def native_writer(self) -> _native.Writer | None:
+    def native_writer(self) -> _native.Writer[FifoRef] | None:
         """The native write path of a writable binding (None when read-only, closed, or under
         fault injection): lanes and slot channels write frames through it."""
         return self._writer
@@ -234,7 +241,7 @@ class Region:
     def __enter__(self) -> Region:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.unbind()
 
     def __repr__(self) -> str:
@@ -258,7 +265,7 @@ class Segment:
         self._regions: weakref.WeakSet[Region] = weakref.WeakSet()
         self._holder: Entry | None = None
 
-    def _parse(self, fields: tuple, file_size: int) -> None:
+    def _parse(self, fields: tuple[Any, ...], file_size: int) -> None:
         magic, version, mode, size, unit, flags, seg_id, _pid, cap, _start, _ver = fields
         where = f"segment {self.name!r}"
         if magic != L.SEG_MAGIC:
@@ -273,7 +280,7 @@ class Segment:
         self.size = size
         self.unit = unit
         self.signal_on_write = bool(flags & L.FLAG_SIGNAL_ON_WRITE)
-        self.id = seg_id
+        self.id: int = seg_id
         self._message = self.mode == Mode.MESSAGE_CONSISTENCY
 
     def bind(self, writable: bool = True) -> Region:
@@ -315,7 +322,7 @@ class Segment:
     def __enter__(self) -> Segment:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def __repr__(self) -> str:

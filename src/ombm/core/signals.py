@@ -34,7 +34,7 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import lifecycle
 from ombm.core import config as _config
-from ombm.core.config import settings
+from ombm.core.config import Settings, settings
 from ombm.errors import AddressError, ClosedError
 from ombm.core.fifo import Fifo
 from ombm.core.segment import Region, find_region
@@ -99,7 +99,7 @@ class SignalHandle:
     def __enter__(self) -> SignalHandle:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.disable()
 
 
@@ -181,7 +181,7 @@ class Receiver:
     # in a row that had to sleep, spin only 2 µs, probing with the full cap every 64th miss so a
     # peer that got faster is noticed. Only a wait that ended while spinning resets the misses (a
     # wait that slept includes the wake-up latency and says nothing about the peer).
-    def _adopt(self, settings_now) -> None:
+    def _adopt(self, settings_now: Settings) -> None:
         self._settings = settings_now
         self._adaptive = settings_now.wait == "adaptive"
         self._sleep_ok = settings_now.wait == "sleep"  # "spin" never sleeps
@@ -277,14 +277,21 @@ class Receiver:
             if spent >= timeout:
                 return 0.0
 
+    def dispatch_before(self, deadline: float, clock: Callable[[], float]) -> tuple[bool, float]:
+        """One step of a wait until ``deadline`` on ``clock``: run the pending handlers. ``(True, time
+        left or 0.0)`` when the wait is over (a handler ran, or the deadline passed), else ``(False,
+        time left)``."""
+        if self.dispatch_pending():
+            return True, max(deadline - clock(), 0.0)
+        left = deadline - clock()
+        return (True, 0.0) if left <= 0 else (False, left)
+
     def _wait_kernel(self, timeout: float) -> float:
         deadline = time.monotonic() + timeout
         while True:
-            if self.dispatch_pending():
-                return max(deadline - time.monotonic(), 0.0)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return 0.0
+            over, left = self.dispatch_before(deadline, time.monotonic)
+            if over:
+                return left
             item = self.fifo.pop_wait(min(left, 3600.0))
             if item and self._dispatch(*item):
                 return max(deadline - time.monotonic(), 0.0)
@@ -336,7 +343,7 @@ class _ThreadReceiver:
 def current_receiver() -> Receiver:
     """The calling thread's receiver (created on first use, and again if it was closed)."""
     try:
-        receiver = _local.receiver
+        receiver: Receiver = _local.receiver
         if not receiver.fifo._closed:
             return receiver
     except AttributeError:
@@ -402,7 +409,7 @@ class Dispatcher:
     def __enter__(self) -> Dispatcher:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
