@@ -26,11 +26,18 @@ from __future__ import annotations
 
 import math
 import struct
+import types
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
 from ombm.errors import ClosedError, FrameError
+
+if TYPE_CHECKING:
+    import numpy
+    from numpy.typing import DTypeLike, NDArray
 
 __all__ = ["ArrayView", "check_array", "pack_header", "unpack_trailer", "owner_of"]
 
@@ -39,7 +46,7 @@ MAX_HEADER = 4096
 MAX_DIMS = 64
 
 
-def _numpy():
+def _numpy() -> types.ModuleType:
     try:
         import numpy
     except ImportError:  # pragma: no cover - numpy is an optional dependency
@@ -47,7 +54,7 @@ def _numpy():
     return numpy
 
 
-def check_array(array):
+def check_array(array: object) -> NDArray[Any]:
     """Return ``array`` if it can travel, else raise ``TypeError``/``ValueError`` (nothing is sent)."""
     np = _numpy()
     if not isinstance(array, np.ndarray):
@@ -57,21 +64,22 @@ def check_array(array):
                         "references, not data (convert it, or pickle it yourself)")
     if array.ndim > MAX_DIMS:
         raise ValueError(f"arrays of more than {MAX_DIMS} dimensions are not supported")
-    return array
+    return cast("NDArray[Any]", array)  # checked above
 
 
-def pack_header(array) -> bytes:
+def pack_header(array: NDArray[Any]) -> bytes:
     """The header that follows the data: dtype description and shape, then its length."""
     from numpy.lib import format as npformat
 
-    header = msgpack.packb({"d": npformat.dtype_to_descr(array.dtype), "s": list(array.shape)})
+    header: bytes = msgpack.packb({"d": npformat.dtype_to_descr(array.dtype), "s": list(array.shape)})
     if len(header) > MAX_HEADER:
         raise ValueError("the array's dtype description is too long to send")
     return header + _HLEN.pack(len(header))
 
 
-def _as_descr(value):
-    """msgpack turned descr tuples into lists: turn them back (structured dtypes)."""
+def _as_descr(value: Any) -> Any:
+    """msgpack turned descr tuples into lists: turn them back (structured dtypes). ``value`` is
+    untrusted msgpack output; numpy's ``descr_to_dtype`` checks what comes out."""
     if isinstance(value, list):
         fields = []
         for field in value:
@@ -83,7 +91,7 @@ def _as_descr(value):
     return value
 
 
-def unpack_trailer(payload) -> tuple:
+def unpack_trailer(payload: bytes | bytearray | memoryview) -> tuple[numpy.dtype[Any], tuple[int, ...], int]:
     """``(dtype, shape, nbytes)`` of an array payload; :class:`FrameError` if inconsistent.
 
     ``payload`` is the whole array payload (a private copy, or memory the writer
@@ -116,7 +124,7 @@ def unpack_trailer(payload) -> tuple:
     return dtype, shape, nbytes
 
 
-def owner_of(array):
+def owner_of(array: NDArray[Any]) -> object:
     """The object whose life keeps ``array``'s memory (and every view of it) alive."""
     np = _numpy()
     root = array
@@ -135,13 +143,14 @@ class ArrayView:
 
     __slots__ = ("_array", "_on_free", "dtype", "shape", "zero_copy", "seq", "__weakref__")
 
-    def __init__(self, array, zero_copy: bool, seq: int, on_free=None) -> None:
-        self._array = array
+    def __init__(self, array: NDArray[Any], zero_copy: bool, seq: int,
+                 on_free: Callable[[int], object] | None = None) -> None:
+        self._array: NDArray[Any] | None = array
         self.dtype = array.dtype
         self.shape = array.shape
         self.zero_copy = zero_copy
         self.seq = seq
-        self._on_free = None
+        self._on_free: weakref.finalize[[int], object] | None = None
         if on_free is not None:
             # the slot goes back when the memory's owner dies: our reference and every
             # array or view the user made from it
@@ -149,7 +158,7 @@ class ArrayView:
             self._on_free.atexit = False
 
     @property
-    def array(self):
+    def array(self) -> NDArray[Any]:
         array = self._array
         if array is None:
             raise ClosedError("this ArrayView was released; copy the array if you need it later")
@@ -159,15 +168,16 @@ class ArrayView:
     def released(self) -> bool:
         return self._array is None
 
-    def copy(self):
+    def copy(self) -> NDArray[Any]:
         """A private, writable copy of the array."""
-        return self.array.copy()
+        copied: NDArray[Any] = self.array.copy()
+        return copied
 
     def release(self) -> None:
         """Idempotent: done with the view; the slot goes back once no array made from it is alive."""
         self._array = None
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> NDArray[Any]:
         array = self.array
         if copy:
             return array.astype(dtype) if dtype is not None else array.copy()
@@ -176,7 +186,7 @@ class ArrayView:
     def __enter__(self) -> ArrayView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def __repr__(self) -> str:

@@ -57,7 +57,9 @@ import struct
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from ombm import _native
 from ombm.core import namespace
@@ -67,6 +69,9 @@ from ombm.errors import AddressError, ChannelBrokenError, ChannelTimeout, Closed
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
 from ombm.core.signals import Receiver
 from ombm.core.signals import signal as _signal
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = ["Channel", "ChannelTimeout", "EndOfStream", "RawChannel", "RawFrame", "RawView", "RawStats", "check_timeout"]
 
@@ -92,6 +97,10 @@ _OPEN_RETRY_S = 0.005
 
 _load64, _load32, _store64, _store32, _cas64 = (
     _native.load64, _native.load32, _native.store64, _native.store32, _native.cas64)
+
+_Ch = TypeVar("_Ch", bound="Channel")
+# how a reader copies a frame out: (start offset in the segment, length) -> the frame's data
+_CopyOut = Callable[[int, int], "bytes | memoryview"]
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -126,6 +135,11 @@ class Channel:
     """
 
     KIND = 0
+    # set by _create / _parse_control: the slot geometry and the writer's identity (pid, start time)
+    slots: int
+    first: int
+    connection_id: int
+    _writer: tuple[int, int]
 
     def __init__(self, seg: _segment.Segment, writable: bool) -> None:
         self.segment = seg
@@ -142,7 +156,7 @@ class Channel:
 
     # ---- construction
     @classmethod
-    def _create(cls, name: str | None, slot_size: int, slots: int, connection_id: int | None = None):
+    def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None) -> _Ch:
         name = namespace.new_name() if name is None else namespace.validate_name(name)
         first = _round_up(CONTROL_SIZE, slot_size)
         seg = _segment.create_segment(first + slots * slot_size, name=name, unit=slot_size)
@@ -162,7 +176,7 @@ class Channel:
         return self
 
     @classmethod
-    def _open(cls, name: str, timeout: float | None):
+    def _open(cls: type[_Ch], name: str, timeout: float | None) -> _Ch:
         """Open the segment ``name`` read-only, waiting up to ``timeout`` for it to appear."""
         name = namespace.validate_name(name)
         timeout = check_timeout(timeout)
@@ -227,7 +241,7 @@ class Channel:
         if self._closed:
             raise ClosedError(f"{type(self).__name__} {self.segment.name!r} is closed")
 
-    def _own_receiver(self, lo: int, hi: int, fn) -> Receiver:
+    def _own_receiver(self, lo: int, hi: int, fn: Callable[[int], object]) -> Receiver:
         """This object's own signal FIFO, watching offsets [lo, hi) (no thread hop)."""
         receiver = Receiver()
         try:
@@ -266,6 +280,7 @@ class Channel:
         the CPU (sched_yield) so a peer on the same CPU still runs.
         """
         receiver = self._receiver
+        assert receiver is not None, "a channel end waits on its own receiver"
         mode = _config.SETTINGS.wait
         if receiver.kernel or mode != "adaptive":
             return receiver.wait(timeout) > 0.0 or bool(receiver.dispatch_pending())
@@ -302,13 +317,14 @@ class Channel:
         self._closed = True
         if self._receiver is not None:
             self._receiver.close()
-        self._buf = None
+        # drop the view of the segment (it is released below): any later use fails loudly
+        self._buf = None  # type: ignore[assignment]
         self.segment.release()
 
-    def __enter__(self):
+    def __enter__(self: _Ch) -> _Ch:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:
@@ -362,7 +378,7 @@ class RawView:
 
     __slots__ = ("unit", "seq", "generation", "data", "_addresses")
 
-    def __init__(self, unit, seq, generation, data, addresses) -> None:
+    def __init__(self, unit: int, seq: int, generation: int, data: memoryview, addresses: tuple[int, int]) -> None:
         self.unit, self.seq, self.generation, self.data = unit, seq, generation, data
         self._addresses = addresses
 
@@ -376,7 +392,7 @@ class RawView:
     def __enter__(self) -> RawView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -420,7 +436,7 @@ class RawChannel(Channel):
     def units(self) -> int:
         return self.slots
 
-    def _unit_arg(self, unit) -> int:
+    def _unit_arg(self, unit: int | None) -> int:
         if unit is None:
             unit = self._next_unit
             self._next_unit = unit + 1 if unit + 1 < self.slots else 0
@@ -445,7 +461,7 @@ class RawChannel(Channel):
         _store64(self._base + CTRL_PUBLISHED, seq)
         return seq
 
-    def write(self, data, unit: int | None = None) -> int:
+    def write(self, data: ReadableBuffer, unit: int | None = None) -> int:
         """Write ``data`` into ``unit`` (default: the next one, round-robin); return its seq.
 
         Never waits: readers that fall behind lose units, the writer is not slowed.
@@ -537,7 +553,7 @@ class RawChannel(Channel):
         if self.writable:
             raise TypeError("the writing end of a RawChannel cannot receive")
 
-    def _snapshot(self, unit: int):
+    def _snapshot(self, unit: int) -> tuple[int, int, int, int] | Literal[False] | None:
         """(gen, seq, length, start) of a unit whose header is consistent now, else None."""
         end = self._unit_end(unit)
         gen = _load64(end - 8)
@@ -567,7 +583,7 @@ class RawChannel(Channel):
         self._last_gen[unit] = gen
         self._received += 1
 
-    def _take(self, copy_into):
+    def _take(self, copy_into: _CopyOut) -> RawFrame | None:
         """Read the next signalled unit that holds a new good frame, or None if none is pending.
 
         An ordered reader that fell behind skips frames about to be overwritten: a
@@ -579,8 +595,10 @@ class RawChannel(Channel):
         published = self._base + CTRL_PUBLISHED
         horizon = max(1, self.slots // 2)
         ordered = self.ordered
+        receiver = self._receiver
+        assert receiver is not None, "a reader has its receiver from _setup_reader"
         while True:
-            if not ready and not self._receiver.dispatch_pending():
+            if not ready and not receiver.dispatch_pending():
                 return None
             while ready:
                 unit = ready.popleft()
@@ -602,7 +620,7 @@ class RawChannel(Channel):
                 self._accept(unit, gen, seq)
                 return RawFrame(unit, seq, gen, data)
 
-    def _recv(self, copy_into, timeout):
+    def _recv(self, copy_into: _CopyOut, timeout: float | None) -> RawFrame:
         self._check_reader()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -638,7 +656,7 @@ class RawChannel(Channel):
             raise WouldBlock(f"no new frame on {self.name!r}")
         return frame
 
-    def recv_into(self, buffer, timeout: float | None = None) -> RawFrame:
+    def recv_into(self, buffer: WriteableBuffer, timeout: float | None = None) -> RawFrame:
         """Copy the next new good frame into ``buffer``; ``frame.data`` is a view of ``buffer``."""
         timeout = check_timeout(timeout)
         out = memoryview(buffer).cast("B")
@@ -665,7 +683,8 @@ class RawChannel(Channel):
         buf = self._buf
         frame = self._recv(lambda start, n: buf[start:start + n], timeout)
         end = self._unit_end(frame.unit)
-        return RawView(frame.unit, frame.seq, frame.generation, frame.data, (end - 32, end - 8))
+        data = cast(memoryview, frame.data)  # the view of the segment the copy-out above made
+        return RawView(frame.unit, frame.seq, frame.generation, data, (end - 32, end - 8))
 
     def read(self, unit: int) -> RawFrame | None:
         """Read unit ``unit`` as it is now (addressed access, no signal needed).
@@ -705,5 +724,5 @@ class RawChannel(Channel):
                 _signal(self._base + self.first)
             except Exception:
                 pass
-        self._wbuf = None
+        self._wbuf = None  # type: ignore[assignment]  # as Channel.close drops _buf
         super().close()

@@ -277,8 +277,8 @@ class Segment:
         if L.HEADER_SIZE + _round_up(size, PAGE) > file_size:
             raise SegmentFormatError(f"{where} is truncated ({file_size} bytes for a {size}-byte segment)")
         self.mode = Mode(mode)
-        self.size = size
-        self.unit = unit
+        self.size: int = size
+        self.unit: int = unit
         self.signal_on_write = bool(flags & L.FLAG_SIGNAL_ON_WRITE)
         self.id: int = seg_id
         self._message = self.mode == Mode.MESSAGE_CONSISTENCY
