@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ombm import aio as _aio
 from ombm.errors import CallTimeout, ServerGoneError
 from ombm.rpc import marshal
-from ombm.rpc.client import Client, connect
+from ombm.rpc.client import Client, _Pending, connect
+from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 
 
 class AsyncClient:
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._waiting: dict[int, tuple[Any, asyncio.Future]] = {}
-        self._pump: asyncio.Task | None = None
+        self._waiting: dict[int, tuple[_Pending, asyncio.Future[None]]] = {}
+        self._pump: asyncio.Task[None] | None = None
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, method: str, *args: object, **kwargs: object) -> Any:
         client = self.client
         call_id, pending = client._send(method, args, kwargs, False)
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = (pending, future)
         if self._pump is None or self._pump.done():
             self._pump = asyncio.ensure_future(self._run_pump())
@@ -41,7 +43,7 @@ class AsyncClient:
             raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
         return marshal.decode_reply(pending.data, allow_pickle=client.allow_pickle)
 
-    async def oneway(self, method: str, *args: Any, **kwargs: Any) -> None:
+    async def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         self.client.oneway(method, *args, **kwargs)
 
     async def _run_pump(self) -> None:
@@ -61,7 +63,7 @@ class AsyncClient:
                             future.set_exception(ServerGoneError(f"the server of {self.client.service!r} is gone"))
                     self._waiting.clear()
 
-    def __getattr__(self, method: str):
+    def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
         if method.startswith("_"):
             raise AttributeError(method)
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
@@ -74,12 +76,14 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-async def connect_async(name: str, timeout: float = 5.0, **options: Any) -> AsyncClient:
-    """``await ombm.rpc.connect_async("calc")``: an :class:`AsyncClient`."""
+async def connect_async(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
+                        slot_size: int = DEFAULT_SLOT_SIZE) -> AsyncClient:
+    """``await ombm.rpc.connect_async("calc")``: an :class:`AsyncClient` (the options of :func:`connect`)."""
     loop = asyncio.get_running_loop()
-    client = await loop.run_in_executor(None, lambda: connect(name, timeout, **options))
+    client = await loop.run_in_executor(
+        None, lambda: connect(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size))
     return AsyncClient(client)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -36,7 +37,7 @@ from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
 from ombm.transport import wire
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, SlotChannel, well_known_name
-from ombm.transport.rpc_protocol import ClientProtocol
+from ombm.transport.rpc_protocol import ClientProtocol, ClientStats
 from ombm.rpc.timer import timer
 
 _LIVENESS_CHECK_S = 0.1
@@ -49,7 +50,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.done = False
-        self.data = b""
+        self.data: bytes | bytearray = b""
         self.error = False
 
 
@@ -72,6 +73,14 @@ class Future:
 class Client:
     """A connection to one service; call its methods as attributes: ``client.add(1, 2)``."""
 
+    # made by _connect (absent if the constructor failed before; _teardown copes)
+    _request: SlotChannel  # the channel this client writes its calls into
+    _reply: SlotChannel  # the channel the server writes its replies into
+    _receiver: Receiver  # this client's own signal FIFO
+    _reply_segment: int
+    _server: tuple[int, int]  # the server's (pid, start time)
+    _max_message: int
+
     def __init__(
         self,
         name: str,
@@ -92,9 +101,8 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._protocol: ClientProtocol | None = None
         self._nonce = namespace.new_token()
-        self._hello: dict | None = None
-        self._request = self._reply = self._receiver = None
-        self._lane = None  # the native fast lane of synchronous calls (memory signal path only)
+        self._hello: dict[str, Any] | None = None  # the server's ACK: untrusted msgpack, read through int()
+        self._lane: _native.CallLane | None = None  # the native fast lane of synchronous calls (memory signal path only)
         try:
             well_known = SlotChannel.open(well_known_name(name), writable=True)
         except SegmentNotFoundError:
@@ -183,7 +191,7 @@ class Client:
                 self._leader.release()
 
     # -- calls
-    def _marshal(self, method: str, args: tuple, kwargs: dict) -> bytes:
+    def _marshal(self, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
         if self._closed:
             raise ClosedError("client is closed")
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
@@ -194,7 +202,7 @@ class Client:
             )
         return data
 
-    def _send(self, method: str, args: tuple, kwargs: dict, oneway: bool) -> tuple[int, _Pending]:
+    def _send(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], oneway: bool) -> tuple[int, _Pending]:
         return self._submit(self._marshal(method, args, kwargs), oneway)
 
     def _submit(self, data: bytes, oneway: bool) -> tuple[int, _Pending]:
@@ -206,6 +214,7 @@ class Client:
         with self._lock:
             self._own()
             protocol = self._protocol
+            assert protocol is not None, "connected"
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
                 self._pending[call_id] = pending
@@ -215,7 +224,7 @@ class Client:
         self._timer.busy = True
         return call_id, pending
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: object, **kwargs: object) -> Any:
         """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
 
         A call made while no other call of this client is outstanding takes the fast lane: the
@@ -245,6 +254,7 @@ class Client:
                     receiver.waited(waited)
                 if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
                     with self._lock:
+                        assert self._protocol is not None, "a lane is made with the protocol"
                         self._protocol.end_call(call_id, waited * 1e-9)
                 pending = None
             elif status >= _LANE_UNSENT:  # nothing sent: does not marshal, needs several frames, not lent
@@ -254,6 +264,7 @@ class Client:
         except BaseException:
             with self._lock:
                 self._own()
+                assert self._protocol is not None, "a lane is made with the protocol"
                 if call_id is None:  # raised inside the lane: its call, if it took one, is the lane's
                     call_id = self._protocol.lane_call
                 if call_id:
@@ -275,27 +286,31 @@ class Client:
     def _lend(self) -> bool:
         """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
         with self._lock:
-            protocol = self._protocol
+            protocol, lane = self._protocol, self._lane
+            assert protocol is not None and lane is not None, "a lane is made with the protocol, in _connect"
             next_id = protocol.lend()
             if next_id is None:
                 return False
             rto = protocol.rto
-            self._lane.lend(next_id, rto if rto < self.timeout else self.timeout)
+            lane.lend(next_id, rto if rto < self.timeout else self.timeout)
             return True
 
     def _own(self) -> None:
         """With ``_lock`` held: take the protocol's state back from the lane, if it holds it."""
         lane = self._lane
         if lane is not None and lane.lent:
-            self._protocol.reclaim(*lane.reclaim())
+            state = lane.reclaim()
+            assert self._protocol is not None and state is not None, "a lent lane's protocol takes its state"
+            self._protocol.reclaim(*state)
 
-    def _adopt(self, call_id: int, data: bytes, result: _native.CallResult) -> _Pending:
+    def _adopt(self, call_id: int, data: bytes | None, result: _native.CallResult) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
         receiver = self._receiver
         pending = _Pending()
         waited = result.waited_ns
         with self._lock:
             self._own()
+            assert self._protocol is not None and data is not None, "the lane made a call"
             self._protocol.adopt_call(call_id, data, time.monotonic() - waited * 1e-9)
             self._pending[call_id] = pending
         self._timer.busy = True
@@ -315,12 +330,12 @@ class Client:
         self._wait(call_id, pending, time.monotonic() + self.timeout)
         return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
 
-    def call_async(self, method: str, *args: Any, **kwargs: Any) -> Future:
+    def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
         """Send a call now, collect its result later: pipelined calls."""
         call_id, pending = self._send(method, args, kwargs, False)
         return Future(self, call_id, pending)
 
-    def oneway(self, method: str, *args: Any, **kwargs: Any) -> None:
+    def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         """A call with no reply (paper §8): delivered at most once, retransmitted until acknowledged."""
         self._send(method, args, kwargs, True)
 
@@ -391,10 +406,11 @@ class Client:
                     self._request.send(frame)
             return True
 
-    def statistics(self):
+    def statistics(self) -> ClientStats:
         """The transport's counters (calls, retransmits, bad frames, RTO, ...)."""
         with self._lock:
             self._own()
+            assert self._protocol is not None, "connected"
             return self._protocol.statistics()
 
     # -- lifetime
@@ -410,19 +426,21 @@ class Client:
     def _teardown(self) -> None:
         if self._lane is not None:
             self._lane.close()
-        if self._receiver is not None:
-            self._receiver.close()
-        for ch in (self._request, self._reply):
+        receiver: Receiver | None = getattr(self, "_receiver", None)  # absent if _connect failed early
+        if receiver is not None:
+            receiver.close()
+        for name in ("_request", "_reply"):
+            ch: SlotChannel | None = getattr(self, name, None)
             if ch is not None:
                 ch.close()
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, method: str):
+    def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("_"):
             raise AttributeError(method)
         remote = functools.partial(self.call, method)
@@ -439,6 +457,8 @@ def _has_live_receiver(channel: SlotChannel) -> bool:
     )
 
 
-def connect(name: str, timeout: float = 5.0, **options: Any) -> Client:
-    """Connect to the service ``name``; ``timeout`` bounds the connect and is every call's default."""
-    return Client(name, timeout, **options)
+def connect(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
+            slot_size: int = DEFAULT_SLOT_SIZE) -> Client:
+    """Connect to the service ``name``; ``timeout`` bounds the connect and is every call's default
+    (see :class:`Client` for the options)."""
+    return Client(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size)

@@ -38,13 +38,19 @@ import struct
 import threading
 import sys
 import traceback
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
 from ombm.errors import RemoteError, UnmarshalError
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply",
-           "RemoteError", "UnmarshalError"]
+           "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook"]
 
 _EXT_NDARRAY = 1
 _EXT_PICKLE = 2
@@ -53,10 +59,21 @@ _OK, _ERR = 0, 1
 _ARRAY_KINDS = frozenset("biufcSUmM")
 _ARRAY_HEAD = struct.Struct("<BBB")  # is_scalar, ndim, len(dtype str); then dtype, u64 shape[]
 
+# msgpack's ext_hook: (ext type code, its bytes) -> the object they stand for
+ExtHook = Callable[[int, bytes], object]
+
+
+class Packer(Protocol):
+    """What ombm uses of a ``msgpack.Packer``."""
+
+    def pack(self, obj: object, /) -> bytes: ...
+
+    def reset(self) -> None: ...
+
 
 # ---------------------------------------------------------------- encoding
 
-def _pack_ndarray(obj, np) -> msgpack.ExtType:
+def _pack_ndarray(obj: Any, np: types.ModuleType) -> msgpack.ExtType:
     scalar = isinstance(obj, np.generic)
     arr = np.asarray(obj, order="C")  # keeps 0-d arrays 0-d, copies a non-C-ordered one
     dtype = arr.dtype
@@ -69,7 +86,7 @@ def _pack_ndarray(obj, np) -> msgpack.ExtType:
     return msgpack.ExtType(_EXT_NDARRAY, b"".join((head, raw)))
 
 
-def _default(obj, allow_pickle: bool):
+def _default(obj: object, allow_pickle: bool) -> msgpack.ExtType:
     if isinstance(obj, int):  # msgpack calls us for ints it cannot hold
         size = obj.bit_length() // 8 + 1
         return msgpack.ExtType(_EXT_BIGINT, int(obj).to_bytes(size, "little", signed=True))
@@ -86,19 +103,20 @@ def _default(obj, allow_pickle: bool):
                     f"{type(obj).__qualname__} (pass allow_pickle=True to pickle it)")
 
 
-def _default_safe(obj):
+def _default_safe(obj: object) -> msgpack.ExtType:
     return _default(obj, False)
 
 
-def _default_pickle(obj):
+def _default_pickle(obj: object) -> msgpack.ExtType:
     return _default(obj, True)
 
 
-def packer(allow_pickle: bool = False) -> msgpack.Packer:
+def packer(allow_pickle: bool = False) -> Packer:
     """A msgpack Packer that packs as the encoders do, for one thread at a time (each native RPC
     lane packs with its own: calls as :func:`encode_call`, results as :func:`encode_result`; on
     failure it must ``reset()`` it and let the Python encoder say why)."""
-    return msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe)
+    made: Packer = msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe)
+    return made
 
 
 class _Packers(threading.local):
@@ -112,7 +130,7 @@ class _Packers(threading.local):
 _packers = _Packers()
 
 
-def _pack_failed(packer, exc: BaseException) -> BaseException:
+def _pack_failed(packer: Packer, exc: BaseException) -> BaseException:
     """What to raise when ``packer`` failed with ``exc``; its half-written buffer is discarded."""
     packer.reset()  # never leave half a message in the reused buffer
     if isinstance(exc, BufferError):  # a non-contiguous memoryview
@@ -122,10 +140,10 @@ def _pack_failed(packer, exc: BaseException) -> BaseException:
     return exc
 
 
-_NO_KWARGS: dict = {}  # packed for a call without keyword arguments, never changed
+_NO_KWARGS: dict[str, object] = {}  # packed for a call without keyword arguments, never changed
 
 
-def encode_call(method: str, args: tuple = (), kwargs: dict | None = None, *,
+def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None, *,
                 allow_pickle: bool = False) -> bytes:
     """Marshal a call of ``method(*args, **kwargs)``."""
     if type(method) is not str and not isinstance(method, str):
@@ -140,7 +158,7 @@ def encode_call(method: str, args: tuple = (), kwargs: dict | None = None, *,
     raise error from None
 
 
-def encode_result(value, *, allow_pickle: bool = False) -> bytes:
+def encode_result(value: object, *, allow_pickle: bool = False) -> bytes:
     """Marshal the value a call returned."""
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
@@ -163,12 +181,13 @@ def encode_error(exc: BaseException) -> bytes:
         text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     except Exception:  # an exception whose __str__ itself fails
         message, text = f"<unprintable {name}>", ""
-    return msgpack.packb((_ERR, name, message, text))
+    data: bytes = msgpack.packb((_ERR, name, message, text))
+    return data
 
 
 # ---------------------------------------------------------------- decoding
 
-def _unpack_ndarray(data: bytes):
+def _unpack_ndarray(data: bytes) -> object:
     try:
         np = __import__("numpy")
     except ImportError:
@@ -193,7 +212,7 @@ def _unpack_ndarray(data: bytes):
     return arr[()] if scalar else arr
 
 
-def _ext_hook_safe(code: int, data: bytes):
+def _ext_hook_safe(code: int, data: bytes) -> object:
     if code == _EXT_NDARRAY:
         return _unpack_ndarray(data)
     if code == _EXT_BIGINT:
@@ -203,7 +222,7 @@ def _ext_hook_safe(code: int, data: bytes):
     raise UnmarshalError(f"unknown msgpack ext type {code}")
 
 
-def _ext_hook_pickle(code: int, data: bytes):
+def _ext_hook_pickle(code: int, data: bytes) -> object:
     if code == _EXT_PICKLE:
         try:
             return pickle.loads(data)
@@ -215,13 +234,13 @@ def _ext_hook_pickle(code: int, data: bytes):
 _unpackb = msgpack.unpackb
 
 
-def ext_hook(allow_pickle: bool = False):
+def ext_hook(allow_pickle: bool = False) -> ExtHook:
     """The msgpack ``ext_hook`` the decoders use: for a native decoder of plain results (the
     RPC call lane unmarshals ``[0, result]`` replies with it, as :func:`decode_reply` would)."""
     return _ext_hook_pickle if allow_pickle else _ext_hook_safe
 
 
-def decode_call(data, *, allow_pickle: bool = False) -> tuple[str, tuple, dict]:
+def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False) -> tuple[str, tuple[object, ...], dict[str, object]]:
     """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`."""
     try:
         call = _unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
@@ -238,7 +257,7 @@ def decode_call(data, *, allow_pickle: bool = False) -> tuple[str, tuple, dict]:
     raise UnmarshalError("not a call message")
 
 
-def decode_reply(data, *, allow_pickle: bool = False):
+def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False) -> Any:
     """Return the result in bytes made by :func:`encode_result`, or raise the
     :class:`RemoteError` described by bytes made by :func:`encode_error`."""
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import signal as _signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -40,7 +41,9 @@ from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
 from ombm.transport import wire
 from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
-from ombm.transport.rpc_protocol import ServerProtocol
+from ombm.core.signals import SignalHandle
+from ombm.transport.rpc_protocol import RequestReceived, ServerProtocol
+from ombm.transport.wire import FrameFields
 
 REAP_INTERVAL_S = 1.0
 _SERVE_REQUEST, _SERVE_SIGNAL, _SERVE_LEARN = _native.SERVE_REQUEST, _native.SERVE_SIGNAL, _native.SERVE_LEARN
@@ -48,15 +51,17 @@ _SERVE_STALLED = _native.SERVE_STALLED
 
 
 class _Connection:
-    def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int, max_payload):
+    def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int,
+                 max_payload: int) -> None:
         self.conn_id = conn_id
         self.nonce = nonce
         self.request = request
         self.reply = reply
         self.pid, self.start = pid, start
         self.protocol = ServerProtocol(conn_id, max_payload=max_payload)
-        self.handle = None
-        self.send = reply.send if reply.writer is None else reply.writer.send  # a frame into the next reply slot
+        self.handle: SignalHandle | None = None
+        # a frame into the next reply slot
+        self.send: Callable[[bytes], None] = reply.send if reply.writer is None else reply.writer.send
         self.limit = reply.max_message  # the largest result the client can take
 
     def close(self) -> None:
@@ -76,13 +81,13 @@ class Server:
         self.name = namespace.validate_name(name)
         self.obj = obj
         self.allow_pickle = allow_pickle
-        self._methods = {
+        self._methods: dict[str, Callable[..., object]] = {
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
-        self.stats = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
+        self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
         self._receiver = Receiver()
         # the serving loop and its lane, native (memory signal path only)
-        self._intake = None if self._receiver.kernel else _native.RequestIntake(
+        self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
             self._receiver.fifo.address, wire.KIND_TABLE, self._methods, self.stats, msgpack.unpackb,
             marshal.ext_hook(allow_pickle), marshal.packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
@@ -125,7 +130,7 @@ class Server:
         ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload})
         conn.reply.send(wire.encode(wire.Kind.ACK, conn.conn_id, nonce, ack))
 
-    def _accept(self, conn_id, nonce, req_name, rep_name, pid, start) -> _Connection | None:
+    def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int) -> _Connection | None:
         if conn_id in self._connections or not namespace.is_alive(pid, start):
             self.stats["bad_connects"] += 1
             return None
@@ -156,7 +161,9 @@ class Server:
             seg = request.segment.id
             self._intake.add(seg, conn, region.address, region.size, request.slot_size, reply.writer, conn_id,
                              conn.protocol.max_payload, conn.limit)
-            self._intake.lane(seg, conn.protocol.lend())
+            last = conn.protocol.lend()  # a new connection's protocol lends (0): nothing delivered yet
+            if last is not None:
+                self._intake.lane(seg, last)
         self.stats["connections"] += 1
         return conn
 
@@ -165,7 +172,8 @@ class Server:
         now = time.monotonic()
         self._answer(conn, conn.protocol.receive_frame(conn.request.slot_view_at(offset), now), now)
 
-    def _answer(self, conn: _Connection, events: list, now: float, executed: tuple | None = None) -> None:
+    def _answer(self, conn: _Connection, events: list[RequestReceived], now: float,
+                executed: tuple[bytes, bool] | None = None) -> None:
         """Execute the calls the protocol delivered (``executed``: the one call, run already by the
         native lane); write the replies (and acks) the protocol has."""
         protocol = conn.protocol
@@ -183,7 +191,7 @@ class Server:
         except Exception:
             self.stats["dropped_frames"] += 1
 
-    def _execute(self, data, limit: int) -> tuple[bytes, bool]:
+    def _execute(self, data: bytes | bytearray, limit: int) -> tuple[bytes, bool]:
         """Run the call marshalled in ``data``: its reply payload, and whether it is an error."""
         self.stats["calls"] += 1
         try:
@@ -196,14 +204,14 @@ class Server:
             self.stats["errors"] += 1
             return marshal.encode_error(exc), True
 
-    def _result(self, value, limit: int) -> bytes:
+    def _result(self, value: object, limit: int) -> bytes:
         result = marshal.encode_result(value, allow_pickle=self.allow_pickle)
         if len(result) > limit:
             raise ValueError(f"the result ({len(result)} bytes) exceeds what the client's reply channel carries "
                              f"({limit} bytes); connect with more or larger slots, or use ombm.Stream")
         return result
 
-    def _finish(self, value, exc: Exception | None, limit: int) -> tuple[bytes, bool]:
+    def _finish(self, value: object, exc: Exception | None, limit: int) -> tuple[bytes, bool]:
         """The end of a call the native lane ran whose outcome is not a plain result that fits:
         the method raised ``exc``, or ``value`` does not marshal or fit (as :meth:`_execute`)."""
         if exc is None:
@@ -268,8 +276,9 @@ class Server:
     def _serve_memory(self) -> None:
         """The serving loop: the native intake serves the simple requests itself (the server
         lane) and returns everything else: frames the protocol takes, other signals, timeouts."""
-        receiver = self._receiver
-        serve, wait_policy, waited = self._intake.serve, receiver.wait_policy, receiver.waited
+        receiver, intake = self._receiver, self._intake
+        assert intake is not None, "serve_forever serves memory signals with the intake"
+        serve, wait_policy, waited = intake.serve, receiver.wait_policy, receiver.waited
         monotonic = time.monotonic
         while not self._stop:
             spin_ns, sleep_ok, learn_ns = wait_policy()
@@ -288,7 +297,8 @@ class Server:
                 self._last_reap = now
                 self._reap()
 
-    def _take_frame(self, conn: _Connection, fields, handback, executed, now: float) -> None:
+    def _take_frame(self, conn: _Connection, fields: FrameFields | None, handback: tuple[int, int, int, bytes | None] | None,
+                    executed: tuple[bytes, bool] | None, now: float) -> None:
         """A request frame the lane left to the protocol: take back the lane's state, answer,
         and lend the state to the lane again if the connection is back to simple."""
         protocol = conn.protocol
@@ -300,6 +310,7 @@ class Server:
             self.stats["dropped_frames"] += 1
         last = protocol.lend()
         if last is not None and self._connections.get(conn.conn_id) is conn:
+            assert self._intake is not None, "frames come back from the intake"
             self._intake.lane(conn.request.segment.id, last)
 
     def _serve_kernel(self) -> None:
@@ -342,7 +353,7 @@ class Server:
     def __enter__(self) -> Server:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __repr__(self) -> str:

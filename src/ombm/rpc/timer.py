@@ -15,20 +15,29 @@ import os
 import threading
 import time
 import weakref
+from typing import Protocol
 
 BUSY_TICK_S = 0.001
 IDLE_TICK_S = 0.05
 
 
+class Ticking(Protocol):
+    """A client the timer reviews (ombm.rpc.Client)."""
+
+    def _tick(self, now: float) -> bool:
+        """Retransmit what is due at ``now``; True while calls are outstanding."""
+        ...
+
+
 class RetransmissionTimer:
     def __init__(self) -> None:
-        self._clients: weakref.WeakSet = weakref.WeakSet()
+        self._clients: weakref.WeakSet[Ticking] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.busy = False
 
-    def add(self, client) -> None:
+    def add(self, client: Ticking) -> None:
         with self._lock:
             self._clients.add(client)
             if self._thread is None or not self._thread.is_alive():
@@ -36,7 +45,7 @@ class RetransmissionTimer:
                 self._thread = threading.Thread(target=self._run, name="ombm-rpc-timer", daemon=True)
                 self._thread.start()
 
-    def remove(self, client) -> None:
+    def remove(self, client: Ticking) -> None:
         with self._lock:
             self._clients.discard(client)
 

@@ -491,7 +491,7 @@ class ClientProtocol(_Outbox):
 
     # -- frames
 
-    def receive_frame(self, view: ReadableBuffer, now: float) -> list[Event]:
+    def receive_frame(self, view: ReadableBuffer, now: float) -> list[ReplyReceived]:
         """Take one received frame; return the replies it completes."""
         try:
             kind, connection_id, call_id, index, count, _, payload, _ = raw_decode(view, KIND_TABLE)
@@ -648,7 +648,7 @@ class ServerProtocol(_Outbox):
         self._requests = self._replied = self._bad = self._foreign = 0
         self._duplicates = self._evicted = 0
 
-    def receive_frame(self, view: ReadableBuffer, now: float) -> list[Event]:
+    def receive_frame(self, view: ReadableBuffer, now: float) -> list[RequestReceived]:
         """Take one received frame; return the call it completes, if any."""
         try:
             fields = raw_decode(view, KIND_TABLE)
@@ -657,7 +657,7 @@ class ServerProtocol(_Outbox):
             return []
         return self.receive_fields(fields, now)
 
-    def receive_fields(self, fields: FrameFields | None, now: float) -> list[Event]:
+    def receive_fields(self, fields: FrameFields | None, now: float) -> list[RequestReceived]:
         """:meth:`receive_frame` of a frame the I/O layer decoded already: the tuple of
         :func:`wire.decode_fields`, or None for a frame that failed its checks."""
         if fields is None:
