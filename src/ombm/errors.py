@@ -25,6 +25,7 @@ keeps working for callers who do not know ombm::
 
 Misuse by the caller (an argument of the wrong type or value, an operation out of order) raises
 the plain builtin (``TypeError``, ``ValueError``, ``RuntimeError``), as the standard library does.
+The command line ends a command with a status by a ``SystemExit`` of its own (an exit, not an error).
 
 Best-effort loss (a dropped signal, a bad checksum, a duplicate) is *not* an
 exception (paper §3.2): it is counted in ``ombm.stats()`` and repaired by the

@@ -1,5 +1,8 @@
 """The exception tree: every exception class ombm defines lives in ``ombm.errors``, derives from
-``OmbmError`` and from a builtin that fits, and is drawn in the module's docstring."""
+``OmbmError`` and from a builtin that fits, and is drawn in the module's docstring.
+
+Exits are not errors: a ``SystemExit`` subclass the CLI raises to end a command with a status (such
+as ``ombm.cli.sim.SimulatorMissing``) stays with the command; it is checked to be an exit only."""
 
 from __future__ import annotations
 
@@ -35,11 +38,20 @@ def _subclasses(cls: type[BaseException]) -> set[type[BaseException]]:
     return found
 
 
-def ombm_exception_classes() -> list[type[BaseException]]:
-    """Every exception class defined anywhere in ombm (at module level or nested)."""
+def _defined_in_ombm() -> list[type[BaseException]]:
     _ombm_modules()
     return sorted((c for c in _subclasses(BaseException) if c.__module__.split(".")[0] == "ombm"),
                   key=lambda c: c.__qualname__)
+
+
+def ombm_exception_classes() -> list[type[BaseException]]:
+    """Every error class defined anywhere in ombm (at module level or nested)."""
+    return [c for c in _defined_in_ombm() if issubclass(c, Exception)]
+
+
+def ombm_exit_classes() -> list[type[BaseException]]:
+    """Every other exception class ombm defines: the CLI's exits."""
+    return [c for c in _defined_in_ombm() if not issubclass(c, Exception)]
 
 
 def test_the_walk_finds_the_modules_and_classes() -> None:
@@ -54,6 +66,11 @@ def test_every_exception_class_is_in_the_tree(cls: type[BaseException]) -> None:
     if cls is not ombm.errors.OmbmError and cls is not ombm.errors.RemoteError:  # a remote error fits no builtin
         assert any(base.__module__ == "builtins" and base is not Exception for base in cls.__mro__), \
             f"{cls.__qualname__} subclasses no fitting builtin"
+
+
+@pytest.mark.parametrize("cls", ombm_exit_classes(), ids=lambda c: c.__qualname__)
+def test_what_is_not_an_error_is_a_cli_exit(cls: type[BaseException]) -> None:
+    assert issubclass(cls, SystemExit) and cls.__module__.startswith("ombm.cli.")
 
 
 def test_the_docstring_draws_every_class() -> None:
