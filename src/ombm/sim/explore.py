@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import TypedDict
 
 import simpy
 
@@ -34,13 +35,37 @@ SHIPPING_N = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 RTL_ENTRIES = (0, 2, 4, 8)
 RTL_REGIONS = (1, 2, 4, 8, 16)
 
+class FifoLoss(TypedDict):
+    burst: int
+    fifo_entries: int
+    signals: int
+    dropped: int
+    loss: float
+
+
+class Shipping(TypedDict):
+    n: int
+    mode: str  # "data" or "function"
+    mean_latency_us: float
+    throughput_per_ms: float
+    transactions_per_allocation: float
+    lower_transactions_per_allocation: float
+
+
+class RtlRow(TypedDict):
+    rtl_entries: int
+    regions: int
+    hit_rate: float
+    mean_latency_us: float
+
+
 _HANDLER = Component("signal handler", HANDLER_US, 0)
 _ALLOCATOR = Component("allocator", ALLOCATOR_US, 0)
 
 
 def fifo_loss(burst: int, fifo_entries: int, senders: int = FIFO_SENDERS,
               bursts_each: int = FIFO_BURSTS_PER_SENDER, mean_gap_us: float = FIFO_MEAN_GAP_US,
-              seed: int = 1, params: MachineParams = FUTURE) -> dict:
+              seed: int = 1, params: MachineParams = FUTURE) -> FifoLoss:
     """(f) Senders 1..``senders`` signal processor 0 in bursts of ``burst`` lines."""
     machine = Machine(replace(params, fifo_entries=fifo_entries), senders + 1)
     messenger = Messenger(machine, OPTIMIZED)
@@ -68,7 +93,7 @@ def fifo_loss(burst: int, fifo_entries: int, senders: int = FIFO_SENDERS,
             "dropped": fifo.dropped, "loss": fifo.dropped / sent}
 
 
-def fifo_curve(bursts: tuple[int, ...] = BURSTS, sizes: tuple[int, ...] = FIFO_SIZES) -> list[dict]:
+def fifo_curve(bursts: tuple[int, ...] = BURSTS, sizes: tuple[int, ...] = FIFO_SIZES) -> list[FifoLoss]:
     return [fifo_loss(burst, size) for burst in bursts for size in sizes]
 
 
@@ -128,7 +153,7 @@ def _function_shipping(machine: Machine, clients: list[int], latencies: list[flo
         machine.env.process(client(p))
 
 
-def shipping(n: int, mode: str, params: MachineParams = FUTURE) -> dict:
+def shipping(n: int, mode: str, params: MachineParams = FUTURE) -> Shipping:
     """(g) ``n`` processors (1..n) allocating work by ``mode`` "data" or "function" shipping."""
     machine = Machine(params, n + 1)
     latencies: list[float] = []
@@ -146,12 +171,12 @@ def shipping(n: int, mode: str, params: MachineParams = FUTURE) -> dict:
     }
 
 
-def shipping_curve(ns: tuple[int, ...] = SHIPPING_N) -> list[dict]:
+def shipping_curve(ns: tuple[int, ...] = SHIPPING_N) -> list[Shipping]:
     return [shipping(n, mode) for n in ns for mode in ("data", "function")]
 
 
 def rtl(entries: int, regions: int, signals: int = RTL_SIGNALS, gap_us: float = RTL_GAP_US,
-        seed: int = 2, params: MachineParams = FUTURE) -> dict:
+        seed: int = 2, params: MachineParams = FUTURE) -> RtlRow:
     """(h) Processor 1 signals processor 0 on ``regions`` channels chosen at random."""
     machine = Machine(replace(params, rtl_entries=entries), 2)
     messenger = Messenger(machine, OPTIMIZED)
@@ -180,5 +205,5 @@ def rtl(entries: int, regions: int, signals: int = RTL_SIGNALS, gap_us: float = 
             "mean_latency_us": sum(latencies) / signals}
 
 
-def rtl_grid(entries: tuple[int, ...] = RTL_ENTRIES, regions: tuple[int, ...] = RTL_REGIONS) -> list[dict]:
+def rtl_grid(entries: tuple[int, ...] = RTL_ENTRIES, regions: tuple[int, ...] = RTL_REGIONS) -> list[RtlRow]:
     return [rtl(e, r) for e in entries for r in regions]

@@ -8,12 +8,17 @@ Nothing here computes a result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal, overload
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ombm.sim.explore import FifoLoss, RtlRow, Shipping
 from ombm.sim.params import PAPER
+from ombm.sim.scenarios import Attribution, Fig5Row, SpeedupRow
 
 _SHARES = (("signals", "address-valued signals", "#4c72b0"),
            ("consistency", "message consistency", "#dd8452"),
@@ -21,10 +26,30 @@ _SHARES = (("signals", "address-valued signals", "#4c72b0"),
 _LEVEL_NAMES = {2: "L2", 3: "L3", 4: "1 hop", 5: "2 hops", 6: "3 hops"}
 
 
-def _figure(columns: int = 1, width: float = 6) -> tuple[Figure, object]:
+@overload
+def _figure(columns: Literal[1] = 1, width: float = 6) -> tuple[Figure, Axes]: ...
+@overload
+def _figure(columns: Literal[2], width: float = 6) -> tuple[Figure, tuple[Axes, Axes]]: ...
+def _figure(columns: int = 1, width: float = 6) -> tuple[Figure, Axes | tuple[Axes, Axes]]:
+    """A figure of one row of ``columns`` axes (one: its Axes; two: a pair)."""
     fig = Figure(figsize=(width, 4))
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, columns)
+    axes = fig.subplots(1, columns)
+    return fig, axes if columns == 1 else tuple(axes)
+
+
+def _log2_axis(ax: Axes, ticks: Sequence[float], xlabel: str, ylabel: str, title: str, *,
+               from_zero: bool = True, legend_fontsize: float | None = None) -> None:
+    """The rest of a plot against a power-of-two x axis: labels, a light grid, the legend."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if from_zero:
+        ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_fontsize)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -32,7 +57,7 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def fig5(rows: list[dict], path: Path) -> None:
+def fig5(rows: list[Fig5Row], path: Path) -> None:
     levels = sorted({r["level"] for r in rows})
     configs = list(dict.fromkeys(r["config"] for r in rows))
     fig, ax = _figure(width=7)
@@ -51,7 +76,7 @@ def fig5(rows: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def fig6(rows: list[dict], path: Path) -> None:
+def fig6(rows: list[Attribution], path: Path) -> None:
     fig, (left, right) = _figure(2, width=10)
     levels = [r["levels"] for r in rows]
     left.plot(levels, [r["speedup"] for r in rows], "o-", label="simulated")
@@ -62,7 +87,7 @@ def fig6(rows: list[dict], path: Path) -> None:
     left.set_ylim(bottom=0)
     left.grid(alpha=0.3)
     left.legend()
-    bars = [(f"{_LEVEL_NAMES[r['levels']]}\nsim", r["share"]) for r in rows]
+    bars: list[tuple[str, Mapping[str, float]]] = [(f"{_LEVEL_NAMES[r['levels']]}\nsim", r["share"]) for r in rows]
     for level, share in PAPER["fig6_share"].items():
         index = next(i for i, (name, _) in enumerate(bars) if name.startswith(_LEVEL_NAMES[level]))
         bars.insert(index + 1, (f"{_LEVEL_NAMES[level]}\npaper", share))
@@ -82,40 +107,27 @@ def fig6(rows: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def speedup_vs_cpu(rows: list[dict], title: str, path: Path) -> None:
+def speedup_vs_cpu(rows: list[SpeedupRow], title: str, path: Path) -> None:
     fig, ax = _figure()
     speeds = [r["cpu_speed"] for r in rows]
     ax.plot(speeds, [r["speedup"] for r in rows], "o-", label="simulated")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(speeds, [str(s) for s in speeds])
-    ax.set_xlabel("processor speed (× 25 MHz 68040)")
-    ax.set_ylabel("speedup (software-only / optimized)")
-    ax.set_title(title)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _log2_axis(ax, speeds, "processor speed (× 25 MHz 68040)", "speedup (software-only / optimized)", title)
     _save(fig, path)
 
 
-def fifo_loss(rows: list[dict], path: Path) -> None:
+def fifo_loss(rows: list[FifoLoss], path: Path) -> None:
     fig, ax = _figure()
     for burst in sorted({r["burst"] for r in rows}):
         pts = [r for r in rows if r["burst"] == burst]
         ax.plot([r["fifo_entries"] for r in pts], [100 * r["loss"] for r in pts], "o-",
                 label=f"bursts of {burst} signals")
     ax.axvline(128, color="grey", linestyle=":", label="ParaDiGM's 128 entries")
-    ax.set_xscale("log", base=2)
-    sizes = sorted({r["fifo_entries"] for r in rows})
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("signal FIFO entries")
-    ax.set_ylabel("signals lost (%)")
-    ax.set_title("(f) signal loss vs FIFO size, 4 bursty senders")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _log2_axis(ax, sorted({r["fifo_entries"] for r in rows}), "signal FIFO entries", "signals lost (%)",
+               "(f) signal loss vs FIFO size, 4 bursty senders", from_zero=False, legend_fontsize=8)
     _save(fig, path)
 
 
-def shipping(rows: list[dict], path: Path) -> None:
+def shipping(rows: list[Shipping], path: Path) -> None:
     fig, (left, right) = _figure(2, width=10)
     for mode, marker in (("data", "o-"), ("function", "s-")):
         pts = [r for r in rows if r["mode"] == mode]
@@ -132,19 +144,12 @@ def shipping(rows: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def rtl(rows: list[dict], path: Path) -> None:
+def rtl(rows: list[RtlRow], path: Path) -> None:
     fig, ax = _figure()
     for entries in sorted({r["rtl_entries"] for r in rows}):
         pts = [r for r in rows if r["rtl_entries"] == entries]
         label = "no RTL (kernel path)" if entries == 0 else f"{entries}-entry RTL"
         ax.plot([r["regions"] for r in pts], [r["mean_latency_us"] for r in pts], "o-", label=label)
-    ax.set_xscale("log", base=2)
-    regions = sorted({r["regions"] for r in rows})
-    ax.set_xticks(regions, [str(n) for n in regions])
-    ax.set_xlabel("signalled regions in use")
-    ax.set_ylabel("signal to handler (µs)")
-    ax.set_title("(h) reverse TLB: signal-to-handler latency at L2")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _log2_axis(ax, sorted({r["regions"] for r in rows}), "signalled regions in use", "signal to handler (µs)",
+               "(h) reverse TLB: signal-to-handler latency at L2", legend_fontsize=8)
     _save(fig, path)

@@ -28,13 +28,14 @@ from __future__ import annotations
 import enum
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Generator, Iterable, NamedTuple
+from typing import Any, Generator, Iterable, NamedTuple
 
 import simpy
 
 from ombm.sim.params import Component, MachineParams
 
-Process = Generator[simpy.Event, object, object]
+# a simpy process: yields events, is sent their values (simpy does not type them), returns nothing
+Process = Generator[simpy.Event, Any, None]
 
 
 class Mode(enum.IntEnum):

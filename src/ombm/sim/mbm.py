@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Generator
 
 import simpy
 
@@ -178,7 +179,7 @@ class Messenger:
             yield from self.m.cpu(p, step)
 
     # -- receiver -------------------------------------------------------
-    def receive(self, q: int) -> Process:
+    def receive(self, q: int) -> Generator[simpy.Event, Any, Channel]:
         """Wait for a signal on processor ``q`` and run the path up to the handler call.
 
         Returns the signalled :class:`Channel`.

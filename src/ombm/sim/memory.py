@@ -49,7 +49,8 @@ class Memory:
     # -- directory state ------------------------------------------------
     def holders(self, line: int) -> dict[int, Mode]:
         """Processors with a copy of a conventional line, found by walking the directories."""
-        m, found = self.m, {}
+        m = self.m
+        found: dict[int, Mode] = {}
         for cluster in m.memory_dir[line].p_bits:
             for board in m.l3_dir[cluster][line].p_bits:
                 entry = m.l2_dir[board][line]
@@ -153,6 +154,7 @@ class Memory:
             if dirty:
                 yield from m.bus(source, "address")
         if dirty:
+            assert source is not None, "a dirty line comes from its owner"
             yield from m.bus(source, "data")
         if source is not None:
             yield from self._via_directory(source, p, "data")

@@ -21,7 +21,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 
 class Component(NamedTuple):
@@ -212,8 +212,14 @@ _COMPONENT_NOTES = {
     "invalidate L1 cache lines": "charged per line of the message",
 }
 
+class PaperValues(TypedDict):
+    table1: dict[str, tuple[int, int]]  # "software"/"hardware" -> (µs, instructions)
+    table4: dict[str, tuple[int, int, int]]  # row -> (null RPC, 32 bytes, 1 KB) µs
+    fig6_share: dict[int, dict[str, float]]  # levels -> share of the saving per optimization
+
+
 # Values the paper reports; printed beside the simulated ones, never used by the model.
-PAPER = {
+PAPER: PaperValues = {
     "table1": {"software": (36, 249), "hardware": (16, 104)},
     "table4": {
         "opt_l2": (44, 47, 215),

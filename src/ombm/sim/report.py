@@ -11,11 +11,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from collections.abc import Sequence
+from typing import Callable, TypedDict, cast
 
 from ombm.sim import explore, figures, scenarios
 from ombm.sim.params import PAPER, TABLE1_HARDWARE, TABLE1_SOFTWARE, parameter_table
+from ombm.sim.explore import FifoLoss, RtlRow, Shipping
 from ombm.sim.report_text import TEMPLATE
+from ombm.sim.scenarios import Attribution, Fig5Row, SpeedupRow, Table1Part
+
+
+class Results(TypedDict):
+    """What :func:`run_all` returns: every scenario's plain data, by the key of its step."""
+
+    table1: dict[str, Table1Part]
+    fig5: list[Fig5Row]
+    table4: dict[str, dict[str, float]]
+    fig6: list[Attribution]
+    fig7: list[SpeedupRow]
+    fig8: list[SpeedupRow]
+    fifo: list[FifoLoss]
+    shipping: list[Shipping]
+    rtl: list[RtlRow]
+
 
 STEPS: tuple[tuple[str, str, Callable[[], object]], ...] = (
     ("table1", "Table 1: kernel components", scenarios.table1),
@@ -34,16 +52,17 @@ _T4_ROWS = {"opt_l2": "Opt. MBM (L2)", "opt_l3": "Opt. MBM (L3)",
 _T4_COLS = {"null_us": "Null RPC", "send32_us": "Send, Recv 32 bytes", "send1k_us": "Send 1KB"}
 
 
-def run_all(on_step: Callable[[str], None] = lambda label: None) -> dict:
+def run_all(on_step: Callable[[str], None] = lambda label: None) -> Results:
     """Run every scenario; ``on_step(label)`` is called after each one."""
-    results = {}
+    results: dict[str, object] = {}
     for key, label, scenario in STEPS:
         results[key] = scenario()
         on_step(label)
-    return results
+    return cast(Results, results)  # STEPS runs the scenario of every key of Results
 
 
-def to_json(results: dict) -> dict:
+def to_json(results: Results) -> dict[str, object]:
+    """The machine-readable summary (plain JSON values; schema in ``docs/sim.md``)."""
     table1 = {
         key: {"total_us": part["total_us"], "total_instructions": part["total_instructions"],
               "components": [{"name": n, "time_us": t, "instructions": i} for n, t, i in part["components"]]}
@@ -63,12 +82,12 @@ def to_json(results: dict) -> dict:
     }
 
 
-def write_json(results: dict, path: Path) -> None:
+def write_json(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(to_json(results), indent=2) + "\n")
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
+def _table(headers: list[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         return f"{v:.2f}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -80,7 +99,7 @@ def _pct(sim: float, paper: float) -> str:
     return f"{100 * (sim - paper) / paper:+.1f}%"
 
 
-def _table1(results: dict) -> str:
+def _table1(results: Results) -> str:
     sim = results["table1"]
     rows = []
     for name in dict.fromkeys([*TABLE1_SOFTWARE, *TABLE1_HARDWARE]):
@@ -101,7 +120,7 @@ def _table1(results: dict) -> str:
     return _table(head, rows)
 
 
-def _table4(results: dict) -> str:
+def _table4(results: Results) -> str:
     rows = []
     for key, label in _T4_ROWS.items():
         row: list[object] = [label]
@@ -113,7 +132,7 @@ def _table4(results: dict) -> str:
     return _table(head, rows)
 
 
-def _fig6(results: dict) -> str:
+def _fig6(results: Results) -> str:
     rows = []
     for r in results["fig6"]:
         paper = PAPER["fig6_share"].get(r["levels"])
@@ -126,19 +145,19 @@ def _fig6(results: dict) -> str:
     return _table(head, rows)
 
 
-def _cpu_curve(rows: list[dict]) -> str:
+def _cpu_curve(rows: list[SpeedupRow]) -> str:
     return _table(["CPU speed", "software-only µs", "optimized µs", "speedup"],
                   [[r["cpu_speed"], r["software_us"], r["optimized_us"], r["speedup"]] for r in rows])
 
 
-def _fig5(results: dict) -> str:
+def _fig5(results: Results) -> str:
     rows = [[_LEVELS[r["level"]], r["config"], r["total"],
              ", ".join(f"{k}: {n}" for k, n in r["transactions"].items()), r["latency_us"]]
             for r in results["fig5"]]
     return _table(["path", "configuration", "transactions", "by stage and kind", "latency µs"], rows)
 
 
-def _fifo(results: dict) -> str:
+def _fifo(results: Results) -> str:
     sizes = sorted({r["fifo_entries"] for r in results["fifo"]})
     rows = [[f"bursts of {burst}"] + [f"{100 * r['loss']:.1f}%" for r in results["fifo"]
                                       if r["burst"] == burst]
@@ -146,7 +165,7 @@ def _fifo(results: dict) -> str:
     return _table(["signals lost"] + [str(s) for s in sizes], rows)
 
 
-def _shipping(results: dict) -> str:
+def _shipping(results: Results) -> str:
     by = {(r["n"], r["mode"]): r for r in results["shipping"]}
     rows = []
     for n in sorted({r["n"] for r in results["shipping"]}):
@@ -158,7 +177,7 @@ def _shipping(results: dict) -> str:
     return _table(head, rows)
 
 
-def _rtl(results: dict) -> str:
+def _rtl(results: Results) -> str:
     regions = sorted({r["regions"] for r in results["rtl"]})
     rows = [[f"{e} entries" if e else "no RTL"]
             + [f"{r['mean_latency_us']:.2f} ({100 * r['hit_rate']:.0f}%)"
@@ -167,7 +186,7 @@ def _rtl(results: dict) -> str:
     return _table(["µs (hit rate)"] + [f"{n} region{'s' * (n > 1)}" for n in regions], rows)
 
 
-def _figures(results: dict, out: Path) -> None:
+def _figures(results: Results, out: Path) -> None:
     figures.fig5(results["fig5"], out / "fig5.png")
     figures.fig6(results["fig6"], out / "fig6.png")
     figures.speedup_vs_cpu(results["fig7"], "Fig. 7: speedup vs CPU speed, shared L2", out / "fig7.png")
@@ -177,7 +196,7 @@ def _figures(results: dict, out: Path) -> None:
     figures.rtl(results["rtl"], out / "rtl.png")
 
 
-def write_markdown(results: dict, out: Path, elapsed_s: float | None = None) -> Path:
+def write_markdown(results: Results, out: Path, elapsed_s: float | None = None) -> Path:
     """Write ``report.md`` and its PNG figures into directory ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     _figures(results, out)

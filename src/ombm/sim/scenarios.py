@@ -20,11 +20,42 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import replace
+from typing import TypedDict
 
 from ombm.sim.machine import Machine, Process, placement
 from ombm.sim.mbm import CONSISTENCY, OPTIMIZED, SEQUENCE, SIGNALS, SOFTWARE, Config, Messenger
 from ombm.sim.params import FIG7_L2_LINE_US, FIG78_HOP_US, FIG78_L3_LINE_US, FUTURE, PARADIGM, TABLE1_HARDWARE, TABLE1_SOFTWARE, MachineParams
 from ombm.sim.rpc import rpc
+
+class Table1Part(TypedDict):
+    """One column of Table 1 (software or hardware)."""
+
+    components: list[tuple[str, float, int]]  # (component, time µs, instructions)
+    total_us: float
+    total_instructions: int
+
+
+class Fig5Row(TypedDict):
+    level: int
+    config: str
+    latency_us: float
+    transactions: dict[str, int]  # "stage kind" -> count
+    total: int
+
+
+class Attribution(TypedDict):
+    levels: int
+    latency_us: dict[str, float]  # configuration key -> latency
+    speedup: float
+    share: dict[str, float]  # "signals", "consistency", "signal_on_write" -> share of the saving
+
+
+class SpeedupRow(TypedDict):
+    cpu_speed: float
+    speedup: float
+    software_us: float
+    optimized_us: float
+
 
 SHARE_KEYS = {SIGNALS.key: "signals", CONSISTENCY.key: "consistency", OPTIMIZED.key: "signal_on_write"}
 CPU_SPEEDS = (1, 2, 4, 8, 16, 32)
@@ -49,9 +80,9 @@ def transfer(params: MachineParams, config: Config, level: int) -> tuple[float, 
     return done[0], machine
 
 
-def table1(params: MachineParams = PARADIGM) -> dict:
+def table1(params: MachineParams = PARADIGM) -> dict[str, Table1Part]:
     """(a) Per-component kernel time and instructions of one signal, from the processors' traces."""
-    result = {}
+    result: dict[str, Table1Part] = {}
     for key, config, column in (("software", SOFTWARE, TABLE1_SOFTWARE),
                                 ("hardware", OPTIMIZED, TABLE1_HARDWARE)):
         _, machine = transfer(params, config, 2)
@@ -71,9 +102,9 @@ def table1(params: MachineParams = PARADIGM) -> dict:
     return result
 
 
-def fig5(params: MachineParams = FUTURE, levels: tuple[int, ...] = (2, 3, 4)) -> list[dict]:
+def fig5(params: MachineParams = FUTURE, levels: tuple[int, ...] = (2, 3, 4)) -> list[Fig5Row]:
     """(b) Transactions per stage to deliver one message, per configuration and level."""
-    rows = []
+    rows: list[Fig5Row] = []
     for level in levels:
         for config in SEQUENCE:
             latency, machine = transfer(params, config, level)
@@ -101,7 +132,7 @@ def table4(params: MachineParams = PARADIGM) -> dict[str, dict[str, float]]:
     }
 
 
-def attribution(params: MachineParams, level: int) -> dict:
+def attribution(params: MachineParams, level: int) -> Attribution:
     """Latency of every configuration at ``level``, the speedup and the shares of the saving."""
     latency = {config.key: transfer(params, config, level)[0] for config in SEQUENCE}
     saving = latency[SOFTWARE.key] - latency[OPTIMIZED.key]
@@ -117,13 +148,13 @@ def attribution(params: MachineParams, level: int) -> dict:
     }
 
 
-def fig6(params: MachineParams = FUTURE, levels: tuple[int, ...] = (2, 3, 4, 5, 6)) -> list[dict]:
+def fig6(params: MachineParams = FUTURE, levels: tuple[int, ...] = (2, 3, 4, 5, 6)) -> list[Attribution]:
     """(d) Speedup of a 32-byte transfer vs memory levels traversed (25 MHz)."""
     return [attribution(params, level) for level in levels]
 
 
-def _speedup_curve(base: MachineParams, level: int, speeds: tuple[float, ...]) -> list[dict]:
-    rows = []
+def _speedup_curve(base: MachineParams, level: int, speeds: tuple[float, ...]) -> list[SpeedupRow]:
+    rows: list[SpeedupRow] = []
     for speed in speeds:
         params = replace(base, cpu_speed=speed)
         soft = transfer(params, SOFTWARE, level)[0]
@@ -132,12 +163,12 @@ def _speedup_curve(base: MachineParams, level: int, speeds: tuple[float, ...]) -
     return rows
 
 
-def fig7(speeds: tuple[float, ...] = CPU_SPEEDS) -> list[dict]:
+def fig7(speeds: tuple[float, ...] = CPU_SPEEDS) -> list[SpeedupRow]:
     """(e) Speedup vs processor speed through a shared L2 (L2 bus 0.3 µs per line)."""
     return _speedup_curve(replace(FUTURE, l2_line_us=FIG7_L2_LINE_US), 2, speeds)
 
 
-def fig8(speeds: tuple[float, ...] = CPU_SPEEDS) -> list[dict]:
+def fig8(speeds: tuple[float, ...] = CPU_SPEEDS) -> list[SpeedupRow]:
     """(e) Speedup vs processor speed over one fiber link (2 µs per 32 bytes)."""
     base = replace(FUTURE, l2_line_us=FIG7_L2_LINE_US, l3_line_us=FIG78_L3_LINE_US,
                    hop_line_us=FIG78_HOP_US)
