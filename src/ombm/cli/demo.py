@@ -13,6 +13,9 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+from multiprocessing.context import ForkContext
+from multiprocessing.queues import Queue
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -22,11 +25,11 @@ import ombm
 MESSAGES = (b"hello from the writer", b"address-valued signals", b"message consistency", b"signal-on-write")
 
 
-def _receiver(name: str, index: int, count: int, queue) -> None:
+def _receiver(name: str, index: int, count: int, queue: Queue[tuple[Any, ...]]) -> None:
     seg = ombm.open_segment(name)
     spacers = [seg.bind(writable=False) for _ in range(index)]  # so each receiver maps at another base
     region = seg.bind(writable=False)
-    got = []
+    got: list[tuple[int, int, str]] = []
 
     def on_signal(address: int) -> None:
         offset = address - region.address
@@ -42,7 +45,7 @@ def _receiver(name: str, index: int, count: int, queue) -> None:
     seg.release()
 
 
-def _echo(name: str, queue) -> None:
+def _echo(name: str, queue: Queue[tuple[Any, ...]]) -> None:
     seg = ombm.open_segment(name)
     region = seg.bind()
     reply = b"r" * 32
@@ -53,7 +56,7 @@ def _echo(name: str, queue) -> None:
     seg.release()
 
 
-def _multicast(console: Console, ctx, receivers: int) -> None:
+def _multicast(console: Console, ctx: ForkContext, receivers: int) -> None:
     name = f"demo-{os.getpid()}"
     with ombm.create_segment(4096, name=name) as seg:
         region = seg.bind()
@@ -81,7 +84,7 @@ def _multicast(console: Console, ctx, receivers: int) -> None:
     console.print(table)
 
 
-def _round_trips(console: Console, ctx, iterations: int) -> None:
+def _round_trips(console: Console, ctx: ForkContext, iterations: int) -> None:
     name = f"demo-rt-{os.getpid()}"
     with ombm.create_segment(4096, name=name) as seg:
         region = seg.bind()

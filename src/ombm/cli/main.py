@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)  # every command's func returns its exit status
+    return status
 
 
 if __name__ == "__main__":

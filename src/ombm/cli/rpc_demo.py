@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from multiprocessing.context import ForkContext
 
 from rich.console import Console
 
@@ -12,13 +13,13 @@ import ombm
 
 
 class Calculator:
-    def add(self, a, b):
+    def add(self, a: float, b: float) -> float:
         return a + b
 
-    def null(self):
+    def null(self) -> None:
         return None
 
-    def divide(self, a, b):
+    def divide(self, a: float, b: float) -> float:
         return a / b
 
 
@@ -26,7 +27,7 @@ def _serve(name: str) -> None:
     ombm.rpc.Server(name, Calculator()).serve_forever()
 
 
-def main(console: Console, ctx, iterations: int = 5000) -> int:
+def main(console: Console, ctx: ForkContext, iterations: int = 5000) -> int:
     name = f"demo-calc-{os.getpid()}"
     server = ctx.Process(target=_serve, args=(name,), daemon=True)
     server.start()

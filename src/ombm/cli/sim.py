@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
+import types
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,7 +33,7 @@ class SimulatorMissing(SystemExit):
         self.missing = missing
 
 
-def _sim(module: str):
+def _sim(module: str) -> types.ModuleType:
     """``ombm.sim.<module>``, or :class:`SimulatorMissing` if simpy or matplotlib is absent."""
     try:
         return importlib.import_module(f"ombm.sim.{module}")
@@ -162,7 +163,7 @@ def _fill(parser: argparse.ArgumentParser) -> None:
         commands.add_parser(name, help=help_text).set_defaults(func=func)
 
 
-def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sim`` and its sub-commands to an argparse ``subparsers``; each sets ``func``."""
     _fill(subparsers.add_parser("sim", help="simulate the paper's ParaDiGM hardware"))
 
