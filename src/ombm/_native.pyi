@@ -7,7 +7,7 @@ Every function takes its arguments by position only.
 """
 
 from collections.abc import Callable
-from typing import Any, Final, Generic, Protocol, TypeVar, final
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
@@ -16,30 +16,30 @@ _C = TypeVar("_C")  # a RequestIntake's connection objects, handed back with the
 _R_co = TypeVar("_R_co", covariant=True)  # a Writer's receiver references, handed back to ``after``
 
 # ---- constants (FIFO_* and CELL_SIZE mirror ombm._layout; _layout.check_native() proves it)
-FIFO_TAIL: Final = 64
-FIFO_HEAD: Final = 128
-FIFO_SLEEP: Final = 192
-FIFO_CAPACITY: Final = 12  # the offset of the FIFO's capacity (u32)
-FIFO_CELLS: Final = 256
-FIFO_DROPS: Final = 40
-CELL_SIZE: Final = 32
+FIFO_TAIL: Final[Literal[64]]
+FIFO_HEAD: Final[Literal[128]]
+FIFO_SLEEP: Final[Literal[192]]
+FIFO_CAPACITY: Final[Literal[12]]  # the offset of the FIFO's capacity (u32)
+FIFO_CELLS: Final[Literal[256]]
+FIFO_DROPS: Final[Literal[40]]
+CELL_SIZE: Final[Literal[32]]
 
-PUSH_OK: Final = 0
-PUSH_WOKE: Final = 1  # pushed and issued a futex wake
-PUSH_DOORBELL: Final = 2  # pushed; the receiver sleeps in an event loop: ring its doorbell
-PUSH_FULL: Final = 3  # dropped: the FIFO is full
+PUSH_OK: Final[Literal[0]]
+PUSH_WOKE: Final[Literal[1]]  # pushed and issued a futex wake
+PUSH_DOORBELL: Final[Literal[2]]  # pushed; the receiver sleeps in an event loop: ring its doorbell
+PUSH_FULL: Final[Literal[3]]  # dropped: the FIFO is full
 
-WAIT_READY: Final = 0
-WAIT_TIMEOUT: Final = 1
-WAIT_STALLED: Final = 2  # the tail moved but the head cell was never published
+WAIT_READY: Final[Literal[0]]
+WAIT_TIMEOUT: Final[Literal[1]]
+WAIT_STALLED: Final[Literal[2]]  # the tail moved but the head cell was never published
 
-LANE_VALUE: Final = 0  # in the order Python tests them: <= LANE_ERROR_REPLY is a reply
-LANE_REPLY: Final = 1
-LANE_ERROR_REPLY: Final = 2
-LANE_OTHER: Final = 3
-LANE_TIMEOUT: Final = 4
-LANE_UNSENT: Final = 5
-LANE_NOT_LENT: Final = 6
+LANE_VALUE: Final[Literal[0]]  # in the order Python tests them: <= LANE_ERROR_REPLY is a reply
+LANE_REPLY: Final[Literal[1]]
+LANE_ERROR_REPLY: Final[Literal[2]]
+LANE_OTHER: Final[Literal[3]]
+LANE_TIMEOUT: Final[Literal[4]]
+LANE_UNSENT: Final[Literal[5]]
+LANE_NOT_LENT: Final[Literal[6]]
 
 # ---- the shapes of what the lanes take and give
 # a decoded frame: (kind, connection id, message id, fragment index, fragment count, ack, payload, credit)

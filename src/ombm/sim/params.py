@@ -14,14 +14,19 @@ Rules:
   bus and link transfers do not scale.
 * :class:`MachineParams` is frozen; a scenario derives a variant with
   :func:`dataclasses.replace`.
-* ``PROVENANCE`` names the source of every :class:`MachineParams` field and of
-  every workload constant, so the report can print one table of all of them.
+* Every :class:`MachineParams` field carries its source (``_param``) and
+  ``PROVENANCE`` names that of every workload constant, so the report can print
+  one table of all of them (:func:`parameter_table`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import NamedTuple, TypedDict
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple, TypedDict, TypeVar
+
+_T = TypeVar("_T")
+_PAPER = "paper"
+_ASSUMED = "assumed"
 
 
 class Component(NamedTuple):
@@ -36,33 +41,26 @@ def _table(*rows: tuple[str, float, int]) -> dict[str, Component]:
     return {name: Component(name, t, n) for name, t, n in rows}
 
 
-# Table 1 (§5.1), software-only column. "invalidate L1 cache lines" shows "–"
-# for time: 7 instructions that take no measurable time.
-TABLE1_SOFTWARE = _table(
-    ("sender system call", 3, 13),
-    ("virtual-to-physical mapping", 3, 16),
-    ("determine receiving processors", 4, 23),
-    ("insert in kernel queue", 6, 55),
-    ("generate interrupt", 1, 4),
-    ("remove from kernel queue", 6, 45),
-    ("physical-to-virtual mapping", 1, 9),
-    ("invalidate L1 cache lines", 0, 7),
-    ("check if kernel is receiver", 1, 4),
-    ("signal function scheduling", 6, 37),
-    ("return to user code", 4, 25),
-    ("user-level state save/restore", 1, 11),
+# Table 1 (§5.1): the kernel components of one signal, as (µs, instructions) in the software-only
+# and the hardware-supported column; None where a column has no such step. The software column's
+# "invalidate L1 cache lines" shows "–" for time: 7 instructions that take no measurable time.
+_TABLE1: tuple[tuple[str, tuple[float, int] | None, tuple[float, int] | None], ...] = (
+    ("sender system call", (3, 13), None),
+    ("virtual-to-physical mapping", (3, 16), None),
+    ("determine receiving processors", (4, 23), None),
+    ("insert in kernel queue", (6, 55), None),
+    ("generate interrupt", (1, 4), None),
+    ("remove from kernel queue", (6, 45), None),
+    ("get physical address from FIFO", None, (2, 11)),
+    ("physical-to-virtual mapping", (1, 9), (1, 9)),
+    ("invalidate L1 cache lines", (0, 7), (1, 7)),
+    ("check if kernel is receiver", (1, 4), (1, 4)),
+    ("signal function scheduling", (6, 37), (6, 37)),
+    ("return to user code", (4, 25), (4, 25)),
+    ("user-level state save/restore", (1, 11), (1, 11)),
 )
-
-# Table 1 (§5.1), hardware-supported column.
-TABLE1_HARDWARE = _table(
-    ("get physical address from FIFO", 2, 11),
-    ("physical-to-virtual mapping", 1, 9),
-    ("invalidate L1 cache lines", 1, 7),
-    ("check if kernel is receiver", 1, 4),
-    ("signal function scheduling", 6, 37),
-    ("return to user code", 4, 25),
-    ("user-level state save/restore", 1, 11),
-)
+TABLE1_SOFTWARE = _table(*((name, *software) for name, software, _ in _TABLE1 if software is not None))
+TABLE1_HARDWARE = _table(*((name, *hardware) for name, _, hardware in _TABLE1 if hardware is not None))
 
 # Table 2 (§5.2): RPC library components per request or reply, 32-byte message.
 # "trigger signal" is not a software step here: with signal-on-write it is the
@@ -75,28 +73,51 @@ TABLE2 = _table(  # the paper gives no instruction counts here
     ("unmarshal 32-bytes", 2, 0),
 )
 
+
+def _param(default: _T, source: str, section: str, note: str) -> _T:
+    """A :class:`MachineParams` field: its default, and where it comes from (see ``PROVENANCE``)."""
+    return field(default=default, metadata={"provenance": (source, section, note)})
+
+
 @dataclass(frozen=True)
 class MachineParams:
     """The ParaDiGM machine the simulator builds (§3.1.2, Fig. 3, Fig. 4, §6)."""
 
-    cpu_speed: float = 1.0
-    cpu_mhz: float = 25.0
-    line_bytes: int = 32
-    l2_line_us: float = 1.12
-    l3_line_us: float = 3.36
-    hop_line_us: float = 6.1
-    l2_address_fraction: float = 1.0
-    lower_address_fraction: float = 0.7
-    lock_bus_transactions: int = 3
-    processors_per_board: int = 4
-    boards_per_cluster: int = 4
-    fifo_entries: int = 128
-    l3_software_consistency: bool = False
-    sw_l3_fault_us: float = 205.0
-    sw_l3_signal_us: float = 36.0
-    rtl_entries: int = 0
-    rtl_hit_cycles: int = 7
-    rtl_load_us: float = 1.0
+    cpu_speed: float = _param(1.0, _PAPER, "§5, §6", "1.0 = the 25 MHz MC68040; Figs 7-8 vary it")
+    cpu_mhz: float = _param(25.0, _PAPER, "§5", "MC68040 clock; converts the RTL's cycles to µs")
+    line_bytes: int = _param(32, _PAPER, "§6", "a cache line, the message of Figs 6-8")
+    l2_line_us: float = _param(1.12, _PAPER, "§6", "measured L1 fill: one 32-byte line over the L2 bus")
+    l3_line_us: float = _param(3.36, _PAPER, "§6", "estimated hardware-supported L2 fill: a line over the L3 bus")
+    hop_line_us: float = _param(6.1, _PAPER, "§6", "one fiber-optic hop for 32 bytes")
+    l2_address_fraction: float = _param(1.0, _ASSUMED, "calibrated",
+                                        "an address-only L2-bus transaction (invalidate, request, signal) costs a "
+                                        "whole bus transaction: the 1.12 µs fill is L2-controller latency, not data "
+                                        "beats")
+    lower_address_fraction: float = _param(0.7, _ASSUMED, "calibrated",
+                                           "an address-only packet on the L3 bus or a fiber hop costs 0.7 of a line: "
+                                           "header and latency dominate a 32-byte payload; fitted to the §6 "
+                                           "attribution")
+    lock_bus_transactions: int = _param(3, _ASSUMED, "calibrated",
+                                        "kernel-queue lock: TAS is a locked read and write, release a write; the "
+                                        "68040 performs these on the bus, bypassing its cache")
+    processors_per_board: int = _param(4, _PAPER, "§3.1.2, §5", "four 68040s share one L2")
+    boards_per_cluster: int = _param(4, _ASSUMED, "geometry",
+                                     "§5's machine has two boards on one L3; four per L3 cluster lets scenario (g) "
+                                     "reach 64 processors; clusters are joined in a line by fiber, so hops = cluster "
+                                     "distance")
+    fifo_entries: int = _param(128, _PAPER, "§3.1.2", "per-processor signal FIFO; a full FIFO drops the signal")
+    l3_software_consistency: bool = _param(False, _PAPER, "§5, §5.2",
+                                           "True on ParaDiGM as built (Table 4 L3 rows), False on §6's future machine")
+    sw_l3_fault_us: float = _param(205.0, _ASSUMED, "calibrated",
+                                   "kernel handling of one conventional coherence miss between boards under software "
+                                   "L3 consistency; fitted to Soft MBM (L3) 1860 µs (§5.2: 'partially-optimized')")
+    sw_l3_signal_us: float = _param(36.0, _ASSUMED, "calibrated",
+                                    "kernel work to make a message unit signalled from another board consistent; "
+                                    "fitted to Opt. MBM (L3) 127 µs")
+    rtl_entries: int = _param(0, _PAPER, "§3.1.3", "reverse TLB size; 0 = no RTL (the measured system); 4-8 proposed")
+    rtl_hit_cycles: int = _param(7, _PAPER, "§3.1.3", "signal to user handler in under 7 cycles on an RTL hit")
+    rtl_load_us: float = _param(1.0, _ASSUMED, "extension",
+                                "kernel loads the missing RTL entry after the standard path: about one mapping step")
 
     def cpu_us(self, time_us: float) -> float:
         """Time of a software step of ``time_us`` (at 25 MHz) on this machine's processors."""
@@ -125,74 +146,13 @@ RTL_SIGNALS = 200
 RTL_GAP_US = 60.0
 HANDLER_US = 4.0
 
-_PAPER = "paper"
-_ASSUMED = "assumed"
-
+# name: (source, section or reason, note) of every workload constant; a MachineParams field
+# carries its own (``_param``)
 PROVENANCE: dict[str, tuple[str, str, str]] = {
-    # name: (source, section or reason, note)
-    "cpu_speed": (_PAPER, "§5, §6", "1.0 = the 25 MHz MC68040; Figs 7-8 vary it"),
-    "cpu_mhz": (_PAPER, "§5", "MC68040 clock; converts the RTL's cycles to µs"),
-    "line_bytes": (_PAPER, "§6", "a cache line, the message of Figs 6-8"),
-    "l2_line_us": (_PAPER, "§6", "measured L1 fill: one 32-byte line over the L2 bus"),
-    "l3_line_us": (_PAPER, "§6", "estimated hardware-supported L2 fill: a line over the L3 bus"),
-    "hop_line_us": (_PAPER, "§6", "one fiber-optic hop for 32 bytes"),
-    "l2_address_fraction": (
-        _ASSUMED,
-        "calibrated",
-        "an address-only L2-bus transaction (invalidate, request, signal) costs a "
-        "whole bus transaction: the 1.12 µs fill is L2-controller latency, not data beats",
-    ),
-    "lower_address_fraction": (
-        _ASSUMED,
-        "calibrated",
-        "an address-only packet on the L3 bus or a fiber hop costs 0.7 of a line: "
-        "header and latency dominate a 32-byte payload; fitted to the §6 attribution",
-    ),
-    "lock_bus_transactions": (
-        _ASSUMED,
-        "calibrated",
-        "kernel-queue lock: TAS is a locked read and write, release a write; the "
-        "68040 performs these on the bus, bypassing its cache",
-    ),
-    "processors_per_board": (_PAPER, "§3.1.2, §5", "four 68040s share one L2"),
-    "boards_per_cluster": (
-        _ASSUMED,
-        "geometry",
-        "§5's machine has two boards on one L3; four per L3 cluster lets scenario (g) reach 64 "
-        "processors; clusters are joined in a line by fiber, so hops = cluster distance",
-    ),
-    "fifo_entries": (_PAPER, "§3.1.2", "per-processor signal FIFO; a full FIFO drops the signal"),
-    "l3_software_consistency": (
-        _PAPER,
-        "§5, §5.2",
-        "True on ParaDiGM as built (Table 4 L3 rows), False on §6's future machine",
-    ),
-    "sw_l3_fault_us": (
-        _ASSUMED,
-        "calibrated",
-        "kernel handling of one conventional coherence miss between boards under software L3 "
-        "consistency; fitted to Soft MBM (L3) 1860 µs (§5.2: 'partially-optimized')",
-    ),
-    "sw_l3_signal_us": (
-        _ASSUMED,
-        "calibrated",
-        "kernel work to make a message unit signalled from another board consistent; fitted to "
-        "Opt. MBM (L3) 127 µs",
-    ),
-    "rtl_entries": (_PAPER, "§3.1.3", "reverse TLB size; 0 = no RTL (the measured system); 4-8 proposed"),
-    "rtl_hit_cycles": (_PAPER, "§3.1.3", "signal to user handler in under 7 cycles on an RTL hit"),
-    "rtl_load_us": (
-        _ASSUMED,
-        "extension",
-        "kernel loads the missing RTL entry after the standard path: about one mapping step",
-    ),
     "FIG7_L2_LINE_US": (_PAPER, "§6, Fig. 7", "L2 bus line time in Figs 7-8, not scaled with CPU speed"),
     "FIG78_HOP_US": (_PAPER, "§6, Figs 7-8", "a 32-byte message over a fiber link"),
-    "FIG78_L3_LINE_US": (
-        _ASSUMED,
-        "Fig. 8",
-        "L3 bus in Figs 7-8 kept at ParaDiGM's 3:1 ratio to the L2 bus (3.36/1.12)",
-    ),
+    "FIG78_L3_LINE_US": (_ASSUMED, "Fig. 8",
+                         "L3 bus in Figs 7-8 kept at ParaDiGM's 3:1 ratio to the L2 bus (3.36/1.12)"),
     "FIFO_SENDERS": (_ASSUMED, "scenario (f)", "three on the receiver's board, one on the next"),
     "FIFO_BURSTS_PER_SENDER": (_ASSUMED, "scenario (f)", "bursts each sender writes"),
     "FIFO_MEAN_GAP_US": (_ASSUMED, "scenario (f)", "mean of the exponential gap before each burst"),
@@ -211,6 +171,7 @@ _COMPONENT_NOTES = {
     "unmarshal 32-bytes": "charged per 32-byte line, after the line is read",
     "invalidate L1 cache lines": "charged per line of the message",
 }
+
 
 class PaperValues(TypedDict):
     table1: dict[str, tuple[int, int]]  # "software"/"hardware" -> (µs, instructions)
@@ -237,9 +198,8 @@ PAPER: PaperValues = {
 def parameter_table() -> list[tuple[str, str, str, str, str]]:
     """(name, value, source, section/reason, note) for every model input."""
     defaults = MachineParams()
-    rows = [(f.name, repr(getattr(defaults, f.name))) for f in fields(MachineParams)]
-    rows += [(name, repr(globals()[name])) for name in PROVENANCE if name.isupper()]
-    table = [(name, value, *PROVENANCE[name]) for name, value in rows]
+    table = [(f.name, repr(getattr(defaults, f.name)), *f.metadata["provenance"]) for f in fields(MachineParams)]
+    table += [(name, repr(globals()[name]), *PROVENANCE[name]) for name in PROVENANCE]
     for label, section, column in (("Table 1 software", "§5.1 Table 1", TABLE1_SOFTWARE),
                                    ("Table 1 hardware", "§5.1 Table 1", TABLE1_HARDWARE),
                                    ("Table 2", "§5.2 Table 2", TABLE2)):
