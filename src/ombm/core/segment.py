@@ -299,7 +299,8 @@ class Segment:
 
     def release(self) -> None:
         """Idempotent: unbind our regions, drop our hold; the creator (or last holder) removes the name."""
-        if self._hdr is None:
+        hdr = self._hdr
+        if hdr is None:
             return
         for region in list(self._regions):
             region.unbind()
@@ -311,7 +312,7 @@ class Segment:
         ]
         if self.creator or not others:
             _unlink_if_same(self.path, self._fd)
-        hdr, self._hdr = self._hdr, None
+        self._hdr = None
         try:
             hdr.close()
         except BufferError:

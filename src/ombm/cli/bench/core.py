@@ -38,6 +38,7 @@ import ombm
 
 from ombm.cli.bench import peers
 from ombm.cli.bench.affinity import PLACEMENTS, pin, pinned
+from ombm.cli.bench.peers import expect, timed
 from ombm.cli.bench.report import Latency, Target, md_table, median, percent, rate, ratio, slope, targets_table, times, us
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -162,32 +163,6 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def expect(control: Connection, tag: str, timeout_s: float) -> tuple:
-    if not control.poll(timeout_s):
-        raise TimeoutError(f"child sent no {tag!r} within {timeout_s:.0f} s")
-    try:
-        message = control.recv()
-    except EOFError:
-        raise ConnectionError(f"child exited before sending {tag!r}") from None
-    if message[0] == "error":
-        raise ConnectionError(f"child failed: {message[1]}")
-    if message[0] != tag:
-        raise RuntimeError(f"child sent {message!r}, expected {tag!r}")
-    return message
-
-
-def timed(operation: Callable[[], Any], iterations: int) -> list[float]:
-    """Run ``operation`` ``iterations`` times; each one's duration in µs."""
-    clock = time.perf_counter_ns
-    durations = []
-    record = durations.append
-    for _ in range(iterations):
-        start = clock()
-        operation()
-        record(clock() - start)
-    return [d / 1000 for d in durations]
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:

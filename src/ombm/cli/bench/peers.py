@@ -113,7 +113,7 @@ class Peer:
                     raise RuntimeError(f"{self.name} echoed a different payload")
             for _ in range(warmup):
                 operation()
-            return _timed(operation, iterations)
+            return timed(operation, iterations)
 
     def throughput(
         self, message_bytes: int, total_bytes: int, placement: tuple[int, int] = (0, 1)
@@ -132,11 +132,11 @@ class Peer:
         drain_s = _OP_TIMEOUT_S + sent_bytes / _WORST_BANDWIDTH
         with _serving(self._link, message_bytes, count, placement, drain_s) as (link, control):
             link.push(message)
-            _expect(control, "primed", _OP_TIMEOUT_S)
+            expect(control, "primed", _OP_TIMEOUT_S, "server")
             start = time.perf_counter_ns()
             for _ in range(count):
                 link.push(message)
-            ack = _expect(control, "ack", drain_s)
+            ack = expect(control, "ack", drain_s, "server")
             elapsed_ns = time.perf_counter_ns() - start
         if ack[1] != sent_bytes:
             raise RuntimeError(f"{self.name}: child received {ack[1]} of {sent_bytes} bytes")
@@ -150,35 +150,24 @@ class Peer:
             raise RuntimeError(f"{self.name} is unavailable: {reason}")
 
 
+def _peers(kind: str) -> list[Peer]:
+    """The peers of one kind, in the order their rows are printed (``_PEERS``, after the links)."""
+    return [Peer(name, kind, link) for name, link in _PEERS[kind]]
+
+
 def signal_peers() -> list[Peer]:
     """Wake-up ping-pong through the kernel: the floor under every kernel-based peer."""
-    return [
-        Peer("os.pipe", "signal", _PipeToken),
-        Peer("socketpair", "signal", _SocketToken),
-        Peer("eventfd", "signal", _Eventfd),
-    ]
+    return _peers("signal")
 
 
 def rpc_peers() -> list[Peer]:
     """Request/response with a payload each way."""
-    return [
-        Peer("os.pipe", "rpc", _PipeFrames),
-        Peer("socketpair", "rpc", _SocketFrames),
-        Peer("multiprocessing.Pipe", "rpc", _MpPipe),
-        Peer("mp.connection", "rpc", _MpListener),
-        Peer("pyzmq ipc REQ/REP", "rpc", _ZmqReqRep),
-        Peer("gRPC unix", "rpc", _Grpc),
-        Peer("iceoryx2 req/resp", "rpc", _Iceoryx2),
-    ]
+    return _peers("rpc")
 
 
 def stream_peers() -> list[Peer]:
     """One-way bulk transfer."""
-    return [
-        Peer("multiprocessing.Pipe", "stream", _MpPipe),
-        Peer("socketpair", "stream", _SocketStream),
-        Peer("pyzmq ipc PUSH/PULL", "stream", _ZmqPushPull),
-    ]
+    return _peers("stream")
 
 
 def memcpy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
@@ -201,14 +190,14 @@ def memcpy_bandwidth(nbytes: int = 64 << 20, repeats: int = 5) -> float:
             numpy.copyto(destination, array)
 
     copy()  # fault the target's pages in
-    best_ns = min(_timed(copy, repeats)) * 1000
+    best_ns = min(timed(copy, repeats)) * 1000
     return nbytes * 1e9 / max(best_ns, 1.0)
 
 
-def _timed(operation: Callable[[], Any], iterations: int) -> list[float]:
+def timed(operation: Callable[[], object], iterations: int) -> list[float]:
     """Run ``operation`` ``iterations`` times; each one's duration in µs."""
     clock = time.perf_counter_ns
-    durations_ns = []
+    durations_ns: list[int] = []
     record = durations_ns.append
     for _ in range(iterations):
         start = clock()
@@ -255,7 +244,7 @@ def _serving(
         undo.callback(_reap, child)
         undo.callback(_ask_to_stop, control, link)
         try:
-            _expect(control, "ready", _START_TIMEOUT_S)
+            expect(control, "ready", _START_TIMEOUT_S, "server")
             with pinned(client_cpu):
                 link.connect()
                 yield link, control
@@ -314,17 +303,19 @@ def _sink(link: _Link, count: int, control: Connection) -> None:
     control.send(("ack", received, checksum))
 
 
-def _expect(control: Connection, tag: str, timeout_s: float) -> tuple[Any, ...]:
+def expect(control: Connection, tag: str, timeout_s: float, who: str = "child") -> tuple[Any, ...]:
+    """The next message on ``control``, which the ``who`` process must send tagged ``tag`` within
+    ``timeout_s``; else why not, raised (an ``("error", why)`` the child sent, its exit, a timeout)."""
     if not control.poll(timeout_s):
-        raise TimeoutError(f"server sent no {tag!r} within {timeout_s:.0f} s")
+        raise TimeoutError(f"{who} sent no {tag!r} within {timeout_s:.0f} s")
     try:
-        message = control.recv()
+        message: tuple[Any, ...] = control.recv()
     except EOFError:
-        raise ConnectionError(f"server process exited before sending {tag!r}") from None
+        raise ConnectionError(f"{who} exited before sending {tag!r}") from None
     if message[0] == "error":
-        raise ConnectionError(f"server failed: {message[1]}")
+        raise ConnectionError(f"{who} failed: {message[1]}")
     if message[0] != tag:
-        raise RuntimeError(f"server sent {message!r}, expected {tag!r}")
+        raise RuntimeError(f"{who} sent {message!r}, expected {tag!r}")
     return message
 
 
@@ -923,3 +914,13 @@ def _iceoryx2_echo(request: Any) -> None:
     response = request.loan_slice_uninit(size)
     ctypes.memmove(response.payload_ptr, request.payload_ptr, size)
     response.assume_init().send()
+
+
+# every peer, by kind: (name, link), in the order its rows are printed
+_PEERS: dict[str, tuple[tuple[str, type[_Link]], ...]] = {
+    "signal": (("os.pipe", _PipeToken), ("socketpair", _SocketToken), ("eventfd", _Eventfd)),
+    "rpc": (("os.pipe", _PipeFrames), ("socketpair", _SocketFrames), ("multiprocessing.Pipe", _MpPipe),
+            ("mp.connection", _MpListener), ("pyzmq ipc REQ/REP", _ZmqReqRep), ("gRPC unix", _Grpc),
+            ("iceoryx2 req/resp", _Iceoryx2)),
+    "stream": (("multiprocessing.Pipe", _MpPipe), ("socketpair", _SocketStream), ("pyzmq ipc PUSH/PULL", _ZmqPushPull)),
+}

@@ -170,7 +170,7 @@ def _time_calls(client: ombm.rpc.Client, size: int, iterations: int, warmup: int
             return call("echo", payload)
     for _ in range(warmup):
         operation()
-    return core.timed(operation, iterations)
+    return peers.timed(operation, iterations)
 
 
 def _connect_disconnect(name: str, iterations: int) -> dict[str, Latency]:

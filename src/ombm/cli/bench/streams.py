@@ -129,11 +129,11 @@ def stream_throughput(size: int, total: int, placement: tuple[int, int]) -> dict
                         lifetime_s=_TIMEOUT_S * 2 + total / 1e8) as (_, control):
             for _ in range(warmup):
                 s.send(message, timeout=_TIMEOUT_S)
-            core.expect(control, "primed", _TIMEOUT_S)
+            peers.expect(control, "primed", _TIMEOUT_S)
             start = time.perf_counter_ns()
             for _ in range(count):
                 s.send(message, timeout=_TIMEOUT_S)
-            ack = core.expect(control, "ack", _TIMEOUT_S + total / 1e8)
+            ack = peers.expect(control, "ack", _TIMEOUT_S + total / 1e8)
             elapsed_ns = time.perf_counter_ns() - start
         stats = s.statistics()
     if ack[1] != count * size:
@@ -158,7 +158,7 @@ def raw_throughput(size: int, total: int, placement: tuple[int, int], readers: i
                 w.write(frame)
             cpu_ns, elapsed_ns = time.thread_time_ns() - cpu_start, time.perf_counter_ns() - start
             w.close()
-            results = [core.expect(c, "result", _TIMEOUT_S) for c in controls]
+            results = [peers.expect(c, "result", _TIMEOUT_S) for c in controls]
     delivered = [r[2] / r[3] if r[3] > 0 else float("nan") for r in results]
     return {
         "bytes_per_s": min(delivered), "delivered_each": delivered,
