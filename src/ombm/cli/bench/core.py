@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import ombm
+from ombm.core.config import WaitMode
 
 from ombm.cli.bench import peers
 from ombm.cli.bench.affinity import PLACEMENTS, pin, pinned
@@ -50,7 +51,7 @@ _PING, _REPLY, _COUNT, _STOP = 0, 64, 128, 192
 _U64 = struct.Struct("<Q")
 _CREDIT = 96  # one-way: signals outstanding at most, of the receiver FIFO's 128
 _BATCH = 32  # one-way and multicast: signals sent back to back and timed together
-_MODES = {  # ombm variant -> (wait mode, software-only signal path)
+_MODES: dict[str, tuple[WaitMode, bool]] = {  # ombm variant -> (wait mode, software-only signal path)
     "ombm spin": ("spin", False),
     "ombm adaptive": ("adaptive", False),
     "ombm software-only": ("adaptive", True),
@@ -126,7 +127,7 @@ def child(
         _stop(process, control, terminate)
 
 
-def _child_main(target: Callable[..., None], args: tuple, control: Connection, cpu: int, lifetime_s: int) -> None:
+def _child_main(target: Callable[..., None], args: tuple[Any, ...], control: Connection, cpu: int, lifetime_s: int) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(lifetime_s)  # a stuck child, or one whose parent died, dies too
     pin(cpu)
@@ -321,7 +322,7 @@ def one_way(placement: tuple[int, int], count: int) -> dict[str, float]:
     }
 
 
-def _drained(buffer: memoryview, count: int, load: Callable) -> int:
+def _drained(buffer: memoryview, count: int, load: Callable[[memoryview, int], tuple[int]]) -> int:
     deadline = time.monotonic() + 5.0
     while (received := load(buffer, _COUNT)[0]) < count and time.monotonic() < deadline:
         os.sched_yield()
@@ -373,6 +374,7 @@ def idle_receiver(placement: tuple[int, int], window_s: float) -> dict[str, floa
     with _segment() as (seg, region):
         with child(_echo_child, seg.name, cpu=placement[1], env={"OMBM_WAIT": "adaptive"}) as (process, _):
             time.sleep(0.3)
+            assert process.pid is not None, "the child runs"
             figures = idle_cpu(process.pid, window_s)
             region.buffer[_STOP] = 1
     return figures
@@ -427,25 +429,43 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
     for label, placement in PLACEMENTS.items():
         table = result.round_trips.setdefault(label, {})
         for variant in _MODES:
-            steps.append((f"{variant} round trip, {label}", lambda t=table, v=variant, p=placement: t.__setitem__(
-                v, Latency.of(ombm_round_trip(v, p, plan.round_trips, plan.warmup)))))
+            steps.append((f"{variant} round trip, {label}", _round_trip_step(table, variant, placement, plan)))
         for peer in peers.signal_peers():
             ok, why = peer.available()
             if ok:
                 steps.append((f"{peer.name} ping-pong, {label}", _peer_step(result, peer, label, placement)))
             else:
                 result.skipped[peer.name] = why
-        steps.append((f"one-way signals, {label}", lambda l=label, p=placement: result.one_way.__setitem__(
-            l, one_way(p, plan.one_way_signals))))
+        steps.append((f"one-way signals, {label}", _one_way_step(result, label, placement)))
     steps.append(("sender cost, receiver asleep", lambda: result.asleep.update(
         sender_cost_asleep(cross, plan.asleep_signals))))
     for count in plan.multicast_receivers:
-        steps.append((f"multicast to {count}", lambda n=count: result.multicast.append(
-            multicast(cross, n, plan.multicast_signals))))
+        steps.append((f"multicast to {count}", _multicast_step(result, cross, count)))
     steps.append(("idle receiver CPU", lambda: result.idle.update(idle_receiver(cross, plan.idle_window_s))))
     steps.append(("setup costs (Table 3)", lambda: result.setup.update(setup_costs(plan.setup_iterations))))
     result.elapsed_s = run_steps(steps, progress)
     return result
+
+
+def _round_trip_step(table: dict[str, Latency], variant: str, placement: tuple[int, int], plan: Plan) -> Callable[[], None]:
+    def step() -> None:
+        table[variant] = Latency.of(ombm_round_trip(variant, placement, plan.round_trips, plan.warmup))
+
+    return step
+
+
+def _one_way_step(result: CoreResult, label: str, placement: tuple[int, int]) -> Callable[[], None]:
+    def step() -> None:
+        result.one_way[label] = one_way(placement, result.plan.one_way_signals)
+
+    return step
+
+
+def _multicast_step(result: CoreResult, placement: tuple[int, int], receivers: int) -> Callable[[], None]:
+    def step() -> None:
+        result.multicast.append(multicast(placement, receivers, result.plan.multicast_signals))
+
+    return step
 
 
 def _peer_step(result: CoreResult, peer: peers.Peer, label: str, placement: tuple[int, int]) -> Callable[[], None]:
@@ -537,9 +557,9 @@ def markdown(result: CoreResult) -> str:
               "runs after *software-only*.", ""]
     labels = list(result.round_trips)
     systems = list(dict.fromkeys(s for table in result.round_trips.values() for s in table))
-    rows = []
+    rows: list[list[object]] = []
     for system in systems:
-        row = [system]
+        row: list[object] = [system]
         for label in labels:
             cell = result.round_trips[label].get(system)
             base = result.round_trips[label].get("ombm adaptive")

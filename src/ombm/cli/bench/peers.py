@@ -422,7 +422,7 @@ class _Framer:
     As there is never a second message behind the first, a read may ask for all the buffer holds.
     """
 
-    def __init__(self, readinto: Callable[[memoryview], int], writev: Callable, size: int) -> None:
+    def __init__(self, readinto: Callable[[memoryview], int], writev: Callable[[list[Any]], int], size: int) -> None:
         self._readinto = readinto
         self._writev = writev
         self._buffer = memoryview(bytearray(_HEADER.size + size))
@@ -443,7 +443,7 @@ class _Framer:
         buffer, got = self._buffer, 0
         while got < _HEADER.size:
             got += _fill(self._readinto, buffer[got:])
-        end = _HEADER.size + _HEADER.unpack_from(buffer)[0]
+        end: int = _HEADER.size + _HEADER.unpack_from(buffer)[0]
         if end > len(buffer):
             raise ValueError(f"a {end}-byte frame does not fit the {len(buffer)}-byte buffer")
         while got < end:
@@ -656,10 +656,11 @@ def _echo_connection(conn: Connection) -> None:
 class _MpListener(_Link):
     """``multiprocessing.connection`` ``Listener`` / ``Client`` over an ``AF_UNIX`` path."""
 
+    _conn: Connection  # the client's, once connected
+
     def __init__(self, workdir: str, size: int) -> None:
         super().__init__(workdir, size)
         self.address = os.path.join(workdir, "mp.sock")
-        self._conn: Connection | None = None
 
     def bind(self) -> None:
         self._listener = Listener(self.address, family="AF_UNIX")
@@ -676,8 +677,9 @@ class _MpListener(_Link):
         return self._conn.recv_bytes()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        conn: Connection | None = getattr(self, "_conn", None)  # none before connect()
+        if conn is not None:
+            conn.close()
 
 
 class _Zmq(_Link):
@@ -734,7 +736,8 @@ class _ZmqReqRep(_Zmq):
 
     def call(self, payload: bytes) -> bytes:
         self._send(payload, copy=True)
-        return self._receive(copy=True)
+        reply: bytes = self._receive(copy=True)
+        return reply
 
     def serve_echo(self, control: Connection) -> None:
         try:
@@ -760,7 +763,8 @@ class _ZmqPushPull(_Zmq):
         self._send(message, copy=False)
 
     def receive(self) -> memoryview:
-        return self._receive(copy=False).buffer
+        view: memoryview = self._receive(copy=False).buffer
+        return view
 
 
 _GRPC_SERVICE, _GRPC_METHOD = "ombm.cli.bench.Peer", "Echo"
@@ -806,7 +810,8 @@ class _Grpc(_Link):
         self._echo = self._channel.unary_unary(f"/{_GRPC_SERVICE}/{_GRPC_METHOD}")
 
     def call(self, payload: bytes) -> bytes:
-        return self._echo(payload, timeout=_OP_TIMEOUT_S)
+        reply: bytes = self._echo(payload, timeout=_OP_TIMEOUT_S)
+        return reply
 
     def close(self) -> None:
         if self._channel is not None:

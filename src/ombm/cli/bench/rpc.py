@@ -23,6 +23,7 @@ which ``serve_forever`` turns into a clean stop that releases its channels.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -38,6 +39,7 @@ import msgpack
 
 import ombm
 from ombm import _native
+from ombm.core.config import SignalPath
 from ombm.rpc import marshal
 from ombm.transport import wire
 from ombm.rpc.slots import SlotChannel
@@ -50,7 +52,7 @@ from ombm.cli.bench.report import Latency, Target, md_table, median, percent, ra
 SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536}
 _TARGET_COLUMNS = ("null", "32 B", "1 KiB")
 _KERNEL_PEERS = ("os.pipe", "socketpair", "multiprocessing.Pipe", "mp.connection", "pyzmq ipc REQ/REP", "gRPC unix")
-_VARIANTS = {"ombm": "memory", "ombm software-only": "kernel"}
+_VARIANTS: dict[str, SignalPath] = {"ombm": "memory", "ombm software-only": "kernel"}
 _BREAKDOWN_SIZES = {"32 B": 32, "1 KiB": 1024}
 _SLOW_US = 40.0  # about one kernel wake-up across CPUs on this VM: a call slower than this slept
 
@@ -150,6 +152,7 @@ def ombm_calls(variant: str, placement: tuple[int, int], plan: Plan, extras: boo
                     # idle: once the server reaped the connections those cycles closed (it looks
                     # every REAP_INTERVAL_S), with this client still connected and silent
                     time.sleep(REAP_INTERVAL_S + 0.3)
+                    assert process.pid is not None, "the server child runs"
                     found["idle"] = core.idle_cpu(process.pid, plan.idle_window_s)
     finally:
         ombm.configure(signal_path=previous.signal_path, wait=previous.wait)
@@ -272,10 +275,16 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
                 steps.append((f"{peer.name} {column}, {label}", _peer_step(result, peer, column, label, placement)))
     steps.append(("signal round trip for Table 2", lambda: _signal_step(result)))
     for column, size in _BREAKDOWN_SIZES.items():
-        steps.append((f"Table 2 breakdown, {column}", lambda c=column, s=size: result.breakdown.__setitem__(
-            c, breakdown(s, result.plan.breakdown))))
+        steps.append((f"Table 2 breakdown, {column}", _breakdown_step(result, column, size)))
     result.elapsed_s = core.run_steps(steps, progress)
     return result
+
+
+def _breakdown_step(result: RpcResult, column: str, size: int) -> Callable[[], None]:
+    def step() -> None:
+        result.breakdown[column] = breakdown(size, result.plan.breakdown)
+
+    return step
 
 
 def _ombm_step(result: RpcResult, variant: str, label: str, placement: tuple[int, int]) -> Callable[[], None]:
@@ -322,6 +331,11 @@ def _median(result: RpcResult, placement: str, system: str, column: str) -> floa
     return cell.median_us if cell else math.nan
 
 
+def _unnamed_median(result: RpcResult, placement: str, system: str, column: str) -> tuple[str, float]:
+    """:func:`_median` as a row of the ratio table, with no name to add to its cells."""
+    return "", _median(result, placement, system, column)
+
+
 def _fastest_kernel_peer(result: RpcResult, placement: str, column: str) -> tuple[str, float]:
     found = [(name, _median(result, placement, name, column)) for name in _KERNEL_PEERS]
     found = [(name, value) for name, value in found if not math.isnan(value)]
@@ -346,7 +360,7 @@ def targets(result: RpcResult) -> list[Target]:
 
 
 def _placement_targets(result: RpcResult, placement: str) -> list[Target]:
-    found = []
+    found: list[Target] = []
     if placement not in result.calls:
         return found
     for column, limit in zip(_TARGET_COLUMNS, (4.0, 4.5, 6.0)):
@@ -403,17 +417,18 @@ def markdown(result: RpcResult) -> str:
     parts += ["### How much faster ombm is (ratio of medians, same run)", ""]
     rows = []
     for placement in result.calls:
-        for label, other in (
-            ("fastest kernel-based peer", lambda c, p=placement: _fastest_kernel_peer(result, p, c)),
-            ("iceoryx2 req/resp", lambda c, p=placement: ("", _median(result, p, "iceoryx2 req/resp", c))),
-            ("ombm software-only", lambda c, p=placement: ("", _median(result, p, "ombm software-only", c))),
-        ):
-            cells = []
+        versus: tuple[tuple[str, Callable[[str], tuple[str, float]]], ...] = (
+            ("fastest kernel-based peer", functools.partial(_fastest_kernel_peer, result, placement)),
+            ("iceoryx2 req/resp", functools.partial(_unnamed_median, result, placement, "iceoryx2 req/resp")),
+            ("ombm software-only", functools.partial(_unnamed_median, result, placement, "ombm software-only")),
+        )
+        for label, other in versus:
+            ratios = []
             for column in SIZES:
                 name, value = other(column)
                 cell = times(ratio(value, _median(result, placement, "ombm", column)))
-                cells.append(f"{cell} ({name})" if name else cell)
-            rows.append([placement, label, *cells])
+                ratios.append(f"{cell} ({name})" if name else cell)
+            rows.append([placement, label, *ratios])
     parts += [md_table(["placement", "ombm vs", *SIZES], rows), ""]
     retransmits = ", ".join(f"{key}: {value}" for key, value in result.retransmits.items())
     parts += [f"Retransmissions during the ombm runs: {retransmits}.", ""]

@@ -72,7 +72,8 @@ def _run_suite(module: Any, bar: _Bar, quick: bool) -> str:
         kwargs["progress"] = bar
     if "quick" in parameters:
         kwargs["quick"] = quick
-    return module.markdown(module.run(**kwargs))
+    text: str = module.markdown(module.run(**kwargs))
+    return text
 
 
 def _section(suite: str, body: str, command: str, info: dict[str, str], seconds: float, quick: bool) -> str:

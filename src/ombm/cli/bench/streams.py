@@ -26,10 +26,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ombm.channels.raw import EndOfStream, RawChannel
+from ombm.channels.raw import EndOfStream, RawChannel, RawFrame, RawView
 from ombm.channels.stream import Stream
 from ombm.cli.bench import core, peers
 from ombm.cli.bench.affinity import PLACEMENTS, pinned
@@ -85,10 +87,11 @@ def _stream_sink(control: Connection, name: str, count: int, warmup: int) -> Non
 
 def _raw_sink(control: Connection, name: str, copy: bool, warmup: int) -> None:
     with RawChannel.open(name, timeout=_TIMEOUT_S, capacity=1024) as r:
-        buf = bytearray(r.max_payload) if copy else None
+        buf = bytearray(r.max_payload if copy else 0)
         control.send(("ready",))
         delivered = nbytes = check = 0
         first = last = 0.0
+        frame: RawFrame | RawView
         while True:
             try:
                 if copy:
@@ -171,20 +174,21 @@ def raw_throughput(size: int, total: int, placement: tuple[int, int], readers: i
 class _children:
     """Start ``n`` reader children (each a ``core.child``) and yield their control pipes."""
 
-    def __init__(self, n: int, target: Callable, *args: Any, cpu: int) -> None:
+    def __init__(self, n: int, target: Callable[..., None], *args: Any, cpu: int) -> None:
         self._contexts = [core.child(target, *args, cpu=cpu, lifetime_s=_TIMEOUT_S * 3) for _ in range(n)]
 
     def __enter__(self) -> list[Connection]:
-        self._entered = []
+        self._entered: list[AbstractContextManager[tuple[BaseProcess, Connection]]] = []
+        controls: list[Connection] = []
         try:
             for context in self._contexts:
                 self._entered.append(context)
                 _, control = context.__enter__()
-                context.control = control
+                controls.append(control)
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        return [c.control for c in self._entered]
+        return controls
 
     def __exit__(self, *exc: Any) -> None:
         for context in reversed(self._entered):
@@ -205,11 +209,13 @@ def run(progress: Callable[..., None] | None = None, quick: bool = False) -> lis
     sizes = SIZES[:3] + SIZES[4:] if quick else SIZES
     for size in sizes:
         total = _total(size, quick)
-        steps.append((f"stream {_label(size)}", _step(rows, "stream", "ombm Stream", size, "cross-cpu",
-                                                      lambda s=size, t=total: stream_throughput(s, t, cross), repeats)))
+        stream = functools.partial(stream_throughput, size, total, cross)
+        steps.append((f"stream {_label(size)}", _step(rows, "stream", "ombm Stream", size, "cross-cpu", stream,
+                                                      repeats)))
         if size <= RAW_MAX_FRAME:
-            steps.append((f"raw {_label(size)}", _step(rows, "raw", "ombm RawChannel", size, "cross-cpu",
-                                                       lambda s=size, t=total: raw_throughput(s, t, cross), repeats)))
+            raw = functools.partial(raw_throughput, size, total, cross)
+            steps.append((f"raw {_label(size)}", _step(rows, "raw", "ombm RawChannel", size, "cross-cpu", raw,
+                                                       repeats)))
         for peer in peers.stream_peers():
             ok, why = peer.available()
             if not ok:
@@ -232,7 +238,7 @@ def run(progress: Callable[..., None] | None = None, quick: bool = False) -> lis
         rows, "peer", mp_pipe.name, one, "same-cpu", lambda: peer_throughput(mp_pipe, one, total, same), repeats)))
     for n in FANOUT:
         steps.append((f"fan-out to {n}", _step(rows, "fanout", f"{n} readers", one, "cross-cpu",
-                                              lambda n=n: raw_throughput(one, total // 2, cross, readers=n),
+                                              functools.partial(raw_throughput, one, total // 2, cross, readers=n),
                                               repeats)))
     steps.append(("memcpy", lambda: _memcpy(rows, "after")))
     core.run_steps(steps, progress)
@@ -255,6 +261,7 @@ def _step(rows: list[dict[str, Any]], kind: str, system: str, size: int, placeme
                 result = measure()
                 if best is None or result["bytes_per_s"] > best["bytes_per_s"]:
                     best = result
+            assert best is not None, "repeats >= 1"
             row.update(best)
         except Exception as exc:  # reported in the table, never given a number
             row.update(bytes_per_s=float("nan"), error=f"{type(exc).__name__}: {exc}")
@@ -267,20 +274,22 @@ def _gbs(value: float) -> str:
     return "—" if value != value else f"{value / 1e9:.2f}"
 
 
-def _find(rows, kind: str, size: int, placement: str = "cross-cpu", system: str | None = None) -> float:
+def _find(rows: list[dict[str, Any]], kind: str, size: int, placement: str = "cross-cpu",
+          system: str | None = None) -> float:
     for row in rows:
         if (row["kind"] == kind and row.get("size") == size and row.get("placement") == placement
                 and (system is None or row["system"] == system)):
-            return row["bytes_per_s"]
+            value: float = row["bytes_per_s"]
+            return value
     return float("nan")
 
 
-def memcpy_of(rows) -> float:
+def memcpy_of(rows: list[dict[str, Any]]) -> float:
     values = [r["bytes_per_s"] for r in rows if r["kind"] == "memcpy"]
     return max(values) if values else float("nan")
 
 
-def targets(rows) -> list[Target]:
+def targets(rows: list[dict[str, Any]]) -> list[Target]:
     memcpy = memcpy_of(rows)
     stream = _find(rows, "stream", _MiB)
     raw = _find(rows, "raw", _MiB)
@@ -298,7 +307,7 @@ def targets(rows) -> list[Target]:
     ]
 
 
-def markdown(rows) -> str:
+def markdown(rows: list[dict[str, Any]]) -> str:
     memcpy = memcpy_of(rows)
     lines = ["## Streams", "",
              f"Single-core memcpy bandwidth of this run (64 MiB, best of 5; before/after, the larger): "
