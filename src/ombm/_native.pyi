@@ -1,4 +1,4 @@
-"""Types of ``ombm._native`` (source: ``_native.c``): atomics, futexes, the signal FIFO, frames,
+"""Types of ``ombm._native`` (source: ``_native/``): atomics, futexes, the signal FIFO, frames,
 the fused copy+checksum, the native write path and the RPC lanes.
 
 Every address is an ``int`` (a ``uintptr_t`` in C): 8-byte aligned for the 64-bit operations and
@@ -33,13 +33,22 @@ WAIT_READY: Final[Literal[0]]
 WAIT_TIMEOUT: Final[Literal[1]]
 WAIT_STALLED: Final[Literal[2]]  # the tail moved but the head cell was never published
 
-LANE_VALUE: Final[Literal[0]]  # in the order Python tests them: <= LANE_ERROR_REPLY is a reply
-LANE_REPLY: Final[Literal[1]]
-LANE_ERROR_REPLY: Final[Literal[2]]
-LANE_OTHER: Final[Literal[3]]
-LANE_TIMEOUT: Final[Literal[4]]
-LANE_UNSENT: Final[Literal[5]]
-LANE_NOT_LENT: Final[Literal[6]]
+# CallResult.status, in the order Python tests them: <= LANE_ERROR_REPLY is a reply, >= LANE_UNSENT sent nothing
+LANE_VALUE: Final[Literal[0]]  # the reply's result, unmarshalled
+LANE_REPLY: Final[Literal[1]]  # a reply the lane did not unmarshal: its payload
+LANE_ERROR_REPLY: Final[Literal[2]]  # an error reply: its payload
+LANE_OTHER: Final[Literal[3]]  # another signal, or a frame the lane does not take: the signal
+LANE_TIMEOUT: Final[Literal[4]]  # no signal within the patience
+LANE_STALLED: Final[Literal[5]]  # the FIFO's head cell was claimed and never published
+LANE_UNSENT: Final[Literal[6]]  # the call does not marshal or fit one frame: nothing sent
+LANE_NOT_LENT: Final[Literal[7]]  # the lane holds no call ids: nothing sent
+
+# ServeResult.status, in the order Python tests them: <= SERVE_LEARN a signal came
+SERVE_REQUEST: Final[Literal[0]]  # a request frame the lane did not serve
+SERVE_SIGNAL: Final[Literal[1]]  # any other signal
+SERVE_LEARN: Final[Literal[2]]  # the lane served a request whose wait outlasted learn_ns
+SERVE_TIMEOUT: Final[Literal[3]]  # no signal within timeout_s
+SERVE_STALLED: Final[Literal[4]]  # the FIFO's head cell was claimed and never published
 
 # ---- the shapes of what the lanes take and give
 # a decoded frame: (kind, connection id, message id, fragment index, fragment count, ack, payload, credit)
@@ -62,7 +71,7 @@ class _Unpack(Protocol):
 
 _ExtHook = Callable[[int, bytes], Any]
 
-# ---- atomics (acquire loads, release stores, sequentially consistent read-modify-writes)
+# ---- atomics on shared memory, all sequentially consistent (so loads at least acquire, stores release)
 def addr_of(buffer: ReadableBuffer, /) -> int:
     """The address of a buffer's first byte (the buffer must outlive its use)."""
 
@@ -153,6 +162,73 @@ class Writer(Generic[_R_co]):
 
 # ---- the RPC lanes (ombm.rpc.client, ombm.rpc.server)
 @final
+class CallResult:
+    """What :meth:`CallLane.call` did (made only by the lane; read-only)."""
+
+    @property
+    def status(self) -> int:
+        """A LANE_* constant."""
+
+    @property
+    def value(self) -> Any:
+        """The call's result, any unmarshalled object (LANE_VALUE); the reply's payload bytes (LANE_REPLY,
+        LANE_ERROR_REPLY); else None."""
+
+    @property
+    def waited_ns(self) -> int:
+        """How long the call waited for a signal."""
+
+    @property
+    def call_id(self) -> int:
+        """The call the protocol must settle (a reply after reclaim(): end it; LANE_OTHER, LANE_TIMEOUT,
+        LANE_STALLED: adopt it), 0 if none."""
+
+    @property
+    def segment_id(self) -> int:
+        """The signal's segment (LANE_OTHER), else 0."""
+
+    @property
+    def offset(self) -> int:
+        """The signal's offset (LANE_OTHER), else 0."""
+
+@final
+class ServeResult(Generic[_C, _K]):
+    """What :meth:`RequestIntake.serve` returns (made only by the intake; read-only)."""
+
+    @property
+    def status(self) -> int:
+        """A SERVE_* constant."""
+
+    @property
+    def waited_ns(self) -> int:
+        """How long the last wait for a signal took."""
+
+    @property
+    def connection(self) -> _C | None:
+        """The request's connection (SERVE_REQUEST), else None."""
+
+    @property
+    def fields(self) -> _FrameFields[_K] | None:
+        """The request frame as frame_decode returns it (SERVE_REQUEST), None if it failed its checks."""
+
+    @property
+    def handback(self) -> _Handback | None:
+        """The lane's state, if the lane was on (SERVE_REQUEST), else None."""
+
+    @property
+    def executed(self) -> tuple[bytes, bool] | None:
+        """The reply (payload, error) of a request the lane ran whose reply needs several frames (SERVE_REQUEST),
+        else None."""
+
+    @property
+    def segment_id(self) -> int:
+        """The signal's segment (SERVE_SIGNAL), else 0."""
+
+    @property
+    def offset(self) -> int:
+        """The signal's offset (SERVE_SIGNAL), else 0."""
+
+@final
 class CallLane:
     """A synchronous RPC call's no-loss path in one native call."""
 
@@ -181,10 +257,7 @@ class CallLane:
 
     def call(
         self, method: str, args: tuple[object, ...], kwargs: dict[str, object], spin_ns: int, sleep_ok: bool, /
-    ) -> tuple[int, Any, int, int]:
-        """``(status, value, waited_ns, call_id to settle or 0)``; ``value`` by status: LANE_VALUE the call's
-        result (any unmarshalled object), LANE_REPLY / LANE_ERROR_REPLY the reply payload (bytes), LANE_OTHER
-        ``(segment id, offset)`` of a signal, LANE_TIMEOUT a WAIT_* code, LANE_UNSENT / LANE_NOT_LENT None."""
+    ) -> CallResult: ...
 
     def lend(self, next_id: int, patience_s: float, /) -> None: ...
     def reclaim(self) -> tuple[int, int, int | None, float | None] | None:
@@ -231,15 +304,5 @@ class RequestIntake(Generic[_C, _K]):
     def take(self, segment_id: int, /) -> _Handback | None:
         """The lane's state handed back (the lane is off afterwards), or None if it was off."""
 
-    def serve(
-        self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /
-    ) -> (
-        tuple[_C, _FrameFields[_K] | None, int, _Handback | None, tuple[bytes, bool] | None]
-        | tuple[int, int, int]
-        | tuple[None, None, int]
-        | int
-    ):
-        """What Python must see next: ``(connection, fields or None, waited_ns, handback or None, executed or
-        None)`` for a request frame the lane did not serve; ``(segment id, offset, waited_ns)`` for any other
-        signal; ``(None, None, waited_ns)`` after a served request whose wait outlasted ``learn_ns``; or a
-        WAIT_* code when no signal came within ``timeout_s``."""
+    def serve(self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /) -> ServeResult[_C, _K]:
+        """What Python must see next; ``timeout_s`` bounds the whole call."""

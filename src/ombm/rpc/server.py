@@ -288,7 +288,9 @@ class Server:
             if status <= _SERVE_LEARN:  # a signal came (SERVE_LEARN: the lane served a request)
                 waited(r.waited_ns)
                 if status == _SERVE_REQUEST:
-                    self._take_frame(r.connection, r.fields, r.handback, r.executed, now)
+                    conn = r.connection
+                    assert conn is not None, "a SERVE_REQUEST carries its connection"
+                    self._take_frame(conn, r.fields, r.handback, r.executed, now)
                 elif status == _SERVE_SIGNAL:  # the well-known channel, a nudge
                     receiver.dispatch(r.segment_id, r.offset)
             elif status == _SERVE_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
