@@ -89,35 +89,31 @@ class MachineParams:
     l2_line_us: float = _param(1.12, _PAPER, "§6", "measured L1 fill: one 32-byte line over the L2 bus")
     l3_line_us: float = _param(3.36, _PAPER, "§6", "estimated hardware-supported L2 fill: a line over the L3 bus")
     hop_line_us: float = _param(6.1, _PAPER, "§6", "one fiber-optic hop for 32 bytes")
-    l2_address_fraction: float = _param(1.0, _ASSUMED, "calibrated",
-                                        "an address-only L2-bus transaction (invalidate, request, signal) costs a "
-                                        "whole bus transaction: the 1.12 µs fill is L2-controller latency, not data "
-                                        "beats")
-    lower_address_fraction: float = _param(0.7, _ASSUMED, "calibrated",
-                                           "an address-only packet on the L3 bus or a fiber hop costs 0.7 of a line: "
-                                           "header and latency dominate a 32-byte payload; fitted to the §6 "
-                                           "attribution")
-    lock_bus_transactions: int = _param(3, _ASSUMED, "calibrated",
-                                        "kernel-queue lock: TAS is a locked read and write, release a write; the "
-                                        "68040 performs these on the bus, bypassing its cache")
+    l2_address_fraction: float = _param(1.0, _ASSUMED, "calibrated", "an address-only L2-bus transaction "
+                                        "(invalidate, request, signal) costs a whole bus transaction: the 1.12 µs "
+                                        "fill is L2-controller latency, not data beats")
+    lower_address_fraction: float = _param(0.7, _ASSUMED, "calibrated", "an address-only packet on the L3 bus or a "
+                                           "fiber hop costs 0.7 of a line: header and latency dominate a 32-byte "
+                                           "payload; fitted to the §6 attribution")
+    lock_bus_transactions: int = _param(3, _ASSUMED, "calibrated", "kernel-queue lock: TAS is a locked read and "
+                                        "write, release a write; the 68040 performs these on the bus, bypassing "
+                                        "its cache")
     processors_per_board: int = _param(4, _PAPER, "§3.1.2, §5", "four 68040s share one L2")
-    boards_per_cluster: int = _param(4, _ASSUMED, "geometry",
-                                     "§5's machine has two boards on one L3; four per L3 cluster lets scenario (g) "
-                                     "reach 64 processors; clusters are joined in a line by fiber, so hops = cluster "
-                                     "distance")
+    boards_per_cluster: int = _param(4, _ASSUMED, "geometry", "§5's machine has two boards on one L3; four per L3 "
+                                     "cluster lets scenario (g) reach 64 processors; clusters are joined in a "
+                                     "line by fiber, so hops = cluster distance")
     fifo_entries: int = _param(128, _PAPER, "§3.1.2", "per-processor signal FIFO; a full FIFO drops the signal")
-    l3_software_consistency: bool = _param(False, _PAPER, "§5, §5.2",
-                                           "True on ParaDiGM as built (Table 4 L3 rows), False on §6's future machine")
-    sw_l3_fault_us: float = _param(205.0, _ASSUMED, "calibrated",
-                                   "kernel handling of one conventional coherence miss between boards under software "
-                                   "L3 consistency; fitted to Soft MBM (L3) 1860 µs (§5.2: 'partially-optimized')")
-    sw_l3_signal_us: float = _param(36.0, _ASSUMED, "calibrated",
-                                    "kernel work to make a message unit signalled from another board consistent; "
-                                    "fitted to Opt. MBM (L3) 127 µs")
+    l3_software_consistency: bool = _param(False, _PAPER, "§5, §5.2", "True on ParaDiGM as built (Table 4 L3 "
+                                           "rows), False on §6's future machine")
+    sw_l3_fault_us: float = _param(205.0, _ASSUMED, "calibrated", "kernel handling of one conventional coherence "
+                                   "miss between boards under software L3 consistency; fitted to Soft MBM (L3) "
+                                   "1860 µs (§5.2: 'partially-optimized')")
+    sw_l3_signal_us: float = _param(36.0, _ASSUMED, "calibrated", "kernel work to make a message unit signalled "
+                                    "from another board consistent; fitted to Opt. MBM (L3) 127 µs")
     rtl_entries: int = _param(0, _PAPER, "§3.1.3", "reverse TLB size; 0 = no RTL (the measured system); 4-8 proposed")
     rtl_hit_cycles: int = _param(7, _PAPER, "§3.1.3", "signal to user handler in under 7 cycles on an RTL hit")
-    rtl_load_us: float = _param(1.0, _ASSUMED, "extension",
-                                "kernel loads the missing RTL entry after the standard path: about one mapping step")
+    rtl_load_us: float = _param(1.0, _ASSUMED, "extension", "kernel loads the missing RTL entry after the standard "
+                                "path: about one mapping step")
 
     def cpu_us(self, time_us: float) -> float:
         """Time of a software step of ``time_us`` (at 25 MHz) on this machine's processors."""
