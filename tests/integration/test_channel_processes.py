@@ -210,6 +210,7 @@ def test_zero_copy_arrays_across_processes_hold_the_writer_until_released(procs)
 # ---------------------------------------------------------------- faults (real env vars)
 WRITER = """
 import dataclasses, hashlib, json, sys
+import ombm
 from ombm.channels.stream import Stream
 name, n = sys.argv[1], int(sys.argv[2])
 w = Stream.create(name, slot_bytes=2048, slots=4)
@@ -220,7 +221,8 @@ for i in range(n):
     digest.update(m)
     w.send(m, timeout=60)
 w.flush(60)
-print(json.dumps({"digest": digest.hexdigest(), "stats": dataclasses.asdict(w.statistics())}), flush=True)
+print(json.dumps({"digest": digest.hexdigest(), "stats": dataclasses.asdict(w.statistics()),
+                  "core": ombm.stats()}), flush=True)
 sys.stdin.readline()
 w.close()
 """
@@ -263,7 +265,9 @@ def test_the_stream_repairs_dropped_signals_and_corrupted_frames(procs):
             writer.kill()
             writer.wait()
     assert got["digest"] == sent["digest"]  # every message, in order, exactly once, intact
-    assert got["stats"]["signals_dropped_fault"] > 0  # faults really happened ...
+    # faults really happened both ways: data signals and credit wake-ups were dropped, frames corrupted ...
+    assert sent["core"]["signals_dropped_fault"] > 0 and got["stats"]["signals_dropped_fault"] > 0
+    assert sent["core"]["messages_corrupted_fault"] > 0
     assert got["bad"] > 0 and sent["stats"]["repairs"] > 0  # ... and corrupt frames were repaired
 
 

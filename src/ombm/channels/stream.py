@@ -1,61 +1,54 @@
-"""The reliable stream: ordered, checksummed, flow-controlled messages over channel segments (paper §4).
+"""The reliable stream over channel segments (paper §4): the I/O of the stream protocol.
 
 :class:`Stream` derives from the basic :class:`~ombm.channels.raw.Channel` ("derived classes
-of the basic channel class provide the reliable transport mechanisms").  One writer,
-one reader, two unidirectional segments, both created by the writer:
+of the basic channel class provide the reliable transport mechanisms") and runs on the sans-I/O
+stream protocol, :mod:`ombm.transport.stream_protocol`, the way RPC runs on its protocol: every
+rule of the transport (sequence numbers, fragmentation and reassembly accounting, credit and flow
+control, acknowledgement, the repair timer, end of stream, the counters) lives there.  This module
+owns the I/O: the two segments, signal-on-write, waiting, liveness, buffers and arrays.
 
-* the **data channel** ``name`` (writer read-write, reader read-only): ``slots`` slots;
-  fragment number ``s`` of the stream is a wire frame (:mod:`ombm.transport.wire`: payload +
-  48-byte trailer, checksum last) that *ends* at the end of slot ``s % slots``, so the
-  write of its last byte raises exactly one signal (signal-on-write);
+One writer, one reader, two unidirectional segments, both created by the writer:
+
+* the **data channel** ``name`` (writer read-write, reader read-only): ``slots`` slots, the
+  protocol's window; fragment ``s`` is a DATA frame (payload + 48-byte wire trailer, checksum
+  last, see the protocol) that *ends* at the end of slot ``s % slots``, so the write of its last
+  byte raises exactly one signal (signal-on-write);
 * the **credit channel** ``name + ".credit"`` (reader read-write, writer read-only),
   64-byte units::
 
       0  8s  magic b"OMBMCRD\\x01"   |  8 u64 connection id  (both written by the writer)
      16  u64 reader pid (claimed by CAS: one reader)  | 24 u64 reader start time
      32  u32 reader state (1 open, 2 closed)
-     40  u64 acked     every fragment below it was received (copied out, or validated in place)
+     40  u64 acked     the protocol's acknowledgement: every fragment below it was received
      48  u64 released  every fragment below it is free: its slot may be written again
-    128  8 credit slots of 64 bytes, each a wire CREDIT frame (ack, credit) ending at its end
+    128  8 credit slots of 64 bytes, each a CREDIT frame (ack, credit) ending at its end
 
-DATA frames use the wire trailer's layout: ``message_id`` = fragment number (from 0),
-``frag_index``/``frag_count`` = its place in its message; the stream direction carries
-no acknowledgement, so ``ack`` holds the message's total length and ``credit`` its
-content (0 bytes, 1 numpy array, see :mod:`ombm.channels.arrays`).  Their checksum field has two
-levels (:func:`seal`): the native checksum of ``trailer[0:40]`` followed by the payload's
-own checksum, so that at both ends the payload is copied and checksummed in **one pass**
-(``_native.copy_checksum``; the native checksum cannot be continued from the payload into
-the trailer).  ``wire.decode`` therefore does not validate stream frames; this module does.
+How the protocol's frames and counts travel here:
 
-Rules:
-
-* **Flow control.** The writer may write fragment ``s`` only while ``s < released +
-  slots``: its slot is then free.  A reader that does not keep up (or holds arrays)
-  stops the writer; nothing is lost.  The reader publishes ``acked``/``released`` with
-  atomic stores (``released`` with a locked add: a full barrier) and then reads the
-  writer's *waiting* word in the data control block; the writer sets that word with a
-  compare-and-swap (a full barrier) and re-reads ``released`` before it sleeps
-  (Drepper's protocol): no lost wake-up, and no credit signal unless the writer waits.
-  The waiting word holds the ``released`` count to wake at, half a window ahead
-  (hysteresis: one wake-up per half window, not per slot).  The wake-up is a CREDIT frame
-  (ack, credit) written into the next credit slot.
-* **In-order consumption, no reordering buffer.** The reader always looks at the slot
-  where the next fragment must be: the data stays in place until released.  A signal
-  only says "look now" (so a frame is never validated half-written); a lost signal is
-  repaired by looking again every ``TICK_S``.  Each fragment is copied out once with
-  the checksum folded into the copy (``_native.copy_checksum``), straight to its place
-  in the message (into a reused buffer when the application dropped an earlier one);
-  a torn or corrupt frame fails the checksum and is looked at again.
-* **Repair.** A fragment not acknowledged for an RTO (0.1 s, doubling up to 2 s) is
-  checked in its slot: intact, it is signalled again; corrupt, it is written again
-  from the sender's source.  ``bytes`` sources are kept by reference (no copy); any
-  other buffer is referenced too and must not change until :meth:`Stream.flush`
-  returns: if it did, the stream breaks rather than deliver changed data.  Repairs
-  run inside ``send``/``flush``/``close`` (no timer thread).
-* **Liveness.** A waiting end checks its peer (pid + start time) every ``TICK_S``: a
-  dead or closed reader makes ``send`` raise :class:`~ombm.ChannelBrokenError`; a
-  closed writer ends the stream (:class:`~ombm.channels.raw.EndOfStream` after the last
-  message), a dead one breaks it.  A timeout never loses or duplicates a message.
+* **Acknowledgement and credit as words.**  The reader publishes ``acked``/``released`` with
+  atomic stores (``released`` with a locked add: a full barrier) and then reads the writer's
+  *waiting* word in the data control block; the writer reads both words into its protocol.  The
+  writer sets the waiting word (the protocol's wake target) with a compare-and-swap (a full
+  barrier) and re-reads ``released`` before it sleeps (Drepper's protocol): no lost wake-up, and
+  no credit signal unless the writer waits.  The wake-up is the protocol's CREDIT frame, written
+  into the next credit slot; the writer passes it to its protocol too.
+* **In-order consumption, no reordering buffer.**  The reader always looks at the slot where the
+  protocol's next fragment must be: the data stays in place until released.  A signal only says
+  "look now" (so a frame is never validated half-written); a lost signal is repaired by looking
+  again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
+  (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
+  application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
+  again.  ``wire.decode`` does not validate stream frames (see :func:`~ombm.transport.stream_protocol.seal`).
+* **Repair.**  A fragment the protocol finds due (unacknowledged for an RTO: 0.1 s, doubling up
+  to 2 s) is checked in its slot: intact, it is signalled again; corrupt, it is written again
+  from the sender's source.  ``bytes`` sources are kept by reference (no copy); any other
+  buffer is referenced too and must not change until :meth:`Stream.flush` returns: if it did,
+  the stream breaks rather than deliver changed data.  Repairs run inside
+  ``send``/``flush``/``close`` (no timer thread).
+* **Liveness.**  A waiting end checks its peer (pid + start time) every ``TICK_S``: a dead or
+  closed reader makes ``send`` raise :class:`~ombm.ChannelBrokenError`; a closed writer ends the
+  stream (:class:`~ombm.channels.raw.EndOfStream` after the last message, if the protocol is
+  between messages), a dead one breaks it.  A timeout never loses or duplicates a message.
 
 One thread at a time per end; :meth:`ArrayView.release` may come from any thread.
 """
@@ -66,8 +59,8 @@ import struct
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Union
 
 from ombm import _layout as L
 from ombm import _native
@@ -76,11 +69,16 @@ from ombm.core import segment as _segment
 from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_trailer
 from ombm.channels.raw import CACHE_LINE, CTRL_STATE, CTRL_WAKE_AT, KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
-from ombm.errors import ChannelBrokenError, FrameError, ReadOnlyError, SegmentExistsError
+from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, WouldBlock
 from ombm.transport import wire
 from ombm.transport.rpc_protocol import split
+from ombm.transport.stream_protocol import ARRAY, BYTES, MORE, REFUSED, Probe, StreamReceiver, StreamSender
+from ombm.transport.stream_protocol import seal, unseal
 from ombm.core.signals import Receiver, signal as _signal
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["Stream", "StreamStats", "DEFAULT_SLOT_BYTES", "DEFAULT_SLOTS"]
 
@@ -89,13 +87,11 @@ DEFAULT_SLOTS = 8
 SLOT_ROOM = 256  # per slot beyond slot_bytes: the 48-byte trailer, an array header and its pad
 RTO_MIN_S, RTO_MAX_S = 0.1, 2.0
 
-# the wire trailer, used in place (wire owns the layout; see the report on exporting these)
+# the wire trailer, used in place (wire owns the layout)
 _HEAD, _SUM, _TAIL = wire.TRAILER_HEAD, wire.TRAILER_SUM, wire.TRAILER_TAIL
 TRAILER = wire.TRAILER_SIZE
-_HEAD_SIZE = _HEAD.size  # 40: the part the checksum covers
 _PEEK = struct.Struct("<QQ")  # the trailer's first fields: connection id, fragment number
 _DATA, _MAGIC = int(wire.Kind.DATA), wire.MAGIC
-BYTES, ARRAY = 0, 1
 _AGAIN = object()  # a fragment was taken, the message is not complete yet
 
 CREDIT_SUFFIX = ".credit"
@@ -112,6 +108,9 @@ _monotonic = time.monotonic
 
 @dataclass(frozen=True, slots=True)
 class StreamStats:
+    """A stream end's counters (the protocol's and this end's I/O).  ``bytes_sent``/``bytes_received``
+    count message payload bytes as framed (an array's header and pad included)."""
+
     messages_sent: int
     fragments_sent: int
     bytes_sent: int
@@ -125,13 +124,6 @@ class StreamStats:
     bad_frames: int       # reader: frames that failed the checksum (torn, corrupt): looked at again
     credit_signals: int   # reader: wake-ups sent to a waiting writer
     held_slots: int       # reader: fragments received and not released (arrays in use)
-
-
-def seal(head: bytes, payload_checksum: int) -> int:
-    """A stream frame's checksum: the native checksum of the trailer's first 40 bytes
-    followed by the payload's own checksum (two levels, so that the payload is copied and
-    checksummed in one pass at both ends; the native checksum cannot be continued)."""
-    return _checksum(head + _SUM.pack(payload_checksum))
 
 
 class _BufferPool:
@@ -190,10 +182,10 @@ class _ArraySource:
 
     __slots__ = ("array", "nbytes", "pad", "header")
 
-    def __init__(self, array, nbytes: int, pad: int, header: bytes) -> None:
+    def __init__(self, array: Any, nbytes: int, pad: int, header: bytes) -> None:
         self.array, self.nbytes, self.pad, self.header = array, nbytes, pad, header
 
-    def fill(self, wbuf, start: int) -> int:
+    def fill(self, wbuf: memoryview, start: int) -> int:
         """Write the payload at ``start``; return its checksum."""
         import numpy as np
 
@@ -205,7 +197,21 @@ class _ArraySource:
         wbuf[at:at + self.pad] = bytes(self.pad)
         end = at + self.pad + len(self.header)
         wbuf[at + self.pad:end] = self.header
-        return _checksum(wbuf[start:end])
+        checksum: int = _checksum(wbuf[start:end])
+        return checksum
+
+
+# A fragment's source: bytes, a view of the caller's buffer, or a single-slot array.
+_Source = Union[bytes, memoryview, _ArraySource]
+# The writer's record of a sent fragment, kept by its protocol until acknowledged:
+# (seq, index, count, total, content, source, payload length, frame checksum).
+_Record = tuple[int, int, int, int, int, _Source, int, int]
+
+
+def _timeout_error(message: str, partial: bool) -> ChannelTimeout:
+    exc = ChannelTimeout(message)
+    setattr(exc, "partial", partial)  # whether part of the message went (documented on send)
+    return exc
 
 
 class Stream(Channel):
@@ -215,6 +221,9 @@ class Stream(Channel):
     """
 
     KIND = KIND_STREAM
+    max_payload: int
+    _tx: StreamSender[_Record]
+    _rx: StreamReceiver
 
     # ================================================================ writer
     @classmethod
@@ -240,7 +249,7 @@ class Stream(Channel):
             with credit.bind(writable=True) as init:
                 init.buffer[CR_CONN:CR_CONN + 8] = conn.to_bytes(8, "little")
                 init.buffer[0:8] = CREDIT_MAGIC  # published last
-            self = cls._create(name, slot_size, slots, connection_id=conn)
+            self: Stream = cls._create(name, slot_size, slots, connection_id=conn)
         except BaseException:
             credit.release()
             raise
@@ -259,18 +268,21 @@ class Stream(Channel):
         self.max_payload = self.slot_size - TRAILER
         self._wbuf = self._buf
         self._write = self.region.write
-        self._next_seq = 0
-        self._acked = 0
-        self._limit = self.slots
-        self._unacked: deque[list] = deque()  # [seq, index, count, total, ctype, source, plen, csum, sent_at]
-        self._partial: list | None = None  # [pieces, next index, count, total, ctype, started]
-        self._rto = RTO_MIN_S
+        self._tx = StreamSender(self.connection_id, self.slots, min_rto=RTO_MIN_S, max_rto=RTO_MAX_S)
+        self._pieces: list[_Source] | None = None  # the message being sent (the protocol counts it)
         self._reader_checked = 0.0
-        self._messages_sent = self._fragments_sent = self._bytes_sent = 0
         self._resignals = self._repairs = self._waits = 0
+        tx, creg, cbase = self._tx, self._creg, self._cbase
+
+        def on_credit_frame(address: int) -> None:
+            """A CREDIT frame woke us: the protocol takes its counts (the words say the same).
+            A closure, not a method: the receiver must not keep the stream alive."""
+            at = address - cbase
+            tx.receive_frame(creg.buffer[at:at + CREDIT_UNIT], _monotonic())
+
         receiver = Receiver()
         try:
-            receiver.add_handler(self._cbase + CREDIT_FIRST, CREDIT_SLOTS * CREDIT_UNIT, _ignore)
+            receiver.add_handler(cbase + CREDIT_FIRST, CREDIT_SLOTS * CREDIT_UNIT, on_credit_frame)
         except BaseException:
             receiver.close()
             raise
@@ -281,15 +293,16 @@ class Stream(Channel):
         if not self.writable:
             raise ReadOnlyError(f"stream {self.name!r} was opened for reading: it cannot send")
 
-    def _fragments(self, data) -> tuple[list, int]:
-        if type(data) is not bytes:
-            try:
-                data = memoryview(data).cast("B")
-            except TypeError:
-                raise TypeError(f"a message must be bytes-like, not {type(data).__name__}") from None
-        return split(data, self.max_payload), len(data)
+    def _fragments(self, data: Buffer) -> tuple[list[_Source], int]:
+        if type(data) is bytes:
+            return split(data, self.max_payload), len(data)
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(f"a message must be bytes-like, not {type(data).__name__}") from None
+        return split(view, self.max_payload), len(view)
 
-    def send(self, data, timeout: float | None = None) -> None:
+    def send(self, data: Buffer, timeout: float | None = None) -> None:
         """Send one message (bytes-like, any size), waiting for credit up to ``timeout``.
 
         :class:`~ombm.channels.raw.ChannelTimeout` if the reader did not make room in time
@@ -302,21 +315,22 @@ class Stream(Channel):
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
 
-    def _send(self, pieces: list, total: int, ctype: int, timeout: float | None) -> None:
-        deadline = None if timeout is None else _monotonic() + timeout
-        self._check_reader(force_tick=False)
-        if self._partial is not None:
+    def _send(self, pieces: list[_Source], total: int, content: int, timeout: float | None) -> None:
+        now = _monotonic()
+        deadline = None if timeout is None else now + timeout
+        self._check_reader(now)
+        tx = self._tx
+        if tx.count:
             try:
-                self._push(deadline)  # the rest of a message an earlier timeout interrupted
+                self._push(deadline, now)  # the rest of a message an earlier timeout interrupted
             except ChannelTimeout:
-                exc = ChannelTimeout(f"stream {self.name!r}: still sending the rest of an earlier message; "
-                                     "this one was not sent")
-                exc.partial = False
-                raise exc from None
-        self._partial = [pieces, 0, len(pieces), total, ctype, False]
-        self._push(deadline)
+                raise _timeout_error(f"stream {self.name!r}: still sending the rest of an earlier message; "
+                                     "this one was not sent", False) from None
+        tx.begin(len(pieces), total, content)
+        self._pieces = pieces
+        self._push(deadline, now)
 
-    def send_nowait(self, data) -> None:
+    def send_nowait(self, data: Buffer) -> None:
         """Send one message now or raise :class:`~ombm.WouldBlock` (nothing sent) if the window is full.
 
         A message of more fragments than the window can never go without waiting:
@@ -326,36 +340,39 @@ class Stream(Channel):
         pieces, total = self._fragments(data)
         self._nowait(pieces, total, BYTES)
 
-    def _nowait(self, pieces: list, total: int, ctype: int) -> None:
+    def _nowait(self, pieces: list[_Source], total: int, content: int) -> None:
         count = len(pieces)
         if count > self.slots:
             raise ValueError(f"a message of {count} fragments never fits the window of {self.slots} "
                              "slots at once: use send(), which streams it")
-        self._check_reader(force_tick=False)
-        if self._partial is not None and not self._push(None, nowait=True):
+        now = _monotonic()
+        self._check_reader(now)
+        tx = self._tx
+        if tx.count and not self._push(None, now, nowait=True):
             raise WouldBlock(f"stream {self.name!r} is still sending the previous message")
-        if self._next_seq + count > self._limit:
-            self._refresh()
-            if self._next_seq + count > self._limit:
-                self._service()
+        if tx.next_seq + count > tx.limit:
+            self._refresh(now)
+            if tx.next_seq + count > tx.limit:
+                self._service(now)
                 raise WouldBlock(f"stream {self.name!r} is full: the reader has not released enough slots")
-        self._partial = [pieces, 0, count, total, ctype, False]
-        self._push(None, nowait=True)
+        tx.begin(count, total, content)
+        self._pieces = pieces
+        self._push(None, now, nowait=True)
 
-    def send_array(self, array, timeout: float | None = None) -> None:
+    def send_array(self, array: Any, timeout: float | None = None) -> None:
         """Send a numpy array; the reader gets it with :meth:`recv_array` (zero copy if it fits a slot)."""
         self._check_writer_side()
         timeout = check_timeout(timeout)
         pieces, total = self._array_pieces(array)
         self._send(pieces, total, ARRAY, timeout)
 
-    def send_array_nowait(self, array) -> None:
+    def send_array_nowait(self, array: Any) -> None:
         """:meth:`send_array` or :class:`~ombm.WouldBlock`."""
         self._check_writer_side()
         pieces, total = self._array_pieces(array)
         self._nowait(pieces, total, ARRAY)
 
-    def _array_pieces(self, array) -> tuple[list, int]:
+    def _array_pieces(self, array: Any) -> tuple[list[_Source], int]:
         array = check_array(array)
         header = pack_header(array)
         nbytes = array.nbytes
@@ -366,84 +383,76 @@ class Stream(Channel):
         payload = array.tobytes() + header  # larger than a slot: fragmented, arrives as a copy
         return split(payload, self.max_payload), len(payload)
 
-    def _push(self, deadline: float | None, nowait: bool = False) -> bool:
-        """Write the pending message's fragments as credit allows; True once all are written."""
-        partial = self._partial
-        pieces, index, count, total, ctype, _ = partial
-        unacked, slots = self._unacked, self.slots
-        while index < count:
-            seq = self._next_seq
-            if seq >= self._limit and not self._refresh():
-                partial[1] = index
+    def _push(self, deadline: float | None, now: float, nowait: bool = False) -> bool:
+        """Write the message's fragments as credit allows; True once all are written.
+
+        ``now`` is taken once per call (and after each wait): the protocol only times repairs."""
+        tx = self._tx
+        pieces = self._pieces
+        assert pieces is not None
+        count, total, content = tx.count, tx.total, tx.content
+        while True:
+            seq = tx.next_seq
+            if seq >= tx.limit and not self._refresh(now):
                 if nowait:
                     return False
-                self._block(deadline)
+                self._block(deadline, now)
+                now = _monotonic()
                 continue
+            index = tx.index
             source = pieces[index]
-            plen = total if type(source) is _ArraySource else len(source)
-            csum = self._emit(seq, index, count, total, ctype, source, plen, slots)
-            unacked.append([seq, index, count, total, ctype, source, plen, csum, _monotonic()])
-            self._next_seq = seq + 1
-            self._fragments_sent += 1
-            index += 1
-            partial[5] = True
-        self._partial = None
-        self._messages_sent += 1
-        self._bytes_sent += total
-        if unacked and _monotonic() - unacked[0][8] >= self._rto:
-            self._service()
+            plen = total if type(source) is _ArraySource else len(source)  # type: ignore[arg-type]
+            csum = self._emit(seq, index, count, total, content, source, plen)
+            if tx.sent((seq, index, count, total, content, source, plen, csum), now):
+                break
+        self._pieces = None
+        timer = tx.deadline
+        if timer is not None and now >= timer:
+            self._service(now)
         return True
 
-    def _emit(self, seq, index, count, total, ctype, source, plen, slots) -> int:
+    def _emit(self, seq: int, index: int, count: int, total: int, content: int, source: _Source,
+              plen: int) -> int:
         """Write one DATA frame ending at its slot's end; its checksum, stored last, signals.
 
         The payload is copied and checksummed in one pass; the frame checksum seals
-        the trailer and that payload checksum (see :func:`seal`)."""
-        end = self.first + (seq % slots + 1) * self.slot_size
+        the trailer and that payload checksum (see :func:`~ombm.transport.stream_protocol.seal`)."""
+        end = self.first + (seq % self.slots + 1) * self.slot_size
         start = end - TRAILER - plen
         wbuf = self._wbuf
         if type(source) is _ArraySource:
             psum = source.fill(wbuf, start)
         else:
             psum = _copy_checksum(wbuf[start:start + plen], source)
-        head = _HEAD.pack(self.connection_id, seq, total, plen, ctype, index, count, _DATA, 0, _MAGIC)
+        head = _HEAD.pack(self.connection_id, seq, total, plen, content, index, count, _DATA, 0, _MAGIC)
         wbuf[end - TRAILER:end - 8] = head
         csum = seal(head, psum)
         self._write(end - 8, _SUM.pack(csum))  # completes the slot: one signal
         return csum
 
-    def _refresh(self) -> bool:
-        """Read the reader's counters; True if the next fragment may be written."""
+    def _refresh(self, now: float) -> bool:
+        """Read the reader's counts into the protocol; True if the next fragment may be written."""
         cbase = self._cbase
-        released = _load64(cbase + CR_RELEASED)
-        acked = _load64(cbase + CR_ACKED)
-        acked = min(acked, self._next_seq)  # a confused or hostile reader cannot open more
-        released = min(released, acked)
-        if acked > self._acked:
-            self._acked = acked
-            unacked = self._unacked
-            while unacked and unacked[0][0] < acked:
-                unacked.popleft()
-            self._rto = RTO_MIN_S
-        if released + self.slots > self._limit:
-            self._limit = released + self.slots
-        return self._next_seq < self._limit
+        released = _load64(cbase + CR_RELEASED)  # before acked: released <= acked at the reader
+        return self._tx.on_credit(_load64(cbase + CR_ACKED), released, now)
 
-    def _block(self, deadline: float | None) -> None:
+    def _block(self, deadline: float | None, now: float) -> None:
         """Sleep until the reader signals credit, a tick passes, or the deadline (ChannelTimeout).
 
-        The writer asks to be woken only once half a window is free again (hysteresis):
-        a wake-up through the kernel costs tens of µs, once per half window, not per slot.
+        The writer asks to be woken only once half a window is free again (the protocol's
+        wake target): a wake-up through the kernel costs tens of µs, once per half window,
+        not per slot.
         """
-        self._check_reader(force_tick=False)
-        self._service()
+        self._check_reader(now)
+        self._service(now)
+        tx = self._tx
+        tx.blocked(now)
         wake_at = self._base + CTRL_WAKE_AT
-        seq = self._next_seq
-        target = min(seq, seq + 1 - self.slots + self.slots // 2)
+        target = tx.wake_target()
         if not _cas64(wake_at, 0, target):  # a full barrier before re-reading the counters
             _store64(wake_at, target)
         try:
-            if self._refresh():
+            if self._refresh(now):
                 return
             self._waits += 1
             if not self._wait(deadline):
@@ -452,86 +461,85 @@ class Stream(Channel):
             _store64(wake_at, 0)
 
     def _timeout(self) -> None:
-        partial = self._partial
-        started = partial is not None and partial[5]
-        if partial is not None and not started:
-            self._partial = None  # not one fragment went: the message was not sent
-        exc = ChannelTimeout(
+        tx = self._tx
+        started = bool(tx.count) and not tx.abandon()
+        if not tx.count:
+            self._pieces = None  # not one fragment went: the message was not sent
+        raise _timeout_error(
             f"stream {self.name!r}: the reader did not make room in time"
             + ("; the rest of the message is sent first by the next send()/flush()" if started else
-               "; the message was not sent"))
-        exc.partial = started
-        raise exc
+               "; the message was not sent"), started)
 
-    def _check_reader(self, force_tick: bool) -> None:
+    def _check_reader(self, now: float) -> None:
         cbase = self._cbase
         if _load32(cbase + CR_STATE) == STATE_CLOSED:
             raise ChannelBrokenError(f"the reader closed stream {self.name!r}")
-        now = _monotonic()
-        if force_tick or now - self._reader_checked >= TICK_S:
+        if now - self._reader_checked >= TICK_S:
             self._reader_checked = now
             pid, start = _load64(cbase + CR_PID), _load64(cbase + CR_START)
             if pid and start and not namespace.is_alive(pid, start):
                 raise ChannelBrokenError(f"the reader of stream {self.name!r} died")
 
-    def _service(self) -> None:
-        """Repair the oldest unacknowledged fragment if it waited an RTO (paper §4's timer)."""
-        unacked = self._unacked
-        if not unacked:
+    def _service(self, now: float) -> None:
+        """Run the protocol's repair timer (paper §4's timer); repair the fragment it finds due."""
+        timer = self._tx.deadline
+        if timer is None or now < timer:
             return
-        now = _monotonic()
-        if now - unacked[0][8] < self._rto:
-            return
-        self._refresh()
-        if not unacked:
-            return
-        entry = unacked[0]
-        seq, index, count, total, ctype, source, plen, csum, _ = entry
+        self._refresh(now)  # an acknowledgement restarts the timer; a probe's answer is in the words
+        due = self._tx.handle_timer(now)
+        if due is not None and not isinstance(due, Probe):
+            self._repair(due)
+
+    def _repair(self, record: _Record) -> None:
+        """Intact in its slot: signal it again (its signal was lost, or the reader is slow);
+        corrupt: write it again from its source."""
+        seq, index, count, total, content, source, plen, csum = record
         end = self.first + (seq % self.slots + 1) * self.slot_size
         wbuf = self._wbuf
         trailer = bytes(wbuf[end - TRAILER:end])
-        if seal(trailer[:_HEAD_SIZE], _checksum(wbuf[end - TRAILER - plen:end - TRAILER])) == csum == \
-                _SUM.unpack_from(trailer, _HEAD_SIZE)[0]:
-            _signal(self._base + end - self.slot_size)  # intact: its signal was lost, or the reader is slow
+        if _SUM.unpack_from(trailer, TRAILER - 8)[0] == csum and \
+                unseal(trailer, _checksum(wbuf[end - TRAILER - plen:end - TRAILER])) is not None:
+            _signal(self._base + end - self.slot_size)
             self._resignals += 1
-        else:
-            if self._emit(seq, index, count, total, ctype, source, plen, self.slots) != csum:
-                raise ChannelBrokenError(
-                    f"stream {self.name!r}: the buffer passed to send() changed before the reader "
-                    "acknowledged it, and its frame needs repair: pass bytes, or do not modify it "
-                    "before flush() returns")
-            self._repairs += 1
-        entry[8] = now
-        self._rto = min(self._rto * 2, RTO_MAX_S)
+            return
+        if self._emit(seq, index, count, total, content, source, plen) != csum:
+            raise ChannelBrokenError(
+                f"stream {self.name!r}: the buffer passed to send() changed before the reader "
+                "acknowledged it, and its frame needs repair: pass bytes, or do not modify it "
+                "before flush() returns")
+        self._repairs += 1
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far was received by the reader (repairing as needed)."""
         self._check_writer_side()
         timeout = check_timeout(timeout)
-        deadline = None if timeout is None else _monotonic() + timeout
-        if self._partial is not None:
-            self._push(deadline)
+        now = _monotonic()
+        deadline = None if timeout is None else now + timeout
+        tx = self._tx
+        if tx.count:
+            self._push(deadline, now)
         wake_at = self._base + CTRL_WAKE_AT
         while True:
-            self._refresh()
-            if not self._unacked:
+            now = _monotonic()
+            self._refresh(now)
+            if not tx.unacked:
                 return
-            self._check_reader(force_tick=False)
-            self._service()
-            if not _cas64(wake_at, 0, self._next_seq):  # a full barrier, then look again
-                _store64(wake_at, self._next_seq)
+            self._check_reader(now)
+            self._service(now)
+            if not _cas64(wake_at, 0, tx.next_seq):  # a full barrier, then look again
+                _store64(wake_at, tx.next_seq)
             try:
-                self._refresh()
-                if not self._unacked:
+                self._refresh(now)
+                if not tx.unacked:
                     return
                 waited = self._wait(deadline)
             finally:
                 _store64(wake_at, 0)
             if not waited:
-                self._refresh()
-                if not self._unacked:
+                self._refresh(_monotonic())
+                if not tx.unacked:
                     return
-                raise ChannelTimeout(f"stream {self.name!r}: {len(self._unacked)} fragments not "
+                raise ChannelTimeout(f"stream {self.name!r}: {tx.unacked} fragments not "
                                      f"acknowledged within {timeout} s")
 
     # ================================================================ reader
@@ -542,7 +550,7 @@ class Stream(Channel):
         A stream has one reader: ``SegmentExistsError`` if a live one has it open;
         ``ChannelBrokenError`` if its reader died (the stream is broken for good).
         """
-        self = cls._open(name, timeout)
+        self: Stream = cls._open(name, timeout)
         try:
             self._setup_reader()
         except BaseException:
@@ -577,15 +585,14 @@ class Stream(Channel):
         _store64(cbase + CR_START, start)
         _store32(cbase + CR_STATE, STATE_OPEN)
         self.max_payload = self.slot_size - TRAILER
-        self._expected = 0
-        self._released = self._published = 0
-        self._released_out_of_order: set[int] = set()
-        self._msg: list | None = None  # reassembly: [data, view, count, total, ctype, next index, pos]
+        self._rx = StreamReceiver(self.connection_id, self.slots, self.max_payload)
+        self._published = 0  # the released count in shared memory
+        self._data: bytearray | None = None  # the message being reassembled (the protocol counts it)
+        self._view: memoryview | None = None
         self._pool = _BufferPool()
         self._credit_next = 0
         self._flags = bytearray(b"\x01" * self.slots)  # look at every slot once: frames may predate us
-        self._messages_received = self._fragments_received = self._bytes_received = 0
-        self._bad = self._credit_signals = 0
+        self._credit_signals = 0
         flags, base, first, size = self._flags, self._base, self.first, self.slot_size
 
         def on_signal(address: int) -> None:
@@ -598,7 +605,7 @@ class Stream(Channel):
         if self.writable:
             raise TypeError(f"stream {self.name!r} is the writing end: it cannot receive")
 
-    def recv(self, timeout: float | None = None):
+    def recv(self, timeout: float | None = None) -> bytearray | ArrayView:
         """The next message: a ``bytearray`` you own (an :class:`ArrayView` for an array).
 
         Waits up to ``timeout`` (``None``: forever): :class:`~ombm.channels.raw.ChannelTimeout`;
@@ -608,31 +615,32 @@ class Stream(Channel):
         self._check_reader_side()
         return self._recv(check_timeout(timeout), None)
 
-    def recv_nowait(self):
+    def recv_nowait(self) -> bytearray | ArrayView:
         """:meth:`recv` without waiting: :class:`~ombm.WouldBlock` if no whole message is there."""
         self._check_reader_side()
         msg = self._poll(True, None)
         if msg is None:
-            self._receiver.dispatch_pending()
+            self._receiver.dispatch_pending()  # type: ignore[union-attr]  # the reader's own, set at open
             msg = self._poll(True, None)
         if msg is None:
             self._check_writer()
             raise WouldBlock(f"no complete message on stream {self.name!r}")
         return msg
 
-    def recv_array(self, timeout: float | None = None, *, copy: bool = False):
+    def recv_array(self, timeout: float | None = None, *, copy: bool = False) -> Any:
         """The next message, which must be an array: an :class:`ArrayView` (or, with ``copy``, an ndarray).
 
         ``TypeError`` (the message stays) if the next message is bytes.
         """
         self._check_reader_side()
         view = self._recv(check_timeout(timeout), ARRAY)
+        assert isinstance(view, ArrayView)
         if not copy:
             return view
         with view:
             return view.copy()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytearray | ArrayView]:
         """Messages until the writer closes the stream."""
         while True:
             try:
@@ -640,9 +648,10 @@ class Stream(Channel):
             except EndOfStream:
                 return
 
-    def _recv(self, timeout: float | None, want: int | None):
+    def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
         deadline = None if timeout is None else _monotonic() + timeout
         receiver = self._receiver
+        assert receiver is not None
         force = False
         while True:
             msg = self._poll(force, want)
@@ -675,17 +684,17 @@ class Stream(Channel):
 
     def _check_writer(self) -> None:
         if self.writer_state() == STATE_CLOSED:
-            if self._msg is None:
+            if self._rx.between_messages:
                 raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
             raise ChannelBrokenError(f"the writer closed stream {self.name!r} in the middle of a message")
         if not self.writer_alive():
             raise ChannelBrokenError(f"the writer of stream {self.name!r} died")
 
-    def _poll(self, force: bool, want: int | None):
+    def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:
         """Take the fragments that are there, in order; the message they complete, or None."""
-        flags, buf, slots, size, conn = self._flags, self._buf, self.slots, self.slot_size, self.connection_id
+        flags, buf, slots, size, conn, rx = self._flags, self._buf, self.slots, self.slot_size, self.connection_id, self._rx
         while True:
-            seq = self._expected
+            seq = rx.expected
             slot = seq % slots
             end = self.first + (slot + 1) * size
             if _PEEK.unpack_from(buf, end - TRAILER) != (conn, seq):
@@ -697,128 +706,109 @@ class Stream(Channel):
             if msg is _AGAIN:
                 force = True  # the next fragment may have been signalled while we copied
                 continue
-            return msg
+            return msg  # type: ignore[return-value]  # not _AGAIN: a message or None
 
-    def _take(self, seq: int, end: int, want: int | None):
+    def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | object | None:
         """Validate and take the fragment ``seq`` ending at ``end``.
 
         The trailer read from the slot is only a hint (the slot may be mid-write when
         a tick forces a look): every field used is re-read from a checksummed private
-        copy, and a copy that disagrees with the hint is looked at again later.  A
-        checksummed fragment that does not fit where it must be is a broken writer:
-        :class:`~ombm.FrameError`.
+        copy, and a copy that disagrees with the hint is looked at again later.  The
+        protocol checks that a checksummed fragment fits where it must be
+        (:class:`~ombm.FrameError` if not: a broken writer).
         """
-        buf = self._buf
+        buf, rx = self._buf, self._rx
         hint = _TAIL.unpack_from(buf, end - 24)
-        plen, ctype, index, count, kind, _flags, magic, csum = hint
+        plen, content, _index, count, kind, _flags, magic, _csum = hint
         if plen > self.max_payload or kind != _DATA or magic != _MAGIC:
-            self._bad += 1
+            rx.bad_frames += 1
             return None
         start = end - TRAILER - plen
         payload = buf[start:start + plen]
-        msg = self._msg
-        if msg is None and count == 1:
-            if ctype == ARRAY:
-                return self._take_array(seq, start, end, hint, want)
-            out = self._pool.get(plen)
-            head = self._copy_out(out, payload, end, hint)
+        if rx.between_messages:
+            if count == 1:
+                if content == ARRAY:
+                    return self._take_array(seq, start, end, hint, want)
+                out = self._pool.get(plen)
+                head = self._sealed_head(end, hint, _copy_checksum(out, payload))
+                if head is None:
+                    return None
+                if rx.accept(head, want) == REFUSED:
+                    self._refuse(content)
+                self._acknowledge(seq)
+                self._release_seq(seq)
+                return out
+            # the first of several: its checksummed trailer tells the message's length
+            head = self._sealed_head(end, hint, _checksum(payload))
             if head is None:
                 return None
-            self._verify(head, seq, 0, 1, plen)
-            self._want(want, ctype)
-            self._consumed(seq, plen)
-            self._release_seq(seq)
-            self._messages_received += 1
-            return out
-        if msg is None:  # the first of several: its trailer tells the message's length
-            head = self._sealed_head(buf, end, hint, _checksum(payload))
-            if head is None:
-                return None
-            self._verify(head, seq, 0, None, None)
-            self._want(want, ctype)
-            total = head[2]
-            data = self._pool.get(total)
+            if rx.check(head, want) == REFUSED:
+                self._refuse(content)
+            data = self._pool.get(head[2])
             view = memoryview(data)
             if self._copy_out(view[:plen], payload, end, hint) is None:
                 view.release()
                 return None
-            self._consumed(seq, plen)
+            rx.accept(head)
+            self._acknowledge(seq)
             self._release_seq(seq)
-            self._msg = [data, view, count, total, ctype, 1, plen]
+            self._data, self._view = data, view
             return _AGAIN
-        data, view, count, total, ctype, nidx, pos = msg
-        if pos + plen > total:
-            self._bad += 1
+        data, view = self._data, self._view
+        assert data is not None and view is not None
+        pos = rx.position
+        if pos + plen > rx.total:
+            rx.bad_frames += 1
             return None
         head = self._copy_out(view[pos:pos + plen], payload, end, hint)
         if head is None:
             return None
-        self._verify(head, seq, nidx, count, total)
-        if nidx == count - 1 and pos + plen != total:
-            raise FrameError(f"stream {self.name!r}: the last fragment of a message has the wrong length")
-        self._consumed(seq, plen)
+        done = rx.accept(head) != MORE
+        self._acknowledge(seq)
         self._release_seq(seq)
-        pos += plen
-        nidx += 1
-        if nidx < count:
-            msg[5], msg[6] = nidx, pos
+        if not done:
             return _AGAIN
-        self._msg = None
+        self._data = self._view = None
         view.release()
-        self._messages_received += 1
-        if ctype == ARRAY:
+        if head[4] == ARRAY:
             return self._array_copy(data, seq)
         return data
 
-    def _copy_out(self, out, payload, end: int, hint: tuple):
+    def _copy_out(self, out: memoryview | bytearray, payload: memoryview, end: int,
+                  hint: tuple[int, ...]) -> tuple[int, ...] | None:
         """Copy ``payload`` to ``out`` with its checksum in the same pass; the trailer's fields
         if the copy is sealed by the trailer, else None (torn, corrupt, or being written)."""
-        return self._sealed_head(self._buf, end, hint, _copy_checksum(out, payload))
+        return self._sealed_head(end, hint, _copy_checksum(out, payload))
 
-    def _sealed_head(self, buf, end: int, hint: tuple, psum: int):
-        trailer = bytes(buf[end - TRAILER:end])  # a private copy: every field comes from it
-        if seal(trailer[:_HEAD_SIZE], psum) != _SUM.unpack_from(trailer, _HEAD_SIZE)[0]:
-            self._bad += 1
+    def _sealed_head(self, end: int, hint: tuple[int, ...], psum: int) -> tuple[int, ...] | None:
+        head = unseal(bytes(self._buf[end - TRAILER:end]), psum)  # a private copy: every field comes from it
+        if head is None:
+            self._rx.bad_frames += 1
             return None
-        head = _HEAD.unpack_from(trailer, 0)
         if head[3:10] != hint[:7]:
             return None  # the hint was read while the slot changed: look again
         return head
 
-    def _verify(self, head: tuple, seq: int, index: int, count: int | None, total: int | None) -> None:
-        """A checksummed trailer must be the fragment expected here (``count`` None: the
-        first of a multi-fragment message)."""
-        conn, seq2, total2, plen, ctype, index2, count2, _kind, flags, _magic = head
-        mp = self.max_payload
-        ok = conn == self.connection_id and seq2 == seq and index2 == index and flags == 0 and ctype in (BYTES, ARRAY)
-        if count is None:
-            ok = ok and count2 >= 2 and plen == mp and (count2 - 1) * mp < total2 <= count2 * mp
-        else:
-            ok = ok and count2 == count and total2 == total and (index == count - 1 or plen == mp)
-        if not ok:
-            raise FrameError(f"stream {self.name!r}: fragment {seq} is not what the stream expects "
-                             "there (a broken or foreign writer)")
-
     @staticmethod
-    def _want(want: int | None, ctype: int) -> None:
-        if want is not None and ctype != want:
-            raise TypeError("the next message is " + ("an array: use recv_array() or recv()"
-                                                      if ctype == ARRAY else "bytes: use recv()"))
+    def _refuse(content: int) -> None:
+        raise TypeError("the next message is " + ("an array: use recv_array() or recv()"
+                                                  if content == ARRAY else "bytes: use recv()"))
 
-    def _take_array(self, seq: int, start: int, end: int, hint: tuple, want: int | None):
+    def _take_array(self, seq: int, start: int, end: int, hint: tuple[int, ...],
+                    want: int | None) -> ArrayView | None:
         """A single-slot array: validate in place, hand out a read-only view of the slot."""
         import numpy as np
 
-        buf = self._buf
+        buf, rx = self._buf, self._rx
         plen = hint[0]
-        head = self._sealed_head(buf, end, hint, _checksum(buf[start:start + plen]))  # in place: a read
+        head = self._sealed_head(end, hint, _checksum(buf[start:start + plen]))  # in place: a read
         if head is None:
             return None
-        self._verify(head, seq, 0, 1, plen)
-        self._want(want, ARRAY)
+        if rx.check(head, want) == REFUSED:
+            self._refuse(ARRAY)
         dtype, shape, nbytes = unpack_trailer(buf[start:end - TRAILER])
-        self._consumed(seq, nbytes)
-        self._messages_received += 1
+        rx.accept(head)
+        self._acknowledge(seq)
         if nbytes == 0:
             self._release_seq(seq)
             return ArrayView(np.empty(shape, dtype), False, seq)
@@ -834,11 +824,8 @@ class Stream(Channel):
         array.flags.writeable = False
         return ArrayView(array, False, seq)
 
-    def _consumed(self, seq: int, nbytes: int) -> None:
-        self._expected = seq + 1
-        self._fragments_received += 1
-        self._bytes_received += nbytes
-        _store64(self._cbase + CR_ACKED, seq + 1)
+    def _acknowledge(self, seq: int) -> None:
+        _store64(self._cbase + CR_ACKED, seq + 1)  # the protocol's `expected`, published
 
     def _free_slot(self, seq: int) -> None:
         """An array's memory died (any thread): its slot goes back to the writer."""
@@ -852,14 +839,9 @@ class Stream(Channel):
         with self._lock:
             if self._ending:
                 return
-            if seq != self._released:
-                self._released_out_of_order.add(seq)
-                return
-            released, held = seq + 1, self._released_out_of_order
-            while released in held:
-                held.discard(released)
-                released += 1
-            self._released = released
+            released = self._rx.release(seq)
+            if not released:
+                return  # released out of order: held until the fragments before it are
             cbase = self._cbase
             _fetch_add64(cbase + CR_RELEASED, released - self._published)  # a full barrier
             self._published = released
@@ -868,9 +850,8 @@ class Stream(Channel):
                 self._signal_credit()
 
     def _signal_credit(self) -> None:
-        """Wake the waiting writer: a CREDIT frame in the next credit slot (signal-on-write)."""
-        frame = wire.encode(wire.Kind.CREDIT, self.connection_id, 0, ack=self._expected,
-                            credit=self._released + self.slots - self._expected)
+        """Wake the waiting writer: the protocol's CREDIT frame in the next credit slot (signal-on-write)."""
+        frame = self._rx.credit_frame()
         k = self._credit_next
         self._credit_next = (k + 1) % CREDIT_SLOTS
         self._creg.write(CREDIT_FIRST + (k + 1) * CREDIT_UNIT - len(frame), frame)
@@ -879,11 +860,12 @@ class Stream(Channel):
     # ================================================================ both
     def statistics(self) -> StreamStats:
         if self.writable:
-            return StreamStats(self._messages_sent, self._fragments_sent, self._bytes_sent, self._resignals,
-                               self._repairs, self._waits, len(self._unacked), 0, 0, 0, 0, 0, 0)
-        return StreamStats(0, 0, 0, 0, 0, 0, 0, self._messages_received, self._fragments_received,
-                           self._bytes_received, self._bad, self._credit_signals,
-                           self._expected - self._released)
+            tx = self._tx
+            return StreamStats(tx.messages, tx.fragments, tx.bytes, self._resignals, self._repairs,
+                               self._waits, tx.unacked, 0, 0, 0, 0, 0, 0)
+        rx = self._rx
+        return StreamStats(0, 0, 0, 0, 0, 0, 0, rx.messages, rx.fragments, rx.bytes, rx.bad_frames,
+                           self._credit_signals, rx.unreleased)
 
     def close(self, flush_timeout: float | None = 1.0) -> None:
         """Idempotent.  The writer first waits up to ``flush_timeout`` for a live reader to
@@ -906,10 +888,10 @@ class Stream(Channel):
         self.close(flush_timeout=0)
 
     def _close_writer(self, flush_timeout: float | None) -> None:
-        if self.segment.released or not hasattr(self, "_unacked"):
+        if self.segment.released or not hasattr(self, "_tx"):
             return
         try:
-            if (self._unacked or self._partial is not None) and _load64(self._cbase + CR_PID) and (
+            if not self._tx.finished() and _load64(self._cbase + CR_PID) and (
                     flush_timeout is None or flush_timeout > 0):
                 self.flush(flush_timeout)
         except (ChannelTimeout, ChannelBrokenError):
@@ -931,8 +913,3 @@ class Stream(Channel):
             except Exception:
                 pass
             self._ending = True  # late array finalizers find the stream closed
-
-
-def _ignore(address: int) -> None:
-    """Credit signals only wake the writer; it reads the counters."""
-

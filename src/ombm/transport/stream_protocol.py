@@ -1,308 +1,384 @@
-"""Reliable ordered stream of byte messages with flow control, sans-I/O (paper §4).
+"""The stream protocol, sans-I/O (paper §4): every rule of the transport under ``ombm.Stream``.
 
-This module owns the transport under ``ombm.Stream``: one :class:`StreamSender`
-and one :class:`StreamReceiver` per direction, turning best-effort frames into
-messages delivered in order, exactly once, with a slow receiver slowing the sender
-down instead of losing data.  Like :mod:`ombm.transport.rpc_protocol` it owns no socket,
-clock, thread or shared memory: frames and ``now`` in, events and frames out.
+One :class:`StreamSender` and one :class:`StreamReceiver` turn best-effort fragments into messages
+delivered in order, exactly once and intact, with a slow receiver slowing the sender down instead
+of losing data.  Like :mod:`ombm.transport.rpc_protocol` this module owns no memory, socket, clock
+or thread: fragment headers, frames and ``now`` (seconds, any monotonic origin) go in; decisions,
+counters and frames come out.  :mod:`ombm.channels.stream` drives it over two shared-memory
+segments (it writes the data in place and publishes the counts as words, for speed); an I/O layer
+over datagrams (paper §3.2.3) drives the same two objects with frames alone.
+
+Frames (the layout is :mod:`ombm.transport.wire`'s trailer):
+
+* **DATA**, sender to receiver: a fragment's payload and trailer.  ``message_id`` is its sequence
+  number (from 0, counting fragments, not messages), ``frag_index``/``frag_count`` its place in
+  its message, ``ack`` the message's total length and ``credit`` its content type (:data:`BYTES`,
+  :data:`ARRAY`): the stream direction has no acknowledgement to piggyback.  Its checksum is sealed
+  in two levels (:func:`seal`) so that each end copies and checksums the payload in one pass.
+* **CREDIT**, receiver to sender, a plain wire frame: ``ack`` is the cumulative acknowledgement
+  (every fragment below it arrived) and ``credit`` how many fragments past ``ack`` the receiver can
+  take (``released + window - ack``).  Over shared memory the same two counts are also published as
+  words; a CREDIT frame then only wakes a waiting sender.
 
 Rules:
 
-- A message is cut into DATA frames of at most ``max_payload`` bytes.  Every frame
-  has the next **sequence number** (``message_id``, from 0, counting fragments, not
-  messages) and its place in its message (``frag_index``/``frag_count``).
-- The receiver answers with CREDIT frames carrying its cumulative ack (``ack``:
-  every sequence number below it arrived) and its credit (``credit``: how many
-  sequence numbers past ``ack`` it can take), at most one per ``frames_to_send``.
-- **Flow control.**  The receiver's window is ``window`` fragments counted from
-  the first fragment the application has not *released* yet: delivered messages
-  occupy it until released.  By default a message is released as soon as
-  ``receive_frame`` returns it; pass ``auto_release=False`` and call
-  :meth:`StreamReceiver.release` when the application has consumed it, and a
-  slow consumer holds the sender back.  The right edge of the window (``ack +
-  credit``) never moves left.  Both ends must be built with the same ``window``:
-  it is also the sender's initial credit.
-- ``StreamSender.send`` takes a whole message or nothing: it returns False when the
-  credit cannot take all its fragments (the I/O layer raises ``WouldBlock`` or
-  waits for :class:`CreditAvailable`).  A message of more than ``window``
-  fragments can never be sent and raises ``ValueError``.
-- **Retransmission.**  When the oldest unacknowledged fragment has waited one RTO,
-  every unacknowledged fragment is sent again (the receiver keeps out-of-order
-  fragments inside its window and drops duplicates), and the RTO doubles.  The RTO
-  adapts from fragments sent only once (Karn, RFC 6298).  A sender refused by a
-  closed window probes the receiver with a PROBE frame on the same timer (backing
-  off), so a lost window update cannot deadlock the stream.
-- DATA and PROBE frames go to the receiver, CREDIT frames to the sender; an I/O
-  layer sharing one channel between both can route with :func:`wire.peek_kind`.
-- Bad, foreign, duplicate and out-of-window frames are dropped and counted.
+* **Sequencing and fragmentation.**  :meth:`StreamSender.begin` announces a message of ``count``
+  fragments; each :meth:`StreamSender.sent` takes the next sequence number.  A message longer than
+  the window streams through it.  :meth:`StreamReceiver.accept` takes the fragments in order and
+  checks that a checksummed fragment is the one the stream expects there (sequence number, place,
+  lengths, content): one that is not comes from a broken or foreign sender (:class:`FrameError`),
+  not from loss, which a checksum already caught.
+* **Flow control.**  Fragment ``s`` may be sent only while ``s < released + window``: its place at
+  the receiver is then free.  ``released`` counts the fragments the receiver's application gave
+  back (a held array keeps its fragment, and every later one, unreleased); the right edge of the
+  window never moves left, and a receiver cannot open more than the sender sent (its claims are
+  clamped).  A sender out of credit asks to be woken at :meth:`StreamSender.wake_target`, half a
+  window ahead (hysteresis: one wake-up per half window, not per fragment).
+* **Repair timing.**  When the oldest unacknowledged fragment has waited an RTO, it is due for
+  repair (:meth:`StreamSender.handle_timer` returns the I/O layer's record of it): the receiver
+  takes fragments in order, so the oldest is the one it waits for.  The RTO starts at ``min_rto``,
+  doubles at each repair up to ``max_rto``, and returns to ``min_rto`` when the acknowledgement
+  moves; the timer restarts then (RFC 6298 §5.3).  A sender refused by a closed window with nothing
+  unacknowledged gets :data:`PROBE` on the same timer, so a lost window update cannot stall it.
+* **Datagrams.**  :meth:`StreamReceiver.place` sorts an arriving sequence number: the next one,
+  ahead inside the window (keep it), a duplicate (answer with credit: the ack was lost), or beyond
+  the window (drop).  Over shared memory the slot ``seq % window`` is that placement.
+* **End of stream.**  A stream whose sender ended is complete only between messages
+  (:attr:`StreamReceiver.between_messages`).
+
+Only one thread at a time may use each object.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import Generic, TypeVar
 
+from ombm._native import checksum as _checksum
 from ombm.errors import FrameError
-from ombm.transport.rpc_protocol import RtoEstimator, _check_payload, _drain, split
-from ombm.transport.wire import Kind, decode_fields, encode
+from ombm.transport.wire import MAGIC, MAX_FRAGMENTS, TRAILER_HEAD, TRAILER_SUM, Kind, decode_fields, encode
 
-__all__ = ["StreamSender", "StreamReceiver", "MessageReceived", "CreditAvailable",
-           "SenderStats", "ReceiverStats"]
+__all__ = ["StreamSender", "StreamReceiver", "Probe", "PROBE", "seal", "unseal",
+           "BYTES", "ARRAY", "MORE", "DONE", "REFUSED", "NEXT", "AHEAD", "DUPLICATE", "OVERRUN"]
 
-_DATA, _CREDIT, _PROBE = Kind.DATA, Kind.CREDIT, Kind.PROBE
+R = TypeVar("R")
 
+BYTES, ARRAY = 0, 1  # content types: a DATA frame's credit field
+MORE, DONE, REFUSED = 0, 1, 2  # StreamReceiver.accept: more to come, message complete, not the wanted content
+NEXT, AHEAD, DUPLICATE, OVERRUN = 0, 1, 2, 3  # StreamReceiver.place
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """The next message of the stream.  ``data`` is bytes-like."""
-
-    data: bytes | bytearray
-
-
-@dataclass(frozen=True, slots=True)
-class CreditAvailable:
-    """The receiver opened its window: ``fragments`` more can be sent now."""
-
-    fragments: int
+_HEAD_SIZE = TRAILER_HEAD.size  # 40: trailer[0:40], what the seal covers with the payload's checksum
+_head_fields, _sum_field = TRAILER_HEAD.unpack_from, TRAILER_SUM.unpack_from
+_pack_sum = TRAILER_SUM.pack
+_DATA, _CREDIT = int(Kind.DATA), Kind.CREDIT
+_CONTENTS = (BYTES, ARRAY)
+_U32 = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class SenderStats:
-    messages: int        # accepted by send()
-    fragments: int       # DATA frames, first transmissions
-    retransmits: int     # DATA frames sent again
-    probes: int          # window probes
-    bad_frames: int
-    foreign_frames: int
-    unacked: int         # fragments sent and not acknowledged yet
-    credit: int          # fragments send() may still emit
-    rto_s: float
-    srtt_s: float | None
+def seal(head: bytes, payload_checksum: int) -> int:
+    """A DATA frame's checksum: the native checksum of the trailer's first 40 bytes followed by the
+    payload's own checksum (two levels, so that the payload is copied and checksummed in one pass at
+    both ends; the native checksum cannot be continued from the payload into the trailer)."""
+    return _checksum(head + _pack_sum(payload_checksum))
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiverStats:
-    messages: int        # delivered
-    duplicates: int      # fragments already received
-    overruns: int        # fragments beyond the window, dropped
-    bad_frames: int      # failed decode, wrong kind, or fragments out of place
-    foreign_frames: int
-    buffered: int        # out-of-order fragments held
-    unreleased: int      # delivered messages the application has not released
-    held_fragments: int  # window in use: buffered + partial + delivered-unreleased (<= window)
+def unseal(trailer: bytes, payload_checksum: int) -> tuple[int, ...] | None:
+    """The fields of a DATA trailer (``bytes``: a private copy) if it seals the payload whose
+    checksum is given, else None (torn, corrupt, or being written):
+    ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``."""
+    if seal(trailer[:_HEAD_SIZE], payload_checksum) != _sum_field(trailer, _HEAD_SIZE)[0]:
+        return None
+    return _head_fields(trailer, 0)
 
 
 def _check_window(window: int) -> None:
-    if not isinstance(window, int) or not 1 <= window <= 0xFFFFFFFF:
+    if not isinstance(window, int) or not 1 <= window <= _U32:
         raise ValueError(f"window must be an int in 1..2**32-1, not {window!r}")
 
 
-class StreamSender:
-    """The sending end of one stream direction."""
+class Probe:
+    """The window is closed, nothing is unacknowledged and no update came for an RTO: ask the
+    receiver for its window (over shared memory: read the published counts again)."""
 
-    def __init__(self, connection_id: int, max_payload: int, window: int, *,
-                 initial_rto: float = 0.005, min_rto: float = 0.0005, max_rto: float = 0.5) -> None:
-        _check_payload(max_payload)
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PROBE"
+
+
+PROBE = Probe()
+
+
+class StreamSender(Generic[R]):
+    """The sending end: sequence numbers, credit, acknowledgements and the repair timer.
+
+    ``R`` is the I/O layer's record of a sent fragment, kept until it is acknowledged and handed
+    back when the fragment is due for repair.  The fields the I/O layer reads on its per-fragment
+    path are plain attributes: ``next_seq`` (the next fragment's sequence number), ``limit``
+    (sequence numbers below it may be sent), ``index``/``count``/``total``/``content`` (the message
+    being sent; ``count`` 0 between messages) and ``deadline`` (when :meth:`handle_timer` must run
+    next; None: nothing to time).
+    """
+
+    __slots__ = ("connection_id", "window", "next_seq", "acked", "limit", "index", "count", "total",
+                 "content", "rto", "deadline", "_min_rto", "_max_rto", "_records", "_blocked",
+                 "messages", "fragments", "bytes", "retransmits", "probes", "bad_frames", "foreign_frames")
+
+    def __init__(self, connection_id: int, window: int, *, min_rto: float = 0.1,
+                 max_rto: float = 2.0) -> None:
         _check_window(window)
+        if not 0 < min_rto <= max_rto:
+            raise ValueError("need 0 < min_rto <= max_rto")
         self.connection_id = connection_id
-        self.max_payload = max_payload
         self.window = window
-        self._rto = RtoEstimator(initial_rto, min_rto, max_rto)
-        self._next_seq = 0
-        self._acked = 0               # every sequence number below it was received
-        self._limit = window          # sequence numbers below it may be sent
-        self._unacked: deque[list] = deque()  # [seq, frame, sent_at, retransmitted]
-        self._deadline: float | None = None
-        self._blocked = False         # send() was refused: probe the window
-        self._out: deque[bytes] = deque()
-        self._messages = self._fragments = self._retransmits = self._probes = 0
-        self._bad = self._foreign = 0
+        self.next_seq = 0
+        self.acked = 0            # every sequence number below it was received
+        self.limit = window       # sequence numbers below it may be sent
+        self.index = self.count = self.total = self.content = 0
+        self.rto = self._min_rto = min_rto
+        self._max_rto = max_rto
+        self.deadline: float | None = None
+        self._records: deque[R] = deque()  # the unacknowledged fragments acked, acked + 1, ...
+        self._blocked = False     # refused by a closed window: probe it
+        self.messages = self.fragments = self.bytes = 0
+        self.retransmits = self.probes = self.bad_frames = self.foreign_frames = 0
 
-    def send(self, data, now: float) -> bool:
-        """Queue one message (bytes-like, copied now); False if the credit cannot take it."""
-        pieces = split(data, self.max_payload)
-        count = len(pieces)
-        if count > self.window:
-            raise ValueError(f"a message of {count} fragments can never fit a window of "
-                             f"{self.window}")
-        seq = self._next_seq
-        if seq + count > self._limit:
-            if not self._blocked:
-                self._blocked = True
-                if self._deadline is None:
-                    self._deadline = now + self._rto.rto
+    @property
+    def unacked(self) -> int:
+        """Fragments sent and not acknowledged yet."""
+        return len(self._records)
+
+    def finished(self) -> bool:
+        """Everything begun was sent and acknowledged."""
+        return not self._records and not self.count
+
+    # ---- sending
+    def begin(self, count: int, total: int, content: int) -> None:
+        """The next message: ``count`` fragments, ``total`` bytes, of ``content`` type."""
+        if self.count:
+            raise ValueError("the previous message is still being sent")
+        if not 1 <= count <= MAX_FRAGMENTS or content not in _CONTENTS:
+            raise ValueError(f"a message of {count} fragments of content {content} cannot be sent")
+        self.count, self.total, self.content, self.index = count, total, content, 0
+
+    def sent(self, record: R, now: float) -> bool:
+        """Fragment ``next_seq`` (number ``index`` of its message) went out; keep ``record`` until it
+        is acknowledged.  True if it was the message's last fragment."""
+        records = self._records
+        if not records:
+            self.deadline = now + self.rto
+        records.append(record)
+        self.next_seq += 1
+        self.fragments += 1
+        index = self.index + 1
+        if index < self.count:
+            self.index = index
             return False
-        for index, piece in enumerate(pieces):
-            frame = encode(_DATA, self.connection_id, seq + index, piece,
-                           frag_index=index, frag_count=count)
-            self._unacked.append([seq + index, frame, now, False])
-            self._out.append(frame)
-        self._next_seq = seq + count
-        self._messages += 1
-        self._fragments += count
-        if self._deadline is None:
-            self._deadline = now + self._rto.rto
+        self.index = self.count = 0
+        self.messages += 1
+        self.bytes += self.total
         return True
 
-    def receive_frame(self, view, now: float) -> list[CreditAvailable]:
-        """Take a CREDIT frame from the receiver."""
+    def abandon(self) -> bool:
+        """Give up the message being sent if none of its fragments went; True if it was given up."""
+        if self.count and not self.index:
+            self.count = 0
+            return True
+        return False
+
+    def blocked(self, now: float) -> None:
+        """The I/O layer found no credit for the next fragment: probe the window on the timer."""
+        if not self._blocked:
+            self._blocked = True
+            if self.deadline is None:
+                self.deadline = now + self.rto
+
+    def wake_target(self) -> int:
+        """The released count at which a sender waiting for credit wants to be woken: the next
+        fragment's place, or half a window ahead of it if that is sooner (hysteresis)."""
+        seq = self.next_seq
+        return min(seq, seq + 1 - self.window + self.window // 2)
+
+    # ---- from the receiver
+    def on_credit(self, acked: int, released: int, now: float) -> bool:
+        """The receiver's counts: every fragment below ``acked`` arrived, every one below ``released``
+        is free again.  True if fragment ``next_seq`` may be sent."""
+        next_seq = self.next_seq
+        if acked > next_seq:
+            acked = next_seq  # a confused or hostile receiver cannot acknowledge what was never sent
+        if released > acked:
+            released = acked
+        if acked > self.acked:
+            records = self._records
+            for _ in range(acked - self.acked):
+                records.popleft()
+            self.acked = acked
+            self.rto = self._min_rto
+            self.deadline = now + self.rto if records or self._blocked else None
+        limit = released + self.window
+        if limit > self.limit:
+            self.limit = limit
+            if self._blocked:
+                self._blocked = False
+                if not self._records:
+                    self.deadline = None
+        return next_seq < self.limit
+
+    def receive_frame(self, view: bytes | bytearray | memoryview, now: float) -> bool:
+        """Take a CREDIT frame (bad, foreign and impossible ones are counted and dropped).  True if
+        fragment ``next_seq`` may be sent."""
         try:
             kind, connection_id, _, _, _, ack, _, credit = decode_fields(view)
         except FrameError:
-            self._bad += 1
-            return []
+            self.bad_frames += 1
+            return self.next_seq < self.limit
         if connection_id != self.connection_id:
-            self._foreign += 1
-            return []
-        if kind is not _CREDIT or ack > self._next_seq:
-            self._bad += 1
-            return []
-        if ack > self._acked:
-            self._acknowledge(ack, now)
-        limit = ack + credit
-        if limit <= self._limit:
-            return []
-        self._limit = limit
-        self._blocked = False
-        if not self._unacked:
-            self._deadline = None
-        return [CreditAvailable(limit - self._next_seq)]
-
-    def _acknowledge(self, ack: int, now: float) -> None:
-        self._acked = ack
-        unacked = self._unacked
-        newest = None
-        while unacked and unacked[0][0] < ack:
-            newest = unacked.popleft()
-        if newest is not None and not newest[3]:
-            self._rto.sample(now - newest[2])
-        if unacked or self._blocked:
-            self._deadline = now + self._rto.rto
+            self.foreign_frames += 1
+        elif kind is not _CREDIT or ack > self.next_seq:
+            self.bad_frames += 1
         else:
-            self._deadline = None
+            return self.on_credit(ack, ack + credit - self.window, now)
+        return self.next_seq < self.limit
 
-    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
-        """Encoded frames ready to write, oldest first (at most ``max_frames``)."""
-        return _drain(self._out, max_frames)
-
-    def get_timer(self) -> float | None:
-        """When ``handle_timer`` must run next, or None."""
-        return self._deadline
-
-    def handle_timer(self, now: float) -> None:
-        """Retransmit unacknowledged fragments, or probe a closed window, if it is time."""
-        if self._deadline is None or now < self._deadline:
-            return
-        if self._unacked:
-            for entry in self._unacked:
-                entry[3] = True
-                self._out.append(entry[1])
-            self._retransmits += len(self._unacked)
-        elif self._blocked:
-            self._probes += 1
-            self._out.append(encode(_PROBE, self.connection_id, 0))
-        else:
-            self._deadline = None
-            return
-        self._deadline = now + self._rto.backoff()
-
-    def statistics(self) -> SenderStats:
-        return SenderStats(self._messages, self._fragments, self._retransmits, self._probes,
-                           self._bad, self._foreign, len(self._unacked),
-                           max(0, self._limit - self._next_seq), self._rto.rto, self._rto.srtt)
+    # ---- the timer
+    def handle_timer(self, now: float) -> R | Probe | None:
+        """If ``deadline`` passed: the record of the oldest unacknowledged fragment, due for repair
+        (its sequence number is ``acked``), or :data:`PROBE`; the RTO backs off.  Else None."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return None
+        rto = self.rto = min(self.rto * 2, self._max_rto)
+        self.deadline = now + rto
+        if self._records:
+            self.retransmits += 1
+            return self._records[0]
+        if self._blocked:
+            self.probes += 1
+            return PROBE
+        self.deadline = None
+        return None
 
 
 class StreamReceiver:
-    """The receiving end of one stream direction."""
+    """The receiving end: in-order acceptance, reassembly accounting, releases and credit.
 
-    def __init__(self, connection_id: int, max_payload: int, window: int, *,
-                 auto_release: bool = True) -> None:
-        _check_payload(max_payload)
+    Attributes read on the I/O layer's per-fragment path: ``expected`` (the next sequence number),
+    ``released`` (fragments below it are free again), ``count`` (fragments of the message being
+    reassembled; 0 between messages), ``index``, ``total``, ``content`` and ``position`` (where the
+    next fragment's payload goes in its message).
+    """
+
+    __slots__ = ("connection_id", "window", "max_payload", "expected", "released", "_held",
+                 "count", "index", "total", "content", "position",
+                 "messages", "fragments", "bytes", "bad_frames", "duplicates", "overruns")
+
+    def __init__(self, connection_id: int, window: int, max_payload: int) -> None:
         _check_window(window)
+        if not isinstance(max_payload, int) or max_payload < 1:
+            raise ValueError(f"max_payload must be a positive int, not {max_payload!r}")
         self.connection_id = connection_id
-        self.max_payload = max_payload
         self.window = window
-        self.auto_release = auto_release
-        self._expected = 0            # next sequence number to deliver
-        self._released = 0            # sequence numbers below it are free again
-        self._buffer: dict[int, tuple] = {}   # seq -> (index, count, payload), out of order
-        self._parts: list = []        # fragments of the message being reassembled
-        self._unreleased: deque[int] = deque()  # fragment counts of delivered messages
-        self._ack_due = False
-        self._messages = self._duplicates = self._overruns = self._bad = self._foreign = 0
+        self.max_payload = max_payload
+        self.expected = 0
+        self.released = 0
+        self._held: set[int] = set()  # released out of order (arrays freed early), above `released`
+        self.count = self.index = self.total = self.content = self.position = 0
+        self.messages = self.fragments = self.bytes = 0
+        self.bad_frames = self.duplicates = self.overruns = 0  # bad_frames: counted by the I/O layer too
 
-    def receive_frame(self, view, now: float) -> list[MessageReceived]:
-        """Take a DATA frame (or a window probe); return the messages it completes, in order."""
-        try:
-            kind, connection_id, seq, index, count, _, payload, _ = decode_fields(view)
-        except FrameError:
-            self._bad += 1
-            return []
-        if connection_id != self.connection_id:
-            self._foreign += 1
-            return []
-        if kind is _PROBE:  # the sender probes a closed window
-            self._ack_due = True
-            return []
-        if kind is not _DATA:
-            self._bad += 1
-            return []
-        self._ack_due = True
-        if seq < self._expected or seq in self._buffer:
-            self._duplicates += 1
-            return []
-        if seq >= self._released + self.window:
-            self._overruns += 1
-            return []
-        self._buffer[seq] = (index, count, payload)
-        events = self._deliver()
-        if events and self.auto_release:
-            self.release(len(events))
-        return events
+    @property
+    def between_messages(self) -> bool:
+        """No message is half received: a sender that ends now ends the stream cleanly."""
+        return not self.count
 
-    def _deliver(self) -> list[MessageReceived]:
-        events = []
-        buffer, parts = self._buffer, self._parts
-        while self._expected in buffer:
-            index, count, payload = buffer.pop(self._expected)
-            if index != len(parts) or (parts and count != parts[0][0]):
-                # Only a broken or hostile sender gets here: a checksummed frame out of place.
-                self._bad += 1
-                parts.clear()
-                if index != 0:
-                    self._expected += 1
-                    continue
-            self._expected += 1
-            parts.append((count, payload))
-            if index == count - 1:
-                data = payload if count == 1 else b"".join(part for _, part in parts)
-                parts.clear()
-                events.append(MessageReceived(data))
-                self._unreleased.append(count)
-        self._messages += len(events)
-        return events
+    @property
+    def unreleased(self) -> int:
+        """Fragments received and not released (held by the application)."""
+        return self.expected - self.released
 
-    def release(self, messages: int = 1) -> None:
-        """The application consumed ``messages`` delivered messages: reopen their space."""
-        if not 0 <= messages <= len(self._unreleased):
-            raise ValueError(f"cannot release {messages} messages: "
-                             f"{len(self._unreleased)} delivered and not released")
-        freed = 0
-        for _ in range(messages):
-            freed += self._unreleased.popleft()
-        if freed:
-            self._released += freed
-            self._ack_due = True
+    def place(self, seq: int) -> int:
+        """Where an arriving fragment belongs: :data:`NEXT`, :data:`AHEAD` (inside the window: keep
+        it for later), :data:`DUPLICATE` (already taken) or :data:`OVERRUN` (beyond the window)."""
+        if seq == self.expected:
+            return NEXT
+        if seq < self.expected:
+            self.duplicates += 1
+            return DUPLICATE
+        if seq < self.released + self.window:
+            return AHEAD
+        self.overruns += 1
+        return OVERRUN
 
-    def frames_to_send(self, now: float, max_frames: int | None = None) -> list[bytes]:
-        """The CREDIT frame (cumulative ack + credit) if one is due."""
-        if not self._ack_due or max_frames == 0:
-            return []
-        self._ack_due = False
-        credit = self._released + self.window - self._expected
-        return [encode(_CREDIT, self.connection_id, 0, ack=self._expected, credit=credit)]
+    def check(self, head: tuple[int, ...], want: int | None = None) -> int:
+        """Whether fragment ``expected``, whose checksummed trailer fields (see :func:`unseal`) are
+        ``head``, completes its message (:data:`DONE`) or not (:data:`MORE`); :data:`REFUSED` if it
+        begins a message whose content is not ``want``.  Changes nothing (see :meth:`accept`).
 
-    def statistics(self) -> ReceiverStats:
-        return ReceiverStats(self._messages, self._duplicates, self._overruns, self._bad,
-                             self._foreign, len(self._buffer), len(self._unreleased),
-                             self._expected - self._released + len(self._buffer))
+        :class:`FrameError` if the fragment does not fit where it must be (a broken or foreign sender).
+        """
+        connection_id, seq, total, plen, content, index, count, kind, flags, magic = head
+        mp = self.max_payload
+        ok = (connection_id == self.connection_id and seq == self.expected and kind == _DATA
+              and flags == 0 and magic == MAGIC and plen <= mp)
+        if not self.count:  # the first fragment of a message
+            if count == 1:
+                ok = ok and index == 0 and total == plen and content in _CONTENTS
+            else:
+                ok = (ok and index == 0 and 2 <= count <= MAX_FRAGMENTS and plen == mp
+                      and (count - 1) * mp < total <= count * mp and content in _CONTENTS)
+            if not ok:
+                self._broken(seq)
+            if want is not None and content != want:
+                return REFUSED
+            return DONE if count == 1 else MORE
+        ok = (ok and index == self.index and count == self.count and total == self.total
+              and content == self.content
+              and (plen == mp if index < count - 1 else self.position + plen == total))
+        if not ok:
+            self._broken(seq)
+        return MORE if index < count - 1 else DONE
+
+    def accept(self, head: tuple[int, ...], want: int | None = None) -> int:
+        """:meth:`check` the fragment and take it unless :data:`REFUSED`: the sequence number,
+        the message's reassembly and the counters move on."""
+        verdict = self.check(head, want)
+        if verdict == REFUSED:
+            return verdict
+        plen = head[3]
+        self.expected += 1
+        self.fragments += 1
+        self.bytes += plen
+        if verdict == DONE:
+            self.count = 0
+            self.messages += 1
+        elif self.count:
+            self.index += 1
+            self.position += plen
+        else:
+            self.count, self.total, self.content, self.index, self.position = head[6], head[2], head[4], 1, plen
+        return verdict
+
+    def _broken(self, seq: int) -> None:
+        raise FrameError(f"fragment {seq} is not what the stream expects there (a broken or foreign sender)")
+
+    def release(self, seq: int) -> int:
+        """The application gave fragment ``seq`` back: the new ``released`` count if it moved, else 0."""
+        released = self.released
+        if seq != released:
+            if not released < seq < self.expected or seq in self._held:
+                raise ValueError(f"fragment {seq} is not held")
+            self._held.add(seq)
+            return 0
+        if seq >= self.expected:
+            raise ValueError(f"fragment {seq} was not received")
+        released, held = seq + 1, self._held
+        while released in held:
+            held.discard(released)
+            released += 1
+        self.released = released
+        return released
+
+    def credit_frame(self) -> bytes:
+        """A CREDIT frame: the cumulative acknowledgement and the credit past it."""
+        return encode(_CREDIT, self.connection_id, 0, ack=self.expected,
+                      credit=self.released + self.window - self.expected)
