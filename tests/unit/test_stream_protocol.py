@@ -170,15 +170,17 @@ def test_fragments_are_accepted_in_order_and_reassembly_is_counted():
     rx = StreamReceiver(CONN, 8, MP)
     assert rx.accept(head(0, plen=0)) == DONE     # an empty message
     assert rx.accept(head(1, 0, 3, total=10)) == MORE
-    assert (rx.count, rx.total, rx.position, rx.between_messages) == (3, 10, 4, False)
+    assert (rx.count, rx.total, rx.position) == (3, 10, 4)  # a message is half received
     assert rx.accept(head(2, 1, 3, total=10)) == MORE
     assert rx.accept(head(3, 2, 3, total=10, plen=2)) == DONE
-    assert rx.between_messages and (rx.expected, rx.messages, rx.fragments, rx.bytes) == (4, 2, 4, 10)
+    assert rx.count == 0 and (rx.expected, rx.messages, rx.fragments, rx.bytes) == (4, 2, 4, 10)
 
 
 def test_a_message_of_the_wrong_content_is_refused_and_left_in_place():
     rx = StreamReceiver(CONN, 8, MP)
-    assert rx.check(head(0, content=BYTES), ARRAY) == REFUSED
+    assert rx.accept(head(0, content=BYTES), ARRAY, take=False) == REFUSED
+    assert rx.accept(head(0, content=ARRAY), ARRAY, take=False) == DONE
+    assert rx.accept(head(0, 0, 2, total=6), take=False) == MORE
     assert rx.accept(head(0, content=BYTES), ARRAY) == REFUSED
     assert rx.expected == 0 and rx.fragments == 0
     assert rx.accept(head(0, content=ARRAY), ARRAY) == DONE

@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
 
 from ombm import _layout as L
 from ombm import _native
@@ -224,6 +224,7 @@ class Stream(Channel):
     max_payload: int
     _tx: StreamSender[_Record]
     _rx: StreamReceiver
+    _signals: Receiver  # the reader's signal FIFO (Channel._receiver, never None once open)
 
     # ================================================================ writer
     @classmethod
@@ -269,7 +270,7 @@ class Stream(Channel):
         self._wbuf = self._buf
         self._write = self.region.write
         self._tx = StreamSender(self.connection_id, self.slots, min_rto=RTO_MIN_S, max_rto=RTO_MAX_S)
-        self._pieces: list[_Source] | None = None  # the message being sent (the protocol counts it)
+        self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
         self._reader_checked = 0.0
         self._resignals = self._repairs = self._waits = 0
         tx, creg, cbase = self._tx, self._creg, self._cbase
@@ -389,7 +390,6 @@ class Stream(Channel):
         ``now`` is taken once per call (and after each wait): the protocol only times repairs."""
         tx = self._tx
         pieces = self._pieces
-        assert pieces is not None
         count, total, content = tx.count, tx.total, tx.content
         while True:
             seq = tx.next_seq
@@ -405,7 +405,7 @@ class Stream(Channel):
             csum = self._emit(seq, index, count, total, content, source, plen)
             if tx.sent((seq, index, count, total, content, source, plen, csum), now):
                 break
-        self._pieces = None
+        self._pieces = ()
         timer = tx.deadline
         if timer is not None and now >= timer:
             self._service(now)
@@ -464,7 +464,7 @@ class Stream(Channel):
         tx = self._tx
         started = bool(tx.count) and not tx.abandon()
         if not tx.count:
-            self._pieces = None  # not one fragment went: the message was not sent
+            self._pieces = ()  # not one fragment went: the message was not sent
         raise _timeout_error(
             f"stream {self.name!r}: the reader did not make room in time"
             + ("; the rest of the message is sent first by the next send()/flush()" if started else
@@ -587,8 +587,7 @@ class Stream(Channel):
         self.max_payload = self.slot_size - TRAILER
         self._rx = StreamReceiver(self.connection_id, self.slots, self.max_payload)
         self._published = 0  # the released count in shared memory
-        self._data: bytearray | None = None  # the message being reassembled (the protocol counts it)
-        self._view: memoryview | None = None
+        self._message: tuple[bytearray, memoryview] | None = None  # being reassembled (the protocol counts it)
         self._pool = _BufferPool()
         self._credit_next = 0
         self._flags = bytearray(b"\x01" * self.slots)  # look at every slot once: frames may predate us
@@ -598,7 +597,7 @@ class Stream(Channel):
         def on_signal(address: int) -> None:
             flags[(address - base - first) // size] = 1
 
-        self._own_receiver(first, first + self.slots * size, on_signal)
+        self._signals = self._own_receiver(first, first + self.slots * size, on_signal)
 
     def _check_reader_side(self) -> None:
         self._check_open()
@@ -620,7 +619,7 @@ class Stream(Channel):
         self._check_reader_side()
         msg = self._poll(True, None)
         if msg is None:
-            self._receiver.dispatch_pending()  # type: ignore[union-attr]  # the reader's own, set at open
+            self._signals.dispatch_pending()
             msg = self._poll(True, None)
         if msg is None:
             self._check_writer()
@@ -650,8 +649,7 @@ class Stream(Channel):
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
         deadline = None if timeout is None else _monotonic() + timeout
-        receiver = self._receiver
-        assert receiver is not None
+        receiver = self._signals
         force = False
         while True:
             msg = self._poll(force, want)
@@ -684,7 +682,7 @@ class Stream(Channel):
 
     def _check_writer(self) -> None:
         if self.writer_state() == STATE_CLOSED:
-            if self._rx.between_messages:
+            if not self._rx.count:  # between messages: the stream ends cleanly
                 raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
             raise ChannelBrokenError(f"the writer closed stream {self.name!r} in the middle of a message")
         if not self.writer_alive():
@@ -709,7 +707,8 @@ class Stream(Channel):
             return msg  # type: ignore[return-value]  # not _AGAIN: a message or None
 
     def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | object | None:
-        """Validate and take the fragment ``seq`` ending at ``end``.
+        """Validate and take the fragment ``seq`` ending at ``end``: the message it completes,
+        ``_AGAIN`` if it does not complete one, None if it is not there intact yet.
 
         The trailer read from the slot is only a hint (the slot may be mid-write when
         a tick forces a look): every field used is re-read from a checksummed private
@@ -725,38 +724,47 @@ class Stream(Channel):
             return None
         start = end - TRAILER - plen
         payload = buf[start:start + plen]
-        if rx.between_messages:
-            if count == 1:
-                if content == ARRAY:
-                    return self._take_array(seq, start, end, hint, want)
-                out = self._pool.get(plen)
-                head = self._sealed_head(end, hint, _copy_checksum(out, payload))
-                if head is None:
-                    return None
-                if rx.accept(head, want) == REFUSED:
-                    self._refuse(content)
-                self._acknowledge(seq)
-                self._release_seq(seq)
-                return out
-            # the first of several: its checksummed trailer tells the message's length
-            head = self._sealed_head(end, hint, _checksum(payload))
-            if head is None:
-                return None
-            if rx.check(head, want) == REFUSED:
-                self._refuse(content)
-            data = self._pool.get(head[2])
-            view = memoryview(data)
-            if self._copy_out(view[:plen], payload, end, hint) is None:
-                view.release()
-                return None
-            rx.accept(head)
-            self._acknowledge(seq)
-            self._release_seq(seq)
-            self._data, self._view = data, view
-            return _AGAIN
-        data, view = self._data, self._view
-        assert data is not None and view is not None
-        pos = rx.position
+        if rx.count:
+            return self._take_more(seq, end, hint, payload)
+        if count != 1:
+            return self._take_first(seq, end, hint, payload, want)
+        if content == ARRAY:
+            return self._take_array(seq, start, end, hint, want)
+        out = self._pool.get(plen)
+        head = self._sealed_head(end, hint, _copy_checksum(out, payload))
+        if head is None:
+            return None
+        if rx.accept(head, want) == REFUSED:
+            self._refuse(content)
+        self._consumed(seq)
+        return out
+
+    def _take_first(self, seq: int, end: int, hint: tuple[int, ...], payload: memoryview,
+                    want: int | None) -> object | None:
+        """The first fragment of several: its checksummed trailer tells the message's length."""
+        head = self._sealed_head(end, hint, _checksum(payload))
+        if head is None:
+            return None
+        rx = self._rx
+        if rx.accept(head, want, take=False) == REFUSED:
+            self._refuse(head[4])
+        data = self._pool.get(head[2])
+        view = memoryview(data)
+        if self._copy_out(view[:len(payload)], payload, end, hint) is None:
+            view.release()
+            return None
+        rx.accept(head)
+        self._consumed(seq)
+        self._message = (data, view)
+        return _AGAIN
+
+    def _take_more(self, seq: int, end: int, hint: tuple[int, ...],
+                   payload: memoryview) -> bytearray | ArrayView | object | None:
+        """The next fragment of the message being reassembled, copied to its place in it."""
+        rx, message = self._rx, self._message
+        assert message is not None  # the protocol counts a message being reassembled
+        data, view = message
+        pos, plen = rx.position, len(payload)
         if pos + plen > rx.total:
             rx.bad_frames += 1
             return None
@@ -764,11 +772,10 @@ class Stream(Channel):
         if head is None:
             return None
         done = rx.accept(head) != MORE
-        self._acknowledge(seq)
-        self._release_seq(seq)
+        self._consumed(seq)
         if not done:
             return _AGAIN
-        self._data = self._view = None
+        self._message = None
         view.release()
         if head[4] == ARRAY:
             return self._array_copy(data, seq)
@@ -804,11 +811,11 @@ class Stream(Channel):
         head = self._sealed_head(end, hint, _checksum(buf[start:start + plen]))  # in place: a read
         if head is None:
             return None
-        if rx.check(head, want) == REFUSED:
+        if rx.accept(head, want, take=False) == REFUSED:
             self._refuse(ARRAY)
         dtype, shape, nbytes = unpack_trailer(buf[start:end - TRAILER])
         rx.accept(head)
-        self._acknowledge(seq)
+        _store64(self._cbase + CR_ACKED, seq + 1)  # acknowledged; released when the array dies
         if nbytes == 0:
             self._release_seq(seq)
             return ArrayView(np.empty(shape, dtype), False, seq)
@@ -824,8 +831,10 @@ class Stream(Channel):
         array.flags.writeable = False
         return ArrayView(array, False, seq)
 
-    def _acknowledge(self, seq: int) -> None:
-        _store64(self._cbase + CR_ACKED, seq + 1)  # the protocol's `expected`, published
+    def _consumed(self, seq: int) -> None:
+        """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it."""
+        _store64(self._cbase + CR_ACKED, seq + 1)
+        self._release_seq(seq)
 
     def _free_slot(self, seq: int) -> None:
         """An array's memory died (any thread): its slot goes back to the writer."""

@@ -44,7 +44,7 @@ Rules:
   ahead inside the window (keep it), a duplicate (answer with credit: the ack was lost), or beyond
   the window (drop).  Over shared memory the slot ``seq % window`` is that placement.
 * **End of stream.**  A stream whose sender ended is complete only between messages
-  (:attr:`StreamReceiver.between_messages`).
+  (:attr:`StreamReceiver.count` 0).
 
 Only one thread at a time may use each object.
 """
@@ -79,14 +79,16 @@ def seal(head: bytes, payload_checksum: int) -> int:
     """A DATA frame's checksum: the native checksum of the trailer's first 40 bytes followed by the
     payload's own checksum (two levels, so that the payload is copied and checksummed in one pass at
     both ends; the native checksum cannot be continued from the payload into the trailer)."""
-    return _checksum(head + _pack_sum(payload_checksum))
+    checksum: int = _checksum(head + _pack_sum(payload_checksum))
+    return checksum
 
 
 def unseal(trailer: bytes, payload_checksum: int) -> tuple[int, ...] | None:
     """The fields of a DATA trailer (``bytes``: a private copy) if it seals the payload whose
     checksum is given, else None (torn, corrupt, or being written):
     ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``."""
-    if seal(trailer[:_HEAD_SIZE], payload_checksum) != _sum_field(trailer, _HEAD_SIZE)[0]:
+    # seal(), inlined: once per fragment received
+    if _checksum(trailer[:_HEAD_SIZE] + _pack_sum(payload_checksum)) != _sum_field(trailer, _HEAD_SIZE)[0]:
         return None
     return _head_fields(trailer, 0)
 
@@ -287,11 +289,6 @@ class StreamReceiver:
         self.bad_frames = self.duplicates = self.overruns = 0  # bad_frames: counted by the I/O layer too
 
     @property
-    def between_messages(self) -> bool:
-        """No message is half received: a sender that ends now ends the stream cleanly."""
-        return not self.count
-
-    @property
     def unreleased(self) -> int:
         """Fragments received and not released (held by the application)."""
         return self.expected - self.released
@@ -309,54 +306,57 @@ class StreamReceiver:
         self.overruns += 1
         return OVERRUN
 
-    def check(self, head: tuple[int, ...], want: int | None = None) -> int:
-        """Whether fragment ``expected``, whose checksummed trailer fields (see :func:`unseal`) are
-        ``head``, completes its message (:data:`DONE`) or not (:data:`MORE`); :data:`REFUSED` if it
-        begins a message whose content is not ``want``.  Changes nothing (see :meth:`accept`).
+    def accept(self, head: tuple[int, ...], want: int | None = None, take: bool = True) -> int:
+        """Take fragment ``expected``, whose checksummed trailer fields (see :func:`unseal`) are
+        ``head``: :data:`DONE` if it completes its message, :data:`MORE` if not, :data:`REFUSED`
+        (nothing taken) if it begins a message whose content is not ``want``.  With ``take`` False,
+        only say so: nothing changes (an I/O layer that must size a buffer before it copies).
 
         :class:`FrameError` if the fragment does not fit where it must be (a broken or foreign sender).
         """
         connection_id, seq, total, plen, content, index, count, kind, flags, magic = head
-        mp = self.max_payload
-        ok = (connection_id == self.connection_id and seq == self.expected and kind == _DATA
-              and flags == 0 and magic == MAGIC and plen <= mp)
+        if (connection_id != self.connection_id or seq != self.expected or kind != _DATA or flags
+                or magic != MAGIC or plen > self.max_payload):
+            self._broken(seq)
         if not self.count:  # the first fragment of a message
-            if count == 1:
-                ok = ok and index == 0 and total == plen and content in _CONTENTS
-            else:
-                ok = (ok and index == 0 and 2 <= count <= MAX_FRAGMENTS and plen == mp
-                      and (count - 1) * mp < total <= count * mp and content in _CONTENTS)
-            if not ok:
+            if count == 1:  # and the last: the common case first
+                if index or total != plen or content not in _CONTENTS:
+                    self._broken(seq)
+                if want is not None and content != want:
+                    return REFUSED
+                if take:
+                    self.expected = seq + 1
+                    self.fragments += 1
+                    self.bytes += plen
+                    self.messages += 1
+                return DONE
+            mp = self.max_payload
+            if (index or not 2 <= count <= MAX_FRAGMENTS or plen != mp
+                    or not (count - 1) * mp < total <= count * mp or content not in _CONTENTS):
                 self._broken(seq)
             if want is not None and content != want:
                 return REFUSED
-            return DONE if count == 1 else MORE
-        ok = (ok and index == self.index and count == self.count and total == self.total
-              and content == self.content
-              and (plen == mp if index < count - 1 else self.position + plen == total))
-        if not ok:
+            if take:
+                self.expected = seq + 1
+                self.fragments += 1
+                self.bytes += plen
+                self.count, self.total, self.content, self.index, self.position = count, total, content, 1, plen
+            return MORE
+        last = index == count - 1
+        if (index != self.index or count != self.count or total != self.total or content != self.content
+                or (self.position + plen != total if last else plen != self.max_payload)):
             self._broken(seq)
-        return MORE if index < count - 1 else DONE
-
-    def accept(self, head: tuple[int, ...], want: int | None = None) -> int:
-        """:meth:`check` the fragment and take it unless :data:`REFUSED`: the sequence number,
-        the message's reassembly and the counters move on."""
-        verdict = self.check(head, want)
-        if verdict == REFUSED:
-            return verdict
-        plen = head[3]
-        self.expected += 1
-        self.fragments += 1
-        self.bytes += plen
-        if verdict == DONE:
-            self.count = 0
-            self.messages += 1
-        elif self.count:
-            self.index += 1
-            self.position += plen
-        else:
-            self.count, self.total, self.content, self.index, self.position = head[6], head[2], head[4], 1, plen
-        return verdict
+        if take:
+            self.expected = seq + 1
+            self.fragments += 1
+            self.bytes += plen
+            if last:
+                self.count = 0
+                self.messages += 1
+            else:
+                self.index = index + 1
+                self.position += plen
+        return DONE if last else MORE
 
     def _broken(self, seq: int) -> None:
         raise FrameError(f"fragment {seq} is not what the stream expects there (a broken or foreign sender)")
