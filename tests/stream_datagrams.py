@@ -15,7 +15,7 @@ from collections import deque
 
 from ombm._native import checksum
 from ombm.transport import wire
-from ombm.transport.rpc_protocol import split
+from ombm.transport.fragments import split
 from ombm.transport.stream_protocol import AHEAD, BYTES, DONE, DUPLICATE, NEXT, PROBE, StreamReceiver
 from ombm.transport.stream_protocol import StreamSender, seal, unseal
 

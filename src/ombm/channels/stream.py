@@ -72,7 +72,7 @@ from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count
 from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, WouldBlock
 from ombm.transport import wire
-from ombm.transport.rpc_protocol import split
+from ombm.transport.fragments import split
 from ombm.transport.stream_protocol import ARRAY, BYTES, MORE, REFUSED, Probe, StreamReceiver, StreamSender
 from ombm.transport.stream_protocol import seal, unseal
 from ombm.core.signals import Receiver, signal as _signal
@@ -294,7 +294,7 @@ class Stream(Channel):
         if not self.writable:
             raise ReadOnlyError(f"stream {self.name!r} was opened for reading: it cannot send")
 
-    def _fragments(self, data: Buffer) -> tuple[list[_Source], int]:
+    def _fragments(self, data: Buffer) -> tuple[Sequence[_Source], int]:
         if type(data) is bytes:
             return split(data, self.max_payload), len(data)
         try:
@@ -316,7 +316,7 @@ class Stream(Channel):
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
 
-    def _send(self, pieces: list[_Source], total: int, content: int, timeout: float | None) -> None:
+    def _send(self, pieces: Sequence[_Source], total: int, content: int, timeout: float | None) -> None:
         now = _monotonic()
         deadline = None if timeout is None else now + timeout
         self._check_reader(now)
@@ -341,7 +341,7 @@ class Stream(Channel):
         pieces, total = self._fragments(data)
         self._nowait(pieces, total, BYTES)
 
-    def _nowait(self, pieces: list[_Source], total: int, content: int) -> None:
+    def _nowait(self, pieces: Sequence[_Source], total: int, content: int) -> None:
         count = len(pieces)
         if count > self.slots:
             raise ValueError(f"a message of {count} fragments never fits the window of {self.slots} "
@@ -373,7 +373,7 @@ class Stream(Channel):
         pieces, total = self._array_pieces(array)
         self._nowait(pieces, total, ARRAY)
 
-    def _array_pieces(self, array: Any) -> tuple[list[_Source], int]:
+    def _array_pieces(self, array: Any) -> tuple[Sequence[_Source], int]:
         array = check_array(array)
         header = pack_header(array)
         nbytes = array.nbytes

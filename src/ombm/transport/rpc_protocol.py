@@ -43,14 +43,14 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from ombm.transport.wire import KIND_TABLE, MAX_FRAGMENTS, FrameFields, Kind, encode, raw_decode, raw_encode
+from ombm.transport.fragments import check_max_payload as _check_payload
+from ombm.transport.fragments import split
+from ombm.transport.wire import KIND_TABLE, FrameFields, Kind, encode, raw_decode, raw_encode
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
-
-_T = TypeVar("_T")
 
 __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
            "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
@@ -105,21 +105,6 @@ class ServerStats:
     cached_replies: int
     evicted_replies: int  # dropped from the bounded cache before the client acked them
     executing: int        # delivered calls not answered yet
-
-
-def split(data: ReadableBuffer, max_payload: int) -> list[bytes | memoryview]:
-    """Cut ``data`` into at most MAX_FRAGMENTS pieces of at most ``max_payload`` bytes."""
-    if type(data) is not bytes:
-        data = memoryview(data).cast("B")
-    n = len(data)
-    if n <= max_payload:
-        return [data]
-    count = -(-n // max_payload)
-    if count > MAX_FRAGMENTS:
-        raise ValueError(f"message of {n} bytes needs {count} fragments of {max_payload} "
-                         f"bytes, more than {MAX_FRAGMENTS}")
-    view = memoryview(data)
-    return [view[i:i + max_payload] for i in range(0, n, max_payload)]
 
 
 class RtoEstimator:
@@ -218,20 +203,6 @@ def _reassemble(partial: dict[int, _Reassembly], message_id: int, kind: Kind, in
         return None, done is None
     del partial[message_id]
     return reassembly.data(), False
-
-
-def _drain(out: deque[_T], max_frames: int | None) -> list[_T]:
-    """Take the frames ready to write from ``out`` (used by :mod:`ombm.transport.stream_protocol`)."""
-    if max_frames is None or max_frames >= len(out):
-        frames = list(out)
-        out.clear()
-        return frames
-    return [out.popleft() for _ in range(max_frames)]
-
-
-def _check_payload(max_payload: int) -> None:
-    if not isinstance(max_payload, int) or max_payload < 1:
-        raise ValueError(f"max_payload must be a positive int, not {max_payload!r}")
 
 
 # Making the events.  The generated __init__ of a frozen dataclass stores each

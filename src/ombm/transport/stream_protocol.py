@@ -56,6 +56,7 @@ from typing import Generic, TypeVar
 
 from ombm._native import checksum as _checksum
 from ombm.errors import FrameError
+from ombm.transport.fragments import check_max_payload
 from ombm.transport.wire import MAGIC, MAX_FRAGMENTS, TRAILER_HEAD, TRAILER_SUM, Kind, decode_fields, encode
 
 __all__ = ["StreamSender", "StreamReceiver", "Probe", "PROBE", "seal", "unseal",
@@ -276,8 +277,7 @@ class StreamReceiver:
 
     def __init__(self, connection_id: int, window: int, max_payload: int) -> None:
         _check_window(window)
-        if not isinstance(max_payload, int) or max_payload < 1:
-            raise ValueError(f"max_payload must be a positive int, not {max_payload!r}")
+        check_max_payload(max_payload)
         self.connection_id = connection_id
         self.window = window
         self.max_payload = max_payload
