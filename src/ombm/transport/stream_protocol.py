@@ -322,26 +322,22 @@ class StreamReceiver:
             if count == 1:  # and the last: the common case first
                 if index or total != plen or content not in _CONTENTS:
                     self._broken(seq)
-                if want is not None and content != want:
-                    return REFUSED
-                if take:
-                    self.expected = seq + 1
-                    self.fragments += 1
-                    self.bytes += plen
-                    self.messages += 1
-                return DONE
-            mp = self.max_payload
-            if (index or not 2 <= count <= MAX_FRAGMENTS or plen != mp
-                    or not (count - 1) * mp < total <= count * mp or content not in _CONTENTS):
-                self._broken(seq)
+            else:
+                mp = self.max_payload
+                if (index or not 2 <= count <= MAX_FRAGMENTS or plen != mp
+                        or not (count - 1) * mp < total <= count * mp or content not in _CONTENTS):
+                    self._broken(seq)
             if want is not None and content != want:
                 return REFUSED
             if take:
                 self.expected = seq + 1
                 self.fragments += 1
                 self.bytes += plen
-                self.count, self.total, self.content, self.index, self.position = count, total, content, 1, plen
-            return MORE
+                if count == 1:
+                    self.messages += 1
+                else:
+                    self.count, self.total, self.content, self.index, self.position = count, total, content, 1, plen
+            return DONE if count == 1 else MORE
         last = index == count - 1
         if (index != self.index or count != self.count or total != self.total or content != self.content
                 or (self.position + plen != total if last else plen != self.max_payload)):
