@@ -55,12 +55,13 @@ One thread at a time per end; :meth:`ArrayView.release` may come from any thread
 
 from __future__ import annotations
 
+import enum
 import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Final, Iterator, Sequence, Union
 
 from ombm import _layout as L
 from ombm import _native
@@ -92,7 +93,6 @@ _HEAD, _SUM, _TAIL = wire.TRAILER_HEAD, wire.TRAILER_SUM, wire.TRAILER_TAIL
 TRAILER = wire.TRAILER_SIZE
 _PEEK = struct.Struct("<QQ")  # the trailer's first fields: connection id, fragment number
 _DATA, _MAGIC = int(wire.Kind.DATA), wire.MAGIC
-_AGAIN = object()  # a fragment was taken, the message is not complete yet
 
 CREDIT_SUFFIX = ".credit"
 CREDIT_MAGIC = b"OMBMCRD\x01"
@@ -101,7 +101,7 @@ CREDIT_FIRST, CREDIT_SLOTS, CREDIT_UNIT = 128, 8, 64
 CREDIT_SIZE = CREDIT_FIRST + CREDIT_SLOTS * CREDIT_UNIT
 
 _load64, _load32, _store64, _store32 = _native.load64, _native.load32, _native.store64, _native.store32
-_cas32, _cas64, _fetch_add64 = _native.cas32, _native.cas64, _native.fetch_add64
+_cas64, _fetch_add64 = _native.cas64, _native.fetch_add64
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
 _monotonic = time.monotonic
 
@@ -185,6 +185,10 @@ class _ArraySource:
     def __init__(self, array: Any, nbytes: int, pad: int, header: bytes) -> None:
         self.array, self.nbytes, self.pad, self.header = array, nbytes, pad, header
 
+    def __len__(self) -> int:
+        """The payload's length, as for the other sources."""
+        return self.nbytes + self.pad + len(self.header)
+
     def fill(self, wbuf: memoryview, start: int) -> int:
         """Write the payload at ``start``; return its checksum."""
         import numpy as np
@@ -206,6 +210,13 @@ _Source = Union[bytes, memoryview, _ArraySource]
 # The writer's record of a sent fragment, kept by its protocol until acknowledged:
 # (seq, index, count, total, content, source, payload length, frame checksum).
 _Record = tuple[int, int, int, int, int, _Source, int, int]
+
+
+class _Taken(enum.Enum):
+    AGAIN = 0  # the reader took a fragment; its message is not complete yet
+
+
+_AGAIN: Final = _Taken.AGAIN
 
 
 def _timeout_error(message: str, partial: bool) -> ChannelTimeout:
@@ -401,7 +412,7 @@ class Stream(Channel):
                 continue
             index = tx.index
             source = pieces[index]
-            plen = total if type(source) is _ArraySource else len(source)  # type: ignore[arg-type]
+            plen = len(source)
             csum = self._emit(seq, index, count, total, content, source, plen)
             if tx.sent((seq, index, count, total, content, source, plen, csum), now):
                 break
@@ -420,7 +431,7 @@ class Stream(Channel):
         end = self.first + (seq % self.slots + 1) * self.slot_size
         start = end - TRAILER - plen
         wbuf = self._wbuf
-        if type(source) is _ArraySource:
+        if isinstance(source, _ArraySource):
             psum = source.fill(wbuf, start)
         else:
             psum = _copy_checksum(wbuf[start:start + plen], source)
@@ -704,9 +715,9 @@ class Stream(Channel):
             if msg is _AGAIN:
                 force = True  # the next fragment may have been signalled while we copied
                 continue
-            return msg  # type: ignore[return-value]  # not _AGAIN: a message or None
+            return msg
 
-    def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | object | None:
+    def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | _Taken | None:
         """Validate and take the fragment ``seq`` ending at ``end``: the message it completes,
         ``_AGAIN`` if it does not complete one, None if it is not there intact yet.
 
@@ -740,7 +751,7 @@ class Stream(Channel):
         return out
 
     def _take_first(self, seq: int, end: int, hint: tuple[int, ...], payload: memoryview,
-                    want: int | None) -> object | None:
+                    want: int | None) -> _Taken | None:
         """The first fragment of several: its checksummed trailer tells the message's length."""
         head = self._sealed_head(end, hint, _checksum(payload))
         if head is None:
@@ -759,7 +770,7 @@ class Stream(Channel):
         return _AGAIN
 
     def _take_more(self, seq: int, end: int, hint: tuple[int, ...],
-                   payload: memoryview) -> bytearray | ArrayView | object | None:
+                   payload: memoryview) -> bytearray | ArrayView | _Taken | None:
         """The next fragment of the message being reassembled, copied to its place in it."""
         rx, message = self._rx, self._message
         assert message is not None  # the protocol counts a message being reassembled
