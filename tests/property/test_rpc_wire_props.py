@@ -97,7 +97,7 @@ def test_one_flipped_bit_changes_the_checksum(data, draw):
 @given(st.binary(min_size=1, max_size=64), st.binary(min_size=40, max_size=40), st.data())
 def test_one_flipped_bit_changes_a_stream_seal(payload, head, draw):
     from ombm import _native
-    from ombm.channels.stream import seal
+    from ombm.transport.stream_protocol import seal
 
     bit = draw.draw(st.integers(0, 8 * len(payload) - 1))
     flipped = bytearray(payload)
@@ -107,7 +107,7 @@ def test_one_flipped_bit_changes_a_stream_seal(payload, head, draw):
 
 def test_the_seal_collision_that_was_found():
     from ombm import _native
-    from ombm.channels.stream import seal
+    from ombm.transport.stream_protocol import seal
 
     head = bytes(range(40))
     assert seal(head, _native.checksum(b"original")) != seal(head, _native.checksum(b"originam"))

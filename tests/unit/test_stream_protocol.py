@@ -135,8 +135,10 @@ def test_a_closed_window_is_probed_until_credit_comes():
     assert tx.deadline == pytest.approx(0.01)
     assert tx.handle_timer(0.01) is PROBE and repr(PROBE) == "PROBE"
     assert tx.handle_timer(0.03) is PROBE         # backing off
+    assert tx.rto == pytest.approx(0.04)
     assert tx.on_credit(1, 1, 0.04) is True
     assert tx.deadline is None and tx.probes == 2
+    assert tx.rto == pytest.approx(0.01)          # the window opened: the next fragment is timed afresh
 
 
 def test_wake_target_is_half_a_window_ahead():

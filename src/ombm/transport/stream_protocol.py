@@ -38,8 +38,9 @@ Rules:
   repair (:meth:`StreamSender.handle_timer` returns the I/O layer's record of it): the receiver
   takes fragments in order, so the oldest is the one it waits for.  The RTO starts at ``min_rto``,
   doubles at each repair up to ``max_rto``, and returns to ``min_rto`` when the acknowledgement
-  moves; the timer restarts then (RFC 6298 §5.3).  A sender refused by a closed window with nothing
-  unacknowledged gets :data:`PROBE` on the same timer, so a lost window update cannot stall it.
+  moves (the timer restarts then, RFC 6298 §5.3) or a probed window opens.  A sender refused by a
+  closed window with nothing unacknowledged gets :data:`PROBE` on the same timer, so a lost window
+  update cannot stall it.
 * **Datagrams.**  :meth:`StreamReceiver.place` sorts an arriving sequence number: the next one,
   ahead inside the window (keep it), a duplicate (answer with credit: the ack was lost), or beyond
   the window (drop).  Over shared memory the slot ``seq % window`` is that placement.
@@ -221,8 +222,9 @@ class StreamSender(Generic[R]):
         limit = released + self.window
         if limit > self.limit:
             self.limit = limit
-            if self._blocked:
+            if self._blocked:  # the window opened: the probes' backoff ends
                 self._blocked = False
+                self.rto = self._min_rto
                 if not self._records:
                     self.deadline = None
         return next_seq < self.limit
