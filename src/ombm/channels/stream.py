@@ -80,7 +80,7 @@ from ombm.transport.stream_protocol import seal, unseal
 from ombm.core.signals import Receiver, signal as _signal
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from _typeshed import ReadableBuffer
 
 __all__ = ["Stream", "StreamStats", "DEFAULT_SLOT_BYTES", "DEFAULT_SLOTS"]
 
@@ -298,7 +298,7 @@ class Stream(Channel):
         if not self.writable:
             raise ReadOnlyError(f"stream {self.name!r} was opened for reading: it cannot send")
 
-    def _fragments(self, data: Buffer) -> tuple[Sequence[_Source], int]:
+    def _fragments(self, data: ReadableBuffer) -> tuple[Sequence[_Source], int]:
         if type(data) is bytes:
             return split(data, self.max_payload), len(data)
         try:
@@ -307,7 +307,7 @@ class Stream(Channel):
             raise TypeError(f"a message must be bytes-like, not {type(data).__name__}") from None
         return split(view, self.max_payload), len(view)
 
-    def send(self, data: Buffer, timeout: float | None = None) -> None:
+    def send(self, data: ReadableBuffer, timeout: float | None = None) -> None:
         """Send one message (bytes-like, any size), waiting for credit up to ``timeout``.
 
         :class:`~ombm.channels.raw.ChannelTimeout` if the reader did not make room in time
@@ -335,7 +335,7 @@ class Stream(Channel):
         self._pieces = pieces
         self._push(deadline, now)
 
-    def send_nowait(self, data: Buffer) -> None:
+    def send_nowait(self, data: ReadableBuffer) -> None:
         """Send one message now or raise :class:`~ombm.WouldBlock` (nothing sent) if the window is full.
 
         A message of more fragments than the window can never go without waiting:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from ombm.transport.wire import MAX_FRAGMENTS
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from _typeshed import ReadableBuffer
 
 __all__ = ["split", "check_max_payload"]
 
 
-def split(data: Buffer, max_payload: int) -> list[bytes | memoryview]:
+def split(data: ReadableBuffer, max_payload: int) -> list[bytes | memoryview]:
     """Cut ``data`` into at most MAX_FRAGMENTS pieces of at most ``max_payload`` bytes."""
     whole = data if type(data) is bytes else memoryview(data).cast("B")
     n = len(whole)

@@ -53,12 +53,15 @@ Only one thread at a time may use each object.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ombm._native import checksum as _checksum
 from ombm.errors import FrameError
 from ombm.transport.fragments import check_max_payload
 from ombm.transport.wire import MAGIC, MAX_FRAGMENTS, TRAILER_HEAD, TRAILER_SUM, Kind, decode_fields, encode
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = ["StreamSender", "StreamReceiver", "Probe", "PROBE", "seal", "unseal",
            "BYTES", "ARRAY", "MORE", "DONE", "REFUSED", "NEXT", "AHEAD", "DUPLICATE", "OVERRUN"]
@@ -229,7 +232,7 @@ class StreamSender(Generic[R]):
                     self.deadline = None
         return next_seq < self.limit
 
-    def receive_frame(self, view: bytes | bytearray | memoryview, now: float) -> bool:
+    def receive_frame(self, view: ReadableBuffer, now: float) -> bool:
         """Take a CREDIT frame (bad, foreign and impossible ones are counted and dropped).  True if
         fragment ``next_seq`` may be sent."""
         try:

@@ -78,7 +78,7 @@ def _stream_sink(control: Connection, name: str, count: int, warmup: int) -> Non
         control.send(("primed",))
         received = check = 0
         for _ in range(count):
-            m = s.recv(_TIMEOUT_S)
+            m: bytearray = s.recv(_TIMEOUT_S)  # type: ignore[assignment]  # bytes only: never an ArrayView
             received += len(m)
             check ^= m[0] if m else 0
         control.send(("ack", received, check))
