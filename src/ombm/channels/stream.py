@@ -62,7 +62,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, Sequence, Union, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -81,6 +81,7 @@ from ombm.core.signals import Receiver, signal as _signal
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
+    from numpy.typing import NDArray
 
 __all__ = ["Stream", "StreamStats", "DEFAULT_SLOT_BYTES", "DEFAULT_SLOTS"]
 
@@ -183,7 +184,7 @@ class _ArraySource:
 
     __slots__ = ("array", "nbytes", "pad", "header")
 
-    def __init__(self, array: Any, nbytes: int, pad: int, header: bytes) -> None:
+    def __init__(self, array: NDArray[Any], nbytes: int, pad: int, header: bytes) -> None:
         self.array, self.nbytes, self.pad, self.header = array, nbytes, pad, header
 
     def __len__(self) -> int:
@@ -364,20 +365,20 @@ class Stream(Channel):
         self._pieces = pieces
         self._push(None, now, nowait=True)
 
-    def send_array(self, array: Any, timeout: float | None = None) -> None:
+    def send_array(self, array: NDArray[Any], timeout: float | None = None) -> None:
         """Send a numpy array; the reader gets it with :meth:`recv_array` (zero copy if it fits a slot)."""
         self._check_writer_side()
         timeout = check_timeout(timeout)
         pieces, total = self._array_pieces(array)
         self._send(pieces, total, ARRAY, timeout)
 
-    def send_array_nowait(self, array: Any) -> None:
+    def send_array_nowait(self, array: NDArray[Any]) -> None:
         """:meth:`send_array` or :class:`~ombm.WouldBlock`."""
         self._check_writer_side()
         pieces, total = self._array_pieces(array)
         self._nowait(pieces, total, ARRAY)
 
-    def _array_pieces(self, array: Any) -> tuple[Sequence[_Source], int]:
+    def _array_pieces(self, array: NDArray[Any]) -> tuple[Sequence[_Source], int]:
         array = check_array(array)
         header = pack_header(array)
         nbytes = array.nbytes
@@ -630,14 +631,20 @@ class Stream(Channel):
             raise WouldBlock(f"no complete message on stream {self.name!r}")
         return msg
 
-    def recv_array(self, timeout: float | None = None, *, copy: bool = False) -> Any:
+    @overload
+    def recv_array(self, timeout: float | None = None, *, copy: Literal[False] = False) -> ArrayView: ...
+
+    @overload
+    def recv_array(self, timeout: float | None = None, *, copy: Literal[True]) -> NDArray[Any]: ...
+
+    def recv_array(self, timeout: float | None = None, *, copy: bool = False) -> ArrayView | NDArray[Any]:
         """The next message, which must be an array: an :class:`ArrayView` (or, with ``copy``, an ndarray).
 
         ``TypeError`` (the message stays) if the next message is bytes.
         """
         self._check_reader_side()
         view = self._recv(check_timeout(timeout), ARRAY)
-        assert isinstance(view, ArrayView)
+        assert isinstance(view, ArrayView)  # the protocol refused any other content
         if not copy:
             return view
         with view:
