@@ -5,8 +5,8 @@
  * What it detects, in any message of up to 2^31 - 33 bits (a frame is at most about 2^20): every
  * error of 1 or 2 bits (x has order 2^31 - 1 modulo its polynomial P), of an odd number of bits
  * (x + 1 divides P), every burst of at most 32 bits (P has degree 32 and constant term 1); and,
- * after Koopman (DSN 2002), every error of up to 5 bits in messages up to 5,243 bits.
- * tests/property/test_crc32c.py proves the 1-bit, 2-bit and burst cases for the largest frame.
+ * as Koopman (DSN 2002) reports, every error of up to 5 bits in messages up to 5,243 bits.
+ * tests/property/test_crc32c_props.py proves the 1-bit, 2-bit and burst cases for the largest frame.
  * It can be continued: the CRC of a + b is crc32c_copy(..., b, n, crc32c_copy(..., a, m, 0)),
  * like zlib's crc32(data, value).
  *

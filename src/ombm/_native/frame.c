@@ -22,7 +22,11 @@ static uint32_t crc_copy_released(unsigned char *dst, const unsigned char *src, 
 /* A continued CRC from Python: a 32-bit value. 0 and no exception, or -1 with one. */
 static int crc_argument(PyObject *o, uint32_t *crc) {
     unsigned long long v = PyLong_AsUnsignedLongLong(o);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;  /* not an int: TypeError */
+        PyErr_Clear();
+        v = ~0ull;  /* negative or huge */
+    }
     if (v > 0xFFFFFFFFull) {
         PyErr_SetString(PyExc_ValueError, "a CRC32C is a 32-bit value");
         return -1;

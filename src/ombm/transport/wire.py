@@ -33,7 +33,7 @@ The checksum is the CRC32C (Castagnoli polynomial 0x1EDC6F41, as iSCSI: RFC 3720
 as a u64 whose high 32 bits are zero, and the whole u64 is compared, so the trailer
 keeps its size and every byte of it is checked.  In the largest frame (a 128 KiB slot)
 it detects every error of 1, 2 or an odd number of bits and every burst of at most 32
-bits (``tests/property/test_crc32c.py`` proves it; ``docs/design.md`` says why).  It
+bits (``tests/property/test_crc32c_props.py`` proves it; ``docs/design.md`` says why).  It
 replaced a 64-bit Fletcher-like sum (format version 1), which wrapped at 2^64: bit 63
 of words 0 and 2 flipped together went unnoticed.  The checksum is the last field, so
 it is the last thing written.  A CRC can be continued (``checksum(b, checksum(a))`` is
