@@ -39,7 +39,8 @@ How the protocol's frames and counts travel here:
   again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
-  again.  ``wire.decode`` does not validate stream frames (see :func:`~ombm.transport.stream_protocol.seal`).
+  again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
+  (:func:`~ombm.transport.stream_protocol.seal`), is the one ``wire.decode`` checks.
 * **Repair.**  A fragment the protocol finds due (unacknowledged for an RTO: 0.1 s, doubling up
   to 2 s) is checked in its slot: intact, it is signalled again; corrupt, it is written again
   from the sender's source.  ``bytes`` sources are kept by reference (no copy); any other
@@ -420,8 +421,8 @@ class Stream(Channel):
               plen: int) -> int:
         """Write one DATA frame ending at its slot's end; its checksum, stored last, signals.
 
-        The payload is copied and checksummed in one pass; the frame checksum seals
-        the trailer and that payload checksum (see :func:`~ombm.transport.stream_protocol.seal`)."""
+        The payload is copied and checksummed in one pass; the frame checksum continues that
+        CRC over the trailer (see :func:`~ombm.transport.stream_protocol.seal`)."""
         end = self.first + (seq % self.slots + 1) * self.slot_size
         start = end - TRAILER - plen
         wbuf = self._wbuf

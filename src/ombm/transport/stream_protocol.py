@@ -13,8 +13,9 @@ Frames (the layout is :mod:`ombm.transport.wire`'s trailer):
 * **DATA**, sender to receiver: a fragment's payload and trailer.  ``message_id`` is its sequence
   number (from 0, counting fragments, not messages), ``frag_index``/``frag_count`` its place in
   its message, ``ack`` the message's total length and ``credit`` its content type (:data:`BYTES`,
-  :data:`ARRAY`): the stream direction has no acknowledgement to piggyback.  Its checksum is sealed
-  in two levels (:func:`seal`) so that each end copies and checksums the payload in one pass.
+  :data:`ARRAY`): the stream direction has no acknowledgement to piggyback.  Its checksum is the
+  wire's (a CRC32C of payload and trailer head), continued from the payload's over the trailer
+  (:func:`seal`) so that each end copies and checksums the payload in one pass.
 * **CREDIT**, receiver to sender, a plain wire frame: ``ack`` is the cumulative acknowledgement
   (every fragment below it arrived) and ``credit`` how many fragments past ``ack`` the receiver can
   take (``released + window - ack``).  Over shared memory the same two counts are also published as
@@ -72,28 +73,28 @@ BYTES, ARRAY = 0, 1  # content types: a DATA frame's credit field
 MORE, DONE, REFUSED = 0, 1, 2  # StreamReceiver.accept: more to come, message complete, not the wanted content
 NEXT, AHEAD, DUPLICATE, OVERRUN = 0, 1, 2, 3  # StreamReceiver.place
 
-_HEAD_SIZE = TRAILER_HEAD.size  # 40: trailer[0:40], what the seal covers with the payload's checksum
+_HEAD_SIZE = TRAILER_HEAD.size  # 40: trailer[0:40], what the seal continues the payload's checksum over
 _head_fields, _sum_field = TRAILER_HEAD.unpack_from, TRAILER_SUM.unpack_from
-_pack_sum = TRAILER_SUM.pack
 _DATA, _CREDIT = int(Kind.DATA), Kind.CREDIT
 _CONTENTS = (BYTES, ARRAY)
 _U32 = 0xFFFFFFFF
 
 
 def seal(head: bytes, payload_checksum: int) -> int:
-    """A DATA frame's checksum: the native checksum of the trailer's first 40 bytes followed by the
-    payload's own checksum (two levels, so that the payload is copied and checksummed in one pass at
-    both ends; the native checksum cannot be continued from the payload into the trailer)."""
-    checksum: int = _checksum(head + _pack_sum(payload_checksum))
+    """A DATA frame's checksum, the wire's: the CRC32C of payload + ``head`` (the trailer's first 40
+    bytes), continued from the payload's own (summed while it was copied, at both ends) over ``head``.
+    A sealed DATA frame is therefore a valid wire frame (:func:`~ombm.transport.wire.decode` takes it)."""
+    checksum: int = _checksum(head, payload_checksum)
     return checksum
 
 
 def unseal(trailer: bytes, payload_checksum: int) -> tuple[int, ...] | None:
     """The fields of a DATA trailer (``bytes``: a private copy) if it seals the payload whose
     checksum is given, else None (torn, corrupt, or being written):
-    ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``."""
+    ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``.
+    The stored u64 is compared whole: its high half must be zero."""
     # seal(), inlined: once per fragment received
-    if _checksum(trailer[:_HEAD_SIZE] + _pack_sum(payload_checksum)) != _sum_field(trailer, _HEAD_SIZE)[0]:
+    if _checksum(trailer[:_HEAD_SIZE], payload_checksum) != _sum_field(trailer, _HEAD_SIZE)[0]:
         return None
     return _head_fields(trailer, 0)
 
