@@ -61,6 +61,24 @@ uint32_t crc32c_table_copy(unsigned char *dst, const unsigned char *src, size_t 
     return ~c;
 }
 
+/* The tail of a hardware run, after any blocks: the remaining 8-byte words, then the bytes, one
+   CRC instruction each (STEP64 on a word, STEP8 on a byte), copying as it goes when `copy`; it
+   returns the finished CRC. Written once for both instruction sets (the intrinsics differ). */
+#define CRC_WORDS_THEN_BYTES(c, STEP64, STEP8)                     \
+    do {                                                           \
+        for (; i + 8 <= n; i += 8) {                               \
+            uint64_t w_ = load64(src + i);                         \
+            if (copy) memcpy(dst + i, &w_, 8);                     \
+            c = STEP64(c, w_);                                     \
+        }                                                          \
+        uint32_t c32_ = (uint32_t)c;                               \
+        for (; i < n; i++) {                                       \
+            if (copy) dst[i] = src[i];                             \
+            c32_ = STEP8(c32_, src[i]);                            \
+        }                                                          \
+        return ~c32_;                                              \
+    } while (0)
+
 /* ---------------------------------------------------------------- x86-64: SSE4.2 */
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -119,17 +137,7 @@ sse42_run(unsigned char *dst, const unsigned char *src, size_t n, uint32_t crc, 
     size_t i = 0;
     while (i + 3 * LONG_BLOCK <= n) c = sse42_three(c, dst, src, &i, LONG_BLOCK, shift_long, copy);
     while (i + 3 * SHORT_BLOCK <= n) c = sse42_three(c, dst, src, &i, SHORT_BLOCK, shift_short, copy);
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w = load64(src + i);
-        if (copy) memcpy(dst + i, &w, 8);
-        c = _mm_crc32_u64(c, w);
-    }
-    uint32_t c32 = (uint32_t)c;
-    for (; i < n; i++) {
-        if (copy) dst[i] = src[i];
-        c32 = _mm_crc32_u8(c32, src[i]);
-    }
-    return ~c32;
+    CRC_WORDS_THEN_BYTES(c, _mm_crc32_u64, _mm_crc32_u8);
 }
 
 __attribute__((target("sse4.2"))) static uint32_t sse42_copy(unsigned char *dst, const unsigned char *src, size_t n,
@@ -154,18 +162,9 @@ static int sse42_present(void) {
 
 __attribute__((target("+crc"), always_inline)) static inline uint32_t
 armv8_run(unsigned char *dst, const unsigned char *src, size_t n, uint32_t crc, const int copy) {
-    uint32_t c = ~crc;
+    uint64_t c = ~crc;
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w = load64(src + i);
-        if (copy) memcpy(dst + i, &w, 8);
-        c = __crc32cd(c, w);
-    }
-    for (; i < n; i++) {
-        if (copy) dst[i] = src[i];
-        c = __crc32cb(c, src[i]);
-    }
-    return ~c;
+    CRC_WORDS_THEN_BYTES(c, __crc32cd, __crc32cb);
 }
 
 __attribute__((target("+crc"))) static uint32_t armv8_copy(unsigned char *dst, const unsigned char *src, size_t n,
