@@ -37,12 +37,7 @@ import pytest
 
 from conftest import SRC
 
-pytestmark = [
-    pytest.mark.processes,
-    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to create a user"),
-    pytest.mark.skipif(shutil.which("useradd") is None or shutil.which("userdel") is None,
-                       reason="needs useradd/userdel"),
-]
+pytestmark = pytest.mark.processes
 
 STEP_TIMEOUT_S = 60.0
 
@@ -50,7 +45,11 @@ STEP_TIMEOUT_S = 60.0
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture
 def other_user():
-    """(uid, gid) of a throwaway system user, deleted afterwards."""
+    """(uid, gid) of a throwaway system user, deleted afterwards (skips unless root with useradd)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("needs useradd/userdel")
     name = f"ombmtest{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                    check=True, capture_output=True, timeout=60)
@@ -93,8 +92,8 @@ def as_user(uid: int, gid: int) -> None:
 class Child:
     """An ombm process of ours: ``python -c code``, talking JSON lines over stdin/stdout."""
 
-    def __init__(self, code: str, env: dict) -> None:
-        self.p = subprocess.Popen([sys.executable, "-W", "always", "-c", code], env=env, stdin=subprocess.PIPE,
+    def __init__(self, code: str, env: dict, *args: str) -> None:
+        self.p = subprocess.Popen([sys.executable, "-W", "always", "-c", code, *args], env=env, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._buf = ""
         self._err: str | None = None
@@ -407,7 +406,7 @@ print(json.dumps({"folder": namespace.folder(), "result": result,
 
 
 @pytest.mark.parametrize("how", ["foreign-folder", "foreign-folder-0777", "symlink", "file", "own-folder-0777"])
-def test_a_squatted_folder_does_not_lock_ombm_out(procs, other_user, shm_env, how):
+def test_a_squatted_folder_does_not_lock_ombm_out(procs, request, shm_env, how):
     root = shm_env["OMBM_SHM_DIR"]
     standard = os.path.join(root, f"ombm-{os.getuid()}")
     if how == "own-folder-0777":  # ours, but open to everyone for a while: its contents cannot be trusted
@@ -415,7 +414,7 @@ def test_a_squatted_folder_does_not_lock_ombm_out(procs, other_user, shm_env, ho
         os.chmod(standard, 0o777)
     else:
         parent_end, child_end = procs.pipe()
-        p = procs.fork(_squat, child_end, *other_user, standard, how)
+        p = procs.fork(_squat, child_end, *request.getfixturevalue("other_user"), standard, how)
         assert parent_end.poll(STEP_TIMEOUT_S) and parent_end.recv() == "squatted"
         p.join(STEP_TIMEOUT_S)
     squat = os.lstat(standard)
@@ -441,3 +440,86 @@ def test_a_squatted_folder_does_not_lock_ombm_out(procs, other_user, shm_env, ho
     after = os.lstat(standard)
     assert (after.st_ino, after.st_uid, after.st_mode) == (squat.st_ino, squat.st_uid, squat.st_mode)
     assert os.listdir(private) == [], f"left in the private folder: {os.listdir(private)}"
+
+
+def _unsquat(conn, uid, gid, path):
+    as_user(uid, gid)
+    os.rmdir(path)
+    conn.send("gone")
+
+
+def test_the_private_folder_holds_when_the_squat_goes(procs, other_user, shm_env):
+    """A squatter that removes its squat once our server moved to the private folder does not split
+    our processes: the recorded private folder takes precedence."""
+    standard = os.path.join(shm_env["OMBM_SHM_DIR"], f"ombm-{os.getuid()}")
+    parent_end, child_end = procs.pipe()
+    p = procs.fork(_squat, child_end, *other_user, standard, "foreign-folder")
+    assert parent_end.poll(STEP_TIMEOUT_S) and parent_end.recv() == "squatted"
+    p.join(STEP_TIMEOUT_S)
+    server = Child(SQUAT_SERVER, shm_env)
+    try:
+        served = server.recv()
+        parent_end, child_end = procs.pipe()
+        p = procs.fork(_unsquat, child_end, *other_user, standard)
+        assert parent_end.poll(STEP_TIMEOUT_S) and parent_end.recv() == "gone"
+        p.join(STEP_TIMEOUT_S)
+        client = Child(SQUAT_CLIENT, shm_env)
+        called = client.recv()
+        client.stop()
+        server.send("stop")
+    finally:
+        server.stop()
+    assert called["result"] == 5 and called["folder"] == served["folder"] != standard
+    assert any(w.startswith("FolderSquattedWarning") for w in called["warnings"])
+
+
+# ---------------------------------------------------------------- same user: the sockets' life
+HOLDER = r"""
+import json, os, stat, sys
+import ombm
+kernel = ombm.Receiver(kernel=True)
+bell = ombm.Receiver(kernel=False)
+bell.fifo.doorbell()
+print(json.dumps({"sockets": [kernel.fifo.sock_address, bell.fifo.sock_address],
+                  "modes": [stat.S_IMODE(os.stat(r.fifo.sock_address).st_mode) for r in (kernel, bell)]}),
+      flush=True)
+if sys.argv[1] == "close":
+    sys.stdin.readline()
+    kernel.close(); bell.close()
+    print(json.dumps({"closed": [os.path.exists(r.fifo.path) for r in (kernel, bell)]}), flush=True)
+else:
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_sockets_are_private_files_unlinked_on_close(shm_env):
+    child = Child(HOLDER, shm_env, "close")
+    try:
+        info = child.recv()
+        folder = os.path.join(shm_env["OMBM_SHM_DIR"], f"ombm-{os.getuid()}")
+        assert [os.path.dirname(a) for a in info["sockets"]] == [folder, folder]
+        assert all(stat.S_ISSOCK(os.lstat(a).st_mode) for a in info["sockets"])
+        assert info["modes"] == [0o600, 0o600]
+        assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700
+        child.send("close")
+        assert child.recv() == {"closed": [False, False]}
+    finally:
+        err = child.stop()
+    assert child.p.returncode == 0, err
+    assert os.listdir(folder) == []
+
+
+def test_gc_reclaims_the_sockets_of_a_killed_receiver(shm_env):
+    child = Child(HOLDER, shm_env, "kill")
+    try:
+        info = child.recv()
+    finally:
+        child.stop()
+    assert child.p.returncode == -9
+    assert all(os.path.exists(a) for a in info["sockets"])  # SIGKILL: nothing unlinked them
+    done = subprocess.run([sys.executable, "-c", "from ombm.core import admin; r = admin.gc(); "
+                           "print(r.sockets_removed, r.fifos_removed)"],
+                          env=shm_env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "2"]
+    assert not any(os.path.exists(a) for a in info["sockets"])
