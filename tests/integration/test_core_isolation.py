@@ -530,3 +530,26 @@ def test_gc_reclaims_the_sockets_of_a_killed_receiver(shm_env):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "2"]
     assert not any(os.path.exists(a) for a in info["sockets"])
+
+
+def test_kernel_path_rpc_through_a_folder_beyond_sun_path(shm_env):
+    """A folder whose socket paths do not fit sun_path: bound and reached through /proc/self/fd."""
+    env = dict(shm_env, OMBM_SIGNAL_PATH="kernel")
+    deep = os.path.join(env["OMBM_SHM_DIR"], "d" * 60, "e" * 60)
+    os.makedirs(deep, mode=0o755)
+    env["OMBM_SHM_DIR"] = deep
+    server = Child(SQUAT_SERVER, env)
+    try:
+        served = server.recv()
+        client = Child(SQUAT_CLIENT, env)
+        called = client.recv()
+        err = client.stop()
+        assert client.p.returncode == 0, err
+        server.send("stop")
+    finally:
+        server_err = server.stop()
+    assert server.p.returncode == 0, server_err
+    assert called["result"] == 5 and called["folder"] == served["folder"] == os.path.join(deep, f"ombm-{os.getuid()}")
+    assert len(os.fsencode(os.path.join(served["folder"], "sock-0123456789abcdef"))) > 108
+    assert served["warnings"] == called["warnings"] == []
+    assert os.listdir(served["folder"]) == []
