@@ -412,6 +412,22 @@ print(json.dumps({"folder": namespace.folder(), "result": result,
 """
 
 
+def serve_and_call(env: dict) -> tuple[dict, dict]:
+    """Serve in one process, call from another: what each said (folder, warnings; the call's result)."""
+    server = Child(SQUAT_SERVER, env)
+    try:
+        served = server.recv()
+        client = Child(SQUAT_CLIENT, env)
+        called = client.recv()
+        err = client.stop()
+        assert client.p.returncode == 0, err
+        server.send("stop")
+    finally:
+        server_err = server.stop()
+    assert server.p.returncode == 0, server_err
+    return served, called
+
+
 @pytest.mark.parametrize("how", ["foreign-folder", "foreign-folder-0777", "symlink", "file", "own-folder-0777"])
 def test_a_squatted_folder_does_not_lock_ombm_out(procs, request, shm_env, how):
     root = shm_env["OMBM_SHM_DIR"]
@@ -425,17 +441,7 @@ def test_a_squatted_folder_does_not_lock_ombm_out(procs, request, shm_env, how):
         assert parent_end.poll(STEP_TIMEOUT_S) and parent_end.recv() == "squatted"
         p.join(STEP_TIMEOUT_S)
     squat = os.lstat(standard)
-    server = Child(SQUAT_SERVER, shm_env)
-    try:
-        served = server.recv()
-        client = Child(SQUAT_CLIENT, shm_env)
-        called = client.recv()
-        err = client.stop()
-        assert client.p.returncode == 0, err
-        server.send("stop")
-    finally:
-        server_err = server.stop()
-    assert server.p.returncode == 0, server_err
+    served, called = serve_and_call(shm_env)
     assert called["result"] == 5
     private = served["folder"]
     assert called["folder"] == private != standard  # both processes met in the same private folder
@@ -538,17 +544,7 @@ def test_kernel_path_rpc_through_a_folder_beyond_sun_path(shm_env):
     deep = os.path.join(env["OMBM_SHM_DIR"], "d" * 60, "e" * 60)
     os.makedirs(deep, mode=0o755)
     env["OMBM_SHM_DIR"] = deep
-    server = Child(SQUAT_SERVER, env)
-    try:
-        served = server.recv()
-        client = Child(SQUAT_CLIENT, env)
-        called = client.recv()
-        err = client.stop()
-        assert client.p.returncode == 0, err
-        server.send("stop")
-    finally:
-        server_err = server.stop()
-    assert server.p.returncode == 0, server_err
+    served, called = serve_and_call(env)
     assert called["result"] == 5 and called["folder"] == served["folder"] == os.path.join(deep, f"ombm-{os.getuid()}")
     assert len(os.fsencode(os.path.join(served["folder"], "sock-0123456789abcdef"))) > 108
     assert served["warnings"] == called["warnings"] == []
