@@ -20,8 +20,10 @@ keeps working for callers who do not know ombm::
     ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
-    └── CallTimeout               (TimeoutError)       no reply within the call's timeout
-        └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+    ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
+    │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+    └── FolderSquattedWarning     (UserWarning)        a warning, not raised: the per-user folder was
+                                                       taken by someone else; ombm uses a private one
 
 Misuse by the caller (an argument of the wrong type or value, an operation out of order) raises
 the plain builtin (``TypeError``, ``ValueError``, ``RuntimeError``), as the standard library does.
@@ -114,3 +116,9 @@ class CallTimeout(OmbmError, TimeoutError):
 
 class ServerGoneError(CallTimeout, ChannelBrokenError):
     """The RPC server stopped or died: both a CallTimeout and a ConnectionError."""
+
+
+class FolderSquattedWarning(OmbmError, UserWarning):
+    """Issued (``warnings.warn``), not raised: ``<SHM_ROOT>/ombm-<uid>`` is not a 0700 folder of ours
+    (another user's, a symbolic link, a file, or open to others), so ombm uses the user's private
+    fallback folder instead (docs/design.md, "Who can reach a user's objects")."""
