@@ -27,6 +27,8 @@ start (signal-on-write, §3.3), and the reader finds what it needs at the slot's
      56  u64 writer start time (liveness: pid + start, never the pid alone)
      64  u64 published  (raw: writes so far)
      72  u64 wake-at    (stream: 0, or the writer sleeps until the reader released this many)
+     80  u64 sent fragments | 88 u64 sent messages  (stream: the writer's final counts, stored
+                            before the closed state: the reader's end of stream must match them)
 
 Nobody registers a handler over the control block, and it is written with plain
 stores, never :meth:`Region.write`, so it never raises a signal.
@@ -83,6 +85,7 @@ CONTROL_SIZE = 128
 CTRL_STATE = 52
 CTRL_PUBLISHED = 64
 CTRL_WAKE_AT = 72
+CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES = 80, 88
 KIND_RAW, KIND_STREAM = 1, 2
 STATE_OPEN, STATE_CLOSED = 1, 2
 _KIND_NAMES = {KIND_RAW: "raw channel", KIND_STREAM: "stream"}
