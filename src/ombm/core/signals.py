@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Callable, cast
 
 from ombm import _layout as L
 from ombm import _native
@@ -376,8 +377,10 @@ class Dispatcher:
     """A thread, owned by this object, that runs its handlers as asynchronous calls.
 
     Handler exceptions are passed to ``on_error`` (default: logged) and the
-    thread goes on. ``close()`` stops and joins the thread and disables the
-    handlers.
+    thread goes on.  The thread never dies silently: an exception ``on_error``
+    itself raises (or a handler's ``SystemExit``) is reported through
+    :func:`sys.unraisablehook` (Python prints it by default) and the thread goes
+    on serving.  ``close()`` stops and joins the thread and disables the handlers.
     """
 
     def __init__(self, *, on_error: Callable[[BaseException], object] | None = None, name: str = "ombm-dispatcher"):
@@ -396,7 +399,17 @@ class Dispatcher:
                 self.receiver.wait_once(0.5)
             except Exception as e:  # a handler's error must not kill the dispatcher
                 COUNTERS.handler_errors += 1
-                self._on_error(e)
+                try:
+                    self._on_error(e)
+                except BaseException as report:  # nor its on_error's: reported, never silent
+                    _unraisable(report, f"Exception ignored in the on_error of {self!r}, while handling "
+                                        f"{type(e).__name__}: {e}")
+            except BaseException as e:  # SystemExit from a handler would end the thread silently
+                COUNTERS.handler_errors += 1
+                _unraisable(e, f"Exception ignored in a signal handler of {self!r}")
+
+    def __repr__(self) -> str:
+        return f"<ombm.Dispatcher {self._thread.name!r}{' closed' if self._stop else ''}>"
 
     def close(self, timeout: float = 5.0) -> None:
         if self._stop:
@@ -411,6 +424,24 @@ class Dispatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Unraisable:
+    """The argument :func:`sys.unraisablehook` takes (``sys.UnraisableHookArgs`` has no public constructor)."""
+
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc: BaseException, err_msg: str) -> None:
+        self.exc_type, self.exc_value, self.exc_traceback = type(exc), exc, exc.__traceback__
+        self.err_msg, self.object = err_msg, None
+
+
+def _unraisable(exc: BaseException, err_msg: str) -> None:
+    """Report an exception nobody can take (the way CPython reports one in a finalizer)."""
+    try:
+        sys.unraisablehook(cast("sys.UnraisableHookArgs", _Unraisable(exc, err_msg)))
+    except BaseException:  # a broken hook: the log is the last resort
+        _log.error(err_msg, exc_info=exc)
 
 
 def _close_receivers() -> None:
