@@ -697,12 +697,12 @@ class Stream(Channel):
             force = not self._wait_slice(left)  # a tick without a signal: look anyway
 
     def _writer_gone(self) -> bool:
-        if self.writer_state() == STATE_CLOSED:
+        if self._writer_state() == STATE_CLOSED:
             return True
         if not self._tick_due():
             return False
         self._check_words()
-        return not self.writer_alive()
+        return not namespace.is_alive(*self._writer)
 
     def _check_words(self) -> None:
         """Once a tick while waiting: the credit words must hold what this reader published (a
@@ -717,14 +717,14 @@ class Stream(Channel):
                     "forged credit")
 
     def _check_writer(self) -> None:
-        if self.writer_state() == STATE_CLOSED:
+        if self._writer_state() == STATE_CLOSED:
             base = self._base
             try:  # exactly what the writer reports it sent, between messages: a clean end
                 self._rx.check_end(_load64(base + CTRL_SENT_FRAGMENTS), _load64(base + CTRL_SENT_MESSAGES))
             except StreamProtocolError as exc:
                 raise StreamProtocolError(f"the writer closed stream {self.name!r}, but {exc}") from None
             raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
-        if not self.writer_alive():
+        if not namespace.is_alive(*self._writer):
             raise ChannelBrokenError(f"the writer of stream {self.name!r} died")
 
     def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:

@@ -162,13 +162,24 @@ class Receiver:
         later signals are still there for the next call.
         """
         ran = 0
-        pop = self.fifo.pop
-        for _ in range(limit):
-            item = pop()
-            if item is None:
-                break
-            ran += self._dispatch(*item)
+        fifo = self.fifo
+        pop = fifo.pop
+        try:
+            for _ in range(limit):
+                item = pop()
+                if item is None:
+                    break
+                ran += self._dispatch(*item)
+        except AttributeError:  # a closed kernel FIFO has no socket
+            self._check_open()
+            raise
+        if not ran and fifo._closed:  # checked only when nothing came: no cost per signal
+            self._check_open()
         return ran
+
+    def _check_open(self) -> None:
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
 
     def wait_once(self, timeout: float) -> int:
         """Dispatch pending signals, or wait up to ``timeout`` for some and dispatch them."""
@@ -199,6 +210,8 @@ class Receiver:
         ``(segment id, offset)``, or None if none came. No handler runs: for owners of the
         receiver that dispatch their own segments (the RPC client and server) and hand the
         rest to :meth:`dispatch`."""
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
         if self.kernel:
             return self.fifo.pop_wait(timeout) if timeout > 0 else self.fifo.pop()
         settings_now = _config.SETTINGS
@@ -236,6 +249,8 @@ class Receiver:
 
     def dispatch(self, segment_id: int, offset: int) -> int:
         """Run the handlers of one signal taken by :meth:`pop_wait`; how many ran."""
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
         return self._dispatch(segment_id, offset)
 
     def wait(self, timeout: float | None = None) -> float:
@@ -245,6 +260,8 @@ class Receiver:
         run time is not charged)."""
         if type(timeout) is not float or not timeout >= 0:
             timeout = _check_timeout(timeout)
+        if self.fifo._closed:  # nothing can signal a closed receiver: the wait would never end
+            raise ClosedError("receiver is closed")
         if self.kernel:
             return self._wait_kernel(timeout)
         address = self._address
@@ -301,6 +318,7 @@ class Receiver:
         """Make a waiting ``wait_once`` return (used to stop dispatcher threads)."""
         from ombm.core.delivery import fifo_ref
 
+        self._check_open()
         ref = fifo_ref(self.fifo.token)
         if ref is None:
             return
@@ -391,6 +409,10 @@ class Dispatcher:
         self._thread.start()
 
     def signal_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
+        """Run ``fn(address)`` in this dispatcher's thread for signals on ``[address, address+size)``;
+        :class:`~ombm.ClosedError` once the dispatcher is closed."""
+        if self._stop:
+            raise ClosedError("dispatcher is closed")
         return self.receiver.add_handler(address, size, fn)
 
     def _run(self) -> None:

@@ -35,7 +35,7 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
+from ombm.errors import ClosedError, FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
@@ -272,6 +272,8 @@ class Server:
     # -- running
     def serve_forever(self) -> None:
         """Serve in the calling thread until ``stop()``, SIGINT or SIGTERM (main thread only)."""
+        if self._receiver.closed:
+            raise ClosedError(f"server {self.name!r} is stopped")
         if not self._serving.acquire(blocking=False):
             raise RuntimeError("this server is already being served by another thread")
         previous = None
@@ -294,6 +296,8 @@ class Server:
 
     def start(self) -> Server:
         """Serve in a background thread owned by this server (``stop()`` joins it)."""
+        if self._receiver.closed:
+            raise ClosedError(f"server {self.name!r} is stopped")
         if self._thread is not None:
             raise RuntimeError("server already started")
         self._thread = threading.Thread(target=self.serve_forever, name=f"ombm-rpc-{self.name}", daemon=True)
@@ -345,18 +349,22 @@ class Server:
     def _serve_kernel(self) -> None:
         """The same on the software-only signal path (every signal through the kernel)."""
         receiver = self._receiver
-        while not self._stop:
-            signal = receiver.pop_wait(REAP_INTERVAL_S)
-            if signal is not None:
-                conn = self._by_segment.get(signal[0])
-                if conn is not None:
-                    self._guarded(conn, signal[1])
-                else:
-                    receiver.dispatch(*signal)
-            now = time.monotonic()
-            if now - self._last_reap >= REAP_INTERVAL_S:
-                self._last_reap = now
-                self._reap()
+        try:
+            while not self._stop:
+                signal = receiver.pop_wait(REAP_INTERVAL_S)
+                if signal is not None:
+                    conn = self._by_segment.get(signal[0])
+                    if conn is not None:
+                        self._guarded(conn, signal[1])
+                    else:
+                        receiver.dispatch(*signal)
+                now = time.monotonic()
+                if now - self._last_reap >= REAP_INTERVAL_S:
+                    self._last_reap = now
+                    self._reap()
+        except ClosedError:
+            if not self._stop:
+                raise  # closed by stop() only: anything else is a bug to see
 
     def _request_stop(self) -> None:
         self._stop = True
