@@ -21,7 +21,11 @@ SLOT = 4096      # the client's slot size: a fragment carries SLOT - 48 bytes
 
 
 class Echo:
+    def __init__(self):
+        self.received = 0
+
     def echo(self, x):
+        self.received += 1
         return x
 
     def size(self, x):
@@ -108,3 +112,32 @@ def test_a_reply_larger_than_the_client_takes_is_an_error_at_the_server(served):
         ombm.rpc.connect(name, max_message_bytes=0)
     with pytest.raises(ValueError):
         ombm.rpc.Server(name + "-x", Echo(), max_message_bytes=-5)
+
+
+# ---------------------------------------------------------------- what the server cannot rebuild
+UNREBUILDABLE = [
+    {(1, 2): "a tuple key"},
+    [1, {"ok": {("nested", 1): 2}}],
+    ({frozenset() if False else (1,): 1},),
+    {"k": [{(): 0}]},
+    {None: 1, 2.5: [{b"k": {(3,): 4}}]},
+]
+
+
+@pytest.mark.parametrize("value", UNREBUILDABLE, ids=range(len(UNREBUILDABLE)))
+def test_a_dict_the_server_cannot_rebuild_is_a_type_error_at_the_caller(served, value):
+    """Red-team case: on main a dict with a tuple key passed the caller and failed on the server."""
+    name, server = served
+    with ombm.rpc.connect(name, timeout=30.0) as client:
+        assert client.echo({"fine": 1, 2: 3, b"b": 4, 1.5: [None]}) == {"fine": 1, 2: 3, b"b": 4, 1.5: [None]}
+        received = server.obj.received
+        with pytest.raises(TypeError, match="key"):
+            client.echo(value)                       # the synchronous call (the native lane when free)
+        with pytest.raises(TypeError, match="key"):
+            client.call_async("echo", value).result()
+        with pytest.raises(TypeError, match="key"):
+            client.oneway("echo", value)
+        with pytest.raises(TypeError, match="key"):
+            client.echo(x=value)
+        assert server.obj.received == received      # no call with such a dict ran
+        assert client.echo(7) == 7

@@ -31,7 +31,7 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
 from ombm.errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
-from ombm.errors import MessageTooLargeError, ServiceNotFoundError
+from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
@@ -43,6 +43,9 @@ from ombm.rpc.timer import timer
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
+
+
+_UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
 class _Pending:
@@ -289,7 +292,12 @@ class Client:
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
             value = pending.data
-        return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+        try:
+            return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+        except RemoteError as exc:  # the cold path: the lane packs calls without marshal.check_keys
+            if exc.type_name == _UNMARSHAL_ERROR:
+                marshal.check_keys(args, kwargs)  # TypeError if the server could not rebuild our arguments
+            raise
 
     def _lend(self) -> bool:
         """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
