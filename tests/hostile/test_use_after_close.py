@@ -62,21 +62,13 @@ def raw_view_intact_unreleased():
     return view.intact, [w]
 
 
-def _raw_reader_use(method, *args):
+def _raw_use(end, method, *args):
     def case():
-        w, r = _raw("rr" + method[:6])
-        r.close()
-        return (lambda: getattr(r, method)(*args)), [w]
-    case.__name__ = f"raw_reader_{method}"
-    return case
-
-
-def _raw_writer_use(method, *args):
-    def case():
-        w, r = _raw("rw" + method[:6])
-        w.close()
-        return (lambda: getattr(w, method)(*args)), [r]
-    case.__name__ = f"raw_writer_{method}"
+        w, r = _raw(end[4] + method[:6])
+        closed, other = (r, w) if end == "raw_reader" else (w, r)
+        closed.close()
+        return (lambda: getattr(closed, method)(*args)), [other]
+    case.__name__ = f"{end}_{method}"
     return case
 
 
@@ -205,10 +197,10 @@ def _server_use(method):
 
 CASES = [
     raw_view_intact, raw_view_intact_unreleased,
-    *[_raw_reader_use(m, *a) for m, a in [("recv", (0.01,)), ("recv_nowait", ()), ("recv_into", (bytearray(64), 0.01)),
+    *[_raw_use("raw_reader", m, *a) for m, a in [("recv", (0.01,)), ("recv_nowait", ()), ("recv_into", (bytearray(64), 0.01)),
                                          ("recv_view", (0.01,)), ("read", (0,)), ("writer_state", ()),
                                          ("writer_alive", ())]],
-    *[_raw_writer_use(m, *a) for m, a in [("write", (b"x",)), ("begin", ()), ("commit", (1,)), ("writer_state", ())]],
+    *[_raw_use("raw_writer", m, *a) for m, a in [("write", (b"x",)), ("begin", ()), ("commit", (1,)), ("writer_state", ())]],
     *[_stream_use("writer", m, *a) for m, a in [("send", (b"x", 0.01)), ("send_nowait", (b"x",)), ("flush", (0.01,)),
                                                ("writer_state", ()), ("writer_alive", ())]],
     *[_stream_use("reader", m, *a) for m, a in [("recv", (0.01,)), ("recv_nowait", ()), ("recv_array", (0.01,)),
