@@ -195,7 +195,13 @@ def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, ob
     """Marshal a call of ``method(*args, **kwargs)``."""
     if type(method) is not str and not isinstance(method, str):
         raise TypeError(f"method name must be str, not {type(method).__name__}")
-    check_keys(args, kwargs)  # what the server could not rebuild: TypeError here, nothing sent
+    for arg in args:  # check_keys(args, kwargs), its first test inlined: flat arguments pass at once
+        if type(arg) not in _LEAVES:
+            check_keys(args, kwargs)  # what the server could not rebuild: TypeError here, nothing sent
+            break
+    else:
+        if kwargs:
+            check_keys((), kwargs)
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
         return packer.pack((method, args, kwargs or _NO_KWARGS))
