@@ -16,8 +16,10 @@ keeps working for callers who do not know ombm::
     ├── ChannelTimeout            (TimeoutError)       a channel operation timed out (nothing lost)
     ├── EndOfStream               (EOFError)           the writer closed and everything was delivered
     ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
+    │   └── StreamProtocolError                        impossible credit, or an end of stream with messages missing
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
     ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
+    ├── MessageTooLargeError      (ValueError)         an RPC call or reply larger than the connection's max_message_bytes
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
     ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
@@ -85,12 +87,24 @@ class ChannelBrokenError(OmbmError, ConnectionError):
     """The peer is gone or the channel was released by someone else (something else broke it)."""
 
 
+class StreamProtocolError(ChannelBrokenError):
+    """The other end of a stream, or another process writing its shared counts, broke the stream
+    protocol: credit no receiver can give (an acknowledgement of what was never sent or moving
+    back, a release beyond it), counts overwritten under their owner, or an end of stream whose
+    counts do not add up (the message says how many messages are missing)."""
+
+
 class FrameError(OmbmError, ValueError):
     """A frame failed its bounds, format or checksum checks."""
 
 
 class UnmarshalError(OmbmError, ValueError):
     """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
+
+
+class MessageTooLargeError(OmbmError, ValueError):
+    """An RPC message larger than the connection allows (``max_message_bytes``): refused before
+    anything is sent."""
 
 
 class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
