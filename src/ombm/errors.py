@@ -71,6 +71,15 @@ class ClosedError(OmbmError, ValueError):
     """Use of something already closed, unbound or released (you closed it)."""
 
 
+class ForkedError(ClosedError):
+    """Use, in a forked child, of a connection, channel end, receiver or server its parent made.
+
+    After ``os.fork`` such an object belongs to the parent alone (it holds a call-id space, a
+    FIFO, a protocol state that two processes cannot share); in the child every use raises this
+    and ``close()`` only forgets the child's copy. Make a new one in the child instead.
+    """
+
+
 class WouldBlock(OmbmError, BlockingIOError):
     """A non-blocking operation could not proceed without waiting."""
 

@@ -55,9 +55,11 @@ reads it").  The reader's ordering of loads relies on x86-64 (TSO) load ordering
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ from ombm.core import namespace
 from ombm.core import config as _config
 from ombm.core import segment as _segment
 from ombm.errors import AddressError, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, OmbmError
+from ombm.errors import ForkedError
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
 from ombm.core.signals import Receiver
 from ombm.core.signals import signal as _signal
@@ -138,6 +141,7 @@ class Channel:
     """
 
     KIND = 0
+    _forked = False  # set in a forked child: this end is the parent's (ForkedError here)
     # set by _create / _parse_control: the slot geometry and the writer's identity (pid, start time)
     slots: int
     first: int
@@ -153,6 +157,7 @@ class Channel:
         self._buf = self.region.buffer
         self._receiver: Receiver | None = None
         self._closed = False
+        _CHANNELS.add(self)
         self._last_check = 0.0
         self._wait_ewma = 0.0
         self._waits_seen = 0
@@ -242,6 +247,9 @@ class Channel:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise ForkedError(f"{type(self).__name__} {self.segment.name!r} belongs to the process that forked "
+                                  "this one (two processes cannot share its protocol state): open it again here")
             raise ClosedError(f"{type(self).__name__} {self.segment.name!r} is closed")
 
     def _own_receiver(self, lo: int, hi: int, fn: Callable[[int], object]) -> Receiver:
@@ -350,9 +358,24 @@ class Channel:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("writer" if self.writable else "reader")
+        state = "forked" if self._forked else "closed" if self._closed else ("writer" if self.writable else "reader")
         return (f"<ombm.{type(self).__name__} {self.segment.name!r} {state} "
                 f"{getattr(self, 'slots', '?')} x {self.slot_size} bytes>")
+
+
+_CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Every channel end of the parent is the parent's: in the child each use raises ForkedError and
+    ``close()`` does nothing (it must not mark the parent's end closed nor free its entries)."""
+    for channel in list(_CHANNELS):
+        channel._forked = True
+        channel._closed = True
+    _CHANNELS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---------------------------------------------------------------- raw channel

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from typing import Callable, cast
 
@@ -36,7 +37,7 @@ from ombm import _native
 from ombm.core import lifecycle
 from ombm.core import config as _config
 from ombm.core.config import Settings, settings
-from ombm.errors import AddressError, ClosedError
+from ombm.errors import AddressError, ClosedError, ForkedError
 from ombm.core.fifo import Fifo
 from ombm.core.segment import Region, find_region
 from ombm.core.stats import COUNTERS
@@ -107,12 +108,13 @@ class SignalHandle:
 class Receiver:
     """One signal FIFO and the handlers it dispatches to."""
 
+    _forked = False  # set in a forked child: this receiver is its parent's (ForkedError here)
+
     def __init__(self, *, capacity: int | None = None, kernel: bool | None = None) -> None:
         s = settings()
         self.kernel = s.signal_path == "kernel" if kernel is None else kernel
         lifecycle.arm()
         self.fifo = Fifo(s.fifo_capacity if capacity is None else capacity, kernel=self.kernel)
-        weakref.finalize(self, self.fifo.close)  # a receiver dropped unclosed still removes its FIFO
         with _all_lock:
             _all_receivers.add(self)  # closed at exit
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
@@ -124,7 +126,7 @@ class Receiver:
     # -- registration
     def add_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
         if self.fifo.closed:
-            raise ClosedError("receiver is closed")
+            raise self._closed_error()
         region, lo = _resolve(address, size, fn)
         handle = SignalHandle(self, region, lo, lo + size, fn)
         region._handles.add(handle)
@@ -179,7 +181,12 @@ class Receiver:
 
     def _check_open(self) -> None:
         if self.fifo._closed:
-            raise ClosedError("receiver is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> ClosedError:
+        if self._forked:
+            return ForkedError("this receiver belongs to the process that forked this one: make a new one here")
+        return ClosedError("receiver is closed")
 
     def wait_once(self, timeout: float) -> int:
         """Dispatch pending signals, or wait up to ``timeout`` for some and dispatch them."""
@@ -339,6 +346,23 @@ class Receiver:
     def closed(self) -> bool:
         return self.fifo.closed
 
+    def __del__(self) -> None:
+        """Dropped unclosed: warn (``ResourceWarning``, as for an unclosed file) and close; never raises."""
+        try:
+            fifo = self.__dict__.get("fifo")
+            if fifo is None or fifo._closed or self._forked or fifo.owner_pid != os.getpid():
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        fifo = self.__dict__.get("fifo")
+        token = f"{fifo.token:016x}" if fifo is not None else "?"
+        state = " forked" if self._forked else (" closed" if fifo is None or fifo._closed else "")
+        return f"<ombm.Receiver fifo-{token}{state}>"
+
 
 # ---- per-thread receivers
 _local = threading.local()
@@ -401,34 +425,54 @@ class Dispatcher:
     on serving.  ``close()`` stops and joins the thread and disables the handlers.
     """
 
+    _forked = False  # set in a forked child: the dispatcher (and its thread) is the parent's
+
     def __init__(self, *, on_error: Callable[[BaseException], object] | None = None, name: str = "ombm-dispatcher"):
         self.receiver = Receiver()
         self._on_error = on_error or (lambda e: _log.error("ombm signal handler raised", exc_info=e))
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # the thread holds this object only weakly while it waits, so a dispatcher dropped unclosed
+        # is collected: its finalizer warns and stops the thread
+        self._thread = threading.Thread(target=_dispatch_loop, args=(weakref.ref(self), self.receiver),
+                                        name=name, daemon=True)
+        _all_dispatchers.add(self)
         self._thread.start()
 
     def signal_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
         """Run ``fn(address)`` in this dispatcher's thread for signals on ``[address, address+size)``;
         :class:`~ombm.ClosedError` once the dispatcher is closed."""
         if self._stop:
+            if self._forked:
+                raise ForkedError("this dispatcher belongs to the process that forked this one: make a new one here")
             raise ClosedError("dispatcher is closed")
         return self.receiver.add_handler(address, size, fn)
 
-    def _run(self) -> None:
-        while not self._stop:
+    def _turn(self) -> None:
+        """One wait of the dispatcher's thread (the receiver's handlers run in it)."""
+        try:
+            self.receiver.wait_once(0.5)
+        except Exception as e:  # a handler's error must not kill the dispatcher
+            COUNTERS.handler_errors += 1
             try:
-                self.receiver.wait_once(0.5)
-            except Exception as e:  # a handler's error must not kill the dispatcher
-                COUNTERS.handler_errors += 1
-                try:
-                    self._on_error(e)
-                except BaseException as report:  # nor its on_error's: reported, never silent
-                    _unraisable(report, f"Exception ignored in the on_error of {self!r}, while handling "
-                                        f"{type(e).__name__}: {e}")
-            except BaseException as e:  # SystemExit from a handler would end the thread silently
-                COUNTERS.handler_errors += 1
-                _unraisable(e, f"Exception ignored in a signal handler of {self!r}")
+                self._on_error(e)
+            except BaseException as report:  # nor its on_error's: reported, never silent
+                _unraisable(report, f"Exception ignored in the on_error of {self!r}, while handling "
+                                    f"{type(e).__name__}: {e}")
+        except BaseException as e:  # SystemExit from a handler would end the thread silently
+            COUNTERS.handler_errors += 1
+            _unraisable(e, f"Exception ignored in a signal handler of {self!r}")
+
+    def __del__(self) -> None:
+        """Dropped unclosed: warn (``ResourceWarning``) and stop the thread (which then ends by itself);
+        never raises."""
+        try:
+            if self.__dict__.get("_stop", True) or self._forked:
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self._stop = True
+            self.receiver.close()  # the thread sees its dispatcher gone at its next turn and ends
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         return f"<ombm.Dispatcher {self._thread.name!r}{' closed' if self._stop else ''}>"
@@ -446,6 +490,19 @@ class Dispatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dispatch_loop(ref: weakref.ReferenceType[Dispatcher], receiver: Receiver) -> None:
+    """A dispatcher's thread: turns while its dispatcher lives and is not stopped."""
+    while True:
+        dispatcher = ref()
+        if dispatcher is None or dispatcher._stop or receiver.fifo._closed:
+            return
+        dispatcher._turn()
+        del dispatcher
+
+
+_all_dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
 
 
 class _Unraisable:
@@ -475,11 +532,22 @@ def _close_receivers() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child owns none of its parent's receivers: start afresh (never close them)."""
+    """A forked child owns none of its parent's receivers: start afresh (never close them).
+
+    Each inherited receiver (and dispatcher) is marked as the parent's: in the child every use
+    raises :class:`~ombm.ForkedError`, and ``close()`` leaves the parent's FIFO, directory
+    entries and socket alone (nothing shared is touched, nothing unlinked)."""
     global _local
     _local = threading.local()
     with _all_lock:
+        for receiver in list(_all_receivers):
+            receiver._forked = True
+            receiver.fifo._closed = True  # close() of the child's copy then does nothing
         _all_receivers.clear()
+    for dispatcher in list(_all_dispatchers):
+        dispatcher._forked = True
+        dispatcher._stop = True  # its thread did not survive the fork
+    _all_dispatchers.clear()
 
 
 lifecycle.on_exit(_close_receivers)

@@ -20,8 +20,11 @@ path. A server that stopped or died is noticed while waiting.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +33,7 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
+from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentNotFoundError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
@@ -83,6 +86,7 @@ class Client:
     _reply_segment: int
     _server: tuple[int, int]  # the server's (pid, start time)
     _max_message: int
+    _forked = False  # set in a forked child: this connection is the parent's (ForkedError here)
 
     def __init__(
         self,
@@ -108,6 +112,7 @@ class Client:
         self._nonce = namespace.new_token()
         self._hello: dict[str, Any] | None = None  # the server's ACK: untrusted msgpack, read through int()
         self._lane: _native.CallLane | None = None  # the native fast lane of synchronous calls (memory signal path only)
+        _CLIENTS.add(self)
         try:
             well_known = SlotChannel.open(well_known_name(name), writable=True)
         except SegmentNotFoundError:
@@ -203,7 +208,7 @@ class Client:
     # -- calls
     def _marshal(self, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
         if self._closed:
-            raise ClosedError("client is closed")
+            raise self._closed_error()
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
         if len(data) > self._max_message:
             raise MessageTooLargeError(
@@ -251,7 +256,7 @@ class Client:
             return self._call_ordinary(self._marshal(method, args, kwargs))
         if self._closed:  # close() takes the leader lock to tear down: checked once leading
             self._leader.release()
-            raise ClosedError("client is closed")
+            raise self._closed_error()
         receiver = self._receiver
         call_id = None
         try:
@@ -450,6 +455,22 @@ class Client:
             if ch is not None:
                 ch.close()
 
+    def _closed_error(self) -> ClosedError:
+        if self._forked:
+            return ForkedError(f"this connection to {self.service!r} belongs to the process that forked this one "
+                               "(two processes cannot share its calls): connect again here")
+        return ClosedError("client is closed")
+
+    def __del__(self) -> None:
+        """Dropped unclosed: warn (``ResourceWarning``, as for an unclosed file) and close; never raises."""
+        try:
+            if self.__dict__.get("_closed", True) or self._forked:
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self.close()
+        except Exception:
+            pass
+
     def __enter__(self) -> Client:
         return self
 
@@ -464,7 +485,24 @@ class Client:
         return remote
 
     def __repr__(self) -> str:
-        return f"<ombm.rpc.Client {self.service!r}{' closed' if self._closed else ''}>"
+        state = " forked" if self._forked else " closed" if self._closed else ""
+        return f"<ombm.rpc.Client {self.service!r}{state}>"
+
+
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Every client of the parent is the parent's: in the child its calls raise ForkedError and
+    ``close()`` forgets the child's copy without touching what the parent shares with its server."""
+    for client in list(_CLIENTS):
+        client._forked = True
+        client._closed = True
+        client._lane = None  # a call goes the ordinary way, which raises
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _has_live_receiver(channel: SlotChannel) -> bool:

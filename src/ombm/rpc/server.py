@@ -24,9 +24,12 @@ Calls run in the serving thread, one at a time.
 
 from __future__ import annotations
 
+import os
 import signal as _signal
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import ClosedError, FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
+from ombm.errors import ClosedError, ForkedError, FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
@@ -88,6 +91,8 @@ class Server:
     they connect and refuse such a call themselves, before sending.
     """
 
+    _forked = False  # set in a forked child: this server is the parent's (ForkedError here)
+
     def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_message_bytes = check_max_message(max_message_bytes)
@@ -123,6 +128,7 @@ class Server:
         except BaseException:
             self._receiver.close()
             raise
+        _SERVERS.add(self)
 
     # -- first contact
     def _on_connect(self, address: int) -> None:
@@ -273,7 +279,7 @@ class Server:
     def serve_forever(self) -> None:
         """Serve in the calling thread until ``stop()``, SIGINT or SIGTERM (main thread only)."""
         if self._receiver.closed:
-            raise ClosedError(f"server {self.name!r} is stopped")
+            raise self._closed_error()
         if not self._serving.acquire(blocking=False):
             raise RuntimeError("this server is already being served by another thread")
         previous = None
@@ -297,7 +303,7 @@ class Server:
     def start(self) -> Server:
         """Serve in a background thread owned by this server (``stop()`` joins it)."""
         if self._receiver.closed:
-            raise ClosedError(f"server {self.name!r} is stopped")
+            raise self._closed_error()
         if self._thread is not None:
             raise RuntimeError("server already started")
         self._thread = threading.Thread(target=self.serve_forever, name=f"ombm-rpc-{self.name}", daemon=True)
@@ -387,6 +393,25 @@ class Server:
         self._receiver.close()
         self._well_known.close()
 
+    def _closed_error(self) -> ClosedError:
+        if self._forked:
+            return ForkedError(f"server {self.name!r} belongs to the process that forked this one: "
+                               "serve it there, or make a new server here once that one stopped")
+        return ClosedError(f"server {self.name!r} is stopped")
+
+    def __del__(self) -> None:
+        """Dropped unclosed (never started, or stopped serving without ``stop()``): warn
+        (``ResourceWarning``) and release its channels; never raises."""
+        try:
+            receiver = self.__dict__.get("_receiver")
+            if receiver is None or receiver.closed or self._forked or "_well_known" not in self.__dict__:
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self._stop = True
+            self._close()
+        except Exception:
+            pass
+
     def __enter__(self) -> Server:
         return self
 
@@ -395,3 +420,19 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<ombm.rpc.Server {self.name!r} connections={len(self._connections)}>"
+
+
+_SERVERS: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Every server of the parent is the parent's: in the child serving it raises ForkedError and
+    ``stop()`` forgets the child's copy (its receiver is the parent's too: see ``core.signals``)."""
+    for server in list(_SERVERS):
+        server._forked = True
+        server._stop = True
+        server._thread = None  # the serving thread did not survive the fork
+    _SERVERS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
