@@ -75,6 +75,10 @@ _ExtHook = Callable[[int, bytes], Any]
 def addr_of(buffer: ReadableBuffer, /) -> int:
     """The address of a buffer's first byte (the buffer must outlive its use)."""
 
+def map_over(anonymous: ReadableBuffer, fd: int, offset: int, writable: bool, /) -> None:
+    """Map the file ``fd`` from ``offset`` over the pages of the anonymous mapping ``anonymous``
+    (``MAP_SHARED | MAP_FIXED``): the mapping then holds no descriptor (close ``fd`` after)."""
+
 def load64(address: int, /) -> int: ...
 def load32(address: int, /) -> int: ...
 def store64(address: int, value: int, /) -> None: ...

@@ -34,6 +34,7 @@ import weakref
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
+from ombm.core.mapping import map_file
 from ombm.errors import SegmentFormatError
 
 _SIGNAL = struct.Struct("<QQ")  # kernel-path datagram: segment id, offset
@@ -66,7 +67,7 @@ class Fifo:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, L.fifo_size(capacity))
-            self._mm = mmap.mmap(fd, L.fifo_size(capacity))
+            self._mm = map_file(fd, L.fifo_size(capacity), writable=True)  # holds no descriptor
             self.address = _native.addr_of(self._mm)
             cells = memoryview(self._mm)[L.FIFO_CELLS :].cast("Q")
             cells[0::4] = memoryview(bytearray(struct.pack(f"<{capacity}Q", *range(capacity)))).cast("Q")
@@ -193,7 +194,7 @@ class FifoRef:
                 raise SegmentFormatError(f"{path}: not an ombm signal FIFO (or not ready yet)")
             if capacity < 2 or capacity & (capacity - 1) or L.fifo_size(capacity) > st.st_size:
                 raise SegmentFormatError(f"{path}: bad FIFO capacity {capacity}")
-            self.mm = mmap.mmap(fd, L.fifo_size(capacity))
+            self.mm = map_file(fd, L.fifo_size(capacity), writable=True)  # holds no descriptor
         finally:
             os.close(fd)
         self.address = _native.addr_of(self.mm)

@@ -24,6 +24,7 @@ import errno
 import mmap
 import os
 import threading
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from ombm import _native
 from ombm.core import lifecycle, namespace
 from ombm.core.delivery import Router
 from ombm.core.directory import Directory, Entry, reclaim_segment_if_dead
+from ombm.core.mapping import map_file
 from ombm.errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
 from ombm.errors import SegmentNotFoundError
 from ombm.core.faults import FAULTS
@@ -99,7 +101,7 @@ def _validate_create(size: int, mode: int, unit: int, signal_on_write: bool | No
 # ---- this process's bindings, by address (the "virtual address" side of translation)
 _index_lock = threading.Lock()
 _starts: list[int] = []
-_regions: list[Region] = []
+_regions: list[weakref.ref[Region]] = []  # weak: a Region dropped unbound is collected (and warns)
 
 
 def find_region(address: object) -> Region:
@@ -107,8 +109,8 @@ def find_region(address: object) -> Region:
     address = _check_int(address, "address")
     i = bisect.bisect_right(_starts, address) - 1
     if i >= 0:
-        region = _regions[i]
-        if address < region.address + region.size:
+        region = _regions[i]()
+        if region is not None and address < region.address + region.size:
             return region
     raise AddressError(f"address {address:#x} is not in any region bound by this process")
 
@@ -116,14 +118,13 @@ def find_region(address: object) -> Region:
 class Region:
     """A binding of a segment's data into this address space."""
 
-    def __init__(self, segment: Segment, writable: bool) -> None:
+    def __init__(self, segment: Segment, writable: bool, fd: int) -> None:
         self.segment = segment
         self.writable = writable
         self.size = segment.size
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self._mm: mmap.mmap | None = mmap.mmap(
-            segment._fd, _round_up(segment.size, PAGE), mmap.MAP_SHARED, prot, offset=L.HEADER_SIZE
-        )
+        self._pid = os.getpid()
+        self._mm: mmap.mmap | None = map_file(fd, _round_up(segment.size, PAGE), writable=writable,
+                                              offset=L.HEADER_SIZE)  # holds no descriptor
         self.address: int = _native.addr_of(self._mm)
         view = memoryview(self._mm)
         self._view = view
@@ -143,10 +144,11 @@ class Region:
             )
             # shadows the method below, which stays its slow path (mypy: a method is not assigned to)
             self.write = self._writer.write  # type: ignore[method-assign, assignment]
+        self._ref = weakref.ref(self)  # its entry in the index of bindings
         with _index_lock:
             i = bisect.bisect(_starts, self.address)
             _starts.insert(i, self.address)
-            _regions.insert(i, self)
+            _regions.insert(i, self._ref)
 
     # -- the message write path (paper §3.3)
     def write(self, offset: int, data: ReadableBuffer) -> None:
@@ -218,13 +220,16 @@ class Region:
 
     def unbind(self) -> None:
         """Idempotent: disable handlers on this region and unmap it."""
+        self._unbind(release_views=True)
+
+    def _unbind(self, release_views: bool) -> None:
         if self._mm is None:
             return
         for handle in list(self._handles):
             handle.disable()
         with _index_lock:
             i = bisect.bisect_left(_starts, self.address)
-            while i < len(_regions) and _regions[i] is not self:
+            while i < len(_regions) and _regions[i] is not self._ref:
                 i += 1
             if i < len(_regions):
                 del _starts[i], _regions[i]
@@ -232,13 +237,26 @@ class Region:
         self._wbuf = None
         if self._writer is not None:
             self._writer.close()
-        self.buffer.release()
-        self._view.release()
+        if release_views:
+            self.buffer.release()
+            self._view.release()
+        else:  # from the finalizer: a view still held elsewhere keeps the mapping until it goes
+            del self.buffer, self._view
         try:
             mm.close()
         except BufferError:
             pass  # views derived by the user keep the mapping alive until they go
         self.segment._regions.discard(self)
+
+    def __del__(self) -> None:
+        """Dropped still bound: warn (``ResourceWarning``, as for an unclosed file) and unmap; never raises."""
+        try:
+            if self.__dict__.get("_mm") is None or self._pid != os.getpid():
+                return
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            self._unbind(release_views=False)
+        except Exception:
+            pass
 
     def __enter__(self) -> Region:
         return self
@@ -257,11 +275,22 @@ class Segment:
     def __init__(self, name: str, fd: int, creator: bool) -> None:
         self.name = name
         self.path = namespace.segment_path(name)
+        # the descriptor is kept only until the first bind (then closed: a mapping needs none);
+        # the file's identity tells a later bind, and release's unlink, that the name is still it
         self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._pid = os.getpid()
         self.creator = creator
-        self._hdr: mmap.mmap | None = mmap.mmap(fd, L.HEADER_SIZE)
-        fields = L.SEG_HEADER.unpack_from(self._hdr, 0)
-        self._parse(fields, os.fstat(fd).st_size)
+        self._hdr: mmap.mmap | None = None
+        hdr = map_file(fd, L.HEADER_SIZE, writable=True)  # holds no descriptor
+        try:
+            self._parse(L.SEG_HEADER.unpack_from(hdr, 0), st.st_size)
+        except BaseException:
+            self._fd = -1  # the caller closes it
+            hdr.close()
+            raise
+        self._hdr = hdr
         self.directory = Directory(self._hdr)
         self._router = Router(self.id, self.directory)
         self._regions: weakref.WeakSet[Region] = weakref.WeakSet()
@@ -291,9 +320,29 @@ class Segment:
             raise ClosedError(f"segment {self.name!r} is released")
         if not isinstance(writable, bool):
             raise TypeError("writable must be a bool")
-        region = Region(self, writable)
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            fd = self._reopen()  # a second binding (rare): the name must still be this segment
+        try:
+            region = Region(self, writable, fd)
+        finally:
+            os.close(fd)
         self._regions.add(region)
         return region
+
+    def _reopen(self) -> int:
+        """A descriptor of this segment's file, opened by name and checked to be the same file."""
+        gone = SegmentNotFoundError(f"segment {self.name!r} was removed (its creator released it or died): "
+                                    "it can no longer be bound again; bind it before that")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, OSError):
+            raise gone from None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._ident:
+            os.close(fd)
+            raise gone
+        return fd
 
     @property
     def released(self) -> bool:
@@ -313,15 +362,31 @@ class Segment:
             e for e in self.directory.entries() if e.kind == L.KIND_HOLDER and namespace.is_alive(e.pid, e.start)
         ]
         if self.creator or not others:
-            _unlink_if_same(self.path, self._fd)
+            _unlink_if_same(self.path, self._ident)
         self.directory.close()  # its addresses go with the header: later uses raise ClosedError
         self._hdr = None
         try:
             hdr.close()
         except BufferError:
             pass
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         _LIVE.discard(self)
+
+    def __del__(self) -> None:
+        """Dropped unreleased: warn (``ResourceWarning``, as for an unclosed file) and release; never raises."""
+        try:
+            if self.__dict__.get("_hdr") is None or self._pid != os.getpid():
+                fd = self.__dict__.get("_fd", -1)
+                if fd >= 0:  # a forked child's copy, or a constructor that failed: the descriptor only
+                    self._fd = -1
+                    os.close(fd)
+                return
+            warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self)
+            self.release()
+        except Exception:
+            pass
 
     def __enter__(self) -> Segment:
         return self
@@ -336,11 +401,11 @@ class Segment:
         )
 
 
-def _unlink_if_same(path: str, fd: int) -> None:
-    """Unlink ``path`` only if it is still the object ``fd`` refers to."""
+def _unlink_if_same(path: str, ident: tuple[int, int]) -> None:
+    """Unlink ``path`` only if it is still the file whose (st_dev, st_ino) is ``ident``."""
     try:
-        st_path, st_fd = os.stat(path), os.fstat(fd)
-        if (st_path.st_dev, st_path.st_ino) == (st_fd.st_dev, st_fd.st_ino):
+        st_path = os.stat(path)
+        if (st_path.st_dev, st_path.st_ino) == ident:
             os.unlink(path)
     except FileNotFoundError:
         pass
@@ -398,7 +463,8 @@ def create_segment(
         os.pwrite(fd, L.SEG_MAGIC, 0)  # published last: a half-made segment has no magic
         seg = Segment(name, fd, creator=True)
     except BaseException:
-        _unlink_if_same(path, fd)
+        st = os.fstat(fd)
+        _unlink_if_same(path, (st.st_dev, st.st_ino))
         os.close(fd)
         raise
     return _register(seg)

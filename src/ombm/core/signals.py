@@ -34,7 +34,7 @@ from typing import Callable, cast
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import lifecycle
+from ombm.core import lifecycle, namespace
 from ombm.core import config as _config
 from ombm.core.config import Settings, settings
 from ombm.errors import AddressError, ClosedError, ForkedError
@@ -95,8 +95,8 @@ class SignalHandle:
             return
         self.enabled = False
         self.receiver._remove(self)
-        if not self.region.segment.released:
-            self.region.segment.directory.free(self.entry)
+        if not self.region.segment.released and self.entry.pid == namespace.me()[0]:  # a forked child
+            self.region.segment.directory.free(self.entry)  # never frees its parent's entries
 
     def __enter__(self) -> SignalHandle:
         return self
