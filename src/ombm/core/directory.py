@@ -89,11 +89,8 @@ class Directory:
         raise DirectoryFullError(f"segment directory full ({L.DIR_CAPACITY} live entries)")
 
     def free(self, entry: Entry) -> bool:
-        """Remove ``entry`` if it is still the same publication; False if already gone, or if it is
-        not this process's (a forked child never frees its parent's entries)."""
+        """Remove ``entry`` if it is still the same publication; False if already gone."""
         self._header()
-        if entry.pid != namespace.me()[0]:
-            return False
         at = self._base + L.entry_offset(entry.position)
         if _native.load32(at + L.ENTRY_GEN) != entry.gen or not _native.cas32(at, L.ENTRY_LIVE, L.ENTRY_CLAIMED):
             return False
