@@ -6,7 +6,9 @@ never trusted. Reclamation (DESIGN.md §3) removes
 * signal FIFOs whose owner (pid + start time) is dead,
 * sockets (kernel path, doorbells) that no process holds any more,
 * directory entries of dead holders and receivers in every segment,
-* segments with no live holder left (their creator and every opener died).
+* segments whose creator died (its release would have removed the name) or with no live holder
+  left, and half-made segments whose creator died before publishing the header (a creator holds
+  an exclusive ``flock`` on the file while it builds it, so one being built is never touched).
 """
 
 from __future__ import annotations
@@ -133,16 +135,15 @@ def gc() -> GcReport:
             continue
         path = os.path.join(folder, f)
         mapped = map_header(path)
-        if mapped is None:
-            continue
-        fd, hdr = mapped
-        try:
-            if is_current_layout(hdr):
-                entries += Directory(hdr).reclaim_dead()
-        finally:
-            hdr.close()
-            os.close(fd)
-        segments += reclaim_segment_if_dead(path)
+        if mapped is not None:
+            fd, hdr = mapped
+            try:
+                if is_current_layout(hdr):
+                    entries += Directory(hdr).reclaim_dead()
+            finally:
+                hdr.close()
+                os.close(fd)
+        segments += reclaim_segment_if_dead(path)  # also a half-made one (shorter than its header)
     return GcReport(fifos, entries, segments, _reclaim_sockets(folder))
 
 

@@ -18,6 +18,7 @@ senders and by ``ombm gc``.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 from typing import NamedTuple
@@ -154,26 +155,57 @@ def is_current_layout(hdr: mmap.mmap) -> bool:
     return bool(magic == L.SEG_MAGIC and version == L.SEG_VERSION)
 
 
-def reclaim_segment_if_dead(path: str) -> bool:
-    """Unlink the segment at ``path`` if no live process holds it; True if removed."""
-    mapped = map_header(path)
-    if mapped is None:
-        return False
-    fd, hdr = mapped
+def reclaim_segment_if_dead(path: str, *, creator_death_frees: bool = False) -> bool:
+    """Unlink the segment at ``path`` if its name is free to take again; True if removed.
+
+    A creator holds an exclusive ``flock`` on the file from just after creating it until its header
+    is published and its hold recorded, so a file whose lock is held is being created (or looked at
+    by another reclaimer) and is never touched. With the lock taken here, the name is free when:
+
+    * the file is **half-made**: shorter than a header, or its magic never published (all zero),
+      so its creator died while creating it (a live one would hold the lock);
+    * **no live process holds it** any more;
+    * with ``creator_death_frees``, its **creator is dead**, even if openers still hold it (they keep
+      their mappings): for names only their creator serves, such as an RPC service's well-known
+      channel, which clients retrying ``connect()`` hold all the time.
+
+    Files of another layout version are never touched.
+    """
     try:
-        if not is_current_layout(hdr):
-            return False
-        directory = Directory(hdr)
-        directory.reclaim_dead()
-        if any(e.kind == L.KIND_HOLDER for e in directory.entries()):
-            return False
-        st_path, st_fd = os.stat(path), os.fstat(fd)
-        if (st_path.st_dev, st_path.st_ino) != (st_fd.st_dev, st_fd.st_ino):
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # being created right now (or reclaimed by someone else)
+        st = os.fstat(fd)
+        if st.st_size < L.HEADER_SIZE:
+            head = os.pread(fd, 8, 0)
+            if head.strip(b"\0"):
+                return False  # not a half-made ombm segment: not ours to judge
+        else:
+            hdr = mmap.mmap(fd, L.HEADER_SIZE)
+            try:
+                magic = L.SEG_HEADER.unpack_from(hdr)[0]
+                if magic != b"\0" * 8:  # published: judge its creator and holders
+                    if not is_current_layout(hdr):
+                        return False
+                    creator_pid, creator_start = L.SEG_HEADER.unpack_from(hdr)[7], L.SEG_HEADER.unpack_from(hdr)[9]
+                    directory = Directory(hdr)
+                    directory.reclaim_dead()
+                    creator_dead = creator_death_frees and not namespace.is_alive(creator_pid, creator_start)
+                    if not creator_dead and any(e.kind == L.KIND_HOLDER for e in directory.entries()):
+                        return False
+            finally:
+                hdr.close()
+        st_path = os.stat(path)
+        if (st_path.st_dev, st_path.st_ino) != (st.st_dev, st.st_ino):
             return False
         os.unlink(path)
         return True
     except FileNotFoundError:
         return False
     finally:
-        hdr.close()
-        os.close(fd)
+        os.close(fd)  # releases the lock

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import enum
 import errno
+import fcntl
 import mmap
 import os
 import threading
@@ -442,16 +443,7 @@ def create_segment(
     size, mode, unit, signal_on_write = _validate_create(size, mode, unit, signal_on_write)
     name = namespace.new_name() if name is None else namespace.validate_name(name)
     path = namespace.segment_path(name)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except FileExistsError:
-        # a name left behind by dead processes is reclaimed lazily (DESIGN.md §3)
-        if not reclaim_segment_if_dead(path):
-            raise SegmentExistsError(f"segment {name!r} already exists") from None
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except FileExistsError:
-            raise SegmentExistsError(f"segment {name!r} already exists") from None
+    fd = _create_locked(path, name)
     try:
         os.ftruncate(fd, L.HEADER_SIZE + _round_up(size, PAGE))
         pid, start = namespace.me()
@@ -467,7 +459,35 @@ def create_segment(
         _unlink_if_same(path, (st.st_dev, st.st_ino))
         os.close(fd)
         raise
-    return _register(seg)
+    try:
+        return _register(seg)
+    finally:
+        if seg._fd >= 0:
+            fcntl.flock(seg._fd, fcntl.LOCK_UN)  # published and held: reclaimers judge it from now on
+
+
+def _create_locked(path: str, name: str) -> int:
+    """Create the file at ``path`` (``O_EXCL``) and take its creation lock (an exclusive ``flock``,
+    held until the header is published and our hold recorded: ``reclaim_segment_if_dead`` never
+    touches a locked file). A name left by dead processes, or a half-made file whose creator died,
+    is reclaimed first (DESIGN.md §3)."""
+    for attempt in range(8):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if attempt == 7 or not reclaim_segment_if_dead(path):
+                raise SegmentExistsError(f"segment {name!r} already exists") from None
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        st = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+        os.close(fd)  # a reclaimer took our empty file for a dead creator's before we locked it: again
+    raise SegmentExistsError(f"segment {name!r} could not be created (its name kept changing)")
 
 
 def open_segment(name: str) -> Segment:

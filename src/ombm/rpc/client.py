@@ -33,7 +33,8 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentNotFoundError, ServerGoneError
+from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
+from ombm.errors import ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
@@ -117,6 +118,8 @@ class Client:
             well_known = SlotChannel.open(well_known_name(name), writable=True)
         except SegmentNotFoundError:
             raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
+        except SegmentFormatError as exc:  # a server creating it right now (or a corrupt one): not served
+            raise ServiceNotFoundError(f"the ombm RPC service {name!r} is not ready: {exc}") from None
         try:
             self._connect(well_known, slots, slot_size)
         except BaseException:

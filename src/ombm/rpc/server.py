@@ -120,8 +120,9 @@ class Server:
         self._serving = threading.Lock()
         self._last_reap = time.monotonic()
         try:
-            self._well_known = SlotChannel.create(
-                well_known_name(name), slots=WELL_KNOWN_SLOTS, slot_size=WELL_KNOWN_SLOT_SIZE
+            self._well_known = SlotChannel.create(  # a dead server's name is served again at once
+                well_known_name(name), slots=WELL_KNOWN_SLOTS, slot_size=WELL_KNOWN_SLOT_SIZE,
+                take_over_dead_creator=True,
             )
             region = self._well_known.region
             self._receiver.add_handler(region.address, region.size, self._on_connect)

@@ -17,7 +17,8 @@ import random
 
 from ombm.core import namespace
 from ombm.core import segment as _segment
-from ombm.errors import SegmentNotFoundError
+from ombm.core.directory import reclaim_segment_if_dead
+from ombm.errors import SegmentExistsError, SegmentNotFoundError
 from ombm.transport.wire import TRAILER_SIZE
 
 DEFAULT_SLOT_SIZE = 131072
@@ -53,8 +54,18 @@ class SlotChannel:
         self._views = [buf[i * size : (i + 1) * size] for i in range(self.slots)]
 
     @classmethod
-    def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE) -> SlotChannel:
-        seg = _segment.create_segment(slots * slot_size, name=name, unit=slot_size)
+    def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
+               take_over_dead_creator: bool = False) -> SlotChannel:
+        """Create the channel ``name``. With ``take_over_dead_creator`` (a service's well-known
+        channel) a name whose creator died is taken over even while others still hold it (clients
+        retrying ``connect()``): only its creator ever served it."""
+        try:
+            seg = _segment.create_segment(slots * slot_size, name=name, unit=slot_size)
+        except SegmentExistsError:
+            path = namespace.segment_path(namespace.validate_name(name))
+            if not take_over_dead_creator or not reclaim_segment_if_dead(path, creator_death_frees=True):
+                raise
+            seg = _segment.create_segment(slots * slot_size, name=name, unit=slot_size)
         try:
             return cls(seg, writable=True)
         except BaseException:
