@@ -12,7 +12,7 @@ keeps working for callers who do not know ombm::
     ├── AddressError              (ValueError)         address/offset outside every bound region
     ├── ReadOnlyError             (PermissionError)    write through a read-only binding
     ├── ClosedError               (ValueError)         use of an unbound region / released segment / closed object
-    │   └── ForkedError                                use, in a forked child, of a client, server, channel end or receiver of its parent
+    │   └── ForkedError                                in a forked child: a client, server or channel of its parent
     ├── WouldBlock                (BlockingIOError)    a non-blocking send found the channel full
     ├── ChannelTimeout            (TimeoutError)       a channel operation timed out (nothing lost)
     ├── EndOfStream               (EOFError)           the writer closed and everything was delivered

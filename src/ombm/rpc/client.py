@@ -123,6 +123,7 @@ class Client:
         try:
             self._connect(well_known, slots, slot_size)
         except BaseException:
+            self._closed = True  # never connected: nothing for the finalizer to warn about
             self._teardown()
             raise
         finally:
@@ -467,8 +468,8 @@ class Client:
     def __del__(self) -> None:
         """Dropped unclosed: warn (``ResourceWarning``, as for an unclosed file) and close; never raises."""
         try:
-            if self.__dict__.get("_closed", True) or self._forked:
-                return
+            if self.__dict__.get("_closed", True) or self._forked or "_timer" not in self.__dict__:
+                return  # closed, the parent's, or never connected
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
             self.close()
         except Exception:

@@ -38,7 +38,8 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import ClosedError, ForkedError, FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
+from ombm.errors import ClosedError, ForkedError, FrameError, MessageTooLargeError, SegmentFormatError
+from ombm.errors import SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
