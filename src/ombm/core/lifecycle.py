@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from types import FrameType
 from typing import Callable
 
@@ -56,6 +57,19 @@ def arm() -> None:
             mp_util.Finalize(None, run, exitpriority=100)
     if _sigterm_pid != pid:
         _take_default_sigterm()
+
+
+def finalize_unclosed(owner: object, still_open: Callable[[], bool], release: Callable[[], None],
+                      word: str = "unclosed") -> None:
+    """The body of an owner's ``__del__``: if ``still_open()``, warn (``ResourceWarning`` naming
+    ``owner``, as for an unclosed file) and ``release()``; never raises (it runs in a finalizer)."""
+    try:
+        if not still_open():
+            return
+        warnings.warn(f"{word} {owner!r}", ResourceWarning, source=owner)
+        release()
+    except Exception:
+        pass
 
 
 def _take_default_sigterm() -> None:

@@ -25,7 +25,6 @@ import fcntl
 import mmap
 import os
 import threading
-import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -251,13 +250,9 @@ class Region:
 
     def __del__(self) -> None:
         """Dropped still bound: warn (``ResourceWarning``, as for an unclosed file) and unmap; never raises."""
-        try:
-            if self.__dict__.get("_mm") is None or self._pid != os.getpid():
-                return
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self._unbind(release_views=False)
-        except Exception:
-            pass
+        lifecycle.finalize_unclosed(
+            self, lambda: self.__dict__.get("_mm") is not None and self._pid == os.getpid(),
+            lambda: self._unbind(release_views=False))
 
     def __enter__(self) -> Region:
         return self
@@ -377,17 +372,16 @@ class Segment:
 
     def __del__(self) -> None:
         """Dropped unreleased: warn (``ResourceWarning``, as for an unclosed file) and release; never raises."""
-        try:
-            if self.__dict__.get("_hdr") is None or self._pid != os.getpid():
-                fd = self.__dict__.get("_fd", -1)
-                if fd >= 0:  # a forked child's copy, or a constructor that failed: the descriptor only
-                    self._fd = -1
+        if self.__dict__.get("_hdr") is None or self._pid != os.getpid():
+            fd = self.__dict__.get("_fd", -1)
+            if fd >= 0:  # a forked child's copy, or a constructor that failed: the descriptor only
+                self._fd = -1
+                try:
                     os.close(fd)
-                return
-            warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self)
-            self.release()
-        except Exception:
-            pass
+                except OSError:
+                    pass
+            return
+        lifecycle.finalize_unclosed(self, lambda: True, self.release, word="unreleased")
 
     def __enter__(self) -> Segment:
         return self

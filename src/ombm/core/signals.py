@@ -348,14 +348,11 @@ class Receiver:
 
     def __del__(self) -> None:
         """Dropped unclosed: warn (``ResourceWarning``, as for an unclosed file) and close; never raises."""
-        try:
+        def still_open() -> bool:
             fifo = self.__dict__.get("fifo")
-            if fifo is None or fifo._closed or self._forked or fifo.owner_pid != os.getpid():
-                return
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self.close()
-        except Exception:
-            pass
+            return not (fifo is None or fifo._closed or self._forked or fifo.owner_pid != os.getpid())
+
+        lifecycle.finalize_unclosed(self, still_open, self.close)
 
     def __repr__(self) -> str:
         fifo = self.__dict__.get("fifo")

@@ -23,7 +23,6 @@ import functools
 import os
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,7 @@ import msgpack
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace
+from ombm.core import lifecycle, namespace
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
 from ombm.errors import ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
@@ -467,13 +466,10 @@ class Client:
 
     def __del__(self) -> None:
         """Dropped unclosed: warn (``ResourceWarning``, as for an unclosed file) and close; never raises."""
-        try:
-            if self.__dict__.get("_closed", True) or self._forked or "_timer" not in self.__dict__:
-                return  # closed, the parent's, or never connected
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self.close()
-        except Exception:
-            pass
+        # not closed, not the parent's (after a fork), and connected
+        lifecycle.finalize_unclosed(
+            self, lambda: not (self.__dict__.get("_closed", True) or self._forked or "_timer" not in self.__dict__),
+            self.close)
 
     def __enter__(self) -> Client:
         return self

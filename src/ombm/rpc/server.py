@@ -28,7 +28,6 @@ import os
 import signal as _signal
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,7 @@ import msgpack
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace
+from ombm.core import lifecycle, namespace
 from ombm.errors import ClosedError, ForkedError, FrameError, MessageTooLargeError, SegmentFormatError
 from ombm.errors import SegmentNotFoundError
 from ombm.core.signals import Receiver
@@ -404,15 +403,15 @@ class Server:
     def __del__(self) -> None:
         """Dropped unclosed (never started, or stopped serving without ``stop()``): warn
         (``ResourceWarning``) and release its channels; never raises."""
-        try:
+        def still_open() -> bool:
             receiver = self.__dict__.get("_receiver")
-            if receiver is None or receiver.closed or self._forked or "_well_known" not in self.__dict__:
-                return
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
-            self._stop = True
-            self._close()
-        except Exception:
-            pass
+            return not (receiver is None or receiver.closed or self._forked or "_well_known" not in self.__dict__)
+
+        lifecycle.finalize_unclosed(self, still_open, self._finish_unclosed)
+
+    def _finish_unclosed(self) -> None:
+        self._stop = True
+        self._close()
 
     def __enter__(self) -> Server:
         return self
