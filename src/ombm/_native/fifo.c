@@ -122,13 +122,32 @@ static int claimer_dead(uint64_t claim) {
 int fifo_push_corrupt(const FifoMap *m) {
     atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(A64(m->base + FIFO_DROPS), 1, memory_order_relaxed);
+    /* wake a receiver asleep on its futex: its wait sees the FIFO unsettled and has it repaired */
+    au32 *sleep = A32(m->base + FIFO_SLEEP);
+    uint32_t expect = 1;
+    if (atomic_load_explicit(sleep, memory_order_seq_cst) == 1 &&
+        atomic_compare_exchange_strong_explicit(sleep, &expect, 0, memory_order_seq_cst, memory_order_relaxed))
+        futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
     return PUSH_FULL;
+}
+
+/* The ring is empty at pos (tail = head = pos) but a peer wrote its cells (or its positions): make
+   every cell that holds a word the protocol never writes there free for its position in
+   [pos, pos + capacity), each by a CAS from the word read. A legal word (free, published or
+   claimed for that position: a producer got there first) is left alone. */
+static void fifo_rebase(const FifoMap *m, uint64_t pos) {
+    for (uint64_t p = pos; p <= pos + m->mask; p++) {
+        au64 *cell = fifo_cell(m, p);
+        uint64_t seq = atomic_load_explicit(cell, memory_order_acquire);
+        if (seq != p && seq != p + 1 && !(seq & CLAIM))
+            atomic_compare_exchange_strong_explicit(cell, &seq, p, memory_order_seq_cst, memory_order_relaxed);
+    }
 }
 
 /* The head cell (position pos) holds `seq`, which the protocol never writes there, or holds pos
    while the tail says pos was claimed: a peer wrote the FIFO. If pos was claimed (the tail is
    past it, by at most a lap) its entry is lost: hand the cell to the next lap and move the head
-   on; otherwise make the cell free for pos again. Every change is a CAS from the value read, so a
+   on; otherwise (the ring is empty) rebase every cell on pos. Every change is a CAS from the value read, so a
    producer that raced with it keeps its claim. Counted; 0 (nothing taken). */
 int fifo_repair(const FifoMap *m, uint64_t pos, uint64_t seq) {
     atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
@@ -141,10 +160,21 @@ int fifo_repair(const FifoMap *m, uint64_t pos, uint64_t seq) {
             atomic_compare_exchange_strong_explicit(A64(m->base + FIFO_HEAD), &expect, pos + 1,
                                                     memory_order_seq_cst, memory_order_relaxed);
         }
-    } else if (seq != pos) {
-        atomic_compare_exchange_strong_explicit(cell, &seq, pos, memory_order_seq_cst, memory_order_relaxed);
+    } else {
+        fifo_rebase(m, pos);
     }
     return 0;
+}
+
+/* Positions a peer wrote that the ring cannot go on from (the claim bit set): free every cell for
+   positions 0 .. capacity - 1 and move both positions to 0, losing what was in the ring. A
+   producer that raced with it loses its claim (its publish CAS fails: counted as a drop); one
+   that read an old tail claims a cell out of turn, which the ring's helping rule absorbs. */
+static void fifo_reset(const FifoMap *m) {
+    atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
+    for (uint64_t i = 0; i <= m->mask; i++) atomic_store_explicit(fifo_cell(m, i), i, memory_order_seq_cst);
+    atomic_store_explicit(A64(m->base + FIFO_TAIL), 0, memory_order_seq_cst);
+    atomic_store_explicit(A64(m->base + FIFO_HEAD), 0, memory_order_seq_cst);
 }
 
 int fifo_far_bit(PyObject **far, Py_ssize_t bit) {
@@ -215,21 +245,28 @@ static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
     au64 *head = A64(m->base + FIFO_HEAD), *tail = A64(m->base + FIFO_TAIL);
     uint64_t pos = atomic_load_explicit(head, memory_order_acquire);
     uint64_t t = atomic_load_explicit(tail, memory_order_acquire);
-    if (t == pos) Py_RETURN_FALSE;
+    if ((pos | t) & CLAIM) {  /* positions no push reaches: start the ring afresh */
+        fifo_reset(m);
+        Py_RETURN_FALSE;
+    }
     if (t - pos > m->mask + 1) {  /* a tail no push writes (behind the head, or over a lap ahead) */
         atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
-        atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed);
+        if (atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed))
+            fifo_rebase(m, pos);
         Py_RETURN_FALSE;
     }
     au64 *cell = fifo_cell(m, pos);
     uint64_t seq = atomic_load_explicit(cell, memory_order_acquire);
-    if (seq == pos + 1) Py_RETURN_FALSE;  /* published meanwhile */
+    if (seq == pos + 1 || (seq == pos && t == pos)) Py_RETURN_FALSE;  /* ready, or empty */
     if (!(seq & CLAIM)) {
         fifo_repair(m, pos, seq);
         Py_RETURN_FALSE;
     }
     if (!claimer_dead(seq)) Py_RETURN_FALSE;
-    /* hand the cell to the next lap: a CAS from the dead producer's claim word */
+    /* the claim was for pos: move the tail past it, as a helper would (the producer may have died
+       before it did), then hand the cell to the next lap with a CAS from the dead producer's claim
+       word, then move the head on */
+    atomic_compare_exchange_strong_explicit(tail, &t, pos + 1, memory_order_seq_cst, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit(cell, &seq, pos + m->mask + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         Py_RETURN_FALSE;

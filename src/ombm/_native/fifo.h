@@ -148,11 +148,13 @@ static inline int fifo_ready(const FifoMap *m) {
     return atomic_load_explicit(fifo_cell(m, pos), memory_order_seq_cst) == pos + 1;
 }
 
-/* Whether a position was claimed that is not taken yet (published or not), or the positions
-   are not what the protocol writes (fifo_skip_stalled looks). */
-static inline int fifo_nonempty(const FifoMap *m) {
-    return atomic_load_explicit(A64(m->base + FIFO_TAIL), memory_order_acquire) !=
-           atomic_load_explicit(A64(m->base + FIFO_HEAD), memory_order_acquire);
+/* Of a FIFO whose head is not ready: whether it is anything but empty and settled (its head cell
+   claimed and not yet published, or words a peer wrote), so the waiter should poll and let
+   fifo_skip_stalled look. */
+static inline int fifo_unsettled(const FifoMap *m) {
+    uint64_t pos = atomic_load_explicit(A64(m->base + FIFO_HEAD), memory_order_acquire);
+    return atomic_load_explicit(A64(m->base + FIFO_TAIL), memory_order_acquire) != pos ||
+           atomic_load_explicit(fifo_cell(m, pos), memory_order_acquire) != pos;
 }
 
 /* Take the head entry: 1 and (seg, off), or 0 if there is none (or not yet published). */

@@ -148,6 +148,7 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         }
     }
     au32 *sleep = A32(m->base + FIFO_SLEEP);
+    uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
@@ -155,15 +156,20 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         atomic_store_explicit(sleep, 1, memory_order_seq_cst);
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         uint64_t left = deadline - t;
-        int stalled = fifo_nonempty(m);
-        /* a claimed-but-unpublished head cell (or positions a peer wrote): poll every 10 ms so
-           the caller can retire it if its producer died (fifo_skip_stalled) */
-        if (stalled && left > 10000000ull) left = 10000000ull;
+        /* a claimed-but-unpublished head cell, or words a peer wrote: poll every 10 ms, and after
+           9 ms of it let the caller look (fifo_skip_stalled: it retires the cell of a dead
+           producer, repairs what a peer wrote) */
+        if (fifo_unsettled(m)) {
+            if (!unsettled_since) unsettled_since = t;
+            else if (t - unsettled_since >= 9000000ull) { result = WAIT_STALLED; break; }
+            if (left > 10000000ull) left = 10000000ull;
+        } else {
+            unsettled_since = 0;
+        }
         struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
         long fr = futex(sleep, FUTEX_WAIT, 1, &ts);
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
-        if (stalled && fifo_nonempty(m) && now_ns() - t >= 9000000ull) { result = WAIT_STALLED; break; }
     }
     /* relaxed: only a hint to producers; one that still reads 1 costs one needless futex wake */
     atomic_store_explicit(sleep, 0, memory_order_relaxed);
