@@ -44,6 +44,8 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
             if fifo.ready():
                 _native.store32(sleep_word, L.SLEEP_AWAKE)
                 continue
+            if fifo.depth():  # claimed, not published: poll every 10 ms, as the futex wait does
+                left = min(left, 0.01)
         ready: asyncio.Future[None] = loop.create_future()
         fd = sock.fileno()
         loop.add_reader(fd, _set_once, ready)

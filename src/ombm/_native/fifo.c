@@ -266,7 +266,8 @@ static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
     /* the claim was for pos: move the tail past it, as a helper would (the producer may have died
        before it did), then hand the cell to the next lap with a CAS from the dead producer's claim
        word, then move the head on */
-    atomic_compare_exchange_strong_explicit(tail, &t, pos + 1, memory_order_seq_cst, memory_order_relaxed);
+    uint64_t at = pos;
+    atomic_compare_exchange_strong_explicit(tail, &at, pos + 1, memory_order_seq_cst, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit(cell, &seq, pos + m->mask + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         Py_RETURN_FALSE;
