@@ -123,11 +123,8 @@ int fifo_push_corrupt(const FifoMap *m) {
     atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(A64(m->base + FIFO_DROPS), 1, memory_order_relaxed);
     /* wake a receiver asleep on its futex: its wait sees the FIFO unsettled and has it repaired */
-    au32 *sleep = A32(m->base + FIFO_SLEEP);
-    uint32_t expect = 1;
-    if (atomic_load_explicit(sleep, memory_order_seq_cst) == 1 &&
-        atomic_compare_exchange_strong_explicit(sleep, &expect, 0, memory_order_seq_cst, memory_order_relaxed))
-        futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
+    if (atomic_load_explicit(A32(m->base + FIFO_SLEEP), memory_order_seq_cst) == 1)
+        futex(A32(m->base + FIFO_SLEEP), FUTEX_WAKE, INT_MAX, NULL);
     return PUSH_FULL;
 }
 

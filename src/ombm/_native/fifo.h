@@ -2,7 +2,8 @@
  * The signal FIFO ring's hot operations (paper §3.1.2), inline for every part that pushes or
  * takes: a bounded multi-producer ring after D. Vyukov, drop when full, and U. Drepper's wake
  * protocol ("Futexes Are Tricky": the receiver announces sleep, re-checks, waits; a sender wakes
- * only a receiver that announced it sleeps). fifo.c gives them to Python.
+ * only a receiver that announced it sleeps, and only the receiver clears its announcement).
+ * fifo.c gives them to Python.
  *
  * The FIFO is shared memory that every sender can write: hostile input (issue 11). Its geometry
  * comes from our own side, once: a FifoMap, made per mapping after validation, holds the base
@@ -128,17 +129,15 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
     if (!atomic_compare_exchange_strong_explicit(&cell[0], &expect, pos + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         return fifo_push_corrupt(m);
-    au32 *sleep = A32(f + FIFO_SLEEP);
-    if (atomic_load_explicit(sleep, memory_order_seq_cst) != 0) {
-        /* one of several producers takes the sleeper and wakes it */
-        uint32_t old = atomic_exchange_explicit(sleep, 0, memory_order_seq_cst);
-        if (old == 1) {
-            futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
-            return PUSH_WOKE;
-        }
-        if (old == 2) return PUSH_DOORBELL;
+    /* The sleep word is the receiver's own: it clears it when it wakes. A producer only reads it,
+       so every push while the receiver sleeps wakes it (or has its doorbell rung): a producer
+       killed between reading the word and its wake-up takes no other producer's duty with it. */
+    uint32_t sleeping = atomic_load_explicit(A32(f + FIFO_SLEEP), memory_order_seq_cst);
+    if (sleeping == 1) {
+        futex(A32(f + FIFO_SLEEP), FUTEX_WAKE, INT_MAX, NULL);
+        return PUSH_WOKE;
     }
-    return PUSH_OK;
+    return sleeping == 2 ? PUSH_DOORBELL : PUSH_OK;
 }
 
 /* Whether the head cell is published. seq_cst: the receiver's half of Drepper's handshake (see

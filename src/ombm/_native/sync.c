@@ -171,7 +171,8 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
     }
-    /* relaxed: only a hint to producers; one that still reads 1 costs one needless futex wake */
+    /* relaxed: the word is only a hint to producers (they only read it); one that still reads 1
+       costs one needless futex wake */
     atomic_store_explicit(sleep, 0, memory_order_relaxed);
 done:
     if (yielded) yield_hint = shared;
