@@ -273,7 +273,7 @@ def _holds_a_claim_of(fifos: list[mmap.mmap], pid: int) -> bool:
     for mm in fifos:
         cells = (len(mm) - L.FIFO_CELLS) // L.FIFO_CELL_SIZE
         tail = struct.unpack_from("<Q", mm, L.FIFO_TAIL)[0]
-        for pos in (tail - 2, tail - 1, tail):
+        for pos in range(tail - 16, tail + 1):
             seq = struct.unpack_from("<Q", mm, L.FIFO_CELLS + (pos % cells) * L.FIFO_CELL_SIZE)[0]
             if seq >> 63 and (seq >> 41) & 0x3FFFFF == pid:
                 return True
@@ -282,9 +282,9 @@ def _holds_a_claim_of(fifos: list[mmap.mmap], pid: int) -> bool:
 
 def _kill_mid_push(victim, fifos: list[mmap.mmap], rng: random.Random) -> bool:
     """Stop `victim` at random moments until it is caught between claiming a cell and publishing
-    it (then SIGKILL it: True), or give up after 100 tries and SIGKILL it wherever it is (False).
+    it (then SIGKILL it: True), or give up after 200 tries and SIGKILL it wherever it is (False).
     While stopped it is alive: its claim must stay."""
-    for _ in range(100):
+    for _ in range(200):
         os.kill(victim.pid, signal.SIGSTOP)
         time.sleep(0.0002)  # (the stop takes effect)
         if _holds_a_claim_of(fifos, victim.pid):
@@ -308,8 +308,8 @@ def test_no_lost_wakeup_with_80_receivers_short_sleeps_and_producers_killed_mid_
     tx_conn, tx_end = procs.pipe()
     tx = procs.fork(_paced_sender, tx_end, segment.name)
     kills = mid_push = 0
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline and tx.exitcode is None:
+    start = time.monotonic()  # 4 s at least, and until 3 producers died mid-push (20 s at most)
+    while (time.monotonic() < start + 4.0 or mid_push < 3) and time.monotonic() < start + 20.0 and tx.exitcode is None:
         time.sleep(rng.random() * 0.02)
         victim = floods.pop(rng.randrange(len(floods)))
         mid_push += _kill_mid_push(victim, fifos, rng)
@@ -332,7 +332,7 @@ def test_no_lost_wakeup_with_80_receivers_short_sleeps_and_producers_killed_mid_
     report = {k: (aio_result[k], thr_result[k]) for k in ("timeouts",)} | {
         k: (aio_result["stats"].get(k), thr_result["stats"].get(k)) for k in ("signals_stalled", "signals_corrupt", "doorbells")}
     assert (aio_result["timeouts"], thr_result["timeouts"]) == (0, 0), f"a receiver slept through a signal: {report}"
-    assert kills >= 20 and mid_push >= 1 and sent["sent"] >= 100
+    assert kills >= 10 and mid_push >= 3 and sent["sent"] >= 100
     stats = (aio_result["stats"], thr_result["stats"])
     assert sum(s["signals_stalled"] for s in stats) >= 1, "the cells of producers killed mid-push were retired"
     assert sum(s["signals_corrupt"] for s in stats) == 0, "well-behaved parties never write a corrupt word"
