@@ -35,7 +35,9 @@ Receiver signal FIFO ``fifo-<token>`` (paper §3.1.2, one per receiving thread):
     24 start u64 | 32 token u64 | 40 drops u64 | 48..63 reserved
     64  tail u64   (own cache line: producers' claim position)
     128 head u64   (own cache line: the consumer's position)
-    192 sleep u32  (own cache line: futex word 0 awake / 1 futex / 2 doorbell)
+    192 sleep u32  (own cache line: futex word; bits 0-1 the receiver's state 0 awake / 1 futex /
+                   2 doorbell, set and cleared by the receiver only; above them a wake generation
+                   that producers bump before a futex wake)
     256 cells: capacity x 32 bytes (seq u64, segment id u64, offset u64, pad)
 
 A cell's ``seq`` for position ``pos`` is ``pos`` (free), a claim word (top bit

@@ -93,11 +93,11 @@ def _claim_word(pid: int, start: int) -> int:
 
 
 def _claim_head_cell(fifo, claim: int) -> int:
-    """Do what a producer does before it is descheduled: take the position at the tail, name it."""
+    """Do what a producer does before it is descheduled: claim the cell at the tail, move the tail."""
     tail = _native.load64(fifo.address + L.FIFO_TAIL)
     cell = fifo.address + L.FIFO_CELLS + (tail % fifo.capacity) * L.FIFO_CELL_SIZE
-    assert _native.cas64(fifo.address + L.FIFO_TAIL, tail, tail + 1)
     assert _native.cas64(cell, tail, claim)
+    assert _native.cas64(fifo.address + L.FIFO_TAIL, tail, tail + 1)
     return cell
 
 
@@ -269,15 +269,13 @@ def _map_fifo(path: str) -> mmap.mmap:
 
 
 def _holds_a_claim_of(fifos: list[mmap.mmap], pid: int) -> bool:
-    """Whether a position near a FIFO's tail is taken and unpublished by process `pid` (stopped): its
-    cell holds `pid`'s claim word, or still its position (taken, not yet named: with `pid` stopped
-    for a while, no running producer is that slow)."""
+    """Whether a cell near a FIFO's tail is claimed, not yet published, by process `pid`."""
     for mm in fifos:
         cells = (len(mm) - L.FIFO_CELLS) // L.FIFO_CELL_SIZE
-        tail, head = struct.unpack_from("<Q", mm, L.FIFO_TAIL)[0], struct.unpack_from("<Q", mm, L.FIFO_HEAD)[0]
-        for pos in range(max(tail - 16, head), tail):
+        tail = struct.unpack_from("<Q", mm, L.FIFO_TAIL)[0]
+        for pos in range(tail - 16, tail + 1):
             seq = struct.unpack_from("<Q", mm, L.FIFO_CELLS + (pos % cells) * L.FIFO_CELL_SIZE)[0]
-            if seq == pos or (seq >> 63 and (seq >> 41) & 0x3FFFFF == pid):
+            if seq >> 63 and (seq >> 41) & 0x3FFFFF == pid:
                 return True
     return False
 
@@ -289,7 +287,7 @@ def _kill_mid_push(victim, fifos: list[mmap.mmap], rng: random.Random) -> bool:
     for _ in range(200):
         os.kill(victim.pid, signal.SIGSTOP)
         time.sleep(0.0002)  # (the stop takes effect)
-        if _holds_a_claim_of(fifos, victim.pid) and (time.sleep(0.0005) or _holds_a_claim_of(fifos, victim.pid)):
+        if _holds_a_claim_of(fifos, victim.pid):
             os.kill(victim.pid, signal.SIGKILL)
             return True
         os.kill(victim.pid, signal.SIGCONT)

@@ -123,8 +123,7 @@ int fifo_push_corrupt(const FifoMap *m) {
     atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(A64(m->base + FIFO_DROPS), 1, memory_order_relaxed);
     /* wake a receiver asleep on its futex: its wait sees the FIFO unsettled and has it repaired */
-    if (atomic_load_explicit(A32(m->base + FIFO_SLEEP), memory_order_seq_cst) == 1)
-        futex(A32(m->base + FIFO_SLEEP), FUTEX_WAKE, INT_MAX, NULL);
+    fifo_wake(A32(m->base + FIFO_SLEEP));
     return PUSH_FULL;
 }
 
@@ -141,10 +140,10 @@ static void fifo_rebase(const FifoMap *m, uint64_t pos) {
     }
 }
 
-/* The head cell (position pos) holds `seq`, which the protocol never writes there: a peer wrote
-   the FIFO. If pos was taken (the tail is past it, by at most a lap) its entry is lost: hand the
-   cell to the next lap and move the head on; otherwise (the ring is empty) rebase every cell on
-   pos. Every change is a CAS from the value read, so a
+/* The head cell (position pos) holds `seq`, which the protocol never writes there, or holds pos
+   while the tail says pos was claimed: a peer wrote the FIFO. If pos was claimed (the tail is
+   past it, by at most a lap) its entry is lost: hand the cell to the next lap and move the head
+   on; otherwise (the ring is empty) rebase every cell on pos. Every change is a CAS from the value read, so a
    producer that raced with it keeps its claim. Counted; 0 (nothing taken). */
 int fifo_repair(const FifoMap *m, uint64_t pos, uint64_t seq) {
     atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
@@ -232,10 +231,10 @@ static PyObject *n_fifo_ready(PyObject *Py_UNUSED(self), PyObject *arg) {
     return m ? PyBool_FromLong(fifo_ready(m)) : NULL;
 }
 
-/* skip_stalled: the head position was taken and never published. Retire its cell if its
-   producer is proven dead (killed mid-push), or never named itself (see fifo.h): True. A live
-   producer that named itself keeps its cell however long it takes (False). Words the protocol
-   never writes (a peer wrote the FIFO) are repaired and counted in fifo_corrupt (False). */
+/* skip_stalled: the head position was claimed and never published. Retire its cell if its
+   producer is proven dead (killed mid-push): True. A live producer keeps its cell however long it
+   takes (False). Words the protocol never writes (a peer wrote the FIFO) are repaired and counted
+   in fifo_corrupt (False). */
 static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
     FifoMap *m = as_fifo(arg);
     if (!m) return NULL;
@@ -255,17 +254,16 @@ static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
     au64 *cell = fifo_cell(m, pos);
     uint64_t seq = atomic_load_explicit(cell, memory_order_acquire);
     if (seq == pos + 1 || (seq == pos && t == pos)) Py_RETURN_FALSE;  /* ready, or empty */
-    if (seq == pos) {
-        /* taken (the tail is past it) and never named: its producer died between its two CASes,
-           or is that slow; retiring it is safe either way (its naming CAS fails, it writes nothing) */
-    } else if (!(seq & CLAIM)) {
+    if (!(seq & CLAIM)) {
         fifo_repair(m, pos, seq);
         Py_RETURN_FALSE;
-    } else if (!claimer_dead(seq)) {
-        Py_RETURN_FALSE;
     }
-    /* hand the cell to the next lap with a CAS from the word read (the dead producer's claim
-       word, or the unnamed position), then move the head on */
+    if (!claimer_dead(seq)) Py_RETURN_FALSE;
+    /* the claim was for pos: move the tail past it, as a helper would (the producer may have died
+       before it did), then hand the cell to the next lap with a CAS from the dead producer's claim
+       word, then move the head on */
+    uint64_t at = pos;
+    atomic_compare_exchange_strong_explicit(tail, &at, pos + 1, memory_order_seq_cst, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit(cell, &seq, pos + m->mask + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         Py_RETURN_FALSE;

@@ -19,14 +19,12 @@
  *   CLAIM | who  claimed by the process `who` (CLAIM_*: pid and start time), not yet published;
  *   pos + 1      published: holds the entry of pos;
  *   pos + cap    taken: free for the next lap.
- * A producer takes a position with Vyukov's CAS of the tail (pos to pos + 1, where the cell reads
- * pos), then names itself: a CAS of the cell's seq from pos to its claim word; then it writes the
- * entry and publishes with a CAS from its claim word to pos + 1. So a cell past the tail that is
- * claimed but unpublished names its producer: the receiver retires it (fifo_skip_stalled) only
- * once that process is dead, never on a timer, and a producer that was merely descheduled still
- * owns its cell (its late write cannot land in a later entry). A position taken but not yet named
- * (seq still pos, the tail past it) may be retired: the producer's naming CAS then fails before it
- * writes anything, and it drops its signal. Positions stay below 2^63 (centuries at any rate), so a
+ * A producer claims a cell by a CAS of its seq from pos to its claim word, then moves the tail
+ * past it (any producer that finds a claimed or published cell at the tail helps it on), writes
+ * the entry and publishes with a CAS from its claim word to pos + 1. So a claimed-but-unpublished
+ * cell names its producer: the receiver retires it (fifo_skip_stalled) only once that process is
+ * dead, never on a timer, and a producer that was merely descheduled still owns its cell (its late
+ * write cannot land in a later entry). Positions stay below 2^63 (centuries at any rate), so a
  * claim word (top bit set) is never a position.
  */
 #ifndef OMBM_FIFO_H
@@ -70,12 +68,32 @@ static inline au64 *fifo_cell(const FifoMap *m, uint64_t pos) {
     return A64(m->base + FIFO_CELLS + (uintptr_t)((pos & m->mask) * CELL_SIZE));
 }
 
-/* Push (segment id, offset): take a position, name it, publish, then Drepper's wake check. Never
-   blocks. PUSH_*. */
+/* Drepper's wake check, after a publish: PUSH_OK, or PUSH_WOKE (a futex wake issued), or
+   PUSH_DOORBELL (the receiver sleeps in an event loop: ring it). The sleep word's low two bits are
+   the receiver's state (SLEEP_STATE), which only the receiver sets and clears: every push while it
+   sleeps wakes it (or has its doorbell rung), so a producer killed between seeing a sleeper and
+   waking it takes no other producer's duty with it. Above them a wake generation: a producer bumps
+   it before FUTEX_WAKE, so a receiver that announced sleep and is about to FUTEX_WAIT on the word
+   it announced finds it changed and looks again (the wake of a producer that came first is not
+   lost). seq_cst: the load is the producer's half of the handshake (see fifo_push). */
+#define SLEEP_STATE 3u
+#define SLEEP_GENERATION 4u
+static inline int fifo_wake(au32 *sleep) {
+    uint32_t state = atomic_load_explicit(sleep, memory_order_seq_cst) & SLEEP_STATE;
+    if (state == 1) {
+        atomic_fetch_add_explicit(sleep, SLEEP_GENERATION, memory_order_seq_cst);
+        futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
+        return PUSH_WOKE;
+    }
+    return state == 2 ? PUSH_DOORBELL : PUSH_OK;
+}
+
+/* Push (segment id, offset): claim, publish, then Drepper's wake check. Never blocks. PUSH_*. */
 static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
     uintptr_t f = m->base;
+    uint64_t me = fifo_me ? fifo_me : fifo_claim_word();
     au64 *tail = A64(f + FIFO_TAIL);
-    /* relaxed: the position is only a guess until the CAS below takes it */
+    /* relaxed: the position is only a guess until the claim below */
     uint64_t pos = atomic_load_explicit(tail, memory_order_relaxed);
     au64 *cell;
     for (unsigned tries = 0;; tries++) {
@@ -85,20 +103,32 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
            previous entry happen before the writes below */
         uint64_t seq = atomic_load_explicit(&cell[0], memory_order_acquire);
         if (seq == pos) {
-            /* relaxed: taking the position publishes nothing; the cell's seq does */
-            if (atomic_compare_exchange_weak_explicit(tail, &pos, pos + 1, memory_order_relaxed,
-                                                      memory_order_relaxed))
+            /* claim. seq_cst: the claim happens before the tail moves past it (any order that
+               makes a reader of the tail see the claim would do) */
+            if (atomic_compare_exchange_strong_explicit(&cell[0], &seq, me, memory_order_seq_cst,
+                                                        memory_order_relaxed)) {
+                uint64_t expect = pos;  /* move the tail on, unless a helper did */
+                atomic_compare_exchange_strong_explicit(tail, &expect, pos + 1, memory_order_seq_cst,
+                                                        memory_order_relaxed);
                 break;
-            continue;  /* pos now holds the tail */
+            }
+            continue;  /* another producer claimed it: look again */
         }
-        if (seq & CLAIM) {
-            /* named by a producer: of this lap (the tail moved on: look again), or of the previous
-               one and never published, and the ring is full */
-            if (pos - atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_acquire) > m->mask) {
+        if (seq == pos + 1 || (seq & CLAIM)) {
+            /* claimed or published at the tail: its producer has not moved the tail yet (help it),
+               unless a claim of the previous lap was never published and the ring is full */
+            if ((seq & CLAIM) &&
+                pos - atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_acquire) > m->mask) {
                 atomic_fetch_add_explicit(A64(f + FIFO_DROPS), 1, memory_order_relaxed);  /* a counter */
                 return PUSH_FULL;
             }
-        } else if ((int64_t)(seq - pos) < 0) {
+            uint64_t expect = pos;
+            atomic_compare_exchange_strong_explicit(tail, &expect, pos + 1, memory_order_seq_cst,
+                                                    memory_order_relaxed);
+            pos = expect == pos ? pos + 1 : expect;
+            continue;
+        }
+        if ((int64_t)(seq - pos) < 0) {
             /* the previous lap's entry not taken yet: full (paper: loss when full); any other
                value behind is corrupt */
             if (seq != pos - m->mask) return fifo_push_corrupt(m);
@@ -106,15 +136,6 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
             return PUSH_FULL;
         }
         pos = atomic_load_explicit(tail, memory_order_relaxed);  /* ahead: the tail moved on */
-    }
-    /* Name the position: only the receiver, retiring a position that stayed unnamed (we were
-       descheduled that long), makes this fail, and then we write nothing. Acquire, as the load
-       above; the claim word is read by the receiver after the tail, which moved before it. */
-    uint64_t me = fifo_me ? fifo_me : fifo_claim_word(), expect = pos;
-    if (!atomic_compare_exchange_strong_explicit(&cell[0], &expect, me, memory_order_acquire,
-                                                 memory_order_relaxed)) {
-        atomic_fetch_add_explicit(A64(f + FIFO_DROPS), 1, memory_order_relaxed);
-        return PUSH_FULL;
     }
     /* relaxed: published by the seq CAS below */
     atomic_store_explicit(&cell[1], seg, memory_order_relaxed);
@@ -124,19 +145,11 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
        with the seq_cst load of the sleep word below it is one half of Drepper's handshake (the
        receiver stores its sleep word, then loads seq, both seq_cst): of a push and a receiver
        going to sleep, at least one sees the other. */
-    expect = me;
+    uint64_t expect = me;
     if (!atomic_compare_exchange_strong_explicit(&cell[0], &expect, pos + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         return fifo_push_corrupt(m);
-    /* The sleep word is the receiver's own: it clears it when it wakes. A producer only reads it,
-       so every push while the receiver sleeps wakes it (or has its doorbell rung): a producer
-       killed between reading the word and its wake-up takes no other producer's duty with it. */
-    uint32_t sleeping = atomic_load_explicit(A32(f + FIFO_SLEEP), memory_order_seq_cst);
-    if (sleeping == 1) {
-        futex(A32(f + FIFO_SLEEP), FUTEX_WAKE, INT_MAX, NULL);
-        return PUSH_WOKE;
-    }
-    return sleeping == 2 ? PUSH_DOORBELL : PUSH_OK;
+    return fifo_wake(A32(f + FIFO_SLEEP));
 }
 
 /* Whether the head cell is published. seq_cst: the receiver's half of Drepper's handshake (see

@@ -152,8 +152,9 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
-        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check */
-        atomic_store_explicit(sleep, 1, memory_order_seq_cst);
+        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check;
+           a read-modify-write, so no producer's generation bump is lost (see fifo_wake) */
+        uint32_t announced = atomic_fetch_or_explicit(sleep, 1, memory_order_seq_cst) | 1;
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         uint64_t left = deadline - t;
         /* a claimed-but-unpublished head cell, or words a peer wrote: poll every 10 ms, and after
@@ -167,13 +168,13 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
             unsettled_since = 0;
         }
         struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
-        long fr = futex(sleep, FUTEX_WAIT, 1, &ts);
+        long fr = futex(sleep, FUTEX_WAIT, announced, &ts);  /* not if a producer bumped it since */
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
     }
-    /* relaxed: the word is only a hint to producers (they only read it); one that still reads 1
-       costs one needless futex wake */
-    atomic_store_explicit(sleep, 0, memory_order_relaxed);
+    /* clear the state (keep the generation); relaxed: only a hint to producers, one that still
+       reads "asleep" costs one needless futex wake */
+    atomic_fetch_and_explicit(sleep, ~SLEEP_STATE, memory_order_relaxed);
 done:
     if (yielded) yield_hint = shared;
     *waited_ns = now_ns() - start;
