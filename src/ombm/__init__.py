@@ -10,8 +10,40 @@ implements which section of the paper.
 
 from ombm.core import config as _config
 from ombm.core.config import configure, settings
-from ombm.errors import AddressError, CallTimeout, ChannelBrokenError, ChannelTimeout, ClosedError, DirectoryFullError, EndOfStream, FrameError, OmbmError, ReadOnlyError, RemoteError, SegmentExistsError, SegmentFormatError, SegmentNotFoundError, ServerGoneError, ServiceNotFoundError, UnmarshalError, WouldBlock
-from ombm.core.segment import CACHE_LINE, CONVENTIONAL, MESSAGE_CONSISTENCY, PAGE, Mode, Region, Segment, create_segment, open_segment
+from ombm.errors import (
+    AddressError,
+    CallTimeout,
+    ChannelBrokenError,
+    ChannelTimeout,
+    ClosedError,
+    DirectoryFullError,
+    EndOfStream,
+    FolderSquattedWarning,
+    FrameError,
+    MessageTooLargeError,
+    OmbmError,
+    ReadOnlyError,
+    RemoteError,
+    SegmentExistsError,
+    SegmentFormatError,
+    SegmentNotFoundError,
+    ServerGoneError,
+    ServiceNotFoundError,
+    StreamProtocolError,
+    UnmarshalError,
+    WouldBlock,
+)
+from ombm.core.segment import (
+    CACHE_LINE,
+    CONVENTIONAL,
+    MESSAGE_CONSISTENCY,
+    PAGE,
+    Mode,
+    Region,
+    Segment,
+    create_segment,
+    open_segment,
+)
 from ombm.core.signals import Dispatcher, Receiver, SignalHandle, sig_wait, signal, signal_handler
 from ombm.core.stats import stats
 from ombm.channels.arrays import ArrayView
@@ -40,8 +72,10 @@ __all__ = [
     "ClosedError",
     "DirectoryFullError",
     "Dispatcher",
+    "FolderSquattedWarning",
     "FrameError",
     "MESSAGE_CONSISTENCY",
+    "MessageTooLargeError",
     "Mode",
     "OmbmError",
     "PAGE",
@@ -56,6 +90,7 @@ __all__ = [
     "ServerGoneError",
     "ServiceNotFoundError",
     "SignalHandle",
+    "StreamProtocolError",
     "UnmarshalError",
     "WouldBlock",
     "aio",

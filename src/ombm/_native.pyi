@@ -149,11 +149,19 @@ def frame_decode(view: ReadableBuffer, kinds: tuple[_K | None, ...], /) -> _Fram
     """Validate and copy out the frame ending ``view``; ``kinds[k]`` is what kind byte k decodes to (None:
     invalid). ``ValueError`` for anything wrong."""
 
-def checksum(buffer: ReadableBuffer, /) -> int:
-    """The 64-bit Fletcher checksum of a buffer."""
+CRC32C_IMPL: Final[Literal["sse4.2", "armv8-crc", "table"]]
+"""Which CRC32C the checksum uses, chosen at import: ``"sse4.2"``, ``"armv8-crc"`` or ``"table"`` (also when the
+environment sets ``OMBM_CRC32C=table``)."""
+
+def checksum(buffer: ReadableBuffer, crc: int = 0, /) -> int:
+    """The CRC32C (Castagnoli, RFC 3720) of a buffer, continued from ``crc``: the CRC of what came before it,
+    so ``checksum(b, checksum(a)) == checksum(a + b)``. A 32-bit value."""
+
+def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
+    """``checksum`` computed by the portable table, whatever ``CRC32C_IMPL`` is (for the tests)."""
 
 def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
-    """Copy ``src`` into the start of ``dst``; the checksum of ``src``."""
+    """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
 
 # ---- the message write (ombm.core.segment)
 def writer_signals_sent() -> int:

@@ -16,12 +16,16 @@ keeps working for callers who do not know ombm::
     ├── ChannelTimeout            (TimeoutError)       a channel operation timed out (nothing lost)
     ├── EndOfStream               (EOFError)           the writer closed and everything was delivered
     ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
+    │   └── StreamProtocolError                        impossible credit, or an end of stream with messages missing
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
     ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
+    ├── MessageTooLargeError      (ValueError)         an RPC call or reply larger than the connection's max_message_bytes
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
-    └── CallTimeout               (TimeoutError)       no reply within the call's timeout
-        └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+    ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
+    │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
+    └── FolderSquattedWarning     (UserWarning)        a warning, not raised: the per-user folder was
+                                                       taken by someone else; ombm uses a private one
 
 Misuse by the caller (an argument of the wrong type or value, an operation out of order) raises
 the plain builtin (``TypeError``, ``ValueError``, ``RuntimeError``), as the standard library does.
@@ -83,12 +87,24 @@ class ChannelBrokenError(OmbmError, ConnectionError):
     """The peer is gone or the channel was released by someone else (something else broke it)."""
 
 
+class StreamProtocolError(ChannelBrokenError):
+    """The other end of a stream, or another process writing its shared counts, broke the stream
+    protocol: credit no receiver can give (an acknowledgement of what was never sent or moving
+    back, a release beyond it), counts overwritten under their owner, or an end of stream whose
+    counts do not add up (the message says how many messages are missing)."""
+
+
 class FrameError(OmbmError, ValueError):
     """A frame failed its bounds, format or checksum checks."""
 
 
 class UnmarshalError(OmbmError, ValueError):
     """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
+
+
+class MessageTooLargeError(OmbmError, ValueError):
+    """An RPC message larger than the connection allows (``max_message_bytes``): refused before
+    anything is sent."""
 
 
 class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
@@ -114,3 +130,9 @@ class CallTimeout(OmbmError, TimeoutError):
 
 class ServerGoneError(CallTimeout, ChannelBrokenError):
     """The RPC server stopped or died: both a CallTimeout and a ConnectionError."""
+
+
+class FolderSquattedWarning(OmbmError, UserWarning):
+    """Issued (``warnings.warn``), not raised: ``<SHM_ROOT>/ombm-<uid>`` is not a 0700 folder of ours
+    (another user's, a symbolic link, a file, or open to others), so ombm uses the user's private
+    fallback folder instead (docs/design.md, "Who can reach a user's objects")."""

@@ -114,7 +114,7 @@ def test_large_messages_fragment_both_ways(cli, nbytes):
 
 
 def test_messages_larger_than_the_channel_are_refused_at_the_caller_and_bigger_channels_carry_them(calc):
-    nbytes = 4 * 1024 * 1024
+    nbytes = 3 * 1024 * 1024  # more than the default channel, less than the default max_message_bytes (4 MiB)
     data = pattern(nbytes)
     with ombm.rpc.connect(calc, timeout=3.0) as client:  # default channel: up to ~2 MiB per message
         with pytest.raises(ValueError, match="exceeds"):

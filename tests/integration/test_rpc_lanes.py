@@ -123,7 +123,7 @@ def test_errors_raised_in_the_lane_reach_the_caller(counter):
         assert info.value.type_name == "TypeError" and "bump" in info.value.traceback
         with pytest.raises(RemoteError, match="AttributeError"):
             cli.no_such_method()
-        with pytest.raises(RemoteError, match="exceeds what the client's reply channel carries"):
+        with pytest.raises(RemoteError, match="exceeds what the client takes"):
             cli.blob(10_000_000)
         assert cli.increment() == 2  # blob ran once before its result was refused
     stats = _stop(p, conn)[0]

@@ -80,9 +80,10 @@ def test_garbage_never_crashes(garbage):
         pass
 
 
-# The native checksum: one flipped bit anywhere changes it, also when it is taken again over
-# a header and another checksum (the stream's two-level seal). Before its finish mixed the
-# sums, a bit flip in a one-word payload left that seal unchanged about one time in ten.
+# The native checksum: one flipped bit anywhere changes it, also when it is continued over a
+# stream DATA frame's trailer (the stream's seal). The seal was once two-level over a 64-bit
+# Fletcher-like sum, whose unmixed sums let a bit flip in a one-word payload through about one
+# time in ten; tests/property/test_crc32c_props.py proves what the CRC32C detects.
 
 @given(st.binary(min_size=1, max_size=200), st.data())
 def test_one_flipped_bit_changes_the_checksum(data, draw):

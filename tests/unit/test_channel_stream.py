@@ -289,3 +289,33 @@ def test_a_stream_is_read_once(name, own_receiver):
         Stream.open(name).close()
         with pytest.raises(ombm.ChannelBrokenError, match="read once"):
             Stream.open(name)
+
+
+def test_the_stream_ends_cleanly_only_on_what_the_writer_reports_it_sent(name, own_receiver):
+    """The writer's final counts (data control block) must match what the reader took; a reader
+    that took fewer gets StreamProtocolError saying how many are missing, never EndOfStream."""
+    from ombm import _native
+    from ombm.channels.raw import CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES
+    from ombm.core.segment import open_segment
+
+    w = Stream.create(name, slot_bytes=100, slots=4)
+    r = Stream.open(name)
+    seg = open_segment(name)  # a bystander, who will rewrite the counts: as if two messages were lost
+    try:
+        for i in range(3):
+            w.send(b"m%d" % i)
+        w.close(flush_timeout=0)
+        assert [bytes(r.recv(1)) for _ in range(3)] == [b"m0", b"m1", b"m2"]
+        with seg.bind(writable=True) as region:
+            _native.store64(region.address + CTRL_SENT_FRAGMENTS, 5)
+            _native.store64(region.address + CTRL_SENT_MESSAGES, 5)
+            with pytest.raises(ombm.StreamProtocolError, match=r"2 messages \(2 fragments\) missing"):
+                r.recv(1)
+            _native.store64(region.address + CTRL_SENT_FRAGMENTS, 3)
+            _native.store64(region.address + CTRL_SENT_MESSAGES, 3)
+            with pytest.raises(EndOfStream):
+                r.recv(1)
+    finally:
+        seg.release()
+        r.close()
+        w.close(flush_timeout=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -343,6 +344,41 @@ def test_dispatcher_hands_handler_errors_to_on_error_and_goes_on():
         assert got == [0, 64, 128, 192]
         assert [e.args for e in errors] == [(1,), (3,)]
         assert delta(before, "handler_errors") == 2
+
+
+@pytest.mark.parametrize("raises", [RuntimeError("on_error is broken too"), SystemExit(3)])
+def test_a_dispatcher_whose_on_error_raises_reports_it_and_keeps_serving(monkeypatch, raises):
+    """Red-team case: on main the dispatcher's thread died silently when on_error raised."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with ombm.create_segment(256) as seg:
+        region = seg.bind()
+        got = []
+        done = threading.Event()
+
+        def handler(address):
+            got.append(address - region.address)
+            if len(got) == 4:
+                done.set()
+            if len(got) == 1:
+                raise ValueError("the handler failed")
+
+        def on_error(exc):
+            raise raises
+
+        with ombm.Dispatcher(on_error=on_error) as dispatcher:
+            dispatcher.signal_handler(region.address, 256, handler)
+            region.write(0, b"d" * 64)           # the handler raises, then on_error raises
+            deadline = time.monotonic() + 30
+            while not reported and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert dispatcher._thread.is_alive()  # still serving
+            region.write(64, b"d" * 192)
+            assert done.wait(30)
+        assert got == [0, 64, 128, 192]
+    [args] = reported
+    assert args.exc_value is raises and "on_error" in args.err_msg
+    assert isinstance(args.exc_value.__context__, ValueError)  # the handler's error goes with it
 
 
 def test_stats_has_the_documented_counters():

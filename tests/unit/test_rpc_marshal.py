@@ -1,6 +1,7 @@
 """RPC marshalling (ombm.rpc.marshal): what travels, what comes back, what is refused."""
 
 import pickle
+import re
 import sys
 
 import msgpack
@@ -234,3 +235,20 @@ def test_pickle_payload_is_really_pickle():
     data = encode_result(Thing(9), allow_pickle=True)
     ext = msgpack.unpackb(data)[1]
     assert ext.code == marshal._EXT_PICKLE and pickle.loads(ext.data) == Thing(9)
+
+
+@pytest.mark.parametrize("args,kwargs,where", [
+    (({(1, 2): 3},), None, "args[0]"),
+    (([1, {"a": {(): 1}}],), None, "args[0][1]['a']"),
+    ((), {"k": {frozenset(): 1}}, "kwargs['k']"),
+    ((({1: [{b"x": {(1,): 2}}]},),), None, "args[0][0][1][0][b'x']"),
+])
+def test_a_dict_key_the_server_cannot_rebuild_is_refused_by_the_encoder(args, kwargs, where):
+    with pytest.raises(TypeError, match=re.escape(where)):
+        marshal.encode_call("m", args, kwargs)
+
+
+def test_dict_keys_the_server_rebuilds_pass():
+    value = {"s": 1, b"b": 2, 3: 3, True: 4, 2.5: 5, None: 6}
+    assert marshal.decode_call(marshal.encode_call("m", (value, [value]), {"k": {"n": value}})) == \
+        ("m", (value, [value]), {"k": {"n": value}})

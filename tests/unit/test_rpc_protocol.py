@@ -517,3 +517,54 @@ def test_server_lane_call_that_raised_is_never_run_again():
     assert s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0) == []
     assert s.frames_to_send(0.0) == []
     assert s.statistics().duplicates == 1
+
+
+# ---------------------------------------------------------------- bounded reassembly
+def test_a_request_announcing_too_many_fragments_is_refused_at_its_first_fragment():
+    """65,535 fragments announced: the first that arrives is refused, nothing of it is kept, the call is
+    answered once with the refusal (again only to a retransmission of its last fragment)."""
+    s = ServerProtocol(CONN, max_payload=64, max_message_bytes=1024, refusal=lambda oneway: b"too large")
+    first = encode(Kind.CALL, CONN, 1, b"x" * 64, frag_index=5, frag_count=0xFFFF, ack=1)
+    assert s.receive_frame(first, 0.0) == []
+    assert not s._partial                              # nothing buffered
+    [reply] = [decode(f) for f in s.frames_to_send(0.0)]
+    assert (reply.kind, reply.message_id, bytes(reply.payload)) == (Kind.ERROR_REPLY, 1, b"too large")
+    for index in (0, 6, 0xFFFE):                       # the rest of it: duplicates, never buffered
+        s.receive_frame(encode(Kind.CALL, CONN, 1, b"x" * 64, frag_index=index, frag_count=0xFFFF, ack=1), 0.0)
+    assert not s._partial
+    assert [bytes(decode(f).payload) for f in s.frames_to_send(0.0)] == [b"too large"]  # for the last fragment only
+    st = s.statistics()
+    assert (st.refused, st.requests, st.replies, st.executing) == (1, 0, 0, 0)
+
+
+def test_a_request_exactly_at_the_limit_is_reassembled():
+    c = ClientProtocol(CONN, max_payload=64)
+    s = ServerProtocol(CONN, max_payload=64, max_message_bytes=4 * 64)
+    cid = c.send_request(b"y" * (4 * 64), 0.0)
+    assert to_server(c, s, 0.0) == [RequestReceived(cid, b"y" * 256, False)]
+    cid = c.send_request(b"y" * (4 * 64 + 1), 0.0)    # five fragments: refused, dropped (no refusal given)
+    assert to_server(c, s, 0.0) == [] and s.frames_to_send(0.0) == []
+    assert s.statistics().refused == 5 and not s._partial  # every fragment refused, none kept
+
+
+def test_an_oversized_one_way_call_is_dropped_and_counted():
+    s = ServerProtocol(CONN, max_payload=64, max_message_bytes=128, refusal=lambda oneway: b"no")
+    s.receive_frame(encode(Kind.ONEWAY, CONN, 1, b"z" * 64, frag_index=0, frag_count=3, ack=1), 0.0)
+    assert s.frames_to_send(0.0) == [] and s.statistics().refused == 1 and not s._partial
+
+
+def test_the_client_drops_a_reply_larger_than_it_takes():
+    c, s = ClientProtocol(CONN, max_payload=64, max_message_bytes=128), ServerProtocol(CONN, max_payload=64)
+    cid = c.send_request(b"q", 0.0)
+    to_server(c, s, 0.0)
+    s.send_reply(cid, b"r" * 200, 0.0)                 # four fragments of 64: more than 128 bytes
+    assert to_client(s, c, 0.0) == [] and not c._partial
+    assert c.statistics().refused == 4 and c.statistics().in_flight == 1  # it times out, as a lost reply
+
+
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_limits_are_refused(bad, error):
+    with pytest.raises(error):
+        ServerProtocol(CONN, max_payload=64, max_message_bytes=bad)
+    with pytest.raises(error):
+        ClientProtocol(CONN, max_payload=64, max_message_bytes=bad)

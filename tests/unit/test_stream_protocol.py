@@ -10,7 +10,8 @@ import pytest
 from stream_datagrams import DatagramReceiver, DatagramSender, data_frame
 
 from ombm._native import checksum
-from ombm.errors import FrameError
+import ombm
+from ombm.errors import FrameError, StreamProtocolError
 from ombm.transport import wire
 from ombm.transport.stream_protocol import (AHEAD, ARRAY, BYTES, DONE, DUPLICATE, MORE, NEXT, OVERRUN,
                                             PROBE, REFUSED, StreamReceiver, StreamSender, seal, unseal)
@@ -63,17 +64,73 @@ def test_a_message_longer_than_the_window_streams_through_it():
     assert tx.finished() and tx.bytes == 5
 
 
-def test_credit_is_clamped_and_its_edge_never_moves_left():
+def test_the_credit_edge_never_moves_left():
     tx = sender(window=4)
     send_message(tx, 2)
-    assert tx.on_credit(10, 10, 0.0) is True   # acknowledges unsent data: clamped to what was sent
-    assert (tx.acked, tx.limit) == (2, 6)
-    assert tx.on_credit(1, 1, 0.0) is True      # stale: nothing moves back
-    assert (tx.acked, tx.limit) == (2, 6)
+    assert tx.on_credit(2, 2, 0.0) is True
+    assert (tx.acked, tx.released, tx.limit) == (2, 2, 6)
+    assert tx.on_credit(2, 2, 0.0) is True      # the same counts again: nothing moves
+    assert (tx.acked, tx.limit, tx.violations) == (2, 6, 0)
+
+
+# every count a genuine receiver cannot publish, after 4 fragments sent and (2, 1) published
+IMPOSSIBLE_CREDIT = {
+    "ack beyond what was sent": (5, 1),
+    "ack far beyond": (2**63, 1),
+    "release beyond what was sent": (4, 5),
+    "release beyond ack": (2, 3),
+    "ack moving back": (1, 1),
+    "release moving back": (2, 0),
+    "both moving back": (0, 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPOSSIBLE_CREDIT))
+def test_impossible_credit_is_a_protocol_violation(case):
+    tx = sender(window=4)
+    send_message(tx, 4)
+    tx.on_credit(2, 1, 0.0)
+    before = (tx.acked, tx.released, tx.limit, tx.unacked, tx.deadline)
+    with pytest.raises(StreamProtocolError, match="impossible credit") as info:
+        tx.on_credit(*IMPOSSIBLE_CREDIT[case], 0.5)
+    assert isinstance(info.value, ombm.ChannelBrokenError)
+    assert (tx.acked, tx.released, tx.limit, tx.unacked, tx.deadline) == before  # nothing trusted
+    assert tx.violations == 1 and tx.broken
+    with pytest.raises(StreamProtocolError):    # broken for good, even by counts that are possible
+        tx.on_credit(4, 4, 0.6)
+    assert tx.violations == 1 and tx.acked == 2
+
+
+def test_impossible_credit_frames_break_the_sender_and_stale_ones_are_ignored():
+    tx = sender(window=4)
+    send_message(tx, 4)
+    assert tx.receive_frame(encode(Kind.CREDIT, CONN, 0, ack=3, credit=4 + 2 - 3), 0.0) is True
+    assert (tx.acked, tx.released) == (3, 2)
+    tx.receive_frame(encode(Kind.CREDIT, CONN, 0, ack=2, credit=4 + 1 - 2), 0.0)  # reordered: stale
+    assert (tx.acked, tx.released, tx.violations) == (3, 2, 0)
+    with pytest.raises(StreamProtocolError):
+        tx.receive_frame(encode(Kind.CREDIT, CONN, 0, ack=99, credit=1), 0.0)  # acknowledges unsent data
+    assert tx.violations == 1
     tx2 = sender(window=4)
-    send_message(tx2, 2)
-    tx2.on_credit(1, 2, 0.0)                    # released beyond acked: clamped
-    assert tx2.limit == 5
+    send_message(tx2, 4)
+    with pytest.raises(StreamProtocolError):  # credit beyond the window: a release beyond the ack
+        tx2.receive_frame(encode(Kind.CREDIT, CONN, 0, ack=1, credit=9), 0.0)
+
+
+def test_the_receiver_ends_cleanly_only_on_exactly_what_was_sent():
+    rx = StreamReceiver(CONN, 8, MP)
+    for seq in range(3):
+        rx.accept(head(seq))
+    rx.check_end(3, 3)                                   # exactly: a clean end
+    with pytest.raises(StreamProtocolError, match=r"2 messages \(2 fragments\) missing"):
+        rx.check_end(5, 5)
+    with pytest.raises(StreamProtocolError):
+        rx.check_end(3, 4)                               # counts that do not add up
+    with pytest.raises(StreamProtocolError):
+        rx.check_end(2, 2)                               # more than was sent
+    rx.accept(head(3, index=0, count=2, total=MP + 1, plen=MP))
+    with pytest.raises(StreamProtocolError, match="one message incomplete"):
+        rx.check_end(4, 3)                               # the writer ended in the middle of a message
 
 
 def test_only_the_first_fragment_may_be_abandoned():
@@ -161,10 +218,10 @@ def test_credit_frames_carry_ack_and_credit_and_bad_ones_are_counted():
     assert tx.receive_frame(rx.credit_frame(), 0.0) is True
     assert (tx.acked, tx.limit, tx.unacked) == (3, 9, 0)
     junk = [encode(Kind.CREDIT, CONN + 1, 0, ack=3, credit=8), b"\x00" * 60,
-            encode(Kind.DATA, CONN, 0, b"x"), encode(Kind.CREDIT, CONN, 0, ack=99, credit=1)]
+            encode(Kind.DATA, CONN, 0, b"x")]
     for f in junk:
         tx.receive_frame(f, 0.0)
-    assert (tx.foreign_frames, tx.bad_frames, tx.acked, tx.limit) == (1, 3, 3, 9)
+    assert (tx.foreign_frames, tx.bad_frames, tx.acked, tx.limit) == (1, 2, 3, 9)
 
 
 # ---------------------------------------------------------------- receiver

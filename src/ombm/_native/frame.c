@@ -1,78 +1,62 @@
 /*
  * Frames and their checksum (paper §4: the checksum folded into the unmarshal copy, "integrated
- * layer processing"): the 64-bit checksum and the fused copy-and-checksum; a frame written
- * (frame_put, frame_bytes, frame_encode); THE frame check that every reader uses (frame_take:
- * the lanes, and frame_decode under transport/wire.py). The format is transport/wire.py's.
+ * layer processing"): the checksum (CRC32C, crc32c.c) and the fused copy-and-checksum for Python;
+ * a frame written (frame_put, frame_bytes, frame_encode); THE frame check that every reader uses
+ * (frame_take: the lanes, and frame_decode under transport/wire.py). The format is
+ * transport/wire.py's.
  */
 #include "frame.h"
 
 /* ---------------------------------------------------------------- checksum */
 
-/* 64-bit Fletcher over little-endian 8-byte words (last word zero-padded), finished by
-   mixing both sums and the length through MurmurHash3's 64-bit finalizer (a bijection
-   that spreads every input bit over the result): fast, order-sensitive, the same result
-   for checksum(src) and copy_checksum(dst, src). A plain XOR fold of the two sums lets
-   a change in the last word cancel out (a change of bits k and k+32 in both sums), which
-   is exactly what a checksum of a checksum produces. */
-static inline uint64_t fmix64(uint64_t k) {
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdull;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ull;
-    k ^= k >> 33;
-    return k;
-}
-
-static inline uint64_t fold(uint64_t a, uint64_t b, Py_ssize_t n) {
-    return fmix64(a ^ fmix64(b + (uint64_t)n * 0x9E3779B97F4A7C15ull));
-}
-
-/* The checksum of src[0:n], copying it to dst (unless NULL) in the same pass. */
-static uint64_t sum_copy(unsigned char *dst, const unsigned char *src, Py_ssize_t n) {
-    uint64_t a = 0, b = 0, w;
-    Py_ssize_t i = 0;
-    /* four words a step: the same sums as one word at a time (b gains 4a + 4w0 + 3w1 + 2w2 + w3),
-       without the word-to-word dependency of the plain loop */
-    for (; i + 32 <= n; i += 32) {
-        uint64_t w0, w1, w2, w3;
-        memcpy(&w0, src + i, 8); memcpy(&w1, src + i + 8, 8);
-        memcpy(&w2, src + i + 16, 8); memcpy(&w3, src + i + 24, 8);
-        if (dst) memcpy(dst + i, src + i, 32);
-        b += 4 * (a + w0) + 3 * w1 + 2 * w2 + w3;
-        a += w0 + w1 + w2 + w3;
-    }
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, src + i, 8);
-        if (dst) memcpy(dst + i, &w, 8);
-        a += w;
-        b += a;
-    }
-    if (i < n) {
-        w = 0;
-        memcpy(&w, src + i, (size_t)(n - i));
-        if (dst) memcpy(dst + i, src + i, (size_t)(n - i));
-        a += w;
-        b += a;
-    }
-    return fold(a, b, n);
-}
-
-/* A checksum of n bytes, with the GIL released when it is long enough to matter. */
-static uint64_t sum_copy_released(unsigned char *dst, const unsigned char *src, Py_ssize_t n) {
-    if (n < 65536) return sum_copy(dst, src, n);
-    uint64_t s;
+/* The checksum of src[0:n] continued from crc, copying it to dst (unless NULL) in the same pass,
+   with the GIL released when it is long enough to matter. */
+static uint32_t crc_copy_released(unsigned char *dst, const unsigned char *src, Py_ssize_t n, uint32_t crc) {
+    if (n < 65536) return crc32c_copy(dst, src, (size_t)n, crc);
     Py_BEGIN_ALLOW_THREADS
-    s = sum_copy(dst, src, n);
+    crc = crc32c_copy(dst, src, (size_t)n, crc);
     Py_END_ALLOW_THREADS
-    return s;
+    return crc;
 }
 
-static PyObject *n_checksum(PyObject *Py_UNUSED(self), PyObject *arg) {
+/* A continued CRC from Python: a 32-bit value. 0 and no exception, or -1 with one. */
+static int crc_argument(PyObject *o, uint32_t *crc) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;  /* not an int: TypeError */
+        PyErr_Clear();
+        v = ~0ull;  /* negative or huge */
+    }
+    if (v > 0xFFFFFFFFull) {
+        PyErr_SetString(PyExc_ValueError, "a CRC32C is a 32-bit value");
+        return -1;
+    }
+    *crc = (uint32_t)v;
+    return 0;
+}
+
+/* checksum(buffer, crc=0) and checksum_table(buffer, crc=0): the CRC32C of the buffer, continued
+   from crc (the CRC of what came before it). */
+static PyObject *checksum_by(PyObject *const *args, Py_ssize_t nargs, int table) {
+    uint32_t crc = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "checksum(buffer, crc=0)");
+        return NULL;
+    }
+    if (nargs == 2 && crc_argument(args[1], &crc) < 0) return NULL;
     Py_buffer v;
-    if (PyObject_GetBuffer(arg, &v, PyBUF_SIMPLE) < 0) return NULL;
-    uint64_t s = sum_copy_released(NULL, v.buf, v.len);
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    crc = table ? crc32c_table_copy(NULL, v.buf, (size_t)v.len, crc) : crc_copy_released(NULL, v.buf, v.len, crc);
     PyBuffer_Release(&v);
-    return PyLong_FromUnsignedLongLong(s);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyObject *n_checksum(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    return checksum_by(args, nargs, 0);
+}
+
+static PyObject *n_checksum_table(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    return checksum_by(args, nargs, 1);
 }
 
 /* copy_checksum(dst, src): copy src into the start of dst and return the checksum
@@ -88,9 +72,9 @@ static PyObject *n_copy_checksum(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "copy_checksum: destination smaller than source");
         return NULL;
     }
-    uint64_t sum = sum_copy_released(d.buf, s.buf, s.len);
+    uint32_t crc = crc_copy_released(d.buf, s.buf, s.len, 0);
     PyBuffer_Release(&d); PyBuffer_Release(&s);
-    return PyLong_FromUnsignedLongLong(sum);
+    return PyLong_FromUnsignedLong(crc);
 }
 
 /* ---------------------------------------------------------------- writing a frame */
@@ -103,15 +87,16 @@ static inline uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p,
 static inline uint16_t get16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 void frame_put(unsigned char *d, const void *payload, const frame_trailer *t) {
-    Py_ssize_t plen = (Py_ssize_t)t->payload_len;
-    memcpy(d, payload, (size_t)plen);
+    size_t plen = t->payload_len;
+    uint32_t crc = crc32c_copy(d, payload, plen, 0);  /* the payload copied and summed in one pass */
     unsigned char *p = d + plen;
     put64(p, t->connection_id); put64(p + 8, t->message_id); put64(p + 16, t->ack);
     put32(p + 24, t->payload_len); put32(p + 28, t->credit);
     put16(p + 32, t->frag_index); put16(p + 34, t->frag_count);
     p[36] = t->kind; p[37] = 0; put16(p + 38, FRAME_MAGIC);
-    /* summed where it was written, stored last (in a slot: the last 8 bytes, which signal) */
-    put64(p + 40, sum_copy(NULL, d, plen + TRAILER_HEAD));
+    /* the sum continued over the trailer where it was written, stored last (in a slot: the last
+       8 bytes, which signal); a CRC32C is 32 bits, the field's high half is zero */
+    put64(p + 40, crc32c_copy(NULL, p, TRAILER_HEAD, crc));
 }
 
 PyObject *frame_bytes(const void *payload, const frame_trailer *t) {
@@ -167,7 +152,7 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
         return NULL;
     }
     /* the length is read once, so the bound checked is the bound copied; the sum is compared
-       with what the copy read */
+       with what the copy read, all 64 bits of the field: its high half must be zero */
     uint32_t plen = get32(b + n - 24);
     uint64_t total = get64(b + n - 8);
     if ((Py_ssize_t)plen > n - TRAILER) {
@@ -178,7 +163,7 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
     PyObject *copy = as_bytearray ? PyByteArray_FromStringAndSize(NULL, size) : PyBytes_FromStringAndSize(NULL, size);
     if (!copy) return NULL;
     unsigned char *c = (unsigned char *)(as_bytearray ? PyByteArray_AS_STRING(copy) : PyBytes_AS_STRING(copy));
-    if (sum_copy(c, b + n - TRAILER - plen, size) != total) {
+    if ((uint64_t)crc32c_copy(c, b + n - TRAILER - plen, (size_t)size, 0) != total) {
         Py_DECREF(copy);
         *why = "checksum mismatch (corrupt, torn or overwritten frame)";
         return NULL;
@@ -245,9 +230,16 @@ static PyMethodDef frame_functions[] = {
      "encode an RPC frame: payload + trailer"},
     {"frame_decode", (PyCFunction)(void (*)(void))n_frame_decode, METH_FASTCALL,
      "validate and copy out the frame ending a buffer"},
-    {"checksum", n_checksum, METH_O, "64-bit Fletcher checksum of a buffer"},
+    {"checksum", (PyCFunction)(void (*)(void))n_checksum, METH_FASTCALL,
+     "checksum(buffer, crc=0): the CRC32C of a buffer, continued from crc"},
+    {"checksum_table", (PyCFunction)(void (*)(void))n_checksum_table, METH_FASTCALL,
+     "checksum_table(buffer, crc=0): checksum by the portable table, whatever CRC32C_IMPL is"},
     {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
     {NULL, NULL, 0, NULL},
 };
 
-int native_add_frame(PyObject *module) { return native_add(module, frame_functions, NULL); }
+int native_add_frame(PyObject *module) {
+    const char *impl = crc32c_init();  /* the CRC32C implementation, chosen once */
+    if (PyModule_AddStringConstant(module, "CRC32C_IMPL", impl) < 0) return -1;
+    return native_add(module, frame_functions, NULL);
+}

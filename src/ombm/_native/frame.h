@@ -3,18 +3,19 @@
  * trailer, little-endian:
  *   0 connection id u64 | 8 message id u64 | 16 ack u64 | 24 payload length u32 | 28 credit u32 |
  *   32 fragment index u16 | 34 fragment count u16 | 36 kind u8 | 37 flags u8 | 38 magic u16 |
- *   40 checksum u64 over payload + trailer[0:40].
+ *   40 checksum u64: the CRC32C (crc32c.h) of payload + trailer[0:40], its high 32 bits zero.
  * frame.c writes a frame (frame_put, frame_bytes) and holds THE frame check (frame_take) that
  * every reader uses: the lanes and frame_decode.
  */
 #ifndef OMBM_FRAME_H
 #define OMBM_FRAME_H
 
-#include "native.h"
+#include "native.h"  /* first: Python.h sets the feature macros */
+#include "crc32c.h"
 
 #define TRAILER 48            /* wire.TRAILER_SIZE */
 #define TRAILER_HEAD 40       /* the trailer before its checksum */
-#define FRAME_MAGIC 0x4F01    /* wire.MAGIC */
+#define FRAME_MAGIC 0x4F02    /* wire.MAGIC */
 #define KIND_CALL 1           /* wire.Kind */
 #define KIND_REPLY 3
 #define KIND_ERROR_REPLY 4

@@ -7,7 +7,8 @@
  *   sync.c            atomics and futexes for Python; the spin-then-sleep wait        (paper §3.1.2)
  *   fifo.h, fifo.c    the signal FIFO ring: its validated mapping (FifoMap), push, take,
  *                     fan-out, pop, retiring a dead producer's cell                  (paper §3.1.2)
- *   frame.h, frame.c  THE frame check (bounds + checksum), the checksum, frame encode/decode (§4)
+ *   crc32c.h, crc32c.c  the checksum: CRC32C fused with a copy (SSE4.2, ARMv8 CRC, table)  (§4)
+ *   frame.h, frame.c  THE frame check (bounds + checksum), the checksum for Python, frame encode/decode (§4)
  *   writer.h, writer.c  signal-on-write: Region.write's fast path                   (paper §3.3)
  *   lane.h, lane.c    what both RPC lanes share: statuses, typed results, marshalling (paper §4)
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)

@@ -27,6 +27,8 @@ start (signal-on-write, §3.3), and the reader finds what it needs at the slot's
      56  u64 writer start time (liveness: pid + start, never the pid alone)
      64  u64 published  (raw: writes so far)
      72  u64 wake-at    (stream: 0, or the writer sleeps until the reader released this many)
+     80  u64 sent fragments | 88 u64 sent messages  (stream: the writer's final counts, stored
+                            before the closed state: the reader's end of stream must match them)
 
 Nobody registers a handler over the control block, and it is written with plain
 stores, never :meth:`Region.write`, so it never raises a signal.
@@ -83,6 +85,7 @@ CONTROL_SIZE = 128
 CTRL_STATE = 52
 CTRL_PUBLISHED = 64
 CTRL_WAKE_AT = 72
+CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES = 80, 88
 KIND_RAW, KIND_STREAM = 1, 2
 STATE_OPEN, STATE_CLOSED = 1, 2
 _KIND_NAMES = {KIND_RAW: "raw channel", KIND_STREAM: "stream"}
@@ -253,10 +256,17 @@ class Channel:
         return receiver
 
     def writer_state(self) -> int:
+        """The writer's state word (1 open, 2 closed); :class:`~ombm.ClosedError` once this end is closed."""
+        self._check_open()
         return _load32(self._base + CTRL_STATE)
 
     def writer_alive(self) -> bool:
+        """Whether the writer process lives; :class:`~ombm.ClosedError` once this end is closed."""
+        self._check_open()
         return namespace.is_alive(*self._writer)
+
+    def _writer_state(self) -> int:  # writer_state() for this end's own loops, which checked it is open
+        return _load32(self._base + CTRL_STATE)
 
     def _wait(self, deadline: float | None) -> bool:
         """Wait for a signal up to one tick (or the deadline); False once the deadline passed."""
@@ -375,13 +385,19 @@ class RawView:
     the ``with`` block) releases ``data``: any later use of it raises ``ValueError``.
     """
 
-    __slots__ = ("unit", "seq", "generation", "data", "_addresses")
+    __slots__ = ("unit", "seq", "generation", "data", "_addresses", "_region")
 
-    def __init__(self, unit: int, seq: int, generation: int, data: memoryview, addresses: tuple[int, int]) -> None:
+    def __init__(self, unit: int, seq: int, generation: int, data: memoryview, addresses: tuple[int, int],
+                 region: _segment.Region) -> None:
         self.unit, self.seq, self.generation, self.data = unit, seq, generation, data
         self._addresses = addresses
+        self._region = region  # the channel's binding: the addresses are valid while it is bound
 
     def intact(self) -> bool:
+        """Whether the unit still holds the generation checked when the view was made;
+        :class:`~ombm.ClosedError` once the channel was closed (its memory is gone)."""
+        if self._region.closed:
+            raise ClosedError("the channel of this RawView is closed: its unit can no longer be checked")
         begin, end = self._addresses
         return _load64(begin) == self.generation and _load64(end) == self.generation
 
@@ -497,6 +513,7 @@ class RawChannel(Channel):
 
     def commit(self, length: int) -> int:
         """Publish the unit begun with :meth:`begin`, holding ``length`` bytes; return its seq."""
+        self._check_open()
         if self._pending is None:
             raise RuntimeError("commit() without begin()")
         length = _check_count(length, "length", 0)
@@ -626,7 +643,7 @@ class RawChannel(Channel):
             frame = self._take(copy_into)
             if frame is not None:
                 return frame
-            if self.writer_state() == STATE_CLOSED or self._tick_due():
+            if self._writer_state() == STATE_CLOSED or self._tick_due():
                 self._check_writer()
             if not self._wait(deadline):
                 frame = self._take(copy_into)
@@ -635,9 +652,9 @@ class RawChannel(Channel):
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
 
     def _check_writer(self) -> None:
-        if self.writer_state() == STATE_CLOSED:
+        if self._writer_state() == STATE_CLOSED:
             raise EndOfStream(f"the writer closed raw channel {self.name!r}")
-        if not self.writer_alive():
+        if not namespace.is_alive(*self._writer):
             raise ChannelBrokenError(f"the writer of raw channel {self.name!r} died")
 
     def recv(self, timeout: float | None = None) -> RawFrame:
@@ -658,6 +675,7 @@ class RawChannel(Channel):
     def recv_into(self, buffer: WriteableBuffer, timeout: float | None = None) -> RawFrame:
         """Copy the next new good frame into ``buffer``; ``frame.data`` is a view of ``buffer``."""
         timeout = check_timeout(timeout)
+        self._check_reader()
         out = memoryview(buffer).cast("B")
         if out.readonly:
             raise TypeError("recv_into needs a writable buffer")
@@ -683,7 +701,7 @@ class RawChannel(Channel):
         frame = self._recv(lambda start, n: buf[start:start + n], timeout)
         end = self._unit_end(frame.unit)
         data = cast(memoryview, frame.data)  # the view of the segment the copy-out above made
-        return RawView(frame.unit, frame.seq, frame.generation, data, (end - 32, end - 8))
+        return RawView(frame.unit, frame.seq, frame.generation, data, (end - 32, end - 8), self.region)
 
     def read(self, unit: int) -> RawFrame | None:
         """Read unit ``unit`` as it is now (addressed access, no signal needed).

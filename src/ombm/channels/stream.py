@@ -39,7 +39,8 @@ How the protocol's frames and counts travel here:
   again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
-  again.  ``wire.decode`` does not validate stream frames (see :func:`~ombm.transport.stream_protocol.seal`).
+  again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
+  (:func:`~ombm.transport.stream_protocol.seal`), is the one ``wire.decode`` checks.
 * **Repair.**  A fragment the protocol finds due (unacknowledged for an RTO: 0.1 s, doubling up
   to 2 s) is checked in its slot: intact, it is signalled again; corrupt, it is written again
   from the sender's source.  ``bytes`` sources are kept by reference (no copy); any other
@@ -48,8 +49,17 @@ How the protocol's frames and counts travel here:
   ``send``/``flush``/``close`` (no timer thread).
 * **Liveness.**  A waiting end checks its peer (pid + start time) every ``TICK_S``: a dead or
   closed reader makes ``send`` raise :class:`~ombm.ChannelBrokenError`; a closed writer ends the
-  stream (:class:`~ombm.channels.raw.EndOfStream` after the last message, if the protocol is
-  between messages), a dead one breaks it.  A timeout never loses or duplicates a message.
+  stream, a dead one breaks it.  A timeout never loses or duplicates a message.
+* **End of stream, exactly.**  A closing writer stores how many fragments and messages it sent
+  in the data control block, then its closed state; the reader raises
+  :class:`~ombm.channels.raw.EndOfStream` only when it took exactly those (the protocol's
+  ``check_end``), else :class:`~ombm.StreamProtocolError` saying how many are missing.
+* **Forged credit.**  The credit words can be written by any process of the user.  The writer's
+  protocol raises :class:`~ombm.StreamProtocolError` on counts no reader can publish; the
+  reader, which alone writes them, checks that ``released`` still holds what it last published
+  (the locked add returns the old value: no extra cost), that both words do once a tick while it
+  waits, and that no later fragment sits in the slot it waits for (a slot overwritten before it
+  was read).  Any of these breaks the stream.
 
 One thread at a time per end; :meth:`ArrayView.release` may come from any thread.
 """
@@ -69,10 +79,11 @@ from ombm import _native
 from ombm.core import namespace
 from ombm.core import segment as _segment
 from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_trailer
-from ombm.channels.raw import CACHE_LINE, CTRL_STATE, CTRL_WAKE_AT, KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
+from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES, CTRL_STATE, CTRL_WAKE_AT
+from ombm.channels.raw import KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
 from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
-from ombm.errors import SegmentFormatError, WouldBlock
+from ombm.errors import SegmentFormatError, StreamProtocolError, WouldBlock
 from ombm.transport import wire
 from ombm.transport.fragments import split
 from ombm.transport.stream_protocol import ARRAY, BYTES, MORE, REFUSED, Probe, StreamReceiver, StreamSender
@@ -420,8 +431,8 @@ class Stream(Channel):
               plen: int) -> int:
         """Write one DATA frame ending at its slot's end; its checksum, stored last, signals.
 
-        The payload is copied and checksummed in one pass; the frame checksum seals
-        the trailer and that payload checksum (see :func:`~ombm.transport.stream_protocol.seal`)."""
+        The payload is copied and checksummed in one pass; the frame checksum continues that
+        CRC over the trailer (see :func:`~ombm.transport.stream_protocol.seal`)."""
         end = self.first + (seq % self.slots + 1) * self.slot_size
         start = end - TRAILER - plen
         wbuf = self._wbuf
@@ -687,16 +698,34 @@ class Stream(Channel):
             force = not self._wait_slice(left)  # a tick without a signal: look anyway
 
     def _writer_gone(self) -> bool:
-        if self.writer_state() == STATE_CLOSED:
+        if self._writer_state() == STATE_CLOSED:
             return True
-        return self._tick_due() and not self.writer_alive()
+        if not self._tick_due():
+            return False
+        self._check_words()
+        return not namespace.is_alive(*self._writer)
+
+    def _check_words(self) -> None:
+        """Once a tick while waiting: the credit words must hold what this reader published (a
+        forged low count would stall the writer for good; a high one lets it overwrite slots)."""
+        with self._lock:
+            cbase, rx = self._cbase, self._rx
+            acked, released = _load64(cbase + CR_ACKED), _load64(cbase + CR_RELEASED)
+            if (acked, released) != (rx.expected, self._published) and not self._ending:
+                raise StreamProtocolError(
+                    f"stream {self.name!r}: another process changed the counts this reader publishes "
+                    f"(acked {acked}, released {released}; published {rx.expected}, {self._published}): "
+                    "forged credit")
 
     def _check_writer(self) -> None:
-        if self.writer_state() == STATE_CLOSED:
-            if not self._rx.count:  # between messages: the stream ends cleanly
-                raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
-            raise ChannelBrokenError(f"the writer closed stream {self.name!r} in the middle of a message")
-        if not self.writer_alive():
+        if self._writer_state() == STATE_CLOSED:
+            base = self._base
+            try:  # exactly what the writer reports it sent, between messages: a clean end
+                self._rx.check_end(_load64(base + CTRL_SENT_FRAGMENTS), _load64(base + CTRL_SENT_MESSAGES))
+            except StreamProtocolError as exc:
+                raise StreamProtocolError(f"the writer closed stream {self.name!r}, but {exc}") from None
+            raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
+        if not namespace.is_alive(*self._writer):
             raise ChannelBrokenError(f"the writer of stream {self.name!r} died")
 
     def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:
@@ -706,7 +735,10 @@ class Stream(Channel):
             seq = rx.expected
             slot = seq % slots
             end = self.first + (slot + 1) * size
-            if _PEEK.unpack_from(buf, end - TRAILER) != (conn, seq):
+            peek = _PEEK.unpack_from(buf, end - TRAILER)
+            if peek != (conn, seq):
+                if peek[1] > seq and peek[0] == conn:
+                    self._overtaken(seq, end)
                 return None  # not written yet
             if not (force or flags[slot]):
                 return None  # being written, or its signal is still on the way
@@ -716,6 +748,18 @@ class Stream(Channel):
                 force = True  # the next fragment may have been signalled while we copied
                 continue
             return msg
+
+    def _overtaken(self, seq: int, end: int) -> None:
+        """A later fragment seems to sit where fragment ``seq`` must be: if its checksum says so,
+        the writer wrote over a fragment this reader never took (it was given credit nobody
+        published: forged), and the stream is broken."""
+        plen = _TAIL.unpack_from(self._buf, end - 24)[0]
+        if plen > self.max_payload:
+            return
+        head = unseal(bytes(self._buf[end - TRAILER:end]), _checksum(self._buf[end - TRAILER - plen:end - TRAILER]))
+        if head is not None and head[0] == self.connection_id and head[1] > seq:
+            raise StreamProtocolError(f"stream {self.name!r}: fragment {seq} was overwritten by fragment "
+                                      f"{head[1]} before it was read (credit this reader never gave: forged)")
 
     def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | _Taken | None:
         """Validate and take the fragment ``seq`` ending at ``end``: the message it completes,
@@ -862,9 +906,11 @@ class Stream(Channel):
             released = self._rx.release(seq)
             if not released:
                 return  # released out of order: held until the fragments before it are
-            cbase = self._cbase
-            _fetch_add64(cbase + CR_RELEASED, released - self._published)  # a full barrier
+            cbase, published = self._cbase, self._published
             self._published = released
+            if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
+                raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
+                                          "count this reader publishes (forged credit)")
             wake_at = _load64(self._base + CTRL_WAKE_AT)
             if wake_at and released >= wake_at:
                 self._signal_credit()
@@ -917,7 +963,10 @@ class Stream(Channel):
         except (ChannelTimeout, ChannelBrokenError):
             pass
         finally:
-            _store32(self._base + CTRL_STATE, STATE_CLOSED)
+            tx, base = self._tx, self._base
+            _store64(base + CTRL_SENT_FRAGMENTS, tx.next_seq)  # the counts, before the closed state
+            _store64(base + CTRL_SENT_MESSAGES, tx.messages)
+            _store32(base + CTRL_STATE, STATE_CLOSED)
             try:
                 _signal(self._base + self.first)  # wake the reader: it finds the stream's end
             except Exception:

@@ -46,8 +46,8 @@ def _gc(args: argparse.Namespace) -> int:
 
     report = inspect.gc()
     Console().print(
-        f"reclaimed {report.fifos_removed} signal FIFOs, {report.entries_freed} directory entries, "
-        f"{report.segments_removed} segments of dead processes"
+        f"reclaimed {report.fifos_removed} signal FIFOs, {report.sockets_removed} sockets, "
+        f"{report.entries_freed} directory entries, {report.segments_removed} segments of dead processes"
     )
     return 0
 

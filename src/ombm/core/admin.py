@@ -4,14 +4,17 @@ Everything is read as hostile input: a foreign or half-made file is reported,
 never trusted. Reclamation (DESIGN.md §3) removes
 
 * signal FIFOs whose owner (pid + start time) is dead,
+* sockets (kernel path, doorbells) that no process holds any more,
 * directory entries of dead holders and receivers in every segment,
 * segments with no live holder left (their creator and every opener died).
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -102,6 +105,7 @@ class GcReport:
     fifos_removed: int
     entries_freed: int
     segments_removed: int
+    sockets_removed: int = 0
 
 
 def gc() -> GcReport:
@@ -139,4 +143,36 @@ def gc() -> GcReport:
             hdr.close()
             os.close(fd)
         segments += reclaim_segment_if_dead(path)
-    return GcReport(fifos, entries, segments)
+    return GcReport(fifos, entries, segments, _reclaim_sockets(folder))
+
+
+def _held(path: str) -> bool:
+    """False if no process holds the socket bound at ``path`` (connecting is refused), else True."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        return e.errno != errno.ECONNREFUSED
+    finally:
+        probe.close()
+    return True
+
+
+def _reclaim_sockets(folder: str) -> int:
+    """Unlink the ``sock-*`` files nobody holds: their owner died (or closed them without unlinking).
+
+    A socket's file exists from the moment it is bound, so one being created is never taken for dead."""
+    removed = 0
+    for f in os.listdir(folder):
+        if not f.startswith("sock-"):
+            continue
+        path = os.path.join(folder, f)
+        if len(os.fsencode(path)) > namespace.SUN_PATH_MAX:
+            path = namespace.socket_address(f)
+        if not _held(path):
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

@@ -179,7 +179,9 @@ class Router:
 
 
 def reclaim_fifo_file(token: int) -> None:
-    try:
-        os.unlink(namespace.fifo_path(token))
-    except FileNotFoundError:
-        pass
+    """Remove a dead receiver's FIFO and its socket (kernel path or doorbell), if it had one."""
+    for path in (namespace.socket_path(token), namespace.fifo_path(token)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

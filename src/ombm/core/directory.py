@@ -25,6 +25,7 @@ from typing import NamedTuple
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
+from ombm.errors import ClosedError
 from ombm.errors import DirectoryFullError as DirectoryFullError  # raised here; importable from here as before
 
 
@@ -43,11 +44,24 @@ class Directory:
     """Operations on the directory in a mapped segment header."""
 
     def __init__(self, header: mmap.mmap) -> None:
-        self._mm = header
+        self._mm: mmap.mmap | None = header
         self._base = _native.addr_of(header)
         self.version_address = self._base + L.SEG_DIR_VERSION
 
+    def _header(self) -> mmap.mmap:
+        """The mapped header; :class:`~ombm.ClosedError` once its segment was released (its
+        addresses are unmapped then: a native load there would crash the process)."""
+        mm = self._mm
+        if mm is None:
+            raise ClosedError("the segment of this directory is released")
+        return mm
+
+    def close(self) -> None:
+        """The segment is being released: every later use raises ClosedError."""
+        self._mm = None
+
     def version(self) -> int:
+        self._header()
         return _native.load64(self.version_address)
 
     def _bump(self) -> None:
@@ -55,6 +69,7 @@ class Directory:
 
     def claim(self, kind: int, token: int, offset: int, size: int) -> Entry:
         """Publish a new entry owned by this process; reclaims dead entries if full."""
+        mm = self._header()
         for attempt in range(2):
             for index in range(L.DIR_CAPACITY):
                 at = self._base + L.entry_offset(index)
@@ -64,7 +79,7 @@ class Directory:
                 _native.store32(at + L.ENTRY_GEN, gen)
                 pid, start = namespace.me()
                 L.DIR_ENTRY.pack_into(
-                    self._mm, L.entry_offset(index), L.ENTRY_CLAIMED, gen, pid, kind, start, token, offset, size
+                    mm, L.entry_offset(index), L.ENTRY_CLAIMED, gen, pid, kind, start, token, offset, size
                 )
                 _native.store32(at, L.ENTRY_LIVE)
                 self._bump()
@@ -75,6 +90,7 @@ class Directory:
 
     def free(self, entry: Entry) -> bool:
         """Remove ``entry`` if it is still the same publication; False if already gone."""
+        self._header()
         at = self._base + L.entry_offset(entry.position)
         if _native.load32(at + L.ENTRY_GEN) != entry.gen or not _native.cas32(at, L.ENTRY_LIVE, L.ENTRY_CLAIMED):
             return False
@@ -87,14 +103,15 @@ class Directory:
 
     def entries(self) -> list[Entry]:
         """A consistent snapshot of the live entries."""
+        mm = self._header()
         out = []
         for index in range(L.DIR_CAPACITY):
             off = L.entry_offset(index)
-            state, gen = L.DIR_ENTRY.unpack_from(self._mm, off)[:2]
+            state, gen = L.DIR_ENTRY.unpack_from(mm, off)[:2]
             if state != L.ENTRY_LIVE:
                 continue
-            fields = L.DIR_ENTRY.unpack_from(self._mm, off)
-            if fields[0] == L.ENTRY_LIVE and fields[1] == gen and L.DIR_ENTRY.unpack_from(self._mm, off)[:2] == (
+            fields = L.DIR_ENTRY.unpack_from(mm, off)
+            if fields[0] == L.ENTRY_LIVE and fields[1] == gen and L.DIR_ENTRY.unpack_from(mm, off)[:2] == (
                 L.ENTRY_LIVE,
                 gen,
             ):
@@ -103,9 +120,10 @@ class Directory:
 
     def reclaim_dead(self) -> int:
         """Free the entries of dead owners (live or half-claimed); returns how many."""
+        mm = self._header()
         freed = 0
         for index in range(L.DIR_CAPACITY):
-            fields = L.DIR_ENTRY.unpack_from(self._mm, L.entry_offset(index))
+            fields = L.DIR_ENTRY.unpack_from(mm, L.entry_offset(index))
             state, gen, pid, _kind, start = fields[:5]
             if state == L.ENTRY_FREE or namespace.is_alive(pid, start):
                 continue

@@ -9,10 +9,15 @@ is spent; a sender pays the wake-up system call only if the word says so.
 Two kernel-assisted variants share the file:
 
 * the **software-only path** (paper §5.1): the FIFO is flagged ``KERNEL`` and
-  every signal is a ``sendto`` on the receiver's abstract Unix datagram socket
-  (a kernel queue); the receiver blocks in ``recv``;
+  every signal is a ``sendto`` on the receiver's Unix datagram socket (a
+  kernel queue); the receiver blocks in ``recv``;
 * the **doorbell** for event loops: a receiver sleeping in asyncio sets its
   sleep word to 2 and a sender rings the same socket with one byte.
+
+That socket is a file ``sock-<token>`` (mode 0600) in the per-user 0700
+folder, next to the FIFO: only this user's processes can send to it (another
+user's ``sendto`` fails with EACCES at the folder), so no one else can flood
+the queue. It is unlinked on close; ``ombm gc`` removes those nobody holds.
 
 :class:`FifoRef` is a sender's handle on someone else's FIFO.
 """
@@ -24,6 +29,7 @@ import mmap
 import os
 import socket
 import struct
+import weakref
 
 from ombm import _layout as L
 from ombm import _native
@@ -33,10 +39,6 @@ from ombm.errors import SegmentFormatError
 
 _SIGNAL = struct.Struct("<QQ")  # kernel-path datagram: segment id, offset
 DEFAULT_CAPACITY = 128
-
-
-def _abstract_name(token: int) -> bytes:
-    return f"\0ombm-{os.getuid()}-{token:016x}".encode()
 
 
 def _check_capacity(capacity: object) -> int:
@@ -58,6 +60,8 @@ class Fifo:
         self.kernel = kernel
         self.path = namespace.fifo_path(self.token)
         self.sock: socket.socket | None = None
+        self.sock_address = ""  # the socket's path once bound (by the process _sock_pid)
+        self._sock_pid = 0
         self._mm: mmap.mmap | None = None
         self._closed = False
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -84,14 +88,23 @@ class Fifo:
 
     def _open_socket(self) -> socket.socket:
         if self.sock is None:
+            address = namespace.socket_address(namespace.socket_name(self.token))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
-                sock.bind(_abstract_name(self.token))
+                try:
+                    sock.bind(address)
+                except OSError as e:
+                    if e.errno != errno.EADDRINUSE:
+                        raise
+                    # a dead receiver's socket under our token (ours: we created fifo-<token> O_EXCL)
+                    os.unlink(address)
+                    sock.bind(address)
+                os.chmod(address, 0o600)  # the 0700 folder already shuts others out; this says so too
                 sock.setblocking(False)
             except BaseException:
                 sock.close()
                 raise
-            self.sock = sock
+            self.sock, self.sock_address, self._sock_pid = sock, address, os.getpid()
         return self.sock
 
     def doorbell(self) -> socket.socket:
@@ -160,6 +173,11 @@ class Fifo:
             except FileNotFoundError:
                 pass
         if self.sock is not None:
+            if self._sock_pid == os.getpid():
+                try:
+                    os.unlink(self.sock_address)
+                except FileNotFoundError:
+                    pass
             self.sock.close()
             self.sock = None
 
@@ -171,11 +189,12 @@ class Fifo:
 class FifoRef:
     """A sender's mapping of another receiver's FIFO, validated as hostile input."""
 
-    _sender_sock: socket.socket | None = None
+    _conn: socket.socket | None = None
 
     def __init__(self, token: int) -> None:
         self.token = token
         path = namespace.fifo_path(token)
+        self.sock_address = namespace.socket_address(namespace.socket_name(token))
         fd = os.open(path, os.O_RDWR)  # FileNotFoundError: the receiver is gone
         try:
             st = os.fstat(fd)
@@ -197,32 +216,49 @@ class FifoRef:
         self.checked_at = 0.0  # last liveness check (monotonic), see Router._check_alive
         self.kernel = bool(flags & L.FIFO_FLAG_KERNEL)
 
-    @classmethod
-    def _sock(cls) -> socket.socket:
-        if cls._sender_sock is None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            cls._sender_sock = s
-        return cls._sender_sock
-
     def send_kernel(self, segment_id: int, offset: int) -> bool:
         """Software-only path: one system call into the receiver's kernel queue. False if dropped."""
-        return self._sendto(_SIGNAL.pack(segment_id, offset))
+        return self._send(_SIGNAL.pack(segment_id, offset))
 
     def ring(self) -> bool:
         """Wake a receiver sleeping in an event loop."""
-        return self._sendto(b"\1")
+        return self._send(b"\1")
 
-    def _sendto(self, data: bytes) -> bool:
+    def _connect(self) -> socket.socket:
+        """A datagram socket connected to the receiver's, made on first use: ``send`` on it skips the
+        path lookup a ``sendto`` would pay on every signal. Closed when this mapping goes."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self._sock().sendto(data, _abstract_name(self.token))
+            conn.setblocking(False)
+            conn.connect(self.sock_address)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        weakref.finalize(self, conn.close)  # closing twice (see _disconnect) is harmless
+        return conn
+
+    def _send(self, data: bytes) -> bool:
+        try:
+            (self._conn or self._connect()).send(data)
             return True
-        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+        except (BlockingIOError, FileNotFoundError):
+            return False
+        except ConnectionRefusedError:
+            self._disconnect()  # the receiver closed its socket: connect again next time (or find it dead)
             return False
         except OSError as e:
-            if e.errno in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT):
+            if e.errno in (errno.ENOBUFS, errno.EAGAIN, errno.ENOENT):
+                return False
+            if e.errno == errno.ECONNREFUSED:
+                self._disconnect()
                 return False
             raise
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def alive(self) -> bool:
         return namespace.is_alive(self.pid, self.start)
@@ -230,5 +266,3 @@ class FifoRef:
     def add_drop(self) -> None:
         _native.fetch_add64(self.address + L.FIFO_DROPS, 1)
 
-
-os.register_at_fork(after_in_child=lambda: setattr(FifoRef, "_sender_sock", None))

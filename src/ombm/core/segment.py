@@ -199,6 +199,8 @@ class Region:
 
     def offset_of(self, address: int) -> int:
         """The segment offset of an address in this region (the 'physical address')."""
+        if self._mm is None:
+            raise ClosedError("region is unbound")
         address = _check_int(address, "address")
         if not self.address <= address < self.address + self.size:
             raise AddressError(f"address {address:#x} is outside this region")
@@ -312,6 +314,7 @@ class Segment:
         ]
         if self.creator or not others:
             _unlink_if_same(self.path, self._fd)
+        self.directory.close()  # its addresses go with the header: later uses raise ClosedError
         self._hdr = None
         try:
             hdr.close()

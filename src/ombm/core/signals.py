@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
-from typing import Callable
+from typing import Callable, cast
 
 from ombm import _layout as L
 from ombm import _native
@@ -161,13 +162,24 @@ class Receiver:
         later signals are still there for the next call.
         """
         ran = 0
-        pop = self.fifo.pop
-        for _ in range(limit):
-            item = pop()
-            if item is None:
-                break
-            ran += self._dispatch(*item)
+        fifo = self.fifo
+        pop = fifo.pop
+        try:
+            for _ in range(limit):
+                item = pop()
+                if item is None:
+                    break
+                ran += self._dispatch(*item)
+        except AttributeError:  # a closed kernel FIFO has no socket
+            self._check_open()
+            raise
+        if not ran and fifo._closed:  # checked only when nothing came: no cost per signal
+            self._check_open()
         return ran
+
+    def _check_open(self) -> None:
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
 
     def wait_once(self, timeout: float) -> int:
         """Dispatch pending signals, or wait up to ``timeout`` for some and dispatch them."""
@@ -198,6 +210,8 @@ class Receiver:
         ``(segment id, offset)``, or None if none came. No handler runs: for owners of the
         receiver that dispatch their own segments (the RPC client and server) and hand the
         rest to :meth:`dispatch`."""
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
         if self.kernel:
             return self.fifo.pop_wait(timeout) if timeout > 0 else self.fifo.pop()
         settings_now = _config.SETTINGS
@@ -235,6 +249,8 @@ class Receiver:
 
     def dispatch(self, segment_id: int, offset: int) -> int:
         """Run the handlers of one signal taken by :meth:`pop_wait`; how many ran."""
+        if self.fifo._closed:
+            raise ClosedError("receiver is closed")
         return self._dispatch(segment_id, offset)
 
     def wait(self, timeout: float | None = None) -> float:
@@ -244,6 +260,8 @@ class Receiver:
         run time is not charged)."""
         if type(timeout) is not float or not timeout >= 0:
             timeout = _check_timeout(timeout)
+        if self.fifo._closed:  # nothing can signal a closed receiver: the wait would never end
+            raise ClosedError("receiver is closed")
         if self.kernel:
             return self._wait_kernel(timeout)
         fifo_map = self._fifo_map
@@ -299,6 +317,7 @@ class Receiver:
         """Make a waiting ``wait_once`` return (used to stop dispatcher threads)."""
         from ombm.core.delivery import fifo_ref
 
+        self._check_open()
         ref = fifo_ref(self.fifo.token)
         if ref is None:
             return
@@ -375,8 +394,10 @@ class Dispatcher:
     """A thread, owned by this object, that runs its handlers as asynchronous calls.
 
     Handler exceptions are passed to ``on_error`` (default: logged) and the
-    thread goes on. ``close()`` stops and joins the thread and disables the
-    handlers.
+    thread goes on.  The thread never dies silently: an exception ``on_error``
+    itself raises (or a handler's ``SystemExit``) is reported through
+    :func:`sys.unraisablehook` (Python prints it by default) and the thread goes
+    on serving.  ``close()`` stops and joins the thread and disables the handlers.
     """
 
     def __init__(self, *, on_error: Callable[[BaseException], object] | None = None, name: str = "ombm-dispatcher"):
@@ -387,6 +408,10 @@ class Dispatcher:
         self._thread.start()
 
     def signal_handler(self, address: int, size: int, fn: Callable[[int], object]) -> SignalHandle:
+        """Run ``fn(address)`` in this dispatcher's thread for signals on ``[address, address+size)``;
+        :class:`~ombm.ClosedError` once the dispatcher is closed."""
+        if self._stop:
+            raise ClosedError("dispatcher is closed")
         return self.receiver.add_handler(address, size, fn)
 
     def _run(self) -> None:
@@ -395,7 +420,17 @@ class Dispatcher:
                 self.receiver.wait_once(0.5)
             except Exception as e:  # a handler's error must not kill the dispatcher
                 COUNTERS.handler_errors += 1
-                self._on_error(e)
+                try:
+                    self._on_error(e)
+                except BaseException as report:  # nor its on_error's: reported, never silent
+                    _unraisable(report, f"Exception ignored in the on_error of {self!r}, while handling "
+                                        f"{type(e).__name__}: {e}")
+            except BaseException as e:  # SystemExit from a handler would end the thread silently
+                COUNTERS.handler_errors += 1
+                _unraisable(e, f"Exception ignored in a signal handler of {self!r}")
+
+    def __repr__(self) -> str:
+        return f"<ombm.Dispatcher {self._thread.name!r}{' closed' if self._stop else ''}>"
 
     def close(self, timeout: float = 5.0) -> None:
         if self._stop:
@@ -410,6 +445,24 @@ class Dispatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Unraisable:
+    """The argument :func:`sys.unraisablehook` takes (``sys.UnraisableHookArgs`` has no public constructor)."""
+
+    __slots__ = ("exc_type", "exc_value", "exc_traceback", "err_msg", "object")
+
+    def __init__(self, exc: BaseException, err_msg: str) -> None:
+        self.exc_type, self.exc_value, self.exc_traceback = type(exc), exc, exc.__traceback__
+        self.err_msg, self.object = err_msg, None
+
+
+def _unraisable(exc: BaseException, err_msg: str) -> None:
+    """Report an exception nobody can take (the way CPython reports one in a finalizer)."""
+    try:
+        sys.unraisablehook(cast("sys.UnraisableHookArgs", _Unraisable(exc, err_msg)))
+    except BaseException:  # a broken hook: the log is the last resort
+        _log.error(err_msg, exc_info=exc)
 
 
 def _close_receivers() -> None:

@@ -18,6 +18,7 @@ from ombm.errors import CallTimeout, ServerGoneError
 from ombm.rpc import marshal
 from ombm.rpc.client import Client, _Pending, connect
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
+from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
 class AsyncClient:
@@ -81,9 +82,11 @@ class AsyncClient:
 
 
 async def connect_async(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
-                        slot_size: int = DEFAULT_SLOT_SIZE) -> AsyncClient:
+                        slot_size: int = DEFAULT_SLOT_SIZE,
+                        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> AsyncClient:
     """``await ombm.rpc.connect_async("calc")``: an :class:`AsyncClient` (the options of :func:`connect`)."""
     loop = asyncio.get_running_loop()
     client = await loop.run_in_executor(
-        None, lambda: connect(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size))
+        None, lambda: connect(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
+                              max_message_bytes=max_message_bytes))
     return AsyncClient(client)

@@ -31,18 +31,21 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
 from ombm.errors import CallTimeout, ClosedError, FrameError, SegmentNotFoundError, ServerGoneError
-from ombm.errors import ServiceNotFoundError
+from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
 from ombm.transport import wire
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, SlotChannel, well_known_name
-from ombm.transport.rpc_protocol import ClientProtocol, ClientStats
+from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, ClientProtocol, ClientStats, check_max_message
 from ombm.rpc.timer import timer
 
 _LIVENESS_CHECK_S = 0.1
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
+
+
+_UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
 class _Pending:
@@ -89,9 +92,11 @@ class Client:
         allow_pickle: bool = False,
         slots: int = DEFAULT_SLOTS,
         slot_size: int = DEFAULT_SLOT_SIZE,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
+        self.max_message_bytes = check_max_message(max_message_bytes)  # the largest reply this client takes
         self.service = namespace.validate_name(name)
         self.timeout = float(timeout)
         self.allow_pickle = allow_pickle
@@ -128,7 +133,8 @@ class Client:
         self._reply_segment = self._reply.segment.id
         conn_id = namespace.new_token()
         pid, start = namespace.me()
-        hello = msgpack.packb({"req": self._request.name, "rep": self._reply.name, "conn": conn_id, "pid": pid, "start": start})
+        hello = msgpack.packb({"req": self._request.name, "rep": self._reply.name, "conn": conn_id, "pid": pid,
+                               "start": start, "max_reply": self.max_message_bytes})
         frame = wire.encode(wire.Kind.CALL, 0, self._nonce, hello)
         deadline = time.monotonic() + self.timeout
         backoff = 0.002
@@ -145,9 +151,13 @@ class Client:
         max_payload = min(int(self._hello["max_payload"]), self._request.max_payload)
         # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little)
         self._protocol = ClientProtocol(
-            conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), min_rto=0.002
+            conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), min_rto=0.002,
+            max_message_bytes=self.max_message_bytes,
         )
-        self._max_message = self._request.max_message
+        # the largest call: what the request channel carries and the server reassembles (it refuses
+        # a message whose fragments x max_payload exceed its max_message_bytes; one frame always goes)
+        server_max = int(self._hello.get("max_message", DEFAULT_MAX_MESSAGE_BYTES))
+        self._max_message = min(self._request.max_message, max(max_payload, server_max // max_payload * max_payload))
         if self._request.writer is not None and not self._receiver.kernel:
             reply = self._reply.region
             self._lane = _native.CallLane(
@@ -196,9 +206,10 @@ class Client:
             raise ClosedError("client is closed")
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
         if len(data) > self._max_message:
-            raise ValueError(
-                f"the call ({len(data)} bytes marshalled) exceeds what this connection's request channel carries "
-                f"({self._max_message} bytes); connect with more or larger slots, or use ombm.Stream"
+            raise MessageTooLargeError(
+                f"the call ({len(data)} bytes marshalled) exceeds what this connection carries ({self._max_message} "
+                "bytes: its request channel, and the server's max_message_bytes); nothing was sent; connect "
+                "with more or larger slots, or use ombm.Stream"
             )
         return data
 
@@ -281,7 +292,12 @@ class Client:
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
             value = pending.data
-        return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+        try:
+            return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+        except RemoteError as exc:  # the cold path: the lane packs calls without marshal.check_keys
+            if exc.type_name == _UNMARSHAL_ERROR:
+                marshal.check_keys(args, kwargs)  # TypeError if the server could not rebuild our arguments
+            raise
 
     def _lend(self) -> bool:
         """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
@@ -458,7 +474,8 @@ def _has_live_receiver(channel: SlotChannel) -> bool:
 
 
 def connect(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
-            slot_size: int = DEFAULT_SLOT_SIZE) -> Client:
+            slot_size: int = DEFAULT_SLOT_SIZE, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Client:
     """Connect to the service ``name``; ``timeout`` bounds the connect and is every call's default
     (see :class:`Client` for the options)."""
-    return Client(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size)
+    return Client(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
+                  max_message_bytes=max_message_bytes)

@@ -12,8 +12,11 @@ What travels, and what comes back:
   ``bytes``.
 - ``list`` and ``tuple``: as msgpack arrays; they come back as **lists**.  The
   positional arguments of a call come back as a tuple.
-- ``dict``: keys and values of the types above (a list key cannot come back);
-  comes back as a dict.
+- ``dict``: keys of type ``str``, ``bytes``, ``int`` (``bool``), ``float`` or ``None``, values
+  of any type here; comes back as a dict.  A dict with any other key (a tuple, say: it would
+  travel as an array and come back as an unhashable list), at any depth, is what the server
+  cannot rebuild: ``TypeError`` at the caller (see :func:`check_keys` for where, at no cost
+  per call for arguments without containers).
 - numpy arrays and scalars (only if numpy is installed; it is never required), of
   numeric, bool, bytes, str, datetime or timedelta dtype: as ext type 1 carrying
   dtype string, shape and the raw C-order buffer.  An array comes back as a
@@ -49,7 +52,7 @@ from ombm.errors import RemoteError, UnmarshalError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply",
+__all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply", "check_keys",
            "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook"]
 
 _EXT_NDARRAY = 1
@@ -142,12 +145,63 @@ def _pack_failed(packer: Packer, exc: BaseException) -> BaseException:
 
 _NO_KWARGS: dict[str, object] = {}  # packed for a call without keyword arguments, never changed
 
+# dict keys the server rebuilds as they were (isinstance: bool is an int, a str subclass packs as str)
+_KEY_TYPES = (str, bytes, int, float, type(None))
+# values that hold no dict: the walk skips them at the cost of one set lookup
+_LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview))
+_MAX_DEPTH = 512  # msgpack's own nesting limit: deeper data fails to pack anyway
+
+
+def _walk_keys(value: object, where: str, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        return  # the packer refuses it (TypeError) in any case
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, _KEY_TYPES):
+                raise TypeError(f"cannot marshal a dict key of type {type(key).__name__} ({key!r:.60} in {where}): "
+                                "the server could not rebuild it; keys must be str, bytes, int, float or None")
+            if type(item) not in _LEAVES:
+                _walk_keys(item, f"{where}[{key!r:.30}]", depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if type(item) not in _LEAVES:
+                _walk_keys(item, f"{where}[{index}]", depth + 1)
+
+
+def check_keys(args: tuple[object, ...], kwargs: dict[str, object] | None = None) -> None:
+    """``TypeError`` if a call's arguments hold a dict the server cannot rebuild (a key that is not
+    str, bytes, int, float or None, at any depth).
+
+    msgpack packs such a dict without complaint (a tuple key becomes an array, which comes back as
+    an unhashable list), its packer has no hook for keys (``default`` only sees types it cannot
+    pack), and ``strict_map_key`` acts on the unpacking side, the server's: the check is this walk,
+    which looks only inside containers (one set lookup per argument otherwise).
+    :func:`encode_call` runs it before packing.  The native call lane packs calls itself, in C, so
+    no check can run there without a cost on every call: a synchronous call that takes the lane is
+    refused by the server unread (:class:`UnmarshalError`, nothing runs) and the client, on that
+    cold path, runs this check and raises its ``TypeError``.
+    """
+    for index, arg in enumerate(args):
+        if type(arg) not in _LEAVES:
+            _walk_keys(arg, f"args[{index}]", 1)
+    if kwargs:
+        for key, arg in kwargs.items():
+            if type(arg) not in _LEAVES:
+                _walk_keys(arg, f"kwargs[{key!r}]", 1)
+
 
 def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None, *,
                 allow_pickle: bool = False) -> bytes:
     """Marshal a call of ``method(*args, **kwargs)``."""
     if type(method) is not str and not isinstance(method, str):
         raise TypeError(f"method name must be str, not {type(method).__name__}")
+    for arg in args:  # check_keys(args, kwargs), its first test inlined: flat arguments pass at once
+        if type(arg) not in _LEAVES:
+            check_keys(args, kwargs)  # what the server could not rebuild: TypeError here, nothing sent
+            break
+    else:
+        if kwargs:
+            check_keys((), kwargs)
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
         return packer.pack((method, args, kwargs or _NO_KWARGS))

@@ -35,14 +35,14 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.errors import FrameError, SegmentFormatError, SegmentNotFoundError
+from ombm.errors import ClosedError, FrameError, MessageTooLargeError, SegmentFormatError, SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
 from ombm.transport import wire
 from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
 from ombm.core.signals import SignalHandle
-from ombm.transport.rpc_protocol import RequestReceived, ServerProtocol
+from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, RequestReceived, ServerProtocol, check_max_message
 from ombm.transport.wire import FrameFields
 
 REAP_INTERVAL_S = 1.0
@@ -52,17 +52,21 @@ _SERVE_STALLED = _native.SERVE_STALLED
 
 class _Connection:
     def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int,
-                 max_payload: int) -> None:
+                 max_payload: int, max_message_bytes: int, refusal: Callable[[bool], bytes | None],
+                 max_reply: int) -> None:
         self.conn_id = conn_id
         self.nonce = nonce
         self.request = request
         self.reply = reply
         self.pid, self.start = pid, start
-        self.protocol = ServerProtocol(conn_id, max_payload=max_payload)
+        self.protocol = ServerProtocol(conn_id, max_payload=max_payload, max_message_bytes=max_message_bytes,
+                                       refusal=refusal)
         self.handle: SignalHandle | None = None
         # a frame into the next reply slot
         self.send: Callable[[bytes], None] = reply.send if reply.writer is None else reply.writer.send
-        self.limit = reply.max_message  # the largest result the client can take
+        # the largest result the client takes: its reply channel, and its limit (it drops a reply
+        # whose fragments x max_payload exceed it; one frame always goes)
+        self.limit = min(reply.max_message, max(max_payload, max_reply // max_payload * max_payload))
 
     def close(self) -> None:
         if self.handle is not None:
@@ -75,16 +79,29 @@ class _Connection:
 
 
 class Server:
-    """Serve the public methods of ``obj`` on the well-known channel ``name``."""
+    """Serve the public methods of ``obj`` on the well-known channel ``name``.
 
-    def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False) -> None:
+    ``max_message_bytes`` bounds what the server reassembles from a client (default 4 MiB): a call
+    announcing more fragments than that many bytes fill is refused at its first fragment, unread
+    and counted (``stats["refused"]``), and answered with a
+    :class:`~ombm.errors.MessageTooLargeError` (a one-way call is dropped).  Clients learn it when
+    they connect and refuse such a call themselves, before sending.
+    """
+
+    def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = check_max_message(max_message_bytes)
+        self._refusal = marshal.encode_error(MessageTooLargeError(
+            f"the call announced more than this server's max_message_bytes ({max_message_bytes}); "
+            "it was refused unread"))
         self.name = namespace.validate_name(name)
         self.obj = obj
         self.allow_pickle = allow_pickle
         self._methods: dict[str, Callable[..., object]] = {
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
-        self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0}
+        self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0,
+                                  "refused": 0}
         self._receiver = Receiver()
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
@@ -116,21 +133,24 @@ class Server:
             hello = msgpack.unpackb(payload)
             req_name, rep_name = str(hello["req"]), str(hello["rep"])
             conn_id, pid, start = int(hello["conn"]), int(hello["pid"]), int(hello["start"])
-            if not (0 < conn_id < 1 << 64 and 0 < pid < 1 << 31 and 0 <= start < 1 << 64):
-                raise ValueError("connection id, pid or start time out of range")
+            max_reply = int(hello.get("max_reply", DEFAULT_MAX_MESSAGE_BYTES))  # older clients do not say
+            if not (0 < conn_id < 1 << 64 and 0 < pid < 1 << 31 and 0 <= start < 1 << 64 and max_reply > 0):
+                raise ValueError("connection id, pid, start time or reply limit out of range")
         except (FrameError, ValueError, KeyError, TypeError, msgpack.UnpackException):
             self.stats["bad_connects"] += 1
             return
         conn = self._by_nonce.get(nonce)
         if conn is None:
-            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start)
+            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start, max_reply)
             if conn is None:
                 return
         me_pid, me_start = namespace.me()
-        ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload})
+        ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload,
+                             "max_message": self.max_message_bytes})
         conn.reply.send(wire.encode(wire.Kind.ACK, conn.conn_id, nonce, ack))
 
-    def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int) -> _Connection | None:
+    def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int,
+                max_reply: int) -> _Connection | None:
         if conn_id in self._connections or not namespace.is_alive(pid, start):
             self.stats["bad_connects"] += 1
             return None
@@ -149,7 +169,8 @@ class Server:
             request.close()
             self.stats["bad_connects"] += 1
             return None
-        conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload))
+        conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
+                           self.max_message_bytes, self._refuse, max_reply)
         region = request.region
         conn.handle = self._receiver.add_handler(
             region.address, region.size, lambda address: self._guarded(conn, address - region.address)
@@ -166,6 +187,11 @@ class Server:
                 self._intake.lane(seg, last)
         self.stats["connections"] += 1
         return conn
+
+    def _refuse(self, oneway: bool) -> bytes | None:
+        """A connection's protocol refused a request larger than ``max_message_bytes`` (cold path)."""
+        self.stats["refused"] += 1
+        return None if oneway else self._refusal
 
     # -- calls
     def _on_request(self, conn: _Connection, offset: int) -> None:
@@ -207,8 +233,9 @@ class Server:
     def _result(self, value: object, limit: int) -> bytes:
         result = marshal.encode_result(value, allow_pickle=self.allow_pickle)
         if len(result) > limit:
-            raise ValueError(f"the result ({len(result)} bytes) exceeds what the client's reply channel carries "
-                             f"({limit} bytes); connect with more or larger slots, or use ombm.Stream")
+            raise ValueError(f"the result ({len(result)} bytes) exceeds what the client takes ({limit} bytes: its "
+                             "reply channel and its max_message_bytes); connect with more or larger slots, "
+                             "or use ombm.Stream")
         return result
 
     def _finish(self, value: object, exc: Exception | None, limit: int) -> tuple[bytes, bool]:
@@ -245,6 +272,8 @@ class Server:
     # -- running
     def serve_forever(self) -> None:
         """Serve in the calling thread until ``stop()``, SIGINT or SIGTERM (main thread only)."""
+        if self._receiver.closed:
+            raise ClosedError(f"server {self.name!r} is stopped")
         if not self._serving.acquire(blocking=False):
             raise RuntimeError("this server is already being served by another thread")
         previous = None
@@ -267,6 +296,8 @@ class Server:
 
     def start(self) -> Server:
         """Serve in a background thread owned by this server (``stop()`` joins it)."""
+        if self._receiver.closed:
+            raise ClosedError(f"server {self.name!r} is stopped")
         if self._thread is not None:
             raise RuntimeError("server already started")
         self._thread = threading.Thread(target=self.serve_forever, name=f"ombm-rpc-{self.name}", daemon=True)
@@ -318,18 +349,22 @@ class Server:
     def _serve_kernel(self) -> None:
         """The same on the software-only signal path (every signal through the kernel)."""
         receiver = self._receiver
-        while not self._stop:
-            signal = receiver.pop_wait(REAP_INTERVAL_S)
-            if signal is not None:
-                conn = self._by_segment.get(signal[0])
-                if conn is not None:
-                    self._guarded(conn, signal[1])
-                else:
-                    receiver.dispatch(*signal)
-            now = time.monotonic()
-            if now - self._last_reap >= REAP_INTERVAL_S:
-                self._last_reap = now
-                self._reap()
+        try:
+            while not self._stop:
+                signal = receiver.pop_wait(REAP_INTERVAL_S)
+                if signal is not None:
+                    conn = self._by_segment.get(signal[0])
+                    if conn is not None:
+                        self._guarded(conn, signal[1])
+                    else:
+                        receiver.dispatch(*signal)
+                now = time.monotonic()
+                if now - self._last_reap >= REAP_INTERVAL_S:
+                    self._last_reap = now
+                    self._reap()
+        except ClosedError:
+            if not self._stop:
+                raise  # closed by stop() only: anything else is a bug to see
 
     def _request_stop(self) -> None:
         self._stop = True

@@ -32,6 +32,14 @@ Rules:
   the client retransmits a one-way call until that ACK arrives.
 - At most ``max_in_flight`` calls are outstanding; more wait, in order, inside the
   client until a slot frees.
+- Reassembly is bounded: a message whose announced fragment count times ``max_payload``
+  exceeds ``max_message_bytes`` (default :data:`DEFAULT_MAX_MESSAGE_BYTES`, 4 MiB) is refused
+  at the first of its fragments that arrives, before anything of it is kept, and counted
+  (``refused``).  The server answers a refused call once with the error reply its ``refusal``
+  gives (and again to its retransmissions, like any cached reply), or, without one or for a
+  one-way call, drops its frames; the client drops an oversized reply's frames (the call then
+  times out).  A connection so holds at most ``max_partial`` messages of at most
+  ``max_message_bytes`` each; a single-frame message is bounded by its frame.
 - Bad input is never an exception: frames that fail :func:`wire.decode`, belong to
   another connection, or make no sense here are dropped and counted in
   ``statistics()`` (best-effort loss, paper §3.2).  Misuse by the local caller
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,7 +62,19 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 __all__ = ["ClientProtocol", "ServerProtocol", "RequestReceived", "ReplyReceived",
-           "ClientStats", "ServerStats", "Event", "RtoEstimator", "split"]
+           "ClientStats", "ServerStats", "Event", "RtoEstimator", "split", "DEFAULT_MAX_MESSAGE_BYTES",
+           "check_max_message"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20  # the largest message either side reassembles, by default
+
+
+def check_max_message(max_message_bytes: object) -> int:
+    """``max_message_bytes`` if it is a positive int; ``TypeError``/``ValueError`` before anything happens."""
+    if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int):
+        raise TypeError(f"max_message_bytes must be an int, not {type(max_message_bytes).__name__}")
+    if max_message_bytes < 1:
+        raise ValueError(f"max_message_bytes must be >= 1, not {max_message_bytes}")
+    return max_message_bytes
 
 _CALL, _ONEWAY, _REPLY, _ERROR_REPLY, _ACK = (Kind.CALL, Kind.ONEWAY, Kind.REPLY,
                                               Kind.ERROR_REPLY, Kind.ACK)
@@ -93,6 +114,7 @@ class ClientStats:
     srtt_s: float | None  # None before the first RTT sample
     in_flight: int
     queued: int           # waiting for one of the max_in_flight slots
+    refused: int = 0      # fragments of replies larger than max_message_bytes, dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +127,8 @@ class ServerStats:
     cached_replies: int
     evicted_replies: int  # dropped from the bounded cache before the client acked them
     executing: int        # delivered calls not answered yet
+    refused: int = 0      # fragments of requests larger than max_message_bytes, refused unkept (a call
+                          # answered with the refusal counts once: its other fragments are duplicates)
 
 
 class RtoEstimator:
@@ -295,8 +319,10 @@ class ClientProtocol(_Outbox):
     """
 
     def __init__(self, connection_id: int, *, max_payload: int, max_in_flight: int = 32,
-                 initial_rto: float = 0.005, min_rto: float = 0.0005, max_rto: float = 0.5) -> None:
+                 initial_rto: float = 0.005, min_rto: float = 0.0005, max_rto: float = 0.5,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         _check_payload(max_payload)
+        self.max_message_bytes = check_max_message(max_message_bytes)  # the largest reply reassembled
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._rto = RtoEstimator(initial_rto, min_rto, max_rto)
@@ -312,6 +338,7 @@ class ClientProtocol(_Outbox):
         self._partial: dict[int, _Reassembly] = {}  # multi-fragment replies being reassembled
         self._lane: int | None = None  # the call id on the fast lane, if any; _LENT: see lend
         self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
+        self._refused = 0
 
     # -- calls
 
@@ -493,6 +520,9 @@ class ClientProtocol(_Outbox):
             if self._partial:
                 self._partial.pop(call_id, None)
         else:
+            if count * self.max_payload > self.max_message_bytes:
+                self._refused += 1  # a reply larger than this client takes: never buffered
+                return []
             whole = self._reassemble(call_id, kind, index, count, payload)
             if whole is None:
                 return []
@@ -584,7 +614,7 @@ class ClientProtocol(_Outbox):
     def statistics(self) -> ClientStats:
         return ClientStats(self._calls, self._retransmits, self._bad, self._foreign,
                            self._duplicates, self._rto.rto, self._rto.srtt, len(self._in_flight),
-                           len(self._queue))
+                           len(self._queue), self._refused)
 
 
 # ---------------------------------------------------------------- server
@@ -600,8 +630,13 @@ class ServerProtocol(_Outbox):
     """
 
     def __init__(self, connection_id: int, *, max_payload: int, reply_cache: int = 1024,
-                 max_partial: int = 64) -> None:
+                 max_partial: int = 64, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 refusal: Callable[[bool], bytes | None] | None = None) -> None:
         _check_payload(max_payload)
+        self.max_message_bytes = check_max_message(max_message_bytes)  # the largest request reassembled
+        # refusal(oneway): the error reply to a refused request (None: drop its frames); the I/O
+        # layer's codec of that reply, and its counter (cold path: only for refused requests)
+        self._refusal = refusal
         if reply_cache < 1 or max_partial < 1:
             raise ValueError("reply_cache and max_partial must be at least 1")
         self.connection_id = connection_id
@@ -617,7 +652,7 @@ class ServerProtocol(_Outbox):
         self._partial: OrderedDict[int, _Reassembly] = OrderedDict()
         self._out: list[bytes] = []
         self._requests = self._replied = self._bad = self._foreign = 0
-        self._duplicates = self._evicted = 0
+        self._duplicates = self._evicted = self._refused = 0
 
     def receive_frame(self, view: ReadableBuffer, now: float) -> list[RequestReceived]:
         """Take one received frame; return the call it completes, if any."""
@@ -666,6 +701,9 @@ class ServerProtocol(_Outbox):
         if count == 1:  # the fast path: the whole request in one frame
             data: bytes | bytearray = payload
         else:
+            if count * self.max_payload > self.max_message_bytes:
+                self._refuse(kind, call_id, now)
+                return []
             whole = self._reassemble(kind, call_id, index, count, payload)
             if whole is None:
                 return []
@@ -686,6 +724,21 @@ class ServerProtocol(_Outbox):
         # the twin becomes the frozen event it mirrors (same slots): mypy cannot follow a class change
         event.__class__ = RequestReceived  # type: ignore[assignment]
         return [event]  # type: ignore[list-item]
+
+    def _refuse(self, kind: Kind, call_id: int, now: float) -> None:
+        """A request larger than ``max_message_bytes``, at the first of its fragments that came:
+        nothing of it is kept; a call is answered with the refusal (cached: its retransmissions
+        are duplicates), a one-way call, or any call without a refusal, dropped."""
+        self._refused += 1
+        reply = None if self._refusal is None else self._refusal(kind is _ONEWAY)
+        if kind is _ONEWAY or reply is None:
+            return
+        self._seen.add(call_id)
+        if call_id > self._last:
+            self._last = call_id
+        self._executing.add(call_id)
+        self.send_reply(call_id, reply, now, error=True)
+        self._replied -= 1  # not a reply to a delivered call
 
     def _reassemble(self, kind: Kind, call_id: int, index: int, count: int, payload: bytearray) -> bytes | None:
         data, duplicate = _reassemble(self._partial, call_id, kind, index, count, payload, self._max_partial)
@@ -761,4 +814,4 @@ class ServerProtocol(_Outbox):
     def statistics(self) -> ServerStats:
         return ServerStats(self._requests, self._replied, self._bad, self._foreign,
                            self._duplicates, len(self._replies), self._evicted,
-                           len(self._executing))
+                           len(self._executing), self._refused)

@@ -13,8 +13,9 @@ Frames (the layout is :mod:`ombm.transport.wire`'s trailer):
 * **DATA**, sender to receiver: a fragment's payload and trailer.  ``message_id`` is its sequence
   number (from 0, counting fragments, not messages), ``frag_index``/``frag_count`` its place in
   its message, ``ack`` the message's total length and ``credit`` its content type (:data:`BYTES`,
-  :data:`ARRAY`): the stream direction has no acknowledgement to piggyback.  Its checksum is sealed
-  in two levels (:func:`seal`) so that each end copies and checksums the payload in one pass.
+  :data:`ARRAY`): the stream direction has no acknowledgement to piggyback.  Its checksum is the
+  wire's (a CRC32C of payload and trailer head), continued from the payload's over the trailer
+  (:func:`seal`) so that each end copies and checksums the payload in one pass.
 * **CREDIT**, receiver to sender, a plain wire frame: ``ack`` is the cumulative acknowledgement
   (every fragment below it arrived) and ``credit`` how many fragments past ``ack`` the receiver can
   take (``released + window - ack``).  Over shared memory the same two counts are also published as
@@ -31,9 +32,16 @@ Rules:
 * **Flow control.**  Fragment ``s`` may be sent only while ``s < released + window``: its place at
   the receiver is then free.  ``released`` counts the fragments the receiver's application gave
   back (a held array keeps its fragment, and every later one, unreleased); the right edge of the
-  window never moves left, and a receiver cannot open more than the sender sent (its claims are
-  clamped).  A sender out of credit asks to be woken at :meth:`StreamSender.wake_target`, half a
+  window never moves left.  A sender out of credit asks to be woken at :meth:`StreamSender.wake_target`, half a
   window ahead (hysteresis: one wake-up per half window, not per fragment).
+* **Impossible credit is a protocol violation.**  A genuine receiver's counts only grow, and
+  ``released <= acked <= next_seq``: it cannot acknowledge what was never sent nor free what it
+  did not receive.  Counts that break this (an acknowledgement beyond what was sent or moving
+  back, a release beyond the acknowledgement or moving back) come from a broken receiver or from
+  whoever else wrote its counts: :meth:`StreamSender.on_credit` counts the violation and raises
+  :class:`~ombm.errors.StreamProtocolError`, and the sender stays broken (every later
+  :meth:`~StreamSender.on_credit` raises again); nothing is clamped and trusted.  Over datagrams
+  a CREDIT frame whose counts are both at or below the sender's is stale (reordered) and ignored.
 * **Repair timing.**  When the oldest unacknowledged fragment has waited an RTO, it is due for
   repair (:meth:`StreamSender.handle_timer` returns the I/O layer's record of it): the receiver
   takes fragments in order, so the oldest is the one it waits for.  The RTO starts at ``min_rto``,
@@ -44,8 +52,11 @@ Rules:
 * **Datagrams.**  :meth:`StreamReceiver.place` sorts an arriving sequence number: the next one,
   ahead inside the window (keep it), a duplicate (answer with credit: the ack was lost), or beyond
   the window (drop).  Over shared memory the slot ``seq % window`` is that placement.
-* **End of stream.**  A stream whose sender ended is complete only between messages
-  (:attr:`StreamReceiver.count` 0).
+* **End of stream.**  The sender reports how many fragments and messages it sent
+  (:attr:`StreamSender.next_seq`, :attr:`StreamSender.messages`).  A stream whose sender ended is
+  complete only when the receiver took exactly that many, between messages
+  (:meth:`StreamReceiver.check_end`); anything else is :class:`~ombm.errors.StreamProtocolError`
+  saying how many are missing (lost to overwritten slots, e.g. after forged credit).
 
 Only one thread at a time may use each object.
 """
@@ -56,7 +67,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ombm._native import checksum as _checksum
-from ombm.errors import FrameError
+from ombm.errors import FrameError, StreamProtocolError
 from ombm.transport.fragments import check_max_payload
 from ombm.transport.wire import MAGIC, MAX_FRAGMENTS, TRAILER_HEAD, TRAILER_SUM, Kind, decode_fields, encode
 
@@ -72,28 +83,28 @@ BYTES, ARRAY = 0, 1  # content types: a DATA frame's credit field
 MORE, DONE, REFUSED = 0, 1, 2  # StreamReceiver.accept: more to come, message complete, not the wanted content
 NEXT, AHEAD, DUPLICATE, OVERRUN = 0, 1, 2, 3  # StreamReceiver.place
 
-_HEAD_SIZE = TRAILER_HEAD.size  # 40: trailer[0:40], what the seal covers with the payload's checksum
+_HEAD_SIZE = TRAILER_HEAD.size  # 40: trailer[0:40], what the seal continues the payload's checksum over
 _head_fields, _sum_field = TRAILER_HEAD.unpack_from, TRAILER_SUM.unpack_from
-_pack_sum = TRAILER_SUM.pack
 _DATA, _CREDIT = int(Kind.DATA), Kind.CREDIT
 _CONTENTS = (BYTES, ARRAY)
 _U32 = 0xFFFFFFFF
 
 
 def seal(head: bytes, payload_checksum: int) -> int:
-    """A DATA frame's checksum: the native checksum of the trailer's first 40 bytes followed by the
-    payload's own checksum (two levels, so that the payload is copied and checksummed in one pass at
-    both ends; the native checksum cannot be continued from the payload into the trailer)."""
-    checksum: int = _checksum(head + _pack_sum(payload_checksum))
+    """A DATA frame's checksum, the wire's: the CRC32C of payload + ``head`` (the trailer's first 40
+    bytes), continued from the payload's own (summed while it was copied, at both ends) over ``head``.
+    A sealed DATA frame is therefore a valid wire frame (:func:`~ombm.transport.wire.decode` takes it)."""
+    checksum: int = _checksum(head, payload_checksum)
     return checksum
 
 
 def unseal(trailer: bytes, payload_checksum: int) -> tuple[int, ...] | None:
     """The fields of a DATA trailer (``bytes``: a private copy) if it seals the payload whose
     checksum is given, else None (torn, corrupt, or being written):
-    ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``."""
+    ``(connection_id, seq, total, payload_len, content, frag_index, frag_count, kind, flags, magic)``.
+    The stored u64 is compared whole: its high half must be zero."""
     # seal(), inlined: once per fragment received
-    if _checksum(trailer[:_HEAD_SIZE] + _pack_sum(payload_checksum)) != _sum_field(trailer, _HEAD_SIZE)[0]:
+    if _checksum(trailer[:_HEAD_SIZE], payload_checksum) != _sum_field(trailer, _HEAD_SIZE)[0]:
         return None
     return _head_fields(trailer, 0)
 
@@ -127,9 +138,10 @@ class StreamSender(Generic[R]):
     next; None: nothing to time).
     """
 
-    __slots__ = ("connection_id", "window", "next_seq", "acked", "limit", "index", "count", "total",
-                 "content", "rto", "deadline", "_min_rto", "_max_rto", "_records", "_blocked",
-                 "messages", "fragments", "bytes", "retransmits", "probes", "bad_frames", "foreign_frames")
+    __slots__ = ("connection_id", "window", "next_seq", "acked", "released", "limit", "index", "count",
+                 "total", "content", "rto", "deadline", "_min_rto", "_max_rto", "_records", "_blocked",
+                 "messages", "fragments", "bytes", "retransmits", "probes", "bad_frames", "foreign_frames",
+                 "violations", "broken")
 
     def __init__(self, connection_id: int, window: int, *, min_rto: float = 0.1,
                  max_rto: float = 2.0) -> None:
@@ -140,6 +152,7 @@ class StreamSender(Generic[R]):
         self.window = window
         self.next_seq = 0
         self.acked = 0            # every sequence number below it was received
+        self.released = 0         # every sequence number below it is free at the receiver
         self.limit = window       # sequence numbers below it may be sent
         self.index = self.count = self.total = self.content = 0
         self.rto = self._min_rto = min_rto
@@ -149,6 +162,8 @@ class StreamSender(Generic[R]):
         self._blocked = False     # refused by a closed window: probe it
         self.messages = self.fragments = self.bytes = 0
         self.retransmits = self.probes = self.bad_frames = self.foreign_frames = 0
+        self.violations = 0       # impossible credit seen (the first one breaks the sender)
+        self.broken: str | None = None  # why the sender is broken, once it is
 
     @property
     def unacked(self) -> int:
@@ -209,12 +224,13 @@ class StreamSender(Generic[R]):
     # ---- from the receiver
     def on_credit(self, acked: int, released: int, now: float) -> bool:
         """The receiver's counts: every fragment below ``acked`` arrived, every one below ``released``
-        is free again.  True if fragment ``next_seq`` may be sent."""
-        next_seq = self.next_seq
-        if acked > next_seq:
-            acked = next_seq  # a confused or hostile receiver cannot acknowledge what was never sent
-        if released > acked:
-            released = acked
+        is free again.  True if fragment ``next_seq`` may be sent.
+
+        :class:`~ombm.errors.StreamProtocolError` (counted in ``violations``; nothing else changes,
+        and the sender stays broken) if the counts are impossible: see the module's rules."""
+        if not (self.released <= released <= acked <= self.next_seq and acked >= self.acked) or self.broken:
+            self._violation(acked, released)
+        self.released = released
         if acked > self.acked:
             records = self._records
             for _ in range(acked - self.acked):
@@ -230,11 +246,19 @@ class StreamSender(Generic[R]):
                 self.rto = self._min_rto
                 if not self._records:
                     self.deadline = None
-        return next_seq < self.limit
+        return self.next_seq < self.limit
+
+    def _violation(self, acked: int, released: int) -> None:
+        if self.broken is None:
+            self.violations += 1
+            self.broken = (f"impossible credit: acked {acked}, released {released} after acked {self.acked}, "
+                           f"released {self.released}, with {self.next_seq} fragments sent (a broken receiver, "
+                           "or another process wrote its counts)")
+        raise StreamProtocolError(self.broken)
 
     def receive_frame(self, view: ReadableBuffer, now: float) -> bool:
-        """Take a CREDIT frame (bad, foreign and impossible ones are counted and dropped).  True if
-        fragment ``next_seq`` may be sent."""
+        """Take a CREDIT frame (bad, foreign and stale ones are counted or ignored, and dropped;
+        impossible counts raise as in :meth:`on_credit`).  True if fragment ``next_seq`` may be sent."""
         try:
             kind, connection_id, _, _, _, ack, _, credit = decode_fields(view)
         except FrameError:
@@ -242,10 +266,13 @@ class StreamSender(Generic[R]):
             return self.next_seq < self.limit
         if connection_id != self.connection_id:
             self.foreign_frames += 1
-        elif kind is not _CREDIT or ack > self.next_seq:
+        elif kind is not _CREDIT:
             self.bad_frames += 1
         else:
-            return self.on_credit(ack, ack + credit - self.window, now)
+            released = ack + credit - self.window
+            if ack <= self.acked and released <= self.released and not self.broken:
+                return self.next_seq < self.limit  # stale: overtaken by a later frame
+            return self.on_credit(ack, released, now)  # StreamProtocolError if impossible
         return self.next_seq < self.limit
 
     # ---- the timer
@@ -358,6 +385,19 @@ class StreamReceiver:
                 self.index = index + 1
                 self.position += plen
         return DONE if last else MORE
+
+    def check_end(self, fragments: int, messages: int) -> None:
+        """The sender ended after sending ``fragments`` fragments making ``messages`` messages (its
+        report): return if this receiver took exactly those, between messages (the stream ends
+        cleanly), else raise :class:`~ombm.errors.StreamProtocolError` saying how many are missing."""
+        if fragments == self.expected and messages == self.messages and not self.count:
+            return
+        raise StreamProtocolError(
+            f"the sender ended after {messages} messages ({fragments} fragments) but this receiver took "
+            f"{self.messages} ({self.expected} fragments"
+            + (", one message incomplete" if self.count else "") + f"): {messages - self.messages} "
+            f"messages ({fragments - self.expected} fragments) missing; a slot was overwritten before "
+            "it was read (forged credit?) or the sender is broken")
 
     def _broken(self, seq: int) -> None:
         raise FrameError(f"fragment {seq} is not what the stream expects there (a broken or foreign sender)")
