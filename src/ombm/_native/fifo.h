@@ -19,9 +19,10 @@
  *   CLAIM | who  claimed by the process `who` (CLAIM_*: pid and start time), not yet published;
  *   pos + 1      published: holds the entry of pos;
  *   pos + cap    taken: free for the next lap.
- * A producer claims a cell by a CAS of its seq from pos to its claim word, then moves the tail
- * past it (any producer that finds a claimed or published cell at the tail helps it on), writes
- * the entry and publishes with a CAS from its claim word to pos + 1. So a claimed-but-unpublished
+ * A producer claims a cell by a CAS of its seq from pos to its claim word, writes the entry,
+ * publishes with a CAS from its claim word to pos + 1, then moves the tail past it (any producer
+ * that finds a claimed, published or taken cell at the tail helps it on; so the head is at most
+ * one past the tail). So a claimed-but-unpublished
  * cell names its producer: the receiver retires it (fifo_skip_stalled) only once that process is
  * dead, never on a timer, and a producer that was merely descheduled still owns its cell (its late
  * write cannot land in a later entry). Positions stay below 2^63 (centuries at any rate), so a
@@ -106,17 +107,14 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
             /* claim. seq_cst: the claim happens before the tail moves past it (any order that
                makes a reader of the tail see the claim would do) */
             if (atomic_compare_exchange_strong_explicit(&cell[0], &seq, me, memory_order_seq_cst,
-                                                        memory_order_relaxed)) {
-                uint64_t expect = pos;  /* move the tail on, unless a helper did */
-                atomic_compare_exchange_strong_explicit(tail, &expect, pos + 1, memory_order_seq_cst,
-                                                        memory_order_relaxed);
+                                                        memory_order_relaxed))
                 break;
-            }
             continue;  /* another producer claimed it: look again */
         }
-        if (seq == pos + 1 || (seq & CLAIM)) {
-            /* claimed or published at the tail: its producer has not moved the tail yet (help it),
-               unless a claim of the previous lap was never published and the ring is full */
+        if (seq == pos + 1 || seq == pos + m->mask + 1 || (seq & CLAIM)) {
+            /* claimed, published or even taken at the tail: its producer has not moved the tail
+               yet (help it), unless a claim of the previous lap was never published and the ring
+               is full */
             if ((seq & CLAIM) &&
                 pos - atomic_load_explicit(A64(f + FIFO_HEAD), memory_order_acquire) > m->mask) {
                 atomic_fetch_add_explicit(A64(f + FIFO_DROPS), 1, memory_order_relaxed);  /* a counter */
@@ -146,9 +144,14 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
        receiver stores its sleep word, then loads seq, both seq_cst): of a push and a receiver
        going to sleep, at least one sees the other. */
     uint64_t expect = me;
-    if (!atomic_compare_exchange_strong_explicit(&cell[0], &expect, pos + 1, memory_order_seq_cst,
-                                                 memory_order_relaxed))
-        return fifo_push_corrupt(m);
+    int published = atomic_compare_exchange_strong_explicit(&cell[0], &expect, pos + 1, memory_order_seq_cst,
+                                                            memory_order_relaxed);
+    /* Move the tail on, unless a helper did: after the publish, so that between claim and publish
+       the cell's line is touched by nothing else (a receiver polling it would take the line away
+       mid-push). So the head may pass the tail by one, for a moment. */
+    expect = pos;
+    atomic_compare_exchange_strong_explicit(tail, &expect, pos + 1, memory_order_seq_cst, memory_order_relaxed);
+    if (!published) return fifo_push_corrupt(m);
     return fifo_wake(A32(f + FIFO_SLEEP));
 }
 
@@ -164,8 +167,8 @@ static inline int fifo_ready(const FifoMap *m) {
    fifo_skip_stalled look. */
 static inline int fifo_unsettled(const FifoMap *m) {
     uint64_t pos = atomic_load_explicit(A64(m->base + FIFO_HEAD), memory_order_acquire);
-    return atomic_load_explicit(A64(m->base + FIFO_TAIL), memory_order_acquire) != pos ||
-           atomic_load_explicit(fifo_cell(m, pos), memory_order_acquire) != pos;
+    uint64_t t = atomic_load_explicit(A64(m->base + FIFO_TAIL), memory_order_acquire);
+    return (t != pos && t + 1 != pos) || atomic_load_explicit(fifo_cell(m, pos), memory_order_acquire) != pos;
 }
 
 /* Take the head entry: 1 and (seg, off), or 0 if there is none (or not yet published). */

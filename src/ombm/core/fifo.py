@@ -144,7 +144,8 @@ class Fifo:
             pass
 
     def depth(self) -> int:
-        return _native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD)
+        # (the head may pass the tail by one for a moment: a push moves the tail after publishing)
+        return max(_native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD), 0)
 
     def ready(self) -> bool:
         """Whether the head entry is published (a seq_cst load: the re-check after announcing sleep)."""
