@@ -245,7 +245,10 @@ static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
         fifo_reset(m);
         Py_RETURN_FALSE;
     }
-    if (t + 1 == pos) Py_RETURN_FALSE;  /* the head one past the tail: a push about to move it */
+    if (t + 1 == pos) {  /* the head one past the tail: help the push that has yet to move it */
+        atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed);
+        t = atomic_load_explicit(tail, memory_order_acquire);
+    }
     if (t - pos > m->mask + 1) {  /* a tail no push writes (behind the head, or over a lap ahead) */
         atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
         if (atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed))
