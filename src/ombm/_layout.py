@@ -35,8 +35,15 @@ Receiver signal FIFO ``fifo-<token>`` (paper §3.1.2, one per receiving thread):
     24 start u64 | 32 token u64 | 40 drops u64 | 48..63 reserved
     64  tail u64   (own cache line: producers' claim position)
     128 head u64   (own cache line: the consumer's position)
-    192 sleep u32  (own cache line: futex word 0 awake / 1 futex / 2 doorbell)
+    192 sleep u32  (own cache line: futex word; bits 0-1 the receiver's state 0 awake / 1 futex /
+                   2 doorbell, set and cleared by the receiver only; above them a wake generation
+                   that producers bump before a futex wake)
     256 cells: capacity x 32 bytes (seq u64, segment id u64, offset u64, pad)
+
+A cell's ``seq`` for position ``pos`` is ``pos`` (free), a claim word (top bit
+set: the claiming producer's pid and start time), ``pos + 1`` (published) or
+``pos + capacity`` (taken); see ``_native/fifo.h``. The capacity is read once,
+validated, by whoever maps the FIFO; the native side never reads it again.
 
 The FIFO offsets are shared with ``_native/native.h``; ``check_native()`` proves it.
 """
@@ -69,7 +76,7 @@ KIND_HOLDER, KIND_RECEIVER = 1, 2
 
 # ---- receiver FIFO
 FIFO_MAGIC = b"OMBMFIFO"
-FIFO_VERSION = 1
+FIFO_VERSION = 2  # 2: a claimed cell's seq names its producer (_native/fifo.h)
 FIFO_HEADER = struct.Struct("<8sIIII QQQ")  # magic ver capacity pid flags start token drops
 FIFO_DROPS = 40
 FIFO_TAIL = 64
@@ -106,6 +113,7 @@ def check_native() -> None:
         "CELL_SIZE": FIFO_CELL_SIZE,
         "FIFO_CAPACITY": 12,
         "FIFO_DROPS": FIFO_DROPS,
+        "FIFO_VERSION": FIFO_VERSION,
     }
     for name, value in pairs.items():
         if getattr(_native, name) != value:

@@ -23,6 +23,7 @@ FIFO_CAPACITY: Final[Literal[12]]  # the offset of the FIFO's capacity (u32)
 FIFO_CELLS: Final[Literal[256]]
 FIFO_DROPS: Final[Literal[40]]
 CELL_SIZE: Final[Literal[32]]
+FIFO_VERSION: Final[Literal[2]]
 
 PUSH_OK: Final[Literal[0]]
 PUSH_WOKE: Final[Literal[1]]  # pushed and issued a futex wake
@@ -56,7 +57,7 @@ _FrameFields = tuple[_K, int, int, int, int, int, bytearray, int]
 # what a RequestIntake's lane hands back to the protocol: (served, replied, last, reply frame or None)
 _Handback = tuple[int, int, int, bytes | None]
 # a Writer's route for one unit: (FIFO addresses, their receiver references, software-only receivers)
-_Route = tuple[tuple[int, ...], tuple[_R_co, ...], tuple[object, ...]]
+_Route = tuple[tuple[FifoMap, ...], tuple[_R_co, ...], tuple[object, ...]]
 
 class _Packer(Protocol):
     """A msgpack Packer (the lane's own: one thread at a time)."""
@@ -95,25 +96,51 @@ def futex_wait(address: int, expected: int, timeout_s: float, /) -> bool:
 def futex_wake(address: int, n: int = ..., /) -> int:
     """Wake up to ``n`` waiters (default: all); how many were woken."""
 
-# ---- the signal FIFO (paper §3.1.2); ``fifo`` is the address of a mapped FIFO
-def fifo_push(fifo: int, segment_id: int, offset: int, /) -> int:
-    """One of PUSH_*."""
+# ---- the signal FIFO (paper §3.1.2); ``fifo`` is a FifoMap: the FIFO's mapping and its validated geometry
+@final
+class FifoMap:
+    """A FIFO's mapping (a writable buffer, kept alive) and the capacity its opener validated: every native
+    operation on the FIFO takes its geometry from here, never from the shared header. ``ValueError`` if the
+    capacity is not a power of two in [2, 2**20] or the mapping is too short for it."""
 
-def fanout(fifos: tuple[int, ...], segment_id: int, offset: int, /) -> int:
+    def __init__(self, mapping: WriteableBuffer, capacity: int, /) -> None: ...
+    @property
+    def address(self) -> int:
+        """The mapping's first byte."""
+
+    @property
+    def capacity(self) -> int:
+        """The validated capacity (cells)."""
+
+def fifo_push(fifo: FifoMap, segment_id: int, offset: int, /) -> int:
+    """One of PUSH_* (a cell holding a word no ombm process writes: PUSH_FULL, counted in ``fifo_corrupt``)."""
+
+def fanout(fifos: tuple[FifoMap, ...], segment_id: int, offset: int, /) -> int:
     """Push one signal to several FIFOs: 0 when all went well; else bits 0-14 count the drops, bit 15 says a
-    futex wake was issued, and bit 16 + i that FIFO i wants its doorbell rung."""
+    futex wake was issued, and bit 16 + i that FIFO i wants its doorbell rung (for every i)."""
 
-def fifo_pop(fifo: int, /) -> tuple[int, int] | None:
+def fifo_pop(fifo: FifoMap, /) -> tuple[int, int] | None:
     """``(segment id, offset)``, or None when empty (or the head cell is not published yet)."""
 
-def fifo_skip_stalled(fifo: int, /) -> bool:
-    """Retire a head cell whose producer died between claim and publish; True if one was retired."""
+def fifo_ready(fifo: FifoMap, /) -> bool:
+    """Whether the head entry is published (a seq_cst load: the re-check after announcing sleep)."""
 
-def fifo_wait(fifo: int, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /) -> int:
+def fifo_skip_stalled(fifo: FifoMap, /) -> bool:
+    """Retire a head cell whose producer is proven dead (claimed, never published); True if one was retired.
+    Repairs (and counts) words a peer wrote."""
+
+def fifo_wait(fifo: FifoMap, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /) -> int:
     """Spin, then sleep, until the FIFO has an entry: one of WAIT_*."""
 
-def fifo_wait_pop(fifo: int, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /) -> tuple[int, int, int] | int:
+def fifo_wait_pop(
+    fifo: FifoMap, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /
+) -> tuple[int, int, int] | int:
     """Wait, then pop: ``(segment id, offset, waited_ns)``, or WAIT_TIMEOUT / WAIT_STALLED."""
+
+def fifo_corrupt() -> int:
+    """FIFO words found corrupt by this process (pushes dropped, cells repaired)."""
+
+def fifo_corrupt_reset() -> None: ...
 
 # ---- frames (ombm.transport.wire) and the checksum
 def frame_encode(
@@ -247,7 +274,7 @@ class CallLane:
     def __init__(
         self,
         request_writer: Writer[object],
-        fifo: int,
+        fifo: FifoMap,
         reply_segment_id: int,
         reply_base: int,
         reply_size: int,
@@ -284,7 +311,7 @@ class RequestIntake(Generic[_C, _K]):
 
     def __init__(
         self,
-        fifo: int,
+        fifo: FifoMap,
         kinds: tuple[_K | None, ...],
         methods: dict[str, Callable[..., object]],
         stats: dict[str, int],

@@ -33,12 +33,19 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
         over, left = receiver.dispatch_before(deadline, loop.time)
         if over:
             return left
-        sock = receiver.fifo.doorbell()
+        fifo = receiver.fifo
+        sock = fifo.doorbell()
         if not receiver.kernel:
+            # Drepper's handshake with fifo_push, seq_cst on both sides (C11): announce (store32 is
+            # a seq_cst store), then re-check the head cell (a seq_cst load of the word the push
+            # publishes with a seq_cst CAS before its seq_cst load of the sleep word): of this
+            # receiver and a push, at least one sees the other, so no signal goes unrung.
             _native.store32(sleep_word, L.SLEEP_DOORBELL)
-            if receiver.fifo.depth():  # re-check after announcing (no lost wake-up)
+            if fifo.ready():
                 _native.store32(sleep_word, L.SLEEP_AWAKE)
                 continue
+            if fifo.depth():  # claimed, not published: poll every 10 ms, as the futex wait does
+                left = min(left, 0.01)
         ready: asyncio.Future[None] = loop.create_future()
         fd = sock.fileno()
         loop.add_reader(fd, _set_once, ready)
@@ -50,7 +57,9 @@ async def wait(receiver: Receiver, timeout: float | None = None) -> float:
             loop.remove_reader(fd)
             if not receiver.kernel:
                 _native.store32(sleep_word, L.SLEEP_AWAKE)
-                receiver.fifo.drain_doorbell()
+                fifo.drain_doorbell()
+                if fifo.depth() and not fifo.ready():
+                    fifo.retire_stalled()  # a producer killed mid-push (only a dead one's cell goes)
 
 
 def _set_once(ready: asyncio.Future[None]) -> None:

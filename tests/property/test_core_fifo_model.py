@@ -49,7 +49,7 @@ class FifoMachine(RuleBasedStateMachine):
 
     @rule(segment=u64, offset=u64)
     def push(self, segment, offset):
-        result = _native.fifo_push(self.fifo.address, segment, offset)
+        result = _native.fifo_push(self.fifo.fifo_map, segment, offset)
         if self.model.push((segment, offset)):
             assert result == _native.PUSH_OK
         else:
@@ -62,7 +62,7 @@ class FifoMachine(RuleBasedStateMachine):
 
     @rule(native=st.booleans())
     def pop(self, native):
-        got = _native.fifo_pop(self.fifo.address) if native else self.fifo.pop()
+        got = _native.fifo_pop(self.fifo.fifo_map) if native else self.fifo.pop()
         assert got == self.model.pop()
 
     @rule()
@@ -91,7 +91,7 @@ class FanoutMachine(RuleBasedStateMachine):
 
     @rule(segment=u64, offset=u64)
     def fanout(self, segment, offset):
-        result = _native.fanout(tuple(f.address for f in self.fifos), segment, offset)
+        result = _native.fanout(tuple(f.fifo_map for f in self.fifos), segment, offset)
         full = sum(not m.push((segment, offset)) for m in self.models)
         assert result & 0x7FFF == full
         assert result >> 16 == 0  # nobody sleeps on a doorbell here
@@ -122,7 +122,7 @@ def test_a_full_fifo_keeps_its_oldest_entries_across_many_wraps():
         model = BoundedFifoModel(4)
         for round_ in range(300):  # the ring's positions wrap many times over
             for i in range(6):
-                full = _native.fifo_push(fifo.address, round_, i) == _native.PUSH_FULL
+                full = _native.fifo_push(fifo.fifo_map, round_, i) == _native.PUSH_FULL
                 assert full == (not model.push((round_, i)))
             for _ in range(3 + round_ % 3):
                 assert fifo.pop() == model.pop()

@@ -38,13 +38,13 @@ def channels():
 
 
 def intake(fifo: Fifo) -> _native.RequestIntake:
-    return _native.RequestIntake(fifo.address, wire.KIND_TABLE, {}, {"calls": 0}, msgpack.unpackb,
+    return _native.RequestIntake(fifo.fifo_map, wire.KIND_TABLE, {}, {"calls": 0}, msgpack.unpackb,
                                  marshal.ext_hook(False), marshal.packer(False), never, never)
 
 
 def lane(fifo: Fifo, channels) -> _native.CallLane:
     _, request, reply_segment, reply = channels
-    return _native.CallLane(request.native_writer, fifo.address, reply_segment.id, reply.address, reply.size, SLOT,
+    return _native.CallLane(request.native_writer, fifo.fifo_map, reply_segment.id, reply.address, reply.size, SLOT,
                             5, SLOT - wire.TRAILER_SIZE, marshal.packer(False), msgpack.unpackb,
                             marshal.ext_hook(False))
 
@@ -57,7 +57,7 @@ def test_serve_with_nothing_there_times_out(fifo):
 
 
 def test_serve_hands_back_a_signal_of_no_request_channel(fifo):
-    assert _native.fifo_push(fifo.address, 99, 5) == _native.PUSH_OK
+    assert _native.fifo_push(fifo.fifo_map, 99, 5) == _native.PUSH_OK
     r = intake(fifo).serve(0, 1.0, False, 0)
     assert (r.status, r.segment_id, r.offset, r.connection) == (_native.SERVE_SIGNAL, 99, 5, None)
 
@@ -99,6 +99,6 @@ def test_a_call_nobody_answers_is_handed_over_with_its_id(fifo, channels):
 def test_a_call_that_finds_another_signal_hands_it_over(fifo, channels):
     calls = lane(fifo, channels)
     calls.lend(1, 1.0)
-    _native.fifo_push(fifo.address, 77, 3)
+    _native.fifo_push(fifo.fifo_map, 77, 3)
     r = calls.call("echo", (), {}, 0, False)
     assert (r.status, r.value, r.call_id, r.segment_id, r.offset) == (_native.LANE_OTHER, None, 1, 77, 3)

@@ -55,7 +55,7 @@ static PyObject *call_unsent(int status) { return call_result(status, Py_NewRef(
 typedef struct {
     PyObject_HEAD
     Writer *request;          /* the request channel's writer; NULL once closed */
-    uintptr_t fifo;           /* the caller's signal FIFO */
+    FifoMap *fifo;            /* the caller's signal FIFO */
     unsigned long long reply_seg;
     const unsigned char *reply_base;
     Py_ssize_t reply_size, reply_slot;
@@ -81,8 +81,7 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
         PyErr_SetString(PyExc_ValueError, "CallLane: max_payload does not fit the request channel's slots");
         return -1;
     }
-    uintptr_t f;
-    if (parse_addr(fifo_o, &f) < 0) return -1;
+    if (!as_fifo(fifo_o)) return -1;
     if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
         PyErr_SetString(PyExc_ValueError, "CallLane: bad reply channel geometry");
         return -1;
@@ -98,7 +97,7 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
     l->rtt_ns = 0;
     l->max_payload = max_payload;
     Py_XSETREF(l->request, (Writer *)Py_NewRef(writer));
-    l->fifo = f;
+    Py_XSETREF(l->fifo, (FifoMap *)Py_NewRef(fifo_o));
     l->reply_seg = reply_seg;
     l->reply_base = (const unsigned char *)(uintptr_t)reply_base;
     l->reply_size = reply_size;
@@ -112,7 +111,7 @@ static int CallLane_traverse(CallLane *l, visitproc visit, void *arg) {
     return marshal_traverse(&l->marshal, visit, arg);
 }
 static int CallLane_clear(CallLane *l) {
-    Py_CLEAR(l->request); Py_CLEAR(l->message);
+    Py_CLEAR(l->request); Py_CLEAR(l->message); Py_CLEAR(l->fifo);  /* (a FifoMap holds no references) */
     marshal_clear(&l->marshal);
     return 0;
 }
@@ -193,13 +192,13 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     if (writer_send_frame(l->request, KIND_CALL, l->connection_id, call_id, call_id, PyBytes_AS_STRING(message),
                           PyBytes_GET_SIZE(message)) < 0)
         return NULL;  /* the call stays current, for the protocol to cancel */
-    uintptr_t f = l->fifo;
+    const FifoMap *f = l->fifo;
     uint64_t waited;
     int r = wait_signal(f, spin_ns, l->patience_s, sleep_ok, &waited);
     if (r < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays current, for the protocol to cancel */
     /* Python may have run meanwhile (another thread, a signal handler): the state may be reclaimed */
     unsigned long long settle = l->lent ? 0 : call_id;
-    uint64_t seg, off;
+    uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
     if (r != WAIT_READY || !fifo_take(f, &seg, &off))
         return call_result(r == WAIT_STALLED ? LANE_STALLED : LANE_TIMEOUT, Py_NewRef(Py_None), waited, call_id, 0, 0);
     if (seg == l->reply_seg) {

@@ -1,20 +1,199 @@
 /*
- * The signal FIFO for Python (paper §3.1.2: the per-processor signal FIFO, loss when full):
- * push, fan-out, pop, retire a stalled cell, wait, wait-and-pop. The ring itself (push, take,
- * fan-out) is in fifo.h, inline for the writer and the lanes; the wait is in sync.c.
+ * The signal FIFO for Python (paper §3.1.2: the per-processor signal FIFO, loss when full): the
+ * validated mapping (FifoMap), push, fan-out, pop, retire a dead producer's cell, wait,
+ * wait-and-pop. The ring itself (push, take, fan-out) is in fifo.h, inline for the writer and the
+ * lanes; the wait is in sync.c.
  */
 #include "fifo.h"
 
-/* fifo_push(fifo, segment_id, offset) -> PUSH_* */
-static PyObject *n_fifo_push(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *ao; unsigned long long seg, off; uintptr_t f;
-    if (!PyArg_ParseTuple(args, "OKK", &ao, &seg, &off) || parse_addr(ao, &f) < 0) return NULL;
-    return PyLong_FromLong(fifo_push(f, seg, off));
+#include <pthread.h>
+#include <stdio.h>
+
+/* ---------------------------------------------------------------- the mapping */
+
+/* FifoMap(mapping, capacity): `mapping` a writable buffer (the FIFO's mmap) at least
+   FIFO_CELLS + capacity * CELL_SIZE bytes long, `capacity` a power of two in [2, 2^20]: the
+   values the opener validated (core/fifo.py), never read from the file again. */
+static int FifoMap_init(FifoMap *m, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *mapping;
+    unsigned long long capacity;
+    if (!PyArg_ParseTuple(args, "OK", &mapping, &capacity)) return -1;
+    if (capacity < 2 || capacity > (1u << 20) || (capacity & (capacity - 1))) {
+        PyErr_SetString(PyExc_ValueError, "FifoMap: capacity must be a power of two between 2 and 2**20");
+        return -1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(mapping, &view, PyBUF_WRITABLE) < 0) return -1;
+    if (view.len < (Py_ssize_t)(FIFO_CELLS + capacity * CELL_SIZE) || ((uintptr_t)view.buf & 63)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "FifoMap: the mapping is too short for that capacity (or not aligned)");
+        return -1;
+    }
+    if (m->view.obj) PyBuffer_Release(&m->view);
+    m->view = view;
+    m->base = (uintptr_t)view.buf;
+    m->mask = capacity - 1;
+    m->size = view.len;
+    return 0;
 }
 
-/* fanout(fifos, seg, off) -> 0 in the common case; else bits 0-15: drops,
-   bit 16+i: target i sleeps in an event loop and needs its doorbell rung,
-   bit 15: at least one futex wake was issued (see fifo_fanout). */
+static void FifoMap_dealloc(FifoMap *m) {
+    if (m->view.obj) PyBuffer_Release(&m->view);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *FifoMap_get_address(FifoMap *m, void *Py_UNUSED(c)) {
+    return PyLong_FromUnsignedLongLong((unsigned long long)m->base);
+}
+
+static PyObject *FifoMap_get_capacity(FifoMap *m, void *Py_UNUSED(c)) {
+    return PyLong_FromUnsignedLongLong((unsigned long long)m->mask + 1);
+}
+
+static PyGetSetDef FifoMap_getset[] = {
+    {"address", (getter)FifoMap_get_address, NULL, "the mapping's first byte", NULL},
+    {"capacity", (getter)FifoMap_get_capacity, NULL, "the validated capacity (cells)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject FifoMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.FifoMap",
+    .tp_basicsize = sizeof(FifoMap),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FifoMap_init,
+    .tp_dealloc = (destructor)FifoMap_dealloc,
+    .tp_getset = FifoMap_getset,
+    .tp_doc = "FifoMap(mapping, capacity): a signal FIFO's mapping and the geometry validated at open",
+};
+
+/* ---------------------------------------------------------------- identity and liveness */
+
+uint64_t fifo_me = 0;
+_Atomic unsigned long long fifo_corrupt = 0;
+
+/* pid's state letter and start time (clock ticks since boot) from /proc: 1, 0 if there is no such
+   process, -1 if it cannot be told (no /proc, no permission). As core/namespace.py reads them. */
+static int proc_stat(long pid, char *state, unsigned long long *start) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *fp = fopen(path, "re");
+    if (!fp) return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');  /* the command name is parenthesised and may hold anything */
+    if (!p || sscanf(p + 2, "%c", state) != 1) return -1;
+    p += 2;
+    for (int field = 0; field < 19; field++) {  /* the start time is the 20th field after ')' */
+        p = strchr(p, ' ');
+        if (!p) return -1;
+        p++;
+    }
+    return sscanf(p, "%llu", start) == 1 ? 1 : -1;
+}
+
+uint64_t fifo_claim_word(void) {
+    long pid = (long)getpid();
+    char state;
+    unsigned long long start = 0;
+    if (proc_stat(pid, &state, &start) != 1) start = 0;  /* then a peer can never prove us dead */
+    fifo_me = CLAIM | ((uint64_t)pid << CLAIM_PID_SHIFT) | (start & CLAIM_START_MASK);
+    return fifo_me;
+}
+
+static void fifo_after_fork_child(void) { fifo_me = 0; }  /* a new process: a new claim word */
+
+/* Whether the process named by claim word `claim` is proven dead: gone, a zombie, or its pid now
+   another process's (another start time). A claim that names no process (pid 0) is forged. */
+static int claimer_dead(uint64_t claim) {
+    long pid = (long)((claim & ~CLAIM) >> CLAIM_PID_SHIFT);
+    if (pid == 0) return 1;
+    char state;
+    unsigned long long start;
+    int r = proc_stat(pid, &state, &start);
+    if (r < 0) return 0;
+    return r == 0 || state == 'Z' || state == 'X' || (start & CLAIM_START_MASK) != (claim & CLAIM_START_MASK);
+}
+
+/* ---------------------------------------------------------------- the rare paths */
+
+int fifo_push_corrupt(const FifoMap *m) {
+    atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(A64(m->base + FIFO_DROPS), 1, memory_order_relaxed);
+    /* wake a receiver asleep on its futex: its wait sees the FIFO unsettled and has it repaired */
+    fifo_wake(A32(m->base + FIFO_SLEEP));
+    return PUSH_FULL;
+}
+
+/* The ring is empty at pos (tail = head = pos) but a peer wrote its cells (or its positions): make
+   every cell that holds a word the protocol never writes there free for its position in
+   [pos, pos + capacity), each by a CAS from the word read. A legal word (free, published or
+   claimed for that position: a producer got there first) is left alone. */
+static void fifo_rebase(const FifoMap *m, uint64_t pos) {
+    for (uint64_t p = pos; p <= pos + m->mask; p++) {
+        au64 *cell = fifo_cell(m, p);
+        uint64_t seq = atomic_load_explicit(cell, memory_order_acquire);
+        if (seq != p && seq != p + 1 && !(seq & CLAIM))
+            atomic_compare_exchange_strong_explicit(cell, &seq, p, memory_order_seq_cst, memory_order_relaxed);
+    }
+}
+
+/* The head cell (position pos) holds `seq`, which the protocol never writes there, or holds pos
+   while the tail says pos was claimed: a peer wrote the FIFO. If pos was claimed (the tail is
+   past it, by at most a lap) its entry is lost: hand the cell to the next lap and move the head
+   on; otherwise (the ring is empty) rebase every cell on pos. Every change is a CAS from the value read, so a
+   producer that raced with it keeps its claim. Counted; 0 (nothing taken). */
+int fifo_repair(const FifoMap *m, uint64_t pos, uint64_t seq) {
+    atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
+    au64 *cell = fifo_cell(m, pos);
+    uint64_t t = atomic_load_explicit(A64(m->base + FIFO_TAIL), memory_order_acquire);
+    if (t - pos - 1 <= m->mask) {
+        if (atomic_compare_exchange_strong_explicit(cell, &seq, pos + m->mask + 1, memory_order_seq_cst,
+                                                    memory_order_relaxed)) {
+            uint64_t expect = pos;
+            atomic_compare_exchange_strong_explicit(A64(m->base + FIFO_HEAD), &expect, pos + 1,
+                                                    memory_order_seq_cst, memory_order_relaxed);
+        }
+    } else {
+        fifo_rebase(m, pos);
+    }
+    return 0;
+}
+
+/* Positions a peer wrote that the ring cannot go on from (the claim bit set): free every cell for
+   positions 0 .. capacity - 1 and move both positions to 0, losing what was in the ring. A
+   producer that raced with it loses its claim (its publish CAS fails: counted as a drop); one
+   that read an old tail claims a cell out of turn, which the ring's helping rule absorbs. */
+static void fifo_reset(const FifoMap *m) {
+    atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
+    for (uint64_t i = 0; i <= m->mask; i++) atomic_store_explicit(fifo_cell(m, i), i, memory_order_seq_cst);
+    atomic_store_explicit(A64(m->base + FIFO_TAIL), 0, memory_order_seq_cst);
+    atomic_store_explicit(A64(m->base + FIFO_HEAD), 0, memory_order_seq_cst);
+}
+
+int fifo_far_bit(PyObject **far, Py_ssize_t bit) {
+    PyObject *one = PyLong_FromLong(1), *shift = PyLong_FromSsize_t(bit), *b = NULL, *r = NULL;
+    if (one && shift) b = PyNumber_Lshift(one, shift);
+    if (b) r = *far ? PyNumber_Or(*far, b) : Py_NewRef(b);
+    Py_XDECREF(one); Py_XDECREF(shift); Py_XDECREF(b);
+    Py_XSETREF(*far, r);
+    return r ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- for Python */
+
+/* fifo_push(fifo, segment_id, offset) -> PUSH_* */
+static PyObject *n_fifo_push(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *fo; unsigned long long seg, off; FifoMap *m;
+    if (!PyArg_ParseTuple(args, "OKK", &fo, &seg, &off) || !(m = as_fifo(fo))) return NULL;
+    return PyLong_FromLong(fifo_push(m, seg, off));
+}
+
+/* fanout(fifos, seg, off) -> 0 in the common case; else bits 0-14: drops, bit 15: at least one
+   futex wake was issued, bit 16+i: target i sleeps in an event loop and needs its doorbell rung
+   (see fifo_fanout). */
 static PyObject *n_fanout(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !PyTuple_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "fanout(tuple_of_fifos, segment_id, offset)");
@@ -23,61 +202,97 @@ static PyObject *n_fanout(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
     unsigned long long seg = PyLong_AsUnsignedLongLong(args[1]), off = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred()) return NULL;
     unsigned long long result;
-    if (fifo_fanout(args[0], seg, off, &result) < 0) return NULL;
-    return PyLong_FromUnsignedLongLong(result);
+    PyObject *far;
+    if (fifo_fanout(args[0], seg, off, &result, &far) < 0) return NULL;
+    PyObject *r = PyLong_FromUnsignedLongLong(result);
+    if (far && r) Py_SETREF(r, PyNumber_Or(r, far));
+    Py_XDECREF(far);
+    return r;
 }
 
 /* pop the head entry: (segment id, offset) (+ waited_ns if waited != UINT64_MAX), or None. */
-static PyObject *pop_tuple(uintptr_t f, uint64_t waited) {
-    uint64_t seg, off;
-    if (!fifo_take(f, &seg, &off)) Py_RETURN_NONE;
+static PyObject *pop_tuple(const FifoMap *m, uint64_t waited) {
+    uint64_t seg = 0, off = 0;
+    if (!fifo_take(m, &seg, &off)) Py_RETURN_NONE;
     if (waited == UINT64_MAX) return Py_BuildValue("(KK)", (unsigned long long)seg, (unsigned long long)off);
     return Py_BuildValue("(KKK)", (unsigned long long)seg, (unsigned long long)off, (unsigned long long)waited);
 }
 
 /* fifo_pop(fifo) -> (segment id, offset) or None when empty (or head cell not yet published). */
 static PyObject *n_fifo_pop(PyObject *Py_UNUSED(self), PyObject *arg) {
-    uintptr_t f;
-    if (parse_addr(arg, &f) < 0) return NULL;
-    return pop_tuple(f, UINT64_MAX);
+    FifoMap *m = as_fifo(arg);
+    return m ? pop_tuple(m, UINT64_MAX) : NULL;
 }
 
-/* skip_stalled: the head cell was claimed by a producer that never published
-   (killed mid-push). Retire it so later signals flow; True if skipped. */
+/* fifo_ready(fifo) -> whether the head entry is published (a seq_cst load: the re-check after
+   announcing sleep, as the futex wait does). */
+static PyObject *n_fifo_ready(PyObject *Py_UNUSED(self), PyObject *arg) {
+    FifoMap *m = as_fifo(arg);
+    return m ? PyBool_FromLong(fifo_ready(m)) : NULL;
+}
+
+/* skip_stalled: the head position was claimed and never published. Retire its cell if its
+   producer is proven dead (killed mid-push): True. A live producer keeps its cell however long it
+   takes (False). Words the protocol never writes (a peer wrote the FIFO) are repaired and counted
+   in fifo_corrupt (False). */
 static PyObject *n_fifo_skip_stalled(PyObject *Py_UNUSED(self), PyObject *arg) {
-    uintptr_t f;
-    if (parse_addr(arg, &f) < 0) return NULL;
-    au64 *head = A64(f + FIFO_HEAD);
+    FifoMap *m = as_fifo(arg);
+    if (!m) return NULL;
+    au64 *head = A64(m->base + FIFO_HEAD), *tail = A64(m->base + FIFO_TAIL);
     uint64_t pos = atomic_load_explicit(head, memory_order_acquire);
-    if (atomic_load_explicit(A64(f + FIFO_TAIL), memory_order_acquire) == pos) Py_RETURN_FALSE;
-    uint64_t expect = pos, mask = fifo_mask(f);
-    /* hand the cell to the next lap: the stalled producer's publish, a CAS of the same word
-       (read-modify-writes of one word are totally ordered), then fails and is lost */
-    if (!atomic_compare_exchange_strong_explicit(fifo_cell(f, mask, pos), &expect, pos + mask + 1,
-                                                 memory_order_seq_cst, memory_order_seq_cst))
+    uint64_t t = atomic_load_explicit(tail, memory_order_acquire);
+    if ((pos | t) & CLAIM) {  /* positions no push reaches: start the ring afresh */
+        fifo_reset(m);
         Py_RETURN_FALSE;
-    atomic_store_explicit(head, pos + 1, memory_order_release);
+    }
+    if (t + 1 == pos) {  /* the head one past the tail: help the push that has yet to move it */
+        atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed);
+        t = atomic_load_explicit(tail, memory_order_acquire);
+    }
+    if (t - pos > m->mask + 1) {  /* a tail no push writes (behind the head, or over a lap ahead) */
+        atomic_fetch_add_explicit(&fifo_corrupt, 1, memory_order_relaxed);
+        if (atomic_compare_exchange_strong_explicit(tail, &t, pos, memory_order_seq_cst, memory_order_relaxed))
+            fifo_rebase(m, pos);
+        Py_RETURN_FALSE;
+    }
+    au64 *cell = fifo_cell(m, pos);
+    uint64_t seq = atomic_load_explicit(cell, memory_order_acquire);
+    if (seq == pos + 1 || (seq == pos && t == pos)) Py_RETURN_FALSE;  /* ready, or empty */
+    if (!(seq & CLAIM)) {
+        fifo_repair(m, pos, seq);
+        Py_RETURN_FALSE;
+    }
+    if (!claimer_dead(seq)) Py_RETURN_FALSE;
+    /* the claim was for pos: move the tail past it, as a helper would (the producer may have died
+       before it did), then hand the cell to the next lap with a CAS from the dead producer's claim
+       word, then move the head on */
+    uint64_t at = pos;
+    atomic_compare_exchange_strong_explicit(tail, &at, pos + 1, memory_order_seq_cst, memory_order_relaxed);
+    if (!atomic_compare_exchange_strong_explicit(cell, &seq, pos + m->mask + 1, memory_order_seq_cst,
+                                                 memory_order_relaxed))
+        Py_RETURN_FALSE;
+    atomic_compare_exchange_strong_explicit(head, &pos, pos + 1, memory_order_seq_cst, memory_order_relaxed);
     Py_RETURN_TRUE;
 }
 
-static int parse_wait_args(PyObject *const *args, Py_ssize_t nargs, uintptr_t *f, uint64_t *spin_ns,
+static int parse_wait_args(PyObject *const *args, Py_ssize_t nargs, FifoMap **m, uint64_t *spin_ns,
                            double *timeout_s, int *sleep_ok) {
     if (nargs < 3 || nargs > 4) {
         PyErr_SetString(PyExc_TypeError, "expected (fifo, spin_ns, timeout_s[, sleep_ok])");
         return -1;
     }
-    if (parse_addr(args[0], f) < 0) return -1;
+    if (!(*m = as_fifo(args[0]))) return -1;
     return parse_wait_policy(args + 1, nargs - 1, spin_ns, timeout_s, sleep_ok);
 }
 
 /* fifo_wait(fifo, spin_ns, timeout_s, sleep_ok=True) -> WAIT_*; a POSIX signal whose handler
    returns ends the wait (WAIT_TIMEOUT). */
 static PyObject *n_fifo_wait(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    uintptr_t f; uint64_t spin_ns, waited; double timeout_s; int sleep_ok, r;
-    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
-    if (fifo_ready(f)) return PyLong_FromLong(WAIT_READY);
+    FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok, r;
+    if (parse_wait_args(args, nargs, &m, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    if (fifo_ready(m)) return PyLong_FromLong(WAIT_READY);
     Py_BEGIN_ALLOW_THREADS
-    r = spin_then_sleep(f, spin_ns, timeout_s, sleep_ok, &waited);
+    r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &waited);
     Py_END_ALLOW_THREADS
     if (r == WAIT_INTERRUPTED && PyErr_CheckSignals() < 0) return NULL;
     return PyLong_FromLong(r == WAIT_INTERRUPTED ? WAIT_TIMEOUT : r);
@@ -85,14 +300,23 @@ static PyObject *n_fifo_wait(PyObject *Py_UNUSED(self), PyObject *const *args, P
 
 /* fifo_wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* */
 static PyObject *n_fifo_wait_pop(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    uintptr_t f; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
-    if (parse_wait_args(args, nargs, &f, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
-    int r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
+    FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
+    if (parse_wait_args(args, nargs, &m, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    int r = wait_signal(m, spin_ns, timeout_s, sleep_ok, &waited);
     if (r < 0) return NULL;
     if (r != WAIT_READY) return PyLong_FromLong(r);
-    PyObject *t = pop_tuple(f, waited);
+    PyObject *t = pop_tuple(m, waited);
     if (t == Py_None) { Py_DECREF(t); return PyLong_FromLong(WAIT_TIMEOUT); }
     return t;
+}
+
+static PyObject *n_fifo_corrupt(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLongLong(atomic_load_explicit(&fifo_corrupt, memory_order_relaxed));
+}
+
+static PyObject *n_fifo_corrupt_reset(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    atomic_store_explicit(&fifo_corrupt, 0, memory_order_relaxed);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef fifo_functions[] = {
@@ -100,12 +324,21 @@ static PyMethodDef fifo_functions[] = {
     {"fanout", (PyCFunction)(void (*)(void))n_fanout, METH_FASTCALL,
      "push one signal to several FIFOs; 0 when all went well"},
     {"fifo_pop", n_fifo_pop, METH_O, "pop (segment id, offset) or None"},
-    {"fifo_skip_stalled", n_fifo_skip_stalled, METH_O, "retire a head cell whose producer died"},
+    {"fifo_ready", n_fifo_ready, METH_O, "whether the head entry is published (seq_cst)"},
+    {"fifo_skip_stalled", n_fifo_skip_stalled, METH_O, "retire a head cell whose producer is proven dead"},
     {"fifo_wait", (PyCFunction)(void (*)(void))n_fifo_wait, METH_FASTCALL,
      "spin-then-sleep until the FIFO has an entry; WAIT_*"},
     {"fifo_wait_pop", (PyCFunction)(void (*)(void))n_fifo_wait_pop, METH_FASTCALL,
      "wait, then pop: (segment id, offset, waited_ns) or WAIT_*"},
+    {"fifo_corrupt", n_fifo_corrupt, METH_NOARGS, "FIFO words found corrupt by this process (drops, repairs)"},
+    {"fifo_corrupt_reset", n_fifo_corrupt_reset, METH_NOARGS, "zero the corrupt-word counter (after fork)"},
     {NULL, NULL, 0, NULL},
 };
 
-int native_add_fifo(PyObject *module) { return native_add(module, fifo_functions, NULL); }
+int native_add_fifo(PyObject *module) {
+    if (pthread_atfork(NULL, NULL, fifo_after_fork_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "ombm._native: pthread_atfork failed");
+        return -1;
+    }
+    return native_add(module, fifo_functions, (PyTypeObject *const[]){&FifoMapType, NULL});
+}

@@ -13,7 +13,7 @@ static const struct {
 } constants[] = {
     /* the FIFO layout, checked against _layout.py at import (_layout.check_native) */
     CONSTANT(FIFO_TAIL), CONSTANT(FIFO_HEAD), CONSTANT(FIFO_SLEEP), CONSTANT(FIFO_CAPACITY), CONSTANT(FIFO_CELLS),
-    CONSTANT(FIFO_DROPS), CONSTANT(CELL_SIZE),
+    CONSTANT(FIFO_DROPS), CONSTANT(CELL_SIZE), CONSTANT(FIFO_VERSION),
     /* results: of a push, a wait, a call on the lane, a turn of the serving loop */
     CONSTANT(PUSH_OK), CONSTANT(PUSH_WOKE), CONSTANT(PUSH_DOORBELL), CONSTANT(PUSH_FULL),
     CONSTANT(WAIT_READY), CONSTANT(WAIT_TIMEOUT), CONSTANT(WAIT_STALLED),

@@ -5,7 +5,8 @@
  * One extension, ombm._native, built from the files beside this one, one concept each:
  *   native.h          this: layout constants, atomics on shared memory, futex, address arguments
  *   sync.c            atomics and futexes for Python; the spin-then-sleep wait        (paper §3.1.2)
- *   fifo.h, fifo.c    the signal FIFO ring: push, take, fan-out, pop, wait          (paper §3.1.2)
+ *   fifo.h, fifo.c    the signal FIFO ring: its validated mapping (FifoMap), push, take,
+ *                     fan-out, pop, retiring a dead producer's cell                  (paper §3.1.2)
  *   crc32c.h, crc32c.c  the checksum: CRC32C fused with a copy (SSE4.2, ARMv8 CRC, table)  (§4)
  *   frame.h, frame.c  THE frame check (bounds + checksum), the checksum for Python, frame encode/decode (§4)
  *   writer.h, writer.c  signal-on-write: Region.write's fast path                   (paper §3.3)
@@ -51,7 +52,8 @@
 #define FIFO_HEAD 128     /* u64 dequeue position, own cache line */
 #define FIFO_SLEEP 192    /* u32 futex word: 0 awake, 1 futex sleep, 2 doorbell sleep */
 #define FIFO_CELLS 256    /* first cell */
-#define CELL_SIZE 32      /* u64 seq, u64 segment id, u64 offset, u64 pad */
+#define CELL_SIZE 32      /* u64 seq, u64 segment id, u64 offset, u64 pad (see fifo.h) */
+#define FIFO_VERSION 2    /* 2: a claimed cell's seq names its producer (fifo.h) */
 
 /* push results */
 #define PUSH_OK 0
@@ -95,10 +97,7 @@ static inline int parse_aligned(PyObject *o, uintptr_t *out, unsigned align) {
 static inline int parse_addr(PyObject *o, uintptr_t *out) { return parse_aligned(o, out, 8); }
 static inline int parse_addr32(PyObject *o, uintptr_t *out) { return parse_aligned(o, out, 4); }
 
-/* The wait (sync.c). spin_then_sleep runs without the GIL; wait_signal holds it and releases it
-   while it waits. See sync.c. */
-int spin_then_sleep(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
-int wait_signal(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
+/* The wait's policy arguments (sync.c; the wait itself is declared in fifo.h). */
 int parse_wait_policy(PyObject *const *args, Py_ssize_t n, uint64_t *spin_ns, double *timeout_s, int *sleep_ok);
 
 /* The slots of a garbage-collected type that Python makes as Name(...), from the functions

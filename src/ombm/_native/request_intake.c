@@ -81,7 +81,7 @@ static PyTypeObject IntakeEntryType = {
 
 typedef struct {
     PyObject_HEAD
-    uintptr_t fifo;
+    FifoMap *fifo;            /* the server's signal FIFO */
     PyObject *channels;       /* dict: segment id -> IntakeEntry */
     PyObject *kinds;          /* kind byte -> the object frame_decode returns for it */
     /* the server's side of a call (rpc/server.py, rpc/marshal.py) */
@@ -98,7 +98,7 @@ static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNU
     if (!PyArg_ParseTuple(args, "OO!O!O!OOOOO", &fifo_o, &PyTuple_Type, &kinds, &PyDict_Type, &methods,
                           &PyDict_Type, &stats, &unpack, &ext_hook, &packer, &execute, &finish))
         return -1;
-    if (parse_addr(fifo_o, &x->fifo) < 0) return -1;
+    if (!as_fifo(fifo_o)) return -1;
     if (!PyCallable_Check(unpack) || !PyCallable_Check(execute) || !PyCallable_Check(finish)) {
         PyErr_SetString(PyExc_TypeError, "RequestIntake: unpack, execute and finish must be callable");
         return -1;
@@ -119,6 +119,7 @@ static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNU
     Py_XSETREF(x->stats, Py_NewRef(stats));
     Py_XSETREF(x->execute, Py_NewRef(execute));
     Py_XSETREF(x->finish, Py_NewRef(finish));
+    Py_XSETREF(x->fifo, (FifoMap *)Py_NewRef(fifo_o));
     return 0;
 }
 
@@ -130,6 +131,7 @@ static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) 
 static int RequestIntake_clear(RequestIntake *x) {
     Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->methods); Py_CLEAR(x->stats); Py_CLEAR(x->execute);
     Py_CLEAR(x->finish); Py_CLEAR(x->calls_key); Py_CLEAR(x->zero); Py_CLEAR(x->one);
+    Py_CLEAR(x->fifo);  /* (a FifoMap holds no references) */
     marshal_clear(&x->marshal);
     return 0;
 }
@@ -429,13 +431,13 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
     if (parse_wait_policy(args, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
     unsigned long long learn_ns = PyLong_AsUnsignedLongLong(args[3]);
     if (learn_ns == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    uintptr_t f = x->fifo;
+    const FifoMap *f = x->fifo;
     uint64_t deadline = now_ns() + (uint64_t)(timeout_s * 1e9);
     for (;;) {
         uint64_t t = now_ns(), waited;
         int r = wait_signal(f, spin_ns, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
         if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
-        uint64_t seg, off;
+        uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
         if (r != WAIT_READY || !fifo_take(f, &seg, &off))
             return serve_result(r == WAIT_STALLED ? SERVE_STALLED : SERVE_TIMEOUT, waited, 0, 0);
         PyObject *key = PyLong_FromUnsignedLongLong(seg);

@@ -117,7 +117,7 @@ static _Thread_local int yield_hint = 0;
 /* Spin (poll for QUIET_SPIN_NS, then pause and sched_yield, so a peer on the same CPU can run) for
    spin_ns, then announce sleep, re-check, and sleep on the futex until timeout.
    Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
-int spin_then_sleep(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
@@ -132,10 +132,10 @@ int spin_then_sleep(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_o
     if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
         uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
         while (now_ns() < quiet_end)
-            if (fifo_ready(f)) { result = WAIT_READY; goto done; }
+            if (fifo_ready(m)) { result = WAIT_READY; goto done; }
     }
     for (;;) {
-        if (fifo_ready(f)) { result = WAIT_READY; goto done; }
+        if (fifo_ready(m)) { result = WAIT_READY; goto done; }
         if (++iter % every == 0) {
             uint64_t t = now_ns();
             if (t >= spin_end) break;
@@ -147,26 +147,34 @@ int spin_then_sleep(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_o
             cpu_relax();
         }
     }
-    au32 *sleep = A32(f + FIFO_SLEEP);
+    au32 *sleep = A32(m->base + FIFO_SLEEP);
+    uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
-        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check */
-        atomic_store_explicit(sleep, 1, memory_order_seq_cst);
-        if (fifo_ready(f)) { result = WAIT_READY; break; }
+        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check;
+           a read-modify-write, so no producer's generation bump is lost (see fifo_wake) */
+        uint32_t announced = atomic_fetch_or_explicit(sleep, 1, memory_order_seq_cst) | 1;
+        if (fifo_ready(m)) { result = WAIT_READY; break; }
         uint64_t left = deadline - t;
-        int stalled = fifo_nonempty(f);
-        /* a claimed-but-unpublished head cell: poll every 10 ms so the caller
-           can retire it if its producer died */
-        if (stalled && left > 10000000ull) left = 10000000ull;
+        /* a claimed-but-unpublished head cell, or words a peer wrote: poll every 10 ms, and after
+           9 ms of it let the caller look (fifo_skip_stalled: it retires the cell of a dead
+           producer, repairs what a peer wrote) */
+        if (fifo_unsettled(m)) {
+            if (!unsettled_since) unsettled_since = t;
+            else if (t - unsettled_since >= 9000000ull) { result = WAIT_STALLED; break; }
+            if (left > 10000000ull) left = 10000000ull;
+        } else {
+            unsettled_since = 0;
+        }
         struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
-        long fr = futex(sleep, FUTEX_WAIT, 1, &ts);
-        if (fifo_ready(f)) { result = WAIT_READY; break; }
+        long fr = futex(sleep, FUTEX_WAIT, announced, &ts);  /* not if a producer bumped it since */
+        if (fifo_ready(m)) { result = WAIT_READY; break; }
         if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
-        if (stalled && fifo_nonempty(f) && now_ns() - t >= 9000000ull) { result = WAIT_STALLED; break; }
     }
-    /* relaxed: only a hint to producers; one that still reads 1 costs one needless futex wake */
-    atomic_store_explicit(sleep, 0, memory_order_relaxed);
+    /* clear the state (keep the generation); relaxed: only a hint to producers, one that still
+       reads "asleep" costs one needless futex wake */
+    atomic_fetch_and_explicit(sleep, ~SLEEP_STATE, memory_order_relaxed);
 done:
     if (yielded) yield_hint = shared;
     *waited_ns = now_ns() - start;
@@ -176,13 +184,13 @@ done:
 /* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
    handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
-int wait_signal(uintptr_t f, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
     int r = WAIT_READY;
     *waited_ns = 0;
-    while (!fifo_ready(f)) {
+    while (!fifo_ready(m)) {
         uint64_t w = 0;
         Py_BEGIN_ALLOW_THREADS
-        r = spin_then_sleep(f, spin_ns, timeout_s, sleep_ok, &w);
+        r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
         if (r != WAIT_INTERRUPTED) break;

@@ -14,11 +14,12 @@ static unsigned long long writer_signals_sent = 0;
    for each signalling unit whose last byte it wrote, pushes (segment id, unit offset) into the
    FIFO of every receiver watching that unit: the route, cached per unit offset and dropped
    whenever the segment's directory version moves. The routes come from the segment's Python
-   Router; anything out of the ordinary goes back to Python: a write the fast path does not
-   take (bad arguments, a closed binding: `slow` raises the documented errors), a route with a
-   software-only receiver (`deliver`), and a fan-out that dropped, woke or must ring a doorbell
-   (`after`). Each cached route keeps the FIFO mappings it points into alive. The data is
-   copied with plain stores: the push publishes it (see native.h). */
+   Router, their FIFOs as FifoMaps (validated mappings, fifo.h); anything out of the ordinary
+   goes back to Python: a write the fast path does not take (bad arguments, a closed binding:
+   `slow` raises the documented errors), a route with a software-only receiver (`deliver`), and
+   a fan-out that dropped, woke or must ring a doorbell (`after`). Each cached route keeps the
+   FIFO mappings it points into alive. The data is copied with plain stores: the push publishes
+   it (see native.h). */
 static int Writer_init(Writer *w, PyObject *args, PyObject *Py_UNUSED(kw)) {
     unsigned long long base, version_addr, seg_id;
     Py_ssize_t size, unit;
@@ -76,7 +77,7 @@ static int writer_deliver(Writer *w, Py_ssize_t start) {
         if (!PyTuple_Check(route) || PyTuple_GET_SIZE(route) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(route, 0)) ||
             !PyTuple_Check(PyTuple_GET_ITEM(route, 2))) {
             Py_DECREF(route); Py_DECREF(key);
-            PyErr_SetString(PyExc_TypeError, "Writer: route must be (addresses, memory refs, kernel refs)");
+            PyErr_SetString(PyExc_TypeError, "Writer: route must be (FifoMaps, memory refs, kernel refs)");
             return -1;
         }
         if (PyDict_SetItem(w->routes, key, route) < 0) { Py_DECREF(route); Py_DECREF(key); return -1; }
@@ -87,12 +88,15 @@ static int writer_deliver(Writer *w, Py_ssize_t start) {
         if (!r) rc = -1; else Py_DECREF(r);
         goto out;
     }
-    PyObject *addrs = PyTuple_GET_ITEM(route, 0);
+    PyObject *fifos = PyTuple_GET_ITEM(route, 0);
     unsigned long long result;
-    if (fifo_fanout(addrs, w->seg_id, (uint64_t)start, &result) < 0) { rc = -1; goto out; }
-    writer_signals_sent += (unsigned long long)PyTuple_GET_SIZE(addrs);
-    if (result) {  /* drops to count (and maybe a dead receiver), a wake-up to count, a doorbell */
+    PyObject *far;
+    if (fifo_fanout(fifos, w->seg_id, (uint64_t)start, &result, &far) < 0) { rc = -1; goto out; }
+    writer_signals_sent += (unsigned long long)PyTuple_GET_SIZE(fifos);
+    if (result || far) {  /* drops to count (and maybe a dead receiver), a wake-up to count, doorbells */
         PyObject *ro = PyLong_FromUnsignedLongLong(result);
+        if (ro && far) Py_SETREF(ro, PyNumber_Or(ro, far));
+        Py_XDECREF(far);
         if (!ro) { rc = -1; goto out; }
         PyObject *r = PyObject_CallFunctionObjArgs(w->after_fn, ro, PyTuple_GET_ITEM(route, 1), NULL);
         Py_DECREF(ro);

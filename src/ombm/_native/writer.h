@@ -15,7 +15,7 @@ typedef struct {
     uintptr_t version_addr;
     uint64_t version;
     unsigned long long seg_id;
-    PyObject *routes;         /* dict: unit offset -> (fifo addresses, memory refs, kernel refs) */
+    PyObject *routes;         /* dict: unit offset -> (FifoMaps, memory refs, kernel refs) */
     PyObject *slow, *route_fn, *deliver_fn, *after_fn;
     Py_ssize_t next_unit;     /* send(): the unit the next message ends (round robin) */
 } Writer;

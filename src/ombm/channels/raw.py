@@ -308,16 +308,15 @@ class Channel:
             spin = min(max(2 * ewma, SPIN_MIN_S), SPIN_MAX_S)
         else:
             spin = SPIN_MIN_S
-        address = receiver.fifo.address
         start = time.perf_counter()
-        r = _native.fifo_wait(address, int(spin * 1e9), timeout)
+        r = _native.fifo_wait(receiver.fifo.fifo_map, int(spin * 1e9), timeout)
         if r == _native.WAIT_READY:
             waited = time.perf_counter() - start
             self._wait_ewma = waited if ewma == 0 else 0.75 * ewma + 0.25 * waited
             receiver.dispatch_pending()
             return True
         if r == _native.WAIT_STALLED:
-            _native.fifo_skip_stalled(address)
+            receiver.fifo.retire_stalled()
         self._wait_ewma = max(ewma, timeout)
         return bool(receiver.dispatch_pending())
 

@@ -36,8 +36,8 @@ _fanout = _native.fanout
 _REFS: dict[int, FifoRef] = {}  # token -> mapping of that receiver's FIFO (process-wide)
 _MAX_ROUTES = 4096
 
-# the receivers watching one offset: (their FIFO addresses, those FIFOs, the software-only receivers)
-Route = tuple[tuple[int, ...], tuple[FifoRef, ...], tuple[FifoRef, ...]]
+# the receivers watching one offset: (their FIFOs' validated mappings, those FIFOs, the software-only receivers)
+Route = tuple[tuple[_native.FifoMap, ...], tuple[FifoRef, ...], tuple[FifoRef, ...]]
 
 
 def fifo_ref(token: int) -> FifoRef | None:
@@ -89,14 +89,14 @@ class Router:
             if lo <= offset < hi:
                 refs[ref.token] = ref
         memory = tuple(r for r in refs.values() if not r.kernel)
-        route: Route = (tuple(r.address for r in memory), memory, tuple(r for r in refs.values() if r.kernel))
+        route: Route = (tuple(r.fifo_map for r in memory), memory, tuple(r for r in refs.values() if r.kernel))
         if len(self.routes) >= _MAX_ROUTES:
             self.routes.clear()
         self.routes[offset] = route
         return route
 
     def route(self, offset: int) -> Route:
-        """``(fifo addresses, their FifoRefs, kernel-path FifoRefs)`` of the receivers watching ``offset``."""
+        """``(fifo mappings, their FifoRefs, kernel-path FifoRefs)`` of the receivers watching ``offset``."""
         version = _load64(self.version_address)
         if version != self.version:
             self._rebuild(version)
@@ -109,10 +109,10 @@ class Router:
         if FAULTS.active:
             self._deliver_with_faults(offset, route[1], route[2])
             return
-        addresses = route[0]
-        if addresses:
-            result = _fanout(addresses, self.segment_id, offset)
-            COUNTERS.signals_sent += len(addresses)
+        rings = route[0]
+        if rings:
+            result = _fanout(rings, self.segment_id, offset)
+            COUNTERS.signals_sent += len(rings)
             if result:
                 self.after_fanout(result, route[1])
         if route[2]:
@@ -148,7 +148,7 @@ class Router:
             if FAULTS.should_drop():
                 COUNTERS.signals_dropped_fault += 1
                 continue
-            result = _native.fanout((ref.address,), self.segment_id, offset)
+            result = _native.fanout((ref.fifo_map,), self.segment_id, offset)
             COUNTERS.signals_sent += 1
             if result:
                 self.after_fanout(result, (ref,))

@@ -35,6 +35,7 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
 from ombm.core.mapping import map_file
+from ombm.core.stats import COUNTERS
 from ombm.errors import SegmentFormatError
 
 _SIGNAL = struct.Struct("<QQ")  # kernel-path datagram: segment id, offset
@@ -69,6 +70,7 @@ class Fifo:
             os.ftruncate(fd, L.fifo_size(capacity))
             self._mm = map_file(fd, L.fifo_size(capacity), writable=True)  # holds no descriptor
             self.address = _native.addr_of(self._mm)
+            self.fifo_map = _native.FifoMap(self._mm, capacity)  # the geometry, from our own side
             cells = memoryview(self._mm)[L.FIFO_CELLS :].cast("Q")
             cells[0::4] = memoryview(bytearray(struct.pack(f"<{capacity}Q", *range(capacity)))).cast("Q")
             cells.release()
@@ -119,7 +121,7 @@ class Fifo:
             except BlockingIOError:
                 return None
             return _SIGNAL.unpack(data) if len(data) == _SIGNAL.size else (L.NUDGE_SEGMENT, 0)
-        return _native.fifo_pop(self.address)
+        return _native.fifo_pop(self.fifo_map)
 
     def pop_wait(self, timeout: float) -> tuple[int, int] | None:
         """Software-only path: block in the kernel until a signal arrives or ``timeout``."""
@@ -143,7 +145,19 @@ class Fifo:
             pass
 
     def depth(self) -> int:
-        return _native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD)
+        # (the head may pass the tail by one for a moment: a push moves the tail after publishing)
+        return max(_native.load64(self.address + L.FIFO_TAIL) - _native.load64(self.address + L.FIFO_HEAD), 0)
+
+    def ready(self) -> bool:
+        """Whether the head entry is published (a seq_cst load: the re-check after announcing sleep)."""
+        return _native.fifo_ready(self.fifo_map)
+
+    def retire_stalled(self) -> bool:
+        """Retire the head cell if its producer died between claim and publish (True; counted)."""
+        if _native.fifo_skip_stalled(self.fifo_map):
+            COUNTERS.signals_stalled += 1
+            return True
+        return False
 
     def close(self) -> None:
         """Idempotent: unlink the file (only in the creating process) and close the socket.
@@ -198,6 +212,8 @@ class FifoRef:
         finally:
             os.close(fd)
         self.address = _native.addr_of(self.mm)
+        # the capacity validated above, once: no push reads it from the file again
+        self.fifo_map = _native.FifoMap(self.mm, capacity)
         self.pid, self.start = pid, start
         self.checked_at = 0.0  # last liveness check (monotonic), see Router._check_alive
         self.kernel = bool(flags & L.FIFO_FLAG_KERNEL)

@@ -119,7 +119,7 @@ class Receiver:
             _all_receivers.add(self)  # closed at exit
         self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
         self._lock = threading.Lock()
-        self._address = self.fifo.address
+        self._fifo_map = self.fifo.fifo_map
         self._misses = 0  # consecutive waits that outlasted the spin cap
         self._adopt(s)
 
@@ -225,14 +225,14 @@ class Receiver:
         if settings_now is not self._settings:
             self._adopt(settings_now)
         if self._adaptive:
-            r = _wait_pop(self._address, self._budget, timeout)
+            r = _wait_pop(self._fifo_map, self._budget, timeout)
         else:
-            r = _wait_pop(self._address, 0, timeout, self._sleep_ok)
+            r = _wait_pop(self._fifo_map, 0, timeout, self._sleep_ok)
         if type(r) is tuple:
             self.waited(r[2])
             return r[0], r[1]
-        if r == _STALLED and _native.fifo_skip_stalled(self._address):
-            COUNTERS.signals_stalled += 1
+        if r == _STALLED:
+            self.fifo.retire_stalled()
         return None
 
     def wait_policy(self) -> tuple[int, bool, int]:
@@ -271,7 +271,7 @@ class Receiver:
             raise ClosedError("receiver is closed")
         if self.kernel:
             return self._wait_kernel(timeout)
-        address = self._address
+        fifo_map = self._fifo_map
         spent = 0.0
         while True:
             left = timeout - spent if timeout - spent < 3600.0 else 3600.0
@@ -279,9 +279,9 @@ class Receiver:
             if settings_now is not self._settings:
                 self._adopt(settings_now)
             if self._adaptive:
-                r = _wait_pop(address, self._budget, left)
+                r = _wait_pop(fifo_map, self._budget, left)
             else:
-                r = _wait_pop(address, 0, left, self._sleep_ok)
+                r = _wait_pop(fifo_map, 0, left, self._sleep_ok)
             if type(r) is tuple:
                 waited = r[2]
                 spent += waited * 1e-9
@@ -295,8 +295,7 @@ class Receiver:
                 continue
             if r == _STALLED:
                 spent += 0.01
-                if _native.fifo_skip_stalled(address):
-                    COUNTERS.signals_stalled += 1
+                self.fifo.retire_stalled()
                 continue
             spent += left
             if spent >= timeout:
@@ -331,7 +330,7 @@ class Receiver:
             return
         if ref.kernel:
             ref.send_kernel(L.NUDGE_SEGMENT, 0)
-        elif _native.fanout((ref.address,), L.NUDGE_SEGMENT, 0) >> 16:
+        elif _native.fanout((ref.fifo_map,), L.NUDGE_SEGMENT, 0) >> 16:
             ref.ring()
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ class Counters:
     signals_dropped_fault: int
     signals_unhandled: int
     signals_stalled: int
+    signals_corrupt: int
     messages_corrupted_fault: int
     wakeups: int
     doorbells: int
@@ -34,10 +35,12 @@ class Counters:
         for name in self.__slots__:
             setattr(self, name, 0)
         _native.writer_signals_reset()
+        _native.fifo_corrupt_reset()
 
     def snapshot(self) -> dict[str, int]:
         counts = {name: getattr(self, name) for name in self.__slots__}
         counts["signals_sent"] += _native.writer_signals_sent()  # pushed by Region.write's native path
+        counts["signals_corrupt"] += _native.fifo_corrupt()  # counted where the ring found them
         return counts
 
 
@@ -51,6 +54,9 @@ def stats() -> dict[str, int]:
     ``signals_sent`` counts pushes into receivers' FIFOs (one per receiver),
     ``signals_delivered`` handler calls made in this process, ``signals_dropped``
     signals lost because a receiver's FIFO was full (or its kernel queue),
-    ``signals_dropped_fault``/``messages_corrupted_fault`` what fault injection did.
+    ``signals_dropped_fault``/``messages_corrupted_fault`` what fault injection did,
+    ``signals_stalled`` FIFO cells retired because their producer died between
+    claim and publish, ``signals_corrupt`` FIFO words found that no ombm process
+    writes (a peer wrote the FIFO): pushes dropped, cells repaired.
     """
     return COUNTERS.snapshot()

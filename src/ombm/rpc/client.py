@@ -169,7 +169,7 @@ class Client:
         if self._request.writer is not None and not self._receiver.kernel:
             reply = self._reply.region
             self._lane = _native.CallLane(
-                self._request.writer, self._receiver.fifo.address, self._reply_segment,
+                self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
                 marshal.packer(self.allow_pickle), msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
             )
@@ -345,8 +345,8 @@ class Client:
                 self._take_reply(offset)
             else:
                 receiver.dispatch(segment_id, offset)
-        elif result.status == _LANE_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
-            COUNTERS.signals_stalled += 1
+        elif result.status == _LANE_STALLED:
+            receiver.fifo.retire_stalled()
         return pending
 
     def _call_ordinary(self, data: bytes) -> Any:

@@ -110,7 +110,7 @@ class Server:
         self._receiver = Receiver()
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
-            self._receiver.fifo.address, wire.KIND_TABLE, self._methods, self.stats, msgpack.unpackb,
+            self._receiver.fifo.fifo_map, wire.KIND_TABLE, self._methods, self.stats, msgpack.unpackb,
             marshal.ext_hook(allow_pickle), marshal.packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
@@ -331,8 +331,8 @@ class Server:
                     self._take_frame(conn, r.fields, r.handback, r.executed, now)
                 elif status == _SERVE_SIGNAL:  # the well-known channel, a nudge
                     receiver.dispatch(r.segment_id, r.offset)
-            elif status == _SERVE_STALLED and _native.fifo_skip_stalled(receiver.fifo.address):
-                COUNTERS.signals_stalled += 1
+            elif status == _SERVE_STALLED:
+                receiver.fifo.retire_stalled()
             if now - self._last_reap >= REAP_INTERVAL_S:
                 self._last_reap = now
                 self._reap()
