@@ -136,3 +136,22 @@ def test_process_terminate_leaves_nothing(method: str) -> None:
         if process.is_alive():
             process.kill()
             process.join(10)
+
+
+def test_a_signal_taken_by_another_thread_still_reaches_the_waiting_main_thread() -> None:
+    # The kernel gives a process-directed signal to any thread that does not block it; Python's C
+    # handler then only sets a flag, and the main thread, asleep on its futex, is not interrupted.
+    # Here the main thread blocks SIGTERM, so another thread always takes it: the wait must still
+    # let the main thread run the handler (it sleeps in slices), not sleep its whole timeout.
+    prelude = ("import threading\n"
+               "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+               "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n")
+    child, _ = _start(prelude)
+    child.send_signal(signal.SIGTERM)
+    try:
+        assert child.wait(timeout=30) == -signal.SIGTERM  # its sig_wait(60) has not ended by then
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+    assert _objects_of(child.pid) == []

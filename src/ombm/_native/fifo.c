@@ -291,9 +291,17 @@ static PyObject *n_fifo_wait(PyObject *Py_UNUSED(self), PyObject *const *args, P
     FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok, r;
     if (parse_wait_args(args, nargs, &m, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
     if (fifo_ready(m)) return PyLong_FromLong(WAIT_READY);
-    Py_BEGIN_ALLOW_THREADS
-    r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &waited);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &waited);
+        Py_END_ALLOW_THREADS
+        if (r != WAIT_SLICE) break;
+        if (PyErr_CheckSignals() < 0) return NULL;  /* a slice ended: a handler may raise */
+        timeout_s -= (double)waited * 1e-9;
+        spin_ns = 0;
+        r = WAIT_TIMEOUT;
+        if (timeout_s <= 0) break;
+    }
     if (r == WAIT_INTERRUPTED && PyErr_CheckSignals() < 0) return NULL;
     return PyLong_FromLong(r == WAIT_INTERRUPTED ? WAIT_TIMEOUT : r);
 }

@@ -66,6 +66,8 @@
 #define WAIT_TIMEOUT 1
 #define WAIT_STALLED 2    /* tail moved but the head cell never got published */
 #define WAIT_INTERRUPTED 3 /* a POSIX signal interrupted the sleep: let Python run its handlers */
+#define WAIT_SLICE 4       /* internal, never returned to Python: the main thread's sleep slice ended
+                              (see SIGNAL_SLICE_NS in sync.c): check Python's signals, then wait on */
 
 typedef _Atomic uint64_t au64;
 typedef _Atomic uint32_t au32;

@@ -117,6 +117,15 @@ static _Thread_local int yield_hint = 0;
 /* Spin (poll for QUIET_SPIN_NS, then pause and sched_yield, so a peer on the same CPU can run) for
    spin_ns, then announce sleep, re-check, and sleep on the futex until timeout.
    Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
+/* Python runs signal handlers in the main thread only, and a POSIX signal interrupts a futex sleep
+   only if it comes during the system call: one that came while the thread spun, or just before it
+   called FUTEX_WAIT, would wait for the sleep's end (a whole timeout) to be handled, so SIGTERM or
+   Ctrl-C seemed ignored. The main thread therefore sleeps in slices of at most SIGNAL_SLICE_NS and
+   lets its caller check Python's signals between them (WAIT_SLICE); 20 wake-ups a second while idle.
+   Other threads sleep whole. (On Linux the main thread's id is the process id.) */
+#define SIGNAL_SLICE_NS 50000000ull
+static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid(); }
+
 int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
     uint64_t start = now_ns();
@@ -149,6 +158,7 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     }
     au32 *sleep = A32(m->base + FIFO_SLEEP);
     uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
+    int slices = sleep_ok && in_main_thread();
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
@@ -167,10 +177,13 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         } else {
             unsettled_since = 0;
         }
+        int sliced = slices && left > SIGNAL_SLICE_NS;
+        if (sliced) left = SIGNAL_SLICE_NS;
         struct timespec ts = {(time_t)(left / 1000000000ull), (long)(left % 1000000000ull)};
         long fr = futex(sleep, FUTEX_WAIT, announced, &ts);  /* not if a producer bumped it since */
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         if (fr == -1 && errno == EINTR) { result = WAIT_INTERRUPTED; break; }
+        if (sliced) { result = WAIT_SLICE; break; }
     }
     /* clear the state (keep the generation); relaxed: only a hint to producers, one that still
        reads "asleep" costs one needless futex wake */
@@ -193,9 +206,10 @@ int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_
         r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
-        if (r != WAIT_INTERRUPTED) break;
+        if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) break;
         if (PyErr_CheckSignals() < 0) return -1;
         timeout_s -= (double)w * 1e-9;
+        spin_ns = 0;  /* it spun already: straight back to sleep */
         r = WAIT_TIMEOUT;
         if (timeout_s <= 0) break;
     }
