@@ -82,18 +82,23 @@ def _snapshot() -> tuple[set[str], set[str]]:
     return top, _listdir(FOLDER)
 
 
-def _owner_pid(filename: str) -> int:
+def _owner_pid(filename: str, folder: str = FOLDER) -> int:
     """The pid recorded in an ombm object's header, or 0 if unknown/unreadable."""
     for prefix, at in _PID_AT.items():
         if filename.startswith(prefix):
             try:
-                with open(os.path.join(FOLDER, filename), "rb") as f:
+                with open(os.path.join(folder, filename), "rb") as f:
                     f.seek(at)
                     raw = f.read(4)
             except OSError:
                 return 0
             return int.from_bytes(raw, "little") if len(raw) == 4 else 0
     return 0
+
+
+def objects_of(pid: int, folder: str = FOLDER) -> set[str]:
+    """The segments and FIFOs of ``folder`` whose header names ``pid`` as their owner."""
+    return {f for f in _listdir(folder) if _owner_pid(f, folder) == pid}
 
 
 def _descendants(root: int) -> set[int]:

@@ -20,6 +20,8 @@ import pytest
 import ombm
 from ombm.core import namespace
 
+from conftest import objects_of
+
 pytestmark = pytest.mark.processes
 
 SRC = os.path.dirname(os.path.dirname(ombm.__file__))
@@ -39,20 +41,7 @@ while True:
 
 def _objects_of(pid: int) -> list[str]:
     """Files of the per-user folder whose header names ``pid`` as their owner."""
-    owned = []
-    folder = namespace.folder()
-    for name in os.listdir(folder):
-        at = 40 if name.startswith("seg-") else 16 if name.startswith("fifo-") else None
-        if at is None:
-            continue
-        try:
-            with open(os.path.join(folder, name), "rb") as f:
-                f.seek(at)
-                if int.from_bytes(f.read(4), "little") == pid:
-                    owned.append(name)
-        except OSError:
-            continue
-    return owned
+    return sorted(objects_of(pid, namespace.folder()))
 
 
 def _start(prelude: str = "", expected_handler: str = "signal.SIG_DFL") -> tuple[subprocess.Popen[str], str]:

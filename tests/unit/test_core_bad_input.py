@@ -22,24 +22,14 @@ from ombm.core import namespace
 from ombm.core.fifo import Fifo
 from ombm.core.segment import find_region
 
+from conftest import objects_of
+
 FOLDER = namespace.folder()
 
 
 def my_objects() -> set[str]:
     """Files of the per-user folder whose header names this process as owner."""
-    mine = set()
-    for f in os.listdir(FOLDER):
-        at = 40 if f.startswith("seg-") else 16 if f.startswith("fifo-") else None
-        if at is None:
-            continue
-        try:
-            with open(os.path.join(FOLDER, f), "rb") as fh:
-                fh.seek(at)
-                if int.from_bytes(fh.read(4), "little") == os.getpid():
-                    mine.add(f)
-        except OSError:
-            pass
-    return mine
+    return objects_of(os.getpid(), FOLDER)
 
 
 def raised_by(fn, *args) -> BaseException | None:
