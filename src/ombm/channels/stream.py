@@ -72,7 +72,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -758,8 +758,11 @@ class Stream(Channel):
             return
         head = unseal(bytes(self._buf[end - TRAILER:end]), _checksum(self._buf[end - TRAILER - plen:end - TRAILER]))
         if head is not None and head[0] == self.connection_id and head[1] > seq:
-            raise StreamProtocolError(f"stream {self.name!r}: fragment {seq} was overwritten by fragment "
-                                      f"{head[1]} before it was read (credit this reader never gave: forged)")
+            self._raise_overtaken(seq, head[1])
+
+    def _raise_overtaken(self, seq: int, later: int) -> NoReturn:
+        raise StreamProtocolError(f"stream {self.name!r}: fragment {seq} was overwritten by fragment "
+                                  f"{later} before it was read (credit this reader never gave: forged)")
 
     def _take(self, seq: int, end: int, want: int | None) -> bytearray | ArrayView | _Taken | None:
         """Validate and take the fragment ``seq`` ending at ``end``: the message it completes,
@@ -849,6 +852,9 @@ class Stream(Channel):
             return None
         if head[3:10] != hint[:7]:
             return None  # the hint was read while the slot changed: look again
+        if head[1] > self._rx.expected and head[0] == self.connection_id:
+            # overwritten by a later fragment between the peek and the copy: forged credit
+            self._raise_overtaken(self._rx.expected, head[1])
         return head
 
     @staticmethod
