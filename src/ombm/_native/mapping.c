@@ -162,8 +162,12 @@ static PyObject *n_guard(PyObject *Py_UNUSED(self), PyObject *args) {
     return slot < 0 ? NULL : PyLong_FromSsize_t(slot);
 }
 
-/* The slot `slot` if it still guards the mapping at `start`, else NULL (ValueError set). */
-static guard_t *slot_of(Py_ssize_t slot, unsigned long long start) {
+/* The guard named by the arguments (slot, start) if it still guards the mapping at start, else NULL
+ * (an exception set). */
+static guard_t *guard_arg(PyObject *args, const char *format) {
+    Py_ssize_t slot;
+    unsigned long long start;
+    if (!PyArg_ParseTuple(args, format, &slot, &start)) return NULL;
     if (slot < 0 || slot >= GUARD_SLOTS || start == 0 || atomic_load(&guards[slot].start) != (uintptr_t)start) {
         PyErr_SetString(PyExc_ValueError, "no guarded mapping there");
         return NULL;
@@ -172,22 +176,15 @@ static guard_t *slot_of(Py_ssize_t slot, unsigned long long start) {
 }
 
 static PyObject *n_unguard(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_ssize_t slot;
-    unsigned long long start;
-    if (!PyArg_ParseTuple(args, "nK:unguard", &slot, &start)) return NULL;
-    guard_t *g = slot_of(slot, start);
+    guard_t *g = guard_arg(args, "nK:unguard");
     if (g == NULL) return NULL;
     atomic_store_explicit(&g->start, 0, memory_order_release);
     Py_RETURN_NONE;
 }
 
 static PyObject *n_mapping_broken(PyObject *Py_UNUSED(self), PyObject *args) {
-    Py_ssize_t slot;
-    unsigned long long start;
-    if (!PyArg_ParseTuple(args, "nK:mapping_broken", &slot, &start)) return NULL;
-    guard_t *g = slot_of(slot, start);
-    if (g == NULL) return NULL;
-    return PyBool_FromLong(atomic_load(&g->broken));
+    guard_t *g = guard_arg(args, "nK:mapping_broken");
+    return g == NULL ? NULL : PyBool_FromLong(atomic_load(&g->broken));
 }
 
 static PyObject *n_mappings_broken(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
