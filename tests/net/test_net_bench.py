@@ -22,15 +22,16 @@ def test_a_tiny_run_measures_every_peer_there_is_and_removes_its_hosts(monkeypat
     if reason:
         pytest.skip(reason)
     monkeypatch.setattr(net.Plan, "make", classmethod(lambda cls, quick: cls(50, 10, 2 << 20, 1)))
+    monkeypatch.setattr(net, "PLACEMENTS", {"cross-cpu": (0, 1)})  # fewer children: a smoke test
     steps: list[tuple[object, ...]] = []
     result = net.run(progress=lambda *args: steps.append(args))
-    systems = {row.system: row for row in result.rows if not isinstance(row, net.BridgeShare)}
-    floor = systems["raw UDP echo (floor)"]
-    assert isinstance(floor, net.RoundTrip)
-    assert sorted(floor.latencies) == sorted(net.SIZES)
-    assert all(latency.count == 50 and latency.median_us > 0 for latency in floor.latencies.values())
-    tcp = systems["TCP socket"]
-    assert isinstance(tcp, net.Throughput) and all(tcp.rates[size] > 0 for size in net.STREAM_SIZES)
+    floors = [row for row in result.rows if isinstance(row, net.RoundTrip) and row.system == "raw UDP echo (floor)"]
+    assert sorted(row.placement for row in floors) == sorted(net.PLACEMENTS)
+    for floor in floors:
+        assert sorted(floor.latencies) == sorted(net.SIZES)
+        assert all(latency.count == 50 and latency.median_us > 0 for latency in floor.latencies.values())
+    [tcp] = [row for row in result.rows if isinstance(row, net.Throughput) and row.system == "TCP socket"]
+    assert all(tcp.rates[size] > 0 for size in net.STREAM_SIZES)
     for row in result.rows:  # a number, or the reason there is none: never both missing
         numbers = getattr(row, "latencies", None) or getattr(row, "rates", None) or not math.isnan(
             getattr(row, "call_us", math.nan))

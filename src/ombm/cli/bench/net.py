@@ -2,8 +2,10 @@
 
 The two hosts are network namespaces on one veth pair (:mod:`ombm.cli.bench.netns`), made by
 the suite itself (root only) and removed at its end. The client is this thread, moved into host
-*a* and pinned to CPU 0; every server is a freshly spawned child that moves itself into host *b*
-(``setns``) and pins itself to CPU 1. Measured across the link:
+*a*; every server is a freshly spawned child that moves itself into host *b* (``setns``). Both
+are pinned: *cross-cpu* (client CPU 0, server CPU 1) and, for round trips, *same-cpu* (both on
+CPU 0), as in the other suites: on this VM a process asleep on the other, idle CPU wakes late.
+Measured across the link:
 
 - the round trip of a null call, a 32-byte and a 1 KiB echo: a raw UDP echo (the floor: blocking
   ``sendto``/``recvfrom`` on both sides, the simplest thing a Python user would write), pyzmq
@@ -33,12 +35,13 @@ from multiprocessing.connection import Connection
 from typing import ClassVar
 
 from ombm.cli.bench import netns, peers
+from ombm.cli.bench.affinity import PLACEMENTS
 from ombm.cli.bench.netns import Host
 from ombm.cli.bench.report import Latency, md_table, ratio, times, us
 
 SIZES = (0, 32, 1024)  # call payloads: null, 32 B, 1 KiB
 STREAM_SIZES = (64 << 10, 1 << 20)
-PLACEMENT = (0, 1)  # client CPU, server CPU
+STREAM_PLACEMENT = "cross-cpu"
 NOT_BUILT = "not built yet: the bridge (ombm.net) is not importable"
 _FIRST_PORT = 20_000  # servers listen in host b, a fresh namespace: every port is free
 _UDP_MAX = 65_507
@@ -68,9 +71,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class RoundTrip:
-    """Call round trips of one system, by payload bytes (``SIZES``); none, with a note, if skipped."""
+    """Call round trips of one system in one placement (a key of ``PLACEMENTS``), by payload bytes
+    (``SIZES``); none, with a note, if skipped."""
 
     system: str
+    placement: str
     latencies: Mapping[int, Latency] = field(default_factory=dict)
     note: str = ""
 
@@ -113,8 +118,9 @@ def ombm_rows(client: Host, server: Host, plan: Plan, progress: Progress) -> lis
 
     The hook for the bridge (issue 12): replace the body below by the measurement, returning
 
-    - ``RoundTrip("ombm rpc via bridge", {0: Latency, 32: Latency, 1024: Latency})``: the null,
-      32 B and 1 KiB call round trips through the two bridges (``Latency.of(samples_us)``);
+    - ``RoundTrip("ombm rpc via bridge", placement, {0: Latency, 32: Latency, 1024: Latency})``
+      for each placement in ``PLACEMENTS`` (client CPU, server CPU): the null, 32 B and 1 KiB
+      call round trips through the two bridges (``Latency.of(samples_us)``);
     - ``Throughput("ombm Stream via bridge", {65536: bytes_per_s, 1048576: bytes_per_s})``;
     - one ``BridgeShare(payload_bytes, call_us, bridge_us)`` per size in ``SIZES``.
 
@@ -133,8 +139,8 @@ def ombm_rows(client: Host, server: Host, plan: Plan, progress: Progress) -> lis
 
 
 def _not_built(why: str) -> list[Row]:
-    return [RoundTrip("ombm rpc via bridge", note=why), Throughput("ombm Stream via bridge", note=why),
-            BridgeShare(None, note=why)]
+    return [*(RoundTrip("ombm rpc via bridge", placement, note=why) for placement in PLACEMENTS),
+            Throughput("ombm Stream via bridge", note=why), BridgeShare(None, note=why)]
 
 
 # --- the peers' links, their servers in host b ----------------------------------------------------
@@ -305,7 +311,8 @@ def run(progress: Progress | None = None, quick: bool = False) -> NetResult:
     reason = unavailable()
     if reason:
         raise PermissionError(reason)
-    say = _steps(progress, 1 + len(CALL_PEERS) * len(SIZES) + len(STREAM_PEERS) * len(STREAM_SIZES))
+    steps = 1 + len(CALL_PEERS) * len(SIZES) * len(PLACEMENTS) + len(STREAM_PEERS) * len(STREAM_SIZES)
+    say = _steps(progress, steps)
     result = NetResult(Plan.make(quick))
     started = time.monotonic()
     netns.sweep()  # what a killed earlier run left
@@ -314,7 +321,8 @@ def run(progress: Progress | None = None, quick: bool = False) -> NetResult:
         say("ombm via the bridge")
         result.rows += ombm_rows(a, b, result.plan, progress or _quiet)
         with _aimed_at(b), a.entered():
-            result.rows += [_round_trips(peer, result.plan, say) for peer in CALL_PEERS]
+            result.rows += [_round_trips(peer, placement, result.plan, say)
+                            for placement in PLACEMENTS for peer in CALL_PEERS]
             result.rows += [_throughput(peer, result.plan, say) for peer in STREAM_PEERS]
     result.elapsed_s = time.monotonic() - started
     return result
@@ -336,18 +344,18 @@ def _steps(progress: Progress | None, total: int) -> Callable[[str], None]:
     return say
 
 
-def _round_trips(peer: peers.Peer, plan: Plan, say: Callable[[str], None]) -> RoundTrip:
+def _round_trips(peer: peers.Peer, placement: str, plan: Plan, say: Callable[[str], None]) -> RoundTrip:
     ok, why = peer.available()
     if not ok:
         for size in SIZES:
-            say(f"{peer.name}, {_size(size)}: skipped")
-        return RoundTrip(peer.name, note=f"skipped: {why}")
+            say(f"{peer.name}, {_size(size)}, {placement}: skipped")
+        return RoundTrip(peer.name, placement, note=f"skipped: {why}")
     latencies = {}
     for size in SIZES:
-        say(f"{peer.name}, {_size(size)}")
-        samples = peer.roundtrip(size, plan.round_trips, PLACEMENT, plan.warmup)
+        say(f"{peer.name}, {_size(size)}, {placement}")
+        samples = peer.roundtrip(size, plan.round_trips, PLACEMENTS[placement], plan.warmup)
         latencies[size] = Latency.of(samples)
-    return RoundTrip(peer.name, latencies)
+    return RoundTrip(peer.name, placement, latencies)
 
 
 def _throughput(peer: peers.Peer, plan: Plan, say: Callable[[str], None]) -> Throughput:
@@ -359,7 +367,8 @@ def _throughput(peer: peers.Peer, plan: Plan, say: Callable[[str], None]) -> Thr
     rates = {}
     for size in STREAM_SIZES:
         say(f"{peer.name}, {_size(size)} messages")
-        rates[size] = max(peer.throughput(size, plan.stream_bytes, PLACEMENT) for _ in range(plan.repeats))
+        placement = PLACEMENTS[STREAM_PLACEMENT]
+        rates[size] = max(peer.throughput(size, plan.stream_bytes, placement) for _ in range(plan.repeats))
     return Throughput(peer.name, rates)
 
 
@@ -376,19 +385,24 @@ def _size(size: int) -> str:
 
 def markdown(result: NetResult) -> str:
     plan = result.plan
-    floor = next((r for r in result.rows if isinstance(r, RoundTrip) and r.latencies), None)
-    return "\n\n".join([
+    calls = [r for r in result.rows if isinstance(r, RoundTrip)]
+    parts = [
         "## Net: across two hosts (issue 12)",
         "Two network namespaces made for the run, joined by one veth pair (`10.231.0.1` ↔ `10.231.0.2`, "
-        "MTU 1500): the client is this process in host *a* on CPU 0, each server a freshly spawned process "
-        f"in host *b* on CPU 1. Round trips: {plan.round_trips:,} timed after {plan.warmup:,} warm-up, per "
-        "cell; the request carries the payload and the reply carries it back (null: 0 bytes). Throughput: "
+        "MTU 1500): the client is this process in host *a*, each server a freshly spawned process in host "
+        "*b*; *cross-cpu* = client on CPU 0, server on CPU 1, *same-cpu* = both on CPU 0. Round trips: "
+        f"{plan.round_trips:,} timed after {plan.warmup:,} warm-up, per cell; the request carries the "
+        "payload and the reply carries it back (null: 0 bytes). Throughput, cross-cpu: "
         f"{_mib(plan.stream_bytes)} one way per size, timed to the reader's acknowledgement of the last "
         f"message, best of {plan.repeats}. The floor is a raw UDP echo, blocking `sendto`/`recvfrom` on "
         "both sides. ombm's rows go through the bridge (`ombm.net`), one per host.",
-        "### Call round trip across the link (µs)",
-        _round_trip_table([r for r in result.rows if isinstance(r, RoundTrip)], floor),
-        "### Stream throughput across the link (MB/s)",
+    ]
+    for placement in PLACEMENTS:
+        rows = [r for r in calls if r.placement == placement]
+        floor = next((r for r in rows if r.latencies and r.system == CALL_PEERS[0].name), None)
+        parts += [f"### Call round trip across the link, {placement} (µs)", _round_trip_table(rows, floor)]
+    return "\n\n".join(parts + [
+        f"### Stream throughput across the link, {STREAM_PLACEMENT} (MB/s)",
         _throughput_table([r for r in result.rows if isinstance(r, Throughput)]),
         "### Share of an ombm call spent in the bridges",
         _share_table([r for r in result.rows if isinstance(r, BridgeShare)]),

@@ -127,7 +127,9 @@ class Host:
         """``argv`` as a command run inside this host."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
-    def popen(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[Any]:
+    def popen(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
         """Start ``argv`` inside this host (``subprocess.Popen`` keywords allowed); it is recorded
         and killed when the network closes."""
         process = subprocess.Popen(self.command(argv), env=self.environment(env), **kwargs)
@@ -152,7 +154,9 @@ class Host:
             result.check_returncode()
         return result
 
-    def python(self, code: str, *, env: Mapping[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, code: str, *, env: Mapping[str, str] | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``python -c code`` inside this host (ombm importable, the host's folder)."""
         return self.run([sys.executable, "-c", code], env=env, timeout=timeout)
 
