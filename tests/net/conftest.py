@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netns import Network, missing, sweep
+from .netns import Network, missing, sweep
 
 
 def pytest_configure(config: pytest.Config) -> None:

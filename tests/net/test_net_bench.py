@@ -12,7 +12,7 @@ import pytest
 
 from ombm.cli.bench import net, runner
 from ombm.cli.bench.netns import NETNS_DIR
-from netns import missing
+from .netns import missing
 
 pytestmark = pytest.mark.processes
 

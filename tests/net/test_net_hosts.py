@@ -17,7 +17,7 @@ import time
 import pytest
 
 import ombm.cli.bench.netns as netns_module
-from netns import SUBNET, Network, missing, need_nft, receive, sweep, udp_socket
+from .netns import SUBNET, Network, missing, need_nft, receive, sweep, udp_socket
 
 pytestmark = pytest.mark.processes
 

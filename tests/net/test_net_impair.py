@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from impair import Direction, Impairment, ImpairmentRelay
-from netns import Host, Network, receive, udp_socket
+from .impair import Direction, Impairment, ImpairmentRelay
+from .netns import Host, Network, receive, udp_socket
 
 COUNT = 1000
 _SEQ = struct.Struct("<I")
