@@ -90,7 +90,7 @@ def test_multicast_crosses_the_veth_pair(hosts: Network) -> None:
 def test_three_hosts_share_a_bridge_and_multicast_reaches_all(hosts: Network) -> None:
     a, b, c = hosts
     assert c.address == f"{SUBNET}.3"
-    assert f"{hosts.run}-sw" in _namespaces()
+    assert f"{hosts.prefix}-sw" in _namespaces()
     _multicast_reaches(a, [b, c])
     _multicast_reaches(c, [a, b])
 

@@ -233,8 +233,8 @@ class Network:
     ``with Network.create(2, tag="t") as net: a, b = net`` — :meth:`close` undoes everything.
     """
 
-    def __init__(self, run: str) -> None:
-        self.run = run  # the common prefix of every name: ombm-<tag><pid>
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix  # of every name: ombm-<tag><pid>
         self.hosts: list[Host] = []
         self.namespaces: list[str] = []  # every namespace made, the switch too
         self.folders: list[str] = []
@@ -300,7 +300,7 @@ class Network:
             time.sleep(0.01)
 
     def _namespace(self, label: str) -> str:
-        netns = f"{self.run}-{label}"
+        netns = f"{self.prefix}-{label}"
         ip("netns", "add", netns)
         self.namespaces.append(netns)
         return netns
