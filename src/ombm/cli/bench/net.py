@@ -108,6 +108,7 @@ class NetResult:
     plan: Plan
     rows: list[Row] = field(default_factory=list)
     elapsed_s: float = 0.0
+    load: tuple[float, float] = (float("nan"), float("nan"))  # 1-minute load average at start, end
 
 
 # --- ombm across the link: the hook the bridge fills in ------------------------------------------
@@ -314,7 +315,7 @@ def run(progress: Progress | None = None, quick: bool = False) -> NetResult:
     steps = 1 + len(CALL_PEERS) * len(SIZES) * len(PLACEMENTS) + len(STREAM_PEERS) * len(STREAM_SIZES)
     say = _steps(progress, steps)
     result = NetResult(Plan.make(quick))
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     netns.sweep()  # what a killed earlier run left
     with netns.Network.create(2, tag="b") as hosts:
         a, b = hosts
@@ -325,6 +326,7 @@ def run(progress: Progress | None = None, quick: bool = False) -> NetResult:
                             for placement in PLACEMENTS for peer in CALL_PEERS]
             result.rows += [_throughput(peer, result.plan, say) for peer in STREAM_PEERS]
     result.elapsed_s = time.monotonic() - started
+    result.load = (load_before, os.getloadavg()[0])
     return result
 
 
@@ -395,7 +397,9 @@ def markdown(result: NetResult) -> str:
         "payload and the reply carries it back (null: 0 bytes). Throughput, cross-cpu: "
         f"{_mib(plan.stream_bytes)} one way per size, timed to the reader's acknowledgement of the last "
         f"message, best of {plan.repeats}. The floor is a raw UDP echo, blocking `sendto`/`recvfrom` on "
-        "both sides. ombm's rows go through the bridge (`ombm.net`), one per host.",
+        "both sides. ombm's rows go through the bridge (`ombm.net`), one per host. The machine's "
+        f"1-minute load average was {result.load[0]:.1f} at the start and {result.load[1]:.1f} at the end "
+        "(2 CPUs): other work inflates the tails and spreads the throughput.",
     ]
     for placement in PLACEMENTS:
         rows = [r for r in calls if r.placement == placement]
