@@ -118,9 +118,16 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _pid_of(p) -> int | None:
+    try:
+        return p.pid
+    except ValueError:  # a multiprocessing.Process closed by its owner (close() after join)
+        return None
+
+
 def _our_pids(children) -> set[int]:
     pids = {os.getpid()} | _descendants(os.getpid())
-    pids |= {p.pid for p in children if getattr(p, "pid", None)}
+    pids |= {pid for p in children if (pid := _pid_of(p))}
     return pids
 
 

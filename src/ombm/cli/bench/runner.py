@@ -1,10 +1,13 @@
 """``ombm bench``: run the selected suites, show their tables, write ``docs/benchmarks.md``.
 
-Owns the order of the suites (core, rpc, streams), their progress bars, and the document: a
+Owns the order of the suites (core, rpc, streams, net), their progress bars, and the document: a
 header (machine, how to reproduce) and one section per suite between ``<!-- bench:<suite> -->``
 markers. Running one suite replaces only its own section and keeps the others'. The streams
 suite is another module's (``run(progress=None) -> rows``, ``markdown(rows) -> str``); it is
-imported lazily and skipped, with the reason, if it cannot be imported.
+imported lazily and skipped, with the reason, if it cannot be imported. A suite module may say
+why it cannot run here (``unavailable() -> str | None``): it is then skipped with that reason.
+``all`` is every suite that runs on one host; ``net`` (two network namespaces, root) runs only
+when named.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ombm.cli.bench import report
 
-SUITES = ("core", "rpc", "streams")
+SUITES = ("core", "rpc", "streams", "net")
+ALL = ("core", "rpc", "streams")  # what ``ombm bench all`` runs
 
 
 class _Bar:
@@ -93,7 +97,8 @@ def _header(info: dict[str, str], command: str) -> str:
         f"- Python: {info['python']}",
         f"- last run: `{command}`, {info['date']}",
         "- reproduce: `ombm bench all` (a few minutes), or one suite: `ombm bench core`, `ombm bench rpc`, "
-        "`ombm bench streams`; add `--quick` for a smoke run. Run it on a quiet machine.",
+        "`ombm bench streams`; across two hosts (network namespaces, as root): `ombm bench net`; add "
+        "`--quick` for a smoke run. Run it on a quiet machine.",
         "- placements: *cross-cpu* = client on CPU 0, server on CPU 1; *same-cpu* = both on CPU 0. On this VM "
         "a kernel wake-up costs tens of µs across CPUs (an idle CPU halts) but a few µs on one CPU, so "
         "both are reported.",
@@ -130,8 +135,8 @@ def _reclaim(console: Console) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``args.suite`` (all, core, rpc or streams); ``args.quick``; write ``args.out``."""
-    selected = SUITES if args.suite == "all" else (args.suite,)
+    """Run ``args.suite`` (all, core, rpc, streams or net); ``args.quick``; write ``args.out``."""
+    selected = ALL if args.suite == "all" else (args.suite,)
     command = f"ombm bench {args.suite}" + (" --quick" if args.quick else "")
     console = Console()
     info = report.machine()
@@ -148,6 +153,11 @@ def main(args: argparse.Namespace) -> int:
             except Exception as exc:  # streams belongs to another module that may not be there yet
                 console.print(f"[yellow]{suite} skipped: cannot import ombm.cli.bench.{suite}: "
                               f"{type(exc).__name__}: {exc}[/yellow]")
+                continue
+            reason = getattr(module, "unavailable", lambda: None)()
+            if reason:
+                failed.append(suite)
+                progress.console.print(f"[red]{suite} cannot run here: {reason}[/red]")
                 continue
             bar = _Bar(progress, suite)
             suite_started = time.monotonic()
