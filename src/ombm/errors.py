@@ -24,7 +24,7 @@ keeps working for callers who do not know ombm::
     ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
     ├── MessageTooLargeError      (ValueError)         an RPC call or reply larger than the connection's max_message_bytes
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
-    ├── BridgeError               (ConnectionError)    the local bridge could not import a remote name
+    ├── BridgeError               (ConnectionError)    the bridge could not import a remote name, or serve its folder
     │   ├── BridgeNotRunningError (+ ConnectionRefusedError) no bridge runs on this host (says how to start one)
     │   └── BridgeUnreachableError (+ TimeoutError)    the remote bridge did not answer
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
@@ -148,7 +148,8 @@ class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
 
 class BridgeError(OmbmError, ConnectionError):
     """The bridge of this host could not import a remote name (``name@HOST:PORT``): the remote bridge
-    refused it, or this bridge may not ask that host (``docs/net.md``)."""
+    refused it, or this bridge may not ask that host (``docs/net.md``); or a bridge cannot start
+    because another one already serves this host's folder."""
 
 
 class BridgeNotRunningError(BridgeError, ConnectionRefusedError):
