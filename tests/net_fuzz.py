@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import struct
+from typing import Callable
 
 from ombm._native import checksum
 from ombm.transport import datagram as dg
@@ -22,23 +23,24 @@ INTERESTING = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000
 
 class Fuzzer:
     def __init__(self, seed: int, key: bytes | None, segments: list[tuple[int, int, int]] = (),
-                 names: list[str] = ("fz",), now_us: int = 1) -> None:
-        """``segments``: (key, size, unit) of replicated segments the updates should address; ``now_us``:
-        where the senders' sequence numbers start (a bridge with a key wants them near its clock)."""
+                 names: list[str] = ("fz",), clock_us: Callable[[], int] = lambda: 1) -> None:
+        """``segments``: (key, size, unit) of replicated segments the updates should address; ``clock_us``:
+        what the senders' sequence numbers keep up with (a bridge with a key wants them near its clock)."""
         self.rng = random.Random(seed)
         self.key = key
         self.trailer = dg.MAC_SIZE if key else dg.CRC_SIZE
         self.segments = list(segments) or [(self.rng.getrandbits(63), 8192, 64)]
         self.names = list(names)
         self.senders = [Sealer(self.rng.getrandbits(64), key) for _ in range(4)]
-        self.now_us = now_us
+        self.clock_us = clock_us
+        self.now_us = clock_us()
         self.corpus = [self.valid() for _ in range(64)]
 
     # -- valid datagrams
     def valid(self) -> bytes:
         rng = self.rng
         sealer = rng.choice(self.senders)
-        self.now_us += 1
+        self.now_us = max(self.now_us + 1, self.clock_us())
         kind = rng.choice(list(Kind) + [Kind.UPDATE] * 6)
         if kind is Kind.UPDATE:
             entries = [self._entry() for _ in range(rng.randint(1, 4))]
@@ -63,7 +65,7 @@ class Fuzzer:
         seg_key, size, unit = rng.choice(self.segments)
         u = rng.randrange(-(-size // unit))
         lo, hi = u * unit, min(u * unit + unit, size)
-        start = rng.randrange(lo, hi)
+        start = hi - rng.randint(1, min(hi - lo, 1200)) if rng.random() < 0.8 else rng.randrange(lo, hi)
         parts = rng.choice((1, 1, 1, 2, 3))
         part = rng.randrange(parts)
         full = rng.random() < 0.5
@@ -121,7 +123,7 @@ class Fuzzer:
     def reseal(self, body: bytearray) -> bytes:
         """``body`` with a fresh sequence number and a valid trailer (a MAC with the key)."""
         if len(body) >= dg.HEADER_SIZE and self.rng.random() < 0.9:
-            self.now_us += 1
+            self.now_us = max(self.now_us + 1, self.clock_us())
             struct.pack_into("<Q", body, 16, self.now_us)
         data = bytes(body)
         if self.key:

@@ -95,7 +95,7 @@ def test_a_bridge_takes_any_datagram(pair):
         exporter, importer = bridge_pair
         replica = next(iter(importer._replicas.values()))
         segments = [(replica.key, 64 * 1024, 4096)]
-        fuzzer = Fuzzer(SEED, key, segments, names=[name, "fz"], now_us=time.time_ns() // 1000)
+        fuzzer = Fuzzer(SEED, key, segments, names=[name, "fz"], clock_us=lambda: time.time_ns() // 1000)
         for i in range(COUNT):
             target, source = (importer, exporter) if i % 2 else (exporter, importer)
             target.receive_datagram(fuzzer.datagram(), source.address)

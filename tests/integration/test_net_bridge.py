@@ -223,3 +223,31 @@ def test_close_is_idempotent_and_leaves_nothing(cleanup):
         bridge.close()
     with pytest.raises(ombm.OmbmError):
         a.start()
+
+
+def test_an_export_follows_its_name(cleanup, dispatcher):
+    """The exported segment's creator releases it and makes another of that name: a new import gets
+    the new one."""
+    seg, region = exported(cleanup)
+    a, b = bridges(cleanup, seg.name)
+    first = import_(b, seg.name, a)
+    assert first["ok"]
+    b.close()
+    region.unbind(), seg.release()
+    again = ombm.create_segment(4096, name=seg.name, unit=64)
+    region2 = again.bind()
+    cleanup += [again, region2]
+    b2 = Bridge("127.0.0.1:0", peers=[f"127.0.0.1:{a.address[1]}"], control=False).start()
+    cleanup.append(b2)
+    a.add_peer(f"127.0.0.1:{b2.address[1]}")
+    rseg, rregion = replica(cleanup, import_(b2, seg.name, a))
+    assert rseg.size == 4096
+    on_b2 = Signals(rregion, dispatcher)
+    region2.write(0, b"new" * 21 + b"!")
+    assert on_b2.wait() == (0, b"new" * 21 + b"!")
+
+
+def test_a_bridge_does_not_import_from_itself(cleanup):
+    (a,) = bridges(cleanup)[:1]
+    reply = import_(a, "video", a)
+    assert reply["error"] == "refused" and "own bridge" in reply["message"]

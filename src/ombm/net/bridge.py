@@ -46,7 +46,8 @@ from ombm.core import namespace, remote
 from ombm.core.directory import reclaim_segment_if_dead
 from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_segment
 from ombm.core.signals import Receiver
-from ombm.errors import BridgeError, DatagramError, OmbmError, SegmentExistsError, SegmentNotFoundError
+from ombm.errors import BridgeError, ClosedError, DatagramError, OmbmError, SegmentExistsError
+from ombm.errors import SegmentNotFoundError
 from ombm.net.replica import Address, Replica
 from ombm.transport import datagram as dg
 from ombm.transport.updates import Assembler, Packer
@@ -166,7 +167,7 @@ class Bridge:
     def serve_forever(self) -> None:
         """Serve in this thread until :meth:`stop` (from a signal handler or another thread) or :meth:`close`."""
         if self._closed:
-            raise OmbmError("the bridge is closed")
+            raise ClosedError("the bridge is closed")
         while not self._stop:
             if not self._turn(time.monotonic()):
                 self._sleep()
@@ -174,7 +175,7 @@ class Bridge:
     def start(self) -> Bridge:
         """Serve in a thread this bridge owns (joined by :meth:`close`); returns the bridge."""
         if self._closed:
-            raise OmbmError("the bridge is closed")
+            raise ClosedError("the bridge is closed")
         if self._thread is None or not self._thread.is_alive():
             self._stop = False
             self._thread = threading.Thread(target=self.serve_forever, name="ombm-bridge", daemon=True)
@@ -239,6 +240,8 @@ class Bridge:
     def request(self, message: dict[str, object], timeout_s: float = 10.0) -> dict[str, object]:
         """Serve a control request (``core/remote.py`` lists them) from this process: the serving
         thread answers it. For a bridge embedded without its control socket."""
+        if self._closed:
+            raise ClosedError("the bridge is closed")
         done = threading.Event()
         answer: list[dict[str, object]] = []
 
@@ -424,7 +427,7 @@ class Bridge:
         name = str(body["name"])
         answer: dict[str, object] = {"nonce": body["nonce"], "name": name}
         replica = self._exported.get(name)
-        if replica is not None and replica.segment.released:
+        if replica is not None and not _still_named(replica):  # its creator released it, or made it anew
             self._drop_replica(replica)
             replica = None
         if name not in self._exports:
@@ -581,6 +584,9 @@ class Bridge:
         except (TypeError, ValueError) as exc:
             reply(_error("bad_request", str(exc)))
             return
+        if address == self.address:
+            reply(_error("refused", f"{_text(address)} is this host's own bridge: open the local name instead"))
+            return
         if self._key is None and address not in self._peers:
             reply(_error("refused", f"this bridge has no key and {_text(address)} is not one of its peers: "
                                     f"start it with --peer {_text(address)} (or give both bridges --key-file)"))
@@ -673,6 +679,19 @@ def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
         raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
     fam, _, _, _, sockaddr = infos[0]
     return fam, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _still_named(replica: Replica) -> bool:
+    """Whether the name of an exported segment still names the segment we hold (its creator may have
+    released it, or released it and made another of that name)."""
+    try:
+        seg = open_segment(replica.name)
+    except (OmbmError, OSError):
+        return False
+    try:
+        return seg.id == replica.segment.id
+    finally:
+        seg.release()
 
 
 def _text(address: Address) -> str:
