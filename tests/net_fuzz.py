@@ -55,6 +55,11 @@ class Fuzzer:
                 {"nonce": nonce, "name": rng.choice(self.names), "key": seg_key, "size": rng.choice((64, 8192, 1 << 44)),
                  "unit": rng.choice((64, 4096)), "mode": rng.choice((1, 2)), "sow": rng.random() < 0.8},
                 {"nonce": nonce, "name": rng.choice(self.names), "error": "no", "why": "not_found"}]),
+            Kind.OFFER: {"nonce": nonce, "name": rng.choice(self.names + ["y.z"]), "key": seg_key,
+                         "size": rng.choice((64, 8192, 1 << 20)), "unit": rng.choice((64, 4096)), "mode": 1,
+                         "sow": True},
+            Kind.OFFER_REPLY: rng.choice([{"nonce": nonce, "name": rng.choice(self.names), "local": "x.at.1"},
+                                          {"nonce": nonce, "name": rng.choice(self.names), "error": "no"}]),
             Kind.RESYNC: {"key": seg_key, "units": [rng.randrange(200) for _ in range(rng.randrange(5))]},
             Kind.BYE: {"keys": rng.choice(([], [seg_key], [rng.getrandbits(64)]))},
         }[kind]

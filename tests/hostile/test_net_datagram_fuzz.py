@@ -80,6 +80,8 @@ def _relink(a: Bridge, b: Bridge, name: str, key: int) -> None:
         a._serve_import({"nonce": 1, "name": name}, b.address)
         exported = a._exported[name]
         del a._replicas[exported.key]
+        if key in a._replicas:  # a fuzzed OFFER made a replica under that key meanwhile
+            a._drop_replica(a._replicas[key])
         exported.key = key
         a._replicas[key] = exported
     elif b.address not in exported.links:

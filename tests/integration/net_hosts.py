@@ -62,6 +62,8 @@ def serve(cmd):
         while len(got) < cmd["n"] and time.monotonic() < deadline:
             ombm.sig_wait(0.05)
         return {"signals": got[:]}
+    if op == "offer":
+        return {"remote": remote.offer_segment(cmd["name"], cmd["bridge"])}
     if op == "status":
         return remote.raise_for(remote.request({"op": "status"}, 5.0))
     raise ValueError(op)

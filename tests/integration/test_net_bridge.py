@@ -251,3 +251,24 @@ def test_a_bridge_does_not_import_from_itself(cleanup):
     (a,) = bridges(cleanup)[:1]
     reply = import_(a, "video", a)
     assert reply["error"] == "refused" and "own bridge" in reply["message"]
+
+
+def test_an_offered_segment_is_replicated_at_the_other_bridge(cleanup, dispatcher):
+    """The other direction (RPC's own channels across hosts): B has A make a replica of B's segment."""
+    seg, region = exported(cleanup)
+    a, b = bridges(cleanup)                                    # nothing exported: an offer needs no --export
+    reply = b.request({"op": "offer", "name": seg.name, "host": "127.0.0.1", "port": a.address[1]})
+    assert reply == {"ok": True, "remote": f"{seg.name}.at.127.0.0.1_{b.address[1]}"}
+    rseg, rregion = replica(cleanup, {"ok": True, "local": reply["remote"]})
+    on_a = Signals(rregion, dispatcher)
+    region.write(64, b"o" * 64)
+    assert on_a.wait() == (64, b"o" * 64)
+    on_b = Signals(region, dispatcher)
+    rregion.write(0, b"p" * 64)
+    assert on_b.wait() == (0, b"p" * 64)
+    again = b.request({"op": "offer", "name": seg.name, "host": "127.0.0.1", "port": a.address[1]})
+    assert again == reply and a.stats["replicas_made"] == 1
+    missing = b.request({"op": "offer", "name": "no-such-thing", "host": "127.0.0.1", "port": a.address[1]})
+    assert missing["error"] == "not_found"
+    b.close()                                                   # BYE: A's replica of it goes
+    assert wait_for(lambda: not a._replicas)

@@ -69,6 +69,20 @@ def test_a_remote_segment_opened_by_name_signals_both_ways(hosts):
         assert host.objects() == [], host.objects()                 # a clean stop leaves nothing
 
 
+def test_a_segment_offered_to_another_host(hosts):
+    """The first step of RPC across hosts: a process has its own segment replicated at another host."""
+    a, b, ba, bb = no_key_pair(hosts)
+    on_a, on_b = a.agent(), b.agent()
+    on_b.ok("create", name="req-7", size=4096, unit=64)
+    there = on_b.ok("offer", name="req-7", bridge=f"127.0.0.1:{ba.port}")["remote"]
+    assert there == f"req-7.at.127.0.0.1_{bb.port}"
+    on_a.ok("open", name=there)
+    on_a.ok("watch", name=there)
+    on_b.ok("write", name="req-7", offset=192, hex=(b"q" * 64).hex())
+    (got,) = on_a.ok("wait", n=1, timeout=10)["signals"]
+    assert (got["offset"], bytes.fromhex(got["data"])) == (192, b"q" * 64)
+
+
 def test_without_a_bridge_a_remote_name_says_how_to_start_one(hosts):
     agent = hosts("lonely").agent()
     answer = agent("open", name="video@127.0.0.1:7")

@@ -49,6 +49,10 @@ def test_an_update_round_trips(key):
     (Kind.IMPORT_REPLY, {"nonce": 4, "name": "video", "key": 2**63, "size": 4096, "unit": 64, "mode": 1,
                          "sow": True}),
     (Kind.IMPORT_REPLY, {"nonce": 5, "name": "video", "error": "not exported", "why": "not_found"}),
+    (Kind.OFFER, {"nonce": 6, "name": "req-1", "key": 3, "size": 4 << 20, "unit": 128 << 10, "mode": 1,
+                  "sow": True}),
+    (Kind.OFFER_REPLY, {"nonce": 6, "name": "req-1", "local": "req-1.at.10.0.0.2_7002"}),
+    (Kind.OFFER_REPLY, {"nonce": 6, "name": "req-1", "error": "no room"}),
     (Kind.RESYNC, {"key": 9, "units": [0, 5, 2**40]}),
     (Kind.BYE, {"keys": []}),
 ])
@@ -138,6 +142,9 @@ def control(kind: int, body: object, count: int = 0) -> bytes:
                                 "error": "both"}),
     control(Kind.IMPORT_REPLY, {"nonce": 1, "name": "v", "key": 1, "size": 0, "unit": 64, "mode": 1, "sow": True}),
     control(Kind.IMPORT_REPLY, {"nonce": 1, "name": "v", "key": 1, "size": 64, "unit": 64, "mode": 3, "sow": True}),
+    control(Kind.OFFER_REPLY, {"nonce": 1, "name": "v", "local": "a", "error": "both"}),
+    control(Kind.OFFER_REPLY, {"nonce": 1, "name": "v"}),
+    control(Kind.OFFER, {"nonce": 1, "name": "v", "key": 1, "size": 64, "unit": 64, "mode": 1}),  # no sow
     control(Kind.BYE, {"keys": None}),
     control(Kind.BYE, {1: []}),                                     # a key that is no str
 ])

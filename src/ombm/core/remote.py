@@ -10,11 +10,15 @@ HOST:PORT and answers with the name of the local replica, an ordinary segment th
 Requests and replies are msgpack maps; this module owns their fields (the bridge serves them)::
 
     {"op": "import", "name": N, "host": IP, "port": P, "timeout": S}  -> {"ok": True, "local": NAME}
+    {"op": "offer", "name": N, "host": IP, "port": P, "timeout": S}   -> {"ok": True, "remote": NAME}
     {"op": "exports", "host": IP, "port": P}            -> {"ok": True, "names": [N, ...]}
     {"op": "status"}                                    -> {"ok": True, "stats": {...}, "listen": "IP:P"}
     any failure                                         -> {"ok": False, "error": KIND, "message": TEXT}
 
 ``KIND`` is one of :data:`ERRORS`; :func:`raise_for` turns it into the documented exception.
+An *offer* is the other direction: this host's bridge has the bridge at HOST:PORT make a replica of
+the local segment N there (the first step of RPC across hosts: a client's own channels, docs/net.md),
+and answers with that replica's name on that host.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ombm.core import namespace
 from ombm.errors import BridgeError, BridgeNotRunningError, BridgeUnreachableError, SegmentNotFoundError
 
 __all__ = ["CONTROL_SOCKET", "START_HINT", "ERRORS", "split_remote", "parse_host_port", "request",
-           "import_segment", "raise_for"]
+           "import_segment", "offer_segment", "raise_for"]
 
 CONTROL_SOCKET = "sock-bridge"
 START_HINT = "ombm bridge --listen 127.0.0.1:PORT --peer HOST:PORT"
@@ -138,3 +142,15 @@ def import_segment(remote: str, timeout_s: float = 5.0) -> str:
     if not isinstance(local, str):
         raise BridgeError("this host's bridge sent an unreadable reply")
     return namespace.validate_name(local)
+
+
+def offer_segment(name: str, bridge: str, timeout_s: float = 5.0) -> str:
+    """Have this host's bridge replicate the local segment ``name`` at the bridge ``"HOST:PORT"``; the
+    replica's name on that host."""
+    host, port = parse_host_port(bridge)
+    reply = raise_for(request({"op": "offer", "name": namespace.validate_name(name), "host": _resolve(host, port),
+                               "port": port, "timeout": float(timeout_s)}, timeout_s + 1.0))
+    remote = reply.get("remote")
+    if not isinstance(remote, str):
+        raise BridgeError("this host's bridge sent an unreadable reply")
+    return remote

@@ -376,7 +376,11 @@ class Bridge:
             self._send(source, self._sealer.control(dg.Kind.EXPORTS, {"nonce": body["nonce"], "names": names},
                                                     _now_us()))
         elif kind is dg.Kind.EXPORTS:
-            self._answer(("exports", source, str(body["nonce"])), body["nonce"], {"ok": True, "names": body["names"]})
+            self._answer(("exports", source, ""), body["nonce"], {"ok": True, "names": body["names"]})
+        elif kind is dg.Kind.OFFER:
+            self._offered(body, source)
+        elif kind is dg.Kind.OFFER_REPLY:
+            self._offer_reply(body, source)
         elif kind is dg.Kind.RESYNC:
             self._resync_asked(body, source)
         elif kind is dg.Kind.BYE:
@@ -426,24 +430,27 @@ class Bridge:
     def _serve_import(self, body: dict[str, object], source: Address) -> None:
         name = str(body["name"])
         answer: dict[str, object] = {"nonce": body["nonce"], "name": name}
-        replica = self._exported.get(name)
-        if replica is not None and not _still_named(replica):  # its creator released it, or made it anew
-            self._drop_replica(replica)
-            replica = None
         if name not in self._exports:
             answer.update(error=f"{_text(self.address)} does not export {name!r}", why="not_found")
-        elif replica is None:
-            replica, problem = self._export(name)
+        else:
+            replica, problem = self._export_replica(name)
             if replica is None:
-                answer.update(error=problem, why="not_found")
-        if replica is not None:
-            replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
-            self._counts["imports_served"] += 1
-            seg = replica.segment
-            answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode), sow=seg.signal_on_write)
+                answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
+            else:
+                replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                self._counts["imports_served"] += 1
+                seg = replica.segment
+                answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
+                              sow=seg.signal_on_write)
         self._send(source, self._sealer.control(dg.Kind.IMPORT_REPLY, answer, _now_us()))
 
-    def _export(self, name: str) -> tuple[Replica | None, str]:
+    def _export_replica(self, name: str) -> tuple[Replica | None, str]:
+        """The replica of local segment ``name`` that this bridge exports (made on first use), or why not."""
+        replica = self._exported.get(name)
+        if replica is not None:
+            if _still_named(replica):
+                return replica, ""
+            self._drop_replica(replica)  # its creator released it, or made it anew
         try:
             seg = open_segment(name)
         except SegmentNotFoundError:
@@ -574,18 +581,18 @@ class Bridge:
         if op == "status":
             reply({"ok": True, "stats": self.stats, "listen": _text(self.address)})
             return
-        if op not in ("import", "exports"):
+        if op not in ("import", "exports", "offer"):
             reply(_error("bad_request", f"unknown request {op!r}"))
             return
         try:
             address = self._remote_address(message)
-            name = namespace.validate_name(message.get("name")) if op == "import" else ""
-            timeout_s = float(message.get("timeout", 5.0))  # type: ignore[arg-type]
+            name = namespace.validate_name(message.get("name")) if op != "exports" else ""
+            timeout_s = min(max(float(message.get("timeout", 5.0)), 0.1), 60.0)  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
             reply(_error("bad_request", str(exc)))
             return
         if address == self.address:
-            reply(_error("refused", f"{_text(address)} is this host's own bridge: open the local name instead"))
+            reply(_error("refused", f"{_text(address)} is this host's own bridge: use the local name instead"))
             return
         if self._key is None and address not in self._peers:
             reply(_error("refused", f"this bridge has no key and {_text(address)} is not one of its peers: "
@@ -595,8 +602,12 @@ class Bridge:
             existing = self._imported.get((address, name))
             if existing is not None:
                 reply({"ok": True, "local": existing.name})
-                return
-        self._ask(op, address, name, min(max(timeout_s, 0.1), 60.0), reply)
+            else:
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
+        elif op == "exports":
+            self._ask(("exports", address, ""), dg.Kind.LIST, {}, timeout_s, reply)
+        else:
+            self._offer(name, address, timeout_s, reply)
 
     def _remote_address(self, message: dict[str, object]) -> Address:
         host, port = message.get("host"), message.get("port")
@@ -607,21 +618,48 @@ class Bridge:
             raise ValueError(f"this bridge listens on IPv{4 if self._family == socket.AF_INET else 6}")
         return str(ip), port
 
-    def _ask(self, op: str, address: Address, name: str, timeout_s: float, reply: Reply) -> None:
-        ident = (op, address, name if op == "import" else "")
+    def _ask(self, ident: tuple[str, Address, str], kind: dg.Kind, body: dict[str, object], timeout_s: float,
+             reply: Reply) -> None:
+        """Send ``kind`` (its ``body`` and a nonce) to ``ident``'s address until answered or ``timeout_s``;
+        ``reply`` gets the answer (requests for the same ``ident`` share one)."""
         pending = self._pending.get(ident)
         if pending is None:
             nonce = secrets.randbits(63)
-            if op == "import":
-                kind, body = dg.Kind.IMPORT, {"nonce": nonce, "name": name}
-            else:
-                kind, body = dg.Kind.LIST, {"nonce": nonce}
-                ident = (op, address, str(nonce))
+            body = {"nonce": nonce, **body}
             now = time.monotonic()
             pending = self._pending[ident] = _Pending(
-                nonce, address, lambda: self._sealer.control(kind, body, _now_us()), now + timeout_s, now)
+                nonce, ident[1], lambda: self._sealer.control(kind, body, _now_us()), now + timeout_s, now)
         pending.waiters.append(reply)
         self._wake()
+
+    # ---- offering: a local process has a local segment replicated at another host (RPC's own channels)
+    def _offer(self, name: str, address: Address, timeout_s: float, reply: Reply) -> None:
+        replica, problem = self._export_replica(name)
+        if replica is None:
+            reply(_error("not_found", problem))
+            return
+        if address not in replica.links:
+            replica.link(address)
+        seg = replica.segment
+        self._ask(("offer", address, name), dg.Kind.OFFER,
+                  {"name": name, "key": replica.key, "size": seg.size, "unit": seg.unit, "mode": int(seg.mode),
+                   "sow": seg.signal_on_write}, timeout_s, reply)
+
+    def _offered(self, body: dict[str, object], source: Address) -> None:
+        name = str(body["name"])
+        answer: dict[str, object] = {"nonce": body["nonce"], "name": name}
+        try:
+            answer["local"] = self._make_replica(name, source, body)
+        except (OmbmError, OSError, ValueError) as exc:
+            answer["error"] = f"{_text(self.address)} cannot make a replica of {name!r}: {exc}"[:dg.MAX_TEXT]
+        self._send(source, self._sealer.control(dg.Kind.OFFER_REPLY, answer, _now_us()))
+
+    def _offer_reply(self, body: dict[str, object], source: Address) -> None:
+        ident = ("offer", source, str(body["name"]))
+        if "error" in body:
+            self._answer(ident, body["nonce"], _error("refused", str(body["error"])))
+        else:
+            self._answer(ident, body["nonce"], {"ok": True, "remote": body["local"]})
 
     # ---- datagrams out
     def _next_tag(self) -> int:

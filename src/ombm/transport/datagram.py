@@ -94,6 +94,8 @@ class Kind(enum.IntEnum):
     IMPORT_REPLY = 5   # {"nonce", "name", "key", "size", "unit", "mode", "sow"} or {"nonce", "name", "error", "why"}
     RESYNC = 6         # {"key", "units"}: my copy of these units is not the one your deltas apply to
     BYE = 7            # {"keys"}: I stop replicating these segments with you ([]: all of them; I am leaving)
+    OFFER = 8          # {"nonce", "name", "key", "size", "unit", "mode", "sow"}: replicate my segment ``name``
+    OFFER_REPLY = 9    # {"nonce", "name", "local"} (your replica's name here) or {"nonce", "name", "error"}
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -164,6 +166,9 @@ _SCHEMAS: dict[Kind, tuple[dict[str, Callable[[object], bool]], dict[str, Callab
     Kind.IMPORT_REPLY: ({"nonce": _is_u64, "name": _is_text},
                         {"key": _is_u64, "size": _is_size, "unit": _is_size, "mode": _is_mode, "sow": _is_bool,
                          "error": _is_text, "why": _is_why}),
+    Kind.OFFER: ({"nonce": _is_u64, "name": _is_text, "key": _is_u64, "size": _is_size, "unit": _is_size,
+                  "mode": _is_mode, "sow": _is_bool}, {}),
+    Kind.OFFER_REPLY: ({"nonce": _is_u64, "name": _is_text}, {"local": _is_text, "error": _is_text}),
     Kind.RESYNC: ({"key": _is_u64, "units": _is_list_of(_is_u64)}, {}),
     Kind.BYE: ({"keys": _is_list_of(_is_u64)}, {}),
 }
@@ -182,6 +187,8 @@ def _check_body(kind: Kind, body: object) -> Body:
             raise DatagramError(f"{kind.name} body: unexpected or bad field {field!r}", "malformed")
     if kind is Kind.IMPORT_REPLY and ("error" in body) == (_REPLY_FIELDS <= body.keys()):
         raise DatagramError("IMPORT_REPLY: give either the segment's geometry or an error", "malformed")
+    if kind is Kind.OFFER_REPLY and ("error" in body) == ("local" in body):
+        raise DatagramError("OFFER_REPLY: give either the replica's name or an error", "malformed")
     return body
 
 
