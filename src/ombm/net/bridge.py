@@ -19,6 +19,11 @@ that thread alone: no lock on the path of an update, and the echo count is exact
 and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
 cost per wake-up for no concurrency gained: the work per datagram is Python either way.
 
+**One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
+each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
+importing, the local control requests (the socket itself: :mod:`ombm.net.control`), offering,
+datagrams out. What one replicated segment keeps and sends is :mod:`ombm.net.replica`.
+
 **Names.** A replica of ``name`` from the bridge at ``IP:PORT`` is the local segment
 ``name.at.IP_PORT`` (``:`` of an IPv6 address as ``_``), created by the bridge, so it goes with the
 bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
@@ -26,10 +31,8 @@ bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
-import os
 import secrets
 import selectors
 import socket
@@ -38,16 +41,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import msgpack
-
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace, remote
 from ombm.core.directory import reclaim_segment_if_dead
 from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_segment
 from ombm.core.signals import Receiver
-from ombm.errors import BridgeError, ClosedError, DatagramError, OmbmError, SegmentExistsError
-from ombm.errors import SegmentNotFoundError
+from ombm.errors import ClosedError, DatagramError, OmbmError, SegmentExistsError, SegmentNotFoundError
+from ombm.net.control import ControlSocket, Reply, error
 from ombm.net.replica import Address, Replica
 from ombm.transport import datagram as dg
 from ombm.transport.updates import Assembler, Packer
@@ -65,7 +66,6 @@ STAT_KEYS = (
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
 FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
-Reply = Callable[[dict[str, object]], None]
 
 
 def replica_name(name: str, address: Address) -> str:
@@ -77,13 +77,9 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _error(kind: str, message: str) -> dict[str, object]:
-    return {"ok": False, "error": kind, "message": message}
-
-
 @dataclass
 class _Pending:
-    """An IMPORT or LIST sent to a remote bridge, waiting for its answer."""
+    """An IMPORT, LIST or OFFER sent to a remote bridge, waiting for its answer."""
 
     nonce: int
     address: Address
@@ -139,7 +135,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._control: socket.socket | None = None
+        self._control: ControlSocket | None = None
         self._receiver: Receiver | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
@@ -156,12 +152,14 @@ class Bridge:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         if control:
-            self._control, self._control_address, self._control_ident = _bind_control()
+            self._control = ControlSocket()
         self._receiver = Receiver(capacity=FIFO_CAPACITY)
         self._fifo_drops = 0
-        for sock in (self._sock, self._control, self._wake_r, self._receiver.fifo.doorbell()):
-            if sock is not None:
-                self._selector.register(sock, selectors.EVENT_READ)
+        watched = [self._sock, self._wake_r, self._receiver.fifo.doorbell()]
+        if self._control is not None:
+            watched.append(self._control.sock)
+        for sock in watched:
+            self._selector.register(sock, selectors.EVENT_READ)
 
     # ---- running
     def serve_forever(self) -> None:
@@ -213,13 +211,13 @@ class Bridge:
             self._drop_replica(replica)
         for pending in self._pending.values():
             for waiter in pending.waiters:
-                waiter(_error("unreachable", "the bridge closed"))
+                waiter(error("unreachable", "the bridge closed"))
         self._pending.clear()
         if self._receiver is not None:
             self._receiver.close()
         self._selector.close()
         if self._control is not None:
-            _unbind_control(self._control, self._control_address, self._control_ident)
+            self._control.close()
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
 
@@ -253,7 +251,7 @@ class Bridge:
             self._calls.append((message, reply))
         self._wake()
         if not done.wait(timeout_s):
-            return _error("unreachable", "the bridge did not answer")
+            return error("unreachable", "the bridge did not answer")
         return answer[0]
 
     # ---- one turn of the loop
@@ -317,7 +315,7 @@ class Bridge:
             if now_s >= pending.deadline_s:
                 del self._pending[ident]
                 for waiter in pending.waiters:
-                    waiter(_error("unreachable", f"the bridge at {_text(pending.address)} did not answer: is it "
+                    waiter(error("unreachable", f"the bridge at {_text(pending.address)} did not answer: is it "
                                   "running, and does it list this host as a --peer (or share the key)?"))
             elif now_s >= pending.next_send_s:
                 pending.next_send_s = now_s + RETRY_S
@@ -489,12 +487,12 @@ class Bridge:
             return
         if "error" in body:
             kind = "not_found" if body.get("why") == "not_found" else "refused"
-            self._answer(ident, pending.nonce, _error(kind, str(body["error"])))
+            self._answer(ident, pending.nonce, error(kind, str(body["error"])))
             return
         try:
             local = self._make_replica(name, source, body)
         except (OmbmError, OSError, ValueError) as exc:
-            self._answer(ident, pending.nonce, _error("refused", f"the replica of {name!r} cannot be made: {exc}"))
+            self._answer(ident, pending.nonce, error("refused", f"the replica of {name!r} cannot be made: {exc}"))
             return
         self._answer(ident, pending.nonce, {"ok": True, "local": local})
 
@@ -542,39 +540,15 @@ class Bridge:
             calls, self._calls = self._calls, []
         for message, reply in calls:
             self._control_request(message, reply)
-        if self._control is None:
-            return bool(calls)
-        for taken in range(MAX_TURN):
-            try:
-                data, client = self._control.recvfrom(remote.MAX_MESSAGE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return bool(calls) or taken > 0
-            except OSError:
-                continue
-            if isinstance(client, str) and client:
-                self._control_datagram(data, client)
-        return True
-
-    def _control_datagram(self, data: bytes, client: str) -> None:
-        control = self._control
-        assert control is not None
-        if client.startswith("/proc/self/fd/"):  # the client's own view of a long folder path: ours differs
-            client = namespace.socket_address(os.path.basename(client))
-
-        def reply(message: dict[str, object]) -> None:
-            try:
-                control.sendto(msgpack.packb(message, use_bin_type=True), client)
-            except OSError:
-                pass  # the client gave up
-
-        try:
-            message = msgpack.unpackb(data, raw=False)
-        except Exception:
-            message = None
-        if not isinstance(message, dict):
-            reply(_error("bad_request", "not a msgpack map"))
-            return
-        self._control_request(message, reply)
+        taken = len(calls)
+        if self._control is not None:
+            for request, answer in self._control.requests(MAX_TURN):
+                taken += 1
+                if request is None:
+                    answer(error("bad_request", "not a msgpack map"))
+                else:
+                    self._control_request(request, answer)
+        return taken > 0
 
     def _control_request(self, message: dict[str, object], reply: Reply) -> None:
         op = message.get("op")
@@ -582,20 +556,20 @@ class Bridge:
             reply({"ok": True, "stats": self.stats, "listen": _text(self.address)})
             return
         if op not in ("import", "exports", "offer"):
-            reply(_error("bad_request", f"unknown request {op!r}"))
+            reply(error("bad_request", f"unknown request {op!r}"))
             return
         try:
             address = self._remote_address(message)
             name = namespace.validate_name(message.get("name")) if op != "exports" else ""
             timeout_s = min(max(float(message.get("timeout", 5.0)), 0.1), 60.0)  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
-            reply(_error("bad_request", str(exc)))
+            reply(error("bad_request", str(exc)))
             return
         if address == self.address:
-            reply(_error("refused", f"{_text(address)} is this host's own bridge: use the local name instead"))
+            reply(error("refused", f"{_text(address)} is this host's own bridge: use the local name instead"))
             return
         if self._key is None and address not in self._peers:
-            reply(_error("refused", f"this bridge has no key and {_text(address)} is not one of its peers: "
+            reply(error("refused", f"this bridge has no key and {_text(address)} is not one of its peers: "
                                     f"start it with --peer {_text(address)} (or give both bridges --key-file)"))
             return
         if op == "import":
@@ -636,7 +610,7 @@ class Bridge:
     def _offer(self, name: str, address: Address, timeout_s: float, reply: Reply) -> None:
         replica, problem = self._export_replica(name)
         if replica is None:
-            reply(_error("not_found", problem))
+            reply(error("not_found", problem))
             return
         if address not in replica.links:
             replica.link(address)
@@ -657,7 +631,7 @@ class Bridge:
     def _offer_reply(self, body: dict[str, object], source: Address) -> None:
         ident = ("offer", source, str(body["name"]))
         if "error" in body:
-            self._answer(ident, body["nonce"], _error("refused", str(body["error"])))
+            self._answer(ident, body["nonce"], error("refused", str(body["error"])))
         else:
             self._answer(ident, body["nonce"], {"ok": True, "remote": body["local"]})
 
@@ -745,43 +719,3 @@ def _int(value: object) -> int:
 def _ints(value: object) -> list[int]:
     assert type(value) is list
     return [_int(v) for v in value]
-
-
-def _bind_control() -> tuple[socket.socket, str, tuple[int, int]]:
-    """This folder's ``sock-bridge`` (its address and file identity): taken over if a dead bridge left
-    it, refused if a live one serves it."""
-    address = namespace.socket_address(remote.CONTROL_SOCKET)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                probe.connect(address)
-            except ConnectionRefusedError:
-                os.unlink(address)  # nobody holds it: a bridge that died
-                sock.bind(address)
-            else:
-                raise BridgeError(f"a bridge already serves this host's folder ({namespace.folder()})") from None
-            finally:
-                probe.close()
-        os.chmod(address, 0o600)
-        st = os.stat(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, address, (st.st_dev, st.st_ino)
-
-
-def _unbind_control(sock: socket.socket, address: str, ident: tuple[int, int]) -> None:
-    """Close ``sock-bridge`` and unlink its name if it is still ours."""
-    sock.close()
-    try:
-        st = os.stat(address)
-        if (st.st_dev, st.st_ino) == ident:
-            os.unlink(address)
-    except OSError:
-        pass
