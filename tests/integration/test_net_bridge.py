@@ -272,3 +272,41 @@ def test_an_offered_segment_is_replicated_at_the_other_bridge(cleanup, dispatche
     assert missing["error"] == "not_found"
     b.close()                                                   # BYE: A's replica of it goes
     assert wait_for(lambda: not a._replicas)
+
+
+def test_the_software_only_signal_path_too(cleanup):
+    """With every signal a system call through a kernel queue (paper §5.1's baseline), the bridge
+    sleeps on that queue's socket and still takes every local write."""
+    ombm.configure(signal_path="kernel")
+    with ombm.Dispatcher() as dispatcher:
+        seg, region = exported(cleanup)
+        a, b = bridges(cleanup, seg.name)
+        rseg, rregion = replica(cleanup, import_(b, seg.name, a))
+        on_b = Signals(rregion, dispatcher)
+        region.write(0, b"k" * 64)
+        assert on_b.wait() == (0, b"k" * 64)
+        on_a = Signals(region, dispatcher)
+        rregion.write(64, b"l" * 64)
+        assert on_a.wait() == (64, b"l" * 64)
+        for s in (a, b):
+            s.close()
+
+
+def test_an_update_missing_a_part_is_dropped_and_counted(cleanup):
+    seg, region = exported(cleanup, size=8192, unit=4096)
+    a, b = bridges(cleanup, seg.name)
+    rseg, rregion = replica(cleanup, import_(b, seg.name, a))
+    b.stop()                                                     # its receive path, driven by hand
+    key = next(iter(b._replicas))
+    sealer = dg.Sealer(99)
+    first = dg.pack_entry(key, 4096 - 100, 0, 5, 0, 2, True, b"a" * 50)  # part 0 of 2; part 1 never comes
+    b.receive_datagram(sealer.seal(dg.Kind.UPDATE, first, 1, 1), a.address, now_s=100.0)
+    assert b.stats["dropped_incomplete"] == 0 and rregion.read(4046, 50) == bytes(50)
+    b._timers(100.4)
+    assert b.stats["dropped_incomplete"] == 0
+    b._timers(100.6)                                             # past the 0.5 s reassembly timeout
+    assert b.stats["dropped_incomplete"] == 1 and b.stats["updates_in"] == 0
+    whole = (dg.pack_entry(key, 4096 - 100, 0, 6, 0, 2, True, b"a" * 50)
+             + dg.pack_entry(key, 4096 - 50, 0, 6, 1, 2, True, b"b" * 50))  # both parts of the next one
+    b.receive_datagram(sealer.seal(dg.Kind.UPDATE, whole, 2, 2), a.address, now_s=101.0)
+    assert b.stats["updates_in"] == 1 and rregion.read(4096 - 100, 100) == b"a" * 50 + b"b" * 50
