@@ -310,3 +310,30 @@ def test_an_update_missing_a_part_is_dropped_and_counted(cleanup):
              + dg.pack_entry(key, 4096 - 50, 0, 6, 1, 2, True, b"b" * 50))  # both parts of the next one
     b.receive_datagram(sealer.seal(dg.Kind.UPDATE, whole, 2, 2), a.address, now_s=101.0)
     assert b.stats["updates_in"] == 1 and rregion.read(4096 - 100, 100) == b"a" * 50 + b"b" * 50
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6(cleanup, dispatcher):
+    seg, region = exported(cleanup)
+    a = Bridge("[::1]:0", exports=[seg.name], control=False)
+    b = Bridge("[::1]:0", peers=[f"[::1]:{a.address[1]}"], control=False)
+    cleanup += [a, b]
+    a.add_peer(f"[::1]:{b.address[1]}")
+    a.start(), b.start()
+    reply = b.request({"op": "import", "name": seg.name, "host": "::1", "port": a.address[1]})
+    assert reply["local"] == f"{seg.name}.at.__1_{a.address[1]}"
+    wrong = b.request({"op": "import", "name": seg.name, "host": "127.0.0.1", "port": a.address[1]})
+    assert wrong["error"] == "bad_request" and "IPv6" in wrong["message"]
+    _, rregion = replica(cleanup, reply)
+    on_b = Signals(rregion, dispatcher)
+    region.write(0, b"6" * 64)
+    assert on_b.wait() == (0, b"6" * 64)
