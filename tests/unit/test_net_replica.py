@@ -178,3 +178,20 @@ def test_updates_that_do_not_fit_the_segment_are_malformed(net):
                    [(10, b"x"), (UNIT - 1, b"x")][::-1][:1] + [(2 * UNIT - 1, b"x")]):
         assert b.apply(Update(1, 42, 0, 5, True, ranges), A, ROOM, lambda u: None)[0] == "malformed"
     assert b.apply(Update(1, 42, 0, 5, True, [(UNIT - 1, b"x")]), C, ROOM, lambda u: None)[0] == "malformed"
+
+
+def test_two_writers_of_one_unit_both_go_stale_then_whole(net):
+    a, b = net.make(A, [B]), net.make(B, [A], exporter_of=[A])
+    net.write(A, UNIT - 8, b"12345678")                          # both in sync on unit 0
+    net.take_signals(B)
+    a.region.write(UNIT - 4, b"AAAA")                            # at the same time on both hosts
+    b.region.write(UNIT - 4, b"BBBB")
+    net.take_signals(A), net.take_signals(B)
+    out_a = a.local_update(0, next(TAGS), ROOM)
+    out_b = b.local_update(0, next(TAGS), ROOM)
+    net.deliver(A, out_a), net.deliver(B, out_b)                 # they cross on the way
+    assert net.statuses[-2:] == ["stale", "stale"] and {(x, y) for x, y, _ in net.resyncs} == {(B, A), (A, B)}
+    a.links[B].in_sync[0] = 0                                    # what each does with the other's RESYNC
+    b.links[A].in_sync[0] = 0
+    net.write(A, UNIT - 4, b"CCCC")                              # the next write goes whole and settles it
+    assert view(a, 0) == view(b, 0)
