@@ -12,10 +12,14 @@ from ombm.core import config as _config
 from ombm.core.config import configure, settings
 from ombm.errors import (
     AddressError,
+    BridgeError,
+    BridgeNotRunningError,
+    BridgeUnreachableError,
     CallTimeout,
     ChannelBrokenError,
     ChannelTimeout,
     ClosedError,
+    DatagramError,
     ForkedError,
     DirectoryFullError,
     EndOfStream,
@@ -59,6 +63,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressError",
     "ArrayView",
+    "BridgeError",
+    "BridgeNotRunningError",
+    "BridgeUnreachableError",
     "ChannelTimeout",
     "EndOfStream",
     "RawChannel",
@@ -72,6 +79,7 @@ __all__ = [
     "CallTimeout",
     "ChannelBrokenError",
     "ClosedError",
+    "DatagramError",
     "ForkedError",
     "DirectoryFullError",
     "Dispatcher",

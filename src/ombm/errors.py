@@ -20,9 +20,13 @@ keeps working for callers who do not know ombm::
     ├── ChannelBrokenError        (ConnectionError)    the peer went away, or the channel was released under us
     │   └── StreamProtocolError                        impossible credit, or an end of stream with messages missing
     ├── FrameError                (ValueError)         a frame failed its bounds or checksum checks
+    │   └── DatagramError                              a bridge datagram failed its checks (.reason: malformed, bad_mac)
     ├── UnmarshalError            (ValueError)         bytes that are not a valid call or reply, or pickled data not allowed
     ├── MessageTooLargeError      (ValueError)         an RPC call or reply larger than the connection's max_message_bytes
     ├── ServiceNotFoundError      (ConnectionRefusedError)  rpc.connect to a service nobody serves
+    ├── BridgeError               (ConnectionError)    the bridge could not import a remote name, or serve its folder
+    │   ├── BridgeNotRunningError (+ ConnectionRefusedError) no bridge runs on this host (says how to start one)
+    │   └── BridgeUnreachableError (+ TimeoutError)    the remote bridge did not answer
     ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
     ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
     │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
@@ -117,6 +121,18 @@ class FrameError(OmbmError, ValueError):
     """A frame failed its bounds, format or checksum checks."""
 
 
+class DatagramError(FrameError):
+    """A bridge datagram failed its checks (``ombm.transport.datagram``); ``reason`` says which kind
+    of check, as the bridge counts it: ``"malformed"`` (bounds, format, CRC) or ``"bad_mac"``."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[DatagramError], tuple[str, str]]:
+        return (type(self), (str(self), self.reason))
+
+
 class UnmarshalError(OmbmError, ValueError):
     """Received bytes are not a valid call or reply (or hold pickled data not allowed)."""
 
@@ -128,6 +144,22 @@ class MessageTooLargeError(OmbmError, ValueError):
 
 class ServiceNotFoundError(OmbmError, ConnectionRefusedError):
     """rpc.connect found no server for the name."""
+
+
+class BridgeError(OmbmError, ConnectionError):
+    """The bridge of this host could not import a remote name (``name@HOST:PORT``): the remote bridge
+    refused it, or this bridge may not ask that host (``docs/net.md``); or a bridge cannot start
+    because another one already serves this host's folder."""
+
+
+class BridgeNotRunningError(BridgeError, ConnectionRefusedError):
+    """A remote name was used and no bridge runs on this host; the message names the command that
+    starts one (``ombm bridge --listen HOST:PORT ...``)."""
+
+
+class BridgeUnreachableError(BridgeError, TimeoutError):
+    """The remote bridge did not answer in time (not running, not reachable, or it does not accept
+    this host: not one of its ``--peer`` addresses, or another key)."""
 
 
 class RemoteError(OmbmError):

@@ -1,8 +1,9 @@
 """The ``ombm`` command: thin wrappers over the library (DESIGN.md §1.5).
 
 ``ombm ls`` and ``ombm gc`` look at and reclaim shared objects, ``ombm demo``
-shows the system working, ``ombm bench`` measures it against its peers and
-``ombm sim`` runs the simulator of the paper's hardware.
+shows the system working, ``ombm bench`` measures it against its peers,
+``ombm sim`` runs the simulator of the paper's hardware and ``ombm bridge``
+replicates segments with other hosts.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ombm.cli.sim import add_subcommand
 
     add_subcommand(sub)
+    from ombm.cli import bridge  # `ombm bridge`: channels across machines (docs/net.md)
+
+    bridge.add_subcommand(sub)
     return parser
 
 

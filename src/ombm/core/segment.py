@@ -502,7 +502,14 @@ def _create_locked(path: str, name: str) -> int:
 
 
 def open_segment(name: str) -> Segment:
-    """Open an existing segment by name; ``SegmentNotFoundError`` if absent."""
+    """Open an existing segment by name; ``SegmentNotFoundError`` if absent.
+
+    A remote name ``name@HOST:PORT`` opens the local replica that this host's bridge makes of the
+    segment the bridge at HOST:PORT exports (``core/remote.py``; ``BridgeNotRunningError`` without one)."""
+    if isinstance(name, str) and "@" in name:  # -- remote names (issue 12): the bridge's replica
+        from ombm.core import remote
+
+        name = remote.import_segment(name)
     name = namespace.validate_name(name)
     path = namespace.segment_path(name)
     try:

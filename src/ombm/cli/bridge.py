@@ -1,0 +1,81 @@
+"""``ombm bridge``: this host's bridge in the foreground (paper §3.2.3; docs/net.md).
+
+    ombm bridge --listen HOST:PORT [--export NAME]... [--peer HOST:PORT]... [--key-file PATH] [--insecure]
+
+It prints one line when it listens (``ombm bridge: listening on HOST:PORT ...``), serves until SIGTERM
+or SIGINT (Ctrl-C), then says BYE to its peers, releases its replicas and prints its counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bridge`` to an argparse ``subparsers``."""
+    p = subparsers.add_parser("bridge", help="replicate segments with other hosts over UDP (foreground)",
+                              description="Export local segments to, and import segments from, the bridges of "
+                                          "other hosts; remote names are name@HOST:PORT.")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="the UDP address to listen on")
+    p.add_argument("--export", action="append", default=[], metavar="NAME",
+                   help="a local segment other hosts may import (repeat; nothing is exported unless named)")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="a bridge heard without a key (repeat)")
+    p.add_argument("--key-file", metavar="PATH",
+                   help="a key shared by the bridges (mode 0600): every datagram is authenticated")
+    p.add_argument("--insecure", action="store_true",
+                   help="without a key, listen beyond loopback anyway (the network must be trusted)")
+    p.add_argument("--mtu", type=int, default=None, metavar="BYTES",
+                   help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ombm.net import Bridge, load_key
+    from ombm.transport.datagram import DEFAULT_MTU
+
+    err = Console(stderr=True)
+    try:
+        key = load_key(args.key_file) if args.key_file else None
+    except (OSError, ValueError) as exc:
+        err.print(f"ombm bridge: {exc}", markup=False)
+        return 2
+    bridge: Bridge | None = None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if bridge is not None:
+            bridge.stop()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            bridge = Bridge(args.listen, exports=args.export, peers=args.peer, key=key, insecure=args.insecure,
+                            mtu=args.mtu or DEFAULT_MTU)
+        except (OSError, ValueError) as exc:  # PermissionError, an address in use, a bridge already here
+            err.print(f"ombm bridge: {exc}", markup=False)
+            return 2
+        with bridge:
+            host, port = bridge.address
+            print(f"ombm bridge: listening on {host}:{port}; exports: {', '.join(args.export) or '-'}; "
+                  f"peers: {', '.join(args.peer) or '-'}; key: {'yes' if key else 'no'}", flush=True)
+            bridge.serve_forever()
+        _print_stats(bridge.stats)
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _print_stats(stats: dict[str, int]) -> None:
+    table = Table(title="ombm bridge: counters")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name, value in stats.items():
+        table.add_row(name, str(value))
+    Console(file=sys.stdout).print(table)

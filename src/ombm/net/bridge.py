@@ -1,0 +1,721 @@
+"""The bridge: segments bound on several hosts, their written units shipped as UDP datagrams (§3.2.3).
+
+"An update generated at one node can be simply transmitted as a datagram to the set of nodes that
+also bind the affected shared segment" (paper §3.2.3). One bridge per host (per user's folder)
+exports the local segments it is told to, imports remote ones on request, and replicates both
+ways (:mod:`ombm.net.replica`: what is sent, echo suppression, deltas). Best effort, as the paper's
+memory layer: nothing is retransmitted; RPC and streams above repair loss as they do locally.
+
+**Security.** Nothing is exported unless named. With a key every datagram carries a keyed BLAKE2b
+MAC and a per-sender sequence number (``transport/datagram.py``): forged, altered and replayed ones
+are dropped and counted. Without a key only the ``peers`` addresses are heard, and only a loopback
+``listen`` address is allowed unless ``insecure`` (anyone on the path could forge a peer's address).
+
+**One thread, one selector.** The UDP socket, the local control socket, a wake-up socket and the
+bridge receiver's doorbell (the event-loop side of the signal FIFO, as in ``ombm.aio``: announce
+sleep, re-check, then wait) are watched by one ``selectors`` loop in one thread. Everything the
+replication keeps (shadows, tags, own-write counts, partial updates, pending imports) is touched by
+that thread alone: no lock on the path of an update, and the echo count is exact because the writes
+and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
+cost per wake-up for no concurrency gained: the work per datagram is Python either way.
+
+**One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
+each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
+importing, the local control requests (the socket itself: :mod:`ombm.net.control`), offering,
+datagrams out. What one replicated segment keeps and sends is :mod:`ombm.net.replica`.
+
+**Names.** A replica of ``name`` from the bridge at ``IP:PORT`` is the local segment
+``name.at.IP_PORT`` (``:`` of an IPv6 address as ``_``), created by the bridge, so it goes with the
+bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ombm import _layout as L
+from ombm import _native
+from ombm.core import namespace, remote
+from ombm.core.directory import reclaim_segment_if_dead
+from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_segment
+from ombm.core.signals import Receiver
+from ombm.errors import ClosedError, DatagramError, OmbmError, SegmentExistsError, SegmentNotFoundError
+from ombm.net.control import ControlSocket, Reply, error
+from ombm.net.replica import Address, Replica
+from ombm.transport import datagram as dg
+from ombm.transport.updates import Assembler, Packer
+
+__all__ = ["Bridge", "STAT_KEYS", "replica_name"]
+
+_log = logging.getLogger("ombm.net")
+STAT_KEYS = (
+    "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "updates_in", "updates_out",
+    "dropped_bad_mac", "dropped_replay", "dropped_malformed", "dropped_not_peer", "dropped_unknown_segment",
+    "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
+    "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
+    "internal_errors",
+)
+RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
+MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
+FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
+
+
+def replica_name(name: str, address: Address) -> str:
+    """The local name of the replica of ``name`` exported by the bridge at ``address``."""
+    return namespace.validate_name(f"{name}.at.{address[0].replace(':', '_')}_{address[1]}")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class _Pending:
+    """An IMPORT, LIST or OFFER sent to a remote bridge, waiting for its answer."""
+
+    nonce: int
+    address: Address
+    datagram: Callable[[], bytes]
+    deadline_s: float
+    next_send_s: float
+    waiters: list[Reply] = field(default_factory=list)
+
+
+class Bridge:
+    """A bridge bound to ``listen`` (``"HOST:PORT"``; port 0 picks one: see :attr:`address`).
+
+    ``exports``: names of local segments peers may import. ``peers``: ``"HOST:PORT"`` of the bridges
+    heard without a key. ``key``: 16-64 bytes shared by the bridges (see :func:`load_key`). ``mtu``:
+    the largest UDP payload to send (1,472 for a 1,500-byte IPv4 MTU). ``control``: serve this host's
+    remote names (``ombm.open_segment("name@HOST:PORT")``) on the folder's ``sock-bridge``; one bridge
+    per folder. Run it with :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns);
+    :meth:`close` stops it, says BYE to its peers and releases everything.
+    """
+
+    def __init__(self, listen: str = "127.0.0.1:0", *, exports: Iterable[str] = (), peers: Iterable[str] = (),
+                 key: bytes | None = None, insecure: bool = False, mtu: int = dg.DEFAULT_MTU,
+                 control: bool = True, reassembly_timeout_s: float = 0.5, max_age_s: float = 60.0) -> None:
+        if not dg.MIN_MTU <= mtu <= dg.MAX_MTU:
+            raise ValueError(f"mtu must be between {dg.MIN_MTU} and {dg.MAX_MTU} bytes")
+        host, port = remote.parse_host_port(listen)
+        family, bind_to = _resolve(host, port)
+        if key is None and not insecure and not ipaddress.ip_address(bind_to[0]).is_loopback:
+            raise PermissionError(
+                f"refusing to listen on {listen} without a key: anyone on the network could write into "
+                "the exported segments; give a key (--key-file) or, on a network you trust, --insecure")
+        self._family = family
+        self._peers = {_resolve(*remote.parse_host_port(p), family=family)[1] for p in peers}
+        self._exports = {namespace.validate_name(n) for n in exports}
+        self._key = None if key is None else dg.check_key(key)
+        self._sealer = dg.Sealer(secrets.randbits(64), self._key)
+        self._window = dg.ReplayWindow(max_age_us=int(max_age_s * 1e6) if key is not None else None)
+        self._assembler = Assembler(timeout_s=reassembly_timeout_s)
+        self._mtu = mtu
+        self._room = dg.entry_room(mtu, self._sealer.trailer)
+        self._packers: dict[Address, Packer] = {}
+        self._replicas: dict[int, Replica] = {}             # by key
+        self._exported: dict[str, Replica] = {}             # by local name
+        self._imported: dict[tuple[Address, str], Replica] = {}
+        self._pending: dict[tuple[str, Address, str], _Pending] = {}
+        self._resyncs: dict[tuple[Address, int], set[int]] = {}
+        self._calls: list[tuple[dict[str, object], Reply]] = []
+        self._calls_lock = threading.Lock()
+        self._counts = dict.fromkeys(STAT_KEYS, 0)
+        self._tag = secrets.randbits(32)
+        self._stop = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._selector = selectors.DefaultSelector()
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._control: ControlSocket | None = None
+        self._receiver: Receiver | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._open(bind_to, control)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, bind_to: Address, control: bool) -> None:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            self._sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # the kernel caps it at its maximum
+        self._sock.bind(bind_to)
+        self.address: Address = self._sock.getsockname()[:2]
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        if control:
+            self._control = ControlSocket()
+        self._receiver = Receiver(capacity=FIFO_CAPACITY)
+        self._fifo_drops = 0
+        watched = [self._sock, self._wake_r, self._receiver.fifo.doorbell()]
+        if self._control is not None:
+            watched.append(self._control.sock)
+        for sock in watched:
+            self._selector.register(sock, selectors.EVENT_READ)
+
+    # ---- running
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`stop` (from a signal handler or another thread) or :meth:`close`."""
+        if self._closed:
+            raise ClosedError("the bridge is closed")
+        while not self._stop:
+            if not self._turn(time.monotonic()):
+                self._sleep()
+
+    def start(self) -> Bridge:
+        """Serve in a thread this bridge owns (joined by :meth:`close`); returns the bridge."""
+        if self._closed:
+            raise ClosedError("the bridge is closed")
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
+            self._thread = threading.Thread(target=self.serve_forever, name="ombm-bridge", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Make :meth:`serve_forever` return soon (safe from a signal handler and any thread); if the
+        bridge serves in its own thread (:meth:`start`), wait for that thread to end."""
+        self._stop = True
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10.0)
+
+    def add_peer(self, address: str) -> None:
+        """Hear the bridge at ``"HOST:PORT"`` without a key too (see ``peers``)."""
+        self._peers.add(_resolve(*remote.parse_host_port(address), family=self._family)[1])
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed
+
+    def close(self) -> None:
+        """Idempotent: stop serving, say BYE to every peer, release every replica, close the sockets."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        for address in {a for r in self._replicas.values() for a in r.links}:
+            self._send(address, self._sealer.control(dg.Kind.BYE, {"keys": []}, _now_us()))
+        for replica in list(self._replicas.values()):
+            self._drop_replica(replica)
+        for pending in self._pending.values():
+            for waiter in pending.waiters:
+                waiter(error("unreachable", "the bridge closed"))
+        self._pending.clear()
+        if self._receiver is not None:
+            self._receiver.close()
+        self._selector.close()
+        if self._control is not None:
+            self._control.close()
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
+
+    def __enter__(self) -> Bridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters: datagrams and bytes in and out, updates, and drops by reason."""
+        counts = dict(self._counts)
+        counts["dropped_incomplete"] = self._assembler.incomplete
+        counts["dropped_inconsistent"] = self._assembler.inconsistent
+        return counts
+
+    def request(self, message: dict[str, object], timeout_s: float = 10.0) -> dict[str, object]:
+        """Serve a control request (``core/remote.py`` lists them) from this process: the serving
+        thread answers it. For a bridge embedded without its control socket."""
+        if self._closed:
+            raise ClosedError("the bridge is closed")
+        done = threading.Event()
+        answer: list[dict[str, object]] = []
+
+        def reply(message: dict[str, object]) -> None:
+            answer.append(message)
+            done.set()
+
+        with self._calls_lock:
+            self._calls.append((message, reply))
+        self._wake()
+        if not done.wait(timeout_s):
+            return error("unreachable", "the bridge did not answer")
+        return answer[0]
+
+    # ---- one turn of the loop
+    def _turn(self, now_s: float) -> bool:
+        assert self._receiver is not None
+        busy = self._receiver.dispatch_pending(1024) > 0   # local writes: marks units dirty
+        drops = _native.load64(self._receiver.fifo.address + L.FIFO_DROPS)
+        if drops != self._fifo_drops:
+            self._counts["signals_lost"] += drops - self._fifo_drops
+            self._fifo_drops = drops
+            for replica in self._replicas.values():
+                replica.forget_own_writes()
+        busy |= self._receive_all(now_s)
+        busy |= self._serve_control()
+        self._send_dirty()
+        self._flush(now_s)
+        self._timers(now_s)
+        return busy
+
+    def _sleep(self) -> None:
+        """Wait for a datagram, a control request, a wake-up or a signal (the doorbell handshake of
+        ``ombm.aio.wait``: announce, re-check, sleep; the push rings the doorbell only if announced)."""
+        receiver = self._receiver
+        assert receiver is not None
+        fifo = receiver.fifo
+        timeout = self._next_timer_s()
+        sleep_word = fifo.address + L.FIFO_SLEEP
+        if not receiver.kernel:
+            _native.store32(sleep_word, L.SLEEP_DOORBELL)
+            if fifo.ready():
+                _native.store32(sleep_word, L.SLEEP_AWAKE)
+                return
+            if fifo.depth():  # claimed, not yet published: look again soon
+                timeout = min(timeout, 0.01)
+        try:
+            events = self._selector.select(timeout)
+        finally:
+            if not receiver.kernel:
+                _native.store32(sleep_word, L.SLEEP_AWAKE)
+                fifo.drain_doorbell()
+                if fifo.depth() and not fifo.ready():
+                    fifo.retire_stalled()
+        if any(key.fileobj is self._wake_r for key, _ in events):
+            try:
+                while self._wake_r.recv(64):
+                    pass
+            except OSError:
+                pass
+
+    def _next_timer_s(self) -> float:
+        now = time.monotonic()
+        when = [now + 1.0] + [p.next_send_s for p in self._pending.values()]
+        expiry = self._assembler.next_expiry_s
+        if expiry is not None:
+            when.append(expiry)
+        return max(0.0, min(when) - now)
+
+    def _timers(self, now_s: float) -> None:
+        self._assembler.expire(now_s)
+        for ident, pending in list(self._pending.items()):
+            if now_s >= pending.deadline_s:
+                del self._pending[ident]
+                for waiter in pending.waiters:
+                    waiter(error("unreachable", f"the bridge at {_text(pending.address)} did not answer: is it "
+                                  "running, and does it list this host as a --peer (or share the key)?"))
+            elif now_s >= pending.next_send_s:
+                pending.next_send_s = now_s + RETRY_S
+                self._send(pending.address, pending.datagram())
+
+    # ---- datagrams in
+    def _receive_all(self, now_s: float) -> bool:
+        for taken in range(MAX_TURN):
+            try:
+                data, source = self._sock.recvfrom(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return taken > 0
+            except OSError:  # an ICMP error reported on the socket (a peer's port closed)
+                continue
+            self.receive_datagram(data, source[:2], now_s)
+        return True
+
+    def receive_datagram(self, data: bytes, source: Address, now_s: float | None = None) -> None:
+        """Take one datagram from ``source``: validate, then act on it; a bad one is dropped and
+        counted, never raised. Call it only from the serving thread (or on a bridge not serving)."""
+        counts = self._counts
+        counts["datagrams_in"] += 1
+        counts["bytes_in"] += len(data)
+        if self._key is None and source not in self._peers:
+            counts["dropped_not_peer"] += 1
+            return
+        try:
+            datagram = dg.decode(data, self._key)
+        except DatagramError as exc:
+            counts["dropped_bad_mac" if exc.reason == "bad_mac" else "dropped_malformed"] += 1
+            return
+        if self._window.check(datagram.sender, datagram.seq, _now_us()):
+            counts["dropped_replay"] += 1
+            return
+        self._window.commit(datagram.sender, datagram.seq)
+        try:
+            self._act(datagram, source, time.monotonic() if now_s is None else now_s)
+        except Exception:  # a bug must not end the bridge: counted and logged
+            counts["internal_errors"] += 1
+            _log.exception("ombm bridge: a datagram from %s could not be handled", _text(source))
+
+    def _act(self, datagram: dg.Datagram, source: Address, now_s: float) -> None:
+        kind = datagram.kind
+        if kind is dg.Kind.UPDATE:
+            for entry in datagram.entries:
+                self._take_entry(entry, datagram.sender, source, now_s)
+            return
+        body = datagram.body
+        assert body is not None
+        if kind is dg.Kind.IMPORT:
+            self._serve_import(body, source)
+        elif kind is dg.Kind.IMPORT_REPLY:
+            self._imported_reply(body, source)
+        elif kind is dg.Kind.LIST:
+            names = sorted(self._exports)[: dg.MAX_BODY_ITEMS]
+            self._send(source, self._sealer.control(dg.Kind.EXPORTS, {"nonce": body["nonce"], "names": names},
+                                                    _now_us()))
+        elif kind is dg.Kind.EXPORTS:
+            self._answer(("exports", source, ""), body["nonce"], {"ok": True, "names": body["names"]})
+        elif kind is dg.Kind.OFFER:
+            self._offered(body, source)
+        elif kind is dg.Kind.OFFER_REPLY:
+            self._offer_reply(body, source)
+        elif kind is dg.Kind.RESYNC:
+            self._resync_asked(body, source)
+        elif kind is dg.Kind.BYE:
+            self._bye(body, source, datagram.sender)
+
+    def _take_entry(self, entry: dg.Entry, sender: int, source: Address, now_s: float) -> None:
+        replica = self._replicas.get(entry.key)
+        if replica is None or source not in replica.links:
+            self._counts["dropped_unknown_segment"] += 1
+            return
+        update = self._assembler.add(sender, entry, now_s)
+        if update is None:
+            return
+        status, relays = replica.apply(update, source, self._room,
+                                       lambda u: self._resyncs.setdefault((source, replica.key), set()).add(u))
+        if status == "applied":
+            self._counts["updates_in"] += 1
+            for address, entries in relays:
+                self._queue(address, entries)
+        else:
+            self._counts[f"dropped_{'inconsistent' if status == 'malformed' else status}"] += 1
+
+    def _resync_asked(self, body: dict[str, object], source: Address) -> None:
+        replica = self._replicas.get(_int(body["key"]))
+        link = replica.links.get(source) if replica is not None else None
+        if replica is None or link is None:
+            self._counts["dropped_unknown_segment"] += 1
+            return
+        self._counts["resyncs_received"] += 1
+        for u in _ints(body["units"]):
+            if u < replica.units:
+                link.in_sync[u] = 0
+
+    def _bye(self, body: dict[str, object], source: Address, sender: int) -> None:
+        keys = set(_ints(body["keys"]))
+        for replica in list(self._replicas.values()):
+            link = replica.links.get(source)
+            if link is None or (keys and replica.key not in keys):
+                continue
+            del replica.links[source]
+            if link.exporter or not replica.links:  # the exporter left, or the last importer
+                self._drop_replica(replica)
+        if not keys:
+            self._window.forget(sender)
+
+    # ---- exporting
+    def _serve_import(self, body: dict[str, object], source: Address) -> None:
+        name = str(body["name"])
+        answer: dict[str, object] = {"nonce": body["nonce"], "name": name}
+        if name not in self._exports:
+            answer.update(error=f"{_text(self.address)} does not export {name!r}", why="not_found")
+        else:
+            replica, problem = self._export_replica(name)
+            if replica is None:
+                answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
+            else:
+                replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                self._counts["imports_served"] += 1
+                seg = replica.segment
+                answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
+                              sow=seg.signal_on_write)
+        self._send(source, self._sealer.control(dg.Kind.IMPORT_REPLY, answer, _now_us()))
+
+    def _export_replica(self, name: str) -> tuple[Replica | None, str]:
+        """The replica of local segment ``name`` that this bridge exports (made on first use), or why not."""
+        replica = self._exported.get(name)
+        if replica is not None:
+            if _still_named(replica):
+                return replica, ""
+            self._drop_replica(replica)  # its creator released it, or made it anew
+        try:
+            seg = open_segment(name)
+        except SegmentNotFoundError:
+            return None, f"no segment named {name!r} on {_text(self.address)}"
+        except (OmbmError, OSError) as exc:
+            return None, f"{name!r} cannot be exported: {exc}"
+        if seg.mode != MESSAGE_CONSISTENCY or not seg.signal_on_write:
+            seg.release()
+            return None, f"{name!r} cannot be exported: only message-consistency segments with signal-on-write are"
+        replica = Replica(name, seg, namespace.new_token(), exported=True)
+        self._register(replica)
+        self._exported[name] = replica
+        return replica, ""
+
+    def _register(self, replica: Replica) -> None:
+        assert self._receiver is not None
+        self._replicas[replica.key] = replica
+        replica.watch(self._receiver)
+
+    def _drop_replica(self, replica: Replica) -> None:
+        self._replicas.pop(replica.key, None)
+        if self._exported.get(replica.name) is replica:
+            del self._exported[replica.name]
+        for ident in [i for i, r in self._imported.items() if r is replica]:
+            del self._imported[ident]
+        self._assembler.forget(replica.key)
+        replica.close()
+
+    # ---- importing
+    def _imported_reply(self, body: dict[str, object], source: Address) -> None:
+        name = str(body["name"])
+        ident = ("import", source, name)
+        pending = self._pending.get(ident)
+        if pending is None or pending.nonce != body["nonce"]:
+            self._counts["dropped_unexpected"] += 1
+            return
+        if "error" in body:
+            kind = "not_found" if body.get("why") == "not_found" else "refused"
+            self._answer(ident, pending.nonce, error(kind, str(body["error"])))
+            return
+        try:
+            local = self._make_replica(name, source, body)
+        except (OmbmError, OSError, ValueError) as exc:
+            self._answer(ident, pending.nonce, error("refused", f"the replica of {name!r} cannot be made: {exc}"))
+            return
+        self._answer(ident, pending.nonce, {"ok": True, "local": local})
+
+    def _make_replica(self, name: str, source: Address, body: dict[str, object]) -> str:
+        key = _int(body["key"])
+        existing = self._imported.get((source, name))
+        if existing is not None and existing.key == key:
+            return existing.name
+        if existing is not None:  # the exporter exported it afresh (it restarted)
+            self._drop_replica(existing)
+        if key in self._replicas:
+            raise ValueError("its key is in use here")
+        local = replica_name(namespace.validate_name(name), source)
+        geometry = {"size": _int(body["size"]), "mode": Mode(_int(body["mode"])), "unit": _int(body["unit"]),
+                    "signal_on_write": bool(body.get("sow", True))}
+        try:
+            seg = create_segment(name=local, **geometry)  # type: ignore[arg-type]
+        except SegmentExistsError:  # left by a bridge that died: its creator's name is free to take over
+            if not reclaim_segment_if_dead(namespace.segment_path(local), creator_death_frees=True):
+                raise
+            seg = create_segment(name=local, **geometry)  # type: ignore[arg-type]
+        try:
+            replica = Replica(local, seg, key, exported=False)
+        except BaseException:
+            seg.release()
+            raise
+        replica.link(source, exporter=True)
+        self._register(replica)
+        self._imported[(source, name)] = replica
+        self._counts["replicas_made"] += 1
+        return local
+
+    def _answer(self, ident: tuple[str, Address, str], nonce: object, message: dict[str, object]) -> None:
+        pending = self._pending.get(ident)
+        if pending is None or pending.nonce != nonce:
+            self._counts["dropped_unexpected"] += 1
+            return
+        del self._pending[ident]
+        for waiter in pending.waiters:
+            waiter(message)
+
+    # ---- the local control socket (and in-process requests)
+    def _serve_control(self) -> bool:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for message, reply in calls:
+            self._control_request(message, reply)
+        taken = len(calls)
+        if self._control is not None:
+            for request, answer in self._control.requests(MAX_TURN):
+                taken += 1
+                if request is None:
+                    answer(error("bad_request", "not a msgpack map"))
+                else:
+                    self._control_request(request, answer)
+        return taken > 0
+
+    def _control_request(self, message: dict[str, object], reply: Reply) -> None:
+        op = message.get("op")
+        if op == "status":
+            reply({"ok": True, "stats": self.stats, "listen": _text(self.address)})
+            return
+        if op not in ("import", "exports", "offer"):
+            reply(error("bad_request", f"unknown request {op!r}"))
+            return
+        try:
+            address = self._remote_address(message)
+            name = namespace.validate_name(message.get("name")) if op != "exports" else ""
+            timeout_s = min(max(float(message.get("timeout", 5.0)), 0.1), 60.0)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            reply(error("bad_request", str(exc)))
+            return
+        if address == self.address:
+            reply(error("refused", f"{_text(address)} is this host's own bridge: use the local name instead"))
+            return
+        if self._key is None and address not in self._peers:
+            reply(error("refused", f"this bridge has no key and {_text(address)} is not one of its peers: "
+                                    f"start it with --peer {_text(address)} (or give both bridges --key-file)"))
+            return
+        if op == "import":
+            existing = self._imported.get((address, name))
+            if existing is not None:
+                reply({"ok": True, "local": existing.name})
+            else:
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
+        elif op == "exports":
+            self._ask(("exports", address, ""), dg.Kind.LIST, {}, timeout_s, reply)
+        else:
+            self._offer(name, address, timeout_s, reply)
+
+    def _remote_address(self, message: dict[str, object]) -> Address:
+        host, port = message.get("host"), message.get("port")
+        if not isinstance(host, str) or type(port) is not int or not 0 < port <= 65535:
+            raise ValueError("give host (an IP address) and port")
+        ip = ipaddress.ip_address(host)
+        if (ip.version == 6) != (self._family == socket.AF_INET6):
+            raise ValueError(f"this bridge listens on IPv{4 if self._family == socket.AF_INET else 6}")
+        return str(ip), port
+
+    def _ask(self, ident: tuple[str, Address, str], kind: dg.Kind, body: dict[str, object], timeout_s: float,
+             reply: Reply) -> None:
+        """Send ``kind`` (its ``body`` and a nonce) to ``ident``'s address until answered or ``timeout_s``;
+        ``reply`` gets the answer (requests for the same ``ident`` share one)."""
+        pending = self._pending.get(ident)
+        if pending is None:
+            nonce = secrets.randbits(63)
+            body = {"nonce": nonce, **body}
+            now = time.monotonic()
+            pending = self._pending[ident] = _Pending(
+                nonce, ident[1], lambda: self._sealer.control(kind, body, _now_us()), now + timeout_s, now)
+        pending.waiters.append(reply)
+        self._wake()
+
+    # ---- offering: a local process has a local segment replicated at another host (RPC's own channels)
+    def _offer(self, name: str, address: Address, timeout_s: float, reply: Reply) -> None:
+        replica, problem = self._export_replica(name)
+        if replica is None:
+            reply(error("not_found", problem))
+            return
+        if address not in replica.links:
+            replica.link(address)
+        seg = replica.segment
+        self._ask(("offer", address, name), dg.Kind.OFFER,
+                  {"name": name, "key": replica.key, "size": seg.size, "unit": seg.unit, "mode": int(seg.mode),
+                   "sow": seg.signal_on_write}, timeout_s, reply)
+
+    def _offered(self, body: dict[str, object], source: Address) -> None:
+        name = str(body["name"])
+        answer: dict[str, object] = {"nonce": body["nonce"], "name": name}
+        try:
+            answer["local"] = self._make_replica(name, source, body)
+        except (OmbmError, OSError, ValueError) as exc:
+            answer["error"] = f"{_text(self.address)} cannot make a replica of {name!r}: {exc}"[:dg.MAX_TEXT]
+        self._send(source, self._sealer.control(dg.Kind.OFFER_REPLY, answer, _now_us()))
+
+    def _offer_reply(self, body: dict[str, object], source: Address) -> None:
+        ident = ("offer", source, str(body["name"]))
+        if "error" in body:
+            self._answer(ident, body["nonce"], error("refused", str(body["error"])))
+        else:
+            self._answer(ident, body["nonce"], {"ok": True, "remote": body["local"]})
+
+    # ---- datagrams out
+    def _next_tag(self) -> int:
+        self._tag = (self._tag + 1) & 0xFFFFFFFF or 1
+        return self._tag
+
+    def _send_dirty(self) -> None:
+        for replica in list(self._replicas.values()):
+            if not replica.dirty:
+                continue
+            units, replica.dirty = replica.dirty, {}
+            for u in units:
+                for address, entries in replica.local_update(u, self._next_tag(), self._room):
+                    self._queue(address, entries)
+
+    def _queue(self, address: Address, entries: list[bytes]) -> None:
+        packer = self._packers.get(address)
+        if packer is None:
+            packer = self._packers[address] = Packer(self._mtu, self._sealer.trailer)
+        self._counts["updates_out"] += 1
+        for entry in entries:
+            body = packer.add(entry)
+            if body is not None:
+                self._send(address, self._sealer.seal(dg.Kind.UPDATE, body[0], body[1], _now_us()))
+
+    def _flush(self, now_s: float) -> None:
+        for address, packer in self._packers.items():
+            body = packer.take()
+            if body is not None:
+                self._send(address, self._sealer.seal(dg.Kind.UPDATE, body[0], body[1], _now_us()))
+        for (address, key), units in self._resyncs.items():
+            listed = sorted(units)
+            for at in range(0, len(listed), dg.MAX_BODY_ITEMS):
+                self._counts["resyncs_sent"] += 1
+                self._send(address, self._sealer.control(
+                    dg.Kind.RESYNC, {"key": key, "units": listed[at:at + dg.MAX_BODY_ITEMS]}, _now_us()))
+        self._resyncs.clear()
+
+    def _send(self, address: Address, data: bytes) -> None:
+        try:
+            self._sock.sendto(data, address)
+        except OSError:  # full, or the path refused it: best effort, counted
+            self._counts["send_errors"] += 1
+            return
+        self._counts["datagrams_out"] += 1
+        self._counts["bytes_out"] += len(data)
+
+
+# ---- helpers
+def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
+    """(family, (ip, port)) of ``host``; ValueError if it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    fam, _, _, _, sockaddr = infos[0]
+    return fam, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _still_named(replica: Replica) -> bool:
+    """Whether the name of an exported segment still names the segment we hold (its creator may have
+    released it, or released it and made another of that name)."""
+    try:
+        seg = open_segment(replica.name)
+    except (OmbmError, OSError):
+        return False
+    try:
+        return seg.id == replica.segment.id
+    finally:
+        seg.release()
+
+
+def _text(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _int(value: object) -> int:
+    assert type(value) is int  # the datagram's schema checked it
+    return value
+
+
+def _ints(value: object) -> list[int]:
+    assert type(value) is list
+    return [_int(v) for v in value]

@@ -1,0 +1,204 @@
+"""One replicated segment at one bridge: what the peers hold, what changed, what to send (§3.2.3).
+
+The bridge is a receiver on the whole of every segment it replicates. A signal for a unit means a
+write completed it on this host: the unit's new content goes to every peer that binds the segment.
+An update that arrives is written into the local binding with :meth:`~ombm.Region.write`, which
+raises this host's signals (signal-on-write, §3.3), and goes on to the other peers (the exporter
+relays between its importers: a star).
+
+**Only what changed.** A unit can be large (an RPC slot is 128 KiB, the frame at its end), so a
+*delta* carries only the bytes from the first one that differs from the *shadow* (the unit's content
+as this bridge last sent or wrote it) to the unit's end, whose last byte the receiver's write must
+complete. A delta applies only to the content it was computed from: every content of a unit has a
+*tag* (32 bits, fresh per update), a delta names its base tag, and a receiver whose unit has another
+tag drops the delta and asks for a *full* update (RESYNC). A full update carries the unit from its
+first non-zero byte; the receiver zeroes the rest. Per peer, each unit is *in sync* (its tag is ours:
+deltas) or not (the next update is full); a new peer starts with no unit in sync.
+
+**Echo suppression: a count of own writes per unit.** The bridge's own write of an update raises
+its own signal too, which must not go back out. A core write that skips one receiver would need a
+change to the native write path (and its route cache) for a single user; content comparison cannot
+tell an echo from a process rewriting the same bytes (an RPC retransmission, which must go out). So
+the serving thread counts, per unit, the writes it made whose signals it has not yet taken, and
+takes one signal per count without sending. One thread does both the writes and the takes, so the
+count is exact while the bridge's FIFO drops nothing; if it drops (it counts drops), the counts are
+cleared: at worst one echo goes out as a one-byte delta (a duplicate signal, which the layers above
+tolerate), never a local write lost.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ombm.core.segment import Region, Segment
+from ombm.core.signals import Receiver, SignalHandle
+from ombm.transport.updates import Update, cut
+
+__all__ = ["Link", "Replica", "first_difference"]
+
+Address = tuple[str, int]
+
+
+def first_difference(new: bytes, old: bytes | bytearray) -> int:
+    """The index of the first byte where ``new`` and ``old`` (same length) differ; ``len`` if none.
+
+    A binary search over prefixes compared whole (``memcmp``), so about 2n bytes compared."""
+    n = len(new)
+    if new == old:
+        return n
+    lo, hi = 0, n  # new[:lo] == old[:lo]; they differ before hi
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        if new[lo:mid] == old[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while new[lo] == old[lo]:
+        lo += 1
+    return lo
+
+
+def _first_nonzero(data: bytes) -> int:
+    return len(data) - len(data.lstrip(b"\0"))
+
+
+@dataclass
+class Link:
+    """One peer that binds the segment: which units hold, there, the content our tag names."""
+
+    address: Address
+    in_sync: bytearray
+    exporter: bool = False  # the peer exports the segment (we imported it from there)
+
+
+@dataclass
+class Replica:
+    """A segment this bridge replicates: its binding, shadow, tags, own-write counts and links."""
+
+    name: str
+    segment: Segment
+    key: int
+    exported: bool  # a local segment we export (else a replica we made of a remote one)
+    region: Region = field(init=False)
+    unit: int = field(init=False)
+    units: int = field(init=False)
+    shadow: bytearray = field(init=False)
+    tags: array[int] = field(init=False)
+    own: bytearray = field(init=False)
+    links: dict[Address, Link] = field(default_factory=dict)
+    dirty: dict[int, None] = field(default_factory=dict)
+    handle: SignalHandle | None = None
+
+    def __post_init__(self) -> None:
+        self.region = self.segment.bind(writable=True)
+        self.unit = self.segment.unit
+        self.units = -(-self.segment.size // self.unit)
+        self.shadow = bytearray(self.segment.size)
+        self.tags = array("I", bytes(4 * self.units))
+        self.own = bytearray(self.units)
+
+    def watch(self, receiver: Receiver) -> None:
+        """Take every signal of the segment on ``receiver`` (once)."""
+        if self.handle is None:
+            self.handle = receiver.add_handler(self.region.address, self.region.size, self.on_signal)
+
+    def on_signal(self, address: int) -> None:
+        """A unit was completed on this host: by us (an echo, taken) or by a local writer (dirty)."""
+        u = (address - self.region.address) // self.unit
+        if self.own[u]:
+            self.own[u] -= 1
+        else:
+            self.dirty[u] = None
+
+    def forget_own_writes(self) -> None:
+        """Our FIFO dropped signals: the counts may wait for echoes that never come."""
+        self.own[:] = bytes(self.units)
+
+    def link(self, address: Address, *, exporter: bool = False) -> Link:
+        """The link to ``address``, new (no unit in sync) or reset if it existed."""
+        link = self.links[address] = Link(address, bytearray(self.units), exporter)
+        return link
+
+    def bounds(self, u: int) -> tuple[int, int]:
+        lo = u * self.unit
+        return lo, min(lo + self.unit, self.segment.size)
+
+    # -- sending
+    def local_update(self, u: int, tag: int, room: int) -> list[tuple[Address, list[bytes]]]:
+        """The entries that carry unit ``u``'s new content (as the binding holds it now) to each peer."""
+        lo, hi = self.bounds(u)
+        return self._fan_out(u, tag, bytes(self.region.buffer[lo:hi]), None, room)  # a snapshot
+
+    def _fan_out(self, u: int, tag: int, image: bytes, exclude: Address | None,
+                 room: int) -> list[tuple[Address, list[bytes]]]:
+        """Send ``image`` (the unit's new content, tagged ``tag``) to every link but ``exclude``: a delta
+        where the unit is in sync, whole where not; then make it the shadow and ``tag`` the unit's."""
+        lo, hi = self.bounds(u)
+        last = hi - lo - 1  # the last byte goes in any case: its write raises the signal there
+        base = self.tags[u]
+        as_delta: list[bytes] | None = None
+        as_full: list[bytes] | None = None
+        out = []
+        for link in self.links.values():
+            if link.address == exclude:
+                continue
+            if link.in_sync[u] and base:
+                if as_delta is None:
+                    d = min(first_difference(image, self.shadow[lo:hi]), last)
+                    as_delta = cut(self.key, [(lo + d, image[d:])], base, tag, False, room)
+                out.append((link.address, as_delta))
+            else:
+                if as_full is None:
+                    z = min(_first_nonzero(image), last)
+                    as_full = cut(self.key, [(lo + z, image[z:])], 0, tag, True, room)
+                link.in_sync[u] = 1
+                out.append((link.address, as_full))
+        self.shadow[lo:hi] = image
+        self.tags[u] = tag
+        return out
+
+    # -- receiving
+    def unit_of(self, update: Update) -> int:
+        """The unit an update rewrites; -1 if its ranges are not inside one unit ending at its last byte."""
+        first, last = update.ranges[0], update.ranges[-1]
+        if first[0] >= self.segment.size:
+            return -1
+        u = first[0] // self.unit
+        lo, hi = self.bounds(u)
+        return u if lo <= first[0] and last[0] + len(last[1]) == hi else -1
+
+    def apply(self, update: Update, sender: Address, room: int,
+              resync: Callable[[int], None]) -> tuple[str, list[tuple[Address, list[bytes]]]]:
+        """Write a whole update from ``sender``: ("applied", the entries relaying it to the other links),
+        or why not ("stale": another base, RESYNC asked; "duplicate"; "malformed")."""
+        nothing: list[tuple[Address, list[bytes]]] = []
+        link = self.links.get(sender)
+        u = self.unit_of(update)
+        if link is None or u < 0:
+            return "malformed", nothing
+        if update.tag == self.tags[u] and link.in_sync[u]:
+            return "duplicate", nothing
+        if not update.full and update.base != self.tags[u]:
+            link.in_sync[u] = 0
+            resync(u)
+            return "stale", nothing
+        lo, hi = self.bounds(u)
+        image = bytearray(hi - lo) if update.full else self.shadow[lo:hi]
+        for offset, data in update.ranges:
+            image[offset - lo:offset - lo + len(data)] = data
+        start = 0 if update.full else update.ranges[0][0] - lo
+        if self.own[u] < 255:
+            self.own[u] += 1
+        self.region.write(lo + start, memoryview(image)[start:])  # its last byte raises the signals here
+        link.in_sync[u] = 1
+        return "applied", self._fan_out(u, update.tag, bytes(image), sender, room)
+
+    def close(self) -> None:
+        """Stop watching, unbind, release (the creator of an imported replica removes its name)."""
+        if self.handle is not None:
+            self.handle.disable()
+            self.handle = None
+        self.region.unbind()
+        self.segment.release()
