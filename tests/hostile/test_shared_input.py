@@ -12,8 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import tracemalloc
 
+import msgpack
 import pytest
+
+import ombm
+from ombm import _layout as L
+from ombm import _native
+from ombm.transport import wire
 
 pytestmark = pytest.mark.processes
 
@@ -60,3 +67,121 @@ def test_gc_and_ls_skip_files_that_are_not_regular(procs, shm_root):
     assert counts.startswith("0 0 ")
     assert "'folder', 'unreadable or truncated'" in counts and "'pipe', 'unreadable or truncated'" in counts
     assert names == str(sorted(["fifo-00000000000000ab", "seg-folder", "seg-pipe"]))
+
+
+# ---------------------------------------------------------------- RPC: forged signals, forged ACKs
+class Calc:
+    def add(self, a, b):
+        return a + b
+
+
+@pytest.fixture
+def service(own_receiver):
+    name = f"shared-input-{os.getpid()}-{ombm.core.namespace.new_token() & 0xFFFFFF:06x}"
+    server = ombm.rpc.Server(name, Calc()).start()
+    try:
+        yield name
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("where", ["past-the-end", "last-partial-slot", "top-bit"])
+def test_a_forged_reply_signal_beyond_the_slots_is_dropped(service, where):
+    """A signal FIFO entry naming the client's reply segment with an offset past its last slot (any
+    process that can signal the client can push one) made the call raise ``IndexError``: the slot
+    was looked up in a list without a bound. It is a frame that fails its checks: counted, dropped."""
+    with ombm.rpc.connect(service, timeout=5.0) as client:
+        assert client.add(1, 2) == 3
+        reply = client._reply
+        offset = {"past-the-end": reply.segment.size, "last-partial-slot": reply.slots * reply.slot_size + 1,
+                  "top-bit": 1 << 63}[where]
+        fifo = client._receiver.fifo.fifo_map
+        for _ in range(3):  # taken by the call lane, by the protocol's wait, by a dispatch
+            _native.fanout((fifo,), client._reply_segment, offset)
+            assert client.add(2, 3) == 5
+        assert client.statistics().bad_frames >= 1
+
+
+def _forge_ack(client, payload: bytes) -> None:
+    """Write an ACK frame carrying ``payload`` for ``client``'s CONNECT into its reply channel, as
+    any process of the user can (the nonce is in the CONNECT frame, in the well-known channel)."""
+    frame = wire.encode(wire.Kind.ACK, 0, client._nonce, payload)
+    client._reply.send(frame, 0)
+
+
+@pytest.mark.parametrize("hello", [[1, 2], {"pid": "x", "start": 0, "max_payload": 10}, {"pid": 1},
+                                   {"pid": 1, "start": 2, "max_payload": -5}, 7, {"pid": 2**64 - 1, "start": 0, "max_payload": 100}])
+def test_a_forged_ack_is_ignored_while_connecting(service, hello, monkeypatch):
+    """The server's ACK is untrusted: a forged one (not a map, fields missing, not ints, out of
+    range) made ``connect`` raise ``TypeError``, ``KeyError`` or ``ValueError``. It is dropped and the
+    client waits for the real ACK."""
+    real = ombm.rpc.client.Client._connect
+
+    def connect_with_forgery(self, well_known, slots, slot_size):
+        original_send = well_known.send_anywhere
+        sent = []
+
+        def forge_first(frame):  # the first CONNECT is not sent: the forged ACK comes alone
+            if not sent:
+                _forge_ack(self, msgpack.packb(hello))
+            else:
+                original_send(frame)
+            sent.append(frame)
+
+        well_known.send_anywhere = forge_first
+        return real(self, well_known, slots, slot_size)
+
+    monkeypatch.setattr(ombm.rpc.client.Client, "_connect", connect_with_forgery)
+    with ombm.rpc.connect(service, timeout=5.0) as client:
+        assert client.add(2, 3) == 5
+
+
+def test_a_well_known_channel_of_another_geometry_is_not_a_service(own_receiver):
+    """A segment under a service's well-known name whose slots cannot hold a CONNECT frame (its
+    header is anyone's to write) made ``connect`` raise ``AddressError`` (the frame was written
+    before the slot's start). The client reads the geometry once and refuses it: not a service."""
+    service = f"shared-input-geometry-{os.getpid()}"
+    with ombm.create_segment(2 * 64, name=ombm.rpc.slots.well_known_name(service), unit=64):
+        with pytest.raises(ombm.ServiceNotFoundError):
+            ombm.rpc.connect(service, timeout=0.5)
+
+
+def _sparse_channel(name: str, size: int, unit: int) -> str:
+    """A published segment file of ``size`` data bytes that costs no memory (a sparse file), made
+    by hand as any process of the user can."""
+    path = ombm.core.namespace.segment_path(name)
+    pid, start = ombm.core.namespace.me()
+    header = L.SEG_HEADER.pack(L.SEG_MAGIC, L.SEG_VERSION, 1, size, unit, L.FLAG_SIGNAL_ON_WRITE, 0x5EED, pid,
+                               L.DIR_CAPACITY, start, 0)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, L.HEADER_SIZE + size)
+        os.pwrite(fd, header, 0)
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_opening_a_channel_allocates_nothing_per_slot():
+    """A server opens the channels its clients made: a client naming a sparse channel of 64 MiB
+    cut into 64-byte slots made the server allocate a view per slot (about 200 MB here, and a
+    server hung, then died of memory, for a channel of a TiB). Views are cut when a signal names
+    a slot."""
+    name = f"shared-input-sparse-{os.getpid()}"
+    path = _sparse_channel(name, 1 << 26, 64)
+    try:
+        tracemalloc.start()
+        try:
+            channel = ombm.rpc.slots.SlotChannel.open(name, writable=False)
+            allocated = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        try:
+            assert channel.slots == 1 << 20
+            assert allocated < 1 << 20, f"{allocated} bytes allocated to open a channel"
+            assert bytes(channel.slot_view_at(5 * 64 + 3)) == bytes(64)
+        finally:
+            channel.close()
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
