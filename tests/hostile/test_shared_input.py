@@ -47,6 +47,8 @@ folder = namespace.folder()
 os.mkfifo(os.path.join(folder, "fifo-00000000000000ab"))  # a plain open() of it waits for a writer
 os.mkfifo(os.path.join(folder, "seg-pipe"))                # pread() of it fails with ESPIPE
 os.mkdir(os.path.join(folder, "seg-folder"))
+os.mkdir(os.path.join(folder, "sock-00000000000000ef"))    # unlink() of it raises IsADirectoryError
+os.mkfifo(os.path.join(folder, "sock-00000000000000cd"))   # not a socket: not gc's to remove
 report = admin.gc()
 listed = admin.list_segments()
 print(report.fifos_removed, report.segments_removed, sorted((s.name, s.error) for s in listed))
@@ -56,8 +58,9 @@ print(sorted(os.listdir(folder)))
 
 def test_gc_and_ls_skip_files_that_are_not_regular(procs, shm_root):
     """A named pipe called ``fifo-*`` hung ``ombm gc`` for good (it opened it for reading, which
-    waits for a writer), and one called ``seg-*`` made it raise ``OSError`` (ESPIPE): whatever is
-    not a regular file is neither read nor removed."""
+    waits for a writer), one called ``seg-*`` made it raise ``OSError`` (ESPIPE), and a folder
+    called ``sock-*`` ``IsADirectoryError``: whatever is not a regular file (nor, for ``sock-*``, a
+    socket) is neither read nor removed."""
     try:
         done = procs.python(NOT_REGULAR, env={"OMBM_SHM_DIR": shm_root}, timeout=CHILD_TIMEOUT_S)
     except Exception as exc:  # subprocess.TimeoutExpired: the child hung (it is killed)
@@ -66,7 +69,8 @@ def test_gc_and_ls_skip_files_that_are_not_regular(procs, shm_root):
     counts, names = done.stdout.splitlines()
     assert counts.startswith("0 0 ")
     assert "'folder', 'unreadable or truncated'" in counts and "'pipe', 'unreadable or truncated'" in counts
-    assert names == str(sorted(["fifo-00000000000000ab", "seg-folder", "seg-pipe"]))
+    assert names == str(sorted(["fifo-00000000000000ab", "seg-folder", "seg-pipe", "sock-00000000000000cd",
+                                   "sock-00000000000000ef"]))
 
 
 # ---------------------------------------------------------------- RPC: forged signals, forged ACKs

@@ -17,6 +17,7 @@ import errno
 import mmap
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 
@@ -172,6 +173,11 @@ def _reclaim_sockets(folder: str) -> int:
         if not f.startswith("sock-"):
             continue
         path = os.path.join(folder, f)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue  # not a socket (a folder, a named pipe): not ours to judge
+        except FileNotFoundError:
+            continue
         if len(os.fsencode(path)) > namespace.SUN_PATH_MAX:
             path = namespace.socket_address(f)
         if not _held(path):
