@@ -189,3 +189,39 @@ def test_opening_a_channel_allocates_nothing_per_slot():
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+@pytest.mark.parametrize("full", ["request", "reply", "request-after-hold", "tiny-reply-slots"])
+def test_a_connect_naming_unusable_channels_does_not_stop_the_server(service, full):
+    """A CONNECT naming channels whose directory is full (every entry held by a live process: any
+    process of the user can claim them) made the server's open raise ``DirectoryFullError`` out of
+    its serving loop: its thread died and nobody was served any more; so did reply slots too small for
+    the server's ACK (``ValueError``). Both are bad connects."""
+    tag = f"{os.getpid()}-{full}"
+    req = ombm.rpc.slots.SlotChannel.create(f"{service}-evil-{tag}-req", slots=4, slot_size=1024)
+    rep = ombm.rpc.slots.SlotChannel.create(f"{service}-evil-{tag}-rep", slots=4,
+                                            slot_size=64 if full == "tiny-reply-slots" else 1024)
+    directory = (rep if full == "reply" else req).segment.directory
+    # all entries but one; for "request-after-hold", the server's hold takes the last and its handler finds none
+    held = [directory.claim(L.KIND_HOLDER, 0, 0, 0) for _ in range(L.DIR_CAPACITY - 2)]
+    if full in ("request", "reply"):
+        held.append(directory.claim(L.KIND_HOLDER, 0, 0, 0))
+    elif full == "tiny-reply-slots":  # no full directory: reply slots the ACK does not fit (ValueError)
+        for entry in held:
+            directory.free(entry)
+        held = []
+    try:
+        pid, start = ombm.core.namespace.me()
+        hello = msgpack.packb({"req": req.name, "rep": rep.name, "conn": 77, "pid": pid, "start": start})
+        well_known = ombm.rpc.slots.SlotChannel.open(ombm.rpc.slots.well_known_name(service), writable=True)
+        try:
+            well_known.send(wire.encode(wire.Kind.CALL, 0, 0x5EED, hello), 0)
+        finally:
+            well_known.close()
+        with ombm.rpc.connect(service, timeout=5.0) as client:  # served after it
+            assert client.add(2, 3) == 5
+    finally:
+        for entry in held:
+            directory.free(entry)
+        req.close()
+        rep.close()
