@@ -9,6 +9,7 @@ Each test failed before its fix.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -225,3 +226,40 @@ def test_a_connect_naming_unusable_channels_does_not_stop_the_server(service, fu
             directory.free(entry)
         req.close()
         rep.close()
+
+
+# ---------------------------------------------------------------- the namespace's record
+RESOLVE = r"""
+from ombm.core import namespace
+print(namespace.folder())
+"""
+
+
+@pytest.mark.parametrize("what", ["named pipe", "folder", "junk"])
+def test_a_record_that_is_not_a_file_does_not_stop_a_process_from_starting(procs, shm_root, what):
+    """The record naming the user's private folder (``$XDG_RUNTIME_DIR/ombm/folder-<hash>``), which
+    every process reads when it starts, replaced by a named pipe (any process of the user can)
+    hung every process that started afterwards in its first use of ombm: the record was opened for
+    reading, which waits for a writer. It is read only if it is a regular file, without waiting."""
+    runtime = tempfile.mkdtemp(prefix="ombmtest-run-")
+    try:
+        records = os.path.join(runtime, "ombm")
+        os.mkdir(records, 0o700)
+        digest = hashlib.sha256(os.path.realpath(shm_root).encode()).hexdigest()[:16]
+        record = os.path.join(records, f"folder-{digest}")
+        if what == "named pipe":
+            os.mkfifo(record, 0o600)
+        elif what == "folder":
+            os.mkdir(record, 0o700)
+        else:
+            with open(record, "wb") as f:
+                f.write(b"ombm-0-../../etc\n\0\xff")
+        env = {"OMBM_SHM_DIR": shm_root, "XDG_RUNTIME_DIR": runtime}
+        try:
+            done = procs.python(RESOLVE, env=env, timeout=CHILD_TIMEOUT_S)
+        except Exception as exc:  # subprocess.TimeoutExpired: the child hung (it is killed)
+            pytest.fail(f"a process hung reading the record: {exc}")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == os.path.join(shm_root, f"ombm-{os.getuid()}")
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
