@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import tracemalloc
 
@@ -263,3 +264,32 @@ def test_a_record_that_is_not_a_file_does_not_stop_a_process_from_starting(procs
         assert done.stdout.strip() == os.path.join(shm_root, f"ombm-{os.getuid()}")
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- names that are not segments
+@pytest.mark.parametrize("what", ["folder", "socket", "named pipe"])
+def test_opening_a_name_that_is_not_a_segment_file_is_a_format_error(what):
+    """Any process of the user can put a folder, a socket or a named pipe under a segment's name:
+    opening it raised ``IsADirectoryError`` or ``OSError`` (ENXIO), which no document names (a
+    client connecting to a service whose well-known name was a folder got it). It is not an ombm
+    segment: ``SegmentFormatError``."""
+    name = f"shared-input-not-a-file-{os.getpid()}"
+    path = ombm.core.namespace.segment_path(name)
+    sock = None
+    if what == "folder":
+        os.mkdir(path, 0o700)
+    elif what == "named pipe":
+        os.mkfifo(path, 0o600)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+    try:
+        with pytest.raises(ombm.SegmentFormatError):
+            ombm.open_segment(name)
+    finally:
+        if sock is not None:
+            sock.close()
+        if what == "folder":
+            os.rmdir(path)
+        else:
+            os.unlink(path)
