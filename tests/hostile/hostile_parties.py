@@ -25,6 +25,7 @@ import os
 import random
 import re
 import signal
+import socket
 import stat
 import struct
 import threading
@@ -34,6 +35,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 import ombm
 from ombm import _layout as L
 from ombm import _native
@@ -41,6 +44,7 @@ from ombm.core import admin, namespace
 from ombm.core.fifo import FifoRef
 from ombm.channels.raw import CONTROL_SIZE, RawChannel
 from ombm.channels.stream import CREDIT_FIRST, CREDIT_SIZE, CREDIT_SUFFIX, Stream
+from ombm.transport import wire
 from ombm.transport.wire import TRAILER_SIZE
 
 # ---------------------------------------------------------------- the attacks
@@ -48,7 +52,7 @@ from ombm.transport.wire import TRAILER_SIZE
 # processes that map it: they die of SIGBUS) is left out until segments survive it: that work
 # (a process-wide SIGBUS handler that replaces a truncated mapping) is not merged yet; add it to
 # ATTACKS then. The test checks that every kind listed here was applied.
-ALL_ATTACKS = ("header", "directory", "slots", "control", "stream_data", "credit", "raw_units", "fifo",
+ALL_ATTACKS = ("header", "directory", "slots", "frames", "control", "stream_data", "credit", "raw_units", "fifo",
                "signal", "forge", "junk", "admin", "record", "own", "truncate")
 ATTACKS = tuple(kind for kind in ALL_ATTACKS if kind != "truncate")
 
@@ -59,7 +63,7 @@ CLIENT_OK = (ombm.CallTimeout, ombm.ChannelBrokenError, ombm.ServiceNotFoundErro
 STREAM_OK = (ombm.ChannelTimeout, ombm.ChannelBrokenError, ombm.EndOfStream, ombm.FrameError,
              ombm.SegmentFormatError, ombm.SegmentNotFoundError, ombm.SegmentExistsError, ombm.DirectoryFullError)
 RAW_OK = (ombm.ChannelTimeout, ombm.ChannelBrokenError, ombm.EndOfStream, ombm.SegmentFormatError,
-          ombm.SegmentNotFoundError, ombm.DirectoryFullError)
+          ombm.SegmentNotFoundError, ombm.SegmentExistsError, ombm.DirectoryFullError)
 HOSTILE_OK = (ombm.SegmentFormatError, ombm.SegmentNotFoundError, ombm.DirectoryFullError, ombm.ChannelBrokenError)
 
 MAX_PROBLEMS = 20  # a party keeps the first ones (with their tracebacks)
@@ -206,8 +210,10 @@ class ClientParty(Party):
     nobody attacks: any error at all is a problem. Otherwise a documented error (CLIENT_OK) makes
     it close the connection and connect again; ``connect_failures`` counts failed connects in a row."""
 
-    def __init__(self, conn: Any, service: str, seed: int, strict: bool, timeout_s: float, pace_s: float) -> None:
+    def __init__(self, conn: Any, service: str, seed: int, strict: bool, timeout_s: float, pace_s: float,
+                 settings: dict[str, Any] | None = None) -> None:
         super().__init__(conn)
+        ombm.configure(**(settings or {}))  # e.g. the software-only signal path (its kernel socket)
         self.service, self.strict, self.timeout_s, self.pace_s = service, strict, timeout_s, pace_s
         self.rng = random.Random(seed)
         self.client: Any = None
@@ -527,15 +533,20 @@ _FIFO_FIELDS = ((0, 8), (8, 4), (12, 4), (16, 4), (20, 4), (24, 8), (32, 8), (40
 _SERVICE = re.compile(r"rpc-(?P<service>[A-Za-z0-9_.-]+?)(?:-(?P<nonce>[0-9a-f]{16})-(?P<dir>req|rep))?")
 
 
+def _packb(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(value)
+    return packed
+
+
 class Target:
     """A shared object the hostile peer found: its file, what it is, who owns it."""
 
-    __slots__ = ("path", "ino", "kind", "role", "owner", "segment_id", "size", "unit", "token")
+    __slots__ = ("path", "ino", "kind", "role", "owner", "segment_id", "size", "unit", "token", "kernel")
 
     def __init__(self, path: str, ino: int, kind: str, role: str, owner: int, segment_id: int = 0, size: int = 0,
-                 unit: int = 0, token: int = 0) -> None:
+                 unit: int = 0, token: int = 0, kernel: bool = False) -> None:
         self.path, self.ino, self.kind, self.role, self.owner = path, ino, kind, role, owner
-        self.segment_id, self.size, self.unit, self.token = segment_id, size, unit, token
+        self.segment_id, self.size, self.unit, self.token, self.kernel = segment_id, size, unit, token, kernel
 
 
 def _role(name: str, prefixes: dict[str, str]) -> str:
@@ -629,7 +640,8 @@ class Hostile(Party):
                           size=fields[3], unit=fields[4])
         if name.startswith("fifo-") and len(head) >= 48 and head[:8] == L.FIFO_MAGIC:
             fields = L.FIFO_HEADER.unpack_from(head)
-            return Target(path, st.st_ino, "fifo", "fifo", fields[3], token=fields[6])
+            return Target(path, st.st_ino, "fifo", "fifo", fields[3], token=fields[6],
+                          kernel=bool(fields[4] & L.FIFO_FLAG_KERNEL))
         return None
 
     def _pick(self, want: Callable[[Target], bool]) -> Target | None:
@@ -670,6 +682,18 @@ class Hostile(Party):
     def _write_bytes(self, target: Target, start: int, length: int) -> bool:
         """Random bytes over ``length`` bytes at ``start`` (a frame's payload, a whole slot)."""
         return self._apply(target, [(start, length)], lambda old, width: self.rng.randbytes(width))
+
+    def _copy(self, target: Target, source: int, start: int, length: int) -> bool:
+        """The ``length`` bytes at ``source`` of ``target`` written again at ``start``."""
+        try:
+            fd = os.open(target.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            data = os.pread(fd, length, source)
+        finally:
+            os.close(fd)
+        return len(data) == length and self._apply(target, [(start, length)], lambda old, width: data)
 
     def _apply(self, target: Target, writes: list[tuple[int, int]],
                new: Callable[[bytes, int], bytes]) -> bool:
@@ -712,7 +736,17 @@ class Hostile(Party):
         if t is None:
             return False
         index = self.rng.randrange(L.DIR_CAPACITY if self.rng.random() < 0.3 else 4)  # live entries come first
-        return self._write_fields(t, L.entry_offset(index), _ENTRY_FIELDS, self.rng.randint(1, 3))
+        if self.rng.random() < 0.8:
+            return self._write_fields(t, L.entry_offset(index), _ENTRY_FIELDS, self.rng.randint(1, 3))
+        # a whole entry that looks live: a live process (its start time right) holding the segment,
+        # or watching a range with a FIFO it names (any FIFO, a bystander's too): senders route there
+        pid = self.rng.choice(self.live)
+        fifos = [f.token for f in self.targets.values() if f.kind == "fifo"] or [self._value(8, 0)]
+        kind = self.rng.choice((L.KIND_HOLDER, L.KIND_RECEIVER))
+        entry = L.DIR_ENTRY.pack(L.ENTRY_LIVE, self.rng.getrandbits(32), pid, kind, namespace.start_time(pid),
+                                 self.rng.choice(fifos), self._value(8, 0) if self.rng.random() < 0.3 else 0,
+                                 self._value(8, t.size))
+        return self._apply(t, [(L.entry_offset(index), len(entry))], lambda old, width: entry)
 
     def _slotted(self, t: Target, first: int, fields: tuple[tuple[int, int], ...]) -> bool:
         """A frame that ends at a slot's end: its trailer's fields, its payload, the whole slot."""
@@ -724,8 +758,11 @@ class Hostile(Party):
             return False
         end = L.HEADER_SIZE + first + (self.rng.randrange(min(slots, 64)) + 1) * unit
         how = self.rng.random()
-        if how < 0.6:
+        if how < 0.55:
             return self._write_fields(t, end - TRAILER_SIZE, fields, self.rng.randint(1, 2))
+        if how < 0.65:  # replay: another slot's frame (a valid one, in the wrong place)
+            other = L.HEADER_SIZE + first + self.rng.randrange(min(slots, 64)) * unit
+            return self._copy(t, other, end - unit, unit)
         if how < 0.85:
             length = self.rng.randint(1, min(64, unit - TRAILER_SIZE))
             return self._write_bytes(t, end - TRAILER_SIZE - self.rng.randint(length, unit - TRAILER_SIZE), length)
@@ -734,6 +771,61 @@ class Hostile(Party):
     def attack_slots(self) -> bool:
         t = self._pick(lambda t: t.role in ("request", "reply", "well_known"))
         return t is not None and self._slotted(t, 0, _TRAILER_FIELDS)
+
+    def attack_frames(self) -> bool:
+        """Frames with a valid checksum (a CRC is no authenticator) that must not be taken for what
+        they claim: RPC frames of calls long done, of other connections, of any kind and fragment
+        numbers; CONNECTs naming other clients' channels; stream fragments of other sequence
+        numbers. (A forged frame of the call in flight, or of the fragment a reader expects, would
+        be taken: who can write a channel can forge it; the suite does not, so that every result
+        can be checked.)"""
+        t = self._pick(lambda t: t.role in ("request", "reply", "well_known", "stream"))
+        if t is None or t.unit <= TRAILER_SIZE:
+            return False
+        first = -(-CONTROL_SIZE // t.unit) * t.unit if t.role == "stream" else 0
+        slots = (t.size - first) // t.unit
+        if slots < 1:
+            return False
+        end = L.HEADER_SIZE + first + (self.rng.randrange(min(slots, 64)) + 1) * t.unit
+        try:
+            fd = os.open(t.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            trailer = os.pread(fd, TRAILER_SIZE, end - TRAILER_SIZE)
+        finally:
+            os.close(fd)
+        if len(trailer) < TRAILER_SIZE:
+            return False
+        conn, number = struct.unpack_from("<QQ", trailer)
+        rng = self.rng
+        room = t.unit - TRAILER_SIZE
+        if t.role == "stream":  # another sequence number of this slot: long taken, or far ahead
+            seq = number + rng.choice((-1, 1, 2, 100)) * slots if number >= slots else number + slots * 1000
+            payload = rng.randbytes(rng.randrange(min(room, 4096) + 1))
+            count = rng.choice((1, 1, 2, 3))
+            frame = wire.encode(wire.Kind.DATA, conn, seq & U64, payload, frag_index=rng.randrange(count),
+                                frag_count=count, ack=rng.choice((len(payload), 1 << 40, 0)), credit=rng.randrange(3))
+        elif t.role == "well_known":
+            named = [os.path.basename(c.path)[4:] for c in self.targets.values() if c.role in ("request", "reply")]
+            hello = {"req": rng.choice(named) if named else "x", "rep": rng.choice(named) if named else "y",
+                     "conn": rng.getrandbits(63) | 1, "pid": rng.choice(self.live), "start": 0}
+            if rng.random() < 0.3:
+                hello = {"req": "r" * 300, "rep": None, "pid": -1, "conn": [1]}
+            frame = wire.encode(wire.Kind.CALL, 0, rng.getrandbits(64), _packb(hello))
+        else:  # a call long done (or one that never was), or another connection's
+            if rng.random() < 0.3:
+                conn = rng.getrandbits(64)
+            call = number - rng.randint(1, 50) if number > 60 else (1 << 40) + rng.getrandbits(20)
+            count = rng.choice((1, 1, 2, 7, 0xFFFF))
+            kind = rng.choice(list(wire.Kind))
+            payload = rng.choice((rng.randbytes(rng.randrange(min(room, 300) + 1)), _packb([0, rng.getrandbits(60)]),
+                                  _packb([1, "E", "m", "t"]), _packb(["add", [1, 2], {}])))[:room]
+            frame = wire.encode(kind, conn, call, payload, frag_index=rng.randrange(count), frag_count=count,
+                                ack=rng.choice((0, call, max(call - 5, 0))), credit=rng.getrandbits(32))
+        if len(frame) > t.unit:
+            return False
+        return self._apply(t, [(end - len(frame), len(frame))], lambda old, width: frame)
 
     def attack_control(self) -> bool:
         t = self._pick(lambda t: t.role in ("stream", "raw"))
@@ -803,6 +895,8 @@ class Hostile(Party):
         t = self._pick(lambda t: t.kind == "fifo")
         if t is None:
             return False
+        if t.kernel:
+            return self._forge_datagrams(t)
         ref = self.fifo_refs.get(t.ino)
         if ref is None:
             try:
@@ -816,16 +910,48 @@ class Hostile(Party):
             _native.fanout((ref.fifo_map,), seg.segment_id if self.rng.random() < 0.9 else self._value(8, 0), offset)
         return True
 
+    def _forge_datagrams(self, t: Target) -> bool:
+        """A receiver on the software-only path takes its signals from its socket: send it
+        datagrams of any size, some of them well-formed (a segment's id, any offset)."""
+        segments = [s for s in self.targets.values() if s.kind == "segment"] or [t]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            for _ in range(self.rng.randint(1, 4)):
+                seg = self.rng.choice(segments)
+                if self.rng.random() < 0.7:
+                    data = struct.pack("<QQ", seg.segment_id, self._value(8, self.rng.randrange(max(seg.size, 1))))
+                else:
+                    data = self.rng.randbytes(self.rng.choice((0, 1, 15, 17, 64, 200)))
+                sock.sendto(data, os.path.join(self.folder, f"sock-{t.token:016x}"))
+        except OSError:  # no such socket (yet), or its queue is full
+            return False
+        finally:
+            sock.close()
+        return True
+
     def attack_junk(self) -> bool:
         """Put something that is not a regular file under an object's name (ombm gc and ls must
         neither block on it nor fail)."""
         name = self.rng.choice(("fifo-", "seg-", "sock-")) + f"{self.rng.getrandbits(64):016x}"
+        if self.rng.random() < 0.3:  # where a party will create or open its next channel
+            prefix = self.prefixes[self.rng.choice(("stream", "raw"))]
+            latest = max((int(t.path.rsplit("-", 1)[1].split(".")[0]) for t in self.targets.values()
+                          if t.kind == "segment" and os.path.basename(t.path).startswith(f"seg-{prefix}-")), default=0)
+            name = f"seg-{prefix}-{latest + self.rng.randint(1, 2)}" + self.rng.choice(("", CREDIT_SUFFIX))
         path = os.path.join(self.folder, name)
         try:
-            if self.rng.random() < 0.6:
+            how = self.rng.random()
+            if how < 0.5:
                 os.mkfifo(path, 0o600)
-            else:
+            elif how < 0.8:
                 os.mkdir(path, 0o700)
+            else:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    sock.bind(path)
+                finally:
+                    sock.close()
         except OSError:
             return False
         self.junk.append(path)
@@ -841,12 +967,23 @@ class Hostile(Party):
         return True
 
     def attack_record(self) -> bool:
-        """Rewrite the record that names a private folder (read by processes that start later)."""
+        """Replace the record that names a private folder (every process reads it when it starts)
+        by junk, a named pipe or a folder."""
         os.makedirs(os.path.dirname(self.record), mode=0o700, exist_ok=True)
-        junk = self.rng.choice((self.rng.randbytes(self.rng.randrange(300)), b"ombm-0-../../etc\n", b"\0" * 64,
-                                f"ombm-{os.getuid()}-nonexistent\n".encode(), b"ombm-" + b"a" * 400))
-        with open(self.record, "wb") as f:
-            f.write(junk)
+        self._remove(self.record)
+        how = self.rng.random()
+        if how < 0.15:
+            os.mkfifo(self.record, 0o600)
+        elif how < 0.25:
+            os.mkdir(self.record, 0o700)
+        else:
+            junk = self.rng.choice((self.rng.randbytes(self.rng.randrange(300)), b"ombm-0-../../etc\n", b"\0" * 64,
+                                    f"ombm-{os.getuid()}-nonexistent\n".encode(), b"ombm-" + b"a" * 400))
+            fd = os.open(self.record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, junk)
+            finally:
+                os.close(fd)
         return True
 
     def attack_own(self) -> bool:
@@ -936,7 +1073,7 @@ class Hostile(Party):
 
     def _remove(self, path: str) -> None:
         try:
-            if os.path.isdir(path) and not os.path.islink(path):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
                 os.rmdir(path)
             else:
                 os.unlink(path)

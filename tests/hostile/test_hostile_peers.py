@@ -174,7 +174,8 @@ def test_hostile_peers_cannot_crash_freeze_or_fool_the_others(procs, own_folder,
         cast.ready("victim server")
         cast.start("bystander client", ClientParty, shared, SEED * 10 + 1, True, 60.0, 0.002)
         cast.start("victim client", ClientParty, victim, SEED * 10 + 2, False, 2.0, 0.001)
-        cast.start("neighbour client", ClientParty, shared, SEED * 10 + 3, False, 2.0, 0.001)
+        cast.start("neighbour client", ClientParty, shared, SEED * 10 + 3, False, 2.0, 0.001,
+                   {"signal_path": "kernel"})  # the software-only signal path: signals are datagrams
         cast.start("stream writer", StreamWriterParty, prefixes["stream"], stream_gen)
         cast.start("stream reader", StreamReaderParty, prefixes["stream"], stream_gen)
         cast.start("raw writer", RawWriterParty, prefixes["raw"], raw_gen, SEED * 10 + 4)
