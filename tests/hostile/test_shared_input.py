@@ -22,6 +22,7 @@ import pytest
 import ombm
 from ombm import _layout as L
 from ombm import _native
+from ombm.channels.raw import CONTROL, CONTROL_MAGIC, CONTROL_SIZE, CONTROL_VERSION, KIND_RAW, MAX_SLOTS
 from ombm.transport import wire
 
 pytestmark = pytest.mark.processes
@@ -161,7 +162,7 @@ def _sparse_channel(name: str, size: int, unit: int) -> str:
                                L.DIR_CAPACITY, start, 0)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        os.ftruncate(fd, L.HEADER_SIZE + size)
+        os.ftruncate(fd, L.HEADER_SIZE + -(-size // 4096) * 4096)
         os.pwrite(fd, header, 0)
     finally:
         os.close(fd)
@@ -293,3 +294,43 @@ def test_opening_a_name_that_is_not_a_segment_file_is_a_format_error(what):
             os.rmdir(path)
         else:
             os.unlink(path)
+
+
+# ---------------------------------------------------------------- channels: a control block of many slots
+def _sparse_raw_channel(name: str, slots: int, slot_size: int = 64) -> str:
+    """A raw channel of ``slots`` slots that costs no memory (a sparse segment file), published by
+    hand as any process of the user can."""
+    first = CONTROL_SIZE
+    path = _sparse_channel(name, first + slots * slot_size, slot_size)
+    pid, start = ombm.core.namespace.me()
+    control = CONTROL.pack(CONTROL_MAGIC, CONTROL_VERSION, KIND_RAW, slot_size, slots, first, 0x77, pid, 1, start, 0,
+                           0)
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.pwrite(fd, control, L.HEADER_SIZE)
+        finally:
+            os.close(fd)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+def test_a_channel_of_more_slots_than_a_channel_has_is_a_format_error(own_receiver):
+    """A reader keeps per-slot state (a raw reader a generation per unit, a stream reader a flag
+    per slot), sized by the control block: a channel of 2**22 slots of 64 bytes (a sparse file,
+    no memory) made a raw reader allocate 4 million entries, and more slots exhaust memory. A
+    channel has at most MAX_SLOTS slots: more is a corrupt control block, and cannot be created."""
+    name = f"shared-input-many-slots-{os.getpid()}"
+    path = _sparse_raw_channel(name, 1 << 22)
+    try:
+        with pytest.raises(ombm.SegmentFormatError):
+            ombm.RawChannel.open(name).close()
+    finally:
+        if os.path.exists(path):  # (the reader, its last holder, removed it)
+            os.unlink(path)
+    with pytest.raises(ValueError):
+        ombm.RawChannel.create(unit_size=1, units=MAX_SLOTS + 1)
+    with pytest.raises(ValueError):
+        ombm.Stream.create(slot_bytes=1, slots=MAX_SLOTS + 1)
