@@ -180,9 +180,10 @@ class ServerParty(Party):
             super().command(message)
             return
         self.counts["restarts"] += 1
-        if self.server is not None:
-            self._add_stats(self.server)
-            self.server.stop()
+        server, self.server = self.server, None
+        if server is not None:
+            self._add_stats(server)
+            server.stop()
         self._start()
 
     def _add_stats(self, server: ombm.rpc.Server) -> None:
@@ -193,12 +194,17 @@ class ServerParty(Party):
         out = super().report()
         thread = getattr(self.server, "_thread", None)
         out["serving"] = self.server is not None and thread is not None and thread.is_alive()
+        if self.server is not None:  # the running server's counts too
+            counts = collections.Counter(out["counts"])
+            counts.update({f"server {key}": value for key, value in self.server.stats.items()})
+            out["counts"] = dict(counts)
         return out
 
     def close(self) -> None:
-        if self.server is not None:
-            self._add_stats(self.server)
-            self.server.stop()
+        server, self.server = self.server, None
+        if server is not None:
+            self._add_stats(server)
+            server.stop()
 
 
 def expected(method: str, args: tuple[Any, ...]) -> Any:

@@ -160,12 +160,13 @@ def _grew(before: collections.Counter, after: collections.Counter, key: str, by:
     return after[key] - before[key] >= by
 
 
+@pytest.mark.timeout(120 + ROUNDS // 20)  # a liveness bound for the long runs (about 170 rounds a second)
 def test_hostile_peers_cannot_crash_freeze_or_fool_the_others(procs, own_folder, shm_env):
     tag = f"{os.getpid() % 100000}"
     victim, shared = f"hv{tag}", f"hb{tag}"
     prefixes = {"stream": f"hs{tag}", "raw": f"hr{tag}", "own": f"ho{tag}"}
     spawn = multiprocessing.get_context("spawn")
-    stream_gen, raw_gen = spawn.Value("q", -1), spawn.Value("q", -1)
+    stream_gen, raw_gen = spawn.Value("q", -1, lock=False), spawn.Value("q", -1, lock=False)
     cast = Cast(procs)
     try:
         cast.start("bystanders' server", ServerParty, shared)
