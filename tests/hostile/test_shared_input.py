@@ -334,3 +334,4 @@ def test_a_channel_of_more_slots_than_a_channel_has_is_a_format_error(own_receiv
         ombm.RawChannel.create(unit_size=1, units=MAX_SLOTS + 1)
     with pytest.raises(ValueError):
         ombm.Stream.create(slot_bytes=1, slots=MAX_SLOTS + 1)
+
