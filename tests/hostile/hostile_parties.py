@@ -312,13 +312,54 @@ STREAM_MESSAGES = 40
 STREAM_END = b"END"
 
 
-class StreamWriterParty(Party):
-    """Writes stream generations ``<prefix>-<k>``: STREAM_MESSAGES messages then STREAM_END, then
-    closes; a documented error ends the generation early. ``generation`` (shared) says which one."""
+class GenerationParty(Party):
+    """Writes, or reads, generations ``<prefix>-<k>`` of a channel, one after the other: a writer
+    publishes the one it writes in ``generation`` (shared), a reader follows the latest. A
+    documented error (``ok``) ends a generation early, and the party goes on with the next."""
+
+    ok: tuple[type[Exception], ...] = ()
+    role = "writer"
 
     def __init__(self, conn: Any, prefix: str, generation: Any) -> None:
         super().__init__(conn)
         self.prefix, self.generation = prefix, generation
+
+    def _next(self, k: int) -> int | None:
+        """The generation to take after ``k``, or None if there is none yet."""
+        if self.role == "writer":
+            return k + 1
+        latest: int = self.generation.value
+        return latest if latest > k else None
+
+    def _one(self, k: int) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        self.conn.send(("ready", {"pid": os.getpid()}))
+        k = -1
+        while not self.stopping:
+            after = self._next(k)
+            if after is None:
+                self.pause(0.01)
+                continue
+            k = after
+            try:
+                self._one(k)
+            except self.ok as exc:
+                self.counts[f"{self.role} {type(exc).__name__}"] += 1
+            except Exception:
+                self.unexpected(f"{type(self).__name__} raised an undocumented exception")
+            finally:
+                self.close()
+
+
+class StreamWriterParty(GenerationParty):
+    """Writes stream generations: STREAM_MESSAGES messages then STREAM_END, then closes."""
+
+    ok = STREAM_OK
+
+    def __init__(self, conn: Any, prefix: str, generation: Any) -> None:
+        super().__init__(conn, prefix, generation)
         self.stream: Stream | None = None
 
     def _send(self, data: bytes) -> None:
@@ -338,7 +379,7 @@ class StreamWriterParty(Party):
             self.answer()
         raise ombm.ChannelTimeout("the reader took nothing for 5 s")
 
-    def _one_stream(self, k: int) -> None:
+    def _one(self, k: int) -> None:
         self.stream = Stream.create(f"{self.prefix}-{k}", slot_bytes=4096, slots=4)
         self.generation.value = k
         for i in range(STREAM_MESSAGES):
@@ -349,21 +390,7 @@ class StreamWriterParty(Party):
         self._send(STREAM_END)
         self.counts["streams written"] += 1
 
-    def run(self) -> None:
-        self.conn.send(("ready", {"pid": os.getpid()}))
-        k = 0
-        while not self.stopping:
-            try:
-                self._one_stream(k)
-            except STREAM_OK as exc:
-                self.counts[f"writer {type(exc).__name__}"] += 1
-            except Exception:
-                self.unexpected("a stream writer raised an undocumented exception")
-            finally:
-                self._close()
-            k += 1
-
-    def _close(self) -> None:
+    def close(self) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:
             try:
@@ -371,20 +398,16 @@ class StreamWriterParty(Party):
             except Exception:
                 self.unexpected("closing a stream writer raised")
 
-    def close(self) -> None:
-        self._close()
 
-
-class StreamReaderParty(Party):
+class StreamReaderParty(GenerationParty):
     """Reads the writer's latest generation and checks every message: in order, unchanged. A stream
     whose objects were attacked may end early (a documented error, or a clean end before
     STREAM_END when its writer's counts were rewritten); never with a wrong message."""
 
-    def __init__(self, conn: Any, prefix: str, generation: Any) -> None:
-        super().__init__(conn)
-        self.prefix, self.generation = prefix, generation
+    ok = STREAM_OK
+    role = "reader"
 
-    def _read(self, k: int) -> None:
+    def _one(self, k: int) -> None:
         with Stream.open(f"{self.prefix}-{k}", timeout=1.0) as stream:
             index = 0
             while not self.stopping:
@@ -414,22 +437,6 @@ class StreamReaderParty(Party):
                 index += 1
                 self.counts["messages ok"] += 1
 
-    def run(self) -> None:
-        self.conn.send(("ready", {"pid": os.getpid()}))
-        k = -1
-        while not self.stopping:
-            latest = self.generation.value
-            if latest <= k:
-                self.pause(0.01)
-                continue
-            k = latest
-            try:
-                self._read(k)
-            except STREAM_OK as exc:
-                self.counts[f"reader {type(exc).__name__}"] += 1
-            except Exception:
-                self.unexpected("a stream reader raised an undocumented exception")
-
 
 # ---------------------------------------------------------------- raw channels
 RAW_UNIT = 256
@@ -448,35 +455,26 @@ def raw_frame_ok(data: bytes) -> bool:
     return zlib.crc32(data[_RAW_HEAD.size:]) == crc
 
 
-class RawWriterParty(Party):
-    """Writes raw channel generations ``<prefix>-<k>``, a new one every second."""
+class RawWriterParty(GenerationParty):
+    """Writes raw channel generations, a new one every second."""
+
+    ok = RAW_OK
 
     def __init__(self, conn: Any, prefix: str, generation: Any, seed: int) -> None:
-        super().__init__(conn)
-        self.prefix, self.generation, self.rng = prefix, generation, random.Random(seed)
+        super().__init__(conn, prefix, generation)
+        self.rng = random.Random(seed)
         self.channel: RawChannel | None = None
 
-    def run(self) -> None:
-        self.conn.send(("ready", {"pid": os.getpid()}))
-        k = 0
-        while not self.stopping:
-            try:
-                self.channel = RawChannel.create(f"{self.prefix}-{k}", unit_size=RAW_UNIT, units=8)
-                self.generation.value = k
-                end, n = time.monotonic() + 1.0, 0
-                while not self.stopping and time.monotonic() < end:
-                    self.answer()
-                    self.channel.write(raw_frame(self.rng, k, n))
-                    n += 1
-                    self.counts["frames written"] += 1
-                    time.sleep(0.001)
-            except RAW_OK as exc:
-                self.counts[f"writer {type(exc).__name__}"] += 1
-            except Exception:
-                self.unexpected("a raw writer raised an undocumented exception")
-            finally:
-                self.close()
-            k += 1
+    def _one(self, k: int) -> None:
+        self.channel = channel = RawChannel.create(f"{self.prefix}-{k}", unit_size=RAW_UNIT, units=8)
+        self.generation.value = k
+        end, n = time.monotonic() + 1.0, 0
+        while not self.stopping and time.monotonic() < end:
+            self.answer()
+            channel.write(raw_frame(self.rng, k, n))
+            n += 1
+            self.counts["frames written"] += 1
+            time.sleep(0.001)
 
     def close(self) -> None:
         channel, self.channel = self.channel, None
@@ -484,16 +482,19 @@ class RawWriterParty(Party):
             channel.close()
 
 
-class RawReaderParty(Party):
+class RawReaderParty(GenerationParty):
     """Reads the raw writer's latest generation. A raw channel has no checksum (paper §4: raw
     video): a frame whose memory was written by someone else is delivered as it is, so a frame that
     fails the application's own check is counted ("damaged"), not a problem."""
 
-    def __init__(self, conn: Any, prefix: str, generation: Any, seed: int) -> None:
-        super().__init__(conn)
-        self.prefix, self.generation, self.rng = prefix, generation, random.Random(seed)
+    ok = RAW_OK
+    role = "reader"
 
-    def _read(self, k: int) -> None:
+    def __init__(self, conn: Any, prefix: str, generation: Any, seed: int) -> None:
+        super().__init__(conn, prefix, generation)
+        self.rng = random.Random(seed)
+
+    def _one(self, k: int) -> None:
         with RawChannel.open(f"{self.prefix}-{k}", timeout=1.0) as channel:
             while not self.stopping and self.generation.value == k:
                 self.answer()
@@ -507,22 +508,6 @@ class RawReaderParty(Party):
                     frame = channel.read(self.rng.randrange(channel.units))
                     if frame is not None and not raw_frame_ok(bytes(frame.data)):
                         self.counts["frames damaged"] += 1
-
-    def run(self) -> None:
-        self.conn.send(("ready", {"pid": os.getpid()}))
-        k = -1
-        while not self.stopping:
-            latest = self.generation.value
-            if latest <= k:
-                self.pause(0.01)
-                continue
-            k = latest
-            try:
-                self._read(k)
-            except RAW_OK as exc:
-                self.counts[f"reader {type(exc).__name__}"] += 1
-            except Exception:
-                self.unexpected("a raw reader raised an undocumented exception")
 
 
 # ---------------------------------------------------------------- the hostile peer
