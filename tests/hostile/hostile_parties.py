@@ -765,11 +765,14 @@ class Hostile(Party):
 
     def attack_frames(self) -> bool:
         """Frames with a valid checksum (a CRC is no authenticator) that must not be taken for what
-        they claim: RPC frames of calls long done, of other connections, of any kind and fragment
-        numbers; CONNECTs naming other clients' channels; stream fragments of other sequence
-        numbers. (A forged frame of the call in flight, or of the fragment a reader expects, would
-        be taken: who can write a channel can forge it; the suite does not, so that every result
-        can be checked.)"""
+        they claim: RPC frames of other connections, or of this one with call ids no call reaches
+        (2**40 and up), of any kind and fragment numbers; CONNECTs naming other clients' channels;
+        stream fragments of other connections or of sequence numbers far ahead (2**20 windows).
+
+        A forged frame of the call in flight, or of the fragment a reader expects, would be taken:
+        who can write a channel can forge it. The suite does not, so that every result can be
+        checked; nor does it derive a forged number from one it read here minus something: that
+        number may be one an earlier round wrote (the current one plus one, say)."""
         t = self._pick(lambda t: t.role in ("request", "reply", "well_known", "stream"))
         if t is None or t.unit <= TRAILER_SIZE:
             return False
@@ -790,12 +793,14 @@ class Hostile(Party):
             return False
         conn, number = struct.unpack_from("<QQ", trailer)
         rng = self.rng
+        if rng.random() < 0.3:
+            conn = rng.getrandbits(64)  # another connection's
         room = t.unit - TRAILER_SIZE
-        if t.role == "stream":  # another sequence number of this slot: long taken, or far ahead
-            seq = number + rng.choice((-1, 1, 2, 100)) * slots if number >= slots else number + slots * 1000
+        if t.role == "stream":  # far ahead: where the reader is (or any number read here) plus 2**20 windows
+            seq = (number + slots * ((1 << 20) + rng.randrange(1 << 20))) & U64
             payload = rng.randbytes(rng.randrange(min(room, 4096) + 1))
             count = rng.choice((1, 1, 2, 3))
-            frame = wire.encode(wire.Kind.DATA, conn, seq & U64, payload, frag_index=rng.randrange(count),
+            frame = wire.encode(wire.Kind.DATA, conn, seq, payload, frag_index=rng.randrange(count),
                                 frag_count=count, ack=rng.choice((len(payload), 1 << 40, 0)), credit=rng.randrange(3))
         elif t.role == "well_known":
             named = [os.path.basename(c.path)[4:] for c in self.targets.values() if c.role in ("request", "reply")]
@@ -804,16 +809,14 @@ class Hostile(Party):
             if rng.random() < 0.3:
                 hello = {"req": "r" * 300, "rep": None, "pid": -1, "conn": [1]}
             frame = wire.encode(wire.Kind.CALL, 0, rng.getrandbits(64), _packb(hello))
-        else:  # a call long done (or one that never was), or another connection's
-            if rng.random() < 0.3:
-                conn = rng.getrandbits(64)
-            call = number - rng.randint(1, 50) if number > 60 else (1 << 40) + rng.getrandbits(20)
+        else:  # a call no call of this connection reaches
+            call = (1 << 40) + rng.getrandbits(40)
             count = rng.choice((1, 1, 2, 7, 0xFFFF))
             kind = rng.choice(list(wire.Kind))
             payload = rng.choice((rng.randbytes(rng.randrange(min(room, 300) + 1)), _packb([0, rng.getrandbits(60)]),
                                   _packb([1, "E", "m", "t"]), _packb(["add", [1, 2], {}])))[:room]
             frame = wire.encode(kind, conn, call, payload, frag_index=rng.randrange(count), frag_count=count,
-                                ack=rng.choice((0, call, max(call - 5, 0))), credit=rng.getrandbits(32))
+                                ack=rng.choice((0, call, call - 5)), credit=rng.getrandbits(32))
         if len(frame) > t.unit:
             return False
         return self._apply(t, [(end - len(frame), len(frame))], lambda old, width: frame)
