@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import tracemalloc
 
 import msgpack
@@ -335,3 +336,36 @@ def test_a_channel_of_more_slots_than_a_channel_has_is_a_format_error(own_receiv
     with pytest.raises(ValueError):
         ombm.Stream.create(slot_bytes=1, slots=MAX_SLOTS + 1)
 
+
+
+# ---------------------------------------------------------------- streams: a frame put back
+def test_a_fragment_put_back_between_the_check_and_the_copy_is_not_taken(own_receiver):
+    """A stream reader checked the first fragment of a message in its slot, then copied it and
+    checked the copy, but kept the fields of the first check: a peer that put an earlier fragment
+    back into the slot in between (any process of the user can write the slot; no checksum to
+    forge: the frame is the writer's own, of the same length and fragment count) had the reader
+    deliver, as a clean message, the earlier fragment's bytes under the later message's header.
+    The copy's fields must be the checked ones, else the reader looks again (and the writer's
+    repair writes the fragment again)."""
+    name = f"shared-input-put-back-{os.getpid()}"
+    first, second = b"A" * 300, b"B" * 300  # two fragments each: 272 bytes in a 320-byte slot, then 28
+    with ombm.Stream.create(name, slot_bytes=64, slots=2) as writer, ombm.Stream.open(name) as reader:
+        writer.send(first)
+        assert reader.recv(timeout=5.0) == first
+        slot = slice(writer.first, writer.first + writer.slot_size)  # fragment 0's slot, and fragment 2's
+        earlier = bytes(writer._buf[slot])
+        writer.send(second)
+        copy_out = reader._copy_out
+
+        def put_back_then_copy(*args):
+            reader._copy_out = copy_out  # once
+            writer._buf[slot] = earlier  # the earlier fragment, written back as it was
+            return copy_out(*args)
+
+        reader._copy_out = put_back_then_copy
+        flushing = threading.Thread(target=writer.flush, args=(10.0,))  # repairs what the peer spoilt
+        flushing.start()
+        try:
+            assert reader.recv(timeout=10.0) == second
+        finally:
+            flushing.join(30.0)
