@@ -1,4 +1,4 @@
-"""A/B of two ombm builds in one sitting: the cross-CPU signal round trip and the 32 B / null call.
+"""A/B of two ombm builds in one sitting: the cross-CPU signal round trip, the 32 B / null call, connect.
 
 Each build is a Python interpreter with its own ombm installed (a venv per commit). The two are
 run alternately, ``--rounds`` times each, every run a fresh process pinned like ``ombm bench``
@@ -30,9 +30,11 @@ def main():
     rt = core.ombm_round_trip("ombm adaptive", (0, 1), 20000, 2000)
     plan = dataclasses.replace(rpc.Plan.make(True), warmup=2000,
                                ombm_calls={"null": 30000, "32 B": 30000, "1 KiB": 2000, "64 KiB": 200})
-    calls = rpc.ombm_calls("ombm", (0, 1), plan, False)["calls"]
+    found = rpc.ombm_calls("ombm", (0, 1), plan, True)
+    calls = found["calls"]
     print(json.dumps({"round trip": statistics.median(rt), "32 B call": calls["32 B"].median_us,
-                      "null call": calls["null"].median_us}))
+                      "null call": calls["null"].median_us,
+                      "connect+disconnect": found["connect"]["connect+disconnect"].median_us}))
 
 if __name__ == "__main__":
     main()

@@ -80,6 +80,21 @@ def map_over(anonymous: ReadableBuffer, fd: int, offset: int, writable: bool, /)
     """Map the file ``fd`` from ``offset`` over the pages of the anonymous mapping ``anonymous``
     (``MAP_SHARED | MAP_FIXED``): the mapping then holds no descriptor (close ``fd`` after)."""
 
+def guard(start: int, length: int, writable: bool, /) -> int:
+    """Guard the mapping at ``[start, start+length)`` against SIGBUS (a shrunk file, a full
+    ``/dev/shm``): a fault there replaces it with zero pages and marks it broken. Its slot."""
+
+def unguard(slot: int, start: int, /) -> None:
+    """The guarded mapping at ``start`` is about to be unmapped."""
+
+def mapping_broken(slot: int, start: int, /) -> bool:
+    """True once a SIGBUS replaced the guarded mapping at ``start`` with zero pages."""
+
+def mappings_broken() -> int:
+    """SIGBUSes in guarded mappings this process turned into broken mappings."""
+
+def mappings_broken_reset() -> None: ...
+
 def load64(address: int, /) -> int: ...
 def load32(address: int, /) -> int: ...
 def store64(address: int, value: int, /) -> None: ...

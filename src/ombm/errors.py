@@ -9,6 +9,7 @@ keeps working for callers who do not know ombm::
     ├── SegmentExistsError        (FileExistsError)    create_segment of a taken name
     ├── SegmentFormatError        (ValueError)         foreign, truncated, stale or corrupt header
     ├── DirectoryFullError        (OSError)            every directory entry of a segment is held by a live process
+    ├── SharedMemoryFullError     (OSError)            no room for a new segment or FIFO in /dev/shm (errno ENOSPC)
     ├── AddressError              (ValueError)         address/offset outside every bound region
     ├── ReadOnlyError             (PermissionError)    write through a read-only binding
     ├── ClosedError               (ValueError)         use of an unbound region / released segment / closed object
@@ -58,6 +59,14 @@ class SegmentFormatError(OmbmError, ValueError):
 
 class DirectoryFullError(OmbmError, OSError):
     """Every directory entry of the segment is in use by a live process."""
+
+
+class SharedMemoryFullError(OmbmError, OSError):
+    """The shared-memory filesystem has no room for a new segment or FIFO (``errno`` ENOSPC).
+
+    Every page of a shared object is allocated when it is made, so a full ``/dev/shm`` is this
+    error at creation, never a failure later in a write.
+    """
 
 
 class AddressError(OmbmError, ValueError):

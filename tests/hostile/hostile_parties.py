@@ -49,9 +49,9 @@ from ombm.transport.wire import TRAILER_SIZE
 
 # ---------------------------------------------------------------- the attacks
 # Every kind of attack the hostile peer knows. "truncate" (an object cut short under the
-# processes that map it: they die of SIGBUS) is left out until segments survive it: that work
-# (a process-wide SIGBUS handler that replaces a truncated mapping) is not merged yet; add it to
-# ATTACKS then. The test checks that every kind listed here was applied.
+# processes that map it) is left out of ATTACKS, the switch: a truncated mapping killed its users
+# with SIGBUS until the SIGBUS guard (core/mapping.py, _native/mapping.c) came; add it to ATTACKS
+# once the guard has been run under this suite. The test checks that every kind in ATTACKS ran.
 ALL_ATTACKS = ("header", "directory", "slots", "frames", "control", "stream_data", "credit", "raw_units", "fifo",
                "signal", "forge", "junk", "admin", "record", "own", "truncate")
 ATTACKS = tuple(kind for kind in ALL_ATTACKS if kind != "truncate")

@@ -103,7 +103,7 @@ def test_every_ombm_error_derives_from_ombm_error_and_a_builtin():
         ({"size": 0}, ValueError),
         ({"size": -1}, ValueError),
         ({"size": 1 << 50}, ValueError),  # beyond the machine
-        ({"size": 1 << 40}, ValueError),  # beyond /dev/shm's free space
+        ({"size": 1 << 40}, ombm.SharedMemoryFullError),  # beyond /dev/shm's free space
         ({"size": 64.0}, TypeError),
         ({"size": "64"}, TypeError),
         ({"size": True}, TypeError),

@@ -13,7 +13,7 @@
  *   lane.h, lane.c    what both RPC lanes share: statuses, typed results, marshalling (paper §4)
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)
- *   mapping.c         map_over: a file's mapping that holds no descriptor            (issue 11)
+ *   mapping.c         map_over, guard: mappings without a descriptor, and no SIGBUS from a peer (issue 11)
  *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
  * `static inline` in the headers, so the split costs no call.

@@ -324,6 +324,12 @@ class Channel:
         self._wait_ewma = max(ewma, timeout)
         return bool(receiver.dispatch_pending())
 
+    def _check_intact(self) -> None:
+        """Another process may have shrunk the channel's segment under us: the SIGBUS that would
+        have killed us left zero pages instead (core/mapping.py), and the channel is over."""
+        if self.region.broken:
+            raise ChannelBrokenError(f"channel {self.name!r} is broken: another process shrank its segment")
+
     def _tick_due(self) -> bool:
         now = time.monotonic()
         if now - self._last_check >= TICK_S:
@@ -679,6 +685,7 @@ class RawChannel(Channel):
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
 
     def _check_writer(self) -> None:
+        self._check_intact()
         if self._writer_state() == STATE_CLOSED:
             raise EndOfStream(f"the writer closed raw channel {self.name!r}")
         if not namespace.is_alive(*self._writer):

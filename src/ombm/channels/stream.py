@@ -492,9 +492,16 @@ class Stream(Channel):
             raise ChannelBrokenError(f"the reader closed stream {self.name!r}")
         if now - self._reader_checked >= TICK_S:
             self._reader_checked = now
+            self._check_intact()
             pid, start = _load64(cbase + CR_PID), _load64(cbase + CR_START)
             if pid and start and not namespace.is_alive(pid, start):
                 raise ChannelBrokenError(f"the reader of stream {self.name!r} died")
+
+    def _check_intact(self) -> None:
+        """Once a tick while waiting (and see Channel._check_intact): the credit segment too."""
+        super()._check_intact()
+        if self._creg.broken:
+            raise ChannelBrokenError(f"stream {self.name!r} is broken: another process shrank its credit segment")
 
     def _service(self, now: float) -> None:
         """Run the protocol's repair timer (paper §4's timer); repair the fragment it finds due."""
@@ -702,6 +709,7 @@ class Stream(Channel):
             return True
         if not self._tick_due():
             return False
+        self._check_intact()
         self._check_words()
         return not namespace.is_alive(*self._writer)
 

@@ -27,6 +27,7 @@ from typing import NamedTuple
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
+from ombm.core.mapping import map_file
 from ombm.errors import ClosedError
 from ombm.errors import DirectoryFullError as DirectoryFullError  # raised here; importable from here as before
 
@@ -167,7 +168,7 @@ def map_header(path: str) -> tuple[int, mmap.mmap] | None:
     if os.fstat(fd).st_size < L.HEADER_SIZE:
         os.close(fd)
         return None
-    return fd, mmap.mmap(fd, L.HEADER_SIZE)
+    return fd, map_file(fd, L.HEADER_SIZE, writable=True)  # guarded: another process may shrink it
 
 
 def is_current_layout(hdr: mmap.mmap) -> bool:
@@ -206,7 +207,7 @@ def reclaim_segment_if_dead(path: str, *, creator_death_frees: bool = False) -> 
             if head.strip(b"\0"):
                 return False  # not a half-made ombm segment: not ours to judge
         else:
-            hdr = mmap.mmap(fd, L.HEADER_SIZE)
+            hdr = map_file(fd, L.HEADER_SIZE, writable=True)
             try:
                 magic = L.SEG_HEADER.unpack_from(hdr)[0]
                 if magic != b"\0" * 8:  # published: judge its creator and holders

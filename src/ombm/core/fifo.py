@@ -34,7 +34,7 @@ import weakref
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace
-from ombm.core.mapping import map_file
+from ombm.core.mapping import map_file, reserve_file
 from ombm.core.stats import COUNTERS
 from ombm.errors import SegmentFormatError
 
@@ -67,7 +67,7 @@ class Fifo:
         self._closed = False
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            os.ftruncate(fd, L.fifo_size(capacity))
+            reserve_file(fd, L.fifo_size(capacity), f"a signal FIFO of {capacity} entries")
             self._mm = map_file(fd, L.fifo_size(capacity), writable=True)  # holds no descriptor
             self.address = _native.addr_of(self._mm)
             self.fifo_map = _native.FifoMap(self._mm, capacity)  # the geometry, from our own side

@@ -34,9 +34,9 @@ from ombm import _native
 from ombm.core import lifecycle, namespace
 from ombm.core.delivery import Router
 from ombm.core.directory import Directory, Entry, reclaim_segment_if_dead
-from ombm.core.mapping import map_file
+from ombm.core.mapping import Mapping, map_file, reserve_file
 from ombm.errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
-from ombm.errors import SegmentNotFoundError
+from ombm.errors import SegmentNotFoundError, SharedMemoryFullError
 from ombm.core.faults import FAULTS
 from ombm.core.stats import COUNTERS
 
@@ -81,8 +81,10 @@ def _validate_create(size: int, mode: int, unit: int, signal_on_write: bool | No
     size = _check_int(size, "size")
     if size <= 0:
         raise ValueError(f"segment size must be positive, not {size}")
-    if size > MAX_SEGMENT_SIZE or L.HEADER_SIZE + _round_up(size, PAGE) > _shm_free_bytes():
-        raise ValueError(f"segment size {size} is beyond what this machine can map in {namespace.SHM_ROOT}")
+    if size > MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment size {size} is beyond what this machine can map (at most {MAX_SEGMENT_SIZE})")
+    if L.HEADER_SIZE + _round_up(size, PAGE) > _shm_free_bytes():  # the early answer; reserve_file the sure one
+        raise SharedMemoryFullError(errno.ENOSPC, f"no room for a segment of {size} bytes in {namespace.SHM_ROOT}")
     try:
         mode = Mode(mode)
     except ValueError:
@@ -124,7 +126,7 @@ class Region:
         self.writable = writable
         self.size = segment.size
         self._pid = os.getpid()
-        self._mm: mmap.mmap | None = map_file(fd, _round_up(segment.size, PAGE), writable=writable,
+        self._mm: Mapping | None = map_file(fd, _round_up(segment.size, PAGE), writable=writable,
                                               offset=L.HEADER_SIZE)  # holds no descriptor
         self.address: int = _native.addr_of(self._mm)
         view = memoryview(self._mm)
@@ -219,6 +221,15 @@ class Region:
     def closed(self) -> bool:
         return self._mm is None
 
+    @property
+    def broken(self) -> bool:
+        """True once another process shrank the segment's file under this binding (or ``/dev/shm``
+        had no page for it): the SIGBUS that would have killed this process replaced the binding
+        with zero pages (``core/mapping.py``). Nothing written through it reaches anyone any more:
+        a channel on it ends with :class:`~ombm.ChannelBrokenError`."""
+        mm = self._mm
+        return mm is not None and mm.broken
+
     def unbind(self) -> None:
         """Idempotent: disable handlers on this region and unmap it."""
         self._unbind(release_views=True)
@@ -279,7 +290,7 @@ class Segment:
         self._ident = (st.st_dev, st.st_ino)
         self._pid = os.getpid()
         self.creator = creator
-        self._hdr: mmap.mmap | None = None
+        self._hdr: Mapping | None = None
         hdr = map_file(fd, L.HEADER_SIZE, writable=True)  # holds no descriptor
         try:
             self._parse(L.SEG_HEADER.unpack_from(hdr, 0), st.st_size)
@@ -344,6 +355,12 @@ class Segment:
     @property
     def released(self) -> bool:
         return self._hdr is None
+
+    @property
+    def broken(self) -> bool:
+        """True once the header or a binding of this segment broke (see :attr:`Region.broken`)."""
+        hdr = self._hdr
+        return hdr is not None and (hdr.broken or any(region.broken for region in list(self._regions)))
 
     def release(self) -> None:
         """Idempotent: unbind our regions, drop our hold; the creator (or last holder) removes the name."""
@@ -440,7 +457,7 @@ def create_segment(
     path = namespace.segment_path(name)
     fd = _create_locked(path, name)
     try:
-        os.ftruncate(fd, L.HEADER_SIZE + _round_up(size, PAGE))
+        reserve_file(fd, L.HEADER_SIZE + _round_up(size, PAGE), f"segment {name!r}")
         pid, start = namespace.me()
         flags = L.FLAG_SIGNAL_ON_WRITE if signal_on_write else 0
         header = L.SEG_HEADER.pack(

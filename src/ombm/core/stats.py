@@ -26,6 +26,7 @@ class Counters:
     kernel_signals: int
     dead_receivers_reclaimed: int
     handler_errors: int
+    mappings_broken: int
     __slots__ = tuple(__annotations__)  # the counters above, in this order
 
     def __init__(self) -> None:
@@ -36,11 +37,13 @@ class Counters:
             setattr(self, name, 0)
         _native.writer_signals_reset()
         _native.fifo_corrupt_reset()
+        _native.mappings_broken_reset()
 
     def snapshot(self) -> dict[str, int]:
         counts = {name: getattr(self, name) for name in self.__slots__}
         counts["signals_sent"] += _native.writer_signals_sent()  # pushed by Region.write's native path
         counts["signals_corrupt"] += _native.fifo_corrupt()  # counted where the ring found them
+        counts["mappings_broken"] += _native.mappings_broken()  # counted by the SIGBUS handler
         return counts
 
 
@@ -57,6 +60,10 @@ def stats() -> dict[str, int]:
     ``signals_dropped_fault``/``messages_corrupted_fault`` what fault injection did,
     ``signals_stalled`` FIFO cells retired because their producer died between
     claim and publish, ``signals_corrupt`` FIFO words found that no ombm process
-    writes (a peer wrote the FIFO): pushes dropped, cells repaired.
+    writes (a peer wrote the FIFO): pushes dropped, cells repaired;
+    ``mappings_broken`` shared mappings whose file shrank under us (a peer's
+    ``ftruncate``) or could not get a page (``/dev/shm`` full): the SIGBUS that
+    would have killed this process replaced the mapping with zero pages, and
+    the channel on it ended with an error.
     """
     return COUNTERS.snapshot()

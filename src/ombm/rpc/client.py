@@ -33,7 +33,7 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import lifecycle, namespace
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
-from ombm.errors import ServerGoneError
+from ombm.errors import ChannelBrokenError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
@@ -401,6 +401,10 @@ class Client:
                 if not self._server_alive():
                     self._give_up(call_id)
                     raise ServerGoneError(f"the server of {self.service!r} stopped or died")
+                if self._request.broken or self._reply.broken:
+                    self._give_up(call_id)
+                    raise ChannelBrokenError(f"the connection to {self.service!r} is broken: another process "
+                                             "shrank its channels (connect again)")
             if self._leader.acquire(blocking=False):
                 try:
                     if not pending.done:  # another thread may have completed it

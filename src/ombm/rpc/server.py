@@ -107,7 +107,7 @@ class Server:
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
         self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0,
-                                  "refused": 0}
+                                  "refused": 0, "broken_connections": 0}
         self._receiver = Receiver()
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
@@ -264,11 +264,15 @@ class Server:
 
     # -- liveness
     def _reap(self) -> None:
-        """Drop connections whose client died or closed (it no longer holds its request channel)."""
+        """Drop connections whose client died or closed (it no longer holds its request channel),
+        and those whose channels another process shrank under us (they read and write zeros now)."""
         for conn in list(self._connections.values()):
             if not namespace.is_alive(conn.pid, conn.start):
                 self._drop(conn)
                 COUNTERS.dead_receivers_reclaimed += 1
+            elif conn.request.broken or conn.reply.broken:
+                self._drop(conn)
+                self.stats["broken_connections"] += 1
             elif not any(
                 e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
             ):

@@ -93,6 +93,11 @@ class SlotChannel:
     def name(self) -> str:
         return self.segment.name
 
+    @property
+    def broken(self) -> bool:
+        """Another process shrank this channel's file under us (see :attr:`ombm.Region.broken`)."""
+        return self.segment.broken
+
     def send(self, frame: bytes, slot: int | None = None) -> None:
         """Write ``frame`` to end at the end of the next (or given) slot: one signal."""
         if slot is None:
