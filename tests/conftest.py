@@ -17,6 +17,10 @@
   ``procs.python(code, ...)``) that are daemonic and always killed and joined.
 
 * ``ombm.configure`` settings are restored after every test.
+
+* ``shm_env``: the environment of a test's own ombm processes (a fresh stand-in for /dev/shm and a
+  private ``XDG_RUNTIME_DIR``, removed afterwards); ``other_user``: a throwaway Unix user (skipped
+  unless root), removed afterwards; ``as_user`` drops a forked child to it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.process
 import os
+import pwd
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -271,3 +279,50 @@ def own_receiver():
     receiver = getattr(signals._local, "receiver", None) if signals is not None else None
     if receiver is not None:
         receiver.close()
+
+
+# ---- another user, and a folder of our own (tests/integration/test_core_isolation.py, tests/hostile/)
+@pytest.fixture
+def other_user():
+    """(uid, gid) of a throwaway system user, deleted afterwards (skips unless root with useradd)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("needs useradd/userdel")
+    name = f"ombmtest{secrets.token_hex(4)}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        pw = pwd.getpwnam(name)
+        yield pw.pw_uid, pw.pw_gid
+    finally:
+        done = subprocess.run(["userdel", name], capture_output=True, timeout=60)
+        if done.returncode != 0:
+            subprocess.run(["userdel", "-f", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def shm_env():
+    """The environment of this test's ombm processes: a stand-in for /dev/shm (mode 1777) and a
+    private XDG_RUNTIME_DIR, both removed afterwards."""
+    root = tempfile.mkdtemp(prefix="ombmtest-root-", dir="/dev/shm")
+    runtime = tempfile.mkdtemp(prefix="ombmtest-run-")
+    os.chmod(root, 0o1777)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    for key in [k for k in env if k.startswith("OMBM_")]:
+        del env[key]
+    env.update(OMBM_SHM_DIR=root, XDG_RUNTIME_DIR=runtime)
+    try:
+        yield env
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def as_user(uid: int, gid: int) -> None:
+    """In a forked child: become the other user for good."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    assert os.getuid() == uid and os.geteuid() == uid

@@ -22,10 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pwd
-import secrets
 import select
-import shutil
 import socket
 import stat
 import statistics
@@ -36,58 +33,11 @@ import time
 
 import pytest
 
-from conftest import SRC
+from conftest import SRC, as_user  # and the fixtures other_user, shm_env
 
 pytestmark = pytest.mark.processes
 
 STEP_TIMEOUT_S = 60.0
-
-
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture
-def other_user():
-    """(uid, gid) of a throwaway system user, deleted afterwards (skips unless root with useradd)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a user")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("needs useradd/userdel")
-    name = f"ombmtest{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True, timeout=60)
-    try:
-        pw = pwd.getpwnam(name)
-        yield pw.pw_uid, pw.pw_gid
-    finally:
-        done = subprocess.run(["userdel", name], capture_output=True, timeout=60)
-        if done.returncode != 0:
-            subprocess.run(["userdel", "-f", name], capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def shm_env():
-    """The environment of this test's ombm processes: a stand-in for /dev/shm (mode 1777) and a
-    private XDG_RUNTIME_DIR, both removed afterwards."""
-    root = tempfile.mkdtemp(prefix="ombmtest-root-", dir="/dev/shm")
-    runtime = tempfile.mkdtemp(prefix="ombmtest-run-")
-    os.chmod(root, 0o1777)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    for key in [k for k in env if k.startswith("OMBM_")]:
-        del env[key]
-    env.update(OMBM_SHM_DIR=root, XDG_RUNTIME_DIR=runtime)
-    try:
-        yield env
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(runtime, ignore_errors=True)
-
-
-def as_user(uid: int, gid: int) -> None:
-    """In a forked child: become the other user for good."""
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    assert os.getuid() == uid and os.geteuid() == uid
 
 
 class Child:

@@ -97,6 +97,8 @@ RAW_HEADER = struct.Struct("<QQIIQ")  # gen_begin seq length reserved gen_end, e
 RAW_HEADER_SIZE = RAW_HEADER.size  # 32
 _RAW_TAIL = struct.Struct("<QIIQ")  # the part written last: seq length reserved gen_end
 
+MAX_SLOTS = 1 << 20  # a reader keeps state per slot: a control block's count is bounded before use
+
 TICK_S = 0.05  # a waiting end re-checks its peer's liveness and its slots this often
 SPIN_MIN_S, SPIN_MAX_S = 2e-6, 5e-4  # spin budget of a waiting end (see Channel._wait_slice)
 _OPEN_RETRY_S = 0.005
@@ -165,6 +167,8 @@ class Channel:
     # ---- construction
     @classmethod
     def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None) -> _Ch:
+        if slots > MAX_SLOTS:
+            raise ValueError(f"a channel has at most {MAX_SLOTS} slots, not {slots}")
         name = namespace.new_name() if name is None else namespace.validate_name(name)
         first = _round_up(CONTROL_SIZE, slot_size)
         seg = _segment.create_segment(first + slots * slot_size, name=name, unit=slot_size)
@@ -225,7 +229,7 @@ class Channel:
         if kind != self.KIND:
             what = _KIND_NAMES.get(kind, f"kind {kind}")
             raise SegmentFormatError(f"{where} is a {what}, not a {_KIND_NAMES[self.KIND]}")
-        if (slot_size != self.slot_size or slots < 1 or first != _round_up(CONTROL_SIZE, slot_size)
+        if (slot_size != self.slot_size or not 1 <= slots <= MAX_SLOTS or first != _round_up(CONTROL_SIZE, slot_size)
                 or first + slots * slot_size > self.segment.size):
             raise SegmentFormatError(f"{where} has a corrupt channel control block")
         self.slots, self.first, self.connection_id = slots, first, conn

@@ -816,7 +816,9 @@ class Stream(Channel):
             self._refuse(head[4])
         data = self._pool.get(head[2])
         view = memoryview(data)
-        if self._copy_out(view[:len(payload)], payload, end, hint) is None:
+        if self._copy_out(view[:len(payload)], payload, end, hint) != head:
+            # torn, or another fragment sealed there since the check (an earlier one put back by a
+            # peer): not this one's bytes under this one's fields; look again
             view.release()
             return None
         rx.accept(head)

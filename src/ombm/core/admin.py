@@ -17,12 +17,13 @@ import errno
 import mmap
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 
 from ombm import _layout as L
 from ombm.core import namespace
-from ombm.core.directory import Directory, is_current_layout, map_header, reclaim_segment_if_dead
+from ombm.core.directory import Directory, is_current_layout, map_header, open_regular, reclaim_segment_if_dead
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class SegmentInfo:
 
 def _fifo_state(token: int) -> tuple[int, int, int, int] | None:
     """(pid, start, depth, drops) of a FIFO file, or None if unreadable."""
+    fd = open_regular(namespace.fifo_path(token), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd is None:
+        return None  # gone, or not a FIFO of ours (a named pipe would block a plain open)
     try:
-        with open(namespace.fifo_path(token), "rb") as f:
-            data = f.read(L.FIFO_CELLS)
+        data = os.pread(fd, L.FIFO_CELLS, 0)
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if len(data) < L.FIFO_CELLS or data[:8] != L.FIFO_MAGIC:
         return None
     _m, _v, _cap, pid, _flags, start, _tok, drops = L.FIFO_HEADER.unpack_from(data)
@@ -168,6 +173,11 @@ def _reclaim_sockets(folder: str) -> int:
         if not f.startswith("sock-"):
             continue
         path = os.path.join(folder, f)
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                continue  # not a socket (a folder, a named pipe): not ours to judge
+        except FileNotFoundError:
+            continue
         if len(os.fsencode(path)) > namespace.SUN_PATH_MAX:
             path = namespace.socket_address(f)
         if not _held(path):

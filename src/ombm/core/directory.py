@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import stat
 from typing import NamedTuple
 
 from ombm import _layout as L
@@ -139,10 +140,30 @@ class Directory:
 
 # ---- a segment file's header, for reclamation by name (create_segment) and by `ombm gc`
 
-def map_header(path: str) -> tuple[int, mmap.mmap] | None:
+# Anyone of the user can put anything under a segment's name (a named pipe, a folder, a socket):
+# what is not a regular file is never read, and it is opened without blocking (an open of a named
+# pipe for reading waits for a writer).
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_regular(path: str, flags: int = _OPEN_FLAGS) -> int | None:
+    """A descriptor of the regular file at ``path`` (never following a symbolic link, never
+    blocking), or None if there is none: absent, not a regular file, or not to be opened."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(path, flags)
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def map_header(path: str) -> tuple[int, mmap.mmap] | None:
+    """(descriptor, mapping of the header) of the segment file at ``path``, or None if it is not a
+    regular file at least a header long."""
+    fd = open_regular(path)
+    if fd is None:
         return None
     if os.fstat(fd).st_size < L.HEADER_SIZE:
         os.close(fd)
@@ -172,10 +193,9 @@ def reclaim_segment_if_dead(path: str, *, creator_death_frees: bool = False) -> 
 
     Files of another layout version are never touched.
     """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
+    fd = open_regular(path)
+    if fd is None:
+        return False  # nothing of ours (a named pipe, a folder...): not ours to judge
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

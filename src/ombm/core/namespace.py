@@ -140,7 +140,11 @@ def _resolve() -> str:
             if not private or _check_dir(private, create=False)[1] is None:
                 private = tempfile.mkdtemp(prefix=f"ombm-{uid}-", dir=SHM_ROOT)
                 tmp = f"{record}.{os.getpid()}.tmp"
-                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+                try:  # whatever is there (a named pipe would block an open for writing) is replaced
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as f:
                     f.write(os.path.basename(private) + "\n")
                 os.replace(tmp, record)
         finally:
@@ -164,15 +168,19 @@ def _record_name() -> str:
 
 def _read_record(record: str) -> str:
     """The private folder a record names (only ``ombm-<uid>-<random>`` under SHM_ROOT), or ""."""
-    try:
-        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:  # never waiting: a named pipe there would block a plain open for reading
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return ""
-    with open(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        name = f.read(256).decode("ascii", "replace").strip()
-    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o022:
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o022:
+            return ""
+        name = os.pread(fd, 256, 0).decode("ascii", "replace").strip()
+    except OSError:
         return ""
+    finally:
+        os.close(fd)
     if not re.fullmatch(rf"ombm-{os.getuid()}-[A-Za-z0-9_]+", name):
         return ""
     return os.path.join(SHM_ROOT, name)

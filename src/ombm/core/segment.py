@@ -24,6 +24,7 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -512,16 +513,21 @@ def open_segment(name: str) -> Segment:
         name = remote.import_segment(name)
     name = namespace.validate_name(name)
     path = namespace.segment_path(name)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    try:  # anyone of the user can put anything under the name: a named pipe must not make us wait
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SegmentNotFoundError(f"no segment named {name!r}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise SegmentFormatError(f"{path} is a symbolic link, not an ombm segment") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a folder, a socket
+            raise SegmentFormatError(f"{path} is not a file, so not an ombm segment") from None
         raise
     try:
-        if os.fstat(fd).st_size < L.HEADER_SIZE:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SegmentFormatError(f"{path} is not a regular file, so not an ombm segment")
+        if st.st_size < L.HEADER_SIZE:
             raise SegmentFormatError(f"segment {name!r} is truncated or not an ombm segment")
         seg = Segment(name, fd, creator=False)
     except BaseException:

@@ -39,7 +39,7 @@ from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
 from ombm.transport import wire
-from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, SlotChannel, well_known_name
+from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, WELL_KNOWN_SLOT_SIZE, SlotChannel, well_known_name
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, ClientProtocol, ClientStats, check_max_message
 from ombm.rpc.timer import timer
 
@@ -110,11 +110,11 @@ class Client:
         self._pending: dict[int, _Pending] = {}
         self._protocol: ClientProtocol | None = None
         self._nonce = namespace.new_token()
-        self._hello: dict[str, Any] | None = None  # the server's ACK: untrusted msgpack, read through int()
+        self._hello: dict[str, int] | None = None  # the server's ACK, once one passed _check_hello
         self._lane: _native.CallLane | None = None  # the native fast lane of synchronous calls (memory signal path only)
         _CLIENTS.add(self)
         try:
-            well_known = SlotChannel.open(well_known_name(name), writable=True)
+            well_known = SlotChannel.open(well_known_name(name), writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
         except SegmentNotFoundError:
             raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
         except SegmentFormatError as exc:  # a server creating it right now (or a corrupt one): not served
@@ -155,8 +155,8 @@ class Client:
             well_known.send_anywhere(frame)
             self._receiver.wait(min(left, backoff))
             backoff = min(backoff * 2, 0.1)
-        self._server = (int(self._hello["pid"]), int(self._hello["start"]))
-        max_payload = min(int(self._hello["max_payload"]), self._request.max_payload)
+        self._server = (self._hello["pid"], self._hello["start"])
+        max_payload = min(self._hello["max_payload"], self._request.max_payload)
         # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little)
         self._protocol = ClientProtocol(
             conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), min_rto=0.002,
@@ -164,7 +164,7 @@ class Client:
         )
         # the largest call: what the request channel carries and the server reassembles (it refuses
         # a message whose fragments x max_payload exceed its max_message_bytes; one frame always goes)
-        server_max = int(self._hello.get("max_message", DEFAULT_MAX_MESSAGE_BYTES))
+        server_max = self._hello["max_message"]
         self._max_message = min(self._request.max_message, max(max_payload, server_max // max_payload * max_payload))
         if self._request.writer is not None and not self._receiver.kernel:
             reply = self._reply.region
@@ -185,7 +185,7 @@ class Client:
             try:
                 kind, _, nonce, _, _, _, payload, _ = wire.decode_fields(view)
                 if kind == wire.Kind.ACK and nonce == self._nonce:
-                    self._hello = msgpack.unpackb(payload)
+                    self._hello = self._check_hello(msgpack.unpackb(payload))
             except (FrameError, ValueError, msgpack.UnpackException):
                 pass
             return
@@ -199,6 +199,26 @@ class Client:
                     pending.data, pending.error, pending.done = event.data, event.error, True
             for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
                 self._request.send(frame)
+
+    def _check_hello(self, hello: object) -> dict[str, int] | None:
+        """The server's ACK, or None if it is not one (any process of the user can write our reply
+        channel, and the CONNECT's nonce is in the well-known channel for all to read): a map of
+        ints in range, naming a live process that watches our request channel (the server adds its
+        handler there before it answers)."""
+        if not isinstance(hello, dict):
+            return None
+        given = {key: hello.get(key) for key in ("pid", "start", "max_payload")}
+        given["max_message"] = hello.get("max_message", DEFAULT_MAX_MESSAGE_BYTES)  # older servers do not say
+        fields = {key: value for key, value in given.items() if type(value) is int}
+        if len(fields) != len(given):
+            return None
+        pid, start = fields["pid"], fields["start"]
+        if not (0 < pid < 1 << 31 and 0 <= start < 1 << 64 and fields["max_payload"] > 0 and fields["max_message"] > 0):
+            return None
+        entries = self._request.segment.directory.entries()
+        if not namespace.is_alive(pid, start) or not any(e.kind == L.KIND_RECEIVER and e.pid == pid for e in entries):
+            return None
+        return fields
 
     def _poll(self) -> None:
         """Dispatch reply signals already here, unless another thread is dispatching."""

@@ -37,7 +37,8 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import lifecycle, namespace
-from ombm.errors import ClosedError, ForkedError, FrameError, MessageTooLargeError, SegmentFormatError
+from ombm.errors import ClosedError, DirectoryFullError, ForkedError, FrameError, MessageTooLargeError
+from ombm.errors import SegmentFormatError
 from ombm.errors import SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
@@ -133,6 +134,14 @@ class Server:
 
     # -- first contact
     def _on_connect(self, address: int) -> None:
+        """A CONNECT in the well-known channel: anyone's to write, so nothing in it may stop the
+        serving loop: anything unexpected is counted as a bad connect, the frame dropped."""
+        try:
+            self._connect(address)
+        except Exception:
+            self.stats["bad_connects"] += 1
+
+    def _connect(self, address: int) -> None:
         try:
             kind, _, nonce, _, _, _, payload, _ = wire.decode_fields(self._well_known.slot_view(address))
             if kind != wire.Kind.CALL:
@@ -161,27 +170,24 @@ class Server:
         if conn_id in self._connections or not namespace.is_alive(pid, start):
             self.stats["bad_connects"] += 1
             return None
-        try:
+        request = reply = None
+        try:  # the client made these channels: what they hold is hostile input
             request = SlotChannel.open(req_name, writable=False)
-        except (SegmentNotFoundError, SegmentFormatError, ValueError):
-            self.stats["bad_connects"] += 1
-            return None
-        if request.segment.id == self._well_known.segment.id or request.segment.id in self._by_segment:
-            request.close()  # a channel this server already serves: a hostile or confused CONNECT
-            self.stats["bad_connects"] += 1
-            return None
-        try:
+            if request.segment.id == self._well_known.segment.id or request.segment.id in self._by_segment:
+                raise ValueError("a channel this server already serves: a hostile or confused CONNECT")
             reply = SlotChannel.open(rep_name, writable=True)
-        except (SegmentNotFoundError, SegmentFormatError, ValueError):
-            request.close()
+            conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
+                               self.max_message_bytes, self._refuse, max_reply)
+            region = request.region
+            conn.handle = self._receiver.add_handler(  # DirectoryFullError if the client's directory is full
+                region.address, region.size, lambda address: self._guarded(conn, address - region.address)
+            )
+        except (SegmentNotFoundError, SegmentFormatError, DirectoryFullError, ValueError):
+            for channel in (reply, request):
+                if channel is not None:
+                    channel.close()
             self.stats["bad_connects"] += 1
             return None
-        conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
-                           self.max_message_bytes, self._refuse, max_reply)
-        region = request.region
-        conn.handle = self._receiver.add_handler(
-            region.address, region.size, lambda address: self._guarded(conn, address - region.address)
-        )
         self._connections[conn_id] = conn
         self._by_nonce[nonce] = conn
         self._by_segment[request.segment.id] = conn

@@ -18,7 +18,7 @@ import random
 from ombm.core import namespace
 from ombm.core import segment as _segment
 from ombm.core.directory import reclaim_segment_if_dead
-from ombm.errors import SegmentExistsError, SegmentNotFoundError
+from ombm.errors import ClosedError, SegmentExistsError, SegmentFormatError, SegmentNotFoundError
 from ombm.transport.wire import TRAILER_SIZE
 
 DEFAULT_SLOT_SIZE = 131072
@@ -33,7 +33,14 @@ def well_known_name(service: str) -> str:
 
 
 class SlotChannel:
-    """A bound channel segment; ``writable`` on the sending side, read-only on the receiving side."""
+    """A bound channel segment; ``writable`` on the sending side, read-only on the receiving side.
+
+    The geometry (slot size, slots) comes from the segment's header, read and checked once when
+    the segment was opened; another process may have made the segment (a client makes both
+    channels of its connection), so nothing here is sized by it: a slot's view is cut when a
+    signal names it, and an offset outside every whole slot (a forged signal) gets an empty view,
+    which fails the frame check like any damaged frame.
+    """
 
     def __init__(self, segment: _segment.Segment, writable: bool) -> None:
         self.segment = segment
@@ -41,7 +48,7 @@ class SlotChannel:
         self.slots = segment.size // self.slot_size
         if self.slots < 1 or self.slot_size <= TRAILER_SIZE:
             segment.release()
-            raise ValueError(f"segment {segment.name!r} is not an RPC channel (unit {segment.unit})")
+            raise SegmentFormatError(f"segment {segment.name!r} is not an RPC channel (unit {segment.unit})")
         self.region = segment.bind(writable)
         self.max_payload = self.slot_size - TRAILER_SIZE
         # a message may use at most half the ring, so it never overwrites its own fragments
@@ -50,8 +57,8 @@ class SlotChannel:
         # the native round-robin send (fault injection leaves the binding without one)
         writer = self.region.native_writer
         self.writer = writer if writable and writer is not None and segment.size % self.slot_size == 0 else None
-        buf, size = self.region.buffer, self.slot_size
-        self._views = [buf[i * size : (i + 1) * size] for i in range(self.slots)]
+        self._buf: memoryview | None = self.region.buffer
+        self._end = self.slots * self.slot_size  # the end of the last whole slot
 
     @classmethod
     def create(cls, name: str, *, slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
@@ -73,8 +80,13 @@ class SlotChannel:
             raise
 
     @classmethod
-    def open(cls, name: str, *, writable: bool) -> SlotChannel:
+    def open(cls, name: str, *, writable: bool, slot_size: int | None = None) -> SlotChannel:
+        """Open the channel ``name``: ``SegmentNotFoundError`` if absent, ``SegmentFormatError`` if it
+        is not an RPC channel (or its slots are not ``slot_size`` bytes, when given)."""
         seg = _segment.open_segment(name)  # SegmentNotFoundError
+        if slot_size is not None and seg.unit != slot_size:
+            seg.release()
+            raise SegmentFormatError(f"segment {name!r} has {seg.unit}-byte slots, not {slot_size}")
         return cls(seg, writable)
 
     @property
@@ -103,19 +115,27 @@ class SlotChannel:
 
     def slot_view(self, address: int) -> memoryview:
         """The slot containing ``address`` (a signal's translated address): the frame ends at its end."""
-        return self._views[(address - self.region.address) // self.slot_size]
+        return self.slot_view_at(address - self.region.address)
 
     def slot_view_at(self, offset: int) -> memoryview:
-        """The slot containing segment offset ``offset`` (a signal taken with ``Receiver.pop_wait``)."""
-        return self._views[offset // self.slot_size]
+        """The slot containing segment offset ``offset`` (a signal, which any process that can signal
+        us can forge): an empty view if no whole slot holds it (the frame check refuses it)."""
+        buf = self._buf
+        if buf is None:
+            raise ClosedError(f"RPC channel {self.name!r} is closed")
+        if not 0 <= offset < self._end:
+            return _NO_SLOT
+        start = offset - offset % self.slot_size
+        return buf[start:start + self.slot_size]
 
     def close(self) -> None:
         self.writer = None  # a send after close reaches Region.write: ClosedError
-        for view in self._views:
-            view.release()
-        self._views = []
+        self._buf = None
         self.region.unbind()
         self.segment.release()
+
+
+_NO_SLOT = memoryview(b"")
 
 
 __all__ = ["SlotChannel", "DEFAULT_SLOTS", "DEFAULT_SLOT_SIZE", "WELL_KNOWN_SLOTS", "WELL_KNOWN_SLOT_SIZE",
