@@ -7,6 +7,7 @@ standard deviations of the binomial either side.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -27,6 +28,27 @@ def faults():
     finally:
         _native.faults_set(0.0, 0.0, 0)
         _native.fault_counters_reset()
+
+
+@contextlib.contextmanager
+def _watched(units: int, label: str):
+    """A segment of ``units`` 64-byte units bound writable, and ``signalled()``: the offsets of the
+    signals a receiver of this thread got so far."""
+    with ombm.create_segment(64 * units, name=f"faults-{label}-{os.getpid()}") as seg:
+        region = seg.bind()
+        receiver = ombm.Receiver(capacity=1024)
+        try:
+            got: list[int] = []
+            receiver.add_handler(region.address, seg.size, lambda a: got.append(a - region.address))
+
+            def signalled() -> list[int]:
+                while receiver.dispatch_pending():
+                    pass
+                return got
+
+            yield region, signalled
+        finally:
+            receiver.close()
 
 
 def _within(count: int, n: int, p: float) -> bool:
@@ -84,62 +106,42 @@ def test_probabilities_are_checked(faults):
 def test_the_native_writer_flips_one_bit_before_the_signal_and_drops_signals(faults):
     """Region.write is the native Writer's: corrupted before its signals (the receiver gets the
     signal of a damaged unit), and its signals dropped per receiver, counted apart from the sends."""
-    with ombm.create_segment(64 * 400, name=f"faults-{os.getpid()}") as seg:
-        region = seg.bind()
+    with _watched(400, "native") as (region, signalled):
         assert region.native_writer is not None
-        receiver = ombm.Receiver(capacity=1024)
-        try:
-            got = []
-            receiver.add_handler(region.address, seg.size, lambda a: got.append(a - region.address))
-            before = ombm.stats()
-            faults(0.0, 1.0, 5)
-            message = bytes(range(64))
-            for i in range(200):
-                region.write(64 * i, message)
-            faults(1.0, 0.0, 5)
-            for i in range(200, 400):
-                region.write(64 * i, message)
-            faults(0.0, 0.0, 5)
-            while receiver.dispatch_pending():
-                pass
-            after = ombm.stats()
-            assert got == [64 * i for i in range(200)]  # corruption loses no signal; drop=1 loses them all
-            flipped = [sum(bin(a ^ b).count("1") for a, b in zip(message, region.read(64 * i, 64)))
-                       for i in range(200)]
-            assert flipped == [1] * 200
-            assert after["messages_corrupted_fault"] - before["messages_corrupted_fault"] == 200
-            assert after["signals_dropped_fault"] - before["signals_dropped_fault"] == 200
-            assert after["signals_sent"] - before["signals_sent"] == 200  # a dropped signal was never sent
-        finally:
-            receiver.close()
+        before = ombm.stats()
+        faults(0.0, 1.0, 5)
+        message = bytes(range(64))
+        for i in range(200):
+            region.write(64 * i, message)
+        faults(1.0, 0.0, 5)
+        for i in range(200, 400):
+            region.write(64 * i, message)
+        faults(0.0, 0.0, 5)
+        assert signalled() == [64 * i for i in range(200)]  # corruption loses no signal; drop=1 loses them all
+        after = ombm.stats()
+        flipped = [sum(bin(a ^ b).count("1") for a, b in zip(message, region.read(64 * i, 64))) for i in range(200)]
+        assert flipped == [1] * 200
+        assert after["messages_corrupted_fault"] - before["messages_corrupted_fault"] == 200
+        assert after["signals_dropped_fault"] - before["signals_dropped_fault"] == 200
+        assert after["signals_sent"] - before["signals_sent"] == 200  # a dropped signal was never sent
 
 
 def test_the_python_write_path_draws_from_the_same_generator(faults, monkeypatch):
     """Region.write's Python method (the Writer's slow path) and explicit signals (Router.deliver)
     inject the same faults, counted in the same counters."""
     monkeypatch.setattr(FAULTS, "active", True)  # as if OMBM_FAULT_* had been set at import
-    with ombm.create_segment(64 * 100, name=f"faults-py-{os.getpid()}") as seg:
-        region = seg.bind()
-        receiver = ombm.Receiver(capacity=256)
-        try:
-            got = []
-            receiver.add_handler(region.address, seg.size, lambda a: got.append(a - region.address))
-            before = ombm.stats()
-            faults(0.0, 1.0, 9)
-            message = bytes(64)
-            for i in range(50):
-                ombm.Region.write(region, 64 * i, message)  # the method itself, not the native Writer
-            faults(1.0, 0.0, 9)
-            for i in range(50):
-                ombm.signal(region.address + 64 * i)
-            faults(0.0, 0.0, 9)
-            while receiver.dispatch_pending():
-                pass
-            after = ombm.stats()
-            assert got == [64 * i for i in range(50)]
-            assert all(bin(int.from_bytes(region.read(64 * i, 64), "little")).count("1") == 1 for i in range(50))
-            assert after["messages_corrupted_fault"] - before["messages_corrupted_fault"] == 50
-            assert after["signals_dropped_fault"] - before["signals_dropped_fault"] == 50
-            assert after["signals_sent"] - before["signals_sent"] == 50
-        finally:
-            receiver.close()
+    with _watched(100, "python") as (region, signalled):
+        before = ombm.stats()
+        faults(0.0, 1.0, 9)
+        for i in range(50):
+            ombm.Region.write(region, 64 * i, bytes(64))  # the method itself, not the native Writer
+        faults(1.0, 0.0, 9)
+        for i in range(50):
+            ombm.signal(region.address + 64 * i)
+        faults(0.0, 0.0, 9)
+        assert signalled() == [64 * i for i in range(50)]
+        after = ombm.stats()
+        assert all(bin(int.from_bytes(region.read(64 * i, 64), "little")).count("1") == 1 for i in range(50))
+        assert after["messages_corrupted_fault"] - before["messages_corrupted_fault"] == 50
+        assert after["signals_dropped_fault"] - before["signals_dropped_fault"] == 50
+        assert after["signals_sent"] - before["signals_sent"] == 50
