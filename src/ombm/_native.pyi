@@ -194,7 +194,9 @@ def fault_counters_reset() -> None:
 @final
 class Writer(Generic[_R_co]):
     """The fast path of ``Region.write``: copy, then signal every unit whose last byte was written, through
-    the routes ``route(unit offset)`` gives (cached until the segment's directory version moves)."""
+    the routes ``route(unit offset)`` gives (cached until the segment's directory version moves). Fault
+    injection happens here (``faults_set``): signals dropped per receiver, and with ``message`` (a
+    message-consistency segment) one bit of a written message flipped before its signals."""
 
     def __init__(
         self,
