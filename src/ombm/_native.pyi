@@ -189,10 +189,29 @@ def writer_signals_sent() -> int:
 def writer_signals_reset() -> None:
     """Zero the Writer counter (after fork)."""
 
+# ---- fault injection (ombm.core.faults), in the native write path and drawn by Python's
+def faults_set(drop: float, corrupt: float, seed: int, /) -> None:
+    """The probabilities that a signal to a receiver is dropped and that a written message has one bit
+    flipped, and the generator's seed (its low 64 bits). ``ValueError`` for a probability outside [0, 1]."""
+
+def fault_drop() -> bool:
+    """A draw: drop the next signal to one receiver? (A drop is counted.)"""
+
+def fault_corrupt_bit(nbytes: int, /) -> int:
+    """A draw for a message of ``nbytes``: the bit to flip, in [0, 8 * nbytes) (counted), or -1."""
+
+def fault_counters() -> tuple[int, int]:
+    """``(signals dropped, messages corrupted)`` by fault injection in this process."""
+
+def fault_counters_reset() -> None:
+    """Zero the fault counters (after fork)."""
+
 @final
 class Writer(Generic[_R_co]):
     """The fast path of ``Region.write``: copy, then signal every unit whose last byte was written, through
-    the routes ``route(unit offset)`` gives (cached until the segment's directory version moves)."""
+    the routes ``route(unit offset)`` gives (cached until the segment's directory version moves). Fault
+    injection happens here (``faults_set``): signals dropped per receiver, and with ``message`` (a
+    message-consistency segment) one bit of a written message flipped before its signals."""
 
     def __init__(
         self,
@@ -205,6 +224,7 @@ class Writer(Generic[_R_co]):
         route: Callable[[int], _Route[_R_co]],
         deliver: Callable[[int], object],
         after: Callable[[int, tuple[_R_co, ...]], object],
+        message: bool,
         /,
     ) -> None: ...
     def write(self, offset: int, data: ReadableBuffer, /) -> None: ...
@@ -360,3 +380,7 @@ class RequestIntake(Generic[_C, _K]):
 
     def serve(self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /) -> ServeResult[_C, _K]:
         """What Python must see next; ``timeout_s`` bounds the whole call."""
+
+    @property
+    def served(self) -> int:
+        """Requests served and answered on the lane since the intake was made."""

@@ -141,6 +141,23 @@ def test_karn_retransmitted_calls_give_no_rtt_sample():
     assert c.statistics().rto_s == pytest.approx(0.02)  # backed off, kept until a clean sample
 
 
+def test_the_lane_waits_the_rto_of_the_samples_not_the_backed_off_one():
+    c, s = pair(initial_rto=0.01, min_rto=0.001)
+    assert c.lane_patience == c.rto == 0.01  # no sample yet: the initial RTO
+    cid = c.send_request(b"x", 0.0)
+    frames = c.frames_to_send(0.0)
+    c.handle_timer(0.01)  # lost: retransmitted, the RTO backed off
+    c.frames_to_send(0.01)
+    to_server(c, s, 0.0, frames)
+    s.send_reply(cid, b"r", 0.02)
+    to_client(s, c, 0.02)
+    assert c.rto == pytest.approx(0.02) and c.lane_patience == 0.01  # Karn: no sample, backoff kept
+    lane_id = c.lend()  # the lane's calls go well; their last round trip comes back with the state
+    c.reclaim(lane_id + 3, 3, None, 0.002)
+    assert c.rto == c.lane_patience == pytest.approx(0.006)  # a clean sample (srtt + 4 rttvar): both settle
+    assert c.statistics().lane_calls == 3
+
+
 def test_rto_adapts_to_fast_replies():
     c, s = pair(initial_rto=0.1, min_rto=0.0001)
     now = 0.0

@@ -203,7 +203,7 @@ static PyObject *n_fanout(PyObject *Py_UNUSED(self), PyObject *const *args, Py_s
     if (PyErr_Occurred()) return NULL;
     unsigned long long result;
     PyObject *far;
-    if (fifo_fanout(args[0], seg, off, &result, &far) < 0) return NULL;
+    if (fifo_fanout(args[0], seg, off, 0, &result, &far) < 0) return NULL;
     PyObject *r = PyLong_FromUnsignedLongLong(result);
     if (far && r) Py_SETREF(r, PyNumber_Or(r, far));
     Py_XDECREF(far);

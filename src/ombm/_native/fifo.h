@@ -31,6 +31,7 @@
 #ifndef OMBM_FIFO_H
 #define OMBM_FIFO_H
 
+#include "faults.h"
 #include "native.h"
 
 /* A validated mapping of one FIFO: its geometry, private to this process. Holds a buffer export
@@ -198,15 +199,19 @@ static inline int fifo_take(const FifoMap *m, uint64_t *seg, uint64_t *off) {
     return 0;
 }
 
-/* Push one signal into every FIFO of the tuple `fifos` (FifoMaps): 0 and *result 0 in the common
-   case; else bits 0-14 of *result count drops (saturating), bit 15 says a futex wake was issued,
-   bit 16+i that target i sleeps in an event loop and needs its doorbell rung. For i >= 48 that bit
+/* Push one signal into every FIFO of the tuple `fifos` (FifoMaps): *result 0 in the common case;
+   else bits 0-14 of *result count drops (saturating), bit 15 says a futex wake was issued, bit
+   16+i that target i sleeps in an event loop and needs its doorbell rung. For i >= 48 that bit
    goes into *far (a Python int, new reference; NULL when there is none): every sleeper is told,
-   however many. -1 with an exception for an item that is not a FifoMap. */
-static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, unsigned long long *result,
+   however many. With `faulty` (the Writer's path while fault injection drops signals, faults.h)
+   each push is first drawn for a drop, which skips it: such drops are not in *result (that is a
+   full FIFO's, which the sender reports and reclaims) but returned. Returns the signals fault
+   injection dropped, or -1 with an exception for an item that is not a FifoMap. */
+static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, int faulty, unsigned long long *result,
                               PyObject **far) {
     Py_ssize_t n = PyTuple_GET_SIZE(fifos);
     unsigned long long bits = 0, drops = 0;
+    int lost = 0;
     *far = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *o = PyTuple_GET_ITEM(fifos, i);
@@ -215,6 +220,10 @@ static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, unsig
             *far = NULL;
             PyErr_SetString(PyExc_TypeError, "fanout: the FIFOs must be FifoMap objects");
             return -1;
+        }
+        if (faulty && fault_drop()) {
+            lost++;
+            continue;
         }
         int r = fifo_push((FifoMap *)o, seg, off);
         if (r == PUSH_FULL) drops++;
@@ -225,7 +234,7 @@ static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, unsig
         }
     }
     *result = bits | (drops > 0x7fff ? 0x7fff : drops);
-    return 0;
+    return lost;
 }
 
 /* The wait (sync.c). spin_then_sleep runs without the GIL; wait_signal holds it and releases it

@@ -10,6 +10,7 @@
  *   crc32c.h, crc32c.c  the checksum: CRC32C fused with a copy (SSE4.2, ARMv8 CRC, table)  (§4)
  *   frame.h, frame.c  THE frame check (bounds + checksum), the checksum for Python, frame encode/decode (§4)
  *   writer.h, writer.c  signal-on-write: Region.write's fast path                   (paper §3.3)
+ *   faults.h, faults.c  fault injection in that path: dropped signals, flipped bits (DESIGN.md §4)
  *   lane.h, lane.c    what both RPC lanes share: statuses, typed results, marshalling (paper §4)
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)

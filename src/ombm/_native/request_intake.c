@@ -91,6 +91,7 @@ typedef struct {
     PyObject *execute;        /* execute(payload, limit) -> (reply payload, error): all of a call, in Python */
     PyObject *finish;         /* finish(result, exception, limit) -> (reply payload, error) */
     PyObject *calls_key, *zero, *one;
+    unsigned long long lane_served;  /* requests served and answered on the lane, ever (the `served` attribute) */
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNUSED(kw)) {
@@ -120,6 +121,7 @@ static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNU
     Py_XSETREF(x->execute, Py_NewRef(execute));
     Py_XSETREF(x->finish, Py_NewRef(finish));
     Py_XSETREF(x->fifo, (FifoMap *)Py_NewRef(fifo_o));
+    x->lane_served = 0;
     return 0;
 }
 
@@ -410,6 +412,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     e->replied++;
     Py_XSETREF(e->reply_payload, Py_NewRef(data));  /* the reply cache: sent again if the request comes again */
     e->reply_kind = error ? KIND_ERROR_REPLY : KIND_REPLY;
+    x->lane_served++;
     Py_DECREF(executed);
     if (writer_send_frame(e->reply, e->reply_kind, e->connection_id, call_id, 0, PyBytes_AS_STRING(data), dlen) < 0) {
         if (e->reply->base) return -1;
@@ -470,9 +473,20 @@ static PyMethodDef RequestIntake_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *RequestIntake_served(RequestIntake *x, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(x->lane_served);
+}
+
+static PyGetSetDef RequestIntake_getset[] = {
+    {"served", (getter)RequestIntake_served, NULL, "requests served and answered on the lane since it was made",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject RequestIntakeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     NATIVE_TYPE(RequestIntake),
+    .tp_getset = RequestIntake_getset,
     .tp_doc = "RequestIntake(fifo, kinds, methods, stats, unpack, ext_hook, packer, execute, finish): "
               "the RPC server's serving loop and its native lane",
 };

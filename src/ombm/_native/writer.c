@@ -3,6 +3,7 @@
  * Region.write's fast path (core/segment.py), and a channel's round-robin send that the RPC
  * slots and lanes use.
  */
+#include "faults.h"
 #include "fifo.h"
 #include "frame.h"
 #include "writer.h"
@@ -19,13 +20,16 @@ static unsigned long long writer_signals_sent = 0;
    `slow` raises the documented errors), a route with a software-only receiver (`deliver`), and
    a fan-out that dropped, woke or must ring a doorbell (`after`). Each cached route keeps the
    FIFO mappings it points into alive. The data is copied with plain stores: the push publishes
-   it (see native.h). */
+   it (see native.h). Fault injection (faults.h) happens here, where the native path writes and
+   signals: a message's bit flipped after its copy and before its signals, a signal to a receiver
+   dropped in the fan-out. */
 static int Writer_init(Writer *w, PyObject *args, PyObject *Py_UNUSED(kw)) {
     unsigned long long base, version_addr, seg_id;
     Py_ssize_t size, unit;
     PyObject *slow, *route_fn, *deliver_fn, *after_fn;
-    if (!PyArg_ParseTuple(args, "KnnKKOOOO", &base, &size, &unit, &version_addr, &seg_id, &slow, &route_fn,
-                          &deliver_fn, &after_fn))
+    int message;
+    if (!PyArg_ParseTuple(args, "KnnKKOOOOp", &base, &size, &unit, &version_addr, &seg_id, &slow, &route_fn,
+                          &deliver_fn, &after_fn, &message))
         return -1;
     if (!base || size < 0 || unit < 0 || !version_addr || (version_addr & 7)) {
         PyErr_SetString(PyExc_ValueError, "Writer: bad base, size, unit or version address");
@@ -34,6 +38,7 @@ static int Writer_init(Writer *w, PyObject *args, PyObject *Py_UNUSED(kw)) {
     w->base = (unsigned char *)(uintptr_t)base;
     w->size = size;
     w->unit = unit;
+    w->message = message;
     w->version_addr = (uintptr_t)version_addr;
     w->version = UINT64_MAX;
     w->seg_id = seg_id;
@@ -91,8 +96,9 @@ static int writer_deliver(Writer *w, Py_ssize_t start) {
     PyObject *fifos = PyTuple_GET_ITEM(route, 0);
     unsigned long long result;
     PyObject *far;
-    if (fifo_fanout(fifos, w->seg_id, (uint64_t)start, &result, &far) < 0) { rc = -1; goto out; }
-    writer_signals_sent += (unsigned long long)PyTuple_GET_SIZE(fifos);
+    int lost = fifo_fanout(fifos, w->seg_id, (uint64_t)start, FAULTS_DROP, &result, &far);
+    if (lost < 0) { rc = -1; goto out; }
+    writer_signals_sent += (unsigned long long)(PyTuple_GET_SIZE(fifos) - lost);
     if (result || far) {  /* drops to count (and maybe a dead receiver), a wake-up to count, doorbells */
         PyObject *ro = PyLong_FromUnsignedLongLong(result);
         if (ro && far) Py_SETREF(ro, PyNumber_Or(ro, far));
@@ -130,8 +136,11 @@ static Py_ssize_t writer_next_unit(Writer *w, Py_ssize_t n) {
 static int writer_send(Writer *w, const char *src, Py_ssize_t n) {
     Py_ssize_t start = writer_next_unit(w, n);
     if (start < 0) return -1;
-    memcpy(w->base + start + w->unit - n, src, (size_t)n);
-    return n ? writer_deliver(w, start) : 0;
+    unsigned char *at = w->base + start + w->unit - n;
+    memcpy(at, src, (size_t)n);
+    if (!n) return 0;
+    if (FAULTS_CORRUPT && w->message) fault_corrupt(at, n);
+    return writer_deliver(w, start);
 }
 
 /* The frame goes straight into the slot and its checksum is summed there, the last 8 bytes
@@ -143,7 +152,9 @@ int writer_send_frame(Writer *w, unsigned kind, uint64_t conn, uint64_t msg, uin
     Py_ssize_t start = writer_next_unit(w, n);
     if (start < 0) return -1;
     frame_trailer t = {conn, msg, ack, (uint32_t)plen, 0, 0, 1, (uint8_t)kind};
-    frame_put(w->base + start + w->unit - n, payload, &t);
+    unsigned char *at = w->base + start + w->unit - n;
+    frame_put(at, payload, &t);
+    if (FAULTS_CORRUPT && w->message) fault_corrupt(at, n);
     return writer_deliver(w, start);
 }
 
@@ -186,6 +197,7 @@ static PyObject *Writer_write(Writer *w, PyObject *const *args, Py_ssize_t nargs
     }
     memmove(w->base + off, src, (size_t)n);
     if (has_view) PyBuffer_Release(&view);
+    if (FAULTS_CORRUPT && w->message && n) fault_corrupt(w->base + off, n);
     Py_ssize_t unit = w->unit, size = w->size, end = off + n;
     if (unit && n) {
         for (Py_ssize_t start = off / unit * unit; start < size; start += unit) {
@@ -224,7 +236,7 @@ static PyMethodDef Writer_methods[] = {
 PyTypeObject WriterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     NATIVE_TYPE(Writer),
-    .tp_doc = "Writer(base, size, unit, version_address, segment_id, slow, route, deliver, after): "
+    .tp_doc = "Writer(base, size, unit, version_address, segment_id, slow, route, deliver, after, message): "
               "the fast path of Region.write",
 };
 
@@ -234,6 +246,8 @@ static PyMethodDef writer_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The Writer's functions and type, and those of fault injection (faults.c), which happens in its path. */
 int native_add_writer(PyObject *module) {
+    if (native_add_faults(module) < 0) return -1;
     return native_add(module, writer_functions, (PyTypeObject *const[]){&WriterType, NULL});
 }

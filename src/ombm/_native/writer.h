@@ -12,6 +12,7 @@ typedef struct {
     unsigned char *base;      /* NULL once closed */
     Py_ssize_t size;
     Py_ssize_t unit;          /* signal-on-write unit, 0: this binding raises no signal */
+    int message;              /* a message-consistency segment: fault injection may corrupt what is written */
     uintptr_t version_addr;
     uint64_t version;
     unsigned long long seg_id;

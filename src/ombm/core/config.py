@@ -11,6 +11,13 @@
 * ``fifo_capacity``: entries per receiver FIFO (default 128, the paper's).
 
 Environment variables are read at import; :func:`configure` changes them.
+
+One more, for tests only and not part of :class:`Settings`: ``OMBM_LANES=0``
+turns off both native RPC lanes (``LANES``: the client's call lane and the
+server's lane; ``1``, the default, leaves them on), so every call takes the
+sans-I/O protocol's Python path. The differential test of the lanes
+(``tests/integration/test_rpc_lanes_differential.py``) runs the same calls
+both ways. Read by clients and servers when they connect and accept.
 """
 
 from __future__ import annotations
@@ -78,6 +85,16 @@ def _from_env() -> Settings:
 
 
 SETTINGS = _from_env()
+
+
+def _lanes_from_env() -> bool:
+    raw = os.environ.get("OMBM_LANES", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"OMBM_LANES={raw!r}: 1 (the native RPC lanes on, the default) or 0 (off, for tests)")
+    return raw == "1"
+
+
+LANES = _lanes_from_env()
 
 
 def configure(

@@ -144,19 +144,18 @@ class Router:
                 ref.ring()
 
     def _deliver_with_faults(self, offset: int, memory: tuple[FifoRef, ...], kernel: tuple[FifoRef, ...]) -> None:
+        """``deliver`` under fault injection: each signal to each receiver is drawn for a drop
+        (counted where it is drawn), as the native Writer's fan-out does."""
         for ref in memory:
             if FAULTS.should_drop():
-                COUNTERS.signals_dropped_fault += 1
                 continue
-            result = _native.fanout((ref.fifo_map,), self.segment_id, offset)
+            result = _fanout((ref.fifo_map,), self.segment_id, offset)
             COUNTERS.signals_sent += 1
             if result:
                 self.after_fanout(result, (ref,))
         for ref in kernel:
-            if FAULTS.should_drop():
-                COUNTERS.signals_dropped_fault += 1
-                continue
-            self._send_kernel(ref, offset)
+            if not FAULTS.should_drop():
+                self._send_kernel(ref, offset)
 
     def _check_alive(self, refs: Iterable[FifoRef]) -> None:
         """A full FIFO may belong to a dead receiver: reclaim it (lazily, by the sender).

@@ -38,7 +38,6 @@ from ombm.core.mapping import Mapping, map_file, reserve_file
 from ombm.errors import AddressError, ClosedError, ReadOnlyError, SegmentExistsError, SegmentFormatError
 from ombm.errors import SegmentNotFoundError, SharedMemoryFullError
 from ombm.core.faults import FAULTS
-from ombm.core.stats import COUNTERS
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -139,11 +138,11 @@ class Region:
         self._deliver = segment._router.deliver
         self._handles: weakref.WeakSet[SignalHandle] = weakref.WeakSet()
         self._writer: _native.Writer[FifoRef] | None = None
-        if writable and not FAULTS.active:  # the native write path; fault injection stays in Python
+        if writable:  # the native write path (fault injection included)
             router = segment._router
             self._writer = _native.Writer(
                 self.address, self.size, self._sow_unit, router.version_address, segment.id,
-                Region.write.__get__(self), router.route, router.deliver, router.after_fanout,
+                Region.write.__get__(self), router.route, router.deliver, router.after_fanout, self._message,
             )
             # shadows the method below, which stays its slow path (mypy: a method is not assigned to)
             self.write = self._writer.write  # type: ignore[method-assign, assignment]
@@ -158,8 +157,9 @@ class Region:
         """Write ``data`` at ``offset``; raise one signal per unit whose last byte this writes.
 
         A writable binding's ``write`` is the native ``_native.Writer.write``, which does the same
-        (copy, then one signal per completed unit through the segment's cached routes) and calls this
-        method for anything it does not take itself: bad arguments, a closed binding, fault injection.
+        (copy, then one signal per completed unit through the segment's cached routes; fault
+        injection too) and calls this method for anything it does not take itself: bad arguments, a
+        closed binding, an offset that is an int of another type.
         """
         wbuf = self._wbuf
         if wbuf is None:
@@ -178,10 +178,10 @@ class Region:
             raise AddressError(f"write of {n} bytes at offset {offset} overruns the {self.size}-byte region")
         wbuf[offset:end] = data
         if self._message and n:
-            if FAULTS.active and FAULTS.should_corrupt():
-                at = offset + FAULTS.rng.randrange(n)
-                wbuf[at] ^= 1 << FAULTS.rng.randrange(8)
-                COUNTERS.messages_corrupted_fault += 1
+            if FAULTS.active:
+                bit = FAULTS.corrupt_bit(n)  # counted where it is drawn
+                if bit >= 0:
+                    wbuf[offset + (bit >> 3)] ^= 1 << (bit & 7)
             unit = self._sow_unit
             if unit:
                 # units whose last byte lies in [offset, end); the last unit ends at the segment's end
@@ -213,8 +213,8 @@ class Region:
 
     @property
     def native_writer(self) -> _native.Writer[FifoRef] | None:
-        """The native write path of a writable binding (None when read-only, closed, or under
-        fault injection): lanes and slot channels write frames through it."""
+        """The native write path of a writable binding (None when read-only): lanes and slot
+        channels write frames through it."""
         return self._writer
 
     @property

@@ -38,12 +38,16 @@ class Counters:
         _native.writer_signals_reset()
         _native.fifo_corrupt_reset()
         _native.mappings_broken_reset()
+        _native.fault_counters_reset()
 
     def snapshot(self) -> dict[str, int]:
         counts = {name: getattr(self, name) for name in self.__slots__}
         counts["signals_sent"] += _native.writer_signals_sent()  # pushed by Region.write's native path
         counts["signals_corrupt"] += _native.fifo_corrupt()  # counted where the ring found them
         counts["mappings_broken"] += _native.mappings_broken()  # counted by the SIGBUS handler
+        dropped, corrupted = _native.fault_counters()  # counted where fault injection drew them
+        counts["signals_dropped_fault"] += dropped
+        counts["messages_corrupted_fault"] += corrupted
         return counts
 
 

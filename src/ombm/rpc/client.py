@@ -31,6 +31,7 @@ import msgpack
 
 from ombm import _layout as L
 from ombm import _native
+from ombm.core import config as _config
 from ombm.core import lifecycle, namespace
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
 from ombm.errors import ChannelBrokenError, ServerGoneError
@@ -111,7 +112,8 @@ class Client:
         self._protocol: ClientProtocol | None = None
         self._nonce = namespace.new_token()
         self._hello: dict[str, int] | None = None  # the server's ACK, once one passed _check_hello
-        self._lane: _native.CallLane | None = None  # the native fast lane of synchronous calls (memory signal path only)
+        # the native fast lane of synchronous calls (memory signal path only; off with OMBM_LANES=0, for tests)
+        self._lane: _native.CallLane | None = None
         _CLIENTS.add(self)
         try:
             well_known = SlotChannel.open(well_known_name(name), writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
@@ -166,7 +168,7 @@ class Client:
         # a message whose fragments x max_payload exceed its max_message_bytes; one frame always goes)
         server_max = self._hello["max_message"]
         self._max_message = min(self._request.max_message, max(max_payload, server_max // max_payload * max_payload))
-        if self._request.writer is not None and not self._receiver.kernel:
+        if self._request.writer is not None and not self._receiver.kernel and _config.LANES:
             reply = self._reply.region
             self._lane = _native.CallLane(
                 self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
@@ -260,7 +262,7 @@ class Client:
             send = self._request.send
             for frame in protocol.frames_to_send(now):
                 send(frame)
-        self._timer.busy = True
+        self._timer.kick()
         return call_id, pending
 
     def call(self, method: str, *args: object, **kwargs: object) -> Any:
@@ -335,8 +337,8 @@ class Client:
             next_id = protocol.lend()
             if next_id is None:
                 return False
-            rto = protocol.rto
-            lane.lend(next_id, rto if rto < self.timeout else self.timeout)
+            patience = protocol.lane_patience
+            lane.lend(next_id, patience if patience < self.timeout else self.timeout)
             return True
 
     def _own(self) -> None:
@@ -357,7 +359,7 @@ class Client:
             assert self._protocol is not None and data is not None, "the lane made a call"
             self._protocol.adopt_call(call_id, data, time.monotonic() - waited * 1e-9)
             self._pending[call_id] = pending
-        self._timer.busy = True
+        self._timer.kick()
         if result.status == _LANE_OTHER:  # a signal the lane does not take: the ordinary way
             receiver.waited(waited)
             segment_id, offset = result.segment_id, result.offset

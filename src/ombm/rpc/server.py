@@ -36,6 +36,7 @@ import msgpack
 
 from ombm import _layout as L
 from ombm import _native
+from ombm.core import config as _config
 from ombm.core import lifecycle, namespace
 from ombm.errors import ClosedError, DirectoryFullError, ForkedError, FrameError, MessageTooLargeError
 from ombm.errors import SegmentFormatError
@@ -106,8 +107,10 @@ class Server:
         self._methods: dict[str, Callable[..., object]] = {
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
+        # lane_calls: of the calls, those served on the server lane (brought up to date when the serving
+        # loop reaps, at least every REAP_INTERVAL_S, and when it stops)
         self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0,
-                                  "refused": 0, "broken_connections": 0}
+                                  "refused": 0, "broken_connections": 0, "lane_calls": 0}
         self._receiver = Receiver()
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
@@ -193,7 +196,8 @@ class Server:
         self._by_segment[request.segment.id] = conn
         if self._intake is not None:
             seg = request.segment.id
-            self._intake.add(seg, conn, region.address, region.size, request.slot_size, reply.writer, conn_id,
+            lane_writer = reply.writer if _config.LANES else None  # None: never a lane (OMBM_LANES=0, tests)
+            self._intake.add(seg, conn, region.address, region.size, request.slot_size, lane_writer, conn_id,
                              conn.protocol.max_payload, conn.limit)
             last = conn.protocol.lend()  # a new connection's protocol lends (0): nothing delivered yet
             if last is not None:
@@ -328,24 +332,28 @@ class Server:
         assert intake is not None, "serve_forever serves memory signals with the intake"
         serve, wait_policy, waited = intake.serve, receiver.wait_policy, receiver.waited
         monotonic = time.monotonic
-        while not self._stop:
-            spin_ns, sleep_ok, learn_ns = wait_policy()
-            r = serve(spin_ns, REAP_INTERVAL_S, sleep_ok, learn_ns)
-            now = monotonic()
-            status = r.status
-            if status <= _SERVE_LEARN:  # a signal came (SERVE_LEARN: the lane served a request)
-                waited(r.waited_ns)
-                if status == _SERVE_REQUEST:
-                    conn = r.connection
-                    assert conn is not None, "a SERVE_REQUEST carries its connection"
-                    self._take_frame(conn, r.fields, r.handback, r.executed, now)
-                elif status == _SERVE_SIGNAL:  # the well-known channel, a nudge
-                    receiver.dispatch(r.segment_id, r.offset)
-            elif status == _SERVE_STALLED:
-                receiver.fifo.retire_stalled()
-            if now - self._last_reap >= REAP_INTERVAL_S:
-                self._last_reap = now
-                self._reap()
+        try:
+            while not self._stop:
+                spin_ns, sleep_ok, learn_ns = wait_policy()
+                r = serve(spin_ns, REAP_INTERVAL_S, sleep_ok, learn_ns)
+                now = monotonic()
+                status = r.status
+                if status <= _SERVE_LEARN:  # a signal came (SERVE_LEARN: the lane served a request)
+                    waited(r.waited_ns)
+                    if status == _SERVE_REQUEST:
+                        conn = r.connection
+                        assert conn is not None, "a SERVE_REQUEST carries its connection"
+                        self._take_frame(conn, r.fields, r.handback, r.executed, now)
+                    elif status == _SERVE_SIGNAL:  # the well-known channel, a nudge
+                        receiver.dispatch(r.segment_id, r.offset)
+                elif status == _SERVE_STALLED:
+                    receiver.fifo.retire_stalled()
+                if now - self._last_reap >= REAP_INTERVAL_S:
+                    self._last_reap = now
+                    self.stats["lane_calls"] = intake.served
+                    self._reap()
+        finally:
+            self.stats["lane_calls"] = intake.served
 
     def _take_frame(self, conn: _Connection, fields: FrameFields | None, handback: tuple[int, int, int, bytes | None] | None,
                     executed: tuple[bytes, bool] | None, now: float) -> None:

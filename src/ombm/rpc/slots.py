@@ -54,7 +54,7 @@ class SlotChannel:
         # a message may use at most half the ring, so it never overwrites its own fragments
         self.max_message = max(1, self.slots // 2) * self.max_payload
         self._next = 0
-        # the native round-robin send (fault injection leaves the binding without one)
+        # the native round-robin send (a read-only binding has none)
         writer = self.region.native_writer
         self.writer = writer if writable and writer is not None and segment.size % self.slot_size == 0 else None
         self._buf: memoryview | None = self.region.buffer

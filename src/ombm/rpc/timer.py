@@ -3,9 +3,11 @@
 "Lost or dropped messages are detected and handled by an asynchronous timer
 process. The timer process simply reviews the set of outstanding calls
 periodically and requests retransmissions": the call path never touches it
-beyond setting a flag. It ticks every millisecond while some client had calls
-outstanding in the last tick and every 50 ms otherwise, and exits when no
-client is registered (it is owned by this module and joined by
+beyond :meth:`RetransmissionTimer.kick`, which sets a flag. It ticks every
+millisecond while some client had calls outstanding in the last tick and every
+50 ms otherwise (a kick while it idles wakes it: a call that went outstanding
+must not wait out the idle tick for its first retransmission), and exits when
+no client is registered (it is owned by this module and joined by
 :func:`shutdown`).
 """
 
@@ -35,6 +37,7 @@ class RetransmissionTimer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by kick() (and shutdown()) to end an idle tick early
         self.busy = False
 
     def add(self, client: Ticking) -> None:
@@ -49,8 +52,19 @@ class RetransmissionTimer:
         with self._lock:
             self._clients.discard(client)
 
+    def kick(self) -> None:
+        """A call went outstanding: tick at the busy rate from now on (waking the timer if it idles)."""
+        if not self.busy:
+            self.busy = True
+            self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(BUSY_TICK_S if self.busy else IDLE_TICK_S):
+        wake, stop = self._wake, self._stop
+        while True:
+            wake.wait(BUSY_TICK_S if self.busy else IDLE_TICK_S)
+            if stop.is_set():
+                return
+            wake.clear()
             self.busy = False
             with self._lock:
                 clients = list(self._clients)
@@ -65,6 +79,7 @@ class RetransmissionTimer:
     def shutdown(self, timeout: float = 2.0) -> None:
         thread = self._thread
         self._stop.set()
+        self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 

@@ -115,6 +115,8 @@ class ClientStats:
     in_flight: int
     queued: int           # waiting for one of the max_in_flight slots
     refused: int = 0      # fragments of replies larger than max_message_bytes, dropped
+    lane_calls: int = 0   # of the calls, those the fast lane made (lend/reclaim), adopted ones included
+    adopted: int = 0      # lane calls put under the timer (adopt_call): no reply within the RTO, or another frame first
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +134,16 @@ class ServerStats:
 
 
 class RtoEstimator:
-    """Retransmission timeout from RTT samples (RFC 6298), with Karn's backoff."""
+    """Retransmission timeout from RTT samples (RFC 6298), with Karn's backoff.
 
-    __slots__ = ("rto", "srtt", "_rttvar", "_min", "_max")
+    ``rto`` is the timeout, backed off; ``settled`` the one the samples alone give (no backoff)."""
+
+    __slots__ = ("rto", "settled", "srtt", "_rttvar", "_min", "_max")
 
     def __init__(self, initial_rto: float, min_rto: float, max_rto: float) -> None:
         if not 0 < min_rto <= initial_rto <= max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
-        self.rto = initial_rto
+        self.rto = self.settled = initial_rto
         self.srtt: float | None = None
         self._rttvar = 0.0
         self._min, self._max = min_rto, max_rto
@@ -160,7 +164,7 @@ class RtoEstimator:
             rto = self._min
         elif rto > self._max:
             rto = self._max
-        self.rto = rto
+        self.rto = self.settled = rto
 
     def backoff(self, rto: float | None = None) -> float:
         """Double ``rto`` (default: the current RTO, which is then kept) up to the maximum."""
@@ -338,7 +342,7 @@ class ClientProtocol(_Outbox):
         self._partial: dict[int, _Reassembly] = {}  # multi-fragment replies being reassembled
         self._lane: int | None = None  # the call id on the fast lane, if any; _LENT: see lend
         self._calls = self._retransmits = self._bad = self._foreign = self._duplicates = 0
-        self._refused = 0
+        self._refused = self._lane_calls = self._adopted = 0
 
     # -- calls
 
@@ -386,6 +390,15 @@ class ClientProtocol(_Outbox):
         """The current retransmission timeout (seconds)."""
         return self._rto.rto
 
+    @property
+    def lane_patience(self) -> float:
+        """How long a call on the fast lane waits for its reply before the I/O layer hands it to
+        the timer (:meth:`adopt_call`): the RTO the RTT samples give, without Karn's backoff.
+        Adoption is no retransmission (that still waits out the backed-off RTO), and the lane
+        holds the samples it takes until :meth:`reclaim`: a backoff from an earlier loss would
+        otherwise stay in the patience of every lane call until the next loss."""
+        return self._rto.settled
+
     # -- the fast lane (paper §4: the no-loss path never touches the timer)
 
     @property
@@ -423,6 +436,7 @@ class ClientProtocol(_Outbox):
             raise ValueError("the lane's state does not follow from what was lent")
         self._next_id = next_id
         self._calls += calls
+        self._lane_calls += calls
         self._lane = current
         if rtt is not None:
             self._rto.sample(rtt)
@@ -441,6 +455,7 @@ class ClientProtocol(_Outbox):
         if self._lane != call_id:
             raise ValueError(f"call {call_id} is not on the lane")
         self._lane = None
+        self._adopted += 1
         call = _Call()
         call.call_id = call_id
         call.oneway = False
@@ -614,7 +629,7 @@ class ClientProtocol(_Outbox):
     def statistics(self) -> ClientStats:
         return ClientStats(self._calls, self._retransmits, self._bad, self._foreign,
                            self._duplicates, self._rto.rto, self._rto.srtt, len(self._in_flight),
-                           len(self._queue), self._refused)
+                           len(self._queue), self._refused, self._lane_calls, self._adopted)
 
 
 # ---------------------------------------------------------------- server
