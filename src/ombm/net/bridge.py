@@ -66,6 +66,9 @@ STAT_KEYS = (
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
 FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
+USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
+USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
+BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
 
 
 def replica_name(name: str, address: Address) -> str:
@@ -130,6 +133,8 @@ class Bridge:
         self._calls_lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_KEYS, 0)
         self._tag = secrets.randbits(32)
+        self._pid = namespace.me()[0]
+        self._users_at = 0.0
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -303,7 +308,7 @@ class Bridge:
 
     def _next_timer_s(self) -> float:
         now = time.monotonic()
-        when = [now + 1.0] + [p.next_send_s for p in self._pending.values()]
+        when = [now + 1.0, self._users_at] + [p.next_send_s for p in self._pending.values()]
         expiry = self._assembler.next_expiry_s
         if expiry is not None:
             when.append(expiry)
@@ -311,6 +316,9 @@ class Bridge:
 
     def _timers(self, now_s: float) -> None:
         self._assembler.expire(now_s)
+        if now_s >= self._users_at:
+            self._users_at = now_s + USERS_CHECK_S
+            self._check_users(now_s)
         for ident, pending in list(self._pending.items()):
             if now_s >= pending.deadline_s:
                 del self._pending[ident]
@@ -320,6 +328,27 @@ class Bridge:
             elif now_s >= pending.next_send_s:
                 pending.next_send_s = now_s + RETRY_S
                 self._send(pending.address, pending.datagram())
+
+    def _check_users(self, now_s: float) -> None:
+        """Liveness across hosts (docs/net.md): the bridge stands for the remote processes (it holds and
+        watches every replica); the local processes that use a replica stand for themselves. A replica
+        whose local users are all gone (they closed it, or died), or that nobody used within
+        ``USE_GRACE_S`` of being made or asked for, is closed: a BYE for its key to every bridge it is
+        linked to, which closes its copy there, so the processes on that host see their peer go as
+        they would see a local one go (an RPC client's ServerGoneError, a server's reaped connection)."""
+        for replica in list(self._replicas.values()):
+            if replica.has_users(self._pid):
+                replica.used = True
+            elif replica.used or now_s - replica.asked_s >= USE_GRACE_S:
+                self._close_replica(replica)
+
+    def _close_replica(self, replica: Replica) -> None:
+        """Say BYE for ``replica`` to every bridge linked to it, and drop it here."""
+        bye: dict[str, object] = {"keys": [replica.key]}
+        for address in list(replica.links):
+            for _ in range(BYE_COPIES):
+                self._send(address, self._sealer.control(dg.Kind.BYE, bye, _now_us()))
+        self._drop_replica(replica)
 
     # ---- datagrams in
     def _receive_all(self, now_s: float) -> bool:
@@ -465,6 +494,7 @@ class Bridge:
 
     def _register(self, replica: Replica) -> None:
         assert self._receiver is not None
+        replica.asked_s = time.monotonic()
         self._replicas[replica.key] = replica
         replica.watch(self._receiver)
 
@@ -500,6 +530,7 @@ class Bridge:
         key = _int(body["key"])
         existing = self._imported.get((source, name))
         if existing is not None and existing.key == key:
+            existing.asked_s, existing.used = time.monotonic(), False
             return existing.name
         if existing is not None:  # the exporter exported it afresh (it restarted)
             self._drop_replica(existing)
@@ -575,6 +606,7 @@ class Bridge:
         if op == "import":
             existing = self._imported.get((address, name))
             if existing is not None:
+                existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
