@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import ombm
+from rpc_net_agents import RPC_AGENT, RPC_SERVER
 
 SRC = os.path.dirname(os.path.dirname(ombm.__file__))
 ANSWER_S = 30.0
@@ -194,119 +195,6 @@ def key_file(folder: str, key: bytes, mode: int = 0o600) -> str:
         f.write(key.hex() + "\n")
     os.chmod(path, mode)
     return path
-
-
-# ---- RPC across hosts: a server process and client agents (one JSON line in, one out)
-RPC_SERVER = r"""
-import json, sys, threading
-import ombm.rpc
-
-class Calc:
-    def __init__(self):
-        self.counts = {}
-    def add(self, a, b):
-        return a + b
-    def echo(self, value):
-        return value
-    def blob(self, n):
-        return bytes(range(256)) * (n // 256) + bytes(n % 256)
-    def fail(self, message):
-        raise ValueError(message)
-    def bump(self, key):                  # not idempotent: executed twice, it says so
-        self.counts[key] = self.counts.get(key, 0) + 1
-        return self.counts[key]
-    def note(self, key):
-        self.counts[key] = self.counts.get(key, 0) + 1
-    def count(self, key):
-        return self.counts.get(key, 0)
-    def tally(self):
-        return {"keys": len(self.counts), "calls": sum(self.counts.values()), "most": max(self.counts.values(), default=0)}
-
-server = ombm.rpc.Server(sys.argv[1], Calc()).start()
-print(json.dumps({"ok": True, "ready": True}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "exit":
-        break
-    if cmd["op"] == "connections":
-        print(json.dumps({"ok": True, "n": len(server._connections), "stats": server.stats}), flush=True)
-server.stop()
-"""
-
-RPC_AGENT = r"""
-import asyncio, json, sys, time, traceback
-import ombm, ombm.rpc
-
-clients = {}
-
-def outcome(fn, *args):
-    try:
-        return {"value": fn(*args)}
-    except Exception as exc:
-        return {"raised": type(exc).__name__, "message": str(exc)}
-
-def kinds(client, name):
-    out = {}
-    out["sync"] = [client.add(i, i + 1) for i in range(50)]
-    out["keyword"] = client.call("add", a=2, b=3)
-    out["async"] = [f.result() for f in [client.call_async("add", i, 10) for i in range(40)]]
-    client.oneway("note", "one-way " + name)
-    deadline = time.monotonic() + 10.0                      # a one-way call may be overtaken by the next call
-    while client.count("one-way " + name) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    out["oneway"] = client.count("one-way " + name)
-    big = bytes(range(256)) * 2400                          # 614,400 bytes: a call of several fragments
-    out["large_call"] = client.echo(big) == big
-    out["large_reply"] = client.blob(700_001) == bytes(range(256)) * (700_001 // 256) + bytes(700_001 % 256)
-    out["error"] = outcome(client.fail, "remote trouble")
-    out["no_method"] = outcome(client.call, "nope")["raised"]
-    async def aio():
-        ac = await ombm.rpc.connect_async(name, timeout=10.0)
-        try:
-            return await asyncio.gather(*(ac.add(i, 100) for i in range(20)))
-        finally:
-            await ac.close()
-    out["asyncio"] = asyncio.run(aio())
-    return out
-
-def serve(cmd):
-    op = cmd["op"]
-    if op == "connect":
-        clients[cmd["as"]] = ombm.rpc.connect(cmd["name"], timeout=cmd.get("timeout", 10.0))
-        return {}
-    if op == "kinds":
-        return {"kinds": kinds(clients[cmd["as"]], cmd["name"])}
-    if op == "call":
-        t = time.monotonic()
-        result = outcome(clients[cmd["as"]].call, cmd["method"], *cmd.get("args", []))
-        return {**result, "elapsed": time.monotonic() - t}
-    if op == "bumps":                                       # a non-idempotent call per key, each once
-        client, wrong = clients[cmd["as"]], []
-        for key in cmd["keys"]:
-            got = client.bump(key)
-            if got != 1:
-                wrong.append([key, got])
-        return {"wrong": wrong, "stats": client.statistics()._asdict()}
-    if op == "close":
-        clients.pop(cmd["as"]).close()
-        return {}
-    if op == "try_connect":
-        return outcome(lambda: ombm.rpc.connect(cmd["name"], timeout=cmd.get("timeout", 5.0)).close())
-    raise ValueError(op)
-
-print(json.dumps({"ok": True, "ready": True}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "exit":
-        break
-    try:
-        answer = {"ok": True, **serve(cmd)}
-    except Exception as exc:
-        answer = {"ok": False, "type": type(exc).__name__, "message": str(exc), "trace": traceback.format_exc()}
-    print(json.dumps(answer), flush=True)
-for client in clients.values():
-    client.close()
-"""
 
 
 def rpc_server(host: Host, service: str = "calc") -> Agent:
