@@ -61,7 +61,7 @@ STAT_KEYS = (
     "dropped_bad_mac", "dropped_replay", "dropped_malformed", "dropped_not_peer", "dropped_unknown_segment",
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
-    "internal_errors",
+    "internal_errors", "busy_in_ns", "busy_out_ns",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
@@ -262,7 +262,10 @@ class Bridge:
     # ---- one turn of the loop
     def _turn(self, now_s: float) -> bool:
         assert self._receiver is not None
+        clock = time.perf_counter_ns
+        t0 = clock()
         busy = self._receiver.dispatch_pending(1024) > 0   # local writes: marks units dirty
+        out_ns = clock() - t0
         drops = _native.load64(self._receiver.fifo.address + L.FIFO_DROPS)
         if drops != self._fifo_drops:
             self._counts["signals_lost"] += drops - self._fifo_drops
@@ -271,8 +274,11 @@ class Bridge:
                 replica.forget_own_writes()
         busy |= self._receive_all(now_s)
         busy |= self._serve_control()
+        t0 = clock()
         self._send_dirty()
         self._flush(now_s)
+        if busy:  # the time from taking the local signals to the last sendto (the share in `ombm bench net`)
+            self._counts["busy_out_ns"] += out_ns + clock() - t0
         self._timers(now_s)
         return busy
 
@@ -352,7 +358,9 @@ class Bridge:
 
     # ---- datagrams in
     def _receive_all(self, now_s: float) -> bool:
+        clock, counts = time.perf_counter_ns, self._counts
         for taken in range(MAX_TURN):
+            t0 = clock()
             try:
                 data, source = self._sock.recvfrom(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -360,6 +368,7 @@ class Bridge:
             except OSError:  # an ICMP error reported on the socket (a peer's port closed)
                 continue
             self.receive_datagram(data, source[:2], now_s)
+            counts["busy_in_ns"] += clock() - t0  # from the receive to the local write (and any relay queued)
         return True
 
     def receive_datagram(self, data: bytes, source: Address, now_s: float | None = None) -> None:
