@@ -14,6 +14,23 @@ from typing import Any
 
 ANSWER_S = 30.0
 
+# the end of an agent's script: ``serve(cmd)`` for each JSON line until {"op": "exit"}, its answer (or
+# the exception it raised) as a JSON line
+AGENT_LOOP = r"""
+import json as _json, sys as _sys, traceback as _traceback
+print(_json.dumps({"ok": True, "ready": True}), flush=True)
+for _line in _sys.stdin:
+    cmd = _json.loads(_line)
+    if cmd["op"] == "exit":
+        break
+    try:
+        answer = {"ok": True, **serve(cmd)}
+    except Exception as exc:
+        answer = {"ok": False, "type": type(exc).__name__, "message": str(exc),
+                  "bases": [c.__name__ for c in type(exc).__mro__], "trace": _traceback.format_exc()}
+    print(_json.dumps(answer), flush=True)
+"""
+
 
 RPC_SERVER = r"""
 import json, sys, threading
@@ -129,16 +146,7 @@ def serve(cmd):
         return outcome(lambda: ombm.rpc.connect(cmd["name"], timeout=cmd.get("timeout", 5.0)).close())
     raise ValueError(op)
 
-print(json.dumps({"ok": True, "ready": True}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "exit":
-        break
-    try:
-        answer = {"ok": True, **serve(cmd)}
-    except Exception as exc:
-        answer = {"ok": False, "type": type(exc).__name__, "message": str(exc), "trace": traceback.format_exc()}
-    print(json.dumps(answer), flush=True)
+""" + AGENT_LOOP + r"""
 for client in clients.values():
     client.close()
 """

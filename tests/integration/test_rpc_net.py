@@ -8,11 +8,10 @@ never a hang, and leaves nothing ``ombm gc`` cannot reclaim."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from net_hosts import Host, free_udp_port, rpc_agent, rpc_server
+from net_hosts import Host, free_udp_port, rpc_agent, rpc_server, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -34,15 +33,6 @@ def pair():
             host.close()
 
 
-def until(predicate, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_every_kind_of_call_gives_across_hosts_what_it_gives_locally(pair):
     a, b, ba, bb, server, name = pair
     here, there = rpc_agent(a), rpc_agent(b)
@@ -56,7 +46,7 @@ def test_every_kind_of_call_gives_across_hosts_what_it_gives_locally(pair):
     assert local["asyncio"] == [i + 100 for i in range(20)] and local["oneway"] == 1
     there.ok("close", **{"as": "c"})
     here.ok("close", **{"as": "c"})
-    assert until(lambda: server.ok("connections")["n"] == 0)  # both reaped (closed)
+    assert wait_for(lambda: server.ok("connections")["n"] == 0, 30.0)  # both reaped (closed)
     here.exit(), there.exit(), server.exit()
     for host, bridge in ((a, ba), (b, bb)):
         status, out = bridge.stop()
@@ -100,7 +90,7 @@ def test_the_client_killed_is_reaped_at_the_server(pair):
     assert server.ok("connections")["n"] == 1
     there.proc.kill()
     there.proc.wait(30)
-    assert until(lambda: server.ok("connections")["n"] == 0)
+    assert wait_for(lambda: server.ok("connections")["n"] == 0, 30.0)
 
 
 def test_the_server_hosts_bridge_killed_then_gc_on_each_host(pair):
@@ -112,7 +102,7 @@ def test_the_server_hosts_bridge_killed_then_gc_on_each_host(pair):
     ba.proc.wait(30)
     got = there.ok("call", method="add", args=[3, 4], timeout=3.0, **{"as": "c"})
     assert got.get("raised") in ("CallTimeout", "ServerGoneError"), got  # never a hang
-    assert until(lambda: server.ok("connections")["n"] == 0)  # the server saw its client's stand-in die
+    assert wait_for(lambda: server.ok("connections")["n"] == 0, 30.0)  # the server saw its client's stand-in die
     there.ok("close", **{"as": "c"})
     there.exit()
     server.exit()
