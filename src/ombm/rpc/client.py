@@ -102,7 +102,8 @@ class Client:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
         self.max_message_bytes = check_max_message(max_message_bytes)  # the largest reply this client takes
-        parts = remote.split_remote(name) if isinstance(name, str) and "@" in name else None  # "calc@HOST:PORT": the service of the host whose bridge that is
+        # "calc@HOST:PORT": the service of the host whose bridge that is (ValueError if malformed)
+        parts = remote.split_remote(name) if isinstance(name, str) and "@" in name else None
         # the remote host's bridge ("HOST:PORT"), or None for a service of this host
         self._where: str | None = None if parts is None else name.partition("@")[2]
         self._local_name = namespace.validate_name(name) if parts is None else parts[0]

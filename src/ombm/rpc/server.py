@@ -274,17 +274,16 @@ class Server:
         """Drop connections whose client died or closed (it no longer holds its request channel),
         and those whose channels another process shrank under us (they read and write zeros now)."""
         for conn in list(self._connections.values()):
-            if conn.remote:  # across hosts: the client's bridge holds the channel while the client lives
-                if not remote.live_peer(conn.request.segment.directory, L.KIND_HOLDER):
-                    self._drop(conn)
-                    COUNTERS.dead_receivers_reclaimed += 1
-            elif not namespace.is_alive(conn.pid, conn.start):
+            # across hosts the client's bridge holds the channel while the client lives (docs/net.md)
+            alive = (remote.live_peer(conn.request.segment.directory, L.KIND_HOLDER) if conn.remote
+                     else namespace.is_alive(conn.pid, conn.start))
+            if not alive:
                 self._drop(conn)
                 COUNTERS.dead_receivers_reclaimed += 1
             elif conn.request.broken or conn.reply.broken:
                 self._drop(conn)
                 self.stats["broken_connections"] += 1
-            elif not any(
+            elif not conn.remote and not any(
                 e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
             ):
                 self._drop(conn)

@@ -153,11 +153,11 @@ def ombm_rows(client: Host, server: Host, plan: Plan, progress: Progress) -> lis
             latencies = {}
             for size in SIZES:
                 progress(f"ombm rpc via bridge, {_size(size)}, {placement}")
-                before = _bridge_busy_ns(client) + _bridge_busy_ns(server)
-                samples = _ombm_calls(client, name, size, plan, client_cpu)
-                latencies[size] = Latency.of(samples)
-                busy_us = (_bridge_busy_ns(client) + _bridge_busy_ns(server) - before) / 1e3
-                if placement == STREAM_PLACEMENT:  # the share: the bridges' busy time per call (warm-up included)
+                share = placement == STREAM_PLACEMENT  # the share: the bridges' busy time per call (warm-up included)
+                before = _bridge_busy_ns(client) + _bridge_busy_ns(server) if share else 0
+                latencies[size] = Latency.of(_ombm_calls(client, name, size, plan, client_cpu))
+                if share:
+                    busy_us = (_bridge_busy_ns(client) + _bridge_busy_ns(server) - before) / 1e3
                     shares[size] = BridgeShare(size, latencies[size].median_us, busy_us / (plan.round_trips + plan.warmup))
             rows.append(RoundTrip("ombm rpc via bridge", placement, latencies))
         finally:
