@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import ombm
+from rpc_net_agents import AGENT_LOOP, RPC_AGENT, RPC_SERVER
 
 SRC = os.path.dirname(os.path.dirname(ombm.__file__))
 ANSWER_S = 30.0
@@ -68,22 +69,22 @@ def serve(cmd):
         return remote.raise_for(remote.request({"op": "status"}, 5.0))
     raise ValueError(op)
 
-print(json.dumps({"ok": True, "ready": True}), flush=True)
-for line in sys.stdin:
-    cmd = json.loads(line)
-    if cmd["op"] == "exit":
-        break
-    try:
-        answer = {"ok": True, **serve(cmd)}
-    except Exception as exc:
-        answer = {"ok": False, "type": type(exc).__name__, "message": str(exc),
-                  "bases": [c.__name__ for c in type(exc).__mro__]}
-    print(json.dumps(answer), flush=True)
+""" + AGENT_LOOP + r"""
 for region in regions.values():
     region.unbind()
 for seg in segments.values():
     seg.release()
 """
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout_s`` passed (False): a bound on a failure only."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def free_udp_port() -> int:
@@ -194,3 +195,13 @@ def key_file(folder: str, key: bytes, mode: int = 0o600) -> str:
         f.write(key.hex() + "\n")
     os.chmod(path, mode)
     return path
+
+
+def rpc_server(host: Host, service: str = "calc") -> Agent:
+    """An RPC server process on ``host`` serving ``service`` (a Calc with a non-idempotent ``bump``)."""
+    return Agent(host._start(["-c", RPC_SERVER, service], stdin=subprocess.PIPE))
+
+
+def rpc_agent(host: Host) -> Agent:
+    """A process on ``host`` that connects and calls when told."""
+    return Agent(host._start(["-c", RPC_AGENT], stdin=subprocess.PIPE))

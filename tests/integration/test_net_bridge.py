@@ -13,20 +13,12 @@ import uuid
 import pytest
 
 import ombm
+from net_hosts import wait_for
 from ombm.net import Bridge
 from ombm.transport import datagram as dg
 
 KEY = bytes(range(32))
 pytestmark = pytest.mark.processes
-
-
-def wait_for(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class Signals:

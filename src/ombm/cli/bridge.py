@@ -1,6 +1,6 @@
 """``ombm bridge``: this host's bridge in the foreground (paper §3.2.3; docs/net.md).
 
-    ombm bridge --listen HOST:PORT [--export NAME]... [--peer HOST:PORT]... [--key-file PATH] [--insecure]
+    ombm bridge --listen HOST:PORT [--export NAME]... [--service NAME]... [--peer HOST:PORT]... [--key-file PATH] [--insecure]
 
 It prints one line when it listens (``ombm bridge: listening on HOST:PORT ...``), serves until SIGTERM
 or SIGINT (Ctrl-C), then says BYE to its peers, releases its replicas and prints its counters.
@@ -25,6 +25,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="the UDP address to listen on")
     p.add_argument("--export", action="append", default=[], metavar="NAME",
                    help="a local segment other hosts may import (repeat; nothing is exported unless named)")
+    p.add_argument("--service", action="append", default=[], metavar="NAME",
+                   help="an RPC service of this host that other hosts may call as NAME@HOST:PORT "
+                        "(repeat; the same as --export rpc-NAME)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                    help="a bridge heard without a key (repeat)")
     p.add_argument("--key-file", metavar="PATH",
@@ -38,6 +41,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from ombm.net import Bridge, load_key
+    from ombm.rpc.slots import well_known_name
     from ombm.transport.datagram import DEFAULT_MTU
 
     err = Console(stderr=True)
@@ -55,14 +59,15 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            bridge = Bridge(args.listen, exports=args.export, peers=args.peer, key=key, insecure=args.insecure,
+            exports = [*args.export, *(well_known_name(name) for name in args.service)]
+            bridge = Bridge(args.listen, exports=exports, peers=args.peer, key=key, insecure=args.insecure,
                             mtu=args.mtu or DEFAULT_MTU)
         except (OSError, ValueError) as exc:  # PermissionError, an address in use, a bridge already here
             err.print(f"ombm bridge: {exc}", markup=False)
             return 2
         with bridge:
             host, port = bridge.address
-            print(f"ombm bridge: listening on {host}:{port}; exports: {', '.join(args.export) or '-'}; "
+            print(f"ombm bridge: listening on {host}:{port}; exports: {', '.join(exports) or '-'}; "
                   f"peers: {', '.join(args.peer) or '-'}; key: {'yes' if key else 'no'}", flush=True)
             bridge.serve_forever()
         _print_stats(bridge.stats)

@@ -31,14 +31,16 @@ import socket
 import msgpack
 
 from ombm.core import namespace
+from ombm.core.directory import Directory
 from ombm.errors import BridgeError, BridgeNotRunningError, BridgeUnreachableError, SegmentNotFoundError
 
-__all__ = ["CONTROL_SOCKET", "START_HINT", "ERRORS", "split_remote", "parse_host_port", "request",
-           "import_segment", "offer_segment", "raise_for"]
+__all__ = ["CONTROL_SOCKET", "START_HINT", "ERRORS", "REPLICA_MARK", "split_remote", "parse_host_port", "request",
+           "import_segment", "offer_segment", "raise_for", "is_replica_name", "live_peer"]
 
 CONTROL_SOCKET = "sock-bridge"
 START_HINT = "ombm bridge --listen 127.0.0.1:PORT --peer HOST:PORT"
 MAX_MESSAGE = 65536
+REPLICA_MARK = ".at."  # a bridge's replica of ``name`` from the bridge at IP:PORT is ``name.at.IP_PORT``
 # error kinds a bridge answers with, and what the caller raises
 ERRORS: dict[str, type[Exception]] = {
     "not_found": SegmentNotFoundError,       # the remote bridge does not export that name
@@ -69,6 +71,20 @@ def split_remote(name: str) -> tuple[str, str, int] | None:
     if port == 0:
         raise ValueError(f"{name!r}: a bridge's port is not 0")
     return namespace.validate_name(local), host, port
+
+
+def is_replica_name(name: str) -> bool:
+    """Whether ``name`` is (by its form) a bridge's replica of a segment of another host, whose
+    processes the pids it carries (an RPC CONNECT's, a channel's control block) do not name here."""
+    return REPLICA_MARK in name
+
+
+def live_peer(directory: Directory, kind: int) -> bool:
+    """Liveness across hosts (docs/net.md): a live entry of ``kind`` (holder or receiver) of a
+    process other than this one. The bridge stands for the processes of the other host: it holds
+    and watches every replica while they live, and closes it when they go."""
+    me = namespace.me()[0]
+    return any(e.kind == kind and e.pid != me and namespace.is_alive(e.pid, e.start) for e in directory.entries())
 
 
 def _resolve(host: str, port: int) -> str:

@@ -61,11 +61,14 @@ STAT_KEYS = (
     "dropped_bad_mac", "dropped_replay", "dropped_malformed", "dropped_not_peer", "dropped_unknown_segment",
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
-    "internal_errors",
+    "internal_errors", "busy_in_ns", "busy_out_ns",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
 FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
+USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
+USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
+BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
 
 
 def replica_name(name: str, address: Address) -> str:
@@ -130,6 +133,8 @@ class Bridge:
         self._calls_lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_KEYS, 0)
         self._tag = secrets.randbits(32)
+        self._pid = namespace.me()[0]
+        self._users_at = 0.0
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -257,7 +262,10 @@ class Bridge:
     # ---- one turn of the loop
     def _turn(self, now_s: float) -> bool:
         assert self._receiver is not None
+        clock = time.perf_counter_ns
+        t0 = clock()
         busy = self._receiver.dispatch_pending(1024) > 0   # local writes: marks units dirty
+        out_ns = clock() - t0
         drops = _native.load64(self._receiver.fifo.address + L.FIFO_DROPS)
         if drops != self._fifo_drops:
             self._counts["signals_lost"] += drops - self._fifo_drops
@@ -266,8 +274,11 @@ class Bridge:
                 replica.forget_own_writes()
         busy |= self._receive_all(now_s)
         busy |= self._serve_control()
+        t0 = clock()
         self._send_dirty()
         self._flush(now_s)
+        if busy:  # the time from taking the local signals to the last sendto (the share in `ombm bench net`)
+            self._counts["busy_out_ns"] += out_ns + clock() - t0
         self._timers(now_s)
         return busy
 
@@ -303,7 +314,7 @@ class Bridge:
 
     def _next_timer_s(self) -> float:
         now = time.monotonic()
-        when = [now + 1.0] + [p.next_send_s for p in self._pending.values()]
+        when = [now + 1.0, self._users_at] + [p.next_send_s for p in self._pending.values()]
         expiry = self._assembler.next_expiry_s
         if expiry is not None:
             when.append(expiry)
@@ -311,6 +322,9 @@ class Bridge:
 
     def _timers(self, now_s: float) -> None:
         self._assembler.expire(now_s)
+        if now_s >= self._users_at:
+            self._users_at = now_s + USERS_CHECK_S
+            self._check_users(now_s)
         for ident, pending in list(self._pending.items()):
             if now_s >= pending.deadline_s:
                 del self._pending[ident]
@@ -321,9 +335,32 @@ class Bridge:
                 pending.next_send_s = now_s + RETRY_S
                 self._send(pending.address, pending.datagram())
 
+    def _check_users(self, now_s: float) -> None:
+        """Liveness across hosts (docs/net.md): the bridge stands for the remote processes (it holds and
+        watches every replica); the local processes that use a replica stand for themselves. A replica
+        whose local users are all gone (they closed it, or died), or that nobody used within
+        ``USE_GRACE_S`` of being made or asked for, is closed: a BYE for its key to every bridge it is
+        linked to, which closes its copy there, so the processes on that host see their peer go as
+        they would see a local one go (an RPC client's ServerGoneError, a server's reaped connection)."""
+        for replica in list(self._replicas.values()):
+            if replica.has_users(self._pid):
+                replica.used = True
+            elif replica.used or now_s - replica.asked_s >= USE_GRACE_S:
+                self._close_replica(replica)
+
+    def _close_replica(self, replica: Replica) -> None:
+        """Say BYE for ``replica`` to every bridge linked to it, and drop it here."""
+        bye: dict[str, object] = {"keys": [replica.key]}
+        for address in list(replica.links):
+            for _ in range(BYE_COPIES):
+                self._send(address, self._sealer.control(dg.Kind.BYE, bye, _now_us()))
+        self._drop_replica(replica)
+
     # ---- datagrams in
     def _receive_all(self, now_s: float) -> bool:
+        clock, counts = time.perf_counter_ns, self._counts
         for taken in range(MAX_TURN):
+            t0 = clock()
             try:
                 data, source = self._sock.recvfrom(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -331,6 +368,7 @@ class Bridge:
             except OSError:  # an ICMP error reported on the socket (a peer's port closed)
                 continue
             self.receive_datagram(data, source[:2], now_s)
+            counts["busy_in_ns"] += clock() - t0  # from the receive to the local write (and any relay queued)
         return True
 
     def receive_datagram(self, data: bytes, source: Address, now_s: float | None = None) -> None:
@@ -465,6 +503,7 @@ class Bridge:
 
     def _register(self, replica: Replica) -> None:
         assert self._receiver is not None
+        replica.asked_s = time.monotonic()
         self._replicas[replica.key] = replica
         replica.watch(self._receiver)
 
@@ -500,6 +539,7 @@ class Bridge:
         key = _int(body["key"])
         existing = self._imported.get((source, name))
         if existing is not None and existing.key == key:
+            existing.asked_s, existing.used = time.monotonic(), False
             return existing.name
         if existing is not None:  # the exporter exported it afresh (it restarted)
             self._drop_replica(existing)
@@ -575,6 +615,7 @@ class Bridge:
         if op == "import":
             existing = self._imported.get((address, name))
             if existing is not None:
+                existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)

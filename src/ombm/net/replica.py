@@ -32,6 +32,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ombm.core import namespace
 from ombm.core.segment import Region, Segment
 from ombm.core.signals import Receiver, SignalHandle
 from ombm.transport.updates import Update, cut
@@ -90,6 +91,8 @@ class Replica:
     links: dict[Address, Link] = field(default_factory=dict)
     dirty: dict[int, None] = field(default_factory=dict)
     handle: SignalHandle | None = None
+    used: bool = False   # a local process other than the bridge has held or watched it
+    asked_s: float = 0.0  # when it was last made or asked for (the grace before a first user)
 
     def __post_init__(self) -> None:
         self.region = self.segment.bind(writable=True)
@@ -111,6 +114,12 @@ class Replica:
             self.own[u] -= 1
         else:
             self.dirty[u] = None
+
+    def has_users(self, bridge_pid: int) -> bool:
+        """Whether a live local process other than the bridge (``bridge_pid``) holds or watches the
+        segment: the bridge stands for the remote processes, these are the local ones it serves."""
+        return any(e.pid != bridge_pid and namespace.is_alive(e.pid, e.start)
+                   for e in self.segment.directory.entries())
 
     def forget_own_writes(self) -> None:
         """Our FIFO dropped signals: the counts may wait for echoes that never come."""

@@ -32,7 +32,7 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import config as _config
-from ombm.core import lifecycle, namespace
+from ombm.core import lifecycle, namespace, remote
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
 from ombm.errors import ChannelBrokenError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
@@ -102,7 +102,12 @@ class Client:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
         self.max_message_bytes = check_max_message(max_message_bytes)  # the largest reply this client takes
-        self.service = namespace.validate_name(name)
+        # "calc@HOST:PORT": the service of the host whose bridge that is (ValueError if malformed)
+        parts = remote.split_remote(name) if isinstance(name, str) and "@" in name else None
+        # the remote host's bridge ("HOST:PORT"), or None for a service of this host
+        self._where: str | None = None if parts is None else name.partition("@")[2]
+        self._local_name = namespace.validate_name(name) if parts is None else parts[0]
+        self.service = name
         self.timeout = float(timeout)
         self.allow_pickle = allow_pickle
         self._closed = False
@@ -116,7 +121,7 @@ class Client:
         self._lane: _native.CallLane | None = None
         _CLIENTS.add(self)
         try:
-            well_known = SlotChannel.open(well_known_name(name), writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
+            well_known = SlotChannel.open(self._well_known_name(), writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
         except SegmentNotFoundError:
             raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
         except SegmentFormatError as exc:  # a server creating it right now (or a corrupt one): not served
@@ -133,17 +138,28 @@ class Client:
         self._timer.add(self)
 
     # -- first contact
+    def _well_known_name(self) -> str:
+        """The local name of the service's well-known channel: for a remote service, this host's
+        bridge imports it from the remote host's bridge (BridgeNotRunningError if there is none)."""
+        local = well_known_name(self._local_name)
+        if self._where is None:
+            return local
+        return remote.import_segment(f"{local}@{self._where}", self.timeout)  # SegmentNotFoundError if not exported
+
     def _connect(self, well_known: SlotChannel, slots: int, slot_size: int) -> None:
-        tag = f"{well_known_name(self.service)}-{self._nonce:016x}"
+        tag = f"{well_known_name(self._local_name)}-{self._nonce:016x}"
         self._request = SlotChannel.create(f"{tag}-req", slots=slots, slot_size=slot_size)
         self._reply = SlotChannel.create(f"{tag}-rep", slots=slots, slot_size=slot_size)
         self._receiver = Receiver()
         region = self._reply.region
         self._receiver.add_handler(region.address, region.size, self._on_reply)
         self._reply_segment = self._reply.segment.id
+        names = {"req": self._request.name, "rep": self._reply.name}
+        if self._where is not None:  # the server's host replicates both (docs/net.md): named as they are there
+            names = {key: remote.offer_segment(local, self._where, self.timeout) for key, local in names.items()}
         conn_id = namespace.new_token()
         pid, start = namespace.me()
-        hello = msgpack.packb({"req": self._request.name, "rep": self._reply.name, "conn": conn_id, "pid": pid,
+        hello = msgpack.packb({**names, "conn": conn_id, "pid": pid,
                                "start": start, "max_reply": self.max_message_bytes})
         frame = wire.encode(wire.Kind.CALL, 0, self._nonce, hello)
         deadline = time.monotonic() + self.timeout
@@ -159,9 +175,11 @@ class Client:
             backoff = min(backoff * 2, 0.1)
         self._server = (self._hello["pid"], self._hello["start"])
         max_payload = min(self._hello["max_payload"], self._request.max_payload)
-        # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little)
+        # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little);
+        # across hosts a round trip passes two bridges and the network: the RTO starts higher and adapts
+        rto = {"min_rto": 0.002} if self._where is None else {"min_rto": 0.005, "initial_rto": 0.05}
         self._protocol = ClientProtocol(
-            conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), min_rto=0.002,
+            conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), **rto,
             max_message_bytes=self.max_message_bytes,
         )
         # the largest call: what the request channel carries and the server reassembles (it refuses
@@ -217,6 +235,8 @@ class Client:
         pid, start = fields["pid"], fields["start"]
         if not (0 < pid < 1 << 31 and 0 <= start < 1 << 64 and fields["max_payload"] > 0 and fields["max_message"] > 0):
             return None
+        if self._where is not None:  # the pid names a process of the other host: its bridge watches for it here
+            return fields if remote.live_peer(self._request.segment.directory, L.KIND_RECEIVER) else None
         entries = self._request.segment.directory.entries()
         if not namespace.is_alive(pid, start) or not any(e.kind == L.KIND_RECEIVER and e.pid == pid for e in entries):
             return None
@@ -429,7 +449,10 @@ class Client:
                 self._protocol.cancel(call_id)
 
     def _server_alive(self) -> bool:
-        """The server runs and still serves us (its handler is on our request channel)."""
+        """The server runs and still serves us (its handler is on our request channel). Across hosts,
+        the bridge watches the request channel while the server lives and serves us (docs/net.md)."""
+        if self._where is not None:
+            return remote.live_peer(self._request.segment.directory, L.KIND_RECEIVER)
         pid, start = self._server
         if not namespace.is_alive(pid, start):
             return False

@@ -37,7 +37,7 @@ import msgpack
 from ombm import _layout as L
 from ombm import _native
 from ombm.core import config as _config
-from ombm.core import lifecycle, namespace
+from ombm.core import lifecycle, namespace, remote
 from ombm.errors import ClosedError, DirectoryFullError, ForkedError, FrameError, MessageTooLargeError
 from ombm.errors import SegmentFormatError
 from ombm.errors import SegmentNotFoundError
@@ -64,6 +64,9 @@ class _Connection:
         self.request = request
         self.reply = reply
         self.pid, self.start = pid, start
+        # a client of another host: its request channel is this host's bridge's replica, and the
+        # bridge holds it while the client lives (docs/net.md); the pid names a process there
+        self.remote = remote.is_replica_name(request.name)
         self.protocol = ServerProtocol(conn_id, max_payload=max_payload, max_message_bytes=max_message_bytes,
                                        refusal=refusal)
         self.handle: SignalHandle | None = None
@@ -170,7 +173,7 @@ class Server:
 
     def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int,
                 max_reply: int) -> _Connection | None:
-        if conn_id in self._connections or not namespace.is_alive(pid, start):
+        if conn_id in self._connections or not (remote.is_replica_name(req_name) or namespace.is_alive(pid, start)):
             self.stats["bad_connects"] += 1
             return None
         request = reply = None
@@ -271,13 +274,16 @@ class Server:
         """Drop connections whose client died or closed (it no longer holds its request channel),
         and those whose channels another process shrank under us (they read and write zeros now)."""
         for conn in list(self._connections.values()):
-            if not namespace.is_alive(conn.pid, conn.start):
+            # across hosts the client's bridge holds the channel while the client lives (docs/net.md)
+            alive = (remote.live_peer(conn.request.segment.directory, L.KIND_HOLDER) if conn.remote
+                     else namespace.is_alive(conn.pid, conn.start))
+            if not alive:
                 self._drop(conn)
                 COUNTERS.dead_receivers_reclaimed += 1
             elif conn.request.broken or conn.reply.broken:
                 self._drop(conn)
                 self.stats["broken_connections"] += 1
-            elif not any(
+            elif not conn.remote and not any(
                 e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
             ):
                 self._drop(conn)

@@ -24,9 +24,13 @@ says why, never a number.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import select
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -136,7 +140,116 @@ def ombm_rows(client: Host, server: Host, plan: Plan, progress: Progress) -> lis
     """
     if importlib.util.find_spec("ombm.net") is None:
         return _not_built(NOT_BUILT)
-    return _not_built("not measured yet: ombm.cli.bench.net.ombm_rows has no measurement")
+    port = 7000  # fresh namespaces: every port is free
+    for host, other in ((client, server), (server, client)):
+        exports = ["--service", _SERVICE] if host is server else []
+        _start_bridge(host, f"{host.address}:{port}", "--insecure", "--peer", f"{other.address}:{port}", *exports)
+    name = f"{_SERVICE}@{server.address}:{port}"
+    rows: list[Row] = []
+    shares: dict[int, BridgeShare] = {}
+    for placement, (client_cpu, server_cpu) in PLACEMENTS.items():
+        serving = _OmbmServer(server, server_cpu)
+        try:
+            latencies = {}
+            for size in SIZES:
+                progress(f"ombm rpc via bridge, {_size(size)}, {placement}")
+                share = placement == STREAM_PLACEMENT  # the share: the bridges' busy time per call (warm-up included)
+                before = _bridge_busy_ns(client) + _bridge_busy_ns(server) if share else 0
+                latencies[size] = Latency.of(_ombm_calls(client, name, size, plan, client_cpu))
+                if share:
+                    busy_us = (_bridge_busy_ns(client) + _bridge_busy_ns(server) - before) / 1e3
+                    shares[size] = BridgeShare(size, latencies[size].median_us, busy_us / (plan.round_trips + plan.warmup))
+            rows.append(RoundTrip("ombm rpc via bridge", placement, latencies))
+        finally:
+            serving.stop()
+    rows.append(Throughput("ombm Stream via bridge", note=_STREAM_NOT_BUILT))
+    rows += [shares.get(size, BridgeShare(size, note="not measured")) for size in SIZES]
+    return rows
+
+
+_SERVICE = "bench-echo"
+_STREAM_NOT_BUILT = "not built yet: Stream across hosts (docs/net.md, What is not built yet)"
+_CLI = "import sys; from ombm.cli.main import main; sys.exit(main(sys.argv[1:]))"
+_SERVER = f"""
+import os, sys, ombm.rpc
+os.sched_setaffinity(0, {{int(sys.argv[1])}})
+class Echo:
+    def echo(self, payload):
+        return payload
+server = ombm.rpc.Server({_SERVICE!r}, Echo())
+print("ready", flush=True)
+server.serve_forever()
+"""
+_CALLS = """
+import json, os, sys, time, ombm.rpc
+cpu, name, size, n, warmup = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+os.sched_setaffinity(0, {cpu})
+payload, clock, samples = b"x" * size, time.perf_counter_ns, []
+with ombm.rpc.connect(name, timeout=30.0) as client:
+    echo = client.echo
+    for _ in range(warmup):
+        echo(payload)
+    for _ in range(n):
+        t = clock()
+        echo(payload)
+        samples.append((clock() - t) / 1e3)
+print(json.dumps(samples))
+"""
+_STATUS = ("import json; from ombm.core import remote; stats = remote.raise_for(remote.request({'op': 'status'}, 10.0))"
+           "['stats']; print(stats['busy_in_ns'] + stats['busy_out_ns'])")
+
+
+def _read_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+    line = process.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError(f"{process.args!r} did not start (exit status {process.poll()})")
+    return line
+
+
+def _start_bridge(host: Host, *args: str) -> None:
+    """``ombm bridge ARGS`` inside ``host`` (killed when the hosts close), once it listens."""
+    process = host.popen([sys.executable, "-c", _CLI, "bridge", "--listen", *args], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if not _read_line(process).startswith("ombm bridge: listening"):
+        raise RuntimeError("the bridge did not start")
+
+
+class _OmbmServer:
+    """The echo service in ``host``, pinned to ``cpu``."""
+
+    def __init__(self, host: Host, cpu: int) -> None:
+        self.process = host.popen([sys.executable, "-c", _SERVER, str(cpu)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        _read_line(self.process)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+
+
+def _ombm_calls(host: Host, name: str, size: int, plan: Plan, cpu: int) -> list[float]:
+    """The round trips (µs) of ``plan.round_trips`` calls of ``size`` bytes from a process in ``host``."""
+    result = host.run(
+        [sys.executable, "-c", _CALLS, str(cpu), name, str(size), str(plan.round_trips), str(plan.warmup)],
+        timeout=600.0)
+    if result.returncode != 0:
+        raise RuntimeError(f"the ombm client failed: {result.stderr[-2000:]}")
+    samples: list[float] = json.loads(result.stdout)
+    return samples
+
+
+def _bridge_busy_ns(host: Host) -> int:
+    """The nanoseconds ``host``'s bridge has spent on datagrams in and out so far."""
+    result = host.python(_STATUS)
+    if result.returncode != 0:
+        raise RuntimeError(f"the bridge's status: {result.stderr[-2000:]}")
+    return int(result.stdout)
 
 
 def _not_built(why: str) -> list[Row]:

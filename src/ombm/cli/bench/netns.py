@@ -175,9 +175,10 @@ class Host:
 
     # --- loss by nftables
 
-    def drop_percent(self, percent: int) -> None:
-        """Drop ``percent`` % of the UDP datagrams this host receives, at random (nftables
-        ``numgen random mod 100 < percent``), counted; 0 removes the rule."""
+    def drop_percent(self, percent: int, interface: str | None = None) -> None:
+        """Drop ``percent`` % of the UDP datagrams this host receives (only those arriving on
+        ``interface``, e.g. ``"veth0"``, if given), at random (nftables ``numgen random mod 100 <
+        percent``), counted; 0 removes the rule."""
         if not 0 <= percent <= 100:
             raise ValueError(f"percent must be 0..100, not {percent}")
         if shutil.which("nft") is None:
@@ -186,7 +187,8 @@ class Host:
         if percent:
             script += (f"table inet {LOSS_TABLE} {{\n chain input {{\n"
                        "  type filter hook input priority 0; policy accept;\n"
-                       f"  meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n")
+                       f"  {'' if interface is None else f'iifname {json.dumps(interface)} '}"
+                       f"meta l4proto udp numgen random mod 100 < {percent} counter drop\n }}\n}}\n")
         _command(self.command(["nft", "-f", "-"]), stdin=script)
 
     def dropped(self) -> int:
