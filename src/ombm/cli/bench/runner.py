@@ -97,8 +97,8 @@ def _issue13(found: dict[str, list[report.Target]], command: str, info: dict[str
                          f"not run by `{command}`: no ratio from another run"])
     return "\n".join([
         "## Targets (issue 13)", "",
-        f"*Measured by `{command}` — {report.machine_line(info)}; load average at the start "
-        f"{_load_average()}. Each ratio comes from one suite's run; met only as measured.*", "",
+        f"*Measured by `{command}` — {report.machine_line(info)}; load average when the run ended "
+        f"{_load_average()} (each suite's section gives its own). Each ratio comes from one suite's run; met only as measured.*", "",
         report.md_table(["suite", "target", "goal", "measured", "met?", "how"], rows, "llrrcl"),
         "", "Not a ratio, so not in the table: *no target of the earlier issues gets worse* (see their own "
         "target tables above).", ""])
