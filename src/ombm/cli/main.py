@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--iterations", type=int, default=20000, help="round trips to time (default 20000)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="measure ombm against the IPC a Python user would otherwise pick")
-    bench.add_argument("suite", nargs="?", default="all", choices=("all", "core", "rpc", "streams", "net"),
-                       help="all (core, rpc, streams) or one suite; net needs root: it makes two network namespaces")
+    bench.add_argument("suite", nargs="?", default="all", choices=("all", "core", "rpc", "streams", "load", "net"),
+                       help="all (core, rpc, streams, load) or one suite; net needs root: it makes two network namespaces")
     bench.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     bench.add_argument("--out", default="docs/benchmarks.md", help="markdown file to write (default docs/benchmarks.md)")
     bench.set_defaults(func=_bench)

@@ -5,7 +5,8 @@ Measures, in one run and on both placements of DESIGN.md §5 (cross-cpu and same
 - the signal round trip (a 32-byte write completing a cache line, signal-on-write, each way,
   between two processes) with ombm's ``spin``, ``adaptive`` and software-only (``kernel``)
   signal paths, side by side with an ``os.pipe``, a Unix socketpair and an eventfd ping-pong
-  (``peers.signal_peers``);
+  (``peers.signal_peers``) and the floors under them all (``floors``: a C cache-line ping-pong
+  and a pure-Python shared-memory spin, built and run here; on one CPU they yield when idle);
 - one-way signals/s to a receiver that keeps up (the sender keeps at most ``_CREDIT`` signals
   outstanding, the receiver publishes how many it consumed), with drops, and the sender's cost
   per signal; the sender's cost when the receiver is asleep (a futex wake); the added sender
@@ -100,16 +101,30 @@ class CoreResult:
 
 @contextmanager
 def child(
-    target: Callable[..., None], *args: Any, cpu: int, env: dict[str, str] | None = None,
+    target: Callable[..., None], *args: Any, cpu: int | None, env: dict[str, str] | None = None,
     lifetime_s: float = 120.0, terminate: bool = False,
 ) -> Iterator[tuple[multiprocessing.process.BaseProcess, Connection]]:
-    """Run ``target(control, *args)`` in a spawned daemonic child pinned to ``cpu``.
+    """Run ``target(control, *args)`` in a spawned daemonic child pinned to ``cpu`` (None: unpinned).
 
     ``env`` is put in the child's environment before it starts (so before it imports ombm).
     Yields (process, control pipe) once the child sent ``("ready", ...)``; the ready message is
     in ``control.ready``. On the way out the child is told to stop (``("stop",)`` on the pipe, and
     SIGTERM if ``terminate``), joined, and killed if it lingers.
     """
+    process, control = start_child(target, *args, cpu=cpu, env=env, lifetime_s=lifetime_s)
+    try:
+        expect(control, "ready", _START_TIMEOUT_S)
+        yield process, control
+    finally:
+        stop_child(process, control, terminate)
+
+
+def start_child(
+    target: Callable[..., None], *args: Any, cpu: int | None, env: dict[str, str] | None = None,
+    lifetime_s: float = 120.0,
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """Start ``target(control, *args)`` as :func:`child` does, without waiting for it to be ready;
+    the caller ends it with :func:`stop_child`."""
     control, child_end = _CONTEXT.Pipe()
     process = _CONTEXT.Process(
         target=_child_main, args=(target, args, child_end, cpu, math.ceil(_START_TIMEOUT_S + lifetime_s)),
@@ -118,19 +133,20 @@ def child(
     try:
         with _environment(env or {}):
             process.start()
+    except BaseException:
+        control.close()
+        raise
     finally:
         child_end.close()
-    try:
-        expect(control, "ready", _START_TIMEOUT_S)
-        yield process, control
-    finally:
-        _stop(process, control, terminate)
+    return process, control
 
 
-def _child_main(target: Callable[..., None], args: tuple[Any, ...], control: Connection, cpu: int, lifetime_s: int) -> None:
+def _child_main(target: Callable[..., None], args: tuple[Any, ...], control: Connection, cpu: int | None,
+                lifetime_s: int) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(lifetime_s)  # a stuck child, or one whose parent died, dies too
-    pin(cpu)
+    if cpu is not None:
+        pin(cpu)
     try:
         target(control, *args)
     except Exception as exc:
@@ -139,7 +155,8 @@ def _child_main(target: Callable[..., None], args: tuple[Any, ...], control: Con
         raise SystemExit(1) from exc
 
 
-def _stop(process: multiprocessing.process.BaseProcess, control: Connection, terminate: bool) -> None:
+def stop_child(process: multiprocessing.process.BaseProcess, control: Connection, terminate: bool = False) -> None:
+    """Tell a child to stop, join it, kill it if it lingers; close its control pipe."""
     with suppress(OSError):
         control.send(("stop",))
     if terminate and process.is_alive():
@@ -436,6 +453,7 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
                 steps.append((f"{peer.name} ping-pong, {label}", _peer_step(result, peer, label, placement)))
             else:
                 result.skipped[peer.name] = why
+        steps.append((f"floors, {label}", _floor_step(result, label, placement)))
         steps.append((f"one-way signals, {label}", _one_way_step(result, label, placement)))
     steps.append(("sender cost, receiver asleep", lambda: result.asleep.update(
         sender_cost_asleep(cross, plan.asleep_signals))))
@@ -450,6 +468,20 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
 def _round_trip_step(table: dict[str, Latency], variant: str, placement: tuple[int, int], plan: Plan) -> Callable[[], None]:
     def step() -> None:
         table[variant] = Latency.of(ombm_round_trip(variant, placement, plan.round_trips, plan.warmup))
+
+    return step
+
+
+def _floor_step(result: CoreResult, label: str, placement: tuple[int, int]) -> Callable[[], None]:
+    def step() -> None:
+        from ombm.cli.bench import floors
+
+        yield_cpu = placement[0] == placement[1]  # a pure spin on one CPU waits out a time slice
+        for name, found in floors.run_floors(placement, result.plan.round_trips, yield_cpu).items():
+            if isinstance(found, str):
+                result.skipped[f"{name}, {label}"] = found
+            else:
+                result.round_trips[label][name] = found.latency
 
     return step
 
@@ -537,6 +569,15 @@ def targets(result: CoreResult) -> list[Target]:
     return found
 
 
+def issue13_targets(result: CoreResult) -> list[Target]:
+    """Issue 13's one-CPU signal target: ombm's round trip against an os.pipe ping-pong, same-cpu."""
+    table = result.round_trips.get("same-cpu", {})
+    adaptive, pipe = table.get("ombm adaptive"), table.get("os.pipe")
+    value = ratio(adaptive.median_us, pipe.median_us) if adaptive and pipe else math.nan
+    return [Target("one CPU: signal round trip ÷ os.pipe ping-pong", 0.8, value, "×",
+                   note="ombm adaptive, ratio of medians, same-cpu, same run")]
+
+
 def markdown(result: CoreResult) -> str:
     plan = result.plan
     parts = ["## Core: address-valued signals (issue 2)", ""]
@@ -554,7 +595,11 @@ def markdown(result: CoreResult) -> str:
               "median over ombm adaptive's, same placement, same run. Cells run in the order of the rows: "
               "on this VM a cell that follows tens of thousands of futex wake-ups (*sleep*) can find "
               "wake-ups several times faster than usual (the host adapts its idle polling), so *sleep* "
-              "runs after *software-only*.", ""]
+              "runs after *software-only*. *floor* rows: two processes passing one 64-bit word in one cache line "
+              "(odd: your turn, even: mine), in C (built with the system's `cc` for this run) and in pure Python "
+              "(a shared `mmap` read through `memoryview.cast('Q')`), the limit under any signal; their cells are "
+              "batch means (C: 1,000 round trips a batch, Python: 100), median and p99 over the batches; on one "
+              "CPU each idle poll calls `sched_yield` (a pure spin there waits out a whole time slice).", ""]
     labels = list(result.round_trips)
     systems = list(dict.fromkeys(s for table in result.round_trips.values() for s in table))
     rows: list[list[object]] = []

@@ -515,6 +515,36 @@ class _PipeFrames(_PipePair):
         _Framer(_fd_reader(self.child_in.fd), writev, self.size).echo_until_eof()
 
 
+class _PipeMsgpack(_PipePair):
+    """The smallest RPC a user would write: ``("echo", payload)`` in msgpack, length-prefixed, over
+    two pipes; the server unpacks the call, and packs the result back."""
+
+    _SLACK = 64  # msgpack's own bytes around the payload
+
+    def connect(self) -> None:
+        import msgpack
+
+        self._pack, self._unpack = msgpack.packb, msgpack.unpackb
+        writev = functools.partial(os.writev, self._out.fd)
+        self._framer = _Framer(_fd_reader(self._in.fd), writev, self.size + self._SLACK)
+
+    def call(self, payload: bytes) -> bytes:
+        self._framer.send(self._pack(("echo", payload)))
+        reply: bytes = self._unpack(self._framer.receive())
+        return reply
+
+    def serve_echo(self, control: Connection) -> None:
+        import msgpack
+
+        pack, unpack, methods = msgpack.packb, msgpack.unpackb, {"echo": lambda data: data}
+        writev = functools.partial(os.writev, self.child_out.fd)
+        framer = _Framer(_fd_reader(self.child_in.fd), writev, self.size + self._SLACK)
+        with suppress(EOFError):
+            while True:
+                method, argument = unpack(framer.receive())
+                framer.send(pack(methods[method](argument)))
+
+
 class _SocketPair(_Link):
     """An ``AF_UNIX`` ``SOCK_STREAM`` socketpair."""
 
@@ -924,7 +954,7 @@ def _iceoryx2_echo(request: Any) -> None:
 # every peer, by kind: (name, link), in the order its rows are printed
 _PEERS: dict[str, tuple[tuple[str, type[_Link]], ...]] = {
     "signal": (("os.pipe", _PipeToken), ("socketpair", _SocketToken), ("eventfd", _Eventfd)),
-    "rpc": (("os.pipe", _PipeFrames), ("socketpair", _SocketFrames), ("multiprocessing.Pipe", _MpPipe),
+    "rpc": (("os.pipe", _PipeFrames), ("os.pipe + msgpack", _PipeMsgpack), ("socketpair", _SocketFrames), ("multiprocessing.Pipe", _MpPipe),
             ("mp.connection", _MpListener), ("pyzmq ipc REQ/REP", _ZmqReqRep), ("gRPC unix", _Grpc),
             ("iceoryx2 req/resp", _Iceoryx2)),
     "stream": (("multiprocessing.Pipe", _MpPipe), ("socketpair", _SocketStream), ("pyzmq ipc PUSH/PULL", _ZmqPushPull)),

@@ -2,18 +2,19 @@
 
 Measures, in one run and on both placements of DESIGN.md §5:
 
-- the paper's Table 4 columns (null RPC, 32 bytes sent and received, 1 KiB) plus 64 KiB, for
-  ombm (adaptive wait, memory signal path), ombm on the software-only signal path (the paper's
-  "Soft MBM": every signal a system call) and every peer of ``peers.rpc_peers`` (os.pipe, a Unix
-  socketpair, multiprocessing.Pipe, multiprocessing.connection, pyzmq REQ/REP over ipc://, gRPC
-  over a Unix socket, iceoryx2 request/response). Every system echoes the payload: the request
-  carries it and so does the reply (the paper's "send 1 KB" had a null reply; an echo is more
+- the paper's Table 4 columns (null RPC, 32 bytes sent and received, 1 KiB) plus 64 KiB and
+  1 MiB, for ombm (adaptive wait, memory signal path), ombm on the software-only signal path (the
+  paper's "Soft MBM": every signal a system call) and every peer of ``peers.rpc_peers`` (os.pipe,
+  os.pipe with msgpack framing, a Unix socketpair, multiprocessing.Pipe, multiprocessing.connection,
+  pyzmq REQ/REP over ipc://, gRPC over a Unix socket, iceoryx2 request/response). Every system
+  echoes the payload: the request carries it and so does the reply (the paper's "send 1 KB" had a null reply; an echo is more
   work, the same for everyone). A peer that cannot run is skipped with the reason;
 - the paper's Table 2: ombm's own per-call costs as its two lanes incur them, taken apart in
   this process (marshalling, framing with its checksum, the channel write) beside the signal
   round trip and the measured call;
 - the paper's Table 3 row for RPC: connect + disconnect against a running server;
-- the CPU an idle server uses.
+- the CPU an idle server uses;
+- the floors (``floors``: the C cache-line ping-pong, the pure-Python shared-memory spin).
 
 The ombm server is a spawned child (``core.child``) pinned to the placement's server CPU; for
 the software-only variant ``OMBM_SIGNAL_PATH=kernel`` is in its environment before it imports
@@ -49,7 +50,8 @@ from ombm.cli.bench import core, peers
 from ombm.cli.bench.affinity import PLACEMENTS, pinned
 from ombm.cli.bench.report import Latency, Target, md_table, median, percent, ratio, targets_table, times, us
 
-SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536}
+SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536, "1 MiB": 1 << 20}
+_LARGE_COLUMNS = ("64 KiB", "1 MiB")
 _TARGET_COLUMNS = ("null", "32 B", "1 KiB")
 _KERNEL_PEERS = ("os.pipe", "socketpair", "multiprocessing.Pipe", "mp.connection", "pyzmq ipc REQ/REP", "gRPC unix")
 _VARIANTS: dict[str, SignalPath] = {"ombm": "memory", "ombm software-only": "kernel"}
@@ -69,10 +71,11 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls({"null": 500, "32 B": 500, "1 KiB": 500, "64 KiB": 100},
-                       {"null": 200, "32 B": 200, "1 KiB": 200, "64 KiB": 50}, 50, 20, 500, 1.0)
-        return cls({"null": 50_000, "32 B": 50_000, "1 KiB": 50_000, "64 KiB": 5_000},
-                   {"null": 10_000, "32 B": 10_000, "1 KiB": 10_000, "64 KiB": 2_000}, 300, 300, 20_000, 2.0)
+            return cls({"null": 500, "32 B": 500, "1 KiB": 500, "64 KiB": 100, "1 MiB": 20},
+                       {"null": 200, "32 B": 200, "1 KiB": 200, "64 KiB": 50, "1 MiB": 10}, 50, 20, 500, 1.0)
+        return cls({"null": 50_000, "32 B": 50_000, "1 KiB": 50_000, "64 KiB": 5_000, "1 MiB": 500},
+                   {"null": 10_000, "32 B": 10_000, "1 KiB": 10_000, "64 KiB": 2_000, "1 MiB": 300}, 300, 300,
+                   20_000, 2.0)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RpcResult:
     idle: dict[str, float] = field(default_factory=dict)
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # size -> component -> µs
     signal_rt_us: float = math.nan
+    floors: dict[str, dict[str, Any]] = field(default_factory=dict)  # placement -> floor -> Floor or why not
     elapsed_s: float = 0.0
 
 
@@ -273,11 +277,22 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
                 continue
             for column in SIZES:
                 steps.append((f"{peer.name} {column}, {label}", _peer_step(result, peer, column, label, placement)))
+        steps.append((f"floors, {label}", _floor_step(result, label, placement)))
     steps.append(("signal round trip for Table 2", lambda: _signal_step(result)))
     for column, size in _BREAKDOWN_SIZES.items():
         steps.append((f"Table 2 breakdown, {column}", _breakdown_step(result, column, size)))
     result.elapsed_s = core.run_steps(steps, progress)
     return result
+
+
+def _floor_step(result: RpcResult, label: str, placement: tuple[int, int]) -> Callable[[], None]:
+    def step() -> None:
+        from ombm.cli.bench import floors
+
+        count = max(1000, result.plan.ombm_calls["32 B"])
+        result.floors[label] = floors.run_floors(placement, count, yield_cpu=placement[0] == placement[1])
+
+    return step
 
 
 def _breakdown_step(result: RpcResult, column: str, size: int) -> Callable[[], None]:
@@ -395,16 +410,74 @@ def _setup_targets(result: RpcResult) -> list[Target]:
     return found
 
 
+def _floor_us(result: RpcResult, placement: str, prefix: str) -> float:
+    for name, found in result.floors.get(placement, {}).items():
+        if name.startswith(prefix) and not isinstance(found, str):
+            value: float = found.latency.median_us
+            return value
+    return math.nan
+
+
+def _worst(result: RpcResult, columns: tuple[str, ...], other: Callable[[str], float]) -> tuple[float, str]:
+    """The smallest (other ÷ ombm), cross-cpu, over ``columns``, and which column it was."""
+    found = [(ratio(other(c), _median(result, TARGET_PLACEMENT, "ombm", c)), c) for c in columns]
+    found = [item for item in found if not math.isnan(item[0])]
+    return min(found) if found else (math.nan, "")
+
+
+def issue13_targets(result: RpcResult) -> list[Target]:
+    """Issue 13's call targets: one CPU against os.pipe, cross-CPU against the spin floor and iceoryx2,
+    large echoes against iceoryx2 and the fastest kernel-based peer."""
+    same, cross = "same-cpu", TARGET_PLACEMENT
+    found = [
+        Target("one CPU: 32 B call ÷ the same call over os.pipe + msgpack", 0.8,
+               ratio(_median(result, same, "ombm", "32 B"), _median(result, same, "os.pipe + msgpack", "32 B")), "×",
+               note="ratio of medians, same-cpu, same run"),
+        Target("cross-CPU 32 B call ÷ the Python shm spin floor", 1.8,
+               ratio(_median(result, cross, "ombm", "32 B"), _floor_us(result, cross, "floor: Python")), "×",
+               note="ombm median ÷ the floor's median batch mean, cross-cpu, same run"),
+    ]
+    iceoryx2 = functools.partial(_median, result, cross, "iceoryx2 req/resp")
+    kernel = lambda column: _fastest_kernel_peer(result, cross, column)[1]  # noqa: E731
+    for name, columns, limit, other in (("null/32 B/1 KiB vs iceoryx2", _TARGET_COLUMNS, 2.5, iceoryx2),
+                                        ("64 KiB/1 MiB echo vs iceoryx2", _LARGE_COLUMNS, 1.5, iceoryx2),
+                                        ("64 KiB/1 MiB echo vs fastest kernel-based peer", _LARGE_COLUMNS, 2, kernel)):
+        worst, column = _worst(result, columns, other)
+        found.append(Target(name, limit, worst, "×", at_most=False,
+                            note=f"how many times faster, smallest ({column or 'not measured'}), cross-cpu"))
+    return found
+
+
+def _floors_markdown(result: RpcResult) -> list[str]:
+    rows = []
+    for placement, found in result.floors.items():
+        for name, floor in found.items():
+            if isinstance(floor, str):
+                rows.append([placement, name, "—", "—", floor])
+                continue
+            call = _median(result, placement, "ombm", "32 B")
+            rows.append([placement, name, us(floor.latency.median_us), times(ratio(call, floor.latency.median_us)), ""])
+    if not rows:
+        return []
+    return ["### The floors (measured in this run)", "",
+            "Two processes passing one 64-bit word in one cache line, in C and in pure Python (see the core "
+            "suite); median batch mean, µs. An ombm call cannot be faster than the Python floor: both its ends "
+            "run Python.", "",
+            md_table(["placement", "floor", "round trip µs", "ombm 32 B call ÷ floor", "note"], rows), ""]
+
+
 def markdown(result: RpcResult) -> str:
     plan = result.plan
     parts = ["## RPC (issue 3)", "",
              f"Round trip of one call from this process (pinned to CPU 0) to a server in a freshly spawned "
              f"process (CPU 1 *cross-cpu*, CPU 0 *same-cpu*). Every system echoes the payload (the request "
              f"carries it, the reply carries it back; *null*: nothing each way, for ombm the call `null()`). "
-             f"ombm: {plan.ombm_calls['32 B']:,} calls per cell ({plan.ombm_calls['64 KiB']:,} at 64 KiB); "
-             f"peers: {plan.peer_calls['32 B']:,} ({plan.peer_calls['64 KiB']:,} at 64 KiB), after "
+             f"ombm: {plan.ombm_calls['32 B']:,} calls per cell ({plan.ombm_calls['64 KiB']:,} at 64 KiB, "
+             f"{plan.ombm_calls['1 MiB']:,} at 1 MiB); peers: {plan.peer_calls['32 B']:,} "
+             f"({plan.peer_calls['64 KiB']:,} at 64 KiB, {plan.peer_calls['1 MiB']:,} at 1 MiB), after "
              f"{plan.warmup} warm-up calls. *ombm software-only* is the paper's Soft MBM: every signal a "
-             f"system call into the receiver's kernel queue.", ""]
+             f"system call into the receiver's kernel queue. *os.pipe + msgpack*: the smallest RPC a user would "
+             f"write, `(\"echo\", payload)` packed with msgpack, length-prefixed, over two pipes.", ""]
     for placement, systems in result.calls.items():
         parts += [f"### Call latency, {placement}: median µs (p99)", ""]
         rows = []
@@ -414,6 +487,7 @@ def markdown(result: RpcResult) -> str:
         parts += [md_table(["system", *SIZES], rows), ""]
     for name, why in result.skipped.items():
         parts.append(f"*{name} skipped: {why}*\n")
+    parts += _floors_markdown(result)
     parts += ["### How much faster ombm is (ratio of medians, same run)", ""]
     rows = []
     for placement in result.calls:

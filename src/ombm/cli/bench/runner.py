@@ -1,13 +1,15 @@
 """``ombm bench``: run the selected suites, show their tables, write ``docs/benchmarks.md``.
 
-Owns the order of the suites (core, rpc, streams, net), their progress bars, and the document: a
+Owns the order of the suites (core, rpc, streams, load, net), their progress bars, and the document: a
 header (machine, how to reproduce) and one section per suite between ``<!-- bench:<suite> -->``
 markers. Running one suite replaces only its own section and keeps the others'. The streams
 suite is another module's (``run(progress=None) -> rows``, ``markdown(rows) -> str``); it is
 imported lazily and skipped, with the reason, if it cannot be imported. A suite module may say
 why it cannot run here (``unavailable() -> str | None``): it is then skipped with that reason.
 ``all`` is every suite that runs on one host; ``net`` (two network namespaces, root) runs only
-when named.
+when named. A suite that measures issue 13's targets says so (``issue13_targets(result)``); the
+runner gathers those of one invocation into one section, ``issue13``, and says which suites of
+the issue it did not run (their ratios would come from another run, so none is shown).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ombm.cli.bench import report
 
-SUITES = ("core", "rpc", "streams", "net")
-ALL = ("core", "rpc", "streams")  # what ``ombm bench all`` runs
+SUITES = ("core", "rpc", "streams", "load", "net")
+ALL = ("core", "rpc", "streams", "load")  # what ``ombm bench all`` runs
+ISSUE13 = ("core", "rpc", "streams", "load")  # the suites that measure issue 13's targets
 
 
 class _Bar:
@@ -69,22 +72,48 @@ def _suite_module(suite: str) -> Any:
     return importlib.import_module(f"ombm.cli.bench.{suite}")
 
 
-def _run_suite(module: Any, bar: _Bar, quick: bool) -> str:
+def _run_suite(module: Any, bar: _Bar, quick: bool) -> tuple[str, list[report.Target] | None]:
+    """The suite's markdown, and its issue-13 targets if it measures any (``issue13_targets``)."""
     parameters = inspect.signature(module.run).parameters
     kwargs: dict[str, Any] = {}
     if "progress" in parameters:
         kwargs["progress"] = bar
     if "quick" in parameters:
         kwargs["quick"] = quick
-    text: str = module.markdown(module.run(**kwargs))
-    return text
+    result = module.run(**kwargs)
+    text: str = module.markdown(result)
+    targets = getattr(module, "issue13_targets", None)
+    return text, (targets(result) if targets else None)
+
+
+def _issue13(found: dict[str, list[report.Target]], command: str, info: dict[str, str]) -> str:
+    """One table of issue 13's targets from the suites of this invocation; the others say so."""
+    rows = []
+    for suite in ISSUE13:
+        if suite in found:
+            rows += [[suite, *target.cells()] for target in found[suite]]
+        else:
+            rows.append([suite, f"(the targets of `ombm bench {suite}`)", "", "", "n/a",
+                         f"not run by `{command}`: no ratio from another run"])
+    return "\n".join([
+        "## Targets (issue 13)", "",
+        f"*Measured by `{command}` — {report.machine_line(info)}; load average when the run ended "
+        f"{_load_average()} (each suite's section gives its own). Each ratio comes from one suite's run; met only as measured.*", "",
+        report.md_table(["suite", "target", "goal", "measured", "met?", "how"], rows, "llrrcl"),
+        "", "Not a ratio, so not in the table: *no target of the earlier issues gets worse* (see their own "
+        "target tables above).", ""])
+
+
+def _load_average() -> str:
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 def _section(suite: str, body: str, command: str, info: dict[str, str], seconds: float, quick: bool) -> str:
     if not body.lstrip().startswith("#"):
         body = f"## {suite.capitalize()}\n\n{body}"
     heading, _, rest = body.strip().partition("\n")
-    note = (f"*Reproduce: `{command}` — {report.machine_line(info)}, {seconds:.0f} s.*"
+    note = (f"*Reproduce: `{command}` — {report.machine_line(info)}, {seconds:.0f} s; load average at the "
+            f"end {_load_average()}.*"
             + (" *Quick run: small counts, a smoke test, not numbers to cite.*" if quick else ""))
     return f"{heading}\n\n{note}\n{rest}\n"
 
@@ -97,7 +126,7 @@ def _header(info: dict[str, str], command: str) -> str:
         f"- Python: {info['python']}",
         f"- last run: `{command}`, {info['date']}",
         "- reproduce: `ombm bench all` (a few minutes), or one suite: `ombm bench core`, `ombm bench rpc`, "
-        "`ombm bench streams`; across two hosts (network namespaces, as root): `ombm bench net`; add "
+        "`ombm bench streams`, `ombm bench load`; across two hosts (network namespaces, as root): `ombm bench net`; add "
         "`--quick` for a smoke run. Run it on a quiet machine.",
         "- placements: *cross-cpu* = client on CPU 0, server on CPU 1; *same-cpu* = both on CPU 0. On this VM "
         "a kernel wake-up costs tens of µs across CPUs (an idle CPU halts) but a few µs on one CPU, so "
@@ -115,7 +144,7 @@ def _write(path: str, header: str, sections: dict[str, str]) -> None:
     document = report.replace_section(document, "header", header)
     for suite, text in sections.items():
         document = report.replace_section(document, suite, text)
-    document = report.order_sections(document, ("header", *SUITES))
+    document = report.order_sections(document, ("header", *ALL, "issue13", "net"))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
         out.write(document)
@@ -142,6 +171,7 @@ def main(args: argparse.Namespace) -> int:
     info = report.machine()
     console.rule(f"{command} — {report.machine_line(info)}")
     sections: dict[str, str] = {}
+    issue13: dict[str, list[report.Target]] = {}
     failed = []
     started = time.monotonic()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -162,7 +192,9 @@ def main(args: argparse.Namespace) -> int:
             bar = _Bar(progress, suite)
             suite_started = time.monotonic()
             try:
-                body = _run_suite(module, bar, args.quick)
+                body, targets = _run_suite(module, bar, args.quick)
+                if targets is not None:
+                    issue13[suite] = targets
             except Exception:
                 failed.append(suite)
                 progress.console.print(f"[red]{suite} failed:[/red]\n{traceback.format_exc()}")
@@ -172,6 +204,9 @@ def main(args: argparse.Namespace) -> int:
             sections[suite] = _section(suite, body, command, info, time.monotonic() - suite_started, args.quick)
             progress.console.print(Markdown(sections[suite]))
     _reclaim(console)
+    if issue13:
+        sections["issue13"] = _issue13(issue13, command, info)
+        console.print(Markdown(sections["issue13"]))
     if sections:
         _write(args.out, _header(info, command), sections)
         console.print(f"wrote {', '.join(sections)} to {args.out} in {time.monotonic() - started:.0f} s")

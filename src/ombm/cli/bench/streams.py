@@ -2,7 +2,7 @@
 
 Measures, cross-cpu (writer on CPU 0, readers on CPU 1; same-cpu for 1 MiB as well):
 
-- one-way throughput of 4 KiB … 64 MiB messages over an :class:`ombm.Stream` (the reader
+- one-way throughput of 4 KiB, 16 KiB … 64 MiB messages over an :class:`ombm.Stream` (the reader
   copies each message out, checksummed) and over an :class:`ombm.RawChannel` (frames up to
   16 MiB, one unit each; the reader validates each frame's generation in place, zero copy,
   and we also report a reader that copies each frame out), beside ``peers.stream_peers``
@@ -37,7 +37,7 @@ from ombm.cli.bench import core, peers
 from ombm.cli.bench.affinity import PLACEMENTS, pinned
 from ombm.cli.bench.report import Target, md_table, targets_table
 
-SIZES = (4 << 10, 64 << 10, 1 << 20, 8 << 20, 64 << 20)
+SIZES = (4 << 10, 16 << 10, 64 << 10, 1 << 20, 8 << 20, 64 << 20)
 RAW_MAX_FRAME = 16 << 20  # a raw frame is one unit: larger frames would take huge segments
 FANOUT = (1, 2, 3, 4)
 REPEATS = 3  # every measurement, every system: the best of 3 (the VM is shared)
@@ -206,7 +206,7 @@ def run(progress: Callable[..., None] | None = None, quick: bool = False) -> lis
     cross, same = PLACEMENTS["cross-cpu"], PLACEMENTS["same-cpu"]
     steps: list[tuple[str, Callable[[], None]]] = [("memcpy", lambda: _memcpy(rows, "before"))]
     repeats = 1 if quick else REPEATS
-    sizes = SIZES[:3] + SIZES[4:] if quick else SIZES
+    sizes = tuple(size for size in SIZES if size != 8 << 20) if quick else SIZES
     for size in sizes:
         total = _total(size, quick)
         stream = functools.partial(stream_throughput, size, total, cross)
@@ -304,6 +304,19 @@ def targets(rows: list[dict[str, Any]]) -> list[Target]:
         Target("Stream vs multiprocessing.Pipe, 1 MiB", 5, stream / pipe, "×", at_most=False),
         Target("writer cost, fan-out to 4 vs 1", 1.5, (four / one) if one and four else float("nan"), "×",
                note="writer CPU time per 1 MiB frame"),
+    ]
+
+
+def issue13_targets(rows: list[dict[str, Any]]) -> list[Target]:
+    """Issue 13's stream targets: small messages against a socketpair, 1 MiB against multiprocessing.Pipe."""
+    small = 4 << 10
+    return [
+        Target("Stream, 4 KiB messages, vs socketpair", 2, _find(rows, "stream", small)
+               / _find(rows, "peer", small, system="socketpair"), "×", at_most=False,
+               note="throughput, cross-cpu, same run"),
+        Target("Stream, 1 MiB messages, vs multiprocessing.Pipe", 5, _find(rows, "stream", _MiB)
+               / _find(rows, "peer", _MiB, system="multiprocessing.Pipe"), "×", at_most=False,
+               note="throughput, cross-cpu, same run"),
     ]
 
 
