@@ -28,8 +28,9 @@ except ImportError:  # builds from before the layers (issue 10)
 
 def main():
     rt = core.ombm_round_trip("ombm adaptive", (0, 1), 20000, 2000)
+    plan_sizes = rpc.Plan.make(True).ombm_calls  # every size this build's plan knows (1 MiB since issue 13)
     plan = dataclasses.replace(rpc.Plan.make(True), warmup=2000,
-                               ombm_calls={"null": 30000, "32 B": 30000, "1 KiB": 2000, "64 KiB": 200})
+                               ombm_calls={**plan_sizes, "null": 30000, "32 B": 30000, "1 KiB": 2000, "64 KiB": 200})
     found = rpc.ombm_calls("ombm", (0, 1), plan, True)
     calls = found["calls"]
     print(json.dumps({"round trip": statistics.median(rt), "32 B call": calls["32 B"].median_us,
