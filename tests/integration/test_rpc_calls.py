@@ -309,6 +309,11 @@ def test_future_of_a_failing_call_raises_remote_error(cli):
 
 def test_pipelined_calls_beyond_the_window_need_no_retransmission(cli):
     n = 200  # 168 of them wait for one of the 32 in-flight slots
+    # what is tested is the queue behind the window, not a loaded machine's delays: with a 5 s floor
+    # under the RTO no reply is late enough to be retransmitted, so a retransmission here can only be
+    # a call timed out while it waited for a slot (it was 2 ms: on 2 busy CPUs some replies took longer)
+    rto = cli._protocol._rto
+    rto._min = rto.rto = rto.settled = 5.0
     before = cli.statistics().retransmits
     futures = [cli.call_async("add", i, 1) for i in range(n)]
     assert [f.result(30.0) for f in futures] == [i + 1 for i in range(n)]

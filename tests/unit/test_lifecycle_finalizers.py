@@ -12,6 +12,7 @@ import gc
 import os
 import sys
 import time
+import weakref
 
 import pytest
 
@@ -37,6 +38,23 @@ def mappings_of(path: str) -> int:
 def dropped(match: str):
     """Expect a ResourceWarning naming the object dropped inside the block (refcount or gc)."""
     return pytest.warns(ResourceWarning, match=match)
+
+
+def _dropped_and_collected(obj: object):
+    """A function that waits until ``obj`` (dropped by the caller meanwhile) was collected. Another
+    thread may hold it for a moment (the retransmission timer ticks every client it has): the wait
+    is bounded, and the test's own checks say whether it went."""
+    ref = weakref.ref(obj)
+    del obj
+
+    def collected() -> None:
+        for _ in range(1000):
+            gc.collect()
+            if ref() is None:
+                return
+            time.sleep(0.01)
+
+    return collected
 
 
 def test_a_mapped_segment_holds_no_descriptor():
@@ -149,8 +167,9 @@ def test_a_dropped_client_and_server_warn_and_release_their_channels():
     assert client.add(2, 3) == 5
     paths = [client._request.segment.path, client._reply.segment.path]
     with dropped("Client"):
+        collected = _dropped_and_collected(client)
         del client
-        gc.collect()
+        collected()
     assert [p for p in paths if os.path.exists(p)] == []
     server.stop()  # a running server is held by its thread: stop() is how it ends
     idle = ombm.rpc.Server(name, Calc())  # never started

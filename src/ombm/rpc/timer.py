@@ -66,15 +66,23 @@ class RetransmissionTimer:
                 return
             wake.clear()
             self.busy = False
-            with self._lock:
-                clients = list(self._clients)
-                if not clients:
-                    self._thread = None
-                    return
-            now = time.monotonic()
-            for client in clients:
-                if client._tick(now):
-                    self.busy = True
+            if not self._tick_all():
+                return
+
+    def _tick_all(self) -> bool:
+        """Tick every client once; False when none is left (the thread then ends). The clients are
+        held only while they tick (locals of this call): one its user dropped is collected between
+        ticks, not kept for the whole next wait."""
+        with self._lock:
+            clients = list(self._clients)
+            if not clients:
+                self._thread = None
+                return False
+        now = time.monotonic()
+        for client in clients:
+            if client._tick(now):
+                self.busy = True
+        return True
 
     def shutdown(self, timeout: float = 2.0) -> None:
         thread = self._thread
