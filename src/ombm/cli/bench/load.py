@@ -29,7 +29,6 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
-import ctypes
 import importlib
 import math
 import multiprocessing
@@ -49,7 +48,8 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 from ombm.cli.bench import core
-from ombm.cli.bench.peers import expect
+from ombm.cli.bench.peers import (expect, iceoryx2_port, iceoryx2_request_response, iceoryx2_without_request_response,
+                                  remove_shm_by_prefix)
 from ombm.cli.bench.report import Target, md_table, percentile, ratio, times, us
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -506,10 +506,7 @@ class _Iceoryx2(_System):
 
     @classmethod
     def missing(cls) -> str | None:
-        reason = super().missing()
-        if reason is None and not hasattr(importlib.import_module("iceoryx2"), "Client"):
-            reason = "this iceoryx2 has no request/response in its Python binding"
-        return reason
+        return super().missing() or iceoryx2_without_request_response()
 
     def __init__(self, workdir: str) -> None:
         super().__init__(workdir)
@@ -517,22 +514,12 @@ class _Iceoryx2(_System):
         self.service_name = f"ombm/load/{secrets.token_hex(4)}"
 
     def _port(self, role: str) -> Any:
-        import iceoryx2 as iox2
+        def limits(builder: Any) -> Any:  # every client process, and every call outstanding
+            return (builder.max_clients(max(CLIENTS) + 2).max_nodes(max(CLIENTS) + 4)
+                    .max_active_requests_per_client(max(DEPTHS) + 2).max_loaned_requests(max(DEPTHS) + 2))
 
-        config = iox2.config.default()
-        config.global_cfg.root_path = iox2.Path.new(self.workdir + "/")
-        config.global_cfg.prefix = iox2.FileName.new(self.prefix)
-        self._node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
-        bytes_slice = iox2.Slice[ctypes.c_uint8]
-        self._service = (
-            self._node.service_builder(iox2.ServiceName.new(self.service_name))
-            .request_response(bytes_slice, bytes_slice)
-            .max_clients(max(CLIENTS) + 2).max_nodes(max(CLIENTS) + 4)
-            .max_active_requests_per_client(max(DEPTHS) + 2).max_loaned_requests(max(DEPTHS) + 2)
-            .open_or_create()
-        )
-        builder = getattr(self._service, f"{role}_builder")().initial_max_slice_len(1)
-        return builder.allocation_strategy(iox2.AllocationStrategy.PowerOfTwo).create()
+        self._node, self._service = iceoryx2_request_response(self.workdir, self.prefix, self.service_name, limits)
+        return iceoryx2_port(self._service, role, 1)
 
     def serve(self, control: Connection) -> None:
         from ombm.cli.bench.peers import _iceoryx2_echo
@@ -577,11 +564,7 @@ class _Iceoryx2(_System):
         self._client = self._service = self._node = None
 
     def cleanup(self) -> None:
-        with suppress(FileNotFoundError):
-            for name in os.listdir("/dev/shm"):
-                if name.startswith(self.prefix):
-                    with suppress(FileNotFoundError):
-                        os.unlink(os.path.join("/dev/shm", name))
+        remove_shm_by_prefix(self.prefix)
 
 
 SYSTEMS: tuple[type[_System], ...] = (_Ombm, _Selector, _Zmq, _Grpc, _MpConnection, _Iceoryx2)

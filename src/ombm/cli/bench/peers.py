@@ -862,10 +862,7 @@ class _Iceoryx2(_Link):
 
     @classmethod
     def missing(cls) -> str | None:
-        reason = super().missing()
-        if reason is None and not hasattr(importlib.import_module("iceoryx2"), "Client"):
-            reason = "this iceoryx2 has no request/response in its Python binding"
-        return reason
+        return super().missing() or iceoryx2_without_request_response()
 
     def __init__(self, workdir: str, size: int) -> None:
         super().__init__(workdir, size)
@@ -873,21 +870,8 @@ class _Iceoryx2(_Link):
         self.service_name = f"ombm/bench/{secrets.token_hex(4)}"
 
     def _open_port(self, role: str) -> None:
-        import iceoryx2 as iox2
-
-        config = iox2.config.default()
-        config.global_cfg.root_path = iox2.Path.new(self.workdir + "/")
-        config.global_cfg.prefix = iox2.FileName.new(self.prefix)
-        self._node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
-        bytes_slice = iox2.Slice[ctypes.c_uint8]
-        self._service = (
-            self._node.service_builder(iox2.ServiceName.new(self.service_name))
-            .request_response(bytes_slice, bytes_slice)
-            .open_or_create()
-        )
-        builder = getattr(self._service, f"{role}_builder")()
-        builder = builder.initial_max_slice_len(max(self.size, 1))
-        self._port = builder.allocation_strategy(iox2.AllocationStrategy.PowerOfTwo).create()
+        self._node, self._service = iceoryx2_request_response(self.workdir, self.prefix, self.service_name)
+        self._port = iceoryx2_port(self._service, role, max(self.size, 1))
 
     def _release(self) -> None:
         port = getattr(self, "_port", None)
@@ -938,9 +922,45 @@ class _Iceoryx2(_Link):
 
     def close(self) -> None:
         self._release()
-        with suppress(FileNotFoundError):
-            for name in os.listdir("/dev/shm"):
-                if name.startswith(self.prefix):
+        remove_shm_by_prefix(self.prefix)
+
+
+def iceoryx2_without_request_response() -> str | None:
+    """Why the installed iceoryx2 cannot serve request/response (some Python bindings lack it), or None."""
+    if hasattr(importlib.import_module("iceoryx2"), "Client"):
+        return None
+    return "this iceoryx2 has no request/response in its Python binding"
+
+
+def iceoryx2_request_response(workdir: str, prefix: str, service_name: str,
+                              limits: Callable[[Any], Any] = lambda builder: builder) -> tuple[Any, Any]:
+    """A node whose shared memory is named ``workdir``/``prefix``… and its request/response service
+    on byte slices, opened or created (``limits`` may set the builder's maxima first)."""
+    import iceoryx2 as iox2
+
+    config = iox2.config.default()
+    config.global_cfg.root_path = iox2.Path.new(workdir + "/")
+    config.global_cfg.prefix = iox2.FileName.new(prefix)
+    node = iox2.NodeBuilder.new().config(config).create(iox2.ServiceType.Ipc)
+    bytes_slice = iox2.Slice[ctypes.c_uint8]
+    builder = node.service_builder(iox2.ServiceName.new(service_name)).request_response(bytes_slice, bytes_slice)
+    return node, limits(builder).open_or_create()
+
+
+def iceoryx2_port(service: Any, role: str, max_slice_len: int) -> Any:
+    """The service's ``role`` ("server" or "client") port, its slices growing by powers of two."""
+    import iceoryx2 as iox2
+
+    builder = getattr(service, f"{role}_builder")().initial_max_slice_len(max_slice_len)
+    return builder.allocation_strategy(iox2.AllocationStrategy.PowerOfTwo).create()
+
+
+def remove_shm_by_prefix(prefix: str) -> None:
+    """Remove what a run's iceoryx2 left in /dev/shm (its objects are named with the run's prefix)."""
+    with suppress(FileNotFoundError):
+        for name in os.listdir("/dev/shm"):
+            if name.startswith(prefix):
+                with suppress(FileNotFoundError):
                     os.unlink(os.path.join("/dev/shm", name))
 
 
