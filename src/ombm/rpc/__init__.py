@@ -11,12 +11,20 @@ Layers: ``wire`` (frames), ``marshal`` (msgpack, out-of-band buffers, no
 pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
 ``channel`` (slots on segments), ``timer`` (the asynchronous retransmission
 timer), ``client`` and ``server`` (the I/O glue).
+
+Both log what they do to connections (connects, reconnections, drops, reaps,
+retransmission storms) to ``logging.getLogger("ombm.rpc")``, quiet unless the
+application configures logging (``logging.basicConfig(level=logging.INFO)``).
 """
+
+import logging
 
 from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
 from ombm.rpc.client import Client, Future, connect
 from ombm.rpc.server import Server
+
+logging.getLogger("ombm").addHandler(logging.NullHandler())  # quiet by default (a library's logging)
 
 __all__ = [
     "AsyncClient",

@@ -3,7 +3,9 @@
 One pump task per client awaits the client's reply signals in the event loop
 (:func:`ombm.aio.wait`, doorbell socket, no thread) while calls are
 outstanding, and completes each call's future as its reply is dispatched.
-Connecting (a few milliseconds at most) runs in the default executor.
+Connecting (a few milliseconds at most) runs in the default executor, and so
+does reconnecting once the server went (docs/rpc.md, "Lifecycle"), after the
+pump has left the gone session's receiver.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ombm import aio as _aio
-from ombm.errors import CallTimeout, ServerGoneError
+from ombm.errors import CallTimeout
 from ombm.rpc import marshal
 from ombm.rpc.client import Client, _Pending, connect
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
@@ -29,6 +31,8 @@ class AsyncClient:
 
     async def call(self, method: str, *args: object, **kwargs: object) -> Any:
         client = self.client
+        if client._gone:
+            await self._reconnect()
         call_id, pending = client._send(method, args, kwargs, False)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = (pending, future)
@@ -38,31 +42,46 @@ class AsyncClient:
             await asyncio.wait_for(asyncio.shield(future), client.timeout)
         except asyncio.TimeoutError:
             self._waiting.pop(call_id, None)
-            client._give_up(call_id)
-            if not client._server_alive():
-                raise ServerGoneError(f"the server of {client.service!r} stopped or died") from None
+            if pending.gone:
+                raise client._gone_error() from None
+            with client._lock:
+                alive = pending.done or client._server_alive()
+                client._cancel(call_id)
+            if not alive:
+                client._mark_gone()
+                raise client._gone_error() from None
             raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
+        if pending.gone:
+            raise client._gone_error()
         return marshal.decode_reply(pending.data, allow_pickle=client.allow_pickle)
 
     async def oneway(self, method: str, *args: object, **kwargs: object) -> None:
+        if self.client._gone:
+            await self._reconnect()
         self.client.oneway(method, *args, **kwargs)
+
+    async def _reconnect(self) -> None:
+        """Reconnect the gone client in the default executor, once the pump left its receiver."""
+        if self._pump is not None and not self._pump.done():
+            await self._pump  # it ends within one wait once the gone session's calls ended
+        await asyncio.get_running_loop().run_in_executor(None, self.client._reconnect)
 
     async def _run_pump(self) -> None:
         check_at = time.monotonic() + 0.1
         while self._waiting:
             await _aio.wait(self.client._receiver, 0.05)
+            if time.monotonic() >= check_at:
+                check_at = time.monotonic() + 0.1
+                client = self.client
+                with client._lock:
+                    alive = client._gone or client._server_alive()  # gone: its calls are done already
+                if not alive:
+                    client._mark_gone()  # every pending call is done (gone): completed below
             for call_id, (pending, future) in list(self._waiting.items()):
                 if pending.done:
                     del self._waiting[call_id]
                     if not future.done():
                         future.set_result(None)
-            if time.monotonic() >= check_at:
-                check_at = time.monotonic() + 0.1
-                if not self.client._server_alive():
-                    for _, future in self._waiting.values():
-                        if not future.done():
-                            future.set_exception(ServerGoneError(f"the server of {self.client.service!r} is gone"))
-                    self._waiting.clear()
 
     def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
         if method.startswith("_"):
@@ -81,12 +100,12 @@ class AsyncClient:
         await self.close()
 
 
-async def connect_async(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
-                        slot_size: int = DEFAULT_SLOT_SIZE,
+async def connect_async(name: str, timeout: float = 5.0, *, wait: float = 0.0, allow_pickle: bool = False,
+                        slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
                         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> AsyncClient:
     """``await ombm.rpc.connect_async("calc")``: an :class:`AsyncClient` (the options of :func:`connect`)."""
     loop = asyncio.get_running_loop()
     client = await loop.run_in_executor(
-        None, lambda: connect(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
+        None, lambda: connect(name, timeout, wait=wait, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
                               max_message_bytes=max_message_bytes))
     return AsyncClient(client)

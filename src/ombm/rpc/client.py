@@ -15,11 +15,21 @@ one client, one thread at a time dispatches (the leader) and completes every
 reply it finds; the others poll until their reply is in or they lead.
 Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call
 path. A server that stopped or died is noticed while waiting.
+
+The client's lifecycle (docs/rpc.md, "Lifecycle"): *connecting* (waiting up to ``wait`` s for the
+service to appear), *connected*, *gone* once a call noticed that its server stopped or died (every
+call in flight then raises ``ServerGoneError``: its server may or may not have run it), and
+*reconnecting* at the next call, which makes a new session (new channels, connection id, call ids
+and RTO estimate) with whatever serves the name now: the service of this host, else, for a plain
+name, one found across hosts (rebinding, issue 12); a remote name ``calc@HOST:PORT`` reconnects
+there only. Nothing of an old session is ever sent to a new server, so no call runs twice. All of
+it is off the fast path: a call checks nothing more than before.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -44,7 +54,11 @@ from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, WELL_KNOWN_SLOT_SIZ
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, ClientProtocol, ClientStats, check_max_message
 from ombm.rpc.timer import timer
 
+logger = logging.getLogger("ombm.rpc")
+
 _LIVENESS_CHECK_S = 0.1
+_WAIT_FIRST_PAUSE_S, _WAIT_MAX_PAUSE_S = 0.01, 0.25  # waiting for a service to appear: the backoff
+_STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that many in a second (logged once per period)
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
 
@@ -53,12 +67,13 @@ _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}" 
 
 
 class _Pending:
-    __slots__ = ("done", "data", "error")
+    __slots__ = ("done", "data", "error", "gone")
 
     def __init__(self) -> None:
         self.done = False
         self.data: bytes | bytearray = b""
         self.error = False
+        self.gone = False  # done because the server stopped or died (ServerGoneError)
 
 
 class Future:
@@ -94,6 +109,7 @@ class Client:
         name: str,
         timeout: float = 5.0,
         *,
+        wait: float = 0.0,
         allow_pickle: bool = False,
         slots: int = DEFAULT_SLOTS,
         slot_size: int = DEFAULT_SLOT_SIZE,
@@ -101,43 +117,90 @@ class Client:
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise ValueError("wait must be a number of seconds >= 0")
         self.max_message_bytes = check_max_message(max_message_bytes)  # the largest reply this client takes
         # "calc@HOST:PORT": the service of the host whose bridge that is (ValueError if malformed)
         parts = remote.split_remote(name) if isinstance(name, str) and "@" in name else None
-        # the remote host's bridge ("HOST:PORT"), or None for a service of this host
-        self._where: str | None = None if parts is None else name.partition("@")[2]
+        # the remote host's bridge ("HOST:PORT") of the name, or None for a plain name
+        self._home: str | None = None if parts is None else name.partition("@")[2]
+        self._where = self._home  # where the current session's server is (None: this host)
         self._local_name = namespace.validate_name(name) if parts is None else parts[0]
         self.service = name
         self.timeout = float(timeout)
+        self.wait = float(wait)  # how long connecting, and each reconnection, waits for the service to appear
         self.allow_pickle = allow_pickle
+        self._slots, self._slot_size = slots, slot_size
         self._closed = False
+        self._gone = False  # the session's server stopped or died: the next call reconnects
+        self._last_stats: ClientStats | None = None  # a gone session's counters (statistics() until the next)
+        self._storm: tuple[float, int] = (0.0, 0)  # retransmission storms: (start of the second, retransmits then)
+        self._storm_logged = -_STORM_LOG_S
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
         self._pending: dict[int, _Pending] = {}
         self._protocol: ClientProtocol | None = None
         self._nonce = namespace.new_token()
         self._hello: dict[str, int] | None = None  # the server's ACK, once one passed _check_hello
-        # the native fast lane of synchronous calls (memory signal path only; off with OMBM_LANES=0, for tests)
+        # the native fast lane of synchronous calls (memory signal path only; off with OMBM_LANES=0, for tests);
+        # _fast: the lane call() takes, None while gone or closed (call() then goes the ordinary way)
         self._lane: _native.CallLane | None = None
+        self._fast: _native.CallLane | None = None
         _CLIENTS.add(self)
+        try:
+            self._establish(self.wait)
+        except BaseException:
+            self._closed = True  # never connected: nothing for the finalizer to warn about
+            raise
+        self._timer = timer()
+        self._timer.add(self)
+
+    # -- first contact (and every reconnection)
+    def _establish(self, wait: float) -> None:
+        """Make a new session: find the service, waiting up to ``wait`` s for it to appear (backing
+        off from 10 ms to 0.25 s between looks), and connect. ``ServiceNotFoundError`` if it did not
+        appear (or its server is dead), ``CallTimeout`` if a live server did not answer in time."""
+        give_up = time.monotonic() + wait
+        pause = _WAIT_FIRST_PAUSE_S
+        while True:
+            try:
+                self._connect_somewhere()
+                return
+            except ServiceNotFoundError as exc:
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise
+                logger.debug("waiting for %r: %s", self.service, exc)
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _WAIT_MAX_PAUSE_S)
+
+    def _connect_somewhere(self) -> None:
+        """Connect to the service where the name says: a remote name at its host only; a plain
+        name on this host."""
+        self._connect_at(self._home)
+
+    def _connect_at(self, where: str | None) -> None:
+        """Connect a new session to the service on this host (``where`` None) or at the bridge ``where``."""
+        self._where = where
+        self._nonce = namespace.new_token()
+        self._hello = None
         try:
             well_known = SlotChannel.open(self._well_known_name(), writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
         except SegmentNotFoundError:
-            raise ServiceNotFoundError(f"no ombm RPC service named {name!r}") from None
+            raise ServiceNotFoundError(f"no ombm RPC service named {self._name_at(where)!r}") from None
         except SegmentFormatError as exc:  # a server creating it right now (or a corrupt one): not served
-            raise ServiceNotFoundError(f"the ombm RPC service {name!r} is not ready: {exc}") from None
+            raise ServiceNotFoundError(f"the ombm RPC service {self._name_at(where)!r} is not ready: {exc}") from None
         try:
-            self._connect(well_known, slots, slot_size)
+            self._connect(well_known, self._slots, self._slot_size)
         except BaseException:
-            self._closed = True  # never connected: nothing for the finalizer to warn about
             self._teardown()
             raise
         finally:
             well_known.close()
-        self._timer = timer()
-        self._timer.add(self)
+        logger.info("connected to %r (server pid %d)", self._name_at(where), self._server[0])
 
-    # -- first contact
+    def _name_at(self, where: str | None) -> str:
+        return self._local_name if where is None else f"{self._local_name}@{where}"
     def _well_known_name(self) -> str:
         """The local name of the service's well-known channel: for a remote service, this host's
         bridge imports it from the remote host's bridge (BridgeNotRunningError if there is none)."""
@@ -163,13 +226,18 @@ class Client:
                                "start": start, "max_reply": self.max_message_bytes})
         frame = wire.encode(wire.Kind.CALL, 0, self._nonce, hello)
         deadline = time.monotonic() + self.timeout
+        check_at = 0.0
         backoff = 0.002
         while self._hello is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            left = deadline - now
+            if now >= check_at or left <= 0:  # a dead server's channel: not served, known within a check
+                check_at = now + _LIVENESS_CHECK_S
                 if not _has_live_receiver(well_known):
-                    raise ServiceNotFoundError(f"service {self.service!r} is not being served (its server is gone)")
-                raise CallTimeout(f"service {self.service!r} did not answer within {self.timeout} s")
+                    raise ServiceNotFoundError(f"service {self._name_at(self._where)!r} is not being served "
+                                               "(its server is gone)")
+                if left <= 0:
+                    raise CallTimeout(f"service {self._name_at(self._where)!r} did not answer within {self.timeout} s")
             well_known.send_anywhere(frame)
             self._receiver.wait(min(left, backoff))
             backoff = min(backoff * 2, 0.1)
@@ -193,6 +261,7 @@ class Client:
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
                 marshal.packer(self.allow_pickle), msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
             )
+        self._fast = self._lane
 
     def _on_reply(self, address: int) -> None:
         """The reply channel's signal handler (generic dispatch: ``_poll``, connecting)."""
@@ -254,6 +323,8 @@ class Client:
     def _marshal(self, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
         if self._closed:
             raise self._closed_error()
+        if self._gone:
+            self._reconnect()
         data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
         if len(data) > self._max_message:
             raise MessageTooLargeError(
@@ -273,9 +344,11 @@ class Client:
         pending = _Pending()
         now = time.monotonic()
         with self._lock:
+            if self._gone:  # gone again since _marshal reconnected (or another thread is reconnecting)
+                raise self._gone_error()
             self._own()
             protocol = self._protocol
-            assert protocol is not None, "connected"
+            assert protocol is not None, "connected while not gone"
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
                 self._pending[call_id] = pending
@@ -296,12 +369,12 @@ class Client:
         or no reply within the RTO, the call joins the protocol's in-flight calls as if sent the
         ordinary way (:meth:`ClientProtocol.adopt_call`).
         """
-        lane = self._lane
+        lane = self._fast
         if lane is None or not self._leader.acquire(False):
             return self._call_ordinary(self._marshal(method, args, kwargs))
-        if self._closed:  # close() takes the leader lock to tear down: checked once leading
+        if lane is not self._fast:  # closed, gone or reconnected meanwhile: checked once leading
             self._leader.release()
-            raise self._closed_error()
+            return self._call_ordinary(self._marshal(method, args, kwargs))  # ClosedError if closed
         receiver = self._receiver
         call_id = None
         try:
@@ -406,30 +479,34 @@ class Client:
         self._send(method, args, kwargs, True)
 
     def _wait(self, call_id: int, pending: _Pending, deadline: float) -> None:
-        """Dispatch reply signals in this thread (if it leads) until ``pending`` is done."""
+        """Dispatch reply signals in this thread (if it leads) until ``pending`` is done;
+        ``ServerGoneError`` if its server stopped or died meanwhile (the client is then gone)."""
         check_at = None
-        receiver = self._receiver
         while not pending.done:
             now = time.monotonic()
             if check_at is None:
                 check_at = now + _LIVENESS_CHECK_S
-            if now >= deadline:
-                self._give_up(call_id)
-                if not self._server_alive():
-                    raise ServerGoneError(f"the server of {self.service!r} stopped or died")
-                raise CallTimeout(f"no reply from {self.service!r} within the timeout")
-            if now >= check_at:
+            if now >= deadline or now >= check_at:
                 check_at = now + _LIVENESS_CHECK_S
-                if not self._server_alive():
-                    self._give_up(call_id)
-                    raise ServerGoneError(f"the server of {self.service!r} stopped or died")
-                if self._request.broken or self._reply.broken:
-                    self._give_up(call_id)
+                with self._lock:  # the session's channels stay while we look (a reconnection swaps them)
+                    if pending.done:
+                        break
+                    alive = self._server_alive()
+                    broken = alive and (self._request.broken or self._reply.broken)
+                    if broken or (alive and now >= deadline):  # give up the call (of this session)
+                        self._cancel(call_id)
+                if not alive:
+                    self._mark_gone()  # this call ends with the session's others (if not already)
+                    raise self._gone_error()
+                if broken:
                     raise ChannelBrokenError(f"the connection to {self.service!r} is broken: another process "
                                              "shrank its channels (connect again)")
+                if now >= deadline:
+                    raise CallTimeout(f"no reply from {self.service!r} within the timeout")
             if self._leader.acquire(blocking=False):
                 try:
                     if not pending.done:  # another thread may have completed it
+                        receiver = self._receiver
                         signal = receiver.pop_wait(min(deadline, check_at) - now)
                         if signal is not None:
                             if signal[0] == self._reply_segment:
@@ -440,13 +517,19 @@ class Client:
                     self._leader.release()
             else:
                 time.sleep(0.0002)
+        if pending.gone:
+            raise self._gone_error()
 
     def _give_up(self, call_id: int) -> None:
         with self._lock:
-            self._own()
-            self._pending.pop(call_id, None)
-            if self._protocol is not None:
-                self._protocol.cancel(call_id)
+            self._cancel(call_id)
+
+    def _cancel(self, call_id: int) -> None:
+        """With ``_lock`` held: forget the call ``call_id`` of this session."""
+        self._own()
+        self._pending.pop(call_id, None)
+        if self._protocol is not None:
+            self._protocol.cancel(call_id)
 
     def _server_alive(self) -> bool:
         """The server runs and still serves us (its handler is on our request channel). Across hosts,
@@ -460,15 +543,58 @@ class Client:
             e.kind == L.KIND_RECEIVER and e.pid == pid for e in self._request.segment.directory.entries()
         )
 
+    def _mark_gone(self) -> None:
+        """The session's server stopped or died: every call in flight ends in ``ServerGoneError``
+        (it may or may not have run), one-way calls not yet acknowledged are dropped, and the next
+        call reconnects. The session's channels stay until then (other threads may be looking)."""
+        with self._lock:
+            if self._gone or self._closed:
+                return
+            self._gone = True
+            self._fast = None  # call() goes the ordinary way, which reconnects
+            for pending in self._pending.values():
+                pending.gone = pending.done = True
+            self._pending.clear()
+            if self._protocol is not None:  # (a lane call may be under way: its state is not taken back)
+                self._last_stats = self._protocol.statistics()
+        logger.warning("the server of %r (pid %d) stopped or died: calls in flight raise ServerGoneError; "
+                       "the next call reconnects", self._name_at(self._where), self._server[0])
+
+    def _gone_error(self) -> ServerGoneError:
+        return ServerGoneError(f"the server of {self.service!r} stopped or died")
+
+    def _reconnect(self) -> None:
+        """The next call after the server went: drop the gone session and make a new one with
+        whatever serves the name now (see :meth:`_establish`); ``ServerGoneError`` if nothing does
+        within ``wait``. One thread reconnects; the others wait for it (the leader lock)."""
+        with self._leader:  # no thread dispatches the old receiver or uses the old lane meanwhile
+            if not self._gone or self._closed:
+                return
+            with self._lock:
+                self._teardown()
+                for pending in self._pending.values():  # calls the gone session's lane handed over after it went
+                    pending.gone = pending.done = True
+                self._pending.clear()
+                self._protocol = None  # until the new server's ACK: the reply channel takes only that
+            logger.info("reconnecting to %r", self.service)
+            try:
+                self._establish(self.wait)
+            except (ServiceNotFoundError, CallTimeout) as exc:
+                logger.info("reconnecting to %r failed: %s", self.service, exc)
+                raise ServerGoneError(f"the server of {self.service!r} stopped or died, and no server took "
+                                      f"its place: {exc}") from exc
+            with self._lock:
+                self._gone = False
+
     def _tick(self, now: float) -> bool:
         """Called by the retransmission timer thread; True while calls are outstanding."""
-        if self._closed:
+        if self._closed or self._gone:
             return False
         self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
         with self._lock:
             protocol = self._protocol
             lane = self._lane
-            if protocol is None or self._closed or (lane is not None and lane.lent):
+            if protocol is None or self._closed or self._gone or (lane is not None and lane.lent):
                 return False  # lent: nothing was outstanding but the lane's calls, which need no timer
             deadline = protocol.get_timer()
             if deadline is None:
@@ -477,11 +603,28 @@ class Client:
                 protocol.handle_timer(now)
                 for frame in protocol.frames_to_send(now):
                     self._request.send(frame)
+                self._watch_storm(protocol, now)
             return True
 
+    def _watch_storm(self, protocol: ClientProtocol, now: float) -> None:
+        """After a retransmission: log a storm (many retransmissions in a second), once per period."""
+        since, at_start = self._storm
+        if now - since < 1.0:
+            return
+        retransmits = protocol.statistics().retransmits
+        self._storm = (now, retransmits)
+        if retransmits - at_start >= _STORM_RETRANSMITS and now - self._storm_logged >= _STORM_LOG_S:
+            self._storm_logged = now
+            logger.warning("%d retransmissions to %r in %.1f s (loss, or a server too slow for its RTO of %.1f ms)",
+                           retransmits - at_start, self.service, now - since, protocol.statistics().rto_s * 1e3)
+
     def statistics(self) -> ClientStats:
-        """The transport's counters (calls, retransmits, bad frames, RTO, ...)."""
+        """The transport's counters (calls, retransmits, bad frames, RTO, ...) of the current session
+        (a reconnection starts afresh; while gone, those of the gone session)."""
         with self._lock:
+            if self._gone:
+                assert self._last_stats is not None, "kept when the session went"
+                return self._last_stats
             self._own()
             assert self._protocol is not None, "connected"
             return self._protocol.statistics()
@@ -492,13 +635,17 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._fast = None
         self._timer.remove(self)
         with self._leader:
             self._teardown()
+        logger.debug("closed the client of %r", self.service)
 
     def _teardown(self) -> None:
+        """Release the session's lane, receiver and channels (idempotent)."""
         if self._lane is not None:
             self._lane.close()
+            self._lane = None
         receiver: Receiver | None = getattr(self, "_receiver", None)  # absent if _connect failed early
         if receiver is not None:
             receiver.close()
@@ -534,7 +681,7 @@ class Client:
         return remote
 
     def __repr__(self) -> str:
-        state = " forked" if self._forked else " closed" if self._closed else ""
+        state = " forked" if self._forked else " closed" if self._closed else " gone" if self._gone else ""
         return f"<ombm.rpc.Client {self.service!r}{state}>"
 
 
@@ -547,7 +694,7 @@ def _after_fork_in_child() -> None:
     for client in list(_CLIENTS):
         client._forked = True
         client._closed = True
-        client._lane = None  # a call goes the ordinary way, which raises
+        client._lane = client._fast = None  # a call goes the ordinary way, which raises
     _CLIENTS.clear()
 
 
@@ -560,9 +707,11 @@ def _has_live_receiver(channel: SlotChannel) -> bool:
     )
 
 
-def connect(name: str, timeout: float = 5.0, *, allow_pickle: bool = False, slots: int = DEFAULT_SLOTS,
-            slot_size: int = DEFAULT_SLOT_SIZE, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Client:
-    """Connect to the service ``name``; ``timeout`` bounds the connect and is every call's default
-    (see :class:`Client` for the options)."""
-    return Client(name, timeout, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
+def connect(name: str, timeout: float = 5.0, *, wait: float = 0.0, allow_pickle: bool = False,
+            slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Client:
+    """Connect to the service ``name``, waiting up to ``wait`` s for it to appear (and as long at
+    each reconnection); ``timeout`` bounds the connect and is every call's default (see
+    :class:`Client` for the options)."""
+    return Client(name, timeout, wait=wait, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
                   max_message_bytes=max_message_bytes)

@@ -19,11 +19,13 @@ sans-I/O ``ServerProtocol``, which first takes back what the lane served
 The server's receiver is owned by the server, so clients that connect after
 ``Server(...)`` but before ``start()``/``serve_forever()`` are queued in its
 FIFO and served once it runs. Connections of dead clients are reclaimed.
-Calls run in the serving thread, one at a time.
+Calls run in the serving thread, one at a time. What it does to connections
+(accepts, drops, reaps) is logged to ``logging.getLogger("ombm.rpc")``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal as _signal
 import threading
@@ -49,6 +51,8 @@ from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, 
 from ombm.core.signals import SignalHandle
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, RequestReceived, ServerProtocol, check_max_message
 from ombm.transport.wire import FrameFields
+
+logger = logging.getLogger("ombm.rpc")
 
 REAP_INTERVAL_S = 1.0
 _SERVE_REQUEST, _SERVE_SIGNAL, _SERVE_LEARN = _native.SERVE_REQUEST, _native.SERVE_SIGNAL, _native.SERVE_LEARN
@@ -137,6 +141,7 @@ class Server:
             self._receiver.close()
             raise
         _SERVERS.add(self)
+        logger.info("%r: serving (pid %d)", self.name, os.getpid())
 
     # -- first contact
     def _on_connect(self, address: int) -> None:
@@ -206,6 +211,7 @@ class Server:
             if last is not None:
                 self._intake.lane(seg, last)
         self.stats["connections"] += 1
+        logger.info("%r: accepted a connection from pid %d%s", self.name, pid, " (another host)" if conn.remote else "")
         return conn
 
     def _refuse(self, oneway: bool) -> bytes | None:
@@ -278,17 +284,18 @@ class Server:
             alive = (remote.live_peer(conn.request.segment.directory, L.KIND_HOLDER) if conn.remote
                      else namespace.is_alive(conn.pid, conn.start))
             if not alive:
-                self._drop(conn)
+                self._drop(conn, "its client died")
                 COUNTERS.dead_receivers_reclaimed += 1
             elif conn.request.broken or conn.reply.broken:
-                self._drop(conn)
+                self._drop(conn, "another process shrank its channels")
                 self.stats["broken_connections"] += 1
             elif not conn.remote and not any(
                 e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
             ):
-                self._drop(conn)
+                self._drop(conn, "its client closed it")
 
-    def _drop(self, conn: _Connection) -> None:
+    def _drop(self, conn: _Connection, why: str) -> None:
+        logger.info("%r: dropped the connection of pid %d: %s", self.name, conn.pid, why)
         if self._intake is not None:
             self._intake.remove(conn.request.segment.id)
         self._connections.pop(conn.conn_id, None)
@@ -414,9 +421,10 @@ class Server:
         if self._receiver.closed:
             return
         for conn in list(self._connections.values()):
-            self._drop(conn)
+            self._drop(conn, "the server stopped")
         self._receiver.close()
         self._well_known.close()
+        logger.info("%r: stopped (%d calls served)", self.name, self.stats["calls"])
 
     def _closed_error(self) -> ClosedError:
         if self._forked:
