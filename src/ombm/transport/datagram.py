@@ -80,7 +80,7 @@ MIN_MTU = HEADER_SIZE + ENTRY_SIZE + MAC_SIZE + 64
 _PERSON = b"ombm-bridge-v1"           # BLAKE2b personalisation: this format's MACs and no other's
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
-MAX_BODY_ITEMS = 256                  # names in EXPORTS, units in RESYNC, keys in BYE
+MAX_BODY_ITEMS = 256                  # names in EXPORTS, units in RESYNC, keys in BYE, PING and PONG
 MAX_TEXT = 400
 
 
@@ -96,6 +96,10 @@ class Kind(enum.IntEnum):
     BYE = 7            # {"keys"}: I stop replicating these segments with you ([]: all of them; I am leaving)
     OFFER = 8          # {"nonce", "name", "key", "size", "unit", "mode", "sow"}: replicate my segment ``name``
     OFFER_REPLY = 9    # {"nonce", "name", "local"} (your replica's name here) or {"nonce", "name", "error"}
+    LOCATE = 10        # {"nonce", "name"}: who exports ``name``? (to a multicast group, or to the peers)
+    LOCATED = 11       # {"nonce", "name"}: I do (the answer to LOCATE, from the exporter's unicast address)
+    PING = 12          # {"keys"}: are you there, and do you still replicate these segments with me?
+    PONG = 13          # {"gone"}: I am; of the keys you named, these I do not replicate with you
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -171,6 +175,10 @@ _SCHEMAS: dict[Kind, tuple[dict[str, Callable[[object], bool]], dict[str, Callab
     Kind.OFFER_REPLY: ({"nonce": _is_u64, "name": _is_text}, {"local": _is_text, "error": _is_text}),
     Kind.RESYNC: ({"key": _is_u64, "units": _is_list_of(_is_u64)}, {}),
     Kind.BYE: ({"keys": _is_list_of(_is_u64)}, {}),
+    Kind.LOCATE: ({"nonce": _is_u64, "name": _is_text}, {}),
+    Kind.LOCATED: ({"nonce": _is_u64, "name": _is_text}, {}),
+    Kind.PING: ({"keys": _is_list_of(_is_u64)}, {}),
+    Kind.PONG: ({"gone": _is_list_of(_is_u64)}, {}),
 }
 _REPLY_FIELDS = frozenset(("key", "size", "unit", "mode", "sow"))
 
