@@ -44,11 +44,12 @@ from ombm import _native
 from ombm.core import config as _config
 from ombm.core import lifecycle, namespace, remote
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
-from ombm.errors import ChannelBrokenError, ServerGoneError
+from ombm.errors import BridgeError, ChannelBrokenError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
+from ombm.rpc.locate import locate
 from ombm.transport import wire
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, WELL_KNOWN_SLOT_SIZE, SlotChannel, well_known_name
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, ClientProtocol, ClientStats, check_max_message
@@ -58,6 +59,7 @@ logger = logging.getLogger("ombm.rpc")
 
 _LIVENESS_CHECK_S = 0.1
 _WAIT_FIRST_PAUSE_S, _WAIT_MAX_PAUSE_S = 0.01, 0.25  # waiting for a service to appear: the backoff
+_LOCATE_S = 0.5  # how long a reconnection gathers the answers of other hosts' bridges (ombm.rpc.locate)
 _STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that many in a second (logged once per period)
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
@@ -156,15 +158,16 @@ class Client:
         self._timer.add(self)
 
     # -- first contact (and every reconnection)
-    def _establish(self, wait: float) -> None:
+    def _establish(self, wait: float, anywhere: bool = False) -> None:
         """Make a new session: find the service, waiting up to ``wait`` s for it to appear (backing
-        off from 10 ms to 0.25 s between looks), and connect. ``ServiceNotFoundError`` if it did not
-        appear (or its server is dead), ``CallTimeout`` if a live server did not answer in time."""
+        off from 10 ms to 0.25 s between looks), and connect (``anywhere``: also across hosts, see
+        :meth:`_connect_somewhere`). ``ServiceNotFoundError`` if it did not appear (or its server
+        is dead), ``CallTimeout`` if a live server did not answer in time."""
         give_up = time.monotonic() + wait
         pause = _WAIT_FIRST_PAUSE_S
         while True:
             try:
-                self._connect_somewhere()
+                self._connect_somewhere(anywhere)
                 return
             except ServiceNotFoundError as exc:
                 left = give_up - time.monotonic()
@@ -174,10 +177,32 @@ class Client:
                 time.sleep(min(pause, left))
                 pause = min(pause * 2, _WAIT_MAX_PAUSE_S)
 
-    def _connect_somewhere(self) -> None:
+    def _connect_somewhere(self, anywhere: bool) -> None:
         """Connect to the service where the name says: a remote name at its host only; a plain
-        name on this host."""
-        self._connect_at(self._home)
+        name on this host, and with ``anywhere`` (a reconnection: rebinding, issue 12), failing
+        that, at the first host that serves it (``ombm.rpc.locate``, through this host's bridge;
+        with no bridge here there is nowhere else to look)."""
+        if self._home is not None or not anywhere:
+            self._connect_at(self._home)
+            return
+        try:
+            self._connect_at(None)
+            return
+        except ServiceNotFoundError as exc:
+            missing = exc
+        try:
+            places = locate(self._local_name, _LOCATE_S)
+        except BridgeError as exc:  # BridgeNotRunningError: a host without a bridge sees only itself
+            logger.debug("locating %r elsewhere: %s", self.service, exc)
+            raise missing from None
+        logger.info("located %r at %s", self.service, places or "no other host")
+        for place in places:
+            try:
+                self._connect_at(place.partition("@")[2])
+                return
+            except (ServiceNotFoundError, BridgeError) as exc:  # gone since it answered, or unreachable now
+                logger.info("connecting to %r failed: %s", place, exc)
+        raise missing
 
     def _connect_at(self, where: str | None) -> None:
         """Connect a new session to the service on this host (``where`` None) or at the bridge ``where``."""
@@ -578,8 +603,8 @@ class Client:
                 self._protocol = None  # until the new server's ACK: the reply channel takes only that
             logger.info("reconnecting to %r", self.service)
             try:
-                self._establish(self.wait)
-            except (ServiceNotFoundError, CallTimeout) as exc:
+                self._establish(self.wait, anywhere=True)
+            except (ServiceNotFoundError, CallTimeout, BridgeError) as exc:
                 logger.info("reconnecting to %r failed: %s", self.service, exc)
                 raise ServerGoneError(f"the server of {self.service!r} stopped or died, and no server took "
                                       f"its place: {exc}") from exc
