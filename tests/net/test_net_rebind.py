@@ -63,7 +63,7 @@ def calls():
         key = f"k-{i}"
         i += 1
         try:
-            state["answered"].append([key, client.bump(key), client._where])
+            state["answered"].append([key, client.bump(key), client.where])
         except Exception as exc:
             state["raised"].append([key, type(exc).__name__, str(exc)])
             time.sleep(0.01)  # nothing serves it right now: look again in a moment
@@ -84,7 +84,7 @@ def serve(cmd):
     if cmd["op"] == "stop":
         state["stop"] = True
         thread.join(60)
-        return {**state, "stats": dataclasses.asdict(client.statistics()), "where": client._where}
+        return {**state, "stats": dataclasses.asdict(client.statistics()), "where": client.where}
     raise ValueError(cmd["op"])
 """ + AGENT_LOOP + r"""
 if client is not None:

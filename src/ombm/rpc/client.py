@@ -157,6 +157,12 @@ class Client:
         self._timer = timer()
         self._timer.add(self)
 
+    @property
+    def where(self) -> str | None:
+        """The bridge (``"HOST:PORT"``) of the host whose server this client calls now, or None for a
+        server of this host (a client of a plain name may move: docs/net.md, *Rebinding*)."""
+        return self._where
+
     # -- first contact (and every reconnection)
     def _establish(self, wait: float, anywhere: bool = False) -> None:
         """Make a new session: find the service, waiting up to ``wait`` s for it to appear (backing
