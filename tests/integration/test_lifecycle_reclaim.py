@@ -92,17 +92,18 @@ def test_gc_leaves_foreign_files_alone():
 
 @child
 def _connect_until_served(conn, name: str) -> None:
-    """A client that keeps retrying connect(); each attempt holds the well-known channel it found
-    for up to its timeout, waiting for the dead server's answer."""
+    """A process that holds the dead server's well-known channel (as a client waiting for its answer
+    did, before connect() learnt to see a dead server at once) while it waits, in connect(), for the
+    service to be served again."""
+    from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, SlotChannel
+
+    dead = SlotChannel.open(f"rpc-{name}", writable=True, slot_size=WELL_KNOWN_SLOT_SIZE)
     conn.send(("retrying", os.getpid()))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with ombm.rpc.connect(name, timeout=2.0) as cli:
-                conn.send(("result", (cli.add(20, 22), cli.add(1, 2))))
-                return
-        except (ombm.ServiceNotFoundError, ombm.CallTimeout):
-            continue
+    try:
+        with ombm.rpc.connect(name, timeout=2.0, wait=60.0) as cli:
+            conn.send(("result", (cli.add(20, 22), cli.add(1, 2))))
+    finally:
+        dead.close()
 
 
 def _holders(channel: str) -> int:
@@ -122,7 +123,7 @@ def test_a_dead_servers_name_is_served_again_at_once_while_a_client_retries():
         server.join(10)
         client, client_conn = children.spawn(_connect_until_served, name)
         expect(client_conn, "retrying")
-        # the client is inside connect(), holding the dead server's well-known channel
+        # the client holds the dead server's well-known channel, and is inside connect()
         assert wait_until(lambda: _holders(well_known) >= 1, 30)
         srv = ombm.rpc.Server(name, Calc()).start()  # no SegmentExistsError
         try:
