@@ -483,3 +483,52 @@ def test_an_asyncio_client_reconnects_after_its_server_stopped():
 
     assert asyncio.run(scenario()) == [3, 7, [1, 2, 3, 4, 5]]
     assert segments_of(name) == set()
+
+
+def test_threads_sharing_a_client_through_a_restart(agents, tmp_path):
+    import threading
+
+    name = service_name("threads")
+    first = agents.start(KEYED_SERVER, name, str(tmp_path / "first"), "0")
+    line_of(first)
+    cli = ombm.rpc.connect(name, timeout=30.0, wait=30.0)
+    stop = threading.Event()
+    seen: dict[int, list] = {n: [] for n in range(3)}  # per thread: server pids answering, in order; errors
+
+    def calls(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"t{n}-{i}"
+            i += 1
+            try:
+                got = cli.bump(key) if i % 2 else cli.call_async("bump", key).result()
+                if not seen[n] or seen[n][-1] != got[1]:
+                    seen[n].append(got[1])
+            except Exception as exc:
+                seen[n].append(type(exc).__name__)
+
+    threads = [threading.Thread(target=calls, args=(n,), daemon=True) for n in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert wait_until(lambda: all(seen.values()), 30.0)
+        first.kill()
+        first.wait(30)
+        second = agents.start(KEYED_SERVER, name, str(tmp_path / "second"), "0")
+        line_of(second)
+        assert wait_until(lambda: all(second.pid in got for got in seen.values()), 60.0), seen
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        cli.close()
+    for got in seen.values():
+        # each thread had one call at a time in flight: at most one ServerGoneError, then the new server
+        assert got[0] == first.pid and got[-1] == second.pid, got
+        assert set(got[1:-1]) <= {"ServerGoneError"} and len(got) <= 3, got
+    ran = keys_run(str(tmp_path / "first")) + keys_run(str(tmp_path / "second"))
+    assert len(ran) == len(set(ran))
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+    ombm_inspect.gc()
+    assert segments_of(name) == set()

@@ -232,6 +232,7 @@ class Client:
 
     def _name_at(self, where: str | None) -> str:
         return self._local_name if where is None else f"{self._local_name}@{where}"
+
     def _well_known_name(self) -> str:
         """The local name of the service's well-known channel: for a remote service, this host's
         bridge imports it from the remote host's bridge (BridgeNotRunningError if there is none)."""
