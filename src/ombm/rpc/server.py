@@ -284,18 +284,21 @@ class Server:
             alive = (remote.live_peer(conn.request.segment.directory, L.KIND_HOLDER) if conn.remote
                      else namespace.is_alive(conn.pid, conn.start))
             if not alive:
-                self._drop(conn, "its client died")
+                why = "its client died (reaped)"
                 COUNTERS.dead_receivers_reclaimed += 1
             elif conn.request.broken or conn.reply.broken:
-                self._drop(conn, "another process shrank its channels")
+                why = "another process shrank its channels"
                 self.stats["broken_connections"] += 1
             elif not conn.remote and not any(
                 e.kind == L.KIND_HOLDER and e.pid == conn.pid for e in conn.request.segment.directory.entries()
             ):
-                self._drop(conn, "its client closed it")
+                why = "its client closed it"
+            else:
+                continue
+            logger.info("%r: dropped the connection of pid %d: %s", self.name, conn.pid, why)
+            self._drop(conn)
 
-    def _drop(self, conn: _Connection, why: str) -> None:
-        logger.info("%r: dropped the connection of pid %d: %s", self.name, conn.pid, why)
+    def _drop(self, conn: _Connection) -> None:
         if self._intake is not None:
             self._intake.remove(conn.request.segment.id)
         self._connections.pop(conn.conn_id, None)
@@ -421,10 +424,10 @@ class Server:
         if self._receiver.closed:
             return
         for conn in list(self._connections.values()):
-            self._drop(conn, "the server stopped")
+            self._drop(conn)
         self._receiver.close()
         self._well_known.close()
-        logger.info("%r: stopped (%d calls served)", self.name, self.stats["calls"])
+        logger.info("%r: stopped (%d calls served; its connections dropped)", self.name, self.stats["calls"])
 
     def _closed_error(self) -> ClosedError:
         if self._forked:
