@@ -22,7 +22,9 @@ cost per wake-up for no concurrency gained: the work per datagram is Python eith
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
 importing, the local control requests (the socket itself: :mod:`ombm.net.control`), offering,
-datagrams out. What one replicated segment keeps and sends is :mod:`ombm.net.replica`.
+locating (LOCATE to the multicast group and the peers: :func:`ombm.rpc.locate`), paths (keepalives and
+the path MTU, per remote bridge: :mod:`ombm.net.path`), datagrams out. What one replicated segment
+keeps and sends is :mod:`ombm.net.replica`.
 
 **Names.** A replica of ``name`` from the bridge at ``IP:PORT`` is the local segment
 ``name.at.IP_PORT`` (``:`` of an IPv6 address as ``_``), created by the bridge, so it goes with the
@@ -72,6 +74,7 @@ USERS_CHECK_S = 0.25     # how often the local users of every replica are looked
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
 KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for KEEPALIVE_PERIODS of them, it is dead
+MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
 MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
 
 
@@ -536,6 +539,7 @@ class Bridge:
                 answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
             else:
                 replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                self._paths_at = 0.0  # a new path: its keepalive and MTU start now
                 self._counts["imports_served"] += 1
                 seg = replica.segment
                 answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
@@ -622,6 +626,7 @@ class Bridge:
             seg.release()
             raise
         replica.link(source, exporter=True)
+        self._paths_at = 0.0
         self._register(replica)
         self._imported[(source, name)] = replica
         self._counts["replicas_made"] += 1
@@ -656,7 +661,7 @@ class Bridge:
         op = message.get("op")
         if op == "status":
             paths = {_text(a): {"mtu": p.mtu, "quiet_s": round(time.monotonic() - p.heard_s, 3)}
-                     for a, p in self._paths.items()}
+                     for a, p in sorted(self._paths.items())[:MAX_LISTED]}
             reply({"ok": True, "stats": self.stats, "listen": _text(self.address), "mtu": self._mtu, "paths": paths})
             return
         if op == "locate":
@@ -722,6 +727,7 @@ class Bridge:
             return
         if address not in replica.links:
             replica.link(address)
+            self._paths_at = 0.0
         seg = replica.segment
         self._ask(("offer", address, name), dg.Kind.OFFER,
                   {"name": name, "key": replica.key, "size": seg.size, "unit": seg.unit, "mode": int(seg.mode),
