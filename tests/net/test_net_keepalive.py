@@ -69,14 +69,14 @@ def calls_until_server_gone(client: JsonAgent, deadline_s: float = 60.0) -> list
     raise AssertionError(f"no ServerGoneError within {deadline_s} s: {raised}")
 
 
-def served_pair(hosts: Network, tmp_path, keepalive: str = KEEPALIVE) -> tuple[Host, Host, subprocess.Popen[str], subprocess.Popen[str],
+def served_pair(hosts: Network, tmp_path) -> tuple[Host, Host, subprocess.Popen[str], subprocess.Popen[str],
                                                    JsonAgent, JsonAgent]:
     """Host a (its bridge exports calc, its server runs) and host b (its bridge, a client connected)."""
     a, b = hosts
     key = key_file(str(tmp_path))
     bridge_a = bridge(a, "--listen", f"{a.address}:{BRIDGE_PORT}", "--service", "calc", "--key-file", key,
-                      "--keepalive", keepalive)
-    bridge_b = bridge(b, "--listen", f"{b.address}:{BRIDGE_PORT}", "--key-file", key, "--keepalive", keepalive)
+                      "--keepalive", KEEPALIVE)
+    bridge_b = bridge(b, "--listen", f"{b.address}:{BRIDGE_PORT}", "--key-file", key, "--keepalive", KEEPALIVE)
     server = agent(a, RPC_SERVER, "calc")
     client = agent(b, RPC_AGENT)
     client.ok("connect", name=f"calc@{a.address}:{BRIDGE_PORT}", timeout=3.0, **{"as": "c"})

@@ -211,7 +211,8 @@ def _check_body(kind: Kind, body: object) -> Body:
 def _unpack_body(kind: Kind, raw: memoryview) -> Body:
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, max_str_len=MAX_TEXT,
-                               max_bin_len=MAX_MTU if kind is Kind.PROBE else 0, max_array_len=MAX_BODY_ITEMS, max_map_len=16, max_ext_len=0)
+                               max_bin_len=MAX_MTU if kind is Kind.PROBE else 0,  # only a probe's padding
+                               max_array_len=MAX_BODY_ITEMS, max_map_len=16, max_ext_len=0)
     except Exception as exc:  # msgpack raises several types for bad input: all are one thing here
         raise DatagramError(f"{kind.name} body is not msgpack: {type(exc).__name__}", "malformed") from None
     return _check_body(kind, body)
