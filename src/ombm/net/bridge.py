@@ -942,8 +942,10 @@ class Bridge:
     def _send(self, address: Address, data: bytes) -> None:
         try:
             self._sock.sendto(data, address)
-        except OSError:  # full, or the path refused it: best effort, counted
+        except OSError as exc:  # full, or the path refused it: best effort, counted
             self._counts["send_errors"] += 1
+            if exc.errno == errno.EMSGSIZE:  # the kernel learnt a smaller path MTU: ask it now
+                self._kernel_at = self._paths_at = 0.0
             return
         self._counts["datagrams_out"] += 1
         self._counts["bytes_out"] += len(data)
