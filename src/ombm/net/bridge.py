@@ -132,7 +132,7 @@ class Bridge:
         if not dg.MIN_MTU <= mtu <= dg.MAX_MTU:
             raise ValueError(f"mtu must be between {dg.MIN_MTU} and {dg.MAX_MTU} bytes")
         if not 0.01 <= keepalive_s <= 3600.0:
-            raise ValueError("keepalive_s must be between 0.01 and 3600 seconds")
+            raise ValueError("the keepalive period must be between 0.01 and 3600 seconds")
         host, port = remote.parse_host_port(listen)
         family, bind_to = _resolve(host, port)
         if key is None and not insecure and not ipaddress.ip_address(bind_to[0]).is_loopback:
