@@ -73,7 +73,7 @@ FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed s
 USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
-KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for KEEPALIVE_PERIODS of them, it is dead
+KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for three of them, dead (net/path.py)
 MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
 MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
 
