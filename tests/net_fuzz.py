@@ -66,6 +66,8 @@ class Fuzzer:
             Kind.LOCATED: {"nonce": nonce, "name": rng.choice(self.names)},
             Kind.PING: {"keys": rng.choice(([], [seg_key], [seg_key, rng.getrandbits(64)]))},
             Kind.PONG: {"gone": rng.choice(([], [seg_key], [rng.getrandbits(64)]))},
+            Kind.PROBE: {"nonce": nonce, "pad": bytes(rng.choice((0, 1, 300, 1400)))},
+            Kind.PROBED: {"nonce": nonce},
         }[kind]
         return sealer.control(kind, body, self.now_us)
 

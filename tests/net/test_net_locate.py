@@ -51,7 +51,7 @@ def test_locate_finds_every_host_that_serves_the_name_by_multicast(hosts: Networ
                "--key-file", key)
         agent(host, RPC_SERVER, "calc")
     bridge(c, "--listen", f"{c.address}:{BRIDGE_PORT}", "--multicast", GROUP, "--key-file", key)
-    found = locate(c, "calc")
+    found = locate(c, "calc", 2.0)
     assert found == {"found": [f"calc@{a.address}:{BRIDGE_PORT}", f"calc@{b.address}:{BRIDGE_PORT}"]}, found
     assert locate(c, "nothing", 0.3) == {"found": []}  # nobody exports it: [] after the timeout
     client = agent(c, RPC_AGENT)
@@ -66,7 +66,7 @@ def test_without_a_key_locate_asks_the_peers_and_a_service_not_running_is_not_fo
            "--peer", f"{b.address}:{BRIDGE_PORT}", "--insecure")
     bridge(b, "--listen", f"{b.address}:{BRIDGE_PORT}", "--peer", f"{a.address}:{BRIDGE_PORT}", "--insecure")
     agent(a, RPC_SERVER, "calc")
-    assert locate(b, "calc") == {"found": [f"calc@{a.address}:{BRIDGE_PORT}"]}
+    assert locate(b, "calc", 2.0) == {"found": [f"calc@{a.address}:{BRIDGE_PORT}"]}
     assert locate(b, "idle", 0.3) == {"found": []}  # exported, but no server made its channel
 
 

@@ -30,13 +30,14 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                    help="an RPC service of this host that other hosts may call as NAME@HOST:PORT "
                         "(repeat; the same as --export rpc-NAME)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                   help="a bridge heard without a key (repeat)")
+                   help="a bridge heard without a key (repeat); ombm.rpc.locate asks the peers too")
     p.add_argument("--key-file", metavar="PATH",
                    help="a key shared by the bridges (mode 0600): every datagram is authenticated")
     p.add_argument("--insecure", action="store_true",
                    help="without a key, listen beyond loopback anyway (the network must be trusted)")
     p.add_argument("--mtu", type=int, default=None, metavar="BYTES",
-                   help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU)")
+                   help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU); less on a "
+                        "path found narrower (the kernel's path MTU, probes)")
     p.add_argument("--multicast", metavar="GROUP:PORT",
                    help="an IPv4 multicast group this bridge joins to locate services and be located "
                         "(ombm.rpc.locate); every bridge of the network gives the same one")

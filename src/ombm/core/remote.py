@@ -13,7 +13,7 @@ Requests and replies are msgpack maps; this module owns their fields (the bridge
     {"op": "offer", "name": N, "host": IP, "port": P, "timeout": S}   -> {"ok": True, "remote": NAME}
     {"op": "exports", "host": IP, "port": P}            -> {"ok": True, "names": [N, ...]}
     {"op": "locate", "name": N, "timeout": S}           -> {"ok": True, "found": ["IP:P", ...]} after S
-    {"op": "status"}                                    -> {"ok": True, "stats": {...}, "listen": "IP:P"}
+    {"op": "status"}        -> {"ok": True, "stats": {...}, "listen": "IP:P", "mtu": M, "paths": {"IP:P": {...}}}
     any failure                                         -> {"ok": False, "error": KIND, "message": TEXT}
 
 ``KIND`` is one of :data:`ERRORS`; :func:`raise_for` turns it into the documented exception.
