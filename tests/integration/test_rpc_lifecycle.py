@@ -50,6 +50,9 @@ def test_connect_rejects_bad_arguments_before_doing_anything():
         ombm.rpc.connect("no/slashes", timeout=1.0)
     with pytest.raises(ValueError):
         ombm.rpc.connect(service_name("t"), timeout=0)
+    for wait in (-1, float("nan"), True, "1"):
+        with pytest.raises(ValueError):
+            ombm.rpc.connect(service_name("t"), wait=wait)
     with pytest.raises(TypeError):
         ombm.rpc.connect(42)
 
