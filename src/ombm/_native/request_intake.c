@@ -211,7 +211,13 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
         Py_XDECREF(exc);
         return r;
     }
-    PyObject *pair = PyTuple_Pack(2, x->zero, result);
+    PyObject *pair = PyList_New(2);  /* [0, result] as marshal.encode_result packs it */
+    if (pair) {
+        Py_INCREF(x->zero);
+        Py_INCREF(result);
+        PyList_SET_ITEM(pair, 0, x->zero);
+        PyList_SET_ITEM(pair, 1, result);
+    }
     PyObject *data = pair ? marshal_pack(&x->marshal, pair) : NULL;
     Py_XDECREF(pair);
     if (!data && PyErr_Occurred()) { Py_DECREF(result); return NULL; }

@@ -16,6 +16,7 @@ timer), ``client`` and ``server`` (the I/O glue).
 from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
 from ombm.rpc.client import Client, Future, connect
+from ombm.rpc.marshal import register_type
 from ombm.rpc.server import Server
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "UnmarshalError",
     "connect",
     "connect_async",
+    "register_type",
 ]
