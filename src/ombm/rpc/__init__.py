@@ -17,7 +17,7 @@ from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFou
 from ombm.rpc.aio import AsyncClient, connect_async
 from ombm.rpc.client import Client, Future, connect
 from ombm.rpc.marshal import register_type
-from ombm.rpc.server import Server
+from ombm.rpc.server import Server, serve_async
 
 __all__ = [
     "AsyncClient",
@@ -32,4 +32,5 @@ __all__ = [
     "connect",
     "connect_async",
     "register_type",
+    "serve_async",
 ]
