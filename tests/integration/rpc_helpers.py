@@ -138,7 +138,29 @@ class Counter:
         return self.value
 
 
-SERVICES = {"calc": Calc, "counter": Counter}
+class Recorder:
+    """Records which calls ran, in order; some take their time. Its methods ``close`` and
+    ``statistics`` have the names of client attributes (reachable through call() and options())."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+
+    def work(self, i: int, seconds: float = 0.0) -> int:
+        time.sleep(seconds)
+        self.ran.append(i)
+        return i
+
+    def executed(self) -> list[int]:
+        return list(self.ran)
+
+    def close(self) -> str:
+        return "the remote close"
+
+    def statistics(self) -> str:
+        return "the remote statistics"
+
+
+SERVICES = {"calc": Calc, "counter": Counter, "recorder": Recorder}
 
 
 def pattern(nbytes: int) -> bytes:

@@ -15,12 +15,13 @@ timer), ``client`` and ``server`` (the I/O glue).
 
 from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
-from ombm.rpc.client import Client, Future, connect
+from ombm.rpc.client import CallOptions, Client, Future, connect
 from ombm.rpc.marshal import register_type
 from ombm.rpc.server import Server, serve_async
 
 __all__ = [
     "AsyncClient",
+    "CallOptions",
     "CallTimeout",
     "Client",
     "Future",
