@@ -474,6 +474,7 @@ class Bridge:
                 answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
             else:
                 replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                replica.send_image()  # what the segment holds already: a channel's control block, its slots
                 self._counts["imports_served"] += 1
                 seg = replica.segment
                 answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
@@ -617,6 +618,8 @@ class Bridge:
             if existing is not None:
                 existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
+                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":
