@@ -449,6 +449,7 @@ class Bridge:
         for u in _ints(body["units"]):
             if u < replica.units:
                 link.in_sync[u] = 0
+                replica.dirty[u] = None  # sent whole now (a stream's repair signals once per RTO, not twice)
 
     def _bye(self, body: dict[str, object], source: Address, sender: int) -> None:
         keys = set(_ints(body["keys"]))
@@ -498,6 +499,7 @@ class Bridge:
             seg.release()
             return None, f"{name!r} cannot be exported: only message-consistency segments with signal-on-write are"
         replica = Replica(name, seg, namespace.new_token(), exported=True)
+        replica.used = replica.has_users(self._pid)  # its maker lives: its death must not wait for the grace
         self._register(replica)
         self._exported[name] = replica
         return replica, ""
