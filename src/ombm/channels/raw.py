@@ -204,7 +204,8 @@ class Channel:
 
     # ---- construction
     @classmethod
-    def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None) -> _Ch:
+    def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None,
+                flags: int = 0) -> _Ch:
         if slots > MAX_SLOTS:
             raise ValueError(f"a channel has at most {MAX_SLOTS} slots, not {slots}")
         name = namespace.new_name() if name is None else namespace.validate_name(name)
@@ -219,6 +220,7 @@ class Channel:
             fields = CONTROL.pack(b"\0" * 8, CONTROL_VERSION, cls.KIND, slot_size, slots, first,
                                   self.connection_id, pid, STATE_OPEN, start, 0, 0)
             self._buf[ctrl + 8:ctrl + CONTROL.size] = fields[8:]
+            self._buf[ctrl + CTRL_FLAGS:ctrl + CTRL_FLAGS + 4] = flags.to_bytes(4, "little")
             self._buf[ctrl:ctrl + 8] = CONTROL_MAGIC  # stored last: a half-made channel has no magic
             self._writer = (pid, start)
             self._publish_control()
@@ -270,9 +272,16 @@ class Channel:
 
     @staticmethod
     def _import(name: str, deadline: float | None) -> str:
-        """This host's bridge's replica of ``name@HOST:PORT`` (made, or asked for again)."""
-        left = 5.0 if deadline is None else max(deadline - time.monotonic(), 0.1)
-        return remote.import_segment(name, min(left, 5.0))
+        """This host's bridge's replica of ``name@HOST:PORT`` (made, or asked for again); a name the
+        other host does not have yet is asked for again until the deadline, as a local one is."""
+        while True:
+            left = 5.0 if deadline is None else max(deadline - time.monotonic(), 0.1)
+            try:
+                return remote.import_segment(name, min(left, 5.0))
+            except SegmentNotFoundError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            time.sleep(REIMPORT_S)
 
     def _parse_control(self, final: bool) -> bool:
         """Check the control block; False if it is not published yet (and ``final`` is False)."""
@@ -544,10 +553,8 @@ class RawChannel(Channel):
         units = _check_count(units, "units")
         if not isinstance(checksum, bool):
             raise TypeError("checksum must be a bool")
-        self = cls._create(name, _round_up(unit_size + RAW_HEADER_SIZE, CACHE_LINE), units)
-        if checksum:
-            _store32(self._ctrl + CTRL_FLAGS, FLAG_CHECKSUM)
-            self._publish_control()
+        self = cls._create(name, _round_up(unit_size + RAW_HEADER_SIZE, CACHE_LINE), units,
+                           flags=FLAG_CHECKSUM if checksum else 0)  # in the block's first publication
         self._crc = checksum
         self._setup_writer()
         return self

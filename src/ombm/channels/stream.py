@@ -616,7 +616,9 @@ class Stream(Channel):
         deadline = _monotonic() + (REMOTE_OPEN_S if timeout is None else max(timeout, REMOTE_OPEN_S))
         while True:
             credit = _segment.open_segment(credit_name)
-            if bytes(credit.bind(writable=False).buffer[0:8]) == CREDIT_MAGIC or _monotonic() >= deadline:
+            with credit.bind(writable=False) as view:
+                arrived = bytes(view.buffer[0:8]) == CREDIT_MAGIC
+            if arrived or _monotonic() >= deadline:
                 return credit
             credit.release()  # its image is best effort: ask the bridge to import it again
             time.sleep(REIMPORT_S)
