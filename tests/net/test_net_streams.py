@@ -158,9 +158,9 @@ def test_a_stream_across_hosts_delivers_every_message_once_in_order_under_loss_a
         hosts: Network, tmp_path) -> None:
     need_nft()
     a, b = hosts
-    n = 150
+    n = 200
     key = key_file(str(tmp_path))
-    impairment = Impairment(duplicate=0.02, reorder=0.03, reorder_after=3, corrupt=0.02)
+    impairment = Impairment(duplicate=0.03, reorder=0.03, reorder_after=3, corrupt=0.03)
     bridge(a, "--listen", f"127.0.0.1:{BRIDGE_PORT}", "--export", "s", "--export", "s.credit", "--key-file", key)
     with ImpairmentRelay(a, ("127.0.0.1", BRIDGE_PORT), a_to_b=impairment, b_to_a=impairment, seed=5) as relay:
         bridge(b, "--listen", f"{b.address}:{BRIDGE_PORT}", "--key-file", key)
@@ -212,7 +212,8 @@ def test_a_raw_channel_across_hosts_delivers_good_frames_best_effort(hosts: Netw
           f"{read['end']}; relay corrupted {counts['a_to_b']['corrupted']}")
     assert read["wrong"] == []                                   # never a wrong frame
     assert seqs == sorted(set(seqs)) and all(1 <= s <= n for s in seqs)  # ordered, each once
-    assert len(seqs) > n // 2                                    # best effort, not nothing
+    assert len(seqs) > n // 10                                   # best effort (how much: the load's), not nothing
+    assert len(seqs) + read["missed"] == seqs[-1]                # every loss before the last frame counted
     assert read["end"] in ("EndOfStream", "ChannelTimeout", "ChannelBrokenError")
     assert counts["a_to_b"]["corrupted"] > 0
 

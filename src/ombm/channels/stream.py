@@ -616,12 +616,14 @@ class Stream(Channel):
         deadline = _monotonic() + (REMOTE_OPEN_S if timeout is None else max(timeout, REMOTE_OPEN_S))
         while True:
             credit = _segment.open_segment(credit_name)
+            asked = _monotonic()
             with credit.bind(writable=False) as view:
+                while bytes(view.buffer[0:8]) != CREDIT_MAGIC and _monotonic() - asked < REIMPORT_S:
+                    time.sleep(0.005)  # the image follows the bridge's answer
                 arrived = bytes(view.buffer[0:8]) == CREDIT_MAGIC
             if arrived or _monotonic() >= deadline:
                 return credit
             credit.release()  # its image is best effort: ask the bridge to import it again
-            time.sleep(REIMPORT_S)
 
     def _setup_reader(self, name: str, timeout: float | None) -> None:
         self._lock = threading.RLock()
