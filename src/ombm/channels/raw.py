@@ -48,12 +48,12 @@ host, so a reader of a replica judges the writer's liveness by the bridge instea
 and this host's bridge then lets go of its copy.
 
 **Raw channel** (:class:`RawChannel`, paper §4 "raw video"): one writer, any number
-of readers, no checksum, no retransmission.  A unit (slot) is addressed by its index;
+of readers, no retransmission, a checksum only if asked.  A unit (slot) is addressed by its index;
 its payload starts at the unit's start (64-byte aligned) and a 32-byte header ends
 it::
 
-    unit:  | payload (length bytes) ... | gen_begin u64 | seq u64 | length u32 | 0 u32 | gen_end u64 |
-                                        ^end-32                                        ^end-8     end^
+    unit:  | payload (length bytes) ... | gen_begin u64 | seq u64 | length u32 | crc u32 | gen_end u64 |
+                                        ^end-32                                          ^end-8     end^
 
 The generation is a per-unit write count used as a seqlock written at both ends:
 the writer stores ``gen_begin = g`` (a locked compare-and-swap: a full barrier),
@@ -65,6 +65,9 @@ writer never waits for anyone: a reader that falls behind finds units overwritte
 by newer generations (or its FIFO full) and counts the generations it never read as
 ``missed`` (paper §3.2: "the message can be overwritten ... before the receiver
 reads it").  The reader's ordering of loads relies on x86-64 (TSO) load ordering.
+With ``checksum=True`` (flag in the control block) ``crc`` is the CRC32C of the payload
+(0 otherwise), and a reader also checks it: a bridge copies a unit while the writer may be
+rewriting it, and its copy's generations can agree over a torn payload.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
+from ombm import _layout as L
 from ombm import _native
 from ombm.core import namespace, remote
 from ombm.core import config as _config
@@ -87,7 +91,6 @@ from ombm.errors import AddressError, ChannelBrokenError, ChannelTimeout, Closed
 from ombm.errors import ForkedError
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
 from ombm.core.directory import Directory
-from ombm import _layout as L
 from ombm.core.signals import Receiver
 from ombm.core.signals import signal as _signal
 

@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, NoReturn, Seque
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace, remote
+from ombm.core import namespace
 from ombm.core import segment as _segment
 from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_trailer
 from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES, CTRL_STATE, CTRL_WAKE_AT
