@@ -449,6 +449,7 @@ class Bridge:
         for u in _ints(body["units"]):
             if u < replica.units:
                 link.in_sync[u] = 0
+                replica.dirty[u] = None  # sent whole now (a stream's repair signals once per RTO, not twice)
 
     def _bye(self, body: dict[str, object], source: Address, sender: int) -> None:
         keys = set(_ints(body["keys"]))
@@ -474,6 +475,7 @@ class Bridge:
                 answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
             else:
                 replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                replica.send_image()  # what the segment holds already: a channel's control block, its slots
                 self._counts["imports_served"] += 1
                 seg = replica.segment
                 answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
@@ -497,6 +499,7 @@ class Bridge:
             seg.release()
             return None, f"{name!r} cannot be exported: only message-consistency segments with signal-on-write are"
         replica = Replica(name, seg, namespace.new_token(), exported=True)
+        replica.used = replica.has_users(self._pid)  # its maker lives: its death must not wait for the grace
         self._register(replica)
         self._exported[name] = replica
         return replica, ""
@@ -617,6 +620,8 @@ class Bridge:
             if existing is not None:
                 existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
+                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":
