@@ -94,8 +94,17 @@ class Future(concurrent.futures.Future[Any]):
             return super().cancel()
         if self._client._withdraw(self._call_id):
             return super().cancel()
-        self.set_running_or_notify_cancel()  # sent: it may run; report it as running
+        self._mark_running()  # sent: it may run; report it as running
         return False
+
+    def _mark_running(self) -> bool:
+        """Pending → running (a call sent); False if it is done already (its reply was taken)."""
+        with self._condition:
+            if self.done():
+                return False
+            if not super().running():
+                self.set_running_or_notify_cancel()
+            return True
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
@@ -117,11 +126,8 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(value, None)
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
-        with self._condition:
-            if self.done():
-                return
-            if not super().running():
-                self.set_running_or_notify_cancel()
+        if not self._mark_running():
+            return
         try:  # outside the lock: the callbacks run here
             if exc is not None:
                 self.set_exception(exc)
@@ -483,7 +489,7 @@ class Client:
         if pending.done:  # taken before its future was there to complete
             future._complete()
         elif not self._queued(call_id):
-            future.set_running_or_notify_cancel()  # sent: it may run from now on
+            future._mark_running()  # sent: it may run from now on (unless its reply is in already)
         return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
