@@ -78,12 +78,13 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from ombm import _layout as L
 from ombm import _native
+from ombm import aio as _aio
 from ombm.core import namespace, remote
 from ombm.core import config as _config
 from ombm.core import segment as _segment
@@ -121,6 +122,11 @@ _RAW_TAIL = struct.Struct("<QIIQ")  # the part written last: seq length checksum
 MAX_SLOTS = 1 << 20  # a reader keeps state per slot: a control block's count is bounded before use
 
 TICK_S = 0.05  # a waiting end re-checks its peer's liveness and its slots this often
+
+_T = TypeVar("_T")
+# A receive loop without its waits (so that one loop serves recv() and recv_async()): it yields how
+# long to wait for a signal next, is sent whether one came, and returns what it received.
+Receiving = Generator[float, bool, _T]
 SPIN_MIN_S, SPIN_MAX_S = 2e-6, 5e-4  # spin budget of a waiting end (see Channel._wait_slice)
 _OPEN_RETRY_S = 0.005
 REMOTE_OPEN_S = 10.0  # a remote name waits at least this long for the bridge and the control block
@@ -362,6 +368,27 @@ class Channel:
 
     def _writer_state(self) -> int:  # writer_state() for this end's own loops, which checked it is open
         return _load32(self._ctrl + CTRL_STATE)
+
+    def _run(self, steps: Receiving[_T]) -> _T:
+        """Drive a receive loop in this thread: each wait it asks for is :meth:`_wait_slice`."""
+        try:
+            pause = next(steps)
+            while True:
+                pause = steps.send(self._wait_slice(pause))
+        except StopIteration as done:
+            return cast(_T, done.value)
+
+    async def _run_async(self, steps: Receiving[_T]) -> _T:
+        """Drive a receive loop in the running event loop: each wait awaits this end's signals
+        there (:func:`ombm.aio.wait`: the FIFO's doorbell, no thread)."""
+        receiver = self._receiver
+        assert receiver is not None, "a reading end waits on its own receiver"
+        try:
+            pause = next(steps)
+            while True:
+                pause = steps.send(await _aio.wait(receiver, pause) > 0.0)
+        except StopIteration as done:
+            return cast(_T, done.value)
 
     def _wait(self, deadline: float | None) -> bool:
         """Wait for a signal up to one tick (or the deadline); False once the deadline passed."""
@@ -780,6 +807,11 @@ class RawChannel(Channel):
 
     def _recv(self, copy_into: _CopyOut, timeout: float | None) -> RawFrame:
         self._check_reader()
+        frame = self._take(copy_into)  # the common case of a reader that keeps up: no loop to set up
+        return frame if frame is not None else self._run(self._receiving(copy_into, timeout))
+
+    def _receiving(self, copy_into: _CopyOut, timeout: float | None) -> Receiving[RawFrame]:
+        """The receive loop of :meth:`recv` and :meth:`recv_async` (see :data:`Receiving`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             frame = self._take(copy_into)
@@ -787,11 +819,13 @@ class RawChannel(Channel):
                 return frame
             if self._writer_state() == STATE_CLOSED or self._tick_due():
                 self._check_writer()
-            if not self._wait(deadline):
+            left = TICK_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 frame = self._take(copy_into)
                 if frame is not None:
                     return frame
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
+            yield min(left, TICK_S)
 
     def _check_writer(self) -> None:
         self._check_intact()
@@ -806,6 +840,23 @@ class RawChannel(Channel):
         timeout = check_timeout(timeout)
         buf = self._buf
         return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
+
+    async def recv_async(self, timeout: float | None = None) -> RawFrame:
+        """:meth:`recv` for asyncio: awaits the next new good frame in the running event loop (the
+        FIFO's doorbell wakes it: no thread), up to ``timeout``. Cancelling the awaiting task leaves
+        the channel as it was (no frame is taken)."""
+        timeout = check_timeout(timeout)
+        self._check_reader()
+        buf = self._buf
+        return await self._run_async(self._receiving(lambda start, n: bytes(buf[start:start + n]), timeout))
+
+    async def __aiter__(self) -> AsyncIterator[RawFrame]:
+        """``async for frame in channel``: frames until the writer closes it (:meth:`recv_async`)."""
+        while True:
+            try:
+                yield await self.recv_async()
+            except EndOfStream:
+                return
 
     def recv_nowait(self) -> RawFrame:
         """Like :meth:`recv` but raise :class:`~ombm.WouldBlock` if no new frame is there."""

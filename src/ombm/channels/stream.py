@@ -81,13 +81,14 @@ One thread at a time per end; :meth:`ArrayView.release` may come from any thread
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -97,7 +98,7 @@ from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_tra
 from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES, CTRL_STATE, CTRL_WAKE_AT
 from ombm.channels.raw import KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
-from ombm.channels.raw import REIMPORT_S, REMOTE_OPEN_S, bridge_holds
+from ombm.channels.raw import REIMPORT_S, REMOTE_OPEN_S, Receiving, bridge_holds
 from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, StreamProtocolError, WouldBlock
 from ombm.transport import wire
@@ -364,6 +365,26 @@ class Stream(Channel):
         tx.begin(len(pieces), total, content)
         self._pieces = pieces
         self._push(deadline, now)
+
+    async def send_async(self, data: ReadableBuffer, timeout: float | None = None) -> None:
+        """:meth:`send` for asyncio. A message the window has room for is sent at once, in the
+        event loop's thread; when the reader has not made room (or the message is longer than the
+        window), :meth:`send` waits for its credit in the loop's default executor (a worker thread:
+        the writer's wait is a futex handshake with the reader). Do not use the writing end from
+        elsewhere meanwhile. Cancelling the awaiting task does not stop a send already handed to the
+        worker thread."""
+        self._check_writer_side()
+        try:
+            self.send_nowait(data)
+            return
+        except (WouldBlock, ValueError):  # full, or more fragments than the window: send() streams it
+            pass
+        await asyncio.get_running_loop().run_in_executor(None, self.send, data, timeout)
+
+    async def flush_async(self, timeout: float | None = None) -> None:
+        """:meth:`flush` for asyncio (in the loop's default executor, as :meth:`send_async` waits)."""
+        self._check_writer_side()
+        await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
     def send_nowait(self, data: ReadableBuffer) -> None:
         """Send one message now or raise :class:`~ombm.WouldBlock` (nothing sent) if the window is full.
@@ -736,7 +757,26 @@ class Stream(Channel):
             except EndOfStream:
                 return
 
+    async def recv_async(self, timeout: float | None = None) -> bytearray | ArrayView:
+        """:meth:`recv` for asyncio: awaits the next message in the running event loop (the FIFO's
+        doorbell wakes it: no thread). Cancelling the awaiting task takes no message: the next
+        ``recv``/``recv_async`` gets it."""
+        self._check_reader_side()
+        return await self._run_async(self._receiving(check_timeout(timeout), None))
+
+    async def __aiter__(self) -> AsyncIterator[bytearray | ArrayView]:
+        """``async for message in stream``: messages until the writer closes the stream."""
+        while True:
+            try:
+                yield await self.recv_async()
+            except EndOfStream:
+                return
+
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
+        return self._run(self._receiving(timeout, want))
+
+    def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
+        """The receive loop of :meth:`recv` and :meth:`recv_async` (see ``channels.raw.Receiving``)."""
         deadline = None if timeout is None else _monotonic() + timeout
         receiver = self._signals
         force = False
@@ -762,7 +802,7 @@ class Stream(Channel):
                         return msg
                     raise ChannelTimeout(f"no message on stream {self.name!r} within {timeout} s")
                 left = min(left, TICK_S)
-            force = not self._wait_slice(left)  # a tick without a signal: look anyway
+            force = not (yield left)  # a tick without a signal: look anyway
 
     def _writer_gone(self) -> bool:
         if self._writer_state() == STATE_CLOSED:
