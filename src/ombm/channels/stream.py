@@ -773,7 +773,8 @@ class Stream(Channel):
                 return
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
-        return self._run(self._receiving(timeout, want))
+        msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
+        return msg if msg is not None else self._run(self._receiving(timeout, want))
 
     def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
         """The receive loop of :meth:`recv` and :meth:`recv_async` (see ``channels.raw.Receiving``)."""
