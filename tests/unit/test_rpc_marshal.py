@@ -305,3 +305,18 @@ def test_dict_keys_the_server_rebuilds_pass():
     value = {"s": 1, b"b": 2, 3: 3, True: 4, 2.5: 5, None: 6, (1, ("a", None)): 7}
     assert marshal.decode_call(marshal.encode_call("m", (value, [value]), {"k": {"n": value}})) == \
         ("m", (value, [value]), {"k": {"n": value}})
+
+
+def test_a_remote_builtin_error_is_that_builtin_and_a_remote_error():
+    import ombm.errors
+
+    for name, builtin in (("KeyError", KeyError), ("OSError", OSError), ("ZeroDivisionError", ZeroDivisionError)):
+        with pytest.raises(builtin) as info:
+            decode_reply(encode_error(builtin("why")))
+        err = info.value
+        assert isinstance(err, RemoteError) and err.type_name == name and type(err).__name__ == f"Remote{name}"
+        assert pickle.loads(pickle.dumps(err)).type_name == name
+    for name in ("UnicodeDecodeError", "KeyboardInterrupt", "mymodule.KeyError", "not an identifier", "print"):
+        err = ombm.errors.remote_error(name, "m", "")
+        assert type(err) is RemoteError  # no builtin exception class to join: plain
+    assert set(ombm.errors._remote_classes) <= set(dir(__import__("builtins")))  # bounded by the builtins
