@@ -43,7 +43,7 @@ from typing import Callable, Iterable
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace, remote
+from ombm.core import config, namespace, remote
 from ombm.core.directory import reclaim_segment_if_dead
 from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_segment
 from ombm.core.signals import Receiver
@@ -69,6 +69,9 @@ FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed s
 USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
+SPIN_FLOOR_NS = 2_000    # the spin after SPIN_MISSES waits in a row that had to sleep (see _spin)
+SPIN_MISSES = 8
+SPIN_PROBE = 64          # ... with the full cap again every this many misses
 
 
 def replica_name(name: str, address: Address) -> str:
@@ -135,6 +138,7 @@ class Bridge:
         self._tag = secrets.randbits(32)
         self._pid = namespace.me()[0]
         self._users_at = 0.0
+        self._spin_misses = 0
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -172,7 +176,7 @@ class Bridge:
         if self._closed:
             raise ClosedError("the bridge is closed")
         while not self._stop:
-            if not self._turn(time.monotonic()):
+            if not self._turn(time.monotonic()) and not self._spin():
                 self._sleep()
 
     def start(self) -> Bridge:
@@ -281,6 +285,36 @@ class Bridge:
             self._counts["busy_out_ns"] += out_ns + clock() - t0
         self._timers(now_s)
         return busy
+
+    def _spin(self) -> bool:
+        """Spin before sleeping, for a learnt budget: whether a signal or a datagram came meanwhile.
+
+        A call crosses four processes and every one that sleeps between hops costs a kernel wake-up
+        (tens of µs from a halted CPU, docs/net.md "Measurements"). In a call, each bridge has one
+        short gap (the server's reply after its request was written; the client's next call after
+        its reply) and one long one (the rest of the round trip). The policy is ``sig_wait``'s
+        (``ombm.core.signals``; the cap is the process's ``spin_us``, ``wait`` "sleep" never spins):
+        spin up to the cap while something comes within it; after ``SPIN_MISSES`` spins in a row that
+        found nothing, spin ``SPIN_FLOOR_NS`` only, probing with the cap every ``SPIN_PROBE``-th. So an
+        idle bridge, or one whose peers answer slower than the cap, costs next to nothing, and the
+        long gap of a call (one miss in two) keeps the cap. The spin yields the CPU between polls
+        once past its first 2 µs (``_native.bridge_spin``): on two CPUs the bridge shares one with a
+        client or a server, and a spinner that does not yield starves the process it waits for. The
+        control and wake-up sockets are looked at after it (a stop waits one spin at most)."""
+        receiver = self._receiver
+        assert receiver is not None
+        settings = config.SETTINGS
+        if receiver.kernel or settings.wait == "sleep":
+            return False
+        cap = int(settings.spin_us * 1000)
+        budget = cap if settings.wait == "spin" or self._spin_misses < SPIN_MISSES else min(cap, SPIN_FLOOR_NS)
+        if self._spin_misses >= SPIN_MISSES and self._spin_misses % SPIN_PROBE == 0:
+            budget = cap
+        if _native.bridge_spin(receiver.fifo.fifo_map, self._sock.fileno(), budget) >= 0:
+            self._spin_misses = 0
+            return True
+        self._spin_misses += 1
+        return False
 
     def _sleep(self) -> None:
         """Wait for a datagram, a control request, a wake-up or a signal (the doorbell handshake of
