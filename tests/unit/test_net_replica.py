@@ -9,10 +9,6 @@ import uuid
 import pytest
 
 import ombm
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from ombm import _native
 from ombm.net.replica import Replica
 from ombm.transport import datagram as dg
 from ombm.transport.updates import Assembler
@@ -99,28 +95,6 @@ def net():
 def view(replica, u):
     lo = u * UNIT
     return bytes(replica.region.buffer[lo:lo + UNIT])
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=9000), st.data())
-def test_unit_delta_finds_the_first_difference_and_copies_from_there(old, data):
-    new = bytearray(old)
-    for at in data.draw(st.lists(st.integers(0, max(len(old) - 1, 0)), max_size=3)) if old else []:
-        new[at] ^= data.draw(st.integers(1, 255))
-    lo = data.draw(st.integers(0, len(old)))
-    hi = data.draw(st.integers(lo, len(old)))
-    shadow = bytearray(old)
-    want = next((i - lo for i in range(lo, hi) if new[i] != old[i]), hi - lo)
-    assert _native.unit_delta(bytes(new), shadow, lo, hi) == want
-    assert shadow == old[:lo] + new[lo:hi] + old[hi:]   # the range copied, nothing outside it
-
-
-def test_unit_delta_refuses_ranges_outside_its_buffers():
-    for lo, hi in ((-1, 4), (3, 2), (0, 9)):
-        with pytest.raises(ValueError):
-            _native.unit_delta(bytes(8), bytearray(8), lo, hi)
-    with pytest.raises(BufferError):
-        _native.unit_delta(bytes(8), bytes(8), 0, 8)     # the shadow must be writable
 
 
 def test_a_write_reaches_the_peer_whole_then_as_deltas(net):
