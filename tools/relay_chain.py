@@ -33,14 +33,23 @@ def main() -> int:
         with netns.Network.create(2, tag="p") as hosts:
             a, b = hosts
             print(f"load average at start: {os.getloadavg()[0]:.2f}")
-            print("| placement | policy (relays/ends µs) | direct echo µs | chain µs | chain / echo |")
-            print("|---|---|---|---|---|")
+            print("| placement | policy (relays/ends µs) | chain µs | chain / C echo |")
+            print("|---|---|---|---|")
             port = 9000
             for placement, (ccpu, scpu) in PLACEMENTS.items():
+                port += 10
+                echo_server = b.popen(["taskset", "-c", str(scpu), exe, "server", str(port), "0"])
+                time.sleep(0.2)
+                try:  # the floor: blocking on both sides, as the Python echo of `ombm bench net`
+                    echo = float(a.run([exe, "client", b.address, str(port), "0", str(n), str(ccpu)],
+                                       check=True).stdout)
+                finally:
+                    echo_server.kill()
+                    echo_server.wait()
+                print(f"| {placement} | direct C UDP echo, blocking | {echo:.1f} | 1.0x |", flush=True)
                 for relay_spin, end_spin in POLICIES:
                     port += 10
                     started = [
-                        b.popen(["taskset", "-c", str(scpu), exe, "server", str(port), str(end_spin)]),
                         b.popen(["taskset", "-c", str(scpu), exe, "server", str(port + 1), str(end_spin)]),
                         b.popen([exe, "relay", str(port + 2), str(port + 1), a.address, str(port + 3),
                                  str(relay_spin)]),
@@ -49,17 +58,14 @@ def main() -> int:
                     ]
                     time.sleep(0.2)
                     try:
-                        echo = a.run([exe, "client", b.address, str(port), str(end_spin), str(n), str(ccpu)],
-                                     check=True).stdout.strip()
-                        # the client sends from port+1000+... : the relay learns its local end's port
                         chain = a.run([exe, "client", "127.0.0.1", str(port + 3), str(end_spin), str(n),
-                                       str(ccpu)], check=True).stdout.strip()
+                                       str(ccpu)], check=True).stdout
                     finally:
                         for process in started:
                             process.kill()
                             process.wait()
-                    print(f"| {placement} | {relay_spin}/{end_spin} | {echo} | {chain} | "
-                          f"{float(chain) / float(echo):.1f}x |", flush=True)
+                    print(f"| {placement} | chain, {relay_spin}/{end_spin} | {float(chain):.1f} | "
+                          f"{float(chain) / echo:.1f}x |", flush=True)
             print(f"load average at end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -27,6 +27,18 @@ def test_unit_delta_finds_the_first_difference_and_copies_from_there(old, data):
     assert shadow == old[:lo] + new[lo:hi] + old[hi:]   # the range copied, nothing outside it
 
 
+def test_unit_delta_of_a_large_unit():
+    """Past 256 KiB the pass runs without the GIL: the same result."""
+    old = bytes(1 << 20)
+    for at in (0, 300_000, (1 << 20) - 1):
+        new = bytearray(old)
+        new[at] = 7
+        shadow = bytearray(old)
+        assert _native.unit_delta(bytes(new), shadow, 0, 1 << 20) == at
+        assert shadow == new
+    assert _native.unit_delta(old, bytearray(old), 0, 1 << 20) == 1 << 20
+
+
 def test_unit_delta_refuses_ranges_outside_its_buffers():
     for lo, hi in ((-1, 4), (3, 2), (0, 9)):
         with pytest.raises(ValueError):

@@ -17,7 +17,9 @@ sleep, re-check, then wait) are watched by one ``selectors`` loop in one thread.
 replication keeps (shadows, tags, own-write counts, partial updates, pending imports) is touched by
 that thread alone: no lock on the path of an update, and the echo count is exact because the writes
 and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
-cost per wake-up for no concurrency gained: the work per datagram is Python either way.
+cost per wake-up for no concurrency gained: the work per datagram is Python either way. Before it
+sleeps in the selector the thread spins, for a learnt budget, over its FIFO and the UDP socket
+(:meth:`Bridge._spin`: ``sig_wait``'s adaptive policy, natively, yielding the CPU).
 
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,

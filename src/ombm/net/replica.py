@@ -13,7 +13,10 @@ complete. A delta applies only to the content it was computed from: every conten
 *tag* (32 bits, fresh per update), a delta names its base tag, and a receiver whose unit has another
 tag drops the delta and asks for a *full* update (RESYNC). A full update carries the unit from its
 first non-zero byte; the receiver zeroes the rest. Per peer, each unit is *in sync* (its tag is ours:
-deltas) or not (the next update is full); a new peer starts with no unit in sync.
+deltas) or not (the next update is full); a new peer starts with no unit in sync. The binding is
+compared with the shadow and copied into it from the first byte that differs in one native pass
+(``_native.unit_delta``), and updates are sent from the shadow; one that comes in is made in the
+shadow and written from there: no copy of a whole unit per update, on either side.
 
 **Echo suppression: a count of own writes per unit.** The bridge's own write of an update raises
 its own signal too, which must not go back out. A core write that skips one receiver would need a
