@@ -193,10 +193,10 @@ class Replica:
         for offset, data in update.ranges:
             shadow[offset:offset + len(data)] = data
         start = lo if update.full else update.ranges[0][0]
-        if self.own[u] < 255:
-            self.own[u] += 1
         with memoryview(shadow) as view:
             self.region.write(start, view[start:hi])  # its last byte raises the signals here
+        if self.own[u] < 255:  # its signal is taken by this thread, later: counted once the write is made
+            self.own[u] += 1
         link.in_sync[u] = 1
         if len(self.links) == 1:  # no other link to relay to (an importer; an exporter with one importer)
             self.tags[u] = update.tag
