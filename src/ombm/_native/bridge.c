@@ -5,9 +5,9 @@
  *
  *   unit_delta(src, shadow, lo, hi)   the delta of a unit against the bridge's shadow, in one pass:
  *                                     where src[lo:hi] (a binding of a replicated segment, written by
- *                                     local processes: read once) first differs from shadow[lo:hi],
- *                                     and src from there copied into the shadow, which is what is
- *                                     sent. An RPC slot is 128 KiB with its frame at the end: the
+ *                                     local processes as we read) first differs from shadow[lo:hi],
+ *                                     and src from there copied into the shadow: that one copy is
+ *                                     what is sent, the comparison only says where it starts. An RPC slot is 128 KiB with its frame at the end: the
  *                                     Python version copied the unit three times per update.
  *   bridge_spin(fifo, fd, spin_ns)    the bridge's spin before it sleeps: until its signal FIFO has
  *                                     an entry or the socket fd a datagram, for at most spin_ns
