@@ -299,8 +299,7 @@ class Bridge:
         spin up to the cap while something comes within it; after ``SPIN_MISSES`` spins in a row that
         found nothing, spin ``SPIN_FLOOR_NS`` only, probing with the cap every ``SPIN_PROBE``-th. So an
         idle bridge, or one whose peers answer slower than the cap, costs next to nothing, and the
-        long gap of a call (one miss in two) keeps the cap (today the short gap is longer than the
-        cap too, with a Python client or server: docs/net.md "Measurements"). The spin yields the CPU between polls
+        long gap of a call (one miss in two) keeps the cap. The spin yields the CPU between polls
         once past its first 2 µs (``_native.bridge_spin``): on two CPUs the bridge shares one with a
         client or a server, and a spinner that does not yield starves the process it waits for. The
         control and wake-up sockets are looked at after it (a stop waits one spin at most)."""
