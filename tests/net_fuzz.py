@@ -62,6 +62,12 @@ class Fuzzer:
                                           {"nonce": nonce, "name": rng.choice(self.names), "error": "no"}]),
             Kind.RESYNC: {"key": seg_key, "units": [rng.randrange(200) for _ in range(rng.randrange(5))]},
             Kind.BYE: {"keys": rng.choice(([], [seg_key], [rng.getrandbits(64)]))},
+            Kind.LOCATE: {"nonce": nonce, "name": rng.choice(self.names + ["x", "../etc"])},
+            Kind.LOCATED: {"nonce": nonce, "name": rng.choice(self.names)},
+            Kind.PING: {"keys": rng.choice(([], [seg_key], [seg_key, rng.getrandbits(64)]))},
+            Kind.PONG: {"gone": rng.choice(([], [seg_key], [rng.getrandbits(64)]))},
+            Kind.PROBE: {"nonce": nonce, "pad": bytes(rng.choice((0, 1, 300, 1400)))},
+            Kind.PROBED: {"nonce": nonce},
         }[kind]
         return sealer.control(kind, body, self.now_us)
 

@@ -55,6 +55,12 @@ def test_an_update_round_trips(key):
     (Kind.OFFER_REPLY, {"nonce": 6, "name": "req-1", "error": "no room"}),
     (Kind.RESYNC, {"key": 9, "units": [0, 5, 2**40]}),
     (Kind.BYE, {"keys": []}),
+    (Kind.LOCATE, {"nonce": 7, "name": "rpc-calc"}),
+    (Kind.LOCATED, {"nonce": 7, "name": "rpc-calc"}),
+    (Kind.PING, {"keys": [1, 2**64 - 1]}),
+    (Kind.PONG, {"gone": []}),
+    (Kind.PROBE, {"nonce": 8, "pad": bytes(1000)}),
+    (Kind.PROBED, {"nonce": 8}),
 ])
 @pytest.mark.parametrize("key", [None, KEY])
 def test_control_bodies_round_trip(kind, body, key):
@@ -147,6 +153,12 @@ def control(kind: int, body: object, count: int = 0) -> bytes:
     control(Kind.OFFER, {"nonce": 1, "name": "v", "key": 1, "size": 64, "unit": 64, "mode": 1}),  # no sow
     control(Kind.BYE, {"keys": None}),
     control(Kind.BYE, {1: []}),                                     # a key that is no str
+    control(Kind.LOCATE, {"nonce": 1}),                             # no name
+    control(Kind.PING, {"keys": [-1]}),
+    control(Kind.PONG, {"gone": [1] * 257}),
+    control(Kind.PROBE, {"nonce": 1, "pad": b"\0\1"}),              # padding that is not zeros
+    control(Kind.PROBE, {"nonce": 1, "pad": "  "}),                 # padding that is no bytes
+    control(Kind.PROBED, {"nonce": 1, "pad": b""}),                 # bytes where no kind but PROBE has them
 ])
 def test_malformed_control_bodies_are_refused(data):
     with pytest.raises(DatagramError) as info:
@@ -269,3 +281,14 @@ def test_cut_refuses_an_update_of_too_many_parts():
         cut(1, [(0, b"x" * 70000)], 0, 1, True, room=1)
     with pytest.raises(ValueError):
         Packer(dg.HEADER_SIZE + dg.ENTRY_SIZE + 4, dg.CRC_SIZE)
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_a_probe_is_the_size_asked_or_one_byte_less(key):
+    sealer = Sealer(1, key)
+    for size in range(dg.MIN_MTU, 1600):
+        data = sealer.probe(2**63, size, 10)
+        assert size - 1 <= len(data) <= size and decode(data, key).kind is Kind.PROBE
+    assert len(sealer.probe(1, dg.MAX_MTU, 10)) == dg.MAX_MTU
+    with pytest.raises(ValueError):
+        sealer.probe(1, dg.MAX_MTU + 1, 10)

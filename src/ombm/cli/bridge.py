@@ -1,6 +1,7 @@
 """``ombm bridge``: this host's bridge in the foreground (paper §3.2.3; docs/net.md).
 
-    ombm bridge --listen HOST:PORT [--export NAME]... [--service NAME]... [--peer HOST:PORT]... [--key-file PATH] [--insecure]
+    ombm bridge --listen HOST:PORT [--export NAME]... [--service NAME]... [--peer HOST:PORT]... [--key-file PATH]
+                [--insecure] [--multicast GROUP:PORT] [--keepalive SECONDS] [--mtu BYTES]
 
 It prints one line when it listens (``ombm bridge: listening on HOST:PORT ...``), serves until SIGTERM
 or SIGINT (Ctrl-C), then says BYE to its peers, releases its replicas and prints its counters.
@@ -29,18 +30,26 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
                    help="an RPC service of this host that other hosts may call as NAME@HOST:PORT "
                         "(repeat; the same as --export rpc-NAME)")
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                   help="a bridge heard without a key (repeat)")
+                   help="a bridge heard without a key (repeat); ombm.rpc.locate asks the peers too")
     p.add_argument("--key-file", metavar="PATH",
                    help="a key shared by the bridges (mode 0600): every datagram is authenticated")
     p.add_argument("--insecure", action="store_true",
                    help="without a key, listen beyond loopback anyway (the network must be trusted)")
     p.add_argument("--mtu", type=int, default=None, metavar="BYTES",
-                   help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU)")
+                   help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU); less on a "
+                        "path found narrower (the kernel's path MTU, probes)")
+    p.add_argument("--multicast", metavar="GROUP:PORT",
+                   help="an IPv4 multicast group this bridge joins to locate services and be located "
+                        "(ombm.rpc.locate); every bridge of the network gives the same one")
+    p.add_argument("--keepalive", type=float, default=None, metavar="SECONDS",
+                   help="a bridge this one replicates with that has been quiet this long gets a PING; "
+                        "silent for 3 of them it is taken as dead and its replicas close (default 2)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ombm.net import Bridge, load_key
+    from ombm.net.bridge import KEEPALIVE_S
     from ombm.rpc.slots import well_known_name
     from ombm.transport.datagram import DEFAULT_MTU
 
@@ -61,14 +70,16 @@ def run(args: argparse.Namespace) -> int:
         try:
             exports = [*args.export, *(well_known_name(name) for name in args.service)]
             bridge = Bridge(args.listen, exports=exports, peers=args.peer, key=key, insecure=args.insecure,
-                            mtu=args.mtu or DEFAULT_MTU)
+                            mtu=args.mtu or DEFAULT_MTU, multicast=args.multicast,
+                            keepalive_s=KEEPALIVE_S if args.keepalive is None else args.keepalive)
         except (OSError, ValueError) as exc:  # PermissionError, an address in use, a bridge already here
             err.print(f"ombm bridge: {exc}", markup=False)
             return 2
         with bridge:
             host, port = bridge.address
             print(f"ombm bridge: listening on {host}:{port}; exports: {', '.join(exports) or '-'}; "
-                  f"peers: {', '.join(args.peer) or '-'}; key: {'yes' if key else 'no'}", flush=True)
+                  f"peers: {', '.join(args.peer) or '-'}; multicast: {args.multicast or '-'}; "
+                  f"key: {'yes' if key else 'no'}", flush=True)
             bridge.serve_forever()
         _print_stats(bridge.stats)
         return 0

@@ -12,13 +12,15 @@ Requests and replies are msgpack maps; this module owns their fields (the bridge
     {"op": "import", "name": N, "host": IP, "port": P, "timeout": S}  -> {"ok": True, "local": NAME}
     {"op": "offer", "name": N, "host": IP, "port": P, "timeout": S}   -> {"ok": True, "remote": NAME}
     {"op": "exports", "host": IP, "port": P}            -> {"ok": True, "names": [N, ...]}
-    {"op": "status"}                                    -> {"ok": True, "stats": {...}, "listen": "IP:P"}
+    {"op": "locate", "name": N, "timeout": S}           -> {"ok": True, "found": ["IP:P", ...]} after S
+    {"op": "status"}        -> {"ok": True, "stats": {...}, "listen": "IP:P", "mtu": M, "paths": {"IP:P": {...}}}
     any failure                                         -> {"ok": False, "error": KIND, "message": TEXT}
 
 ``KIND`` is one of :data:`ERRORS`; :func:`raise_for` turns it into the documented exception.
 An *offer* is the other direction: this host's bridge has the bridge at HOST:PORT make a replica of
 the local segment N there (the first step of RPC across hosts: a client's own channels, docs/net.md),
-and answers with that replica's name on that host.
+and answers with that replica's name on that host. A *locate* asks every bridge in reach (the
+multicast group, the peers) which of them export N; the bridge answers when the timeout is over.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ombm.core.directory import Directory
 from ombm.errors import BridgeError, BridgeNotRunningError, BridgeUnreachableError, SegmentNotFoundError
 
 __all__ = ["CONTROL_SOCKET", "START_HINT", "ERRORS", "REPLICA_MARK", "split_remote", "parse_host_port", "request",
-           "import_segment", "offer_segment", "raise_for", "is_replica_name", "live_peer"]
+           "import_segment", "offer_segment", "locate_segment", "raise_for", "is_replica_name", "live_peer"]
 
 CONTROL_SOCKET = "sock-bridge"
 START_HINT = "ombm bridge --listen 127.0.0.1:PORT --peer HOST:PORT"
@@ -170,3 +172,18 @@ def offer_segment(name: str, bridge: str, timeout_s: float = 5.0) -> str:
     if not isinstance(remote, str):
         raise BridgeError("this host's bridge sent an unreadable reply")
     return remote
+
+
+def locate_segment(name: str, timeout_s: float = 1.0) -> list[str]:
+    """The bridges (``"IP:PORT"``, sorted) that export ``name`` and answered this host's bridge within
+    ``timeout_s`` (0.1 to 60 s); ``[]`` if none did. This host's own bridge is not among them."""
+    if not 0.1 <= timeout_s <= 60.0:
+        raise ValueError("a locate's timeout is between 0.1 and 60 seconds")
+    reply = raise_for(request({"op": "locate", "name": namespace.validate_name(name), "timeout": float(timeout_s)},
+                              timeout_s + 5.0))
+    found = reply.get("found")
+    if not isinstance(found, list) or not all(isinstance(f, str) for f in found):
+        raise BridgeError("this host's bridge sent an unreadable reply")
+    for where in found:
+        parse_host_port(where)  # ValueError if the bridge sent no address
+    return sorted(found)

@@ -24,7 +24,9 @@ sleeps in the selector the thread spins, for a learnt budget, over its FIFO and 
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
 importing, the local control requests (the socket itself: :mod:`ombm.net.control`), offering,
-datagrams out. What one replicated segment keeps and sends is :mod:`ombm.net.replica`.
+locating (LOCATE to the multicast group and the peers: :func:`ombm.rpc.locate`), paths (keepalives and
+the path MTU, per remote bridge: :mod:`ombm.net.path`), datagrams out. What one replicated segment
+keeps and sends is :mod:`ombm.net.replica`.
 
 **Names.** A replica of ``name`` from the bridge at ``IP:PORT`` is the local segment
 ``name.at.IP_PORT`` (``:`` of an IPv6 address as ``_``), created by the bridge, so it goes with the
@@ -33,6 +35,7 @@ bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import secrets
@@ -51,6 +54,7 @@ from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_se
 from ombm.core.signals import Receiver
 from ombm.errors import ClosedError, DatagramError, OmbmError, SegmentExistsError, SegmentNotFoundError
 from ombm.net.control import ControlSocket, Reply, error
+from ombm.net.path import Path
 from ombm.net.replica import Address, Replica
 from ombm.transport import datagram as dg
 from ombm.transport.updates import Assembler, Packer
@@ -63,7 +67,7 @@ STAT_KEYS = (
     "dropped_bad_mac", "dropped_replay", "dropped_malformed", "dropped_not_peer", "dropped_unknown_segment",
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
-    "internal_errors", "busy_in_ns", "busy_out_ns",
+    "internal_errors", "busy_in_ns", "busy_out_ns", "pings_sent", "paths_dead", "probes_sent",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
@@ -74,6 +78,9 @@ BYE_COPIES = 2           # a BYE for a segment is sent this many times (best eff
 SPIN_FLOOR_NS = 2_000    # the spin after SPIN_MISSES waits in a row that had to sleep (see _spin)
 SPIN_MISSES = 8
 SPIN_PROBE = 64          # ... with the full cap again every this many misses
+KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for three of them, dead (net/path.py)
+MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
+MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
 
 
 def replica_name(name: str, address: Address) -> str:
@@ -83,6 +90,17 @@ def replica_name(name: str, address: Address) -> str:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass
+class _Locate:
+    """A LOCATE sent to the group and the peers: the bridges that answered, until ``deadline_s``."""
+
+    name: str
+    deadline_s: float
+    next_send_s: float
+    reply: Reply
+    found: dict[Address, None] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,17 +120,24 @@ class Bridge:
 
     ``exports``: names of local segments peers may import. ``peers``: ``"HOST:PORT"`` of the bridges
     heard without a key. ``key``: 16-64 bytes shared by the bridges (see :func:`load_key`). ``mtu``:
-    the largest UDP payload to send (1,472 for a 1,500-byte IPv4 MTU). ``control``: serve this host's
-    remote names (``ombm.open_segment("name@HOST:PORT")``) on the folder's ``sock-bridge``; one bridge
-    per folder. Run it with :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns);
-    :meth:`close` stops it, says BYE to its peers and releases everything.
+    the largest UDP payload to send (1,472 for a 1,500-byte IPv4 MTU); less where a path's MTU is
+    smaller (learnt: ``net/path.py``). ``control``: serve this host's remote names
+    (``ombm.open_segment("name@HOST:PORT")``) on the folder's ``sock-bridge``; one bridge per folder.
+    ``multicast``: ``"GROUP:PORT"`` (IPv4) this bridge joins, where LOCATEs are sent and heard
+    (:func:`ombm.rpc.locate`). ``keepalive_s``: a path to a bridge that has been quiet this long gets
+    a PING; silent for three of them, it is dead (its replicas close). Run it with
+    :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns); :meth:`close` stops it,
+    says BYE to its peers and releases everything.
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, exports: Iterable[str] = (), peers: Iterable[str] = (),
                  key: bytes | None = None, insecure: bool = False, mtu: int = dg.DEFAULT_MTU,
-                 control: bool = True, reassembly_timeout_s: float = 0.5, max_age_s: float = 60.0) -> None:
+                 control: bool = True, reassembly_timeout_s: float = 0.5, max_age_s: float = 60.0,
+                 multicast: str | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
         if not dg.MIN_MTU <= mtu <= dg.MAX_MTU:
             raise ValueError(f"mtu must be between {dg.MIN_MTU} and {dg.MAX_MTU} bytes")
+        if not 0.01 <= keepalive_s <= 3600.0:
+            raise ValueError("the keepalive period must be between 0.01 and 3600 seconds")
         host, port = remote.parse_host_port(listen)
         family, bind_to = _resolve(host, port)
         if key is None and not insecure and not ipaddress.ip_address(bind_to[0]).is_loopback:
@@ -120,13 +145,15 @@ class Bridge:
                 f"refusing to listen on {listen} without a key: anyone on the network could write into "
                 "the exported segments; give a key (--key-file) or, on a network you trust, --insecure")
         self._family = family
+        self._group = None if multicast is None else _group(multicast, family)
+        self._keepalive_s = keepalive_s
         self._peers = {_resolve(*remote.parse_host_port(p), family=family)[1] for p in peers}
         self._exports = {namespace.validate_name(n) for n in exports}
         self._key = None if key is None else dg.check_key(key)
         self._sealer = dg.Sealer(secrets.randbits(64), self._key)
         self._window = dg.ReplayWindow(max_age_us=int(max_age_s * 1e6) if key is not None else None)
         self._assembler = Assembler(timeout_s=reassembly_timeout_s)
-        self._mtu = mtu
+        self._limit = self._mtu = mtu                       # _mtu: the narrowest path's (_use_path_mtu)
         self._room = dg.entry_room(mtu, self._sealer.trailer)
         self._packers: dict[Address, Packer] = {}
         self._replicas: dict[int, Replica] = {}             # by key
@@ -135,6 +162,10 @@ class Bridge:
         self._pending: dict[tuple[str, Address, str], _Pending] = {}
         self._resyncs: dict[tuple[Address, int], set[int]] = {}
         self._calls: list[tuple[dict[str, object], Reply]] = []
+        self._locates: dict[int, _Locate] = {}              # by nonce
+        self._paths: dict[Address, Path] = {}               # the bridges linked to a replica (net/path.py)
+        self._paths_at = 0.0
+        self._kernel_at = 0.0
         self._calls_lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_KEYS, 0)
         self._tag = secrets.randbits(32)
@@ -146,6 +177,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._selector = selectors.DefaultSelector()
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._group_sock: socket.socket | None = None
         self._control: ControlSocket | None = None
         self._receiver: Receiver | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -158,6 +190,7 @@ class Bridge:
     def _open(self, bind_to: Address, control: bool) -> None:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self._sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # the kernel caps it at its maximum
+        _dont_fragment(self._sock, self._family)
         self._sock.bind(bind_to)
         self.address: Address = self._sock.getsockname()[:2]
         self._wake_r.setblocking(False)
@@ -169,6 +202,9 @@ class Bridge:
         watched = [self._sock, self._wake_r, self._receiver.fifo.doorbell()]
         if self._control is not None:
             watched.append(self._control.sock)
+        if self._group is not None:
+            self._group_sock = _join(self._group, self._sock, bind_to[0])
+            watched.append(self._group_sock)
         for sock in watched:
             self._selector.register(sock, selectors.EVENT_READ)
 
@@ -224,13 +260,17 @@ class Bridge:
             for waiter in pending.waiters:
                 waiter(error("unreachable", "the bridge closed"))
         self._pending.clear()
+        for locate in self._locates.values():
+            locate.reply(error("unreachable", "the bridge closed"))
+        self._locates.clear()
         if self._receiver is not None:
             self._receiver.close()
         self._selector.close()
         if self._control is not None:
             self._control.close()
-        for sock in (self._sock, self._wake_r, self._wake_w):
-            sock.close()
+        for sock in (self._sock, self._wake_r, self._wake_w, self._group_sock):
+            if sock is not None:
+                sock.close()
 
     def __enter__(self) -> Bridge:
         return self
@@ -279,6 +319,7 @@ class Bridge:
             for replica in self._replicas.values():
                 replica.forget_own_writes()
         busy |= self._receive_all(now_s)
+        busy |= self._receive_group(now_s)
         busy |= self._serve_control()
         t0 = clock()
         self._send_dirty()
@@ -350,7 +391,8 @@ class Bridge:
 
     def _next_timer_s(self) -> float:
         now = time.monotonic()
-        when = [now + 1.0, self._users_at] + [p.next_send_s for p in self._pending.values()]
+        when = [now + 1.0, self._users_at, self._paths_at] + [p.next_send_s for p in self._pending.values()]
+        when += [min(locate.next_send_s, locate.deadline_s) for locate in self._locates.values()]
         expiry = self._assembler.next_expiry_s
         if expiry is not None:
             when.append(expiry)
@@ -370,6 +412,9 @@ class Bridge:
             elif now_s >= pending.next_send_s:
                 pending.next_send_s = now_s + RETRY_S
                 self._send(pending.address, pending.datagram())
+        self._locate_timers(now_s)
+        if now_s >= self._paths_at:
+            self._paths_tick(now_s)
 
     def _check_users(self, now_s: float) -> None:
         """Liveness across hosts (docs/net.md): the bridge stands for the remote processes (it holds and
@@ -425,6 +470,9 @@ class Bridge:
             counts["dropped_replay"] += 1
             return
         self._window.commit(datagram.sender, datagram.seq)
+        path = self._paths.get(source)
+        if path is not None:
+            path.heard(time.monotonic() if now_s is None else now_s)
         try:
             self._act(datagram, source, time.monotonic() if now_s is None else now_s)
         except Exception:  # a bug must not end the bridge: counted and logged
@@ -457,6 +505,18 @@ class Bridge:
             self._resync_asked(body, source)
         elif kind is dg.Kind.BYE:
             self._bye(body, source, datagram.sender)
+        elif kind is dg.Kind.LOCATE:
+            self._locate_asked(body, source, datagram.sender)
+        elif kind is dg.Kind.LOCATED:
+            self._located(body, source)
+        elif kind is dg.Kind.PING:
+            self._pinged_by(body, source)
+        elif kind is dg.Kind.PONG:
+            self._ponged(body, source)
+        elif kind is dg.Kind.PROBE:
+            self._probed_by(body, source)
+        elif kind is dg.Kind.PROBED:
+            self._probe_answered(body, source, now_s)
 
     def _take_entry(self, entry: dg.Entry, sender: int, source: Address, now_s: float) -> None:
         replica = self._replicas.get(entry.key)
@@ -485,9 +545,17 @@ class Bridge:
         for u in _ints(body["units"]):
             if u < replica.units:
                 link.in_sync[u] = 0
+                replica.dirty[u] = None  # sent whole now (a stream's repair signals once per RTO, not twice)
 
     def _bye(self, body: dict[str, object], source: Address, sender: int) -> None:
         keys = set(_ints(body["keys"]))
+        self._unlink(source, keys)
+        if not keys:
+            self._window.forget(sender)
+
+    def _unlink(self, source: Address, keys: set[int]) -> None:
+        """Stop replicating the segments ``keys`` (all if empty) with the bridge at ``source``; a replica
+        whose exporter that was, or that has no other link, is dropped (its local users see it go)."""
         for replica in list(self._replicas.values()):
             link = replica.links.get(source)
             if link is None or (keys and replica.key not in keys):
@@ -495,8 +563,6 @@ class Bridge:
             del replica.links[source]
             if link.exporter or not replica.links:  # the exporter left, or the last importer
                 self._drop_replica(replica)
-        if not keys:
-            self._window.forget(sender)
 
     # ---- exporting
     def _serve_import(self, body: dict[str, object], source: Address) -> None:
@@ -510,6 +576,8 @@ class Bridge:
                 answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
             else:
                 replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                replica.send_image()  # what the segment holds already: a channel's control block, its slots
+                self._paths_at = 0.0  # a new path: its keepalive and MTU start now
                 self._counts["imports_served"] += 1
                 seg = replica.segment
                 answer.update(key=replica.key, size=seg.size, unit=seg.unit, mode=int(seg.mode),
@@ -533,6 +601,7 @@ class Bridge:
             seg.release()
             return None, f"{name!r} cannot be exported: only message-consistency segments with signal-on-write are"
         replica = Replica(name, seg, namespace.new_token(), exported=True)
+        replica.used = replica.has_users(self._pid)  # its maker lives: its death must not wait for the grace
         self._register(replica)
         self._exported[name] = replica
         return replica, ""
@@ -596,6 +665,7 @@ class Bridge:
             seg.release()
             raise
         replica.link(source, exporter=True)
+        self._paths_at = 0.0
         self._register(replica)
         self._imported[(source, name)] = replica
         self._counts["replicas_made"] += 1
@@ -629,7 +699,12 @@ class Bridge:
     def _control_request(self, message: dict[str, object], reply: Reply) -> None:
         op = message.get("op")
         if op == "status":
-            reply({"ok": True, "stats": self.stats, "listen": _text(self.address)})
+            paths = {_text(a): {"mtu": p.mtu, "quiet_s": round(time.monotonic() - p.heard_s, 3)}
+                     for a, p in sorted(self._paths.items())[:MAX_LISTED]}
+            reply({"ok": True, "stats": self.stats, "listen": _text(self.address), "mtu": self._mtu, "paths": paths})
+            return
+        if op == "locate":
+            self._locate(message, reply)
             return
         if op not in ("import", "exports", "offer"):
             reply(error("bad_request", f"unknown request {op!r}"))
@@ -653,6 +728,8 @@ class Bridge:
             if existing is not None:
                 existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
+                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":
@@ -691,6 +768,7 @@ class Bridge:
             return
         if address not in replica.links:
             replica.link(address)
+            self._paths_at = 0.0
         seg = replica.segment
         self._ask(("offer", address, name), dg.Kind.OFFER,
                   {"name": name, "key": replica.key, "size": seg.size, "unit": seg.unit, "mode": int(seg.mode),
@@ -711,6 +789,159 @@ class Bridge:
             self._answer(ident, body["nonce"], error("refused", str(body["error"])))
         else:
             self._answer(ident, body["nonce"], {"ok": True, "remote": body["local"]})
+
+    # ---- locating: who exports a name (paper §3.2: "clients may multicast to locate a server")
+    def _locate(self, message: dict[str, object], reply: Reply) -> None:
+        """A local process asks which bridges export ``name``: a LOCATE goes to the group (if this
+        bridge has one) and to every peer, again every ``RETRY_S`` (best effort), and the bridges that
+        answer are gathered until the timeout; then ``reply`` gets them all (``[]`` if none)."""
+        try:
+            name = namespace.validate_name(message.get("name"))
+            timeout_s = min(max(float(message.get("timeout", 1.0)), 0.1), 60.0)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            reply(error("bad_request", str(exc)))
+            return
+        now = time.monotonic()
+        nonce = secrets.randbits(63)
+        self._locates[nonce] = _Locate(name, now + timeout_s, now, reply)
+        self._wake()
+
+    def _locate_timers(self, now_s: float) -> None:
+        for nonce, locate in list(self._locates.items()):
+            if now_s >= locate.deadline_s:
+                del self._locates[nonce]
+                locate.reply({"ok": True, "found": [_text(a) for a in locate.found]})
+            elif now_s >= locate.next_send_s:
+                locate.next_send_s = now_s + RETRY_S
+                data = self._sealer.control(dg.Kind.LOCATE, {"nonce": nonce, "name": locate.name}, _now_us())
+                for address in ([self._group] if self._group is not None else []) + sorted(self._peers):
+                    self._send(address, data)
+
+    def _locate_asked(self, body: dict[str, object], source: Address, sender: int) -> None:
+        """A LOCATE: answered (to the asker's unicast address) if this bridge exports the name and the
+        segment exists now (a service whose server is not running is not found)."""
+        name = str(body["name"])
+        if sender == self._sealer.sender or name not in self._exports:  # our own, looped back by the group
+            return
+        try:
+            open_segment(name).release()
+        except (OmbmError, OSError):
+            return
+        self._send(source, self._sealer.control(dg.Kind.LOCATED, {"nonce": body["nonce"], "name": name}, _now_us()))
+
+    def _located(self, body: dict[str, object], source: Address) -> None:
+        locate = self._locates.get(_int(body["nonce"]))
+        if locate is None or locate.name != body["name"] or source == self.address:
+            self._counts["dropped_unexpected"] += 1
+            return
+        locate.found[source] = None
+
+    def _receive_group(self, now_s: float) -> bool:
+        """Datagrams sent to the multicast group (LOCATEs): validated and taken as any other."""
+        if self._group_sock is None:
+            return False
+        for taken in range(MAX_TURN):
+            try:
+                data, source = self._group_sock.recvfrom(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return taken > 0
+            except OSError:
+                continue
+            self.receive_datagram(data, source[:2], now_s)
+        return True
+
+    # ---- paths: keepalives and the path MTU, per bridge this one replicates with (net/path.py)
+    def _paths_tick(self, now_s: float) -> None:
+        """Every bridge linked to a replica is a path (:class:`~ombm.net.path.Path`). Quiet for
+        ``keepalive_s`` (nothing heard from it), it gets a PING naming the segments shared with it, once
+        per period; silent for ``KEEPALIVE_PERIODS`` periods, it is dead: every link to it goes, as on
+        its BYE (the replicas close, and the processes here see their remote peer die), and it gets a
+        BYE in case it was only frozen or cut off (so it closes its side when it comes back). Its MTU:
+        the kernel's word once a period, and the probes of the search."""
+        linked: dict[Address, list[int]] = {}
+        for replica in self._replicas.values():
+            for address in replica.links:
+                linked.setdefault(address, []).append(replica.key)
+        for address in [a for a in self._paths if a not in linked]:
+            del self._paths[address]
+        ask_kernel = now_s >= self._kernel_at
+        if ask_kernel:
+            self._kernel_at = now_s + self._keepalive_s
+        for address, keys in linked.items():
+            path = self._paths.get(address)
+            new = path is None
+            if path is None:  # a new path: quiet from now
+                path = self._paths[address] = Path(self._limit, self._keepalive_s, now_s)
+            if path.dead(now_s):
+                _log.info("ombm bridge: %s silent for %.1f s: its replicas close", _text(address),
+                          now_s - path.heard_s)
+                self._counts["paths_dead"] += 1
+                for _ in range(BYE_COPIES):
+                    self._send(address, self._sealer.control(dg.Kind.BYE, {"keys": keys[:dg.MAX_BODY_ITEMS]},
+                                                             _now_us()))
+                self._unlink(address, set())
+                del self._paths[address]
+                continue
+            if path.ping_due(now_s):
+                for at in range(0, len(keys), dg.MAX_BODY_ITEMS):
+                    self._counts["pings_sent"] += 1
+                    self._send(address, self._sealer.control(
+                        dg.Kind.PING, {"keys": keys[at:at + dg.MAX_BODY_ITEMS]}, _now_us()))
+            if ask_kernel or new:
+                payload = _kernel_mtu(self._family, address)
+                if payload is not None:
+                    path.kernel_says(payload, now_s)
+            probe = path.probe_due(now_s, lambda nonce, size: self._sealer.probe(nonce, size, _now_us()))
+            if probe is not None:
+                self._send_probe(path, address, probe, now_s)
+        self._use_path_mtu()
+        self._paths_at = min([now_s + self._keepalive_s / 4, self._kernel_at]
+                             + [path.next_s() for path in self._paths.values()])
+
+    def _send_probe(self, path: Path, address: Address, data: bytes, now_s: float) -> None:
+        self._counts["probes_sent"] += 1
+        try:
+            self._sock.sendto(data, address)
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:  # the kernel knows the path is narrower (don't fragment is set)
+                path.refused(now_s)
+            else:
+                self._counts["send_errors"] += 1
+            return
+        self._counts["datagrams_out"] += 1
+        self._counts["bytes_out"] += len(data)
+
+    def _use_path_mtu(self) -> None:
+        """Cut updates to the narrowest path's MTU (one size for all: a replica's update is cut once for
+        all its links). Called between turns, when the packers are empty (``_flush`` took them)."""
+        mtu = min([self._limit] + [path.mtu for path in self._paths.values()])
+        if mtu != self._mtu and dg.entry_room(mtu, self._sealer.trailer) >= 1:
+            self._mtu, self._room = mtu, dg.entry_room(mtu, self._sealer.trailer)
+            self._packers.clear()
+
+    def _probed_by(self, body: dict[str, object], source: Address) -> None:
+        """A PROBE arrived whole: say so (the prober learns its size crosses the path)."""
+        self._send(source, self._sealer.control(dg.Kind.PROBED, {"nonce": body["nonce"]}, _now_us()))
+
+    def _probe_answered(self, body: dict[str, object], source: Address, now_s: float) -> None:
+        path = self._paths.get(source)
+        if path is None or not path.probed(_int(body["nonce"]), now_s):
+            self._counts["dropped_unexpected"] += 1
+
+    def _pinged_by(self, body: dict[str, object], source: Address) -> None:
+        """A PING: a PONG naming the keys this bridge does not replicate with ``source`` (it restarted,
+        or closed them and its BYE was lost), so the asker drops those links."""
+        gone = []
+        for key in _ints(body["keys"]):
+            replica = self._replicas.get(key)
+            if replica is None or source not in replica.links:
+                gone.append(key)
+        self._send(source, self._sealer.control(dg.Kind.PONG, {"gone": gone}, _now_us()))
+
+    def _ponged(self, body: dict[str, object], source: Address) -> None:
+        gone = set(_ints(body["gone"]))
+        if gone:
+            self._unlink(source, gone)
 
     # ---- datagrams out
     def _next_tag(self) -> int:
@@ -752,8 +983,10 @@ class Bridge:
     def _send(self, address: Address, data: bytes) -> None:
         try:
             self._sock.sendto(data, address)
-        except OSError:  # full, or the path refused it: best effort, counted
+        except OSError as exc:  # full, or the path refused it: best effort, counted
             self._counts["send_errors"] += 1
+            if exc.errno == errno.EMSGSIZE:  # the kernel learnt a smaller path MTU: ask it now
+                self._kernel_at = self._paths_at = 0.0
             return
         self._counts["datagrams_out"] += 1
         self._counts["bytes_out"] += len(data)
@@ -768,6 +1001,67 @@ def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
         raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
     fam, _, _, _, sockaddr = infos[0]
     return fam, (str(sockaddr[0]), int(sockaddr[1]))
+
+
+_IP_MTU_DISCOVER, _IP_MTU, _IPV6_MTU_DISCOVER, _IPV6_MTU, _PMTUDISC_DO = 10, 14, 23, 24, 2  # <linux/in.h>, in6.h
+_UDP_HEADERS: dict[int, int] = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
+
+
+def _dont_fragment(sock: socket.socket, family: int) -> None:
+    """Set don't-fragment (path MTU discovery "do"): the kernel never fragments, and refuses (EMSGSIZE)
+    a datagram longer than the path MTU it knows."""
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _PMTUDISC_DO)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_DO)
+
+
+def _kernel_mtu(family: int, address: Address) -> int | None:
+    """The kernel's path MTU toward ``address`` as a UDP payload (its route's link, or what an ICMP
+    taught it), asked of a socket connected there; None if it cannot say."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            _dont_fragment(probe, family)
+            probe.connect(address)
+            if family == socket.AF_INET6:
+                mtu = probe.getsockopt(socket.IPPROTO_IPV6, _IPV6_MTU)
+            else:
+                mtu = probe.getsockopt(socket.IPPROTO_IP, _IP_MTU)
+    except OSError:
+        return None
+    return int(mtu) - _UDP_HEADERS[family]
+
+
+def _group(text: str, family: int) -> Address:
+    """``"GROUP:PORT"`` as an address: an IPv4 multicast group (ValueError otherwise)."""
+    host, port = remote.parse_host_port(text)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: give the group as an IP address") from None
+    if ip.version != 4 or not ip.is_multicast or not 0 < port:
+        raise ValueError(f"{text!r} is not an IPv4 multicast group and port (such as 239.255.0.1:7400)")
+    if family != socket.AF_INET:
+        raise ValueError("a multicast group needs a bridge listening on IPv4")
+    return str(ip), port
+
+
+def _join(group: Address, sock: socket.socket, interface: str) -> socket.socket:
+    """A socket that hears ``group`` on the interface of ``interface`` (any if it is the wildcard);
+    ``sock`` (the bridge's own) sends there, so answers come back to the bridge's unicast address."""
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, MULTICAST_TTL)
+    if interface != "0.0.0.0":
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+    heard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        heard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # other bridges of this host join too
+        heard.bind(group)  # the group's address: only its datagrams
+        membership = socket.inet_aton(group[0]) + socket.inet_aton(interface)
+        heard.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except BaseException:
+        heard.close()
+        raise
+    return heard
 
 
 def _still_named(replica: Replica) -> bool:

@@ -106,6 +106,16 @@ class Replica:
         return any(e.pid != bridge_pid and namespace.is_alive(e.pid, e.start)
                    for e in self.segment.directory.entries())
 
+    def send_image(self) -> None:
+        """A new importer gets what the segment holds now, not only later writes: every unit that is not
+        all zeros is marked dirty (sent whole to the links not in sync with it, a one-byte delta to the
+        others: a duplicate signal there, which the layers above tolerate)."""
+        buf, zero = self.region.buffer, bytes(self.unit)
+        for u in range(self.units):
+            lo, hi = self.bounds(u)
+            if buf[lo:hi] != zero[:hi - lo]:
+                self.dirty[u] = None
+
     def forget_own_writes(self) -> None:
         """Our FIFO dropped signals: the counts may wait for echoes that never come."""
         self.own[:] = bytes(self.units)

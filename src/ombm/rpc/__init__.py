@@ -6,6 +6,7 @@
         cli.oneway("log", "hi")                    # no reply (paper §8)
         fut = cli.call_async("add", 3, 4); fut.result()
     client = await ombm.rpc.connect_async("calc"); await client.add(1, 2)   # asyncio
+    ombm.rpc.locate("calc")                        # ["calc@IP:PORT", ...]: the hosts that serve it
 
 Layers: ``wire`` (frames), ``marshal`` (msgpack, out-of-band buffers, no
 pickle unless asked), ``protocol`` (the sans-I/O reliable transport),
@@ -15,11 +16,14 @@ timer), ``client`` and ``server`` (the I/O glue).
 
 from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
-from ombm.rpc.client import Client, Future, connect
-from ombm.rpc.server import Server
+from ombm.rpc.client import CallOptions, Client, Future, connect
+from ombm.rpc.locate import locate
+from ombm.rpc.marshal import register_type
+from ombm.rpc.server import Server, serve_async
 
 __all__ = [
     "AsyncClient",
+    "CallOptions",
     "CallTimeout",
     "Client",
     "Future",
@@ -30,4 +34,7 @@ __all__ = [
     "UnmarshalError",
     "connect",
     "connect_async",
+    "locate",
+    "register_type",
+    "serve_async",
 ]

@@ -80,7 +80,7 @@ MIN_MTU = HEADER_SIZE + ENTRY_SIZE + MAC_SIZE + 64
 _PERSON = b"ombm-bridge-v1"           # BLAKE2b personalisation: this format's MACs and no other's
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
-MAX_BODY_ITEMS = 256                  # names in EXPORTS, units in RESYNC, keys in BYE
+MAX_BODY_ITEMS = 256                  # names in EXPORTS, units in RESYNC, keys in BYE, PING and PONG
 MAX_TEXT = 400
 
 
@@ -96,6 +96,12 @@ class Kind(enum.IntEnum):
     BYE = 7            # {"keys"}: I stop replicating these segments with you ([]: all of them; I am leaving)
     OFFER = 8          # {"nonce", "name", "key", "size", "unit", "mode", "sow"}: replicate my segment ``name``
     OFFER_REPLY = 9    # {"nonce", "name", "local"} (your replica's name here) or {"nonce", "name", "error"}
+    LOCATE = 10        # {"nonce", "name"}: who exports ``name``? (to a multicast group, or to the peers)
+    LOCATED = 11       # {"nonce", "name"}: I do (the answer to LOCATE, from the exporter's unicast address)
+    PING = 12          # {"keys"}: are you there, and do you still replicate these segments with me?
+    PONG = 13          # {"gone"}: I am; of the keys you named, these I do not replicate with you
+    PROBE = 14         # {"nonce", "pad"}: does a datagram this long reach you? (path MTU; ``pad``: zeros)
+    PROBED = 15        # {"nonce"}: it did (the answer to PROBE)
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -154,6 +160,10 @@ def _is_bool(v: object) -> bool:
     return type(v) is bool
 
 
+def _is_padding(v: object) -> bool:
+    return type(v) is bytes and not v.strip(b"\0")
+
+
 def _is_why(v: object) -> bool:
     return v in ("not_found", "refused")
 
@@ -171,6 +181,12 @@ _SCHEMAS: dict[Kind, tuple[dict[str, Callable[[object], bool]], dict[str, Callab
     Kind.OFFER_REPLY: ({"nonce": _is_u64, "name": _is_text}, {"local": _is_text, "error": _is_text}),
     Kind.RESYNC: ({"key": _is_u64, "units": _is_list_of(_is_u64)}, {}),
     Kind.BYE: ({"keys": _is_list_of(_is_u64)}, {}),
+    Kind.LOCATE: ({"nonce": _is_u64, "name": _is_text}, {}),
+    Kind.LOCATED: ({"nonce": _is_u64, "name": _is_text}, {}),
+    Kind.PING: ({"keys": _is_list_of(_is_u64)}, {}),
+    Kind.PONG: ({"gone": _is_list_of(_is_u64)}, {}),
+    Kind.PROBE: ({"nonce": _is_u64, "pad": _is_padding}, {}),
+    Kind.PROBED: ({"nonce": _is_u64}, {}),
 }
 _REPLY_FIELDS = frozenset(("key", "size", "unit", "mode", "sow"))
 
@@ -195,7 +211,8 @@ def _check_body(kind: Kind, body: object) -> Body:
 def _unpack_body(kind: Kind, raw: memoryview) -> Body:
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True, max_str_len=MAX_TEXT,
-                               max_bin_len=0, max_array_len=MAX_BODY_ITEMS, max_map_len=16, max_ext_len=0)
+                               max_bin_len=MAX_MTU if kind is Kind.PROBE else 0,  # only a probe's padding
+                               max_array_len=MAX_BODY_ITEMS, max_map_len=16, max_ext_len=0)
     except Exception as exc:  # msgpack raises several types for bad input: all are one thing here
         raise DatagramError(f"{kind.name} body is not msgpack: {type(exc).__name__}", "malformed") from None
     return _check_body(kind, body)
@@ -241,6 +258,17 @@ class Sealer:
         if self.key is not None:
             return data + _mac(self.key, data)
         return data + _CRC.pack(_crc32c(data))
+
+    def probe(self, nonce: int, size: int, now_us: int) -> bytes:
+        """A PROBE of ``size`` bytes (``MIN_MTU`` to ``MAX_MTU``), zeros padding it; one byte less in the
+        one case msgpack cannot encode (the padding's length going from one byte to two)."""
+        if not MIN_MTU <= size <= MAX_MTU:
+            raise ValueError(f"a probe is {MIN_MTU} to {MAX_MTU} bytes")
+        bare = HEADER_SIZE + len(msgpack.packb({"nonce": nonce, "pad": b""}, use_bin_type=True)) + self.trailer
+        pad = size - bare
+        if pad >= 0x100:  # msgpack's bin 16 has one byte more of length than bin 8
+            pad -= 1
+        return self.control(Kind.PROBE, {"nonce": nonce, "pad": bytes(pad)}, now_us)
 
     def control(self, kind: Kind, body: Body, now_us: int) -> bytes:
         """A control datagram (every kind but UPDATE): ``body`` as msgpack, checked against its schema."""
