@@ -11,7 +11,7 @@ sides' SHA-256 are compared.
     python examples/bulk_copy.py SOURCE DEST
     python examples/bulk_copy.py              # copies a generated 256 MiB file in a temp folder
 
-(with ombm installed, or ``PYTHONPATH=src`` from the repository root).
+(with ombm installed: ``pip install .``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ spends longer on a frame than the frame interval, drops frames, and counts them.
 
     python examples/frame_pipeline.py --fps 60 --seconds 3
 
-(numpy needed; with ombm installed, or ``PYTHONPATH=src`` from the repository root).
+(numpy needed; with ombm installed: ``pip install .``).
 """
 
 from __future__ import annotations

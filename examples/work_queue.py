@@ -16,7 +16,7 @@ once with the right result.
 
     python examples/work_queue.py --workers 4 --items 2000
 
-(with ombm installed, or ``PYTHONPATH=src`` from the repository root).
+(with ombm installed: ``pip install .``).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 import ombm
 
-SHM_ROOT = "/dev/shm"
+SHM_ROOT = os.environ.get("OMBM_SHM_DIR", "/dev/shm")  # where ombm keeps its objects (core/namespace.py)
 FOLDER = os.path.join(SHM_ROOT, f"ombm-{os.getuid()}")
 SRC = os.path.dirname(os.path.dirname(ombm.__file__))  # where the ombm under test lives (installed or src/)
 LEFTOVER_GRACE_S = float(os.environ.get("OMBM_TEST_LEFTOVER_GRACE_S", "2.0"))  # for objects of exiting children

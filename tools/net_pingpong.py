@@ -6,7 +6,7 @@ host B a process that opened ``ping@127.0.0.1:PORT`` gets the signal and writes 
 offset 64, whose signal comes back to A: one round trip through four processes and two UDP hops each
 way. The peer: a Python client and echo server exchanging 32-byte UDP datagrams.
 
-    PYTHONPATH=src python tools/net_pingpong.py --rounds 2000
+    python tools/net_pingpong.py --rounds 2000
 
 The figures are medians of one sitting; compare them with each other, not across machines.
 """

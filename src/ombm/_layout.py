@@ -50,6 +50,7 @@ The FIFO offsets are shared with ``_native/native.h``; ``check_native()`` proves
 
 from __future__ import annotations
 
+import os
 import struct
 
 from ombm import _native
@@ -104,7 +105,12 @@ def entry_offset(index: int) -> int:
 
 
 def check_native() -> None:
-    """Fail loudly if the native module and this layout disagree."""
+    """Fail loudly if the native module is missing (a source tree never built) or disagrees with this layout."""
+    if getattr(_native, "__file__", None) is None:  # the C sources' folder, imported as a namespace package
+        raise ImportError(
+            f"ombm's native module is not built in {os.path.dirname(__file__)} (this is a source tree): "
+            "use the installed ombm (do not put src on PYTHONPATH), or build it here with "
+            "`pip install -e .` or `python setup.py build_ext --inplace`")
     pairs = {
         "FIFO_TAIL": FIFO_TAIL,
         "FIFO_HEAD": FIFO_HEAD,

@@ -182,6 +182,17 @@ def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
 def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
     """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
 
+# ---- the bridge (ombm.net.replica, ombm.net.bridge)
+
+def unit_delta(src: ReadableBuffer, shadow: WriteableBuffer, lo: int, hi: int, /) -> int:
+    """Where ``src[lo:hi]`` first differs from ``shadow[lo:hi]`` (counted from ``lo``; ``hi - lo`` if
+    nowhere), ``src`` from there to ``hi`` copied into ``shadow`` in the same call. ValueError unless
+    ``0 <= lo <= hi <= len`` of both."""
+
+def bridge_spin(fifo: FifoMap, fd: int, spin_ns: int, /) -> int:
+    """Spin (the GIL released, yielding the CPU between polls after the first 2 µs) until ``fifo``
+    has an entry or ``fd`` is readable: the ns it took, or -1 if ``spin_ns`` passed first."""
+
 # ---- the message write (ombm.core.segment)
 def writer_signals_sent() -> int:
     """Signals pushed by Writer objects in this process."""

@@ -27,7 +27,8 @@ keeps working for callers who do not know ombm::
     ├── BridgeError               (ConnectionError)    the bridge could not import a remote name, or serve its folder
     │   ├── BridgeNotRunningError (+ ConnectionRefusedError) no bridge runs on this host (says how to start one)
     │   └── BridgeUnreachableError (+ TimeoutError)    the remote bridge did not answer
-    ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback)
+    ├── RemoteError               (Exception)          the remote procedure raised (.type_name, .message, .traceback);
+    │                                                  of a builtin type, also that builtin: except KeyError works
     ├── CallTimeout               (TimeoutError)       no reply within the call's timeout
     │   └── ServerGoneError       (+ ChannelBrokenError) the server stopped or died while we waited
     └── FolderSquattedWarning     (UserWarning)        a warning, not raised: the per-user folder was
@@ -43,6 +44,9 @@ reliable layer above.
 """
 
 from __future__ import annotations
+
+import builtins
+import sys
 
 
 class OmbmError(Exception):
@@ -163,7 +167,13 @@ class BridgeUnreachableError(BridgeError, TimeoutError):
 
 
 class RemoteError(OmbmError):
-    """The remote procedure raised; carries its type name, message and traceback text."""
+    """The remote procedure raised; carries its type name, message and traceback text.
+
+    What a client raises is made by :func:`remote_error`: for an exception of a builtin type
+    (``KeyError``, ``ValueError``, ``ZeroDivisionError``, ...) an instance of a class that derives
+    from both ``RemoteError`` and that builtin (``RemoteKeyError``), so ``except KeyError`` catches
+    it; for any other type a plain ``RemoteError`` (its ``type_name`` says which).
+    """
 
     def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
         super().__init__(f"{type_name}: {message}")
@@ -171,8 +181,41 @@ class RemoteError(OmbmError):
         self.message = message
         self.traceback = traceback
 
-    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
-        return (type(self), (self.type_name, self.message, self.traceback))
+    def __reduce__(self) -> tuple[object, tuple[str, str, str]]:
+        return (remote_error, (self.type_name, self.message, self.traceback))
+
+
+_remote_classes: dict[str, type[RemoteError]] = {}
+
+
+def _remote_class(type_name: str) -> type[RemoteError]:
+    """``RemoteError``, or its subclass that is also the builtin exception named ``type_name``."""
+    known = _remote_classes.get(type_name)
+    if known is not None:
+        return known
+    builtin = getattr(builtins, type_name, None) if type_name.isidentifier() else None
+    if not (isinstance(builtin, type) and issubclass(builtin, Exception)):
+        return RemoteError
+    made: type[RemoteError] = RemoteError
+    try:  # a builtin whose constructor or layout does not allow it (UnicodeDecodeError) stays plain
+        cls = type(f"Remote{type_name}", (RemoteError, builtin),
+                   {"__module__": __name__, "__str__": BaseException.__str__,  # KeyError's would quote it
+                    "__doc__": f"A remote {type_name}: both RemoteError and {type_name}."})
+        cls(type_name, "", "")
+        made = cls
+    except TypeError:
+        pass
+    _remote_classes[type_name] = made  # builtin exception names only: bounded, whatever a peer sends
+    return made
+
+
+def remote_error(type_name: str, message: str, traceback: str = "") -> RemoteError:
+    """The exception a client raises for a remote one (see :class:`RemoteError`); the remote
+    traceback is ``.traceback``, and from Python 3.11 also a note shown under the local one."""
+    error = _remote_class(type_name)(type_name, message, traceback)
+    if traceback and sys.version_info >= (3, 11):
+        error.add_note("the remote traceback:\n" + traceback.rstrip("\n"))
+    return error
 
 
 class CallTimeout(OmbmError, TimeoutError):

@@ -42,7 +42,7 @@ from ombm import _layout as L
 from ombm import _native
 from ombm.core import admin, namespace
 from ombm.core.fifo import FifoRef
-from ombm.channels.raw import CONTROL_SIZE, RawChannel
+from ombm.channels.raw import CONTROL_SIZE, RawChannel, control_offset
 from ombm.channels.stream import CREDIT_FIRST, CREDIT_SIZE, CREDIT_SUFFIX, Stream
 from ombm.transport import wire
 from ombm.transport.wire import TRAILER_SIZE
@@ -822,7 +822,10 @@ class Hostile(Party):
 
     def attack_control(self) -> bool:
         t = self._pick(lambda t: t.role in ("stream", "raw"))
-        return t is not None and self._write_fields(t, L.HEADER_SIZE, _CONTROL_FIELDS, self.rng.randint(1, 2))
+        if t is None:
+            return False
+        at = L.HEADER_SIZE + (control_offset(t.unit) if t.unit else 0)  # the control block ends its unit
+        return self._write_fields(t, at, _CONTROL_FIELDS, self.rng.randint(1, 2))
 
     def attack_stream_data(self) -> bool:
         t = self._pick(lambda t: t.role == "stream")

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import multiprocessing
 import os
+import struct
 import time
 import traceback
 
@@ -34,6 +35,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- services
 class CustomError(Exception):
     """Raised by Calc.fail_custom: its qualified name must reach the caller."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A user's own type, marshalled by the codec registered below (in the test and in every child,
+    which imports this module)."""
+
+    x: float
+    y: float
+
+
+ombm.rpc.register_type(Point, 16, lambda p: struct.pack("<dd", p.x, p.y), lambda b: Point(*struct.unpack("<dd", b)))
 
 
 class Calc:
@@ -69,6 +82,14 @@ class Calc:
     def fail(self, message: str):
         self.executed += 1
         raise ValueError(message)
+
+    def lookup(self, key):
+        self.executed += 1
+        return {"a": 1}[key]
+
+    def move(self, point: Point, dx: float) -> Point:
+        self.executed += 1
+        return Point(point.x + dx, point.y)
 
     def fail_custom(self, message: str):
         self.executed += 1
@@ -117,7 +138,29 @@ class Counter:
         return self.value
 
 
-SERVICES = {"calc": Calc, "counter": Counter}
+class Recorder:
+    """Records which calls ran, in order; some take their time. Its methods ``close`` and
+    ``statistics`` have the names of client attributes (reachable through call() and options())."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+
+    def work(self, i: int, seconds: float = 0.0) -> int:
+        time.sleep(seconds)
+        self.ran.append(i)
+        return i
+
+    def executed(self) -> list[int]:
+        return list(self.ran)
+
+    def close(self) -> str:
+        return "the remote close"
+
+    def statistics(self) -> str:
+        return "the remote statistics"
+
+
+SERVICES = {"calc": Calc, "counter": Counter, "recorder": Recorder}
 
 
 def pattern(nbytes: int) -> bytes:

@@ -72,8 +72,7 @@ def test_values_round_trip(cli, value):
     assert cli.identity(value) == value
 
 
-def test_tuples_and_bytearrays_come_back_as_lists_and_bytes(cli):
-    assert cli.identity((1, (2, 3))) == [1, [2, 3]]
+def test_bytearrays_and_memoryviews_come_back_as_bytes(cli):
     got = cli.identity(bytearray(b"abc"))
     assert got == b"abc" and type(got) is bytes
     assert cli.identity(memoryview(b"xyz")) == b"xyz"
@@ -153,6 +152,25 @@ def test_remote_exception_carries_type_message_and_traceback(cli):
     assert "ValueError: boom: the server says no" in err.traceback
     assert "in fail" in err.traceback  # the remote frame
     assert cli.add(2, 3) == 5  # the connection survives
+
+
+def test_a_remote_builtin_exception_is_caught_as_that_builtin(cli):
+    with pytest.raises(KeyError) as info:
+        cli.lookup("missing")
+    err = info.value
+    assert isinstance(err, RemoteError) and err.type_name == "KeyError" and err.message == "'missing'"
+    assert str(err) == "KeyError: 'missing'" and "in lookup" in err.traceback
+    with pytest.raises(ValueError):
+        cli.fail("a ValueError there is a ValueError here")
+    assert cli.lookup("a") == 1
+
+
+def test_tuples_come_back_as_tuples_and_a_registered_type_as_itself(cli):
+    from rpc_helpers import Point
+
+    assert cli.identity((1, [2, (3,)], {(4, "k"): (5,)})) == (1, [2, (3,)], {(4, "k"): (5,)})
+    assert type(cli.identity((1,))) is tuple and type(cli.identity([1])) is list
+    assert cli.move(Point(1.5, 2.0), 1.0) == Point(2.5, 2.0)
 
 
 def test_remote_exception_of_a_user_class_is_named_with_its_module(cli):

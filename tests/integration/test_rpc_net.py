@@ -42,7 +42,7 @@ def test_every_kind_of_call_gives_across_hosts_what_it_gives_locally(pair):
     across = there.ok("kinds", name=name, timeout=60, **{"as": "c"})["kinds"]
     assert across == local
     assert local["sync"] == [2 * i + 1 for i in range(50)] and local["large_call"] and local["large_reply"]
-    assert local["error"] == {"raised": "RemoteError", "message": "ValueError: remote trouble"}
+    assert local["error"] == {"raised": "RemoteValueError", "message": "ValueError: remote trouble"}
     assert local["asyncio"] == [i + 100 for i in range(20)] and local["oneway"] == 1
     there.ok("close", **{"as": "c"})
     here.ok("close", **{"as": "c"})

@@ -32,6 +32,8 @@ def test_a_tiny_run_measures_every_peer_there_is_and_removes_its_hosts(monkeypat
         assert all(latency.count == 50 and latency.median_us > 0 for latency in floor.latencies.values())
     [tcp] = [row for row in result.rows if isinstance(row, net.Throughput) and row.system == "TCP socket"]
     assert all(tcp.rates[size] > 0 for size in net.STREAM_SIZES)
+    [stream] = [row for row in result.rows if isinstance(row, net.Throughput) and row.system == "ombm Stream via bridge"]
+    assert all(stream.rates[size] > 0 for size in net.STREAM_SIZES), stream
     for row in result.rows:  # a number, or the reason there is none: never both missing
         numbers = getattr(row, "latencies", None) or getattr(row, "rates", None) or not math.isnan(
             getattr(row, "call_us", math.nan))

@@ -206,3 +206,55 @@ def test_units_are_cache_line_multiples_with_the_header_at_the_end(name):
     with RawChannel.create(name, unit_size=100, units=2) as w:
         assert w.slot_size % 64 == 0 and w.max_payload == w.slot_size - 32 >= 100
         assert w.segment.unit == w.slot_size  # one signal per unit
+
+
+def test_checksummed_frames_are_checked_and_a_changed_payload_is_not_delivered(name, own_receiver):
+    """checksum=True (what a reader on another host needs): the CRC32C of the payload is in the unit's
+    header; a payload changed under consistent generations (a bridge's torn copy, or any process
+    writing it) reads as torn, never as a frame."""
+    from ombm.core.segment import open_segment
+
+    with RawChannel.create(name, unit_size=200, units=4, checksum=True) as w, RawChannel.open(name) as r:
+        w.write(b"good frame")
+        assert r.recv(1).data == b"good frame"
+        buf = w.begin(unit=1)
+        buf[:5] = b"later"
+        w.commit(5)
+        assert r.recv(1).data == b"later"     # commit takes the checksum too
+        w.write(b"to be changed", unit=2)
+        seg = open_segment(name)
+        try:
+            with seg.bind(writable=True) as region:
+                start = w.slot_offset(2)
+                region.buffer[start:start + 2] = b"TO"  # the generations still agree
+            assert r.read(2) is None and r.statistics().torn == 1
+            with pytest.raises(ChannelTimeout):
+                r.recv(0.2)
+            assert r.statistics().received == 2
+        finally:
+            seg.release()
+
+
+def test_the_control_block_ends_its_unit_and_is_published_with_a_write(name, own_receiver):
+    """Across hosts a bridge sends what a write completes: the writer writes the control block,
+    which ends the first unit, when it makes the channel and when it closes it (a signal there)."""
+    from ombm.channels.raw import CONTROL_SIZE, control_offset
+    from ombm.core.segment import open_segment
+    from ombm.core.signals import Receiver
+
+    assert control_offset(64) == 0 and control_offset(256) == 128 and control_offset(1 << 20) == (1 << 20) - 128
+    w = RawChannel.create(name, unit_size=200, units=2)
+    seg = open_segment(name)
+    signals: list[int] = []
+    receiver = Receiver()
+    try:
+        with seg.bind(writable=False) as region:
+            assert w.first == seg.unit and bytes(region.buffer[w.first - CONTROL_SIZE:][:8]) == b"OMBMCHN\x01"
+            receiver.add_handler(region.address, seg.unit, lambda address: signals.append(address - region.address))
+            w.close()
+            receiver.wait(5.0)
+            assert signals == [0]
+    finally:
+        receiver.close()
+        w.close()
+        seg.release()

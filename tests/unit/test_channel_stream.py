@@ -295,7 +295,7 @@ def test_the_stream_ends_cleanly_only_on_what_the_writer_reports_it_sent(name, o
     """The writer's final counts (data control block) must match what the reader took; a reader
     that took fewer gets StreamProtocolError saying how many are missing, never EndOfStream."""
     from ombm import _native
-    from ombm.channels.raw import CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES
+    from ombm.channels.raw import CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES, control_offset
     from ombm.core.segment import open_segment
 
     w = Stream.create(name, slot_bytes=100, slots=4)
@@ -307,12 +307,13 @@ def test_the_stream_ends_cleanly_only_on_what_the_writer_reports_it_sent(name, o
         w.close(flush_timeout=0)
         assert [bytes(r.recv(1)) for _ in range(3)] == [b"m0", b"m1", b"m2"]
         with seg.bind(writable=True) as region:
-            _native.store64(region.address + CTRL_SENT_FRAGMENTS, 5)
-            _native.store64(region.address + CTRL_SENT_MESSAGES, 5)
+            ctrl = region.address + control_offset(seg.unit)
+            _native.store64(ctrl + CTRL_SENT_FRAGMENTS, 5)
+            _native.store64(ctrl + CTRL_SENT_MESSAGES, 5)
             with pytest.raises(ombm.StreamProtocolError, match=r"2 messages \(2 fragments\) missing"):
                 r.recv(1)
-            _native.store64(region.address + CTRL_SENT_FRAGMENTS, 3)
-            _native.store64(region.address + CTRL_SENT_MESSAGES, 3)
+            _native.store64(ctrl + CTRL_SENT_FRAGMENTS, 3)
+            _native.store64(ctrl + CTRL_SENT_MESSAGES, 3)
             with pytest.raises(EndOfStream):
                 r.recv(1)
     finally:

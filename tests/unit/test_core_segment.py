@@ -35,7 +35,7 @@ def test_units_are_bytes():
 
 def test_objects_live_in_a_private_per_user_folder(seg):
     folder = os.path.dirname(seg.path)
-    assert folder == f"/dev/shm/ombm-{os.getuid()}"
+    assert folder == os.path.join(os.environ.get("OMBM_SHM_DIR", "/dev/shm"), f"ombm-{os.getuid()}")
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(seg.path).st_mode) == 0o600
     assert "ombm" in seg.path

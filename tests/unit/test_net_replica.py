@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import ombm
-from ombm.net.replica import Replica, first_difference
+from ombm.net.replica import Replica
 from ombm.transport import datagram as dg
 from ombm.transport.updates import Assembler
 
@@ -97,16 +97,6 @@ def view(replica, u):
     return bytes(replica.region.buffer[lo:lo + UNIT])
 
 
-def test_first_difference():
-    assert first_difference(b"abc", bytearray(b"abc")) == 3
-    for at in (0, 1, 63, 64, 65, 1000, 4095):
-        old = bytes(4096)
-        new = bytearray(old)
-        new[at] = 1
-        new[-1] = 1
-        assert first_difference(bytes(new), old) == at
-
-
 def test_a_write_reaches_the_peer_whole_then_as_deltas(net):
     a, b = net.make(A, [B]), net.make(B, [A], exporter_of=[A])
     frame = bytes(range(256)) * 8
@@ -163,7 +153,8 @@ def test_the_exporter_relays_between_importers(net):
 
 def test_a_duplicate_update_is_dropped(net):
     a, b = net.make(A, [B]), net.make(B, [A], exporter_of=[A])
-    out = a._fan_out(0, 7, b"\1" * UNIT, None, ROOM)
+    a.region.write(0, b"\1" * UNIT)
+    out = a.local_update(0, 7, ROOM)
     net.deliver(A, out)
     net.deliver(A, out)
     assert net.statuses == ["applied", "duplicate"]

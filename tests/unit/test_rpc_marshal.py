@@ -33,8 +33,61 @@ def test_call_defaults():
     assert decode_call(encode_call("ping")) == ("ping", (), {})
 
 
-def test_tuples_come_back_as_lists():
-    assert reply((1, (2, [3, (4,)]))) == [1, [2, [3, [4]]]]
+def test_tuples_and_lists_come_back_as_they_went():
+    got = reply((1, (2, [3, (4,)]), []))
+    assert got == (1, (2, [3, (4,)]), []) and type(got) is tuple and type(got[1][1]) is list
+    assert type(got[1][1][1]) is tuple
+
+
+def test_a_namedtuple_comes_back_a_tuple_and_builtin_subclasses_as_their_builtin():
+    import collections
+    import enum
+
+    class Colour(enum.IntEnum):
+        RED = 3
+
+    Point = collections.namedtuple("Point", "x y")
+    got = reply([Point(1, 2), Colour.RED, collections.OrderedDict(a=1), collections.Counter("aa")])
+    assert got == [(1, 2), 3, {"a": 1}, {"a": 2}]
+    assert [type(v) for v in got] == [tuple, int, dict, dict]
+
+
+def test_tuple_keys_are_rebuilt():
+    assert decode_call(encode_call("f", ({(1, ("a", None)): 2},)))[1] == ({(1, ("a", None)): 2},)
+    with pytest.raises(TypeError, match="dict key of type tuple"):
+        encode_call("f", ({(1, frozenset()): 2},))
+
+
+def test_the_call_lanes_message_shape_is_a_list():
+    import msgpack
+
+    assert msgpack.unpackb(encode_call("f", (1, (2,)), {"k": 3}), ext_hook=marshal.ext_hook(), strict_map_key=False) \
+        == ["f", [1, (2,)], {"k": 3}]
+    assert msgpack.unpackb(encode_result((1,)), ext_hook=marshal.ext_hook()) == [0, (1,)]
+
+
+def test_a_tuple_that_holds_no_array_or_nests_without_end_is_an_unmarshal_error():
+    import msgpack
+
+    hostile = msgpack.packb([0, msgpack.ExtType(4, msgpack.packb({"a": 1}))])
+    with pytest.raises(UnmarshalError, match="does not hold an array"):
+        decode_reply(hostile)
+    deep = msgpack.packb([])
+    for _ in range(5000):  # far past the recursion limit: each level is a tuple holding the next
+        deep = msgpack.packb([msgpack.ExtType(4, deep)])
+    with pytest.raises(UnmarshalError, match="nested more than 32 deep"):
+        decode_reply(msgpack.packb([0, msgpack.ExtType(4, deep)]))
+    assert marshal._nesting.unpacking == 0
+
+
+def test_tuples_nest_32_deep_and_no_deeper():
+    value: object = "innermost"
+    for _ in range(marshal.MAX_TUPLE_NESTING):
+        value = (value,)
+    assert reply(value) == value
+    with pytest.raises(TypeError, match="nested more than 32 deep"):
+        encode_result((value,))
+    assert marshal._nesting.packing == 0
 
 
 def test_buffers_travel_as_bytes():
@@ -238,10 +291,10 @@ def test_pickle_payload_is_really_pickle():
 
 
 @pytest.mark.parametrize("args,kwargs,where", [
-    (({(1, 2): 3},), None, "args[0]"),
-    (([1, {"a": {(): 1}}],), None, "args[0][1]['a']"),
+    (({frozenset((1, 2)): 3},), None, "args[0]"),
+    (([1, {"a": {(1, frozenset()): 1}}],), None, "args[0][1]['a']"),
     ((), {"k": {frozenset(): 1}}, "kwargs['k']"),
-    ((({1: [{b"x": {(1,): 2}}]},),), None, "args[0][0][1][0][b'x']"),
+    ((({1: [{b"x": {frozenset((1,)): 2}}]},),), None, "args[0][0][1][0][b'x']"),
 ])
 def test_a_dict_key_the_server_cannot_rebuild_is_refused_by_the_encoder(args, kwargs, where):
     with pytest.raises(TypeError, match=re.escape(where)):
@@ -249,6 +302,21 @@ def test_a_dict_key_the_server_cannot_rebuild_is_refused_by_the_encoder(args, kw
 
 
 def test_dict_keys_the_server_rebuilds_pass():
-    value = {"s": 1, b"b": 2, 3: 3, True: 4, 2.5: 5, None: 6}
+    value = {"s": 1, b"b": 2, 3: 3, True: 4, 2.5: 5, None: 6, (1, ("a", None)): 7}
     assert marshal.decode_call(marshal.encode_call("m", (value, [value]), {"k": {"n": value}})) == \
         ("m", (value, [value]), {"k": {"n": value}})
+
+
+def test_a_remote_builtin_error_is_that_builtin_and_a_remote_error():
+    import ombm.errors
+
+    for name, builtin in (("KeyError", KeyError), ("OSError", OSError), ("ZeroDivisionError", ZeroDivisionError)):
+        with pytest.raises(builtin) as info:
+            decode_reply(encode_error(builtin("why")))
+        err = info.value
+        assert isinstance(err, RemoteError) and err.type_name == name and type(err).__name__ == f"Remote{name}"
+        assert pickle.loads(pickle.dumps(err)).type_name == name
+    for name in ("UnicodeDecodeError", "KeyboardInterrupt", "mymodule.KeyError", "not an identifier", "print"):
+        err = ombm.errors.remote_error(name, "m", "")
+        assert type(err) is RemoteError  # no builtin exception class to join: plain
+    assert set(ombm.errors._remote_classes) <= set(dir(__import__("builtins")))  # bounded by the builtins

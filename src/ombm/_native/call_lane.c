@@ -170,11 +170,21 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     int sleep_ok = PyObject_IsTrue(args[4]);
     if (sleep_ok < 0) return NULL;
     if (!l->lent) return call_unsent(LANE_NOT_LENT);
-    /* the message: (method, args, kwargs) as marshal.encode_call packs it */
+    /* the message: [method, [args...], kwargs] as marshal.encode_call packs it (lists: the packer
+       keeps a tuple for the user's own tuples) */
     if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
         return call_unsent(LANE_UNSENT);
-    PyObject *triple = PyTuple_Pack(3, args[0], args[1], args[2]);
-    if (!triple) return NULL;
+    PyObject *triple = PyList_New(3);
+    PyObject *positional = triple ? PySequence_List(args[1]) : NULL;
+    if (!positional) {
+        Py_XDECREF(triple);
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    Py_INCREF(args[2]);
+    PyList_SET_ITEM(triple, 0, args[0]);
+    PyList_SET_ITEM(triple, 1, positional);
+    PyList_SET_ITEM(triple, 2, args[2]);
     PyObject *message = marshal_pack(&l->marshal, triple);
     Py_DECREF(triple);
     if (!message) return PyErr_Occurred() ? NULL : call_unsent(LANE_UNSENT);

@@ -15,6 +15,7 @@
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)
  *   mapping.c         map_over, guard: mappings without a descriptor, and no SIGBUS from a peer (issue 11)
+ *   bridge.c          the bridge's delta against its shadow and its spin before it sleeps   (paper §3.2.3)
  *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
  * `static inline` in the headers, so the split costs no call.
@@ -40,6 +41,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -128,5 +130,6 @@ int native_add_writer(PyObject *module);
 int native_add_call_lane(PyObject *module);
 int native_add_request_intake(PyObject *module);
 int native_add_mapping(PyObject *module);
+int native_add_bridge(PyObject *module);
 
 #endif

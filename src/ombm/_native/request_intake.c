@@ -161,10 +161,12 @@ static PyObject *intake_finish(RequestIntake *x, IntakeEntry *e, PyObject *resul
 }
 
 /* Run the call in `payload` as Server._execute would: -> (reply payload bytes, error flag), or
-   NULL with an exception that is not the call's (e.g. KeyboardInterrupt). The common case stays
-   here: unmarshal (as marshal.decode_call), look the method up, call it, marshal [0, result]. A
-   request that does not unmarshal to a call of a known method goes to execute() whole (nothing
-   ran yet); a method that raised, or a result that does not marshal or fit, to finish(). */
+   NULL with an exception that is not the call's (e.g. KeyboardInterrupt), or None (a new
+   reference) for a call of a method the lane does not run (not in `methods`: an unknown one, or
+   an `async def` the server runs on its event loop), which goes to the protocol whole (nothing
+   ran yet). The common case stays here: unmarshal (as marshal.decode_call), look the method up,
+   call it, marshal [0, result]. A request that does not unmarshal to a call goes to execute()
+   whole; a method that raised, or a result that does not marshal or fit, to finish(). */
 static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payload) {
     PyObject *call = marshal_unpack(&x->marshal, payload);
     if (!call) {
@@ -180,8 +182,8 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
         if (!PyUnicode_CheckExact(key)) goto in_python;
     PyObject *fn = PyDict_GetItemWithError(x->methods, name);  /* borrowed */
     if (!fn) {
-        if (PyErr_Occurred()) { Py_DECREF(call); return NULL; }
-        goto in_python;
+        Py_DECREF(call);
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
     Py_INCREF(fn);
     PyObject *calls = PyDict_GetItemWithError(x->stats, x->calls_key);  /* borrowed */
@@ -211,7 +213,13 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
         Py_XDECREF(exc);
         return r;
     }
-    PyObject *pair = PyTuple_Pack(2, x->zero, result);
+    PyObject *pair = PyList_New(2);  /* [0, result] as marshal.encode_result packs it */
+    if (pair) {
+        Py_INCREF(x->zero);
+        Py_INCREF(result);
+        PyList_SET_ITEM(pair, 0, x->zero);
+        PyList_SET_ITEM(pair, 1, result);
+    }
     PyObject *data = pair ? marshal_pack(&x->marshal, pair) : NULL;
     Py_XDECREF(pair);
     if (!data && PyErr_Occurred()) { Py_DECREF(result); return NULL; }
@@ -378,6 +386,13 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     }
     uint64_t call_id = t.message_id;
     PyObject *executed = intake_execute(x, e, payload);
+    if (executed == Py_None) {  /* not the lane's: the protocol delivers it (the lane's state handed back) */
+        Py_DECREF(executed);
+        PyObject *fields = frame_fields(PyTuple_GET_ITEM(x->kinds, KIND_CALL), &t, payload);
+        Py_DECREF(payload);
+        if (!fields) return -1;
+        return (*out = intake_to_python(x, e, b, n, waited, fields, NULL)) ? 0 : -1;
+    }
     PyObject *data = NULL;
     int error = -1;
     if (executed && PyTuple_CheckExact(executed) && PyTuple_GET_SIZE(executed) == 2 &&

@@ -71,7 +71,9 @@ def pack_header(array: NDArray[Any]) -> bytes:
     """The header that follows the data: dtype description and shape, then its length."""
     from numpy.lib import format as npformat
 
-    header: bytes = msgpack.packb({"d": npformat.dtype_to_descr(array.dtype), "s": list(array.shape)})
+    # numpy's own functions, typed in some releases and not in others: called through Any either way
+    dtype_to_descr: Callable[[Any], Any] = npformat.dtype_to_descr
+    header: bytes = msgpack.packb({"d": dtype_to_descr(array.dtype), "s": list(array.shape)})
     if len(header) > MAX_HEADER:
         raise ValueError("the array's dtype description is too long to send")
     return header + _HLEN.pack(len(header))
@@ -109,7 +111,8 @@ def unpack_trailer(payload: bytes | bytearray | memoryview) -> tuple[numpy.dtype
     try:
         header = msgpack.unpackb(bytes(payload[n - _HLEN.size - hlen:n - _HLEN.size]),
                                  max_bin_len=0, max_ext_len=0)
-        dtype = npformat.descr_to_dtype(_as_descr(header["d"]))
+        descr_to_dtype: Callable[[Any], Any] = npformat.descr_to_dtype  # typed in some numpy releases only
+        dtype = descr_to_dtype(_as_descr(header["d"]))
         shape = tuple(header["s"])
     except FrameError:
         raise

@@ -12,13 +12,14 @@ so the write of a slot's **last byte** raises exactly one signal carrying the sl
 start (signal-on-write, §3.3), and the reader finds what it needs at the slot's end::
 
     segment data (unit = slot_size, a multiple of 64)
-    +-------------------+---------+---------+-- ... --+-----------+
-    | control block     | slot 0  | slot 1  |         | slot n-1  |
-    | (first units)     |         |         |         |           |
-    +-------------------+---------+---------+-- ... --+-----------+
-    ^0                  ^first    ^first + slot_size
+    +---------+---------+---------+---------+-- ... --+-----------+
+    | (zeros) | control | slot 0  | slot 1  |         | slot n-1  |
+    |         | block   |         |         |         |           |
+    +---------+---------+---------+---------+-- ... --+-----------+
+    ^0        ^ctrl     ^first    ^first + slot_size
 
-    control block (CONTROL, little-endian; written by the writer, magic last)
+    control block (CONTROL_SIZE bytes ending the first units, at ctrl = first - 128: see
+    :func:`control_offset`; little-endian; written by the writer, magic last)
       0  8s  magic     b"OMBMCHN\\x01"
       8  u32 version   | 12 u32 kind (1 raw channel, 2 stream)
      16  u64 slot_size | 24 u64 slots | 32 u64 first (offset of slot 0)
@@ -29,17 +30,30 @@ start (signal-on-write, §3.3), and the reader finds what it needs at the slot's
      72  u64 wake-at    (stream: 0, or the writer sleeps until the reader released this many)
      80  u64 sent fragments | 88 u64 sent messages  (stream: the writer's final counts, stored
                             before the closed state: the reader's end of stream must match them)
+     96  u32 flags      (raw: bit 0, every frame carries the CRC32C of its payload)
 
-Nobody registers a handler over the control block, and it is written with plain
-stores, never :meth:`Region.write`, so it never raises a signal.
+No reader registers a handler over the control block.  The writer stores its words with
+plain stores, and *publishes* the block with one :meth:`Region.write` of it when it is
+made and when it closes: the write completes the unit, whose only receiver is a bridge
+(``ombm.net``), which sends it to the hosts that read the channel (docs/net.md).  The
+block ends its unit so that such an update is small: a bridge sends a unit from its first
+changed byte to its end.
+
+**Across hosts** (paper §3.2.3): a reader opens ``name@HOST:PORT``; this host's bridge makes
+the local replica ``name.at.IP_PORT`` (:mod:`ombm.core.remote`), and the reader waits for
+the control block to arrive in it (asking the bridge to import it again every
+``REIMPORT_S``: the image is best effort).  The writer's pid names a process of the other
+host, so a reader of a replica judges the writer's liveness by the bridge instead
+(:func:`bridge_holds`): the exporting bridge closes the replicas when the writer is gone,
+and this host's bridge then lets go of its copy.
 
 **Raw channel** (:class:`RawChannel`, paper §4 "raw video"): one writer, any number
-of readers, no checksum, no retransmission.  A unit (slot) is addressed by its index;
+of readers, no retransmission, a checksum only if asked.  A unit (slot) is addressed by its index;
 its payload starts at the unit's start (64-byte aligned) and a 32-byte header ends
 it::
 
-    unit:  | payload (length bytes) ... | gen_begin u64 | seq u64 | length u32 | 0 u32 | gen_end u64 |
-                                        ^end-32                                        ^end-8     end^
+    unit:  | payload (length bytes) ... | gen_begin u64 | seq u64 | length u32 | crc u32 | gen_end u64 |
+                                        ^end-32                                          ^end-8     end^
 
 The generation is a per-unit write count used as a seqlock written at both ends:
 the writer stores ``gen_begin = g`` (a locked compare-and-swap: a full barrier),
@@ -51,6 +65,9 @@ writer never waits for anyone: a reader that falls behind finds units overwritte
 by newer generations (or its FIFO full) and counts the generations it never read as
 ``missed`` (paper §3.2: "the message can be overwritten ... before the receiver
 reads it").  The reader's ordering of loads relies on x86-64 (TSO) load ordering.
+With ``checksum=True`` (flag in the control block) ``crc`` is the CRC32C of the payload
+(0 otherwise), and a reader also checks it: a bridge copies a unit while the writer may be
+rewriting it, and its copy's generations can agree over a torn payload.
 """
 
 from __future__ import annotations
@@ -61,17 +78,20 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
+from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace
+from ombm import aio as _aio
+from ombm.core import namespace, remote
 from ombm.core import config as _config
 from ombm.core import segment as _segment
 from ombm.errors import AddressError, ChannelBrokenError, ChannelTimeout, ClosedError, EndOfStream, OmbmError
 from ombm.errors import ForkedError
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
+from ombm.core.directory import Directory
 from ombm.core.signals import Receiver
 from ombm.core.signals import signal as _signal
 
@@ -83,28 +103,38 @@ __all__ = ["Channel", "ChannelTimeout", "EndOfStream", "RawChannel", "RawFrame",
 CACHE_LINE = _segment.CACHE_LINE
 CONTROL = struct.Struct("<8sII QQQQ II Q Q Q")
 CONTROL_MAGIC = b"OMBMCHN\x01"
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2  # 2: the control block ends its unit (1: it began the segment)
 CONTROL_SIZE = 128
 CTRL_STATE = 52
 CTRL_PUBLISHED = 64
 CTRL_WAKE_AT = 72
 CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES = 80, 88
+CTRL_FLAGS = 96
+FLAG_CHECKSUM = 1
 KIND_RAW, KIND_STREAM = 1, 2
 STATE_OPEN, STATE_CLOSED = 1, 2
 _KIND_NAMES = {KIND_RAW: "raw channel", KIND_STREAM: "stream"}
 
-RAW_HEADER = struct.Struct("<QQIIQ")  # gen_begin seq length reserved gen_end, ends the unit
+RAW_HEADER = struct.Struct("<QQIIQ")  # gen_begin seq length checksum gen_end, ends the unit
 RAW_HEADER_SIZE = RAW_HEADER.size  # 32
-_RAW_TAIL = struct.Struct("<QIIQ")  # the part written last: seq length reserved gen_end
+_RAW_TAIL = struct.Struct("<QIIQ")  # the part written last: seq length checksum gen_end
 
 MAX_SLOTS = 1 << 20  # a reader keeps state per slot: a control block's count is bounded before use
 
 TICK_S = 0.05  # a waiting end re-checks its peer's liveness and its slots this often
+
+_T = TypeVar("_T")
+# A receive loop without its waits (so that one loop serves recv() and recv_async()): it yields how
+# long to wait for a signal next, is sent whether one came, and returns what it received.
+Receiving = Generator[float, bool, _T]
 SPIN_MIN_S, SPIN_MAX_S = 2e-6, 5e-4  # spin budget of a waiting end (see Channel._wait_slice)
 _OPEN_RETRY_S = 0.005
+REMOTE_OPEN_S = 10.0  # a remote name waits at least this long for the bridge and the control block
+REIMPORT_S = 0.25     # ... asking the bridge to import it again this often while it is not there
 
 _load64, _load32, _store64, _store32, _cas64 = (
     _native.load64, _native.load32, _native.store64, _native.store32, _native.cas64)
+_checksum, _copy_checksum = _native.checksum, _native.copy_checksum
 
 _Ch = TypeVar("_Ch", bound="Channel")
 # how a reader copies a frame out: (start offset in the segment, length) -> the frame's data
@@ -134,6 +164,21 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
+def control_offset(unit: int) -> int:
+    """Where the control block of a channel of ``unit``-byte slots starts: it ends the units before
+    slot 0 (``first = control_offset(unit) + CONTROL_SIZE``)."""
+    return _round_up(CONTROL_SIZE, unit) - CONTROL_SIZE
+
+
+def bridge_holds(directory: Directory) -> bool:
+    """Liveness across hosts: whether a bridge still keeps this replica (docs/net.md).  The bridge
+    watches the whole replica, control block included; no channel end watches a control block.  It
+    closes the replica when the processes it stands for on the other host are gone."""
+    me = namespace.me()[0]
+    return any(e.kind == L.KIND_RECEIVER and e.offset == 0 and e.pid != me and namespace.is_alive(e.pid, e.start)
+               for e in directory.entries())
+
+
 class Channel:
     """The basic channel: a slotted message-consistency segment and its control block.
 
@@ -149,6 +194,8 @@ class Channel:
     first: int
     connection_id: int
     _writer: tuple[int, int]
+    _ctrl: int        # the control block's address
+    remote = False    # this end is a reader of a bridge's replica (the writer is on another host)
 
     def __init__(self, seg: _segment.Segment, writable: bool) -> None:
         self.segment = seg
@@ -166,36 +213,53 @@ class Channel:
 
     # ---- construction
     @classmethod
-    def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None) -> _Ch:
+    def _create(cls: type[_Ch], name: str | None, slot_size: int, slots: int, connection_id: int | None = None,
+                flags: int = 0) -> _Ch:
         if slots > MAX_SLOTS:
             raise ValueError(f"a channel has at most {MAX_SLOTS} slots, not {slots}")
         name = namespace.new_name() if name is None else namespace.validate_name(name)
-        first = _round_up(CONTROL_SIZE, slot_size)
+        ctrl = control_offset(slot_size)
+        first = ctrl + CONTROL_SIZE
         seg = _segment.create_segment(first + slots * slot_size, name=name, unit=slot_size)
         try:
             self = cls(seg, writable=True)
-            self.slots, self.first = slots, first
+            self.slots, self.first, self._ctrl = slots, first, self._base + ctrl
             self.connection_id = namespace.new_token() if connection_id is None else connection_id
             pid, start = namespace.me()
             fields = CONTROL.pack(b"\0" * 8, CONTROL_VERSION, cls.KIND, slot_size, slots, first,
                                   self.connection_id, pid, STATE_OPEN, start, 0, 0)
-            self._buf[8:CONTROL.size] = fields[8:]
-            self._buf[0:8] = CONTROL_MAGIC  # published last: a half-made channel has no magic
+            self._buf[ctrl + 8:ctrl + CONTROL.size] = fields[8:]
+            self._buf[ctrl + CTRL_FLAGS:ctrl + CTRL_FLAGS + 4] = flags.to_bytes(4, "little")
+            self._buf[ctrl:ctrl + 8] = CONTROL_MAGIC  # stored last: a half-made channel has no magic
             self._writer = (pid, start)
+            self._publish_control()
         except BaseException:
             seg.release()
             raise
         return self
 
+    def _publish_control(self) -> None:
+        """Rewrite the control block with one ordinary write: it completes the block's unit, so a
+        bridge sends the block to the hosts that read this channel (its only receiver)."""
+        ctrl = self._ctrl - self._base
+        self.region.write(ctrl, bytes(self._buf[ctrl:self.first]))
+
     @classmethod
     def _open(cls: type[_Ch], name: str, timeout: float | None) -> _Ch:
-        """Open the segment ``name`` read-only, waiting up to ``timeout`` for it to appear."""
-        name = namespace.validate_name(name)
+        """Open the segment ``name`` read-only, waiting up to ``timeout`` for it to appear.
+
+        A remote name ``name@HOST:PORT`` opens this host's bridge's replica of it, waiting at
+        least ``REMOTE_OPEN_S`` for the control block to arrive."""
         timeout = check_timeout(timeout)
+        where = remote.split_remote(name) if isinstance(name, str) else None
+        if where is not None and timeout is not None:
+            timeout = max(timeout, REMOTE_OPEN_S)
         deadline = None if timeout is None else time.monotonic() + timeout
+        local = namespace.validate_name(name if where is None else cls._import(name, deadline))
+        asked = time.monotonic()
         while True:
             try:
-                seg = _segment.open_segment(name)
+                seg = _segment.open_segment(local)
             except SegmentNotFoundError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -203,6 +267,7 @@ class Channel:
                 continue
             try:
                 self = cls(seg, writable=False)
+                self.remote = where is not None
                 if self._parse_control(deadline is not None and time.monotonic() >= deadline):
                     return self
             except BaseException:
@@ -210,14 +275,31 @@ class Channel:
                 raise
             seg.release()
             time.sleep(_OPEN_RETRY_S)
+            if where is not None and time.monotonic() - asked >= REIMPORT_S:
+                asked = time.monotonic()  # the image of the control block is best effort: ask for it again
+                cls._import(name, deadline)
+
+    @staticmethod
+    def _import(name: str, deadline: float | None) -> str:
+        """This host's bridge's replica of ``name@HOST:PORT`` (made, or asked for again); a name the
+        other host does not have yet is asked for again until the deadline, as a local one is."""
+        while True:
+            left = 5.0 if deadline is None else max(deadline - time.monotonic(), 0.1)
+            try:
+                return remote.import_segment(name, min(left, 5.0))
+            except SegmentNotFoundError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            time.sleep(REIMPORT_S)
 
     def _parse_control(self, final: bool) -> bool:
         """Check the control block; False if it is not published yet (and ``final`` is False)."""
         where = f"segment {self.segment.name!r}"
-        if self.segment.size < CONTROL_SIZE:
+        ctrl = control_offset(self.slot_size)
+        if self.segment.size < ctrl + CONTROL_SIZE:
             raise SegmentFormatError(f"{where} is too small to be a channel")
         (magic, version, kind, slot_size, slots, first, conn, pid, state, start, _pub, _wait) = \
-            CONTROL.unpack_from(self._buf, 0)
+            CONTROL.unpack_from(self._buf, ctrl)
         if magic != CONTROL_MAGIC:
             if final:
                 raise SegmentFormatError(f"{where} is not an ombm channel (no control block), "
@@ -229,10 +311,11 @@ class Channel:
         if kind != self.KIND:
             what = _KIND_NAMES.get(kind, f"kind {kind}")
             raise SegmentFormatError(f"{where} is a {what}, not a {_KIND_NAMES[self.KIND]}")
-        if (slot_size != self.slot_size or not 1 <= slots <= MAX_SLOTS or first != _round_up(CONTROL_SIZE, slot_size)
+        if (slot_size != self.slot_size or not 1 <= slots <= MAX_SLOTS or first != ctrl + CONTROL_SIZE
                 or first + slots * slot_size > self.segment.size):
             raise SegmentFormatError(f"{where} has a corrupt channel control block")
         self.slots, self.first, self.connection_id = slots, first, conn
+        self._ctrl = self._base + ctrl
         self._writer = (pid, start)
         return True
 
@@ -270,15 +353,42 @@ class Channel:
     def writer_state(self) -> int:
         """The writer's state word (1 open, 2 closed); :class:`~ombm.ClosedError` once this end is closed."""
         self._check_open()
-        return _load32(self._base + CTRL_STATE)
+        return _load32(self._ctrl + CTRL_STATE)
 
     def writer_alive(self) -> bool:
-        """Whether the writer process lives; :class:`~ombm.ClosedError` once this end is closed."""
+        """Whether the writer process lives (across hosts: whether the bridge still keeps the replica
+        for it); :class:`~ombm.ClosedError` once this end is closed."""
         self._check_open()
+        return self._writer_alive()
+
+    def _writer_alive(self) -> bool:
+        if self.remote:
+            return bridge_holds(self.segment.directory)
         return namespace.is_alive(*self._writer)
 
     def _writer_state(self) -> int:  # writer_state() for this end's own loops, which checked it is open
-        return _load32(self._base + CTRL_STATE)
+        return _load32(self._ctrl + CTRL_STATE)
+
+    def _run(self, steps: Receiving[_T]) -> _T:
+        """Drive a receive loop in this thread: each wait it asks for is :meth:`_wait_slice`."""
+        try:
+            pause = next(steps)
+            while True:
+                pause = steps.send(self._wait_slice(pause))
+        except StopIteration as done:
+            return cast(_T, done.value)
+
+    async def _run_async(self, steps: Receiving[_T]) -> _T:
+        """Drive a receive loop in the running event loop: each wait awaits this end's signals
+        there (:func:`ombm.aio.wait`: the FIFO's doorbell, no thread)."""
+        receiver = self._receiver
+        assert receiver is not None, "a reading end waits on its own receiver"
+        try:
+            pause = next(steps)
+            while True:
+                pause = steps.send(await _aio.wait(receiver, pause) > 0.0)
+        except StopIteration as done:
+            return cast(_T, done.value)
 
     def _wait(self, deadline: float | None) -> bool:
         """Wait for a signal up to one tick (or the deadline); False once the deadline passed."""
@@ -463,11 +573,19 @@ class RawChannel(Channel):
     # ---- writer
     @classmethod
     def create(cls, name: str | None = None, *, unit_size: int = 65536 - RAW_HEADER_SIZE,
-               units: int = 16) -> RawChannel:
-        """Create the channel; ``unit_size`` is the largest payload of one unit, in bytes."""
+               units: int = 16, checksum: bool = False) -> RawChannel:
+        """Create the channel; ``unit_size`` is the largest payload of one unit, in bytes.
+
+        ``checksum``: every frame carries the CRC32C of its payload (taken in the copy), which
+        readers check; a reader on another host needs it (a bridge's copy of a unit the writer
+        is rewriting meanwhile can be torn in a way the generations cannot tell)."""
         unit_size = _check_count(unit_size, "unit_size")
         units = _check_count(units, "units")
-        self = cls._create(name, _round_up(unit_size + RAW_HEADER_SIZE, CACHE_LINE), units)
+        if not isinstance(checksum, bool):
+            raise TypeError("checksum must be a bool")
+        self = cls._create(name, _round_up(unit_size + RAW_HEADER_SIZE, CACHE_LINE), units,
+                           flags=FLAG_CHECKSUM if checksum else 0)  # in the block's first publication
+        self._crc = checksum
         self._setup_writer()
         return self
 
@@ -502,11 +620,11 @@ class RawChannel(Channel):
             _store64(self._base + end - RAW_HEADER_SIZE, gen)
         return gen, end
 
-    def _finish_unit(self, unit: int, gen: int, end: int, n: int) -> int:
+    def _finish_unit(self, unit: int, gen: int, end: int, n: int, crc: int) -> int:
         self._seq = seq = self._seq + 1
-        self._write(end - 24, _RAW_TAIL.pack(seq, n, 0, gen))  # completes the unit: one signal
+        self._write(end - 24, _RAW_TAIL.pack(seq, n, crc, gen))  # completes the unit: one signal
         self._gens[unit] = gen
-        _store64(self._base + CTRL_PUBLISHED, seq)
+        _store64(self._ctrl + CTRL_PUBLISHED, seq)
         return seq
 
     def write(self, data: ReadableBuffer, unit: int | None = None) -> int:
@@ -528,8 +646,12 @@ class RawChannel(Channel):
         unit = self._unit_arg(unit)
         gen, end = self._start_unit(unit)
         start = end - self.slot_size
-        self._wbuf[start:start + n] = data
-        return self._finish_unit(unit, gen, end, n)
+        crc = 0
+        if self._crc:
+            crc = _copy_checksum(self._wbuf[start:start + n], data)
+        else:
+            self._wbuf[start:start + n] = data
+        return self._finish_unit(unit, gen, end, n, crc)
 
     def begin(self, unit: int | None = None) -> memoryview:
         """Two-phase write: a writable view of a unit's payload area; fill it, then :meth:`commit`."""
@@ -554,7 +676,9 @@ class RawChannel(Channel):
             raise ValueError(f"length {length} exceeds the unit's {self.max_payload} bytes")
         unit, gen = self._pending
         self._pending = None
-        return self._finish_unit(unit, gen, self.first + (unit + 1) * self.slot_size, length)
+        end = self.first + (unit + 1) * self.slot_size
+        crc = _checksum(self._wbuf[end - self.slot_size:end - self.slot_size + length]) if self._crc else 0
+        return self._finish_unit(unit, gen, end, length, crc)
 
     # ---- reader
     @classmethod
@@ -588,10 +712,18 @@ class RawChannel(Channel):
             receiver.close()
             raise
         self._receiver = receiver
-        # baseline after the handler is on: every later write is either signalled or a gap
-        self._last_seq = _load64(self._base + CTRL_PUBLISHED)
-        self._last_gen = [_load64(self._unit_end(u) - 8) for u in range(self.slots)]
+        self._crc = bool(_load32(self._ctrl + CTRL_FLAGS) & FLAG_CHECKSUM)
+        if self.remote and not self._crc:
+            raise SegmentFormatError(f"raw channel {self.name!r} carries no checksums, which a reader on another "
+                                     "host needs: create it with RawChannel.create(..., checksum=True)")
         self._received = self._missed = self._torn = self._stale = 0
+        # baseline after the handler is on: every later write is either signalled or a gap
+        self._last_gen = [_load64(self._unit_end(u) - 8) for u in range(self.slots)]
+        if self.remote:  # the writer's published count does not travel: the newest frame here does
+            snaps = [self._snapshot(u) for u in range(self.slots)]
+            self._last_seq = max((snap[1] for snap in snaps if snap), default=0)
+        else:
+            self._last_seq = _load64(self._ctrl + CTRL_PUBLISHED)
 
     def _unit_end(self, unit: int) -> int:
         return self._base + self.first + (unit + 1) * self.slot_size
@@ -602,16 +734,20 @@ class RawChannel(Channel):
         if self.writable:
             raise TypeError("the writing end of a RawChannel cannot receive")
 
-    def _snapshot(self, unit: int) -> tuple[int, int, int, int] | Literal[False] | None:
-        """(gen, seq, length, start) of a unit whose header is consistent now, else None."""
+    def _snapshot(self, unit: int) -> tuple[int, int, int, int, int] | Literal[False] | None:
+        """(gen, seq, length, start, checksum) of a unit whose header is consistent now, else None."""
         end = self._unit_end(unit)
         gen = _load64(end - 8)
         if gen == 0 or _load64(end - 32) != gen:
             return None if gen == 0 else False
-        _, seq, length, _, _ = RAW_HEADER.unpack_from(self._buf, end - self._base - 32)
+        _, seq, length, crc, _ = RAW_HEADER.unpack_from(self._buf, end - self._base - 32)
         if length > self.max_payload:
             return False
-        return gen, seq, length, end - self._base - self.slot_size
+        return gen, seq, length, end - self._base - self.slot_size, crc
+
+    def _good(self, unit: int, gen: int, data: bytes | memoryview, crc: int) -> bool:
+        """Whether a copy (or view) of a unit's payload is the frame of generation ``gen``."""
+        return self._intact(unit, gen) and (not self._crc or _checksum(data) == crc)
 
     def _intact(self, unit: int, gen: int) -> bool:
         end = self._unit_end(unit)
@@ -641,7 +777,7 @@ class RawChannel(Channel):
         as missed.
         """
         ready = self._ready
-        published = self._base + CTRL_PUBLISHED
+        published = self._ctrl + CTRL_PUBLISHED
         horizon = max(1, self.slots // 2)
         ordered = self.ordered
         receiver = self._receiver
@@ -656,14 +792,14 @@ class RawChannel(Channel):
                     if snap is False:
                         self._torn += 1
                     continue
-                gen, seq, length, start = snap
+                gen, seq, length, start, crc = snap
                 if not self._is_new(unit, gen, seq):
                     self._stale += 1
                     continue
                 if ordered and ready and _load64(published) - seq >= horizon:
                     continue  # at risk, and a newer frame is signalled anyway
                 data = copy_into(start, length)
-                if not self._intact(unit, gen):
+                if not self._good(unit, gen, data, crc):
                     self._torn += 1
                     continue
                 self._accept(unit, gen, seq)
@@ -671,6 +807,11 @@ class RawChannel(Channel):
 
     def _recv(self, copy_into: _CopyOut, timeout: float | None) -> RawFrame:
         self._check_reader()
+        frame = self._take(copy_into)  # the common case of a reader that keeps up: no loop to set up
+        return frame if frame is not None else self._run(self._receiving(copy_into, timeout))
+
+    def _receiving(self, copy_into: _CopyOut, timeout: float | None) -> Receiving[RawFrame]:
+        """The receive loop of :meth:`recv` and :meth:`recv_async` (see :data:`Receiving`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             frame = self._take(copy_into)
@@ -678,24 +819,44 @@ class RawChannel(Channel):
                 return frame
             if self._writer_state() == STATE_CLOSED or self._tick_due():
                 self._check_writer()
-            if not self._wait(deadline):
+            left = TICK_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 frame = self._take(copy_into)
                 if frame is not None:
                     return frame
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
+            yield min(left, TICK_S)
 
     def _check_writer(self) -> None:
         self._check_intact()
         if self._writer_state() == STATE_CLOSED:
             raise EndOfStream(f"the writer closed raw channel {self.name!r}")
-        if not namespace.is_alive(*self._writer):
-            raise ChannelBrokenError(f"the writer of raw channel {self.name!r} died")
+        if not self._writer_alive():
+            raise ChannelBrokenError(f"the writer of raw channel {self.name!r} died"
+                                     + (" (or its host's bridge let go of it)" if self.remote else ""))
 
     def recv(self, timeout: float | None = None) -> RawFrame:
         """The next new good frame, copied out (``data`` is bytes); waits up to ``timeout``."""
         timeout = check_timeout(timeout)
         buf = self._buf
         return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
+
+    async def recv_async(self, timeout: float | None = None) -> RawFrame:
+        """:meth:`recv` for asyncio: awaits the next new good frame in the running event loop (the
+        FIFO's doorbell wakes it: no thread), up to ``timeout``. Cancelling the awaiting task leaves
+        the channel as it was (no frame is taken)."""
+        timeout = check_timeout(timeout)
+        self._check_reader()
+        buf = self._buf
+        return await self._run_async(self._receiving(lambda start, n: bytes(buf[start:start + n]), timeout))
+
+    async def __aiter__(self) -> AsyncIterator[RawFrame]:
+        """``async for frame in channel``: frames until the writer closes it (:meth:`recv_async`)."""
+        while True:
+            try:
+                yield await self.recv_async()
+            except EndOfStream:
+                return
 
     def recv_nowait(self) -> RawFrame:
         """Like :meth:`recv` but raise :class:`~ombm.WouldBlock` if no new frame is there."""
@@ -753,9 +914,9 @@ class RawChannel(Channel):
             if snap is False:
                 self._torn += 1
             return None
-        gen, seq, length, start = snap
+        gen, seq, length, start, crc = snap
         data = bytes(self._buf[start:start + length])
-        if not self._intact(unit, gen):
+        if not self._good(unit, gen, data, crc):
             self._torn += 1
             return None
         return RawFrame(unit, seq, gen, data)
@@ -770,8 +931,9 @@ class RawChannel(Channel):
         if self._closed:
             return
         if self.writable and not self.segment.released:
-            _store32(self._base + CTRL_STATE, STATE_CLOSED)
-            try:  # wake readers so they notice
+            _store32(self._ctrl + CTRL_STATE, STATE_CLOSED)
+            try:  # wake readers so they notice (and a bridge sends the closed state to other hosts)
+                self._publish_control()
                 _signal(self._base + self.first)
             except Exception:
                 pass

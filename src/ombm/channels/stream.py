@@ -18,7 +18,7 @@ One writer, one reader, two unidirectional segments, both created by the writer:
 
       0  8s  magic b"OMBMCRD\\x01"   |  8 u64 connection id  (both written by the writer)
      16  u64 reader pid (claimed by CAS: one reader)  | 24 u64 reader start time
-     32  u32 reader state (1 open, 2 closed)
+     32  u32 reader state (1 open, 2 closed) | 36 u32 reader flags (1 on another host, 2 saw the end)
      40  u64 acked     the protocol's acknowledgement: every fragment below it was received
      48  u64 released  every fragment below it is free: its slot may be written again
     128  8 credit slots of 64 bytes, each a CREDIT frame (ack, credit) ending at its end
@@ -61,18 +61,34 @@ How the protocol's frames and counts travel here:
   waits, and that no later fragment sits in the slot it waits for (a slot overwritten before it
   was read).  Any of these breaks the stream.
 
+**Across hosts** (paper §3.2.3, docs/net.md): the reader opens ``name@HOST:PORT``; this host's
+bridge makes replicas of both segments (``name.at.IP_PORT``, ``name.credit.at.IP_PORT``).  Atomic
+stores raise no signal and so never reach a bridge, so a reader of a replica (its name says) *publishes*
+its whole first credit unit (claim, state, flags, ``acked``, ``released``, from its own copy of them)
+with an ordinary write on every release and once a tick while it waits, and sends its CREDIT frame on
+every release (it cannot see the writer's waiting word in time); the writer publishes its control block
+when it makes the stream and when it closes it, then, for a reader on another host, again every tick
+until that reader says it saw the end (or ``flush_timeout``).  Liveness moves to directory entries as
+for RPC: the reader of a replica judges the writer by the bridge that keeps the replica, and a writer
+whose reader is on another host (its flags say) judges it by the bridge that keeps the credit channel
+(:func:`~ombm.channels.raw.bridge_holds`); the bridges close the replicas when the processes they
+stand for are gone.  Lost updates are repaired as locally: the writer's repair timer signals a fragment
+again (the bridge then sends it again, whole if the other side lost it), the reader republishes its
+counts every tick.
+
 One thread at a time per end; :meth:`ArrayView.release` may come from any thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -82,6 +98,7 @@ from ombm.channels.arrays import ArrayView, check_array, pack_header, unpack_tra
 from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGES, CTRL_STATE, CTRL_WAKE_AT
 from ombm.channels.raw import KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
+from ombm.channels.raw import REIMPORT_S, REMOTE_OPEN_S, Receiving, bridge_holds
 from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, StreamProtocolError, WouldBlock
 from ombm.transport import wire
@@ -109,7 +126,9 @@ _DATA, _MAGIC = int(wire.Kind.DATA), wire.MAGIC
 
 CREDIT_SUFFIX = ".credit"
 CREDIT_MAGIC = b"OMBMCRD\x01"
-CR_CONN, CR_PID, CR_START, CR_STATE, CR_ACKED, CR_RELEASED = 8, 16, 24, 32, 40, 48
+CR_CONN, CR_PID, CR_START, CR_STATE, CR_FLAGS, CR_ACKED, CR_RELEASED = 8, 16, 24, 32, 36, 40, 48
+READER_REMOTE, READER_SAW_END = 1, 2  # CR_FLAGS
+_CREDIT_HEAD = struct.Struct("<8sQQQIIQQ")  # the first credit unit's fields, as a remote reader publishes them
 CREDIT_FIRST, CREDIT_SLOTS, CREDIT_UNIT = 128, 8, 64
 CREDIT_SIZE = CREDIT_FIRST + CREDIT_SLOTS * CREDIT_UNIT
 
@@ -347,6 +366,26 @@ class Stream(Channel):
         self._pieces = pieces
         self._push(deadline, now)
 
+    async def send_async(self, data: ReadableBuffer, timeout: float | None = None) -> None:
+        """:meth:`send` for asyncio. A message the window has room for is sent at once, in the
+        event loop's thread; when the reader has not made room (or the message is longer than the
+        window), :meth:`send` waits for its credit in the loop's default executor (a worker thread:
+        the writer's wait is a futex handshake with the reader). Do not use the writing end from
+        elsewhere meanwhile. Cancelling the awaiting task does not stop a send already handed to the
+        worker thread."""
+        self._check_writer_side()
+        try:
+            self.send_nowait(data)
+            return
+        except (WouldBlock, ValueError):  # full, or more fragments than the window: send() streams it
+            pass
+        await asyncio.get_running_loop().run_in_executor(None, self.send, data, timeout)
+
+    async def flush_async(self, timeout: float | None = None) -> None:
+        """:meth:`flush` for asyncio (in the loop's default executor, as :meth:`send_async` waits)."""
+        self._check_writer_side()
+        await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
+
     def send_nowait(self, data: ReadableBuffer) -> None:
         """Send one message now or raise :class:`~ombm.WouldBlock` (nothing sent) if the window is full.
 
@@ -463,7 +502,7 @@ class Stream(Channel):
         self._service(now)
         tx = self._tx
         tx.blocked(now)
-        wake_at = self._base + CTRL_WAKE_AT
+        wake_at = self._ctrl + CTRL_WAKE_AT
         target = tx.wake_target()
         if not _cas64(wake_at, 0, target):  # a full barrier before re-reading the counters
             _store64(wake_at, target)
@@ -494,8 +533,14 @@ class Stream(Channel):
             self._reader_checked = now
             self._check_intact()
             pid, start = _load64(cbase + CR_PID), _load64(cbase + CR_START)
-            if pid and start and not namespace.is_alive(pid, start):
+            if pid and start and not self._reader_alive(pid, start):
                 raise ChannelBrokenError(f"the reader of stream {self.name!r} died")
+
+    def _reader_alive(self, pid: int, start: int) -> bool:
+        """A reader on another host (its flags say) lives while the bridge keeps the credit channel for it."""
+        if _load32(self._cbase + CR_FLAGS) & READER_REMOTE:
+            return bridge_holds(self._credit_seg.directory)
+        return namespace.is_alive(pid, start)
 
     def _check_intact(self) -> None:
         """Once a tick while waiting (and see Channel._check_intact): the credit segment too."""
@@ -541,7 +586,7 @@ class Stream(Channel):
         tx = self._tx
         if tx.count:
             self._push(deadline, now)
-        wake_at = self._base + CTRL_WAKE_AT
+        wake_at = self._ctrl + CTRL_WAKE_AT
         while True:
             now = _monotonic()
             self._refresh(now)
@@ -572,20 +617,40 @@ class Stream(Channel):
 
         A stream has one reader: ``SegmentExistsError`` if a live one has it open;
         ``ChannelBrokenError`` if its reader died (the stream is broken for good).
+        A remote name ``name@HOST:PORT`` reads a stream written on another host through the
+        bridges (docs/net.md): it waits at least ``REMOTE_OPEN_S`` for both replicas to arrive.
         """
         self: Stream = cls._open(name, timeout)
         try:
-            self._setup_reader()
+            self._setup_reader(name, timeout)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _setup_reader(self) -> None:
+    def _open_credit(self, name: str, timeout: float | None) -> _segment.Segment:
+        """The credit channel (across hosts: its replica, once its first unit arrived)."""
+        if not self.remote:
+            return _segment.open_segment(self.name + CREDIT_SUFFIX)
+        local, _, where = name.partition("@")
+        credit_name = f"{local}{CREDIT_SUFFIX}@{where}"
+        deadline = _monotonic() + (REMOTE_OPEN_S if timeout is None else max(timeout, REMOTE_OPEN_S))
+        while True:
+            credit = _segment.open_segment(credit_name)
+            asked = _monotonic()
+            with credit.bind(writable=False) as view:
+                while bytes(view.buffer[0:8]) != CREDIT_MAGIC and _monotonic() - asked < REIMPORT_S:
+                    time.sleep(0.005)  # the image follows the bridge's answer
+                arrived = bytes(view.buffer[0:8]) == CREDIT_MAGIC
+            if arrived or _monotonic() >= deadline:
+                return credit
+            credit.release()  # its image is best effort: ask the bridge to import it again
+
+    def _setup_reader(self, name: str, timeout: float | None) -> None:
         self._lock = threading.RLock()
         self._claimed = False
         self._ending = False
-        credit = _segment.open_segment(self.name + CREDIT_SUFFIX)
+        credit = self._open_credit(name, check_timeout(timeout))
         self._credit_seg = credit
         if credit.unit != CREDIT_UNIT or credit.size < CREDIT_SIZE:
             raise SegmentFormatError(f"segment {credit.name!r} is not a stream credit channel")
@@ -600,13 +665,16 @@ class Stream(Channel):
             raise ChannelBrokenError(f"the reader of stream {self.name!r} closed it: a stream is read once")
         if not _cas64(cbase + CR_PID, 0, pid):
             other, other_start = _load64(cbase + CR_PID), _load64(cbase + CR_START)
-            if other_start == 0 or namespace.is_alive(other, other_start):
+            if (other_start == 0 or self.remote or _load32(cbase + CR_FLAGS) & READER_REMOTE
+                    or namespace.is_alive(other, other_start)):  # a pid of another host: taken
                 raise SegmentExistsError(f"stream {self.name!r} already has a reader (pid {other}); a "
                                          "Stream has exactly one: use a RawChannel to multicast")
             raise ChannelBrokenError(f"the reader of stream {self.name!r} died: the stream is broken")
         self._claimed = True
         _store64(cbase + CR_START, start)
         _store32(cbase + CR_STATE, STATE_OPEN)
+        self._reader_flags = READER_REMOTE if self.remote else 0
+        _store32(cbase + CR_FLAGS, self._reader_flags)
         self.max_payload = self.slot_size - TRAILER
         self._rx = StreamReceiver(self.connection_id, self.slots, self.max_payload)
         self._published = 0  # the released count in shared memory
@@ -621,6 +689,19 @@ class Stream(Channel):
             flags[(address - base - first) // size] = 1
 
         self._signals = self._own_receiver(first, first + self.slots * size, on_signal)
+        self._publish_credit()
+
+    def _publish_credit(self) -> None:
+        """A reader on another host: rewrite the first credit unit from this reader's own copy of its
+        fields, with an ordinary write, so that the bridge sends it to the writer's host (a copy the
+        bridge wrote here, an image that came late, never stands)."""
+        if not self.remote:
+            return
+        state = STATE_CLOSED if self._ending else STATE_OPEN
+        pid, start = namespace.me()
+        self._creg.write(0, _CREDIT_HEAD.pack(CREDIT_MAGIC, self.connection_id, pid, start, state,
+                                              self._reader_flags, self._rx.expected, self._published)
+                         + bytes(CREDIT_UNIT - _CREDIT_HEAD.size))
 
     def _check_reader_side(self) -> None:
         self._check_open()
@@ -676,7 +757,27 @@ class Stream(Channel):
             except EndOfStream:
                 return
 
+    async def recv_async(self, timeout: float | None = None) -> bytearray | ArrayView:
+        """:meth:`recv` for asyncio: awaits the next message in the running event loop (the FIFO's
+        doorbell wakes it: no thread). Cancelling the awaiting task takes no message: the next
+        ``recv``/``recv_async`` gets it."""
+        self._check_reader_side()
+        return await self._run_async(self._receiving(check_timeout(timeout), None))
+
+    async def __aiter__(self) -> AsyncIterator[bytearray | ArrayView]:
+        """``async for message in stream``: messages until the writer closes the stream."""
+        while True:
+            try:
+                yield await self.recv_async()
+            except EndOfStream:
+                return
+
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
+        msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
+        return msg if msg is not None else self._run(self._receiving(timeout, want))
+
+    def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
+        """The receive loop of :meth:`recv` and :meth:`recv_async` (see ``channels.raw.Receiving``)."""
         deadline = None if timeout is None else _monotonic() + timeout
         receiver = self._signals
         force = False
@@ -702,7 +803,7 @@ class Stream(Channel):
                         return msg
                     raise ChannelTimeout(f"no message on stream {self.name!r} within {timeout} s")
                 left = min(left, TICK_S)
-            force = not self._wait_slice(left)  # a tick without a signal: look anyway
+            force = not (yield left)  # a tick without a signal: look anyway
 
     def _writer_gone(self) -> bool:
         if self._writer_state() == STATE_CLOSED:
@@ -710,8 +811,12 @@ class Stream(Channel):
         if not self._tick_due():
             return False
         self._check_intact()
-        self._check_words()
-        return not namespace.is_alive(*self._writer)
+        if self.remote:
+            with self._lock:
+                self._publish_credit()  # once a tick: an update of the counts may have been lost
+        else:
+            self._check_words()
+        return not self._writer_alive()
 
     def _check_words(self) -> None:
         """Once a tick while waiting: the credit words must hold what this reader published (a
@@ -727,14 +832,20 @@ class Stream(Channel):
 
     def _check_writer(self) -> None:
         if self._writer_state() == STATE_CLOSED:
-            base = self._base
+            base = self._ctrl
+            if self.remote and not self._reader_flags & READER_SAW_END:
+                with self._lock:  # the writer waits (a while) for a reader on another host to see its end
+                    self._reader_flags |= READER_SAW_END
+                    self._publish_credit()
+                    self._signal_credit()
             try:  # exactly what the writer reports it sent, between messages: a clean end
                 self._rx.check_end(_load64(base + CTRL_SENT_FRAGMENTS), _load64(base + CTRL_SENT_MESSAGES))
             except StreamProtocolError as exc:
                 raise StreamProtocolError(f"the writer closed stream {self.name!r}, but {exc}") from None
             raise EndOfStream(f"the writer closed stream {self.name!r}: no more messages")
-        if not namespace.is_alive(*self._writer):
-            raise ChannelBrokenError(f"the writer of stream {self.name!r} died")
+        if not self._writer_alive():
+            raise ChannelBrokenError(f"the writer of stream {self.name!r} died"
+                                     + (" (or its host's bridge let go of the stream)" if self.remote else ""))
 
     def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:
         """Take the fragments that are there, in order; the message they complete, or None."""
@@ -924,10 +1035,14 @@ class Stream(Channel):
                 return  # released out of order: held until the fragments before it are
             cbase, published = self._cbase, self._published
             self._published = released
+            if self.remote:  # the counts travel as a write; the writer's waiting word does not
+                self._publish_credit()
+                self._signal_credit()
+                return
             if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
                 raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
                                           "count this reader publishes (forged credit)")
-            wake_at = _load64(self._base + CTRL_WAKE_AT)
+            wake_at = _load64(self._ctrl + CTRL_WAKE_AT)
             if wake_at and released >= wake_at:
                 self._signal_credit()
 
@@ -979,25 +1094,39 @@ class Stream(Channel):
         except (ChannelTimeout, ChannelBrokenError):
             pass
         finally:
-            tx, base = self._tx, self._base
+            tx, base = self._tx, self._ctrl
             _store64(base + CTRL_SENT_FRAGMENTS, tx.next_seq)  # the counts, before the closed state
             _store64(base + CTRL_SENT_MESSAGES, tx.messages)
             _store32(base + CTRL_STATE, STATE_CLOSED)
             try:
+                self._publish_control()  # for a bridge: the end travels to a reader on another host
                 _signal(self._base + self.first)  # wake the reader: it finds the stream's end
             except Exception:
                 pass
+        if flush_timeout != 0 and _load32(self._cbase + CR_FLAGS) & READER_REMOTE:
+            self._end_seen(flush_timeout)
+
+    def _end_seen(self, timeout: float | None) -> None:
+        """A reader on another host: publish the end again every tick until it says it saw it (an
+        update is best effort), it is gone, or ``timeout`` passes."""
+        deadline = None if timeout is None else _monotonic() + timeout
+        cbase = self._cbase
+        while not _load32(cbase + CR_FLAGS) & READER_SAW_END and _load32(cbase + CR_STATE) != STATE_CLOSED:
+            if not bridge_holds(self._credit_seg.directory) or not self._wait(deadline):
+                return
+            self._publish_control()
 
     def _close_reader(self) -> None:
         if not getattr(self, "_claimed", False) or self._credit_seg.released:
             return
         with self._lock:
             _store32(self._cbase + CR_STATE, STATE_CLOSED)
+            self._ending = True  # late array finalizers find the stream closed
             try:
+                self._publish_credit()
                 self._signal_credit()  # wake a waiting writer: it finds the reader gone
             except Exception:
                 pass
-            self._ending = True  # late array finalizers find the stream closed
 
 
 def _wake_only(address: int) -> None:

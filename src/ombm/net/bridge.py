@@ -17,7 +17,9 @@ sleep, re-check, then wait) are watched by one ``selectors`` loop in one thread.
 replication keeps (shadows, tags, own-write counts, partial updates, pending imports) is touched by
 that thread alone: no lock on the path of an update, and the echo count is exact because the writes
 and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
-cost per wake-up for no concurrency gained: the work per datagram is Python either way.
+cost per wake-up for no concurrency gained: the work per datagram is Python either way. Before it
+sleeps in the selector the thread spins, for a learnt budget, over its FIFO and the UDP socket
+(:meth:`Bridge._spin`: ``sig_wait``'s adaptive policy, natively, yielding the CPU).
 
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
@@ -46,7 +48,7 @@ from typing import Callable, Iterable
 
 from ombm import _layout as L
 from ombm import _native
-from ombm.core import namespace, remote
+from ombm.core import config, namespace, remote
 from ombm.core.directory import reclaim_segment_if_dead
 from ombm.core.segment import MESSAGE_CONSISTENCY, Mode, create_segment, open_segment
 from ombm.core.signals import Receiver
@@ -73,6 +75,9 @@ FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed s
 USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
+SPIN_FLOOR_NS = 2_000    # the spin after SPIN_MISSES waits in a row that had to sleep (see _spin)
+SPIN_MISSES = 8
+SPIN_PROBE = 64          # ... with the full cap again every this many misses
 KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for three of them, dead (net/path.py)
 MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
 MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
@@ -166,6 +171,7 @@ class Bridge:
         self._tag = secrets.randbits(32)
         self._pid = namespace.me()[0]
         self._users_at = 0.0
+        self._spin_misses = 0
         self._stop = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -208,7 +214,7 @@ class Bridge:
         if self._closed:
             raise ClosedError("the bridge is closed")
         while not self._stop:
-            if not self._turn(time.monotonic()):
+            if not self._turn(time.monotonic()) and not self._spin():
                 self._sleep()
 
     def start(self) -> Bridge:
@@ -322,6 +328,36 @@ class Bridge:
             self._counts["busy_out_ns"] += out_ns + clock() - t0
         self._timers(now_s)
         return busy
+
+    def _spin(self) -> bool:
+        """Spin before sleeping, for a learnt budget: whether a signal or a datagram came meanwhile.
+
+        A call crosses four processes and every one that sleeps between hops costs a kernel wake-up
+        (tens of µs from a halted CPU, docs/net.md "Measurements"). In a call, each bridge has one
+        short gap (the server's reply after its request was written; the client's next call after
+        its reply) and one long one (the rest of the round trip). The policy is ``sig_wait``'s
+        (``ombm.core.signals``; the cap is the process's ``spin_us``, ``wait`` "sleep" never spins):
+        spin up to the cap while something comes within it; after ``SPIN_MISSES`` spins in a row that
+        found nothing, spin ``SPIN_FLOOR_NS`` only, probing with the cap every ``SPIN_PROBE``-th. So an
+        idle bridge, or one whose peers answer slower than the cap, costs next to nothing, and the
+        long gap of a call (one miss in two) keeps the cap. The spin yields the CPU between polls
+        once past its first 2 µs (``_native.bridge_spin``): on two CPUs the bridge shares one with a
+        client or a server, and a spinner that does not yield starves the process it waits for. The
+        control and wake-up sockets are looked at after it (a stop waits one spin at most)."""
+        receiver = self._receiver
+        assert receiver is not None
+        settings = config.SETTINGS
+        if receiver.kernel or settings.wait == "sleep":
+            return False
+        cap = int(settings.spin_us * 1000)
+        budget = cap if settings.wait == "spin" or self._spin_misses < SPIN_MISSES else min(cap, SPIN_FLOOR_NS)
+        if self._spin_misses >= SPIN_MISSES and self._spin_misses % SPIN_PROBE == 0:
+            budget = cap
+        if _native.bridge_spin(receiver.fifo.fifo_map, self._sock.fileno(), budget) >= 0:
+            self._spin_misses = 0
+            return True
+        self._spin_misses += 1
+        return False
 
     def _sleep(self) -> None:
         """Wait for a datagram, a control request, a wake-up or a signal (the doorbell handshake of
@@ -509,6 +545,7 @@ class Bridge:
         for u in _ints(body["units"]):
             if u < replica.units:
                 link.in_sync[u] = 0
+                replica.dirty[u] = None  # sent whole now (a stream's repair signals once per RTO, not twice)
 
     def _bye(self, body: dict[str, object], source: Address, sender: int) -> None:
         keys = set(_ints(body["keys"]))
@@ -539,6 +576,7 @@ class Bridge:
                 answer.update(error=problem[:dg.MAX_TEXT], why="not_found")
             else:
                 replica.link(source)  # a new importer (or one that came back): every unit is sent whole first
+                replica.send_image()  # what the segment holds already: a channel's control block, its slots
                 self._paths_at = 0.0  # a new path: its keepalive and MTU start now
                 self._counts["imports_served"] += 1
                 seg = replica.segment
@@ -563,6 +601,7 @@ class Bridge:
             seg.release()
             return None, f"{name!r} cannot be exported: only message-consistency segments with signal-on-write are"
         replica = Replica(name, seg, namespace.new_token(), exported=True)
+        replica.used = replica.has_users(self._pid)  # its maker lives: its death must not wait for the grace
         self._register(replica)
         self._exported[name] = replica
         return replica, ""
@@ -689,6 +728,8 @@ class Bridge:
             if existing is not None:
                 existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
                 reply({"ok": True, "local": existing.name})
+                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
+                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
             else:
                 self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":

@@ -13,7 +13,10 @@ complete. A delta applies only to the content it was computed from: every conten
 *tag* (32 bits, fresh per update), a delta names its base tag, and a receiver whose unit has another
 tag drops the delta and asks for a *full* update (RESYNC). A full update carries the unit from its
 first non-zero byte; the receiver zeroes the rest. Per peer, each unit is *in sync* (its tag is ours:
-deltas) or not (the next update is full); a new peer starts with no unit in sync.
+deltas) or not (the next update is full); a new peer starts with no unit in sync. The binding is
+compared with the shadow and copied into it from the first byte that differs in one native pass
+(``_native.unit_delta``), and updates are sent from the shadow; one that comes in is made in the
+shadow and written from there: no copy of a whole unit per update, on either side.
 
 **Echo suppression: a count of own writes per unit.** The bridge's own write of an update raises
 its own signal too, which must not go back out. A core write that skips one receiver would need a
@@ -32,33 +35,15 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ombm import _native
 from ombm.core import namespace
 from ombm.core.segment import Region, Segment
 from ombm.core.signals import Receiver, SignalHandle
 from ombm.transport.updates import Update, cut
 
-__all__ = ["Link", "Replica", "first_difference"]
+__all__ = ["Link", "Replica"]
 
 Address = tuple[str, int]
-
-
-def first_difference(new: bytes, old: bytes | bytearray) -> int:
-    """The index of the first byte where ``new`` and ``old`` (same length) differ; ``len`` if none.
-
-    A binary search over prefixes compared whole (``memcmp``), so about 2n bytes compared."""
-    n = len(new)
-    if new == old:
-        return n
-    lo, hi = 0, n  # new[:lo] == old[:lo]; they differ before hi
-    while hi - lo > 64:
-        mid = (lo + hi) // 2
-        if new[lo:mid] == old[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    while new[lo] == old[lo]:
-        lo += 1
-    return lo
 
 
 def _first_nonzero(data: bytes) -> int:
@@ -121,6 +106,16 @@ class Replica:
         return any(e.pid != bridge_pid and namespace.is_alive(e.pid, e.start)
                    for e in self.segment.directory.entries())
 
+    def send_image(self) -> None:
+        """A new importer gets what the segment holds now, not only later writes: every unit that is not
+        all zeros is marked dirty (sent whole to the links not in sync with it, a one-byte delta to the
+        others: a duplicate signal there, which the layers above tolerate)."""
+        buf, zero = self.region.buffer, bytes(self.unit)
+        for u in range(self.units):
+            lo, hi = self.bounds(u)
+            if buf[lo:hi] != zero[:hi - lo]:
+                self.dirty[u] = None
+
     def forget_own_writes(self) -> None:
         """Our FIFO dropped signals: the counts may wait for echoes that never come."""
         self.own[:] = bytes(self.units)
@@ -138,12 +133,16 @@ class Replica:
     def local_update(self, u: int, tag: int, room: int) -> list[tuple[Address, list[bytes]]]:
         """The entries that carry unit ``u``'s new content (as the binding holds it now) to each peer."""
         lo, hi = self.bounds(u)
-        return self._fan_out(u, tag, bytes(self.region.buffer[lo:hi]), None, room)  # a snapshot
+        # the binding read once, from its first byte that differs from the shadow, into the shadow:
+        # what is sent is the shadow (a local writer may write on meanwhile: its signal follows)
+        changed = _native.unit_delta(self.region.buffer, self.shadow, lo, hi)
+        return self._fan_out(u, tag, changed, None, room)
 
-    def _fan_out(self, u: int, tag: int, image: bytes, exclude: Address | None,
+    def _fan_out(self, u: int, tag: int, changed: int | None, exclude: Address | None,
                  room: int) -> list[tuple[Address, list[bytes]]]:
-        """Send ``image`` (the unit's new content, tagged ``tag``) to every link but ``exclude``: a delta
-        where the unit is in sync, whole where not; then make it the shadow and ``tag`` the unit's."""
+        """Send the unit's new content (the shadow now, tagged ``tag``; it differs from the content
+        the links in sync hold from byte ``changed`` of the unit on, or anywhere if None) to every link
+        but ``exclude``: a delta where the unit is in sync, whole where not; then ``tag`` is the unit's."""
         lo, hi = self.bounds(u)
         last = hi - lo - 1  # the last byte goes in any case: its write raises the signal there
         base = self.tags[u]
@@ -153,18 +152,18 @@ class Replica:
         for link in self.links.values():
             if link.address == exclude:
                 continue
-            if link.in_sync[u] and base:
+            if link.in_sync[u] and base and changed is not None:
                 if as_delta is None:
-                    d = min(first_difference(image, self.shadow[lo:hi]), last)
-                    as_delta = cut(self.key, [(lo + d, image[d:])], base, tag, False, room)
+                    at = lo + min(changed, last)
+                    as_delta = cut(self.key, [(at, bytes(self.shadow[at:hi]))], base, tag, False, room)
                 out.append((link.address, as_delta))
             else:
                 if as_full is None:
+                    image = bytes(self.shadow[lo:hi])
                     z = min(_first_nonzero(image), last)
                     as_full = cut(self.key, [(lo + z, image[z:])], 0, tag, True, room)
                 link.in_sync[u] = 1
                 out.append((link.address, as_full))
-        self.shadow[lo:hi] = image
         self.tags[u] = tag
         return out
 
@@ -181,7 +180,11 @@ class Replica:
     def apply(self, update: Update, sender: Address, room: int,
               resync: Callable[[int], None]) -> tuple[str, list[tuple[Address, list[bytes]]]]:
         """Write a whole update from ``sender``: ("applied", the entries relaying it to the other links),
-        or why not ("stale": another base, RESYNC asked; "duplicate"; "malformed")."""
+        or why not ("stale": another base, RESYNC asked; "duplicate"; "malformed").
+
+        The update is made in the shadow (its ranges go forward inside the unit: ``unit_of`` and the
+        assembler checked), and written from there from its first byte: a delta's bytes before it are
+        the content its base names, which the shadow holds."""
         nothing: list[tuple[Address, list[bytes]]] = []
         link = self.links.get(sender)
         u = self.unit_of(update)
@@ -194,15 +197,21 @@ class Replica:
             resync(u)
             return "stale", nothing
         lo, hi = self.bounds(u)
-        image = bytearray(hi - lo) if update.full else self.shadow[lo:hi]
+        shadow = self.shadow
+        if update.full:
+            shadow[lo:hi] = bytes(hi - lo)
         for offset, data in update.ranges:
-            image[offset - lo:offset - lo + len(data)] = data
-        start = 0 if update.full else update.ranges[0][0] - lo
-        if self.own[u] < 255:
+            shadow[offset:offset + len(data)] = data
+        start = lo if update.full else update.ranges[0][0]
+        with memoryview(shadow) as view:
+            self.region.write(start, view[start:hi])  # its last byte raises the signals here
+        if self.own[u] < 255:  # its signal is taken by this thread, later: counted once the write is made
             self.own[u] += 1
-        self.region.write(lo + start, memoryview(image)[start:])  # its last byte raises the signals here
         link.in_sync[u] = 1
-        return "applied", self._fan_out(u, update.tag, bytes(image), sender, room)
+        if len(self.links) == 1:  # no other link to relay to (an importer; an exporter with one importer)
+            self.tags[u] = update.tag
+            return "applied", nothing
+        return "applied", self._fan_out(u, update.tag, None if update.full else start - lo, sender, room)
 
     def close(self) -> None:
         """Stop watching, unbind, release (the creator of an imported replica removes its name)."""

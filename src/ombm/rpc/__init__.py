@@ -22,14 +22,16 @@ import logging
 
 from ombm.errors import CallTimeout, RemoteError, ServerGoneError, ServiceNotFoundError, UnmarshalError
 from ombm.rpc.aio import AsyncClient, connect_async
-from ombm.rpc.client import Client, Future, connect
+from ombm.rpc.client import CallOptions, Client, Future, connect
 from ombm.rpc.locate import locate
-from ombm.rpc.server import Server
+from ombm.rpc.marshal import register_type
+from ombm.rpc.server import Server, serve_async
 
 logging.getLogger("ombm").addHandler(logging.NullHandler())  # quiet by default (a library's logging)
 
 __all__ = [
     "AsyncClient",
+    "CallOptions",
     "CallTimeout",
     "Client",
     "Future",
@@ -41,4 +43,6 @@ __all__ = [
     "connect",
     "connect_async",
     "locate",
+    "register_type",
+    "serve_async",
 ]

@@ -6,6 +6,10 @@ outstanding, and completes each call's future as its reply is dispatched.
 Connecting (a few milliseconds at most) runs in the default executor, and so
 does reconnecting once the server went (docs/rpc.md, "Lifecycle"), after the
 pump has left the gone session's receiver.
+
+Cancelling a task that awaits a call raises ``CancelledError`` in it at once and forgets the
+call: the server may still run it (it may have run already), its reply is dropped, and the
+client goes on working. A one-way call cannot be cancelled: it is sent when made.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class AsyncClient:
             self._pump = asyncio.ensure_future(self._run_pump())
         try:
             await asyncio.wait_for(asyncio.shield(future), client.timeout)
+        except asyncio.CancelledError:  # the caller gave up: its reply, if one comes, is dropped
+            self._waiting.pop(call_id, None)
+            client._give_up(call_id)
+            raise
         except asyncio.TimeoutError:
             self._waiting.pop(call_id, None)
             if pending.gone:

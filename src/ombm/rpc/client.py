@@ -28,6 +28,7 @@ it is off the fast path: a call checks nothing more than before.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -69,29 +70,91 @@ _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}" 
 
 
 class _Pending:
-    __slots__ = ("done", "data", "error", "gone")
+    __slots__ = ("done", "data", "error", "gone", "future")
 
     def __init__(self) -> None:
         self.done = False
         self.data: bytes | bytearray = b""
         self.error = False
         self.gone = False  # done because the server stopped or died (ServerGoneError)
+        self.future: Future | None = None  # call_async's: completed when the reply is taken
 
 
-class Future:
-    """A pipelined call's result: ``result(timeout)`` dispatches replies until it is in."""
+class Future(concurrent.futures.Future[Any]):
+    """A pipelined call's result (``call_async``): a :class:`concurrent.futures.Future`.
 
-    def __init__(self, client: Client, call_id: int, pending: _Pending) -> None:
-        self._client, self._call_id, self._pending = client, call_id, pending
+    It completes when its reply is taken, by whichever thread takes it: ``result()`` takes replies
+    in the calling thread (the fastest way), and otherwise the client's retransmission timer does
+    within a millisecond, so ``add_done_callback``, ``asyncio.wrap_future`` and
+    ``concurrent.futures.wait`` work without anyone calling ``result()`` (callbacks run in the thread
+    that took the reply). The call's own deadline (the client's timeout, or ``options(timeout=)``,
+    from when it was made) gives it up: the future then holds ``CallTimeout`` (``ServerGoneError``
+    if the server is gone). ``result(timeout)`` waits at most ``timeout`` and raises
+    ``TimeoutError`` without giving the call up, as any ``concurrent.futures.Future``.
 
-    def done(self) -> bool:
-        return self._pending.done
+    ``cancel()`` succeeds only for a call still queued behind the connection's window: nothing of
+    it was sent, so it is never executed. A call already sent may be running or done on the server:
+    ``cancel()`` returns False and ``running()`` is True, as for a running future.
+    """
+
+    def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float) -> None:
+        super().__init__()
+        self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
+
+    def running(self) -> bool:
+        if super().running():
+            return True
+        return not self.done() and not self._client._queued(self._call_id)
+
+    def cancel(self) -> bool:
+        if self.done() or super().running():
+            return super().cancel()
+        if self._client._withdraw(self._call_id):
+            return super().cancel()
+        self._mark_running()  # sent: it may run; report it as running
+        return False
+
+    def _mark_running(self) -> bool:
+        """Pending → running (a call sent); False if it is done already (its reply was taken)."""
+        with self._condition:
+            if self.done():
+                return False
+            if not super().running():
+                self.set_running_or_notify_cancel()
+            return True
 
     def result(self, timeout: float | None = None) -> Any:
-        client = self._client
-        deadline = time.monotonic() + (client.timeout if timeout is None else timeout)
-        client._wait(self._call_id, self._pending, deadline)
-        return marshal.decode_reply(self._pending.data, allow_pickle=client.allow_pickle)
+        if not self.done():
+            self._client._drive(self, timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            self._client._drive(self, timeout)
+        return super().exception(0)
+
+    def _complete(self) -> None:
+        """Its reply was taken: the result, or the remote error (any thread; the first wins)."""
+        if self._pending.gone:
+            self._finish(None, self._client._gone_error())
+            return
+        try:
+            value = marshal.decode_reply(self._pending.data, allow_pickle=self._client.allow_pickle)
+        except Exception as exc:
+            self._finish(None, exc)
+        else:
+            self._finish(value, None)
+
+    def _finish(self, value: object, exc: BaseException | None) -> None:
+        if not self._mark_running():
+            return
+        try:  # outside the lock: the callbacks run here
+            if exc is not None:
+                self.set_exception(exc)
+            else:
+                self.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # another thread finished it first
 
 
 class Client:
@@ -141,6 +204,10 @@ class Client:
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
         self._pending: dict[int, _Pending] = {}
+        self._futures: dict[int, Future] = {}  # call_async's futures not done, by call id
+        self._futures_check_at = 0.0  # when the timer next looks at their deadlines
+        self._liveness_at = 0.0  # when it next checks the server for them
+        self._patience = 0.0  # the patience last lent to the lane (a call with a shorter timeout skips it)
         self._protocol: ClientProtocol | None = None
         self._nonce = namespace.new_token()
         self._hello: dict[str, int] | None = None  # the server's ACK, once one passed _check_hello
@@ -311,6 +378,7 @@ class Client:
                 pass
             return
         now = time.monotonic()
+        completed = None
         with self._lock:
             self._own()
             protocol = self._protocol
@@ -318,8 +386,13 @@ class Client:
                 pending = self._pending.pop(event.call_id, None)
                 if pending is not None:
                     pending.data, pending.error, pending.done = event.data, event.error, True
+                    if pending.future is not None:
+                        self._futures.pop(event.call_id, None)
+                        completed = [*(completed or ()), pending.future]
             for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
                 self._request.send(frame)
+        for future in completed or ():  # outside the lock: done callbacks run here
+            future._complete()
 
     def _check_hello(self, hello: object) -> dict[str, int] | None:
         """The server's ACK, or None if it is not one (any process of the user can write our reply
@@ -369,8 +442,9 @@ class Client:
     def _send(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], oneway: bool) -> tuple[int, _Pending]:
         return self._submit(self._marshal(method, args, kwargs), oneway)
 
-    def _submit(self, data: bytes, oneway: bool) -> tuple[int, _Pending]:
-        """Hand a marshalled call to the protocol and write its frames; the timer watches it."""
+    def _submit(self, data: bytes, oneway: bool, timeout: float | None = None) -> tuple[int, _Pending]:
+        """Hand a marshalled call to the protocol and write its frames; the timer watches it.
+        ``timeout``: a call_async's, whose future (``pending.future``) the timer gives up at its deadline."""
         if oneway:
             self._poll()  # one-way calls are acknowledged: take in what has arrived
         pending = _Pending()
@@ -384,6 +458,9 @@ class Client:
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
                 self._pending[call_id] = pending
+                if timeout is not None:
+                    pending.future = future = Future(self, call_id, pending, now + timeout)
+                    self._futures[call_id] = future
             send = self._request.send
             for frame in protocol.frames_to_send(now):
                 send(frame)
@@ -391,7 +468,13 @@ class Client:
         return call_id, pending
 
     def call(self, method: str, *args: object, **kwargs: object) -> Any:
-        """Call ``method`` remotely and return its result (``RemoteError`` if it raised).
+        """Call ``method`` remotely and return its result (``RemoteError`` if it raised); the
+        client's timeout bounds it (another: :meth:`options`).
+        """
+        return self._call(method, args, kwargs, self.timeout)
+
+    def _call(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float) -> Any:
+        """:meth:`call` within ``timeout`` seconds.
 
         A call made while no other call of this client is outstanding takes the fast lane: the
         protocol lends the lane its call ids (:meth:`ClientProtocol.lend`), and the call is
@@ -402,11 +485,12 @@ class Client:
         ordinary way (:meth:`ClientProtocol.adopt_call`).
         """
         lane = self._fast
-        if lane is None or not self._leader.acquire(False):
-            return self._call_ordinary(self._marshal(method, args, kwargs))
+        # the lane waits up to its patience before the timer takes the call: not for a shorter timeout
+        if lane is None or timeout < self._patience or not self._leader.acquire(False):
+            return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
         if lane is not self._fast:  # closed, gone or reconnected meanwhile: checked once leading
             self._leader.release()
-            return self._call_ordinary(self._marshal(method, args, kwargs))  # ClosedError if closed
+            return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
         receiver = self._receiver
         call_id = None
         try:
@@ -442,10 +526,10 @@ class Client:
         if status == _LANE_VALUE:
             return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
-            return self._call_ordinary(self._marshal(method, args, kwargs))
+            return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
         value = result.value
         if pending is not None:
-            self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + self.timeout)
+            self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + timeout)
             value = pending.data
         try:
             return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
@@ -463,7 +547,8 @@ class Client:
             if next_id is None:
                 return False
             patience = protocol.lane_patience
-            lane.lend(next_id, patience if patience < self.timeout else self.timeout)
+            self._patience = patience = patience if patience < self.timeout else self.timeout
+            lane.lend(next_id, patience)
             return True
 
     def _own(self) -> None:
@@ -496,25 +581,78 @@ class Client:
             receiver.fifo.retire_stalled()
         return pending
 
-    def _call_ordinary(self, data: bytes) -> Any:
+    def _call_ordinary(self, data: bytes, timeout: float) -> Any:
         call_id, pending = self._submit(data, False)
-        self._wait(call_id, pending, time.monotonic() + self.timeout)
+        self._wait(call_id, pending, time.monotonic() + timeout)
         return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
 
     def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
-        """Send a call now, collect its result later: pipelined calls."""
-        call_id, pending = self._send(method, args, kwargs, False)
-        return Future(self, call_id, pending)
+        """Send a call now, collect its result later (pipelined calls): a :class:`Future`."""
+        return self._call_async(method, args, kwargs, self.timeout)
+
+    def _call_async(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float) -> Future:
+        call_id, pending = self._submit(self._marshal(method, args, kwargs), False, timeout)
+        future = pending.future
+        assert future is not None, "a call with a timeout has its future"
+        if pending.done:  # taken before its future was there to complete
+            future._complete()
+        elif not self._queued(call_id):
+            future._mark_running()  # sent: it may run from now on (unless its reply is in already)
+        return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         """A call with no reply (paper §8): delivered at most once, retransmitted until acknowledged."""
         self._send(method, args, kwargs, True)
 
-    def _wait(self, call_id: int, pending: _Pending, deadline: float) -> None:
+    def options(self, *, timeout: float | None = None, oneway: bool = False) -> CallOptions:
+        """Calls with other options than the client's: ``client.options(timeout=0.1).add(1, 2)``.
+
+        ``timeout``: this call's, in seconds (default: the client's). ``oneway``: no reply (as
+        :meth:`oneway`). The object returned calls any remote method as an attribute, even one whose
+        name a client attribute takes (``client.options().close()`` calls the remote ``close``; so
+        does ``client.call("close")``)."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise ValueError("timeout must be a positive number of seconds")
+        return CallOptions(self, self.timeout if timeout is None else float(timeout), bool(oneway))
+
+    def _queued(self, call_id: int) -> bool:
+        with self._lock:
+            self._own()
+            return self._protocol is not None and self._protocol.is_queued(call_id)
+
+    def _withdraw(self, call_id: int) -> bool:
+        """Take back a call nothing of which was sent (True), so that it never runs."""
+        with self._lock:
+            self._own()
+            if self._protocol is None or not self._protocol.withdraw(call_id):
+                return False
+            self._pending.pop(call_id, None)
+            self._futures.pop(call_id, None)
+            return True
+
+    def _drive(self, future: Future, timeout: float | None) -> None:
+        """Take replies in this thread until ``future`` is done, its call's deadline passed (given
+        up: CallTimeout or ServerGoneError in it), or ``timeout`` passed (``TimeoutError``)."""
+        until = future.deadline if timeout is None else min(future.deadline, time.monotonic() + timeout)
+        try:
+            self._wait(future._call_id, future._pending, until, give_up=until >= future.deadline)
+        except (CallTimeout, ChannelBrokenError, ClosedError) as exc:  # the call is given up
+            future._finish(None, exc)
+            return
+        if future._pending.done:
+            future._complete()
+        elif not future.done():
+            raise concurrent.futures.TimeoutError(f"the call to {self.service!r} is still running")
+
+    def _wait(self, call_id: int, pending: _Pending, deadline: float, give_up: bool = True) -> None:
         """Dispatch reply signals in this thread (if it leads) until ``pending`` is done;
-        ``ServerGoneError`` if its server stopped or died meanwhile (the client is then gone)."""
+        ``ServerGoneError`` if its server stopped or died meanwhile (the client is then gone). At
+        ``deadline`` give the call up and raise ``CallTimeout`` (``give_up``), or just return."""
         check_at = None
         while not pending.done:
+            if self._closed:
+                raise self._closed_error()
             now = time.monotonic()
             if check_at is None:
                 check_at = now + _LIVENESS_CHECK_S
@@ -525,7 +663,7 @@ class Client:
                         break
                     alive = self._server_alive()
                     broken = alive and (self._request.broken or self._reply.broken)
-                    if broken or (alive and now >= deadline):  # give up the call (of this session)
+                    if broken or (alive and now >= deadline and give_up):  # give up the call (of this session)
                         self._cancel(call_id)
                 if not alive:
                     self._mark_gone()  # this call ends with the session's others (if not already)
@@ -534,6 +672,8 @@ class Client:
                     raise ChannelBrokenError(f"the connection to {self.service!r} is broken: another process "
                                              "shrank its channels (connect again)")
                 if now >= deadline:
+                    if not give_up:
+                        return
                     raise CallTimeout(f"no reply from {self.service!r} within the timeout")
             if self._leader.acquire(blocking=False):
                 try:
@@ -560,8 +700,29 @@ class Client:
         """With ``_lock`` held: forget the call ``call_id`` of this session."""
         self._own()
         self._pending.pop(call_id, None)
+        self._futures.pop(call_id, None)
         if self._protocol is not None:
             self._protocol.cancel(call_id)
+
+    def _expire_futures(self, now: float) -> None:
+        """The timer's look at call_async's futures: a server seen gone (checked every
+        _LIVENESS_CHECK_S while any is outstanding) makes the client gone, which ends them all with
+        ``ServerGoneError``; otherwise those past their deadline are given up (``CallTimeout``)."""
+        with self._lock:
+            if self._gone or self._closed:
+                return
+            due = [f for f in self._futures.values() if f.deadline <= now]
+            waiting = bool(self._futures)
+            alive = True
+            if due or (waiting and now >= self._liveness_at):
+                self._liveness_at = now + _LIVENESS_CHECK_S
+                alive = self._server_alive()
+        if not alive:
+            self._mark_gone()
+            return
+        for future in due:
+            self._give_up(future._call_id)
+            future._finish(None, CallTimeout(f"no reply from {self.service!r} within the timeout"))
 
     def _server_alive(self) -> bool:
         """The server runs and still serves us (its handler is on our request channel). Across hosts,
@@ -584,13 +745,23 @@ class Client:
                 return
             self._gone = True
             self._fast = None  # call() goes the ordinary way, which reconnects
-            for pending in self._pending.values():
-                pending.gone = pending.done = True
-            self._pending.clear()
+            futures = self._end_pending()
             if self._protocol is not None:  # (a lane call may be under way: its state is not taken back)
                 self._last_stats = self._protocol.statistics()
+        for future in futures:
+            future._finish(None, self._gone_error())
         logger.warning("the server of %r (pid %d) stopped or died: calls in flight raise ServerGoneError; "
                        "the next call reconnects", self._name_at(self._where), self._server[0])
+
+    def _end_pending(self) -> list[Future]:
+        """With ``_lock`` held: every call of the gone session ends (``ServerGoneError``); the futures
+        among them, to be finished once the lock is released (their callbacks run then)."""
+        for pending in self._pending.values():
+            pending.gone = pending.done = True
+        self._pending.clear()
+        futures = list(self._futures.values())
+        self._futures.clear()
+        return futures
 
     def _gone_error(self) -> ServerGoneError:
         return ServerGoneError(f"the server of {self.service!r} stopped or died")
@@ -604,10 +775,10 @@ class Client:
                 return
             with self._lock:
                 self._teardown()
-                for pending in self._pending.values():  # calls the gone session's lane handed over after it went
-                    pending.gone = pending.done = True
-                self._pending.clear()
+                futures = self._end_pending()  # calls the gone session's lane handed over after it went
                 self._protocol = None  # until the new server's ACK: the reply channel takes only that
+            for future in futures:
+                future._finish(None, self._gone_error())
             logger.info("reconnecting to %r", self.service)
             try:
                 self._establish(self.wait, anywhere=True)
@@ -623,6 +794,9 @@ class Client:
         if self._closed or self._gone:
             return False
         self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
+        if self._futures and now >= self._futures_check_at:
+            self._futures_check_at = now + 0.01
+            self._expire_futures(now)
         with self._lock:
             protocol = self._protocol
             lane = self._lane
@@ -671,6 +845,11 @@ class Client:
         self._timer.remove(self)
         with self._leader:
             self._teardown()
+        with self._lock:
+            futures = list(self._futures.values())
+            self._futures.clear()
+        for future in futures:
+            future._finish(None, ClosedError(f"the client of {self.service!r} was closed"))
         logger.debug("closed the client of %r", self.service)
 
     def _teardown(self) -> None:
@@ -715,6 +894,37 @@ class Client:
     def __repr__(self) -> str:
         state = " forked" if self._forked else " closed" if self._closed else " gone" if self._gone else ""
         return f"<ombm.rpc.Client {self.service!r}{state}>"
+
+
+class CallOptions:
+    """Calls of one client with options of their own (:meth:`Client.options`): any attribute is a
+    remote method, ``call(method, ...)`` and ``call_async(method, ...)`` name it."""
+
+    __slots__ = ("_client", "_timeout", "_oneway")
+
+    def __init__(self, client: Client, timeout: float, oneway: bool) -> None:
+        self._client, self._timeout, self._oneway = client, timeout, oneway
+
+    def call(self, method: str, *args: object, **kwargs: object) -> Any:
+        if type(method) is not str:
+            raise TypeError(f"method name must be str, not {type(method).__name__}")
+        if self._oneway:
+            self._client._send(method, args, kwargs, True)
+            return None
+        return self._client._call(method, args, kwargs, self._timeout)
+
+    def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
+        if self._oneway:
+            raise ValueError("a one-way call has no result to wait for: use call()")
+        return self._client._call_async(method, args, kwargs, self._timeout)
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return functools.partial(self.call, method)
+
+    def __repr__(self) -> str:
+        return f"<ombm.rpc.CallOptions of {self._client!r} timeout={self._timeout} oneway={self._oneway}>"
 
 
 _CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()

@@ -10,13 +10,17 @@ What travels, and what comes back:
 - ``bytes``, ``bytearray``, ``memoryview`` (C-contiguous): as msgpack *bin*,
   packed straight from the buffer (no intermediate ``bytes``); they come back as
   ``bytes``.
-- ``list`` and ``tuple``: as msgpack arrays; they come back as **lists**.  The
-  positional arguments of a call come back as a tuple.
-- ``dict``: keys of type ``str``, ``bytes``, ``int`` (``bool``), ``float`` or ``None``, values
-  of any type here; comes back as a dict.  A dict with any other key (a tuple, say: it would
-  travel as an array and come back as an unhashable list), at any depth, is what the server
-  cannot rebuild: ``TypeError`` at the caller (see :func:`check_keys` for where, at no cost
-  per call for arguments without containers).
+- ``list``: as a msgpack array, back as a list; ``tuple`` (a namedtuple too): as ext type 4
+  holding an array, back as a **tuple** (a namedtuple as a plain tuple).
+- subclasses of ``int``, ``float``, ``str``, ``bytes``, ``list`` and ``dict`` (an ``IntEnum``,
+  an ``OrderedDict``): as the builtin they derive from, and back as it.
+- ``dict``: keys of type ``str``, ``bytes``, ``int`` (``bool``), ``float``, ``None`` or a tuple
+  of those, values of any type here; comes back as a dict.  A dict with any other key, at any
+  depth, is what the server cannot rebuild: ``TypeError`` at the caller (see
+  :func:`check_keys` for where, at no cost per call for arguments without containers).
+- a user's own type, once registered on both sides with :func:`register_type` (an encoder to
+  bytes, a decoder from them, and an ext type code 16-127): as that ext type, back as the
+  decoder makes it.  No pickle involved.
 - numpy arrays and scalars (only if numpy is installed; it is never required), of
   numeric, bool, bytes, str, datetime or timedelta dtype: as ext type 1 carrying
   dtype string, shape and the raw C-order buffer.  An array comes back as a
@@ -31,7 +35,13 @@ What travels, and what comes back:
   :class:`UnmarshalError`.  Never unpickle data from a peer you do not trust.
 
 Bytes that are not a valid call or reply raise :class:`~ombm.errors.UnmarshalError`
-(an ``OmbmError`` and a ``ValueError``; importable from here too).
+(an ``OmbmError`` and a ``ValueError``; importable from here too).  An exception the remote
+procedure raised comes back as :func:`~ombm.errors.remote_error` makes it: for a builtin type
+(``KeyError``) a ``RemoteError`` that is also that builtin, so ``except KeyError`` works.
+
+On the wire a call is the array ``[method, [args...], {kwargs}]`` and a reply ``[0, result]`` or
+``[1, type name, message, traceback text]``; the packer runs with ``strict_types`` so that a
+tuple (and a subclass of a builtin) reaches :func:`_default` rather than being packed as an array.
 """
 
 from __future__ import annotations
@@ -47,17 +57,32 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from ombm.errors import RemoteError, UnmarshalError
+from ombm.errors import RemoteError, UnmarshalError, remote_error
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply", "check_keys",
-           "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook"]
+           "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook", "register_type"]
 
 _EXT_NDARRAY = 1
 _EXT_PICKLE = 2
 _EXT_BIGINT = 3
+_EXT_TUPLE = 4
+USER_CODES = range(16, 128)  # ext type codes for register_type (0-15 are ombm's)
+# tuples within tuples (lists between them do not count): each level is a nested msgpack call with
+# ~40 KiB of C stack, so a peer's deeper nesting must be refused before it overflows the stack
+MAX_TUPLE_NESTING = 32
+
+
+class _Nesting(threading.local):
+    """How many tuples this thread is inside, packing and unpacking."""
+
+    packing = 0
+    unpacking = 0
+
+
+_nesting = _Nesting()
 _OK, _ERR = 0, 1
 _ARRAY_KINDS = frozenset("biufcSUmM")
 _ARRAY_HEAD = struct.Struct("<BBB")  # is_scalar, ndim, len(dtype str); then dtype, u64 shape[]
@@ -72,6 +97,56 @@ class Packer(Protocol):
     def pack(self, obj: object, /) -> bytes: ...
 
     def reset(self) -> None: ...
+
+
+# ---------------------------------------------------------------- users' types
+
+_encoders: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
+_decoders: dict[int, tuple[type, Callable[[bytes], object]]] = {}
+
+
+def register_type(cls: type, code: int, encode: Callable[[Any], bytes], decode: Callable[[bytes], object]) -> None:
+    """Marshal instances of ``cls`` (and of its subclasses) as msgpack ext type ``code``.
+
+    ``encode(obj) -> bytes`` runs on the sending side, ``decode(data) -> object`` on the receiving
+    one: register the same ``cls``, ``code`` and functions in the client and in the server (at
+    import time, before connecting or serving).  ``code``: 16-127 (0-15 are ombm's).  A decoder
+    that raises makes the message an :class:`UnmarshalError` (it gets bytes from the peer: check
+    them).  Registering a code or a class again replaces it.  No pickle is involved::
+
+        ombm.rpc.register_type(Point, 16, lambda p: struct.pack("<dd", p.x, p.y),
+                               lambda b: Point(*struct.unpack("<dd", b)))
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"cls must be a class, not {type(cls).__name__}")
+    if type(code) is not int or code not in USER_CODES:
+        raise ValueError(f"code must be an int from {USER_CODES.start} to {USER_CODES.stop - 1}, not {code!r}")
+    if not callable(encode) or not callable(decode):
+        raise TypeError("encode and decode must be callable")
+    if cls in (type(None), bool, int, float, str, bytes, bytearray, memoryview, list, tuple, dict):
+        raise ValueError(f"{cls.__name__} is marshalled by ombm itself")
+    for known, (known_code, _) in list(_encoders.items()):
+        if known_code == code and known is not cls:
+            del _encoders[known]
+    _encoders[cls] = (code, encode)
+    _decoders[code] = (cls, decode)
+
+
+def _encode_user(obj: object, code: int, encode: Callable[[Any], bytes]) -> msgpack.ExtType:
+    data = encode(obj)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"the encoder registered for {type(obj).__qualname__} returned "
+                        f"{type(data).__name__}, not bytes")
+    return msgpack.ExtType(code, bytes(data))
+
+
+def _decode_user(code: int, data: bytes) -> object:
+    cls, decode = _decoders[code]
+    try:
+        return decode(data)
+    except Exception as exc:
+        raise UnmarshalError(f"the decoder registered for {cls.__qualname__} (ext type {code}) "
+                             f"failed: {exc!r}") from None
 
 
 # ---------------------------------------------------------------- encoding
@@ -89,10 +164,32 @@ def _pack_ndarray(obj: Any, np: types.ModuleType) -> msgpack.ExtType:
     return msgpack.ExtType(_EXT_NDARRAY, b"".join((head, raw)))
 
 
-def _default(obj: object, allow_pickle: bool) -> msgpack.ExtType:
-    if isinstance(obj, int):  # msgpack calls us for ints it cannot hold
-        size = obj.bit_length() // 8 + 1
-        return msgpack.ExtType(_EXT_BIGINT, int(obj).to_bytes(size, "little", signed=True))
+def _default(obj: object, allow_pickle: bool) -> object:
+    """What msgpack packs in place of ``obj``, which it cannot pack itself (strict types: anything
+    but an exact None, bool, int in range, float, str, bytes, bytearray, memoryview, list, dict)."""
+    user = _encoders.get(type(obj))
+    if user is not None:
+        return _encode_user(obj, *user)
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _pack_tuple(obj, allow_pickle))
+    if isinstance(obj, int):
+        if type(obj) is not int:  # an IntEnum, an IntFlag: as the int it is
+            return int(obj)
+        size = obj.bit_length() // 8 + 1  # msgpack calls us for ints it cannot hold
+        return msgpack.ExtType(_EXT_BIGINT, obj.to_bytes(size, "little", signed=True))
+    if isinstance(obj, float):  # numpy's float64 too
+        return float(obj)
+    if isinstance(obj, str):  # numpy's str_ too
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray)):  # numpy's bytes_ too
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    for cls, user in _encoders.items():
+        if isinstance(obj, cls):
+            return _encode_user(obj, *user)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(obj, (np.ndarray, np.generic)):
         try:
@@ -118,8 +215,21 @@ def packer(allow_pickle: bool = False) -> Packer:
     """A msgpack Packer that packs as the encoders do, for one thread at a time (each native RPC
     lane packs with its own: calls as :func:`encode_call`, results as :func:`encode_result`; on
     failure it must ``reset()`` it and let the Python encoder say why)."""
-    made: Packer = msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe)
+    made: Packer = msgpack.Packer(default=_default_pickle if allow_pickle else _default_safe, strict_types=True)
     return made
+
+
+def _pack_tuple(items: tuple[object, ...], allow_pickle: bool) -> bytes:
+    """A tuple's items as an array, packed by a packer of their own (the thread's is mid-message)."""
+    if _nesting.packing >= MAX_TUPLE_NESTING:
+        raise TypeError(f"cannot marshal tuples nested more than {MAX_TUPLE_NESTING} deep")
+    _nesting.packing += 1
+    try:
+        data: bytes = msgpack.packb(list(items), default=_default_pickle if allow_pickle else _default_safe,
+                                    strict_types=True)
+    finally:
+        _nesting.packing -= 1
+    return data
 
 
 class _Packers(threading.local):
@@ -138,18 +248,25 @@ def _pack_failed(packer: Packer, exc: BaseException) -> BaseException:
     packer.reset()  # never leave half a message in the reused buffer
     if isinstance(exc, BufferError):  # a non-contiguous memoryview
         return TypeError(f"cannot marshal a non-contiguous buffer: {exc}")
-    if isinstance(exc, ValueError):   # e.g. "recursion limit exceeded" on cyclic data
+    if isinstance(exc, (ValueError, RecursionError)):   # cyclic or too deeply nested data
         return TypeError(f"cannot marshal value: {exc}")
     return exc
 
 
 _NO_KWARGS: dict[str, object] = {}  # packed for a call without keyword arguments, never changed
 
-# dict keys the server rebuilds as they were (isinstance: bool is an int, a str subclass packs as str)
-_KEY_TYPES = (str, bytes, int, float, type(None))
+# dict keys the server rebuilds as they were (isinstance: bool is an int, a str subclass packs as str;
+# a tuple's items are keys too)
+_KEY_TYPES = (str, bytes, int, float, type(None), tuple)
 # values that hold no dict: the walk skips them at the cost of one set lookup
 _LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview))
 _MAX_DEPTH = 512  # msgpack's own nesting limit: deeper data fails to pack anyway
+
+
+def _is_key(key: object, depth: int) -> bool:
+    if not isinstance(key, _KEY_TYPES):
+        return False
+    return not isinstance(key, tuple) or (depth <= _MAX_DEPTH and all(_is_key(k, depth + 1) for k in key))
 
 
 def _walk_keys(value: object, where: str, depth: int) -> None:
@@ -157,9 +274,10 @@ def _walk_keys(value: object, where: str, depth: int) -> None:
         return  # the packer refuses it (TypeError) in any case
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, _KEY_TYPES):
+            if not _is_key(key, depth):
                 raise TypeError(f"cannot marshal a dict key of type {type(key).__name__} ({key!r:.60} in {where}): "
-                                "the server could not rebuild it; keys must be str, bytes, int, float or None")
+                                "the server could not rebuild it; keys must be str, bytes, int, float, None or "
+                                "tuples of those")
             if type(item) not in _LEAVES:
                 _walk_keys(item, f"{where}[{key!r:.30}]", depth + 1)
     elif isinstance(value, (list, tuple)):
@@ -204,7 +322,7 @@ def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, ob
             check_keys((), kwargs)
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
-        return packer.pack((method, args, kwargs or _NO_KWARGS))
+        return packer.pack([method, list(args), kwargs or _NO_KWARGS])
     except BaseException as exc:
         error = _pack_failed(packer, exc)
         if error is exc:
@@ -216,7 +334,7 @@ def encode_result(value: object, *, allow_pickle: bool = False) -> bytes:
     """Marshal the value a call returned."""
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
-        return packer.pack((_OK, value))
+        return packer.pack([_OK, value])
     except BaseException as exc:
         error = _pack_failed(packer, exc)
         if error is exc:
@@ -235,7 +353,7 @@ def encode_error(exc: BaseException) -> bytes:
         text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     except Exception:  # an exception whose __str__ itself fails
         message, text = f"<unprintable {name}>", ""
-    data: bytes = msgpack.packb((_ERR, name, message, text))
+    data: bytes = msgpack.packb([_ERR, name, message, text])
     return data
 
 
@@ -266,17 +384,36 @@ def _unpack_ndarray(data: bytes) -> object:
     return arr[()] if scalar else arr
 
 
+def _tuple(data: bytes, hook: ExtHook) -> tuple[object, ...]:
+    if _nesting.unpacking >= MAX_TUPLE_NESTING:
+        raise UnmarshalError(f"tuples nested more than {MAX_TUPLE_NESTING} deep")
+    _nesting.unpacking += 1
+    try:
+        items = _unpackb(data, ext_hook=hook, strict_map_key=False)
+    finally:
+        _nesting.unpacking -= 1
+    if type(items) is not list:
+        raise UnmarshalError("a tuple that does not hold an array")
+    return tuple(items)
+
+
 def _ext_hook_safe(code: int, data: bytes) -> object:
+    if code == _EXT_TUPLE:
+        return _tuple(data, _ext_hook_safe)
     if code == _EXT_NDARRAY:
         return _unpack_ndarray(data)
     if code == _EXT_BIGINT:
         return int.from_bytes(data, "little", signed=True)
     if code == _EXT_PICKLE:
         raise UnmarshalError("received pickled data; decoding it requires allow_pickle=True")
+    if code in _decoders:
+        return _decode_user(code, data)
     raise UnmarshalError(f"unknown msgpack ext type {code}")
 
 
 def _ext_hook_pickle(code: int, data: bytes) -> object:
+    if code == _EXT_TUPLE:
+        return _tuple(data, _ext_hook_pickle)
     if code == _EXT_PICKLE:
         try:
             return pickle.loads(data)
@@ -325,5 +462,5 @@ def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False) -> Any:
         if len(reply) == 2 and reply[0] is _OK:
             return reply[1]
         if len(reply) == 4 and reply[0] is _ERR and all(type(x) is str for x in reply[1:]):
-            raise RemoteError(reply[1], reply[2], reply[3])
+            raise remote_error(reply[1], reply[2], reply[3])
     raise UnmarshalError("not a reply message")

@@ -19,12 +19,16 @@ sans-I/O ``ServerProtocol``, which first takes back what the lane served
 The server's receiver is owned by the server, so clients that connect after
 ``Server(...)`` but before ``start()``/``serve_forever()`` are queued in its
 FIFO and served once it runs. Connections of dead clients are reclaimed.
-Calls run in the serving thread, one at a time. What it does to connections
-(accepts, drops, reaps) is logged to ``logging.getLogger("ombm.rpc")``.
+Calls of plain methods run in the serving thread, one at a time; ``async def`` methods run on an
+event loop, many at a time, and are answered when they end (:mod:`ombm.rpc.async_calls`);
+:func:`serve_async` serves from inside a running loop. What it does to connections (accepts, drops,
+reaps) is logged to ``logging.getLogger("ombm.rpc")``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import signal as _signal
@@ -46,6 +50,7 @@ from ombm.errors import SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import marshal
+from ombm.rpc.async_calls import AsyncCalls
 from ombm.transport import wire
 from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
 from ombm.core.signals import SignalHandle
@@ -98,12 +103,17 @@ class Server:
     and counted (``stats["refused"]``), and answered with a
     :class:`~ombm.errors.MessageTooLargeError` (a one-way call is dropped).  Clients learn it when
     they connect and refuse such a call themselves, before sending.
+
+    ``async def`` methods of ``obj`` run on ``loop`` (default: an event loop in a thread the
+    server starts on the first such call and joins when it stops), many calls at once; plain
+    methods run in the serving thread.  ``stats["async_calls"]`` counts them.
     """
 
     _forked = False  # set in a forked child: this server is the parent's (ForkedError here)
 
     def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.max_message_bytes = check_max_message(max_message_bytes)
         self._refusal = marshal.encode_error(MessageTooLargeError(
             f"the call announced more than this server's max_message_bytes ({max_message_bytes}); "
@@ -114,14 +124,17 @@ class Server:
         self._methods: dict[str, Callable[..., object]] = {
             attr: getattr(obj, attr) for attr in dir(obj) if not attr.startswith("_") and callable(getattr(obj, attr))
         }
+        # what the native lane runs: the plain methods (a call of an async one goes to the protocol)
+        lane_methods = {n: fn for n, fn in self._methods.items() if not inspect.iscoroutinefunction(fn)}
         # lane_calls: of the calls, those served on the server lane (brought up to date when the serving
         # loop reaps, at least every REAP_INTERVAL_S, and when it stops)
         self.stats: dict[str, int] = {"calls": 0, "errors": 0, "connections": 0, "bad_connects": 0, "dropped_frames": 0,
-                                  "refused": 0, "broken_connections": 0, "lane_calls": 0}
+                                  "refused": 0, "broken_connections": 0, "lane_calls": 0, "async_calls": 0}
         self._receiver = Receiver()
+        self._async = AsyncCalls(self.name, loop, self._outcome, self._receiver.nudge)
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
-            self._receiver.fifo.fifo_map, wire.KIND_TABLE, self._methods, self.stats, msgpack.unpackb,
+            self._receiver.fifo.fifo_map, wire.KIND_TABLE, lane_methods, self.stats, msgpack.unpackb,
             marshal.ext_hook(allow_pickle), marshal.packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
@@ -230,11 +243,31 @@ class Server:
         native lane); write the replies (and acks) the protocol has."""
         protocol = conn.protocol
         for event in events:
-            data, error = executed or self._execute(event.data, conn.limit)
+            outcome = executed or self._run(event.data, conn.limit, (conn, event.call_id, event.oneway))
+            if outcome is None:
+                continue  # an async method's call: answered when its coroutine ends (_answer_async)
             if not event.oneway:
-                protocol.send_reply(event.call_id, data, now, error=error)
+                protocol.send_reply(event.call_id, outcome[0], now, error=outcome[1])
         for frame in protocol.frames_to_send(now):
             conn.send(frame)
+
+    def _answer_async(self, now: float) -> None:
+        """Answer the calls whose coroutines ended (the serving thread's: it owns the protocols)."""
+        for key, call_id, oneway, data, error in self._async.take_done():
+            conn = key
+            assert isinstance(conn, _Connection), "AsyncCalls gives back the connection it was given"
+            if self._connections.get(conn.conn_id) is not conn:
+                continue  # the client went while its call ran
+            try:
+                if not oneway:
+                    conn.protocol.send_reply(call_id, data, now, error=error)
+                for frame in conn.protocol.frames_to_send(now):
+                    conn.send(frame)
+            except Exception:
+                self.stats["dropped_frames"] += 1
+            last = conn.protocol.lend()
+            if last is not None and self._intake is not None:
+                self._intake.lane(conn.request.segment.id, last)
 
     def _guarded(self, conn: _Connection, offset: int) -> None:
         """A client's frames must never stop the server: anything unexpected is counted, the frame dropped."""
@@ -244,17 +277,45 @@ class Server:
             self.stats["dropped_frames"] += 1
 
     def _execute(self, data: bytes | bytearray, limit: int) -> tuple[bytes, bool]:
-        """Run the call marshalled in ``data``: its reply payload, and whether it is an error."""
+        """Run the call marshalled in ``data`` (for the native lane, which runs no async method):
+        its reply payload, and whether it is an error."""
+        outcome = self._run(data, limit, None)
+        assert outcome is not None, "without a call to answer later, nothing is deferred"
+        return outcome
+
+    def _run(self, data: bytes | bytearray, limit: int,
+             call: tuple[_Connection, int, bool] | None) -> tuple[bytes, bool] | None:
+        """Run the call marshalled in ``data``: its reply payload, and whether it is an error; or
+        None for a call of an ``async def`` method (``call``: its connection, id and one-way flag),
+        whose coroutine now runs on the event loop."""
         self.stats["calls"] += 1
         try:
             method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle)
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
-            return self._result(fn(*args, **kwargs), limit), False
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                if call is None:
+                    value.close()
+                    raise TypeError(f"{method!r} is a coroutine function: it cannot run here")
+                self.stats["async_calls"] += 1
+                self._async.start(call[0], call[1], call[2], value, limit)
+                return None
+            return self._result(value, limit), False
         except Exception as exc:  # the remote caller gets it as RemoteError
             self.stats["errors"] += 1
             return marshal.encode_error(exc), True
+
+    def _outcome(self, value: object, exc: BaseException | None, limit: int) -> tuple[bytes, bool]:
+        """A coroutine's end as a reply (in the loop's thread): as :meth:`_finish`."""
+        if exc is None:
+            try:
+                return self._result(value, limit), False
+            except Exception as failed:
+                exc = failed
+        self.stats["errors"] += 1  # a plain int bumped from the loop's thread: a count, not a lock
+        return marshal.encode_error(exc), True
 
     def _result(self, value: object, limit: int) -> bytes:
         result = marshal.encode_result(value, allow_pickle=self.allow_pickle)
@@ -364,6 +425,8 @@ class Server:
                         receiver.dispatch(r.segment_id, r.offset)
                 elif status == _SERVE_STALLED:
                     receiver.fifo.retire_stalled()
+                if self._async.has_done():
+                    self._answer_async(now)
                 if now - self._last_reap >= REAP_INTERVAL_S:
                     self._last_reap = now
                     self.stats["lane_calls"] = intake.served
@@ -400,6 +463,8 @@ class Server:
                     else:
                         receiver.dispatch(*signal)
                 now = time.monotonic()
+                if self._async.has_done():
+                    self._answer_async(now)
                 if now - self._last_reap >= REAP_INTERVAL_S:
                     self._last_reap = now
                     self._reap()
@@ -423,6 +488,7 @@ class Server:
     def _close(self) -> None:
         if self._receiver.closed:
             return
+        self._async.close()
         for conn in list(self._connections.values()):
             self._drop(conn)
         self._receiver.close()
@@ -456,6 +522,30 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<ombm.rpc.Server {self.name!r} connections={len(self._connections)}>"
+
+
+async def serve_async(name: str, obj: Any, *, allow_pickle: bool = False,
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    """Serve ``obj`` as ``name`` from inside the running event loop, until cancelled.
+
+    Its ``async def`` methods run on this loop (many calls at once, beside whatever else the loop
+    runs); its plain methods in the serving thread, one at a time, as :class:`Server` runs them.
+    Cancelling the task that awaits this stops the server (calls still running are cancelled,
+    their callers see the server go) and re-raises ``CancelledError``::
+
+        task = asyncio.create_task(ombm.rpc.serve_async("calc", Calc()))
+        ...
+        task.cancel()
+    """
+    loop = asyncio.get_running_loop()
+    server = Server(name, obj, allow_pickle=allow_pickle, max_message_bytes=max_message_bytes, loop=loop)
+    serving = loop.run_in_executor(None, server.serve_forever)  # closes the server when it returns
+    try:
+        await asyncio.shield(serving)
+    except asyncio.CancelledError:
+        server._request_stop()
+        await asyncio.wait([serving])  # the serving thread ends within one wait (it was nudged)
+        raise
 
 
 _SERVERS: weakref.WeakSet[Server] = weakref.WeakSet()

@@ -484,6 +484,19 @@ class ClientProtocol(_Outbox):
                     self._queue.remove(call)
                     break
 
+    def withdraw(self, call_id: int) -> bool:
+        """Take back a call still queued behind the window (never sent): True if it was, and it is
+        gone; False if it was sent (it may run), answered, or is unknown."""
+        for call in self._queue:
+            if call.call_id == call_id:
+                self._queue.remove(call)
+                return True
+        return False
+
+    def is_queued(self, call_id: int) -> bool:
+        """The call waits behind the window: nothing of it was sent yet."""
+        return any(call.call_id == call_id for call in self._queue)
+
     def _launch(self, call: _Call, now: float) -> None:
         in_flight = self._in_flight
         call.sent_at = now

@@ -162,13 +162,12 @@ def ombm_rows(client: Host, server: Host, plan: Plan, progress: Progress) -> lis
             rows.append(RoundTrip("ombm rpc via bridge", placement, latencies))
         finally:
             serving.stop()
-    rows.append(Throughput("ombm Stream via bridge", note=_STREAM_NOT_BUILT))
+    rows.append(ombm_stream_row(client, server, plan, progress))
     rows += [shares.get(size, BridgeShare(size, note="not measured")) for size in SIZES]
     return rows
 
 
 _SERVICE = "bench-echo"
-_STREAM_NOT_BUILT = "not built yet: Stream across hosts (docs/net.md, What is not built yet)"
 _CLI = "import sys; from ombm.cli.main import main; sys.exit(main(sys.argv[1:]))"
 _SERVER = f"""
 import os, sys, ombm.rpc
@@ -199,6 +198,75 @@ _STATUS = ("import json; from ombm.core import remote; stats = remote.raise_for(
            "['stats']; print(stats['busy_in_ns'] + stats['busy_out_ns'])")
 
 
+# --- ombm Stream across the link ----------------------------------------------------------------
+
+_STREAM_PORT = 7100  # the streams' own bridges, beside the calls' (port 7000)
+_STREAM_MTU = 65_507  # the largest UDP payload: a 1 MiB fragment in 17 datagrams (the veth fragments them)
+_STREAM_WRITER = """
+import json, os, sys, time
+from ombm.channels.stream import Stream
+cpu, name, size, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+os.sched_setaffinity(0, {cpu})
+stream = Stream.create(name, slot_bytes=size, slots=max(4, min(64, (8 << 20) // size)))
+print("ready", flush=True)
+source = memoryview(os.urandom(size + 65536))  # message i: a window of random bytes at a new place, so
+stream.send(source[:size], timeout=120.0)        # no slot holds what it held (the bridge sends what changed)
+stream.flush(timeout=120.0)            # the reader is there: timing starts
+started = time.perf_counter()
+for i in range(count):
+    at = (i * 4099) % 65536
+    stream.send(source[at:at + size], timeout=120.0)
+stream.flush(timeout=120.0)            # every message acknowledged by the reader
+print(json.dumps(size * count / (time.perf_counter() - started)), flush=True)
+stream.close()
+"""
+_STREAM_READER = """
+import os, sys
+from ombm.channels.stream import Stream
+cpu, name, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+os.sched_setaffinity(0, {cpu})
+with Stream.open(name, timeout=60.0) as stream:
+    for _ in range(count + 1):         # the warm-up message, then the timed ones
+        message = stream.recv(timeout=120.0)
+        len(message), message[0]       # touched, like the peers' readers
+"""
+
+
+def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) -> Throughput:
+    """ombm Stream throughput across the link: the writer in ``client`` (host a, CPU 0), the reader in
+    ``server`` (host b, CPU 1) opening ``name@HOST:PORT``, through a bridge in each host (their own
+    ombm folders, beside the calls' bridges; ``--mtu 65507``). Timed from the first message after
+    a warm-up message (the reader is there) to the writer's ``flush`` (every message acknowledged),
+    ``plan.stream_bytes`` per size, best of ``plan.repeats``; slots: the message size, 8 MiB of them
+    (4 to 64). Messages are random bytes, each at a new offset of one random buffer: a slot never
+    holds what it held before, so the bridges' deltas are whole messages, as for real data."""
+    folders = {host: {"OMBM_SHM_DIR": os.path.join(host.shm_dir, "streams")} for host in (client, server)}
+    names = [f"bench-stream-{size >> 10}k-{rep}" for size in STREAM_SIZES for rep in range(plan.repeats)]
+    for host, other in ((client, server), (server, client)):
+        os.makedirs(folders[host]["OMBM_SHM_DIR"], exist_ok=True)
+        exports = [arg for name in names for arg in ("--export", name, "--export", name + ".credit")]
+        _start_bridge(host, f"{host.address}:{_STREAM_PORT}", "--insecure", "--peer", f"{other.address}:{_STREAM_PORT}",
+                      "--mtu", str(_STREAM_MTU), *(exports if host is client else []), env=folders[host])
+    (writer_cpu, reader_cpu), rates = PLACEMENTS[STREAM_PLACEMENT], {}
+    for size in STREAM_SIZES:
+        progress(f"ombm Stream via bridge, {_size(size)} messages")
+        count, best = max(1, plan.stream_bytes // size), 0.0
+        for rep in range(plan.repeats):
+            name = f"bench-stream-{size >> 10}k-{rep}"
+            writer = client.popen([sys.executable, "-c", _STREAM_WRITER, str(writer_cpu), name, str(size), str(count)],
+                                  env=folders[client], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+            _read_line(writer)
+            reader = server.popen([sys.executable, "-c", _STREAM_READER, str(reader_cpu),
+                                   f"{name}@{client.address}:{_STREAM_PORT}", str(count)], env=folders[server],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            best = max(best, float(json.loads(_read_line(writer, 600.0))))
+            for process in (writer, reader):
+                process.wait(60)
+        rates[size] = best
+    return Throughput("ombm Stream via bridge", rates,
+                      note=f"pure-Python bridge, --mtu {_STREAM_MTU}; writer CPU {writer_cpu}, reader CPU {reader_cpu}")
+
+
 def _read_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], timeout_s)
@@ -208,9 +276,9 @@ def _read_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
     return line
 
 
-def _start_bridge(host: Host, *args: str) -> None:
+def _start_bridge(host: Host, *args: str, env: Mapping[str, str] | None = None) -> None:
     """``ombm bridge ARGS`` inside ``host`` (killed when the hosts close), once it listens."""
-    process = host.popen([sys.executable, "-c", _CLI, "bridge", "--listen", *args], stdin=subprocess.DEVNULL,
+    process = host.popen([sys.executable, "-c", _CLI, "bridge", "--listen", *args], env=env, stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if not _read_line(process).startswith("ombm bridge: listening"):
         raise RuntimeError("the bridge did not start")

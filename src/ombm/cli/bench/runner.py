@@ -1,4 +1,4 @@
-"""``ombm bench``: run the selected suites, show their tables, write ``docs/benchmarks.md``.
+"""``ombm bench``: run the selected suites, show their tables, and with ``--out`` write them to a file.
 
 Owns the order of the suites (core, rpc, streams, load, net), their progress bars, and the document: a
 header (machine, how to reproduce) and one section per suite between ``<!-- bench:<suite> -->``
@@ -125,9 +125,10 @@ def _header(info: dict[str, str], command: str) -> str:
         f"- machine: {info['cpus']} CPUs, {info['cpu']}, Linux {info['kernel']}",
         f"- Python: {info['python']}",
         f"- last run: `{command}`, {info['date']}",
-        "- reproduce: `ombm bench all` (a few minutes), or one suite: `ombm bench core`, `ombm bench rpc`, "
-        "`ombm bench streams`, `ombm bench load`; across two hosts (network namespaces, as root): `ombm bench net`; add "
-        "`--quick` for a smoke run. Run it on a quiet machine.",
+        "- reproduce: `ombm bench all --out docs/benchmarks.md` (a few minutes), or one suite: `ombm bench core`, "
+        "`ombm bench rpc`, `ombm bench streams`, `ombm bench load`; across two hosts (network namespaces, as "
+        "root): `ombm bench net`; add `--quick` for a smoke run, `--out FILE` to write the tables there "
+        "(replacing only the sections run). Run it on a quiet machine.",
         "- placements: *cross-cpu* = client on CPU 0, server on CPU 1; *same-cpu* = both on CPU 0. On this VM "
         "a kernel wake-up costs tens of µs across CPUs (an idle CPU halts) but a few µs on one CPU, so "
         "both are reported.",
@@ -145,7 +146,6 @@ def _write(path: str, header: str, sections: dict[str, str]) -> None:
     for suite, text in sections.items():
         document = report.replace_section(document, suite, text)
     document = report.order_sections(document, ("header", *ALL, "issue13", "net"))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
         out.write(document)
 
@@ -164,9 +164,9 @@ def _reclaim(console: Console) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``args.suite`` (all, core, rpc, streams or net); ``args.quick``; write ``args.out``."""
+    """Run ``args.suite`` (all, core, rpc, streams or net); ``args.quick``; write ``args.out`` if given."""
     selected = ALL if args.suite == "all" else (args.suite,)
-    command = f"ombm bench {args.suite}" + (" --quick" if args.quick else "")
+    command = f"ombm bench {args.suite}" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
     console = Console()
     info = report.machine()
     console.rule(f"{command} — {report.machine_line(info)}")
@@ -207,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
     if issue13:
         sections["issue13"] = _issue13(issue13, command, info)
         console.print(Markdown(sections["issue13"]))
-    if sections:
+    if sections and args.out is not None:
         _write(args.out, _header(info, command), sections)
         console.print(f"wrote {', '.join(sections)} to {args.out} in {time.monotonic() - started:.0f} s")
     if failed:
