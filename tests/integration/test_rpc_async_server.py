@@ -70,7 +70,7 @@ def test_an_async_server_runs_100_calls_from_4_processes_at_once():
         assert server.stats["async_calls"] == 100
         with ombm.rpc.connect(name, timeout=30.0) as cli:  # plain methods still on the serving thread
             assert cli.add(2, 3) == 5
-            assert cli.where().endswith("-loop")  # the server's own event loop thread
+            assert cli.call("where").endswith("-loop")  # the server's own event loop thread
             with pytest.raises(KeyError) as info:
                 cli.fail("missing")
             assert info.value.type_name == "KeyError"
@@ -105,7 +105,7 @@ def test_serve_async_serves_from_inside_a_running_loop_until_cancelled():
                 time.sleep(0.01)
         with cli:
             assert cli.slow_double(21, 0.01) == 42
-            assert cli.where() == "users-loop"  # the coroutine ran on the user's loop
+            assert cli.call("where") == "users-loop"  # the coroutine ran on the user's loop
             assert cli.add(1, 1) == 2
     finally:
         loop = box.get("loop")
