@@ -53,7 +53,15 @@ from __future__ import annotations
 import os
 import struct
 
-from ombm import _native
+try:
+    from ombm import _native
+except ImportError as exc:
+    if any(n.startswith("_native.") and n.endswith(".so") for n in os.listdir(os.path.dirname(__file__))):
+        raise  # built, and it fails to load: that error says why
+    raise ImportError(  # a source tree never built, or a copy without its module
+        f"ombm's native module is not built in {os.path.dirname(__file__)}: use an installed ombm (do not put "
+        "a source tree's src on PYTHONPATH), or build it there with `pip install -e .` or `python setup.py "
+        f"build_ext --inplace` ({exc})") from exc
 
 CACHE_LINE = 64
 
@@ -108,9 +116,9 @@ def check_native() -> None:
     """Fail loudly if the native module is missing (a source tree never built) or disagrees with this layout."""
     if getattr(_native, "__file__", None) is None:  # the C sources' folder, imported as a namespace package
         raise ImportError(
-            f"ombm's native module is not built in {os.path.dirname(__file__)} (this is a source tree): "
-            "use the installed ombm (do not put src on PYTHONPATH), or build it here with "
-            "`pip install -e .` or `python setup.py build_ext --inplace`")
+            f"ombm's native module is not built in {os.path.dirname(__file__)}: use an installed ombm (do not put "
+            "a source tree's src on PYTHONPATH), or build it there with `pip install -e .` or `python setup.py "
+            "build_ext --inplace`")
     pairs = {
         "FIFO_TAIL": FIFO_TAIL,
         "FIFO_HEAD": FIFO_HEAD,

@@ -85,7 +85,9 @@ def test_bench_writes_a_file_only_with_out(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_a_source_tree_without_its_native_module_says_how_to_build_it(tmp_path: Path) -> None:
     import shutil
 
-    source = Path(ombm.__file__).parent
+    # the repository's package (with the C sources' folder), or the installed one (without): both unbuilt
+    source = Path(__file__).resolve().parents[2] / "src" / "ombm"
+    source = source if source.is_dir() else Path(ombm.__file__).parent
     shutil.copytree(source, tmp_path / "ombm", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     done = subprocess.run([sys.executable, "-c", "import ombm"], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})

@@ -258,7 +258,7 @@ import select  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+SRC = os.path.dirname(os.path.dirname(ombm.__file__))  # where the ombm under test lives (installed or src/)
 
 KEYED_SERVER = r"""
 import json, os, sys, time
