@@ -90,7 +90,7 @@ class Future(concurrent.futures.Future[Any]):
     that took the reply). The call's own deadline (the client's timeout, or ``options(timeout=)``,
     from when it was made) gives it up: the future then holds ``CallTimeout`` (``ServerGoneError``
     if the server is gone). ``result(timeout)`` waits at most ``timeout`` and raises
-    ``TimeoutError`` without giving the call up, as any ``concurrent.futures.Future``.
+    ``concurrent.futures.TimeoutError`` without giving the call up, as any ``concurrent.futures.Future``.
 
     ``cancel()`` succeeds only for a call still queued behind the connection's window: nothing of
     it was sent, so it is never executed. A call already sent may be running or done on the server:
