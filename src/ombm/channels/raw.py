@@ -841,6 +841,28 @@ class RawChannel(Channel):
         buf = self._buf
         return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
 
+    def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
+        """Every new good frame there now, copied out, at most ``max_frames``: at least one, waiting
+        up to ``timeout`` for the first (as :meth:`recv` does, with its errors); one wake-up for all.
+
+        An ordered reader gets them in increasing ``seq``; what was missed is counted as by :meth:`recv`.
+        """
+        timeout = check_timeout(timeout)
+        max_frames = _check_count(max_frames, "max_frames")
+        buf = self._buf
+
+        def copy_out(start: int, n: int) -> bytes:
+            return bytes(buf[start:start + n])
+
+        frames = [self._recv(copy_out, timeout)]
+        take = self._take
+        while len(frames) < max_frames:
+            frame = take(copy_out)
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
     async def recv_async(self, timeout: float | None = None) -> RawFrame:
         """:meth:`recv` for asyncio: awaits the next new good frame in the running event loop (the
         FIFO's doorbell wakes it: no thread), up to ``timeout``. Cancelling the awaiting task leaves

@@ -88,7 +88,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -99,7 +99,7 @@ from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGE
 from ombm.channels.raw import KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
 from ombm.channels.raw import REIMPORT_S, REMOTE_OPEN_S, Receiving, bridge_holds
-from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
+from ombm.errors import ChannelBrokenError, OmbmError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, StreamProtocolError, WouldBlock
 from ombm.transport import wire
 from ombm.transport.fragments import split
@@ -314,6 +314,8 @@ class Stream(Channel):
         self._write = self.region.write
         self._tx = StreamSender(self.connection_id, self.slots, min_rto=RTO_MIN_S, max_rto=RTO_MAX_S)
         self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
+        self._quiet = False      # in a burst of send_many(): fragments are written without their signal
+        self._unsignalled = -1   # ... the offset of the last one so written, until _signal_burst()
         self._reader_checked = 0.0
         self._resignals = self._repairs = self._waits = 0
         receiver = Receiver()
@@ -350,6 +352,38 @@ class Stream(Channel):
         timeout = check_timeout(timeout)
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
+
+    def send_many(self, messages: Iterable[ReadableBuffer], timeout: float | None = None) -> None:
+        """Send several messages in order, as :meth:`send` would one by one, with one signal per
+        burst: the fragments written without waiting are signalled once, by the last of them (and
+        before the writer waits for credit), so the reader takes them with one wake-up.
+
+        ``timeout`` covers the whole call.  Every message is checked before any is sent
+        (``TypeError``: nothing sent).  On :class:`~ombm.channels.raw.ChannelTimeout`,
+        ``exc.sent`` is how many messages went whole, and ``exc.partial`` whether part of the
+        next one did (its rest is sent first by the next send, as for :meth:`send`).
+        """
+        self._check_writer_side()
+        timeout = check_timeout(timeout)
+        batch = [self._fragments(data) for data in messages]
+        if not batch:
+            return
+        deadline = None if timeout is None else _monotonic() + timeout
+        # quiet only for a reader on this host: a bridge sends a fragment to another host on its signal
+        cbase = self._cbase
+        self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
+        sent = 0
+        try:
+            for pieces, total in batch:
+                left = None if deadline is None else max(0.0, deadline - _monotonic())
+                self._send(pieces, total, BYTES, left)
+                sent += 1
+        except ChannelTimeout as exc:
+            setattr(exc, "sent", sent)
+            raise
+        finally:
+            self._quiet = False
+            self._signal_burst()
 
     def _send(self, pieces: Sequence[_Source], total: int, content: int, timeout: float | None) -> None:
         now = _monotonic()
@@ -480,10 +514,20 @@ class Stream(Channel):
         else:
             psum = _copy_checksum(wbuf[start:start + plen], source)
         head = _HEAD.pack(self.connection_id, seq, total, plen, content, index, count, _DATA, 0, _MAGIC)
-        wbuf[end - TRAILER:end - 8] = head
         csum = seal(head, psum)
-        self._write(end - 8, _SUM.pack(csum))  # completes the slot: one signal
+        if self._quiet:  # a burst of send_many(): its last fragment is signalled (_signal_burst)
+            wbuf[end - TRAILER:end] = head + _SUM.pack(csum)
+            self._unsignalled = end - self.slot_size
+        else:
+            self._write(end - TRAILER, head + _SUM.pack(csum))  # completes the slot: one signal
         return csum
+
+    def _signal_burst(self) -> None:
+        """Signal the last fragment a burst wrote without its signal: the reader then takes it
+        and every fragment before it (it looks from the one it expects next)."""
+        if self._unsignalled >= 0:
+            offset, self._unsignalled = self._unsignalled, -1
+            _signal(self._base + offset)
 
     def _refresh(self, now: float) -> bool:
         """Read the reader's counts into the protocol; True if the next fragment may be written."""
@@ -498,6 +542,7 @@ class Stream(Channel):
         wake target): a wake-up through the kernel costs tens of µs, once per half window,
         not per slot.
         """
+        self._signal_burst()  # the reader must see what this burst wrote before the writer sleeps
         self._check_reader(now)
         self._service(now)
         tx = self._tx
@@ -681,14 +726,16 @@ class Stream(Channel):
         self._message: tuple[bytearray, memoryview] | None = None  # being reassembled (the protocol counts it)
         self._pool = _BufferPool()
         self._credit_next = 0
-        self._flags = bytearray(b"\x01" * self.slots)  # look at every slot once: frames may predate us
+        # the look hint: set by every signal, cleared when a look finds the next fragment not there yet;
+        # set at first: frames may predate this reader
+        self._hint = hint = bytearray(b"\x01")
+        self._batching = False  # recv_many: acknowledgement and release published once, at the batch's end
         self._credit_signals = 0
-        flags, base, first, size = self._flags, self._base, self.first, self.slot_size
 
         def on_signal(address: int) -> None:
-            flags[(address - base - first) // size] = 1
+            hint[0] = 1
 
-        self._signals = self._own_receiver(first, first + self.slots * size, on_signal)
+        self._signals = self._own_receiver(self.first, self.first + self.slots * self.slot_size, on_signal)
         self._publish_credit()
 
     def _publish_credit(self) -> None:
@@ -729,6 +776,36 @@ class Stream(Channel):
             self._check_writer()
             raise WouldBlock(f"no complete message on stream {self.name!r}")
         return msg
+
+    def recv_many(self, max_messages: int = 64, timeout: float | None = None) -> list[bytearray | ArrayView]:
+        """Every whole message there now, in order, at most ``max_messages``: at least one, waiting
+        up to ``timeout`` for the first (as :meth:`recv` does, with its errors).
+
+        One wake-up for the lot, and the acknowledgement and the credit for the batch published
+        once, at its end (a waiting writer is woken then).  An error found after the first message
+        (a broken or forged frame) ends the batch early: the next call raises it.
+        """
+        self._check_reader_side()
+        max_messages = _check_count(max_messages, "max_messages")
+        out = [self._recv(check_timeout(timeout), None)]
+        if max_messages == 1:
+            return out
+        with self._lock:  # an array's finalizer (any thread) then publishes after the batch
+            self._batching = True
+            try:
+                poll, dispatch = self._poll, self._signals.dispatch_pending
+                while len(out) < max_messages:
+                    msg = poll(False, None)
+                    if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
+                        break
+                    out.append(msg)
+            except OmbmError:
+                pass  # raised again by the next receive, where nothing was taken yet
+            finally:
+                self._batching = False
+                _store64(self._cbase + CR_ACKED, self._rx.expected)
+                self._publish_released()
+        return out
 
     @overload
     def recv_array(self, timeout: float | None = None, *, copy: Literal[False] = False) -> ArrayView: ...
@@ -848,24 +925,31 @@ class Stream(Channel):
                                      + (" (or its host's bridge let go of the stream)" if self.remote else ""))
 
     def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:
-        """Take the fragments that are there, in order; the message they complete, or None."""
-        flags, buf, slots, size, conn, rx = self._flags, self._buf, self.slots, self.slot_size, self.connection_id, self._rx
+        """Take the fragments that are there, in order; the message they complete, or None.
+
+        A signal only says "look": the writer signals a fragment after it completed it and every
+        fragment before it (a burst of :meth:`send_many` signals only its last), so after any signal
+        the reader looks at the fragment it expects next, and goes on while fragments are there.
+        It stops looking (the hint is cleared) when that fragment is not there yet: everything
+        signalled until then has been taken."""
+        hint, buf, slots, size, conn, rx = self._hint, self._buf, self.slots, self.slot_size, self.connection_id, self._rx
         while True:
+            if not (force or hint[0]):
+                return None  # no signal since the last look found nothing
             seq = rx.expected
-            slot = seq % slots
-            end = self.first + (slot + 1) * size
+            end = self.first + (seq % slots + 1) * size
             peek = _PEEK.unpack_from(buf, end - TRAILER)
             if peek != (conn, seq):
                 if peek[1] > seq and peek[0] == conn:
                     self._overtaken(seq, end)
-                return None  # not written yet
-            if not (force or flags[slot]):
-                return None  # being written, or its signal is still on the way
-            flags[slot] = 0
+                hint[0] = 0
+                return None  # not written yet: its signal (or a later one) comes when it is
             msg = self._take(seq, end, want)
             if msg is _AGAIN:
                 force = True  # the next fragment may have been signalled while we copied
                 continue
+            if msg is None:
+                hint[0] = 0  # being written (or corrupt, awaiting repair): its signal comes when it is
             return msg
 
     def _overtaken(self, seq: int, end: int) -> None:
@@ -1014,8 +1098,10 @@ class Stream(Channel):
         return ArrayView(array, False, seq)
 
     def _consumed(self, seq: int) -> None:
-        """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it."""
-        _store64(self._cbase + CR_ACKED, seq + 1)
+        """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it
+        (in a batch of :meth:`recv_many`, both are published once, at its end)."""
+        if not self._batching:
+            _store64(self._cbase + CR_ACKED, seq + 1)
         self._release_seq(seq)
 
     def _free_slot(self, seq: int) -> None:
@@ -1030,21 +1116,27 @@ class Stream(Channel):
         with self._lock:
             if self._ending:
                 return
-            released = self._rx.release(seq)
-            if not released:
+            if not self._rx.release(seq):
                 return  # released out of order: held until the fragments before it are
-            cbase, published = self._cbase, self._published
-            self._published = released
-            if self.remote:  # the counts travel as a write; the writer's waiting word does not
-                self._publish_credit()
-                self._signal_credit()
-                return
-            if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
-                raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
-                                          "count this reader publishes (forged credit)")
-            wake_at = _load64(self._ctrl + CTRL_WAKE_AT)
-            if wake_at and released >= wake_at:
-                self._signal_credit()
+            if not self._batching:
+                self._publish_released()
+
+    def _publish_released(self) -> None:
+        """Publish the protocol's released count (under the lock); wake the writer if it waits for it."""
+        released, cbase, published = self._rx.released, self._cbase, self._published
+        if released == published:
+            return
+        self._published = released
+        if self.remote:  # the counts travel as a write; the writer's waiting word does not
+            self._publish_credit()
+            self._signal_credit()
+            return
+        if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
+            raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
+                                      "count this reader publishes (forged credit)")
+        wake_at = _load64(self._ctrl + CTRL_WAKE_AT)
+        if wake_at and released >= wake_at:
+            self._signal_credit()
 
     def _signal_credit(self) -> None:
         """Wake the waiting writer: the protocol's CREDIT frame in the next credit slot (signal-on-write)."""
