@@ -373,11 +373,23 @@ class Stream(Channel):
         cbase = self._cbase
         self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
         sent = 0
+        tx, emit = self._tx, self._emit
         try:
+            now = _monotonic()
+            self._check_reader(now)
             for pieces, total in batch:
-                left = None if deadline is None else max(0.0, deadline - _monotonic())
-                self._send(pieces, total, BYTES, left)
+                seq = tx.next_seq
+                if len(pieces) == 1 and not tx.count and (seq < tx.limit or self._refresh(now)):
+                    # the common case, inline: a one-fragment message the window has room for
+                    source = pieces[0]
+                    tx.begin(1, total, BYTES)
+                    csum = emit(seq, 0, 1, total, BYTES, source, total)
+                    tx.sent((seq, 0, 1, total, BYTES, source, total, csum), now)
+                else:
+                    self._send(pieces, total, BYTES, None if deadline is None else max(0.0, deadline - _monotonic()))
+                    now = _monotonic()
                 sent += 1
+            self._service(_monotonic())
         except ChannelTimeout as exc:
             setattr(exc, "sent", sent)
             raise
