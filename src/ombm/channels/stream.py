@@ -35,8 +35,12 @@ How the protocol's frames and counts travel here:
   words (an I/O layer over datagrams passes the frame to ``StreamSender.receive_frame``).
 * **In-order consumption, no reordering buffer.**  The reader always looks at the slot where the
   protocol's next fragment must be: the data stays in place until released.  A signal only says
-  "look now" (so a frame is never validated half-written); a lost signal is repaired by looking
-  again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
+  "look now": the writer signals a fragment once it and every fragment before it are complete, so
+  any signal sets one hint and the reader looks from its next fragment on, until one is not there
+  yet (then it clears the hint).  So :meth:`Stream.send_many` signals only the last fragment of a
+  burst (and the last before it waits for credit), and :meth:`Stream.recv_many` takes a burst with
+  one wake-up and publishes its acknowledgement and credit once.  A lost signal is repaired by
+  looking again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
   again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
