@@ -10,6 +10,7 @@ Every child comes from the ``procs`` fixture; nothing asserts an upper bound on 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal as os_signal
@@ -185,3 +186,48 @@ def test_raw_recv_many_delivers_good_frames_in_order_and_counts_the_rest(procs):
     gaps = seqs[-1] - seqs[0] + 1 - len(seqs)
     assert stats.received == len(seqs) and gaps <= stats.missed  # every gap counted as missed
     assert seqs[0] - 1 + len(seqs) + stats.missed == seqs[-1] <= written  # and nothing else
+
+
+@reporting
+def late_writer(conn, name, raw_name):
+    with Stream.create(name, slot_bytes=4096, slots=8) as s, RawChannel.create(raw_name, unit_size=64, units=8) as w:
+        conn.send(("ready", os.getpid()))
+        conn.recv()  # both readers wait in the event loop now
+        time.sleep(0.05)
+        for i in range(3):
+            w.write(bytes([i]) * 8)
+        s.send_many([b"one", b"two" * 3000, b"three"], timeout=TIMEOUT_S)
+        s.flush(TIMEOUT_S)
+        conn.recv()
+
+
+def test_recv_many_async_waits_in_the_event_loop(procs):
+    name = f"batch-async-{os.getpid()}"
+    parent, child = procs.pipe()
+    procs.fork(late_writer, child, name, name + "-raw")
+    expect(parent, "ready")
+
+    async def main() -> tuple[list[bytes], list[int], int]:
+        with Stream.open(name, timeout=TIMEOUT_S) as r, RawChannel.open(name + "-raw", timeout=TIMEOUT_S) as rx:
+            ticks = 0
+
+            async def ticking() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.001)
+                    ticks += 1
+
+            ticker = asyncio.ensure_future(ticking())
+            parent.send("go")
+            got: list[bytes] = []
+            while len(got) < 3:
+                got.extend(bytes(m) for m in await r.recv_many_async(timeout=TIMEOUT_S))
+            frames = await rx.recv_many_async(timeout=TIMEOUT_S)
+            ticker.cancel()
+            parent.send("done")
+            return got, [f.data[0] for f in frames], ticks
+
+    got, frames, ticks = asyncio.run(main())
+    assert got == [b"one", b"two" * 3000, b"three"]
+    assert frames and frames == sorted(set(frames))  # in order, none twice (early ones may be skipped)
+    assert ticks > 0  # the loop ran other tasks while the reader waited

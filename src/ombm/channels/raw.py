@@ -849,14 +849,26 @@ class RawChannel(Channel):
         """
         timeout = check_timeout(timeout)
         max_frames = _check_count(max_frames, "max_frames")
+        copy_out = self._copy_out()
+        return self._rest_of_batch([self._recv(copy_out, timeout)], max_frames, copy_out)
+
+    async def recv_many_async(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
+        """:meth:`recv_many` for asyncio: awaits the first frame as :meth:`recv_async` does."""
+        timeout = check_timeout(timeout)
+        max_frames = _check_count(max_frames, "max_frames")
+        self._check_reader()
+        copy_out = self._copy_out()
+        first = await self._run_async(self._receiving(copy_out, timeout))
+        return self._rest_of_batch([first], max_frames, copy_out)
+
+    def _copy_out(self) -> _CopyOut:
         buf = self._buf
+        return lambda start, n: bytes(buf[start:start + n])
 
-        def copy_out(start: int, n: int) -> bytes:
-            return bytes(buf[start:start + n])
-
-        frames = [self._recv(copy_out, timeout)]
+    def _rest_of_batch(self, frames: list[RawFrame], limit: int, copy_out: _CopyOut) -> list[RawFrame]:
+        """Append the new good frames there now to ``frames``, up to ``limit`` in all."""
         take = self._take
-        while len(frames) < max_frames:
+        while len(frames) < limit:
             frame = take(copy_out)
             if frame is None:
                 break

@@ -803,14 +803,26 @@ class Stream(Channel):
         """
         self._check_reader_side()
         max_messages = _check_count(max_messages, "max_messages")
-        out = [self._recv(check_timeout(timeout), None)]
-        if max_messages == 1:
+        return self._rest_of_batch([self._recv(check_timeout(timeout), None)], max_messages)
+
+    async def recv_many_async(self, max_messages: int = 64,
+                              timeout: float | None = None) -> list[bytearray | ArrayView]:
+        """:meth:`recv_many` for asyncio: awaits the first message as :meth:`recv_async` does."""
+        self._check_reader_side()
+        max_messages = _check_count(max_messages, "max_messages")
+        first = await self._run_async(self._receiving(check_timeout(timeout), None))
+        return self._rest_of_batch([first], max_messages)
+
+    def _rest_of_batch(self, out: list[bytearray | ArrayView], limit: int) -> list[bytearray | ArrayView]:
+        """Append the messages there now to ``out`` (up to ``limit`` in all), publishing the
+        acknowledgement and the credit once, at the end."""
+        if len(out) >= limit:
             return out
         with self._lock:  # an array's finalizer (any thread) then publishes after the batch
             self._batching = True
             try:
                 poll, dispatch = self._poll, self._signals.dispatch_pending
-                while len(out) < max_messages:
+                while len(out) < limit:
                     msg = poll(False, None)
                     if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
                         break
