@@ -1019,7 +1019,7 @@ class Stream(Channel):
             return self._take_first(seq, end, hint, payload, want)
         if content == ARRAY:
             return self._take_array(seq, start, end, hint, want)
-        out = self._pool.get(plen)
+        out = bytearray(plen) if plen < _BufferPool.MIN_BYTES else self._pool.get(plen)
         head = self._sealed_head(end, hint, _copy_checksum(out, payload))
         if head is None:
             return None
@@ -1128,8 +1128,10 @@ class Stream(Channel):
     def _consumed(self, seq: int) -> None:
         """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it
         (in a batch of :meth:`recv_many`, both are published once, at its end)."""
-        if not self._batching:
-            _store64(self._cbase + CR_ACKED, seq + 1)
+        if self._batching:  # the batch holds the lock and publishes at its end
+            self._rx.release(seq)
+            return
+        _store64(self._cbase + CR_ACKED, seq + 1)
         self._release_seq(seq)
 
     def _free_slot(self, seq: int) -> None:
