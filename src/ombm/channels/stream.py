@@ -92,7 +92,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union
+from typing import overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -960,7 +961,8 @@ class Stream(Channel):
         the reader looks at the fragment it expects next, and goes on while fragments are there.
         It stops looking (the hint is cleared) when that fragment is not there yet: everything
         signalled until then has been taken."""
-        hint, buf, slots, size, conn, rx = self._hint, self._buf, self.slots, self.slot_size, self.connection_id, self._rx
+        hint, buf, slots, size, rx = self._hint, self._buf, self.slots, self.slot_size, self._rx
+        conn = self.connection_id
         while True:
             if not (force or hint[0]):
                 return None  # no signal since the last look found nothing
