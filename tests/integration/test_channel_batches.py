@@ -231,3 +231,20 @@ def test_recv_many_async_waits_in_the_event_loop(procs):
     assert got == [b"one", b"two" * 3000, b"three"]
     assert frames and frames == sorted(set(frames))  # in order, none twice (early ones may be skipped)
     assert ticks > 0  # the loop ran other tasks while the reader waited
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_reader_that_finds_messages_by_the_hint_drains_its_signals(batched):
+    """The hint lets a reader take a message without dispatching its signal first; it must still
+    drain its FIFO, or the writer's signals would be dropped (and cost it a liveness check each)."""
+    from ombm.core.delivery import COUNTERS
+
+    with Stream.create(slot_bytes=4096, slots=64) as w, Stream.open(w.name) as r:
+        dropped = COUNTERS.signals_dropped
+        for _ in range(10):  # 640 signals through a FIFO of 128
+            for i in range(64):
+                w.send(bytes([i]) * 64)
+            got = 0
+            while got < 64:
+                got += len(r.recv_many(64, timeout=5)) if batched else len([r.recv(5)])
+        assert COUNTERS.signals_dropped == dropped

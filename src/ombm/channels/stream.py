@@ -828,6 +828,8 @@ class Stream(Channel):
                     if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
                         break
                     out.append(msg)
+                else:
+                    dispatch()  # the batch's signals: the FIFO must not fill while the hint finds messages
             except OmbmError:
                 pass  # raised again by the next receive, where nothing was taken yet
             finally:
@@ -880,7 +882,10 @@ class Stream(Channel):
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
         msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
-        return msg if msg is not None else self._run(self._receiving(timeout, want))
+        if msg is None:
+            return self._run(self._receiving(timeout, want))
+        self._signals.dispatch_pending()  # its signal: a reader that finds messages by the hint drains its FIFO
+        return msg
 
     def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
         """The receive loop of :meth:`recv` and :meth:`recv_async` (see ``channels.raw.Receiving``)."""
