@@ -122,6 +122,7 @@ DEFAULT_SLOT_BYTES = 1 << 20  # payload bytes a slot takes whole (a 1 MiB messag
 DEFAULT_SLOTS = 8
 SLOT_ROOM = 256  # per slot beyond slot_bytes: the 48-byte trailer, an array header and its pad
 RTO_MIN_S, RTO_MAX_S = 0.1, 2.0
+DRAIN_EVERY = 32  # fragments between drains of a reader's signal FIFO (128 signals) while the hint finds them
 
 # the wire trailer, used in place (wire owns the layout)
 _HEAD, _SUM, _TAIL = wire.TRAILER_HEAD, wire.TRAILER_SUM, wire.TRAILER_TAIL
@@ -747,6 +748,7 @@ class Stream(Channel):
         # set at first: frames may predate this reader
         self._hint = hint = bytearray(b"\x01")
         self._batching = False  # recv_many: acknowledgement and release published once, at the batch's end
+        self._drain_at = 0  # recv drains the signal FIFO when the next fragment reaches this
         self._credit_signals = 0
 
         def on_signal(address: int) -> None:
@@ -884,7 +886,9 @@ class Stream(Channel):
         msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
         if msg is None:
             return self._run(self._receiving(timeout, want))
-        self._signals.dispatch_pending()  # its signal: a reader that finds messages by the hint drains its FIFO
+        if self._rx.expected >= self._drain_at:  # a reader that finds messages by the hint drains its
+            self._drain_at = self._rx.expected + DRAIN_EVERY  # FIFO now and then, or it would fill
+            self._signals.dispatch_pending()
         return msg
 
     def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
