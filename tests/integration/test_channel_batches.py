@@ -93,7 +93,7 @@ def test_bursts_arrive_exactly_once_in_order_and_never_leave_the_reader_asleep(p
     assert expect(parent, "stats")[0] == 0  # ... nor for the writer's repair timer
 
 
-def test_recv_many_takes_what_is_there_and_publishes_credit_once(tmp_path):
+def test_recv_many_takes_what_is_there_and_publishes_credit_once():
     with Stream.create(slot_bytes=4096, slots=8) as w, Stream.open(w.name) as r:
         with pytest.raises(ChannelTimeout):
             r.recv_many(timeout=0.01)  # nothing there: nothing taken
