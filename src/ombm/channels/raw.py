@@ -841,6 +841,40 @@ class RawChannel(Channel):
         buf = self._buf
         return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
 
+    def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
+        """Every new good frame there now, copied out, at most ``max_frames``: at least one, waiting
+        up to ``timeout`` for the first (as :meth:`recv` does, with its errors); one wake-up for all.
+
+        An ordered reader gets them in increasing ``seq``; what was missed is counted as by :meth:`recv`.
+        """
+        timeout = check_timeout(timeout)
+        max_frames = _check_count(max_frames, "max_frames")
+        copy_out = self._copy_out()
+        return self._rest_of_batch([self._recv(copy_out, timeout)], max_frames, copy_out)
+
+    async def recv_many_async(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
+        """:meth:`recv_many` for asyncio: awaits the first frame as :meth:`recv_async` does."""
+        timeout = check_timeout(timeout)
+        max_frames = _check_count(max_frames, "max_frames")
+        self._check_reader()
+        copy_out = self._copy_out()
+        first = await self._run_async(self._receiving(copy_out, timeout))
+        return self._rest_of_batch([first], max_frames, copy_out)
+
+    def _copy_out(self) -> _CopyOut:
+        buf = self._buf
+        return lambda start, n: bytes(buf[start:start + n])
+
+    def _rest_of_batch(self, frames: list[RawFrame], limit: int, copy_out: _CopyOut) -> list[RawFrame]:
+        """Append the new good frames there now to ``frames``, up to ``limit`` in all."""
+        take = self._take
+        while len(frames) < limit:
+            frame = take(copy_out)
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
     async def recv_async(self, timeout: float | None = None) -> RawFrame:
         """:meth:`recv` for asyncio: awaits the next new good frame in the running event loop (the
         FIFO's doorbell wakes it: no thread), up to ``timeout``. Cancelling the awaiting task leaves

@@ -35,8 +35,12 @@ How the protocol's frames and counts travel here:
   words (an I/O layer over datagrams passes the frame to ``StreamSender.receive_frame``).
 * **In-order consumption, no reordering buffer.**  The reader always looks at the slot where the
   protocol's next fragment must be: the data stays in place until released.  A signal only says
-  "look now" (so a frame is never validated half-written); a lost signal is repaired by looking
-  again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
+  "look now": the writer signals a fragment once it and every fragment before it are complete, so
+  any signal sets one hint and the reader looks from its next fragment on, until one is not there
+  yet (then it clears the hint).  So :meth:`Stream.send_many` signals only the last fragment of a
+  burst (and the last before it waits for credit), and :meth:`Stream.recv_many` takes a burst with
+  one wake-up and publishes its acknowledgement and credit once.  A lost signal is repaired by
+  looking again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
   again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
@@ -88,7 +92,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterator, Literal, NoReturn, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union
+from typing import overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -99,7 +104,7 @@ from ombm.channels.raw import CACHE_LINE, CTRL_SENT_FRAGMENTS, CTRL_SENT_MESSAGE
 from ombm.channels.raw import KIND_STREAM, STATE_CLOSED, STATE_OPEN, TICK_S
 from ombm.channels.raw import Channel, ChannelTimeout, EndOfStream, _check_count, _round_up, check_timeout
 from ombm.channels.raw import REIMPORT_S, REMOTE_OPEN_S, Receiving, bridge_holds
-from ombm.errors import ChannelBrokenError, ReadOnlyError, SegmentExistsError
+from ombm.errors import ChannelBrokenError, OmbmError, ReadOnlyError, SegmentExistsError
 from ombm.errors import SegmentFormatError, StreamProtocolError, WouldBlock
 from ombm.transport import wire
 from ombm.transport.fragments import split
@@ -117,6 +122,7 @@ DEFAULT_SLOT_BYTES = 1 << 20  # payload bytes a slot takes whole (a 1 MiB messag
 DEFAULT_SLOTS = 8
 SLOT_ROOM = 256  # per slot beyond slot_bytes: the 48-byte trailer, an array header and its pad
 RTO_MIN_S, RTO_MAX_S = 0.1, 2.0
+DRAIN_EVERY = 32  # fragments between drains of a reader's signal FIFO (128 signals) while the hint finds them
 
 # the wire trailer, used in place (wire owns the layout)
 _HEAD, _SUM, _TAIL = wire.TRAILER_HEAD, wire.TRAILER_SUM, wire.TRAILER_TAIL
@@ -314,6 +320,8 @@ class Stream(Channel):
         self._write = self.region.write
         self._tx = StreamSender(self.connection_id, self.slots, min_rto=RTO_MIN_S, max_rto=RTO_MAX_S)
         self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
+        self._quiet = False      # in a burst of send_many(): fragments are written without their signal
+        self._unsignalled = -1   # ... the offset of the last one so written, until _signal_burst()
         self._reader_checked = 0.0
         self._resignals = self._repairs = self._waits = 0
         receiver = Receiver()
@@ -350,6 +358,50 @@ class Stream(Channel):
         timeout = check_timeout(timeout)
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
+
+    def send_many(self, messages: Iterable[ReadableBuffer], timeout: float | None = None) -> None:
+        """Send several messages in order, as :meth:`send` would one by one, with one signal per
+        burst: the fragments written without waiting are signalled once, by the last of them (and
+        before the writer waits for credit), so the reader takes them with one wake-up.
+
+        ``timeout`` covers the whole call.  Every message is checked before any is sent
+        (``TypeError``: nothing sent).  On :class:`~ombm.channels.raw.ChannelTimeout`,
+        ``exc.sent`` is how many messages went whole, and ``exc.partial`` whether part of the
+        next one did (its rest is sent first by the next send, as for :meth:`send`).
+        """
+        self._check_writer_side()
+        timeout = check_timeout(timeout)
+        batch = [self._fragments(data) for data in messages]
+        if not batch:
+            return
+        deadline = None if timeout is None else _monotonic() + timeout
+        # quiet only for a reader on this host: a bridge sends a fragment to another host on its signal
+        cbase = self._cbase
+        self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
+        sent = 0
+        tx, emit = self._tx, self._emit
+        try:
+            now = _monotonic()
+            self._check_reader(now)
+            for pieces, total in batch:
+                seq = tx.next_seq
+                if len(pieces) == 1 and not tx.count and (seq < tx.limit or self._refresh(now)):
+                    # the common case, inline: a one-fragment message the window has room for
+                    source = pieces[0]
+                    tx.begin(1, total, BYTES)
+                    csum = emit(seq, 0, 1, total, BYTES, source, total)
+                    tx.sent((seq, 0, 1, total, BYTES, source, total, csum), now)
+                else:
+                    self._send(pieces, total, BYTES, None if deadline is None else max(0.0, deadline - _monotonic()))
+                    now = _monotonic()
+                sent += 1
+            self._service(_monotonic())
+        except ChannelTimeout as exc:
+            setattr(exc, "sent", sent)
+            raise
+        finally:
+            self._quiet = False
+            self._signal_burst()
 
     def _send(self, pieces: Sequence[_Source], total: int, content: int, timeout: float | None) -> None:
         now = _monotonic()
@@ -480,10 +532,20 @@ class Stream(Channel):
         else:
             psum = _copy_checksum(wbuf[start:start + plen], source)
         head = _HEAD.pack(self.connection_id, seq, total, plen, content, index, count, _DATA, 0, _MAGIC)
-        wbuf[end - TRAILER:end - 8] = head
         csum = seal(head, psum)
-        self._write(end - 8, _SUM.pack(csum))  # completes the slot: one signal
+        if self._quiet:  # a burst of send_many(): its last fragment is signalled (_signal_burst)
+            wbuf[end - TRAILER:end] = head + _SUM.pack(csum)
+            self._unsignalled = end - self.slot_size
+        else:
+            self._write(end - TRAILER, head + _SUM.pack(csum))  # completes the slot: one signal
         return csum
+
+    def _signal_burst(self) -> None:
+        """Signal the last fragment a burst wrote without its signal: the reader then takes it
+        and every fragment before it (it looks from the one it expects next)."""
+        if self._unsignalled >= 0:
+            offset, self._unsignalled = self._unsignalled, -1
+            _signal(self._base + offset)
 
     def _refresh(self, now: float) -> bool:
         """Read the reader's counts into the protocol; True if the next fragment may be written."""
@@ -498,6 +560,7 @@ class Stream(Channel):
         wake target): a wake-up through the kernel costs tens of µs, once per half window,
         not per slot.
         """
+        self._signal_burst()  # the reader must see what this burst wrote before the writer sleeps
         self._check_reader(now)
         self._service(now)
         tx = self._tx
@@ -681,14 +744,17 @@ class Stream(Channel):
         self._message: tuple[bytearray, memoryview] | None = None  # being reassembled (the protocol counts it)
         self._pool = _BufferPool()
         self._credit_next = 0
-        self._flags = bytearray(b"\x01" * self.slots)  # look at every slot once: frames may predate us
+        # the look hint: set by every signal, cleared when a look finds the next fragment not there yet;
+        # set at first: frames may predate this reader
+        self._hint = hint = bytearray(b"\x01")
+        self._batching = False  # recv_many: acknowledgement and release published once, at the batch's end
+        self._drain_at = 0  # recv drains the signal FIFO when the next fragment reaches this
         self._credit_signals = 0
-        flags, base, first, size = self._flags, self._base, self.first, self.slot_size
 
         def on_signal(address: int) -> None:
-            flags[(address - base - first) // size] = 1
+            hint[0] = 1
 
-        self._signals = self._own_receiver(first, first + self.slots * size, on_signal)
+        self._signals = self._own_receiver(self.first, self.first + self.slots * self.slot_size, on_signal)
         self._publish_credit()
 
     def _publish_credit(self) -> None:
@@ -729,6 +795,50 @@ class Stream(Channel):
             self._check_writer()
             raise WouldBlock(f"no complete message on stream {self.name!r}")
         return msg
+
+    def recv_many(self, max_messages: int = 64, timeout: float | None = None) -> list[bytearray | ArrayView]:
+        """Every whole message there now, in order, at most ``max_messages``: at least one, waiting
+        up to ``timeout`` for the first (as :meth:`recv` does, with its errors).
+
+        One wake-up for the lot, and the acknowledgement and the credit for the batch published
+        once, at its end (a waiting writer is woken then).  An error found after the first message
+        (a broken or forged frame) ends the batch early: the next call raises it.
+        """
+        self._check_reader_side()
+        max_messages = _check_count(max_messages, "max_messages")
+        return self._rest_of_batch([self._recv(check_timeout(timeout), None)], max_messages)
+
+    async def recv_many_async(self, max_messages: int = 64,
+                              timeout: float | None = None) -> list[bytearray | ArrayView]:
+        """:meth:`recv_many` for asyncio: awaits the first message as :meth:`recv_async` does."""
+        self._check_reader_side()
+        max_messages = _check_count(max_messages, "max_messages")
+        first = await self._run_async(self._receiving(check_timeout(timeout), None))
+        return self._rest_of_batch([first], max_messages)
+
+    def _rest_of_batch(self, out: list[bytearray | ArrayView], limit: int) -> list[bytearray | ArrayView]:
+        """Append the messages there now to ``out`` (up to ``limit`` in all), publishing the
+        acknowledgement and the credit once, at the end."""
+        if len(out) >= limit:
+            return out
+        with self._lock:  # an array's finalizer (any thread) then publishes after the batch
+            self._batching = True
+            try:
+                poll, dispatch = self._poll, self._signals.dispatch_pending
+                while len(out) < limit:
+                    msg = poll(False, None)
+                    if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
+                        break
+                    out.append(msg)
+                else:
+                    dispatch()  # the batch's signals: the FIFO must not fill while the hint finds messages
+            except OmbmError:
+                pass  # raised again by the next receive, where nothing was taken yet
+            finally:
+                self._batching = False
+                _store64(self._cbase + CR_ACKED, self._rx.expected)
+                self._publish_released()
+        return out
 
     @overload
     def recv_array(self, timeout: float | None = None, *, copy: Literal[False] = False) -> ArrayView: ...
@@ -774,7 +884,12 @@ class Stream(Channel):
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
         msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
-        return msg if msg is not None else self._run(self._receiving(timeout, want))
+        if msg is None:
+            return self._run(self._receiving(timeout, want))
+        if self._rx.expected >= self._drain_at:  # a reader that finds messages by the hint drains its
+            self._drain_at = self._rx.expected + DRAIN_EVERY  # FIFO now and then, or it would fill
+            self._signals.dispatch_pending()
+        return msg
 
     def _receiving(self, timeout: float | None, want: int | None) -> Receiving[bytearray | ArrayView]:
         """The receive loop of :meth:`recv` and :meth:`recv_async` (see ``channels.raw.Receiving``)."""
@@ -848,24 +963,32 @@ class Stream(Channel):
                                      + (" (or its host's bridge let go of the stream)" if self.remote else ""))
 
     def _poll(self, force: bool, want: int | None) -> bytearray | ArrayView | None:
-        """Take the fragments that are there, in order; the message they complete, or None."""
-        flags, buf, slots, size, conn, rx = self._flags, self._buf, self.slots, self.slot_size, self.connection_id, self._rx
+        """Take the fragments that are there, in order; the message they complete, or None.
+
+        A signal only says "look": the writer signals a fragment after it completed it and every
+        fragment before it (a burst of :meth:`send_many` signals only its last), so after any signal
+        the reader looks at the fragment it expects next, and goes on while fragments are there.
+        It stops looking (the hint is cleared) when that fragment is not there yet: everything
+        signalled until then has been taken."""
+        hint, buf, slots, size, rx = self._hint, self._buf, self.slots, self.slot_size, self._rx
+        conn = self.connection_id
         while True:
+            if not (force or hint[0]):
+                return None  # no signal since the last look found nothing
             seq = rx.expected
-            slot = seq % slots
-            end = self.first + (slot + 1) * size
+            end = self.first + (seq % slots + 1) * size
             peek = _PEEK.unpack_from(buf, end - TRAILER)
             if peek != (conn, seq):
                 if peek[1] > seq and peek[0] == conn:
                     self._overtaken(seq, end)
-                return None  # not written yet
-            if not (force or flags[slot]):
-                return None  # being written, or its signal is still on the way
-            flags[slot] = 0
+                hint[0] = 0
+                return None  # not written yet: its signal (or a later one) comes when it is
             msg = self._take(seq, end, want)
             if msg is _AGAIN:
                 force = True  # the next fragment may have been signalled while we copied
                 continue
+            if msg is None:
+                hint[0] = 0  # being written (or corrupt, awaiting repair): its signal comes when it is
             return msg
 
     def _overtaken(self, seq: int, end: int) -> None:
@@ -907,7 +1030,7 @@ class Stream(Channel):
             return self._take_first(seq, end, hint, payload, want)
         if content == ARRAY:
             return self._take_array(seq, start, end, hint, want)
-        out = self._pool.get(plen)
+        out = bytearray(plen) if plen < _BufferPool.MIN_BYTES else self._pool.get(plen)
         head = self._sealed_head(end, hint, _copy_checksum(out, payload))
         if head is None:
             return None
@@ -1014,7 +1137,11 @@ class Stream(Channel):
         return ArrayView(array, False, seq)
 
     def _consumed(self, seq: int) -> None:
-        """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it."""
+        """Fragment ``seq`` was copied out: publish the protocol's acknowledgement, release it
+        (in a batch of :meth:`recv_many`, both are published once, at its end)."""
+        if self._batching:  # the batch holds the lock and publishes at its end
+            self._rx.release(seq)
+            return
         _store64(self._cbase + CR_ACKED, seq + 1)
         self._release_seq(seq)
 
@@ -1030,21 +1157,27 @@ class Stream(Channel):
         with self._lock:
             if self._ending:
                 return
-            released = self._rx.release(seq)
-            if not released:
+            if not self._rx.release(seq):
                 return  # released out of order: held until the fragments before it are
-            cbase, published = self._cbase, self._published
-            self._published = released
-            if self.remote:  # the counts travel as a write; the writer's waiting word does not
-                self._publish_credit()
-                self._signal_credit()
-                return
-            if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
-                raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
-                                          "count this reader publishes (forged credit)")
-            wake_at = _load64(self._ctrl + CTRL_WAKE_AT)
-            if wake_at and released >= wake_at:
-                self._signal_credit()
+            if not self._batching:
+                self._publish_released()
+
+    def _publish_released(self) -> None:
+        """Publish the protocol's released count (under the lock); wake the writer if it waits for it."""
+        released, cbase, published = self._rx.released, self._cbase, self._published
+        if released == published:
+            return
+        self._published = released
+        if self.remote:  # the counts travel as a write; the writer's waiting word does not
+            self._publish_credit()
+            self._signal_credit()
+            return
+        if _fetch_add64(cbase + CR_RELEASED, released - published) != published:  # a full barrier
+            raise StreamProtocolError(f"stream {self.name!r}: another process changed the released "
+                                      "count this reader publishes (forged credit)")
+        wake_at = _load64(self._ctrl + CTRL_WAKE_AT)
+        if wake_at and released >= wake_at:
+            self._signal_credit()
 
     def _signal_credit(self) -> None:
         """Wake the waiting writer: the protocol's CREDIT frame in the next credit slot (signal-on-write)."""

@@ -8,6 +8,8 @@ Measures, cross-cpu (writer on CPU 0, readers on CPU 1; same-cpu for 1 MiB as we
   and we also report a reader that copies each frame out), beside ``peers.stream_peers``
   (multiprocessing.Pipe, a Unix socketpair, pyzmq PUSH/PULL) and the same run's single-core
   memcpy bandwidth (``peers.memcpy_bandwidth``, measured before and after; the larger counts);
+- the same Stream with small messages (up to 64 KiB) in batches: ``send_many`` of ``BATCH`` messages
+  and ``recv_many`` (issue 13: small messages in batches);
 - fan-out of 1 MiB raw frames to 1…4 readers: the writer's CPU time per frame and the rate
   delivered to each reader.
 
@@ -37,12 +39,15 @@ from ombm.cli.bench import core, peers
 from ombm.cli.bench.affinity import PLACEMENTS, pinned
 from ombm.cli.bench.report import Target, md_table, targets_table
 
+BATCHED = "ombm Stream, batched"
 SIZES = (4 << 10, 16 << 10, 64 << 10, 1 << 20, 8 << 20, 64 << 20)
 RAW_MAX_FRAME = 16 << 20  # a raw frame is one unit: larger frames would take huge segments
 FANOUT = (1, 2, 3, 4)
 REPEATS = 3  # every measurement, every system: the best of 3 (the VM is shared)
 _MiB = 1 << 20
 _TIMEOUT_S = 60.0
+BATCH = 32  # messages per send_many / at most per recv_many in the batched Stream rows
+BATCHED_MAX = 64 << 10  # batched Stream rows for messages up to this size (small messages: issue 13)
 
 
 def _label(size: int) -> str:
@@ -70,17 +75,19 @@ def _name(kind: str) -> str:
 
 
 # --- children -------------------------------------------------------------------------------------
-def _stream_sink(control: Connection, name: str, count: int, warmup: int) -> None:
+def _stream_sink(control: Connection, name: str, count: int, warmup: int, batched: bool = False) -> None:
     with Stream.open(name, timeout=_TIMEOUT_S) as s:
         control.send(("ready",))
         for _ in range(warmup):
             s.recv(_TIMEOUT_S)
         control.send(("primed",))
-        received = check = 0
-        for _ in range(count):
-            m: bytearray = s.recv(_TIMEOUT_S)  # type: ignore[assignment]  # bytes only: never an ArrayView
-            received += len(m)
-            check ^= m[0] if m else 0
+        received = check = taken = 0
+        while taken < count:
+            batch = s.recv_many(BATCH, _TIMEOUT_S) if batched else [s.recv(_TIMEOUT_S)]
+            for m in batch:  # bytes only: never an ArrayView
+                received += len(m)  # type: ignore[arg-type]
+                check ^= m[0] if m else 0  # type: ignore[index]
+            taken += len(batch)
         control.send(("ack", received, check))
         control.recv()
 
@@ -122,20 +129,27 @@ def _raw_sink(control: Connection, name: str, copy: bool, warmup: int) -> None:
 
 
 # --- measurements ---------------------------------------------------------------------------------
-def stream_throughput(size: int, total: int, placement: tuple[int, int]) -> dict[str, Any]:
+def stream_throughput(size: int, total: int, placement: tuple[int, int], batched: bool = False) -> dict[str, Any]:
+    """One-way Stream throughput; ``batched``: ``send_many`` of ``BATCH`` messages, ``recv_many``."""
     count = max(1, total // size)
     slot_bytes, slots = stream_config(size)
     message = _pattern(size)
     warmup = max(2, (slots * slot_bytes) // size + 1)  # one lap of the ring: its pages are mapped
     with pinned(placement[0]), Stream.create(_name("stream"), slot_bytes=slot_bytes, slots=slots) as s:
-        with core.child(_stream_sink, s.name, count, warmup, cpu=placement[1],
+        with core.child(_stream_sink, s.name, count, warmup, batched, cpu=placement[1],
                         lifetime_s=_TIMEOUT_S * 2 + total / 1e8) as (_, control):
             for _ in range(warmup):
                 s.send(message, timeout=_TIMEOUT_S)
             peers.expect(control, "primed", _TIMEOUT_S)
             start = time.perf_counter_ns()
-            for _ in range(count):
-                s.send(message, timeout=_TIMEOUT_S)
+            if batched:
+                batch = [message] * BATCH
+                for _ in range(count // BATCH):
+                    s.send_many(batch, timeout=_TIMEOUT_S)
+                s.send_many(batch[:count % BATCH], timeout=_TIMEOUT_S)
+            else:
+                for _ in range(count):
+                    s.send(message, timeout=_TIMEOUT_S)
             ack = peers.expect(control, "ack", _TIMEOUT_S + total / 1e8)
             elapsed_ns = time.perf_counter_ns() - start
         stats = s.statistics()
@@ -212,6 +226,10 @@ def run(progress: Callable[..., None] | None = None, quick: bool = False) -> lis
         stream = functools.partial(stream_throughput, size, total, cross)
         steps.append((f"stream {_label(size)}", _step(rows, "stream", "ombm Stream", size, "cross-cpu", stream,
                                                       repeats)))
+        if size <= BATCHED_MAX:
+            batched = functools.partial(stream_throughput, size, total, cross, batched=True)
+            steps.append((f"stream {_label(size)} batched", _step(rows, "stream-batch", BATCHED, size, "cross-cpu",
+                                                                  batched, repeats)))
         if size <= RAW_MAX_FRAME:
             raw = functools.partial(raw_throughput, size, total, cross)
             steps.append((f"raw {_label(size)}", _step(rows, "raw", "ombm RawChannel", size, "cross-cpu", raw,
@@ -314,6 +332,9 @@ def issue13_targets(rows: list[dict[str, Any]]) -> list[Target]:
         Target("Stream, 4 KiB messages, vs socketpair", 2, _find(rows, "stream", small)
                / _find(rows, "peer", small, system="socketpair"), "×", at_most=False,
                note="throughput, cross-cpu, same run"),
+        Target("Stream, 4 KiB messages in batches, vs socketpair", 2, _find(rows, "stream-batch", small)
+               / _find(rows, "peer", small, system="socketpair"), "×", at_most=False,
+               note=f"send_many of {BATCH}, recv_many; same run"),
         Target("Stream, 1 MiB messages, vs multiprocessing.Pipe", 5, _find(rows, "stream", _MiB)
                / _find(rows, "peer", _MiB, system="multiprocessing.Pipe"), "×", at_most=False,
                note="throughput, cross-cpu, same run"),
@@ -326,8 +347,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              f"Single-core memcpy bandwidth of this run (64 MiB, best of 5; before/after, the larger): "
              f"**{_gbs(memcpy)} GB/s**.", "", targets_table(targets(rows)), "",
              "### Throughput, cross-cpu (GB/s; % of memcpy in brackets)", ""]
-    systems = ["ombm Stream", "ombm RawChannel"] + [p.name for p in peers.stream_peers()]
-    kinds = {"ombm Stream": "stream", "ombm RawChannel": "raw"}
+    systems = ["ombm Stream", BATCHED, "ombm RawChannel"] + [p.name for p in peers.stream_peers()]
+    kinds = {"ombm Stream": "stream", BATCHED: "stream-batch", "ombm RawChannel": "raw"}
     sizes = sorted({r["size"] for r in rows if r["kind"] in ("stream", "peer")})
     table = []
     for system in systems:

@@ -1,0 +1,163 @@
+"""A/B of small messages in batches (issue 13, item 5): two ombm source trees, alternately, in one sitting.
+
+Each run is a fresh interpreter with ``PYTHONPATH=<tree>/src`` (each tree built in place:
+``python setup.py build_ext --inplace``), writer on CPU 0 and reader on CPU 1 as ``ombm bench streams``
+pins them, and measures:
+
+- ``stream 4K``: a Stream of 4 KiB messages, ``send`` / ``recv`` one at a time (64 x 64 KiB slots, as
+  the bench); ``stream 4K batched``: the same messages with ``send_many`` (32 per call) and
+  ``recv_many`` (only in a tree that has them);
+- ``stream 1M``: 1 MiB messages, ``send`` / ``recv`` (16 x 1 MiB slots);
+- ``raw 4K lost``: the share of 4 KiB raw frames (64 units, written as fast as possible) a copying
+  reader never got, with ``recv`` and (``raw 4K lost, recv_many``) with ``recv_many``;
+- ``socketpair 4K``: the bench's socketpair peer at 4 KiB.
+
+Throughputs in GB/s; every figure is the median of the runs of its tree.  Usage::
+
+    python3 tools/batch_ab.py /work/main /work/wt-batch --rounds 5
+
+The machine is shared: say what the load was (printed before and after), and compare ratios of one sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ONE_RUN = r"""
+import json, sys, time
+from ombm.channels.raw import EndOfStream, RawChannel
+from ombm.channels.stream import Stream
+from ombm.cli.bench import core, peers, streams
+from ombm.cli.bench.affinity import PLACEMENTS, pinned
+
+CROSS = PLACEMENTS["cross-cpu"]
+BATCH = 32
+
+
+def stream_sink(control, name, count, batched):
+    with Stream.open(name, timeout=30) as s:
+        control.send(("ready",))
+        got = 0
+        while got < count:
+            if batched:
+                for m in s.recv_many(BATCH, timeout=30):
+                    got += 1
+                    m[0]
+            else:
+                s.recv(30)[0]
+                got += 1
+        control.send(("ack", got))
+        control.recv()
+
+
+def stream(size, total, batched):
+    count = total // size
+    slot_bytes, slots = streams.stream_config(size)
+    message = bytes(size)
+    with pinned(CROSS[0]), Stream.create(None, slot_bytes=slot_bytes, slots=slots) as s:
+        with core.child(stream_sink, s.name, count + 1, batched, cpu=CROSS[1], lifetime_s=120) as (_, control):
+            s.send(message, timeout=30)
+            s.flush(30)
+            start = time.perf_counter()
+            if batched:
+                batch = [message] * BATCH
+                for _ in range(count // BATCH):
+                    s.send_many(batch, timeout=30)
+                s.send_many([message] * (count % BATCH), timeout=30)
+            else:
+                for _ in range(count):
+                    s.send(message, timeout=30)
+            peers.expect(control, "ack", 60)
+            return count * size / (time.perf_counter() - start) / 1e9
+
+
+def raw_sink(control, name, batched):
+    with RawChannel.open(name, timeout=30, capacity=1024) as r:
+        control.send(("ready",))
+        while True:
+            try:
+                if batched:
+                    for f in r.recv_many(64, timeout=30):
+                        f.data[0]
+                else:
+                    r.recv(30).data[0]
+            except EndOfStream:
+                break
+        control.send(("result", r.statistics().received))
+        control.recv()
+
+
+def raw_lost(size, total, batched):
+    count = total // size
+    with pinned(CROSS[0]), RawChannel.create(None, unit_size=size, units=64) as w:
+        with core.child(raw_sink, w.name, batched, cpu=CROSS[1], lifetime_s=120) as (_, control):
+            frame = bytes(size)
+            time.sleep(0.05)
+            for _ in range(count):
+                w.write(frame)
+            w.close()
+            return 1 - peers.expect(control, "result", 60)[1] / count
+
+
+def main():
+    K4, M1 = 4 << 10, 1 << 20
+    batched = hasattr(Stream, "recv_many")
+    sp = next(p for p in peers.stream_peers() if p.name == "socketpair")
+    out = {"stream 4K": stream(K4, 64 << 20, False), "stream 1M": stream(M1, 512 << 20, False),
+           "raw 4K lost": raw_lost(K4, 64 << 20, False),
+           "socketpair 4K": streams.peer_throughput(sp, K4, 64 << 20, CROSS)["bytes_per_s"] / 1e9}
+    if batched:
+        out["stream 4K batched"] = stream(K4, 64 << 20, True)
+        out["raw 4K lost, recv_many"] = raw_lost(K4, 64 << 20, True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", help="source tree A (its src/ goes on PYTHONPATH)")
+    parser.add_argument("b", help="source tree B")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    script = os.path.join("/tmp", f"ombm-batch-ab-{os.getpid()}.py")
+    with open(script, "w") as f:
+        f.write(ONE_RUN)
+    print(f"load before: {_load()}", flush=True)
+    results: dict[str, list[dict[str, float]]] = {args.a: [], args.b: []}
+    try:
+        for r in range(args.rounds):
+            for tree in (args.a, args.b):
+                env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"))
+                line = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True,
+                                      text=True, timeout=600).stdout.strip().splitlines()[-1]
+                results[tree].append(json.loads(line))
+                print(f"round {r + 1} {tree}: {line}  (load {_load()})", flush=True)
+    finally:
+        os.unlink(script)
+    print(f"load after: {_load()}")
+    keys = sorted({k for runs in results.values() for run in runs for k in run})
+    print(f"\n| median of {args.rounds} | {args.a} | {args.b} |\n|:--|--:|--:|")
+    for k in keys:
+        cells = []
+        for tree in (args.a, args.b):
+            values = [run[k] for run in results[tree] if k in run]
+            cells.append(f"{statistics.median(values):.3f}" if values else "—")
+        print(f"| {k} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
