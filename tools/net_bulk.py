@@ -107,7 +107,7 @@ def main() -> int:
     mtu = []
     if "--mtu" in args:
         at = args.index("--mtu")
-        mtu = ["--mtu", args[at + 1]]
+        mtu = ["--mtu", args[at + 1], "--ip-fragments"]  # datagrams longer than the veth's MTU: IP fragments them
         del args[at:at + 2]
     window = "2"
     if "--window" in args:

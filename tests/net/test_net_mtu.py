@@ -51,3 +51,25 @@ def test_updates_cross_a_path_narrower_than_the_bridges_mtu(hosts: Network, tmp_
         assert isinstance(paths, dict)
         path = paths[f"{peer.address}:{BRIDGE_PORT}"]
         assert fits - 64 <= path["mtu"] <= fits and answer["mtu"] <= fits, answer
+
+
+def test_with_ip_fragments_the_bridges_send_datagrams_longer_than_the_path(hosts: Network, tmp_path) -> None:
+    """``--ip-fragments``: no don't-fragment bit and no path MTU search, so a 64 KiB datagram crosses
+    a 1,500-byte link in IP fragments, and updates stay cut to ``--mtu``; without it the same
+    ``--mtu`` is cut down to what the path carries."""
+    a, b = hosts
+    key = key_file(str(tmp_path))
+    big = "65507"
+    bridge(a, "--listen", f"{a.address}:{BRIDGE_PORT}", "--service", "calc", "--key-file", key, "--mtu", big,
+           "--ip-fragments")
+    bridge(b, "--listen", f"{b.address}:{BRIDGE_PORT}", "--key-file", key, "--mtu", big)
+    JsonAgent(a.popen([sys.executable, "-c", RPC_SERVER, "calc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      text=True, bufsize=1))
+    client = JsonAgent(b.popen([sys.executable, "-c", RPC_AGENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, bufsize=1))
+    client.ok("connect", name=f"calc@{a.address}:{BRIDGE_PORT}", timeout=10.0, **{"as": "c"})
+    for n in (3000, 100_000):
+        got = client.ok("call", method="echo", args=["x" * n], **{"as": "c"})
+        assert got.get("value") == "x" * n, {k: v for k, v in got.items() if k != "value"}
+    assert status(a)["mtu"] == int(big)  # a lets IP fragment: its updates stay 64 KiB datagrams
+    assert status(b)["mtu"] <= 1500 - 28  # b learnt its path: cut to what a 1,500-byte link carries

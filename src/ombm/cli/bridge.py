@@ -1,7 +1,7 @@
 """``ombm bridge``: this host's bridge in the foreground (paper §3.2.3; docs/net.md).
 
     ombm bridge --listen HOST:PORT [--export NAME]... [--service NAME]... [--peer HOST:PORT]... [--key-file PATH]
-                [--insecure] [--multicast GROUP:PORT] [--keepalive SECONDS] [--mtu BYTES]
+                [--insecure] [--multicast GROUP:PORT] [--keepalive SECONDS] [--mtu BYTES] [--ip-fragments]
 
 It prints one line when it listens (``ombm bridge: listening on HOST:PORT ...``), serves until SIGTERM
 or SIGINT (Ctrl-C), then says BYE to its peers, releases its replicas and prints its counters.
@@ -38,6 +38,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--mtu", type=int, default=None, metavar="BYTES",
                    help="the largest UDP payload to send (default 1472: a 1500-byte IPv4 MTU); less on a "
                         "path found narrower (the kernel's path MTU, probes)")
+    p.add_argument("--ip-fragments", action="store_true",
+                   help="let IP fragment datagrams longer than a path's MTU instead of learning it (with a "
+                        "large --mtu, e.g. 65507, on a trusted link: fewer, larger datagrams)")
     p.add_argument("--multicast", metavar="GROUP:PORT",
                    help="an IPv4 multicast group this bridge joins to locate services and be located "
                         "(ombm.rpc.locate); every bridge of the network gives the same one")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
             exports = [*args.export, *(well_known_name(name) for name in args.service)]
             bridge = Bridge(args.listen, exports=exports, peers=args.peer, key=key, insecure=args.insecure,
                             mtu=args.mtu or DEFAULT_MTU, multicast=args.multicast,
-                            keepalive_s=KEEPALIVE_S if args.keepalive is None else args.keepalive)
+                            keepalive_s=KEEPALIVE_S if args.keepalive is None else args.keepalive,
+                            ip_fragments=args.ip_fragments)
         except (OSError, ValueError) as exc:  # PermissionError, an address in use, a bridge already here
             err.print(f"ombm bridge: {exc}", markup=False)
             return 2

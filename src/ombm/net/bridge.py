@@ -125,7 +125,10 @@ class Bridge:
     (``ombm.open_segment("name@HOST:PORT")``) on the folder's ``sock-bridge``; one bridge per folder.
     ``multicast``: ``"GROUP:PORT"`` (IPv4) this bridge joins, where LOCATEs are sent and heard
     (:func:`ombm.rpc.locate`). ``keepalive_s``: a path to a bridge that has been quiet this long gets
-    a PING; silent for three of them, it is dead (its replicas close). Run it with
+    a PING; silent for three of them, it is dead (its replicas close). ``ip_fragments``: let IP
+    fragment datagrams longer than a path's MTU rather than learn it (no don't-fragment bit, no path
+    MTU search: updates are cut to ``mtu`` whatever the path), for a trusted link where a few large
+    datagrams cost less than many small ones (a lost fragment loses its datagram). Run it with
     :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns); :meth:`close` stops it,
     says BYE to its peers and releases everything.
     """
@@ -133,7 +136,7 @@ class Bridge:
     def __init__(self, listen: str = "127.0.0.1:0", *, exports: Iterable[str] = (), peers: Iterable[str] = (),
                  key: bytes | None = None, insecure: bool = False, mtu: int = dg.DEFAULT_MTU,
                  control: bool = True, reassembly_timeout_s: float = 0.5, max_age_s: float = 60.0,
-                 multicast: str | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
+                 multicast: str | None = None, keepalive_s: float = KEEPALIVE_S, ip_fragments: bool = False) -> None:
         if not dg.MIN_MTU <= mtu <= dg.MAX_MTU:
             raise ValueError(f"mtu must be between {dg.MIN_MTU} and {dg.MAX_MTU} bytes")
         if not 0.01 <= keepalive_s <= 3600.0:
@@ -147,6 +150,7 @@ class Bridge:
         self._family = family
         self._group = None if multicast is None else _group(multicast, family)
         self._keepalive_s = keepalive_s
+        self._ip_fragments = ip_fragments
         self._peers = {_resolve(*remote.parse_host_port(p), family=family)[1] for p in peers}
         self._exports = {namespace.validate_name(n) for n in exports}
         self._key = None if key is None else dg.check_key(key)
@@ -190,7 +194,8 @@ class Bridge:
     def _open(self, bind_to: Address, control: bool) -> None:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             self._sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # the kernel caps it at its maximum
-        _dont_fragment(self._sock, self._family)
+        if not self._ip_fragments:
+            _dont_fragment(self._sock, self._family)
         self._sock.bind(bind_to)
         self.address: Address = self._sock.getsockname()[:2]
         self._wake_r.setblocking(False)
@@ -887,6 +892,8 @@ class Bridge:
                     self._counts["pings_sent"] += 1
                     self._send(address, self._sealer.control(
                         dg.Kind.PING, {"keys": keys[at:at + dg.MAX_BODY_ITEMS]}, _now_us()))
+            if self._ip_fragments:
+                continue  # IP fragments what is longer than the path's MTU: nothing to learn
             if ask_kernel or new:
                 payload = _kernel_mtu(self._family, address)
                 if payload is not None:
@@ -914,7 +921,7 @@ class Bridge:
     def _use_path_mtu(self) -> None:
         """Cut updates to the narrowest path's MTU (one size for all: a replica's update is cut once for
         all its links). Called between turns, when the packers are empty (``_flush`` took them)."""
-        mtu = min([self._limit] + [path.mtu for path in self._paths.values()])
+        mtu = self._limit if self._ip_fragments else min([self._limit] + [path.mtu for path in self._paths.values()])
         if mtu != self._mtu and dg.entry_room(mtu, self._sealer.trailer) >= 1:
             self._mtu, self._room = mtu, dg.entry_room(mtu, self._sealer.trailer)
             self._packers.clear()

@@ -235,8 +235,8 @@ with Stream.open(name, timeout=60.0) as stream:
 def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) -> Throughput:
     """ombm Stream throughput across the link: the writer in ``client`` (host a, CPU 0), the reader in
     ``server`` (host b, CPU 1) opening ``name@HOST:PORT``, through a bridge in each host (their own
-    ombm folders, beside the calls' bridges; ``--mtu 65507``). Timed from the first message after
-    a warm-up message (the reader is there) to the writer's ``flush`` (every message acknowledged),
+    ombm folders, beside the calls' bridges; ``--mtu 65507 --ip-fragments``). Timed from the first message
+    after a warm-up message (the reader is there) to the writer's ``flush`` (every message acknowledged),
     ``plan.stream_bytes`` per size, best of ``plan.repeats``; slots: the message size, 8 MiB of them
     (4 to 64). Messages are random bytes, each at a new offset of one random buffer: a slot never
     holds what it held before, so the bridges' deltas are whole messages, as for real data."""
@@ -246,7 +246,8 @@ def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) 
         os.makedirs(folders[host]["OMBM_SHM_DIR"], exist_ok=True)
         exports = [arg for name in names for arg in ("--export", name, "--export", name + ".credit")]
         _start_bridge(host, f"{host.address}:{_STREAM_PORT}", "--insecure", "--peer", f"{other.address}:{_STREAM_PORT}",
-                      "--mtu", str(_STREAM_MTU), *(exports if host is client else []), env=folders[host])
+                      "--mtu", str(_STREAM_MTU), "--ip-fragments", *(exports if host is client else []),
+                      env=folders[host])
     (writer_cpu, reader_cpu), rates = PLACEMENTS[STREAM_PLACEMENT], {}
     for size in STREAM_SIZES:
         progress(f"ombm Stream via bridge, {_size(size)} messages")
@@ -264,7 +265,8 @@ def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) 
                 process.wait(60)
         rates[size] = best
     return Throughput("ombm Stream via bridge", rates,
-                      note=f"pure-Python bridge, --mtu {_STREAM_MTU}; writer CPU {writer_cpu}, reader CPU {reader_cpu}")
+                      note=f"Python bridges, --mtu {_STREAM_MTU} --ip-fragments; "
+                           f"writer CPU {writer_cpu}, reader CPU {reader_cpu}")
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
