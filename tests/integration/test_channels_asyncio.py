@@ -5,16 +5,16 @@ timeouts and cancellation leave the channel as it was."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import os
 import time
-import traceback
 
 import pytest
 
 from ombm.channels.raw import ChannelTimeout, RawChannel
 from ombm.channels.stream import Stream
+from helpers_core import expect
+from rpc_helpers import child
 
 pytestmark = pytest.mark.processes
 
@@ -27,27 +27,7 @@ def message(i: int) -> bytes:
     return hashlib.sha256(str(i).encode()).digest() * (size // 32) + bytes(size % 32)
 
 
-def reporting(fn):
-    @functools.wraps(fn)  # picklable by its name: spawned children import this module
-    def run(conn, *args):
-        try:
-            fn(conn, *args)
-        except BaseException:
-            conn.send(("error", traceback.format_exc()))
-            raise
-    return run
-
-
-def expect(conn, tag):
-    assert conn.poll(TIMEOUT_S), f"child sent nothing (waiting for {tag!r})"
-    kind, payload = conn.recv()
-    if kind == "error":
-        pytest.fail(f"child failed:\n{payload}")
-    assert kind == tag, (kind, payload)
-    return payload
-
-
-@reporting
+@child
 def stream_writer(conn, name, n, pause_s):
     with Stream.create(name, slots=8) as s:
         conn.send(("ready", os.getpid()))
@@ -59,7 +39,7 @@ def stream_writer(conn, name, n, pause_s):
         s.flush(TIMEOUT_S)
 
 
-@reporting
+@child
 def stream_reader(conn, name, n):
     with Stream.open(name, timeout=TIMEOUT_S) as s:
         digest = hashlib.sha256()
@@ -70,7 +50,7 @@ def stream_reader(conn, name, n):
         conn.send(("result", digest.hexdigest()))
 
 
-@reporting
+@child
 def raw_writer(conn, name, n):
     with RawChannel.create(name, unit_size=4096, units=64) as ch:
         conn.send(("ready", os.getpid()))

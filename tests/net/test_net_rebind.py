@@ -97,6 +97,15 @@ def agent(host: Host, script: str, *args: str) -> JsonAgent:
                                 stdout=subprocess.PIPE, text=True, bufsize=1))
 
 
+def calc_on_both(a: Host, b: Host) -> tuple[JsonAgent, JsonAgent]:
+    """A bridge on each host exporting calc, each the other's peer, and a keyed calc server agent on
+    each (not serving yet: ``ok("serve")``)."""
+    for host, other in ((a, b), (b, a)):
+        bridge(host, "--listen", f"{host.address}:{BRIDGE_PORT}", "--service", "calc",
+               "--peer", f"{other.address}:{BRIDGE_PORT}", "--insecure")
+    return agent(a, KEYED_SERVER, "calc"), agent(b, KEYED_SERVER, "calc")
+
+
 def progress_until(caller: JsonAgent, done, timeout_s: float = 60.0) -> dict:
     """Poll the caller until ``done(progress)`` (the deadline only bounds a failure)."""
     deadline = time.monotonic() + timeout_s
@@ -111,10 +120,7 @@ def progress_until(caller: JsonAgent, done, timeout_s: float = 60.0) -> dict:
 def test_a_client_of_a_plain_name_follows_the_service_to_another_host(hosts: Network) -> None:
     a, b = hosts
     at_b = f"{b.address}:{BRIDGE_PORT}"
-    for host, other in ((a, b), (b, a)):
-        bridge(host, "--listen", f"{host.address}:{BRIDGE_PORT}", "--service", "calc",
-               "--peer", f"{other.address}:{BRIDGE_PORT}", "--insecure")
-    on_a, on_b = agent(a, KEYED_SERVER, "calc"), agent(b, KEYED_SERVER, "calc")
+    on_a, on_b = calc_on_both(a, b)
     on_a.ok("serve")
     caller = agent(a, CALLER)
     caller.ok("connect", name="calc")
@@ -152,10 +158,7 @@ def test_a_client_of_a_plain_name_follows_the_service_to_another_host(hosts: Net
 def test_a_client_of_a_remote_name_reconnects_to_that_place_only(hosts: Network) -> None:
     a, b = hosts
     at_b = f"{b.address}:{BRIDGE_PORT}"
-    for host, other in ((a, b), (b, a)):
-        bridge(host, "--listen", f"{host.address}:{BRIDGE_PORT}", "--service", "calc",
-               "--peer", f"{other.address}:{BRIDGE_PORT}", "--insecure")
-    on_a, on_b = agent(a, KEYED_SERVER, "calc"), agent(b, KEYED_SERVER, "calc")
+    on_a, on_b = calc_on_both(a, b)
     pid_a, first_b = on_a.ok("serve")["pid"], on_b.ok("serve")["pid"]
     caller = agent(a, CALLER)
     caller.ok("connect", name=f"calc@{at_b}")  # calc runs on a too: this client wants b's
