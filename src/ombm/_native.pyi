@@ -179,8 +179,18 @@ def checksum(buffer: ReadableBuffer, crc: int = 0, /) -> int:
 def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
     """``checksum`` computed by the portable table, whatever ``CRC32C_IMPL`` is (for the tests)."""
 
-def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
-    """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
+def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, crc: int = 0, /) -> int:
+    """Copy ``src`` into the start of ``dst``; the CRC32C of ``src`` continued from ``crc``, computed in the
+    same pass."""
+
+def copy_out_checksum(src: ReadableBuffer, offset: int, length: int, crc: int = 0, /) -> tuple[bytes, int]:
+    """A new bytes object holding ``src[offset:offset + length]`` (ValueError if that is outside ``src``),
+    and its CRC32C continued from ``crc``, computed in the same pass (rpc/bulk.py: the receiver's one copy)."""
+
+def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exception], /) -> Callable[[object], bytes]:
+    """``pack``, except that a call ``[method, [args...], {kwargs}]`` or a reply ``[0, result]`` with a
+    bytes-like argument, keyword value or result of ``threshold`` bytes or more raises ``error`` (rpc/marshal.py:
+    the lanes leave it to Python, which sends it through the bulk segment)."""
 
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 

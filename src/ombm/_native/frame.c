@@ -2,7 +2,8 @@
  * Frames and their checksum (paper §4: the checksum folded into the unmarshal copy, "integrated
  * layer processing"): the checksum (CRC32C, crc32c.c) and the fused copy-and-checksum for Python;
  * a frame written (frame_put, frame_bytes, frame_encode); THE frame check that every reader uses
- * (frame_take: the lanes, and frame_decode under transport/wire.py). The format is
+ * (frame_take: the lanes, and frame_decode under transport/wire.py); the copy out of a large
+ * payload and the guard that routes large payloads away from the lanes (rpc/bulk.py). The format is
  * transport/wire.py's.
  */
 #include "frame.h"
@@ -59,11 +60,14 @@ static PyObject *n_checksum_table(PyObject *Py_UNUSED(self), PyObject *const *ar
     return checksum_by(args, nargs, 1);
 }
 
-/* copy_checksum(dst, src): copy src into the start of dst and return the checksum
-   of what was read, computed in the same pass (paper §4, integrated layer processing). */
+/* copy_checksum(dst, src, crc=0): copy src into the start of dst and return the checksum
+   of what was read, continued from crc, computed in the same pass (paper §4, integrated layer
+   processing). */
 static PyObject *n_copy_checksum(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *dsto, *srco;
-    if (!PyArg_ParseTuple(args, "OO", &dsto, &srco)) return NULL;
+    PyObject *dsto, *srco, *crco = NULL;
+    if (!PyArg_ParseTuple(args, "OO|O", &dsto, &srco, &crco)) return NULL;
+    uint32_t crc0 = 0;
+    if (crco && crc_argument(crco, &crc0) < 0) return NULL;
     Py_buffer d, s;
     if (PyObject_GetBuffer(dsto, &d, PyBUF_WRITABLE) < 0) return NULL;
     if (PyObject_GetBuffer(srco, &s, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&d); return NULL; }
@@ -72,9 +76,113 @@ static PyObject *n_copy_checksum(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "copy_checksum: destination smaller than source");
         return NULL;
     }
-    uint32_t crc = crc_copy_released(d.buf, s.buf, s.len, 0);
+    uint32_t crc = crc_copy_released(d.buf, s.buf, s.len, crc0);
     PyBuffer_Release(&d); PyBuffer_Release(&s);
     return PyLong_FromUnsignedLong(crc);
+}
+
+/* copy_out_checksum(src, offset, length, crc=0) -> (bytes, crc): a new bytes object holding
+   src[offset:offset + length] (memory another process may be writing: bounds checked against the
+   buffer, read once), and the checksum of what was read, continued from crc, computed in the same
+   pass: the receiver's one copy of a large payload (rpc/bulk.py), checked after the copy. */
+static PyObject *n_copy_out_checksum(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "copy_out_checksum(src, offset, length, crc=0)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), length = PyLong_AsSsize_t(args[2]);
+    if ((offset == -1 || length == -1) && PyErr_Occurred()) return NULL;
+    uint32_t crc = 0;
+    if (nargs == 4 && crc_argument(args[3], &crc) < 0) return NULL;
+    Py_buffer s;
+    if (PyObject_GetBuffer(args[0], &s, PyBUF_SIMPLE) < 0) return NULL;
+    if (offset < 0 || length < 0 || offset > s.len || length > s.len - offset) {
+        PyBuffer_Release(&s);
+        PyErr_SetString(PyExc_ValueError, "copy_out_checksum: span outside the buffer");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    if (out) crc = crc_copy_released((unsigned char *)PyBytes_AS_STRING(out), (unsigned char *)s.buf + offset, length, crc);
+    PyBuffer_Release(&s);
+    if (!out) return NULL;
+    PyObject *r = Py_BuildValue("(Nk)", out, (unsigned long)crc);
+    return r;
+}
+
+/* ---------------------------------------------------------------- large payloads, routed away */
+
+/* The size of a bytes-like object (bytes, bytearray, memoryview, a numpy array: anything with a
+   buffer, but str) or -1 if it is none; no exception either way. */
+static Py_ssize_t buffer_size(PyObject *o) {
+    if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o);
+    if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o);
+    if (PyLong_CheckExact(o) || PyUnicode_CheckExact(o) || PyFloat_CheckExact(o) || o == Py_None || PyBool_Check(o))
+        return -1;
+    if (PyMemoryView_Check(o)) return PyMemoryView_GET_BUFFER(o)->len;
+    PyBufferProcs *procs = Py_TYPE(o)->tp_as_buffer;
+    if (!procs || !procs->bf_getbuffer) return -1;
+    Py_buffer v;
+    if (PyObject_GetBuffer(o, &v, PyBUF_ND) < 0) {  /* not C-contiguous: not ours to route */
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = v.len;
+    PyBuffer_Release(&v);
+    return n;
+}
+
+static int is_large(PyObject *o, Py_ssize_t threshold) { return buffer_size(o) >= threshold; }
+
+/* The guard's pack(obj), self = (inner pack, threshold int, exception class): obj is a call
+   [method, [args...], {kwargs}] or a reply [0, result] as rpc/marshal.py packs them; if an
+   argument, keyword value or the result is a bytes-like object of threshold bytes or more, raise
+   the exception (the lanes then leave the message to Python, which sends it through the bulk
+   segment), else pack it with the inner packer. A few type checks per message otherwise. */
+static PyObject *guard_pack(PyObject *self, PyObject *obj) {
+    PyObject *inner = PyTuple_GET_ITEM(self, 0), *exc = PyTuple_GET_ITEM(self, 2);
+    Py_ssize_t threshold = PyLong_AsSsize_t(PyTuple_GET_ITEM(self, 1));
+    if (PyList_CheckExact(obj)) {
+        Py_ssize_t n = PyList_GET_SIZE(obj);
+        int large = 0;
+        if (n == 2) {
+            large = is_large(PyList_GET_ITEM(obj, 1), threshold);
+        } else if (n == 3) {
+            PyObject *args = PyList_GET_ITEM(obj, 1), *kwargs = PyList_GET_ITEM(obj, 2);
+            if (PyList_CheckExact(args))
+                for (Py_ssize_t i = 0; !large && i < PyList_GET_SIZE(args); i++)
+                    large = is_large(PyList_GET_ITEM(args, i), threshold);
+            if (PyDict_CheckExact(kwargs)) {
+                Py_ssize_t pos = 0;
+                PyObject *key, *value;
+                while (!large && PyDict_Next(kwargs, &pos, &key, &value)) large = is_large(value, threshold);
+            }
+        }
+        if (large) {
+            PyErr_SetString(exc, "a large payload: it travels through the bulk segment");
+            return NULL;
+        }
+    }
+    return PyObject_CallOneArg(inner, obj);
+}
+
+static PyMethodDef guard_def = {"pack", (PyCFunction)guard_pack, METH_O,
+                                "pack a message, unless it carries a large payload (then raise)"};
+
+/* bulk_guard(pack, threshold, exception) -> a pack function (see guard_pack). */
+static PyObject *n_bulk_guard(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *inner, *threshold, *exc;
+    if (!PyArg_ParseTuple(args, "OO!O", &inner, &PyLong_Type, &threshold, &exc)) return NULL;
+    Py_ssize_t t = PyLong_AsSsize_t(threshold);
+    if (t == -1 && PyErr_Occurred()) return NULL;
+    if (!PyCallable_Check(inner) || t < 1 || !PyExceptionClass_Check(exc)) {
+        PyErr_SetString(PyExc_ValueError, "bulk_guard(pack callable, threshold >= 1, exception class)");
+        return NULL;
+    }
+    PyObject *state = PyTuple_Pack(3, inner, threshold, exc);
+    if (!state) return NULL;
+    PyObject *fn = PyCFunction_New(&guard_def, state);
+    Py_DECREF(state);
+    return fn;
 }
 
 /* ---------------------------------------------------------------- writing a frame */
@@ -234,7 +342,12 @@ static PyMethodDef frame_functions[] = {
      "checksum(buffer, crc=0): the CRC32C of a buffer, continued from crc"},
     {"checksum_table", (PyCFunction)(void (*)(void))n_checksum_table, METH_FASTCALL,
      "checksum_table(buffer, crc=0): checksum by the portable table, whatever CRC32C_IMPL is"},
-    {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
+    {"copy_checksum", n_copy_checksum, METH_VARARGS,
+     "copy_checksum(dst, src, crc=0): copy src into dst, returning the checksum of src continued from crc"},
+    {"copy_out_checksum", (PyCFunction)(void (*)(void))n_copy_out_checksum, METH_FASTCALL,
+     "copy_out_checksum(src, offset, length, crc=0) -> (bytes, checksum of them continued from crc)"},
+    {"bulk_guard", n_bulk_guard, METH_VARARGS,
+     "bulk_guard(pack, threshold, exception): pack, raising exception for a message with a large payload"},
     {NULL, NULL, 0, NULL},
 };
 

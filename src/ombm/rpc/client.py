@@ -49,7 +49,9 @@ from ombm.errors import BridgeError, ChannelBrokenError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
-from ombm.rpc import marshal
+from ombm.rpc import bulk, marshal
+from ombm.rpc.bulk import Bulk
+from ombm.core.segment import Segment
 from ombm.rpc.locate import locate
 from ombm.transport import wire
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, WELL_KNOWN_SLOT_SIZE, SlotChannel, well_known_name
@@ -139,7 +141,7 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(None, self._client._gone_error())
             return
         try:
-            value = marshal.decode_reply(self._pending.data, allow_pickle=self._client.allow_pickle)
+            value = self._client._decode_reply(self._pending.data)
         except Exception as exc:
             self._finish(None, exc)
         else:
@@ -215,6 +217,8 @@ class Client:
         # _fast: the lane call() takes, None while gone or closed (call() then goes the ordinary way)
         self._lane: _native.CallLane | None = None
         self._fast: _native.CallLane | None = None
+        self._bulk: Bulk | None = None  # the session's bulk segments (large payloads), if the server took them
+        self._bulk_segments: tuple[Segment, Segment] | None = None  # made, offered, not yet taken or refused
         _CLIENTS.add(self)
         try:
             self._establish(self.wait)
@@ -317,8 +321,12 @@ class Client:
         self._receiver.add_handler(region.address, region.size, self._on_reply)
         self._reply_segment = self._reply.segment.id
         names = {"req": self._request.name, "rep": self._reply.name}
+        self._bulk_segments = None
         if self._where is not None:  # the server's host replicates both (docs/net.md): named as they are there
             names = {key: remote.offer_segment(local, self._where, self.timeout) for key, local in names.items()}
+        else:  # large payloads beside the channels (rpc/bulk.py): across hosts they travel inline
+            self._bulk_segments = (bulk.create(f"{tag}-bq"), bulk.create(f"{tag}-bp"))
+            names.update(bq=self._bulk_segments[0].name, bp=self._bulk_segments[1].name)
         conn_id = namespace.new_token()
         pid, start = namespace.me()
         hello = msgpack.packb({**names, "conn": conn_id, "pid": pid,
@@ -341,6 +349,13 @@ class Client:
             self._receiver.wait(min(left, backoff))
             backoff = min(backoff * 2, 0.1)
         self._server = (self._hello["pid"], self._hello["start"])
+        segments, self._bulk_segments = self._bulk_segments, None
+        if segments is not None:
+            if self._hello["bulk"]:
+                self._bulk = bulk.Bulk(*segments)
+            else:  # a server that takes none: every payload inline
+                for seg in segments:
+                    seg.release()
         max_payload = min(self._hello["max_payload"], self._request.max_payload)
         # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little);
         # across hosts a round trip passes two bridges and the network: the RTO starts higher and adapts
@@ -358,7 +373,8 @@ class Client:
             self._lane = _native.CallLane(
                 self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
-                marshal.packer(self.allow_pickle), msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
+                marshal.packer(self.allow_pickle) if self._bulk is None else marshal.guarded_packer(self.allow_pickle),
+                msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
             )
         self._fast = self._lane
 
@@ -403,6 +419,7 @@ class Client:
             return None
         given = {key: hello.get(key) for key in ("pid", "start", "max_payload")}
         given["max_message"] = hello.get("max_message", DEFAULT_MAX_MESSAGE_BYTES)  # older servers do not say
+        given["bulk"] = hello.get("bulk", 0)  # 1: it took our bulk segments
         fields = {key: value for key, value in given.items() if type(value) is int}
         if len(fields) != len(given):
             return None
@@ -430,13 +447,21 @@ class Client:
             raise self._closed_error()
         if self._gone:
             self._reconnect()
-        data = marshal.encode_call(method, args, kwargs, allow_pickle=self.allow_pickle)  # TypeError here
-        if len(data) > self._max_message:
-            raise MessageTooLargeError(
-                f"the call ({len(data)} bytes marshalled) exceeds what this connection carries ({self._max_message} "
-                "bytes: its request channel, and the server's max_message_bytes); nothing was sent; connect "
-                "with more or larger slots, or use ombm.Stream"
-            )
+        bulk_data = self._bulk  # large payloads through the bulk segment (spans given back if not sent)
+        routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data)
+        try:
+            data = marshal.encode_call(method, *(routed[:2] if routed else (args, kwargs)),
+                                       allow_pickle=self.allow_pickle)  # TypeError here
+            if len(data) > self._max_message:
+                raise MessageTooLargeError(
+                    f"the call ({len(data)} bytes marshalled) exceeds what this connection carries "
+                    f"({self._max_message} bytes: its request channel, and the server's max_message_bytes); "
+                    "nothing was sent; connect with more or larger slots, or use ombm.Stream"
+                )
+        except BaseException:
+            if routed is not None:
+                bulk_data.cancel(routed[2])  # type: ignore[union-attr]
+            raise
         return data
 
     def _send(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], oneway: bool) -> tuple[int, _Pending]:
@@ -498,6 +523,8 @@ class Client:
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
+            if result.status == _LANE_UNSENT and self._bulk is not None:
+                result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
                 if waited > learn_ns:
@@ -532,11 +559,29 @@ class Client:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + timeout)
             value = pending.data
         try:
-            return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+            return self._decode_reply(value)
         except RemoteError as exc:  # the cold path: the lane packs calls without marshal.check_keys
             if exc.type_name == _UNMARSHAL_ERROR:
                 marshal.check_keys(args, kwargs)  # TypeError if the server could not rebuild our arguments
             raise
+
+    def _lane_bulk(self, lane: _native.CallLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
+                   spin_ns: int, sleep_ok: bool, unsent: _native.CallResult) -> _native.CallResult:
+        """The lane refused a call with a large payload (its guarded packer): the call again, with the
+        large payloads copied into the bulk segment (``unsent`` if none went there)."""
+        assert self._bulk is not None, "called with bulk segments"
+        routed = marshal.route_args(args, kwargs, self._bulk)
+        if routed is None:
+            return unsent
+        result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)
+        if result.status >= _LANE_UNSENT:  # nothing sent: the ordinary way puts them again
+            self._bulk.cancel(routed[2])
+        return result
+
+    def _decode_reply(self, data: bytes | bytearray) -> Any:
+        """A reply's result (``RemoteError`` if the call raised), large payloads copied out of the bulk segment."""
+        return marshal.decode_reply(data, allow_pickle=self.allow_pickle, bulk=self._bulk,
+                                    bulk_limit=self.max_message_bytes)
 
     def _lend(self) -> bool:
         """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
@@ -584,7 +629,7 @@ class Client:
     def _call_ordinary(self, data: bytes, timeout: float) -> Any:
         call_id, pending = self._submit(data, False)
         self._wait(call_id, pending, time.monotonic() + timeout)
-        return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
+        return self._decode_reply(pending.data)
 
     def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
         """Send a call now, collect its result later (pipelined calls): a :class:`Future`."""
@@ -864,6 +909,12 @@ class Client:
             ch: SlotChannel | None = getattr(self, name, None)
             if ch is not None:
                 ch.close()
+        bulk_data, self._bulk = self._bulk, None
+        if bulk_data is not None:
+            bulk_data.close()
+        for seg in self._bulk_segments or ():  # made, the server's answer not yet in
+            seg.release()
+        self._bulk_segments = None
 
     def _closed_error(self) -> ClosedError:
         if self._forked:

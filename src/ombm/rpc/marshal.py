@@ -34,6 +34,16 @@ What travels, and what comes back:
   ext type 2, and the decoder must pass ``allow_pickle=True`` too or get
   :class:`UnmarshalError`.  Never unpickle data from a peer you do not trust.
 
+Large payloads (:mod:`ombm.rpc.bulk`): given a connection's bulk data (``bulk=``), a
+``bytes``, ``bytearray``, C-contiguous ``memoryview`` or numpy array of
+:data:`~ombm.rpc.bulk.BULK_MIN` bytes or more that is an argument (positional or keyword) or
+the result itself is copied once into the bulk segment, checksummed in that copy, and travels
+as ext type 5 (bytes) or 6 (a numpy array: its head, then the descriptor) holding a
+descriptor; the receiver copies it out once (checksum after the copy) into bytes it owns, or a
+read-only ndarray viewing them.  Without ``bulk`` (or no room in the segment) it travels inline
+as above; the decoder refuses a descriptor it has no bulk data for (:class:`UnmarshalError`).
+A large payload nested deeper (in a list, a dict) travels inline.
+
 Bytes that are not a valid call or reply raise :class:`~ombm.errors.UnmarshalError`
 (an ``OmbmError`` and a ``ValueError``; importable from here too).  An exception the remote
 procedure raised comes back as :func:`~ombm.errors.remote_error` makes it: for a builtin type
@@ -57,18 +67,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
+from ombm import _native
 from ombm.errors import RemoteError, UnmarshalError, remote_error
+from ombm.rpc.bulk import BULK_MIN, DESCRIPTOR
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply", "check_keys",
-           "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook", "register_type"]
+           "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook", "register_type",
+           "BulkData", "guarded_packer", "route_args"]
 
 _EXT_NDARRAY = 1
 _EXT_PICKLE = 2
 _EXT_BIGINT = 3
 _EXT_TUPLE = 4
+_EXT_BULK = 5        # bytes in the bulk segment: a descriptor (ombm.rpc.bulk)
+_EXT_BULK_ARRAY = 6  # a numpy array in the bulk segment: its head (as ext type 1's), then a descriptor
 USER_CODES = range(16, 128)  # ext type codes for register_type (0-15 are ombm's)
 # tuples within tuples (lists between them do not count): each level is a nested msgpack call with
 # ~40 KiB of C stack, so a peer's deeper nesting must be refused before it overflows the stack
@@ -97,6 +112,32 @@ class Packer(Protocol):
     def pack(self, obj: object, /) -> bytes: ...
 
     def reset(self) -> None: ...
+
+
+class BulkData(Protocol):
+    """What marshalling uses of a connection's bulk segments (:class:`ombm.rpc.bulk.Bulk`)."""
+
+    def put(self, data: ReadableBuffer, /) -> bytes | None: ...
+
+    def cancel(self, count: int, /) -> None: ...
+
+    def take(self, descriptor: bytes, budget: list[int], /) -> bytes: ...
+
+
+class _Guarded:
+    """A packer whose ``pack`` refuses messages with a large payload (``_native.bulk_guard``)."""
+
+    def __init__(self, inner: Packer) -> None:
+        self.pack = _native.bulk_guard(inner.pack, BULK_MIN, BufferError)
+        self.reset = inner.reset
+
+
+def guarded_packer(allow_pickle: bool = False) -> Packer:
+    """:func:`packer`, but a call or reply with a bytes-like argument or result of
+    :data:`~ombm.rpc.bulk.BULK_MIN` bytes or more raises ``BufferError`` instead (a few type
+    checks per message): the native lanes then leave the message to Python, which sends the
+    payload through the bulk segment (or inline, for a connection without one)."""
+    return _Guarded(packer(allow_pickle))
 
 
 # ---------------------------------------------------------------- users' types
@@ -157,11 +198,53 @@ def _pack_ndarray(obj: Any, np: types.ModuleType) -> msgpack.ExtType:
     dtype = arr.dtype
     if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
         raise TypeError(f"cannot marshal a numpy array of dtype {dtype!s}")
-    dt = dtype.str.encode("ascii")
-    shape = struct.pack(f"<{arr.ndim}Q", *arr.shape)
-    head = _ARRAY_HEAD.pack(scalar, arr.ndim, len(dt)) + dt + shape
+    head = _array_head(arr, scalar)
     raw = arr.reshape(-1).view(np.uint8) if arr.size else b""
     return msgpack.ExtType(_EXT_NDARRAY, b"".join((head, raw)))
+
+
+def _array_head(arr: Any, scalar: bool) -> bytes:
+    """is_scalar, ndim, len(dtype str), dtype str, u64 shape[] (ext type 1's and 6's head)."""
+    dt: bytes = arr.dtype.str.encode("ascii")
+    return _ARRAY_HEAD.pack(scalar, arr.ndim, len(dt)) + dt + struct.pack(f"<{arr.ndim}Q", *arr.shape)
+
+
+def _route(value: object, bulk: BulkData) -> object:
+    """``value`` as it travels given bulk data: a large bytes-like or numpy value as its
+    descriptor (an ``ExtType``) if the bulk segment has room, else ``value`` itself."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        if len(value) < BULK_MIN:  # type: ignore[arg-type]
+            return value
+        found = bulk.put(value)  # type: ignore[arg-type]
+        return value if found is None else msgpack.ExtType(_EXT_BULK, found)
+    if kind is memoryview:
+        view: memoryview = value  # type: ignore[assignment]
+        if view.nbytes < BULK_MIN or not view.c_contiguous:
+            return value
+        found = bulk.put(view)
+        return value if found is None else msgpack.ExtType(_EXT_BULK, found)
+    np = sys.modules.get("numpy")
+    if np is not None and kind is np.ndarray:
+        arr: Any = value
+        if arr.nbytes < BULK_MIN or arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
+            return value
+        arr = np.ascontiguousarray(arr)
+        found = bulk.put(arr.reshape(-1).view(np.uint8))
+        if found is None:
+            return value
+        return msgpack.ExtType(_EXT_BULK_ARRAY, _array_head(arr, False) + found)
+    return value
+
+
+def route_args(args: tuple[object, ...], kwargs: dict[str, object],
+               bulk: BulkData) -> tuple[tuple[object, ...], dict[str, object], int] | None:
+    """A call's arguments with the large payloads routed through ``bulk`` (see :func:`_route`),
+    and how many went (the caller cancels them if the message is not sent); None if none did."""
+    routed = tuple(_route(arg, bulk) for arg in args)
+    named = {key: _route(arg, bulk) for key, arg in kwargs.items()} if kwargs else kwargs
+    count = sum(1 for arg in (*routed, *named.values()) if type(arg) is msgpack.ExtType)
+    return (routed, named, count) if count else None
 
 
 def _default(obj: object, allow_pickle: bool) -> object:
@@ -309,8 +392,16 @@ def check_keys(args: tuple[object, ...], kwargs: dict[str, object] | None = None
 
 
 def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None, *,
-                allow_pickle: bool = False) -> bytes:
-    """Marshal a call of ``method(*args, **kwargs)``."""
+                allow_pickle: bool = False, bulk: BulkData | None = None) -> bytes:
+    """Marshal a call of ``method(*args, **kwargs)`` (large payloads through ``bulk``, if given)."""
+    if bulk is not None:
+        routed = route_args(args, kwargs or _NO_KWARGS, bulk)
+        if routed is not None:
+            try:
+                return encode_call(method, routed[0], routed[1], allow_pickle=allow_pickle)
+            except BaseException:
+                bulk.cancel(routed[2])
+                raise
     if type(method) is not str and not isinstance(method, str):
         raise TypeError(f"method name must be str, not {type(method).__name__}")
     for arg in args:  # check_keys(args, kwargs), its first test inlined: flat arguments pass at once
@@ -330,8 +421,16 @@ def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, ob
     raise error from None
 
 
-def encode_result(value: object, *, allow_pickle: bool = False) -> bytes:
-    """Marshal the value a call returned."""
+def encode_result(value: object, *, allow_pickle: bool = False, bulk: BulkData | None = None) -> bytes:
+    """Marshal the value a call returned (a large payload through ``bulk``, if given)."""
+    if bulk is not None:
+        routed = _route(value, bulk)
+        if routed is not value:
+            try:
+                return encode_result(routed, allow_pickle=allow_pickle)
+            except BaseException:
+                bulk.cancel(1)
+                raise
     packer = _packers.pickle if allow_pickle else _packers.safe
     try:
         return packer.pack([_OK, value])
@@ -359,7 +458,9 @@ def encode_error(exc: BaseException) -> bytes:
 
 # ---------------------------------------------------------------- decoding
 
-def _unpack_ndarray(data: bytes) -> object:
+def _unpack_ndarray(data: bytes, bulk: tuple[BulkData, list[int]] | None = None) -> object:
+    """An ext type 1's array (its raw bytes follow the head), or with ``bulk`` an ext type 6's
+    (a descriptor follows the head: the raw bytes are copied out of the bulk segment)."""
     try:
         np = __import__("numpy")
     except ImportError:
@@ -376,10 +477,16 @@ def _unpack_ndarray(data: bytes) -> object:
         count = 1
         for dim in shape:
             count *= dim
+        if bulk is not None:
+            if scalar or len(data) - off != DESCRIPTOR.size:
+                raise ValueError("not an array in the bulk segment")
+            if count * dtype.itemsize > bulk[1][0]:  # checked before anything is copied
+                raise ValueError("array larger than this side takes per message")
+            data, off = bulk[0].take(data[off:], bulk[1]), 0
         if count * dtype.itemsize != len(data) - off:
             raise ValueError("array length does not match its shape")
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
-    except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, struct.error, UnicodeDecodeError, OverflowError) as exc:
         raise UnmarshalError(f"malformed numpy array: {exc}") from None
     return arr[()] if scalar else arr
 
@@ -398,6 +505,8 @@ def _tuple(data: bytes, hook: ExtHook) -> tuple[object, ...]:
 
 
 def _ext_hook_safe(code: int, data: bytes) -> object:
+    if code == _EXT_BULK or code == _EXT_BULK_ARRAY:
+        raise UnmarshalError("bulk data where this side has no bulk segment")
     if code == _EXT_TUPLE:
         return _tuple(data, _ext_hook_safe)
     if code == _EXT_NDARRAY:
@@ -422,6 +531,27 @@ def _ext_hook_pickle(code: int, data: bytes) -> object:
     return _ext_hook_safe(code, data)
 
 
+def _bulk_hook(bulk: BulkData, budget: list[int], allow_pickle: bool) -> ExtHook:
+    """The ext hook of one message with bulk data: at most ``budget[0]`` bytes of it in all."""
+    base = _ext_hook_pickle if allow_pickle else _ext_hook_safe
+
+    def hook(code: int, data: bytes) -> object:
+        if code == _EXT_BULK:
+            return bulk.take(data, budget)
+        if code == _EXT_BULK_ARRAY:
+            return _unpack_ndarray(data, (bulk, budget))
+        if code == _EXT_TUPLE:
+            return _tuple(data, hook)
+        return base(code, data)
+    return hook
+
+
+def _hook(allow_pickle: bool, bulk: BulkData | None, limit: int) -> ExtHook:
+    if bulk is None:
+        return _ext_hook_pickle if allow_pickle else _ext_hook_safe
+    return _bulk_hook(bulk, [limit], allow_pickle)
+
+
 _unpackb = msgpack.unpackb
 
 
@@ -431,11 +561,12 @@ def ext_hook(allow_pickle: bool = False) -> ExtHook:
     return _ext_hook_pickle if allow_pickle else _ext_hook_safe
 
 
-def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False) -> tuple[str, tuple[object, ...], dict[str, object]]:
-    """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`."""
+def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkData | None = None,
+                bulk_limit: int = 1 << 62) -> tuple[str, tuple[object, ...], dict[str, object]]:
+    """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`; large payloads
+    copied out of ``bulk``, at most ``bulk_limit`` bytes of them."""
     try:
-        call = _unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
-                        strict_map_key=False)
+        call = _unpackb(data, ext_hook=_hook(allow_pickle, bulk, bulk_limit), strict_map_key=False)
     except UnmarshalError:
         raise
     except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors, ...
@@ -448,12 +579,13 @@ def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False) -> tuple[st
     raise UnmarshalError("not a call message")
 
 
-def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False) -> Any:
+def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkData | None = None,
+                 bulk_limit: int = 1 << 62) -> Any:
     """Return the result in bytes made by :func:`encode_result`, or raise the
-    :class:`RemoteError` described by bytes made by :func:`encode_error`."""
+    :class:`RemoteError` described by bytes made by :func:`encode_error`; a large payload copied
+    out of ``bulk``, at most ``bulk_limit`` bytes."""
     try:
-        reply = _unpackb(data, ext_hook=_ext_hook_pickle if allow_pickle else _ext_hook_safe,
-                         strict_map_key=False)
+        reply = _unpackb(data, ext_hook=_hook(allow_pickle, bulk, bulk_limit), strict_map_key=False)
     except UnmarshalError:
         raise
     except Exception as exc:

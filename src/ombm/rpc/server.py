@@ -49,7 +49,8 @@ from ombm.errors import SegmentFormatError
 from ombm.errors import SegmentNotFoundError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
-from ombm.rpc import marshal
+from ombm.rpc import bulk, marshal
+from ombm.rpc.bulk import Bulk
 from ombm.rpc.async_calls import AsyncCalls
 from ombm.transport import wire
 from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
@@ -64,10 +65,22 @@ _SERVE_REQUEST, _SERVE_SIGNAL, _SERVE_LEARN = _native.SERVE_REQUEST, _native.SER
 _SERVE_STALLED = _native.SERVE_STALLED
 
 
+class _Limit(int):
+    """A connection's limit on a result (bytes), carrying its bulk segments (``bulk``, or None): what
+    the native intake hands back to :meth:`Server._execute` and :meth:`Server._finish`."""
+
+    bulk: Bulk | None = None
+
+
+def _bulk_of(limit: int) -> Bulk | None:
+    """The bulk segments of the connection whose limit this is (None: none, or not a connection's)."""
+    return limit.bulk if isinstance(limit, _Limit) else None
+
+
 class _Connection:
     def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int,
                  max_payload: int, max_message_bytes: int, refusal: Callable[[bool], bytes | None],
-                 max_reply: int) -> None:
+                 max_reply: int, bulk_data: Bulk | None = None) -> None:
         self.conn_id = conn_id
         self.nonce = nonce
         self.request = request
@@ -83,14 +96,16 @@ class _Connection:
         self.send: Callable[[bytes], None] = reply.send if reply.writer is None else reply.writer.send
         # the largest result the client takes: its reply channel, and its limit (it drops a reply
         # whose fragments x max_payload exceed it; one frame always goes)
-        self.limit = min(reply.max_message, max(max_payload, max_reply // max_payload * max_payload))
+        self.limit = _Limit(min(reply.max_message, max(max_payload, max_reply // max_payload * max_payload)))
+        self.limit.bulk = self.bulk = bulk_data  # large payloads beside the channels (rpc/bulk.py)
 
     def close(self) -> None:
         if self.handle is not None:
             self.handle.disable()
-        for ch in (self.request, self.reply):
+        for ch in (self.request, self.reply, self.bulk):
             try:
-                ch.close()
+                if ch is not None:
+                    ch.close()
             except Exception:
                 pass
 
@@ -135,7 +150,7 @@ class Server:
         # the serving loop and its lane, native (memory signal path only)
         self._intake: _native.RequestIntake[_Connection, wire.Kind] | None = None if self._receiver.kernel else _native.RequestIntake(
             self._receiver.fifo.fifo_map, wire.KIND_TABLE, lane_methods, self.stats, msgpack.unpackb,
-            marshal.ext_hook(allow_pickle), marshal.packer(allow_pickle), self._execute, self._finish)
+            marshal.ext_hook(allow_pickle), marshal.guarded_packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
         self._by_nonce: dict[int, _Connection] = {}
         self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
@@ -174,6 +189,7 @@ class Server:
             req_name, rep_name = str(hello["req"]), str(hello["rep"])
             conn_id, pid, start = int(hello["conn"]), int(hello["pid"]), int(hello["start"])
             max_reply = int(hello.get("max_reply", DEFAULT_MAX_MESSAGE_BYTES))  # older clients do not say
+            bulk_names = (hello.get("bq"), hello.get("bp"))  # its bulk segments, if it offers them
             if not (0 < conn_id < 1 << 64 and 0 < pid < 1 << 31 and 0 <= start < 1 << 64 and max_reply > 0):
                 raise ValueError("connection id, pid, start time or reply limit out of range")
         except (FrameError, ValueError, KeyError, TypeError, msgpack.UnpackException):
@@ -181,16 +197,16 @@ class Server:
             return
         conn = self._by_nonce.get(nonce)
         if conn is None:
-            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start, max_reply)
+            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start, max_reply, bulk_names)
             if conn is None:
                 return
         me_pid, me_start = namespace.me()
         ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload,
-                             "max_message": self.max_message_bytes})
+                             "max_message": self.max_message_bytes, "bulk": int(conn.bulk is not None)})
         conn.reply.send(wire.encode(wire.Kind.ACK, conn.conn_id, nonce, ack))
 
     def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int,
-                max_reply: int) -> _Connection | None:
+                max_reply: int, bulk_names: tuple[object, object] = (None, None)) -> _Connection | None:
         if conn_id in self._connections or not (remote.is_replica_name(req_name) or namespace.is_alive(pid, start)):
             self.stats["bad_connects"] += 1
             return None
@@ -201,7 +217,7 @@ class Server:
                 raise ValueError("a channel this server already serves: a hostile or confused CONNECT")
             reply = SlotChannel.open(rep_name, writable=True)
             conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
-                               self.max_message_bytes, self._refuse, max_reply)
+                               self.max_message_bytes, self._refuse, max_reply, self._open_bulk(*bulk_names))
             region = request.region
             conn.handle = self._receiver.add_handler(  # DirectoryFullError if the client's directory is full
                 region.address, region.size, lambda address: self._guarded(conn, address - region.address)
@@ -226,6 +242,24 @@ class Server:
         self.stats["connections"] += 1
         logger.info("%r: accepted a connection from pid %d%s", self.name, pid, " (another host)" if conn.remote else "")
         return conn
+
+    def _open_bulk(self, calls: object, replies: object) -> Bulk | None:
+        """The bulk segments a client offered (its calls', its replies'), or None (then every payload
+        of the connection travels inline): the client made them, so they are checked as hostile input."""
+        if not (isinstance(calls, str) and isinstance(replies, str)):
+            return None
+        theirs = mine = None
+        try:
+            theirs = bulk.open_bulk(calls)
+            mine = bulk.open_bulk(replies)
+            if theirs.id == mine.id:
+                raise ValueError("one segment offered for both directions")
+            return Bulk(mine, theirs)
+        except (SegmentNotFoundError, SegmentFormatError, ValueError, OSError):
+            for seg in (theirs, mine):
+                if seg is not None:
+                    seg.release()
+            return None
 
     def _refuse(self, oneway: bool) -> bytes | None:
         """A connection's protocol refused a request larger than ``max_message_bytes`` (cold path)."""
@@ -290,7 +324,8 @@ class Server:
         whose coroutine now runs on the event loop."""
         self.stats["calls"] += 1
         try:
-            method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle)
+            method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit),
+                                                       bulk_limit=self.max_message_bytes)
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
@@ -318,7 +353,7 @@ class Server:
         return marshal.encode_error(exc), True
 
     def _result(self, value: object, limit: int) -> bytes:
-        result = marshal.encode_result(value, allow_pickle=self.allow_pickle)
+        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit))
         if len(result) > limit:
             raise ValueError(f"the result ({len(result)} bytes) exceeds what the client takes ({limit} bytes: its "
                              "reply channel and its max_message_bytes); connect with more or larger slots, "

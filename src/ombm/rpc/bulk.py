@@ -1,0 +1,216 @@
+"""Bulk segments: large payloads of RPC calls and replies, beside the channels (paper §8, "moving
+large amounts of data").
+
+A connection has one bulk segment per direction, made by the client with its channels and
+written only by that direction's sender (``-bq``: the client's calls, ``-bp``: the server's
+replies).  A bytes-like or numpy argument or result of :data:`BULK_MIN` bytes or more is copied
+straight into the sender's bulk segment, its checksum computed in that copy (the one copy on the
+sending side), and the message carries a **descriptor** in its place (:mod:`ombm.rpc.marshal`
+packs it as an ext type)::
+
+    descriptor, little-endian: u64 segment id, u64 offset, u64 length, u64 seq, u32 crc32c
+
+    bulk segment:  0  u64 consumed   spans of the *other* direction's segment this side has read
+                   8  (reserved)
+                  64  spans: u64 seq, u64 length, then length bytes, each at a 64-byte boundary
+
+The receiver validates a descriptor once (its segment, the span inside the segment, the length
+within what it takes per message), then copies the span's header and data out into memory of
+its own, the checksum folded into that copy (the one copy on the receiving side), and only then
+compares: the checksum of header + data, and the header's seq and length against the
+descriptor's.  So a span the sender reused (a later seq: the generation) or a peer scribbling on
+the segment while it is read fails the check (:class:`~ombm.errors.UnmarshalError`); it never
+crashes or fools the receiver, which owns what it returns.
+
+Reuse: the sender appends spans and starts again at the front only when the receiver's
+``consumed`` count (published in the receiver's own bulk segment, read as a hint) has reached the
+number of spans sent; if a span does not fit it goes inline in the message instead (slower,
+never wrong).  A synchronous caller so always writes at the front; spans of a reply that is
+never read (its call gave up) keep the sender appending until the segment is full, after which
+large payloads of that connection travel inline.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import TYPE_CHECKING
+
+from ombm import _native
+from ombm.core import segment as _segment
+from ombm.errors import UnmarshalError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+__all__ = ["BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
+
+BULK_MIN = 16384  # payloads from this many bytes travel through the bulk segment
+BULK_SIZE = (2 << 20) + 65536  # the bulk segment of each direction: 2 MiB of spans and room for headers
+MIN_SIZE = 4096  # a bulk segment made by a peer must have at least this many bytes (and at most MAX_SIZE)
+MAX_SIZE = 1 << 30
+_DATA = 64  # the first span's offset
+_ALIGN = 64
+DESCRIPTOR = struct.Struct("<QQQQI")  # segment id, offset, length, seq, crc
+_SPAN = struct.Struct("<QQ")  # seq, length
+_COUNT = struct.Struct("<Q")
+_checksum = _native.checksum
+_copy_checksum = _native.copy_checksum
+_copy_out = _native.copy_out_checksum
+
+
+def create(name: str) -> _segment.Segment:
+    """Make a bulk segment (the client makes both of its connection's)."""
+    return _segment.create_segment(BULK_SIZE, name=name, mode=_segment.CONVENTIONAL, signal_on_write=False)
+
+
+def open_bulk(name: str) -> _segment.Segment:
+    """Open a bulk segment a peer made: ``ValueError`` if it is no conventional segment of
+    MIN_SIZE..MAX_SIZE bytes (or ``SegmentNotFoundError``, ``SegmentFormatError``)."""
+    seg = _segment.open_segment(name)
+    if not MIN_SIZE <= seg.size <= MAX_SIZE or seg.mode != _segment.CONVENTIONAL or seg.signal_on_write:
+        seg.release()  # (a channel named as a bulk segment would be scribbled on)
+        raise ValueError(f"segment {name!r} is not a bulk segment ({seg.size} bytes, mode {seg.mode.name})")
+    return seg
+
+
+class BulkOut:
+    """The sending side: spans written into our bulk segment ``mine``; the receiver's consumed
+    count is read from its segment ``theirs``. Thread-safe."""
+
+    def __init__(self, mine: _segment.Segment, theirs: _segment.Segment) -> None:
+        self._region = mine.bind(True)
+        self._buf: memoryview | None = self._region.buffer
+        self._peer = theirs.bind(False)
+        self._peer_buf: memoryview | None = self._peer.buffer
+        self.segment_id = mine.id
+        self._size = mine.size
+        self._pos = _DATA
+        self._seq = 0
+        self._sent = 0  # spans handed out and not cancelled
+        self._lock = threading.Lock()
+
+    def put(self, data: ReadableBuffer) -> bytes | None:
+        """Copy ``data`` into a span (checksummed in the copy): its descriptor, or None if there is
+        no room now (send it inline)."""
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        need = -(-(_SPAN.size + n) // _ALIGN) * _ALIGN
+        with self._lock:
+            buf, peer = self._buf, self._peer_buf
+            if buf is None or peer is None:
+                return None
+            if _COUNT.unpack_from(peer, 0)[0] >= self._sent:  # the receiver read every span sent
+                self._pos = _DATA
+            pos = self._pos
+            if pos + need > self._size:
+                return None
+            self._seq = seq = self._seq + 1
+            head = _SPAN.pack(seq, n)
+            span = buf[pos:pos + _SPAN.size + n]
+            span[:_SPAN.size] = head
+            crc = _copy_checksum(span[_SPAN.size:], view, _checksum(head))
+            span.release()
+            self._pos = pos + need
+            self._sent += 1
+        return DESCRIPTOR.pack(self.segment_id, pos, n, seq, crc)
+
+    def cancel(self, count: int) -> None:
+        """``count`` spans put were not sent after all (their message failed): never awaited."""
+        with self._lock:
+            self._sent -= count
+
+    def publish(self, consumed: int) -> None:
+        """Tell the peer how many of its spans we have read (the first u64 of our segment)."""
+        buf = self._buf
+        if buf is not None:
+            _COUNT.pack_into(buf, 0, consumed)
+
+    def close(self) -> None:
+        with self._lock:
+            self._buf = self._peer_buf = None
+        self._region.unbind()
+        self._peer.unbind()
+
+
+class BulkIn:
+    """The receiving side: spans read out of the peer's bulk segment ``theirs`` (hostile input);
+    how many is published through ``out`` (our own segment's first u64). Thread-safe."""
+
+    def __init__(self, theirs: _segment.Segment, out: BulkOut) -> None:
+        self._region = theirs.bind(False)
+        self._buf: memoryview | None = self._region.buffer
+        self.segment_id = theirs.id
+        self._size = theirs.size
+        self._out = out
+        self._consumed = 0
+        self._recent: set[int] = set()  # seqs read lately: a span read twice counts once
+        self._lock = threading.Lock()
+
+    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
+        """The payload ``descriptor`` names, copied out and checked: bytes the caller owns.
+        ``budget[0]``: bytes this message may still take (reduced here). :class:`UnmarshalError`
+        if the descriptor or the span is bad (reused, overwritten, scribbled on)."""
+        try:
+            seg, offset, length, seq, crc = DESCRIPTOR.unpack(descriptor)
+        except struct.error:
+            raise UnmarshalError("malformed bulk descriptor") from None
+        buf = self._buf
+        if buf is None:
+            raise UnmarshalError("bulk data on a closed connection")
+        if seg != self.segment_id:
+            raise UnmarshalError("bulk descriptor names another segment than the connection's")
+        if not (_DATA <= offset and offset % _ALIGN == 0 and length <= self._size - offset - _SPAN.size):
+            raise UnmarshalError("bulk descriptor outside its segment")
+        if length > budget[0]:
+            raise UnmarshalError(f"bulk data of {length} bytes exceeds what this side takes per message")
+        budget[0] -= length
+        try:  # a slice of its own: closing the connection meanwhile leaves the mapping to it
+            span = buf[offset:offset + _SPAN.size + length]
+        except ValueError:  # closed meanwhile
+            raise UnmarshalError("bulk data on a closed connection") from None
+        head = bytes(span[:_SPAN.size])  # copied, then checked: the peer may be writing
+        data, got = _copy_out(span, _SPAN.size, length, _checksum(head))
+        span.release()
+        if got != crc or _SPAN.unpack(head) != (seq, length):
+            raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
+        with self._lock:
+            if seq not in self._recent:
+                if len(self._recent) >= 64:
+                    self._recent.clear()
+                self._recent.add(seq)
+                self._consumed += 1
+                self._out.publish(self._consumed)
+        return data
+
+    def close(self) -> None:
+        self._buf = None
+        self._region.unbind()
+
+
+class Bulk:
+    """Both directions of a connection's bulk data, for one side: ``out`` what it sends, ``inn``
+    what it receives."""
+
+    def __init__(self, mine: _segment.Segment, theirs: _segment.Segment) -> None:
+        self._segments = (mine, theirs)
+        self.out = BulkOut(mine, theirs)
+        self.inn = BulkIn(theirs, self.out)
+
+    def put(self, data: ReadableBuffer) -> bytes | None:
+        return self.out.put(data)
+
+    def cancel(self, count: int) -> None:
+        self.out.cancel(count)
+
+    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
+        return self.inn.take(descriptor, budget)
+
+    def close(self) -> None:
+        self.inn.close()
+        self.out.close()
+        for seg in self._segments:
+            seg.release()
+
+
+__all__ += ["Bulk"]
