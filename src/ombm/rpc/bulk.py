@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from ombm import _native
 from ombm.core import segment as _segment
-from ombm.errors import UnmarshalError
+from ombm.errors import MessageTooLargeError, UnmarshalError
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -149,8 +149,9 @@ class BulkIn:
 
     def take(self, descriptor: bytes, budget: list[int]) -> bytes:
         """The payload ``descriptor`` names, copied out and checked: bytes the caller owns.
-        ``budget[0]``: bytes this message may still take (reduced here). :class:`UnmarshalError`
-        if the descriptor or the span is bad (reused, overwritten, scribbled on)."""
+        ``budget[0]``: bytes this message may still take (reduced here): :class:`MessageTooLargeError`
+        beyond it. :class:`UnmarshalError` if the descriptor or the span is bad (reused, overwritten,
+        scribbled on)."""
         try:
             seg, offset, length, seq, crc = DESCRIPTOR.unpack(descriptor)
         except struct.error:
@@ -163,7 +164,8 @@ class BulkIn:
         if not (_DATA <= offset and offset % _ALIGN == 0 and length <= self._size - offset - _SPAN.size):
             raise UnmarshalError("bulk descriptor outside its segment")
         if length > budget[0]:
-            raise UnmarshalError(f"bulk data of {length} bytes exceeds what this side takes per message")
+            raise MessageTooLargeError(f"bulk data of {length} bytes exceeds what this side takes per message "
+                                       "(its max_message_bytes); it was refused unread")
         budget[0] -= length
         try:  # a slice of its own: closing the connection meanwhile leaves the mapping to it
             span = buf[offset:offset + _SPAN.size + length]

@@ -448,7 +448,7 @@ class Client:
         if self._gone:
             self._reconnect()
         bulk_data = self._bulk  # large payloads through the bulk segment (spans given back if not sent)
-        routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data)
+        routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data, self._max_message)
         try:
             data = marshal.encode_call(method, *(routed[:2] if routed else (args, kwargs)),
                                        allow_pickle=self.allow_pickle)  # TypeError here
@@ -570,7 +570,7 @@ class Client:
         """The lane refused a call with a large payload (its guarded packer): the call again, with the
         large payloads copied into the bulk segment (``unsent`` if none went there)."""
         assert self._bulk is not None, "called with bulk segments"
-        routed = marshal.route_args(args, kwargs, self._bulk)
+        routed = marshal.route_args(args, kwargs, self._bulk, self._max_message)
         if routed is None:
             return unsent
         result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)

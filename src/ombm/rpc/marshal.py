@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgpack
 
 from ombm import _native
-from ombm.errors import RemoteError, UnmarshalError, remote_error
+from ombm.errors import MessageTooLargeError, RemoteError, UnmarshalError, remote_error
 from ombm.rpc.bulk import BULK_MIN, DESCRIPTOR
 
 if TYPE_CHECKING:
@@ -209,40 +209,44 @@ def _array_head(arr: Any, scalar: bool) -> bytes:
     return _ARRAY_HEAD.pack(scalar, arr.ndim, len(dt)) + dt + struct.pack(f"<{arr.ndim}Q", *arr.shape)
 
 
-def _route(value: object, bulk: BulkData) -> object:
+def _route(value: object, bulk: BulkData, budget: list[int]) -> object:
     """``value`` as it travels given bulk data: a large bytes-like or numpy value as its
-    descriptor (an ``ExtType``) if the bulk segment has room, else ``value`` itself."""
+    descriptor (an ``ExtType``) if it is within ``budget[0]`` bytes (reduced by it) and the bulk
+    segment has room, else ``value`` itself (inline: the message limits apply to it there)."""
     kind = type(value)
-    if kind is bytes or kind is bytearray:
-        if len(value) < BULK_MIN:  # type: ignore[arg-type]
-            return value
-        found = bulk.put(value)  # type: ignore[arg-type]
-        return value if found is None else msgpack.ExtType(_EXT_BULK, found)
-    if kind is memoryview:
-        view: memoryview = value  # type: ignore[assignment]
-        if view.nbytes < BULK_MIN or not view.c_contiguous:
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        view = memoryview(value)  # type: ignore[arg-type]
+        n = view.nbytes
+        if n < BULK_MIN or n > budget[0] or not view.c_contiguous:
             return value
         found = bulk.put(view)
-        return value if found is None else msgpack.ExtType(_EXT_BULK, found)
+        if found is None:
+            return value
+        budget[0] -= n
+        return msgpack.ExtType(_EXT_BULK, found)
     np = sys.modules.get("numpy")
     if np is not None and kind is np.ndarray:
         arr: Any = value
-        if arr.nbytes < BULK_MIN or arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
+        n = arr.nbytes
+        if n < BULK_MIN or n > budget[0] or arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
             return value
         arr = np.ascontiguousarray(arr)
         found = bulk.put(arr.reshape(-1).view(np.uint8))
         if found is None:
             return value
+        budget[0] -= n
         return msgpack.ExtType(_EXT_BULK_ARRAY, _array_head(arr, False) + found)
     return value
 
 
-def route_args(args: tuple[object, ...], kwargs: dict[str, object],
-               bulk: BulkData) -> tuple[tuple[object, ...], dict[str, object], int] | None:
-    """A call's arguments with the large payloads routed through ``bulk`` (see :func:`_route`),
-    and how many went (the caller cancels them if the message is not sent); None if none did."""
-    routed = tuple(_route(arg, bulk) for arg in args)
-    named = {key: _route(arg, bulk) for key, arg in kwargs.items()} if kwargs else kwargs
+def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkData,
+               limit: int) -> tuple[tuple[object, ...], dict[str, object], int] | None:
+    """A call's arguments with the large payloads routed through ``bulk`` (see :func:`_route`; at
+    most ``limit`` bytes of them), and how many went (the caller cancels them if the message is
+    not sent); None if none did."""
+    budget = [limit]
+    routed = tuple(_route(arg, bulk, budget) for arg in args)
+    named = {key: _route(arg, bulk, budget) for key, arg in kwargs.items()} if kwargs else kwargs
     count = sum(1 for arg in (*routed, *named.values()) if type(arg) is msgpack.ExtType)
     return (routed, named, count) if count else None
 
@@ -392,10 +396,11 @@ def check_keys(args: tuple[object, ...], kwargs: dict[str, object] | None = None
 
 
 def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None, *,
-                allow_pickle: bool = False, bulk: BulkData | None = None) -> bytes:
-    """Marshal a call of ``method(*args, **kwargs)`` (large payloads through ``bulk``, if given)."""
+                allow_pickle: bool = False, bulk: BulkData | None = None, bulk_limit: int = 1 << 62) -> bytes:
+    """Marshal a call of ``method(*args, **kwargs)`` (large payloads through ``bulk``, if given: at
+    most ``bulk_limit`` bytes of them)."""
     if bulk is not None:
-        routed = route_args(args, kwargs or _NO_KWARGS, bulk)
+        routed = route_args(args, kwargs or _NO_KWARGS, bulk, bulk_limit)
         if routed is not None:
             try:
                 return encode_call(method, routed[0], routed[1], allow_pickle=allow_pickle)
@@ -421,10 +426,12 @@ def encode_call(method: str, args: tuple[object, ...] = (), kwargs: dict[str, ob
     raise error from None
 
 
-def encode_result(value: object, *, allow_pickle: bool = False, bulk: BulkData | None = None) -> bytes:
-    """Marshal the value a call returned (a large payload through ``bulk``, if given)."""
+def encode_result(value: object, *, allow_pickle: bool = False, bulk: BulkData | None = None,
+                  bulk_limit: int = 1 << 62) -> bytes:
+    """Marshal the value a call returned (a large payload through ``bulk``, if given and within
+    ``bulk_limit`` bytes)."""
     if bulk is not None:
-        routed = _route(value, bulk)
+        routed = _route(value, bulk, [bulk_limit])
         if routed is not value:
             try:
                 return encode_result(routed, allow_pickle=allow_pickle)
@@ -567,7 +574,7 @@ def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkD
     copied out of ``bulk``, at most ``bulk_limit`` bytes of them."""
     try:
         call = _unpackb(data, ext_hook=_hook(allow_pickle, bulk, bulk_limit), strict_map_key=False)
-    except UnmarshalError:
+    except (UnmarshalError, MessageTooLargeError):
         raise
     except Exception as exc:  # msgpack raises ValueError, TypeError, its own errors, ...
         raise UnmarshalError(f"malformed message: {exc}") from None
@@ -586,7 +593,7 @@ def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: Bulk
     out of ``bulk``, at most ``bulk_limit`` bytes."""
     try:
         reply = _unpackb(data, ext_hook=_hook(allow_pickle, bulk, bulk_limit), strict_map_key=False)
-    except UnmarshalError:
+    except (UnmarshalError, MessageTooLargeError):
         raise
     except Exception as exc:
         raise UnmarshalError(f"malformed message: {exc}") from None

@@ -324,8 +324,12 @@ class Server:
         whose coroutine now runs on the event loop."""
         self.stats["calls"] += 1
         try:
-            method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit),
-                                                       bulk_limit=self.max_message_bytes)
+            try:
+                method, args, kwargs = marshal.decode_call(data, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit),
+                                                           bulk_limit=self.max_message_bytes)
+            except MessageTooLargeError:  # its bulk data: refused unread, answered with the error
+                self.stats["refused"] += 1
+                raise
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
@@ -353,7 +357,7 @@ class Server:
         return marshal.encode_error(exc), True
 
     def _result(self, value: object, limit: int) -> bytes:
-        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit))
+        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit), bulk_limit=limit)
         if len(result) > limit:
             raise ValueError(f"the result ({len(result)} bytes) exceeds what the client takes ({limit} bytes: its "
                              "reply channel and its max_message_bytes); connect with more or larger slots, "
