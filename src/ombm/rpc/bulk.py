@@ -174,15 +174,15 @@ class BulkIn:
         head = bytes(span[:_SPAN.size])  # copied, then checked: the peer may be writing
         data, got = _copy_out(span, _SPAN.size, length, _checksum(head))
         span.release()
-        if got != crc or _SPAN.unpack(head) != (seq, length):
-            raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
-        with self._lock:
+        with self._lock:  # read, right or wrong: the sender need not keep it
             if seq not in self._recent:
                 if len(self._recent) >= 64:
                     self._recent.clear()
                 self._recent.add(seq)
                 self._consumed += 1
                 self._out.publish(self._consumed)
+        if got != crc or _SPAN.unpack(head) != (seq, length):
+            raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
         return data
 
     def close(self) -> None:

@@ -1,0 +1,106 @@
+"""Large payloads through the bulk segments between real processes (issue 13, item 4; paper §8):
+bytes-like and numpy arguments and results, the lanes and the ordinary path, pipelined calls, and a
+peer scribbling on the bulk segments meanwhile."""
+
+from __future__ import annotations
+
+import pytest
+
+import ombm
+from ombm.core import segment as _segment
+from ombm.errors import UnmarshalError
+from ombm.rpc import RemoteError, bulk
+from rpc_helpers import Children, expect, join, pattern, serve_started, service_name
+
+pytestmark = pytest.mark.processes
+
+SIZES = [bulk.BULK_MIN - 1, bulk.BULK_MIN, 65536, 1 << 20]
+
+
+@pytest.fixture(scope="module")
+def calc():
+    """A Calc service served by a child process for the whole module."""
+    name = service_name("bulk")
+    with Children() as children:
+        p, conn = children.spawn(serve_started, [(name, "calc")])
+        expect(conn, "constructed")
+        expect(conn, "ready")
+        yield name
+        conn.send("stop")
+        expect(conn, "result")
+        assert join(p) == 0
+
+
+@pytest.mark.parametrize("nbytes", SIZES)
+def test_large_payloads_echo_through_the_bulk_segments(calc, nbytes):
+    data = pattern(nbytes)
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        assert cli._bulk is not None, "the server took the bulk segments"
+        sent, read = cli._bulk.out._seq, cli._bulk.inn._consumed
+        for value in (data, bytearray(data), memoryview(data)):
+            got = cli.identity(value)
+            assert type(got) is bytes and got == data
+        assert cli.call_async("identity", data).result() == data  # the ordinary path
+        assert cli.identity(value=data) == data  # a keyword value
+        went = nbytes >= bulk.BULK_MIN
+        assert (cli._bulk.out._seq - sent > 0) == went
+        assert (cli._bulk.inn._consumed - read > 0) == went
+        assert cli.size(data) == nbytes and cli.make(nbytes) == data
+
+
+def test_numpy_arrays_round_trip_through_the_bulk_segments(calc):
+    np = pytest.importorskip("numpy")
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        for arr in (np.arange(1 << 16, dtype=np.int32).reshape(256, 256), np.linspace(0, 1, 1 << 17)[::2],
+                    np.zeros((3, 0, 4), dtype=np.uint8), np.frombuffer(pattern(1 << 16), dtype="S8")):
+            got = cli.identity(arr)
+            assert got.dtype == arr.dtype and got.shape == arr.shape and (got == arr).all()
+            assert got.size == 0 or not got.flags.writeable
+
+
+def test_pipelined_large_calls_fill_the_segment_then_travel_inline(calc):
+    payloads = [pattern(300_000 + i) for i in range(12)]  # 3.6 MB in flight: more than a bulk segment holds
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        futures = [cli.call_async("identity", p) for p in payloads]
+        assert [f.result() for f in futures] == payloads
+        assert cli.identity(payloads[0]) == payloads[0]
+
+
+def _scribbler(conn, name: str) -> None:
+    """A child: write garbage over the spans of the bulk segment ``name`` until killed."""
+    seg = _segment.open_segment(name)
+    region = seg.bind(True)
+    buf = region.buffer
+    junk = bytes(range(256)) * 64
+    conn.send(("ready", None))
+    writes = 0
+    while True:
+        offset = 64 + (writes * 4096) % (1 << 20)
+        buf[offset:offset + len(junk)] = junk
+        writes += 1
+
+
+@pytest.mark.parametrize("direction", ["bq", "bp"])
+def test_a_peer_scribbling_on_a_bulk_segment_never_fools_the_receiver(calc, direction):
+    """Another process of the user writes over the calls' (bq: the server reads) or the replies' (bp:
+    the client reads) bulk segment all the time: each call returns its own data or fails (checked
+    after the copy), never other data, and serving goes on."""
+    data = pattern(1 << 20)
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        assert cli._bulk is not None
+        name = (cli._bulk._segments[0] if direction == "bq" else cli._bulk._segments[1]).name
+        right = failed = 0
+        with Children() as children:
+            _, conn = children.spawn(_scribbler, name)
+            expect(conn, "ready")
+            for _ in range(30):
+                try:
+                    got = cli.identity(data)
+                except (UnmarshalError, RemoteError) as exc:
+                    assert isinstance(exc, UnmarshalError) or exc.type_name == "ombm.errors.UnmarshalError"
+                    failed += 1
+                else:
+                    assert got == data, "the receiver was fooled"
+                    right += 1
+        assert right + failed == 30
+        assert cli.identity(data) == data  # the scribbler gone: served as before

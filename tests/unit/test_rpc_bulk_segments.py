@@ -1,0 +1,197 @@
+"""Bulk segments (rpc/bulk.py) and their marshalling, both sides in this process: spans written once
+and read once, descriptors checked as hostile input, the segment reused only once read."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import msgpack
+import pytest
+
+from ombm import _native
+from ombm.errors import MessageTooLargeError, UnmarshalError
+from ombm.rpc import bulk, marshal
+
+N = 3 * bulk.BULK_MIN  # a payload that travels in the bulk segment
+
+
+@pytest.fixture
+def pair():
+    """(sender A, receiver B): A writes its segment ``a`` and reads ``b``; B the other way round."""
+    tag = f"bulk-{os.getpid()}-{os.urandom(4).hex()}"
+    a, b = bulk.create(f"{tag}-a"), bulk.create(f"{tag}-b")
+    a2, b2 = bulk.open_bulk(a.name), bulk.open_bulk(b.name)
+    sender, receiver = bulk.Bulk(a, b), bulk.Bulk(b2, a2)
+    try:
+        yield sender, receiver
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def _payload(n: int = N) -> bytes:
+    return os.urandom(n)
+
+
+def test_a_call_and_its_reply_travel_as_descriptors(pair):
+    sender, receiver = pair
+    data = _payload()
+    message = marshal.encode_call("echo", (data,), {"also": bytearray(data)}, bulk=sender)
+    assert len(message) < 200  # descriptors, not the payloads
+    method, args, kwargs = marshal.decode_call(message, bulk=receiver)
+    assert (method, args, kwargs) == ("echo", (data,), {"also": data})
+    assert type(args[0]) is bytes and type(kwargs["also"]) is bytes
+    reply = marshal.encode_result(memoryview(data), bulk=receiver)
+    assert len(reply) < 100
+    assert marshal.decode_reply(reply, bulk=sender) == data
+
+
+def test_small_payloads_and_nested_ones_travel_inline(pair):
+    sender, _ = pair
+    small = _payload(bulk.BULK_MIN - 1)
+    assert len(marshal.encode_call("f", (small,), bulk=sender)) > len(small)
+    assert len(marshal.encode_result([_payload()], bulk=sender)) > N  # inside a list: inline
+
+
+def test_numpy_arrays_come_back_read_only_and_equal(pair):
+    np = pytest.importorskip("numpy")
+    sender, receiver = pair
+    arr = np.arange(N, dtype=np.float64).reshape(-1, 8)[:, ::2]  # not C-contiguous: copied to be sent
+    message = marshal.encode_result(arr, bulk=sender)
+    assert len(message) < 200
+    got = marshal.decode_reply(message, bulk=receiver)
+    assert got.dtype == arr.dtype and got.shape == arr.shape and (got == arr).all()
+    assert not got.flags.writeable
+
+
+def test_the_receiver_owns_what_it_gets(pair):
+    """A later write of the sender (the span reused, or scribbled on) never shows in what was received."""
+    sender, receiver = pair
+    data = _payload()
+    got = marshal.decode_reply(marshal.encode_result(data, bulk=sender), bulk=receiver)
+    buf = sender.out._buf
+    buf[64:64 + N] = b"\xff" * N
+    assert got == data
+
+
+def test_the_segment_is_reused_from_the_front_once_read(pair):
+    sender, receiver = pair
+    first = sender.put(_payload())
+    second = sender.put(_payload())
+    offsets = [bulk.DESCRIPTOR.unpack(d)[1] for d in (first, second)]
+    assert offsets[1] > offsets[0]  # the first not read yet: appended
+    receiver.take(first, [1 << 40])
+    receiver.take(second, [1 << 40])
+    third = sender.put(_payload())
+    assert bulk.DESCRIPTOR.unpack(third)[1] == offsets[0]  # both read: from the front again
+
+
+def test_a_full_segment_sends_inline(pair):
+    sender, _ = pair
+    size = bulk.BULK_SIZE // 4
+    descriptors = [sender.put(_payload(size)) for _ in range(5)]
+    assert descriptors[-1] is None and all(d is not None for d in descriptors[:3])
+    message = marshal.encode_result(_payload(size), bulk=sender)
+    assert len(message) > size  # no room: inline, still right
+
+
+def test_cancelled_spans_are_not_awaited(pair):
+    sender, receiver = pair
+    sent = sender.put(_payload())
+    sender.put(_payload())
+    sender.cancel(1)  # (that message failed: never sent)
+    receiver.take(sent, [1 << 40])
+    assert bulk.DESCRIPTOR.unpack(sender.put(_payload()))[1] == 64  # all sent spans read: the front
+
+
+def _desc(descriptor: bytes, **change: int) -> bytes:
+    fields = dict(zip(("seg", "offset", "length", "seq", "crc"), bulk.DESCRIPTOR.unpack(descriptor)))
+    fields.update(change)
+    return bulk.DESCRIPTOR.pack(*fields.values())
+
+
+def test_hostile_descriptors_are_refused(pair):
+    sender, receiver = pair
+    good = sender.put(_payload())
+    seg, offset, length, seq, crc = bulk.DESCRIPTOR.unpack(good)
+    size = receiver.inn._size
+    bad = {
+        "another segment": _desc(good, seg=seg ^ 1),
+        "past the end": _desc(good, offset=size - 64),
+        "huge length": _desc(good, length=(1 << 64) - 1),
+        "before the spans": _desc(good, offset=0),
+        "unaligned": _desc(good, offset=offset + 1),
+        "older generation": _desc(good, seq=seq - 1),
+        "other checksum": _desc(good, crc=crc ^ 1),
+        "other length": _desc(good, length=length - 1),
+        "truncated": good[:-1],
+    }
+    for what, descriptor in bad.items():
+        with pytest.raises(UnmarshalError):
+            receiver.take(descriptor, [1 << 40])
+            pytest.fail(what)
+    with pytest.raises(MessageTooLargeError):
+        receiver.take(good, [length - 1])
+    assert receiver.take(good, [length]) == bytes(sender.out._buf[offset + 16:offset + 16 + length])
+
+
+def test_a_reused_span_is_detected(pair):
+    """The sender wrote another span where a descriptor points (a later generation): refused."""
+    sender, receiver = pair
+    old = sender.put(_payload())
+    receiver.take(old, [1 << 40])
+    sender.put(_payload())  # from the front again: over the old span
+    with pytest.raises(UnmarshalError, match="overwritten"):
+        receiver.take(old, [1 << 40])
+
+
+def test_a_message_takes_at_most_its_limit_of_bulk_data(pair):
+    sender, receiver = pair
+    message = marshal.encode_call("f", (_payload(), _payload()), bulk=sender)
+    with pytest.raises(MessageTooLargeError):
+        marshal.decode_call(message, bulk=receiver, bulk_limit=N + N // 2)
+    message = marshal.encode_call("f", (_payload(), _payload()), bulk=sender, bulk_limit=N + N // 2)
+    assert len(message) > N  # the second did not fit the sender's limit: inline
+    assert marshal.decode_call(message, bulk=receiver, bulk_limit=N + N // 2)[0] == "f"
+
+
+def test_bulk_data_without_a_bulk_segment_is_refused(pair):
+    sender, _ = pair
+    message = marshal.encode_result(_payload(), bulk=sender)
+    with pytest.raises(UnmarshalError, match="no bulk segment"):
+        marshal.decode_reply(message)
+    forged = msgpack.packb([0, msgpack.ExtType(6, b"\x00\x01\x03<f8" + struct.pack("<Q", 4) + b"x" * 36)])
+    with pytest.raises(UnmarshalError):
+        marshal.decode_reply(forged)
+
+
+def test_a_channel_is_not_taken_for_a_bulk_segment():
+    from ombm.rpc.slots import SlotChannel
+    channel = SlotChannel.create(f"bulk-notone-{os.getpid()}", slots=2, slot_size=4096)
+    try:
+        with pytest.raises(ValueError):
+            bulk.open_bulk(channel.name)
+    finally:
+        channel.close()
+
+
+def test_the_guard_routes_large_payloads_away_from_the_lanes():
+    packer = marshal.guarded_packer()
+    assert msgpack.unpackb(packer.pack(["m", [b"x" * 10], {}])) == ["m", [b"x" * 10], {}]
+    for message in (["m", [1, b"x" * bulk.BULK_MIN], {}], ["m", [], {"k": bytearray(bulk.BULK_MIN)}],
+                    [0, memoryview(b"x" * bulk.BULK_MIN)]):
+        with pytest.raises(BufferError):
+            packer.pack(message)
+    assert msgpack.unpackb(packer.pack([0, "x" * bulk.BULK_MIN])) == [0, "x" * bulk.BULK_MIN]  # str: not a buffer
+
+
+def test_copy_out_checksum_bounds_and_sum():
+    data = os.urandom(1000)
+    out, crc = _native.copy_out_checksum(data, 10, 500, 7)
+    assert out == data[10:510] and crc == _native.checksum(data[10:510], 7)
+    for offset, length in ((-1, 5), (0, 1001), (1000, 1), (999, -1), (1 << 62, 1)):
+        with pytest.raises(ValueError):
+            _native.copy_out_checksum(data, offset, length)
+    dst = bytearray(10)
+    assert _native.copy_checksum(dst, b"abc", 9) == _native.checksum(b"abc", 9)
