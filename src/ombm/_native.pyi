@@ -187,6 +187,14 @@ def copy_out_checksum(src: ReadableBuffer, offset: int, length: int, crc: int = 
     """A new bytes object holding ``src[offset:offset + length]`` (ValueError if that is outside ``src``),
     and its CRC32C continued from ``crc``, computed in the same pass (rpc/bulk.py: the receiver's one copy)."""
 
+def span_put(segment: WriteableBuffer, offset: int, seq: int, data: ReadableBuffer, /) -> int:
+    """Write a bulk span at ``segment[offset]``: header (u64 seq, u64 length), then ``data``; the CRC32C of header and
+    data, computed in that copy (rpc/bulk.py). ValueError if it does not fit."""
+
+def span_take(segment: ReadableBuffer, offset: int, length: int, seq: int, crc: int, /) -> bytes | None:
+    """The bulk span at ``segment[offset]`` copied out once (the checksum folded into the copy), then checked: its data
+    if the CRC32C and the header's seq and length match, None if not. ValueError if it is not inside the segment."""
+
 def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exception], /) -> Callable[[object], bytes]:
     """``pack``, except that a call ``[method, [args...], {kwargs}]`` or a reply ``[0, result]`` with a
     bytes-like argument, keyword value or result of ``threshold`` bytes or more raises ``error`` (rpc/marshal.py:

@@ -14,7 +14,7 @@ from rpc_helpers import Children, expect, join, pattern, serve_started, service_
 
 pytestmark = pytest.mark.processes
 
-SIZES = [bulk.BULK_MIN - 1, bulk.BULK_MIN, 65536, 1 << 20]
+SIZES = [bulk.BULK_MIN - 1, bulk.BULK_MIN, 300_000, 1 << 20]
 
 
 @pytest.fixture(scope="module")

@@ -77,20 +77,20 @@ def test_the_receiver_owns_what_it_gets(pair):
 
 def test_the_segment_is_reused_from_the_front_once_read(pair):
     sender, receiver = pair
-    first = sender.put(_payload())
-    second = sender.put(_payload())
+    first = sender.put(_payload(), N)
+    second = sender.put(_payload(), N)
     offsets = [bulk.DESCRIPTOR.unpack(d)[1] for d in (first, second)]
     assert offsets[1] > offsets[0]  # the first not read yet: appended
     receiver.take(first, [1 << 40])
     receiver.take(second, [1 << 40])
-    third = sender.put(_payload())
+    third = sender.put(_payload(), N)
     assert bulk.DESCRIPTOR.unpack(third)[1] == offsets[0]  # both read: from the front again
 
 
 def test_a_full_segment_sends_inline(pair):
     sender, _ = pair
     size = bulk.BULK_SIZE // 4
-    descriptors = [sender.put(_payload(size)) for _ in range(5)]
+    descriptors = [sender.put(_payload(size), size) for _ in range(5)]
     assert descriptors[-1] is None and all(d is not None for d in descriptors[:3])
     message = marshal.encode_result(_payload(size), bulk=sender)
     assert len(message) > size  # no room: inline, still right
@@ -98,11 +98,11 @@ def test_a_full_segment_sends_inline(pair):
 
 def test_cancelled_spans_are_not_awaited(pair):
     sender, receiver = pair
-    sent = sender.put(_payload())
-    sender.put(_payload())
+    sent = sender.put(_payload(), N)
+    sender.put(_payload(), N)
     sender.cancel(1)  # (that message failed: never sent)
     receiver.take(sent, [1 << 40])
-    assert bulk.DESCRIPTOR.unpack(sender.put(_payload()))[1] == 64  # all sent spans read: the front
+    assert bulk.DESCRIPTOR.unpack(sender.put(_payload(), N))[1] == 64  # all sent spans read: the front
 
 
 def _desc(descriptor: bytes, **change: int) -> bytes:
@@ -113,7 +113,7 @@ def _desc(descriptor: bytes, **change: int) -> bytes:
 
 def test_hostile_descriptors_are_refused(pair):
     sender, receiver = pair
-    good = sender.put(_payload())
+    good = sender.put(_payload(), N)
     seg, offset, length, seq, crc = bulk.DESCRIPTOR.unpack(good)
     size = receiver.inn._size
     bad = {
@@ -139,9 +139,9 @@ def test_hostile_descriptors_are_refused(pair):
 def test_a_reused_span_is_detected(pair):
     """The sender wrote another span where a descriptor points (a later generation): refused."""
     sender, receiver = pair
-    old = sender.put(_payload())
+    old = sender.put(_payload(), N)
     receiver.take(old, [1 << 40])
-    sender.put(_payload())  # from the front again: over the old span
+    sender.put(_payload(), N)  # from the front again: over the old span
     with pytest.raises(UnmarshalError, match="overwritten"):
         receiver.take(old, [1 << 40])
 

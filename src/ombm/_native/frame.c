@@ -8,6 +8,13 @@
  */
 #include "frame.h"
 
+static inline void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put16(unsigned char *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t get16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
 /* ---------------------------------------------------------------- checksum */
 
 /* The checksum of src[0:n] continued from crc, copying it to dst (unless NULL) in the same pass,
@@ -109,6 +116,70 @@ static PyObject *n_copy_out_checksum(PyObject *Py_UNUSED(self), PyObject *const 
     return r;
 }
 
+/* ---------------------------------------------------------------- spans of a bulk segment */
+
+/* span_put(segment, offset, seq, data) -> crc: write the span header (u64 seq, u64 length) at
+   segment[offset] and data after it, the CRC32C of header + data computed in that one copy
+   (rpc/bulk.py owns the layout). ValueError if it does not fit. */
+static PyObject *n_span_put(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "span_put(segment, offset, seq, data)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer d, s;
+    if (PyObject_GetBuffer(args[0], &d, PyBUF_WRITABLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[3], &s, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&d); return NULL; }
+    if (offset < 0 || offset > d.len || d.len - offset < 16 || s.len > d.len - offset - 16) {
+        PyBuffer_Release(&d); PyBuffer_Release(&s);
+        PyErr_SetString(PyExc_ValueError, "span_put: the span does not fit the segment");
+        return NULL;
+    }
+    unsigned char head[16], *at = (unsigned char *)d.buf + offset;
+    put64(head, seq); put64(head + 8, (uint64_t)s.len);
+    uint32_t crc = crc32c_copy(at, head, 16, 0);
+    crc = crc_copy_released(at + 16, s.buf, s.len, crc);
+    PyBuffer_Release(&d); PyBuffer_Release(&s);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+/* span_take(segment, offset, length, seq, crc) -> bytes or None: the span at segment[offset]
+   (memory the sender, or anyone, may be writing) copied out once, header and data, the CRC32C
+   folded into the copy; then checked: the bytes (the caller's own) if the checksum and the
+   header's seq and length are those expected, None if not. ValueError if the span is not inside
+   the segment. */
+static PyObject *n_span_take(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "span_take(segment, offset, length, seq, crc)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), length = PyLong_AsSsize_t(args[2]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[3]);
+    uint32_t want;
+    if (PyErr_Occurred() || crc_argument(args[4], &want) < 0) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    if (offset < 0 || length < 0 || offset > v.len || v.len - offset < 16 || length > v.len - offset - 16) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "span_take: the span is not inside the segment");
+        return NULL;
+    }
+    const unsigned char *at = (const unsigned char *)v.buf + offset;
+    unsigned char head[16];
+    uint32_t crc = crc32c_copy(head, at, 16, 0);  /* copied, then checked */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
+    if (out) crc = crc_copy_released((unsigned char *)PyBytes_AS_STRING(out), at + 16, length, crc);
+    PyBuffer_Release(&v);
+    if (!out) return NULL;
+    if (crc != want || get64(head) != seq || get64(head + 8) != (uint64_t)length) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 /* ---------------------------------------------------------------- large payloads, routed away */
 
 /* The size of a bytes-like object (bytes, bytearray, memoryview, a numpy array: anything with a
@@ -187,12 +258,6 @@ static PyObject *n_bulk_guard(PyObject *Py_UNUSED(self), PyObject *args) {
 
 /* ---------------------------------------------------------------- writing a frame */
 
-static inline void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
-static inline void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
-static inline void put16(unsigned char *p, uint16_t v) { memcpy(p, &v, 2); }
-static inline uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static inline uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static inline uint16_t get16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 void frame_put(unsigned char *d, const void *payload, const frame_trailer *t) {
     size_t plen = t->payload_len;
@@ -346,6 +411,10 @@ static PyMethodDef frame_functions[] = {
      "copy_checksum(dst, src, crc=0): copy src into dst, returning the checksum of src continued from crc"},
     {"copy_out_checksum", (PyCFunction)(void (*)(void))n_copy_out_checksum, METH_FASTCALL,
      "copy_out_checksum(src, offset, length, crc=0) -> (bytes, checksum of them continued from crc)"},
+    {"span_put", (PyCFunction)(void (*)(void))n_span_put, METH_FASTCALL,
+     "span_put(segment, offset, seq, data) -> crc32c of the span written (rpc/bulk.py)"},
+    {"span_take", (PyCFunction)(void (*)(void))n_span_take, METH_FASTCALL,
+     "span_take(segment, offset, length, seq, crc) -> the span's data copied out, or None if it fails its check"},
     {"bulk_guard", n_bulk_guard, METH_VARARGS,
      "bulk_guard(pack, threshold, exception): pack, raising exception for a message with a large payload"},
     {NULL, NULL, 0, NULL},

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
 
-BULK_MIN = 16384  # payloads from this many bytes travel through the bulk segment
+BULK_MIN = 65536  # payloads from this many bytes travel through the bulk segment (below: inline, on the lanes)
 BULK_SIZE = (2 << 20) + 65536  # the bulk segment of each direction: 2 MiB of spans and room for headers
 MIN_SIZE = 4096  # a bulk segment made by a peer must have at least this many bytes (and at most MAX_SIZE)
 MAX_SIZE = 1 << 30
@@ -54,9 +54,8 @@ _ALIGN = 64
 DESCRIPTOR = struct.Struct("<QQQQI")  # segment id, offset, length, seq, crc
 _SPAN = struct.Struct("<QQ")  # seq, length
 _COUNT = struct.Struct("<Q")
-_checksum = _native.checksum
-_copy_checksum = _native.copy_checksum
-_copy_out = _native.copy_out_checksum
+_span_put, _span_take = _native.span_put, _native.span_take
+_pack_descriptor, _unpack_descriptor = DESCRIPTOR.pack, DESCRIPTOR.unpack
 
 
 def create(name: str) -> _segment.Segment:
@@ -90,12 +89,10 @@ class BulkOut:
         self._sent = 0  # spans handed out and not cancelled
         self._lock = threading.Lock()
 
-    def put(self, data: ReadableBuffer) -> bytes | None:
-        """Copy ``data`` into a span (checksummed in the copy): its descriptor, or None if there is
-        no room now (send it inline)."""
-        view = memoryview(data).cast("B")
-        n = view.nbytes
-        need = -(-(_SPAN.size + n) // _ALIGN) * _ALIGN
+    def put(self, data: ReadableBuffer, n: int) -> bytes | None:
+        """Copy ``data`` (``n`` bytes, C-contiguous) into a span, checksummed in the copy: its
+        descriptor, or None if there is no room now (send it inline)."""
+        need = (_SPAN.size + n + _ALIGN - 1) // _ALIGN * _ALIGN
         with self._lock:
             buf, peer = self._buf, self._peer_buf
             if buf is None or peer is None:
@@ -106,14 +103,10 @@ class BulkOut:
             if pos + need > self._size:
                 return None
             self._seq = seq = self._seq + 1
-            head = _SPAN.pack(seq, n)
-            span = buf[pos:pos + _SPAN.size + n]
-            span[:_SPAN.size] = head
-            crc = _copy_checksum(span[_SPAN.size:], view, _checksum(head))
-            span.release()
+            crc = _span_put(buf, pos, seq, data)
             self._pos = pos + need
             self._sent += 1
-        return DESCRIPTOR.pack(self.segment_id, pos, n, seq, crc)
+        return _pack_descriptor(self.segment_id, pos, n, seq, crc)
 
     def cancel(self, count: int) -> None:
         """``count`` spans put were not sent after all (their message failed): never awaited."""
@@ -153,7 +146,7 @@ class BulkIn:
         beyond it. :class:`UnmarshalError` if the descriptor or the span is bad (reused, overwritten,
         scribbled on)."""
         try:
-            seg, offset, length, seq, crc = DESCRIPTOR.unpack(descriptor)
+            seg, offset, length, seq, crc = _unpack_descriptor(descriptor)
         except struct.error:
             raise UnmarshalError("malformed bulk descriptor") from None
         buf = self._buf
@@ -167,13 +160,10 @@ class BulkIn:
             raise MessageTooLargeError(f"bulk data of {length} bytes exceeds what this side takes per message "
                                        "(its max_message_bytes); it was refused unread")
         budget[0] -= length
-        try:  # a slice of its own: closing the connection meanwhile leaves the mapping to it
-            span = buf[offset:offset + _SPAN.size + length]
-        except ValueError:  # closed meanwhile
+        try:  # copied out, then checked: the peer may be writing
+            data = _span_take(buf, offset, length, seq, crc)
+        except ValueError:  # closed meanwhile (a released view)
             raise UnmarshalError("bulk data on a closed connection") from None
-        head = bytes(span[:_SPAN.size])  # copied, then checked: the peer may be writing
-        data, got = _copy_out(span, _SPAN.size, length, _checksum(head))
-        span.release()
         with self._lock:  # read, right or wrong: the sender need not keep it
             if seq not in self._recent:
                 if len(self._recent) >= 64:
@@ -181,7 +171,7 @@ class BulkIn:
                 self._recent.add(seq)
                 self._consumed += 1
                 self._out.publish(self._consumed)
-        if got != crc or _SPAN.unpack(head) != (seq, length):
+        if data is None:
             raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
         return data
 
@@ -190,23 +180,32 @@ class BulkIn:
         self._region.unbind()
 
 
+_primed = False
+
+
+def _prime_allocator() -> None:
+    """Once per process: allocate and free a block as large as a bulk segment's spans. glibc maps a
+    large block afresh for every allocation (so each received 1 MiB payload paid 256 page faults,
+    more than its copy) until one so large was freed: then it serves blocks up to that size from its
+    heap, as it would after any program freed such a block (its dynamic mmap threshold)."""
+    global _primed
+    if not _primed:
+        _primed = True
+        block = bytearray(BULK_SIZE)
+        del block
+
+
 class Bulk:
     """Both directions of a connection's bulk data, for one side: ``out`` what it sends, ``inn``
     what it receives."""
 
     def __init__(self, mine: _segment.Segment, theirs: _segment.Segment) -> None:
+        _prime_allocator()
         self._segments = (mine, theirs)
         self.out = BulkOut(mine, theirs)
         self.inn = BulkIn(theirs, self.out)
-
-    def put(self, data: ReadableBuffer) -> bytes | None:
-        return self.out.put(data)
-
-    def cancel(self, count: int) -> None:
-        self.out.cancel(count)
-
-    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
-        return self.inn.take(descriptor, budget)
+        # what marshalling uses (marshal.BulkData): the sides' own methods
+        self.put, self.cancel, self.take = self.out.put, self.out.cancel, self.inn.take
 
     def close(self) -> None:
         self.inn.close()

@@ -117,7 +117,7 @@ class Packer(Protocol):
 class BulkData(Protocol):
     """What marshalling uses of a connection's bulk segments (:class:`ombm.rpc.bulk.Bulk`)."""
 
-    def put(self, data: ReadableBuffer, /) -> bytes | None: ...
+    def put(self, data: ReadableBuffer, n: int, /) -> bytes | None: ...
 
     def cancel(self, count: int, /) -> None: ...
 
@@ -209,21 +209,39 @@ def _array_head(arr: Any, scalar: bool) -> bytes:
     return _ARRAY_HEAD.pack(scalar, arr.ndim, len(dt)) + dt + struct.pack(f"<{arr.ndim}Q", *arr.shape)
 
 
+_ExtType = msgpack.ExtType
+
+
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """``ExtType(code, data)`` of our own making, without its argument checks."""
+    made: msgpack.ExtType = tuple.__new__(_ExtType, (code, data))
+    return made
+
+
 def _route(value: object, bulk: BulkData, budget: list[int]) -> object:
     """``value`` as it travels given bulk data: a large bytes-like or numpy value as its
     descriptor (an ``ExtType``) if it is within ``budget[0]`` bytes (reduced by it) and the bulk
     segment has room, else ``value`` itself (inline: the message limits apply to it there)."""
     kind = type(value)
-    if kind is bytes or kind is bytearray or kind is memoryview:
-        view = memoryview(value)  # type: ignore[arg-type]
-        n = view.nbytes
-        if n < BULK_MIN or n > budget[0] or not view.c_contiguous:
+    if kind is bytes or kind is bytearray:
+        n = len(value)  # type: ignore[arg-type]
+        if n < BULK_MIN or n > budget[0]:
             return value
-        found = bulk.put(view)
+        found = bulk.put(value, n)  # type: ignore[arg-type]
         if found is None:
             return value
         budget[0] -= n
-        return msgpack.ExtType(_EXT_BULK, found)
+        return _ext(_EXT_BULK, found)
+    if kind is memoryview:
+        view: memoryview = value  # type: ignore[assignment]
+        n = view.nbytes
+        if n < BULK_MIN or n > budget[0] or not view.c_contiguous:
+            return value
+        found = bulk.put(view, n)
+        if found is None:
+            return value
+        budget[0] -= n
+        return _ext(_EXT_BULK, found)
     np = sys.modules.get("numpy")
     if np is not None and kind is np.ndarray:
         arr: Any = value
@@ -231,11 +249,11 @@ def _route(value: object, bulk: BulkData, budget: list[int]) -> object:
         if n < BULK_MIN or n > budget[0] or arr.dtype.kind not in _ARRAY_KINDS or arr.dtype.fields is not None:
             return value
         arr = np.ascontiguousarray(arr)
-        found = bulk.put(arr.reshape(-1).view(np.uint8))
+        found = bulk.put(arr.reshape(-1).view(np.uint8), n)  # (datetime arrays export no buffer)
         if found is None:
             return value
         budget[0] -= n
-        return msgpack.ExtType(_EXT_BULK_ARRAY, _array_head(arr, False) + found)
+        return _ext(_EXT_BULK_ARRAY, _array_head(arr, False) + found)
     return value
 
 
@@ -245,9 +263,15 @@ def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkDa
     most ``limit`` bytes of them), and how many went (the caller cancels them if the message is
     not sent); None if none did."""
     budget = [limit]
-    routed = tuple(_route(arg, bulk, budget) for arg in args)
+    routed = tuple([_route(arg, bulk, budget) for arg in args])
     named = {key: _route(arg, bulk, budget) for key, arg in kwargs.items()} if kwargs else kwargs
-    count = sum(1 for arg in (*routed, *named.values()) if type(arg) is msgpack.ExtType)
+    count = 0
+    for arg in routed:
+        if type(arg) is _ExtType:
+            count += 1
+    for arg in named.values():
+        if type(arg) is _ExtType:
+            count += 1
     return (routed, named, count) if count else None
 
 
@@ -346,7 +370,7 @@ _NO_KWARGS: dict[str, object] = {}  # packed for a call without keyword argument
 # a tuple's items are keys too)
 _KEY_TYPES = (str, bytes, int, float, type(None), tuple)
 # values that hold no dict: the walk skips them at the cost of one set lookup
-_LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview))
+_LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview, msgpack.ExtType))
 _MAX_DEPTH = 512  # msgpack's own nesting limit: deeper data fails to pack anyway
 
 
