@@ -179,13 +179,8 @@ def checksum(buffer: ReadableBuffer, crc: int = 0, /) -> int:
 def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
     """``checksum`` computed by the portable table, whatever ``CRC32C_IMPL`` is (for the tests)."""
 
-def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, crc: int = 0, /) -> int:
-    """Copy ``src`` into the start of ``dst``; the CRC32C of ``src`` continued from ``crc``, computed in the
-    same pass."""
-
-def copy_out_checksum(src: ReadableBuffer, offset: int, length: int, crc: int = 0, /) -> tuple[bytes, int]:
-    """A new bytes object holding ``src[offset:offset + length]`` (ValueError if that is outside ``src``),
-    and its CRC32C continued from ``crc``, computed in the same pass (rpc/bulk.py: the receiver's one copy)."""
+def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
+    """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
 
 def span_put(segment: WriteableBuffer, offset: int, seq: int, data: ReadableBuffer, /) -> int:
     """Write a bulk span at ``segment[offset]``: header (u64 seq, u64 length), then ``data``; the CRC32C of header and

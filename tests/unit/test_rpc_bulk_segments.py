@@ -186,12 +186,18 @@ def test_the_guard_routes_large_payloads_away_from_the_lanes():
     assert msgpack.unpackb(packer.pack([0, "x" * bulk.BULK_MIN])) == [0, "x" * bulk.BULK_MIN]  # str: not a buffer
 
 
-def test_copy_out_checksum_bounds_and_sum():
+def test_span_put_and_take_check_bounds_and_contents():
+    seg = bytearray(4096)
     data = os.urandom(1000)
-    out, crc = _native.copy_out_checksum(data, 10, 500, 7)
-    assert out == data[10:510] and crc == _native.checksum(data[10:510], 7)
-    for offset, length in ((-1, 5), (0, 1001), (1000, 1), (999, -1), (1 << 62, 1)):
+    crc = _native.span_put(seg, 64, 7, data)
+    assert crc == _native.checksum(data, _native.checksum(struct.pack("<QQ", 7, 1000)))
+    assert _native.span_take(seg, 64, 1000, 7, crc) == data
+    assert _native.span_take(seg, 64, 1000, 8, crc) is None  # another generation
+    assert _native.span_take(seg, 64, 999, 7, crc) is None  # another length
+    seg[500] ^= 1
+    assert _native.span_take(seg, 64, 1000, 7, crc) is None  # scribbled on
+    for offset, length in ((-1, 5), (0, 4096 - 15), (4096 - 15, 0), (64, -1), (1 << 62, 1)):
         with pytest.raises(ValueError):
-            _native.copy_out_checksum(data, offset, length)
-    dst = bytearray(10)
-    assert _native.copy_checksum(dst, b"abc", 9) == _native.checksum(b"abc", 9)
+            _native.span_take(seg, offset, length, 7, crc)
+    with pytest.raises(ValueError):
+        _native.span_put(seg, 4096 - 1000, 1, data)

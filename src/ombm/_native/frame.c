@@ -2,8 +2,8 @@
  * Frames and their checksum (paper §4: the checksum folded into the unmarshal copy, "integrated
  * layer processing"): the checksum (CRC32C, crc32c.c) and the fused copy-and-checksum for Python;
  * a frame written (frame_put, frame_bytes, frame_encode); THE frame check that every reader uses
- * (frame_take: the lanes, and frame_decode under transport/wire.py); the copy out of a large
- * payload and the guard that routes large payloads away from the lanes (rpc/bulk.py). The format is
+ * (frame_take: the lanes, and frame_decode under transport/wire.py); the spans of a bulk segment
+ * and the guard that routes large payloads away from the lanes (rpc/bulk.py). The format is
  * transport/wire.py's.
  */
 #include "frame.h"
@@ -67,14 +67,11 @@ static PyObject *n_checksum_table(PyObject *Py_UNUSED(self), PyObject *const *ar
     return checksum_by(args, nargs, 1);
 }
 
-/* copy_checksum(dst, src, crc=0): copy src into the start of dst and return the checksum
-   of what was read, continued from crc, computed in the same pass (paper §4, integrated layer
-   processing). */
+/* copy_checksum(dst, src): copy src into the start of dst and return the checksum
+   of what was read, computed in the same pass (paper §4, integrated layer processing). */
 static PyObject *n_copy_checksum(PyObject *Py_UNUSED(self), PyObject *args) {
-    PyObject *dsto, *srco, *crco = NULL;
-    if (!PyArg_ParseTuple(args, "OO|O", &dsto, &srco, &crco)) return NULL;
-    uint32_t crc0 = 0;
-    if (crco && crc_argument(crco, &crc0) < 0) return NULL;
+    PyObject *dsto, *srco;
+    if (!PyArg_ParseTuple(args, "OO", &dsto, &srco)) return NULL;
     Py_buffer d, s;
     if (PyObject_GetBuffer(dsto, &d, PyBUF_WRITABLE) < 0) return NULL;
     if (PyObject_GetBuffer(srco, &s, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&d); return NULL; }
@@ -83,37 +80,9 @@ static PyObject *n_copy_checksum(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "copy_checksum: destination smaller than source");
         return NULL;
     }
-    uint32_t crc = crc_copy_released(d.buf, s.buf, s.len, crc0);
+    uint32_t crc = crc_copy_released(d.buf, s.buf, s.len, 0);
     PyBuffer_Release(&d); PyBuffer_Release(&s);
     return PyLong_FromUnsignedLong(crc);
-}
-
-/* copy_out_checksum(src, offset, length, crc=0) -> (bytes, crc): a new bytes object holding
-   src[offset:offset + length] (memory another process may be writing: bounds checked against the
-   buffer, read once), and the checksum of what was read, continued from crc, computed in the same
-   pass: the receiver's one copy of a large payload (rpc/bulk.py), checked after the copy. */
-static PyObject *n_copy_out_checksum(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 3 || nargs > 4) {
-        PyErr_SetString(PyExc_TypeError, "copy_out_checksum(src, offset, length, crc=0)");
-        return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), length = PyLong_AsSsize_t(args[2]);
-    if ((offset == -1 || length == -1) && PyErr_Occurred()) return NULL;
-    uint32_t crc = 0;
-    if (nargs == 4 && crc_argument(args[3], &crc) < 0) return NULL;
-    Py_buffer s;
-    if (PyObject_GetBuffer(args[0], &s, PyBUF_SIMPLE) < 0) return NULL;
-    if (offset < 0 || length < 0 || offset > s.len || length > s.len - offset) {
-        PyBuffer_Release(&s);
-        PyErr_SetString(PyExc_ValueError, "copy_out_checksum: span outside the buffer");
-        return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, length);
-    if (out) crc = crc_copy_released((unsigned char *)PyBytes_AS_STRING(out), (unsigned char *)s.buf + offset, length, crc);
-    PyBuffer_Release(&s);
-    if (!out) return NULL;
-    PyObject *r = Py_BuildValue("(Nk)", out, (unsigned long)crc);
-    return r;
 }
 
 /* ---------------------------------------------------------------- spans of a bulk segment */
@@ -407,10 +376,7 @@ static PyMethodDef frame_functions[] = {
      "checksum(buffer, crc=0): the CRC32C of a buffer, continued from crc"},
     {"checksum_table", (PyCFunction)(void (*)(void))n_checksum_table, METH_FASTCALL,
      "checksum_table(buffer, crc=0): checksum by the portable table, whatever CRC32C_IMPL is"},
-    {"copy_checksum", n_copy_checksum, METH_VARARGS,
-     "copy_checksum(dst, src, crc=0): copy src into dst, returning the checksum of src continued from crc"},
-    {"copy_out_checksum", (PyCFunction)(void (*)(void))n_copy_out_checksum, METH_FASTCALL,
-     "copy_out_checksum(src, offset, length, crc=0) -> (bytes, checksum of them continued from crc)"},
+    {"copy_checksum", n_copy_checksum, METH_VARARGS, "copy src into dst, returning the checksum of src"},
     {"span_put", (PyCFunction)(void (*)(void))n_span_put, METH_FASTCALL,
      "span_put(segment, offset, seq, data) -> crc32c of the span written (rpc/bulk.py)"},
     {"span_take", (PyCFunction)(void (*)(void))n_span_take, METH_FASTCALL,
