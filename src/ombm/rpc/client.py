@@ -325,7 +325,12 @@ class Client:
         if self._where is not None:  # the server's host replicates both (docs/net.md): named as they are there
             names = {key: remote.offer_segment(local, self._where, self.timeout) for key, local in names.items()}
         else:  # large payloads beside the channels (rpc/bulk.py): across hosts they travel inline
-            self._bulk_segments = (bulk.create(f"{tag}-bq"), bulk.create(f"{tag}-bp"))
+            calls = bulk.create(f"{tag}-bq")
+            try:
+                self._bulk_segments = (calls, bulk.create(f"{tag}-bp"))
+            except BaseException:
+                calls.release()
+                raise
             names.update(bq=self._bulk_segments[0].name, bp=self._bulk_segments[1].name)
         conn_id = namespace.new_token()
         pid, start = namespace.me()

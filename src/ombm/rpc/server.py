@@ -210,20 +210,21 @@ class Server:
         if conn_id in self._connections or not (remote.is_replica_name(req_name) or namespace.is_alive(pid, start)):
             self.stats["bad_connects"] += 1
             return None
-        request = reply = None
+        request = reply = bulk_data = None
         try:  # the client made these channels: what they hold is hostile input
             request = SlotChannel.open(req_name, writable=False)
             if request.segment.id == self._well_known.segment.id or request.segment.id in self._by_segment:
                 raise ValueError("a channel this server already serves: a hostile or confused CONNECT")
             reply = SlotChannel.open(rep_name, writable=True)
+            bulk_data = self._open_bulk(*bulk_names)
             conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
-                               self.max_message_bytes, self._refuse, max_reply, self._open_bulk(*bulk_names))
+                               self.max_message_bytes, self._refuse, max_reply, bulk_data)
             region = request.region
             conn.handle = self._receiver.add_handler(  # DirectoryFullError if the client's directory is full
                 region.address, region.size, lambda address: self._guarded(conn, address - region.address)
             )
         except (SegmentNotFoundError, SegmentFormatError, DirectoryFullError, ValueError):
-            for channel in (reply, request):
+            for channel in (bulk_data, reply, request):
                 if channel is not None:
                     channel.close()
             self.stats["bad_connects"] += 1
