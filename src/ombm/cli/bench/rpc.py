@@ -477,7 +477,9 @@ def markdown(result: RpcResult) -> str:
              f"({plan.peer_calls['64 KiB']:,} at 64 KiB, {plan.peer_calls['1 MiB']:,} at 1 MiB), after "
              f"{plan.warmup} warm-up calls. *ombm software-only* is the paper's Soft MBM: every signal a "
              f"system call into the receiver's kernel queue. *os.pipe + msgpack*: the smallest RPC a user would "
-             f"write, `(\"echo\", payload)` packed with msgpack, length-prefixed, over two pipes.", ""]
+             f"write, `(\"echo\", payload)` packed with msgpack, length-prefixed, over two pipes. ombm's "
+             f"64 KiB and 1 MiB payloads travel through the connection's bulk segments (docs/rpc.md, *Large "
+             f"payloads*: copied once on each side, the checksum folded into each copy).", ""]
     for placement, systems in result.calls.items():
         parts += [f"### Call latency, {placement}: median µs (p99)", ""]
         rows = []
