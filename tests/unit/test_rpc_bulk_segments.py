@@ -201,3 +201,17 @@ def test_span_put_and_take_check_bounds_and_contents():
             _native.span_take(seg, offset, length, 7, crc)
     with pytest.raises(ValueError):
         _native.span_put(seg, 4096 - 1000, 1, data)
+
+
+def test_the_lanes_hook_takes_bulk_data_only_within_the_budget_set(pair):
+    """The client's lane unmarshals a reply's bulk data itself only within the budget set for that call;
+    beyond it the reply fails there (and Python unmarshals it anew, with the message's own budget)."""
+    sender, receiver = pair
+    budget = [0]
+    hook = marshal.ext_hook(False, receiver, budget)
+    reply = marshal.encode_result(_payload(), bulk=sender)
+    with pytest.raises(MessageTooLargeError):
+        msgpack.unpackb(reply, ext_hook=hook)
+    budget[0] = N
+    assert len(msgpack.unpackb(reply, ext_hook=hook)[1]) == N and budget[0] == 0
+    assert marshal.ext_hook(False) is marshal.ext_hook(False, None, budget)  # no bulk data: the plain hook

@@ -218,6 +218,7 @@ class Client:
         self._lane: _native.CallLane | None = None
         self._fast: _native.CallLane | None = None
         self._bulk: Bulk | None = None  # the session's bulk segments (large payloads), if the server took them
+        self._lane_budget = [0]  # bulk bytes the lane may take out of the next reply (set for a call with bulk data)
         self._bulk_segments: tuple[Segment, Segment] | None = None  # made, offered, not yet taken or refused
         _CLIENTS.add(self)
         try:
@@ -379,7 +380,7 @@ class Client:
                 self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
                 marshal.packer(self.allow_pickle) if self._bulk is None else marshal.guarded_packer(self.allow_pickle),
-                msgpack.unpackb, marshal.ext_hook(self.allow_pickle),
+                msgpack.unpackb, marshal.ext_hook(self.allow_pickle, self._bulk, self._lane_budget),
             )
         self._fast = self._lane
 
@@ -578,7 +579,12 @@ class Client:
         routed = marshal.route_args(args, kwargs, self._bulk, self._max_message)
         if routed is None:
             return unsent
-        result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)
+        budget = self._lane_budget
+        budget[0] = self.max_message_bytes  # its reply's bulk data, copied out by the lane itself
+        try:
+            result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)
+        finally:
+            budget[0] = 0  # a reply beyond it, or to another call: unmarshalled by Python (_decode_reply)
         if result.status >= _LANE_UNSENT:  # nothing sent: the ordinary way puts them again
             self._bulk.cancel(routed[2])
         return result

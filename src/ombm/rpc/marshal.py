@@ -586,10 +586,16 @@ def _hook(allow_pickle: bool, bulk: BulkData | None, limit: int) -> ExtHook:
 _unpackb = msgpack.unpackb
 
 
-def ext_hook(allow_pickle: bool = False) -> ExtHook:
+def ext_hook(allow_pickle: bool = False, bulk: BulkData | None = None, budget: list[int] | None = None) -> ExtHook:
     """The msgpack ``ext_hook`` the decoders use: for a native decoder of plain results (the
-    RPC call lane unmarshals ``[0, result]`` replies with it, as :func:`decode_reply` would)."""
-    return _ext_hook_pickle if allow_pickle else _ext_hook_safe
+    RPC call lane unmarshals ``[0, result]`` replies with it, as :func:`decode_reply` would).
+
+    With ``bulk``, large payloads are copied out of it while ``budget[0]`` (bytes, reduced by each)
+    allows: the caller sets it before each message it expects to carry bulk data, and a message
+    beyond it fails to unmarshal here (``MessageTooLargeError``), for Python to decode anew."""
+    if bulk is None:
+        return _ext_hook_pickle if allow_pickle else _ext_hook_safe
+    return _bulk_hook(bulk, [0] if budget is None else budget, allow_pickle)
 
 
 def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkData | None = None,
