@@ -21,7 +21,6 @@ from typing import Any
 
 from ombm import aio as _aio
 from ombm.errors import CallTimeout
-from ombm.rpc import marshal
 from ombm.rpc.client import Client, _Pending, connect
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -61,7 +60,7 @@ class AsyncClient:
             raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
         if pending.gone:
             raise client._gone_error()
-        return marshal.decode_reply(pending.data, allow_pickle=client.allow_pickle)
+        return client._decode_reply(pending.data)  # (large payloads out of its bulk segment)
 
     async def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         if self.client._gone:

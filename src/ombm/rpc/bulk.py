@@ -1,9 +1,12 @@
 """Bulk segments: large payloads of RPC calls and replies, beside the channels (paper §8, "moving
 large amounts of data").
 
-A connection has one bulk segment per direction, made by the client with its channels and
-written only by that direction's sender (``-bq``: the client's calls, ``-bp``: the server's
-replies).  A bytes-like or numpy argument or result of :data:`BULK_MIN` bytes or more is copied
+A connection has one bulk segment per direction, made by the client and written only by that
+direction's sender (``-bq``: the client's calls, ``-bp``: the server's replies).  The client makes
+them at its first call with a large payload and offers them to the server by a call of the
+server's reserved method :data:`BULK_OFFER` (their names); a server that does not take them (an
+older one: no such method) leaves every payload of the connection inline, and so does a client of
+another host (the segments are not replicated).  A bytes-like or numpy argument or result of :data:`BULK_MIN` bytes or more is copied
 straight into the sender's bulk segment, its checksum computed in that copy (the one copy on the
 sending side), and the message carries a **descriptor** in its place (:mod:`ombm.rpc.marshal`
 packs it as an ext type)::
@@ -43,8 +46,9 @@ from ombm.errors import MessageTooLargeError, UnmarshalError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
+__all__ = ["BULK_OFFER", "BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
 
+BULK_OFFER = "_ombm_bulk"  # the server's reserved method: the client offers its bulk segments (names)
 BULK_MIN = 65536  # payloads from this many bytes travel through the bulk segment (below: inline, on the lanes)
 BULK_SIZE = (2 << 20) + 65536  # the bulk segment of each direction: 2 MiB of spans and room for headers
 MIN_SIZE = 4096  # a bulk segment made by a peer must have at least this many bytes (and at most MAX_SIZE)

@@ -47,9 +47,11 @@ from ombm.core import lifecycle, namespace, remote
 from ombm.errors import CallTimeout, ClosedError, ForkedError, FrameError, SegmentFormatError, SegmentNotFoundError
 from ombm.errors import BridgeError, ChannelBrokenError, ServerGoneError
 from ombm.errors import MessageTooLargeError, RemoteError, ServiceNotFoundError, UnmarshalError
+from ombm.errors import SegmentExistsError, SharedMemoryFullError
 from ombm.core.signals import Receiver
 from ombm.core.stats import COUNTERS
 from ombm.rpc import bulk, marshal
+from ombm.rpc.bulk import BULK_OFFER as _BULK_OFFER
 from ombm.rpc.bulk import Bulk
 from ombm.core.segment import Segment
 from ombm.rpc.locate import locate
@@ -159,6 +161,25 @@ class Future(concurrent.futures.Future[Any]):
             pass  # another thread finished it first
 
 
+class _LaneBulk:
+    """Where the lane's ext hook takes a reply's bulk data from: the session's bulk segments, once
+    the server took them (until then no reply can carry any)."""
+
+    bulk: Bulk | None = None
+
+    def put(self, data: object, n: int) -> bytes | None:
+        return None
+
+    def cancel(self, count: int) -> None:
+        pass
+
+    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
+        taken = self.bulk
+        if taken is None:
+            raise UnmarshalError("bulk data before this client offered bulk segments")
+        return taken.take(descriptor, budget)
+
+
 class Client:
     """A connection to one service; call its methods as attributes: ``client.add(1, 2)``."""
 
@@ -217,9 +238,14 @@ class Client:
         # _fast: the lane call() takes, None while gone or closed (call() then goes the ordinary way)
         self._lane: _native.CallLane | None = None
         self._fast: _native.CallLane | None = None
-        self._bulk: Bulk | None = None  # the session's bulk segments (large payloads), if the server took them
+        # the session's bulk segments (large payloads, rpc/bulk.py): made and offered to the server at the
+        # first large payload (_offer_bulk)
+        self._bulk: Bulk | None = None
+        self._bulk_state = "none"  # "none" (not offered yet), "taken", "refused" (across hosts, an older server)
+        self._bulk_tag = ""
+        self._bulk_lock = threading.Lock()
+        self._lane_bulk_data = _LaneBulk()  # what the lane's ext hook takes bulk data from
         self._lane_budget = [0]  # bulk bytes the lane may take out of the next reply (set for a call with bulk data)
-        self._bulk_segments: tuple[Segment, Segment] | None = None  # made, offered, not yet taken or refused
         _CLIENTS.add(self)
         try:
             self._establish(self.wait)
@@ -322,17 +348,11 @@ class Client:
         self._receiver.add_handler(region.address, region.size, self._on_reply)
         self._reply_segment = self._reply.segment.id
         names = {"req": self._request.name, "rep": self._reply.name}
-        self._bulk_segments = None
+        self._bulk_tag = tag
+        # across hosts large payloads travel inline: the bulk segments are not replicated
+        self._bulk_state = "none" if self._where is None else "refused"
         if self._where is not None:  # the server's host replicates both (docs/net.md): named as they are there
             names = {key: remote.offer_segment(local, self._where, self.timeout) for key, local in names.items()}
-        else:  # large payloads beside the channels (rpc/bulk.py): across hosts they travel inline
-            calls = bulk.create(f"{tag}-bq")
-            try:
-                self._bulk_segments = (calls, bulk.create(f"{tag}-bp"))
-            except BaseException:
-                calls.release()
-                raise
-            names.update(bq=self._bulk_segments[0].name, bp=self._bulk_segments[1].name)
         conn_id = namespace.new_token()
         pid, start = namespace.me()
         hello = msgpack.packb({**names, "conn": conn_id, "pid": pid,
@@ -355,13 +375,6 @@ class Client:
             self._receiver.wait(min(left, backoff))
             backoff = min(backoff * 2, 0.1)
         self._server = (self._hello["pid"], self._hello["start"])
-        segments, self._bulk_segments = self._bulk_segments, None
-        if segments is not None:
-            if self._hello["bulk"]:
-                self._bulk = bulk.Bulk(*segments)
-            else:  # a server that takes none: every payload inline
-                for seg in segments:
-                    seg.release()
         max_payload = min(self._hello["max_payload"], self._request.max_payload)
         # min RTO 2 ms: a local loss is rare, a wake-up's tail is not (paper §4: the timer costs little);
         # across hosts a round trip passes two bridges and the network: the RTO starts higher and adapts
@@ -379,8 +392,8 @@ class Client:
             self._lane = _native.CallLane(
                 self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
-                marshal.packer(self.allow_pickle) if self._bulk is None else marshal.guarded_packer(self.allow_pickle),
-                msgpack.unpackb, marshal.ext_hook(self.allow_pickle, self._bulk, self._lane_budget),
+                marshal.guarded_packer(self.allow_pickle), msgpack.unpackb,
+                marshal.ext_hook(self.allow_pickle, self._lane_bulk_data, self._lane_budget),
             )
         self._fast = self._lane
 
@@ -425,7 +438,6 @@ class Client:
             return None
         given = {key: hello.get(key) for key in ("pid", "start", "max_payload")}
         given["max_message"] = hello.get("max_message", DEFAULT_MAX_MESSAGE_BYTES)  # older servers do not say
-        given["bulk"] = hello.get("bulk", 0)  # 1: it took our bulk segments
         fields = {key: value for key, value in given.items() if type(value) is int}
         if len(fields) != len(given):
             return None
@@ -453,7 +465,8 @@ class Client:
             raise self._closed_error()
         if self._gone:
             self._reconnect()
-        bulk_data = self._bulk  # large payloads through the bulk segment (spans given back if not sent)
+        # large payloads through the bulk segment (spans given back if not sent)
+        bulk_data = self._bulk if self._bulk_state != "none" else self._offer_bulk(args, kwargs)
         routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data, self._max_message)
         try:
             data = marshal.encode_call(method, *(routed[:2] if routed else (args, kwargs)),
@@ -529,7 +542,7 @@ class Client:
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
-            if result.status == _LANE_UNSENT and self._bulk is not None:
+            if result.status == _LANE_UNSENT and self._bulk is not None:  # (none yet: the ordinary way offers them)
                 result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
@@ -588,6 +601,42 @@ class Client:
         if result.status >= _LANE_UNSENT:  # nothing sent: the ordinary way puts them again
             self._bulk.cancel(routed[2])
         return result
+
+    def _offer_bulk(self, args: tuple[object, ...], kwargs: dict[str, object]) -> Bulk | None:
+        """The session's bulk segments, made and offered to the server now if the call has a large
+        payload and none were offered yet (a call of the server's reserved method ``_ombm_bulk``,
+        the ordinary way); None if it has none or the server does not take them."""
+        if not marshal.has_large(args, kwargs, self._max_message):
+            return None  # nothing large in this call (or too large to go: inline, refused)
+        with self._bulk_lock:
+            if self._bulk_state != "none":
+                return self._bulk
+            segments: list[Segment] = []
+            try:
+                segments.append(bulk.create(f"{self._bulk_tag}-bq"))
+                segments.append(bulk.create(f"{self._bulk_tag}-bp"))
+                offer = marshal.encode_call(_BULK_OFFER, (segments[0].name, segments[1].name))
+                took = marshal.decode_reply(self._call_data(offer))
+            except (RemoteError, SegmentExistsError, SharedMemoryFullError):  # an older server, no room
+                took = False
+            except BaseException:
+                for seg in segments:
+                    seg.release()
+                raise
+            if took is not True:
+                for seg in segments:
+                    seg.release()
+                self._bulk_state = "refused"
+                return None
+            self._bulk = self._lane_bulk_data.bulk = bulk.Bulk(segments[0], segments[1])
+            self._bulk_state = "taken"
+            return self._bulk
+
+    def _call_data(self, data: bytes) -> bytes | bytearray:
+        """Send a marshalled call the ordinary way and wait for its reply: the reply's bytes."""
+        call_id, pending = self._submit(data, False)
+        self._wait(call_id, pending, time.monotonic() + self.timeout)
+        return pending.data
 
     def _decode_reply(self, data: bytes | bytearray) -> Any:
         """A reply's result (``RemoteError`` if the call raised), large payloads copied out of the bulk segment."""
@@ -921,11 +970,9 @@ class Client:
             if ch is not None:
                 ch.close()
         bulk_data, self._bulk = self._bulk, None
+        self._lane_bulk_data.bulk = None
         if bulk_data is not None:
             bulk_data.close()
-        for seg in self._bulk_segments or ():  # made, the server's answer not yet in
-            seg.release()
-        self._bulk_segments = None
 
     def _closed_error(self) -> ClosedError:
         if self._forked:

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply", "check_keys",
            "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook", "register_type",
-           "BulkData", "guarded_packer", "route_args"]
+           "BulkData", "guarded_packer", "route_args", "has_large"]
 
 _EXT_NDARRAY = 1
 _EXT_PICKLE = 2
@@ -255,6 +255,27 @@ def _route(value: object, bulk: BulkData, budget: list[int]) -> object:
         budget[0] -= n
         return _ext(_EXT_BULK_ARRAY, _array_head(arr, False) + found)
     return value
+
+
+def _is_large(value: object, limit: int) -> bool:
+    """Whether ``value`` is a payload :func:`_route` would send through the bulk segment (at most
+    ``limit`` bytes)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return BULK_MIN <= len(value) <= limit  # type: ignore[arg-type]
+    if kind is memoryview:
+        return BULK_MIN <= value.nbytes <= limit and value.c_contiguous  # type: ignore[attr-defined, no-any-return]
+    np = sys.modules.get("numpy")
+    if np is not None and kind is np.ndarray:
+        arr: Any = value
+        return bool(BULK_MIN <= arr.nbytes <= limit and arr.dtype.kind in _ARRAY_KINDS and arr.dtype.fields is None)
+    return False
+
+
+def has_large(args: tuple[object, ...], kwargs: dict[str, object], limit: int) -> bool:
+    """Whether a call has an argument that would travel through a bulk segment (given one, and at
+    most ``limit`` bytes of bulk data)."""
+    return any(_is_large(arg, limit) for arg in args) or any(_is_large(arg, limit) for arg in kwargs.values())
 
 
 def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkData,

@@ -80,7 +80,7 @@ def _bulk_of(limit: int) -> Bulk | None:
 class _Connection:
     def __init__(self, conn_id: int, nonce: int, request: SlotChannel, reply: SlotChannel, pid: int, start: int,
                  max_payload: int, max_message_bytes: int, refusal: Callable[[bool], bytes | None],
-                 max_reply: int, bulk_data: Bulk | None = None) -> None:
+                 max_reply: int) -> None:
         self.conn_id = conn_id
         self.nonce = nonce
         self.request = request
@@ -97,7 +97,7 @@ class _Connection:
         # the largest result the client takes: its reply channel, and its limit (it drops a reply
         # whose fragments x max_payload exceed it; one frame always goes)
         self.limit = _Limit(min(reply.max_message, max(max_payload, max_reply // max_payload * max_payload)))
-        self.limit.bulk = self.bulk = bulk_data  # large payloads beside the channels (rpc/bulk.py)
+        self.bulk: Bulk | None = None  # large payloads beside the channels (rpc/bulk.py), once the client offers them
 
     def close(self) -> None:
         if self.handle is not None:
@@ -189,7 +189,6 @@ class Server:
             req_name, rep_name = str(hello["req"]), str(hello["rep"])
             conn_id, pid, start = int(hello["conn"]), int(hello["pid"]), int(hello["start"])
             max_reply = int(hello.get("max_reply", DEFAULT_MAX_MESSAGE_BYTES))  # older clients do not say
-            bulk_names = (hello.get("bq"), hello.get("bp"))  # its bulk segments, if it offers them
             if not (0 < conn_id < 1 << 64 and 0 < pid < 1 << 31 and 0 <= start < 1 << 64 and max_reply > 0):
                 raise ValueError("connection id, pid, start time or reply limit out of range")
         except (FrameError, ValueError, KeyError, TypeError, msgpack.UnpackException):
@@ -197,34 +196,33 @@ class Server:
             return
         conn = self._by_nonce.get(nonce)
         if conn is None:
-            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start, max_reply, bulk_names)
+            conn = self._accept(conn_id, nonce, req_name, rep_name, pid, start, max_reply)
             if conn is None:
                 return
         me_pid, me_start = namespace.me()
         ack = msgpack.packb({"pid": me_pid, "start": me_start, "max_payload": conn.request.max_payload,
-                             "max_message": self.max_message_bytes, "bulk": int(conn.bulk is not None)})
+                             "max_message": self.max_message_bytes})
         conn.reply.send(wire.encode(wire.Kind.ACK, conn.conn_id, nonce, ack))
 
     def _accept(self, conn_id: int, nonce: int, req_name: str, rep_name: str, pid: int, start: int,
-                max_reply: int, bulk_names: tuple[object, object] = (None, None)) -> _Connection | None:
+                max_reply: int) -> _Connection | None:
         if conn_id in self._connections or not (remote.is_replica_name(req_name) or namespace.is_alive(pid, start)):
             self.stats["bad_connects"] += 1
             return None
-        request = reply = bulk_data = None
+        request = reply = None
         try:  # the client made these channels: what they hold is hostile input
             request = SlotChannel.open(req_name, writable=False)
             if request.segment.id == self._well_known.segment.id or request.segment.id in self._by_segment:
                 raise ValueError("a channel this server already serves: a hostile or confused CONNECT")
             reply = SlotChannel.open(rep_name, writable=True)
-            bulk_data = self._open_bulk(*bulk_names)
             conn = _Connection(conn_id, nonce, request, reply, pid, start, min(request.max_payload, reply.max_payload),
-                               self.max_message_bytes, self._refuse, max_reply, bulk_data)
+                               self.max_message_bytes, self._refuse, max_reply)
             region = request.region
             conn.handle = self._receiver.add_handler(  # DirectoryFullError if the client's directory is full
                 region.address, region.size, lambda address: self._guarded(conn, address - region.address)
             )
         except (SegmentNotFoundError, SegmentFormatError, DirectoryFullError, ValueError):
-            for channel in (bulk_data, reply, request):
+            for channel in (reply, request):
                 if channel is not None:
                     channel.close()
             self.stats["bad_connects"] += 1
@@ -244,9 +242,22 @@ class Server:
         logger.info("%r: accepted a connection from pid %d%s", self.name, pid, " (another host)" if conn.remote else "")
         return conn
 
+    def _take_bulk(self, conn: _Connection, args: tuple[object, ...]) -> bool:
+        """A call of the reserved method ``bulk.BULK_OFFER``: the client offers its bulk segments (the
+        names of its calls' and its replies'). Whether they were taken (else every payload of the
+        connection travels inline)."""
+        taken = self._open_bulk(*args) if len(args) == 2 else None
+        if taken is None:
+            return False
+        old, conn.bulk = conn.bulk, taken
+        conn.limit.bulk = taken
+        if old is not None:  # offered again: the new ones replace them
+            old.close()
+        return True
+
     def _open_bulk(self, calls: object, replies: object) -> Bulk | None:
-        """The bulk segments a client offered (its calls', its replies'), or None (then every payload
-        of the connection travels inline): the client made them, so they are checked as hostile input."""
+        """The bulk segments a client offered, or None: the client made them, so they are checked as
+        hostile input."""
         if not (isinstance(calls, str) and isinstance(replies, str)):
             return None
         theirs = mine = None
@@ -331,6 +342,8 @@ class Server:
             except MessageTooLargeError:  # its bulk data: refused unread, answered with the error
                 self.stats["refused"] += 1
                 raise
+            if method == bulk.BULK_OFFER and call is not None:
+                return marshal.encode_result(self._take_bulk(call[0], args)), False
             fn = self._methods.get(method)
             if fn is None:
                 raise AttributeError(f"service {self.name!r} has no method {method!r}")
