@@ -124,3 +124,15 @@ def test_the_server_takes_only_bulk_segments_it_can_use(calc):
         assert cli.call(bulk.BULK_OFFER, well_known, well_known) is False  # a channel, and one segment twice
         assert cli.call(bulk.BULK_OFFER, 1, 2) is False
         assert cli.add(2, 2) == 4
+
+
+def test_a_server_that_does_not_take_bulk_segments_gets_every_payload_inline(calc, monkeypatch):
+    """As with an older server (no reserved method): the offer fails once, the client releases its
+    bulk segments and sends every payload inline, right."""
+    from ombm.rpc import client as client_module
+    monkeypatch.setattr(client_module, "_BULK_OFFER", "_no_such_method")
+    data = pattern(1 << 20)
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        assert cli.identity(data) == data and cli.identity(data) == data
+        assert cli._bulk is None and cli._bulk_state == "refused"
+        assert len(segments_of(calc)) == 3  # no bulk segment left behind
