@@ -167,12 +167,6 @@ class _LaneBulk:
 
     bulk: Bulk | None = None
 
-    def put(self, data: object, n: int) -> bytes | None:
-        return None
-
-    def cancel(self, count: int) -> None:
-        pass
-
     def take(self, descriptor: bytes, budget: list[int]) -> bytes:
         taken = self.bulk
         if taken is None:

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_error", "decode_reply", "check_keys",
            "RemoteError", "UnmarshalError", "Packer", "ExtHook", "packer", "ext_hook", "register_type",
-           "BulkData", "guarded_packer", "route_args", "has_large"]
+           "BulkData", "BulkReader", "guarded_packer", "route_args", "has_large"]
 
 _EXT_NDARRAY = 1
 _EXT_PICKLE = 2
@@ -114,14 +114,18 @@ class Packer(Protocol):
     def reset(self) -> None: ...
 
 
-class BulkData(Protocol):
+class BulkReader(Protocol):
+    """What unmarshalling uses of a connection's bulk segments."""
+
+    def take(self, descriptor: bytes, budget: list[int], /) -> bytes: ...
+
+
+class BulkData(BulkReader, Protocol):
     """What marshalling uses of a connection's bulk segments (:class:`ombm.rpc.bulk.Bulk`)."""
 
     def put(self, data: ReadableBuffer, n: int, /) -> bytes | None: ...
 
     def cancel(self, count: int, /) -> None: ...
-
-    def take(self, descriptor: bytes, budget: list[int], /) -> bytes: ...
 
 
 class _Guarded:
@@ -510,7 +514,7 @@ def encode_error(exc: BaseException) -> bytes:
 
 # ---------------------------------------------------------------- decoding
 
-def _unpack_ndarray(data: bytes, bulk: tuple[BulkData, list[int]] | None = None) -> object:
+def _unpack_ndarray(data: bytes, bulk: tuple[BulkReader, list[int]] | None = None) -> object:
     """An ext type 1's array (its raw bytes follow the head), or with ``bulk`` an ext type 6's
     (a descriptor follows the head: the raw bytes are copied out of the bulk segment)."""
     try:
@@ -583,7 +587,7 @@ def _ext_hook_pickle(code: int, data: bytes) -> object:
     return _ext_hook_safe(code, data)
 
 
-def _bulk_hook(bulk: BulkData, budget: list[int], allow_pickle: bool) -> ExtHook:
+def _bulk_hook(bulk: BulkReader, budget: list[int], allow_pickle: bool) -> ExtHook:
     """The ext hook of one message with bulk data: at most ``budget[0]`` bytes of it in all."""
     base = _ext_hook_pickle if allow_pickle else _ext_hook_safe
 
@@ -598,7 +602,7 @@ def _bulk_hook(bulk: BulkData, budget: list[int], allow_pickle: bool) -> ExtHook
     return hook
 
 
-def _hook(allow_pickle: bool, bulk: BulkData | None, limit: int) -> ExtHook:
+def _hook(allow_pickle: bool, bulk: BulkReader | None, limit: int) -> ExtHook:
     if bulk is None:
         return _ext_hook_pickle if allow_pickle else _ext_hook_safe
     return _bulk_hook(bulk, [limit], allow_pickle)
@@ -607,7 +611,7 @@ def _hook(allow_pickle: bool, bulk: BulkData | None, limit: int) -> ExtHook:
 _unpackb = msgpack.unpackb
 
 
-def ext_hook(allow_pickle: bool = False, bulk: BulkData | None = None, budget: list[int] | None = None) -> ExtHook:
+def ext_hook(allow_pickle: bool = False, bulk: BulkReader | None = None, budget: list[int] | None = None) -> ExtHook:
     """The msgpack ``ext_hook`` the decoders use: for a native decoder of plain results (the
     RPC call lane unmarshals ``[0, result]`` replies with it, as :func:`decode_reply` would).
 
@@ -619,7 +623,7 @@ def ext_hook(allow_pickle: bool = False, bulk: BulkData | None = None, budget: l
     return _bulk_hook(bulk, [0] if budget is None else budget, allow_pickle)
 
 
-def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkData | None = None,
+def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkReader | None = None,
                 bulk_limit: int = 1 << 62) -> tuple[str, tuple[object, ...], dict[str, object]]:
     """Return ``(method, args, kwargs)`` from bytes made by :func:`encode_call`; large payloads
     copied out of ``bulk``, at most ``bulk_limit`` bytes of them."""
@@ -637,7 +641,7 @@ def decode_call(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkD
     raise UnmarshalError("not a call message")
 
 
-def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkData | None = None,
+def decode_reply(data: ReadableBuffer, *, allow_pickle: bool = False, bulk: BulkReader | None = None,
                  bulk_limit: int = 1 << 62) -> Any:
     """Return the result in bytes made by :func:`encode_result`, or raise the
     :class:`RemoteError` described by bytes made by :func:`encode_error`; a large payload copied
