@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["BULK_OFFER", "BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
 
 BULK_OFFER = "_ombm_bulk"  # the server's reserved method: the client offers its bulk segments (names)
-BULK_MIN = 65536  # payloads from this many bytes travel through the bulk segment (below: inline, on the lanes)
+BULK_MIN = 131072  # payloads from this many bytes travel through the bulk segment (below: inline, on the lanes)
 BULK_SIZE = (2 << 20) + 65536  # the bulk segment of each direction: 2 MiB of spans and room for headers
 MIN_SIZE = 4096  # a bulk segment made by a peer must have at least this many bytes (and at most MAX_SIZE)
 MAX_SIZE = 1 << 30

@@ -478,8 +478,9 @@ def markdown(result: RpcResult) -> str:
              f"{plan.warmup} warm-up calls. *ombm software-only* is the paper's Soft MBM: every signal a "
              f"system call into the receiver's kernel queue. *os.pipe + msgpack*: the smallest RPC a user would "
              f"write, `(\"echo\", payload)` packed with msgpack, length-prefixed, over two pipes. ombm's "
-             f"64 KiB and 1 MiB payloads travel through the connection's bulk segments (docs/rpc.md, *Large "
-             f"payloads*: copied once on each side, the checksum folded into each copy).", ""]
+             f"1 MiB payloads travel through the connection's bulk segments (docs/rpc.md, *Large payloads*: "
+             f"copied once on each side, the checksum folded into each copy); its 64 KiB ones inline, in one "
+             f"frame.", ""]
     for placement, systems in result.calls.items():
         parts += [f"### Call latency, {placement}: median µs (p99)", ""]
         rows = []
