@@ -344,6 +344,14 @@ class CallLane:
         self, method: str, args: tuple[object, ...], kwargs: dict[str, object], spin_ns: int, sleep_ok: bool, /
     ) -> CallResult: ...
 
+    def take(
+        self, limit: int, spin_ns: int, timeout_s: float, sleep_ok: bool, /
+    ) -> tuple[int, int, list[tuple[int, int, Any]]]:
+        """The pipelined calls' drain: wait up to ``timeout_s`` (0: not at all) for a signal, then take
+        every one in the FIFO (at most ``limit``): ``(WAIT_* status, waited_ns, entries)``, each entry
+        ``(LANE_VALUE, call id, result)``, ``(LANE_REPLY | LANE_ERROR_REPLY, call id, payload bytes)``
+        or ``(LANE_OTHER, segment id, offset)``."""
+
     def lend(self, next_id: int, patience_s: float, /) -> None: ...
     def reclaim(self) -> tuple[int, int, int | None, float | None] | None:
         """``(next_id, calls, current call id or None, last round trip in s or None)``, or None if not lent."""

@@ -61,7 +61,7 @@ class AsyncClient:
             raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
         if pending.gone:
             raise client._gone_error()
-        return marshal.decode_reply(pending.data, allow_pickle=client.allow_pickle)
+        return pending.result(client.allow_pickle)
 
     async def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         if self.client._gone:

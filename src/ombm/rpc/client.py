@@ -64,20 +64,33 @@ _LOCATE_S = 0.5  # how long a reconnection gathers the answers of other hosts' b
 _STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that many in a second (logged once per period)
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
+_WAIT_STALLED = _native.WAIT_STALLED
 
 
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
+_UNDECODED = object()  # _Pending.value until the reply is unmarshalled (by the lane's drain)
+_TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded work per wake-up
+
+
 class _Pending:
-    __slots__ = ("done", "data", "error", "gone", "future")
+    __slots__ = ("done", "data", "value", "error", "gone", "future")
 
     def __init__(self) -> None:
         self.done = False
         self.data: bytes | bytearray = b""
+        self.value: object = _UNDECODED  # the result, if the drain unmarshalled it (data is then unused)
         self.error = False
         self.gone = False  # done because the server stopped or died (ServerGoneError)
         self.future: Future | None = None  # call_async's: completed when the reply is taken
+
+    def result(self, allow_pickle: bool) -> Any:
+        """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`)."""
+        value = self.value
+        if value is not _UNDECODED:
+            return value
+        return marshal.decode_reply(self.data, allow_pickle=allow_pickle)
 
 
 class Future(concurrent.futures.Future[Any]):
@@ -139,7 +152,7 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(None, self._client._gone_error())
             return
         try:
-            value = marshal.decode_reply(self._pending.data, allow_pickle=self._client.allow_pickle)
+            value = self._pending.result(self._client.allow_pickle)
         except Exception as exc:
             self._finish(None, exc)
         else:
@@ -378,20 +391,91 @@ class Client:
                 pass
             return
         now = time.monotonic()
-        completed = None
+        completed: list[Future] = []
         with self._lock:
             self._own()
             protocol = self._protocol
-            for event in protocol.receive_frame(view, now):
-                pending = self._pending.pop(event.call_id, None)
-                if pending is not None:
-                    pending.data, pending.error, pending.done = event.data, event.error, True
-                    if pending.future is not None:
-                        self._futures.pop(event.call_id, None)
-                        completed = [*(completed or ()), pending.future]
+            self._receive(protocol, view, now, completed)
             for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
                 self._request.send(frame)
-        for future in completed or ():  # outside the lock: done callbacks run here
+        for future in completed:  # outside the lock: done callbacks run here
+            future._complete()
+
+    def _receive(self, protocol: ClientProtocol, view: memoryview, now: float, completed: list[Future]) -> None:
+        """With ``_lock`` held: hand one reply frame to the protocol; the futures it completes go
+        to ``completed``, to be completed once the lock is released."""
+        for event in protocol.receive_frame(view, now):
+            pending = self._pending.pop(event.call_id, None)
+            if pending is not None:
+                pending.data, pending.error, pending.done = event.data, event.error, True
+                if pending.future is not None:
+                    self._futures.pop(event.call_id, None)
+                    completed.append(pending.future)
+
+    def _take_replies(self, timeout: float) -> None:
+        """With ``_leader`` held: wait up to ``timeout`` s (0: not at all) for a signal, then take
+        every reply there is (issue 13: replies drained per wake-up, not one per signal). With
+        the native lane, one ``CallLane.take`` takes every signal in the FIFO, checks and
+        unmarshals the replies among them, and :meth:`_take_entries` completes their calls under
+        one lock; without it (the kernel signal path, ``OMBM_LANES=0``), one signal at a time."""
+        receiver = self._receiver
+        lane = self._lane
+        if lane is None:
+            signal = receiver.pop_wait(timeout) if timeout > 0 else receiver.fifo.pop()
+            if signal is not None:
+                if signal[0] == self._reply_segment:
+                    self._take_reply(signal[1])
+                else:
+                    receiver.dispatch(*signal)
+            return
+        if timeout > 0:
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
+        else:
+            spin_ns, sleep_ok, learn_ns = 0, False, 0
+        status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
+        if status == _WAIT_STALLED:
+            receiver.fifo.retire_stalled()
+        if entries:
+            if waited > learn_ns:
+                receiver.waited(waited)
+            self._take_entries(entries)
+
+    def _take_entries(self, entries: list[tuple[int, int, Any]]) -> None:
+        """The signals a drain took (``CallLane.take``), in FIFO order: the replies among them
+        complete their calls, all under one lock and with one write-out of the calls the window
+        lets go; any other signal of the reply channel goes through the protocol as one frame,
+        the rest to their handlers. The futures are completed after, outside the lock."""
+        now = time.monotonic()
+        completed: list[Future] = []
+        others: list[tuple[int, int]] = []
+        with self._lock:
+            self._own()
+            protocol = self._protocol
+            assert protocol is not None, "a lane is made with the protocol"
+            reply_segment, pending_calls, futures = self._reply_segment, self._pending, self._futures
+            for status, first, second in entries:
+                if status == _LANE_OTHER:
+                    if first == reply_segment:
+                        self._receive(protocol, self._reply.slot_view_at(second), now, completed)
+                    else:
+                        others.append((first, second))
+                elif protocol.complete(first, now):
+                    pending = pending_calls.pop(first, None)
+                    if pending is not None:
+                        if status == _LANE_VALUE:
+                            pending.value = second
+                        else:
+                            pending.data, pending.error = second, status == _LANE_ERROR_REPLY
+                        pending.done = True
+                        future = pending.future
+                        if future is not None:
+                            del futures[first]
+                            completed.append(future)
+            for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
+                self._request.send(frame)
+        for segment_id, offset in others:
+            self._receiver.dispatch(segment_id, offset)
+        for future in completed:  # outside the lock: done callbacks run here
             future._complete()
 
     def _check_hello(self, hello: object) -> dict[str, int] | None:
@@ -420,7 +504,10 @@ class Client:
         """Dispatch reply signals already here, unless another thread is dispatching."""
         if self._leader.acquire(blocking=False):
             try:
-                self._receiver.dispatch_pending()
+                if self._lane is not None:
+                    self._take_replies(0.0)
+                else:
+                    self._receiver.dispatch_pending()
             finally:
                 self._leader.release()
 
@@ -460,6 +547,8 @@ class Client:
                 self._pending[call_id] = pending
                 if timeout is not None:
                     pending.future = future = Future(self, call_id, pending, now + timeout)
+                    if not protocol.is_queued(call_id):
+                        future.set_running_or_notify_cancel()  # sent: it may run from now on
                     self._futures[call_id] = future
             send = self._request.send
             for frame in protocol.frames_to_send(now):
@@ -527,12 +616,12 @@ class Client:
             return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
-        value = result.value
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + timeout)
-            value = pending.data
         try:
-            return marshal.decode_reply(value, allow_pickle=self.allow_pickle)
+            if pending is not None:
+                return pending.result(self.allow_pickle)
+            return marshal.decode_reply(result.value, allow_pickle=self.allow_pickle)
         except RemoteError as exc:  # the cold path: the lane packs calls without marshal.check_keys
             if exc.type_name == _UNMARSHAL_ERROR:
                 marshal.check_keys(args, kwargs)  # TypeError if the server could not rebuild our arguments
@@ -584,7 +673,7 @@ class Client:
     def _call_ordinary(self, data: bytes, timeout: float) -> Any:
         call_id, pending = self._submit(data, False)
         self._wait(call_id, pending, time.monotonic() + timeout)
-        return marshal.decode_reply(pending.data, allow_pickle=self.allow_pickle)
+        return pending.result(self.allow_pickle)
 
     def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
         """Send a call now, collect its result later (pipelined calls): a :class:`Future`."""
@@ -594,10 +683,8 @@ class Client:
         call_id, pending = self._submit(self._marshal(method, args, kwargs), False, timeout)
         future = pending.future
         assert future is not None, "a call with a timeout has its future"
-        if pending.done:  # taken before its future was there to complete
+        if pending.done:  # its reply taken by another thread already
             future._complete()
-        elif not self._queued(call_id):
-            future._mark_running()  # sent: it may run from now on (unless its reply is in already)
         return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
@@ -675,20 +762,13 @@ class Client:
                     if not give_up:
                         return
                     raise CallTimeout(f"no reply from {self.service!r} within the timeout")
-            if self._leader.acquire(blocking=False):
+            # lead, or wait for the leader to let go (it does after every batch of replies it takes)
+            if self._leader.acquire(True, min(deadline, check_at) - now):
                 try:
                     if not pending.done:  # another thread may have completed it
-                        receiver = self._receiver
-                        signal = receiver.pop_wait(min(deadline, check_at) - now)
-                        if signal is not None:
-                            if signal[0] == self._reply_segment:
-                                self._take_reply(signal[1])
-                            else:
-                                receiver.dispatch(*signal)
+                        self._take_replies(min(deadline, check_at) - time.monotonic())
                 finally:
                     self._leader.release()
-            else:
-                time.sleep(0.0002)
         if pending.gone:
             raise self._gone_error()
 
