@@ -67,6 +67,7 @@ _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE
 _WAIT_STALLED = _native.WAIT_STALLED
 
 
+_FINISHED = concurrent.futures._base.FINISHED  # a Future's state once it holds its result
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
@@ -137,7 +138,7 @@ class Future(concurrent.futures.Future[Any]):
             return True
 
     def result(self, timeout: float | None = None) -> Any:
-        if not self.done():
+        if self._state is not _FINISHED and not self.done():  # (the first test: no lock for a done one)
             self._client._drive(self, timeout)
         return super().result(0)
 
@@ -159,9 +160,7 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(value, None)
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
-        if not self._mark_running():
-            return
-        try:  # outside the lock: the callbacks run here
+        try:  # the callbacks run here (a future cancelled or finished already: InvalidStateError)
             if exc is not None:
                 self.set_exception(exc)
             else:
@@ -181,6 +180,7 @@ class Client:
     _server: tuple[int, int]  # the server's (pid, start time)
     _max_message: int
     _forked = False  # set in a forked child: this connection is the parent's (ForkedError here)
+    _pumped = False  # an asyncio client's pump takes the replies (ombm.rpc.aio): the timer leaves them
 
     def __init__(
         self,
@@ -412,22 +412,24 @@ class Client:
                     self._futures.pop(event.call_id, None)
                     completed.append(pending.future)
 
-    def _take_replies(self, timeout: float) -> None:
+    def _take_replies(self, timeout: float) -> bool:
         """With ``_leader`` held: wait up to ``timeout`` s (0: not at all) for a signal, then take
         every reply there is (issue 13: replies drained per wake-up, not one per signal). With
         the native lane, one ``CallLane.take`` takes every signal in the FIFO, checks and
         unmarshals the replies among them, and :meth:`_take_entries` completes their calls under
-        one lock; without it (the kernel signal path, ``OMBM_LANES=0``), one signal at a time."""
+        one lock; without it (the kernel signal path, ``OMBM_LANES=0``), one signal at a time.
+        True if a signal was taken."""
         receiver = self._receiver
         lane = self._lane
         if lane is None:
             signal = receiver.pop_wait(timeout) if timeout > 0 else receiver.fifo.pop()
-            if signal is not None:
-                if signal[0] == self._reply_segment:
-                    self._take_reply(signal[1])
-                else:
-                    receiver.dispatch(*signal)
-            return
+            if signal is None:
+                return False
+            if signal[0] == self._reply_segment:
+                self._take_reply(signal[1])
+            else:
+                receiver.dispatch(*signal)
+            return True
         if timeout > 0:
             spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
         else:
@@ -435,10 +437,12 @@ class Client:
         status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
         if status == _WAIT_STALLED:
             receiver.fifo.retire_stalled()
-        if entries:
-            if waited > learn_ns:
-                receiver.waited(waited)
-            self._take_entries(entries)
+        if not entries:
+            return False
+        if waited > learn_ns:
+            receiver.waited(waited)
+        self._take_entries(entries)
+        return True
 
     def _take_entries(self, entries: list[tuple[int, int, Any]]) -> None:
         """The signals a drain took (``CallLane.take``), in FIFO order: the replies among them
@@ -500,16 +504,16 @@ class Client:
             return None
         return fields
 
-    def _poll(self) -> None:
-        """Dispatch reply signals already here, unless another thread is dispatching."""
+    def _poll(self) -> bool:
+        """Take the reply signals already here, unless another thread is dispatching; True if any."""
         if self._leader.acquire(blocking=False):
             try:
                 if self._lane is not None:
-                    self._take_replies(0.0)
-                else:
-                    self._receiver.dispatch_pending()
+                    return self._take_replies(0.0)
+                return self._receiver.dispatch_pending() > 0
             finally:
                 self._leader.release()
+        return False
 
     # -- calls
     def _marshal(self, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
@@ -873,7 +877,8 @@ class Client:
         """Called by the retransmission timer thread; True while calls are outstanding."""
         if self._closed or self._gone:
             return False
-        self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
+        if not self._pumped:
+            self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
         if self._futures and now >= self._futures_check_at:
             self._futures_check_at = now + 0.01
             self._expire_futures(now)
