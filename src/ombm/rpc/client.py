@@ -67,7 +67,7 @@ _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE
 _WAIT_STALLED = _native.WAIT_STALLED
 
 
-_FINISHED = concurrent.futures._base.FINISHED  # a Future's state once it holds its result
+_RUNNING, _FINISHED = concurrent.futures._base.RUNNING, concurrent.futures._base.FINISHED  # Future states
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
@@ -111,9 +111,11 @@ class Future(concurrent.futures.Future[Any]):
     ``cancel()`` returns False and ``running()`` is True, as for a running future.
     """
 
-    def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float) -> None:
+    def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float, sent: bool) -> None:
         super().__init__()
         self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
+        if sent:  # it may run from now on: running (set before anyone else sees it, so without the lock)
+            self._state = _RUNNING
 
     def running(self) -> bool:
         if super().running():
@@ -543,21 +545,24 @@ class Client:
         with self._lock:
             if self._gone:  # gone again since _marshal reconnected (or another thread is reconnecting)
                 raise self._gone_error()
-            self._own()
+            lane = self._lane
+            if lane is not None and lane.lent:
+                self._own()
             protocol = self._protocol
             assert protocol is not None, "connected while not gone"
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
                 self._pending[call_id] = pending
                 if timeout is not None:
-                    pending.future = future = Future(self, call_id, pending, now + timeout)
-                    if not protocol.is_queued(call_id):
-                        future.set_running_or_notify_cancel()  # sent: it may run from now on
-                    self._futures[call_id] = future
-            send = self._request.send
+                    pending.future = self._futures[call_id] = Future(
+                        self, call_id, pending, now + timeout, not protocol.is_queued(call_id))
+            request = self._request
+            send = request.send if request.writer is None else request.writer.send
             for frame in protocol.frames_to_send(now):
                 send(frame)
-        self._timer.kick()
+        timer = self._timer
+        if not timer.busy:
+            timer.kick()
         return call_id, pending
 
     def call(self, method: str, *args: object, **kwargs: object) -> Any:

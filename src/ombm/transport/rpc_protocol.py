@@ -495,7 +495,10 @@ class ClientProtocol(_Outbox):
 
     def is_queued(self, call_id: int) -> bool:
         """The call waits behind the window: nothing of it was sent yet."""
-        return bool(self._queue) and any(call.call_id == call_id for call in self._queue)
+        queue = self._queue  # in call id order: the newest call (just made) and the oldest are quick to tell
+        if not queue or not queue[0].call_id <= call_id <= queue[-1].call_id:
+            return False
+        return call_id == queue[-1].call_id or any(call.call_id == call_id for call in queue)
 
     def _launch(self, call: _Call, now: float) -> None:
         in_flight = self._in_flight
