@@ -22,6 +22,11 @@
  * (LANE_TIMEOUT, or LANE_STALLED if the FIFO's head cell was claimed and never published), a
  * call that does not marshal or fit one frame (LANE_UNSENT: nothing written, no id taken), or no
  * lent state (LANE_NOT_LENT). The result is a CallResult record.
+ *
+ * take() is the pipelined calls' drain (issue 13: many calls outstanding share wake-ups): it waits
+ * as call() does if the FIFO is empty, then takes every signal there (bounded), checks each reply
+ * frame as call() does (of this connection, any call id: the Python protocol decides which ids it
+ * completes) and unmarshals the results, so that one Python step completes a whole batch.
  */
 #include "fifo.h"
 #include "frame.h"
@@ -319,7 +324,9 @@ static PyObject *CallLane_take(CallLane *l, PyObject *const *args, Py_ssize_t na
                 Py_DECREF(payload);
                 entry = take_entry(LANE_VALUE, PyLong_FromUnsignedLongLong(call_id), result);
             } else if (PyErr_Occurred()) {
-                Py_DECREF(payload);  /* not an Exception (e.g. KeyboardInterrupt): the reply is lost */
+                /* not an Exception (e.g. KeyboardInterrupt): it propagates, and the replies taken so
+                   far are lost, as if their signals were (the protocol's retransmission recovers them) */
+                Py_DECREF(payload);
             } else {
                 entry = take_entry(kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY,
                                    PyLong_FromUnsignedLongLong(call_id), payload);

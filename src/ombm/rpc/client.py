@@ -8,11 +8,14 @@ A synchronous call made while nothing else is outstanding is one native call
 (``_native.CallLane``, holding the call ids the sans-I/O
 :class:`~ombm.transport.rpc_protocol.ClientProtocol` lent it): marshal, write the frame
 (the write of its last byte signals the server), wait, take and unmarshal the
-reply. Any other call marshals the arguments, hands the message to the protocol,
-writes its frames, then **dispatches its own reply signal** in the calling
-thread: no thread hop either way. With several threads on
-one client, one thread at a time dispatches (the leader) and completes every
-reply it finds; the others poll until their reply is in or they lead.
+reply. Any other call (pipelined: ``call_async``, the asyncio client, threads sharing the
+client) marshals the arguments, hands the message to the protocol, writes its frames, then
+**takes its own reply** in the calling thread: no thread hop either way. Replies are taken
+per wake-up, not per signal (issue 13): one native ``CallLane.take`` takes every signal in
+the FIFO, checks the reply frames and unmarshals their results, and the calls of the whole
+batch are completed under one lock. With several threads on one client, one thread at a
+time takes replies (the leader) and completes every one it finds; the others wait for it to
+let go (it does after each batch) until their reply is in or they lead.
 Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call
 path. A server that stopped or died is noticed while waiting.
 
