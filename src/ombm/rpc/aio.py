@@ -24,7 +24,6 @@ from typing import Any
 
 from ombm import aio as _aio
 from ombm.errors import CallTimeout
-from ombm.rpc import marshal
 from ombm.rpc.client import Client, _Pending, connect
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES

@@ -478,7 +478,7 @@ class Client:
                         pending.done = True
                         future = pending.future
                         if future is not None:
-                            del futures[first]
+                            futures.pop(first, None)
                             completed.append(future)
             for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
                 self._request.send(frame)
