@@ -79,7 +79,7 @@ _TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded w
 
 
 class _Pending:
-    __slots__ = ("done", "data", "value", "error", "gone", "future")
+    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake")
 
     def __init__(self) -> None:
         self.done = False
@@ -88,6 +88,7 @@ class _Pending:
         self.error = False
         self.gone = False  # done because the server stopped or died (ServerGoneError)
         self.future: Future | None = None  # call_async's: completed when the reply is taken
+        self.wake: threading.Lock | None = None  # a follower's, held: released when the call is done (_follow)
 
     def result(self, allow_pickle: bool) -> Any:
         """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`)."""
@@ -222,6 +223,7 @@ class Client:
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
         self._pending: dict[int, _Pending] = {}
+        self._followers: list[_Pending] = []  # calls whose threads wait for the leader (_follow), in arrival order
         self._futures: dict[int, Future] = {}  # call_async's futures not done, by call id
         self._futures_check_at = 0.0  # when the timer next looks at their deadlines
         self._liveness_at = 0.0  # when it next checks the server for them
@@ -413,6 +415,8 @@ class Client:
             pending = self._pending.pop(event.call_id, None)
             if pending is not None:
                 pending.data, pending.error, pending.done = event.data, event.error, True
+                if pending.wake is not None:
+                    self._wake(pending)
                 if pending.future is not None:
                     self._futures.pop(event.call_id, None)
                     completed.append(pending.future)
@@ -476,6 +480,8 @@ class Client:
                         else:
                             pending.data, pending.error = second, status == _LANE_ERROR_REPLY
                         pending.done = True
+                        if pending.wake is not None:
+                            self._wake(pending)
                         future = pending.future
                         if future is not None:
                             futures.pop(first, None)
@@ -517,7 +523,7 @@ class Client:
                     return self._take_replies(0.0)
                 return self._receiver.dispatch_pending() > 0
             finally:
-                self._leader.release()
+                self._let_go()
         return False
 
     # -- calls
@@ -590,7 +596,7 @@ class Client:
         if lane is None or timeout < self._patience or not self._leader.acquire(False):
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
         if lane is not self._fast:  # closed, gone or reconnected meanwhile: checked once leading
-            self._leader.release()
+            self._let_go()
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
         receiver = self._receiver
         call_id = None
@@ -621,9 +627,9 @@ class Client:
                 if call_id:
                     self._protocol.cancel(call_id)
                     self._pending.pop(call_id, None)
-            self._leader.release()
+            self._let_go()
             raise
-        self._leader.release()
+        self._let_go()
         if status == _LANE_VALUE:
             return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
@@ -774,15 +780,54 @@ class Client:
                     if not give_up:
                         return
                     raise CallTimeout(f"no reply from {self.service!r} within the timeout")
-            # lead, or wait for the leader to let go (it does after every batch of replies it takes)
-            if self._leader.acquire(True, min(deadline, check_at) - now):
+            if self._leader.acquire(False):  # lead: take replies for every thread
                 try:
                     if not pending.done:  # another thread may have completed it
                         self._take_replies(min(deadline, check_at) - time.monotonic())
                 finally:
-                    self._leader.release()
+                    self._let_go()
+            else:  # follow: sleep until the leader completes this call or hands the lead over
+                self._follow(pending, min(deadline, check_at) - now)
         if pending.gone:
             raise self._gone_error()
+
+    def _follow(self, pending: _Pending, timeout: float) -> None:
+        """Wait up to ``timeout`` s while another thread leads, until it completes ``pending`` or
+        lets go of the lead (leader/followers: each waiting thread sleeps on a lock of its own,
+        released once, so a reply wakes the thread it is for and no other)."""
+        wake = threading.Lock()
+        wake.acquire()
+        with self._lock:
+            if pending.done:
+                return
+            pending.wake = wake
+            self._followers.append(pending)
+        # registered before this look: a leader that lets go after it hands the lead to a follower
+        if self._leader.locked():
+            wake.acquire(True, timeout)
+        with self._lock:
+            if pending.wake is wake:  # not woken (timed out, or the lead was free): no longer follows
+                pending.wake = None
+                self._followers.remove(pending)
+
+    def _wake(self, pending: _Pending) -> None:
+        """With ``_lock`` held: wake the follower waiting for ``pending`` (once)."""
+        wake = pending.wake
+        if wake is not None:
+            pending.wake = None
+            self._followers.remove(pending)
+            wake.release()
+
+    def _let_go(self) -> None:
+        """Release the lead, and hand it to the first follower whose call is not done (if any)."""
+        self._leader.release()
+        if not self._followers:  # (a follower that registers after this look finds the lead free)
+            return
+        with self._lock:
+            for pending in self._followers:
+                if not pending.done:
+                    self._wake(pending)
+                    return
 
     def _give_up(self, call_id: int) -> None:
         with self._lock:
@@ -851,6 +896,8 @@ class Client:
         for pending in self._pending.values():
             pending.gone = pending.done = True
         self._pending.clear()
+        while self._followers:  # their calls are over: wake their threads
+            self._wake(self._followers[0])
         futures = list(self._futures.values())
         self._futures.clear()
         return futures
@@ -941,6 +988,8 @@ class Client:
         with self._lock:
             futures = list(self._futures.values())
             self._futures.clear()
+            while self._followers:  # threads waiting for a call: they see the client closed
+                self._wake(self._followers[0])
         for future in futures:
             future._finish(None, ClosedError(f"the client of {self.service!r} was closed"))
         logger.debug("closed the client of %r", self.service)
