@@ -14,8 +14,9 @@ client) marshals the arguments, hands the message to the protocol, writes its fr
 per wake-up, not per signal (issue 13): one native ``CallLane.take`` takes every signal in
 the FIFO, checks the reply frames and unmarshals their results, and the calls of the whole
 batch are completed under one lock. With several threads on one client, one thread at a
-time takes replies (the leader) and completes every one it finds; the others wait for it to
-let go (it does after each batch) until their reply is in or they lead.
+time takes replies (the leader) and completes every one it finds; each other waiting thread
+(a follower) sleeps on a lock of its own until its call is done or the leader, letting go,
+hands the lead to it.
 Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call
 path. A server that stopped or died is noticed while waiting.
 
