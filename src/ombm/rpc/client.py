@@ -630,7 +630,9 @@ class Client:
                     self._pending.pop(call_id, None)
             self._let_go()
             raise
-        self._let_go()
+        self._leader.release()  # (_let_go, inline: the synchronous call's hot path)
+        if self._followers:
+            self._hand_over()
         if status == _LANE_VALUE:
             return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
@@ -822,8 +824,11 @@ class Client:
     def _let_go(self) -> None:
         """Release the lead, and hand it to the first follower whose call is not done (if any)."""
         self._leader.release()
-        if not self._followers:  # (a follower that registers after this look finds the lead free)
-            return
+        if self._followers:  # (a follower that registers after this look finds the lead free)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the first follower whose call is not done, to lead (the lead was just released)."""
         with self._lock:
             for pending in self._followers:
                 if not pending.done:
