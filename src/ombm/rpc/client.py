@@ -805,13 +805,14 @@ class Client:
                 return
             pending.wake = wake
             self._followers.append(pending)
-        # registered before this look: a leader that lets go after it hands the lead to a follower
-        if self._leader.locked():
-            wake.acquire(True, timeout)
-        with self._lock:
-            if pending.wake is wake:  # not woken (timed out, or the lead was free): no longer follows
-                pending.wake = None
-                self._followers.remove(pending)
+        try:  # registered before this look: a leader that lets go after it hands the lead to a follower
+            if self._leader.locked():
+                wake.acquire(True, timeout)
+        finally:
+            with self._lock:
+                if pending.wake is wake:  # not woken (timed out, the lead was free, interrupted): out of line
+                    pending.wake = None
+                    self._followers.remove(pending)
 
     def _wake(self, pending: _Pending) -> None:
         """With ``_lock`` held: wake the follower waiting for ``pending`` (once)."""
