@@ -312,7 +312,7 @@ class Bridge:
         """The counters: datagrams and bytes in and out, updates, and drops by reason."""
         counts = dict(self._counts)
         counts["dropped_incomplete"] = self._assembler.incomplete
-        counts["dropped_inconsistent"] = self._assembler.inconsistent
+        counts["dropped_inconsistent"] += self._assembler.inconsistent  # and the updates Replica.apply refused
         if self._engine is not None:
             for name, value in self._engine.counts().items():
                 if name in counts:
