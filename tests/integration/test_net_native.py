@@ -228,3 +228,18 @@ def test_the_native_path_takes_only_what_decode_accepts(pair):
             assert got.kind is dg.Kind.UPDATE and all(e.parts == 1 and e.key == KEY for e in got.entries)
         assert not engine.takes(data, ("127.0.0.1", pair.source[1] + 1))  # not from the segment's link
     assert took > 200  # 465 with this seed: single-part updates that survived their mutation
+
+
+def test_a_bridge_with_ip_fragments_sleeps_between_its_timers():
+    """With --ip-fragments no probe is ever sent, so a path's probe time must not count as a timer:
+    it stayed in the past and the bridge's loop never slept (every turn with a zero timeout)."""
+    source = ("127.0.0.1", 9)
+    bridge = Bridge("127.0.0.1:0", peers=[f"127.0.0.1:{source[1]}"], control=False, ip_fragments=True)
+    try:
+        bridge._make_replica(f"ipf-{uuid.uuid4().hex[:10]}", source,
+                             {"key": KEY, "size": SIZE, "unit": UNIT, "mode": 1, "sow": True})
+        now = time.monotonic()
+        bridge._paths_tick(now)
+        assert bridge._paths_at > now
+    finally:
+        bridge.close()

@@ -985,7 +985,7 @@ class Bridge:
                 self._send_probe(path, address, probe, now_s)
         self._use_path_mtu()
         self._paths_at = min([now_s + self._keepalive_s / 4, self._kernel_at]
-                             + [path.next_s() for path in self._paths.values()])
+                             + [path.next_s(not self._ip_fragments) for path in self._paths.values()])
 
     def _send_probe(self, path: Path, address: Address, data: bytes, now_s: float) -> None:
         self._counts["probes_sent"] += 1
