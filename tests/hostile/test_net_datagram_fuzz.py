@@ -113,15 +113,17 @@ def test_a_bridge_takes_any_datagram(pair):
     print(f"({time.monotonic() - started:.1f} s)")
 
 
-def test_a_native_bridge_takes_any_datagram(pair):
-    """The same fuzz over UDP into a bridge serving on its native data path (``_native.BridgeEngine``,
-    keyless: the engine serves bridges without a key): whatever it takes itself must be what
-    ``decode`` accepts (an UPDATE of single-part entries), and nothing may raise, crash or stop it."""
-    name, (_, _, exporter, importer) = pair
+@pytest.mark.parametrize("key", [None, KEY], ids=["crc", "mac"])
+def test_a_native_bridge_takes_any_datagram(pair, key):
+    """The same fuzz over UDP into a bridge serving on its native data path (``_native.BridgeEngine``):
+    whatever it takes itself must be what ``decode`` accepts (an UPDATE of single-part entries), and
+    nothing may raise, crash or stop it."""
+    name, (a, b, a2, b2) = pair
+    exporter, importer = (a, b) if key else (a2, b2)
     engine = importer._engine
     assert engine is not None
     replica = next(iter(importer._replicas.values()))
-    fuzzer = Fuzzer(SEED + 1, None, [(replica.key, 64 * 1024, 4096)], names=[name, "fz"],
+    fuzzer = Fuzzer(SEED + 1, key, [(replica.key, 64 * 1024, 4096)], names=[name, "fz"],
                     clock_us=lambda: time.time_ns() // 1000)
     sent = took = 0
     before = importer.stats["datagrams_in"]
@@ -132,7 +134,7 @@ def test_a_native_bridge_takes_any_datagram(pair):
         for data in batch:
             if engine.takes(data, exporter.address):
                 took += 1
-                got = dg.decode(data)  # raises if the native path would take what Python refuses
+                got = dg.decode(data, key)  # raises if the native path would take what Python refuses
                 assert got.kind is dg.Kind.UPDATE and all(e.parts == 1 for e in got.entries)
         importer.start()
         for i, data in enumerate(batch):
@@ -148,6 +150,6 @@ def test_a_native_bridge_takes_any_datagram(pair):
     stats = importer.stats
     importer.stop()
     assert stats["datagrams_in"] - before == sent and stats["internal_errors"] == 0, stats
-    print(f"\nnative bridge, CRC32C: {sent} datagrams, {took} of them for the native path: "
+    print(f"\nnative bridge, {'MAC' if key else 'CRC32C'}: {sent} datagrams, {took} of them for the native path: "
           f"{ {k: v for k, v in stats.items() if v and k not in ('bytes_in', 'bytes_out')} }")
     assert took > 0 and stats["native_in"] > 0

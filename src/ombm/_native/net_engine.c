@@ -8,7 +8,8 @@
  * without returning to Python, over:
  *   - the bridge's signal FIFO: a unit completed here is either the echo of the bridge's own write
  *     (its count taken) or a local write: delta against the shadow, entries cut to the MTU, packed
- *     into datagrams as transport/datagram.py packs them, sealed with the CRC32C, sendto;
+ *     into datagrams as transport/datagram.py packs them, sealed with the CRC32C or, with a key,
+ *     the keyed BLAKE2b (the reference implementation, net_blake2b.c), sendto;
  *   - the UDP socket (recvmmsg): an UPDATE whose every entry is a single-part update of a registered
  *     segment from its link is validated field by field as datagram.decode does, passes the replay
  *     window, and is written into the replica through its Writer (signal-on-write), as
@@ -16,7 +17,7 @@
  *   - an adaptive spin that yields (bridge_spin's), then poll() on the socket, the FIFO's doorbell
  *     (the sleep word announced as ombm.aio does) and Python's own descriptors, GIL released.
  * Everything else goes back to Python, which does it as before: a datagram that is not such an
- * UPDATE (control kinds, fragments, unknown segments, anything malformed or with a MAC: Python
+ * UPDATE (control kinds, fragments, unknown segments, anything malformed or forged: Python
  * decodes it, counts it, and drops it or acts), a signal of a segment not registered, a RESYNC to
  * ask for, a stalled FIFO cell, a readable Python descriptor, a timer, a POSIX signal. The replay
  * window, the sequence numbers and the tags live here for both paths (Python's Sealer and
@@ -26,6 +27,7 @@
 #include "fifo.h"  /* first: Python.h sets the feature macros */
 #include "crc32c.h"
 #include "net.h"
+#include "net_blake2.h"
 
 #include <netdb.h>
 #include <netinet/in.h>
@@ -87,6 +89,9 @@ typedef struct {
     uint32_t tag;
     Py_ssize_t mtu;
     int64_t max_age_us;           /* -1: none (no key) */
+    int keyed;                    /* a MAC (the key's state below), else a CRC32C */
+    Py_ssize_t trailer;           /* DG_MAC or DG_CRC */
+    blake2b_state mac;            /* BLAKE2b with the key's block taken: each MAC starts from a copy */
     Seg **segs;
     Py_ssize_t nsegs, cap;
     WindowEntry *window;
@@ -220,6 +225,55 @@ static void window_forget(Engine *e, uint64_t sender) {
     if (w) *w = e->window[--e->nwindow];
 }
 
+/* ---------------------------------------------------------------- the MAC (datagram._mac) */
+
+static const char PERSON[] = "ombm-bridge-v1";  /* datagram._PERSON */
+
+/* BLAKE2b, 16-byte digest, keyed and personalised as hashlib.blake2b(key=key, digest_size=16,
+   person=PERSON): the state once the key's block is taken. 0, or -1 for a key of a bad length. */
+static int mac_init(blake2b_state *S, const unsigned char *key, size_t keylen) {
+    if (keylen < 1 || keylen > BLAKE2B_KEYBYTES) return -1;
+    blake2b_param P;
+    memset(&P, 0, sizeof P);
+    P.digest_length = DG_MAC;
+    P.key_length = (uint8_t)keylen;
+    P.fanout = 1;
+    P.depth = 1;
+    memcpy(P.personal, PERSON, sizeof PERSON - 1);
+    if (blake2b_init_param(S, &P) < 0) return -1;
+    uint8_t block[BLAKE2B_BLOCKBYTES] = {0};
+    memcpy(block, key, keylen);
+    blake2b_update(S, block, sizeof block);
+    memset(block, 0, sizeof block);
+    return 0;
+}
+
+static void mac_of(const blake2b_state *keyed, const unsigned char *data, size_t n, unsigned char out[DG_MAC]) {
+    blake2b_state S = *keyed;
+    blake2b_update(&S, data, n);
+    blake2b_final(&S, out, DG_MAC);
+}
+
+/* The trailer of d[0:end] (CRC32C or MAC) written at d + end. */
+static void seal(const Engine *e, unsigned char *d, Py_ssize_t end) {
+    if (e->keyed) mac_of(&e->mac, d, (size_t)end, d + end);
+    else put32(d + end, crc32c_copy(NULL, d, (size_t)end, 0));
+}
+
+/* Whether the trailer of d[0:n] (flags checked) is right: the end of the body, or 0. */
+static Py_ssize_t opened(const Engine *e, const unsigned char *d, Py_ssize_t n) {
+    if (e->keyed) {
+        Py_ssize_t end = n - DG_MAC;
+        if (end < DG_HEADER) return 0;
+        unsigned char want[DG_MAC], diff = 0;
+        mac_of(&e->mac, d, (size_t)end, want);
+        for (int i = 0; i < DG_MAC; i++) diff |= want[i] ^ d[end + i];  /* constant time, as hmac.compare_digest */
+        return diff ? 0 : end;
+    }
+    Py_ssize_t end = n - DG_CRC;
+    return crc32c_copy(NULL, d, (size_t)end, 0) == get32(d + end) ? end : 0;
+}
+
 /* ---------------------------------------------------------------- datagrams out */
 
 static uint64_t next_seq(Engine *e) {
@@ -240,12 +294,12 @@ static void flush_out(Engine *e) {
     put16(h, DG_MAGIC);
     h[2] = DG_VERSION;
     h[3] = DG_KIND_UPDATE;
-    put16(h + 4, 0);
+    put16(h + 4, e->keyed ? DG_FLAG_MAC : 0);
     put16(h + 6, (uint16_t)e->out_count);
     put64(h + 8, e->sender);
     put64(h + 16, next_seq(e));
-    put32(h + e->out_len, crc32c_copy(NULL, h, (size_t)e->out_len, 0));
-    Py_ssize_t n = e->out_len + DG_CRC;
+    seal(e, h, e->out_len);
+    Py_ssize_t n = e->out_len + e->trailer;
     ssize_t sent;
     do sent = sendto(e->fd, h, (size_t)n, 0, (const struct sockaddr *)&e->out_to->addr, e->out_to->len);
     while (sent < 0 && errno == EINTR);
@@ -263,7 +317,7 @@ static void flush_out(Engine *e) {
 /* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
 static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
                        uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
-    Py_ssize_t room = e->mtu - DG_HEADER - DG_CRC;
+    Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
     if (e->out_count && (e->out_to != to || e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF))
         flush_out(e);
     e->out_to = to;
@@ -304,7 +358,7 @@ static void send_unit(Engine *e, Seg *s, Py_ssize_t u) {
         in_sync[u] = 1;
     }
     tags[u] = tag;
-    Py_ssize_t len = hi - at, room = e->mtu - DG_HEADER - DG_CRC - DG_ENTRY;
+    Py_ssize_t len = hi - at, room = e->mtu - DG_HEADER - e->trailer - DG_ENTRY;
     Py_ssize_t parts = (len + room - 1) / room;
     if (parts > 0xFFFF) {  /* as transport.updates.cut refuses it */
         e->counts[C_INTERNAL_ERRORS]++;
@@ -322,14 +376,16 @@ static void send_unit(Engine *e, Seg *s, Py_ssize_t u) {
 /* ---------------------------------------------------------------- datagrams in */
 
 /* Whether a received datagram is an UPDATE this path takes whole: every field valid as
-   datagram.decode checks it (without a key: CRC32C), every entry a single-part update of a
+   datagram.decode checks it (its CRC32C, or its MAC with a key), every entry a single-part update of a
    registered segment whose link sent it. Reads each field once; 0 leaves it to Python. */
 static int fast_update(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
                        socklen_t from_len) {
     if (n < DG_HEADER + DG_CRC) return 0;
-    if (get16(d) != DG_MAGIC || d[2] != DG_VERSION || d[3] != DG_KIND_UPDATE || get16(d + 4) != 0) return 0;
-    Py_ssize_t end = n - DG_CRC;
-    if (crc32c_copy(NULL, d, (size_t)end, 0) != get32(d + end)) return 0;
+    if (get16(d) != DG_MAGIC || d[2] != DG_VERSION || d[3] != DG_KIND_UPDATE ||
+        get16(d + 4) != (e->keyed ? DG_FLAG_MAC : 0))
+        return 0;
+    Py_ssize_t end = opened(e, d, n);
+    if (!end) return 0;
     unsigned count = get16(d + 6);
     if (count < 1 || count > (unsigned)((end - DG_HEADER) / (DG_ENTRY + 1))) return 0;
     Py_ssize_t at = DG_HEADER;
@@ -575,7 +631,17 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     unsigned long long sender, tag;
     long long max_age;
     Py_ssize_t mtu;
-    if (!PyArg_ParseTuple(args, "O!iKKLn", &FifoMapType, &fifo, &fd, &sender, &tag, &max_age, &mtu)) return -1;
+    PyObject *key;
+    if (!PyArg_ParseTuple(args, "O!iKKLnO", &FifoMapType, &fifo, &fd, &sender, &tag, &max_age, &mtu, &key)) return -1;
+    e->keyed = key != Py_None;
+    e->trailer = e->keyed ? DG_MAC : DG_CRC;
+    if (e->keyed) {
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) < 16 ||
+            mac_init(&e->mac, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key)) < 0) {
+            PyErr_SetString(PyExc_ValueError, "BridgeEngine: a key is 16 to 64 bytes");
+            return -1;
+        }
+    }
     if (fd < 0 || mtu < DG_HEADER + DG_ENTRY + DG_CRC + 1 || mtu > DG_MAX_MTU) {
         PyErr_SetString(PyExc_ValueError, "BridgeEngine: bad descriptor or MTU");
         return -1;
@@ -888,7 +954,34 @@ PyTypeObject EngineType = {
     .tp_init = (initproc)Engine_init, .tp_dealloc = native_dealloc,
     .tp_traverse = (traverseproc)Engine_traverse, .tp_clear = (inquiry)Engine_clear,
     .tp_methods = Engine_methods,
-    .tp_doc = "BridgeEngine(fifo, fd, sender, tag, max_age_us, mtu): the bridge's native data path",
+    .tp_doc = "BridgeEngine(fifo, fd, sender, tag, max_age_us, mtu, key): the bridge's native data path",
 };
 
-int native_add_net_engine(PyObject *module) { return native_add(module, NULL, (PyTypeObject *const[]){&EngineType, NULL}); }
+/* For the tests: the MAC of data under key, as datagram._mac. */
+static PyObject *n_bridge_mac(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bridge_mac(key: bytes, data)");
+        return NULL;
+    }
+    blake2b_state S;
+    if (mac_init(&S, (const unsigned char *)PyBytes_AS_STRING(args[0]), (size_t)PyBytes_GET_SIZE(args[0])) < 0) {
+        PyErr_SetString(PyExc_ValueError, "bridge_mac: a key is 1 to 64 bytes");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
+    unsigned char out[DG_MAC];
+    mac_of(&S, v.buf, (size_t)v.len, out);
+    PyBuffer_Release(&v);
+    return PyBytes_FromStringAndSize((const char *)out, DG_MAC);
+}
+
+static PyMethodDef engine_functions[] = {
+    {"bridge_mac", (PyCFunction)(void (*)(void))n_bridge_mac, METH_FASTCALL,
+     "bridge_mac(key, data): the bridge datagrams' MAC of data (keyed, personalised BLAKE2b, 16 bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int native_add_net_engine(PyObject *module) {
+    return native_add(module, engine_functions, (PyTypeObject *const[]){&EngineType, NULL});
+}

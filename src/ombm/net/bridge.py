@@ -134,8 +134,8 @@ class Bridge:
     :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns); :meth:`close` stops it,
     says BYE to its peers and releases everything. ``native``: take the common case (single-datagram
     updates of segments replicated with one bridge) on the native data path (``_native.BridgeEngine``)
-    when the bridge has no key and its signals travel in memory; False keeps every datagram in Python
-    (the reference path: the differential tests compare the two).
+    when its signals travel in memory (not ``OMBM_SIGNAL_PATH=kernel``); False keeps every datagram in
+    Python (the reference path: the differential tests compare the two).
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, exports: Iterable[str] = (), peers: Iterable[str] = (),
@@ -224,12 +224,12 @@ class Bridge:
         # what the native path's wait watches for Python: all but the UDP socket and the doorbell
         python_socks = [self._wake_r, self._group_sock, None if self._control is None else self._control.sock]
         self._python_fds = tuple(sock.fileno() for sock in python_socks if sock is not None)
-        if self._native and self._key is None and not self._receiver.kernel:
+        if self._native and not self._receiver.kernel:
             # one sender and one receiver on the wire for both paths: the native path owns the
             # sequence numbers, the tags and the replay window, and Python's path calls in
             self._engine = _native.BridgeEngine(self._receiver.fifo.fifo_map, self._sock.fileno(), self._sealer.sender,
                                                 self._tag, -1 if self._max_age_us is None else self._max_age_us,
-                                                self._mtu)
+                                                self._mtu, self._key)
             self._sealer.sequence = self._engine.next_seq
             self._window = self._engine
 
