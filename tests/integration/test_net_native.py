@@ -259,3 +259,21 @@ def test_a_bridge_with_ip_fragments_sleeps_between_its_timers():
         assert bridge._paths_at > now
     finally:
         bridge.close()
+
+
+def test_a_full_update_zeroes_what_its_ranges_do_not_cover(pair):
+    """A full update carries its unit from its first non-zero byte (here in two parts with a gap):
+    the bytes before and between its ranges become zero, whatever the unit held."""
+    sealer = dg.Sealer(77, pair.key)
+    now = time.time_ns() // 1000  # a keyed bridge refuses a new sender's sequence numbers far from its clock
+    lo, hi = 3 * UNIT, 4 * UNIT
+    pair.send(sealer.seal(dg.Kind.UPDATE, dg.pack_entry(KEY, lo, 0, 11, 0, 1, True, b"\xff" * UNIT), 1, now))
+    first, second = bytes([1]) * 1000, bytes([2]) * 2000
+    entries = [dg.pack_entry(KEY, lo + 100, 0, 12, 0, 2, True, first),
+               dg.pack_entry(KEY, hi - len(second), 0, 12, 1, 2, True, second)]
+    for i, entry in enumerate(entries):
+        pair.send(sealer.seal(dg.Kind.UPDATE, entry, 1, now + 1 + i))
+    pair.compare()
+    want = bytes(100) + first + bytes(UNIT - 100 - len(first) - len(second)) + second
+    for replica in pair.replicas:
+        assert bytes(replica.region.buffer[lo:hi]) == want

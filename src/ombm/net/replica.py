@@ -224,10 +224,12 @@ class Replica:
             return "stale", nothing
         lo, hi = self.bounds(u)
         shadow = self.shadow
-        if update.full:
-            shadow[lo:hi] = bytes(hi - lo)
-        for offset, data in update.ranges:
+        at = lo  # a full update: the bytes outside its ranges are zero (only those are zeroed: a 1 MiB
+        for offset, data in update.ranges:  # stream message is one range, from its first byte)
+            if update.full and offset > at:
+                shadow[at:offset] = bytes(offset - at)
             shadow[offset:offset + len(data)] = data
+            at = offset + len(data)
         start = lo if update.full else update.ranges[0][0]
         with memoryview(shadow) as view:
             self.region.write(start, view[start:hi])  # its last byte raises the signals here
