@@ -397,6 +397,7 @@ class RequestIntake(Generic[_C, _K]):
         """Requests served and answered on the lane since the intake was made."""
 
 # ---- the bridge's native data path (net_engine.c; ombm.net.bridge)
+@final
 class BridgeEngine:
     def __init__(self, fifo: FifoMap, fd: int, sender: int, tag: int, max_age_us: int, mtu: int, key: bytes | None,
                  /) -> None: ...
