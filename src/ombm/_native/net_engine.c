@@ -51,6 +51,8 @@
 /* what run() reports besides its lists (bits of its last item) */
 #define RUN_STALLED 1             /* the FIFO's head cell is claimed and unpublished: retire_stalled */
 #define RUN_EMSGSIZE 2            /* a sendto was refused as too long: ask the kernel for the path MTU */
+#define RUN_DROPS 4               /* the FIFO dropped signals: own-write counts cleared here, count them */
+#define MIN_MTU (DG_HEADER + DG_MAC + DG_ENTRY + 1)  /* room for one byte of one entry, MAC or CRC */
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -104,6 +106,7 @@ typedef struct {
     unsigned out_count;
     const Peer *out_to;
     unsigned long long counts[C_COUNTS];
+    uint64_t fifo_drops;          /* the FIFO's drop counter when last looked at */
     int flags;
 } Engine;
 
@@ -473,6 +476,7 @@ static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, ui
     const unsigned char *p = d + DG_HEADER;
     for (unsigned i = 0; i < count; i++) {
         Seg *s = by_key(e, get64(p));
+        if (!s) break;  /* fast_update found it: only a bug could have removed it since */
         s->heard_ns = now;
         if (apply_entry(e, s, p, resyncs) < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
             PyErr_WriteUnraisable((PyObject *)e);
@@ -490,6 +494,12 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
     int busy = 0;
     uint64_t t0 = now_ns();
     uint64_t seg_id = 0, off = 0;
+    uint64_t drops = atomic_load_explicit(A64(m->base + FIFO_DROPS), memory_order_relaxed);
+    if (drops != e->fifo_drops) {  /* echoes may have been lost: their counts would swallow local writes */
+        e->fifo_drops = drops;
+        for (Py_ssize_t i = 0; i < e->nsegs; i++) memset(e->segs[i]->own.buf, 0, (size_t)e->segs[i]->own.len);
+        e->flags |= RUN_DROPS;
+    }
     for (int i = 0; i < POP_BATCH && fifo_take(m, &seg_id, &off); i++) {
         busy = 1;
         Seg *s = by_seg_id(e, seg_id);
@@ -642,7 +652,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
             return -1;
         }
     }
-    if (fd < 0 || mtu < DG_HEADER + DG_ENTRY + DG_CRC + 1 || mtu > DG_MAX_MTU) {
+    if (fd < 0 || mtu < MIN_MTU || mtu > DG_MAX_MTU) {
         PyErr_SetString(PyExc_ValueError, "BridgeEngine: bad descriptor or MTU");
         return -1;
     }
@@ -658,6 +668,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     e->max_age_us = max_age;
     e->mtu = mtu;
     e->out_len = DG_HEADER;
+    e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
     e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
     e->recv_buf = PyMem_Malloc((size_t)MAX_LINKS_BATCH * RECV_SIZE);
     if (!e->window || !e->recv_buf) {
@@ -768,7 +779,7 @@ fail:
 static PyObject *Engine_set_mtu(Engine *e, PyObject *arg) {
     Py_ssize_t mtu = PyLong_AsSsize_t(arg);
     if (mtu == -1 && PyErr_Occurred()) return NULL;
-    if (mtu < DG_HEADER + DG_ENTRY + DG_CRC + 1 || mtu > DG_MAX_MTU) {
+    if (mtu < MIN_MTU || mtu > DG_MAX_MTU) {
         PyErr_SetString(PyExc_ValueError, "BridgeEngine.set_mtu: out of range");
         return NULL;
     }

@@ -81,7 +81,7 @@ SPIN_MISSES = 8
 SPIN_PROBE = 64          # ... with the full cap again every this many misses
 KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for three of them, dead (net/path.py)
 MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
-_RUN_STALLED, _RUN_EMSGSIZE = 1, 2  # BridgeEngine.run's flags (net_engine.c)
+_RUN_STALLED, _RUN_EMSGSIZE = 1, 2  # BridgeEngine.run's flags (net_engine.c; RUN_DROPS: the FIFO's count)
 MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
 
 
