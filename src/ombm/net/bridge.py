@@ -17,9 +17,15 @@ sleep, re-check, then wait) are watched by one ``selectors`` loop in one thread.
 replication keeps (shadows, tags, own-write counts, partial updates, pending imports) is touched by
 that thread alone: no lock on the path of an update, and the echo count is exact because the writes
 and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
-cost per wake-up for no concurrency gained: the work per datagram is Python either way. Before it
-sleeps in the selector the thread spins, for a learnt budget, over its FIFO and the UDP socket
-(:meth:`Bridge._spin`: ``sig_wait``'s adaptive policy, natively, yielding the CPU).
+cost per wake-up for no concurrency gained. Before it sleeps in the selector the thread spins, for a
+learnt budget, over its FIFO and the UDP socket (:meth:`Bridge._spin`: ``sig_wait``'s adaptive
+policy, natively, yielding the CPU).
+
+**The native data path.** With ``native`` (the default) the loop is one native call per turn
+(``_native.BridgeEngine.run``, :meth:`Bridge._native_turn`): the common case (a local write sent
+as a single-datagram update, such an update received and written) never returns to Python, which
+keeps everything else as above and stays the reference (``native=False``; docs/net.md, "How an
+update travels"). The engine owns the sequence numbers, the tags and the replay window for both paths.
 
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,

@@ -27,6 +27,12 @@ takes one signal per count without sending. One thread does both the writes and 
 count is exact while the bridge's FIFO drops nothing; if it drops (it counts drops), the counts are
 cleared: at worst one echo goes out as a one-byte delta (a duplicate signal, which the layers above
 tolerate), never a local write lost.
+
+**Native.** While a replica has one link, the bridge's native data path (``_native.BridgeEngine``)
+does what :meth:`Replica.local_update` and :meth:`Replica.apply` do for single-datagram updates, on
+this object's own buffers (shadow, tags, own-write counts, the link's in-sync map): :meth:`attach`
+and every change of the links tell it (``_sync``), and :meth:`close` takes the segment back from it
+before the binding goes.
 """
 
 from __future__ import annotations
