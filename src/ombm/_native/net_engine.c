@@ -20,9 +20,9 @@
  * UPDATE (control kinds, fragments, unknown segments, anything malformed or forged: Python
  * decodes it, counts it, and drops it or acts), a signal of a segment not registered, a RESYNC to
  * ask for, a stalled FIFO cell, a readable Python descriptor, a timer, a POSIX signal. The replay
- * window, the sequence numbers and the tags live here for both paths (Python's Sealer and
- * ReplayWindow checks call in), so the two paths are one sender and one receiver on the wire.
- * Python's path stays the reference: tests/net/test_net_native.py compares them.
+ * window, the sequence numbers and the tags live here for both paths (the Python path's Sealer and
+ * replay checks call in), so the two paths are one sender and one receiver on the wire.
+ * Python's path stays the reference: tests/integration/test_net_engine.py compares them.
  */
 #include "fifo.h"  /* first: Python.h sets the feature macros */
 #include "crc32c.h"
@@ -35,7 +35,7 @@
 #include <sched.h>
 #include <sys/socket.h>
 
-#define MAX_LINKS_BATCH 32        /* datagrams per recvmmsg */
+#define RECV_BATCH 32             /* datagrams per recvmmsg */
 #define RECV_SIZE 65536
 #define POP_BATCH 1024            /* signals taken per pass (as Bridge._turn's dispatch_pending) */
 #define RECV_BATCHES 8            /* recvmmsg calls per pass: MAX_TURN = 256 datagrams, as Python's turn */
@@ -100,7 +100,7 @@ typedef struct {
     Py_ssize_t nwindow;
     uint64_t window_clock;
     unsigned misses;
-    unsigned char *recv_buf;      /* MAX_LINKS_BATCH * RECV_SIZE */
+    unsigned char *recv_buf;      /* RECV_BATCH * RECV_SIZE */
     unsigned char out[DG_MAX_MTU];
     Py_ssize_t out_len;
     unsigned out_count;
@@ -522,19 +522,19 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
     }
     uint64_t out_ns = now_ns() - t0;
     /* datagrams: as many as Python's turn takes (MAX_TURN) */
-    struct mmsghdr msgs[MAX_LINKS_BATCH];
-    struct iovec iov[MAX_LINKS_BATCH];
-    struct sockaddr_storage from[MAX_LINKS_BATCH];
+    struct mmsghdr msgs[RECV_BATCH];
+    struct iovec iov[RECV_BATCH];
+    struct sockaddr_storage from[RECV_BATCH];
     int deferring = PyList_GET_SIZE(datagrams) > 0;
     for (int batch = 0; batch < RECV_BATCHES; batch++) {
-        for (int i = 0; i < MAX_LINKS_BATCH; i++) {
+        for (int i = 0; i < RECV_BATCH; i++) {
             iov[i].iov_base = e->recv_buf + (size_t)i * RECV_SIZE;
             iov[i].iov_len = RECV_SIZE;
             msgs[i].msg_hdr = (struct msghdr){.msg_name = &from[i], .msg_namelen = sizeof from[i],
                                               .msg_iov = &iov[i], .msg_iovlen = 1};
             msgs[i].msg_len = 0;
         }
-        int got = recvmmsg(e->fd, msgs, MAX_LINKS_BATCH, MSG_DONTWAIT, NULL);
+        int got = recvmmsg(e->fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
         if (got <= 0) break;  /* none (or an ICMP error reported on the socket: Python's recvfrom skips it too) */
         busy = 1;
         for (int i = 0; i < got; i++) {
@@ -558,7 +558,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
             if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
             Py_DECREF(item);
         }
-        if (got < MAX_LINKS_BATCH) break;
+        if (got < RECV_BATCH) break;
     }
     t0 = now_ns();
     for (Py_ssize_t i = 0; i < e->nsegs; i++) {
@@ -670,7 +670,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     e->out_len = DG_HEADER;
     e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
     e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
-    e->recv_buf = PyMem_Malloc((size_t)MAX_LINKS_BATCH * RECV_SIZE);
+    e->recv_buf = PyMem_Malloc((size_t)RECV_BATCH * RECV_SIZE);
     if (!e->window || !e->recv_buf) {
         PyErr_NoMemory();
         return -1;
