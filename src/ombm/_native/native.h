@@ -15,6 +15,7 @@
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)
  *   mapping.c         map_over, guard: mappings without a descriptor, and no SIGBUS from a peer (issue 11)
+ *   net.h, net_engine.c  BridgeEngine: the bridge's native data path (datagrams, replay window) (§3.2.3)
  *   bridge.c          the bridge's delta against its shadow and its spin before it sleeps   (paper §3.2.3)
  *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
