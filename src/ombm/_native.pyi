@@ -24,6 +24,11 @@ FIFO_CELLS: Final[Literal[256]]
 FIFO_DROPS: Final[Literal[40]]
 CELL_SIZE: Final[Literal[32]]
 FIFO_VERSION: Final[Literal[2]]
+FIFO_PEER_CPU: Final[Literal[48]]
+FIFO_STATE: Final[Literal[136]]
+RECEIVER_RUNNING: Final[Literal[0]]
+RECEIVER_SPINNING: Final[Literal[1]]
+RECEIVER_ASLEEP: Final[Literal[2]]
 
 PUSH_OK: Final[Literal[0]]
 PUSH_WOKE: Final[Literal[1]]  # pushed and issued a futex wake
