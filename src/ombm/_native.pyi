@@ -116,6 +116,9 @@ def futex_wait(address: int, expected: int, timeout_s: float, /) -> bool:
 def futex_wake(address: int, n: int = ..., /) -> int:
     """Wake up to ``n`` waiters (default: all); how many were woken."""
 
+def set_load_aware(flag: bool, /) -> None:
+    """Whether waits know the load and the peer's CPU (``ombm.configure(load_aware=...)``)."""
+
 # ---- the signal FIFO (paper §3.1.2); ``fifo`` is a FifoMap: the FIFO's mapping and its validated geometry
 @final
 class FifoMap:

@@ -105,3 +105,20 @@ def test_forged_hints_never_cost_a_signal(rx, one_cpu, wait, forged):
         assert got == list(range(20))
     finally:
         ombm.configure(wait=previous)
+
+
+def test_a_wait_that_does_not_know_the_load_still_gets_its_signals(rx, one_cpu):
+    """``configure(load_aware=False)``: the spin by the budget alone (as before issue 13)."""
+    before = ombm.settings()
+    ombm.configure(load_aware=False)
+    try:
+        assert ombm.settings().load_aware is False
+        sender = threading.Timer(0.01, lambda: _native.fanout((rx.fifo.fifo_map,), 7, 3))
+        sender.start()
+        try:
+            assert rx.pop_wait(30.0) == (7, 3)
+        finally:
+            sender.join(30)
+    finally:
+        ombm.configure(load_aware=before.load_aware)
+    assert ombm.settings() == before

@@ -114,8 +114,8 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      kernel's instantaneous count, this thread included) against the online CPUs, read at most
      every LOAD_REFRESH_NS per process. More runnable tasks than CPUs: someone waits for a CPU,
      maybe the peer, and a spin takes a CPU from it (issue 13: 16 clients spinning against one
-     server left it 1/17 of the machine). Then the waiter spins only as long as its spins under
-     load have been winning (learnt per thread, below), else it goes straight to the futex;
+     server left it 1/17 of the machine). Then the waiter spins at most OVERLOAD_SPIN_NS, and only
+     while its spins under load win (learnt per thread, below), else it goes straight to the futex;
    - where its peer runs: producers note the CPU of their last push in the FIFO (FIFO_PEER_CPU,
      fifo.h). If that is this thread's CPU, the peer can run only when this thread stops: it yields
      at every check (no polling, no pause), so a ping-pong on one CPU hands the CPU over directly,
@@ -127,7 +127,9 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
 #define LOAD_REFRESH_NS 2000000ull
 #define OVERLOAD_LOSSES 3
 #define OVERLOAD_PROBE 32
+#define OVERLOAD_SPIN_NS 10000ull  /* the longest spin under load: a few cross-CPU round trips */
 
+static _Atomic int load_aware = 1;         /* 0: none of this (configure(load_aware=False)) */
 static _Atomic uint64_t load_seen_ns = 0;  /* when a thread last read the load (0: never) */
 static _Atomic int load_over = 0;          /* runnable tasks > online CPUs at that reading */
 static long online_cpus = 0;               /* read once per process */
@@ -171,6 +173,14 @@ int machine_overloaded(uint64_t now) {
     return over;
 }
 
+/* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
+static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0) return NULL;
+    atomic_store_explicit(&load_aware, flag, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
 /* Publish this receiver's state (RECEIVER_*) and CPU in FIFO_STATE: a hint, relaxed. */
 static inline void publish_state(const FifoMap *m, uint32_t state, int cpu) {
     atomic_store_explicit(A32(m->base + FIFO_STATE), state | (cpu < 0 ? 0u : (uint32_t)(cpu + 1) << 8),
@@ -204,11 +214,12 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     int cpu = sched_getcpu();
     /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
     uint32_t peer = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
-    int shared = cpu >= 0 && peer == (uint32_t)cpu + 1;
-    int loaded = sleep_ok && spin_ns && machine_overloaded(start);
+    int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
+    int shared = aware && cpu >= 0 && peer == (uint32_t)cpu + 1;
+    int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
     if (loaded) {  /* spin only as long as spins under load win (learnt), probing now and then */
         if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
-        else if (spin_ns > QUIET_SPIN_NS) spin_ns = QUIET_SPIN_NS;
+        else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
     }
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
@@ -318,6 +329,7 @@ static PyMethodDef sync_functions[] = {
     {"fetch_add64", n_fetch_add64, METH_VARARGS, "atomic fetch-add on a u64; returns the old value"},
     {"futex_wait", n_futex_wait, METH_VARARGS, "futex_wait(addr, expected, timeout_s) -> woken"},
     {"futex_wake", n_futex_wake, METH_VARARGS, "futex_wake(addr, n=all) -> number woken"},
+    {"set_load_aware", n_set_load_aware, METH_O, "set_load_aware(flag): whether waits know the load and the peer's CPU"},
     {NULL, NULL, 0, NULL},
 };
 
