@@ -132,7 +132,7 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
 static _Atomic int load_aware = 1;         /* 0: none of this (configure(load_aware=False)) */
 static _Atomic uint64_t load_seen_ns = 0;  /* when a thread last read the load (0: never) */
 static _Atomic int load_over = 0;          /* runnable tasks > online CPUs at that reading */
-static long online_cpus = 0;               /* read once per process */
+static _Atomic long online_cpus = 0;       /* read once per process (0: not yet) */
 static _Thread_local unsigned overload_losses = 0, overload_waits = 0;
 
 /* The runnable tasks now (/proc/loadavg's "R/T" field), or -1 if it cannot be read. */
@@ -157,18 +157,19 @@ static long runnable_tasks(void) {
 
 /* Whether more tasks are runnable than the machine has CPUs (at the last reading, refreshed if
    older than LOAD_REFRESH_NS; one thread of the process refreshes it). Unknown reads as not. */
-int machine_overloaded(uint64_t now) {
+static int machine_overloaded(uint64_t now) {
     uint64_t seen = atomic_load_explicit(&load_seen_ns, memory_order_relaxed);
     if (seen && now - seen < LOAD_REFRESH_NS) return atomic_load_explicit(&load_over, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
                                                  memory_order_relaxed))
         return atomic_load_explicit(&load_over, memory_order_relaxed);
-    if (!online_cpus) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        online_cpus = n > 0 ? n : 1;
+    long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
+    if (!cpus) {
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        if (cpus < 1) cpus = 1;
+        atomic_store_explicit(&online_cpus, cpus, memory_order_relaxed);
     }
-    long r = runnable_tasks();
-    int over = r > online_cpus;
+    int over = runnable_tasks() > cpus;
     atomic_store_explicit(&load_over, over, memory_order_relaxed);
     return over;
 }
