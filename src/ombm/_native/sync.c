@@ -114,7 +114,7 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      kernel's instantaneous count, this thread included) against the online CPUs, read at most
      every LOAD_REFRESH_NS per process. More runnable tasks than CPUs: someone waits for a CPU,
      maybe the peer, and a spin takes a CPU from it (issue 13: 16 clients spinning against one
-     server left it 1/17 of the machine). Then the waiter spins at most OVERLOAD_SPIN_NS, and only
+     server on 2 CPUs are 16 of the 17 tasks the scheduler shares the CPUs among). Then the waiter spins at most OVERLOAD_SPIN_NS, and only
      while its spins under load win (learnt per thread, below), else it goes straight to the futex;
    - where its peer runs: producers note the CPU of their last push in the FIFO (FIFO_PEER_CPU,
      fifo.h). If that is this thread's CPU, the peer can run only when this thread stops: it yields
