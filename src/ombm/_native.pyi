@@ -24,6 +24,11 @@ FIFO_CELLS: Final[Literal[256]]
 FIFO_DROPS: Final[Literal[40]]
 CELL_SIZE: Final[Literal[32]]
 FIFO_VERSION: Final[Literal[2]]
+FIFO_PEER_CPU: Final[Literal[48]]
+FIFO_STATE: Final[Literal[136]]
+RECEIVER_RUNNING: Final[Literal[0]]
+RECEIVER_SPINNING: Final[Literal[1]]
+RECEIVER_ASLEEP: Final[Literal[2]]
 
 PUSH_OK: Final[Literal[0]]
 PUSH_WOKE: Final[Literal[1]]  # pushed and issued a futex wake
@@ -110,6 +115,9 @@ def futex_wait(address: int, expected: int, timeout_s: float, /) -> bool:
 
 def futex_wake(address: int, n: int = ..., /) -> int:
     """Wake up to ``n`` waiters (default: all); how many were woken."""
+
+def set_load_aware(flag: bool, /) -> None:
+    """Whether waits know the load and the peer's CPU (``ombm.configure(load_aware=...)``)."""
 
 # ---- the signal FIFO (paper §3.1.2); ``fifo`` is a FifoMap: the FIFO's mapping and its validated geometry
 @final
