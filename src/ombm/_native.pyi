@@ -182,6 +182,23 @@ def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
 def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
     """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
 
+# ---- a stream's small messages in batches (ombm.channels.stream: send_many, recv_many)
+
+def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                    connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
+                    records: list[Any], /) -> tuple[int, int]:
+    """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
+    slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
+    while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. ``(count, bytes)``."""
+
+def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                     connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:
+    """The one-fragment bytes messages there in order from fragment ``expected`` on, at most ``limit``,
+    each copied out once with its checksum folded into the copy and taken only if its private trailer
+    seals it and says exactly what the stream expects there; stops at the first that is not.
+    ``(messages, bytes)``."""
+
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 
 def unit_delta(src: ReadableBuffer, shadow: WriteableBuffer, lo: int, hi: int, /) -> int:

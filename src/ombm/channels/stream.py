@@ -141,6 +141,7 @@ CREDIT_SIZE = CREDIT_FIRST + CREDIT_SLOTS * CREDIT_UNIT
 _load64, _load32, _store64, _store32 = _native.load64, _native.load32, _native.store64, _native.store32
 _cas64, _fetch_add64 = _native.cas64, _native.fetch_add64
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
+_put_many, _take_many = _native.stream_put_many, _native.stream_take_many
 _monotonic = time.monotonic
 
 
@@ -322,6 +323,7 @@ class Stream(Channel):
         self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
         self._quiet = False      # in a burst of send_many(): fragments are written without their signal
         self._unsignalled = -1   # ... the offset of the last one so written, until _signal_burst()
+        self._records: list[_Record] = []  # send_many: the records of a run written natively
         self._reader_checked = 0.0
         self._resignals = self._repairs = self._waits = 0
         receiver = Receiver()
@@ -371,22 +373,34 @@ class Stream(Channel):
         """
         self._check_writer_side()
         timeout = check_timeout(timeout)
-        batch = [self._fragments(data) for data in messages]
-        if not batch:
+        msgs = messages if type(messages) is list else list(messages)
+        if not msgs:
             return
+        general = {i: self._fragments(m) for i, m in enumerate(msgs) if type(m) is not bytes}  # checked first
         deadline = None if timeout is None else _monotonic() + timeout
         # quiet only for a reader on this host: a bridge sends a fragment to another host on its signal
         cbase = self._cbase
-        self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
-        sent = 0
-        tx, emit = self._tx, self._emit
+        quiet = self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
+        tx, emit, records = self._tx, self._emit, self._records
+        i = 0
         try:
             now = _monotonic()
             self._check_reader(now)
-            for pieces, total in batch:
+            while i < len(msgs):
+                if quiet and not tx.count and (tx.next_seq < tx.limit or self._refresh(now)):
+                    # a run of one-fragment bytes messages the window has room for: one native call
+                    done, nbytes = _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
+                                             self.connection_id, tx.next_seq, tx.limit, msgs, i, records)
+                    if done:
+                        tx.sent_run(records, nbytes, now)
+                        records.clear()
+                        i += done
+                        self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
+                        continue
+                pieces, total = general.get(i) or self._fragments(msgs[i])
                 seq = tx.next_seq
                 if len(pieces) == 1 and not tx.count and (seq < tx.limit or self._refresh(now)):
-                    # the common case, inline: a one-fragment message the window has room for
+                    # a one-fragment message the window has room for, written by Python (any buffer)
                     source = pieces[0]
                     tx.begin(1, total, BYTES)
                     csum = emit(seq, 0, 1, total, BYTES, source, total)
@@ -394,12 +408,13 @@ class Stream(Channel):
                 else:
                     self._send(pieces, total, BYTES, None if deadline is None else max(0.0, deadline - _monotonic()))
                     now = _monotonic()
-                sent += 1
+                i += 1
             self._service(_monotonic())
         except ChannelTimeout as exc:
-            setattr(exc, "sent", sent)
+            setattr(exc, "sent", i)
             raise
         finally:
+            records.clear()
             self._quiet = False
             self._signal_burst()
 
@@ -806,7 +821,11 @@ class Stream(Channel):
         """
         self._check_reader_side()
         max_messages = _check_count(max_messages, "max_messages")
-        return self._rest_of_batch([self._recv(check_timeout(timeout), None)], max_messages)
+        timeout = check_timeout(timeout)
+        out = self._rest_of_batch([], max_messages)
+        if out:
+            return out
+        return self._rest_of_batch([self._recv(timeout, None)], max_messages)
 
     async def recv_many_async(self, max_messages: int = 64,
                               timeout: float | None = None) -> list[bytearray | ArrayView]:
@@ -824,8 +843,10 @@ class Stream(Channel):
         with self._lock:  # an array's finalizer (any thread) then publishes after the batch
             self._batching = True
             try:
-                poll, dispatch = self._poll, self._signals.dispatch_pending
+                poll, dispatch, run = self._poll, self._signals.dispatch_pending, self._take_run
                 while len(out) < limit:
+                    if run(out, limit):
+                        continue
                     msg = poll(False, None)
                     if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
                         break
@@ -839,6 +860,24 @@ class Stream(Channel):
                 _store64(self._cbase + CR_ACKED, self._rx.expected)
                 self._publish_released()
         return out
+
+    def _take_run(self, out: list[bytearray | ArrayView], limit: int) -> bool:
+        """In a batch: append the run of one-fragment bytes messages there now (up to ``limit`` in
+        all), taken by one native call that checks each as :meth:`_take` does; True if it took any.
+        Anything else (a longer message, an array, a frame not there, torn or forged) is left to
+        :meth:`_poll`."""
+        rx = self._rx
+        if rx.count:
+            return False
+        seq = rx.expected
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self.max_payload,
+                                 self.connection_id, seq, limit - len(out))
+        if not got:
+            return False
+        rx.accept_run(len(got), nbytes)
+        rx.release_run(seq, len(got))  # published at the batch's end
+        out += got
+        return True
 
     @overload
     def recv_array(self, timeout: float | None = None, *, copy: Literal[False] = False) -> ArrayView: ...

@@ -1,0 +1,182 @@
+/*
+ * A stream's small messages in batches (paper §4 and §3.2: many messages per signal and per
+ * wake-up; issue 13, item 5): the per-message work of Stream.send_many and Stream.recv_many in
+ * one native call per batch. channels/stream.py owns the stream, its layout and every rule; the
+ * two functions here only do, for a run of single-fragment bytes messages, what its Python path
+ * does for one (Stream._emit; Stream._take with StreamReceiver.accept's checks), and stop at
+ * the first message they do not take, which the Python path then handles (a longer message, an
+ * array, a fragment not there yet, torn, corrupt or forged).
+ *
+ * A DATA frame (transport/stream_protocol.py, wire.py's trailer) ends at the end of its slot:
+ * fragment s ends at first + (s % slots + 1) * slot_size; its checksum is the CRC32C of the
+ * payload continued over trailer[0:40] (seal), stored last.
+ *
+ * stream_put_many writes into the writer's own mapping, without signals: the caller signals
+ * the last fragment of the burst (a reader looks from the fragment it expects next on).
+ * stream_take_many reads memory the writer may be writing: it copies the trailer privately,
+ * copies the payload out once with its checksum folded into the copy, and takes the message
+ * only if that private trailer seals that private copy and says exactly what the reader expects
+ * there; every field it uses comes from the private copy. Batches are bounded by the caller's
+ * limit; no copy here is long (a slot's payload at most, under 64 KiB on the GIL).
+ */
+#include "frame.h"
+
+#define DATA_KIND 6          /* wire.Kind.DATA */
+#define CONTENT_BYTES 0      /* stream_protocol.BYTES */
+#define GIL_COPY 65536       /* copies at least this long run with the GIL released (as frame.c's) */
+
+static inline uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+static uint32_t copy_sum(unsigned char *dst, const unsigned char *src, size_t n) {
+    if (n < GIL_COPY) return crc32c_copy(dst, src, n, 0);
+    uint32_t crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc32c_copy(dst, src, n, 0);
+    Py_END_ALLOW_THREADS
+    return crc;
+}
+
+/* The stream's geometry, checked against the mapping once per call. */
+typedef struct {
+    Py_ssize_t first, slot_size, slots, max_payload;
+} geometry;
+
+static int check_geometry(const geometry *g, Py_ssize_t len) {
+    if (g->first < 0 || g->slots < 1 || g->max_payload < 0 || g->slot_size < g->max_payload + TRAILER ||
+        g->slot_size > (len - g->first) / g->slots) {
+        PyErr_SetString(PyExc_ValueError, "stream batch: the slots do not fit the mapping");
+        return -1;
+    }
+    return 0;
+}
+
+static inline unsigned char *slot_end(unsigned char *base, const geometry *g, uint64_t seq) {
+    return base + g->first + ((Py_ssize_t)(seq % (uint64_t)g->slots) + 1) * g->slot_size;
+}
+
+/* stream_put_many(wbuf, first, slot_size, slots, max_payload, connection_id, seq, limit, messages,
+   start, records) -> (count, bytes): write messages[start:] as fragments seq, seq + 1, ... while
+   each is a bytes object of at most max_payload bytes and its fragment is below limit; append
+   each one's record (seq, 0, 1, length, BYTES, message, length, frame checksum) to `records`
+   (Stream's _Record). No signal. */
+static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11 || !PyList_Check(args[8]) || !PyList_Check(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "stream_put_many(wbuf, first, slot_size, slots, max_payload, "
+                                          "connection_id, seq, limit, messages: list, start, records: list)");
+        return NULL;
+    }
+    geometry g;
+    g.first = PyLong_AsSsize_t(args[1]);
+    g.slot_size = PyLong_AsSsize_t(args[2]);
+    g.slots = PyLong_AsSsize_t(args[3]);
+    g.max_payload = PyLong_AsSsize_t(args[4]);
+    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
+    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    uint64_t limit = PyLong_AsUnsignedLongLong(args[7]);
+    Py_ssize_t i = PyLong_AsSsize_t(args[9]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *messages = args[8], *records = args[10];
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0) return NULL;
+    if (check_geometry(&g, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
+    Py_ssize_t count = 0, bytes = 0;
+    for (; i >= 0 && i < PyList_GET_SIZE(messages) && seq < limit; i++, seq++, count++) {
+        PyObject *m = PyList_GET_ITEM(messages, i);
+        if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) > g.max_payload) break;
+        Py_ssize_t n = PyBytes_GET_SIZE(m);
+        unsigned char *end = slot_end(v.buf, &g, seq), *t = end - TRAILER, *at = t - n;
+        uint32_t crc = copy_sum(at, (const unsigned char *)PyBytes_AS_STRING(m), (size_t)n);
+        unsigned char head[TRAILER_HEAD];
+        uint64_t total = (uint64_t)n;
+        uint32_t plen = (uint32_t)n, content = CONTENT_BYTES;
+        uint16_t index = 0, frags = 1, magic = FRAME_MAGIC;
+        memcpy(head, &conn, 8); memcpy(head + 8, &seq, 8); memcpy(head + 16, &total, 8);
+        memcpy(head + 24, &plen, 4); memcpy(head + 28, &content, 4);
+        memcpy(head + 32, &index, 2); memcpy(head + 34, &frags, 2);
+        head[36] = DATA_KIND; head[37] = 0; memcpy(head + 38, &magic, 2);
+        uint64_t sum = crc32c_copy(t, head, TRAILER_HEAD, crc);  /* the head written, the seal continued */
+        PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
+                                      m, n, (unsigned long long)sum);
+        if (!rec || PyList_Append(records, rec) < 0) {  /* out of memory: this frame stays unsealed */
+            Py_XDECREF(rec);
+            PyBuffer_Release(&v);
+            return NULL;
+        }
+        Py_DECREF(rec);
+        /* the checksum stored last: a reader that sees it sees the frame it seals */
+        atomic_store_explicit((_Atomic uint64_t *)(void *)(t + TRAILER_HEAD), sum, memory_order_release);
+        bytes += n;
+    }
+    PyBuffer_Release(&v);
+    return Py_BuildValue("(nn)", count, bytes);
+}
+
+/* stream_take_many(buf, first, slot_size, slots, max_payload, connection_id, expected, limit)
+   -> (messages, bytes): the single-fragment bytes messages there in order from fragment
+   `expected` on, at most `limit`, each a new bytearray; stops at the first fragment that is not
+   one, intact, exactly where it must be. */
+static PyObject *n_stream_take_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "stream_take_many(buf, first, slot_size, slots, max_payload, "
+                                          "connection_id, expected, limit)");
+        return NULL;
+    }
+    geometry g;
+    g.first = PyLong_AsSsize_t(args[1]);
+    g.slot_size = PyLong_AsSsize_t(args[2]);
+    g.slots = PyLong_AsSsize_t(args[3]);
+    g.max_payload = PyLong_AsSsize_t(args[4]);
+    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
+    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    if (check_geometry(&g, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
+    PyObject *out = PyList_New(0);
+    if (!out) { PyBuffer_Release(&v); return NULL; }
+    Py_ssize_t bytes = 0;
+    for (Py_ssize_t k = 0; k < limit; k++, seq++) {
+        const unsigned char *end = slot_end(v.buf, &g, seq);
+        unsigned char t[TRAILER];
+        /* the private trailer: the checksum first (acquire: pairs with the writer's release), then
+           the head; a torn pair fails the seal */
+        uint64_t sum = atomic_load_explicit((_Atomic uint64_t *)(void *)(end - 8), memory_order_acquire);
+        memcpy(t, end - TRAILER, TRAILER_HEAD);
+        uint32_t plen = rd32(t + 24);
+        if (rd64(t) != conn || rd64(t + 8) != seq || rd64(t + 16) != plen || plen > (uint64_t)g.max_payload ||
+            rd32(t + 28) != CONTENT_BYTES || rd16(t + 32) != 0 || rd16(t + 34) != 1 || t[36] != DATA_KIND ||
+            t[37] != 0 || rd16(t + 38) != FRAME_MAGIC || (sum >> 32))
+            break;  /* not there yet, or not a single-fragment bytes message: the Python path looks */
+        PyObject *msg = PyByteArray_FromStringAndSize(NULL, plen);
+        if (!msg) goto fail;
+        uint32_t crc = copy_sum((unsigned char *)PyByteArray_AS_STRING(msg), end - TRAILER - plen, plen);
+        if (crc32c_copy(NULL, t, TRAILER_HEAD, crc) != (uint32_t)sum) {
+            Py_DECREF(msg);
+            break;  /* torn or corrupt: the Python path counts it and looks again */
+        }
+        if (PyList_Append(out, msg) < 0) { Py_DECREF(msg); goto fail; }
+        Py_DECREF(msg);
+        bytes += plen;
+    }
+    PyBuffer_Release(&v);
+    PyObject *r = Py_BuildValue("(On)", out, bytes);
+    Py_DECREF(out);
+    return r;
+fail:
+    PyBuffer_Release(&v);
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyMethodDef stream_batch_functions[] = {
+    {"stream_put_many", (PyCFunction)(void (*)(void))n_stream_put_many, METH_FASTCALL,
+     "write a run of single-fragment bytes messages into a stream's slots, unsignalled: (count, bytes)"},
+    {"stream_take_many", (PyCFunction)(void (*)(void))n_stream_take_many, METH_FASTCALL,
+     "copy out the run of single-fragment bytes messages there from a fragment on: (list of bytearray, bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int native_add_stream_batch(PyObject *module) { return native_add(module, stream_batch_functions, NULL); }
