@@ -199,6 +199,14 @@ def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int
     seals it and says exactly what the stream expects there; stops at the first that is not.
     ``(messages, bytes)``."""
 
+def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
+                  ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
+                  horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:
+    """A raw reader's take (``RawChannel._take``'s checks) of the new good frames of the signalled
+    ``units`` in turn, until ``limit`` frames: each copied out once (checksummed in the same pass if the
+    channel carries checksums) and delivered as ``frame_type(unit, seq, generation, data)``;
+    ``last_gen`` is updated in place. ``(frames, units used, last_seq, received, missed, torn, stale)``."""
+
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 
 def unit_delta(src: ReadableBuffer, shadow: WriteableBuffer, lo: int, hi: int, /) -> int:

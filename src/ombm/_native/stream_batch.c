@@ -38,6 +38,13 @@ static uint32_t copy_sum(unsigned char *dst, const unsigned char *src, size_t n)
     return crc;
 }
 
+static void copy_plain(unsigned char *dst, const unsigned char *src, size_t n) {
+    if (n < GIL_COPY) { memcpy(dst, src, n); return; }
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, src, n);
+    Py_END_ALLOW_THREADS
+}
+
 /* The stream's geometry, checked against the mapping once per call. */
 typedef struct {
     Py_ssize_t first, slot_size, slots, max_payload;
@@ -171,11 +178,111 @@ fail:
     return NULL;
 }
 
+/* raw_take_many(buf, first, slot_size, max_payload, checksummed, ordered, units, last_seq, last_gen,
+   published_offset, horizon, limit, frame_type) -> (frames, used, last_seq, received, missed, torn, stale):
+   RawChannel._take for each signalled unit of the list `units` in turn (channels/raw.py owns the
+   layout and the rules), until `limit` frames were taken: a unit whose generations agree and whose
+   frame is new is copied out (checksummed in the same pass if the channel carries checksums) and
+   delivered as frame_type(unit, seq, generation, data: bytes) if its generations still agree after
+   the copy (and its checksum matches). `last_gen` (a list, one int a unit) is updated in place;
+   `used` is how many units of the list were looked at; the counts are this call's. */
+static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 13 || !PyList_Check(args[6]) || !PyList_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError, "raw_take_many(buf, first, slot_size, max_payload, checksummed, ordered, "
+                                          "units: list, last_seq, last_gen: list, published_offset, horizon, "
+                                          "limit, frame_type)");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]), slot_size = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_payload = PyLong_AsSsize_t(args[3]);
+    int checksummed = PyObject_IsTrue(args[4]), ordered = PyObject_IsTrue(args[5]);
+    PyObject *units = args[6], *last_gen = args[8], *frame_type = args[12];
+    uint64_t last_seq = PyLong_AsUnsignedLongLong(args[7]);
+    Py_ssize_t published_at = PyLong_AsSsize_t(args[9]);
+    uint64_t horizon = PyLong_AsUnsignedLongLong(args[10]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[11]);
+    if (PyErr_Occurred() || checksummed < 0 || ordered < 0) return NULL;
+    Py_ssize_t slots = PyList_GET_SIZE(last_gen);
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    if (first < 0 || slot_size < max_payload + 32 || max_payload < 0 || slots < 1 ||
+        slot_size > (v.len - first) / slots || published_at < 0 || published_at > v.len - 8 || (published_at & 7)) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "raw_take_many: the units do not fit the mapping");
+        return NULL;
+    }
+    const unsigned char *base = v.buf;
+    PyObject *frames = PyList_New(0);
+    if (!frames) { PyBuffer_Release(&v); return NULL; }
+    unsigned long long received = 0, missed = 0, torn = 0, stale = 0;
+    Py_ssize_t used = 0, n_units = PyList_GET_SIZE(units);
+    while (used < n_units && PyList_GET_SIZE(frames) < limit) {
+        Py_ssize_t unit = PyLong_AsSsize_t(PyList_GET_ITEM(units, used));
+        used++;
+        if (unit == -1 && PyErr_Occurred()) goto fail;
+        if (unit < 0 || unit >= slots) continue;  /* not a unit of this channel: the handler never makes one */
+        const unsigned char *end = base + first + (unit + 1) * slot_size;
+        _Atomic uint64_t *gen_end = (_Atomic uint64_t *)(void *)(end - 8);
+        _Atomic uint64_t *gen_begin = (_Atomic uint64_t *)(void *)(end - 32);
+        uint64_t gen = atomic_load_explicit(gen_end, memory_order_acquire);
+        if (gen == 0) continue;  /* never written */
+        if (atomic_load_explicit(gen_begin, memory_order_acquire) != gen) { torn++; continue; }
+        uint64_t seq = rd64(end - 24);
+        uint32_t length = rd32(end - 16), crc = rd32(end - 12);
+        if (length > (uint64_t)max_payload) { torn++; continue; }
+        uint64_t known = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(last_gen, unit));
+        if (known == (uint64_t)-1 && PyErr_Occurred()) goto fail;
+        if (ordered ? seq <= last_seq : gen <= known) { stale++; continue; }
+        if (ordered && used < n_units) {  /* at risk, and a newer frame is signalled anyway */
+            uint64_t published = atomic_load_explicit((_Atomic uint64_t *)(void *)(base + published_at),
+                                                      memory_order_acquire);
+            if (published - seq >= horizon && published >= seq) continue;
+        }
+        PyObject *data = PyBytes_FromStringAndSize(NULL, length);
+        if (!data) goto fail;
+        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(data);
+        uint32_t sum = checksummed ? copy_sum(d, end - slot_size, length) : 0;
+        if (!checksummed) copy_plain(d, end - slot_size, length);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(gen_begin, memory_order_acquire) != gen ||
+            atomic_load_explicit(gen_end, memory_order_acquire) != gen || (checksummed && sum != crc)) {
+            Py_DECREF(data);
+            torn++;
+            continue;
+        }
+        missed += ordered ? seq - last_seq - 1 : gen - known - 1;
+        if (ordered) last_seq = seq;
+        PyObject *g = PyLong_FromUnsignedLongLong(gen);
+        if (!g) { Py_DECREF(data); goto fail; }
+        PyList_SetItem(last_gen, unit, g);  /* steals g */
+        received++;
+        PyObject *fargs[4] = {PyLong_FromSsize_t(unit), PyLong_FromUnsignedLongLong(seq), PyLong_FromUnsignedLongLong(gen),
+                              data};
+        PyObject *frame = NULL;
+        if (fargs[0] && fargs[1] && fargs[2]) frame = PyObject_Vectorcall(frame_type, fargs, 4, NULL);
+        for (int k = 0; k < 4; k++) Py_XDECREF(fargs[k]);
+        if (!frame) goto fail;
+        int rc = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (rc < 0) goto fail;
+    }
+    PyBuffer_Release(&v);
+    PyObject *r = Py_BuildValue("(OnKKKKK)", frames, used, (unsigned long long)last_seq, received, missed, torn, stale);
+    Py_DECREF(frames);
+    return r;
+fail:
+    PyBuffer_Release(&v);
+    Py_DECREF(frames);
+    return NULL;
+}
+
 static PyMethodDef stream_batch_functions[] = {
     {"stream_put_many", (PyCFunction)(void (*)(void))n_stream_put_many, METH_FASTCALL,
      "write a run of single-fragment bytes messages into a stream's slots, unsignalled: (count, bytes)"},
     {"stream_take_many", (PyCFunction)(void (*)(void))n_stream_take_many, METH_FASTCALL,
      "copy out the run of single-fragment bytes messages there from a fragment on: (list of bytearray, bytes)"},
+    {"raw_take_many", (PyCFunction)(void (*)(void))n_raw_take_many, METH_FASTCALL,
+     "a raw reader's take of the new good frames of a list of signalled units, copied out: (frames, used, ...)"},
     {NULL, NULL, 0, NULL},
 };
 
