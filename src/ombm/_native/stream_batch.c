@@ -12,13 +12,15 @@
  * payload continued over trailer[0:40] (seal), stored last.
  *
  * stream_put_many writes into the writer's own mapping, without signals: the caller signals
- * the last fragment of the burst (a reader looks from the fragment it expects next on).
+ * the last fragment of the burst (a reader looks from the fragment it expects next on). Fault
+ * injection (faults.h) flips a bit of a frame it wrote as Writer.write would.
  * stream_take_many reads memory the writer may be writing: it copies the trailer privately,
  * copies the payload out once with its checksum folded into the copy, and takes the message
  * only if that private trailer seals that private copy and says exactly what the reader expects
  * there; every field it uses comes from the private copy. Batches are bounded by the caller's
  * limit; no copy here is long (a slot's payload at most, under 64 KiB on the GIL).
  */
+#include "faults.h"
 #include "frame.h"
 
 #define DATA_KIND 6          /* wire.Kind.DATA */
@@ -114,6 +116,7 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         Py_DECREF(rec);
         /* the checksum stored last: a reader that sees it sees the frame it seals */
         atomic_store_explicit((_Atomic uint64_t *)(void *)(t + TRAILER_HEAD), sum, memory_order_release);
+        if (FAULTS_CORRUPT) fault_corrupt(at, n + TRAILER);  /* as Writer.write does to a message it wrote */
         bytes += n;
     }
     PyBuffer_Release(&v);

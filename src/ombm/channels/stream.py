@@ -216,6 +216,10 @@ def _calibrate_pool() -> int:
 _POOL_FREE_REFS = _calibrate_pool()
 
 
+# the native take copies messages shorter than this into fresh buffers; longer ones go to the pool
+_NATIVE_TAKE_MAX = _BufferPool.MIN_BYTES - 1
+
+
 class _ArraySource:
     """A single-slot array message: fills the slot with data, zero pad and header."""
 
@@ -358,8 +362,31 @@ class Stream(Channel):
         """
         self._check_writer_side()
         timeout = check_timeout(timeout)
+        tx = self._tx
+        if type(data) is bytes and not tx.count:  # the common case: one native call writes it, if it fits
+            now = _monotonic()
+            self._check_reader(now)
+            seq = tx.next_seq
+            if (seq < tx.limit or self._refresh(now)) and self._put_one(data, seq, now):
+                return
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
+
+    def _put_one(self, data: bytes, seq: int, now: float) -> bool:
+        """Write ``data`` as fragment ``seq`` (credit checked) with one native call and signal it;
+        False (nothing written) if it takes more than one fragment."""
+        records = self._records
+        if not _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
+                         self.connection_id, seq, seq + 1, [data], 0, records)[0]:
+            return False
+        tx = self._tx
+        tx.sent_run(records, len(data), now)
+        records.clear()
+        _signal(self._base + self.first + seq % self.slots * self.slot_size)  # the fragment's one signal
+        timer = tx.deadline
+        if timer is not None and now >= timer:
+            self._service(now)
+        return True
 
     def send_many(self, messages: Iterable[ReadableBuffer], timeout: float | None = None) -> None:
         """Send several messages in order, as :meth:`send` would one by one, with one signal per
@@ -864,14 +891,14 @@ class Stream(Channel):
     def _take_run(self, out: list[bytearray | ArrayView], limit: int) -> bool:
         """In a batch: append the run of one-fragment bytes messages there now (up to ``limit`` in
         all), taken by one native call that checks each as :meth:`_take` does; True if it took any.
-        Anything else (a longer message, an array, a frame not there, torn or forged) is left to
-        :meth:`_poll`."""
+        Anything else (a message of the buffer pool's size or more, an array, a frame not there,
+        torn or forged) is left to :meth:`_poll`."""
         rx = self._rx
         if rx.count:
             return False
         seq = rx.expected
-        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self.max_payload,
-                                 self.connection_id, seq, limit - len(out))
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots,
+                                 min(self.max_payload, _NATIVE_TAKE_MAX), self.connection_id, seq, limit - len(out))
         if not got:
             return False
         rx.accept_run(len(got), nbytes)
@@ -1069,6 +1096,14 @@ class Stream(Channel):
             return self._take_first(seq, end, hint, payload, want)
         if content == ARRAY:
             return self._take_array(seq, start, end, hint, want)
+        if want is None and plen < _BufferPool.MIN_BYTES:  # one native call: copied out, checked, taken
+            got, _ = _take_many(buf, self.first, self.slot_size, self.slots, self.max_payload, self.connection_id,
+                                seq, 1)
+            if got:
+                rx.accept_run(1, plen)
+                self._consumed(seq)
+                return got[0]
+            # not taken (torn, corrupt, changed since the peek): the checks below say what it is
         out = bytearray(plen) if plen < _BufferPool.MIN_BYTES else self._pool.get(plen)
         head = self._sealed_head(end, hint, _copy_checksum(out, payload))
         if head is None:
