@@ -110,7 +110,7 @@ def raw_lost(size, total, batched):
 
 
 def in_process():
-    """Per-message costs at each end, in this process (see the module's docstring)."""
+    # per-message costs at each end, in this process (see the module's docstring)
     m, n, rounds = bytes(4 << 10), 32, 300
     batch = [m] * n
 
