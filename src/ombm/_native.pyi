@@ -186,11 +186,13 @@ def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
 
 def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                     connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
-                    records: list[Any], /) -> tuple[int, int]:
+                    records: list[Any], hold_last: bool = False, /) -> tuple[int, int]:
     """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
     slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
     while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
-    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. ``(count, bytes)``."""
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. With ``hold_last``
+    the last frame's checksum is not stored: the caller stores it with a write that signals.
+    ``(count, bytes)``; on an error, the frames recorded were written and sealed."""
 
 def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                      connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:

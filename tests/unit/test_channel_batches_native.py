@@ -91,6 +91,17 @@ def test_take_stops_at_a_frame_it_must_not_take(spoil):
     assert take(buf, 0)[0] == [b"one"]
 
 
+def test_hold_last_leaves_the_last_frame_unsealed_until_the_caller_stores_its_checksum():
+    buf = ring()
+    records: list = []
+    assert _native.stream_put_many(buf, FIRST, SLOT, SLOTS, MAXP, CONN, 0, 4, [b"one", b"two", b"x" * 300], 0,
+                                   records, True) == (2, 6)  # the third does not fit a slot
+    assert take(buf, 0)[0] == [b"one"]  # "two" is written but not sealed: not there yet
+    end = FIRST + 2 * SLOT
+    buf[end - 8:end] = records[-1][7].to_bytes(8, "little")  # what Stream._put_one writes (and signals)
+    assert take(buf, 0)[0] == [b"one", b"two"]
+
+
 def test_take_refuses_slots_beyond_the_mapping():
     with pytest.raises(ValueError):
         _native.stream_take_many(bytes(FIRST + SLOT), FIRST, SLOT, SLOTS, MAXP, CONN, 0, 8)

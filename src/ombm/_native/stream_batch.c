@@ -66,14 +66,17 @@ static inline unsigned char *slot_end(unsigned char *base, const geometry *g, ui
 }
 
 /* stream_put_many(wbuf, first, slot_size, slots, max_payload, connection_id, seq, limit, messages,
-   start, records) -> (count, bytes): write messages[start:] as fragments seq, seq + 1, ... while
-   each is a bytes object of at most max_payload bytes and its fragment is below limit; append
-   each one's record (seq, 0, 1, length, BYTES, message, length, frame checksum) to `records`
-   (Stream's _Record). No signal. */
+   start, records[, hold_last]) -> (count, bytes): write messages[start:] as fragments seq, seq + 1,
+   ... while each is a bytes object of at most max_payload bytes and its fragment is below limit;
+   append each one's record (seq, 0, 1, length, BYTES, message, length, frame checksum) to
+   `records` (Stream's _Record). No signal. With hold_last, the last frame written is left without
+   its checksum: the caller stores it (the record has it) with a write of the slot's last bytes,
+   which raises the slot's signal (signal-on-write). */
 static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11 || !PyList_Check(args[8]) || !PyList_Check(args[10])) {
+    if (nargs < 11 || nargs > 12 || !PyList_Check(args[8]) || !PyList_Check(args[10])) {
         PyErr_SetString(PyExc_TypeError, "stream_put_many(wbuf, first, slot_size, slots, max_payload, "
-                                          "connection_id, seq, limit, messages: list, start, records: list)");
+                                          "connection_id, seq, limit, messages: list, start, records: list, "
+                                          "hold_last=False)");
         return NULL;
     }
     geometry g;
@@ -87,10 +90,14 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
     Py_ssize_t i = PyLong_AsSsize_t(args[9]);
     if (PyErr_Occurred()) return NULL;
     PyObject *messages = args[8], *records = args[10];
+    int hold_last = nargs == 12 ? PyObject_IsTrue(args[11]) : 0;
+    if (hold_last < 0) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0) return NULL;
     if (check_geometry(&g, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
     Py_ssize_t count = 0, bytes = 0;
+    _Atomic uint64_t *held = NULL;  /* the checksum word of the last frame written, not stored yet */
+    uint64_t held_sum = 0;
     for (; i >= 0 && i < PyList_GET_SIZE(messages) && seq < limit; i++, seq++, count++) {
         PyObject *m = PyList_GET_ITEM(messages, i);
         if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) > g.max_payload) break;
@@ -110,17 +117,25 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
                                       m, n, (unsigned long long)sum);
         if (!rec || PyList_Append(records, rec) < 0) {  /* out of memory: this frame stays unsealed */
             Py_XDECREF(rec);
-            PyBuffer_Release(&v);
-            return NULL;
+            goto fail;
         }
         Py_DECREF(rec);
-        /* the checksum stored last: a reader that sees it sees the frame it seals */
-        atomic_store_explicit((_Atomic uint64_t *)(void *)(t + TRAILER_HEAD), sum, memory_order_release);
+        /* the checksum stored last: a reader that sees it sees the frame it seals; the previous
+           frame's now (it was not the last), this one's at the next frame or after the loop */
+        if (held) atomic_store_explicit(held, held_sum, memory_order_release);
+        held = (_Atomic uint64_t *)(void *)(t + TRAILER_HEAD);
+        held_sum = sum;
         if (FAULTS_CORRUPT) fault_corrupt(at, n + TRAILER);  /* as Writer.write does to a message it wrote */
         bytes += n;
     }
+    if (held && !hold_last) atomic_store_explicit(held, held_sum, memory_order_release);
     PyBuffer_Release(&v);
     return Py_BuildValue("(nn)", count, bytes);
+fail:  /* the frame being written stays unsealed; those recorded before it are sealed: the caller
+          counts them sent (and the repair timer signals them) */
+    if (held) atomic_store_explicit(held, held_sum, memory_order_release);
+    PyBuffer_Release(&v);
+    return NULL;
 }
 
 /* stream_take_many(buf, first, slot_size, slots, max_payload, connection_id, expected, limit)

@@ -373,20 +373,35 @@ class Stream(Channel):
         self._send(pieces, total, BYTES, timeout)
 
     def _put_one(self, data: bytes, seq: int, now: float) -> bool:
-        """Write ``data`` as fragment ``seq`` (credit checked) with one native call and signal it;
-        False (nothing written) if it takes more than one fragment."""
-        records = self._records
-        if not _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
-                         self.connection_id, seq, seq + 1, [data], 0, records)[0]:
+        """Write ``data`` as fragment ``seq`` (credit checked) with one native call, its checksum
+        last with a write that signals; False (nothing written) if it takes more than one fragment."""
+        if not self._put_run([data], 0, seq + 1, now, hold_last=True):
             return False
+        end = self.first + (seq % self.slots + 1) * self.slot_size
+        self._write(end - 8, _SUM.pack(self._tx.last_record()[7]))  # completes the slot: its one signal
         tx = self._tx
-        tx.sent_run(records, len(data), now)
-        records.clear()
-        _signal(self._base + self.first + seq % self.slots * self.slot_size)  # the fragment's one signal
         timer = tx.deadline
         if timer is not None and now >= timer:
             self._service(now)
         return True
+
+    def _put_run(self, msgs: list[Any], start: int, limit: int, now: float, hold_last: bool = False) -> int:
+        """Write the run of one-fragment bytes messages from ``msgs[start]`` on, below fragment
+        ``limit``, with one native call, unsignalled (with ``hold_last``, the last one's checksum is
+        not stored yet); the protocol counts them sent.  How many went."""
+        records, tx = self._records, self._tx
+        try:
+            done, nbytes = _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
+                                     self.connection_id, tx.next_seq, limit, msgs, start, records, hold_last)
+        except BaseException:  # out of memory: the frames recorded before it went (written and sealed)
+            if records:
+                tx.sent_run(records, sum(r[6] for r in records), now)
+                records.clear()
+            raise
+        if done:
+            tx.sent_run(records, nbytes, now)
+            records.clear()
+        return done
 
     def send_many(self, messages: Iterable[ReadableBuffer], timeout: float | None = None) -> None:
         """Send several messages in order, as :meth:`send` would one by one, with one signal per
@@ -408,7 +423,7 @@ class Stream(Channel):
         # quiet only for a reader on this host: a bridge sends a fragment to another host on its signal
         cbase = self._cbase
         quiet = self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
-        tx, emit, records = self._tx, self._emit, self._records
+        tx, emit = self._tx, self._emit
         i = 0
         try:
             now = _monotonic()
@@ -416,11 +431,8 @@ class Stream(Channel):
             while i < len(msgs):
                 if quiet and not tx.count and (tx.next_seq < tx.limit or self._refresh(now)):
                     # a run of one-fragment bytes messages the window has room for: one native call
-                    done, nbytes = _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
-                                             self.connection_id, tx.next_seq, tx.limit, msgs, i, records)
+                    done = self._put_run(msgs, i, tx.limit, now)
                     if done:
-                        tx.sent_run(records, nbytes, now)
-                        records.clear()
                         i += done
                         self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
                         continue
@@ -441,7 +453,6 @@ class Stream(Channel):
             setattr(exc, "sent", i)
             raise
         finally:
-            records.clear()
             self._quiet = False
             self._signal_burst()
 

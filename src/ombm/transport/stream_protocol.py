@@ -219,6 +219,10 @@ class StreamSender(Generic[R]):
         self.messages += n
         self.bytes += nbytes
 
+    def last_record(self) -> R:
+        """The record of the last fragment sent and not acknowledged yet (IndexError if none)."""
+        return self._records[-1]
+
     def abandon(self) -> bool:
         """Give up the message being sent if none of its fragments went; True if it was given up."""
         if self.count and not self.index:
