@@ -792,6 +792,7 @@ class Stream(Channel):
         self._reader_flags = READER_REMOTE if self.remote else 0
         _store32(cbase + CR_FLAGS, self._reader_flags)
         self.max_payload = self.slot_size - TRAILER
+        self._take_max = min(self.max_payload, _NATIVE_TAKE_MAX)  # longer messages: the pool's buffers
         self._rx = StreamReceiver(self.connection_id, self.slots, self.max_payload)
         self._published = 0  # the released count in shared memory
         self._message: tuple[bytearray, memoryview] | None = None  # being reassembled (the protocol counts it)
@@ -908,8 +909,8 @@ class Stream(Channel):
         if rx.count:
             return False
         seq = rx.expected
-        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots,
-                                 min(self.max_payload, _NATIVE_TAKE_MAX), self.connection_id, seq, limit - len(out))
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self._take_max,
+                                 self.connection_id, seq, limit - len(out))
         if not got:
             return False
         rx.accept_run(len(got), nbytes)
@@ -960,7 +961,10 @@ class Stream(Channel):
                 return
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
-        msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
+        # the common case of a reader that keeps up: no loop to set up, a small message one native call
+        msg: bytearray | ArrayView | None = self._take_one() if want is None and not self._rx.count else None
+        if msg is None:
+            msg = self._poll(False, want)
         if msg is None:
             return self._run(self._receiving(timeout, want))
         if self._rx.expected >= self._drain_at:  # a reader that finds messages by the hint drains its
@@ -1068,6 +1072,19 @@ class Stream(Channel):
                 hint[0] = 0  # being written (or corrupt, awaiting repair): its signal comes when it is
             return msg
 
+    def _take_one(self) -> bytearray | None:
+        """The next message if it is a one-fragment bytes message shorter than 64 KiB, there and
+        intact: taken by one native call (:meth:`_take`'s checks), acknowledged and released."""
+        rx = self._rx
+        seq = rx.expected
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self._take_max,
+                                 self.connection_id, seq, 1)
+        if not got:
+            return None
+        rx.accept_run(1, nbytes)
+        self._consumed(seq)
+        return got[0]
+
     def _overtaken(self, seq: int, end: int) -> None:
         """A later fragment seems to sit where fragment ``seq`` must be: if its checksum says so,
         the writer wrote over a fragment this reader never took (it was given credit nobody
@@ -1107,13 +1124,10 @@ class Stream(Channel):
             return self._take_first(seq, end, hint, payload, want)
         if content == ARRAY:
             return self._take_array(seq, start, end, hint, want)
-        if want is None and plen < _BufferPool.MIN_BYTES:  # one native call: copied out, checked, taken
-            got, _ = _take_many(buf, self.first, self.slot_size, self.slots, self.max_payload, self.connection_id,
-                                seq, 1)
-            if got:
-                rx.accept_run(1, plen)
-                self._consumed(seq)
-                return got[0]
+        if want is None and plen <= self._take_max:
+            taken = self._take_one()
+            if taken is not None:
+                return taken
             # not taken (torn, corrupt, changed since the peek): the checks below say what it is
         out = bytearray(plen) if plen < _BufferPool.MIN_BYTES else self._pool.get(plen)
         head = self._sealed_head(end, hint, _copy_checksum(out, payload))
