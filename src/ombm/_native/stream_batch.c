@@ -52,9 +52,10 @@ typedef struct {
     Py_ssize_t first, slot_size, slots, max_payload;
 } geometry;
 
-static int check_geometry(const geometry *g, Py_ssize_t len) {
+static int check_geometry(const geometry *g, const void *buf, Py_ssize_t len) {
     if (g->first < 0 || g->slots < 1 || g->max_payload < 0 || g->slot_size < g->max_payload + TRAILER ||
-        g->slot_size > (len - g->first) / g->slots) {
+        g->slot_size > (len - g->first) / g->slots || ((uintptr_t)buf + (uintptr_t)g->first) % 8 ||
+        g->slot_size % 8) {  /* the checksum words are 8-byte aligned: they are loaded and stored atomically */
         PyErr_SetString(PyExc_ValueError, "stream batch: the slots do not fit the mapping");
         return -1;
     }
@@ -94,13 +95,14 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
     if (hold_last < 0) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0) return NULL;
-    if (check_geometry(&g, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
+    if (check_geometry(&g, v.buf, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
     Py_ssize_t count = 0, bytes = 0;
     _Atomic uint64_t *held = NULL;  /* the checksum word of the last frame written, not stored yet */
     uint64_t held_sum = 0;
     for (; i >= 0 && i < PyList_GET_SIZE(messages) && seq < limit; i++, seq++, count++) {
-        PyObject *m = PyList_GET_ITEM(messages, i);
+        PyObject *m = PyList_GET_ITEM(messages, i);  /* bytes: immutable, and held while the GIL is released */
         if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) > g.max_payload) break;
+        Py_INCREF(m);
         Py_ssize_t n = PyBytes_GET_SIZE(m);
         unsigned char *end = slot_end(v.buf, &g, seq), *t = end - TRAILER, *at = t - n;
         uint32_t crc = copy_sum(at, (const unsigned char *)PyBytes_AS_STRING(m), (size_t)n);
@@ -115,6 +117,7 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         uint64_t sum = crc32c_copy(t, head, TRAILER_HEAD, crc);  /* the head written, the seal continued */
         PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
                                       m, n, (unsigned long long)sum);
+        Py_DECREF(m);
         if (!rec || PyList_Append(records, rec) < 0) {  /* out of memory: this frame stays unsealed */
             Py_XDECREF(rec);
             goto fail;
@@ -159,7 +162,7 @@ static PyObject *n_stream_take_many(PyObject *Py_UNUSED(self), PyObject *const *
     if (PyErr_Occurred()) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
-    if (check_geometry(&g, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
+    if (check_geometry(&g, v.buf, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
     PyObject *out = PyList_New(0);
     if (!out) { PyBuffer_Release(&v); return NULL; }
     Py_ssize_t bytes = 0;
@@ -224,7 +227,8 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
     if (first < 0 || slot_size < max_payload + 32 || max_payload < 0 || slots < 1 ||
-        slot_size > (v.len - first) / slots || published_at < 0 || published_at > v.len - 8 || (published_at & 7)) {
+        slot_size > (v.len - first) / slots || published_at < 0 || published_at > v.len - 8 ||
+        ((uintptr_t)v.buf + (uintptr_t)published_at) % 8 || ((uintptr_t)v.buf + (uintptr_t)first) % 8 || slot_size % 8) {
         PyBuffer_Release(&v);
         PyErr_SetString(PyExc_ValueError, "raw_take_many: the units do not fit the mapping");
         return NULL;
@@ -233,12 +237,14 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
     PyObject *frames = PyList_New(0);
     if (!frames) { PyBuffer_Release(&v); return NULL; }
     unsigned long long received = 0, missed = 0, torn = 0, stale = 0;
-    Py_ssize_t used = 0, n_units = PyList_GET_SIZE(units);
-    while (used < n_units && PyList_GET_SIZE(frames) < limit) {
+    Py_ssize_t used = 0;
+    /* the lists' sizes are read again at each use: a copy that releases the GIL lets other threads run */
+    while (used < PyList_GET_SIZE(units) && PyList_GET_SIZE(frames) < limit) {
         Py_ssize_t unit = PyLong_AsSsize_t(PyList_GET_ITEM(units, used));
         used++;
         if (unit == -1 && PyErr_Occurred()) goto fail;
-        if (unit < 0 || unit >= slots) continue;  /* not a unit of this channel: the handler never makes one */
+        if (unit < 0 || unit >= slots || unit >= PyList_GET_SIZE(last_gen))
+            continue;  /* not a unit of this channel: the handler never makes one */
         const unsigned char *end = base + first + (unit + 1) * slot_size;
         _Atomic uint64_t *gen_end = (_Atomic uint64_t *)(void *)(end - 8);
         _Atomic uint64_t *gen_begin = (_Atomic uint64_t *)(void *)(end - 32);
@@ -251,7 +257,7 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
         uint64_t known = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(last_gen, unit));
         if (known == (uint64_t)-1 && PyErr_Occurred()) goto fail;
         if (ordered ? seq <= last_seq : gen <= known) { stale++; continue; }
-        if (ordered && used < n_units) {  /* at risk, and a newer frame is signalled anyway */
+        if (ordered && used < PyList_GET_SIZE(units)) {  /* at risk, and a newer frame is signalled anyway */
             uint64_t published = atomic_load_explicit((_Atomic uint64_t *)(void *)(base + published_at),
                                                       memory_order_acquire);
             if (published - seq >= horizon && published >= seq) continue;
@@ -271,8 +277,7 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
         missed += ordered ? seq - last_seq - 1 : gen - known - 1;
         if (ordered) last_seq = seq;
         PyObject *g = PyLong_FromUnsignedLongLong(gen);
-        if (!g) { Py_DECREF(data); goto fail; }
-        PyList_SetItem(last_gen, unit, g);  /* steals g */
+        if (!g || PyList_SetItem(last_gen, unit, g) < 0) { Py_DECREF(data); goto fail; }  /* steals g */
         received++;
         PyObject *fargs[4] = {PyLong_FromSsize_t(unit), PyLong_FromUnsignedLongLong(seq), PyLong_FromUnsignedLongLong(gen),
                               data};
