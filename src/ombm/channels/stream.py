@@ -43,7 +43,10 @@ How the protocol's frames and counts travel here:
   looking again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
-  again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
+  again.  The common case, a run of one-fragment ``bytes`` messages, is written and taken by one
+  native call per run (``_native.stream_put_many``/``stream_take_many``, ``_native/stream_batch.c``:
+  the same frame, the same checks, the protocol's counts once per run); anything else stops the run
+  and takes the Python path.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
   (:func:`~ombm.transport.stream_protocol.seal`), is the one ``wire.decode`` checks.
 * **Repair.**  A fragment the protocol finds due (unacknowledged for an RTO: 0.1 s, doubling up
   to 2 s) is checked in its slot: intact, it is signalled again; corrupt, it is written again
