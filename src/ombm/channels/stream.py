@@ -96,7 +96,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union
-from typing import overload
+from typing import cast, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -432,12 +432,15 @@ class Stream(Channel):
             now = _monotonic()
             self._check_reader(now)
             while i < len(msgs):
-                if quiet and not tx.count and (tx.next_seq < tx.limit or self._refresh(now)):
-                    # a run of one-fragment bytes messages the window has room for: one native call
-                    done = self._put_run(msgs, i, tx.limit, now)
-                    if done:
-                        i += done
-                        self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
+                if not tx.count and (tx.next_seq < tx.limit or self._refresh(now)):
+                    if quiet:  # a run of one-fragment bytes messages the window has room for: one native call
+                        done = self._put_run(msgs, i, tx.limit, now)
+                        if done:
+                            i += done
+                            self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
+                            continue
+                    elif type(msgs[i]) is bytes and self._put_one(cast(bytes, msgs[i]), tx.next_seq, now):
+                        i += 1  # written and signalled
                         continue
                 pieces, total = general.get(i) or self._fragments(msgs[i])
                 seq = tx.next_seq
