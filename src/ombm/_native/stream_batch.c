@@ -1,24 +1,28 @@
 /*
- * A stream's small messages in batches (paper §4 and §3.2: many messages per signal and per
- * wake-up; issue 13, item 5): the per-message work of Stream.send_many and Stream.recv_many in
- * one native call per batch. channels/stream.py owns the stream, its layout and every rule; the
- * two functions here only do, for a run of single-fragment bytes messages, what its Python path
- * does for one (Stream._emit; Stream._take with StreamReceiver.accept's checks), and stop at
- * the first message they do not take, which the Python path then handles (a longer message, an
- * array, a fragment not there yet, torn, corrupt or forged).
+ * Small messages in batches (paper §4 and §3.2: many messages per signal and per wake-up; issue
+ * 13, item 5): the per-message work of Stream.send_many/recv_many (and of send/recv of one small
+ * message) and of RawChannel.recv_many in one native call per run. channels/stream.py and
+ * channels/raw.py own the layouts and every rule; the functions here only do, for a run of the
+ * common case, what their Python paths do for one message, and stop at the first message they do
+ * not take, which the Python path then handles.
  *
- * A DATA frame (transport/stream_protocol.py, wire.py's trailer) ends at the end of its slot:
- * fragment s ends at first + (s % slots + 1) * slot_size; its checksum is the CRC32C of the
- * payload continued over trailer[0:40] (seal), stored last.
+ * Stream (a run of one-fragment bytes messages; Stream._emit, and Stream._take with
+ * StreamReceiver.accept's checks): a DATA frame (transport/stream_protocol.py, wire.py's trailer)
+ * ends at the end of its slot, fragment s at first + (s % slots + 1) * slot_size; its checksum is
+ * the CRC32C of the payload continued over trailer[0:40] (seal), stored last, with a release store.
+ * stream_put_many writes into the writer's own mapping, without signals: the caller signals the
+ * last fragment of the burst (a reader looks from the fragment it expects next on), or stores the
+ * held-back checksum of a single message with a write that signals. Fault injection (faults.h)
+ * flips a bit of a frame it wrote as Writer.write would. stream_take_many reads memory the writer
+ * may be writing: it reads the checksum (acquire) and the trailer head into private memory,
+ * copies the payload out once with its checksum folded into the copy, and takes the message only
+ * if that private trailer seals that private copy and says exactly what the reader expects there;
+ * every field it uses comes from the private copy.
  *
- * stream_put_many writes into the writer's own mapping, without signals: the caller signals
- * the last fragment of the burst (a reader looks from the fragment it expects next on). Fault
- * injection (faults.h) flips a bit of a frame it wrote as Writer.write would.
- * stream_take_many reads memory the writer may be writing: it copies the trailer privately,
- * copies the payload out once with its checksum folded into the copy, and takes the message
- * only if that private trailer seals that private copy and says exactly what the reader expects
- * there; every field it uses comes from the private copy. Batches are bounded by the caller's
- * limit; no copy here is long (a slot's payload at most, under 64 KiB on the GIL).
+ * RawChannel (RawChannel._take): raw_take_many reads each signalled unit between two reads of its
+ * generations (acquire), as the Python reader does.
+ *
+ * Batches are bounded by the caller's limit; a copy of 64 KiB or more runs with the GIL released.
  */
 #include "faults.h"
 #include "frame.h"
