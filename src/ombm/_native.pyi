@@ -190,6 +190,33 @@ def checksum_table(buffer: ReadableBuffer, crc: int = 0, /) -> int:
 def copy_checksum(dst: WriteableBuffer, src: ReadableBuffer, /) -> int:
     """Copy ``src`` into the start of ``dst``; the CRC32C of ``src``, computed in the same pass."""
 
+# ---- a stream's small messages in batches (ombm.channels.stream: send_many, recv_many)
+
+def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                    connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
+                    records: list[Any], hold_last: bool = False, /) -> tuple[int, int]:
+    """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
+    slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
+    while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. With ``hold_last``
+    the last frame's checksum is not stored: the caller stores it with a write that signals.
+    ``(count, bytes)``; on an error, the frames recorded were written and sealed."""
+
+def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                     connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:
+    """The one-fragment bytes messages there in order from fragment ``expected`` on, at most ``limit``,
+    each copied out once with its checksum folded into the copy and taken only if its private trailer
+    seals it and says exactly what the stream expects there; stops at the first that is not.
+    ``(messages, bytes)``."""
+
+def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
+                  ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
+                  horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:
+    """A raw reader's take (``RawChannel._take``'s checks) of the new good frames of the signalled
+    ``units`` in turn, until ``limit`` frames: each copied out once (checksummed in the same pass if the
+    channel carries checksums) and delivered as ``frame_type(unit, seq, generation, data)``;
+    ``last_gen`` is updated in place. ``(frames, units used, last_seq, received, missed, torn, stale)``."""
+
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 
 def unit_delta(src: ReadableBuffer, shadow: WriteableBuffer, lo: int, hi: int, /) -> int:

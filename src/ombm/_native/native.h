@@ -17,6 +17,7 @@
  *   mapping.c         map_over, guard: mappings without a descriptor, and no SIGBUS from a peer (issue 11)
  *   net.h, net_engine.c  BridgeEngine: the bridge's native data path (datagrams, replay window) (§3.2.3)
  *   bridge.c          the bridge's delta against its shadow and its spin before it sleeps   (paper §3.2.3)
+ *   stream_batch.c    a stream's small messages in batches: a run written, a run taken, per call  (§4)
  *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
  * `static inline` in the headers, so the split costs no call.
@@ -139,5 +140,6 @@ int native_add_call_lane(PyObject *module);
 int native_add_request_intake(PyObject *module);
 int native_add_mapping(PyObject *module);
 int native_add_bridge(PyObject *module);
+int native_add_stream_batch(PyObject *module);
 
 #endif
