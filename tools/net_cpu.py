@@ -11,6 +11,7 @@ is CPU time too (``--wait sleep`` sets ``OMBM_WAIT=sleep`` for every process: no
 
 from __future__ import annotations
 
+import ast
 import os
 import resource
 import statistics
@@ -52,6 +53,10 @@ def main() -> int:
             samples = net._ombm_calls(a, f"{net._SERVICE}@{b.address}:7000", 32, plan, 0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             used = {name: tuple(t - t0 for t, t0 in zip(cpu_s(pid), before[name])) for name, pid in pids.items()}
+            stats = {}
+            for name, host in (("bridge a", a), ("bridge b", b)):
+                status = host.python("import ombm.core.remote as r; print(r.request({'op': 'status'}, 5.0)['stats'])")
+                stats[name] = ast.literal_eval(status.stdout.strip())
         finally:
             server.stop()
         used["client"] = (after.ru_utime - children.ru_utime, after.ru_stime - children.ru_stime)
@@ -62,6 +67,10 @@ def main() -> int:
         print("CPU µs per call (user + system): " + ", ".join(
             f"{name} {sum(us):.1f} ({us[0]:.1f} + {us[1]:.1f})" for name, us in per_call.items())
               + f"; all four {sum(sum(us) for us in per_call.values()):.1f}")
+        for name, counts in stats.items():  # which path the updates took (native_* : BridgeEngine's)
+            print(f"{name}: " + ", ".join(f"{k} {counts[k]}" for k in (
+                "datagrams_in", "datagrams_out", "updates_in", "updates_out", "native_in", "native_out",
+                "native_echoes", "internal_errors") if k in counts))
     return 0
 
 

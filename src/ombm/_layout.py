@@ -32,9 +32,9 @@ moves.
 Receiver signal FIFO ``fifo-<token>`` (paper §3.1.2, one per receiving thread)::
 
     0 magic u64 | 8 version u32 | 12 capacity u32 | 16 pid u32 | 20 flags u32 |
-    24 start u64 | 32 token u64 | 40 drops u64 | 48..63 reserved
+    24 start u64 | 32 token u64 | 40 drops u64 | 48 peer cpu u32 | 52..63 reserved
     64  tail u64   (own cache line: producers' claim position)
-    128 head u64   (own cache line: the consumer's position)
+    128 head u64   (own cache line: the consumer's position) | 136 state u32 (the consumer's)
     192 sleep u32  (own cache line: futex word; bits 0-1 the receiver's state 0 awake / 1 futex /
                    2 doorbell, set and cleared by the receiver only; above them a wake generation
                    that producers bump before a futex wake)
@@ -44,6 +44,11 @@ A cell's ``seq`` for position ``pos`` is ``pos`` (free), a claim word (top bit
 set: the claiming producer's pid and start time), ``pos + 1`` (published) or
 ``pos + capacity`` (taken); see ``_native/fifo.h``. The capacity is read once,
 validated, by whoever maps the FIFO; the native side never reads it again.
+
+``state`` and ``peer cpu`` are hints for the wait (``_native/sync.c``), written with plain
+stores and never trusted: ``state`` is the receiver's (``RECEIVER_*`` in its low byte: running,
+spinning or asleep, and above it the CPU it waits on + 1), ``peer cpu`` the producers' (the CPU
+the last push came from + 1, 0 unknown). Older builds leave both 0 ("unknown"): no version bump.
 
 The FIFO offsets are shared with ``_native/native.h``; ``check_native()`` proves it.
 """
@@ -88,8 +93,11 @@ FIFO_MAGIC = b"OMBMFIFO"
 FIFO_VERSION = 2  # 2: a claimed cell's seq names its producer (_native/fifo.h)
 FIFO_HEADER = struct.Struct("<8sIIII QQQ")  # magic ver capacity pid flags start token drops
 FIFO_DROPS = 40
+FIFO_PEER_CPU = 48  # u32 hint, the producers': the CPU of the last push + 1 (0: unknown)
+RECEIVER_RUNNING, RECEIVER_SPINNING, RECEIVER_ASLEEP = 0, 1, 2
 FIFO_TAIL = 64
 FIFO_HEAD = 128
+FIFO_STATE = 136  # u32 hint, the receiver's: RECEIVER_* | (its CPU + 1) << 8
 FIFO_SLEEP = 192
 FIFO_CELLS = 256
 FIFO_CELL_SIZE = 32
@@ -127,6 +135,10 @@ def check_native() -> None:
         "CELL_SIZE": FIFO_CELL_SIZE,
         "FIFO_CAPACITY": 12,
         "FIFO_DROPS": FIFO_DROPS,
+        "FIFO_STATE": FIFO_STATE,
+        "FIFO_PEER_CPU": FIFO_PEER_CPU,
+        "RECEIVER_SPINNING": RECEIVER_SPINNING,
+        "RECEIVER_ASLEEP": RECEIVER_ASLEEP,
         "FIFO_VERSION": FIFO_VERSION,
     }
     for name, value in pairs.items():

@@ -24,6 +24,11 @@ FIFO_CELLS: Final[Literal[256]]
 FIFO_DROPS: Final[Literal[40]]
 CELL_SIZE: Final[Literal[32]]
 FIFO_VERSION: Final[Literal[2]]
+FIFO_PEER_CPU: Final[Literal[48]]
+FIFO_STATE: Final[Literal[136]]
+RECEIVER_RUNNING: Final[Literal[0]]
+RECEIVER_SPINNING: Final[Literal[1]]
+RECEIVER_ASLEEP: Final[Literal[2]]
 
 PUSH_OK: Final[Literal[0]]
 PUSH_WOKE: Final[Literal[1]]  # pushed and issued a futex wake
@@ -111,6 +116,9 @@ def futex_wait(address: int, expected: int, timeout_s: float, /) -> bool:
 def futex_wake(address: int, n: int = ..., /) -> int:
     """Wake up to ``n`` waiters (default: all); how many were woken."""
 
+def set_load_aware(flag: bool, /) -> None:
+    """Whether waits know the load and the peer's CPU (``ombm.configure(load_aware=...)``)."""
+
 # ---- the signal FIFO (paper §3.1.2); ``fifo`` is a FifoMap: the FIFO's mapping and its validated geometry
 @final
 class FifoMap:
@@ -194,6 +202,33 @@ def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exce
     """``pack``, except that a call ``[method, [args...], {kwargs}]`` or a reply ``[0, result]`` with a
     bytes-like argument, keyword value or result of ``threshold`` bytes or more raises ``error`` (rpc/marshal.py:
     the lanes leave it to Python, which sends it through the bulk segment)."""
+
+# ---- a stream's small messages in batches (ombm.channels.stream: send_many, recv_many)
+
+def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                    connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
+                    records: list[Any], hold_last: bool = False, /) -> tuple[int, int]:
+    """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
+    slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
+    while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. With ``hold_last``
+    the last frame's checksum is not stored: the caller stores it with a write that signals.
+    ``(count, bytes)``; on an error, the frames recorded were written and sealed."""
+
+def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                     connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:
+    """The one-fragment bytes messages there in order from fragment ``expected`` on, at most ``limit``,
+    each copied out once with its checksum folded into the copy and taken only if its private trailer
+    seals it and says exactly what the stream expects there; stops at the first that is not.
+    ``(messages, bytes)``."""
+
+def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
+                  ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
+                  horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:
+    """A raw reader's take (``RawChannel._take``'s checks) of the new good frames of the signalled
+    ``units`` in turn, until ``limit`` frames: each copied out once (checksummed in the same pass if the
+    channel carries checksums) and delivered as ``frame_type(unit, seq, generation, data)``;
+    ``last_gen`` is updated in place. ``(frames, units used, last_seq, received, missed, torn, stale)``."""
 
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 
@@ -357,6 +392,14 @@ class CallLane:
         self, method: str, args: tuple[object, ...], kwargs: dict[str, object], spin_ns: int, sleep_ok: bool, /
     ) -> CallResult: ...
 
+    def take(
+        self, limit: int, spin_ns: int, timeout_s: float, sleep_ok: bool, /
+    ) -> tuple[int, int, list[tuple[int, int, Any]]]:
+        """The pipelined calls' drain: wait up to ``timeout_s`` (0: not at all) for a signal, then take
+        every one in the FIFO (at most ``limit``): ``(WAIT_* status, waited_ns, entries)``, each entry
+        ``(LANE_VALUE, call id, result)``, ``(LANE_REPLY | LANE_ERROR_REPLY, call id, payload bytes)``
+        or ``(LANE_OTHER, segment id, offset)``."""
+
     def lend(self, next_id: int, patience_s: float, /) -> None: ...
     def reclaim(self) -> tuple[int, int, int | None, float | None] | None:
         """``(next_id, calls, current call id or None, last round trip in s or None)``, or None if not lent."""
@@ -408,3 +451,26 @@ class RequestIntake(Generic[_C, _K]):
     @property
     def served(self) -> int:
         """Requests served and answered on the lane since the intake was made."""
+
+# ---- the bridge's native data path (net_engine.c; ombm.net.bridge)
+@final
+class BridgeEngine:
+    def __init__(self, fifo: FifoMap, fd: int, sender: int, tag: int, max_age_us: int, mtu: int, key: bytes | None,
+                 /) -> None: ...
+    def add(self, key: int, segment_id: int, base: int, size: int, unit: int, shadow: bytearray, tags: object,
+            own: bytearray, write: Callable[[int, memoryview], object], address: tuple[str, int],
+            in_sync: bytearray, /) -> None: ...
+    def remove(self, key: int, /) -> None: ...
+    def set_mtu(self, mtu: int, /) -> None: ...
+    def next_seq(self, now_us: int, /) -> int: ...
+    def next_tag(self) -> int: ...
+    def check(self, sender: int, seq: int, now_us: int, /) -> str: ...
+    def commit(self, sender: int, seq: int, /) -> None: ...
+    def forget(self, sender: int, /) -> None: ...
+    def heard_ns(self, address: tuple[str, int], /) -> int: ...
+    def counts(self) -> dict[str, int]: ...
+    def run(self, spin_cap_ns: int, adaptive: bool, timeout_s: float, doorbell_fd: int, fds: tuple[int, ...], /
+            ) -> tuple[list[tuple[int, int]], list[tuple[bytes, tuple[str, int]]], list[tuple[int, int]], int]: ...
+    def takes(self, data: bytes | bytearray | memoryview, address: tuple[str, int], /) -> bool: ...
+
+def bridge_mac(key: bytes, data: ReadableBuffer, /) -> bytes: ...

@@ -111,3 +111,45 @@ def test_a_bridge_takes_any_datagram(pair):
         print(f"\nbridge, {'MAC' if key else 'CRC32C'}: {COUNT} datagrams: {taken}")
         assert importer.stats["updates_in"] > 0 and exporter.stats["imports_served"] > 1
     print(f"({time.monotonic() - started:.1f} s)")
+
+
+@pytest.mark.parametrize("key", [None, KEY], ids=["crc", "mac"])
+def test_a_native_bridge_takes_any_datagram(pair, key):
+    """The same fuzz over UDP into a bridge serving on its native data path (``_native.BridgeEngine``):
+    whatever it takes itself must be what ``decode`` accepts (an UPDATE of single-part entries), and
+    nothing may raise, crash or stop it."""
+    name, (a, b, a2, b2) = pair
+    exporter, importer = (a, b) if key else (a2, b2)
+    engine = importer._engine
+    assert engine is not None
+    replica = next(iter(importer._replicas.values()))
+    fuzzer = Fuzzer(SEED + 1, key, [(replica.key, 64 * 1024, 4096)], names=[name, "fz"],
+                    clock_us=lambda: time.time_ns() // 1000)
+    sent = took = 0
+    before = importer.stats["datagrams_in"]
+    for chunk in range(0, COUNT, 512):
+        importer.stop()
+        _relink(exporter, importer, name, replica.key)  # what a fuzzed BYE or OFFER undid
+        batch = [fuzzer.datagram() for _ in range(min(512, COUNT - chunk))]
+        for data in batch:
+            if engine.takes(data, exporter.address):
+                took += 1
+                got = dg.decode(data, key)  # raises if the native path would take what Python refuses
+                assert got.kind is dg.Kind.UPDATE and all(e.parts == 1 for e in got.entries)
+        importer.start()
+        for i, data in enumerate(batch):
+            exporter._sock.sendto(data, importer.address)  # from the exporter's address: its link
+            sent += 1
+            if i % 64 == 63:  # paced: the socket's buffer never overflows
+                deadline = time.monotonic() + 10
+                while importer.stats["datagrams_in"] - before < sent and time.monotonic() < deadline:
+                    time.sleep(0.001)
+    deadline = time.monotonic() + 10
+    while importer.stats["datagrams_in"] - before < sent and time.monotonic() < deadline:
+        time.sleep(0.005)
+    stats = importer.stats
+    importer.stop()
+    assert stats["datagrams_in"] - before == sent and stats["internal_errors"] == 0, stats
+    print(f"\nnative bridge, {'MAC' if key else 'CRC32C'}: {sent} datagrams, {took} of them for the native path: "
+          f"{ {k: v for k, v in stats.items() if v and k not in ('bytes_in', 'bytes_out')} }")
+    assert took > 0 and stats["native_in"] > 0

@@ -34,7 +34,7 @@ class _Missing(load._System):
 
 def test_a_tiny_load_run_gives_every_row_a_number_or_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(load.Plan, "make", classmethod(lambda cls, quick: cls((1, 2), (load.SYNC, 4), 0.05, 5)))
-    monkeypatch.setattr(load, "SYSTEMS", (load._Ombm, load._Selector, _Missing))
+    monkeypatch.setattr(load, "SYSTEMS", (load._Ombm, load._OmbmAsyncio, load._OmbmThreads, load._Selector, _Missing))
     steps: list[tuple[object, ...]] = []
     result = load.run(progress=lambda *args: steps.append(args), quick=True)
     assert "pip install" in result.skipped["not installed"]
@@ -42,6 +42,10 @@ def test_a_tiny_load_run_gives_every_row_a_number_or_a_reason(monkeypatch: pytes
         assert sorted(result.sync[system]) == [1, 2]
         assert sorted(result.pipelined[system]) == [load.SYNC, 4]
         for cell in [*result.sync[system].values(), *result.pipelined[system].values()]:
+            assert cell.calls > 0 and cell.window_s > 0 and 0 < cell.p50_us <= cell.p99_us
+    for system in ("ombm asyncio", "ombm threads"):  # other ways to pipeline with ombm: no synchronous load rows
+        assert system not in result.sync and sorted(result.pipelined[system]) == [load.SYNC, 4]
+        for cell in result.pipelined[system].values():
             assert cell.calls > 0 and cell.window_s > 0 and 0 < cell.p50_us <= cell.p99_us
     assert not result.failed
     targets = load.issue13_targets(result)

@@ -185,7 +185,10 @@ def test_raw_recv_many_delivers_good_frames_in_order_and_counts_the_rest(procs):
     assert seqs and all(a < b for a, b in zip(seqs, seqs[1:]))  # increasing: none twice, none late
     gaps = seqs[-1] - seqs[0] + 1 - len(seqs)
     assert stats.received == len(seqs) and gaps <= stats.missed  # every gap counted as missed
-    assert seqs[0] - 1 + len(seqs) + stats.missed == seqs[-1] <= written  # and nothing else
+    # and nothing else: the reader opened before the first frame (the writer waits for "go"), so the
+    # frames before the first it delivered are missed too (a busy machine can delay its first look
+    # past half the ring: those frames are skipped as at risk)
+    assert len(seqs) + stats.missed == seqs[-1] <= written
 
 
 @reporting

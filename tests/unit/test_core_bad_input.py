@@ -445,6 +445,7 @@ def test_signal_handler_outside_every_region_creates_nothing():
         ({"fifo_capacity": 1}, ValueError),
         ({"fifo_capacity": 1 << 21}, ValueError),
         ({"fifo_capacity": 128.0}, TypeError),
+        ({"load_aware": 1}, TypeError),
         ({"no_such_setting": 1}, TypeError),
     ],
 )

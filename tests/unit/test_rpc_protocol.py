@@ -585,3 +585,24 @@ def test_bad_limits_are_refused(bad, error):
         ServerProtocol(CONN, max_payload=64, max_message_bytes=bad)
     with pytest.raises(error):
         ClientProtocol(CONN, max_payload=64, max_message_bytes=bad)
+
+
+def test_complete_takes_a_reply_the_io_layer_decoded_as_receive_frame_would():
+    """complete(): the pipelined calls' drain hands over call ids it decoded itself."""
+    c = ClientProtocol(CONN, max_payload=64, max_in_flight=2)
+    first, second, third = (c.send_request(b"x", 0.0) for _ in range(3))
+    assert len(c.frames_to_send(0.0)) == 2 and c.is_queued(third)  # the window holds two
+    assert c.complete(first, 0.004) is True
+    assert not c.is_queued(third) and len(c.frames_to_send(0.004)) == 1  # its slot went to the queued call
+    st = c.statistics()
+    assert (st.in_flight, st.queued, st.srtt_s) == (2, 0, pytest.approx(0.004))
+    assert c.complete(first, 0.005) is False  # a duplicate: counted, nothing changed
+    assert c.complete(2**62, 0.005) is False  # a call never made: bad
+    assert c.complete(0, 0.005) is False
+    assert c.complete(second, 0.006) is True
+    oneway = c.send_request(b"y", 0.0, oneway=True)
+    assert c.complete(oneway, 0.006) is False  # a reply to a one-way call makes no sense: bad, still in flight
+    st = c.statistics()
+    assert (st.duplicates, st.bad_frames, st.in_flight, st.queued) == (1, 3, 2, 0)
+    assert c.complete(third, 0.007) is True
+    assert c.statistics().in_flight == 1  # the one-way call, until its ACK

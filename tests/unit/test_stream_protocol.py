@@ -380,3 +380,36 @@ def test_a_lost_window_update_is_recovered_by_a_probe():
     [b] = s.frames_to_send(t)
     r.receive_frame(b, t)
     assert r.recv() == b"b" and s.tx.probes == 2
+
+
+def test_runs_count_exactly_what_single_calls_count():
+    """sent_run / accept_run / release_run (the native batch path's accounting) leave both ends
+    as begin+sent / accept / release one fragment at a time would."""
+    one, run = sender(window=8), sender(window=8)
+    for k in range(3):
+        one.begin(1, 10 + k, BYTES)
+        one.sent(("rec", k), 0.0)
+    run.sent_run([("rec", k) for k in range(3)], 10 + 11 + 12, 0.0)
+    fields = ("next_seq", "fragments", "messages", "bytes", "unacked", "deadline")
+    assert [getattr(run, f) for f in fields] == [getattr(one, f) for f in fields]
+    assert run.last_record() == ("rec", 2)
+    run.begin(2, 20, BYTES)
+    with pytest.raises(ValueError):  # a run starts between messages
+        run.sent_run([("rec", 9)], 1, 0.0)
+
+    a, b = StreamReceiver(CONN, 8, 100), StreamReceiver(CONN, 8, 100)
+    for seq in range(3):
+        a.accept(head(seq, total=5, plen=5))
+        a.release(seq)
+    b.accept_run(3, 15)
+    b.release_run(0, 3)
+    fields = ("expected", "released", "fragments", "messages", "bytes", "unreleased")
+    assert [getattr(b, f) for f in fields] == [getattr(a, f) for f in fields]
+    # a fragment held out of order (an array in use) holds the run's release back until it is freed
+    c = StreamReceiver(CONN, 8, 100)
+    c.accept(head(0, total=5, plen=5))
+    c.accept_run(2, 10)
+    c.release_run(1, 2)
+    assert c.released == 0 and c.unreleased == 3
+    c.release(0)
+    assert c.released == 3

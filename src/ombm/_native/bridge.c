@@ -16,13 +16,13 @@
  *                                     server). The sleep itself stays Python's (the selector).
  */
 #include "fifo.h"  /* first: Python.h sets the feature macros */
+#include "net.h"
 
 #include <poll.h>
 #include <sched.h>
 
 /* ---------------------------------------------------------------- the delta */
 
-#define DELTA_BLOCK 4096          /* memcmp this much at a time, then bytes in the block that differs */
 #define DELTA_UNLOCKED (256 << 10)  /* a range longer than this is compared and copied without the GIL */
 
 static PyObject *n_unit_delta(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
@@ -45,17 +45,11 @@ static PyObject *n_unit_delta(PyObject *Py_UNUSED(self), PyObject *const *args, 
     }
     const unsigned char *s = (const unsigned char *)src.buf + lo;
     unsigned char *d = (unsigned char *)shadow.buf + lo;
-    Py_ssize_t n = hi - lo, at = 0;
+    Py_ssize_t n = hi - lo;
     /* a large unit without the GIL (both buffers stay exported, so neither moves); an RPC slot
        (128 KiB, about 10 us here) keeps it: releasing costs more than it gives */
     PyThreadState *unlocked = n > DELTA_UNLOCKED ? PyEval_SaveThread() : NULL;
-    while (at < n) {  /* the block that differs (or none) */
-        Py_ssize_t block = n - at < DELTA_BLOCK ? n - at : DELTA_BLOCK;
-        if (memcmp(s + at, d + at, (size_t)block)) break;
-        at += block;
-    }
-    while (at < n && s[at] == d[at]) at++;  /* s changes under us: this ends by the bound, whatever it reads */
-    memcpy(d + at, s + at, (size_t)(n - at));  /* the one read of src that counts: sent from the shadow */
+    Py_ssize_t at = delta_copy(s, d, n);
     if (unlocked) PyEval_RestoreThread(unlocked);
     result = PyLong_FromSsize_t(at);
 out:

@@ -22,6 +22,11 @@
  * (LANE_TIMEOUT, or LANE_STALLED if the FIFO's head cell was claimed and never published), a
  * call that does not marshal or fit one frame (LANE_UNSENT: nothing written, no id taken), or no
  * lent state (LANE_NOT_LENT). The result is a CallResult record.
+ *
+ * take() is the pipelined calls' drain (issue 13: many calls outstanding share wake-ups): it waits
+ * as call() does if the FIFO is empty, then takes every signal there (bounded), checks each reply
+ * frame as call() does (of this connection, any call id: the Python protocol decides which ids it
+ * completes) and unmarshals the results, so that one Python step completes a whole batch.
  */
 #include "fifo.h"
 #include "frame.h"
@@ -233,6 +238,110 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     return call_result(LANE_OTHER, Py_NewRef(Py_None), waited, call_id, seg, off);
 }
 
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection, of any
+   call: a new bytes object with its payload, *kind and *call_id set; NULL (no exception) otherwise. */
+static PyObject *lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id) {
+    if (off >= (uint64_t)l->reply_size) return NULL;
+    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
+    if (start + l->reply_slot > l->reply_size) return NULL;
+    frame_trailer t;
+    const char *why;
+    PyObject *payload = frame_take(l->reply_base + start, l->reply_slot, 0, &t, &why);
+    if (!payload) {
+        PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
+        return NULL;
+    }
+    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
+        t.connection_id != l->connection_id || !t.message_id) {
+        Py_DECREF(payload);
+        return NULL;
+    }
+    *kind = t.kind;
+    *call_id = t.message_id;
+    return payload;
+}
+
+/* One entry of take(): (status, a, b), the references stolen (NULL: an exception is set). */
+static PyObject *take_entry(int status, PyObject *a, PyObject *b) {
+    if (!a || !b) { Py_XDECREF(a); Py_XDECREF(b); return NULL; }
+    PyObject *s = PyLong_FromLong(status);
+    if (!s) { Py_DECREF(a); Py_DECREF(b); return NULL; }
+    PyObject *t = PyTuple_New(3);
+    if (!t) { Py_DECREF(s); Py_DECREF(a); Py_DECREF(b); return NULL; }
+    PyTuple_SET_ITEM(t, 0, s);
+    PyTuple_SET_ITEM(t, 1, a);
+    PyTuple_SET_ITEM(t, 2, b);
+    return t;
+}
+
+/* take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, entries): the pipelined
+   calls' drain (issue 13: replies taken per wake-up, not one per signal). Waits (spin, then
+   futex sleep, without the GIL) up to timeout_s for a signal if none is there (0: no wait), then
+   takes every signal in the FIFO, at most `limit`, in FIFO order, each through THE frame check
+   (frame_take). An entry is (LANE_VALUE, call id, result) for a whole REPLY of this connection
+   that unmarshals to [0, result]; (LANE_REPLY or LANE_ERROR_REPLY, call id, payload) for any
+   other whole reply of this connection; (LANE_OTHER, segment id, offset) for every other signal
+   (another segment, or a frame the lane does not take: Python's protocol takes it). The call ids
+   are the peer's word: the protocol decides what they complete. Uses no lent state: the caller
+   leads the client's receiver, and the lane may be lent or not. */
+static PyObject *CallLane_take(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take(limit, spin_ns, timeout_s, sleep_ok)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[0]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    uint64_t spin_ns, waited = 0;
+    double timeout_s;
+    int sleep_ok, r = WAIT_READY;
+    if (parse_wait_policy(args + 1, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    if (!l->reply_base) {
+        PyErr_SetString(PyExc_ValueError, "CallLane is closed");
+        return NULL;
+    }
+    const FifoMap *f = l->fifo;
+    if (timeout_s > 0) {
+        r = wait_signal(f, spin_ns, timeout_s, sleep_ok, &waited);
+        if (r < 0) return NULL;
+        if (!l->reply_base) {  /* (the caller leads the receiver: nobody closes the lane meanwhile) */
+            PyErr_SetString(PyExc_ValueError, "CallLane is closed");
+            return NULL;
+        }
+    }
+    PyObject *entries = PyList_New(0);
+    if (!entries) return NULL;
+    for (Py_ssize_t i = 0; i < limit; i++) {
+        uint64_t seg = 0, off = 0, call_id = 0;
+        if (!fifo_take(f, &seg, &off)) break;
+        PyObject *entry = NULL;
+        unsigned kind = 0;
+        PyObject *payload = seg == l->reply_seg ? lane_take_any(l, off, &kind, &call_id) : NULL;
+        if (!payload) {
+            entry = take_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg), PyLong_FromUnsignedLongLong(off));
+        } else {
+            PyObject *result = kind == KIND_REPLY ? lane_result(l, payload) : NULL;
+            if (result) {
+                Py_DECREF(payload);
+                entry = take_entry(LANE_VALUE, PyLong_FromUnsignedLongLong(call_id), result);
+            } else if (PyErr_Occurred()) {
+                /* not an Exception (e.g. KeyboardInterrupt): it propagates, and the replies taken so
+                   far are lost, as if their signals were (the protocol's retransmission recovers them) */
+                Py_DECREF(payload);
+            } else {
+                entry = take_entry(kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY,
+                                   PyLong_FromUnsignedLongLong(call_id), payload);
+            }
+        }
+        if (!entry || PyList_Append(entries, entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(entries);
+            return NULL;
+        }
+        Py_DECREF(entry);
+    }
+    return Py_BuildValue("(iKN)", r, (unsigned long long)waited, entries);
+}
+
 /* lend(next_id, patience_s): the protocol lends its call ids (nothing else is outstanding). */
 static PyObject *CallLane_lend(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -289,6 +398,8 @@ static PyObject *CallLane_lent(CallLane *l, void *Py_UNUSED(closure)) { return P
 static PyMethodDef CallLane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))CallLane_call, METH_FASTCALL,
      "call(method, args, kwargs, spin_ns, sleep_ok) -> CallResult"},
+    {"take", (PyCFunction)(void (*)(void))CallLane_take, METH_FASTCALL,
+     "take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, [(status, a, b), ...])"},
     {"lend", (PyCFunction)(void (*)(void))CallLane_lend, METH_FASTCALL, "lend(next_id, patience_s)"},
     {"reclaim", (PyCFunction)CallLane_reclaim, METH_NOARGS,
      "reclaim() -> (next_id, calls, current call id | None, last rtt s | None) | None"},

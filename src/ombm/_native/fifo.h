@@ -34,6 +34,8 @@
 #include "faults.h"
 #include "native.h"
 
+#include <sched.h>
+
 /* A validated mapping of one FIFO: its geometry, private to this process. Holds a buffer export
    of the mapping (the mmap), so the memory stays mapped while any user (a Writer's route, a lane)
    holds the FifoMap. */
@@ -88,6 +90,16 @@ static inline int fifo_wake(au32 *sleep) {
         return PUSH_WOKE;
     }
     return state == 2 ? PUSH_DOORBELL : PUSH_OK;
+}
+
+/* Tell the receiver which CPU its last signal came from (FIFO_PEER_CPU: CPU + 1): its wait yields
+   the CPU instead of polling while that is its own CPU (sync.c). A hint: stored only when it
+   changed (sched_getcpu reads the rseq area: no system call), relaxed, never read by a producer. */
+static inline void fifo_note_cpu(au32 *peer_cpu) {
+    int cpu = sched_getcpu();
+    uint32_t v = cpu < 0 ? 0 : (uint32_t)cpu + 1;
+    if (atomic_load_explicit(peer_cpu, memory_order_relaxed) != v)
+        atomic_store_explicit(peer_cpu, v, memory_order_relaxed);
 }
 
 /* Push (segment id, offset): claim, publish, then Drepper's wake check. Never blocks. PUSH_*. */
@@ -153,6 +165,7 @@ static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
     expect = pos;
     atomic_compare_exchange_strong_explicit(tail, &expect, pos + 1, memory_order_seq_cst, memory_order_relaxed);
     if (!published) return fifo_push_corrupt(m);
+    fifo_note_cpu(A32(f + FIFO_PEER_CPU));
     return fifo_wake(A32(f + FIFO_SLEEP));
 }
 

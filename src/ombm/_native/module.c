@@ -4,6 +4,7 @@
  * and lane.h).
  */
 #include "lane.h"
+#include "net.h"
 
 #define CONSTANT(name) {#name, name}
 
@@ -13,7 +14,8 @@ static const struct {
 } constants[] = {
     /* the FIFO layout, checked against _layout.py at import (_layout.check_native) */
     CONSTANT(FIFO_TAIL), CONSTANT(FIFO_HEAD), CONSTANT(FIFO_SLEEP), CONSTANT(FIFO_CAPACITY), CONSTANT(FIFO_CELLS),
-    CONSTANT(FIFO_DROPS), CONSTANT(CELL_SIZE), CONSTANT(FIFO_VERSION),
+    CONSTANT(FIFO_DROPS), CONSTANT(CELL_SIZE), CONSTANT(FIFO_VERSION), CONSTANT(FIFO_STATE),
+    CONSTANT(FIFO_PEER_CPU), CONSTANT(RECEIVER_RUNNING), CONSTANT(RECEIVER_SPINNING), CONSTANT(RECEIVER_ASLEEP),
     /* results: of a push, a wait, a call on the lane, a turn of the serving loop */
     CONSTANT(PUSH_OK), CONSTANT(PUSH_WOKE), CONSTANT(PUSH_DOORBELL), CONSTANT(PUSH_FULL),
     CONSTANT(WAIT_READY), CONSTANT(WAIT_TIMEOUT), CONSTANT(WAIT_STALLED),
@@ -48,7 +50,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (!m) return NULL;
     if (native_add_sync(m) < 0 || native_add_fifo(m) < 0 || native_add_frame(m) < 0 || native_add_writer(m) < 0 ||
         native_add_call_lane(m) < 0 || native_add_request_intake(m) < 0 || native_add_mapping(m) < 0 ||
-        native_add_bridge(m) < 0)
+        native_add_bridge(m) < 0 || native_add_net_engine(m) < 0 || native_add_stream_batch(m) < 0)
         goto fail;
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++)
         if (PyModule_AddIntConstant(m, constants[i].name, constants[i].value) < 0) goto fail;

@@ -15,7 +15,9 @@
  *   call_lane.c       CallLane: the RPC client's no-loss path                         (paper §4)
  *   request_intake.c  RequestIntake: the RPC server's loop and its no-loss path       (paper §4)
  *   mapping.c         map_over, guard: mappings without a descriptor, and no SIGBUS from a peer (issue 11)
+ *   net.h, net_engine.c  BridgeEngine: the bridge's native data path (datagrams, replay window) (§3.2.3)
  *   bridge.c          the bridge's delta against its shadow and its spin before it sleeps   (paper §3.2.3)
+ *   stream_batch.c    a stream's small messages in batches: a run written, a run taken, per call  (§4)
  *   module.c          creates the module, has each part add its functions and types, adds the constants
  * Hot helpers that several parts call (the ring's push and take, an address argument) are
  * `static inline` in the headers, so the split costs no call.
@@ -51,12 +53,19 @@
 /* ---- FIFO layout (mirrors _layout.FIFO_*) ---- */
 #define FIFO_CAPACITY 12  /* u32 capacity (a power of two), written once when the FIFO is made */
 #define FIFO_DROPS 40     /* u64 signals dropped because the FIFO was full */
+#define FIFO_PEER_CPU 48  /* u32 hint, the producers': the CPU of the last push + 1, 0 unknown (fifo.h) */
 #define FIFO_TAIL 64      /* u64 enqueue position, own cache line */
 #define FIFO_HEAD 128     /* u64 dequeue position, own cache line */
+#define FIFO_STATE 136    /* u32 hint, the receiver's (in its own line): RECEIVER_* | (its CPU + 1) << 8 (sync.c) */
 #define FIFO_SLEEP 192    /* u32 futex word: 0 awake, 1 futex sleep, 2 doorbell sleep */
 #define FIFO_CELLS 256    /* first cell */
 #define CELL_SIZE 32      /* u64 seq, u64 segment id, u64 offset, u64 pad (see fifo.h) */
 #define FIFO_VERSION 2    /* 2: a claimed cell's seq names its producer (fifo.h) */
+
+/* the receiver's state in FIFO_STATE's low byte: a hint for its peers and tools, never trusted */
+#define RECEIVER_RUNNING 0
+#define RECEIVER_SPINNING 1
+#define RECEIVER_ASLEEP 2
 
 /* push results */
 #define PUSH_OK 0
@@ -131,5 +140,6 @@ int native_add_call_lane(PyObject *module);
 int native_add_request_intake(PyObject *module);
 int native_add_mapping(PyObject *module);
 int native_add_bridge(PyObject *module);
+int native_add_stream_batch(PyObject *module);
 
 #endif

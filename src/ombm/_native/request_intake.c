@@ -437,7 +437,10 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
 }
 
 /* serve(spin_ns, timeout_s, sleep_ok, learn_ns) -> ServeResult: what Python must see next
-   (SERVE_*); timeout_s bounds the whole call. */
+   (SERVE_*); timeout_s bounds the whole call. One wake-up serves a batch: every request pending
+   in the FIFO (from any number of clients) is served before the call returns SERVE_LEARN to
+   report the wait that began the batch (issue 13), so N clients cost the server one wake-up and
+   one return to Python per batch, not per call. */
 static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "serve(spin_ns, timeout_s, sleep_ok, learn_ns)");
@@ -451,11 +454,16 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
     if (learn_ns == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     const FifoMap *f = x->fifo;
     uint64_t deadline = now_ns() + (uint64_t)(timeout_s * 1e9);
+    uint64_t learnt = 0;  /* a wait the policy should hear of (> learn_ns), told once the batch is served */
+    int to_learn = 0;
     for (;;) {
+        /* every request pending when the server woke is served before it reports the wait */
+        if (to_learn && !fifo_ready(f)) return serve_result(SERVE_LEARN, learnt, 0, 0);
         uint64_t t = now_ns(), waited;
         int r = wait_signal(f, spin_ns, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
         if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
         uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
+        if (to_learn) waited = learnt;  /* what Python hears: the wait that began this batch */
         if (r != WAIT_READY || !fifo_take(f, &seg, &off))
             return serve_result(r == WAIT_STALLED ? SERVE_STALLED : SERVE_TIMEOUT, waited, 0, 0);
         PyObject *key = PyLong_FromUnsignedLongLong(seg);
@@ -471,8 +479,8 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         int served = intake_request(x, e, off, waited, &out);
         Py_DECREF(e);
         if (served <= 0) return out;
-        if (waited > learn_ns) return serve_result(SERVE_LEARN, waited, 0, 0);
-        if (now_ns() >= deadline) return serve_result(SERVE_TIMEOUT, waited, 0, 0);
+        if (!to_learn && waited > learn_ns) { to_learn = 1; learnt = waited; }
+        if (now_ns() >= deadline) return serve_result(to_learn ? SERVE_LEARN : SERVE_TIMEOUT, waited, 0, 0);
     }
 }
 

@@ -14,7 +14,9 @@
  */
 #include "fifo.h"  /* first: Python.h sets the feature macros */
 
+#include <fcntl.h>
 #include <sched.h>
+#include <stdlib.h>
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -104,19 +106,95 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
 
 /* ---------------------------------------------------------------- the wait */
 
-/* Set by spin_then_sleep when its last yield ran another thread on this CPU (per thread). */
-static _Thread_local int yield_hint = 0;
-#define YIELD_RAN_OTHER_NS 1500ull
+/* ---- what a waiter knows: the machine's load, where its peer runs, what its spins achieved
+
+   A spin can win only while the thread that will signal runs on another CPU. So before it spins
+   a waiter looks at:
+   - the machine's load: the runnable tasks (/proc/loadavg's fourth field: runnable/total, the
+     kernel's instantaneous count, this thread included) against the online CPUs, read at most
+     every LOAD_REFRESH_NS per process. More runnable tasks than CPUs: someone waits for a CPU,
+     maybe the peer, and a spin takes a CPU from it (issue 13: 16 clients spinning against one
+     server on 2 CPUs are 16 of the 17 tasks the scheduler shares the CPUs among). Then the waiter spins at most OVERLOAD_SPIN_NS, and only
+     while its spins under load win (learnt per thread, below), else it goes straight to the futex;
+   - where its peer runs: producers note the CPU of their last push in the FIFO (FIFO_PEER_CPU,
+     fifo.h). If that is this thread's CPU, the peer can run only when this thread stops: it yields
+     at every check (no polling, no pause), so a ping-pong on one CPU hands the CPU over directly,
+     two context switches a round trip;
+   - what its spins achieved: under load, OVERLOAD_LOSSES spins in a row that ended without a
+     signal stop the spinning; every OVERLOAD_PROBE-th wait probes again, and a win resets it.
+   All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
+   is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
+#define LOAD_REFRESH_NS 2000000ull
+#define OVERLOAD_LOSSES 3
+#define OVERLOAD_PROBE 32
+#define OVERLOAD_SPIN_NS 10000ull  /* the longest spin under load: a few cross-CPU round trips */
+
+static _Atomic int load_aware = 1;         /* 0: none of this (configure(load_aware=False)) */
+static _Atomic uint64_t load_seen_ns = 0;  /* when a thread last read the load (0: never) */
+static _Atomic int load_over = 0;          /* runnable tasks > online CPUs at that reading */
+static _Atomic long online_cpus = 0;       /* read once per process (0: not yet) */
+static _Thread_local unsigned overload_losses = 0, overload_waits = 0;
+
+/* The runnable tasks now (/proc/loadavg's "R/T" field), or -1 if it cannot be read. */
+static long runnable_tasks(void) {
+    char buf[128];
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    const char *p = buf;
+    for (int field = 0; field < 3; field++) {  /* skip the three load averages */
+        p = strchr(p, ' ');
+        if (!p) return -1;
+        p++;
+    }
+    char *end;
+    long r = strtol(p, &end, 10);
+    return end != p && *end == '/' ? r : -1;
+}
+
+/* Whether more tasks are runnable than the machine has CPUs (at the last reading, refreshed if
+   older than LOAD_REFRESH_NS; one thread of the process refreshes it). Unknown reads as not. */
+static int machine_overloaded(uint64_t now) {
+    uint64_t seen = atomic_load_explicit(&load_seen_ns, memory_order_relaxed);
+    if (seen && now - seen < LOAD_REFRESH_NS) return atomic_load_explicit(&load_over, memory_order_relaxed);
+    if (!atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return atomic_load_explicit(&load_over, memory_order_relaxed);
+    long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
+    if (!cpus) {
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        if (cpus < 1) cpus = 1;
+        atomic_store_explicit(&online_cpus, cpus, memory_order_relaxed);
+    }
+    int over = runnable_tasks() > cpus;
+    atomic_store_explicit(&load_over, over, memory_order_relaxed);
+    return over;
+}
+
+/* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
+static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0) return NULL;
+    atomic_store_explicit(&load_aware, flag, memory_order_relaxed);
+    Py_RETURN_NONE;
+}
+
+/* Publish this receiver's state (RECEIVER_*) and CPU in FIFO_STATE: a hint, relaxed. */
+static inline void publish_state(const FifoMap *m, uint32_t state, int cpu) {
+    atomic_store_explicit(A32(m->base + FIFO_STATE), state | (cpu < 0 ? 0u : (uint32_t)(cpu + 1) << 8),
+                          memory_order_relaxed);
+}
+
 /* How long a spin only polls (reading the clock between checks) before it pauses and yields,
-   unless the hint says the peer shares this CPU. A sched_yield is a system call (a few hundred
-   ns here) during which a signal that arrives goes unseen, and a peer on another CPU usually
-   answers within this. No pause either: under KVM a run of pauses longer than the
-   pause-loop-exit window (about 4,096 cycles) makes the host deschedule this vCPU. */
+   unless the peer shares this CPU. A sched_yield is a system call (a few hundred ns here) during
+   which a signal that arrives goes unseen, and a peer on another CPU usually answers within this.
+   No pause either: under KVM a run of pauses longer than the pause-loop-exit window (about 4,096
+   cycles) makes the host deschedule this vCPU. */
 #define QUIET_SPIN_NS 3000ull
 
-/* Spin (poll for QUIET_SPIN_NS, then pause and sched_yield, so a peer on the same CPU can run) for
-   spin_ns, then announce sleep, re-check, and sleep on the futex until timeout.
-   Called without the GIL. Returns WAIT_*; *waited_ns is the time spent. */
 /* Python runs signal handlers in the main thread only, and a POSIX signal interrupts a futex sleep
    only if it comes during the system call: one that came while the thread spun, or just before it
    called FUTEX_WAIT, would wait for the sleep's end (a whole timeout) to be handled, so SIGTERM or
@@ -126,39 +204,49 @@ static _Thread_local int yield_hint = 0;
 #define SIGNAL_SLICE_NS 50000000ull
 static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid(); }
 
+/* Spin for spin_ns (as the hints above allow: poll for QUIET_SPIN_NS, then pause and sched_yield
+   every 16 checks; with the peer on this CPU, yield at every check), then announce sleep,
+   re-check, and sleep on the futex until timeout. Called without the GIL. Returns WAIT_*;
+   *waited_ns is the time spent. */
 int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
+    int cpu = sched_getcpu();
+    /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
+    uint32_t peer = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
+    int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
+    int shared = aware && cpu >= 0 && peer == (uint32_t)cpu + 1;
+    int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
+    if (loaded) {  /* spin only as long as spins under load win (learnt), probing now and then */
+        if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
+        else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
+    }
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
-    unsigned iter = 0;
-    /* A yield that took long ran another thread on this CPU: likely the peer we wait for
-       (both on one CPU). Then pausing only delays it: yield at every check, in this wait
-       and, through the thread's hint, from the start of the next; a fast yield clears it. */
-    int shared = yield_hint, yielded = 0;
-    unsigned every = shared ? 1 : 16;
-    if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
-        uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
-        while (now_ns() < quiet_end)
+    if (spin_end > start) {
+        publish_state(m, RECEIVER_SPINNING, cpu);
+        unsigned iter = 0, every = shared ? 1 : 16;
+        if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
+            uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
+            while (now_ns() < quiet_end)
+                if (fifo_ready(m)) { result = WAIT_READY; goto done; }
+        }
+        for (;;) {
             if (fifo_ready(m)) { result = WAIT_READY; goto done; }
-    }
-    for (;;) {
-        if (fifo_ready(m)) { result = WAIT_READY; goto done; }
-        if (++iter % every == 0) {
-            uint64_t t = now_ns();
-            if (t >= spin_end) break;
-            sched_yield();
-            yielded = 1;
-            shared = now_ns() - t > YIELD_RAN_OTHER_NS;
-            if (shared) every = 1;
-        } else {
-            cpu_relax();
+            if (++iter % every == 0) {
+                if (now_ns() >= spin_end) break;
+                sched_yield();
+            } else {
+                cpu_relax();
+            }
         }
     }
+    if (loaded && spin_ns) overload_losses++;  /* a spin under load that lost */
     au32 *sleep = A32(m->base + FIFO_SLEEP);
     uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
     int slices = sleep_ok && in_main_thread();
+    if (sleep_ok) publish_state(m, RECEIVER_ASLEEP, cpu);
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
@@ -188,8 +276,11 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     /* clear the state (keep the generation); relaxed: only a hint to producers, one that still
        reads "asleep" costs one needless futex wake */
     atomic_fetch_and_explicit(sleep, ~SLEEP_STATE, memory_order_relaxed);
-done:
-    if (yielded) yield_hint = shared;
+    if (0) {
+done:  /* a signal came while spinning */
+        if (loaded) overload_losses = 0;
+    }
+    publish_state(m, RECEIVER_RUNNING, sched_getcpu());
     *waited_ns = now_ns() - start;
     return result;
 }
@@ -239,6 +330,7 @@ static PyMethodDef sync_functions[] = {
     {"fetch_add64", n_fetch_add64, METH_VARARGS, "atomic fetch-add on a u64; returns the old value"},
     {"futex_wait", n_futex_wait, METH_VARARGS, "futex_wait(addr, expected, timeout_s) -> woken"},
     {"futex_wake", n_futex_wake, METH_VARARGS, "futex_wake(addr, n=all) -> number woken"},
+    {"set_load_aware", n_set_load_aware, METH_O, "set_load_aware(flag): whether waits know the load and the peer's CPU"},
     {NULL, NULL, 0, NULL},
 };
 

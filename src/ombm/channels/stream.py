@@ -43,7 +43,10 @@ How the protocol's frames and counts travel here:
   looking again every ``TICK_S``.  Each fragment is copied out once with the checksum folded into the copy
   (``_native.copy_checksum``), straight to its place in the message (into a reused buffer when the
   application dropped an earlier one); a torn or corrupt frame fails the checksum and is looked at
-  again.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
+  again.  The common case, a run of one-fragment ``bytes`` messages, is written and taken by one
+  native call per run (``_native.stream_put_many``/``stream_take_many``, ``_native/stream_batch.c``:
+  the same frame, the same checks, the protocol's counts once per run); anything else stops the run
+  and takes the Python path.  A DATA frame is a valid wire frame: its CRC32C, continued from the payload's over the trailer
   (:func:`~ombm.transport.stream_protocol.seal`), is the one ``wire.decode`` checks.
 * **Repair.**  A fragment the protocol finds due (unacknowledged for an RTO: 0.1 s, doubling up
   to 2 s) is checked in its slot: intact, it is signalled again; corrupt, it is written again
@@ -93,7 +96,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Final, Iterable, Iterator, Literal, NoReturn, Sequence, Union
-from typing import overload
+from typing import cast, overload
 
 from ombm import _layout as L
 from ombm import _native
@@ -141,6 +144,7 @@ CREDIT_SIZE = CREDIT_FIRST + CREDIT_SLOTS * CREDIT_UNIT
 _load64, _load32, _store64, _store32 = _native.load64, _native.load32, _native.store64, _native.store32
 _cas64, _fetch_add64 = _native.cas64, _native.fetch_add64
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
+_put_many, _take_many = _native.stream_put_many, _native.stream_take_many
 _monotonic = time.monotonic
 
 
@@ -213,6 +217,10 @@ def _calibrate_pool() -> int:
 
 
 _POOL_FREE_REFS = _calibrate_pool()
+
+
+# the native take copies messages shorter than this into fresh buffers; longer ones go to the pool
+_NATIVE_TAKE_MAX = _BufferPool.MIN_BYTES - 1
 
 
 class _ArraySource:
@@ -322,6 +330,7 @@ class Stream(Channel):
         self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
         self._quiet = False      # in a burst of send_many(): fragments are written without their signal
         self._unsignalled = -1   # ... the offset of the last one so written, until _signal_burst()
+        self._records: list[_Record] = []  # send_many: the records of a run written natively
         self._reader_checked = 0.0
         self._resignals = self._repairs = self._waits = 0
         receiver = Receiver()
@@ -356,8 +365,46 @@ class Stream(Channel):
         """
         self._check_writer_side()
         timeout = check_timeout(timeout)
+        tx = self._tx
+        if type(data) is bytes and not tx.count:  # the common case: one native call writes it, if it fits
+            now = _monotonic()
+            self._check_reader(now)
+            seq = tx.next_seq
+            if (seq < tx.limit or self._refresh(now)) and self._put_one(data, seq, now):
+                return
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
+
+    def _put_one(self, data: bytes, seq: int, now: float) -> bool:
+        """Write ``data`` as fragment ``seq`` (credit checked) with one native call, its checksum
+        last with a write that signals; False (nothing written) if it takes more than one fragment."""
+        if not self._put_run([data], 0, seq + 1, now, hold_last=True):
+            return False
+        end = self.first + (seq % self.slots + 1) * self.slot_size
+        self._write(end - 8, _SUM.pack(self._tx.last_record()[7]))  # completes the slot: its one signal
+        tx = self._tx
+        timer = tx.deadline
+        if timer is not None and now >= timer:
+            self._service(now)
+        return True
+
+    def _put_run(self, msgs: list[Any], start: int, limit: int, now: float, hold_last: bool = False) -> int:
+        """Write the run of one-fragment bytes messages from ``msgs[start]`` on, below fragment
+        ``limit``, with one native call, unsignalled (with ``hold_last``, the last one's checksum is
+        not stored yet); the protocol counts them sent.  How many went."""
+        records, tx = self._records, self._tx
+        try:
+            done, nbytes = _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
+                                     self.connection_id, tx.next_seq, limit, msgs, start, records, hold_last)
+        except BaseException:  # out of memory: the frames recorded before it went (written and sealed)
+            if records:
+                tx.sent_run(records, sum(r[6] for r in records), now)
+                records.clear()
+            raise
+        if done:
+            tx.sent_run(records, nbytes, now)
+            records.clear()
+        return done
 
     def send_many(self, messages: Iterable[ReadableBuffer], timeout: float | None = None) -> None:
         """Send several messages in order, as :meth:`send` would one by one, with one signal per
@@ -371,22 +418,34 @@ class Stream(Channel):
         """
         self._check_writer_side()
         timeout = check_timeout(timeout)
-        batch = [self._fragments(data) for data in messages]
-        if not batch:
+        msgs = messages if type(messages) is list else list(messages)
+        if not msgs:
             return
+        general = {i: self._fragments(m) for i, m in enumerate(msgs) if type(m) is not bytes}  # checked first
         deadline = None if timeout is None else _monotonic() + timeout
         # quiet only for a reader on this host: a bridge sends a fragment to another host on its signal
         cbase = self._cbase
-        self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
-        sent = 0
+        quiet = self._quiet = bool(_load64(cbase + CR_PID)) and not _load32(cbase + CR_FLAGS) & READER_REMOTE
         tx, emit = self._tx, self._emit
+        i = 0
         try:
             now = _monotonic()
             self._check_reader(now)
-            for pieces, total in batch:
+            while i < len(msgs):
+                if not tx.count and (tx.next_seq < tx.limit or self._refresh(now)):
+                    if quiet:  # a run of one-fragment bytes messages the window has room for: one native call
+                        done = self._put_run(msgs, i, tx.limit, now)
+                        if done:
+                            i += done
+                            self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
+                            continue
+                    elif type(msgs[i]) is bytes and self._put_one(cast(bytes, msgs[i]), tx.next_seq, now):
+                        i += 1  # written and signalled
+                        continue
+                pieces, total = general.get(i) or self._fragments(msgs[i])
                 seq = tx.next_seq
                 if len(pieces) == 1 and not tx.count and (seq < tx.limit or self._refresh(now)):
-                    # the common case, inline: a one-fragment message the window has room for
+                    # a one-fragment message the window has room for, written by Python (any buffer)
                     source = pieces[0]
                     tx.begin(1, total, BYTES)
                     csum = emit(seq, 0, 1, total, BYTES, source, total)
@@ -394,10 +453,10 @@ class Stream(Channel):
                 else:
                     self._send(pieces, total, BYTES, None if deadline is None else max(0.0, deadline - _monotonic()))
                     now = _monotonic()
-                sent += 1
+                i += 1
             self._service(_monotonic())
         except ChannelTimeout as exc:
-            setattr(exc, "sent", sent)
+            setattr(exc, "sent", i)
             raise
         finally:
             self._quiet = False
@@ -739,6 +798,7 @@ class Stream(Channel):
         self._reader_flags = READER_REMOTE if self.remote else 0
         _store32(cbase + CR_FLAGS, self._reader_flags)
         self.max_payload = self.slot_size - TRAILER
+        self._take_max = min(self.max_payload, _NATIVE_TAKE_MAX)  # longer messages: the pool's buffers
         self._rx = StreamReceiver(self.connection_id, self.slots, self.max_payload)
         self._published = 0  # the released count in shared memory
         self._message: tuple[bytearray, memoryview] | None = None  # being reassembled (the protocol counts it)
@@ -806,7 +866,11 @@ class Stream(Channel):
         """
         self._check_reader_side()
         max_messages = _check_count(max_messages, "max_messages")
-        return self._rest_of_batch([self._recv(check_timeout(timeout), None)], max_messages)
+        timeout = check_timeout(timeout)
+        out = self._rest_of_batch([], max_messages)
+        if out:
+            return out
+        return self._rest_of_batch([self._recv(timeout, None)], max_messages)
 
     async def recv_many_async(self, max_messages: int = 64,
                               timeout: float | None = None) -> list[bytearray | ArrayView]:
@@ -824,8 +888,10 @@ class Stream(Channel):
         with self._lock:  # an array's finalizer (any thread) then publishes after the batch
             self._batching = True
             try:
-                poll, dispatch = self._poll, self._signals.dispatch_pending
+                poll, dispatch, run = self._poll, self._signals.dispatch_pending, self._take_run
                 while len(out) < limit:
+                    if run(out, limit):
+                        continue
                     msg = poll(False, None)
                     if msg is None and not (dispatch() and (msg := poll(False, None)) is not None):
                         break
@@ -839,6 +905,24 @@ class Stream(Channel):
                 _store64(self._cbase + CR_ACKED, self._rx.expected)
                 self._publish_released()
         return out
+
+    def _take_run(self, out: list[bytearray | ArrayView], limit: int) -> bool:
+        """In a batch: append the run of one-fragment bytes messages there now (up to ``limit`` in
+        all), taken by one native call that checks each as :meth:`_take` does; True if it took any.
+        Anything else (a message of the buffer pool's size or more, an array, a frame not there,
+        torn or forged) is left to :meth:`_poll`."""
+        rx = self._rx
+        if rx.count:
+            return False
+        seq = rx.expected
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self._take_max,
+                                 self.connection_id, seq, limit - len(out))
+        if not got:
+            return False
+        rx.accept_run(len(got), nbytes)
+        rx.release_run(seq, len(got))  # published at the batch's end
+        out += got
+        return True
 
     @overload
     def recv_array(self, timeout: float | None = None, *, copy: Literal[False] = False) -> ArrayView: ...
@@ -883,7 +967,10 @@ class Stream(Channel):
                 return
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
-        msg = self._poll(False, want)  # the common case of a reader that keeps up: no loop to set up
+        # the common case of a reader that keeps up: no loop to set up, a small message one native call
+        msg: bytearray | ArrayView | None = self._take_one() if want is None and not self._rx.count else None
+        if msg is None:
+            msg = self._poll(False, want)
         if msg is None:
             return self._run(self._receiving(timeout, want))
         if self._rx.expected >= self._drain_at:  # a reader that finds messages by the hint drains its
@@ -991,6 +1078,19 @@ class Stream(Channel):
                 hint[0] = 0  # being written (or corrupt, awaiting repair): its signal comes when it is
             return msg
 
+    def _take_one(self) -> bytearray | None:
+        """The next message if it is a one-fragment bytes message shorter than 64 KiB, there and
+        intact: taken by one native call (:meth:`_take`'s checks), acknowledged and released."""
+        rx = self._rx
+        seq = rx.expected
+        got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self._take_max,
+                                 self.connection_id, seq, 1)
+        if not got:
+            return None
+        rx.accept_run(1, nbytes)
+        self._consumed(seq)
+        return got[0]
+
     def _overtaken(self, seq: int, end: int) -> None:
         """A later fragment seems to sit where fragment ``seq`` must be: if its checksum says so,
         the writer wrote over a fragment this reader never took (it was given credit nobody
@@ -1030,6 +1130,11 @@ class Stream(Channel):
             return self._take_first(seq, end, hint, payload, want)
         if content == ARRAY:
             return self._take_array(seq, start, end, hint, want)
+        if want is None and plen <= self._take_max:
+            taken = self._take_one()
+            if taken is not None:
+                return taken
+            # not taken (torn, corrupt, changed since the peek): the checks below say what it is
         out = bytearray(plen) if plen < _BufferPool.MIN_BYTES else self._pool.get(plen)
         head = self._sealed_head(end, hint, _copy_checksum(out, payload))
         if head is None:

@@ -2,6 +2,7 @@
 
     ombm bridge --listen HOST:PORT [--export NAME]... [--service NAME]... [--peer HOST:PORT]... [--key-file PATH]
                 [--insecure] [--multicast GROUP:PORT] [--keepalive SECONDS] [--mtu BYTES] [--ip-fragments]
+                [--no-native]
 
 It prints one line when it listens (``ombm bridge: listening on HOST:PORT ...``), serves until SIGTERM
 or SIGINT (Ctrl-C), then says BYE to its peers, releases its replicas and prints its counters.
@@ -41,6 +42,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--ip-fragments", action="store_true",
                    help="let IP fragment datagrams longer than a path's MTU instead of learning it (with a "
                         "large --mtu, e.g. 65507, on a trusted link: fewer, larger datagrams)")
+    p.add_argument("--no-native", action="store_true",
+                   help="take every datagram on the Python path, the reference (by default the common case, "
+                        "single-datagram updates, takes the native one: docs/net.md)")
     p.add_argument("--multicast", metavar="GROUP:PORT",
                    help="an IPv4 multicast group this bridge joins to locate services and be located "
                         "(ombm.rpc.locate); every bridge of the network gives the same one")
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             bridge = Bridge(args.listen, exports=exports, peers=args.peer, key=key, insecure=args.insecure,
                             mtu=args.mtu or DEFAULT_MTU, multicast=args.multicast,
                             keepalive_s=KEEPALIVE_S if args.keepalive is None else args.keepalive,
-                            ip_fragments=args.ip_fragments)
+                            ip_fragments=args.ip_fragments, native=not args.no_native)
         except (OSError, ValueError) as exc:  # PermissionError, an address in use, a bridge already here
             err.print(f"ombm bridge: {exc}", markup=False)
             return 2

@@ -8,7 +8,11 @@
   ``"kernel"`` (the paper's software-only MBM: every signal is a system call
   into the receiver's kernel queue; env ``OMBM_SIGNAL_PATH``). It applies to
   receivers created after the change;
-* ``fifo_capacity``: entries per receiver FIFO (default 128, the paper's).
+* ``fifo_capacity``: entries per receiver FIFO (default 128, the paper's);
+* ``load_aware``: whether a wait knows the load (default True, env ``OMBM_LOAD_AWARE``
+  ``1``/``0``): with more runnable tasks than CPUs it spins at most 10 µs and only while such
+  spins win, and while its peer last ran on its own CPU it yields at every check (docs/design.md,
+  "Waiting that knows the load"). False: it spins for the budget alone. Process-wide, at once.
 
 Environment variables are read at import; :func:`configure` changes them.
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 
 import enum
 import os
+
+from ombm import _native
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
@@ -41,6 +47,7 @@ class Settings:
     spin_us: float = 50.0
     signal_path: SignalPath = "memory"
     fifo_capacity: int = 128
+    load_aware: bool = True
 
 
 class _Unchanged(enum.Enum):
@@ -71,6 +78,8 @@ def _validate(s: Settings) -> Settings:
         raise TypeError("fifo_capacity must be an int")
     if s.fifo_capacity < 2 or s.fifo_capacity > 1 << 20 or s.fifo_capacity & (s.fifo_capacity - 1):
         raise ValueError("fifo_capacity must be a power of two between 2 and 2**20")
+    if not isinstance(s.load_aware, bool):
+        raise TypeError("load_aware must be a bool")
     return s
 
 
@@ -81,10 +90,14 @@ def _from_env() -> Settings:
     wait = _one_of("wait", env["OMBM_WAIT"], WAIT_MODES) if "OMBM_WAIT" in env else default.wait
     signal_path = (_one_of("signal_path", env["OMBM_SIGNAL_PATH"], SIGNAL_PATHS) if "OMBM_SIGNAL_PATH" in env
                    else default.signal_path)
-    return _validate(Settings(wait, spin_us, signal_path, default.fifo_capacity))
+    raw = env.get("OMBM_LOAD_AWARE", "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"OMBM_LOAD_AWARE={raw!r}: 1 (waits know the load, the default) or 0 (off)")
+    return _validate(Settings(wait, spin_us, signal_path, default.fifo_capacity, raw == "1"))
 
 
 SETTINGS = _from_env()
+_native.set_load_aware(SETTINGS.load_aware)
 
 
 def _lanes_from_env() -> bool:
@@ -103,11 +116,12 @@ def configure(
     spin_us: float | _Unchanged = UNCHANGED,
     signal_path: SignalPath | _Unchanged = UNCHANGED,
     fifo_capacity: int | _Unchanged = UNCHANGED,
+    load_aware: bool | _Unchanged = UNCHANGED,
 ) -> Settings:
     """Change process-wide settings (those not given stay as they are); returns the new :class:`Settings`.
 
-    A bad value raises ``ValueError`` (``TypeError`` for a ``fifo_capacity`` that is not an int) and
-    changes nothing; an unknown keyword raises ``TypeError``."""
+    A bad value raises ``ValueError`` (``TypeError`` for a ``fifo_capacity`` that is not an int or a
+    ``load_aware`` that is not a bool) and changes nothing; an unknown keyword raises ``TypeError``."""
     global SETTINGS
     now = SETTINGS
     SETTINGS = _validate(Settings(
@@ -115,7 +129,9 @@ def configure(
         spin_us=now.spin_us if spin_us is UNCHANGED else spin_us,
         signal_path=now.signal_path if signal_path is UNCHANGED else signal_path,
         fifo_capacity=now.fifo_capacity if fifo_capacity is UNCHANGED else fifo_capacity,
+        load_aware=now.load_aware if load_aware is UNCHANGED else load_aware,
     ))
+    _native.set_load_aware(SETTINGS.load_aware)
     return SETTINGS
 
 

@@ -17,9 +17,15 @@ sleep, re-check, then wait) are watched by one ``selectors`` loop in one thread.
 replication keeps (shadows, tags, own-write counts, partial updates, pending imports) is touched by
 that thread alone: no lock on the path of an update, and the echo count is exact because the writes
 and the signals they raise are taken by the same thread in order. asyncio would add an event loop's
-cost per wake-up for no concurrency gained: the work per datagram is Python either way. Before it
-sleeps in the selector the thread spins, for a learnt budget, over its FIFO and the UDP socket
-(:meth:`Bridge._spin`: ``sig_wait``'s adaptive policy, natively, yielding the CPU).
+cost per wake-up for no concurrency gained. Before it sleeps in the selector the thread spins, for a
+learnt budget, over its FIFO and the UDP socket (:meth:`Bridge._spin`: ``sig_wait``'s adaptive
+policy, natively, yielding the CPU).
+
+**The native data path.** With ``native`` (the default) the loop is one native call per turn
+(``_native.BridgeEngine.run``, :meth:`Bridge._native_turn`): the common case (a local write sent
+as a single-datagram update, such an update received and written) never returns to Python, which
+keeps everything else as above and stays the reference (``native=False``; docs/net.md, "How an
+update travels"). The engine owns the sequence numbers, the tags and the replay window for both paths.
 
 **One class, long on purpose.** :class:`Bridge` is the serving thread's state and what it does with
 each datagram; it is read in sections: running, one turn of the loop, datagrams in, exporting,
@@ -68,6 +74,7 @@ STAT_KEYS = (
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
     "internal_errors", "busy_in_ns", "busy_out_ns", "pings_sent", "paths_dead", "probes_sent",
+    "native_in", "native_out", "native_echoes",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
@@ -80,6 +87,7 @@ SPIN_MISSES = 8
 SPIN_PROBE = 64          # ... with the full cap again every this many misses
 KEEPALIVE_S = 2.0        # a path quiet this long gets a PING; silent for three of them, dead (net/path.py)
 MAX_LISTED = 256         # paths in a status reply (it must fit the control socket's datagram)
+_RUN_STALLED, _RUN_EMSGSIZE = 1, 2  # BridgeEngine.run's flags (net_engine.c; RUN_DROPS: the FIFO's count)
 MULTICAST_TTL = 1        # a LOCATE sent to the group stays on the link (hosts of one network segment)
 
 
@@ -130,13 +138,17 @@ class Bridge:
     MTU search: updates are cut to ``mtu`` whatever the path), for a trusted link where a few large
     datagrams cost less than many small ones (a lost fragment loses its datagram). Run it with
     :meth:`serve_forever` (this thread) or :meth:`start` (a thread it owns); :meth:`close` stops it,
-    says BYE to its peers and releases everything.
+    says BYE to its peers and releases everything. ``native``: take the common case (single-datagram
+    updates of segments replicated with one bridge) on the native data path (``_native.BridgeEngine``)
+    when its signals travel in memory (not ``OMBM_SIGNAL_PATH=kernel``); False keeps every datagram in
+    Python (the reference path: the differential tests compare the two).
     """
 
     def __init__(self, listen: str = "127.0.0.1:0", *, exports: Iterable[str] = (), peers: Iterable[str] = (),
                  key: bytes | None = None, insecure: bool = False, mtu: int = dg.DEFAULT_MTU,
                  control: bool = True, reassembly_timeout_s: float = 0.5, max_age_s: float = 60.0,
-                 multicast: str | None = None, keepalive_s: float = KEEPALIVE_S, ip_fragments: bool = False) -> None:
+                 multicast: str | None = None, keepalive_s: float = KEEPALIVE_S, ip_fragments: bool = False,
+                 native: bool = True) -> None:
         if not dg.MIN_MTU <= mtu <= dg.MAX_MTU:
             raise ValueError(f"mtu must be between {dg.MIN_MTU} and {dg.MAX_MTU} bytes")
         if not 0.01 <= keepalive_s <= 3600.0:
@@ -155,7 +167,10 @@ class Bridge:
         self._exports = {namespace.validate_name(n) for n in exports}
         self._key = None if key is None else dg.check_key(key)
         self._sealer = dg.Sealer(secrets.randbits(64), self._key)
-        self._window = dg.ReplayWindow(max_age_us=int(max_age_s * 1e6) if key is not None else None)
+        self._max_age_us = int(max_age_s * 1e6) if key is not None else None
+        self._window: dg.ReplayWindow | _native.BridgeEngine = dg.ReplayWindow(max_age_us=self._max_age_us)
+        self._native = native
+        self._engine: _native.BridgeEngine | None = None
         self._assembler = Assembler(timeout_s=reassembly_timeout_s)
         self._limit = self._mtu = mtu                       # _mtu: the narrowest path's (_use_path_mtu)
         self._room = dg.entry_room(mtu, self._sealer.trailer)
@@ -212,12 +227,27 @@ class Bridge:
             watched.append(self._group_sock)
         for sock in watched:
             self._selector.register(sock, selectors.EVENT_READ)
+        # what the native path's wait watches for Python: all but the UDP socket and the doorbell
+        python_socks = [self._wake_r, self._group_sock, None if self._control is None else self._control.sock]
+        self._python_fds = tuple(sock.fileno() for sock in python_socks if sock is not None)
+        if self._native and not self._receiver.kernel:
+            # one sender and one receiver on the wire for both paths: the native path owns the
+            # sequence numbers, the tags and the replay window, and Python's path calls in
+            self._engine = _native.BridgeEngine(self._receiver.fifo.fifo_map, self._sock.fileno(), self._sealer.sender,
+                                                self._tag, -1 if self._max_age_us is None else self._max_age_us,
+                                                self._mtu, self._key)
+            self._sealer.sequence = self._engine.next_seq
+            self._window = self._engine
 
     # ---- running
     def serve_forever(self) -> None:
         """Serve in this thread until :meth:`stop` (from a signal handler or another thread) or :meth:`close`."""
         if self._closed:
             raise ClosedError("the bridge is closed")
+        if self._engine is not None:
+            while not self._stop:
+                self._native_turn(self._engine)
+            return
         while not self._stop:
             if not self._turn(time.monotonic()) and not self._spin():
                 self._sleep()
@@ -288,7 +318,11 @@ class Bridge:
         """The counters: datagrams and bytes in and out, updates, and drops by reason."""
         counts = dict(self._counts)
         counts["dropped_incomplete"] = self._assembler.incomplete
-        counts["dropped_inconsistent"] = self._assembler.inconsistent
+        counts["dropped_inconsistent"] += self._assembler.inconsistent  # and the updates Replica.apply refused
+        if self._engine is not None:
+            for name, value in self._engine.counts().items():
+                if name in counts:
+                    counts[name] += value
         return counts
 
     def request(self, message: dict[str, object], timeout_s: float = 10.0) -> dict[str, object]:
@@ -333,6 +367,59 @@ class Bridge:
             self._counts["busy_out_ns"] += out_ns + clock() - t0
         self._timers(now_s)
         return busy
+
+    def _native_turn(self, engine: _native.BridgeEngine) -> None:
+        """One turn with the native data path: ``engine.run`` serves the common case (local writes
+        out, single-datagram updates in) without returning, spinning and sleeping as :meth:`_spin`
+        and :meth:`_sleep` do; it returns what only Python does (signals of segments it does not
+        take, datagrams it does not take, RESYNCs to ask, a request on the control socket, a
+        wake-up, a timer), and this turn does it as :meth:`_turn` does."""
+        receiver = self._receiver
+        assert receiver is not None
+        settings = config.SETTINGS
+        cap = 0 if settings.wait == "sleep" else int(settings.spin_us * 1000)
+        signals, datagrams, resyncs, flags = engine.run(cap, settings.wait == "adaptive", self._next_timer_s(),
+                                                        receiver.fifo.doorbell().fileno(), self._python_fds)
+        now_s = time.monotonic()
+        drops = _native.load64(receiver.fifo.address + L.FIFO_DROPS)
+        if drops != self._fifo_drops:
+            self._counts["signals_lost"] += drops - self._fifo_drops
+            self._fifo_drops = drops
+            for replica in self._replicas.values():
+                replica.forget_own_writes()
+        for seg_id, offset in signals:
+            mine = self._by_segment(seg_id)
+            if mine is not None and offset < mine.segment.size:
+                mine.on_signal(mine.region.address + offset)
+        for data, source in datagrams:
+            self.receive_datagram(data, source, now_s)
+        for key, u in resyncs:
+            stale = self._replicas.get(key)
+            if stale is not None and len(stale.links) == 1:
+                self._resyncs.setdefault((next(iter(stale.links)), key), set()).add(u)
+        if flags & _RUN_STALLED:
+            receiver.fifo.retire_stalled()
+        if flags & _RUN_EMSGSIZE:
+            self._kernel_at = self._paths_at = 0.0
+        self._receive_group(now_s)
+        self._serve_control()
+        self._drain_wake()
+        self._send_dirty()
+        self._flush(now_s)
+        self._timers(now_s)
+
+    def _by_segment(self, seg_id: int) -> Replica | None:
+        for replica in self._replicas.values():
+            if replica.segment.id == seg_id:
+                return replica
+        return None
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except OSError:
+            pass
 
     def _spin(self) -> bool:
         """Spin before sleeping, for a learnt budget: whether a signal or a datagram came meanwhile.
@@ -388,11 +475,7 @@ class Bridge:
                 if fifo.depth() and not fifo.ready():
                     fifo.retire_stalled()
         if any(key.fileobj is self._wake_r for key, _ in events):
-            try:
-                while self._wake_r.recv(64):
-                    pass
-            except OSError:
-                pass
+            self._drain_wake()
 
     def _next_timer_s(self) -> float:
         now = time.monotonic()
@@ -565,7 +648,7 @@ class Bridge:
             link = replica.links.get(source)
             if link is None or (keys and replica.key not in keys):
                 continue
-            del replica.links[source]
+            replica.unlink(source)
             if link.exporter or not replica.links:  # the exporter left, or the last importer
                 self._drop_replica(replica)
 
@@ -616,6 +699,7 @@ class Bridge:
         replica.asked_s = time.monotonic()
         self._replicas[replica.key] = replica
         replica.watch(self._receiver)
+        replica.attach(self._engine)
 
     def _drop_replica(self, replica: Replica) -> None:
         self._replicas.pop(replica.key, None)
@@ -877,6 +961,10 @@ class Bridge:
             new = path is None
             if path is None:  # a new path: quiet from now
                 path = self._paths[address] = Path(self._limit, self._keepalive_s, now_s)
+            if self._engine is not None:  # what the native path heard from it
+                heard_ns = self._engine.heard_ns(address)
+                if heard_ns:
+                    path.heard(heard_ns / 1e9)
             if path.dead(now_s):
                 _log.info("ombm bridge: %s silent for %.1f s: its replicas close", _text(address),
                           now_s - path.heard_s)
@@ -903,7 +991,7 @@ class Bridge:
                 self._send_probe(path, address, probe, now_s)
         self._use_path_mtu()
         self._paths_at = min([now_s + self._keepalive_s / 4, self._kernel_at]
-                             + [path.next_s() for path in self._paths.values()])
+                             + [path.next_s(not self._ip_fragments) for path in self._paths.values()])
 
     def _send_probe(self, path: Path, address: Address, data: bytes, now_s: float) -> None:
         self._counts["probes_sent"] += 1
@@ -925,6 +1013,8 @@ class Bridge:
         if mtu != self._mtu and dg.entry_room(mtu, self._sealer.trailer) >= 1:
             self._mtu, self._room = mtu, dg.entry_room(mtu, self._sealer.trailer)
             self._packers.clear()
+            if self._engine is not None:
+                self._engine.set_mtu(mtu)
 
     def _probed_by(self, body: dict[str, object], source: Address) -> None:
         """A PROBE arrived whole: say so (the prober learns its size crosses the path)."""
@@ -952,6 +1042,8 @@ class Bridge:
 
     # ---- datagrams out
     def _next_tag(self) -> int:
+        if self._engine is not None:
+            return self._engine.next_tag()
         self._tag = (self._tag + 1) & 0xFFFFFFFF or 1
         return self._tag
 

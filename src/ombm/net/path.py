@@ -128,10 +128,11 @@ class Path:
         self._next_probe(now_s)
         return True
 
-    def next_s(self) -> float:
-        """When this path next has something to do (a probe try, a ping, being declared dead)."""
+    def next_s(self, probing: bool = True) -> float:
+        """When this path next has something to do (a probe try unless not ``probing``, a ping, being
+        declared dead)."""
         quiet = self.heard_s + self.keepalive_s
-        return min(self.probe_at_s, max(quiet, self.pinged_s + self.keepalive_s),
+        return min(self.probe_at_s if probing else math.inf, max(quiet, self.pinged_s + self.keepalive_s),
                    self.heard_s + KEEPALIVE_PERIODS * self.keepalive_s)
 
     def _next_probe(self, now_s: float, again: bool = False) -> None:

@@ -27,6 +27,12 @@ takes one signal per count without sending. One thread does both the writes and 
 count is exact while the bridge's FIFO drops nothing; if it drops (it counts drops), the counts are
 cleared: at worst one echo goes out as a one-byte delta (a duplicate signal, which the layers above
 tolerate), never a local write lost.
+
+**Native.** While a replica has one link, the bridge's native data path (``_native.BridgeEngine``)
+does what :meth:`Replica.local_update` and :meth:`Replica.apply` do for single-datagram updates, on
+this object's own buffers (shadow, tags, own-write counts, the link's in-sync map): :meth:`attach`
+and every change of the links tell it (``_sync``), and :meth:`close` takes the segment back from it
+before the binding goes.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ class Replica:
     links: dict[Address, Link] = field(default_factory=dict)
     dirty: dict[int, None] = field(default_factory=dict)
     handle: SignalHandle | None = None
+    engine: _native.BridgeEngine | None = None  # the bridge's native data path, if it has one
     used: bool = False   # a local process other than the bridge has held or watched it
     asked_s: float = 0.0  # when it was last made or asked for (the grace before a first user)
 
@@ -123,7 +130,32 @@ class Replica:
     def link(self, address: Address, *, exporter: bool = False) -> Link:
         """The link to ``address``, new (no unit in sync) or reset if it existed."""
         link = self.links[address] = Link(address, bytearray(self.units), exporter)
+        self._sync()
         return link
+
+    def unlink(self, address: Address) -> Link | None:
+        """Stop replicating with ``address``: its link, or None if there was none."""
+        link = self.links.pop(address, None)
+        self._sync()
+        return link
+
+    def attach(self, engine: _native.BridgeEngine | None) -> None:
+        """Have the bridge's native data path take this segment's updates while it has one link."""
+        self.engine = engine
+        self._sync()
+
+    def _sync(self) -> None:
+        """Tell the native path what it may take: the segment with its one link (the buffers it
+        shares with this object: shadow, tags, own-write counts, the link's in-sync map), or nothing
+        (no link, or several: relaying between importers stays here)."""
+        if self.engine is None:
+            return
+        if len(self.links) != 1:
+            self.engine.remove(self.key)
+            return
+        link = next(iter(self.links.values()))
+        self.engine.add(self.key, self.segment.id, self.region.address, self.segment.size, self.unit, self.shadow,
+                        self.tags, self.own, self.region.write, link.address, link.in_sync)
 
     def bounds(self, u: int) -> tuple[int, int]:
         lo = u * self.unit
@@ -198,10 +230,12 @@ class Replica:
             return "stale", nothing
         lo, hi = self.bounds(u)
         shadow = self.shadow
-        if update.full:
-            shadow[lo:hi] = bytes(hi - lo)
-        for offset, data in update.ranges:
+        at = lo  # a full update: the bytes outside its ranges are zero (only those are zeroed: a 1 MiB
+        for offset, data in update.ranges:  # stream message is one range, from its first byte)
+            if update.full and offset > at:
+                shadow[at:offset] = bytes(offset - at)
             shadow[offset:offset + len(data)] = data
+            at = offset + len(data)
         start = lo if update.full else update.ranges[0][0]
         with memoryview(shadow) as view:
             self.region.write(start, view[start:hi])  # its last byte raises the signals here
@@ -215,6 +249,9 @@ class Replica:
 
     def close(self) -> None:
         """Stop watching, unbind, release (the creator of an imported replica removes its name)."""
+        if self.engine is not None:  # before the binding goes: the native path holds its address
+            self.engine.remove(self.key)
+            self.engine = None
         if self.handle is not None:
             self.handle.disable()
             self.handle = None

@@ -2,7 +2,10 @@
 
 One pump task per client awaits the client's reply signals in the event loop
 (:func:`ombm.aio.wait`, doorbell socket, no thread) while calls are
-outstanding, and completes each call's future as its reply is dispatched.
+outstanding; at each wake-up it takes every reply there is (the client's native
+drain, issue 13: many calls outstanding share a wake-up) and completes the
+futures of the calls they end, and of those whose deadline passed. While it
+runs, the client's retransmission timer leaves the replies to it.
 Connecting (a few milliseconds at most) runs in the default executor, and so
 does reconnecting once the server went (docs/rpc.md, "Lifecycle"), after the
 pump has left the gone session's receiver.
@@ -25,11 +28,17 @@ from ombm.rpc.client import Client, _Pending, connect
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES
 
+_LIVENESS_CHECK_S = 0.1  # how often the pump checks the server while calls are outstanding
+_PUMP_WAIT_S, _PUMP_MIN_WAIT_S = 0.05, 0.0005  # the pump's longest and shortest wait for a signal
+
 
 class AsyncClient:
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._waiting: dict[int, tuple[_Pending, asyncio.Future[None]]] = {}
+        # call id -> (its pending call, the future its caller awaits: True once done, False once
+        # past its deadline, the call's deadline); in call order, so the first deadline is the earliest
+        # (but for a changed client.timeout, which the pump then notices within _PUMP_WAIT_S)
+        self._waiting: dict[int, tuple[_Pending, asyncio.Future[bool], float]] = {}
         self._pump: asyncio.Task[None] | None = None
 
     async def call(self, method: str, *args: object, **kwargs: object) -> Any:
@@ -37,18 +46,18 @@ class AsyncClient:
         if client._gone:
             await self._reconnect()
         call_id, pending = client._send(method, args, kwargs, False)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[call_id] = (pending, future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._waiting[call_id] = (pending, future, time.monotonic() + client.timeout)
         if self._pump is None or self._pump.done():
-            self._pump = asyncio.ensure_future(self._run_pump())
+            self._pump = loop.create_task(self._run_pump())
         try:
-            await asyncio.wait_for(asyncio.shield(future), client.timeout)
+            done = await future
         except asyncio.CancelledError:  # the caller gave up: its reply, if one comes, is dropped
             self._waiting.pop(call_id, None)
             client._give_up(call_id)
             raise
-        except asyncio.TimeoutError:
-            self._waiting.pop(call_id, None)
+        if not done:  # its deadline passed
             if pending.gone:
                 raise client._gone_error() from None
             with client._lock:
@@ -60,7 +69,7 @@ class AsyncClient:
             raise CallTimeout(f"no reply from {client.service!r} within the timeout") from None
         if pending.gone:
             raise client._gone_error()
-        return client._decode_reply(pending.data)  # (large payloads out of its bulk segment)
+        return client._pending_result(pending)
 
     async def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         if self.client._gone:
@@ -74,21 +83,32 @@ class AsyncClient:
         await asyncio.get_running_loop().run_in_executor(None, self.client._reconnect)
 
     async def _run_pump(self) -> None:
-        check_at = time.monotonic() + 0.1
-        while self._waiting:
-            await _aio.wait(self.client._receiver, 0.05)
-            if time.monotonic() >= check_at:
-                check_at = time.monotonic() + 0.1
-                client = self.client
-                with client._lock:
-                    alive = client._gone or client._server_alive()  # gone: its calls are done already
-                if not alive:
-                    client._mark_gone()  # every pending call is done (gone): completed below
-            for call_id, (pending, future) in list(self._waiting.items()):
-                if pending.done:
-                    del self._waiting[call_id]
-                    if not future.done():
-                        future.set_result(None)
+        client = self.client
+        client._pumped = True
+        try:
+            check_at = time.monotonic() + _LIVENESS_CHECK_S
+            while self._waiting:
+                took = client._poll()  # every reply there is, in this thread (unless another thread leads)
+                now = time.monotonic()
+                if now >= check_at:
+                    check_at = now + _LIVENESS_CHECK_S
+                    with client._lock:
+                        alive = client._gone or client._server_alive()  # gone: its calls are done already
+                    if not alive:
+                        client._mark_gone()  # every pending call is done (gone): settled below
+                waiting = self._waiting
+                for call_id, (pending, future, deadline) in list(waiting.items()):
+                    if pending.done or deadline <= now:
+                        del waiting[call_id]
+                        if not future.done():
+                            future.set_result(pending.done)
+                if took:  # replies flow: let their callers run (and call again), then look again
+                    await asyncio.sleep(0)
+                elif waiting:  # none came: sleep until the doorbell rings
+                    first = next(iter(waiting.values()))[2]
+                    await _aio.wait(client._receiver, min(_PUMP_WAIT_S, max(first - now, _PUMP_MIN_WAIT_S)))
+        finally:
+            client._pumped = False
 
     def __getattr__(self, method: str) -> Callable[..., Coroutine[Any, Any, Any]]:
         if method.startswith("_"):

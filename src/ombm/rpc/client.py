@@ -8,11 +8,15 @@ A synchronous call made while nothing else is outstanding is one native call
 (``_native.CallLane``, holding the call ids the sans-I/O
 :class:`~ombm.transport.rpc_protocol.ClientProtocol` lent it): marshal, write the frame
 (the write of its last byte signals the server), wait, take and unmarshal the
-reply. Any other call marshals the arguments, hands the message to the protocol,
-writes its frames, then **dispatches its own reply signal** in the calling
-thread: no thread hop either way. With several threads on
-one client, one thread at a time dispatches (the leader) and completes every
-reply it finds; the others poll until their reply is in or they lead.
+reply. Any other call (pipelined: ``call_async``, the asyncio client, threads sharing the
+client) marshals the arguments, hands the message to the protocol, writes its frames, then
+**takes its own reply** in the calling thread: no thread hop either way. Replies are taken
+per wake-up, not per signal (issue 13): one native ``CallLane.take`` takes every signal in
+the FIFO, checks the reply frames and unmarshals their results, and the calls of the whole
+batch are completed under one lock. With several threads on one client, one thread at a
+time takes replies (the leader) and completes every one it finds; each other waiting thread
+(a follower) sleeps on a lock of its own until its call is done or the leader, letting go,
+hands the lead to it.
 Retransmission is the process-wide :mod:`~ombm.rpc.timer`'s job, off the call
 path. A server that stopped or died is noticed while waiting.
 
@@ -68,20 +72,36 @@ _LOCATE_S = 0.5  # how long a reconnection gathers the answers of other hosts' b
 _STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that many in a second (logged once per period)
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
+_WAIT_STALLED = _native.WAIT_STALLED
 
 
+_RUNNING, _FINISHED = concurrent.futures._base.RUNNING, concurrent.futures._base.FINISHED  # Future states
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
+_UNDECODED = object()  # _Pending.value until the reply is unmarshalled (by the lane's drain)
+_TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded work per wake-up
+
+
 class _Pending:
-    __slots__ = ("done", "data", "error", "gone", "future")
+    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake")
 
     def __init__(self) -> None:
         self.done = False
         self.data: bytes | bytearray = b""
+        self.value: object = _UNDECODED  # the result, if the drain unmarshalled it (data is then unused)
         self.error = False
         self.gone = False  # done because the server stopped or died (ServerGoneError)
         self.future: Future | None = None  # call_async's: completed when the reply is taken
+        self.wake: threading.Lock | None = None  # a follower's, held: released when the call is done (_follow)
+
+    def result(self, allow_pickle: bool, bulk: marshal.BulkReader | None = None, bulk_limit: int = 1 << 62) -> Any:
+        """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`; large
+        payloads out of ``bulk``, at most ``bulk_limit`` bytes)."""
+        value = self.value
+        if value is not _UNDECODED:
+            return value
+        return marshal.decode_reply(self.data, allow_pickle=allow_pickle, bulk=bulk, bulk_limit=bulk_limit)
 
 
 class Future(concurrent.futures.Future[Any]):
@@ -101,9 +121,11 @@ class Future(concurrent.futures.Future[Any]):
     ``cancel()`` returns False and ``running()`` is True, as for a running future.
     """
 
-    def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float) -> None:
+    def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float, sent: bool) -> None:
         super().__init__()
         self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
+        if sent:  # it may run from now on: running (set before anyone else sees it, so without the lock)
+            self._state = _RUNNING
 
     def running(self) -> bool:
         if super().running():
@@ -128,7 +150,7 @@ class Future(concurrent.futures.Future[Any]):
             return True
 
     def result(self, timeout: float | None = None) -> Any:
-        if not self.done():
+        if self._state is not _FINISHED and not self.done():  # (the first test: no lock for a done one)
             self._client._drive(self, timeout)
         return super().result(0)
 
@@ -143,16 +165,14 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(None, self._client._gone_error())
             return
         try:
-            value = self._client._decode_reply(self._pending.data)
+            value = self._client._pending_result(self._pending)
         except Exception as exc:
             self._finish(None, exc)
         else:
             self._finish(value, None)
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
-        if not self._mark_running():
-            return
-        try:  # outside the lock: the callbacks run here
+        try:  # the callbacks run here (a future cancelled or finished already: InvalidStateError)
             if exc is not None:
                 self.set_exception(exc)
             else:
@@ -185,6 +205,7 @@ class Client:
     _server: tuple[int, int]  # the server's (pid, start time)
     _max_message: int
     _forked = False  # set in a forked child: this connection is the parent's (ForkedError here)
+    _pumped = False  # an asyncio client's pump takes the replies (ombm.rpc.aio): the timer leaves them
 
     def __init__(
         self,
@@ -221,6 +242,7 @@ class Client:
         self._lock = threading.Lock()  # protocol state
         self._leader = threading.Lock()  # who dispatches the receiver
         self._pending: dict[int, _Pending] = {}
+        self._followers: list[_Pending] = []  # calls whose threads wait for the leader (_follow), in arrival order
         self._futures: dict[int, Future] = {}  # call_async's futures not done, by call id
         self._futures_check_at = 0.0  # when the timer next looks at their deadlines
         self._liveness_at = 0.0  # when it next checks the server for them
@@ -407,20 +429,99 @@ class Client:
                 pass
             return
         now = time.monotonic()
-        completed = None
+        completed: list[Future] = []
         with self._lock:
             self._own()
             protocol = self._protocol
-            for event in protocol.receive_frame(view, now):
-                pending = self._pending.pop(event.call_id, None)
-                if pending is not None:
-                    pending.data, pending.error, pending.done = event.data, event.error, True
-                    if pending.future is not None:
-                        self._futures.pop(event.call_id, None)
-                        completed = [*(completed or ()), pending.future]
+            self._receive(protocol, view, now, completed)
             for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
                 self._request.send(frame)
-        for future in completed or ():  # outside the lock: done callbacks run here
+        for future in completed:  # outside the lock: done callbacks run here
+            future._complete()
+
+    def _receive(self, protocol: ClientProtocol, view: memoryview, now: float, completed: list[Future]) -> None:
+        """With ``_lock`` held: hand one reply frame to the protocol; the futures it completes go
+        to ``completed``, to be completed once the lock is released."""
+        for event in protocol.receive_frame(view, now):
+            pending = self._pending.pop(event.call_id, None)
+            if pending is not None:
+                pending.data, pending.error, pending.done = event.data, event.error, True
+                if pending.wake is not None:
+                    self._wake(pending)
+                if pending.future is not None:
+                    self._futures.pop(event.call_id, None)
+                    completed.append(pending.future)
+
+    def _take_replies(self, timeout: float) -> bool:
+        """With ``_leader`` held: wait up to ``timeout`` s (0: not at all) for a signal, then take
+        every reply there is (issue 13: replies drained per wake-up, not one per signal). With
+        the native lane, one ``CallLane.take`` takes every signal in the FIFO, checks and
+        unmarshals the replies among them, and :meth:`_take_entries` completes their calls under
+        one lock; without it (the kernel signal path, ``OMBM_LANES=0``), one signal at a time.
+        True if a signal was taken."""
+        receiver = self._receiver
+        lane = self._lane
+        if lane is None:
+            signal = receiver.pop_wait(timeout) if timeout > 0 else receiver.fifo.pop()
+            if signal is None:
+                return False
+            if signal[0] == self._reply_segment:
+                self._take_reply(signal[1])
+            else:
+                receiver.dispatch(*signal)
+            return True
+        if timeout > 0:
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
+        else:
+            spin_ns, sleep_ok, learn_ns = 0, False, 0
+        status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
+        if status == _WAIT_STALLED:
+            receiver.fifo.retire_stalled()
+        if not entries:
+            return False
+        if waited > learn_ns:
+            receiver.waited(waited)
+        self._take_entries(entries)
+        return True
+
+    def _take_entries(self, entries: list[tuple[int, int, Any]]) -> None:
+        """The signals a drain took (``CallLane.take``), in FIFO order: the replies among them
+        complete their calls, all under one lock and with one write-out of the calls the window
+        lets go; any other signal of the reply channel goes through the protocol as one frame,
+        the rest to their handlers. The futures are completed after, outside the lock."""
+        now = time.monotonic()
+        completed: list[Future] = []
+        others: list[tuple[int, int]] = []
+        with self._lock:
+            self._own()
+            protocol = self._protocol
+            assert protocol is not None, "a lane is made with the protocol"
+            reply_segment, pending_calls, futures = self._reply_segment, self._pending, self._futures
+            for status, first, second in entries:
+                if status == _LANE_OTHER:
+                    if first == reply_segment:
+                        self._receive(protocol, self._reply.slot_view_at(second), now, completed)
+                    else:
+                        others.append((first, second))
+                elif protocol.complete(first, now):
+                    pending = pending_calls.pop(first, None)
+                    if pending is not None:
+                        if status == _LANE_VALUE:
+                            pending.value = second
+                        else:
+                            pending.data, pending.error = second, status == _LANE_ERROR_REPLY
+                        pending.done = True
+                        if pending.wake is not None:
+                            self._wake(pending)
+                        future = pending.future
+                        if future is not None:
+                            futures.pop(first, None)
+                            completed.append(future)
+            for frame in protocol.frames_to_send(now):  # calls that waited for a free slot in the window
+                self._request.send(frame)
+        for segment_id, offset in others:
+            self._receiver.dispatch(segment_id, offset)
+        for future in completed:  # outside the lock: done callbacks run here
             future._complete()
 
     def _check_hello(self, hello: object) -> dict[str, int] | None:
@@ -445,13 +546,16 @@ class Client:
             return None
         return fields
 
-    def _poll(self) -> None:
-        """Dispatch reply signals already here, unless another thread is dispatching."""
+    def _poll(self) -> bool:
+        """Take the reply signals already here, unless another thread is dispatching; True if any."""
         if self._leader.acquire(blocking=False):
             try:
-                self._receiver.dispatch_pending()
+                if self._lane is not None:
+                    return self._take_replies(0.0)
+                return self._receiver.dispatch_pending() > 0
             finally:
-                self._leader.release()
+                self._let_go()
+        return False
 
     # -- calls
     def _marshal(self, method: str, args: tuple[object, ...], kwargs: dict[str, object]) -> bytes:
@@ -490,19 +594,24 @@ class Client:
         with self._lock:
             if self._gone:  # gone again since _marshal reconnected (or another thread is reconnecting)
                 raise self._gone_error()
-            self._own()
+            lane = self._lane
+            if lane is not None and lane.lent:
+                self._own()
             protocol = self._protocol
             assert protocol is not None, "connected while not gone"
             call_id = protocol.send_request(data, now, oneway=oneway)
             if not oneway:
                 self._pending[call_id] = pending
                 if timeout is not None:
-                    pending.future = future = Future(self, call_id, pending, now + timeout)
-                    self._futures[call_id] = future
-            send = self._request.send
+                    pending.future = self._futures[call_id] = Future(
+                        self, call_id, pending, now + timeout, not protocol.is_queued(call_id))
+            request = self._request
+            send = request.send if request.writer is None else request.writer.send
             for frame in protocol.frames_to_send(now):
                 send(frame)
-        self._timer.kick()
+        timer = self._timer
+        if not timer.busy:
+            timer.kick()
         return call_id, pending
 
     def call(self, method: str, *args: object, **kwargs: object) -> Any:
@@ -527,7 +636,7 @@ class Client:
         if lane is None or timeout < self._patience or not self._leader.acquire(False):
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
         if lane is not self._fast:  # closed, gone or reconnected meanwhile: checked once leading
-            self._leader.release()
+            self._let_go()
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
         receiver = self._receiver
         call_id = None
@@ -560,19 +669,21 @@ class Client:
                 if call_id:
                     self._protocol.cancel(call_id)
                     self._pending.pop(call_id, None)
-            self._leader.release()
+            self._let_go()
             raise
-        self._leader.release()
+        self._leader.release()  # (_let_go, inline: the synchronous call's hot path)
+        if self._followers:
+            self._hand_over()
         if status == _LANE_VALUE:
             return result.value
         if status >= _LANE_UNSENT:  # the ordinary way, which says why if it does not marshal
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)
-        value = result.value
         if pending is not None:
             self._wait(call_id, pending, time.monotonic() - waited * 1e-9 + timeout)
-            value = pending.data
         try:
-            return self._decode_reply(value)
+            if pending is not None:
+                return self._pending_result(pending)
+            return self._decode_reply(result.value)
         except RemoteError as exc:  # the cold path: the lane packs calls without marshal.check_keys
             if exc.type_name == _UNMARSHAL_ERROR:
                 marshal.check_keys(args, kwargs)  # TypeError if the server could not rebuild our arguments
@@ -610,7 +721,7 @@ class Client:
                 segments.append(bulk.create(f"{self._bulk_tag}-bq"))
                 segments.append(bulk.create(f"{self._bulk_tag}-bp"))
                 offer = marshal.encode_call(_BULK_OFFER, (segments[0].name, segments[1].name))
-                took = marshal.decode_reply(self._call_data(offer))
+                took = self._call_ordinary(offer, self.timeout)
             except (RemoteError, SegmentExistsError, SharedMemoryFullError):  # an older server, no room
                 took = False
             except BaseException:
@@ -626,11 +737,9 @@ class Client:
             self._bulk_state = "taken"
             return self._bulk
 
-    def _call_data(self, data: bytes) -> bytes | bytearray:
-        """Send a marshalled call the ordinary way and wait for its reply: the reply's bytes."""
-        call_id, pending = self._submit(data, False)
-        self._wait(call_id, pending, time.monotonic() + self.timeout)
-        return pending.data
+    def _pending_result(self, pending: _Pending) -> Any:
+        """A call's result as :meth:`_Pending.result`, large payloads out of the session's bulk segment."""
+        return pending.result(self.allow_pickle, self._bulk, self.max_message_bytes)
 
     def _decode_reply(self, data: bytes | bytearray) -> Any:
         """A reply's result (``RemoteError`` if the call raised), large payloads copied out of the bulk segment."""
@@ -683,7 +792,7 @@ class Client:
     def _call_ordinary(self, data: bytes, timeout: float) -> Any:
         call_id, pending = self._submit(data, False)
         self._wait(call_id, pending, time.monotonic() + timeout)
-        return self._decode_reply(pending.data)
+        return self._pending_result(pending)
 
     def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
         """Send a call now, collect its result later (pipelined calls): a :class:`Future`."""
@@ -693,10 +802,8 @@ class Client:
         call_id, pending = self._submit(self._marshal(method, args, kwargs), False, timeout)
         future = pending.future
         assert future is not None, "a call with a timeout has its future"
-        if pending.done:  # taken before its future was there to complete
+        if pending.done:  # its reply taken by another thread already
             future._complete()
-        elif not self._queued(call_id):
-            future._mark_running()  # sent: it may run from now on (unless its reply is in already)
         return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
@@ -774,22 +881,58 @@ class Client:
                     if not give_up:
                         return
                     raise CallTimeout(f"no reply from {self.service!r} within the timeout")
-            if self._leader.acquire(blocking=False):
+            if self._leader.acquire(False):  # lead: take replies for every thread
                 try:
                     if not pending.done:  # another thread may have completed it
-                        receiver = self._receiver
-                        signal = receiver.pop_wait(min(deadline, check_at) - now)
-                        if signal is not None:
-                            if signal[0] == self._reply_segment:
-                                self._take_reply(signal[1])
-                            else:
-                                receiver.dispatch(*signal)
+                        self._take_replies(min(deadline, check_at) - time.monotonic())
                 finally:
-                    self._leader.release()
-            else:
-                time.sleep(0.0002)
+                    self._let_go()
+            else:  # follow: sleep until the leader completes this call or hands the lead over
+                self._follow(pending, min(deadline, check_at) - now)
         if pending.gone:
             raise self._gone_error()
+
+    def _follow(self, pending: _Pending, timeout: float) -> None:
+        """Wait up to ``timeout`` s while another thread leads, until it completes ``pending`` or
+        lets go of the lead (leader/followers: each waiting thread sleeps on a lock of its own,
+        released once, so a reply wakes the thread it is for and no other)."""
+        wake = threading.Lock()
+        wake.acquire()
+        with self._lock:
+            if pending.done:
+                return
+            pending.wake = wake
+            self._followers.append(pending)
+        try:  # registered before this look: a leader that lets go after it hands the lead to a follower
+            if self._leader.locked():
+                wake.acquire(True, timeout)
+        finally:
+            with self._lock:
+                if pending.wake is wake:  # not woken (timed out, the lead was free, interrupted): out of line
+                    pending.wake = None
+                    self._followers.remove(pending)
+
+    def _wake(self, pending: _Pending) -> None:
+        """With ``_lock`` held: wake the follower waiting for ``pending`` (once)."""
+        wake = pending.wake
+        if wake is not None:
+            pending.wake = None
+            self._followers.remove(pending)
+            wake.release()
+
+    def _let_go(self) -> None:
+        """Release the lead, and hand it to the first follower whose call is not done (if any)."""
+        self._leader.release()
+        if self._followers:  # (a follower that registers after this look finds the lead free)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake the first follower whose call is not done, to lead (the lead was just released)."""
+        with self._lock:
+            for pending in self._followers:
+                if not pending.done:
+                    self._wake(pending)
+                    return
 
     def _give_up(self, call_id: int) -> None:
         with self._lock:
@@ -858,6 +1001,8 @@ class Client:
         for pending in self._pending.values():
             pending.gone = pending.done = True
         self._pending.clear()
+        while self._followers:  # their calls are over: wake their threads
+            self._wake(self._followers[0])
         futures = list(self._futures.values())
         self._futures.clear()
         return futures
@@ -892,7 +1037,8 @@ class Client:
         """Called by the retransmission timer thread; True while calls are outstanding."""
         if self._closed or self._gone:
             return False
-        self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
+        if not self._pumped:
+            self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
         if self._futures and now >= self._futures_check_at:
             self._futures_check_at = now + 0.01
             self._expire_futures(now)
@@ -947,6 +1093,8 @@ class Client:
         with self._lock:
             futures = list(self._futures.values())
             self._futures.clear()
+            while self._followers:  # threads waiting for a call: they see the client closed
+                self._wake(self._followers[0])
         for future in futures:
             future._finish(None, ClosedError(f"the client of {self.service!r} was closed"))
         logger.debug("closed the client of %r", self.service)

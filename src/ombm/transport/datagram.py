@@ -245,8 +245,13 @@ class Sealer:
         self.key = None if key is None else check_key(key)
         self.trailer = MAC_SIZE if key is not None else CRC_SIZE
         self.seq = 0
+        # another writer of this sender's datagrams (the bridge's native path) may own the sequence
+        # numbers: then they come from it, the same rule, one sequence for both
+        self.sequence: Callable[[int], int] | None = None
 
     def next_seq(self, now_us: int) -> int:
+        if self.sequence is not None:
+            return self.sequence(now_us)
         self.seq = max(self.seq + 1, now_us)
         return self.seq
 

@@ -495,7 +495,10 @@ class ClientProtocol(_Outbox):
 
     def is_queued(self, call_id: int) -> bool:
         """The call waits behind the window: nothing of it was sent yet."""
-        return any(call.call_id == call_id for call in self._queue)
+        queue = self._queue  # in call id order: the newest call (just made) and the oldest are quick to tell
+        if not queue or not queue[0].call_id <= call_id <= queue[-1].call_id:
+            return False
+        return call_id == queue[-1].call_id or any(call.call_id == call_id for call in queue)
 
     def _launch(self, call: _Call, now: float) -> None:
         in_flight = self._in_flight
@@ -571,6 +574,33 @@ class ClientProtocol(_Outbox):
         # the twin becomes the frozen event it mirrors (same slots): mypy cannot follow a class change
         event.__class__ = ReplyReceived  # type: ignore[assignment]
         return [event]  # type: ignore[list-item]
+
+    def complete(self, call_id: int, now: float) -> bool:
+        """Take a whole one-frame reply of this connection to ``call_id`` that the I/O layer decoded
+        and checked already (the pipelined calls' native drain): what :meth:`receive_frame` does with
+        such a frame, without the event. True if it completes the call (the I/O layer then owns
+        the reply); False if the call is not in flight (a duplicate, or the peer's nonsense: counted)
+        or is one-way (a reply makes no sense: counted as bad)."""
+        in_flight = self._in_flight
+        call = in_flight.get(call_id)
+        if call is None:
+            if 0 < call_id < self._next_id:
+                self._duplicates += 1
+            else:
+                self._bad += 1
+            return False
+        if call.oneway:
+            self._bad += 1
+            return False
+        if self._partial:
+            self._partial.pop(call_id, None)
+        del in_flight[call_id]
+        sent_at = call.sent_at
+        if sent_at is not None:
+            self._rto.sample(now - sent_at)
+        if self._queue:
+            self._fill(now)
+        return True
 
     def _reassemble(self, call_id: int, kind: Kind, index: int, count: int, payload: bytearray) -> bytes | None:
         """Add a fragment of a reply: the reply if complete, else None."""

@@ -201,6 +201,28 @@ class StreamSender(Generic[R]):
         self.bytes += self.total
         return True
 
+    def sent_run(self, records: list[R], nbytes: int, now: float) -> None:
+        """A run of one-fragment messages went out between messages, fragments ``next_seq``,
+        ``next_seq + 1``, ... (one record each, ``nbytes`` payload bytes in all): as many
+        :meth:`begin` and :meth:`sent` calls would count them (no credit is checked here: the I/O
+        layer wrote them below ``limit``)."""
+        if self.count:
+            raise ValueError("a message is being sent: a run starts between messages")
+        n = len(records)
+        if not n:
+            return
+        if not self._records:
+            self.deadline = now + self.rto
+        self._records.extend(records)
+        self.next_seq += n
+        self.fragments += n
+        self.messages += n
+        self.bytes += nbytes
+
+    def last_record(self) -> R:
+        """The record of the last fragment sent and not acknowledged yet (IndexError if none)."""
+        return self._records[-1]
+
     def abandon(self) -> bool:
         """Give up the message being sent if none of its fragments went; True if it was given up."""
         if self.count and not self.index:
@@ -385,6 +407,26 @@ class StreamReceiver:
                 self.index = index + 1
                 self.position += plen
         return DONE if last else MORE
+
+    def accept_run(self, n: int, nbytes: int) -> None:
+        """Take ``n`` one-fragment :data:`BYTES` messages, fragments ``expected``, ``expected + 1``,
+        ... (``nbytes`` payload bytes in all), that the I/O layer checked as :meth:`accept` checks
+        one (connection, sequence number, kind, flags, magic, length, index 0 of 1, content) from
+        their checksummed trailers: as many :meth:`accept` calls would count them."""
+        if self.count:
+            raise ValueError("a message is being reassembled: a run starts between messages")
+        self.expected += n
+        self.fragments += n
+        self.messages += n
+        self.bytes += nbytes
+
+    def release_run(self, seq: int, n: int) -> None:
+        """The application gave fragments ``seq`` .. ``seq + n - 1`` back: as many :meth:`release` calls."""
+        if seq == self.released and not self._held and seq + n <= self.expected:
+            self.released = seq + n
+            return
+        for s in range(seq, seq + n):
+            self.release(s)
 
     def check_end(self, fragments: int, messages: int) -> None:
         """The sender ended after sending ``fragments`` fragments making ``messages`` messages (its

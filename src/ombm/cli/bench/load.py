@@ -5,7 +5,8 @@ Measures, in one run, null calls (nothing each way; ombm's ``null()``) against o
 - **synchronous load**: 1, 2, 4, 8 and 16 client processes, each making one call at a time;
   aggregate calls/s and p50/p99 latency over every call of every client;
 - **pipelining**: one client with 1 … 64 calls outstanding (and its synchronous calls, the
-  baseline), calls/s and latency from send to result;
+  baseline), calls/s and latency from send to result; for ombm three ways (``call_async``
+  futures, the asyncio client with n tasks, n threads sharing one client);
 
 for ombm and, side by side, the servers a Python user would write instead (``SYSTEMS``): a
 selector-based Unix-socket server (length-prefixed frames), pyzmq ROUTER/DEALER, gRPC with an
@@ -39,6 +40,7 @@ import signal
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -126,6 +128,7 @@ class _System:
     kernel = True  # a kernel-based server: the issue's targets compare ombm with the best of these
     requires: tuple[str, ...] = ()
     terminate = False  # stop the server with SIGTERM
+    pipelined_only = False  # another way to pipeline on a system measured already: no synchronous load rows
 
     def __init__(self, workdir: str) -> None:
         self.workdir = workdir
@@ -156,6 +159,11 @@ class _System:
 
     def complete(self, token: Any) -> None:
         raise NotImplementedError
+
+    def outstanding(self, depth: int, duration_ns: int) -> tuple[int, int, bytes]:
+        """``depth`` calls outstanding for ``duration_ns``: (start ns, end ns, latencies); by
+        default ``submit``/``complete``, oldest first (:func:`_pipelined`)."""
+        return _pipelined(self, depth, duration_ns)
 
     def close(self) -> None:
         pass
@@ -215,6 +223,69 @@ class _Ombm(_System):
         client = getattr(self, "_client", None)
         if client is not None:
             client.close()
+
+
+class _OmbmAsyncio(_Ombm):
+    """ombm's asyncio client (``ombm.rpc.aio``): n calls outstanding are n tasks of one event loop,
+    each awaiting one call at a time (its synchronous baseline: the same client's ``call()``)."""
+
+    name, pipelined_only = "ombm asyncio", True
+
+    def outstanding(self, depth: int, duration_ns: int) -> tuple[int, int, bytes]:
+        return asyncio.run(self._outstanding(depth, duration_ns))
+
+    async def _outstanding(self, depth: int, duration_ns: int) -> tuple[int, int, bytes]:
+        from ombm.rpc.aio import AsyncClient
+
+        client = AsyncClient(self._client)
+        clock, latencies = time.perf_counter_ns, array.array("q")
+        record = latencies.append
+        start = clock()
+        end = start + duration_ns
+
+        async def calls() -> int:
+            now = clock()
+            while now < end:
+                await client.call("null")
+                then = clock()
+                record(then - now)
+                now = then
+            return now
+
+        ends = await asyncio.gather(*(calls() for _ in range(depth)))
+        return start, max(ends), latencies.tobytes()
+
+
+class _OmbmThreads(_Ombm):
+    """n threads sharing one ombm client, each making synchronous calls (``call()``): n outstanding."""
+
+    name, pipelined_only = "ombm threads", True
+
+    def outstanding(self, depth: int, duration_ns: int) -> tuple[int, int, bytes]:
+        clock, call = time.perf_counter_ns, self._client.call
+        found: list[tuple[int, array.array[int]]] = []
+        start = clock()
+        end = start + duration_ns
+
+        def calls() -> None:
+            latencies = array.array("q")
+            record = latencies.append
+            now = clock()
+            while now < end:
+                call("null")
+                then = clock()
+                record(then - now)
+                now = then
+            found.append((now, latencies))
+
+        threads = [threading.Thread(target=calls, daemon=True) for _ in range(depth)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(duration_ns / 1e9 + _OP_TIMEOUT_S)
+        if len(found) != depth:
+            raise TimeoutError(f"{depth - len(found)} of {depth} calling threads did not finish")
+        return start, max(now for now, _ in found), b"".join(latencies.tobytes() for _, latencies in found)
 
 
 class _Frames:
@@ -567,7 +638,8 @@ class _Iceoryx2(_System):
         remove_shm_by_prefix(self.prefix)
 
 
-SYSTEMS: tuple[type[_System], ...] = (_Ombm, _Selector, _Zmq, _Grpc, _MpConnection, _Iceoryx2)
+SYSTEMS: tuple[type[_System], ...] = (_Ombm, _OmbmAsyncio, _OmbmThreads, _Selector, _Zmq, _Grpc, _MpConnection,
+                                      _Iceoryx2)
 
 
 # --- the children -------------------------------------------------------------------------------------
@@ -589,8 +661,9 @@ def _client_main(control: Connection, system: _System, barrier: Barrier | None, 
         if barrier is not None:
             barrier.wait(_BARRIER_TIMEOUT_S)
         for depth in depths:
-            measure = _synchronous if depth == SYNC else _pipelined
-            control.send(("result", depth, *measure(system, depth, int(duration_s * 1e9))))
+            duration_ns = int(duration_s * 1e9)
+            found = _synchronous(system, depth, duration_ns) if depth == SYNC else system.outstanding(depth, duration_ns)
+            control.send(("result", depth, *found))
     finally:
         system.close()
 
@@ -685,7 +758,7 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
         if reason:
             result.skipped[system_type.name] = reason
             continue
-        for clients in result.plan.clients:
+        for clients in () if system_type.pipelined_only else result.plan.clients:
             steps.append((f"{system_type.name}, {clients} clients", _sync_step(result, system_type, clients)))
         steps.append((f"{system_type.name}, pipelined", _pipelined_step(result, system_type)))
     result.elapsed_s = core.run_steps(steps, progress)
@@ -798,9 +871,11 @@ def markdown(result: LoadResult) -> str:
               ""]
     parts += [f"### One client, calls outstanding (client on CPU {PIPELINE_PLACEMENT[0]}, server on CPU "
               f"{PIPELINE_PLACEMENT[1]})", "",
-              "*sync*: one call at a time (ombm `call()`); *n*: n calls outstanding (ombm `call_async`, pyzmq "
-              "DEALER sends, gRPC `future()`, a socket or connection written n frames ahead, iceoryx2 n pending "
-              "responses); latency from send to result. Cells: calls/s (p50 / p99 µs).", ""]
+              "*sync*: one call at a time (ombm `call()`); *n*: n calls outstanding (ombm `call_async`, "
+              "ombm asyncio: n tasks each awaiting a call, ombm threads: n threads sharing one client each "
+              "calling `call()`, pyzmq DEALER sends, gRPC `future()`, a socket or connection written n frames "
+              "ahead, iceoryx2 n pending responses); latency from send to result. Cells: calls/s (p50 / p99 µs).",
+              ""]
     rows = [[s.name, *(_cell(result.pipelined.get(s.name, {}).get(d)) for d in plan.depths)] for s in SYSTEMS
             if s.name in result.pipelined]
     parts += [md_table(["system", *(_depth(d) for d in plan.depths)], rows), ""]

@@ -265,7 +265,7 @@ def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) 
                 process.wait(60)
         rates[size] = best
     return Throughput("ombm Stream via bridge", rates,
-                      note=f"Python bridges, --mtu {_STREAM_MTU} --ip-fragments; "
+                      note=f"--mtu {_STREAM_MTU} --ip-fragments; "
                            f"writer CPU {writer_cpu}, reader CPU {reader_cpu}")
 
 

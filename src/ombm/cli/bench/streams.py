@@ -9,7 +9,9 @@ Measures, cross-cpu (writer on CPU 0, readers on CPU 1; same-cpu for 1 MiB as we
   (multiprocessing.Pipe, a Unix socketpair, pyzmq PUSH/PULL) and the same run's single-core
   memcpy bandwidth (``peers.memcpy_bandwidth``, measured before and after; the larger counts);
 - the same Stream with small messages (up to 64 KiB) in batches: ``send_many`` of ``BATCH`` messages
-  and ``recv_many`` (issue 13: small messages in batches);
+  and ``recv_many`` (issue 13: small messages in batches), the API a user streaming small messages
+  would use; and a raw reader of small frames that takes every frame there per wake-up
+  (``recv_many``, copying each frame out);
 - fan-out of 1 MiB raw frames to 1…4 readers: the writer's CPU time per frame and the rate
   delivered to each reader.
 
@@ -40,6 +42,7 @@ from ombm.cli.bench.affinity import PLACEMENTS, pinned
 from ombm.cli.bench.report import Target, md_table, targets_table
 
 BATCHED = "ombm Stream, batched"
+RAW_BATCHED = "ombm RawChannel, recv_many"
 SIZES = (4 << 10, 16 << 10, 64 << 10, 1 << 20, 8 << 20, 64 << 20)
 RAW_MAX_FRAME = 16 << 20  # a raw frame is one unit: larger frames would take huge segments
 FANOUT = (1, 2, 3, 4)
@@ -48,6 +51,17 @@ _MiB = 1 << 20
 _TIMEOUT_S = 60.0
 BATCH = 32  # messages per send_many / at most per recv_many in the batched Stream rows
 BATCHED_MAX = 64 << 10  # batched Stream rows for messages up to this size (small messages: issue 13)
+RAW_BATCH = 64  # at most per RawChannel.recv_many in the batched raw rows
+# which API each row of the throughput table uses (printed with the table)
+API = {
+    "ombm Stream": "`send` / `recv`, one message a call",
+    BATCHED: f"`send_many` of {BATCH} messages / `recv_many` (every message there per wake-up, at most {BATCH})",
+    "ombm RawChannel": "`write` / `recv_view` (zero copy, one frame a call)",
+    RAW_BATCHED: f"`write` / `recv_many` (every frame there per wake-up, at most {RAW_BATCH}, copied out)",
+    "multiprocessing.Pipe": "`send_bytes` / `recv_bytes`",
+    "socketpair": "`sendall` / `recv_into` until the message is whole",
+    "pyzmq ipc PUSH/PULL": "`send(copy=False)` / `recv(copy=False)`",
+}
 
 
 def _label(size: int) -> str:
@@ -89,6 +103,33 @@ def _stream_sink(control: Connection, name: str, count: int, warmup: int, batche
                 check ^= m[0] if m else 0  # type: ignore[index]
             taken += len(batch)
         control.send(("ack", received, check))
+        control.recv()
+
+
+def _raw_batch_sink(control: Connection, name: str, copy: bool, warmup: int) -> None:
+    """A raw reader that takes every frame there per wake-up (``recv_many``, each frame copied out)."""
+    with RawChannel.open(name, timeout=_TIMEOUT_S, capacity=1024) as r:
+        control.send(("ready",))
+        delivered = nbytes = check = 0
+        first = last = 0.0
+        while True:
+            try:
+                frames = r.recv_many(RAW_BATCH, _TIMEOUT_S)
+            except EndOfStream:
+                break
+            now = time.perf_counter()
+            for frame in frames:
+                check ^= frame.data[0]
+                if frame.seq <= warmup:
+                    continue
+                if delivered == 0:
+                    first = now
+                else:
+                    nbytes += len(frame.data)
+                last = now
+                delivered += 1
+        stats = r.statistics()
+        control.send(("result", delivered, nbytes, last - first, stats.missed, stats.torn))
         control.recv()
 
 
@@ -160,13 +201,15 @@ def stream_throughput(size: int, total: int, placement: tuple[int, int], batched
 
 
 def raw_throughput(size: int, total: int, placement: tuple[int, int], readers: int = 1,
-                   copy: bool = False) -> dict[str, Any]:
-    """Frames written as fast as possible; what each reader got, and the writer's CPU per frame."""
+                   copy: bool = False, batched: bool = False) -> dict[str, Any]:
+    """Frames written as fast as possible; what each reader got, and the writer's CPU per frame.
+    ``batched``: readers take every frame there per wake-up (``recv_many``, copying)."""
     count = max(16, total // size)
     units = 8 if size >= _MiB else 64
     frame = _pattern(size)
     with pinned(placement[0]), RawChannel.create(_name("raw"), unit_size=size, units=units) as w:
-        with _children(readers, _raw_sink, w.name, copy, units, cpu=placement[1]) as controls:
+        sink = _raw_batch_sink if batched else _raw_sink
+        with _children(readers, sink, w.name, copy, units, cpu=placement[1]) as controls:
             for _ in range(units):  # one lap of the ring: its pages are mapped
                 w.write(frame)
             time.sleep(0.05)
@@ -181,7 +224,8 @@ def raw_throughput(size: int, total: int, placement: tuple[int, int], readers: i
         "bytes_per_s": min(delivered), "delivered_each": delivered,
         "writer_bytes_per_s": count * size * 1e9 / elapsed_ns, "writer_cpu_us": cpu_ns / count / 1000,
         "messages": count, "lost": sum(count - r[1] for r in results) / (count * readers),
-        "config": f"{units} × {_label(size)} units, {'copying' if copy else 'zero-copy'} reader",
+        "config": f"{units} × {_label(size)} units, "
+                  + ("recv_many (copying)" if batched else "copying" if copy else "zero-copy") + " reader",
     }
 
 
@@ -234,6 +278,10 @@ def run(progress: Callable[..., None] | None = None, quick: bool = False) -> lis
             raw = functools.partial(raw_throughput, size, total, cross)
             steps.append((f"raw {_label(size)}", _step(rows, "raw", "ombm RawChannel", size, "cross-cpu", raw,
                                                        repeats)))
+        if size <= BATCHED_MAX:
+            raw_batched = functools.partial(raw_throughput, size, total, cross, batched=True)
+            steps.append((f"raw {_label(size)} recv_many", _step(rows, "raw-batch", RAW_BATCHED, size, "cross-cpu",
+                                                                 raw_batched, repeats)))
         for peer in peers.stream_peers():
             ok, why = peer.available()
             if not ok:
@@ -329,12 +377,12 @@ def issue13_targets(rows: list[dict[str, Any]]) -> list[Target]:
     """Issue 13's stream targets: small messages against a socketpair, 1 MiB against multiprocessing.Pipe."""
     small = 4 << 10
     return [
-        Target("Stream, 4 KiB messages, vs socketpair", 2, _find(rows, "stream", small)
+        Target("Stream, 4 KiB messages, vs socketpair", 2, _find(rows, "stream-batch", small)
                / _find(rows, "peer", small, system="socketpair"), "×", at_most=False,
-               note="throughput, cross-cpu, same run"),
-        Target("Stream, 4 KiB messages in batches, vs socketpair", 2, _find(rows, "stream-batch", small)
+               note=f"the batched API (send_many of {BATCH}, recv_many), throughput, cross-cpu, same run"),
+        Target("Stream, 4 KiB messages one at a time, vs socketpair", 2, _find(rows, "stream", small)
                / _find(rows, "peer", small, system="socketpair"), "×", at_most=False,
-               note=f"send_many of {BATCH}, recv_many; same run"),
+               note="send / recv, one message a call; same run"),
         Target("Stream, 1 MiB messages, vs multiprocessing.Pipe", 5, _find(rows, "stream", _MiB)
                / _find(rows, "peer", _MiB, system="multiprocessing.Pipe"), "×", at_most=False,
                note="throughput, cross-cpu, same run"),
@@ -347,8 +395,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              f"Single-core memcpy bandwidth of this run (64 MiB, best of 5; before/after, the larger): "
              f"**{_gbs(memcpy)} GB/s**.", "", targets_table(targets(rows)), "",
              "### Throughput, cross-cpu (GB/s; % of memcpy in brackets)", ""]
-    systems = ["ombm Stream", BATCHED, "ombm RawChannel"] + [p.name for p in peers.stream_peers()]
-    kinds = {"ombm Stream": "stream", BATCHED: "stream-batch", "ombm RawChannel": "raw"}
+    systems = ["ombm Stream", BATCHED, "ombm RawChannel", RAW_BATCHED] + [p.name for p in peers.stream_peers()]
+    kinds = {"ombm Stream": "stream", BATCHED: "stream-batch", "ombm RawChannel": "raw", RAW_BATCHED: "raw-batch"}
     sizes = sorted({r["size"] for r in rows if r["kind"] in ("stream", "peer")})
     table = []
     for system in systems:
@@ -358,13 +406,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             cells.append("—" if value != value else f"{_gbs(value)} ({100 * value / memcpy:.0f} %)")
         table.append(cells)
     lines += [md_table(["system"] + [_label(s) for s in sizes], table), ""]
+    lines += ["API of each row: " + "; ".join(f"*{name}*: {API[name]}" for name in systems if name in API) + ".", ""]
     configs = [f"{_label(r['size'])}: {r['config']}" for r in rows if r["kind"] == "stream" and "config" in r
                and r["placement"] == "cross-cpu"]
-    raw_rows = [r for r in rows if r["kind"] in ("raw", "raw-copy")]
+    raw_rows = [r for r in rows if r["kind"] in ("raw", "raw-copy", "raw-batch")]
+    readers = {"raw": "zero-copy", "raw-copy": "copying", "raw-batch": "recv_many (copying)"}
     lines += ["Stream configuration (slots × slot size): " + "; ".join(configs) + ".", ""]
     lines += ["### RawChannel detail", "", md_table(
         ["frames", "placement", "reader", "delivered GB/s", "writer GB/s", "writer µs/frame", "lost"],
-        [[_label(r["size"]), r["placement"], "copying" if r["kind"] == "raw-copy" else "zero-copy",
+        [[_label(r["size"]), r["placement"], readers[r["kind"]],
           _gbs(r["bytes_per_s"]), _gbs(r.get("writer_bytes_per_s", float("nan"))),
           f"{r.get('writer_cpu_us', float('nan')):.1f}", f"{100 * r.get('lost', float('nan')):.0f} %"]
          for r in raw_rows]), ""]

@@ -1,0 +1,998 @@
+/*
+ * The bridge's native data path (paper §3.2.3; docs/net.md "How an update travels"): BridgeEngine,
+ * the common case of src/ombm/net/bridge.py and replica.py in C, one call per turn of the bridge.
+ *
+ * Python registers each replicated segment whose updates may take this path (one link: the RPC and
+ * stream channels between two hosts) with the buffers Replica keeps (shadow, tags, own-write counts,
+ * the link's in-sync map; exported, so they cannot move) and its binding's write. run() then loops,
+ * without returning to Python, over:
+ *   - the bridge's signal FIFO: a unit completed here is either the echo of the bridge's own write
+ *     (its count taken) or a local write: delta against the shadow, entries cut to the MTU, packed
+ *     into datagrams as transport/datagram.py packs them, sealed with the CRC32C or, with a key,
+ *     the keyed BLAKE2b (the reference implementation, net_blake2b.c), sendto;
+ *   - the UDP socket (recvmmsg): an UPDATE whose every entry is a single-part update of a registered
+ *     segment from its link is validated field by field as datagram.decode does, passes the replay
+ *     window, and is written into the replica through its Writer (signal-on-write), as
+ *     Replica.apply does;
+ *   - an adaptive spin that yields (bridge_spin's), then poll() on the socket, the FIFO's doorbell
+ *     (the sleep word announced as ombm.aio does) and Python's own descriptors, GIL released.
+ * Everything else goes back to Python, which does it as before: a datagram that is not such an
+ * UPDATE (control kinds, fragments, unknown segments, anything malformed or forged: Python
+ * decodes it, counts it, and drops it or acts), a signal of a segment not registered, a RESYNC to
+ * ask for, a stalled FIFO cell, a readable Python descriptor, a timer, a POSIX signal. The replay
+ * window, the sequence numbers and the tags live here for both paths (the Python path's Sealer and
+ * replay checks call in), so the two paths are one sender and one receiver on the wire.
+ * Python's path stays the reference: tests/integration/test_net_engine.py compares them.
+ */
+#include "fifo.h"  /* first: Python.h sets the feature macros */
+#include "crc32c.h"
+#include "net.h"
+#include "net_blake2.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/socket.h>
+
+#define RECV_BATCH 32             /* datagrams per recvmmsg */
+#define RECV_SIZE 65536
+#define POP_BATCH 1024            /* signals taken per pass (as Bridge._turn's dispatch_pending) */
+#define RECV_BATCHES 8            /* recvmmsg calls per pass: MAX_TURN = 256 datagrams, as Python's turn */
+#define WINDOW_SIZE 64
+#define MAX_SENDERS 1024
+#define QUIET_NS 2000ull          /* the spin only polls this long, then yields between polls (bridge.c) */
+#define SPIN_FLOOR_NS 2000ull     /* after SPIN_MISSES spins in a row that found nothing (Bridge._spin) */
+#define SPIN_MISSES 8
+#define SPIN_PROBE 64
+#define UNSETTLED_POLL_MS 10      /* a claimed, unpublished FIFO cell: look again this soon */
+#define PY_CHECK_EVERY 64         /* busy passes between looks at Python's descriptors */
+
+/* what run() reports besides its lists (bits of its last item) */
+#define RUN_STALLED 1             /* the FIFO's head cell is claimed and unpublished: retire_stalled */
+#define RUN_EMSGSIZE 2            /* a sendto was refused as too long: ask the kernel for the path MTU */
+#define RUN_DROPS 4               /* the FIFO dropped signals: own-write counts cleared here, count them */
+#define MIN_MTU (DG_HEADER + DG_MAC + DG_ENTRY + 1)  /* room for one byte of one entry, MAC or CRC */
+
+typedef struct {
+    struct sockaddr_storage addr;
+    socklen_t len;
+} Peer;
+
+typedef struct {
+    uint64_t key, seg_id;
+    unsigned char *base;          /* the bridge's binding */
+    Py_ssize_t size, unit, units;
+    Py_buffer shadow, tags, own, in_sync;   /* Replica's buffers, exported while registered */
+    PyObject *write;              /* the binding's write(offset, data): Region.write */
+    Peer link;                    /* the one bridge the segment is replicated with */
+    uint64_t heard_ns;            /* the last datagram this path took from it (Path.heard) */
+    unsigned char *dirty;         /* a bit per unit: a local write to send */
+    Py_ssize_t *dirty_list, ndirty;
+} Seg;
+
+typedef struct {
+    uint64_t sender, top, seen, used;
+} WindowEntry;
+
+enum { C_DATAGRAMS_IN, C_DATAGRAMS_OUT, C_BYTES_IN, C_BYTES_OUT, C_UPDATES_IN, C_UPDATES_OUT, C_DROPPED_REPLAY,
+       C_DROPPED_STALE, C_DROPPED_DUPLICATE, C_DROPPED_INCONSISTENT, C_SEND_ERRORS, C_INTERNAL_ERRORS,
+       C_BUSY_IN_NS, C_BUSY_OUT_NS, C_ECHOES, C_NATIVE_IN, C_NATIVE_OUT, C_COUNTS };
+static const char *const count_names[C_COUNTS] = {
+    "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "updates_in", "updates_out", "dropped_replay",
+    "dropped_stale", "dropped_duplicate", "dropped_inconsistent", "send_errors", "internal_errors",
+    "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out"};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fifo;               /* the bridge receiver's FifoMap */
+    int fd;                       /* the UDP socket (the bridge's; it stays open while we run) */
+    uint64_t sender, seq;
+    uint32_t tag;
+    Py_ssize_t mtu;
+    int64_t max_age_us;           /* -1: none (no key) */
+    int keyed;                    /* a MAC (the key's state below), else a CRC32C */
+    Py_ssize_t trailer;           /* DG_MAC or DG_CRC */
+    blake2b_state mac;            /* BLAKE2b with the key's block taken: each MAC starts from a copy */
+    Seg **segs;
+    Py_ssize_t nsegs, cap;
+    WindowEntry *window;
+    Py_ssize_t nwindow;
+    uint64_t window_clock;
+    unsigned misses;
+    unsigned char *recv_buf;      /* RECV_BATCH * RECV_SIZE */
+    unsigned char out[DG_MAX_MTU];
+    Py_ssize_t out_len;
+    unsigned out_count;
+    const Peer *out_to;
+    unsigned long long counts[C_COUNTS];
+    uint64_t fifo_drops;          /* the FIFO's drop counter when last looked at */
+    int flags;
+} Engine;
+
+static uint64_t now_us_realtime(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000ull + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* ---------------------------------------------------------------- registered segments */
+
+static void seg_free(Seg *s) {
+    if (!s) return;
+    PyBuffer_Release(&s->shadow);
+    PyBuffer_Release(&s->tags);
+    PyBuffer_Release(&s->own);
+    if (s->in_sync.obj) PyBuffer_Release(&s->in_sync);
+    Py_XDECREF(s->write);
+    PyMem_Free(s->dirty);
+    PyMem_Free(s->dirty_list);
+    PyMem_Free(s);
+}
+
+static Seg *by_key(Engine *e, uint64_t key) {
+    for (Py_ssize_t i = 0; i < e->nsegs; i++)
+        if (e->segs[i]->key == key) return e->segs[i];
+    return NULL;
+}
+
+static Seg *by_seg_id(Engine *e, uint64_t id) {
+    for (Py_ssize_t i = 0; i < e->nsegs; i++)
+        if (e->segs[i]->seg_id == id) return e->segs[i];
+    return NULL;
+}
+
+/* (ip, port) as a socket address, numerically (as Python's getaddrinfo gave it): 0, or -1 with ValueError. */
+static int parse_peer(PyObject *address, Peer *out) {
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(address, "si", &host, &port)) return -1;
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *info = NULL;
+    if (getaddrinfo(host, service, &hints, &info) || !info || info->ai_addrlen > sizeof out->addr) {
+        if (info) freeaddrinfo(info);
+        PyErr_Format(PyExc_ValueError, "BridgeEngine: %s is not a numeric address", host);
+        return -1;
+    }
+    memset(out, 0, sizeof *out);
+    memcpy(&out->addr, info->ai_addr, info->ai_addrlen);
+    out->len = info->ai_addrlen;
+    freeaddrinfo(info);
+    return 0;
+}
+
+static int same_peer(const Peer *p, const struct sockaddr_storage *a, socklen_t len) {
+    if (p->addr.ss_family != a->ss_family) return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&p->addr, *y = (const void *)a;
+        return len >= sizeof *y && x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)&p->addr, *y = (const void *)a;
+        return len >= sizeof *y && x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the replay window (datagram.ReplayWindow) */
+
+static WindowEntry *window_find(Engine *e, uint64_t sender) {
+    for (Py_ssize_t i = 0; i < e->nwindow; i++)
+        if (e->window[i].sender == sender) return &e->window[i];
+    return NULL;
+}
+
+/* 0: new; 1: replay; 2: stale (a new sender too far from the clock) */
+static int window_check(Engine *e, uint64_t sender, uint64_t seq, uint64_t now_us) {
+    WindowEntry *w = window_find(e, sender);
+    if (!w) {
+        if (e->max_age_us >= 0) {
+            uint64_t d = seq > now_us ? seq - now_us : now_us - seq;
+            if (d > (uint64_t)e->max_age_us) return 2;
+        }
+        return 0;
+    }
+    if (seq > w->top) return 0;
+    uint64_t back = w->top - seq;
+    return back >= WINDOW_SIZE || (w->seen >> back & 1) ? 1 : 0;
+}
+
+static void window_commit(Engine *e, uint64_t sender, uint64_t seq) {
+    WindowEntry *w = window_find(e, sender);
+    if (!w) {
+        if (e->nwindow == MAX_SENDERS) {  /* the least recently committed goes */
+            Py_ssize_t old = 0;
+            for (Py_ssize_t i = 1; i < e->nwindow; i++)
+                if (e->window[i].used < e->window[old].used) old = i;
+            e->window[old] = e->window[--e->nwindow];
+        }
+        w = &e->window[e->nwindow++];
+        w->sender = sender;
+        w->top = seq;
+        w->seen = 1;
+    } else if (seq > w->top) {
+        uint64_t shift = seq - w->top;
+        w->seen = shift < WINDOW_SIZE ? (w->seen << shift) | 1 : 1;
+        w->top = seq;
+    } else {
+        w->seen |= 1ull << (w->top - seq);
+    }
+    w->used = ++e->window_clock;
+}
+
+static void window_forget(Engine *e, uint64_t sender) {
+    WindowEntry *w = window_find(e, sender);
+    if (w) *w = e->window[--e->nwindow];
+}
+
+/* ---------------------------------------------------------------- the MAC (datagram._mac) */
+
+static const char PERSON[] = "ombm-bridge-v1";  /* datagram._PERSON */
+
+/* BLAKE2b, 16-byte digest, keyed and personalised as hashlib.blake2b(key=key, digest_size=16,
+   person=PERSON): the state once the key's block is taken. 0, or -1 for a key of a bad length. */
+static int mac_init(blake2b_state *S, const unsigned char *key, size_t keylen) {
+    if (keylen < 1 || keylen > BLAKE2B_KEYBYTES) return -1;
+    blake2b_param P;
+    memset(&P, 0, sizeof P);
+    P.digest_length = DG_MAC;
+    P.key_length = (uint8_t)keylen;
+    P.fanout = 1;
+    P.depth = 1;
+    memcpy(P.personal, PERSON, sizeof PERSON - 1);
+    if (blake2b_init_param(S, &P) < 0) return -1;
+    uint8_t block[BLAKE2B_BLOCKBYTES] = {0};
+    memcpy(block, key, keylen);
+    blake2b_update(S, block, sizeof block);
+    memset(block, 0, sizeof block);
+    return 0;
+}
+
+static void mac_of(const blake2b_state *keyed, const unsigned char *data, size_t n, unsigned char out[DG_MAC]) {
+    blake2b_state S = *keyed;
+    blake2b_update(&S, data, n);
+    blake2b_final(&S, out, DG_MAC);
+}
+
+/* The trailer of d[0:end] (CRC32C or MAC) written at d + end. */
+static void seal(const Engine *e, unsigned char *d, Py_ssize_t end) {
+    if (e->keyed) mac_of(&e->mac, d, (size_t)end, d + end);
+    else put32(d + end, crc32c_copy(NULL, d, (size_t)end, 0));
+}
+
+/* Whether the trailer of d[0:n] (flags checked) is right: the end of the body, or 0. */
+static Py_ssize_t opened(const Engine *e, const unsigned char *d, Py_ssize_t n) {
+    if (e->keyed) {
+        Py_ssize_t end = n - DG_MAC;
+        if (end < DG_HEADER) return 0;
+        unsigned char want[DG_MAC], diff = 0;
+        mac_of(&e->mac, d, (size_t)end, want);
+        for (int i = 0; i < DG_MAC; i++) diff |= want[i] ^ d[end + i];  /* constant time, as hmac.compare_digest */
+        return diff ? 0 : end;
+    }
+    Py_ssize_t end = n - DG_CRC;
+    return crc32c_copy(NULL, d, (size_t)end, 0) == get32(d + end) ? end : 0;
+}
+
+/* ---------------------------------------------------------------- datagrams out */
+
+static uint64_t next_seq(Engine *e) {
+    uint64_t now = now_us_realtime();
+    e->seq = e->seq + 1 > now ? e->seq + 1 : now;
+    return e->seq;
+}
+
+static uint32_t next_tag(Engine *e) {
+    e->tag = e->tag + 1 ? e->tag + 1 : 1;
+    return e->tag;
+}
+
+/* Seal and send what is packed (Sealer.seal with a CRC32C). */
+static void flush_out(Engine *e) {
+    if (!e->out_count) return;
+    unsigned char *h = e->out;
+    put16(h, DG_MAGIC);
+    h[2] = DG_VERSION;
+    h[3] = DG_KIND_UPDATE;
+    put16(h + 4, e->keyed ? DG_FLAG_MAC : 0);
+    put16(h + 6, (uint16_t)e->out_count);
+    put64(h + 8, e->sender);
+    put64(h + 16, next_seq(e));
+    seal(e, h, e->out_len);
+    Py_ssize_t n = e->out_len + e->trailer;
+    ssize_t sent;
+    do sent = sendto(e->fd, h, (size_t)n, 0, (const struct sockaddr *)&e->out_to->addr, e->out_to->len);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0) {
+        e->counts[C_SEND_ERRORS]++;
+        if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
+    } else {
+        e->counts[C_DATAGRAMS_OUT]++;
+        e->counts[C_BYTES_OUT] += (unsigned long long)n;
+    }
+    e->out_len = DG_HEADER;
+    e->out_count = 0;
+}
+
+/* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
+static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
+                       uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
+    Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
+    if (e->out_count && (e->out_to != to || e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF))
+        flush_out(e);
+    e->out_to = to;
+    unsigned char *p = e->out + e->out_len;
+    put64(p, key);
+    put64(p + 8, offset);
+    put32(p + 16, base);
+    put32(p + 20, tag);
+    put16(p + 24, (uint16_t)len);
+    put16(p + 26, part);
+    put16(p + 28, parts);
+    put16(p + 30, full ? DG_ENTRY_FULL : 0);
+    memcpy(p + DG_ENTRY, data, (size_t)len);
+    e->out_len += DG_ENTRY + len;
+    e->out_count++;
+}
+
+/* A local write completed unit u: its new content to the link (Replica.local_update, one link). */
+static void send_unit(Engine *e, Seg *s, Py_ssize_t u) {
+    Py_ssize_t lo = u * s->unit, hi = lo + s->unit < s->size ? lo + s->unit : s->size;
+    Py_ssize_t last = hi - lo - 1;
+    unsigned char *shadow = s->shadow.buf;
+    uint32_t *tags = s->tags.buf;
+    unsigned char *in_sync = s->in_sync.buf;
+    Py_ssize_t changed = delta_copy(s->base + lo, shadow + lo, hi - lo);
+    uint32_t base = tags[u], tag = next_tag(e);
+    Py_ssize_t at;
+    int full;
+    if (in_sync[u] && base) {
+        at = lo + (changed < last ? changed : last);
+        full = 0;
+    } else {
+        Py_ssize_t z = 0;
+        while (z < last && !shadow[lo + z]) z++;
+        at = lo + z;
+        full = 1;
+        base = 0;
+        in_sync[u] = 1;
+    }
+    tags[u] = tag;
+    Py_ssize_t len = hi - at, room = e->mtu - DG_HEADER - e->trailer - DG_ENTRY;
+    Py_ssize_t parts = (len + room - 1) / room;
+    if (parts > 0xFFFF) {  /* as transport.updates.cut refuses it */
+        e->counts[C_INTERNAL_ERRORS]++;
+        return;
+    }
+    e->counts[C_UPDATES_OUT]++;
+    e->counts[C_NATIVE_OUT]++;
+    for (Py_ssize_t part = 0; part < parts; part++) {
+        Py_ssize_t from = at + part * room, n = hi - from < room ? hi - from : room;
+        pack_entry(e, &s->link, s->key, (uint64_t)from, base, tag, (uint16_t)part, (uint16_t)parts, full,
+                   shadow + from, n);
+    }
+}
+
+/* ---------------------------------------------------------------- datagrams in */
+
+/* Whether a received datagram is an UPDATE this path takes whole: every field valid as
+   datagram.decode checks it (its CRC32C, or its MAC with a key), every entry a single-part update of a
+   registered segment whose link sent it. Reads each field once; 0 leaves it to Python. */
+static int fast_update(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
+                       socklen_t from_len) {
+    if (n < DG_HEADER + DG_CRC) return 0;
+    if (get16(d) != DG_MAGIC || d[2] != DG_VERSION || d[3] != DG_KIND_UPDATE ||
+        get16(d + 4) != (e->keyed ? DG_FLAG_MAC : 0))
+        return 0;
+    Py_ssize_t end = opened(e, d, n);
+    if (!end) return 0;
+    unsigned count = get16(d + 6);
+    if (count < 1 || count > (unsigned)((end - DG_HEADER) / (DG_ENTRY + 1))) return 0;
+    Py_ssize_t at = DG_HEADER;
+    for (unsigned i = 0; i < count; i++) {
+        if (at + DG_ENTRY > end) return 0;
+        const unsigned char *p = d + at;
+        uint64_t key = get64(p), offset = get64(p + 8);
+        uint32_t base = get32(p + 16), tag = get32(p + 20);
+        unsigned length = get16(p + 24), part = get16(p + 26), parts = get16(p + 28), flags = get16(p + 30);
+        at += DG_ENTRY;
+        int full = flags == DG_ENTRY_FULL;
+        if ((flags & ~DG_ENTRY_FULL) || !length || !(part < parts) || !tag || (base == 0) != full) return 0;
+        if (offset > UINT64_MAX - length || at + (Py_ssize_t)length > end) return 0;
+        at += length;
+        if (parts != 1) return 0;  /* fragments: Python's assembler */
+        Seg *s = by_key(e, key);
+        if (!s || !same_peer(&s->link, from, from_len)) return 0;
+    }
+    return at == end;
+}
+
+/* Write one single-part update into its replica (Replica.apply, one link): 0, or -1 with an
+   exception (from the binding's write). */
+static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resyncs) {
+    uint64_t offset = get64(p + 8);
+    uint32_t base = get32(p + 16), tag = get32(p + 20);
+    Py_ssize_t length = get16(p + 24);
+    int full = get16(p + 30) == DG_ENTRY_FULL;
+    const unsigned char *data = p + DG_ENTRY;
+    if (offset >= (uint64_t)s->size) {
+        e->counts[C_DROPPED_INCONSISTENT]++;
+        return 0;
+    }
+    Py_ssize_t off = (Py_ssize_t)offset, u = off / s->unit, lo = u * s->unit;
+    Py_ssize_t hi = lo + s->unit < s->size ? lo + s->unit : s->size;
+    if (off + length != hi) {  /* an update ends at its unit's last byte */
+        e->counts[C_DROPPED_INCONSISTENT]++;
+        return 0;
+    }
+    uint32_t *tags = s->tags.buf;
+    unsigned char *in_sync = s->in_sync.buf, *shadow = s->shadow.buf, *own = s->own.buf;
+    if (tag == tags[u] && in_sync[u]) {
+        e->counts[C_DROPPED_DUPLICATE]++;
+        return 0;
+    }
+    if (!full && base != tags[u]) {
+        in_sync[u] = 0;
+        e->counts[C_DROPPED_STALE]++;
+        PyObject *item = Py_BuildValue("(Kn)", (unsigned long long)s->key, u);
+        if (!item) return -1;
+        int rc = PyList_Append(resyncs, item);
+        Py_DECREF(item);
+        return rc;
+    }
+    if (full) memset(shadow + lo, 0, (size_t)(hi - lo));
+    memcpy(shadow + off, data, (size_t)length);
+    Py_ssize_t start = full ? lo : off;
+    PyObject *view = PyMemoryView_FromMemory((char *)shadow + start, hi - start, PyBUF_READ);
+    if (!view) return -1;
+    PyObject *at = PyLong_FromSsize_t(start);
+    if (!at) { Py_DECREF(view); return -1; }
+    PyObject *args[2] = {at, view};
+    PyObject *r = PyObject_Vectorcall(s->write, args, 2, NULL);  /* its last byte raises the signals here */
+    Py_DECREF(at);
+    Py_DECREF(view);
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (own[u] < 255) own[u]++;
+    in_sync[u] = 1;
+    tags[u] = tag;
+    e->counts[C_UPDATES_IN]++;
+    e->counts[C_NATIVE_IN]++;
+    return 0;
+}
+
+/* A datagram fast_update took: replay window, then every entry. */
+static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, uint64_t now) {
+    uint64_t sender = get64(d + 8), seq = get64(d + 16);
+    if (window_check(e, sender, seq, now_us_realtime())) {
+        e->counts[C_DROPPED_REPLAY]++;
+        return;
+    }
+    window_commit(e, sender, seq);
+    unsigned count = get16(d + 6);
+    const unsigned char *p = d + DG_HEADER;
+    for (unsigned i = 0; i < count; i++) {
+        Seg *s = by_key(e, get64(p));
+        if (!s) break;  /* fast_update found it: only a bug could have removed it since */
+        s->heard_ns = now;
+        if (apply_entry(e, s, p, resyncs) < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
+            PyErr_WriteUnraisable((PyObject *)e);
+            e->counts[C_INTERNAL_ERRORS]++;
+        }
+        p += DG_ENTRY + get16(p + 24);
+    }
+}
+
+/* ---------------------------------------------------------------- one pass */
+
+/* Signals, then datagrams, then what they made to send: whether anything came; -1 with an exception. */
+static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *resyncs) {
+    FifoMap *m = (FifoMap *)e->fifo;
+    int busy = 0;
+    uint64_t t0 = now_ns();
+    uint64_t seg_id = 0, off = 0;
+    uint64_t drops = atomic_load_explicit(A64(m->base + FIFO_DROPS), memory_order_relaxed);
+    if (drops != e->fifo_drops) {  /* echoes may have been lost: their counts would swallow local writes */
+        e->fifo_drops = drops;
+        for (Py_ssize_t i = 0; i < e->nsegs; i++) memset(e->segs[i]->own.buf, 0, (size_t)e->segs[i]->own.len);
+        e->flags |= RUN_DROPS;
+    }
+    for (int i = 0; i < POP_BATCH && fifo_take(m, &seg_id, &off); i++) {
+        busy = 1;
+        Seg *s = by_seg_id(e, seg_id);
+        if (!s) {  /* not ours to take: Python's receiver dispatches it */
+            PyObject *item = Py_BuildValue("(KK)", (unsigned long long)seg_id, (unsigned long long)off);
+            if (!item || PyList_Append(signals, item) < 0) { Py_XDECREF(item); return -1; }
+            Py_DECREF(item);
+            continue;
+        }
+        if (off >= (uint64_t)s->size) continue;  /* a local peer's scribble: no unit of ours */
+        Py_ssize_t u = (Py_ssize_t)off / s->unit;
+        unsigned char *own = s->own.buf;
+        if (own[u]) {
+            own[u]--;
+            e->counts[C_ECHOES]++;
+        } else if (!(s->dirty[u >> 3] & (1 << (u & 7)))) {
+            s->dirty[u >> 3] |= (unsigned char)(1 << (u & 7));
+            s->dirty_list[s->ndirty++] = u;
+        }
+    }
+    uint64_t out_ns = now_ns() - t0;
+    /* datagrams: as many as Python's turn takes (MAX_TURN) */
+    struct mmsghdr msgs[RECV_BATCH];
+    struct iovec iov[RECV_BATCH];
+    struct sockaddr_storage from[RECV_BATCH];
+    int deferring = PyList_GET_SIZE(datagrams) > 0;
+    for (int batch = 0; batch < RECV_BATCHES; batch++) {
+        for (int i = 0; i < RECV_BATCH; i++) {
+            iov[i].iov_base = e->recv_buf + (size_t)i * RECV_SIZE;
+            iov[i].iov_len = RECV_SIZE;
+            msgs[i].msg_hdr = (struct msghdr){.msg_name = &from[i], .msg_namelen = sizeof from[i],
+                                              .msg_iov = &iov[i], .msg_iovlen = 1};
+            msgs[i].msg_len = 0;
+        }
+        int got = recvmmsg(e->fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
+        if (got <= 0) break;  /* none (or an ICMP error reported on the socket: Python's recvfrom skips it too) */
+        busy = 1;
+        for (int i = 0; i < got; i++) {
+            uint64_t t1 = now_ns();
+            const unsigned char *d = iov[i].iov_base;
+            Py_ssize_t n = msgs[i].msg_len;
+            /* once one goes to Python, the rest follow it: one sender's datagrams stay in order */
+            if (!deferring && fast_update(e, d, n, &from[i], msgs[i].msg_hdr.msg_namelen)) {
+                e->counts[C_DATAGRAMS_IN]++;
+                e->counts[C_BYTES_IN] += (unsigned long long)n;
+                take_update(e, d, resyncs, t1);
+                e->counts[C_BUSY_IN_NS] += now_ns() - t1;
+                continue;
+            }
+            deferring = 1;  /* Python counts it */
+            char host[NI_MAXHOST], port[NI_MAXSERV];
+            if (getnameinfo((struct sockaddr *)&from[i], msgs[i].msg_hdr.msg_namelen, host, sizeof host, port,
+                            sizeof port, NI_NUMERICHOST | NI_NUMERICSERV))
+                continue;  /* no address Python could name: as its recvfrom would fail */
+            PyObject *item = Py_BuildValue("(y#(si))", (const char *)d, n, host, atoi(port));
+            if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
+            Py_DECREF(item);
+        }
+        if (got < RECV_BATCH) break;
+    }
+    t0 = now_ns();
+    for (Py_ssize_t i = 0; i < e->nsegs; i++) {
+        Seg *s = e->segs[i];
+        for (Py_ssize_t k = 0; k < s->ndirty; k++) {
+            Py_ssize_t u = s->dirty_list[k];
+            s->dirty[u >> 3] &= (unsigned char)~(1 << (u & 7));
+            send_unit(e, s, u);
+        }
+        s->ndirty = 0;
+    }
+    flush_out(e);
+    if (busy) e->counts[C_BUSY_OUT_NS] += out_ns + now_ns() - t0;
+    return busy;
+}
+
+/* ---------------------------------------------------------------- waiting */
+
+static int readable(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* Spin (GIL released) until the FIFO has an entry or the socket a datagram, for at most spin_ns:
+   bridge_spin's loop. Whether something came. */
+static int spin(Engine *e, uint64_t spin_ns) {
+    if (!spin_ns) return 0;
+    FifoMap *m = (FifoMap *)e->fifo;
+    int fd = e->fd, came = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t start = now_ns(), end = start + spin_ns, quiet = start + QUIET_NS;
+    unsigned polls = 0;
+    for (;;) {
+        if (fifo_ready(m) || ((polls++ & 7) == 0 && readable(fd))) { came = 1; break; }
+        uint64_t t = now_ns();
+        if (t >= end) break;
+        if (t >= quiet) {
+            sched_yield();
+            if (readable(fd)) { came = 1; break; }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    return came;
+}
+
+/* poll() the socket, the doorbell and Python's descriptors (pfd[2:]), GIL released: as Bridge._sleep
+   (announce sleep in the FIFO's sleep word, re-check, wait, awake, drain the doorbell). Returns 1 if
+   a Python descriptor is readable, 0 otherwise. */
+static int sleep_poll(Engine *e, struct pollfd *pfd, nfds_t n, int timeout_ms) {
+    FifoMap *m = (FifoMap *)e->fifo;
+    au32 *sleep_word = A32(m->base + FIFO_SLEEP);
+    atomic_store_explicit(sleep_word, 2, memory_order_seq_cst);  /* SLEEP_DOORBELL */
+    if (fifo_ready(m)) {
+        atomic_store_explicit(sleep_word, 0, memory_order_seq_cst);
+        return 0;
+    }
+    if (fifo_unsettled(m) && timeout_ms > UNSETTLED_POLL_MS) timeout_ms = UNSETTLED_POLL_MS;
+    for (nfds_t i = 0; i < n; i++) pfd[i].revents = 0;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = poll(pfd, n, timeout_ms);
+    Py_END_ALLOW_THREADS
+    atomic_store_explicit(sleep_word, 0, memory_order_seq_cst);  /* SLEEP_AWAKE */
+    if (pfd[1].fd >= 0) {
+        char junk[64];
+        while (recv(pfd[1].fd, junk, sizeof junk, MSG_DONTWAIT) > 0) {}
+    }
+    if (!fifo_ready(m) && fifo_unsettled(m)) e->flags |= RUN_STALLED;
+    if (r <= 0) return 0;
+    for (nfds_t i = 2; i < n; i++)
+        if (pfd[i].revents) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the type */
+
+static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *fifo;
+    int fd;
+    unsigned long long sender, tag;
+    long long max_age;
+    Py_ssize_t mtu;
+    PyObject *key;
+    if (!PyArg_ParseTuple(args, "O!iKKLnO", &FifoMapType, &fifo, &fd, &sender, &tag, &max_age, &mtu, &key)) return -1;
+    e->keyed = key != Py_None;
+    e->trailer = e->keyed ? DG_MAC : DG_CRC;
+    if (e->keyed) {
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) < 16 ||
+            mac_init(&e->mac, (const unsigned char *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key)) < 0) {
+            PyErr_SetString(PyExc_ValueError, "BridgeEngine: a key is 16 to 64 bytes");
+            return -1;
+        }
+    }
+    if (fd < 0 || mtu < MIN_MTU || mtu > DG_MAX_MTU) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine: bad descriptor or MTU");
+        return -1;
+    }
+    if (e->fifo) {
+        PyErr_SetString(PyExc_RuntimeError, "BridgeEngine: already initialised");
+        return -1;
+    }
+    Py_INCREF(fifo);
+    e->fifo = fifo;
+    e->fd = fd;
+    e->sender = sender;
+    e->tag = (uint32_t)tag;
+    e->max_age_us = max_age;
+    e->mtu = mtu;
+    e->out_len = DG_HEADER;
+    e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
+    e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
+    e->recv_buf = PyMem_Malloc((size_t)RECV_BATCH * RECV_SIZE);
+    if (!e->window || !e->recv_buf) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
+    Py_VISIT(e->fifo);
+    for (Py_ssize_t i = 0; i < e->nsegs; i++) {
+        Py_VISIT(e->segs[i]->write);
+        Py_VISIT(e->segs[i]->shadow.obj);
+        Py_VISIT(e->segs[i]->tags.obj);
+        Py_VISIT(e->segs[i]->own.obj);
+        Py_VISIT(e->segs[i]->in_sync.obj);
+    }
+    return 0;
+}
+
+static int Engine_clear(Engine *e) {
+    for (Py_ssize_t i = 0; i < e->nsegs; i++) seg_free(e->segs[i]);
+    e->nsegs = 0;
+    PyMem_Free(e->segs);
+    e->segs = NULL;
+    e->cap = 0;
+    PyMem_Free(e->window);
+    e->window = NULL;
+    e->nwindow = 0;
+    PyMem_Free(e->recv_buf);
+    e->recv_buf = NULL;
+    Py_CLEAR(e->fifo);
+    return 0;
+}
+
+static int ready(Engine *e) {
+    if (!e->fifo || !e->window || !e->recv_buf) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine: not initialised, or closed");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Engine_remove(Engine *e, PyObject *arg) {
+    unsigned long long key = PyLong_AsUnsignedLongLong(arg);
+    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    for (Py_ssize_t i = 0; i < e->nsegs; i++)
+        if (e->segs[i]->key == key) {
+            seg_free(e->segs[i]);
+            e->segs[i] = e->segs[--e->nsegs];
+            break;
+        }
+    Py_RETURN_NONE;
+}
+
+/* add(key, segment_id, base, size, unit, shadow, tags, own, write, address, in_sync): register (or
+   register anew) a segment replicated with the one bridge at address. */
+static PyObject *Engine_add(Engine *e, PyObject *args) {
+    unsigned long long key, seg_id, base;
+    Py_ssize_t size, unit;
+    PyObject *shadow, *tags, *own, *write, *address, *in_sync;
+    if (!ready(e)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKnnOOOOOO", &key, &seg_id, &base, &size, &unit, &shadow, &tags, &own, &write,
+                          &address, &in_sync))
+        return NULL;
+    if (!base || size <= 0 || unit <= 0 || !PyCallable_Check(write)) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine.add: bad geometry or write");
+        return NULL;
+    }
+    Seg *s = PyMem_Calloc(1, sizeof *s);
+    if (!s) return PyErr_NoMemory();
+    s->key = key;
+    s->seg_id = seg_id;
+    s->base = (unsigned char *)(uintptr_t)base;
+    s->size = size;
+    s->unit = unit;
+    s->units = (size + unit - 1) / unit;
+    if (parse_peer(address, &s->link) < 0 || PyObject_GetBuffer(shadow, &s->shadow, PyBUF_WRITABLE) < 0)
+        goto fail;
+    if (PyObject_GetBuffer(tags, &s->tags, PyBUF_WRITABLE) < 0) goto fail;
+    if (PyObject_GetBuffer(own, &s->own, PyBUF_WRITABLE) < 0) goto fail;
+    if (PyObject_GetBuffer(in_sync, &s->in_sync, PyBUF_WRITABLE) < 0) goto fail;
+    if (s->shadow.len != size || s->tags.len != 4 * s->units || s->own.len != s->units || s->in_sync.len != s->units) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine.add: buffers of the wrong size");
+        goto fail;
+    }
+    s->dirty = PyMem_Calloc((size_t)(s->units + 7) / 8, 1);
+    s->dirty_list = PyMem_Calloc((size_t)s->units, sizeof *s->dirty_list);
+    if (!s->dirty || !s->dirty_list) { PyErr_NoMemory(); goto fail; }
+    Py_INCREF(write);
+    s->write = write;
+    Engine_remove(e, PyTuple_GET_ITEM(args, 0));
+    if (e->nsegs == e->cap) {
+        Py_ssize_t cap = e->cap ? 2 * e->cap : 16;
+        Seg **segs = PyMem_Realloc(e->segs, (size_t)cap * sizeof *segs);
+        if (!segs) { PyErr_NoMemory(); goto fail; }
+        e->segs = segs;
+        e->cap = cap;
+    }
+    e->segs[e->nsegs++] = s;
+    Py_RETURN_NONE;
+fail:
+    seg_free(s);
+    return NULL;
+}
+
+static PyObject *Engine_set_mtu(Engine *e, PyObject *arg) {
+    Py_ssize_t mtu = PyLong_AsSsize_t(arg);
+    if (mtu == -1 && PyErr_Occurred()) return NULL;
+    if (mtu < MIN_MTU || mtu > DG_MAX_MTU) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine.set_mtu: out of range");
+        return NULL;
+    }
+    e->mtu = mtu;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_next_seq(Engine *e, PyObject *arg) {
+    unsigned long long now = PyLong_AsUnsignedLongLong(arg);
+    if (now == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    e->seq = e->seq + 1 > now ? e->seq + 1 : now;
+    return PyLong_FromUnsignedLongLong(e->seq);
+}
+
+static PyObject *Engine_next_tag(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromUnsignedLong(next_tag(e));
+}
+
+static int parse_u64s(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, unsigned long long *out) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "expected %zd arguments", want);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < want; i++) {
+        out[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (out[i] == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static PyObject *Engine_check(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    unsigned long long v[3];
+    if (!ready(e) || parse_u64s(args, nargs, 3, v) < 0) return NULL;
+    static const char *const why[] = {"", "replay", "stale"};
+    return PyUnicode_FromString(why[window_check(e, v[0], v[1], v[2])]);
+}
+
+static PyObject *Engine_commit(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    unsigned long long v[2];
+    if (!ready(e) || parse_u64s(args, nargs, 2, v) < 0) return NULL;
+    window_commit(e, v[0], v[1]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_forget(Engine *e, PyObject *arg) {
+    unsigned long long sender = PyLong_AsUnsignedLongLong(arg);
+    if (sender == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (!ready(e)) return NULL;
+    window_forget(e, sender);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_heard_ns(Engine *e, PyObject *address) {
+    Peer p;
+    if (parse_peer(address, &p) < 0) return NULL;
+    uint64_t heard = 0;
+    for (Py_ssize_t i = 0; i < e->nsegs; i++) {
+        Seg *s = e->segs[i];
+        if (same_peer(&p, &s->link.addr, s->link.len) && s->heard_ns > heard) heard = s->heard_ns;
+    }
+    return PyLong_FromUnsignedLongLong(heard);
+}
+
+static PyObject *Engine_counts(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < C_COUNTS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(e->counts[i]);
+        if (!v || PyDict_SetItemString(d, count_names[i], v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+/* run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds): serve until Python is needed; returns
+   (signals, datagrams, resyncs, flags): the signals of segments not registered [(segment id,
+   offset)], the datagrams this path does not take [(bytes, (ip, port))], the units whose delta came
+   on another content [(key, unit)] (a RESYNC to the sender), and RUN_* bits. It returns when any
+   of those is not empty, a descriptor of fds is readable, timeout_s passed, or a POSIX signal came. */
+static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyTuple_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds: tuple)");
+        return NULL;
+    }
+    if (!ready(e)) return NULL;
+    unsigned long long cap = PyLong_AsUnsignedLongLong(args[0]);
+    if (cap == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    int adaptive = PyObject_IsTrue(args[1]);
+    double timeout_s = PyFloat_AsDouble(args[2]);
+    int doorbell = _PyLong_AsInt(args[3]);
+    if (adaptive < 0 || (timeout_s == -1.0 && PyErr_Occurred()) || (doorbell == -1 && PyErr_Occurred()))
+        return NULL;
+    Py_ssize_t nfds = PyTuple_GET_SIZE(args[4]);
+    if (nfds > 8) {
+        PyErr_SetString(PyExc_ValueError, "run: at most 8 descriptors");
+        return NULL;
+    }
+    struct pollfd pfd[10] = {{.fd = e->fd, .events = POLLIN}, {.fd = doorbell, .events = POLLIN}};
+    for (Py_ssize_t i = 0; i < nfds; i++) {
+        int fd = _PyLong_AsInt(PyTuple_GET_ITEM(args[4], i));
+        if (fd == -1 && PyErr_Occurred()) return NULL;
+        pfd[2 + i] = (struct pollfd){.fd = fd, .events = POLLIN};
+    }
+    if (timeout_s < 0) timeout_s = 0;
+    if (timeout_s > 3600) timeout_s = 3600;
+    uint64_t deadline = now_ns() + (uint64_t)(timeout_s * 1e9);
+    PyObject *signals = PyList_New(0), *datagrams = PyList_New(0), *resyncs = PyList_New(0);
+    if (!signals || !datagrams || !resyncs) goto fail;
+    e->flags = 0;
+    for (unsigned turn = 1;; turn++) {
+        int busy = pass(e, signals, datagrams, resyncs);
+        if (busy < 0) goto fail;
+        if (PyList_GET_SIZE(signals) || PyList_GET_SIZE(datagrams) || PyList_GET_SIZE(resyncs) || e->flags) break;
+        if (PyErr_CheckSignals() < 0) goto fail;
+        uint64_t now = now_ns();
+        if (now >= deadline) break;
+        if (busy) {
+            if (turn % PY_CHECK_EVERY == 0 && poll(pfd + 2, (nfds_t)nfds, 0) > 0) break;
+            continue;
+        }
+        uint64_t budget = cap;
+        if (adaptive && e->misses >= SPIN_MISSES && e->misses % SPIN_PROBE != 0)
+            budget = cap < SPIN_FLOOR_NS ? cap : SPIN_FLOOR_NS;
+        if (spin(e, budget)) {
+            e->misses = 0;
+            continue;
+        }
+        e->misses++;
+        now = now_ns();
+        if (now >= deadline) break;
+        uint64_t left_ms = (deadline - now + 999999) / 1000000;
+        if (sleep_poll(e, pfd, (nfds_t)(2 + nfds), (int)(left_ms > INT_MAX ? INT_MAX : left_ms)) || e->flags) break;
+    }
+    return Py_BuildValue("(NNNi)", signals, datagrams, resyncs, e->flags);
+fail:
+    Py_XDECREF(signals);
+    Py_XDECREF(datagrams);
+    Py_XDECREF(resyncs);
+    return NULL;
+}
+
+/* For the tests: whether this path takes datagram `data` from `address` (fast_update). */
+static PyObject *Engine_takes(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "takes(data, address)");
+        return NULL;
+    }
+    Peer p;
+    if (parse_peer(args[1], &p) < 0) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_SIMPLE) < 0) return NULL;
+    int r = fast_update(e, v.buf, v.len, &p.addr, p.len);
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"add", (PyCFunction)Engine_add, METH_VARARGS,
+     "add(key, segment_id, base, size, unit, shadow, tags, own, write, address, in_sync): take this segment's "
+     "updates with the one bridge at address natively"},
+    {"remove", (PyCFunction)Engine_remove, METH_O, "remove(key): no longer (before its binding goes)"},
+    {"set_mtu", (PyCFunction)Engine_set_mtu, METH_O, "set_mtu(mtu): the largest datagram to send"},
+    {"next_seq", (PyCFunction)Engine_next_seq, METH_O, "next_seq(now_us): the sender's next sequence number"},
+    {"next_tag", (PyCFunction)Engine_next_tag, METH_NOARGS, "next_tag(): a fresh tag for a unit's content"},
+    {"check", (PyCFunction)(void (*)(void))Engine_check, METH_FASTCALL,
+     "check(sender, seq, now_us): the replay window's verdict, as ReplayWindow.check"},
+    {"commit", (PyCFunction)(void (*)(void))Engine_commit, METH_FASTCALL, "commit(sender, seq): as ReplayWindow.commit"},
+    {"forget", (PyCFunction)Engine_forget, METH_O, "forget(sender): as ReplayWindow.forget"},
+    {"heard_ns", (PyCFunction)Engine_heard_ns, METH_O,
+     "heard_ns((ip, port)): when this path last took a datagram from there (monotonic ns, 0: never)"},
+    {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "the counters of this path"},
+    {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
+     "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds): serve until Python is needed"},
+    {"takes", (PyCFunction)(void (*)(void))Engine_takes, METH_FASTCALL,
+     "takes(data, (ip, port)): whether run() would take this datagram itself (for the tests)"},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.BridgeEngine", .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init, .tp_dealloc = native_dealloc,
+    .tp_traverse = (traverseproc)Engine_traverse, .tp_clear = (inquiry)Engine_clear,
+    .tp_methods = Engine_methods,
+    .tp_doc = "BridgeEngine(fifo, fd, sender, tag, max_age_us, mtu, key): the bridge's native data path",
+};
+
+/* For the tests: the MAC of data under key, as datagram._mac. */
+static PyObject *n_bridge_mac(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "bridge_mac(key: bytes, data)");
+        return NULL;
+    }
+    blake2b_state S;
+    if (mac_init(&S, (const unsigned char *)PyBytes_AS_STRING(args[0]), (size_t)PyBytes_GET_SIZE(args[0])) < 0) {
+        PyErr_SetString(PyExc_ValueError, "bridge_mac: a key is 1 to 64 bytes");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
+    unsigned char out[DG_MAC];
+    mac_of(&S, v.buf, (size_t)v.len, out);
+    PyBuffer_Release(&v);
+    return PyBytes_FromStringAndSize((const char *)out, DG_MAC);
+}
+
+static PyMethodDef engine_functions[] = {
+    {"bridge_mac", (PyCFunction)(void (*)(void))n_bridge_mac, METH_FASTCALL,
+     "bridge_mac(key, data): the bridge datagrams' MAC of data (keyed, personalised BLAKE2b, 16 bytes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+int native_add_net_engine(PyObject *module) {
+    return native_add(module, engine_functions, (PyTypeObject *const[]){&EngineType, NULL});
+}
