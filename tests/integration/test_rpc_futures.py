@@ -61,8 +61,9 @@ def test_cancel_takes_back_a_call_never_sent_and_reports_a_sent_one_running(reco
     name, _ = recorder
     with ombm.rpc.connect(name, timeout=120.0) as cli:
         # far more calls than the connection's window: the first take its slots (sent at once, the
-        # first ones slow), the rest queue behind it in the client, nothing of them sent yet
-        futures = [cli.call_async("work", i, 0.05 if i < 4 else 0.0) for i in range(80)]
+        # first one slow, so that every sent call is still running while we look, even on a busy
+        # machine), the rest queue behind it in the client, nothing of them sent yet
+        futures = [cli.call_async("work", i, 2.0 if i == 0 else 0.0) for i in range(80)]
         queued = [f for f in futures if not f.running()]
         sent = [f for f in futures if f.running()]
         assert queued and sent and futures[0].running()

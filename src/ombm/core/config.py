@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import os
 
-from ombm import _native
+from ombm import _layout, _native  # noqa: F401  (_layout first: importing it checks that the native module is built)
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
