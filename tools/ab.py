@@ -42,15 +42,18 @@ if __name__ == "__main__":
 """
 
 
-def one_run(python: str) -> dict[str, float]:
-    done = subprocess.run([python, "-c", ONE_RUN], capture_output=True, text=True, timeout=600)
+def one_run(python: str, source: str = ONE_RUN, timeout: float = 600) -> dict[str, float]:
+    """Run ``source`` (a script printing one JSON object as its last line) in ``python``."""
+    done = subprocess.run([python, "-c", source], capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"{python} failed:\n{done.stderr}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def compare(description: str, source: str = ONE_RUN, timeout: float = 600, digits: str = ".3f",
+            ratio_digits: str = ".3f") -> int:
+    """The command line of an A/B tool: run ``source`` in builds A and B alternately, print the table."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="the interpreter of build A (the baseline)")
     parser.add_argument("b", help="the interpreter of build B")
     parser.add_argument("--rounds", type=int, default=5)
@@ -58,15 +61,19 @@ def main() -> int:
     runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     for round_ in range(args.rounds):
         for label, python in (("A", args.a), ("B", args.b)) if round_ % 2 == 0 else (("B", args.b), ("A", args.a)):
-            runs[label].append(one_run(python))
+            runs[label].append(one_run(python, source, timeout))
             print(f"round {round_ + 1} {label}: {runs[label][-1]}", file=sys.stderr, flush=True)
     print("| µs, median of per-run medians | A | B | B / A |")
     print("|---|---|---|---|")
     for key in runs["A"][0]:
         a = statistics.median(r[key] for r in runs["A"])
         b = statistics.median(r[key] for r in runs["B"])
-        print(f"| {key} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
+        print(f"| {key} | {a:{digits}} | {b:{digits}} | {b / a:{ratio_digits}} |")
     return 0
+
+
+def main() -> int:
+    return compare(__doc__ or "")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ The figures are ratios of one sitting, not absolute numbers: say what the machin
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
 import sys
+
+import ab  # tools/ab.py, beside this script: the alternating runs and the table
 
 ONE_RUN = r"""
 import dataclasses, json
@@ -43,31 +41,8 @@ if __name__ == "__main__":
 """
 
 
-def one_run(python: str) -> dict[str, float]:
-    done = subprocess.run([python, "-c", ONE_RUN], capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"{python} failed:\n{done.stderr}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="the interpreter of build A (the baseline)")
-    parser.add_argument("b", help="the interpreter of build B")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-    for round_ in range(args.rounds):
-        for label, python in (("A", args.a), ("B", args.b)) if round_ % 2 == 0 else (("B", args.b), ("A", args.a)):
-            runs[label].append(one_run(python))
-            print(f"round {round_ + 1} {label}: {runs[label][-1]}", file=sys.stderr, flush=True)
-    print("| µs, median of per-run figures | A | B | B / A |")
-    print("|---|---|---|---|")
-    for key in runs["A"][0]:
-        a = statistics.median(r[key] for r in runs["A"])
-        b = statistics.median(r[key] for r in runs["B"])
-        print(f"| {key} | {a:,.1f} | {b:,.1f} | {b / a:.2f} |")
-    return 0
+    return ab.compare(__doc__ or "", ONE_RUN, timeout=900, digits=",.1f", ratio_digits=".2f")
 
 
 if __name__ == "__main__":
