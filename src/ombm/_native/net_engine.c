@@ -29,6 +29,7 @@
 #include "net.h"
 #include "net_blake2.h"
 
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -859,6 +860,17 @@ static PyObject *Engine_counts(Engine *e, PyObject *Py_UNUSED(ignored)) {
    offset)], the datagrams this path does not take [(bytes, (ip, port))], the units whose delta came
    on another content [(key, unit)] (a RESYNC to the sender), and RUN_* bits. It returns when any
    of those is not empty, a descriptor of fds is readable, timeout_s passed, or a POSIX signal came. */
+/* A descriptor from Python (-1 allowed: poll ignores it): an int, else OverflowError (-1 with an error set). */
+static int as_descriptor(PyObject *obj) {
+    long value = PyLong_AsLong(obj);
+    if (value == -1 && PyErr_Occurred()) return -1;
+    if (value < -1 || value > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "run: a descriptor out of range");
+        return -1;
+    }
+    return (int)value;
+}
+
 static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 || !PyTuple_Check(args[4])) {
         PyErr_SetString(PyExc_TypeError, "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds: tuple)");
@@ -869,7 +881,7 @@ static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) 
     if (cap == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
     int adaptive = PyObject_IsTrue(args[1]);
     double timeout_s = PyFloat_AsDouble(args[2]);
-    int doorbell = _PyLong_AsInt(args[3]);
+    int doorbell = as_descriptor(args[3]);
     if (adaptive < 0 || (timeout_s == -1.0 && PyErr_Occurred()) || (doorbell == -1 && PyErr_Occurred()))
         return NULL;
     Py_ssize_t nfds = PyTuple_GET_SIZE(args[4]);
@@ -879,7 +891,7 @@ static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) 
     }
     struct pollfd pfd[10] = {{.fd = e->fd, .events = POLLIN}, {.fd = doorbell, .events = POLLIN}};
     for (Py_ssize_t i = 0; i < nfds; i++) {
-        int fd = _PyLong_AsInt(PyTuple_GET_ITEM(args[4], i));
+        int fd = as_descriptor(PyTuple_GET_ITEM(args[4], i));
         if (fd == -1 && PyErr_Occurred()) return NULL;
         pfd[2 + i] = (struct pollfd){.fd = fd, .events = POLLIN};
     }
