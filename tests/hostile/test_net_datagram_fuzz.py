@@ -149,7 +149,9 @@ def test_a_native_bridge_takes_any_datagram(pair, key):
         time.sleep(0.005)
     stats = importer.stats
     importer.stop()
-    assert stats["datagrams_in"] - before == sent and stats["internal_errors"] == 0, stats
+    # every fuzzed datagram was taken in (at least: the exporter, a live bridge, may send one of its own,
+    # e.g. an answer to a fuzzed control datagram the importer relayed), and none raised inside
+    assert stats["datagrams_in"] - before >= sent and stats["internal_errors"] == 0, stats
     print(f"\nnative bridge, {'MAC' if key else 'CRC32C'}: {sent} datagrams, {took} of them for the native path: "
           f"{ {k: v for k, v in stats.items() if v and k not in ('bytes_in', 'bytes_out')} }")
     assert took > 0 and stats["native_in"] > 0
