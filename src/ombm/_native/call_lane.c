@@ -121,9 +121,9 @@ static int CallLane_clear(CallLane *l) {
     return 0;
 }
 
-/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection and call:
-   a new bytes object with its payload and *kind set; NULL (no exception) otherwise. */
-static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, unsigned *kind) {
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection, of any
+   call: a new bytes object with its payload, *kind and *call_id set; NULL (no exception) otherwise. */
+static PyObject *lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id) {
     if (off >= (uint64_t)l->reply_size) return NULL;
     Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
     if (start + l->reply_slot > l->reply_size) return NULL;
@@ -135,11 +135,24 @@ static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, un
         return NULL;
     }
     if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
-        t.connection_id != l->connection_id || t.message_id != call_id) {
+        t.connection_id != l->connection_id || !t.message_id) {
         Py_DECREF(payload);
         return NULL;
     }
     *kind = t.kind;
+    *call_id = t.message_id;
+    return payload;
+}
+
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection and call:
+   a new bytes object with its payload and *kind set; NULL (no exception) otherwise. */
+static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, unsigned *kind) {
+    uint64_t got;
+    PyObject *payload = lane_take_any(l, off, kind, &got);
+    if (payload && got != call_id) {
+        Py_DECREF(payload);
+        return NULL;
+    }
     return payload;
 }
 
@@ -236,29 +249,6 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
         }
     }
     return call_result(LANE_OTHER, Py_NewRef(Py_None), waited, call_id, seg, off);
-}
-
-/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection, of any
-   call: a new bytes object with its payload, *kind and *call_id set; NULL (no exception) otherwise. */
-static PyObject *lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id) {
-    if (off >= (uint64_t)l->reply_size) return NULL;
-    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
-    if (start + l->reply_slot > l->reply_size) return NULL;
-    frame_trailer t;
-    const char *why;
-    PyObject *payload = frame_take(l->reply_base + start, l->reply_slot, 0, &t, &why);
-    if (!payload) {
-        PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
-        return NULL;
-    }
-    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
-        t.connection_id != l->connection_id || !t.message_id) {
-        Py_DECREF(payload);
-        return NULL;
-    }
-    *kind = t.kind;
-    *call_id = t.message_id;
-    return payload;
 }
 
 /* One entry of take(): (status, a, b), the references stolen (NULL: an exception is set). */
