@@ -75,7 +75,10 @@ _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE
 _WAIT_STALLED = _native.WAIT_STALLED
 
 
-_RUNNING, _FINISHED = concurrent.futures._base.RUNNING, concurrent.futures._base.FINISHED  # Future states
+_base = concurrent.futures._base
+_PENDING, _RUNNING, _FINISHED = _base.PENDING, _base.RUNNING, _base.FINISHED  # Future states
+_DONE = (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _FINISHED)
+_CONDITIONS = threading.Lock()  # who makes a Future's condition, and who finishes one that has none
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
@@ -122,10 +125,28 @@ class Future(concurrent.futures.Future[Any]):
     """
 
     def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float, sent: bool) -> None:
-        super().__init__()
+        # concurrent.futures.Future's state, but for its condition, made when first needed (see
+        # __getattr__): a future nobody waits on or watches is finished without one (_finish)
+        self._state = _RUNNING if sent else _PENDING  # sent: it may run from now on
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
         self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
-        if sent:  # it may run from now on: running (set before anyone else sees it, so without the lock)
-            self._state = _RUNNING
+
+    def __getattr__(self, name: str) -> Any:
+        """The condition, made at its first use (by a waiter, a callback, ``wait``): under
+        _CONDITIONS, so one is made, and a finish without one (_finish) is over or has not begun."""
+        if name != "_condition":
+            raise AttributeError(name)
+        with _CONDITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                condition = self.__dict__["_condition"] = threading.Condition()
+        return condition
+
+    def done(self) -> bool:
+        return self._state in _DONE  # (one read: the state only ever moves on to done)
 
     def running(self) -> bool:
         if super().running():
@@ -150,9 +171,17 @@ class Future(concurrent.futures.Future[Any]):
             return True
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state is not _FINISHED and not self.done():  # (the first test: no lock for a done one)
-            self._client._drive(self, timeout)
-        return super().result(0)
+        if self._state is not _FINISHED:
+            if not self.done():
+                self._client._drive(self, timeout)
+            if self._state is not _FINISHED:  # cancelled, or still running: as concurrent.futures says
+                return super().result(0)
+        if self._exception is not None:  # finished: result and exception never change again
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # (as concurrent.futures: no cycle through the traceback)
+        return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
@@ -172,6 +201,12 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(value, None)
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
+        with _CONDITIONS:
+            if "_condition" not in self.__dict__:  # nobody waits or watches: finished without a lock round trip
+                if self._state not in _DONE:
+                    self._result, self._exception = value, exc
+                    self._state = _FINISHED
+                return
         try:  # the callbacks run here (a future cancelled or finished already: InvalidStateError)
             if exc is not None:
                 self.set_exception(exc)
