@@ -32,6 +32,7 @@ it is off the fast path: a call checks nothing more than before.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -87,7 +88,7 @@ _TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded w
 
 
 class _Pending:
-    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake")
+    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake", "ready")
 
     def __init__(self) -> None:
         self.done = False
@@ -97,6 +98,7 @@ class _Pending:
         self.gone = False  # done because the server stopped or died (ServerGoneError)
         self.future: Future | None = None  # call_async's: completed when the reply is taken
         self.wake: threading.Lock | None = None  # a follower's, held: released when the call is done (_follow)
+        self.ready: collections.deque[int] | None = None  # an asyncio pump's: the call id goes there when done
 
     def result(self, allow_pickle: bool, bulk: marshal.BulkReader | None = None, bulk_limit: int = 1 << 62) -> Any:
         """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`; large
@@ -483,6 +485,8 @@ class Client:
                 pending.data, pending.error, pending.done = event.data, event.error, True
                 if pending.wake is not None:
                     self._wake(pending)
+                if pending.ready is not None:
+                    pending.ready.append(event.call_id)
                 if pending.future is not None:
                     self._futures.pop(event.call_id, None)
                     completed.append(pending.future)
@@ -548,6 +552,8 @@ class Client:
                         pending.done = True
                         if pending.wake is not None:
                             self._wake(pending)
+                        if pending.ready is not None:
+                            pending.ready.append(first)
                         future = pending.future
                         if future is not None:
                             futures.pop(first, None)
@@ -1033,8 +1039,10 @@ class Client:
     def _end_pending(self) -> list[Future]:
         """With ``_lock`` held: every call of the gone session ends (``ServerGoneError``); the futures
         among them, to be finished once the lock is released (their callbacks run then)."""
-        for pending in self._pending.values():
+        for call_id, pending in self._pending.items():
             pending.gone = pending.done = True
+            if pending.ready is not None:
+                pending.ready.append(call_id)
         self._pending.clear()
         while self._followers:  # their calls are over: wake their threads
             self._wake(self._followers[0])
