@@ -195,6 +195,10 @@ class Future(concurrent.futures.Future[Any]):
         if self._pending.gone:
             self._finish(None, self._client._gone_error())
             return
+        value = self._pending.value
+        if value is not _UNDECODED:  # the drain unmarshalled it (the common case)
+            self._finish(value, None)
+            return
         try:
             value = self._client._pending_result(self._pending)
         except Exception as exc:
@@ -536,13 +540,15 @@ class Client:
             protocol = self._protocol
             assert protocol is not None, "a lane is made with the protocol"
             reply_segment, pending_calls, futures = self._reply_segment, self._pending, self._futures
+            sample = True
             for status, first, second in entries:
                 if status == _LANE_OTHER:
                     if first == reply_segment:
                         self._receive(protocol, self._reply.slot_view_at(second), now, completed)
                     else:
                         others.append((first, second))
-                elif protocol.complete(first, now):
+                elif protocol.complete(first, now, sample):
+                    sample = False  # one RTT sample per drain: its oldest call's (see ClientProtocol.complete)
                     pending = pending_calls.pop(first, None)
                     if pending is not None:
                         if status == _LANE_VALUE:

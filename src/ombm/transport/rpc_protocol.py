@@ -575,12 +575,16 @@ class ClientProtocol(_Outbox):
         event.__class__ = ReplyReceived  # type: ignore[assignment]
         return [event]  # type: ignore[list-item]
 
-    def complete(self, call_id: int, now: float) -> bool:
+    def complete(self, call_id: int, now: float, sample: bool = True) -> bool:
         """Take a whole one-frame reply of this connection to ``call_id`` that the I/O layer decoded
         and checked already (the pipelined calls' native drain): what :meth:`receive_frame` does with
         such a frame, without the event. True if it completes the call (the I/O layer then owns
         the reply); False if the call is not in flight (a duplicate, or the peer's nonsense: counted)
-        or is one-way (a reply makes no sense: counted as bad)."""
+        or is one-way (a reply makes no sense: counted as bad).
+
+        ``sample`` False: take no RTT sample from it. A drain of many replies samples one, its
+        oldest call's (the longest round trip of the batch), as TCP times one segment per round
+        trip (RFC 6298 asks for at least one sample per RTT)."""
         in_flight = self._in_flight
         call = in_flight.get(call_id)
         if call is None:
@@ -596,7 +600,7 @@ class ClientProtocol(_Outbox):
             self._partial.pop(call_id, None)
         del in_flight[call_id]
         sent_at = call.sent_at
-        if sent_at is not None:
+        if sent_at is not None and sample:
             self._rto.sample(now - sent_at)
         if self._queue:
             self._fill(now)
