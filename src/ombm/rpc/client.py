@@ -611,7 +611,9 @@ class Client:
         if self._gone:
             self._reconnect()
         # large payloads through the bulk segment (spans given back if not sent)
-        bulk_data = self._bulk if self._bulk_state != "none" else self._offer_bulk(args, kwargs)
+        bulk_data = self._bulk
+        if self._bulk_state == "none" and (args or kwargs):  # (a call without arguments has no large payload)
+            bulk_data = self._offer_bulk(args, kwargs)
         routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data, self._max_message)
         try:
             data = marshal.encode_call(method, *(routed[:2] if routed else (args, kwargs)),
