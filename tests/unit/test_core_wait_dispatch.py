@@ -3,6 +3,9 @@ handlers in one call keep the semantics of the Python dispatch (``Receiver.dispa
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 
 import ombm
@@ -104,3 +107,21 @@ def test_a_handler_exception_propagates_with_its_signal_taken(rx, region):
 def test_the_native_dispatch_rejects_a_table_that_is_not_a_dict(rx):
     with pytest.raises(TypeError):
         _native.fifo_wait_dispatch(rx.fifo.fifo_map, [], 0, 0.0)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="POSIX signals reach the main thread")
+def test_a_signal_sent_by_a_posix_signal_handler_during_the_sleep_ends_the_wait_with_its_handler(rx, region):
+    """The sleep is interrupted (EINTR), Python runs the POSIX handler, which sends an ombm signal:
+    the wait must see it ready and run its handler, not report a timeout (it once did: the check
+    after an interruption or a sleep slice returned WAIT_TIMEOUT although the FIFO was ready)."""
+    got = []
+    rx.add_handler(region.address, 64, got.append)
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: region.write(0, b"x" * 64))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # well past the spin: the receiver sleeps
+        left = rx.wait(30.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert got == [region.address]
+    assert left > 1.0

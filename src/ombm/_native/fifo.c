@@ -303,7 +303,9 @@ static PyObject *n_fifo_wait(PyObject *Py_UNUSED(self), PyObject *const *args, P
         if (timeout_s <= 0) break;
     }
     if (r == WAIT_INTERRUPTED && PyErr_CheckSignals() < 0) return NULL;
-    return PyLong_FromLong(r == WAIT_INTERRUPTED ? WAIT_TIMEOUT : r);
+    if (r == WAIT_TIMEOUT || r == WAIT_INTERRUPTED)  /* a signal that came meanwhile is no timeout */
+        r = fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
+    return PyLong_FromLong(r);
 }
 
 /* fifo_wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* */

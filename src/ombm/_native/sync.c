@@ -289,22 +289,23 @@ done:  /* a signal came while spinning */
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
    handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
 int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
-    int r = WAIT_READY;
     *waited_ns = 0;
-    while (!fifo_ready(m)) {
+    for (;;) {
+        /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
+           signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
+        if (fifo_ready(m)) return WAIT_READY;
         uint64_t w = 0;
+        int r;
         Py_BEGIN_ALLOW_THREADS
         r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
-        if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) break;
+        if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) return r;
         if (PyErr_CheckSignals() < 0) return -1;
         timeout_s -= (double)w * 1e-9;
         spin_ns = 0;  /* it spun already: straight back to sleep */
-        r = WAIT_TIMEOUT;
-        if (timeout_s <= 0) break;
+        if (timeout_s <= 0) return fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
     }
-    return r;
 }
 
 /* (spin_ns, timeout_s[, sleep_ok]) at args[0..n): timeout clamped to [0, 1e9], sleep_ok default True. */
