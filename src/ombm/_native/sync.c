@@ -125,7 +125,11 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
-#define OVERLOAD_LOSSES 3
+/* 16, not a few: a peer preempted for a while costs one long wait, one loss; only a run of losses
+   says spinning cannot win. With 3, a brief burst (both sides once asleep) stopped both sides'
+   spins for good on a machine loaded by others, and every message then cost a futex wake-up:
+   a pinned cross-CPU 32 B call took 40-71 us instead of 3.0 (issue 13, docs/benchmarks.md). */
+#define OVERLOAD_LOSSES 16
 #define OVERLOAD_PROBE 32
 #define OVERLOAD_SPIN_NS 10000ull  /* the longest spin under load: a few cross-CPU round trips */
 
