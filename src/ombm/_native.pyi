@@ -160,6 +160,23 @@ def fifo_wait_pop(
 ) -> tuple[int, int, int] | int:
     """Wait, then pop: ``(segment id, offset, waited_ns)``, or WAIT_TIMEOUT / WAIT_STALLED."""
 
+def fifo_wait_dispatch(
+    fifo: FifoMap,
+    table: dict[int, tuple[tuple[int, int, int, Callable[[int], object], Any], ...]],
+    spin_ns: int,
+    timeout_s: float,
+    sleep_ok: bool = True,
+    /,
+) -> tuple[int, int, int] | int:
+    """Wait, pop and run the handlers of ``table`` (segment id -> (lo, hi, base, fn, handle) entries)
+    whose range covers the signal's offset: ``(handlers run, segment id, waited_ns)``, or
+    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed)."""
+
+def dispatch_counters() -> tuple[int, int]:
+    """``(handler calls, unhandled signals)`` of :func:`fifo_wait_dispatch` in this process."""
+
+def dispatch_counters_reset() -> None: ...
+
 def fifo_corrupt() -> int:
     """FIFO words found corrupt by this process (pushes dropped, cells repaired)."""
 
