@@ -720,6 +720,9 @@ class Bridge:
             return
         if "error" in body:
             kind = "not_found" if body.get("why") == "not_found" else "refused"
+            stale = self._imported.get((source, name))
+            if kind == "not_found" and stale is not None:  # a replica of a segment gone there (its BYE is late)
+                self._drop_replica(stale)
             self._answer(ident, pending.nonce, error(kind, str(body["error"])))
             return
         try:
@@ -813,14 +816,10 @@ class Bridge:
                                     f"start it with --peer {_text(address)} (or give both bridges --key-file)"))
             return
         if op == "import":
-            existing = self._imported.get((address, name))
-            if existing is not None:
-                existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
-                reply({"ok": True, "local": existing.name})
-                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
-                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
-            else:
-                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
+            # always ask the exporter, even with a replica here: it may be of a segment gone there (the
+            # connect race: a service restarted, its old channel's BYE still on the way); the answer
+            # names the segment the name has now (_make_replica keeps a replica of that one)
+            self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":
             self._ask(("exports", address, ""), dg.Kind.LIST, {}, timeout_s, reply)
         else:
