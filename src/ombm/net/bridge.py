@@ -74,7 +74,7 @@ STAT_KEYS = (
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
     "internal_errors", "busy_in_ns", "busy_out_ns", "pings_sent", "paths_dead", "probes_sent",
-    "native_in", "native_out", "native_echoes",
+    "native_in", "native_out", "native_echoes", "spins", "spin_wins", "spin_learnt_ns",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
@@ -445,7 +445,9 @@ class Bridge:
         budget = cap if settings.wait == "spin" or self._spin_misses < SPIN_MISSES else min(cap, SPIN_FLOOR_NS)
         if self._spin_misses >= SPIN_MISSES and self._spin_misses % SPIN_PROBE == 0:
             budget = cap
+        self._counts["spins"] += 1
         if _native.bridge_spin(receiver.fifo.fifo_map, self._sock.fileno(), budget) >= 0:
+            self._counts["spin_wins"] += 1
             self._spin_misses = 0
             return True
         self._spin_misses += 1
