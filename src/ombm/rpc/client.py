@@ -474,8 +474,9 @@ class Client:
             else:
                 receiver.dispatch(*signal)
             return True
+        path = self._path_spin
         if timeout > 0:
-            spin_ns, sleep_ok, learn_ns = self._wait_policy()
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
         else:
             spin_ns, sleep_ok, learn_ns = 0, False, 0
         status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
@@ -483,7 +484,10 @@ class Client:
             receiver.fifo.retire_stalled()
         if not entries:
             return False
-        self._waited(waited, spin_ns, learn_ns)
+        if path is not None:
+            self._waited(waited, spin_ns, learn_ns)
+        elif waited > learn_ns:
+            receiver.waited(waited)
         self._take_entries(entries)
         return True
 
@@ -500,9 +504,10 @@ class Client:
 
     def _waited(self, waited_ns: int, spin_ns: int, learn_ns: int) -> None:
         """Learn from a wait that took a reply after ``waited_ns`` (see :meth:`_wait_policy`)."""
+        path = self._path_spin  # (None if the session changed meanwhile: nothing to learn)
         if learn_ns == _PATH_LEARNS:
-            assert self._path_spin is not None, "a path's policy gave the budget"
-            self._path_spin.waited(waited_ns, spin_ns)
+            if path is not None:
+                path.waited(waited_ns, spin_ns)
         elif waited_ns > learn_ns:
             self._receiver.waited(waited_ns)
 
@@ -660,9 +665,11 @@ class Client:
         if lane is not self._fast:  # closed, gone or reconnected meanwhile: checked once leading
             self._let_go()
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
+        receiver = self._receiver
+        path = self._path_spin  # None: a local server, the receiver's policy (its hot path: no call more)
         call_id = None
         try:
-            spin_ns, sleep_ok, learn_ns = self._wait_policy()
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
@@ -670,7 +677,10 @@ class Client:
                 result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
-                self._waited(waited, spin_ns, learn_ns)
+                if path is not None:
+                    self._waited(waited, spin_ns, learn_ns)
+                elif waited > learn_ns:
+                    receiver.waited(waited)
                 if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
                     with self._lock:
                         assert self._protocol is not None, "a lane is made with the protocol"
