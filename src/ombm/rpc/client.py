@@ -640,17 +640,18 @@ class Client:
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
         receiver = self._receiver
         call_id = None
+        work_ns = 0  # the server's expected work on our bulk data: waited beyond the policy's budget
         try:
             spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_UNSENT and self._bulk is not None:  # (none yet: the ordinary way offers them)
-                result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
+                result, work_ns = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
-                if waited > learn_ns:
-                    receiver.waited(waited)
+                if waited > learn_ns + work_ns:
+                    receiver.waited(waited - work_ns)
                 if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
                     with self._lock:
                         assert self._protocol is not None, "a lane is made with the protocol"
@@ -690,22 +691,24 @@ class Client:
             raise
 
     def _lane_bulk(self, lane: _native.CallLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
-                   spin_ns: int, sleep_ok: bool, unsent: _native.CallResult) -> _native.CallResult:
+                   spin_ns: int, sleep_ok: bool, unsent: _native.CallResult) -> tuple[_native.CallResult, int]:
         """The lane refused a call with a large payload (its guarded packer): the call again, with the
-        large payloads copied into the bulk segment (``unsent`` if none went there)."""
+        large payloads copied into the bulk segment (``unsent`` if none went there), and the ns the
+        server is expected to work on them (``bulk.work_ns``: the wait spins that much longer)."""
         assert self._bulk is not None, "called with bulk segments"
         routed = marshal.route_args(args, kwargs, self._bulk, self._max_message)
         if routed is None:
-            return unsent
+            return unsent, 0
         budget = self._lane_budget
         budget[0] = self.max_message_bytes  # its reply's bulk data, copied out by the lane itself
+        work_ns = bulk.work_ns(routed[3])
         try:
-            result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)
+            result = lane.call(method, routed[0], routed[1], spin_ns + work_ns, sleep_ok)
         finally:
             budget[0] = 0  # a reply beyond it, or to another call: unmarshalled by Python (_decode_reply)
         if result.status >= _LANE_UNSENT:  # nothing sent: the ordinary way puts them again
             self._bulk.cancel(routed[2])
-        return result
+        return result, work_ns
 
     def _offer_bulk(self, args: tuple[object, ...], kwargs: dict[str, object]) -> Bulk | None:
         """The session's bulk segments, made and offered to the server now if the call has a large

@@ -283,10 +283,10 @@ def has_large(args: tuple[object, ...], kwargs: dict[str, object], limit: int) -
 
 
 def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkData,
-               limit: int) -> tuple[tuple[object, ...], dict[str, object], int] | None:
+               limit: int) -> tuple[tuple[object, ...], dict[str, object], int, int] | None:
     """A call's arguments with the large payloads routed through ``bulk`` (see :func:`_route`; at
-    most ``limit`` bytes of them), and how many went (the caller cancels them if the message is
-    not sent); None if none did."""
+    most ``limit`` bytes of them), how many went (the caller cancels them if the message is not
+    sent) and their bytes; None if none did."""
     budget = [limit]
     routed = tuple([_route(arg, bulk, budget) for arg in args])
     named = {key: _route(arg, bulk, budget) for key, arg in kwargs.items()} if kwargs else kwargs
@@ -297,7 +297,7 @@ def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkDa
     for arg in named.values():
         if type(arg) is _ExtType:
             count += 1
-    return (routed, named, count) if count else None
+    return (routed, named, count, limit - budget[0]) if count else None
 
 
 def _default(obj: object, allow_pickle: bool) -> object:
