@@ -187,7 +187,7 @@ class _LaneBulk:
 
     bulk: Bulk | None = None
 
-    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
+    def take(self, descriptor: bytes, budget: list[int]) -> bytes | memoryview:
         taken = self.bulk
         if taken is None:
             raise UnmarshalError("bulk data before this client offered bulk segments")
@@ -195,7 +195,12 @@ class _LaneBulk:
 
 
 class Client:
-    """A connection to one service; call its methods as attributes: ``client.add(1, 2)``."""
+    """A connection to one service; call its methods as attributes: ``client.add(1, 2)``.
+
+    ``views=True``: a large bytes-like result that came through the server's bulk segment is
+    returned as a read-only ``memoryview`` of that segment, lent in place (no copy, no checksum;
+    what it guarantees: :mod:`ombm.rpc.bulk`, *Views*), a numpy array as a read-only array on it;
+    smaller or inline ones still come back as ``bytes``."""
 
     # made by _connect (absent if the constructor failed before; _teardown copes)
     _request: SlotChannel  # the channel this client writes its calls into
@@ -217,6 +222,7 @@ class Client:
         slots: int = DEFAULT_SLOTS,
         slot_size: int = DEFAULT_SLOT_SIZE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        views: bool = False,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -233,6 +239,7 @@ class Client:
         self.timeout = float(timeout)
         self.wait = float(wait)  # how long connecting, and each reconnection, waits for the service to appear
         self.allow_pickle = allow_pickle
+        self.views = bool(views)  # large results through the bulk segment lent as read-only views (rpc/bulk.py)
         self._slots, self._slot_size = slots, slot_size
         self._closed = False
         self._gone = False  # the session's server stopped or died: the next call reconnects
@@ -736,7 +743,7 @@ class Client:
                     seg.release()
                 self._bulk_state = "refused"
                 return None
-            self._bulk = self._lane_bulk_data.bulk = bulk.Bulk(segments[0], segments[1])
+            self._bulk = self._lane_bulk_data.bulk = bulk.Bulk(segments[0], segments[1], self.views)
             self._bulk_state = "taken"
             return self._bulk
 
@@ -1205,9 +1212,9 @@ def _has_live_receiver(channel: SlotChannel) -> bool:
 
 def connect(name: str, timeout: float = 5.0, *, wait: float = 0.0, allow_pickle: bool = False,
             slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
-            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Client:
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, views: bool = False) -> Client:
     """Connect to the service ``name``, waiting up to ``wait`` s for it to appear (and as long at
     each reconnection); ``timeout`` bounds the connect and is every call's default (see
     :class:`Client` for the options)."""
     return Client(name, timeout, wait=wait, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
-                  max_message_bytes=max_message_bytes)
+                  max_message_bytes=max_message_bytes, views=views)

@@ -117,7 +117,7 @@ class Packer(Protocol):
 class BulkReader(Protocol):
     """What unmarshalling uses of a connection's bulk segments."""
 
-    def take(self, descriptor: bytes, budget: list[int], /) -> bytes: ...
+    def take(self, descriptor: bytes, budget: list[int], /) -> bytes | memoryview: ...
 
 
 class BulkData(BulkReader, Protocol):
@@ -533,15 +533,16 @@ def _unpack_ndarray(data: bytes, bulk: tuple[BulkReader, list[int]] | None = Non
         count = 1
         for dim in shape:
             count *= dim
+        raw: bytes | memoryview = data
         if bulk is not None:
             if scalar or len(data) - off != DESCRIPTOR.size:
                 raise ValueError("not an array in the bulk segment")
             if count * dtype.itemsize > bulk[1][0]:  # checked before anything is copied
                 raise ValueError("array larger than this side takes per message")
-            data, off = bulk[0].take(data[off:], bulk[1]), 0
-        if count * dtype.itemsize != len(data) - off:
+            raw, off = bulk[0].take(data[off:], bulk[1]), 0  # (a view: read-only, in place)
+        if count * dtype.itemsize != len(raw) - off:
             raise ValueError("array length does not match its shape")
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
+        arr = np.frombuffer(raw, dtype=dtype, count=count, offset=off).reshape(shape)
     except (ValueError, TypeError, struct.error, UnicodeDecodeError, OverflowError) as exc:
         raise UnmarshalError(f"malformed numpy array: {exc}") from None
     return arr[()] if scalar else arr
