@@ -316,3 +316,15 @@ def test_span_view_checks_bounds_and_header():
         seg.extend(b"x")  # the segment's buffer is held while the view lives
     del view, span
     seg.extend(b"x")
+
+
+def test_a_view_of_a_segment_its_peer_truncates_reads_zeros(view_pair):
+    """A hostile peer shrinks the segment under a view: reading it neither crashes (no SIGBUS: the
+    mapping is guarded while the view keeps it) nor shows anything but zeros past the new end,
+    also after the connection closed."""
+    sender, receiver = view_pair
+    data = _payload()
+    view = marshal.decode_reply(marshal.encode_result(data, bulk=sender), bulk=receiver)
+    receiver.close()
+    os.truncate(sender._segments[0].path, 0)
+    assert len(view) == N and bytes(view) == bytes(N)
