@@ -454,6 +454,10 @@ class RequestIntake(Generic[_C, _K]):
     def serve(self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /) -> ServeResult[_C, _K]:
         """What Python must see next; ``timeout_s`` bounds the whole call."""
 
+    def linger(self, ns: int, /) -> None:
+        """The next wait spins ``ns`` (at most 1 s) longer than the policy's budget, and does not count that
+        time as the policy's (the client is copying a large reply)."""
+
     @property
     def served(self) -> int:
         """Requests served and answered on the lane since the intake was made."""

@@ -328,3 +328,11 @@ def test_a_view_of_a_segment_its_peer_truncates_reads_zeros(view_pair):
     receiver.close()
     os.truncate(sender._segments[0].path, 0)
     assert len(view) == N and bytes(view) == bytes(N)
+
+
+def test_the_expected_work_on_bulk_data_grows_with_its_bytes(pair):
+    """``work_ns``: how much longer a waiter spins for a peer copying bulk data (measured on this
+    machine once a Bulk exists): positive and proportional to the bytes."""
+    small, large = bulk.work_ns(bulk.BULK_MIN), bulk.work_ns(8 * bulk.BULK_MIN)
+    assert 0 < small < large and large == bulk.work_ns(8 * bulk.BULK_MIN)
+    assert bulk.work_ns(0) == 0

@@ -111,6 +111,7 @@ class BulkOut:
         self._pos = _DATA
         self._seq = 0
         self._sent = 0  # spans handed out and not cancelled
+        self.put_bytes = 0  # bytes put, ever (what the peer has had to copy: the waits' work_ns)
         self._lock = threading.Lock()
 
     def put(self, data: ReadableBuffer, n: int) -> bytes | None:
@@ -130,6 +131,7 @@ class BulkOut:
             crc = _span_put(buf, pos, seq, data)
             self._pos = pos + need
             self._sent += 1
+            self.put_bytes += n
         return _pack_descriptor(self.segment_id, pos, n, seq, crc)
 
     def cancel(self, count: int) -> None:

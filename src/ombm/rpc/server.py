@@ -377,7 +377,12 @@ class Server:
         return marshal.encode_error(exc), True
 
     def _result(self, value: object, limit: int) -> bytes:
-        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit), bulk_limit=limit)
+        bulk_data = _bulk_of(limit)
+        put = 0 if bulk_data is None else bulk_data.out.put_bytes
+        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=bulk_data, bulk_limit=limit)
+        if bulk_data is not None and bulk_data.out.put_bytes != put and self._intake is not None:
+            # the client copies the reply out (and sends its next call): the next wait spins that long
+            self._intake.linger(bulk.work_ns(bulk_data.out.put_bytes - put))
         if len(result) > limit:
             raise ValueError(f"the result ({len(result)} bytes) exceeds what the client takes ({limit} bytes: its "
                              "reply channel and its max_message_bytes); connect with more or larger slots, "
