@@ -334,5 +334,5 @@ def test_the_expected_work_on_bulk_data_grows_with_its_bytes(pair):
     """``work_ns``: how much longer a waiter spins for a peer copying bulk data (measured on this
     machine once a Bulk exists): positive and proportional to the bytes."""
     small, large = bulk.work_ns(bulk.BULK_MIN), bulk.work_ns(8 * bulk.BULK_MIN)
-    assert 0 < small < large and large == bulk.work_ns(8 * bulk.BULK_MIN)
+    assert 0 < small < large
     assert bulk.work_ns(0) == 0
