@@ -454,7 +454,7 @@ static PyMethodDef frame_functions[] = {
     {"span_take", (PyCFunction)(void (*)(void))n_span_take, METH_FASTCALL,
      "span_take(segment, offset, length, seq, crc) -> the span's data copied out, or None if it fails its check"},
     {"span_view", (PyCFunction)(void (*)(void))n_span_view, METH_FASTCALL,
-     "span_view(segment, offset, length, seq) -> the span's data lent read-only in place, or None if its header does not match"},
+     "span_view(segment, offset, length, seq) -> the span's data lent read-only in place, or None (another header)"},
     {"bulk_guard", n_bulk_guard, METH_VARARGS,
      "bulk_guard(pack, threshold, exception): pack, raising exception for a message with a large payload"},
     {NULL, NULL, 0, NULL},

@@ -540,7 +540,8 @@ def markdown(result: RpcResult) -> str:
     parts += [md_table(["placement", "ombm vs", *SIZES], rows), ""]
     retransmits = ", ".join(f"{key}: {value}" for key, value in result.retransmits.items())
     parts += [f"Retransmissions during the ombm runs: {retransmits}.", ""]
-    rows = [[key, *(percent(shares[c], 1) if c in shares else "—" for c in SIZES)] for key, shares in result.slow.items()]
+    rows = [[key, *(percent(shares[c], 1) if c in shares else "—" for c in SIZES)]
+            for key, shares in result.slow.items()]
     parts += [f"Share of ombm calls slower than {_SLOW_US:.0f} µs (about one kernel wake-up across CPUs here: "
               "such a small call found a side asleep; a 64 KiB or 1 MiB call takes that long in copies alone, so "
               "its share says nothing about sleeping):", "", md_table(["variant, placement", *SIZES], rows), ""]
