@@ -1,5 +1,6 @@
 """A/B of two ombm builds in one sitting for large payloads: 64 KiB and 1 MiB echo calls, beside the
-32 B call and connect+disconnect (issue 13, item 4).
+32 B call and connect+disconnect (issue 13, item 4), and the 1 MiB call with views on both sides
+(``nan`` for a build without them).
 
 As ``tools/ab.py``: each build is a Python interpreter with its own ombm (a venv per commit, or a
 wrapper script setting PYTHONPATH to a worktree's ``src``); the two run alternately, ``--rounds``
@@ -34,6 +35,9 @@ def main():
     for size in ("32 B", "64 KiB", "1 MiB"):
         out[f"{size} call"] = calls[size].median_us
     out["connect+disconnect"] = found["connect"]["connect+disconnect"].median_us
+    # views (issue 13: Server(views=True), connect(views=True)): nan for a build without them
+    lent = rpc.ombm_calls("ombm views", (0, 1), plan, False)["calls"] if "ombm views" in rpc._VARIANTS else {}
+    out["1 MiB call, views"] = lent["1 MiB"].median_us if lent else float("nan")
     print(json.dumps(out))
 
 if __name__ == "__main__":

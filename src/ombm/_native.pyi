@@ -215,6 +215,12 @@ def span_take(segment: ReadableBuffer, offset: int, length: int, seq: int, crc: 
     """The bulk span at ``segment[offset]`` copied out once (the checksum folded into the copy), then checked: its data
     if the CRC32C and the header's seq and length match, None if not. ValueError if it is not inside the segment."""
 
+def span_view(segment: ReadableBuffer, offset: int, length: int, seq: int, /) -> ReadableBuffer | None:
+    """The bulk span at ``segment[offset]`` lent in place, no copy, no checksum (the peer can still write it): a
+    weak-referenceable object exporting its data read-only (``memoryview(span)``); its header (seq, length) copied once
+    and checked, None if it does not match. ValueError if it is not inside the segment. The segment's buffer is
+    held while the object (or any view derived from it) lives."""
+
 def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exception], /) -> Callable[[object], bytes]:
     """``pack``, except that a call ``[method, [args...], {kwargs}]`` or a reply ``[0, result]`` with a
     bytes-like argument, keyword value or result of ``threshold`` bytes or more raises ``error`` (rpc/marshal.py:
@@ -464,6 +470,10 @@ class RequestIntake(Generic[_C, _K]):
 
     def serve(self, spin_ns: int, timeout_s: float, sleep_ok: bool, learn_ns: int, /) -> ServeResult[_C, _K]:
         """What Python must see next; ``timeout_s`` bounds the whole call."""
+
+    def linger(self, ns: int, /) -> None:
+        """The next wait spins ``ns`` (at most 1 s) longer than the policy's budget, and does not count that
+        time as the policy's (the client is copying a large reply)."""
 
     @property
     def served(self) -> int:

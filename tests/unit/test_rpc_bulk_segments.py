@@ -215,3 +215,124 @@ def test_the_lanes_hook_takes_bulk_data_only_within_the_budget_set(pair):
     budget[0] = N
     assert len(msgpack.unpackb(reply, ext_hook=hook)[1]) == N and budget[0] == 0
     assert marshal.ext_hook(False) is marshal.ext_hook(False, None, budget)  # no bulk data: the plain hook
+
+
+# ---------------------------------------------------------------- views (opt-in: payloads lent in place)
+
+
+@pytest.fixture
+def view_pair():
+    """(sender A, receiver B lending what it receives as views)."""
+    tag = f"bulk-{os.getpid()}-{os.urandom(4).hex()}"
+    a, b = bulk.create(f"{tag}-a"), bulk.create(f"{tag}-b")
+    a2, b2 = bulk.open_bulk(a.name), bulk.open_bulk(b.name)
+    sender, receiver = bulk.Bulk(a, b), bulk.Bulk(b2, a2, views=True)
+    try:
+        yield sender, receiver
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_views_lend_the_span_read_only_in_place(view_pair):
+    sender, receiver = view_pair
+    data = _payload()
+    _, args, kwargs = marshal.decode_call(marshal.encode_call("f", (data,), {"k": data}, bulk=sender), bulk=receiver)
+    for got in (args[0], kwargs["k"]):
+        assert type(got) is memoryview and got.readonly and got == data
+        with pytest.raises(TypeError):
+            got[0] = 1  # type: ignore[index]
+    seg, offset, length, _, _ = bulk.DESCRIPTOR.unpack(sender.put(data, N))
+    sender.out._buf[offset + 16] ^= 0xFF  # no copy: what the sender's segment holds now shows (no checksum)
+    assert args[0][0] == data[0] and kwargs["k"][0] == data[0]  # (the earlier spans, not this one)
+
+
+def test_a_span_counts_as_read_when_its_last_view_is_gone(view_pair):
+    """The sender reuses a span only once every view of it (slices, arrays) is gone: an honest
+    sender never changes what a view shows."""
+    sender, receiver = view_pair
+    data = _payload()
+    view = marshal.decode_reply(marshal.encode_result(data, bulk=sender), bulk=receiver)
+    part = view[10:20]
+    del view
+    assert receiver.inn._consumed == 0
+    second = sender.put(_payload(), N)
+    assert bulk.DESCRIPTOR.unpack(second)[1] > 64  # still held: appended, the first span kept
+    assert part == data[10:20]
+    del part
+    assert receiver.inn._consumed == 1
+    receiver.take(second, [1 << 40])
+    assert bulk.DESCRIPTOR.unpack(sender.put(_payload(), N))[1] == 64  # all gone: from the front
+
+
+def test_a_view_outlives_its_connection(view_pair):
+    """Memory safety: the mapping stays while a view lives, even after the connection closed."""
+    sender, receiver = view_pair
+    data = _payload()
+    view = marshal.decode_reply(marshal.encode_result(data, bulk=sender), bulk=receiver)
+    receiver.close()
+    assert view == data
+    with pytest.raises(UnmarshalError):
+        receiver.take(sender.put(data, N), [1 << 40])
+
+
+def test_views_of_numpy_arrays_are_read_only_arrays(view_pair):
+    np = pytest.importorskip("numpy")
+    sender, receiver = view_pair
+    arr = np.arange(N // 8, dtype=np.float64)
+    got = marshal.decode_reply(marshal.encode_result(arr, bulk=sender), bulk=receiver)
+    assert (got == arr).all() and not got.flags.writeable
+    del got
+    assert receiver.inn._consumed == 1
+
+
+def test_views_check_descriptors_and_generations(view_pair):
+    sender, receiver = view_pair
+    good = sender.put(_payload(), N)
+    seg, offset, length, seq, crc = bulk.DESCRIPTOR.unpack(good)
+    for descriptor in (_desc(good, seg=seg ^ 1), _desc(good, offset=receiver.inn._size - 64),
+                       _desc(good, length=(1 << 64) - 1), _desc(good, seq=seq + 1), _desc(good, length=length - 1)):
+        with pytest.raises(UnmarshalError):
+            receiver.take(descriptor, [1 << 40])
+    with pytest.raises(MessageTooLargeError):
+        receiver.take(good, [length - 1])
+    assert receiver.take(good, [length]) == bytes(sender.out._buf[offset + 16:offset + 16 + length])
+
+
+def test_span_view_checks_bounds_and_header():
+    seg = bytearray(4096)
+    data = os.urandom(1000)
+    _native.span_put(seg, 64, 7, data)
+    span = _native.span_view(seg, 64, 1000, 7)
+    assert span is not None
+    view = memoryview(span)
+    assert view.readonly and view == data
+    assert _native.span_view(seg, 64, 1000, 8) is None  # another generation
+    assert _native.span_view(seg, 64, 999, 7) is None  # another length
+    for offset, length in ((-1, 5), (0, 4096 - 15), (4096 - 15, 0), (64, -1), (1 << 62, 1)):
+        with pytest.raises(ValueError):
+            _native.span_view(seg, offset, length, 7)
+    with pytest.raises(BufferError):
+        seg.extend(b"x")  # the segment's buffer is held while the view lives
+    del view, span
+    seg.extend(b"x")
+
+
+def test_a_view_of_a_segment_its_peer_truncates_reads_zeros(view_pair):
+    """A hostile peer shrinks the segment under a view: reading it neither crashes (no SIGBUS: the
+    mapping is guarded while the view keeps it) nor shows anything but zeros past the new end,
+    also after the connection closed."""
+    sender, receiver = view_pair
+    data = _payload()
+    view = marshal.decode_reply(marshal.encode_result(data, bulk=sender), bulk=receiver)
+    receiver.close()
+    os.truncate(sender._segments[0].path, 0)
+    assert len(view) == N and bytes(view) == bytes(N)
+
+
+def test_the_expected_work_on_bulk_data_grows_with_its_bytes(pair):
+    """``work_ns``: how much longer a waiter spins for a peer copying bulk data (measured on this
+    machine once a Bulk exists): positive and proportional to the bytes."""
+    small, large = bulk.work_ns(bulk.BULK_MIN), bulk.work_ns(8 * bulk.BULK_MIN)
+    assert 0 < small < large
+    assert bulk.work_ns(0) == 0

@@ -149,6 +149,78 @@ static PyObject *n_span_take(PyObject *Py_UNUSED(self), PyObject *const *args, P
     return out;
 }
 
+/* A span's data lent as a read-only buffer (rpc/bulk.py's views): the segment's buffer it was cut
+   from is held (so the mapping stays while any view derived from it lives); weak-referenceable, so
+   that the receiver learns when the last view of the span is gone (then its sender may reuse it). */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer source;
+    const unsigned char *data;
+    Py_ssize_t length;
+    PyObject *weakrefs;
+} SpanView;
+
+static int SpanView_getbuffer(SpanView *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->data, self->length, 1, flags);  /* read-only */
+}
+
+static void SpanView_dealloc(SpanView *self) {
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    PyBuffer_Release(&self->source);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs SpanView_buffer = {(getbufferproc)SpanView_getbuffer, NULL};
+
+static PyTypeObject SpanViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.SpanView",
+    .tp_basicsize = sizeof(SpanView),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)SpanView_dealloc,
+    .tp_as_buffer = &SpanView_buffer,
+    .tp_weaklistoffset = offsetof(SpanView, weakrefs),
+    .tp_doc = "a bulk span's data, read-only, in the peer's segment (made by span_view)",
+};
+
+/* span_view(segment, offset, length, seq) -> SpanView or None: the span at segment[offset] lent
+   in place, no copy and no checksum (the peer can still write it: rpc/bulk.py documents what a
+   view guarantees); its header (seq, length) copied once and checked: None if it is not the
+   span expected (reused: a later generation). ValueError if the span is not inside the segment. */
+static PyObject *n_span_view(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "span_view(segment, offset, length, seq)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]), length = PyLong_AsSsize_t(args[2]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    SpanView *view = PyObject_New(SpanView, &SpanViewType);
+    if (!view) return NULL;
+    view->weakrefs = NULL;
+    if (PyObject_GetBuffer(args[0], &view->source, PyBUF_SIMPLE) < 0) {
+        view->source.obj = NULL;  /* (PyBuffer_Release of nothing in the dealloc) */
+        Py_DECREF(view);
+        return NULL;
+    }
+    Py_ssize_t n = view->source.len;
+    if (offset < 0 || length < 0 || offset > n || n - offset < 16 || length > n - offset - 16) {
+        Py_DECREF(view);
+        PyErr_SetString(PyExc_ValueError, "span_view: the span is not inside the segment");
+        return NULL;
+    }
+    const unsigned char *at = (const unsigned char *)view->source.buf + offset;
+    unsigned char head[16];
+    memcpy(head, at, 16);  /* copied, then checked */
+    if (get64(head) != seq || get64(head + 8) != (uint64_t)length) {
+        Py_DECREF(view);
+        Py_RETURN_NONE;
+    }
+    view->data = at + 16;
+    view->length = length;
+    return (PyObject *)view;
+}
+
 /* ---------------------------------------------------------------- large payloads, routed away */
 
 /* The size of a bytes-like object (bytes, bytearray, memoryview, a numpy array: anything with a
@@ -381,6 +453,8 @@ static PyMethodDef frame_functions[] = {
      "span_put(segment, offset, seq, data) -> crc32c of the span written (rpc/bulk.py)"},
     {"span_take", (PyCFunction)(void (*)(void))n_span_take, METH_FASTCALL,
      "span_take(segment, offset, length, seq, crc) -> the span's data copied out, or None if it fails its check"},
+    {"span_view", (PyCFunction)(void (*)(void))n_span_view, METH_FASTCALL,
+     "span_view(segment, offset, length, seq) -> the span's data lent read-only in place, or None (another header)"},
     {"bulk_guard", n_bulk_guard, METH_VARARGS,
      "bulk_guard(pack, threshold, exception): pack, raising exception for a message with a large payload"},
     {NULL, NULL, 0, NULL},
@@ -389,5 +463,6 @@ static PyMethodDef frame_functions[] = {
 int native_add_frame(PyObject *module) {
     const char *impl = crc32c_init();  /* the CRC32C implementation, chosen once */
     if (PyModule_AddStringConstant(module, "CRC32C_IMPL", impl) < 0) return -1;
+    if (PyType_Ready(&SpanViewType) < 0) return -1;  /* (made by span_view only: not in the module) */
     return native_add(module, frame_functions, NULL);
 }

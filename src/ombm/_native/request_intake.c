@@ -124,6 +124,7 @@ typedef struct {
     PyObject *finish;         /* finish(result, exception, limit) -> (reply payload, error) */
     PyObject *calls_key, *zero, *one;
     unsigned long long lane_served;  /* requests served and answered on the lane, ever (the `served` attribute) */
+    uint64_t linger_ns;       /* the next wait spins this much longer (linger(): a client copies a large reply) */
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNUSED(kw)) {
@@ -520,8 +521,9 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
     for (;;) {
         /* every request pending when the server woke is served before it reports the wait */
         if (to_learn && !fifo_ready(f)) return serve_result(SERVE_LEARN, learnt, 0, 0);
-        uint64_t t = now_ns(), waited;
-        int r = wait_signal(f, spin_ns, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
+        uint64_t t = now_ns(), waited, linger = x->linger_ns;
+        x->linger_ns = 0;
+        int r = wait_signal(f, spin_ns + linger, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
         if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
         uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
         if (to_learn) waited = learnt;  /* what Python hears: the wait that began this batch */
@@ -540,12 +542,23 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         int served = intake_request(x, e, off, waited, &out);
         Py_DECREF(e);
         if (served <= 0) return out;
-        if (!to_learn && waited > learn_ns) { to_learn = 1; learnt = waited; }
+        /* (the lingering is the client's expected work, not the policy's to learn from) */
+        if (!to_learn && waited > learn_ns + linger) { to_learn = 1; learnt = waited - linger; }
         if (now_ns() >= deadline) return serve_result(to_learn ? SERVE_LEARN : SERVE_TIMEOUT, waited, 0, 0);
     }
 }
 
+/* linger(ns): the next wait spins ns longer than the policy's budget (rpc/server.py: the client is
+   copying a large reply out of the bulk segment, rpc/bulk.py work_ns). */
+static PyObject *RequestIntake_linger(RequestIntake *x, PyObject *arg) {
+    unsigned long long ns = PyLong_AsUnsignedLongLong(arg);
+    if (ns == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    x->linger_ns = ns < 1000000000ull ? ns : 1000000000ull;  /* at most 1 s */
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef RequestIntake_methods[] = {
+    {"linger", (PyCFunction)RequestIntake_linger, METH_O, "linger(ns): the next wait spins ns longer"},
     {"add", (PyCFunction)RequestIntake_add, METH_VARARGS,
      "add(segment_id, connection, base, size, slot_size, reply_writer, connection_id, max_payload, limit)"},
     {"remove", (PyCFunction)RequestIntake_remove, METH_O, "remove(segment_id)"},

@@ -31,12 +31,31 @@ number of spans sent; if a span does not fit it goes inline in the message inste
 never wrong).  A synchronous caller so always writes at the front; spans of a reply that is
 never read (its call gave up) keep the sender appending until the segment is full, after which
 large payloads of that connection travel inline.
+
+Views (opt-in: ``Server(..., views=True)``, ``connect(..., views=True)``): the receiver lends the
+payload in place instead of copying it out (:meth:`BulkIn.view`): a read-only ``memoryview`` of
+the span in the peer's segment (a numpy array: a read-only array on it), after the descriptor is
+validated as above and the span's header (seq, length: its generation) is copied once and
+checked.  No checksum is computed: it could not protect bytes the peer can still write.  So a
+view guarantees:
+
+- memory safety: the segment is bound read-only (the MMU refuses writes through it) and the
+  mapping stays while the view, or any view or array derived from it, lives, even after the
+  connection closed;
+- from an honest peer, exactly the bytes it sent, unchanged while any view of the span lives:
+  the span counts as read (``consumed``) only when the last of them is gone, and a sender reuses
+  a span only after that (held views make it append, then send inline: slower, never wrong);
+- from a hostile peer, nothing more: it can change the bytes at any time, also between a check
+  of yours and a use.  Copy what you validate (``bytes(view)``) before validating it.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ombm import _native
@@ -46,7 +65,8 @@ from ombm.errors import MessageTooLargeError, UnmarshalError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["BULK_OFFER", "BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk"]
+__all__ = ["BULK_OFFER", "BULK_MIN", "BULK_SIZE", "DESCRIPTOR", "BulkOut", "BulkIn", "create", "open_bulk",
+           "work_ns"]
 
 BULK_OFFER = "_ombm_bulk"  # the server's reserved method: the client offers its bulk segments (names)
 BULK_MIN = 131072  # payloads from this many bytes travel through the bulk segment (below: inline, on the lanes)
@@ -58,7 +78,7 @@ _ALIGN = 64
 DESCRIPTOR = struct.Struct("<QQQQI")  # segment id, offset, length, seq, crc
 _SPAN = struct.Struct("<QQ")  # seq, length
 _COUNT = struct.Struct("<Q")
-_span_put, _span_take = _native.span_put, _native.span_take
+_span_put, _span_take, _span_view = _native.span_put, _native.span_take, _native.span_view
 _pack_descriptor, _unpack_descriptor = DESCRIPTOR.pack, DESCRIPTOR.unpack
 
 
@@ -91,6 +111,7 @@ class BulkOut:
         self._pos = _DATA
         self._seq = 0
         self._sent = 0  # spans handed out and not cancelled
+        self.put_bytes = 0  # bytes put, ever (what the peer has had to copy: the waits' work_ns)
         self._lock = threading.Lock()
 
     def put(self, data: ReadableBuffer, n: int) -> bytes | None:
@@ -110,6 +131,7 @@ class BulkOut:
             crc = _span_put(buf, pos, seq, data)
             self._pos = pos + need
             self._sent += 1
+            self.put_bytes += n
         return _pack_descriptor(self.segment_id, pos, n, seq, crc)
 
     def cancel(self, count: int) -> None:
@@ -142,13 +164,42 @@ class BulkIn:
         self._out = out
         self._consumed = 0
         self._recent: set[int] = set()  # seqs read lately: a span read twice counts once
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def take(self, descriptor: bytes, budget: list[int]) -> bytes:
         """The payload ``descriptor`` names, copied out and checked: bytes the caller owns.
         ``budget[0]``: bytes this message may still take (reduced here): :class:`MessageTooLargeError`
         beyond it. :class:`UnmarshalError` if the descriptor or the span is bad (reused, overwritten,
         scribbled on)."""
+        buf, offset, length, seq, crc = self._check(descriptor, budget)
+        try:  # copied out, then checked: the peer may be writing
+            data = _span_take(buf, offset, length, seq, crc)
+        except ValueError:  # closed meanwhile (a released view)
+            raise UnmarshalError("bulk data on a closed connection") from None
+        self._read(seq)  # read, right or wrong: the sender need not keep it
+        if data is None:
+            raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
+        return data
+
+    def view(self, descriptor: bytes, budget: list[int]) -> memoryview:
+        """The payload ``descriptor`` names, lent in place: a read-only memoryview of the peer's span,
+        no copy and no checksum (see the module's *Views*). The span counts as read (its sender may
+        reuse it) once this view and every view or array derived from it are gone. Errors as
+        :meth:`take`'s; a span of another generation (reused) is :class:`UnmarshalError`."""
+        buf, offset, length, seq, _ = self._check(descriptor, budget)
+        try:
+            span = _span_view(buf[offset:offset + _SPAN.size + length], 0, length, seq)
+        except ValueError:  # closed meanwhile (a released view)
+            raise UnmarshalError("bulk data on a closed connection") from None
+        if span is None:
+            self._read(seq)
+            raise UnmarshalError("bulk data overwritten (its generation or length does not match)")
+        weakref.finalize(span, self._read, seq).atexit = False
+        return memoryview(span)
+
+    def _check(self, descriptor: bytes, budget: list[int]) -> tuple[memoryview, int, int, int, int]:
+        """The descriptor validated against this connection and ``budget``: the segment's buffer and
+        the span's offset, length, seq and crc."""
         try:
             seg, offset, length, seq, crc = _unpack_descriptor(descriptor)
         except struct.error:
@@ -164,20 +215,18 @@ class BulkIn:
             raise MessageTooLargeError(f"bulk data of {length} bytes exceeds what this side takes per message "
                                        "(its max_message_bytes); it was refused unread")
         budget[0] -= length
-        try:  # copied out, then checked: the peer may be writing
-            data = _span_take(buf, offset, length, seq, crc)
-        except ValueError:  # closed meanwhile (a released view)
-            raise UnmarshalError("bulk data on a closed connection") from None
-        with self._lock:  # read, right or wrong: the sender need not keep it
+        return buf, offset, length, seq, crc
+
+    def _read(self, seq: int) -> None:
+        """The span ``seq`` is read (copied out, or its last view gone): published, once per seq.
+        (A view's finalizer may run in any thread, and inside this lock if the collector runs here.)"""
+        with self._lock:
             if seq not in self._recent:
                 if len(self._recent) >= 64:
                     self._recent.clear()
                 self._recent.add(seq)
                 self._consumed += 1
                 self._out.publish(self._consumed)
-        if data is None:
-            raise UnmarshalError("bulk data overwritten or corrupt (its checksum or generation does not match)")
-        return data
 
     def close(self) -> None:
         self._buf = None
@@ -185,6 +234,34 @@ class BulkIn:
 
 
 _primed = False
+_copy_ps = 0  # picoseconds per byte this process takes to copy with the checksum (measured once)
+_PROBE = 1 << 18  # bytes copied to measure it
+
+
+def work_ns(nbytes: int) -> int:
+    """How long a peer may work on ``nbytes`` of bulk data just handed to it before it answers, in
+    ns: its copy out of the span and the copy of an answer as large into its own, each allowed
+    twice what a copy with the checksum takes in this process (measured once per process, cache
+    hot; a copy of what another CPU wrote is slower). A waiter spins this much beyond its policy's
+    budget, as the peer is known to be busy with our data, and does not count that time as the
+    policy's miss (the spin policy learns from waits on an idle peer, not from copies)."""
+    return nbytes * _copy_ps // 250
+
+
+def _measure_copy() -> None:
+    """Once per process: the copy-and-checksum rate (the best of 5 copies of 256 KiB, so that a
+    preemption does not count), for :func:`work_ns`."""
+    global _copy_ps
+    if not _copy_ps:
+        src, dst = bytes(_PROBE), bytearray(_PROBE)
+        best = min(_timed_copy(dst, src) for _ in range(5))
+        _copy_ps = max(1, best * 1000 // _PROBE)
+
+
+def _timed_copy(dst: bytearray, src: bytes) -> int:
+    start = time.perf_counter_ns()
+    _native.copy_checksum(dst, src)
+    return time.perf_counter_ns() - start
 
 
 def _prime_allocator() -> None:
@@ -203,13 +280,16 @@ class Bulk:
     """Both directions of a connection's bulk data, for one side: ``out`` what it sends, ``inn``
     what it receives."""
 
-    def __init__(self, mine: _segment.Segment, theirs: _segment.Segment) -> None:
+    def __init__(self, mine: _segment.Segment, theirs: _segment.Segment, views: bool = False) -> None:
         _prime_allocator()
+        _measure_copy()
         self._segments = (mine, theirs)
         self.out = BulkOut(mine, theirs)
         self.inn = BulkIn(theirs, self.out)
-        # what marshalling uses (marshal.BulkData): the sides' own methods
-        self.put, self.cancel, self.take = self.out.put, self.out.cancel, self.inn.take
+        # what marshalling uses (marshal.BulkData): the sides' own methods; with ``views`` received
+        # payloads are lent in place (BulkIn.view), else copied out (BulkIn.take)
+        self.put, self.cancel = self.out.put, self.out.cancel
+        self.take: Callable[[bytes, list[int]], bytes | memoryview] = self.inn.view if views else self.inn.take
 
     def close(self) -> None:
         self.inn.close()

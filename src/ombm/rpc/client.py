@@ -230,7 +230,7 @@ class _LaneBulk:
 
     bulk: Bulk | None = None
 
-    def take(self, descriptor: bytes, budget: list[int]) -> bytes:
+    def take(self, descriptor: bytes, budget: list[int]) -> bytes | memoryview:
         taken = self.bulk
         if taken is None:
             raise UnmarshalError("bulk data before this client offered bulk segments")
@@ -238,7 +238,12 @@ class _LaneBulk:
 
 
 class Client:
-    """A connection to one service; call its methods as attributes: ``client.add(1, 2)``."""
+    """A connection to one service; call its methods as attributes: ``client.add(1, 2)``.
+
+    ``views=True``: a large bytes-like result that came through the server's bulk segment is
+    returned as a read-only ``memoryview`` of that segment, lent in place (no copy, no checksum;
+    what it guarantees: :mod:`ombm.rpc.bulk`, *Views*), a numpy array as a read-only array on it;
+    smaller or inline ones still come back as ``bytes``."""
 
     # made by _connect (absent if the constructor failed before; _teardown copes)
     _request: SlotChannel  # the channel this client writes its calls into
@@ -260,6 +265,7 @@ class Client:
         slots: int = DEFAULT_SLOTS,
         slot_size: int = DEFAULT_SLOT_SIZE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        views: bool = False,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -276,6 +282,7 @@ class Client:
         self.timeout = float(timeout)
         self.wait = float(wait)  # how long connecting, and each reconnection, waits for the service to appear
         self.allow_pickle = allow_pickle
+        self.views = bool(views)  # large results through the bulk segment lent as read-only views (rpc/bulk.py)
         self._slots, self._slot_size = slots, slot_size
         self._closed = False
         self._gone = False  # the session's server stopped or died: the next call reconnects
@@ -717,19 +724,20 @@ class Client:
         receiver = self._receiver
         path = self._path_spin  # None: a local server, the receiver's policy (its hot path: no call more)
         call_id = None
+        work_ns = 0  # the server's expected work on our bulk data: waited beyond the policy's budget
         try:
             spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_UNSENT and self._bulk is not None:  # (none yet: the ordinary way offers them)
-                result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
+                result, work_ns = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
                 if path is not None:
-                    self._waited(waited, spin_ns, learn_ns)
-                elif waited > learn_ns:
-                    receiver.waited(waited)
+                    self._waited(max(0, waited - work_ns), spin_ns, learn_ns)
+                elif waited > learn_ns + work_ns:
+                    receiver.waited(waited - work_ns)
                 if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
                     with self._lock:
                         assert self._protocol is not None, "a lane is made with the protocol"
@@ -769,22 +777,24 @@ class Client:
             raise
 
     def _lane_bulk(self, lane: _native.CallLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
-                   spin_ns: int, sleep_ok: bool, unsent: _native.CallResult) -> _native.CallResult:
+                   spin_ns: int, sleep_ok: bool, unsent: _native.CallResult) -> tuple[_native.CallResult, int]:
         """The lane refused a call with a large payload (its guarded packer): the call again, with the
-        large payloads copied into the bulk segment (``unsent`` if none went there)."""
+        large payloads copied into the bulk segment (``unsent`` if none went there), and the ns the
+        server is expected to work on them (``bulk.work_ns``: the wait spins that much longer)."""
         assert self._bulk is not None, "called with bulk segments"
         routed = marshal.route_args(args, kwargs, self._bulk, self._max_message)
         if routed is None:
-            return unsent
+            return unsent, 0
         budget = self._lane_budget
         budget[0] = self.max_message_bytes  # its reply's bulk data, copied out by the lane itself
+        work_ns = bulk.work_ns(routed[3])
         try:
-            result = lane.call(method, routed[0], routed[1], spin_ns, sleep_ok)
+            result = lane.call(method, routed[0], routed[1], spin_ns + work_ns, sleep_ok)
         finally:
             budget[0] = 0  # a reply beyond it, or to another call: unmarshalled by Python (_decode_reply)
         if result.status >= _LANE_UNSENT:  # nothing sent: the ordinary way puts them again
             self._bulk.cancel(routed[2])
-        return result
+        return result, work_ns
 
     def _offer_bulk(self, args: tuple[object, ...], kwargs: dict[str, object]) -> Bulk | None:
         """The session's bulk segments, made and offered to the server now if the call has a large
@@ -812,7 +822,7 @@ class Client:
                     seg.release()
                 self._bulk_state = "refused"
                 return None
-            self._bulk = self._lane_bulk_data.bulk = bulk.Bulk(segments[0], segments[1])
+            self._bulk = self._lane_bulk_data.bulk = bulk.Bulk(segments[0], segments[1], self.views)
             self._bulk_state = "taken"
             return self._bulk
 
@@ -1283,9 +1293,9 @@ def _has_live_receiver(channel: SlotChannel) -> bool:
 
 def connect(name: str, timeout: float = 5.0, *, wait: float = 0.0, allow_pickle: bool = False,
             slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
-            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Client:
+            max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, views: bool = False) -> Client:
     """Connect to the service ``name``, waiting up to ``wait`` s for it to appear (and as long at
     each reconnection); ``timeout`` bounds the connect and is every call's default (see
     :class:`Client` for the options)."""
     return Client(name, timeout, wait=wait, allow_pickle=allow_pickle, slots=slots, slot_size=slot_size,
-                  max_message_bytes=max_message_bytes)
+                  max_message_bytes=max_message_bytes, views=views)

@@ -117,7 +117,7 @@ class Packer(Protocol):
 class BulkReader(Protocol):
     """What unmarshalling uses of a connection's bulk segments."""
 
-    def take(self, descriptor: bytes, budget: list[int], /) -> bytes: ...
+    def take(self, descriptor: bytes, budget: list[int], /) -> bytes | memoryview: ...
 
 
 class BulkData(BulkReader, Protocol):
@@ -283,10 +283,10 @@ def has_large(args: tuple[object, ...], kwargs: dict[str, object], limit: int) -
 
 
 def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkData,
-               limit: int) -> tuple[tuple[object, ...], dict[str, object], int] | None:
+               limit: int) -> tuple[tuple[object, ...], dict[str, object], int, int] | None:
     """A call's arguments with the large payloads routed through ``bulk`` (see :func:`_route`; at
-    most ``limit`` bytes of them), and how many went (the caller cancels them if the message is
-    not sent); None if none did."""
+    most ``limit`` bytes of them), how many went (the caller cancels them if the message is not
+    sent) and their bytes; None if none did."""
     budget = [limit]
     routed = tuple([_route(arg, bulk, budget) for arg in args])
     named = {key: _route(arg, bulk, budget) for key, arg in kwargs.items()} if kwargs else kwargs
@@ -297,7 +297,7 @@ def route_args(args: tuple[object, ...], kwargs: dict[str, object], bulk: BulkDa
     for arg in named.values():
         if type(arg) is _ExtType:
             count += 1
-    return (routed, named, count) if count else None
+    return (routed, named, count, limit - budget[0]) if count else None
 
 
 def _default(obj: object, allow_pickle: bool) -> object:
@@ -533,15 +533,16 @@ def _unpack_ndarray(data: bytes, bulk: tuple[BulkReader, list[int]] | None = Non
         count = 1
         for dim in shape:
             count *= dim
+        raw: bytes | memoryview = data
         if bulk is not None:
             if scalar or len(data) - off != DESCRIPTOR.size:
                 raise ValueError("not an array in the bulk segment")
             if count * dtype.itemsize > bulk[1][0]:  # checked before anything is copied
                 raise ValueError("array larger than this side takes per message")
-            data, off = bulk[0].take(data[off:], bulk[1]), 0
-        if count * dtype.itemsize != len(data) - off:
+            raw, off = bulk[0].take(data[off:], bulk[1]), 0  # (a view: read-only, in place)
+        if count * dtype.itemsize != len(raw) - off:
             raise ValueError("array length does not match its shape")
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=off).reshape(shape)
+        arr = np.frombuffer(raw, dtype=dtype, count=count, offset=off).reshape(shape)
     except (ValueError, TypeError, struct.error, UnicodeDecodeError, OverflowError) as exc:
         raise UnmarshalError(f"malformed numpy array: {exc}") from None
     return arr[()] if scalar else arr

@@ -126,14 +126,20 @@ class Server:
     ``async def`` methods of ``obj`` run on ``loop`` (default: an event loop in a thread the
     server starts on the first such call and joins when it stops), many calls at once; plain
     methods run in the serving thread.  ``stats["async_calls"]`` counts them.
+
+    ``views=True``: a large bytes-like argument that came through the client's bulk segment
+    reaches the method as a read-only ``memoryview`` of that segment, lent in place (no copy, no
+    checksum; what it guarantees: :mod:`ombm.rpc.bulk`, *Views*), a numpy array as a read-only
+    array on it; smaller or inline ones still arrive as ``bytes``.
     """
 
     _forked = False  # set in a forked child: this server is the parent's (ForkedError here)
 
     def __init__(self, name: str, obj: Any, *, allow_pickle: bool = False,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, views: bool = False) -> None:
         self.max_message_bytes = check_max_message(max_message_bytes)
+        self.views = bool(views)  # large arguments through the bulk segment lent as read-only views (rpc/bulk.py)
         self._refusal = marshal.encode_error(MessageTooLargeError(
             f"the call announced more than this server's max_message_bytes ({max_message_bytes}); "
             "it was refused unread"))
@@ -273,7 +279,7 @@ class Server:
             mine = bulk.open_bulk(replies)
             if theirs.id == mine.id:
                 raise ValueError("one segment offered for both directions")
-            return Bulk(mine, theirs)
+            return Bulk(mine, theirs, self.views)
         except (SegmentNotFoundError, SegmentFormatError, ValueError, OSError):
             for seg in (theirs, mine):
                 if seg is not None:
@@ -378,7 +384,12 @@ class Server:
         return marshal.encode_error(exc), True
 
     def _result(self, value: object, limit: int) -> bytes:
-        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=_bulk_of(limit), bulk_limit=limit)
+        bulk_data = _bulk_of(limit)
+        put = 0 if bulk_data is None else bulk_data.out.put_bytes
+        result = marshal.encode_result(value, allow_pickle=self.allow_pickle, bulk=bulk_data, bulk_limit=limit)
+        if bulk_data is not None and bulk_data.out.put_bytes != put and self._intake is not None:
+            # the client copies the reply out (and sends its next call): the next wait spins that long
+            self._intake.linger(bulk.work_ns(bulk_data.out.put_bytes - put))
         if len(result) > limit:
             raise ValueError(f"the result ({len(result)} bytes) exceeds what the client takes ({limit} bytes: its "
                              "reply channel and its max_message_bytes); connect with more or larger slots, "

@@ -902,6 +902,11 @@ class _Iceoryx2(_Link):
         self._open_port("client")
 
     def call(self, payload: bytes) -> bytes:
+        response = self._response(payload)
+        return ctypes.string_at(response.payload_ptr, response.payload().len())
+
+    def _response(self, payload: bytes) -> Any:
+        """The response to a request carrying ``payload`` (busy-polled for)."""
         pending = self._send_request(payload)
         deadline, spins = time.monotonic() + _OP_TIMEOUT_S, 0
         while (response := pending.receive()) is None:
@@ -910,7 +915,7 @@ class _Iceoryx2(_Link):
             if spins % _SPINS_PER_CHECK == 0 and time.monotonic() > deadline:
                 del pending  # the error's traceback must not keep iceoryx2 alive past close()
                 raise TimeoutError(f"no iceoryx2 response within {_OP_TIMEOUT_S:.0f} s")
-        return ctypes.string_at(response.payload_ptr, response.payload().len())
+        return response
 
     def _send_request(self, payload: bytes) -> Any:
         request = self._port.loan_slice_uninit(len(payload))
@@ -923,6 +928,18 @@ class _Iceoryx2(_Link):
     def close(self) -> None:
         self._release()
         remove_shm_by_prefix(self.prefix)
+
+
+class _Iceoryx2Views(_Iceoryx2):
+    """iceoryx2 request/response as :class:`_Iceoryx2`, but the client is lent the response in place
+    (no copy out): a read-only memoryview of the loaned sample's payload, which keeps the sample
+    (as ombm's views keep their span) until the view and what was derived from it are gone."""
+
+    def call(self, payload: bytes) -> Any:
+        response = self._response(payload)
+        data = (ctypes.c_ubyte * response.payload().len()).from_address(response.payload_ptr)
+        data.sample = response  # (kept while the view lives)
+        return memoryview(data).toreadonly().cast("B")
 
 
 def iceoryx2_without_request_response() -> str | None:
@@ -976,6 +993,6 @@ _PEERS: dict[str, tuple[tuple[str, type[_Link]], ...]] = {
     "signal": (("os.pipe", _PipeToken), ("socketpair", _SocketToken), ("eventfd", _Eventfd)),
     "rpc": (("os.pipe", _PipeFrames), ("os.pipe + msgpack", _PipeMsgpack), ("socketpair", _SocketFrames), ("multiprocessing.Pipe", _MpPipe),
             ("mp.connection", _MpListener), ("pyzmq ipc REQ/REP", _ZmqReqRep), ("gRPC unix", _Grpc),
-            ("iceoryx2 req/resp", _Iceoryx2)),
+            ("iceoryx2 req/resp", _Iceoryx2), ("iceoryx2 req/resp (views)", _Iceoryx2Views)),
     "stream": (("multiprocessing.Pipe", _MpPipe), ("socketpair", _SocketStream), ("pyzmq ipc PUSH/PULL", _ZmqPushPull)),
 }

@@ -54,7 +54,10 @@ SIZES = {"null": 0, "32 B": 32, "1 KiB": 1024, "64 KiB": 65536, "1 MiB": 1 << 20
 _LARGE_COLUMNS = ("64 KiB", "1 MiB")
 _TARGET_COLUMNS = ("null", "32 B", "1 KiB")
 _KERNEL_PEERS = ("os.pipe", "socketpair", "multiprocessing.Pipe", "mp.connection", "pyzmq ipc REQ/REP", "gRPC unix")
-_VARIANTS: dict[str, SignalPath] = {"ombm": "memory", "ombm software-only": "kernel"}
+_VARIANTS: dict[str, SignalPath] = {"ombm": "memory", "ombm software-only": "kernel", "ombm views": "memory"}
+# rows that lend the receiver a large payload in place (no copy out): ombm's views (Server(views=True),
+# connect(views=True)) and iceoryx2's loaned response; measured at the large sizes only
+_VIEW_ROWS = ("ombm views", "iceoryx2 req/resp (views)")
 _BREAKDOWN_SIZES = {"32 B": 32, "1 KiB": 1024}
 _SLOW_US = 40.0  # about one kernel wake-up across CPUs on this VM: a call slower than this slept
 
@@ -106,21 +109,21 @@ class _Service:
         return data
 
 
-def _server_child(control: Connection, name: str) -> None:
+def _server_child(control: Connection, name: str, views: bool = False) -> None:
     def leave(signum: int, frame: Any) -> None:  # SIGTERM before serve_forever took it over
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, leave)
-    server = ombm.rpc.Server(name, _Service())
+    server = ombm.rpc.Server(name, _Service(), views=views)
     control.send(("ready",))
     server.serve_forever()  # until SIGTERM; then it releases its channels
 
 
-def _connect(name: str, deadline_s: float = 10.0) -> ombm.rpc.Client:
+def _connect(name: str, deadline_s: float = 10.0, views: bool = False) -> ombm.rpc.Client:
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            return ombm.rpc.connect(name, timeout=10.0)
+            return ombm.rpc.connect(name, timeout=10.0, views=views)
         except ombm.ServiceNotFoundError:
             if time.monotonic() > deadline:
                 raise
@@ -132,8 +135,11 @@ def _payload(size: int) -> bytes:
 
 
 def ombm_calls(variant: str, placement: tuple[int, int], plan: Plan, extras: bool) -> dict[str, Any]:
-    """Calls of every size against a server child; with ``extras`` also connect+disconnect and idle CPU."""
+    """Calls of every size against a server child (*ombm views*: the large sizes, with views on both
+    sides); with ``extras`` also connect+disconnect and idle CPU."""
     path = _VARIANTS[variant]
+    views = variant in _VIEW_ROWS
+    sizes = {label: SIZES[label] for label in _LARGE_COLUMNS} if views else SIZES
     name = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
     env = {"OMBM_SIGNAL_PATH": path, "OMBM_WAIT": "adaptive"}
     previous = ombm.settings()
@@ -141,12 +147,12 @@ def ombm_calls(variant: str, placement: tuple[int, int], plan: Plan, extras: boo
     found: dict[str, Any] = {"calls": {}}
     try:
         budget = sum(plan.ombm_calls.values()) * 0.002 + plan.connects * 0.01 + 30
-        with core.child(_server_child, name, cpu=placement[1], env=env, lifetime_s=budget, terminate=True) as (
+        with core.child(_server_child, name, views, cpu=placement[1], env=env, lifetime_s=budget, terminate=True) as (
             process, _
         ), pinned(placement[0]):
-            with _connect(name) as client:
+            with _connect(name, views=views) as client:
                 found["slow"] = {}
-                for label, size in SIZES.items():
+                for label, size in sizes.items():
                     samples = _time_calls(client, size, plan.ombm_calls[label], plan.warmup)
                     found["calls"][label] = Latency.of(samples)
                     found["slow"][label] = 100 * sum(1 for s in samples if s > _SLOW_US) / len(samples)
@@ -170,7 +176,7 @@ def _time_calls(client: ombm.rpc.Client, size: int, iterations: int, warmup: int
             return call("null")
     else:
         payload = _payload(size)
-        if call("echo", payload) != payload:
+        if call("echo", payload) != payload:  # (a view compares equal to bytes too)
             raise RuntimeError("ombm echoed a different payload")
 
         def operation() -> Any:
@@ -275,7 +281,7 @@ def run(progress: Callable[[int, int, str], None] | None = None, quick: bool = F
             if not ok:
                 result.skipped[peer.name] = why
                 continue
-            for column in SIZES:
+            for column in _LARGE_COLUMNS if peer.name in _VIEW_ROWS else SIZES:
                 steps.append((f"{peer.name} {column}, {label}", _peer_step(result, peer, column, label, placement)))
         steps.append((f"floors, {label}", _floor_step(result, label, placement)))
     steps.append(("signal round trip for Table 2", lambda: _signal_step(result)))
@@ -445,6 +451,13 @@ def issue13_targets(result: RpcResult) -> list[Target]:
         worst, column = _worst(result, columns, other)
         found.append(Target(name, limit, worst, "×", at_most=False,
                             note=f"how many times faster, smallest ({column or 'not measured'}), cross-cpu"))
+    lent = _median(result, cross, "ombm views", "1 MiB")
+    found.append(Target("1 MiB echo, ombm views vs iceoryx2 (views)", 1.5,
+                        ratio(_median(result, cross, "iceoryx2 req/resp (views)", "1 MiB"), lent), "×", at_most=False,
+                        note="how many times faster, cross-cpu; both lend the response in place"))
+    found.append(Target("1 MiB echo, ombm views vs fastest kernel-based peer", 2,
+                        ratio(_fastest_kernel_peer(result, cross, "1 MiB")[1], lent), "×",
+                        at_most=False, note="how many times faster, cross-cpu; a kernel peer cannot lend: it copies"))
     return found
 
 
@@ -480,7 +493,12 @@ def markdown(result: RpcResult) -> str:
              f"write, `(\"echo\", payload)` packed with msgpack, length-prefixed, over two pipes. ombm's "
              f"1 MiB payloads travel through the connection's bulk segments (docs/rpc.md, *Large payloads*: "
              f"copied once on each side, the checksum folded into each copy); its 64 KiB ones inline, in one "
-             f"frame.", ""]
+             f"frame. Every row returns `bytes` (the receiver's own copy) except the *views* rows, measured at the "
+             f"large sizes: there the receiver of each direction is lent the payload in place, no copy out "
+             f"(*ombm views*: `Server(views=True)` and `connect(views=True)`, a read-only memoryview of the bulk "
+             f"span; its 64 KiB still travels inline, as bytes; *iceoryx2 req/resp (views)*: the client gets "
+             f"the response's loaned sample as a read-only memoryview, the server echoes from the request's "
+             f"sample as in the other iceoryx2 row).", ""]
     for placement, systems in result.calls.items():
         parts += [f"### Call latency, {placement}: median µs (p99)", ""]
         rows = []
@@ -506,12 +524,27 @@ def markdown(result: RpcResult) -> str:
                 cell = times(ratio(value, _median(result, placement, "ombm", column)))
                 ratios.append(f"{cell} ({name})" if name else cell)
             rows.append([placement, label, *ratios])
+        lent: tuple[tuple[str, Callable[[str], tuple[str, float]]], ...] = (
+            ("ombm views vs iceoryx2 (views)",
+             functools.partial(_unnamed_median, result, placement, "iceoryx2 req/resp (views)")),
+            ("ombm views vs fastest kernel-based peer", functools.partial(_fastest_kernel_peer, result, placement)),
+        )
+        for label, other in lent:
+            ratios = []
+            for column in SIZES:
+                name, value = other(column)
+                cell = times(ratio(value, _median(result, placement, "ombm views", column))) \
+                    if column in _LARGE_COLUMNS else "—"
+                ratios.append(f"{cell} ({name})" if name and column in _LARGE_COLUMNS else cell)
+            rows.append([placement, label, *ratios])
     parts += [md_table(["placement", "ombm vs", *SIZES], rows), ""]
     retransmits = ", ".join(f"{key}: {value}" for key, value in result.retransmits.items())
     parts += [f"Retransmissions during the ombm runs: {retransmits}.", ""]
-    rows = [[key, *(percent(shares[c], 1) for c in SIZES)] for key, shares in result.slow.items()]
+    rows = [[key, *(percent(shares[c], 1) if c in shares else "—" for c in SIZES)]
+            for key, shares in result.slow.items()]
     parts += [f"Share of ombm calls slower than {_SLOW_US:.0f} µs (about one kernel wake-up across CPUs here: "
-              "such a call found a side asleep):", "", md_table(["variant, placement", *SIZES], rows), ""]
+              "such a small call found a side asleep; a 64 KiB or 1 MiB call takes that long in copies alone, so "
+              "its share says nothing about sleeping):", "", md_table(["variant, placement", *SIZES], rows), ""]
     if result.breakdown:
         parts += _breakdown_markdown(result)
     if result.connect:
