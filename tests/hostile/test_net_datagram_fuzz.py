@@ -135,7 +135,7 @@ def test_a_native_bridge_takes_any_datagram(pair, key):
             if engine.takes(data, exporter.address):
                 took += 1
                 got = dg.decode(data, key)  # raises if the native path would take what Python refuses
-                assert got.kind is dg.Kind.UPDATE and all(e.parts == 1 for e in got.entries)
+                assert got.kind is dg.Kind.UPDATE  # single-part updates and fragments alike
         importer.start()
         for i, data in enumerate(batch):
             exporter._sock.sendto(data, importer.address)  # from the exporter's address: its link

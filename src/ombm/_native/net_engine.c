@@ -54,6 +54,8 @@
 #define RUN_EMSGSIZE 2            /* a sendto was refused as too long: ask the kernel for the path MTU */
 #define RUN_DROPS 4               /* the FIFO dropped signals: own-write counts cleared here, count them */
 #define MIN_MTU (DG_HEADER + DG_MAC + DG_ENTRY + 1)  /* room for one byte of one entry, MAC or CRC */
+#define PARTIAL_MEMORY (64 << 20) /* the buffers of partial updates, at most (beyond: doomed, see Partial) */
+#define SPARE_BUFFERS 4           /* unit buffers kept for the next partial updates (no allocation per update) */
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -76,13 +78,38 @@ typedef struct {
     uint64_t sender, top, seen, used;
 } WindowEntry;
 
+/* Where part i of a partial update lies in its segment. */
+typedef struct {
+    uint64_t offset;
+    uint32_t len;
+} PartAt;
+
+/* An update that spans several datagrams, being gathered (transport.updates.Assembler's _Pending):
+   identified by (sender, key, tag), its parts' bytes put at their place in a buffer the size of
+   the unit of the first part that came. A part that cannot belong to a whole update that applies
+   (outside its segment, in another unit than the others, past its unit's end; or no memory under
+   PARTIAL_MEMORY) makes it *doomed*: nothing more is kept of it but which parts came, and when they
+   all came it is counted as Python counts it (inconsistent). So every field is checked once, and no
+   part writes outside its update's buffer. */
+typedef struct {
+    uint64_t sender, key, first_ns, order;
+    uint32_t base, tag;
+    unsigned parts, got;
+    int full, doomed;
+    Py_ssize_t bytes;             /* the parts' bytes (Assembler's size: its bound counts these) */
+    uint64_t lo;                  /* the offset of buf[0]: its unit's first byte */
+    Py_ssize_t cap;               /* buf's size: the unit's */
+    unsigned char *buf, *have;    /* the unit's bytes; a bit per part */
+    PartAt *at;                   /* by part */
+} Partial;
+
 enum { C_DATAGRAMS_IN, C_DATAGRAMS_OUT, C_BYTES_IN, C_BYTES_OUT, C_UPDATES_IN, C_UPDATES_OUT, C_DROPPED_REPLAY,
        C_DROPPED_STALE, C_DROPPED_DUPLICATE, C_DROPPED_INCONSISTENT, C_SEND_ERRORS, C_INTERNAL_ERRORS,
-       C_BUSY_IN_NS, C_BUSY_OUT_NS, C_ECHOES, C_NATIVE_IN, C_NATIVE_OUT, C_COUNTS };
+       C_BUSY_IN_NS, C_BUSY_OUT_NS, C_ECHOES, C_NATIVE_IN, C_NATIVE_OUT, C_DROPPED_INCOMPLETE, C_COUNTS };
 static const char *const count_names[C_COUNTS] = {
     "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "updates_in", "updates_out", "dropped_replay",
     "dropped_stale", "dropped_duplicate", "dropped_inconsistent", "send_errors", "internal_errors",
-    "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out"};
+    "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out", "dropped_incomplete"};
 
 typedef struct {
     PyObject_HEAD
@@ -102,6 +129,11 @@ typedef struct {
     uint64_t window_clock;
     unsigned misses;
     unsigned char *recv_buf;      /* RECV_BATCH * RECV_SIZE */
+    Partial *partials;            /* max_partials of them, npartials in use (Assembler's bounds) */
+    Py_ssize_t npartials, max_partials, partial_bytes, max_partial_bytes, partial_memory;
+    uint64_t partial_order, partial_timeout_ns;
+    unsigned char *spare[SPARE_BUFFERS];
+    Py_ssize_t spare_cap[SPARE_BUFFERS];
     unsigned char out[DG_MAX_MTU];
     Py_ssize_t out_len;
     unsigned out_count;
@@ -404,28 +436,25 @@ static int fast_update(Engine *e, const unsigned char *d, Py_ssize_t n, const st
         if ((flags & ~DG_ENTRY_FULL) || !length || !(part < parts) || !tag || (base == 0) != full) return 0;
         if (offset > UINT64_MAX - length || at + (Py_ssize_t)length > end) return 0;
         at += length;
-        if (parts != 1) return 0;  /* fragments: Python's assembler */
         Seg *s = by_key(e, key);
         if (!s || !same_peer(&s->link, from, from_len)) return 0;
     }
     return at == end;
 }
 
-/* Write one single-part update into its replica (Replica.apply, one link): 0, or -1 with an
-   exception (from the binding's write). */
-static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resyncs) {
-    uint64_t offset = get64(p + 8);
-    uint32_t base = get32(p + 16), tag = get32(p + 20);
-    Py_ssize_t length = get16(p + 24);
-    int full = get16(p + 30) == DG_ENTRY_FULL;
-    const unsigned char *data = p + DG_ENTRY;
-    if (offset >= (uint64_t)s->size) {
+/* Write a whole update into its replica (Replica.unit_of and Replica.apply, one link): ranges at[0:n]
+   (in part order, going forward: the caller checked), whose bytes are at data + (offset - data_lo).
+   0, or -1 with an exception (from the binding's write). */
+static int apply_update(Engine *e, Seg *s, uint32_t base, uint32_t tag, int full, const PartAt *at, unsigned n,
+                        const unsigned char *data, uint64_t data_lo, PyObject *resyncs) {
+    uint64_t first = at[0].offset;
+    if (first >= (uint64_t)s->size) {
         e->counts[C_DROPPED_INCONSISTENT]++;
         return 0;
     }
-    Py_ssize_t off = (Py_ssize_t)offset, u = off / s->unit, lo = u * s->unit;
+    Py_ssize_t u = (Py_ssize_t)first / s->unit, lo = u * s->unit;
     Py_ssize_t hi = lo + s->unit < s->size ? lo + s->unit : s->size;
-    if (off + length != hi) {  /* an update ends at its unit's last byte */
+    if (at[n - 1].offset + at[n - 1].len != (uint64_t)hi) {  /* an update ends at its unit's last byte */
         e->counts[C_DROPPED_INCONSISTENT]++;
         return 0;
     }
@@ -444,16 +473,23 @@ static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resy
         Py_DECREF(item);
         return rc;
     }
-    if (full) memset(shadow + lo, 0, (size_t)(hi - lo));
-    memcpy(shadow + off, data, (size_t)length);
-    Py_ssize_t start = full ? lo : off;
+    /* made in the shadow: the ranges go forward inside [lo, hi) (their first from lo on, their last
+       ending at hi, each after the one before); a full update's bytes outside them are zero */
+    Py_ssize_t next = lo;
+    for (unsigned i = 0; i < n; i++) {
+        Py_ssize_t off = (Py_ssize_t)at[i].offset;
+        if (full && off > next) memset(shadow + next, 0, (size_t)(off - next));
+        memcpy(shadow + off, data + (at[i].offset - data_lo), at[i].len);
+        next = off + (Py_ssize_t)at[i].len;
+    }
+    Py_ssize_t start = full ? lo : (Py_ssize_t)first;
     PyObject *view = PyMemoryView_FromMemory((char *)shadow + start, hi - start, PyBUF_READ);
     if (!view) return -1;
-    PyObject *at = PyLong_FromSsize_t(start);
-    if (!at) { Py_DECREF(view); return -1; }
-    PyObject *args[2] = {at, view};
+    PyObject *where = PyLong_FromSsize_t(start);
+    if (!where) { Py_DECREF(view); return -1; }
+    PyObject *args[2] = {where, view};
     PyObject *r = PyObject_Vectorcall(s->write, args, 2, NULL);  /* its last byte raises the signals here */
-    Py_DECREF(at);
+    Py_DECREF(where);
     Py_DECREF(view);
     if (!r) return -1;
     Py_DECREF(r);
@@ -463,6 +499,160 @@ static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resy
     e->counts[C_UPDATES_IN]++;
     e->counts[C_NATIVE_IN]++;
     return 0;
+}
+
+/* ---------------------------------------------------------------- updates in several datagrams */
+
+static Partial *partial_find(Engine *e, uint64_t sender, uint64_t key, uint32_t tag) {
+    for (Py_ssize_t i = 0; i < e->npartials; i++) {
+        Partial *q = &e->partials[i];
+        if (q->sender == sender && q->key == key && q->tag == tag) return q;
+    }
+    return NULL;
+}
+
+/* A unit buffer of cap bytes: a spare one if one is as large, else a new one (NULL: none). */
+static unsigned char *buffer_take(Engine *e, Py_ssize_t cap) {
+    for (int i = 0; i < SPARE_BUFFERS; i++)
+        if (e->spare[i] && e->spare_cap[i] == cap) {
+            unsigned char *b = e->spare[i];
+            e->spare[i] = NULL;
+            return b;
+        }
+    return PyMem_Malloc((size_t)cap);
+}
+
+static void buffer_give(Engine *e, unsigned char *b, Py_ssize_t cap) {
+    for (int i = 0; i < SPARE_BUFFERS; i++)
+        if (!e->spare[i]) {
+            e->spare[i] = b;
+            e->spare_cap[i] = cap;
+            return;
+        }
+    PyMem_Free(b);
+}
+
+/* Nothing more kept of q but which parts came (see Partial). */
+static void partial_doom(Engine *e, Partial *q) {
+    if (q->buf) {
+        buffer_give(e, q->buf, q->cap);
+        e->partial_memory -= q->cap + (Py_ssize_t)(q->parts * sizeof *q->at);
+    }
+    PyMem_Free(q->at);
+    q->buf = NULL;
+    q->at = NULL;
+    q->doomed = 1;
+}
+
+static void partial_drop(Engine *e, Partial *q) {
+    partial_doom(e, q);
+    PyMem_Free(q->have);
+    e->partial_bytes -= q->bytes;
+    *q = e->partials[--e->npartials];
+}
+
+static void partials_forget(Engine *e, uint64_t key) {
+    for (Py_ssize_t i = e->npartials - 1; i >= 0; i--)
+        if (e->partials[i].key == key) partial_drop(e, &e->partials[i]);
+}
+
+static void partials_free(Engine *e) {
+    while (e->npartials) partial_drop(e, &e->partials[e->npartials - 1]);
+    for (int i = 0; i < SPARE_BUFFERS; i++) {
+        PyMem_Free(e->spare[i]);
+        e->spare[i] = NULL;
+    }
+}
+
+/* Drop the partial updates older than the timeout (Assembler.expire). */
+static void partials_expire(Engine *e, uint64_t now) {
+    for (Py_ssize_t i = e->npartials - 1; i >= 0; i--)
+        if (now - e->partials[i].first_ns > e->partial_timeout_ns) {
+            partial_drop(e, &e->partials[i]);
+            e->counts[C_DROPPED_INCOMPLETE]++;
+        }
+}
+
+/* A new partial update (Assembler._make_room, then _Pending): the oldest go while the bounds are
+   reached; its buffer if it can apply (else doomed). NULL if there is no memory for its part map. */
+static Partial *partial_new(Engine *e, Seg *s, uint64_t sender, uint64_t key, uint32_t tag, uint32_t base,
+                            unsigned parts, int full, uint64_t offset, unsigned len, uint64_t now) {
+    while (e->npartials && (e->npartials >= e->max_partials || e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes)) {
+        Partial *oldest = &e->partials[0];
+        for (Py_ssize_t i = 1; i < e->npartials; i++)
+            if (e->partials[i].order < oldest->order) oldest = &e->partials[i];
+        partial_drop(e, oldest);
+        e->counts[C_DROPPED_INCOMPLETE]++;
+    }
+    unsigned char *have = PyMem_Calloc((parts + 7) / 8, 1);
+    if (!have) return NULL;
+    Partial *q = &e->partials[e->npartials++];
+    *q = (Partial){.sender = sender, .key = key, .tag = tag, .base = base, .parts = parts, .full = full,
+                   .first_ns = now, .order = ++e->partial_order, .have = have, .doomed = 1};
+    if (offset >= (uint64_t)s->size) return q;  /* no unit: it cannot apply */
+    Py_ssize_t lo = (Py_ssize_t)offset / s->unit * s->unit, hi = lo + s->unit < s->size ? lo + s->unit : s->size;
+    Py_ssize_t memory = (hi - lo) + (Py_ssize_t)(parts * sizeof *q->at);
+    if ((Py_ssize_t)parts > hi - lo || e->partial_memory + memory > PARTIAL_MEMORY) return q;  /* a byte a part at least */
+    q->at = PyMem_Malloc(parts * sizeof *q->at);
+    q->buf = q->at ? buffer_take(e, hi - lo) : NULL;
+    if (!q->buf) {
+        PyMem_Free(q->at);
+        q->at = NULL;
+        return q;
+    }
+    q->lo = (uint64_t)lo;
+    q->cap = hi - lo;
+    q->doomed = 0;
+    e->partial_memory += memory;
+    return q;
+}
+
+/* One entry of a multi-datagram update (Assembler.add; fast_update checked its fields): kept, and
+   the update written once its every part came (Replica.apply). 0, or -1 with an exception. */
+static int assemble(Engine *e, Seg *s, uint64_t sender, const unsigned char *p, PyObject *resyncs, uint64_t now) {
+    uint64_t key = get64(p), offset = get64(p + 8);
+    uint32_t base = get32(p + 16), tag = get32(p + 20);
+    unsigned len = get16(p + 24), part = get16(p + 26), parts = get16(p + 28);
+    int full = get16(p + 30) == DG_ENTRY_FULL;
+    Partial *q = partial_find(e, sender, key, tag);
+    if (!q) {
+        q = partial_new(e, s, sender, key, tag, base, parts, full, offset, len, now);
+        if (!q) {
+            e->counts[C_INTERNAL_ERRORS]++;  /* no memory: as lost */
+            return 0;
+        }
+    } else if (q->base != base || q->full != full || q->parts != parts) {
+        partial_drop(e, q);
+        e->counts[C_DROPPED_INCONSISTENT]++;
+        return 0;
+    }
+    if (q->have[part >> 3] & (1 << (part & 7))) return 0;  /* a duplicate part: ignored */
+    if (q->got && e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes) {  /* the bound: this update goes */
+        partial_drop(e, q);
+        e->counts[C_DROPPED_INCOMPLETE]++;
+        return 0;
+    }
+    q->have[part >> 3] |= (unsigned char)(1 << (part & 7));
+    q->got++;
+    q->bytes += len;
+    e->partial_bytes += len;
+    if (!q->doomed) {
+        if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo)) {
+            partial_doom(e, q);  /* outside the unit of the others: it cannot apply */
+        } else {
+            memcpy(q->buf + (offset - q->lo), p + DG_ENTRY, len);
+            q->at[part] = (PartAt){offset, len};
+        }
+    }
+    if (q->got < q->parts) return 0;
+    int ok = !q->doomed;
+    for (unsigned i = 0; ok && i + 1 < q->parts; i++)  /* the ranges go forward, none over the next */
+        ok = q->at[i].offset + q->at[i].len <= q->at[i + 1].offset;
+    int rc = 0;
+    if (!ok) e->counts[C_DROPPED_INCONSISTENT]++;
+    else rc = apply_update(e, s, q->base, q->tag, q->full, q->at, q->parts, q->buf, q->lo, resyncs);
+    partial_drop(e, q);
+    return rc;
 }
 
 /* A datagram fast_update took: replay window, then every entry. */
@@ -479,7 +669,16 @@ static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, ui
         Seg *s = by_key(e, get64(p));
         if (!s) break;  /* fast_update found it: only a bug could have removed it since */
         s->heard_ns = now;
-        if (apply_entry(e, s, p, resyncs) < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
+        int rc;
+        if (get16(p + 28) == 1) {  /* a whole update in this entry */
+            PartAt one = {get64(p + 8), get16(p + 24)};
+            uint16_t flags = get16(p + 30);
+            rc = apply_update(e, s, get32(p + 16), get32(p + 20), flags == DG_ENTRY_FULL, &one, 1, p + DG_ENTRY,
+                              one.offset, resyncs);
+        } else {
+            rc = assemble(e, s, sender, p, resyncs, now);
+        }
+        if (rc < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
             PyErr_WriteUnraisable((PyObject *)e);
             e->counts[C_INTERNAL_ERRORS]++;
         }
@@ -562,6 +761,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
         if (got < RECV_BATCH) break;
     }
     t0 = now_ns();
+    if (e->npartials) partials_expire(e, t0);
     for (Py_ssize_t i = 0; i < e->nsegs; i++) {
         Seg *s = e->segs[i];
         for (Py_ssize_t k = 0; k < s->ndirty; k++) {
@@ -672,7 +872,11 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
     e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
     e->recv_buf = PyMem_Malloc((size_t)RECV_BATCH * RECV_SIZE);
-    if (!e->window || !e->recv_buf) {
+    e->max_partials = 256;             /* Assembler's defaults, until set_assembly */
+    e->max_partial_bytes = 8 << 20;
+    e->partial_timeout_ns = 500000000ull;
+    e->partials = PyMem_Calloc((size_t)e->max_partials, sizeof *e->partials);
+    if (!e->window || !e->recv_buf || !e->partials) {
         PyErr_NoMemory();
         return -1;
     }
@@ -702,27 +906,55 @@ static int Engine_clear(Engine *e) {
     e->nwindow = 0;
     PyMem_Free(e->recv_buf);
     e->recv_buf = NULL;
+    partials_free(e);
+    PyMem_Free(e->partials);
+    e->partials = NULL;
     Py_CLEAR(e->fifo);
     return 0;
 }
 
 static int ready(Engine *e) {
-    if (!e->fifo || !e->window || !e->recv_buf) {
+    if (!e->fifo || !e->window || !e->recv_buf || !e->partials) {
         PyErr_SetString(PyExc_ValueError, "BridgeEngine: not initialised, or closed");
         return 0;
     }
     return 1;
 }
 
-static PyObject *Engine_remove(Engine *e, PyObject *arg) {
-    unsigned long long key = PyLong_AsUnsignedLongLong(arg);
-    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+static void seg_remove(Engine *e, uint64_t key) {
     for (Py_ssize_t i = 0; i < e->nsegs; i++)
         if (e->segs[i]->key == key) {
             seg_free(e->segs[i]);
             e->segs[i] = e->segs[--e->nsegs];
             break;
         }
+}
+
+static PyObject *Engine_remove(Engine *e, PyObject *arg) {
+    unsigned long long key = PyLong_AsUnsignedLongLong(arg);
+    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    seg_remove(e, key);
+    if (e->partials) partials_forget(e, key);  /* as Assembler.forget: not counted */
+    Py_RETURN_NONE;
+}
+
+/* set_assembly(max_updates, max_bytes, timeout_s): the bounds of partial updates (Assembler's). */
+static PyObject *Engine_set_assembly(Engine *e, PyObject *args) {
+    Py_ssize_t max_updates, max_bytes;
+    double timeout_s;
+    if (!ready(e) || !PyArg_ParseTuple(args, "nnd", &max_updates, &max_bytes, &timeout_s)) return NULL;
+    if (max_updates < 1 || max_updates > 65536 || max_bytes < 1 || !(timeout_s >= 0 && timeout_s <= 86400)) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine.set_assembly: out of range");
+        return NULL;
+    }
+    Partial *partials = PyMem_Calloc((size_t)max_updates, sizeof *partials);
+    if (!partials) return PyErr_NoMemory();
+    partials_free(e);
+    PyMem_Free(e->partials);
+    e->partials = partials;
+    e->max_partials = max_updates;
+    e->max_partial_bytes = max_bytes;
+    e->partial_timeout_ns = (uint64_t)(timeout_s * 1e9);
     Py_RETURN_NONE;
 }
 
@@ -762,7 +994,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args) {
     if (!s->dirty || !s->dirty_list) { PyErr_NoMemory(); goto fail; }
     Py_INCREF(write);
     s->write = write;
-    Engine_remove(e, PyTuple_GET_ITEM(args, 0));
+    seg_remove(e, key);
     if (e->nsegs == e->cap) {
         Py_ssize_t cap = e->cap ? 2 * e->cap : 16;
         Seg **segs = PyMem_Realloc(e->segs, (size_t)cap * sizeof *segs);
@@ -948,11 +1180,55 @@ static PyObject *Engine_takes(Engine *e, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(r);
 }
 
+/* assemble(sender, entry): one entry of a multi-datagram update of a registered segment that came
+   in a datagram Python took (run() leaves the rest of a batch to Python once it leaves it one), into
+   this path's assembler: one assembler per segment, whichever path its parts came by. The units to
+   ask a RESYNC for: [unit]. The entry as datagram.pack_entry makes it; ValueError if it is not one
+   of a registered segment. */
+static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "assemble(sender, entry)");
+        return NULL;
+    }
+    if (!ready(e)) return NULL;
+    unsigned long long sender = PyLong_AsUnsignedLongLong(args[0]);
+    if (sender == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = v.buf;
+    Seg *s = v.len >= DG_ENTRY ? by_key(e, get64(p)) : NULL;
+    unsigned length = v.len >= DG_ENTRY ? get16(p + 24) : 0;
+    uint64_t offset = v.len >= DG_ENTRY ? get64(p + 8) : 0;
+    unsigned part = v.len >= DG_ENTRY ? get16(p + 26) : 0, parts = v.len >= DG_ENTRY ? get16(p + 28) : 0;
+    unsigned flags = v.len >= DG_ENTRY ? get16(p + 30) : 0;
+    if (!s || v.len != DG_ENTRY + (Py_ssize_t)length || !length || !(part < parts) || parts < 2 || !get32(p + 20) ||
+        (flags & ~DG_ENTRY_FULL) || (get32(p + 16) == 0) != (flags == DG_ENTRY_FULL) || offset > UINT64_MAX - length) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "assemble: not a fragment of a registered segment");
+        return NULL;
+    }
+    PyObject *resyncs = PyList_New(0);
+    int rc = resyncs ? assemble(e, s, sender, p, resyncs, now_ns()) : -1;
+    PyBuffer_Release(&v);
+    if (rc < 0) {
+        Py_XDECREF(resyncs);
+        return NULL;
+    }
+    PyObject *units = PyList_New(0);  /* [(key, unit)] -> [unit] */
+    for (Py_ssize_t i = 0; units && i < PyList_GET_SIZE(resyncs); i++)
+        if (PyList_Append(units, PyTuple_GET_ITEM(PyList_GET_ITEM(resyncs, i), 1)) < 0) Py_CLEAR(units);
+    Py_DECREF(resyncs);
+    return units;
+}
+
 static PyMethodDef Engine_methods[] = {
     {"add", (PyCFunction)Engine_add, METH_VARARGS,
      "add(key, segment_id, base, size, unit, shadow, tags, own, write, address, in_sync): take this segment's "
      "updates with the one bridge at address natively"},
-    {"remove", (PyCFunction)Engine_remove, METH_O, "remove(key): no longer (before its binding goes)"},
+    {"remove", (PyCFunction)Engine_remove, METH_O,
+     "remove(key): no longer (before its binding goes); its partial updates are dropped"},
+    {"set_assembly", (PyCFunction)Engine_set_assembly, METH_VARARGS,
+     "set_assembly(max_updates, max_bytes, timeout_s): the bounds of partial updates, as Assembler's"},
     {"set_mtu", (PyCFunction)Engine_set_mtu, METH_O, "set_mtu(mtu): the largest datagram to send"},
     {"next_seq", (PyCFunction)Engine_next_seq, METH_O, "next_seq(now_us): the sender's next sequence number"},
     {"next_tag", (PyCFunction)Engine_next_tag, METH_NOARGS, "next_tag(): a fresh tag for a unit's content"},
@@ -965,6 +1241,8 @@ static PyMethodDef Engine_methods[] = {
     {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "the counters of this path"},
     {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
      "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds): serve until Python is needed"},
+    {"assemble", (PyCFunction)(void (*)(void))Engine_assemble, METH_FASTCALL,
+     "assemble(sender, entry): a fragment Python took, into this path's assembler: the units to RESYNC"},
     {"takes", (PyCFunction)(void (*)(void))Engine_takes, METH_FASTCALL,
      "takes(data, (ip, port)): whether run() would take this datagram itself (for the tests)"},
     {NULL, NULL, 0, NULL},

@@ -236,6 +236,8 @@ class Bridge:
             self._engine = _native.BridgeEngine(self._receiver.fifo.fifo_map, self._sock.fileno(), self._sealer.sender,
                                                 self._tag, -1 if self._max_age_us is None else self._max_age_us,
                                                 self._mtu, self._key)
+            self._engine.set_assembly(self._assembler.max_updates, self._assembler.max_bytes,
+                                      self._assembler.timeout_s)
             self._sealer.sequence = self._engine.next_seq
             self._window = self._engine
 
@@ -610,6 +612,14 @@ class Bridge:
         replica = self._replicas.get(entry.key)
         if replica is None or source not in replica.links:
             self._counts["dropped_unknown_segment"] += 1
+            return
+        engine = replica.engine
+        if engine is not None and entry.parts > 1 and len(replica.links) == 1:
+            # the native path has this segment: its assembler takes the part (the others of its update
+            # may have come that way), and writes the update when it is whole
+            for u in engine.assemble(sender, dg.pack_entry(entry.key, entry.offset, entry.base, entry.tag, entry.part,
+                                                           entry.parts, entry.full, entry.data)):
+                self._resyncs.setdefault((source, replica.key), set()).add(u)
             return
         update = self._assembler.add(sender, entry, now_s)
         if update is None:
