@@ -131,7 +131,7 @@ class Pair:
             self.settle()
 
     def settle(self) -> None:
-        assert wait_for(lambda: self.native.stats["datagrams_in"] >= self.sent), (self.native.stats, self.sent)
+        assert wait_for(lambda: self.native.stats["datagrams_in"] >= self.sent), (str(self.native.stats), self.sent)
 
     def compare(self) -> dict[str, int]:
         self.settle()

@@ -34,9 +34,19 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
 
-#define RECV_BATCH 32             /* datagrams per recvmmsg */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103           /* <linux/udp.h>: the size of the datagrams one send is cut into */
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104               /* <linux/udp.h>: datagrams of one flow handed over joined, their size told */
+#endif
+
+#define RECV_BATCH 32             /* datagrams (or joined runs of them, UDP_GRO) per recvmmsg */
+#define SEGMENTS_MAX 64           /* datagrams per send with UDP_SEGMENT (the kernel's UDP_MAX_SEGMENTS) */
+#define SEGMENTS_BYTES 65507      /* and their bytes, at most (one IPv4 UDP payload) */
 #define RECV_SIZE 65536
 #define POP_BATCH 1024            /* signals taken per pass (as Bridge._turn's dispatch_pending) */
 #define RECV_BATCHES 8            /* recvmmsg calls per pass: MAX_TURN = 256 datagrams, as Python's turn */
@@ -134,10 +144,12 @@ typedef struct {
     uint64_t partial_order, partial_timeout_ns;
     unsigned char *spare[SPARE_BUFFERS];
     Py_ssize_t spare_cap[SPARE_BUFFERS];
-    unsigned char out[DG_MAX_MTU];
-    Py_ssize_t out_len;
-    unsigned out_count;
+    unsigned char out[SEGMENTS_BYTES];  /* the datagrams sealed for one send (out_end bytes, out_sealed of
+                                     them, each mtu bytes), then the one being packed (out_len bytes so far) */
+    Py_ssize_t out_end, out_len;
+    unsigned out_count, out_sealed;
     const Peer *out_to;
+    int segments;                 /* send runs of full datagrams in one sendmsg (UDP_SEGMENT): 1, or 0 */
     unsigned long long counts[C_COUNTS];
     uint64_t fifo_drops;          /* the FIFO's drop counter when last looked at */
     int flags;
@@ -323,10 +335,62 @@ static uint32_t next_tag(Engine *e) {
     return e->tag;
 }
 
-/* Seal and send what is packed (Sealer.seal with a CRC32C). */
+/* Send the sealed datagrams to out_to: one sendmsg, cut by the kernel into datagrams of mtu bytes
+   (UDP_SEGMENT: through a veth to a socket with UDP_GRO they travel joined, as TCP's segments do),
+   or one sendto each where the kernel refuses that (it is then not asked again). */
+static void send_sealed(Engine *e) {
+    if (!e->out_sealed) return;
+    const Peer *to = e->out_to;
+    Py_ssize_t at = 0, n = e->out_end, each = e->out_sealed > 1 ? e->mtu : n;
+    if (e->out_sealed > 1 && e->segments) {
+        union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
+        memset(&control, 0, sizeof control);
+        struct iovec iov = {.iov_base = e->out, .iov_len = (size_t)n};
+        struct msghdr mh = {.msg_name = (void *)&to->addr, .msg_namelen = to->len, .msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t size = (uint16_t)e->mtu;
+        memcpy(CMSG_DATA(cm), &size, sizeof size);
+        ssize_t sent;
+        do sent = sendmsg(e->fd, &mh, 0);
+        while (sent < 0 && errno == EINTR);
+        if (sent >= 0) {
+            e->counts[C_DATAGRAMS_OUT] += e->out_sealed;
+            e->counts[C_BYTES_OUT] += (unsigned long long)n;
+            n = 0;
+        } else if (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT || errno == EOPNOTSUPP) {
+            e->segments = 0;  /* this kernel or path does not cut sends: one datagram per send */
+        } else {
+            e->counts[C_SEND_ERRORS] += e->out_sealed;
+            if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
+            n = 0;
+        }
+    }
+    for (; at < n; at += each) {
+        Py_ssize_t len = n - at < each ? n - at : each;
+        ssize_t sent;
+        do sent = sendto(e->fd, e->out + at, (size_t)len, 0, (const struct sockaddr *)&to->addr, to->len);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            e->counts[C_SEND_ERRORS]++;
+            if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
+        } else {
+            e->counts[C_DATAGRAMS_OUT]++;
+            e->counts[C_BYTES_OUT] += (unsigned long long)len;
+        }
+    }
+    e->out_end = 0;
+    e->out_sealed = 0;
+}
+
+/* Seal what is packed (Sealer.seal with a CRC32C or the MAC): it waits for the datagrams after it if
+   it is a whole mtu long (one send takes a run of such, and one shorter last), else goes now. */
 static void flush_out(Engine *e) {
     if (!e->out_count) return;
-    unsigned char *h = e->out;
+    unsigned char *h = e->out + e->out_end;
     put16(h, DG_MAGIC);
     h[2] = DG_VERSION;
     h[3] = DG_KIND_UPDATE;
@@ -336,28 +400,28 @@ static void flush_out(Engine *e) {
     put64(h + 16, next_seq(e));
     seal(e, h, e->out_len);
     Py_ssize_t n = e->out_len + e->trailer;
-    ssize_t sent;
-    do sent = sendto(e->fd, h, (size_t)n, 0, (const struct sockaddr *)&e->out_to->addr, e->out_to->len);
-    while (sent < 0 && errno == EINTR);
-    if (sent < 0) {
-        e->counts[C_SEND_ERRORS]++;
-        if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
-    } else {
-        e->counts[C_DATAGRAMS_OUT]++;
-        e->counts[C_BYTES_OUT] += (unsigned long long)n;
-    }
+    e->out_end += n;
+    e->out_sealed++;
     e->out_len = DG_HEADER;
     e->out_count = 0;
+    if (!e->segments || n != e->mtu || e->out_sealed == SEGMENTS_MAX || e->out_end + e->mtu > SEGMENTS_BYTES)
+        send_sealed(e);
+}
+
+/* Everything packed goes now. */
+static void send_all(Engine *e) {
+    flush_out(e);
+    send_sealed(e);
 }
 
 /* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
 static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
                        uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
     Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
-    if (e->out_count && (e->out_to != to || e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF))
-        flush_out(e);
+    if (e->out_to != to) send_all(e);
+    else if (e->out_count && (e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF)) flush_out(e);
     e->out_to = to;
-    unsigned char *p = e->out + e->out_len;
+    unsigned char *p = e->out + e->out_end + e->out_len;
     put64(p, key);
     put64(p + 8, offset);
     put32(p + 16, base);
@@ -567,7 +631,7 @@ static void partials_free(Engine *e) {
 /* Drop the partial updates older than the timeout (Assembler.expire). */
 static void partials_expire(Engine *e, uint64_t now) {
     for (Py_ssize_t i = e->npartials - 1; i >= 0; i--)
-        if (now - e->partials[i].first_ns > e->partial_timeout_ns) {
+        if (now > e->partials[i].first_ns && now - e->partials[i].first_ns > e->partial_timeout_ns) {
             partial_drop(e, &e->partials[i]);
             e->counts[C_DROPPED_INCOMPLETE]++;
         }
@@ -686,6 +750,29 @@ static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, ui
     }
 }
 
+/* One datagram received: taken here (fast_update), or left to Python with the rest of its pass
+   (*deferring: one sender's datagrams stay in order). 0, or -1 with an exception. */
+static int take_datagram(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
+                         socklen_t from_len, int *deferring, PyObject *datagrams, PyObject *resyncs) {
+    uint64_t t1 = now_ns();
+    if (!*deferring && fast_update(e, d, n, from, from_len)) {
+        e->counts[C_DATAGRAMS_IN]++;
+        e->counts[C_BYTES_IN] += (unsigned long long)n;
+        take_update(e, d, resyncs, t1);
+        e->counts[C_BUSY_IN_NS] += now_ns() - t1;
+        return 0;
+    }
+    *deferring = 1;  /* Python counts it */
+    char host[NI_MAXHOST], port[NI_MAXSERV];
+    if (getnameinfo((const struct sockaddr *)from, from_len, host, sizeof host, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV))
+        return 0;  /* no address Python could name: as its recvfrom would fail */
+    PyObject *item = Py_BuildValue("(y#(si))", (const char *)d, n, host, atoi(port));
+    if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
+    Py_DECREF(item);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- one pass */
 
 /* Signals, then datagrams, then what they made to send: whether anything came; -1 with an exception. */
@@ -725,38 +812,37 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
     struct mmsghdr msgs[RECV_BATCH];
     struct iovec iov[RECV_BATCH];
     struct sockaddr_storage from[RECV_BATCH];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control[RECV_BATCH];
     int deferring = PyList_GET_SIZE(datagrams) > 0;
     for (int batch = 0; batch < RECV_BATCHES; batch++) {
         for (int i = 0; i < RECV_BATCH; i++) {
             iov[i].iov_base = e->recv_buf + (size_t)i * RECV_SIZE;
             iov[i].iov_len = RECV_SIZE;
             msgs[i].msg_hdr = (struct msghdr){.msg_name = &from[i], .msg_namelen = sizeof from[i],
-                                              .msg_iov = &iov[i], .msg_iovlen = 1};
+                                              .msg_iov = &iov[i], .msg_iovlen = 1,
+                                              .msg_control = control[i].buf, .msg_controllen = sizeof control[i].buf};
             msgs[i].msg_len = 0;
         }
         int got = recvmmsg(e->fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
         if (got <= 0) break;  /* none (or an ICMP error reported on the socket: Python's recvfrom skips it too) */
         busy = 1;
         for (int i = 0; i < got; i++) {
-            uint64_t t1 = now_ns();
             const unsigned char *d = iov[i].iov_base;
-            Py_ssize_t n = msgs[i].msg_len;
-            /* once one goes to Python, the rest follow it: one sender's datagrams stay in order */
-            if (!deferring && fast_update(e, d, n, &from[i], msgs[i].msg_hdr.msg_namelen)) {
-                e->counts[C_DATAGRAMS_IN]++;
-                e->counts[C_BYTES_IN] += (unsigned long long)n;
-                take_update(e, d, resyncs, t1);
-                e->counts[C_BUSY_IN_NS] += now_ns() - t1;
-                continue;
-            }
-            deferring = 1;  /* Python counts it */
-            char host[NI_MAXHOST], port[NI_MAXSERV];
-            if (getnameinfo((struct sockaddr *)&from[i], msgs[i].msg_hdr.msg_namelen, host, sizeof host, port,
-                            sizeof port, NI_NUMERICHOST | NI_NUMERICSERV))
-                continue;  /* no address Python could name: as its recvfrom would fail */
-            PyObject *item = Py_BuildValue("(y#(si))", (const char *)d, n, host, atoi(port));
-            if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
-            Py_DECREF(item);
+            Py_ssize_t n = msgs[i].msg_len, size = n;
+            struct msghdr *mh = &msgs[i].msg_hdr;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    int gro;
+                    memcpy(&gro, CMSG_DATA(cm), sizeof gro);
+                    if (gro > 0 && gro < size) size = gro;  /* datagrams of this size joined (the last may be shorter) */
+                }
+            Py_ssize_t at = 0;
+            do {  /* an empty datagram too (Python counts it, and drops it) */
+                Py_ssize_t len = n - at < size ? n - at : size;
+                if (take_datagram(e, d + at, len, &from[i], mh->msg_namelen, &deferring, datagrams, resyncs) < 0)
+                    return -1;
+                at += len;
+            } while (at < n);
         }
         if (got < RECV_BATCH) break;
     }
@@ -771,7 +857,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
         }
         s->ndirty = 0;
     }
-    flush_out(e);
+    send_all(e);
     if (busy) e->counts[C_BUSY_OUT_NS] += out_ns + now_ns() - t0;
     return busy;
 }
@@ -868,6 +954,7 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     e->tag = (uint32_t)tag;
     e->max_age_us = max_age;
     e->mtu = mtu;
+    e->segments = 1;
     e->out_len = DG_HEADER;
     e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
     e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
@@ -1017,6 +1104,7 @@ static PyObject *Engine_set_mtu(Engine *e, PyObject *arg) {
         return NULL;
     }
     e->mtu = mtu;
+    e->segments = 1;  /* a new size: the kernel may cut sends to it (send_sealed) */
     Py_RETURN_NONE;
 }
 
@@ -1180,19 +1268,22 @@ static PyObject *Engine_takes(Engine *e, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(r);
 }
 
-/* assemble(sender, entry): one entry of a multi-datagram update of a registered segment that came
+/* assemble(sender, entry, now_s): one entry of a multi-datagram update of a registered segment that came
    in a datagram Python took (run() leaves the rest of a batch to Python once it leaves it one), into
-   this path's assembler: one assembler per segment, whichever path its parts came by. The units to
-   ask a RESYNC for: [unit]. The entry as datagram.pack_entry makes it; ValueError if it is not one
+   this path's assembler: one assembler per segment, whichever path its parts came by (now_s: the
+   monotonic clock, Python's time.monotonic()). The units to ask a RESYNC for: [unit]. The entry as datagram.pack_entry makes it; ValueError if it is not one
    of a registered segment. */
 static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "assemble(sender, entry)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "assemble(sender, entry, now_s)");
         return NULL;
     }
     if (!ready(e)) return NULL;
     unsigned long long sender = PyLong_AsUnsignedLongLong(args[0]);
     if (sender == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double now_s = PyFloat_AsDouble(args[2]);
+    if (now_s == -1.0 && PyErr_Occurred()) return NULL;
+    uint64_t now = now_s > 0 ? (uint64_t)(now_s * 1e9) : 0;
     Py_buffer v;
     if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = v.buf;
@@ -1208,7 +1299,7 @@ static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     PyObject *resyncs = PyList_New(0);
-    int rc = resyncs ? assemble(e, s, sender, p, resyncs, now_ns()) : -1;
+    int rc = resyncs ? assemble(e, s, sender, p, resyncs, now) : -1;
     PyBuffer_Release(&v);
     if (rc < 0) {
         Py_XDECREF(resyncs);
@@ -1219,6 +1310,15 @@ static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t na
         if (PyList_Append(units, PyTuple_GET_ITEM(PyList_GET_ITEM(resyncs, i), 1)) < 0) Py_CLEAR(units);
     Py_DECREF(resyncs);
     return units;
+}
+
+/* expire(now_s): drop the partial updates older than the reassembly timeout (Assembler.expire). */
+static PyObject *Engine_expire(Engine *e, PyObject *arg) {
+    double now_s = PyFloat_AsDouble(arg);
+    if (now_s == -1.0 && PyErr_Occurred()) return NULL;
+    if (!ready(e)) return NULL;
+    partials_expire(e, now_s > 0 ? (uint64_t)(now_s * 1e9) : 0);
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef Engine_methods[] = {
@@ -1242,7 +1342,9 @@ static PyMethodDef Engine_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
      "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds): serve until Python is needed"},
     {"assemble", (PyCFunction)(void (*)(void))Engine_assemble, METH_FASTCALL,
-     "assemble(sender, entry): a fragment Python took, into this path's assembler: the units to RESYNC"},
+     "assemble(sender, entry, now_s): a fragment Python took, into this path's assembler: the units to RESYNC"},
+    {"expire", (PyCFunction)Engine_expire, METH_O,
+     "expire(now_s): drop the partial updates older than the reassembly timeout (time.monotonic())"},
     {"takes", (PyCFunction)(void (*)(void))Engine_takes, METH_FASTCALL,
      "takes(data, (ip, port)): whether run() would take this datagram itself (for the tests)"},
     {NULL, NULL, 0, NULL},

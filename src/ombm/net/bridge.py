@@ -41,6 +41,7 @@ bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -238,6 +239,10 @@ class Bridge:
                                                 self._mtu, self._key)
             self._engine.set_assembly(self._assembler.max_updates, self._assembler.max_bytes,
                                       self._assembler.timeout_s)
+            # only the native path reads the socket: it takes datagrams of one flow joined (UDP_GRO),
+            # as its peer sends runs of them in one call (UDP_SEGMENT; docs/net.md, "Bulk")
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_UDP, _UDP_GRO, 1)
             self._sealer.sequence = self._engine.next_seq
             self._window = self._engine
 
@@ -490,6 +495,8 @@ class Bridge:
 
     def _timers(self, now_s: float) -> None:
         self._assembler.expire(now_s)
+        if self._engine is not None:
+            self._engine.expire(now_s)
         if now_s >= self._users_at:
             self._users_at = now_s + USERS_CHECK_S
             self._check_users(now_s)
@@ -618,7 +625,7 @@ class Bridge:
             # the native path has this segment: its assembler takes the part (the others of its update
             # may have come that way), and writes the update when it is whole
             for u in engine.assemble(sender, dg.pack_entry(entry.key, entry.offset, entry.base, entry.tag, entry.part,
-                                                           entry.parts, entry.full, entry.data)):
+                                                           entry.parts, entry.full, entry.data), now_s):
                 self._resyncs.setdefault((source, replica.key), set()).add(u)
             return
         update = self._assembler.add(sender, entry, now_s)
@@ -1112,6 +1119,7 @@ def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
     return fam, (str(sockaddr[0]), int(sockaddr[1]))
 
 
+_UDP_GRO = 104  # <linux/udp.h>
 _IP_MTU_DISCOVER, _IP_MTU, _IPV6_MTU_DISCOVER, _IPV6_MTU, _PMTUDISC_DO = 10, 14, 23, 24, 2  # <linux/in.h>, in6.h
 _UDP_HEADERS: dict[int, int] = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
 
