@@ -370,3 +370,27 @@ def test_an_expired_partial_update_is_counted_natively():
     finally:
         bridge.close()
         sock.close()
+
+
+def test_a_damaged_part_spoils_nothing(pair):
+    """A later part whose CRC fails (or MAC) is checked as it is copied into its place: whatever place
+    its damaged fields name, the parts that came stay as they came, and the update applies whole once
+    its genuine part comes."""
+    sealer = dg.Sealer(78, pair.key)
+    now = time.time_ns() // 1000
+    lo, hi = 5 * UNIT, 6 * UNIT
+    data = random.Random(4).randbytes(UNIT)
+    thirds = [(lo, data[:1000]), (lo + 1000, data[1000:3000]), (lo + 3000, data[3000:])]
+    entries = [dg.pack_entry(KEY, offset, 0, 21, i, 3, True, chunk) for i, (offset, chunk) in enumerate(thirds)]
+    pair.send(sealer.seal(dg.Kind.UPDATE, entries[0], 1, now))
+    pair.send(sealer.seal(dg.Kind.UPDATE, entries[2], 1, now + 1))
+    for offset in (lo + 1000, lo, lo + 3500):  # its own place, over part 0, over part 2
+        bad = bytearray(sealer.seal(dg.Kind.UPDATE, dg.pack_entry(KEY, offset, 0, 21, 1, 3, True, bytes(2000)), 1,
+                                    now + 2))
+        bad[-1] ^= 0xFF  # the trailer
+        pair.send(bytes(bad))
+    pair.send(sealer.seal(dg.Kind.UPDATE, entries[1], 1, now + 3))
+    stats = pair.compare()
+    assert stats["updates_in"] == 1 and stats["dropped_malformed"] + stats["dropped_bad_mac"] == 3, stats
+    for replica in pair.replicas:
+        assert bytes(replica.region.buffer[lo:hi]) == data

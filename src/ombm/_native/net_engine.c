@@ -104,7 +104,7 @@ typedef struct {
 typedef struct {
     uint64_t sender, key, first_ns, order;
     uint32_t base, tag;
-    unsigned parts, got;
+    unsigned parts, got, lowest, highest;  /* and the lowest and highest part that came (got > 0) */
     int full, doomed;
     Py_ssize_t bytes;             /* the parts' bytes (Assembler's size: its bound counts these) */
     uint64_t lo;                  /* the offset of buf[0]: its unit's first byte */
@@ -671,8 +671,42 @@ static Partial *partial_new(Engine *e, Seg *s, uint64_t sender, uint64_t key, ui
     return q;
 }
 
-/* One entry of a multi-datagram update (Assembler.add; fast_update checked its fields): kept, and
-   the update written once its every part came (Replica.apply). 0, or -1 with an exception. */
+/* Part `part` of q, its fields checked, its `len` bytes at `data` (NULL: already in their place, see
+   fast_part): kept, and the update written once its every part came (Replica.apply). 0, or -1 with
+   an exception. */
+static int assemble_part(Engine *e, Seg *s, Partial *q, unsigned part, uint64_t offset, unsigned len,
+                         const unsigned char *data, PyObject *resyncs) {
+    if (q->got && e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes) {  /* the bound: this update goes */
+        partial_drop(e, q);
+        e->counts[C_DROPPED_INCOMPLETE]++;
+        return 0;
+    }
+    q->have[part >> 3] |= (unsigned char)(1 << (part & 7));
+    q->lowest = q->got && q->lowest < part ? q->lowest : part;
+    q->highest = q->got && q->highest > part ? q->highest : part;
+    q->got++;
+    q->bytes += len;
+    e->partial_bytes += len;
+    if (!q->doomed) {
+        if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo)) {
+            partial_doom(e, q);  /* outside the unit of the others: it cannot apply */
+        } else {
+            if (data) memcpy(q->buf + (offset - q->lo), data, len);
+            q->at[part] = (PartAt){offset, len};
+        }
+    }
+    if (q->got < q->parts) return 0;
+    int ok = !q->doomed;
+    for (unsigned i = 0; ok && i + 1 < q->parts; i++)  /* the ranges go forward, none over the next */
+        ok = q->at[i].offset + q->at[i].len <= q->at[i + 1].offset;
+    int rc = 0;
+    if (!ok) e->counts[C_DROPPED_INCONSISTENT]++;
+    else rc = apply_update(e, s, q->base, q->tag, q->full, q->at, q->parts, q->buf, q->lo, resyncs);
+    partial_drop(e, q);
+    return rc;
+}
+
+/* One entry of a multi-datagram update (Assembler.add; fast_update checked its fields). */
 static int assemble(Engine *e, Seg *s, uint64_t sender, const unsigned char *p, PyObject *resyncs, uint64_t now) {
     uint64_t key = get64(p), offset = get64(p + 8);
     uint32_t base = get32(p + 16), tag = get32(p + 20);
@@ -691,38 +725,88 @@ static int assemble(Engine *e, Seg *s, uint64_t sender, const unsigned char *p, 
         return 0;
     }
     if (q->have[part >> 3] & (1 << (part & 7))) return 0;  /* a duplicate part: ignored */
-    if (q->got && e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes) {  /* the bound: this update goes */
-        partial_drop(e, q);
-        e->counts[C_DROPPED_INCOMPLETE]++;
-        return 0;
-    }
-    q->have[part >> 3] |= (unsigned char)(1 << (part & 7));
-    q->got++;
-    q->bytes += len;
-    e->partial_bytes += len;
-    if (!q->doomed) {
-        if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo)) {
-            partial_doom(e, q);  /* outside the unit of the others: it cannot apply */
-        } else {
-            memcpy(q->buf + (offset - q->lo), p + DG_ENTRY, len);
-            q->at[part] = (PartAt){offset, len};
+    return assemble_part(e, s, q, part, offset, len, p + DG_ENTRY, resyncs);
+}
+
+#define BETWEEN_SCAN 8            /* parts looked at on either side of one (fast_part), at most */
+
+/* Whether [offset, offset + len) lies after the range of the nearest part below `part` that came and
+   before that of the nearest above; 0 too if either is more than BETWEEN_SCAN parts away. */
+static int between(const Partial *q, unsigned part, uint64_t offset, unsigned len) {
+    if (part > q->lowest) {
+        for (unsigned i = part, k = 0;;) {
+            if (++k > BETWEEN_SCAN) return 0;
+            i--;
+            if (q->have[i >> 3] & (1 << (i & 7))) {
+                if (q->at[i].offset + q->at[i].len > offset) return 0;
+                break;
+            }
         }
     }
-    if (q->got < q->parts) return 0;
-    int ok = !q->doomed;
-    for (unsigned i = 0; ok && i + 1 < q->parts; i++)  /* the ranges go forward, none over the next */
-        ok = q->at[i].offset + q->at[i].len <= q->at[i + 1].offset;
-    int rc = 0;
-    if (!ok) e->counts[C_DROPPED_INCONSISTENT]++;
-    else rc = apply_update(e, s, q->base, q->tag, q->full, q->at, q->parts, q->buf, q->lo, resyncs);
-    partial_drop(e, q);
-    return rc;
+    if (part < q->highest) {
+        for (unsigned i = part, k = 0;;) {
+            if (++k > BETWEEN_SCAN) return 0;
+            i++;
+            if (q->have[i >> 3] & (1 << (i & 7))) {
+                if (offset + len > q->at[i].offset) return 0;
+                break;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The bulk of a large update without a key: a later part of an update being gathered, alone in its
+   datagram, is checked (its CRC32C) while it is copied into its place in the update's buffer (one
+   pass over its bytes, not two). Its fields are read first, unchecked, only to find that place: a
+   part of that update not yet come, between the parts that came on either side of it. If the CRC
+   then fails, what was copied lies where no part that came lies, and any part that comes there
+   later overwrites it (or, if the parts that came already disagree, the update cannot apply: it
+   is never read). Whether it was taken (else fast_update, or Python, looks at it as at any other). */
+static int fast_part(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
+                     socklen_t from_len, PyObject *resyncs, uint64_t now) {
+    if (e->keyed || !e->npartials || n < DG_HEADER + DG_ENTRY + 1 + DG_CRC) return 0;
+    if (get16(d) != DG_MAGIC || d[2] != DG_VERSION || d[3] != DG_KIND_UPDATE || get16(d + 4) != 0 || get16(d + 6) != 1)
+        return 0;
+    const unsigned char *p = d + DG_HEADER;
+    uint64_t sender = get64(d + 8), seq = get64(d + 16), key = get64(p), offset = get64(p + 8);
+    uint32_t base = get32(p + 16), tag = get32(p + 20);
+    unsigned len = get16(p + 24), part = get16(p + 26), parts = get16(p + 28), flags = get16(p + 30);
+    int full = flags == DG_ENTRY_FULL;
+    if ((Py_ssize_t)len != n - DG_HEADER - DG_ENTRY - DG_CRC || !(part < parts) || parts < 2 || !tag ||
+        (flags & ~DG_ENTRY_FULL) || (base == 0) != full)
+        return 0;
+    Partial *q = partial_find(e, sender, key, tag);
+    if (!q || q->doomed || !q->got || q->base != base || q->full != full || q->parts != parts ||
+        (q->have[part >> 3] & (1 << (part & 7))))
+        return 0;
+    if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo) ||
+        !between(q, part, offset, len))
+        return 0;
+    Seg *s = by_key(e, key);
+    if (!s || !same_peer(&s->link, from, from_len)) return 0;
+    uint32_t crc = crc32c_copy(NULL, d, DG_HEADER + DG_ENTRY, 0);
+    crc = crc32c_copy(q->buf + (offset - q->lo), p + DG_ENTRY, len, crc);
+    if (crc != get32(d + n - DG_CRC)) return 0;
+    e->counts[C_DATAGRAMS_IN]++;  /* from here: as fast_update and take_update */
+    e->counts[C_BYTES_IN] += (unsigned long long)n;
+    if (window_check(e, sender, seq, window_find(e, sender) ? 0 : now_us_realtime())) {
+        e->counts[C_DROPPED_REPLAY]++;
+        return 1;
+    }
+    window_commit(e, sender, seq);
+    s->heard_ns = now;
+    if (assemble_part(e, s, q, part, offset, len, NULL, resyncs) < 0) {
+        PyErr_WriteUnraisable((PyObject *)e);
+        e->counts[C_INTERNAL_ERRORS]++;
+    }
+    return 1;
 }
 
 /* A datagram fast_update took: replay window, then every entry. */
 static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, uint64_t now) {
     uint64_t sender = get64(d + 8), seq = get64(d + 16);
-    if (window_check(e, sender, seq, now_us_realtime())) {
+    if (window_check(e, sender, seq, window_find(e, sender) ? 0 : now_us_realtime())) {  /* the clock: a new sender's */
         e->counts[C_DROPPED_REPLAY]++;
         return;
     }
@@ -753,13 +837,12 @@ static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, ui
 /* One datagram received: taken here (fast_update), or left to Python with the rest of its pass
    (*deferring: one sender's datagrams stay in order). 0, or -1 with an exception. */
 static int take_datagram(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
-                         socklen_t from_len, int *deferring, PyObject *datagrams, PyObject *resyncs) {
-    uint64_t t1 = now_ns();
+                         socklen_t from_len, int *deferring, PyObject *datagrams, PyObject *resyncs, uint64_t now) {
+    if (!*deferring && fast_part(e, d, n, from, from_len, resyncs, now)) return 0;
     if (!*deferring && fast_update(e, d, n, from, from_len)) {
         e->counts[C_DATAGRAMS_IN]++;
         e->counts[C_BYTES_IN] += (unsigned long long)n;
-        take_update(e, d, resyncs, t1);
-        e->counts[C_BUSY_IN_NS] += now_ns() - t1;
+        take_update(e, d, resyncs, now);
         return 0;
     }
     *deferring = 1;  /* Python counts it */
@@ -826,6 +909,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
         int got = recvmmsg(e->fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
         if (got <= 0) break;  /* none (or an ICMP error reported on the socket: Python's recvfrom skips it too) */
         busy = 1;
+        uint64_t t1 = now_ns();  /* one clock for the batch (the replay window's, only for a new sender) */
         for (int i = 0; i < got; i++) {
             const unsigned char *d = iov[i].iov_base;
             Py_ssize_t n = msgs[i].msg_len, size = n;
@@ -839,11 +923,12 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
             Py_ssize_t at = 0;
             do {  /* an empty datagram too (Python counts it, and drops it) */
                 Py_ssize_t len = n - at < size ? n - at : size;
-                if (take_datagram(e, d + at, len, &from[i], mh->msg_namelen, &deferring, datagrams, resyncs) < 0)
+                if (take_datagram(e, d + at, len, &from[i], mh->msg_namelen, &deferring, datagrams, resyncs, t1) < 0)
                     return -1;
                 at += len;
             } while (at < n);
         }
+        e->counts[C_BUSY_IN_NS] += now_ns() - t1;  /* from the receive to the local writes (and what Python gets) */
         if (got < RECV_BATCH) break;
     }
     t0 = now_ns();
