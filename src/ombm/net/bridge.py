@@ -80,6 +80,7 @@ STAT_KEYS = (
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
 FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
+SOCKET_BUFFER = 16 << 20  # the UDP socket's buffers (the kernel doubles it): a 1 MiB stream's window of 8 MiB, twice
 USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
@@ -208,8 +209,11 @@ class Bridge:
             raise
 
     def _open(self, bind_to: Address, control: bool) -> None:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            self._sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # the kernel caps it at its maximum
+        for option, forced in ((socket.SO_RCVBUF, _SO_RCVBUFFORCE), (socket.SO_SNDBUF, _SO_SNDBUFFORCE)):
+            try:  # a stream's window of updates may arrive while the bridge is not running: room for it
+                self._sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)  # past the kernel's maximum (root)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)  # the kernel caps it at its maximum
         if not self._ip_fragments:
             _dont_fragment(self._sock, self._family)
         self._sock.bind(bind_to)
@@ -1120,6 +1124,7 @@ def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
 
 
 _UDP_GRO = 104  # <linux/udp.h>
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>
 _IP_MTU_DISCOVER, _IP_MTU, _IPV6_MTU_DISCOVER, _IPV6_MTU, _PMTUDISC_DO = 10, 14, 23, 24, 2  # <linux/in.h>, in6.h
 _UDP_HEADERS: dict[int, int] = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
 
