@@ -116,8 +116,8 @@ def test_a_bridge_takes_any_datagram(pair):
 @pytest.mark.parametrize("key", [None, KEY], ids=["crc", "mac"])
 def test_a_native_bridge_takes_any_datagram(pair, key):
     """The same fuzz over UDP into a bridge serving on its native data path (``_native.BridgeEngine``):
-    whatever it takes itself must be what ``decode`` accepts (an UPDATE of single-part entries), and
-    nothing may raise, crash or stop it."""
+    whatever it takes itself must be what ``decode`` accepts (an UPDATE: single-part entries, and parts
+    of longer updates for its assembler), and nothing may raise, crash or stop it."""
     name, (a, b, a2, b2) = pair
     exporter, importer = (a, b) if key else (a2, b2)
     engine = importer._engine
@@ -125,7 +125,7 @@ def test_a_native_bridge_takes_any_datagram(pair, key):
     replica = next(iter(importer._replicas.values()))
     fuzzer = Fuzzer(SEED + 1, key, [(replica.key, 64 * 1024, 4096)], names=[name, "fz"],
                     clock_us=lambda: time.time_ns() // 1000)
-    sent = took = 0
+    sent = took = fragments = 0
     before = importer.stats["datagrams_in"]
     for chunk in range(0, COUNT, 512):
         importer.stop()
@@ -136,6 +136,7 @@ def test_a_native_bridge_takes_any_datagram(pair, key):
                 took += 1
                 got = dg.decode(data, key)  # raises if the native path would take what Python refuses
                 assert got.kind is dg.Kind.UPDATE  # single-part updates and fragments alike
+                fragments += any(entry.parts > 1 for entry in got.entries)  # the native assembler's
         importer.start()
         for i, data in enumerate(batch):
             exporter._sock.sendto(data, importer.address)  # from the exporter's address: its link
@@ -154,4 +155,4 @@ def test_a_native_bridge_takes_any_datagram(pair, key):
     assert stats["datagrams_in"] - before >= sent and stats["internal_errors"] == 0, stats
     print(f"\nnative bridge, {'MAC' if key else 'CRC32C'}: {sent} datagrams, {took} of them for the native path: "
           f"{ {k: v for k, v in stats.items() if v and k not in ('bytes_in', 'bytes_out')} }")
-    assert took > 0 and stats["native_in"] > 0
+    assert took > 0 and stats["native_in"] > 0 and fragments > 0
