@@ -82,7 +82,10 @@ def _relink(a: Bridge, b: Bridge, name: str, key: int) -> None:
         del a._replicas[exported.key]
         if key in a._replicas:  # a fuzzed OFFER made a replica under that key meanwhile
             a._drop_replica(a._replicas[key])
+        if exported.engine is not None:  # the native path knows it by its key: by the new one now
+            exported.engine.remove(exported.key)
         exported.key = key
+        exported._sync()
         a._replicas[key] = exported
     elif b.address not in exported.links:
         exported.link(b.address)

@@ -1374,11 +1374,10 @@ static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t na
     const unsigned char *p = v.buf;
     Seg *s = v.len >= DG_ENTRY ? by_key(e, get64(p)) : NULL;
     unsigned length = v.len >= DG_ENTRY ? get16(p + 24) : 0;
-    uint64_t offset = v.len >= DG_ENTRY ? get64(p + 8) : 0;
     unsigned part = v.len >= DG_ENTRY ? get16(p + 26) : 0, parts = v.len >= DG_ENTRY ? get16(p + 28) : 0;
     unsigned flags = v.len >= DG_ENTRY ? get16(p + 30) : 0;
     if (!s || v.len != DG_ENTRY + (Py_ssize_t)length || !length || !(part < parts) || parts < 2 || !get32(p + 20) ||
-        (flags & ~DG_ENTRY_FULL) || (get32(p + 16) == 0) != (flags == DG_ENTRY_FULL) || offset > UINT64_MAX - length) {
+        (flags & ~DG_ENTRY_FULL) || (get32(p + 16) == 0) != (flags == DG_ENTRY_FULL)) {  /* as decode checks it */
         PyBuffer_Release(&v);
         PyErr_SetString(PyExc_ValueError, "assemble: not a fragment of a registered segment");
         return NULL;
