@@ -386,8 +386,16 @@ static void send_sealed(Engine *e) {
     e->out_sealed = 0;
 }
 
-/* Seal what is packed (Sealer.seal with a CRC32C or the MAC): it waits for the datagrams after it if
-   it is a whole mtu long (one send takes a run of such, and one shorter last), else goes now. */
+/* A datagram of n bytes was sealed at out_end: it waits for the datagrams after it if it is a whole
+   mtu long (one send takes a run of such, and one shorter last), else goes now. */
+static void sealed(Engine *e, Py_ssize_t n) {
+    e->out_end += n;
+    e->out_sealed++;
+    if (!e->segments || n != e->mtu || e->out_sealed == SEGMENTS_MAX || e->out_end + e->mtu > SEGMENTS_BYTES)
+        send_sealed(e);
+}
+
+/* Seal what is packed (Sealer.seal with a CRC32C or the MAC), then as sealed(). */
 static void flush_out(Engine *e) {
     if (!e->out_count) return;
     unsigned char *h = e->out + e->out_end;
@@ -400,12 +408,9 @@ static void flush_out(Engine *e) {
     put64(h + 16, next_seq(e));
     seal(e, h, e->out_len);
     Py_ssize_t n = e->out_len + e->trailer;
-    e->out_end += n;
-    e->out_sealed++;
     e->out_len = DG_HEADER;
     e->out_count = 0;
-    if (!e->segments || n != e->mtu || e->out_sealed == SEGMENTS_MAX || e->out_end + e->mtu > SEGMENTS_BYTES)
-        send_sealed(e);
+    sealed(e, n);
 }
 
 /* Everything packed goes now. */
@@ -433,6 +438,36 @@ static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset,
     memcpy(p + DG_ENTRY, data, (size_t)len);
     e->out_len += DG_ENTRY + len;
     e->out_count++;
+}
+
+/* An entry that fills a datagram alone (a part of a long update), without a key: the datagram made
+   at once, its CRC32C computed in the pass that copies the entry's bytes in (as pack_entry, then
+   flush_out, would make it). */
+static void pack_alone(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
+                       uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
+    if (e->out_to != to) send_all(e);
+    else flush_out(e);  /* what is packed goes first */
+    e->out_to = to;
+    unsigned char *h = e->out + e->out_end, *p = h + DG_HEADER;
+    put16(h, DG_MAGIC);
+    h[2] = DG_VERSION;
+    h[3] = DG_KIND_UPDATE;
+    put16(h + 4, 0);
+    put16(h + 6, 1);
+    put64(h + 8, e->sender);
+    put64(h + 16, next_seq(e));
+    put64(p, key);
+    put64(p + 8, offset);
+    put32(p + 16, base);
+    put32(p + 20, tag);
+    put16(p + 24, (uint16_t)len);
+    put16(p + 26, part);
+    put16(p + 28, parts);
+    put16(p + 30, full ? DG_ENTRY_FULL : 0);
+    uint32_t crc = crc32c_copy(NULL, h, DG_HEADER + DG_ENTRY, 0);
+    crc = crc32c_copy(p + DG_ENTRY, data, (size_t)len, crc);
+    put32(p + DG_ENTRY + len, crc);
+    sealed(e, DG_HEADER + DG_ENTRY + len + DG_CRC);
 }
 
 /* A local write completed unit u: its new content to the link (Replica.local_update, one link). */
@@ -468,8 +503,8 @@ static void send_unit(Engine *e, Seg *s, Py_ssize_t u) {
     e->counts[C_NATIVE_OUT]++;
     for (Py_ssize_t part = 0; part < parts; part++) {
         Py_ssize_t from = at + part * room, n = hi - from < room ? hi - from : room;
-        pack_entry(e, &s->link, s->key, (uint64_t)from, base, tag, (uint16_t)part, (uint16_t)parts, full,
-                   shadow + from, n);
+        (n == room && !e->keyed ? pack_alone : pack_entry)(e, &s->link, s->key, (uint64_t)from, base, tag,
+                                                         (uint16_t)part, (uint16_t)parts, full, shadow + from, n);
     }
 }
 
