@@ -10,8 +10,9 @@ small delta back). The writer keeps at most WINDOW units (``--window``, default 
 a stream's credit would: the socket buffers hold them, so what is measured is what the datagram path
 carries, not loss from overrunning it (an update lost anyway stalls the writer 0.2 s, counted). Beside it, in the same run, a plain TCP socket's throughput
 over the same veth (256 messages of 1 MiB, timed to the reader's acknowledgement). It prints also the
-CPU time (user + system) each of the four processes spent per unit written: what the code costs
-whatever else runs on the machine (throughput on a loaded host says less).
+CPU time (user + system) each of the four processes spent per unit written, and the TCP writer's
+and reader's per MiB (their whole lives, start-up included): what the code costs whatever else runs
+on the machine (throughput on a loaded host says less).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ while time.monotonic() - t0 < seconds:
 print((count[0] - start) / (time.monotonic() - t0), flush=True)
 """
 TCP_READER = """
-import socket, sys
+import os, socket, sys
 listener = socket.create_server((sys.argv[1], 7100))
 print("ready", flush=True)
 conn, _ = listener.accept()
@@ -81,16 +82,20 @@ while total < want:
         break
     total += n
 conn.sendall(b"k")
+t = os.times()
+print(t.user + t.system, flush=True)
 """
 TCP_WRITER = """
-import socket, sys, time
+import os, socket, sys, time
 sock = socket.create_connection((sys.argv[1], 7100))
 message = bytes(1 << 20)
 t0 = time.perf_counter()
 for _ in range(256):
     sock.sendall(message)
 sock.recv(1)
-print((256 << 20) / (time.perf_counter() - t0) / 1e6, flush=True)
+rate = (256 << 20) / (time.perf_counter() - t0) / 1e6
+t = os.times()
+print(rate, t.user + t.system, flush=True)
 """
 STATUS = ("from ombm.core import remote; s = remote.raise_for(remote.request({'op': 'status'}, 10.0))['stats']; "
           "print(s['dropped_incomplete'], s['updates_in'], s['datagrams_in'])")
@@ -156,7 +161,9 @@ def main() -> int:
         tcp_reader = b.popen([sys.executable, "-c", TCP_READER, b.address], stdout=subprocess.PIPE, text=True)
         line(tcp_reader)
         time.sleep(0.1)
-        tcp = float(a.run([sys.executable, "-c", TCP_WRITER, b.address], timeout=120.0, check=True).stdout)
+        tcp, tcp_writer_s = (float(x) for x in a.run([sys.executable, "-c", TCP_WRITER, b.address], timeout=120.0,
+                                                      check=True).stdout.split())
+        tcp_reader_s = float(line(tcp_reader))
         tcp_reader.wait(30)
         bridge_mb = units_per_s * UNIT / 1e6
         print(f"load average at start {load:.2f}, at end {os.getloadavg()[0]:.2f}; {seconds:g} s; "
@@ -167,6 +174,10 @@ def main() -> int:
         print("CPU ms per 1 MiB unit written: " + ", ".join(
             f"{who} {ms:.2f}" for who, ms in zip(("bridge a", "bridge b", "writer", "reader"), cpu_ms)))
         print(f"TCP socket, 1 MiB messages:     {tcp:,.0f} MB/s; bridges / TCP = {bridge_mb / tcp:.0%}")
+        tcp_ms = (tcp_writer_s + tcp_reader_s) * 1e3 / 256  # each process's whole life: its start included
+        print(f"CPU ms per MiB: the four ombm processes {sum(cpu_ms):.2f}, TCP's two {tcp_ms:.2f} "
+              f"(writer {tcp_writer_s * 1e3 / 256:.2f}, reader {tcp_reader_s * 1e3 / 256:.2f}); "
+              f"TCP / ombm = {tcp_ms / sum(cpu_ms):.0%}")
     return 0
 
 
