@@ -9,15 +9,17 @@
  *   - the bridge's signal FIFO: a unit completed here is either the echo of the bridge's own write
  *     (its count taken) or a local write: delta against the shadow, entries cut to the MTU, packed
  *     into datagrams as transport/datagram.py packs them, sealed with the CRC32C or, with a key,
- *     the keyed BLAKE2b (the reference implementation, net_blake2b.c), sendto;
- *   - the UDP socket (recvmmsg): an UPDATE whose every entry is a single-part update of a registered
- *     segment from its link is validated field by field as datagram.decode does, passes the replay
- *     window, and is written into the replica through its Writer (signal-on-write), as
- *     Replica.apply does;
+ *     the keyed BLAKE2b (the reference implementation, net_blake2b.c); runs of full datagrams go
+ *     in one sendmsg (UDP_SEGMENT), the others with sendto;
+ *   - the UDP socket (recvmmsg, runs of datagrams joined by UDP_GRO taken apart): an UPDATE whose
+ *     every entry belongs to a registered segment from its link is validated field by field as
+ *     datagram.decode does, passes the replay window, and a whole update is written into the
+ *     replica through its Writer (signal-on-write), as Replica.apply does; the parts of a longer
+ *     one are gathered first, in place, as transport.updates.Assembler does (docs/net.md "Bulk");
  *   - an adaptive spin that yields (bridge_spin's), then poll() on the socket, the FIFO's doorbell
  *     (the sleep word announced as ombm.aio does) and Python's own descriptors, GIL released.
  * Everything else goes back to Python, which does it as before: a datagram that is not such an
- * UPDATE (control kinds, fragments, unknown segments, anything malformed or forged: Python
+ * UPDATE (control kinds, unknown segments, anything malformed or forged: Python
  * decodes it, counts it, and drops it or acts), a signal of a segment not registered, a RESYNC to
  * ask for, a stalled FIFO cell, a readable Python descriptor, a timer, a POSIX signal. The replay
  * window, the sequence numbers and the tags live here for both paths (the Python path's Sealer and

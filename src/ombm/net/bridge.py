@@ -23,7 +23,7 @@ policy, natively, yielding the CPU).
 
 **The native data path.** With ``native`` (the default) the loop is one native call per turn
 (``_native.BridgeEngine.run``, :meth:`Bridge._native_turn`): the common case (a local write sent
-as a single-datagram update, such an update received and written) never returns to Python, which
+as an update, an update received, its parts gathered, and written) never returns to Python, which
 keeps everything else as above and stays the reference (``native=False``; docs/net.md, "How an
 update travels"). The engine owns the sequence numbers, the tags and the replay window for both paths.
 
@@ -381,7 +381,7 @@ class Bridge:
 
     def _native_turn(self, engine: _native.BridgeEngine) -> None:
         """One turn with the native data path: ``engine.run`` serves the common case (local writes
-        out, single-datagram updates in) without returning, spinning and sleeping as :meth:`_spin`
+        out, updates in) without returning, spinning and sleeping as :meth:`_spin`
         and :meth:`_sleep` do; it returns what only Python does (signals of segments it does not
         take, datagrams it does not take, RESYNCs to ask, a request on the control socket, a
         wake-up, a timer), and this turn does it as :meth:`_turn` does."""
