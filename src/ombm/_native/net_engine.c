@@ -678,7 +678,8 @@ static void partials_expire(Engine *e, uint64_t now) {
    reached; its buffer if it can apply (else doomed). NULL if there is no memory for its part map. */
 static Partial *partial_new(Engine *e, Seg *s, uint64_t sender, uint64_t key, uint32_t tag, uint32_t base,
                             unsigned parts, int full, uint64_t offset, unsigned len, uint64_t now) {
-    while (e->npartials && (e->npartials >= e->max_partials || e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes)) {
+    while (e->npartials &&
+           (e->npartials >= e->max_partials || e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes)) {
         Partial *oldest = &e->partials[0];
         for (Py_ssize_t i = 1; i < e->npartials; i++)
             if (e->partials[i].order < oldest->order) oldest = &e->partials[i];
@@ -693,7 +694,8 @@ static Partial *partial_new(Engine *e, Seg *s, uint64_t sender, uint64_t key, ui
     if (offset >= (uint64_t)s->size) return q;  /* no unit: it cannot apply */
     Py_ssize_t lo = (Py_ssize_t)offset / s->unit * s->unit, hi = lo + s->unit < s->size ? lo + s->unit : s->size;
     Py_ssize_t memory = (hi - lo) + (Py_ssize_t)(parts * sizeof *q->at);
-    if ((Py_ssize_t)parts > hi - lo || e->partial_memory + memory > PARTIAL_MEMORY) return q;  /* a byte a part at least */
+    if ((Py_ssize_t)parts > hi - lo || e->partial_memory + memory > PARTIAL_MEMORY)
+        return q;  /* (a part is a byte at least) */
     q->at = PyMem_Malloc(parts * sizeof *q->at);
     q->buf = q->at ? buffer_take(e, hi - lo) : NULL;
     if (!q->buf) {
@@ -955,7 +957,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
                 if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
                     int gro;
                     memcpy(&gro, CMSG_DATA(cm), sizeof gro);
-                    if (gro > 0 && gro < size) size = gro;  /* datagrams of this size joined (the last may be shorter) */
+                    if (gro > 0 && gro < size) size = gro;  /* datagrams this long joined (the last: shorter) */
                 }
             Py_ssize_t at = 0;
             do {  /* an empty datagram too (Python counts it, and drops it) */
@@ -1390,11 +1392,11 @@ static PyObject *Engine_takes(Engine *e, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(r);
 }
 
-/* assemble(sender, entry, now_s): one entry of a multi-datagram update of a registered segment that came
-   in a datagram Python took (run() leaves the rest of a batch to Python once it leaves it one), into
-   this path's assembler: one assembler per segment, whichever path its parts came by (now_s: the
-   monotonic clock, Python's time.monotonic()). The units to ask a RESYNC for: [unit]. The entry as datagram.pack_entry makes it; ValueError if it is not one
-   of a registered segment. */
+/* assemble(sender, entry, now_s): one entry of a multi-datagram update of a registered segment that
+   came in a datagram Python took (run() leaves the rest of a batch to Python once it leaves it one),
+   into this path's assembler: one assembler per segment, whichever path its parts came by (now_s:
+   the monotonic clock, Python's time.monotonic()). The units to ask a RESYNC for: [unit]. The entry
+   as datagram.pack_entry makes it; ValueError if it is not one of a registered segment. */
 static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "assemble(sender, entry, now_s)");
