@@ -60,7 +60,7 @@ SERVE_STALLED: Final[Literal[4]]  # the FIFO's head cell was claimed and never p
 # a decoded frame: (kind, connection id, message id, fragment index, fragment count, ack, payload, credit)
 _FrameFields = tuple[_K, int, int, int, int, int, bytearray, int]
 # what a RequestIntake's lane hands back to the protocol: (served, replied, last, reply frame or None)
-_Handback = tuple[int, int, int, bytes | None]
+_Handback = tuple[int, int, int, int, tuple[tuple[int, bytes | None], ...]]  # ServerProtocol.reclaim's arguments
 # a Writer's route for one unit: (FIFO addresses, their receiver references, software-only receivers)
 _Route = tuple[tuple[FifoMap, ...], tuple[_R_co, ...], tuple[object, ...]]
 
@@ -159,6 +159,23 @@ def fifo_wait_pop(
     fifo: FifoMap, spin_ns: int, timeout_s: float, sleep_ok: bool = True, /
 ) -> tuple[int, int, int] | int:
     """Wait, then pop: ``(segment id, offset, waited_ns)``, or WAIT_TIMEOUT / WAIT_STALLED."""
+
+def fifo_wait_dispatch(
+    fifo: FifoMap,
+    table: dict[int, tuple[tuple[int, int, int, Callable[[int], object], Any], ...]],
+    spin_ns: int,
+    timeout_s: float,
+    sleep_ok: bool = True,
+    /,
+) -> tuple[int, int, int] | int:
+    """Wait, pop and run the handlers of ``table`` (segment id -> (lo, hi, base, fn, handle) entries)
+    whose range covers the signal's offset: ``(handlers run, segment id, waited_ns)``, or
+    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed)."""
+
+def dispatch_counters() -> tuple[int, int]:
+    """``(handler calls, unhandled signals)`` of :func:`fifo_wait_dispatch` in this process."""
+
+def dispatch_counters_reset() -> None: ...
 
 def fifo_corrupt() -> int:
     """FIFO words found corrupt by this process (pushes dropped, cells repaired)."""
@@ -438,9 +455,9 @@ class RequestIntake(Generic[_C, _K]):
         /,
     ) -> None: ...
     def remove(self, segment_id: int, /) -> None: ...
-    def lane(self, segment_id: int, last: int, /) -> bool:
-        """Serve that connection's simple requests natively from call id ``last`` on; False if it has no
-        reply writer."""
+    def lane(self, segment_id: int, last: int, room: int, /) -> bool:
+        """Serve that connection's simple requests natively from call id ``last`` on, keeping at most
+        ``room`` of them (ServerProtocol.lane_room); False if it has no reply writer."""
 
     def take(self, segment_id: int, /) -> _Handback | None:
         """The lane's state handed back (the lane is off afterwards), or None if it was off."""

@@ -57,6 +57,30 @@ def test_a_future_completes_by_itself_for_callbacks_wait_and_asyncio(recorder):
         assert asyncio.run(awaited()) == [0, 1, 2]
 
 
+def test_a_future_finished_without_a_waiter_behaves_as_any_future(recorder):
+    """A future nobody waits on is finished without a condition (the pipelined calls' fast path):
+    everything concurrent.futures offers still works on it, before and after it is done."""
+    name, _ = recorder
+    with ombm.rpc.connect(name, timeout=60.0) as cli:
+        futures = [cli.call_async("work", i) for i in range(20)]
+        assert futures[-1].result() == 19  # takes the replies: most finish with nobody watching
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60.0)) == list(range(20))
+        seen: list[object] = []
+        futures[0].add_done_callback(lambda f: seen.append(f.result()))  # done already: runs at once
+        assert seen == [0] and "finished returned int" in repr(futures[0])
+        assert futures[3].exception() is None and not futures[3].cancelled() and not futures[3].running()
+        watched = cli.call_async("work", 7, 0.05)
+        waiter = threading.Thread(target=lambda: seen.append(concurrent.futures.wait([watched], timeout=60.0)))
+        waiter.start()  # waits on the condition (made for it) while this thread takes the reply
+        assert watched.result() == 7
+        waiter.join(60.0)
+        assert not waiter.is_alive() and seen[1].done == {watched}
+        failed = cli.call_async("nothing")
+        with pytest.raises(ombm.rpc.RemoteError):
+            failed.result()
+        assert isinstance(failed.exception(), ombm.rpc.RemoteError)
+
+
 def test_cancel_takes_back_a_call_never_sent_and_reports_a_sent_one_running(recorder):
     name, _ = recorder
     with ombm.rpc.connect(name, timeout=120.0) as cli:

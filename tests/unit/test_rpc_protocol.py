@@ -505,7 +505,7 @@ def test_server_lane_delta_equals_the_protocol_serving_the_same_calls():
         [ev] = plain.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i), 0.0)
         plain.send_reply(ev.call_id, b"r%d" % i, 0.0)
         assert plain.frames_to_send(0.0) == [frame]
-    lent.reclaim(3, 3, 6, frame)
+    lent.reclaim(3, 3, 6, 6, ((6, frame),))  # each acked all before it: only the last is kept
     assert lent.statistics() == plain.statistics()
     for p in (lent, plain):  # the same answers to what comes next: a retransmission, a stale call, a new one
         assert p.receive_frame(encode(Kind.CALL, CONN, 6, b"q", ack=6), 1.0) == []
@@ -516,6 +516,40 @@ def test_server_lane_delta_equals_the_protocol_serving_the_same_calls():
     assert lent.statistics() == plain.statistics()
 
 
+def test_server_lane_delta_of_pipelined_calls_equals_the_protocol_serving_them():
+    """A pipelining client (issue 13): each request acks the oldest call it still waits for, so
+    the lane keeps a window of replies; its delta, reclaimed, is the protocol's own state."""
+    lent, plain = ServerProtocol(CONN, max_payload=64), ServerProtocol(CONN, max_payload=64)
+    for p in (lent, plain):  # history: calls 1..2 answered, the client still waits for 2
+        for i in (1, 2):
+            [ev] = p.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=1), 0.0)
+            p.send_reply(ev.call_id, b"r%d" % i, 0.0)
+        p.frames_to_send(0.0)
+    assert lent.lend() == 2 and lent.lane_room() == 1024 - 2
+    kept: dict[int, bytes] = {}
+    ack = 0
+    for i in range(3, 11):  # four outstanding: call i acks i - 3
+        ack = max(ack, i - 3)
+        kept = {k: f for k, f in kept.items() if k >= ack}
+        kept[i] = lane_reply(i, b"r%d" % i)
+        [ev] = plain.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=i - 3), 0.0)
+        plain.send_reply(ev.call_id, b"r%d" % i, 0.0)
+        assert plain.frames_to_send(0.0) == [kept[i]]
+    lent.reclaim(8, 8, ack, 10, tuple(kept.items()))
+    assert lent.statistics() == plain.statistics()
+    for p in (lent, plain):  # the same answers: retransmissions of kept calls, a stale call, a new one
+        for i in (7, 9, 10):
+            assert p.receive_frame(encode(Kind.CALL, CONN, i, b"q", ack=7), 1.0) == []
+            assert p.frames_to_send(1.0) == [kept[i]]
+        assert p.receive_frame(encode(Kind.CALL, CONN, 6, b"q", ack=6), 1.0) == []
+        assert p.frames_to_send(1.0) == []
+        assert p.receive_frame(encode(Kind.CALL, CONN, 11, b"q", ack=9), 1.0) == [RequestReceived(11, b"q", False)]
+        assert p.frames_to_send(1.0) == []
+        assert p.receive_frame(encode(Kind.CALL, CONN, 8, b"q", ack=8), 1.0) == []  # released by ack 9
+        assert p.frames_to_send(1.0) == []
+    assert lent.statistics() == plain.statistics()
+
+
 def test_server_lane_is_not_lent_while_a_call_awaits_its_reply():
     s = ServerProtocol(CONN, max_payload=64)
     assert s.lend() == 0
@@ -523,14 +557,14 @@ def test_server_lane_is_not_lent_while_a_call_awaits_its_reply():
     assert s.lend() is None
     s.send_reply(ev.call_id, b"r", 0.0)
     assert s.lend() == 1
-    s.reclaim(0, 0, 1, None)  # nothing served: nothing changes
+    s.reclaim(0, 0, 0, 1, ())  # nothing served: nothing changes
     with pytest.raises(ValueError):
-        s.reclaim(1, 1, 1, b"")  # the lane serves only calls newer than any delivered
+        s.reclaim(1, 1, 1, 1, ((1, b""),))  # the lane serves only calls newer than any delivered
 
 
 def test_server_lane_call_that_raised_is_never_run_again():
     s = ServerProtocol(CONN, max_payload=64)
-    s.reclaim(1, 0, 1, None)  # delivered on the lane, never answered
+    s.reclaim(1, 0, 1, 1, ((1, None),))  # delivered on the lane, never answered
     assert s.receive_frame(encode(Kind.CALL, CONN, 1, b"q", ack=1), 0.0) == []
     assert s.frames_to_send(0.0) == []
     assert s.statistics().duplicates == 1

@@ -303,7 +303,9 @@ static PyObject *n_fifo_wait(PyObject *Py_UNUSED(self), PyObject *const *args, P
         if (timeout_s <= 0) break;
     }
     if (r == WAIT_INTERRUPTED && PyErr_CheckSignals() < 0) return NULL;
-    return PyLong_FromLong(r == WAIT_INTERRUPTED ? WAIT_TIMEOUT : r);
+    if (r == WAIT_TIMEOUT || r == WAIT_INTERRUPTED)  /* a signal that came meanwhile is no timeout */
+        r = fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
+    return PyLong_FromLong(r);
 }
 
 /* fifo_wait_pop(fifo, spin_ns, timeout_s, sleep_ok=True) -> (segment id, offset, waited_ns) or WAIT_* */
@@ -316,6 +318,85 @@ static PyObject *n_fifo_wait_pop(PyObject *Py_UNUSED(self), PyObject *const *arg
     PyObject *t = pop_tuple(m, waited);
     if (t == Py_None) { Py_DECREF(t); return PyLong_FromLong(WAIT_TIMEOUT); }
     return t;
+}
+
+/* Handler calls made by fifo_wait_dispatch, and signals it took that no handler covered (nudges
+   aside): ombm.stats()'s signals_delivered and signals_unhandled, beside core/signals.py's own. */
+static unsigned long long dispatch_delivered = 0, dispatch_unhandled = 0;  /* under the GIL */
+static PyObject *enabled_name = NULL;  /* "enabled", interned once */
+#define NUDGE_SEGMENT 0  /* _layout.NUDGE_SEGMENT: a nudge ends a wait, runs no handler */
+
+/* Run the handlers of signal (seg, off) from `table` (a dict: segment id -> tuple of entries
+   (lo, hi, base, fn, handle), as core/signals.py's Receiver keeps them): every entry whose
+   [lo, hi) holds off and whose handle is still enabled, in order, fn(base + off). How many ran,
+   or -1 with the exception of a handler (the signal is consumed; the later ones stay queued). An
+   entry of another shape is skipped: the table is ours, but a handler may replace it under us. */
+static Py_ssize_t dispatch_signal(PyObject *table, uint64_t seg, uint64_t off) {
+    if (!enabled_name && !(enabled_name = PyUnicode_InternFromString("enabled"))) return -1;
+    PyObject *key = PyLong_FromUnsignedLongLong(seg);
+    if (!key) return -1;
+    PyObject *entries = PyDict_GetItemWithError(table, key);
+    Py_DECREF(key);
+    if (!entries) return PyErr_Occurred() ? -1 : 0;
+    if (!PyTuple_CheckExact(entries)) return 0;
+    Py_INCREF(entries);  /* a handler may add or remove handlers: this snapshot stays ours */
+    Py_ssize_t ran = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(entries); i++) {
+        PyObject *e = PyTuple_GET_ITEM(entries, i);
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 5) continue;
+        unsigned long long lo = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 0));
+        unsigned long long hi = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 1));
+        unsigned long long base = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(e, 2));
+        if (PyErr_Occurred()) { ran = -1; break; }
+        if (off < lo || off >= hi) continue;
+        PyObject *enabled = PyObject_GetAttr(PyTuple_GET_ITEM(e, 4), enabled_name);
+        int on = enabled ? PyObject_IsTrue(enabled) : -1;
+        Py_XDECREF(enabled);
+        if (on < 0) { ran = -1; break; }
+        if (!on) continue;
+        ran++;
+        dispatch_delivered++;
+        PyObject *address = PyLong_FromUnsignedLongLong(base + off);
+        PyObject *r = address ? PyObject_CallOneArg(PyTuple_GET_ITEM(e, 3), address) : NULL;
+        Py_XDECREF(address);
+        if (!r) { ran = -1; break; }
+        Py_DECREF(r);
+    }
+    Py_DECREF(entries);
+    return ran;
+}
+
+/* fifo_wait_dispatch(fifo, table, spin_ns, timeout_s, sleep_ok=True) -> (handlers run, segment id,
+   waited_ns) or WAIT_*: fifo_wait_pop, then the handlers of the signal it took (dispatch_signal),
+   in one call: sig_wait's per-signal path (core/signals.py) without a return to Python between
+   the wake-up and the handler. */
+static PyObject *n_fifo_wait_dispatch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
+    if (nargs < 4 || nargs > 5 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "expected (fifo, table: dict, spin_ns, timeout_s[, sleep_ok])");
+        return NULL;
+    }
+    if (!(m = as_fifo(args[0])) || parse_wait_policy(args + 2, nargs - 2, &spin_ns, &timeout_s, &sleep_ok) < 0)
+        return NULL;
+    int r = wait_signal(m, spin_ns, timeout_s, sleep_ok, &waited);
+    if (r < 0) return NULL;
+    uint64_t seg = 0, off = 0;
+    if (r != WAIT_READY) return PyLong_FromLong(r);
+    if (!fifo_take(m, &seg, &off)) return PyLong_FromLong(WAIT_TIMEOUT);
+    Py_ssize_t ran = dispatch_signal(args[1], seg, off);
+    if (ran < 0) return NULL;
+    if (!ran && seg != NUDGE_SEGMENT) dispatch_unhandled++;
+    return Py_BuildValue("(nKK)", ran, (unsigned long long)seg, (unsigned long long)waited);
+}
+
+/* dispatch_counters() -> (delivered, unhandled): fifo_wait_dispatch's share of ombm.stats(). */
+static PyObject *n_dispatch_counters(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(KK)", dispatch_delivered, dispatch_unhandled);
+}
+
+static PyObject *n_dispatch_counters_reset(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    dispatch_delivered = dispatch_unhandled = 0;
+    Py_RETURN_NONE;
 }
 
 static PyObject *n_fifo_corrupt(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
@@ -338,6 +419,10 @@ static PyMethodDef fifo_functions[] = {
      "spin-then-sleep until the FIFO has an entry; WAIT_*"},
     {"fifo_wait_pop", (PyCFunction)(void (*)(void))n_fifo_wait_pop, METH_FASTCALL,
      "wait, then pop: (segment id, offset, waited_ns) or WAIT_*"},
+    {"fifo_wait_dispatch", (PyCFunction)(void (*)(void))n_fifo_wait_dispatch, METH_FASTCALL,
+     "wait, pop and run the signal's handlers: (handlers run, segment id, waited_ns) or WAIT_*"},
+    {"dispatch_counters", n_dispatch_counters, METH_NOARGS, "(handler calls, unhandled signals) of fifo_wait_dispatch"},
+    {"dispatch_counters_reset", n_dispatch_counters_reset, METH_NOARGS, "zero fifo_wait_dispatch's counters (after fork)"},
     {"fifo_corrupt", n_fifo_corrupt, METH_NOARGS, "FIFO words found corrupt by this process (drops, repairs)"},
     {"fifo_corrupt_reset", n_fifo_corrupt_reset, METH_NOARGS, "zero the corrupt-word counter (after fork)"},
     {NULL, NULL, 0, NULL},

@@ -6,14 +6,22 @@
  * out once, its checksum folded into the copy, every field read from the private copy).
  *
  * The server lane. While a connection's lane is on (lane(): the Python ServerProtocol lent it the
- * highest call id it delivered), a request that is one whole CALL frame of that connection, acking
- * everything before it (ack == call id), and newer than every call delivered is served right here:
- * the call is unmarshalled, its method looked up and run, the result marshalled (or, for anything
- * unusual, the server's Python execute()/finish() does it), and the reply, if it fits one frame,
- * is written into the next reply slot and kept as the reply cache (the client's next ack releases
- * it). Such a request changes the protocol state in one known way, so the lane only counts and
- * remembers the last one; anything else goes back to Python with that delta (the "handback"),
- * and the protocol applies it before it takes the frame (ServerProtocol.reclaim).
+ * highest call id it delivered and how many replies it may still cache), a request that is one
+ * whole CALL frame of that connection, newer than every call delivered (call id > last), whose
+ * ack does not exceed its call id, is served right here: the call is unmarshalled, its method
+ * looked up and run, the result marshalled (or, for anything unusual, the server's Python
+ * execute()/finish() does it), and the reply, if it fits one frame, is written into the next
+ * reply slot and kept in the lane's reply cache. That serves a synchronous client (each request
+ * acks every call before it) and a pipelining one (issue 13: up to a window of calls outstanding,
+ * each request acking the oldest it still waits for) alike. The ack releases the cached replies
+ * below it, as ServerProtocol.receive_fields does. Such a request changes the protocol state in
+ * known ways only (the client's ack, the highest call delivered, one more delivered call and its
+ * one-frame reply), so the lane keeps exactly that delta: the ack, the last call, and the calls it
+ * delivered that the ack has not released yet with their replies (at most LANE_WINDOW, and at most
+ * what the protocol's bounded reply cache still holds: the lane never makes it evict). Anything
+ * else (a duplicate or retransmission, a one-way call, a fragment, a stale or bad frame) goes back
+ * to Python with that delta (the "handback"), and the protocol applies it before it takes the
+ * frame (ServerProtocol.reclaim): the reference semantics stay the protocol's.
  */
 #include "fifo.h"
 #include "frame.h"
@@ -42,6 +50,16 @@ static PyObject *serve_result(int status, uint64_t waited_ns, uint64_t seg, uint
     return record_new(&ServeResultType, fields);
 }
 
+#define LANE_WINDOW 64  /* the most delivered calls the lane keeps (a pipelining client's window: 32 by default) */
+
+/* A call the lane delivered and the ack has not released: its reply payload (bytes) and kind,
+   payload NULL if it was never answered. */
+typedef struct {
+    unsigned long long id;
+    PyObject *payload;
+    unsigned kind;
+} LaneReply;
+
 typedef struct {
     PyObject_HEAD
     PyObject *conn;           /* the server's connection object, handed back with its frames */
@@ -54,17 +72,31 @@ typedef struct {
     Py_ssize_t limit_n;       /* the same, as a C integer */
     int active;               /* the lane holds the connection's state */
     unsigned long long last;  /* the highest call id delivered */
+    unsigned long long ack;   /* the highest ack of a request the lane served (0: none) */
     unsigned long long served, replied;  /* requests served on the lane since lane() */
-    PyObject *reply_payload;  /* the reply to `last` if the lane served it (payload bytes), else NULL */
-    unsigned reply_kind;      /* and its kind: REPLY or ERROR_REPLY */
+    Py_ssize_t room;          /* the most calls `kept` may hold (the protocol's reply cache has room for them) */
+    Py_ssize_t count;         /* calls in `kept`, in call id order, none below `ack` */
+    LaneReply kept[LANE_WINDOW];
 } IntakeEntry;
 
+/* Forget the kept calls below `ack` (the client waits for none of them), oldest first. */
+static void lane_release(IntakeEntry *e, unsigned long long ack) {
+    Py_ssize_t n = 0;
+    for (; n < e->count && e->kept[n].id < ack; n++) Py_CLEAR(e->kept[n].payload);
+    if (n) {
+        memmove(e->kept, e->kept + n, (size_t)(e->count - n) * sizeof(LaneReply));
+        e->count -= n;
+    }
+}
+
 static int IntakeEntry_traverse(IntakeEntry *e, visitproc visit, void *arg) {
-    Py_VISIT(e->conn); Py_VISIT(e->reply); Py_VISIT(e->limit); Py_VISIT(e->reply_payload);
+    Py_VISIT(e->conn); Py_VISIT(e->reply); Py_VISIT(e->limit);
+    for (Py_ssize_t i = 0; i < e->count; i++) Py_VISIT(e->kept[i].payload);
     return 0;
 }
 static int IntakeEntry_clear(IntakeEntry *e) {
-    Py_CLEAR(e->conn); Py_CLEAR(e->reply); Py_CLEAR(e->limit); Py_CLEAR(e->reply_payload);
+    Py_CLEAR(e->conn); Py_CLEAR(e->reply); Py_CLEAR(e->limit);
+    lane_release(e, ULLONG_MAX);
     return 0;
 }
 
@@ -269,9 +301,8 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
     e->limit = Py_NewRef(limit);
     e->limit_n = limit_n;
     e->active = 0;
-    e->last = e->served = e->replied = 0;
-    e->reply_payload = NULL;
-    e->reply_kind = 0;
+    e->last = e->ack = e->served = e->replied = 0;
+    e->room = e->count = 0;
     PyObject_GC_Track(e);
     int rc = PyDict_SetItem(x->channels, seg, (PyObject *)e);
     Py_DECREF(e);
@@ -294,37 +325,48 @@ static IntakeEntry *intake_entry(RequestIntake *x, PyObject *seg) {
     return (IntakeEntry *)e;
 }
 
-/* The lane's state as the protocol takes it back: (served, replied, last, reply frame or None);
-   the lane is off afterwards. */
+/* The lane's state as the protocol takes it back: (served, replied, ack, last, kept), kept a tuple
+   of (call id, reply frame or None) in call id order; the lane is off afterwards. */
 static PyObject *lane_handback(IntakeEntry *e) {
-    PyObject *frame;
-    if (e->reply_payload) {  /* the reply cache, framed as the lane wrote it */
-        frame_trailer t = {e->connection_id, e->last, 0, (uint32_t)PyBytes_GET_SIZE(e->reply_payload), 0, 0, 1,
-                           (uint8_t)e->reply_kind};
-        frame = frame_bytes(PyBytes_AS_STRING(e->reply_payload), &t);
-        if (!frame) return NULL;
-    } else {
-        frame = Py_NewRef(Py_None);
+    PyObject *kept = PyTuple_New(e->count);
+    if (!kept) return NULL;
+    for (Py_ssize_t i = 0; i < e->count; i++) {
+        LaneReply *k = &e->kept[i];
+        PyObject *frame;
+        if (k->payload) {  /* the reply cache, framed as the lane wrote it */
+            frame_trailer t = {e->connection_id, k->id, 0, (uint32_t)PyBytes_GET_SIZE(k->payload), 0, 0, 1,
+                               (uint8_t)k->kind};
+            frame = frame_bytes(PyBytes_AS_STRING(k->payload), &t);
+            if (!frame) { Py_DECREF(kept); return NULL; }
+        } else {
+            frame = Py_NewRef(Py_None);
+        }
+        PyObject *item = Py_BuildValue("(KN)", k->id, frame);
+        if (!item) { Py_DECREF(kept); return NULL; }
+        PyTuple_SET_ITEM(kept, i, item);
     }
-    PyObject *r = Py_BuildValue("(KKKN)", e->served, e->replied, e->last, frame);
+    PyObject *r = Py_BuildValue("(KKKKN)", e->served, e->replied, e->ack, e->last, kept);
     if (!r) return NULL;
     e->active = 0;
-    e->served = e->replied = 0;
-    Py_CLEAR(e->reply_payload);
+    e->served = e->replied = e->ack = 0;
+    lane_release(e, ULLONG_MAX);
     return r;
 }
 
-/* lane(segment_id, last): the protocol lends the lane its state (its highest delivered call id).
-   False (lane stays off) if the connection has no reply writer. */
+/* lane(segment_id, last, room): the protocol lends the lane its state (its highest delivered call
+   id, and how many more replies its reply cache takes without evicting one). False (lane stays
+   off) if the connection has no reply writer. */
 static PyObject *RequestIntake_lane(RequestIntake *x, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "lane(segment_id, last)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lane(segment_id, last, room)");
         return NULL;
     }
     IntakeEntry *e = intake_entry(x, args[0]);
     if (!e) return NULL;
     unsigned long long last = PyLong_AsUnsignedLongLong(args[1]);
     if (last == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t room = PyLong_AsSsize_t(args[2]);
+    if (room == -1 && PyErr_Occurred()) return NULL;
     if (e->active) {
         PyErr_SetString(PyExc_ValueError, "the lane already holds this connection's state");
         return NULL;
@@ -332,8 +374,9 @@ static PyObject *RequestIntake_lane(RequestIntake *x, PyObject *const *args, Py_
     if (!e->reply) Py_RETURN_FALSE;
     e->active = 1;
     e->last = last;
-    e->served = e->replied = 0;
-    Py_CLEAR(e->reply_payload);
+    e->ack = e->served = e->replied = 0;
+    e->room = room < 0 ? 0 : room < LANE_WINDOW ? room : LANE_WINDOW;
+    lane_release(e, ULLONG_MAX);
     Py_RETURN_TRUE;
 }
 
@@ -366,6 +409,19 @@ static PyObject *intake_to_python(RequestIntake *x, IntakeEntry *e, const unsign
     return record_new(&ServeResultType, result);
 }
 
+/* The lane delivered the request t (its ack applied, room checked): the protocol's receive_fields
+   and send_reply in one, on the lane's delta. data (borrowed) NULL: never answered. The data reference is kept. */
+static void lane_deliver(IntakeEntry *e, const frame_trailer *t, PyObject *data, unsigned kind) {
+    e->last = t->message_id;
+    e->served++;
+    if (e->count >= LANE_WINDOW) return;  /* (never: the room was checked, and a method that took the
+                                             lane back meanwhile emptied it) */
+    LaneReply *k = &e->kept[e->count++];
+    k->id = t->message_id;
+    k->payload = data ? Py_NewRef(data) : NULL;
+    k->kind = kind;
+}
+
 /* One request signal for entry e at offset off: 1 if the lane served it; 0 with *out a new
    SERVE_REQUEST result for Python; -1 with an exception. */
 static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64_t waited, PyObject **out) {
@@ -374,14 +430,23 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     if (start + n > e->size) return (*out = intake_to_python(x, e, NULL, 0, waited, NULL, NULL)) ? 0 : -1;
     const unsigned char *b = e->base + start;
     if (!e->active || !e->reply->base) return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
-    /* The lane's test: one whole CALL of this connection, acking all before it, not delivered yet. */
+    /* The lane's test: one whole CALL of this connection, newer than any delivered, its ack not past
+       it, and room to keep it (the ack releases the kept calls below it first). */
     frame_trailer t;
     const char *why;
     PyObject *payload = frame_take(b, n, 0, &t, &why);
     if (!payload && !why) return -1;
     if (!payload || t.frag_count != 1 || t.kind != KIND_CALL || t.connection_id != e->connection_id ||
-        t.message_id != t.ack || t.message_id <= e->last) {
+        t.ack > t.message_id || t.message_id <= e->last) {
         Py_XDECREF(payload);
+        return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
+    }
+    if (t.ack > e->ack) {  /* a request the protocol would take: its ack holds (as in receive_fields) */
+        e->ack = t.ack;
+        lane_release(e, t.ack);
+    }
+    if (e->count >= e->room) {
+        Py_DECREF(payload);
         return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
     }
     uint64_t call_id = t.message_id;
@@ -405,9 +470,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
            KeyboardInterrupt): a retransmission must not run it again */
         Py_DECREF(payload);
         Py_XDECREF(executed);
-        e->last = call_id;
-        e->served++;
-        Py_CLEAR(e->reply_payload);
+        lane_deliver(e, &t, NULL, 0);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "execute must return (bytes, bool)");
         return -1;
     }
@@ -422,14 +485,12 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
         return *out ? 0 : -1;
     }
     Py_DECREF(payload);
-    e->last = call_id;
-    e->served++;
+    unsigned kind = error ? KIND_ERROR_REPLY : KIND_REPLY;
+    lane_deliver(e, &t, data, kind);  /* the reply cache: sent again if the request comes again */
     e->replied++;
-    Py_XSETREF(e->reply_payload, Py_NewRef(data));  /* the reply cache: sent again if the request comes again */
-    e->reply_kind = error ? KIND_ERROR_REPLY : KIND_REPLY;
     x->lane_served++;
     Py_DECREF(executed);
-    if (writer_send_frame(e->reply, e->reply_kind, e->connection_id, call_id, 0, PyBytes_AS_STRING(data), dlen) < 0) {
+    if (writer_send_frame(e->reply, kind, e->connection_id, call_id, 0, PyBytes_AS_STRING(data), dlen) < 0) {
         if (e->reply->base) return -1;
         PyErr_Clear();  /* the method closed the connection (e.g. it stopped the server): lost */
     }

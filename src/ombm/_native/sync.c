@@ -125,7 +125,11 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
-#define OVERLOAD_LOSSES 3
+/* 16, not a few: a peer preempted for a while costs one long wait, one loss; only a run of losses
+   says spinning cannot win. With 3, a brief burst (both sides once asleep) stopped both sides'
+   spins for good on a machine loaded by others, and every message then cost a futex wake-up:
+   a pinned cross-CPU 32 B call took 40-71 us instead of 3.0 (issue 13, docs/benchmarks.md). */
+#define OVERLOAD_LOSSES 16
 #define OVERLOAD_PROBE 32
 #define OVERLOAD_SPIN_NS 10000ull  /* the longest spin under load: a few cross-CPU round trips */
 
@@ -289,22 +293,23 @@ done:  /* a signal came while spinning */
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
    handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
 int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
-    int r = WAIT_READY;
     *waited_ns = 0;
-    while (!fifo_ready(m)) {
+    for (;;) {
+        /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
+           signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
+        if (fifo_ready(m)) return WAIT_READY;
         uint64_t w = 0;
+        int r;
         Py_BEGIN_ALLOW_THREADS
         r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
-        if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) break;
+        if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) return r;
         if (PyErr_CheckSignals() < 0) return -1;
         timeout_s -= (double)w * 1e-9;
         spin_ns = 0;  /* it spun already: straight back to sleep */
-        r = WAIT_TIMEOUT;
-        if (timeout_s <= 0) break;
+        if (timeout_s <= 0) return fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
     }
-    return r;
 }
 
 /* (spin_ns, timeout_s[, sleep_ok]) at args[0..n): timeout clamped to [0, 1e9], sleep_ok default True. */

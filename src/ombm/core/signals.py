@@ -46,6 +46,10 @@ _log = logging.getLogger("ombm")
 _STALLED = _native.WAIT_STALLED
 _NEVER_LEARNS = 2**64 - 1  # wait_policy's learn_ns when the policy is fixed
 _wait_pop = _native.fifo_wait_pop
+_wait_dispatch = _native.fifo_wait_dispatch
+_NUDGE = L.NUDGE_SEGMENT
+# A receiver's handlers of one segment, as the native dispatch reads them: (lo, hi, base, fn, handle)
+_Entry = tuple[int, int, int, Callable[[int], object], "SignalHandle"]
 
 
 def _resolve(address: int, size: int, fn: Callable[[int], object]) -> tuple[Region, int]:
@@ -117,7 +121,9 @@ class Receiver:
         self.fifo = Fifo(s.fifo_capacity if capacity is None else capacity, kernel=self.kernel)
         with _all_lock:
             _all_receivers.add(self)  # closed at exit
-        self._handlers: dict[int, list[SignalHandle]] = {}  # segment id -> handles (the p->v table)
+        # segment id -> its handlers (the p->v table), replaced, never changed in place: a dispatch
+        # in progress keeps the tuple it began with (_native.fifo_wait_dispatch reads it too)
+        self._table: dict[int, tuple[_Entry, ...]] = {}
         self._lock = threading.Lock()
         self._fifo_map = self.fifo.fifo_map
         self._misses = 0  # consecutive waits that outlasted the spin cap
@@ -131,28 +137,28 @@ class Receiver:
         handle = SignalHandle(self, region, lo, lo + size, fn)
         region._handles.add(handle)
         with self._lock:
-            seg_handles = list(self._handlers.get(region.segment.id, ()))
-            seg_handles.append(handle)
-            self._handlers[region.segment.id] = seg_handles
+            entry = (handle.lo, handle.hi, handle.base, handle.fn, handle)
+            self._table[region.segment.id] = (*self._table.get(region.segment.id, ()), entry)
         return handle
 
     def _remove(self, handle: SignalHandle) -> None:
+        seg_id = handle.region.segment.id
         with self._lock:
-            seg_handles = [h for h in self._handlers.get(handle.region.segment.id, ()) if h is not handle]
-            if seg_handles:
-                self._handlers[handle.region.segment.id] = seg_handles
+            entries = tuple(e for e in self._table.get(seg_id, ()) if e[4] is not handle)
+            if entries:
+                self._table[seg_id] = entries
             else:
-                self._handlers.pop(handle.region.segment.id, None)
+                self._table.pop(seg_id, None)
 
     # -- delivery
     def _dispatch(self, seg_id: int, offset: int) -> int:
         ran = 0
-        for h in self._handlers.get(seg_id, ()):
-            if h.lo <= offset < h.hi and h.enabled:
+        for lo, hi, base, fn, handle in self._table.get(seg_id, ()):
+            if lo <= offset < hi and handle.enabled:
                 ran += 1
                 COUNTERS.signals_delivered += 1
-                h.fn(h.base + offset)
-        if not ran and seg_id != L.NUDGE_SEGMENT:
+                fn(base + offset)
+        if not ran and seg_id != _NUDGE:
             COUNTERS.signals_unhandled += 1
         return ran
 
@@ -271,27 +277,29 @@ class Receiver:
             raise ClosedError("receiver is closed")
         if self.kernel:
             return self._wait_kernel(timeout)
-        fifo_map = self._fifo_map
+        fifo_map, table = self._fifo_map, self._table
         spent = 0.0
         while True:
             left = timeout - spent if timeout - spent < 3600.0 else 3600.0
             settings_now = _config.SETTINGS
             if settings_now is not self._settings:
                 self._adopt(settings_now)
+            # wait, take and run the handlers in one native call: after a wake-up (on one CPU, a
+            # context switch) the handler runs without a return to Python and back (issue 13)
             if self._adaptive:
-                r = _wait_pop(fifo_map, self._budget, left)
+                r = _wait_dispatch(fifo_map, table, self._budget, left)
             else:
-                r = _wait_pop(fifo_map, 0, left, self._sleep_ok)
+                r = _wait_dispatch(fifo_map, table, 0, left, self._sleep_ok)
             if type(r) is tuple:
-                waited = r[2]
+                ran, segment_id, waited = r
                 spent += waited * 1e-9
                 if self._adaptive:  # self.waited(waited), inlined: sig_wait's per-signal path
                     if waited > self._cap:
                         self._miss()
                     elif self._misses:
                         self._misses, self._budget = 0, self._cap
-                if self._dispatch(r[0], r[1]) or r[0] == L.NUDGE_SEGMENT:  # a nudge ends the wait early
-                    return max(timeout - spent, 0.0)
+                if ran or segment_id == _NUDGE:  # a nudge ends the wait early
+                    return timeout - spent if spent < timeout else 0.0
                 continue
             if r == _STALLED:
                 spent += 0.01
@@ -336,7 +344,7 @@ class Receiver:
     def close(self) -> None:
         """Idempotent: disable every handler, remove the FIFO."""
         with self._lock:
-            handles = [h for hs in self._handlers.values() for h in hs]
+            handles = [e[4] for entries in self._table.values() for e in entries]
         for h in handles:
             h.disable()
         self.fifo.close()

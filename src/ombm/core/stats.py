@@ -37,6 +37,7 @@ class Counters:
             setattr(self, name, 0)
         _native.writer_signals_reset()
         _native.fifo_corrupt_reset()
+        _native.dispatch_counters_reset()
         _native.mappings_broken_reset()
         _native.fault_counters_reset()
 
@@ -44,6 +45,9 @@ class Counters:
         counts = {name: getattr(self, name) for name in self.__slots__}
         counts["signals_sent"] += _native.writer_signals_sent()  # pushed by Region.write's native path
         counts["signals_corrupt"] += _native.fifo_corrupt()  # counted where the ring found them
+        delivered, unhandled = _native.dispatch_counters()  # counted by sig_wait's native dispatch
+        counts["signals_delivered"] += delivered
+        counts["signals_unhandled"] += unhandled
         counts["mappings_broken"] += _native.mappings_broken()  # counted by the SIGBUS handler
         dropped, corrupted = _native.fault_counters()  # counted where fault injection drew them
         counts["signals_dropped_fault"] += dropped

@@ -18,6 +18,7 @@ client goes on working. A one-way call cannot be cancelled: it is sent when made
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -39,6 +40,9 @@ class AsyncClient:
         # past its deadline, the call's deadline); in call order, so the first deadline is the earliest
         # (but for a changed client.timeout, which the pump then notices within _PUMP_WAIT_S)
         self._waiting: dict[int, tuple[_Pending, asyncio.Future[bool], float]] = {}
+        # the ids of waiting calls found done, by whichever thread took their replies (_Pending.ready):
+        # the pump completes those, not every waiting call's future at each wake-up
+        self._ready: collections.deque[int] = collections.deque()
         self._pump: asyncio.Task[None] | None = None
 
     async def call(self, method: str, *args: object, **kwargs: object) -> Any:
@@ -49,6 +53,9 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._waiting[call_id] = (pending, future, time.monotonic() + client.timeout)
+        pending.ready = self._ready
+        if pending.done:  # its reply taken by another thread already (before it could say so)
+            self._ready.append(call_id)
         if self._pump is None or self._pump.done():
             self._pump = loop.create_task(self._run_pump())
         try:
@@ -87,7 +94,9 @@ class AsyncClient:
         client._pumped = True
         try:
             check_at = time.monotonic() + _LIVENESS_CHECK_S
-            while self._waiting:
+            scan_at = 0.0  # when the pump next looks at every waiting call's deadline
+            waiting, ready = self._waiting, self._ready
+            while waiting:
                 took = client._poll()  # every reply there is, in this thread (unless another thread leads)
                 now = time.monotonic()
                 if now >= check_at:
@@ -96,16 +105,23 @@ class AsyncClient:
                         alive = client._gone or client._server_alive()  # gone: its calls are done already
                     if not alive:
                         client._mark_gone()  # every pending call is done (gone): settled below
-                waiting = self._waiting
-                for call_id, (pending, future, deadline) in list(waiting.items()):
-                    if pending.done or deadline <= now:
-                        del waiting[call_id]
-                        if not future.done():
-                            future.set_result(pending.done)
+                while ready:  # the calls done: one wake-up completes every one of them
+                    entry = waiting.pop(ready.popleft(), None)
+                    if entry is not None and not entry[1].done():
+                        entry[1].set_result(True)
+                # past its deadline: in call order the first is the earliest (but for a changed
+                # client.timeout, which a look at every call notices within _PUMP_WAIT_S)
+                if waiting and (now >= scan_at or next(iter(waiting.values()))[2] <= now):
+                    scan_at = now + _PUMP_WAIT_S
+                    for call_id, (pending, future, deadline) in list(waiting.items()):
+                        if pending.done or deadline <= now:
+                            del waiting[call_id]
+                            if not future.done():
+                                future.set_result(pending.done)
                 if took:  # replies flow: let their callers run (and call again), then look again
                     await asyncio.sleep(0)
                 elif waiting:  # none came: sleep until the doorbell rings
-                    first = next(iter(waiting.values()))[2]
+                    first = min(next(iter(waiting.values()))[2], scan_at)
                     await _aio.wait(client._receiver, min(_PUMP_WAIT_S, max(first - now, _PUMP_MIN_WAIT_S)))
         finally:
             client._pumped = False

@@ -32,6 +32,7 @@ it is off the fast path: a call checks nothing more than before.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -75,7 +76,10 @@ _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE
 _WAIT_STALLED = _native.WAIT_STALLED
 
 
-_RUNNING, _FINISHED = concurrent.futures._base.RUNNING, concurrent.futures._base.FINISHED  # Future states
+_base = concurrent.futures._base
+_PENDING, _RUNNING, _FINISHED = _base.PENDING, _base.RUNNING, _base.FINISHED  # Future states
+_DONE = (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _FINISHED)
+_CONDITIONS = threading.Lock()  # who makes a Future's condition, and who finishes one that has none
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
@@ -84,7 +88,7 @@ _TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded w
 
 
 class _Pending:
-    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake")
+    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake", "ready")
 
     def __init__(self) -> None:
         self.done = False
@@ -94,6 +98,7 @@ class _Pending:
         self.gone = False  # done because the server stopped or died (ServerGoneError)
         self.future: Future | None = None  # call_async's: completed when the reply is taken
         self.wake: threading.Lock | None = None  # a follower's, held: released when the call is done (_follow)
+        self.ready: collections.deque[int] | None = None  # an asyncio pump's: the call id goes there when done
 
     def result(self, allow_pickle: bool, bulk: marshal.BulkReader | None = None, bulk_limit: int = 1 << 62) -> Any:
         """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`; large
@@ -122,10 +127,28 @@ class Future(concurrent.futures.Future[Any]):
     """
 
     def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float, sent: bool) -> None:
-        super().__init__()
+        # concurrent.futures.Future's state, but for its condition, made when first needed (see
+        # __getattr__): a future nobody waits on or watches is finished without one (_finish)
+        self._state = _RUNNING if sent else _PENDING  # sent: it may run from now on
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
         self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
-        if sent:  # it may run from now on: running (set before anyone else sees it, so without the lock)
-            self._state = _RUNNING
+
+    def __getattr__(self, name: str) -> Any:
+        """The condition, made at its first use (by a waiter, a callback, ``wait``): under
+        _CONDITIONS, so one is made, and a finish without one (_finish) is over or has not begun."""
+        if name != "_condition":
+            raise AttributeError(name)
+        with _CONDITIONS:
+            condition = self.__dict__.get("_condition")
+            if condition is None:
+                condition = self.__dict__["_condition"] = threading.Condition()
+        return condition
+
+    def done(self) -> bool:
+        return self._state in _DONE  # (one read: the state only ever moves on to done)
 
     def running(self) -> bool:
         if super().running():
@@ -150,9 +173,17 @@ class Future(concurrent.futures.Future[Any]):
             return True
 
     def result(self, timeout: float | None = None) -> Any:
-        if self._state is not _FINISHED and not self.done():  # (the first test: no lock for a done one)
-            self._client._drive(self, timeout)
-        return super().result(0)
+        if self._state is not _FINISHED:
+            if not self.done():
+                self._client._drive(self, timeout)
+            if self._state is not _FINISHED:  # cancelled, or still running: as concurrent.futures says
+                return super().result(0)
+        if self._exception is not None:  # finished: result and exception never change again
+            try:
+                raise self._exception
+            finally:
+                self = None  # type: ignore[assignment]  # (as concurrent.futures: no cycle through the traceback)
+        return self._result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
@@ -164,6 +195,10 @@ class Future(concurrent.futures.Future[Any]):
         if self._pending.gone:
             self._finish(None, self._client._gone_error())
             return
+        value = self._pending.value
+        if value is not _UNDECODED:  # the drain unmarshalled it (the common case)
+            self._finish(value, None)
+            return
         try:
             value = self._client._pending_result(self._pending)
         except Exception as exc:
@@ -172,6 +207,12 @@ class Future(concurrent.futures.Future[Any]):
             self._finish(value, None)
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
+        with _CONDITIONS:
+            if "_condition" not in self.__dict__:  # nobody waits or watches: finished without a lock round trip
+                if self._state not in _DONE:
+                    self._result, self._exception = value, exc
+                    self._state = _FINISHED
+                return
         try:  # the callbacks run here (a future cancelled or finished already: InvalidStateError)
             if exc is not None:
                 self.set_exception(exc)
@@ -448,6 +489,8 @@ class Client:
                 pending.data, pending.error, pending.done = event.data, event.error, True
                 if pending.wake is not None:
                     self._wake(pending)
+                if pending.ready is not None:
+                    pending.ready.append(event.call_id)
                 if pending.future is not None:
                     self._futures.pop(event.call_id, None)
                     completed.append(pending.future)
@@ -497,13 +540,15 @@ class Client:
             protocol = self._protocol
             assert protocol is not None, "a lane is made with the protocol"
             reply_segment, pending_calls, futures = self._reply_segment, self._pending, self._futures
+            sample = True
             for status, first, second in entries:
                 if status == _LANE_OTHER:
                     if first == reply_segment:
                         self._receive(protocol, self._reply.slot_view_at(second), now, completed)
                     else:
                         others.append((first, second))
-                elif protocol.complete(first, now):
+                elif protocol.complete(first, now, sample):
+                    sample = False  # one RTT sample per drain: its oldest call's (see ClientProtocol.complete)
                     pending = pending_calls.pop(first, None)
                     if pending is not None:
                         if status == _LANE_VALUE:
@@ -513,6 +558,8 @@ class Client:
                         pending.done = True
                         if pending.wake is not None:
                             self._wake(pending)
+                        if pending.ready is not None:
+                            pending.ready.append(first)
                         future = pending.future
                         if future is not None:
                             futures.pop(first, None)
@@ -564,7 +611,9 @@ class Client:
         if self._gone:
             self._reconnect()
         # large payloads through the bulk segment (spans given back if not sent)
-        bulk_data = self._bulk if self._bulk_state != "none" else self._offer_bulk(args, kwargs)
+        bulk_data = self._bulk
+        if self._bulk_state == "none" and (args or kwargs):  # (a call without arguments has no large payload)
+            bulk_data = self._offer_bulk(args, kwargs)
         routed = None if bulk_data is None else marshal.route_args(args, kwargs, bulk_data, self._max_message)
         try:
             data = marshal.encode_call(method, *(routed[:2] if routed else (args, kwargs)),
@@ -998,8 +1047,10 @@ class Client:
     def _end_pending(self) -> list[Future]:
         """With ``_lock`` held: every call of the gone session ends (``ServerGoneError``); the futures
         among them, to be finished once the lock is released (their callbacks run then)."""
-        for pending in self._pending.values():
+        for call_id, pending in self._pending.items():
             pending.gone = pending.done = True
+            if pending.ready is not None:
+                pending.ready.append(call_id)
         self._pending.clear()
         while self._followers:  # their calls are over: wake their threads
             self._wake(self._followers[0])

@@ -10,9 +10,10 @@ each request frame raises a signal in the server; the handler unmarshals
 whose write signals the client.
 
 On the memory signal path the serving loop is native (``_native.RequestIntake``):
-a request that acks every call before it is served without returning to Python
-but for the method itself (the *server lane*: unmarshal, call, marshal, write the
-reply, keep it as the reply cache); every other frame goes to the connection's
+a request newer than every call delivered, from a synchronous client or a pipelining
+one (issue 13), is served without returning to Python but for the method itself (the
+*server lane*: unmarshal, call, marshal, write the reply, keep it in the reply cache
+until the client's ack releases it); every other frame goes to the connection's
 sans-I/O ``ServerProtocol``, which first takes back what the lane served
 (``ServerProtocol.reclaim``) and lends its state again afterwards (``lend``).
 
@@ -63,6 +64,8 @@ logger = logging.getLogger("ombm.rpc")
 REAP_INTERVAL_S = 1.0
 _SERVE_REQUEST, _SERVE_SIGNAL, _SERVE_LEARN = _native.SERVE_REQUEST, _native.SERVE_SIGNAL, _native.SERVE_LEARN
 _SERVE_STALLED = _native.SERVE_STALLED
+# what the lane hands back (ServerProtocol.reclaim's arguments): served, replied, ack, last, kept calls
+_Handback = tuple[int, int, int, int, tuple[tuple[int, bytes | None], ...]]
 
 
 class _Limit(int):
@@ -237,7 +240,7 @@ class Server:
                              conn.protocol.max_payload, conn.limit)
             last = conn.protocol.lend()  # a new connection's protocol lends (0): nothing delivered yet
             if last is not None:
-                self._intake.lane(seg, last)
+                self._intake.lane(seg, last, conn.protocol.lane_room())
         self.stats["connections"] += 1
         logger.info("%r: accepted a connection from pid %d%s", self.name, pid, " (another host)" if conn.remote else "")
         return conn
@@ -313,7 +316,7 @@ class Server:
                 self.stats["dropped_frames"] += 1
             last = conn.protocol.lend()
             if last is not None and self._intake is not None:
-                self._intake.lane(conn.request.segment.id, last)
+                self._intake.lane(conn.request.segment.id, last, conn.protocol.lane_room())
 
     def _guarded(self, conn: _Connection, offset: int) -> None:
         """A client's frames must never stop the server: anything unexpected is counted, the frame dropped."""
@@ -487,7 +490,7 @@ class Server:
         finally:
             self.stats["lane_calls"] = intake.served
 
-    def _take_frame(self, conn: _Connection, fields: FrameFields | None, handback: tuple[int, int, int, bytes | None] | None,
+    def _take_frame(self, conn: _Connection, fields: FrameFields | None, handback: _Handback | None,
                     executed: tuple[bytes, bool] | None, now: float) -> None:
         """A request frame the lane left to the protocol: take back the lane's state, answer,
         and lend the state to the lane again if the connection is back to simple."""
@@ -501,7 +504,7 @@ class Server:
         last = protocol.lend()
         if last is not None and self._connections.get(conn.conn_id) is conn:
             assert self._intake is not None, "frames come back from the intake"
-            self._intake.lane(conn.request.segment.id, last)
+            self._intake.lane(conn.request.segment.id, last, protocol.lane_room())
 
     def _serve_kernel(self) -> None:
         """The same on the software-only signal path (every signal through the kernel)."""

@@ -575,12 +575,16 @@ class ClientProtocol(_Outbox):
         event.__class__ = ReplyReceived  # type: ignore[assignment]
         return [event]  # type: ignore[list-item]
 
-    def complete(self, call_id: int, now: float) -> bool:
+    def complete(self, call_id: int, now: float, sample: bool = True) -> bool:
         """Take a whole one-frame reply of this connection to ``call_id`` that the I/O layer decoded
         and checked already (the pipelined calls' native drain): what :meth:`receive_frame` does with
         such a frame, without the event. True if it completes the call (the I/O layer then owns
         the reply); False if the call is not in flight (a duplicate, or the peer's nonsense: counted)
-        or is one-way (a reply makes no sense: counted as bad)."""
+        or is one-way (a reply makes no sense: counted as bad).
+
+        ``sample`` False: take no RTT sample from it. A drain of many replies samples one, its
+        oldest call's (the longest round trip of the batch), as TCP times one segment per round
+        trip (RFC 6298 asks for at least one sample per RTT)."""
         in_flight = self._in_flight
         call = in_flight.get(call_id)
         if call is None:
@@ -596,7 +600,7 @@ class ClientProtocol(_Outbox):
             self._partial.pop(call_id, None)
         del in_flight[call_id]
         sent_at = call.sent_at
-        if sent_at is not None:
+        if sent_at is not None and sample:
             self._rto.sample(now - sent_at)
         if self._queue:
             self._fill(now)
@@ -845,29 +849,47 @@ class ServerProtocol(_Outbox):
         """Lend the state to the I/O layer's lane: the highest call id delivered, or None while a
         call awaits its reply.
 
-        The lane then serves requests that are one whole CALL frame acking every call before it
-        (ack == call id) and newer than any delivered, and only those: for each, exactly what
-        :meth:`receive_fields` and :meth:`send_reply` would do comes down to "the client waits
-        for nothing older; deliver it; cache its one-frame reply". Before the protocol takes any
-        other frame, the lane hands that back (:meth:`reclaim`)."""
+        The lane then serves requests that are one whole CALL frame newer than any delivered
+        whose ack does not exceed its call id, and only those, at most :meth:`lane_room` of them
+        kept at a time: for each, exactly what :meth:`receive_fields` and :meth:`send_reply` would
+        do comes down to "take its ack (forget the replies below it); deliver it; cache its
+        one-frame reply". A synchronous client's requests (each acking every call before it) and
+        a pipelining client's (each acking the oldest call it still waits for) are such requests.
+        Before the protocol takes any other frame, the lane hands that back (:meth:`reclaim`)."""
         return None if self._executing else self._last
 
-    def reclaim(self, served: int, replied: int, last: int, frame: bytes | None) -> None:
+    def lane_room(self) -> int:
+        """How many more replies the reply cache takes without evicting one: the lane keeps at
+        most that many (so that its delta never makes the cache evict)."""
+        return self._cache_size - len(self._replies)
+
+    def reclaim(self, served: int, replied: int, ack: int, last: int,
+                kept: tuple[tuple[int, bytes | None], ...]) -> None:
         """Take back the state lent by :meth:`lend`: the lane served ``served`` requests (and
-        answered ``replied`` of them), the last being ``last``, whose reply frame is ``frame``
-        (None: it was never answered)."""
+        answered ``replied`` of them), the last being ``last``; the highest ack among them was
+        ``ack``; ``kept``: the calls it delivered that this ack did not release, in call id order,
+        each with its reply frame (None: never answered)."""
         if not served:
             return
         if last <= self._last:
             raise ValueError(f"the lane's last call {last} is not newer than {self._last}")
         self._requests += served
         self._replied += replied
-        self._low = self._last = last  # it acked everything before it
-        self._replies = {last: (frame,)} if frame is not None else {}  # older replies are released
-        self._seen = {last}  # every other delivered id is below _low: stale whatever comes
-        self._seen_limit = 128
-        if self._partial:
-            self._advance(last)
+        self._last = last
+        seen, replies = self._seen, self._replies
+        for call_id, frame in kept:
+            seen.add(call_id)
+            if frame is not None:
+                replies[call_id] = (frame,)
+        if ack > self._low:  # as receive_fields takes an ack
+            self._low = ack
+            while replies:  # forget the replies the client no longer waits for (oldest first)
+                oldest = next(iter(replies))
+                if oldest >= ack:
+                    break
+                del replies[oldest]
+            if self._partial or len(seen) > self._seen_limit:
+                self._advance(ack)
 
     def statistics(self) -> ServerStats:
         return ServerStats(self._requests, self._replied, self._bad, self._foreign,
