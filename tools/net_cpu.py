@@ -29,6 +29,16 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S  # utime, stime: fields 14 and 15 of stat(5)
 
 
+def sched(pid: int) -> tuple[int, int, int]:
+    """Of process ``pid`` so far: sleeps (voluntary context switches), pre-emptions (involuntary
+    ones) and ns spent runnable but waiting for a CPU (``/proc/PID/schedstat``'s second field)."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+    with open(f"/proc/{pid}/schedstat") as f:
+        waiting_ns = int(f.read().split()[1])
+    return (int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"]), waiting_ns)
+
+
 def main() -> int:
     args = sys.argv[1:]
     if "--wait" in args:
@@ -49,10 +59,12 @@ def main() -> int:
         try:
             pids = {**bridges, "server": server.process.pid}
             before = {name: cpu_s(pid) for name, pid in pids.items()}
+            sched_before = {name: sched(pid) for name, pid in pids.items()}
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             samples = net._ombm_calls(a, f"{net._SERVICE}@{b.address}:7000", 32, plan, 0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             used = {name: tuple(t - t0 for t, t0 in zip(cpu_s(pid), before[name])) for name, pid in pids.items()}
+            switched = {name: tuple(t - t0 for t, t0 in zip(sched(pid), sched_before[name])) for name, pid in pids.items()}
             stats = {}
             for name, host in (("bridge a", a), ("bridge b", b)):
                 status = host.python("import ombm.core.remote as r; print(r.request({'op': 'status'}, 5.0)['stats'])")
@@ -60,6 +72,7 @@ def main() -> int:
         finally:
             server.stop()
         used["client"] = (after.ru_utime - children.ru_utime, after.ru_stime - children.ru_stime)
+        switched["client"] = (after.ru_nvcsw - children.ru_nvcsw, after.ru_nivcsw - children.ru_nivcsw, 0)
         per_call = {name: [t * 1e6 / (calls + plan.warmup) for t in times] for name, times in used.items()}
         print(f"{calls} calls of 32 B, OMBM_WAIT={os.environ.get('OMBM_WAIT', 'adaptive')}; load average "
               f"{load:.2f} at start, {os.getloadavg()[0]:.2f} at end; median round trip "
@@ -67,10 +80,13 @@ def main() -> int:
         print("CPU µs per call (user + system): " + ", ".join(
             f"{name} {sum(us):.1f} ({us[0]:.1f} + {us[1]:.1f})" for name, us in per_call.items())
               + f"; all four {sum(sum(us) for us in per_call.values()):.1f}")
+        n = calls + plan.warmup
+        print("per call, sleeps / pre-emptions / µs waiting for a CPU (the client's: not known): " + ", ".join(
+            f"{name} {v / n:.2f} / {i / n:.2f} / {w / n / 1e3:.1f}" for name, (v, i, w) in switched.items()))
         for name, counts in stats.items():  # which path the updates took (native_* : BridgeEngine's)
             print(f"{name}: " + ", ".join(f"{k} {counts[k]}" for k in (
                 "datagrams_in", "datagrams_out", "updates_in", "updates_out", "native_in", "native_out",
-                "native_echoes", "internal_errors") if k in counts))
+                "native_echoes", "internal_errors", "spins", "spin_wins", "spin_learnt_ns") if k in counts))
     return 0
 
 

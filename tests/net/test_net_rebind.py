@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from rpc_net_agents import AGENT_LOOP, JsonAgent
+from rpc_net_agents import AGENT_LOOP, RPC_AGENT, JsonAgent
 
 from .netns import Host, Network
 from .test_net_rpc import BRIDGE_PORT, bridge
@@ -44,6 +44,10 @@ def serve(cmd):
     if cmd["op"] == "stop":
         server.stop()
         return {}
+    if cmd["op"] == "restart":  # the service stops and is served anew at once, as a new server
+        server.stop()
+        server = ombm.rpc.Server(sys.argv[1], Keyed()).start()
+        return {"pid": os.getpid()}
     if cmd["op"] == "ran":
         return {"ran": server.obj.ran}
     raise ValueError(cmd["op"])
@@ -174,3 +178,32 @@ def test_a_client_of_a_remote_name_reconnects_to_that_place_only(hosts: Network)
     assert {where for _, _, where in result["answered"]} == {at_b}
     assert all(kind == "ServerGoneError" for _, kind, _ in result["raised"]), result["raised"][:5]
     assert on_a.ok("ran")["ran"] == [] and pid_a not in {first_b, second_b}
+
+
+RESTARTS = 12
+
+
+def test_a_connect_right_after_the_service_restarted_reaches_the_new_server(hosts: Network) -> None:
+    """The connect race (issue 12): the service restarts on host b and a client on host a connects
+    to ``calc@b`` at once, with no ``wait``. Host a's bridge may still hold its replica of the old
+    server's well-known channel (the client before just used it; b's BYE for it on the way): the
+    connect must reach the new server, never fail with "its server is gone"; and once nothing
+    serves calc, it fails with ServiceNotFoundError."""
+    a, b = hosts
+    name = f"calc@{b.address}:{BRIDGE_PORT}"
+    _, on_b = calc_on_both(a, b)
+    on_b.ok("serve")
+    client = agent(a, RPC_AGENT)
+    failed = []
+    for i in range(RESTARTS):
+        client.ok("connect", name=name, timeout=10.0, **{"as": "c"})  # the replica of this server's channel
+        assert client.ok("call", method="bump", args=[f"k-{i}"], **{"as": "c"})["value"][0] == f"k-{i}"
+        client.ok("close", **{"as": "c"})
+        on_b.ok("restart")
+        got = client.ok("try_connect", name=name, timeout=10.0)
+        if "raised" in got:
+            failed.append((i, got))
+    assert failed == []
+    on_b.ok("stop")
+    got = client.ok("try_connect", name=name, timeout=10.0)
+    assert got.get("raised") == "ServiceNotFoundError", got

@@ -12,6 +12,7 @@ have run exactly once (0 wrong, 0 lost, 0 twice executed).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -79,6 +80,7 @@ def test_every_call_exactly_once_under_loss_duplication_reordering_and_corruptio
             host.drop_percent(0)
         tally = server.ok("tally")
         counts = relay.counts()
+        spins = [bridge_spins(host) for host in (a, b)]
     stats = got["stats"]
     print(f"\n{CALLS} calls in {elapsed:.1f} s: {got['done']} answered, {len(got['wrong'])} wrong, {got['n_raised']} raised; "
           f"server: {tally}; nftables dropped {dropped}; relay {dict(counts['a_to_b'])} / {dict(counts['b_to_a'])}; "
@@ -88,3 +90,19 @@ def test_every_call_exactly_once_under_loss_duplication_reordering_and_corruptio
     assert tally["value"] == {"keys": CALLS, "calls": CALLS, "most": 1}    # each ran exactly once
     assert dropped > 0 and counts["a_to_b"]["duplicated"] + counts["b_to_a"]["duplicated"] > 0
     assert counts["a_to_b"]["corrupted"] + counts["b_to_a"]["corrupted"] > 0 and stats["retransmits"] > 0
+    # the bridges' spins between passes (docs/net.md, "Spin, then sleep"): counted, and the budget
+    # learnt from the gaps of the calls stays within its bound
+    for made, won, learnt in spins:
+        assert made > 0 and 0 <= won <= made and 0 <= learnt <= PATH_SPIN_MAX_NS * 5 // 4, spins
+
+
+PATH_SPIN_MAX_NS = 1_000_000  # net_engine.c: no gap longer than this is learnt
+STATUS = ("import json; from ombm.core import remote; s = remote.request({'op': 'status'}, 5.0)['stats']; "
+          "print(json.dumps([s['spins'], s['spin_wins'], s['spin_learnt_ns']]))")
+
+
+def bridge_spins(host: Host) -> list[int]:
+    """(spins made, spins that caught something, the spin budget learnt) of ``host``'s bridge."""
+    result = host.python(STATUS)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -58,6 +58,8 @@
 #define SPIN_FLOOR_NS 2000ull     /* after SPIN_MISSES spins in a row that found nothing (Bridge._spin) */
 #define SPIN_MISSES 8
 #define SPIN_PROBE 64
+#define GAP_WINDOW 16             /* the idle gaps the path's spin budget is learnt from (see SpinPolicy) */
+#define PATH_SPIN_MAX_NS 1000000ull  /* no spin longer: a wake-up (10-50 us) is <= 5 % of such a gap */
 #define UNSETTLED_POLL_MS 10      /* a claimed, unpublished FIFO cell: look again this soon */
 #define PY_CHECK_EVERY 64         /* busy passes between looks at Python's descriptors */
 
@@ -123,6 +125,27 @@ static const char *const count_names[C_COUNTS] = {
     "dropped_stale", "dropped_duplicate", "dropped_inconsistent", "send_errors", "internal_errors",
     "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out", "dropped_incomplete"};
 
+/* The spin's budget across a path (issue 12; docs/net.md "Spin, then sleep"). A bridge idles
+   between the passes of a call for two kinds of gap: a short one (the local server's reply, the
+   local client's next call) and one as long as the rest of the round trip across the path. A
+   spin that lasts the gap saves a wake-up (and keeps this CPU from halting); a spin shorter than
+   the gap is CPU spent for nothing. So the budget is learnt from the gaps themselves: 5/4 of the
+   longest of the last GAP_WINDOW gaps no longer than PATH_SPIN_MAX_NS (a gap that ended in a sleep
+   counts too, with its wake-up: the next spin then covers it), never below the process's spin cap
+   (spin_us). What a spin achieved decides whether to spin at all: SPIN_MISSES spins in a row that
+   ended without anything (a quiet link, or a peer that does not get a CPU on a loaded machine)
+   drop the budget to SPIN_FLOOR_NS, and every SPIN_PROBE-th spin tries the learnt budget again.
+   And while more tasks are runnable than the machine has CPUs (sync.c's machine_overloaded, the
+   hint the ends' waits use), a spin as long as a round trip takes a CPU from a task that waits
+   for one, maybe the very peer: the bridge then spins its process's cap only, as on one host. */
+typedef struct {
+    uint64_t gaps[GAP_WINDOW];    /* ns; 0: none yet */
+    unsigned at;                  /* next slot of gaps */
+    uint64_t learnt_ns;           /* 5/4 of the largest of gaps */
+    unsigned misses;              /* spins in a row that ended without anything */
+    unsigned long long spins, wins;  /* for the counters: spins made, spins that caught something */
+} SpinPolicy;
+
 typedef struct {
     PyObject_HEAD
     PyObject *fifo;               /* the bridge receiver's FifoMap */
@@ -139,7 +162,7 @@ typedef struct {
     WindowEntry *window;
     Py_ssize_t nwindow;
     uint64_t window_clock;
-    unsigned misses;
+    SpinPolicy spin;
     unsigned char *recv_buf;      /* RECV_BATCH * RECV_SIZE */
     Partial *partials;            /* max_partials of them, npartials in use (Assembler's bounds) */
     Py_ssize_t npartials, max_partials, partial_bytes, max_partial_bytes, partial_memory;
@@ -1015,6 +1038,32 @@ static int spin(Engine *e, uint64_t spin_ns) {
     return came;
 }
 
+int machine_overloaded(uint64_t now);  /* sync.c: more runnable tasks than online CPUs (a hint) */
+
+/* The spin's budget now (SpinPolicy): the learnt budget, at least the process's cap (the cap only
+   while the machine is overloaded); the floor
+   after SPIN_MISSES misses in a row (but the learnt budget every SPIN_PROBE-th); the cap alone
+   when not adaptive (OMBM_WAIT=spin); none when the cap is 0 (OMBM_WAIT=sleep). */
+static uint64_t spin_budget(const SpinPolicy *p, uint64_t cap, int adaptive, int overloaded) {
+    if (!cap || !adaptive) return cap;
+    uint64_t budget = p->learnt_ns > cap && !overloaded ? p->learnt_ns : cap;
+    if (budget > PATH_SPIN_MAX_NS) budget = cap > PATH_SPIN_MAX_NS ? cap : PATH_SPIN_MAX_NS;
+    if (p->misses >= SPIN_MISSES && p->misses % SPIN_PROBE != 0) return cap < SPIN_FLOOR_NS ? cap : SPIN_FLOOR_NS;
+    return budget;
+}
+
+/* Learn from an idle gap of gap_ns (from the first pass that found nothing to the next pass that
+   found something; it includes the wake-up if the spin lost). */
+static void spin_learn(SpinPolicy *p, uint64_t gap_ns) {
+    if (gap_ns > PATH_SPIN_MAX_NS) return;  /* a quiet link, not a call's gap */
+    p->gaps[p->at] = gap_ns;
+    p->at = (p->at + 1) % GAP_WINDOW;
+    uint64_t longest = 0;
+    for (unsigned i = 0; i < GAP_WINDOW; i++)
+        if (p->gaps[i] > longest) longest = p->gaps[i];
+    p->learnt_ns = longest + longest / 4;
+}
+
 /* poll() the socket, the doorbell and Python's descriptors (pfd[2:]), GIL released: as Bridge._sleep
    (announce sleep in the FIFO's sleep word, re-check, wait, awake, drain the doorbell). Returns 1 if
    a Python descriptor is readable, 0 otherwise. */
@@ -1296,6 +1345,13 @@ static PyObject *Engine_counts(Engine *e, PyObject *Py_UNUSED(ignored)) {
         if (!v || PyDict_SetItemString(d, count_names[i], v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
         Py_DECREF(v);
     }
+    const char *names[] = {"spins", "spin_wins", "spin_learnt_ns"};  /* the spin's, not in count_names */
+    unsigned long long values[] = {e->spin.spins, e->spin.wins, e->spin.learnt_ns};
+    for (int i = 0; i < 3; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(values[i]);
+        if (!v || PyDict_SetItemString(d, names[i], v) < 0) { Py_XDECREF(v); Py_DECREF(d); return NULL; }
+        Py_DECREF(v);
+    }
     return d;
 }
 
@@ -1345,9 +1401,13 @@ static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) 
     PyObject *signals = PyList_New(0), *datagrams = PyList_New(0), *resyncs = PyList_New(0);
     if (!signals || !datagrams || !resyncs) goto fail;
     e->flags = 0;
+    uint64_t idle_since = 0;  /* when the passes began to find nothing (0: they find something) */
     for (unsigned turn = 1;; turn++) {
+        uint64_t pass_at = now_ns();
         int busy = pass(e, signals, datagrams, resyncs);
         if (busy < 0) goto fail;
+        if (busy && idle_since) spin_learn(&e->spin, pass_at - idle_since);
+        idle_since = busy ? 0 : idle_since ? idle_since : pass_at;
         if (PyList_GET_SIZE(signals) || PyList_GET_SIZE(datagrams) || PyList_GET_SIZE(resyncs) || e->flags) break;
         if (PyErr_CheckSignals() < 0) goto fail;
         uint64_t now = now_ns();
@@ -1356,14 +1416,14 @@ static PyObject *Engine_run(Engine *e, PyObject *const *args, Py_ssize_t nargs) 
             if (turn % PY_CHECK_EVERY == 0 && poll(pfd + 2, (nfds_t)nfds, 0) > 0) break;
             continue;
         }
-        uint64_t budget = cap;
-        if (adaptive && e->misses >= SPIN_MISSES && e->misses % SPIN_PROBE != 0)
-            budget = cap < SPIN_FLOOR_NS ? cap : SPIN_FLOOR_NS;
+        uint64_t budget = spin_budget(&e->spin, cap, adaptive, adaptive && machine_overloaded(now));
+        e->spin.spins += budget != 0;
         if (spin(e, budget)) {
-            e->misses = 0;
+            e->spin.wins++;
+            e->spin.misses = 0;
             continue;
         }
-        e->misses++;
+        e->spin.misses += budget != 0;
         now = now_ns();
         if (now >= deadline) break;
         uint64_t left_ms = (deadline - now + 999999) / 1000000;

@@ -160,8 +160,10 @@ static long runnable_tasks(void) {
 }
 
 /* Whether more tasks are runnable than the machine has CPUs (at the last reading, refreshed if
-   older than LOAD_REFRESH_NS; one thread of the process refreshes it). Unknown reads as not. */
-static int machine_overloaded(uint64_t now) {
+   older than LOAD_REFRESH_NS; one thread of the process refreshes it). Unknown reads as not.
+   The bridge's spin (net_engine.c) asks it too: 0 when the hints are off (load_aware). */
+int machine_overloaded(uint64_t now) {
+    if (!atomic_load_explicit(&load_aware, memory_order_relaxed)) return 0;
     uint64_t seen = atomic_load_explicit(&load_seen_ns, memory_order_relaxed);
     if (seen && now - seen < LOAD_REFRESH_NS) return atomic_load_explicit(&load_over, memory_order_relaxed);
     if (!atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,

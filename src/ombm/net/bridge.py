@@ -75,7 +75,7 @@ STAT_KEYS = (
     "dropped_stale", "dropped_duplicate", "dropped_incomplete", "dropped_inconsistent", "dropped_unexpected",
     "send_errors", "resyncs_sent", "resyncs_received", "imports_served", "replicas_made", "signals_lost",
     "internal_errors", "busy_in_ns", "busy_out_ns", "pings_sent", "paths_dead", "probes_sent",
-    "native_in", "native_out", "native_echoes",
+    "native_in", "native_out", "native_echoes", "spins", "spin_wins", "spin_learnt_ns",
 )
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
@@ -456,7 +456,9 @@ class Bridge:
         budget = cap if settings.wait == "spin" or self._spin_misses < SPIN_MISSES else min(cap, SPIN_FLOOR_NS)
         if self._spin_misses >= SPIN_MISSES and self._spin_misses % SPIN_PROBE == 0:
             budget = cap
+        self._counts["spins"] += 1
         if _native.bridge_spin(receiver.fifo.fifo_map, self._sock.fileno(), budget) >= 0:
+            self._counts["spin_wins"] += 1
             self._spin_misses = 0
             return True
         self._spin_misses += 1
@@ -741,6 +743,9 @@ class Bridge:
             return
         if "error" in body:
             kind = "not_found" if body.get("why") == "not_found" else "refused"
+            stale = self._imported.get((source, name))
+            if kind == "not_found" and stale is not None:  # a replica of a segment gone there (its BYE is late)
+                self._drop_replica(stale)
             self._answer(ident, pending.nonce, error(kind, str(body["error"])))
             return
         try:
@@ -834,14 +839,10 @@ class Bridge:
                                     f"start it with --peer {_text(address)} (or give both bridges --key-file)"))
             return
         if op == "import":
-            existing = self._imported.get((address, name))
-            if existing is not None:
-                existing.asked_s, existing.used = time.monotonic(), False  # the grace again: the asker opens it next
-                reply({"ok": True, "local": existing.name})
-                # and ask the exporter again, unanswered: it sends its image anew (one lost on the way, say)
-                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, lambda _: None)
-            else:
-                self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
+            # always ask the exporter, even with a replica here: it may be of a segment gone there (the
+            # connect race: a service restarted, its old channel's BYE still on the way); the answer
+            # names the segment the name has now (_make_replica keeps a replica of that one)
+            self._ask(("import", address, name), dg.Kind.IMPORT, {"name": name}, timeout_s, reply)
         elif op == "exports":
             self._ask(("exports", address, ""), dg.Kind.LIST, {}, timeout_s, reply)
         else:

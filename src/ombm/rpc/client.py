@@ -63,6 +63,7 @@ from ombm.rpc.locate import locate
 from ombm.transport import wire
 from ombm.rpc.slots import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, WELL_KNOWN_SLOT_SIZE, SlotChannel, well_known_name
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, ClientProtocol, ClientStats, check_max_message
+from ombm.transport.spin import PathSpin
 from ombm.rpc.timer import timer
 
 logger = logging.getLogger("ombm.rpc")
@@ -84,6 +85,7 @@ _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}" 
 
 
 _UNDECODED = object()  # _Pending.value until the reply is unmarshalled (by the lane's drain)
+_PATH_LEARNS = -1  # _wait_policy's learn_ns when the path's spin policy learns from the wait
 _TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded work per wake-up
 
 
@@ -289,6 +291,7 @@ class Client:
         self._liveness_at = 0.0  # when it next checks the server for them
         self._patience = 0.0  # the patience last lent to the lane (a call with a shorter timeout skips it)
         self._protocol: ClientProtocol | None = None
+        self._path_spin: PathSpin | None = None  # a remote session's spin policy (transport/spin.py)
         self._nonce = namespace.new_token()
         self._hello: dict[str, int] | None = None  # the server's ACK, once one passed _check_hello
         # the native fast lane of synchronous calls (memory signal path only; off with OMBM_LANES=0, for tests);
@@ -440,6 +443,7 @@ class Client:
             conn_id, max_payload=max_payload, max_in_flight=max(1, slots // 2), **rto,
             max_message_bytes=self.max_message_bytes,
         )
+        self._path_spin = None if self._where is None else PathSpin()  # a reply across a path: spin its RTT
         # the largest call: what the request channel carries and the server reassembles (it refuses
         # a message whose fragments x max_payload exceed its max_message_bytes; one frame always goes)
         server_max = self._hello["max_message"]
@@ -513,8 +517,9 @@ class Client:
             else:
                 receiver.dispatch(*signal)
             return True
+        path = self._path_spin
         if timeout > 0:
-            spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
         else:
             spin_ns, sleep_ok, learn_ns = 0, False, 0
         status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
@@ -522,10 +527,32 @@ class Client:
             receiver.fifo.retire_stalled()
         if not entries:
             return False
-        if waited > learn_ns:
+        if path is not None:
+            self._waited(waited, spin_ns, learn_ns)
+        elif waited > learn_ns:
             receiver.waited(waited)
         self._take_entries(entries)
         return True
+
+    def _wait_policy(self) -> tuple[int, bool, int]:
+        """``(spin budget in ns, may sleep, learn_ns)`` for a native wait for replies: the receiver's
+        (the process's adaptive spin) for a server on this host; across hosts, about the path's
+        round trip (``PathSpin``: the reply cannot come sooner), and the path's policy learns from
+        it (learn_ns ``_PATH_LEARNS``), not the receiver's, whose cap is a local one."""
+        path = self._path_spin
+        protocol = self._protocol
+        if path is None or protocol is None or self._receiver.kernel or _config.SETTINGS.wait != "adaptive":
+            return self._receiver.wait_policy()
+        return path.budget_ns(int(_config.SETTINGS.spin_us * 1000), protocol.srtt), True, _PATH_LEARNS
+
+    def _waited(self, waited_ns: int, spin_ns: int, learn_ns: int) -> None:
+        """Learn from a wait that took a reply after ``waited_ns`` (see :meth:`_wait_policy`)."""
+        path = self._path_spin  # (None if the session changed meanwhile: nothing to learn)
+        if learn_ns == _PATH_LEARNS:
+            if path is not None:
+                path.waited(waited_ns, spin_ns)
+        elif waited_ns > learn_ns:
+            self._receiver.waited(waited_ns)
 
     def _take_entries(self, entries: list[tuple[int, int, Any]]) -> None:
         """The signals a drain took (``CallLane.take``), in FIFO order: the replies among them
@@ -688,9 +715,10 @@ class Client:
             self._let_go()
             return self._call_ordinary(self._marshal(method, args, kwargs), timeout)  # ClosedError if closed
         receiver = self._receiver
+        path = self._path_spin  # None: a local server, the receiver's policy (its hot path: no call more)
         call_id = None
         try:
-            spin_ns, sleep_ok, learn_ns = receiver.wait_policy()
+            spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
             result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
             if result.status == _LANE_NOT_LENT and self._lend():
                 result = lane.call(method, args, kwargs, spin_ns, sleep_ok)
@@ -698,7 +726,9 @@ class Client:
                 result = self._lane_bulk(lane, method, args, kwargs, spin_ns, sleep_ok, result)
             status, waited, call_id = result.status, result.waited_ns, result.call_id
             if status <= _LANE_ERROR_REPLY:  # the reply
-                if waited > learn_ns:
+                if path is not None:
+                    self._waited(waited, spin_ns, learn_ns)
+                elif waited > learn_ns:
                     receiver.waited(waited)
                 if call_id:  # the state was reclaimed meanwhile: the protocol ends the call
                     with self._lock:

@@ -57,6 +57,7 @@ from ombm.transport import wire
 from ombm.rpc.slots import WELL_KNOWN_SLOT_SIZE, WELL_KNOWN_SLOTS, SlotChannel, well_known_name
 from ombm.core.signals import SignalHandle
 from ombm.transport.rpc_protocol import DEFAULT_MAX_MESSAGE_BYTES, RequestReceived, ServerProtocol, check_max_message
+from ombm.transport.spin import PathSpin
 from ombm.transport.wire import FrameFields
 
 logger = logging.getLogger("ombm.rpc")
@@ -155,6 +156,8 @@ class Server:
             self._receiver.fifo.fifo_map, wire.KIND_TABLE, lane_methods, self.stats, msgpack.unpackb,
             marshal.ext_hook(allow_pickle), marshal.guarded_packer(allow_pickle), self._execute, self._finish)
         self._connections: dict[int, _Connection] = {}
+        self._remote_connections = 0  # of them, clients on other hosts: the wait spins the path (PathSpin)
+        self._path_spin = PathSpin()
         self._by_nonce: dict[int, _Connection] = {}
         self._by_segment: dict[int, _Connection] = {}  # request channel segment id -> connection
         self._stop = False
@@ -231,6 +234,7 @@ class Server:
             self.stats["bad_connects"] += 1
             return None
         self._connections[conn_id] = conn
+        self._remote_connections += conn.remote
         self._by_nonce[nonce] = conn
         self._by_segment[request.segment.id] = conn
         if self._intake is not None:
@@ -418,7 +422,8 @@ class Server:
     def _drop(self, conn: _Connection) -> None:
         if self._intake is not None:
             self._intake.remove(conn.request.segment.id)
-        self._connections.pop(conn.conn_id, None)
+        if self._connections.pop(conn.conn_id, None) is not None:
+            self._remote_connections -= conn.remote
         self._by_nonce.pop(conn.nonce, None)
         self._by_segment.pop(conn.request.segment.id, None)
         conn.close()
@@ -467,12 +472,17 @@ class Server:
         monotonic = time.monotonic
         try:
             while not self._stop:
-                spin_ns, sleep_ok, learn_ns = wait_policy()
+                # the next request may have to cross a path (the adaptive spin only; a local server: as before)
+                across = self._remote_connections > 0 and not receiver.kernel and _config.SETTINGS.wait == "adaptive"
+                spin_ns, sleep_ok, learn_ns = self._path_wait_policy() if across else wait_policy()
                 r = serve(spin_ns, REAP_INTERVAL_S, sleep_ok, learn_ns)
                 now = monotonic()
                 status = r.status
                 if status <= _SERVE_LEARN:  # a signal came (SERVE_LEARN: the lane served a request)
-                    waited(r.waited_ns)
+                    if across:
+                        self._path_spin.waited(r.waited_ns, spin_ns)
+                    else:
+                        waited(r.waited_ns)
                     if status == _SERVE_REQUEST:
                         conn = r.connection
                         assert conn is not None, "a SERVE_REQUEST carries its connection"
@@ -489,6 +499,14 @@ class Server:
                     self._reap()
         finally:
             self.stats["lane_calls"] = intake.served
+
+    def _path_wait_policy(self) -> tuple[int, bool, int]:
+        """The serving loop's wait while a client is on another host (docs/net.md, *Spin, then
+        sleep*): its next request comes after a round trip across the path, longer than a local
+        spin cap, so spin about the gaps between requests (``PathSpin``, learnt from the waits the
+        lane reports: those longer than the local cap)."""
+        cap_ns = int(_config.SETTINGS.spin_us * 1000)
+        return self._path_spin.budget_ns(cap_ns, None), True, cap_ns
 
     def _take_frame(self, conn: _Connection, fields: FrameFields | None, handback: _Handback | None,
                     executed: tuple[bytes, bool] | None, now: float) -> None:

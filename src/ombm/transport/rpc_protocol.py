@@ -391,6 +391,11 @@ class ClientProtocol(_Outbox):
         return self._rto.rto
 
     @property
+    def srtt(self) -> float | None:
+        """The smoothed round-trip time of this session's path (seconds), None before a sample."""
+        return self._rto.srtt
+
+    @property
     def lane_patience(self) -> float:
         """How long a call on the fast lane waits for its reply before the I/O layer hands it to
         the timer (:meth:`adopt_call`): the RTO the RTT samples give, without Karn's backoff.

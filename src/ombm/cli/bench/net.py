@@ -184,9 +184,7 @@ import json, os, sys, time, ombm.rpc
 cpu, name, size, n, warmup = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 os.sched_setaffinity(0, {cpu})
 payload, clock, samples = b"x" * size, time.perf_counter_ns, []
-# wait: between placements the server is restarted, and a replica of the old one's well-known channel
-# can still be closing on this host (its BYE on the way): connect looks again until the new one answers
-with ombm.rpc.connect(name, timeout=30.0, wait=10.0) as client:
+with ombm.rpc.connect(name, timeout=30.0) as client:
     echo = client.echo
     for _ in range(warmup):
         echo(payload)
