@@ -9,15 +9,17 @@
  *   - the bridge's signal FIFO: a unit completed here is either the echo of the bridge's own write
  *     (its count taken) or a local write: delta against the shadow, entries cut to the MTU, packed
  *     into datagrams as transport/datagram.py packs them, sealed with the CRC32C or, with a key,
- *     the keyed BLAKE2b (the reference implementation, net_blake2b.c), sendto;
- *   - the UDP socket (recvmmsg): an UPDATE whose every entry is a single-part update of a registered
- *     segment from its link is validated field by field as datagram.decode does, passes the replay
- *     window, and is written into the replica through its Writer (signal-on-write), as
- *     Replica.apply does;
+ *     the keyed BLAKE2b (the reference implementation, net_blake2b.c); runs of full datagrams go
+ *     in one sendmsg (UDP_SEGMENT), the others with sendto;
+ *   - the UDP socket (recvmmsg, runs of datagrams joined by UDP_GRO taken apart): an UPDATE whose
+ *     every entry belongs to a registered segment from its link is validated field by field as
+ *     datagram.decode does, passes the replay window, and a whole update is written into the
+ *     replica through its Writer (signal-on-write), as Replica.apply does; the parts of a longer
+ *     one are gathered first, in place, as transport.updates.Assembler does (docs/net.md "Bulk");
  *   - an adaptive spin that yields (bridge_spin's), then poll() on the socket, the FIFO's doorbell
  *     (the sleep word announced as ombm.aio does) and Python's own descriptors, GIL released.
  * Everything else goes back to Python, which does it as before: a datagram that is not such an
- * UPDATE (control kinds, fragments, unknown segments, anything malformed or forged: Python
+ * UPDATE (control kinds, unknown segments, anything malformed or forged: Python
  * decodes it, counts it, and drops it or acts), a signal of a segment not registered, a RESYNC to
  * ask for, a stalled FIFO cell, a readable Python descriptor, a timer, a POSIX signal. The replay
  * window, the sequence numbers and the tags live here for both paths (the Python path's Sealer and
@@ -34,9 +36,19 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
 
-#define RECV_BATCH 32             /* datagrams per recvmmsg */
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103           /* <linux/udp.h>: the size of the datagrams one send is cut into */
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104               /* <linux/udp.h>: datagrams of one flow handed over joined, their size told */
+#endif
+
+#define RECV_BATCH 32             /* datagrams (or joined runs of them, UDP_GRO) per recvmmsg */
+#define SEGMENTS_MAX 64           /* datagrams per send with UDP_SEGMENT (the kernel's UDP_MAX_SEGMENTS) */
+#define SEGMENTS_BYTES 65507      /* and their bytes, at most (one IPv4 UDP payload) */
 #define RECV_SIZE 65536
 #define POP_BATCH 1024            /* signals taken per pass (as Bridge._turn's dispatch_pending) */
 #define RECV_BATCHES 8            /* recvmmsg calls per pass: MAX_TURN = 256 datagrams, as Python's turn */
@@ -56,6 +68,8 @@
 #define RUN_EMSGSIZE 2            /* a sendto was refused as too long: ask the kernel for the path MTU */
 #define RUN_DROPS 4               /* the FIFO dropped signals: own-write counts cleared here, count them */
 #define MIN_MTU (DG_HEADER + DG_MAC + DG_ENTRY + 1)  /* room for one byte of one entry, MAC or CRC */
+#define PARTIAL_MEMORY (64 << 20) /* the buffers of partial updates, at most (beyond: doomed, see Partial) */
+#define SPARE_BUFFERS 4           /* unit buffers kept for the next partial updates (no allocation per update) */
 
 typedef struct {
     struct sockaddr_storage addr;
@@ -78,13 +92,38 @@ typedef struct {
     uint64_t sender, top, seen, used;
 } WindowEntry;
 
+/* Where part i of a partial update lies in its segment. */
+typedef struct {
+    uint64_t offset;
+    uint32_t len;
+} PartAt;
+
+/* An update that spans several datagrams, being gathered (transport.updates.Assembler's _Pending):
+   identified by (sender, key, tag), its parts' bytes put at their place in a buffer the size of
+   the unit of the first part that came. A part that cannot belong to a whole update that applies
+   (outside its segment, in another unit than the others, past its unit's end; or no memory under
+   PARTIAL_MEMORY) makes it *doomed*: nothing more is kept of it but which parts came, and when they
+   all came it is counted as Python counts it (inconsistent). So every field is checked once, and no
+   part writes outside its update's buffer. */
+typedef struct {
+    uint64_t sender, key, first_ns, order;
+    uint32_t base, tag;
+    unsigned parts, got, lowest, highest;  /* and the lowest and highest part that came (got > 0) */
+    int full, doomed;
+    Py_ssize_t bytes;             /* the parts' bytes (Assembler's size: its bound counts these) */
+    uint64_t lo;                  /* the offset of buf[0]: its unit's first byte */
+    Py_ssize_t cap;               /* buf's size: the unit's */
+    unsigned char *buf, *have;    /* the unit's bytes; a bit per part */
+    PartAt *at;                   /* by part */
+} Partial;
+
 enum { C_DATAGRAMS_IN, C_DATAGRAMS_OUT, C_BYTES_IN, C_BYTES_OUT, C_UPDATES_IN, C_UPDATES_OUT, C_DROPPED_REPLAY,
        C_DROPPED_STALE, C_DROPPED_DUPLICATE, C_DROPPED_INCONSISTENT, C_SEND_ERRORS, C_INTERNAL_ERRORS,
-       C_BUSY_IN_NS, C_BUSY_OUT_NS, C_ECHOES, C_NATIVE_IN, C_NATIVE_OUT, C_COUNTS };
+       C_BUSY_IN_NS, C_BUSY_OUT_NS, C_ECHOES, C_NATIVE_IN, C_NATIVE_OUT, C_DROPPED_INCOMPLETE, C_COUNTS };
 static const char *const count_names[C_COUNTS] = {
     "datagrams_in", "datagrams_out", "bytes_in", "bytes_out", "updates_in", "updates_out", "dropped_replay",
     "dropped_stale", "dropped_duplicate", "dropped_inconsistent", "send_errors", "internal_errors",
-    "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out"};
+    "busy_in_ns", "busy_out_ns", "native_echoes", "native_in", "native_out", "dropped_incomplete"};
 
 /* The spin's budget across a path (issue 12; docs/net.md "Spin, then sleep"). A bridge idles
    between the passes of a call for two kinds of gap: a short one (the local server's reply, the
@@ -125,10 +164,17 @@ typedef struct {
     uint64_t window_clock;
     SpinPolicy spin;
     unsigned char *recv_buf;      /* RECV_BATCH * RECV_SIZE */
-    unsigned char out[DG_MAX_MTU];
-    Py_ssize_t out_len;
-    unsigned out_count;
+    Partial *partials;            /* max_partials of them, npartials in use (Assembler's bounds) */
+    Py_ssize_t npartials, max_partials, partial_bytes, max_partial_bytes, partial_memory;
+    uint64_t partial_order, partial_timeout_ns;
+    unsigned char *spare[SPARE_BUFFERS];
+    Py_ssize_t spare_cap[SPARE_BUFFERS];
+    unsigned char out[SEGMENTS_BYTES];  /* the datagrams sealed for one send (out_end bytes, out_sealed of
+                                     them, each mtu bytes), then the one being packed (out_len bytes so far) */
+    Py_ssize_t out_end, out_len;
+    unsigned out_count, out_sealed;
     const Peer *out_to;
+    int segments;                 /* send runs of full datagrams in one sendmsg (UDP_SEGMENT): 1, or 0 */
     unsigned long long counts[C_COUNTS];
     uint64_t fifo_drops;          /* the FIFO's drop counter when last looked at */
     int flags;
@@ -314,10 +360,70 @@ static uint32_t next_tag(Engine *e) {
     return e->tag;
 }
 
-/* Seal and send what is packed (Sealer.seal with a CRC32C). */
+/* Send the sealed datagrams to out_to: one sendmsg, cut by the kernel into datagrams of mtu bytes
+   (UDP_SEGMENT: through a veth to a socket with UDP_GRO they travel joined, as TCP's segments do),
+   or one sendto each where the kernel refuses that (it is then not asked again). */
+static void send_sealed(Engine *e) {
+    if (!e->out_sealed) return;
+    const Peer *to = e->out_to;
+    Py_ssize_t at = 0, n = e->out_end, each = e->out_sealed > 1 ? e->mtu : n;
+    if (e->out_sealed > 1 && e->segments) {
+        union { char buf[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
+        memset(&control, 0, sizeof control);
+        struct iovec iov = {.iov_base = e->out, .iov_len = (size_t)n};
+        struct msghdr mh = {.msg_name = (void *)&to->addr, .msg_namelen = to->len, .msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t size = (uint16_t)e->mtu;
+        memcpy(CMSG_DATA(cm), &size, sizeof size);
+        ssize_t sent;
+        do sent = sendmsg(e->fd, &mh, 0);
+        while (sent < 0 && errno == EINTR);
+        if (sent >= 0) {
+            e->counts[C_DATAGRAMS_OUT] += e->out_sealed;
+            e->counts[C_BYTES_OUT] += (unsigned long long)n;
+            n = 0;
+        } else if (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT || errno == EOPNOTSUPP) {
+            e->segments = 0;  /* this kernel or path does not cut sends: one datagram per send */
+        } else {
+            e->counts[C_SEND_ERRORS] += e->out_sealed;
+            if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
+            n = 0;
+        }
+    }
+    for (; at < n; at += each) {
+        Py_ssize_t len = n - at < each ? n - at : each;
+        ssize_t sent;
+        do sent = sendto(e->fd, e->out + at, (size_t)len, 0, (const struct sockaddr *)&to->addr, to->len);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            e->counts[C_SEND_ERRORS]++;
+            if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
+        } else {
+            e->counts[C_DATAGRAMS_OUT]++;
+            e->counts[C_BYTES_OUT] += (unsigned long long)len;
+        }
+    }
+    e->out_end = 0;
+    e->out_sealed = 0;
+}
+
+/* A datagram of n bytes was sealed at out_end: it waits for the datagrams after it if it is a whole
+   mtu long (one send takes a run of such, and one shorter last), else goes now. */
+static void sealed(Engine *e, Py_ssize_t n) {
+    e->out_end += n;
+    e->out_sealed++;
+    if (!e->segments || n != e->mtu || e->out_sealed == SEGMENTS_MAX || e->out_end + e->mtu > SEGMENTS_BYTES)
+        send_sealed(e);
+}
+
+/* Seal what is packed (Sealer.seal with a CRC32C or the MAC), then as sealed(). */
 static void flush_out(Engine *e) {
     if (!e->out_count) return;
-    unsigned char *h = e->out;
+    unsigned char *h = e->out + e->out_end;
     put16(h, DG_MAGIC);
     h[2] = DG_VERSION;
     h[3] = DG_KIND_UPDATE;
@@ -327,28 +433,25 @@ static void flush_out(Engine *e) {
     put64(h + 16, next_seq(e));
     seal(e, h, e->out_len);
     Py_ssize_t n = e->out_len + e->trailer;
-    ssize_t sent;
-    do sent = sendto(e->fd, h, (size_t)n, 0, (const struct sockaddr *)&e->out_to->addr, e->out_to->len);
-    while (sent < 0 && errno == EINTR);
-    if (sent < 0) {
-        e->counts[C_SEND_ERRORS]++;
-        if (errno == EMSGSIZE) e->flags |= RUN_EMSGSIZE;
-    } else {
-        e->counts[C_DATAGRAMS_OUT]++;
-        e->counts[C_BYTES_OUT] += (unsigned long long)n;
-    }
     e->out_len = DG_HEADER;
     e->out_count = 0;
+    sealed(e, n);
+}
+
+/* Everything packed goes now. */
+static void send_all(Engine *e) {
+    flush_out(e);
+    send_sealed(e);
 }
 
 /* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
 static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
                        uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
     Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
-    if (e->out_count && (e->out_to != to || e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF))
-        flush_out(e);
+    if (e->out_to != to) send_all(e);
+    else if (e->out_count && (e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF)) flush_out(e);
     e->out_to = to;
-    unsigned char *p = e->out + e->out_len;
+    unsigned char *p = e->out + e->out_end + e->out_len;
     put64(p, key);
     put64(p + 8, offset);
     put32(p + 16, base);
@@ -360,6 +463,36 @@ static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset,
     memcpy(p + DG_ENTRY, data, (size_t)len);
     e->out_len += DG_ENTRY + len;
     e->out_count++;
+}
+
+/* An entry that fills a datagram alone (a part of a long update), without a key: the datagram made
+   at once, its CRC32C computed in the pass that copies the entry's bytes in (as pack_entry, then
+   flush_out, would make it). */
+static void pack_alone(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
+                       uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
+    if (e->out_to != to) send_all(e);
+    else flush_out(e);  /* what is packed goes first */
+    e->out_to = to;
+    unsigned char *h = e->out + e->out_end, *p = h + DG_HEADER;
+    put16(h, DG_MAGIC);
+    h[2] = DG_VERSION;
+    h[3] = DG_KIND_UPDATE;
+    put16(h + 4, 0);
+    put16(h + 6, 1);
+    put64(h + 8, e->sender);
+    put64(h + 16, next_seq(e));
+    put64(p, key);
+    put64(p + 8, offset);
+    put32(p + 16, base);
+    put32(p + 20, tag);
+    put16(p + 24, (uint16_t)len);
+    put16(p + 26, part);
+    put16(p + 28, parts);
+    put16(p + 30, full ? DG_ENTRY_FULL : 0);
+    uint32_t crc = crc32c_copy(NULL, h, DG_HEADER + DG_ENTRY, 0);
+    crc = crc32c_copy(p + DG_ENTRY, data, (size_t)len, crc);
+    put32(p + DG_ENTRY + len, crc);
+    sealed(e, DG_HEADER + DG_ENTRY + len + DG_CRC);
 }
 
 /* A local write completed unit u: its new content to the link (Replica.local_update, one link). */
@@ -395,8 +528,8 @@ static void send_unit(Engine *e, Seg *s, Py_ssize_t u) {
     e->counts[C_NATIVE_OUT]++;
     for (Py_ssize_t part = 0; part < parts; part++) {
         Py_ssize_t from = at + part * room, n = hi - from < room ? hi - from : room;
-        pack_entry(e, &s->link, s->key, (uint64_t)from, base, tag, (uint16_t)part, (uint16_t)parts, full,
-                   shadow + from, n);
+        (n == room && !e->keyed ? pack_alone : pack_entry)(e, &s->link, s->key, (uint64_t)from, base, tag,
+                                                         (uint16_t)part, (uint16_t)parts, full, shadow + from, n);
     }
 }
 
@@ -427,28 +560,25 @@ static int fast_update(Engine *e, const unsigned char *d, Py_ssize_t n, const st
         if ((flags & ~DG_ENTRY_FULL) || !length || !(part < parts) || !tag || (base == 0) != full) return 0;
         if (offset > UINT64_MAX - length || at + (Py_ssize_t)length > end) return 0;
         at += length;
-        if (parts != 1) return 0;  /* fragments: Python's assembler */
         Seg *s = by_key(e, key);
         if (!s || !same_peer(&s->link, from, from_len)) return 0;
     }
     return at == end;
 }
 
-/* Write one single-part update into its replica (Replica.apply, one link): 0, or -1 with an
-   exception (from the binding's write). */
-static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resyncs) {
-    uint64_t offset = get64(p + 8);
-    uint32_t base = get32(p + 16), tag = get32(p + 20);
-    Py_ssize_t length = get16(p + 24);
-    int full = get16(p + 30) == DG_ENTRY_FULL;
-    const unsigned char *data = p + DG_ENTRY;
-    if (offset >= (uint64_t)s->size) {
+/* Write a whole update into its replica (Replica.unit_of and Replica.apply, one link): ranges at[0:n]
+   (in part order, going forward: the caller checked), whose bytes are at data + (offset - data_lo).
+   0, or -1 with an exception (from the binding's write). */
+static int apply_update(Engine *e, Seg *s, uint32_t base, uint32_t tag, int full, const PartAt *at, unsigned n,
+                        const unsigned char *data, uint64_t data_lo, PyObject *resyncs) {
+    uint64_t first = at[0].offset;
+    if (first >= (uint64_t)s->size) {
         e->counts[C_DROPPED_INCONSISTENT]++;
         return 0;
     }
-    Py_ssize_t off = (Py_ssize_t)offset, u = off / s->unit, lo = u * s->unit;
+    Py_ssize_t u = (Py_ssize_t)first / s->unit, lo = u * s->unit;
     Py_ssize_t hi = lo + s->unit < s->size ? lo + s->unit : s->size;
-    if (off + length != hi) {  /* an update ends at its unit's last byte */
+    if (at[n - 1].offset + at[n - 1].len != (uint64_t)hi) {  /* an update ends at its unit's last byte */
         e->counts[C_DROPPED_INCONSISTENT]++;
         return 0;
     }
@@ -467,16 +597,23 @@ static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resy
         Py_DECREF(item);
         return rc;
     }
-    if (full) memset(shadow + lo, 0, (size_t)(hi - lo));
-    memcpy(shadow + off, data, (size_t)length);
-    Py_ssize_t start = full ? lo : off;
+    /* made in the shadow: the ranges go forward inside [lo, hi) (their first from lo on, their last
+       ending at hi, each after the one before); a full update's bytes outside them are zero */
+    Py_ssize_t next = lo;
+    for (unsigned i = 0; i < n; i++) {
+        Py_ssize_t off = (Py_ssize_t)at[i].offset;
+        if (full && off > next) memset(shadow + next, 0, (size_t)(off - next));
+        memcpy(shadow + off, data + (at[i].offset - data_lo), at[i].len);
+        next = off + (Py_ssize_t)at[i].len;
+    }
+    Py_ssize_t start = full ? lo : (Py_ssize_t)first;
     PyObject *view = PyMemoryView_FromMemory((char *)shadow + start, hi - start, PyBUF_READ);
     if (!view) return -1;
-    PyObject *at = PyLong_FromSsize_t(start);
-    if (!at) { Py_DECREF(view); return -1; }
-    PyObject *args[2] = {at, view};
+    PyObject *where = PyLong_FromSsize_t(start);
+    if (!where) { Py_DECREF(view); return -1; }
+    PyObject *args[2] = {where, view};
     PyObject *r = PyObject_Vectorcall(s->write, args, 2, NULL);  /* its last byte raises the signals here */
-    Py_DECREF(at);
+    Py_DECREF(where);
     Py_DECREF(view);
     if (!r) return -1;
     Py_DECREF(r);
@@ -488,10 +625,250 @@ static int apply_entry(Engine *e, Seg *s, const unsigned char *p, PyObject *resy
     return 0;
 }
 
+/* ---------------------------------------------------------------- updates in several datagrams */
+
+static Partial *partial_find(Engine *e, uint64_t sender, uint64_t key, uint32_t tag) {
+    for (Py_ssize_t i = 0; i < e->npartials; i++) {
+        Partial *q = &e->partials[i];
+        if (q->sender == sender && q->key == key && q->tag == tag) return q;
+    }
+    return NULL;
+}
+
+/* A unit buffer of cap bytes: a spare one if one is as large, else a new one (NULL: none). */
+static unsigned char *buffer_take(Engine *e, Py_ssize_t cap) {
+    for (int i = 0; i < SPARE_BUFFERS; i++)
+        if (e->spare[i] && e->spare_cap[i] == cap) {
+            unsigned char *b = e->spare[i];
+            e->spare[i] = NULL;
+            return b;
+        }
+    return PyMem_Malloc((size_t)cap);
+}
+
+static void buffer_give(Engine *e, unsigned char *b, Py_ssize_t cap) {
+    for (int i = 0; i < SPARE_BUFFERS; i++)
+        if (!e->spare[i]) {
+            e->spare[i] = b;
+            e->spare_cap[i] = cap;
+            return;
+        }
+    PyMem_Free(b);
+}
+
+/* Nothing more kept of q but which parts came (see Partial). */
+static void partial_doom(Engine *e, Partial *q) {
+    if (q->buf) {
+        buffer_give(e, q->buf, q->cap);
+        e->partial_memory -= q->cap + (Py_ssize_t)(q->parts * sizeof *q->at);
+    }
+    PyMem_Free(q->at);
+    q->buf = NULL;
+    q->at = NULL;
+    q->doomed = 1;
+}
+
+static void partial_drop(Engine *e, Partial *q) {
+    partial_doom(e, q);
+    PyMem_Free(q->have);
+    e->partial_bytes -= q->bytes;
+    *q = e->partials[--e->npartials];
+}
+
+static void partials_forget(Engine *e, uint64_t key) {
+    for (Py_ssize_t i = e->npartials - 1; i >= 0; i--)
+        if (e->partials[i].key == key) partial_drop(e, &e->partials[i]);
+}
+
+static void partials_free(Engine *e) {
+    while (e->npartials) partial_drop(e, &e->partials[e->npartials - 1]);
+    for (int i = 0; i < SPARE_BUFFERS; i++) {
+        PyMem_Free(e->spare[i]);
+        e->spare[i] = NULL;
+    }
+}
+
+/* Drop the partial updates older than the timeout (Assembler.expire). */
+static void partials_expire(Engine *e, uint64_t now) {
+    for (Py_ssize_t i = e->npartials - 1; i >= 0; i--)
+        if (now > e->partials[i].first_ns && now - e->partials[i].first_ns > e->partial_timeout_ns) {
+            partial_drop(e, &e->partials[i]);
+            e->counts[C_DROPPED_INCOMPLETE]++;
+        }
+}
+
+/* A new partial update (Assembler._make_room, then _Pending): the oldest go while the bounds are
+   reached; its buffer if it can apply (else doomed). NULL if there is no memory for its part map. */
+static Partial *partial_new(Engine *e, Seg *s, uint64_t sender, uint64_t key, uint32_t tag, uint32_t base,
+                            unsigned parts, int full, uint64_t offset, unsigned len, uint64_t now) {
+    while (e->npartials &&
+           (e->npartials >= e->max_partials || e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes)) {
+        Partial *oldest = &e->partials[0];
+        for (Py_ssize_t i = 1; i < e->npartials; i++)
+            if (e->partials[i].order < oldest->order) oldest = &e->partials[i];
+        partial_drop(e, oldest);
+        e->counts[C_DROPPED_INCOMPLETE]++;
+    }
+    unsigned char *have = PyMem_Calloc((parts + 7) / 8, 1);
+    if (!have) return NULL;
+    Partial *q = &e->partials[e->npartials++];
+    *q = (Partial){.sender = sender, .key = key, .tag = tag, .base = base, .parts = parts, .full = full,
+                   .first_ns = now, .order = ++e->partial_order, .have = have, .doomed = 1};
+    if (offset >= (uint64_t)s->size) return q;  /* no unit: it cannot apply */
+    Py_ssize_t lo = (Py_ssize_t)offset / s->unit * s->unit, hi = lo + s->unit < s->size ? lo + s->unit : s->size;
+    Py_ssize_t memory = (hi - lo) + (Py_ssize_t)(parts * sizeof *q->at);
+    if ((Py_ssize_t)parts > hi - lo || e->partial_memory + memory > PARTIAL_MEMORY)
+        return q;  /* (a part is a byte at least) */
+    q->at = PyMem_Malloc(parts * sizeof *q->at);
+    q->buf = q->at ? buffer_take(e, hi - lo) : NULL;
+    if (!q->buf) {
+        PyMem_Free(q->at);
+        q->at = NULL;
+        return q;
+    }
+    q->lo = (uint64_t)lo;
+    q->cap = hi - lo;
+    q->doomed = 0;
+    e->partial_memory += memory;
+    return q;
+}
+
+/* Part `part` of q, its fields checked, its `len` bytes at `data` (NULL: already in their place, see
+   fast_part): kept, and the update written once its every part came (Replica.apply). 0, or -1 with
+   an exception. */
+static int assemble_part(Engine *e, Seg *s, Partial *q, unsigned part, uint64_t offset, unsigned len,
+                         const unsigned char *data, PyObject *resyncs) {
+    if (q->got && e->partial_bytes + (Py_ssize_t)len > e->max_partial_bytes) {  /* the bound: this update goes */
+        partial_drop(e, q);
+        e->counts[C_DROPPED_INCOMPLETE]++;
+        return 0;
+    }
+    q->have[part >> 3] |= (unsigned char)(1 << (part & 7));
+    q->lowest = q->got && q->lowest < part ? q->lowest : part;
+    q->highest = q->got && q->highest > part ? q->highest : part;
+    q->got++;
+    q->bytes += len;
+    e->partial_bytes += len;
+    if (!q->doomed) {
+        if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo)) {
+            partial_doom(e, q);  /* outside the unit of the others: it cannot apply */
+        } else {
+            if (data) memcpy(q->buf + (offset - q->lo), data, len);
+            q->at[part] = (PartAt){offset, len};
+        }
+    }
+    if (q->got < q->parts) return 0;
+    int ok = !q->doomed;
+    for (unsigned i = 0; ok && i + 1 < q->parts; i++)  /* the ranges go forward, none over the next */
+        ok = q->at[i].offset + q->at[i].len <= q->at[i + 1].offset;
+    int rc = 0;
+    if (!ok) e->counts[C_DROPPED_INCONSISTENT]++;
+    else rc = apply_update(e, s, q->base, q->tag, q->full, q->at, q->parts, q->buf, q->lo, resyncs);
+    partial_drop(e, q);
+    return rc;
+}
+
+/* One entry of a multi-datagram update (Assembler.add; fast_update checked its fields). */
+static int assemble(Engine *e, Seg *s, uint64_t sender, const unsigned char *p, PyObject *resyncs, uint64_t now) {
+    uint64_t key = get64(p), offset = get64(p + 8);
+    uint32_t base = get32(p + 16), tag = get32(p + 20);
+    unsigned len = get16(p + 24), part = get16(p + 26), parts = get16(p + 28);
+    int full = get16(p + 30) == DG_ENTRY_FULL;
+    Partial *q = partial_find(e, sender, key, tag);
+    if (!q) {
+        q = partial_new(e, s, sender, key, tag, base, parts, full, offset, len, now);
+        if (!q) {
+            e->counts[C_INTERNAL_ERRORS]++;  /* no memory: as lost */
+            return 0;
+        }
+    } else if (q->base != base || q->full != full || q->parts != parts) {
+        partial_drop(e, q);
+        e->counts[C_DROPPED_INCONSISTENT]++;
+        return 0;
+    }
+    if (q->have[part >> 3] & (1 << (part & 7))) return 0;  /* a duplicate part: ignored */
+    return assemble_part(e, s, q, part, offset, len, p + DG_ENTRY, resyncs);
+}
+
+#define BETWEEN_SCAN 8            /* parts looked at on either side of one (fast_part), at most */
+
+/* Whether [offset, offset + len) lies after the range of the nearest part below `part` that came and
+   before that of the nearest above; 0 too if either is more than BETWEEN_SCAN parts away. */
+static int between(const Partial *q, unsigned part, uint64_t offset, unsigned len) {
+    if (part > q->lowest) {
+        for (unsigned i = part, k = 0;;) {
+            if (++k > BETWEEN_SCAN) return 0;
+            i--;
+            if (q->have[i >> 3] & (1 << (i & 7))) {
+                if (q->at[i].offset + q->at[i].len > offset) return 0;
+                break;
+            }
+        }
+    }
+    if (part < q->highest) {
+        for (unsigned i = part, k = 0;;) {
+            if (++k > BETWEEN_SCAN) return 0;
+            i++;
+            if (q->have[i >> 3] & (1 << (i & 7))) {
+                if (offset + len > q->at[i].offset) return 0;
+                break;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The bulk of a large update without a key: a later part of an update being gathered, alone in its
+   datagram, is checked (its CRC32C) while it is copied into its place in the update's buffer (one
+   pass over its bytes, not two). Its fields are read first, unchecked, only to find that place: a
+   part of that update not yet come, between the parts that came on either side of it. If the CRC
+   then fails, what was copied lies where no part that came lies, and any part that comes there
+   later overwrites it (or, if the parts that came already disagree, the update cannot apply: it
+   is never read). Whether it was taken (else fast_update, or Python, looks at it as at any other). */
+static int fast_part(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
+                     socklen_t from_len, PyObject *resyncs, uint64_t now) {
+    if (e->keyed || !e->npartials || n < DG_HEADER + DG_ENTRY + 1 + DG_CRC) return 0;
+    if (get16(d) != DG_MAGIC || d[2] != DG_VERSION || d[3] != DG_KIND_UPDATE || get16(d + 4) != 0 || get16(d + 6) != 1)
+        return 0;
+    const unsigned char *p = d + DG_HEADER;
+    uint64_t sender = get64(d + 8), seq = get64(d + 16), key = get64(p), offset = get64(p + 8);
+    uint32_t base = get32(p + 16), tag = get32(p + 20);
+    unsigned len = get16(p + 24), part = get16(p + 26), parts = get16(p + 28), flags = get16(p + 30);
+    int full = flags == DG_ENTRY_FULL;
+    if ((Py_ssize_t)len != n - DG_HEADER - DG_ENTRY - DG_CRC || !(part < parts) || parts < 2 || !tag ||
+        (flags & ~DG_ENTRY_FULL) || (base == 0) != full)
+        return 0;
+    Partial *q = partial_find(e, sender, key, tag);
+    if (!q || q->doomed || !q->got || q->base != base || q->full != full || q->parts != parts ||
+        (q->have[part >> 3] & (1 << (part & 7))))
+        return 0;
+    if (offset < q->lo || offset - q->lo > (uint64_t)q->cap || len > (uint64_t)q->cap - (offset - q->lo) ||
+        !between(q, part, offset, len))
+        return 0;
+    Seg *s = by_key(e, key);
+    if (!s || !same_peer(&s->link, from, from_len)) return 0;
+    uint32_t crc = crc32c_copy(NULL, d, DG_HEADER + DG_ENTRY, 0);
+    crc = crc32c_copy(q->buf + (offset - q->lo), p + DG_ENTRY, len, crc);
+    if (crc != get32(d + n - DG_CRC)) return 0;
+    e->counts[C_DATAGRAMS_IN]++;  /* from here: as fast_update and take_update */
+    e->counts[C_BYTES_IN] += (unsigned long long)n;
+    if (window_check(e, sender, seq, window_find(e, sender) ? 0 : now_us_realtime())) {
+        e->counts[C_DROPPED_REPLAY]++;
+        return 1;
+    }
+    window_commit(e, sender, seq);
+    s->heard_ns = now;
+    if (assemble_part(e, s, q, part, offset, len, NULL, resyncs) < 0) {
+        PyErr_WriteUnraisable((PyObject *)e);
+        e->counts[C_INTERNAL_ERRORS]++;
+    }
+    return 1;
+}
+
 /* A datagram fast_update took: replay window, then every entry. */
 static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, uint64_t now) {
     uint64_t sender = get64(d + 8), seq = get64(d + 16);
-    if (window_check(e, sender, seq, now_us_realtime())) {
+    if (window_check(e, sender, seq, window_find(e, sender) ? 0 : now_us_realtime())) {  /* the clock: a new sender's */
         e->counts[C_DROPPED_REPLAY]++;
         return;
     }
@@ -502,12 +879,43 @@ static void take_update(Engine *e, const unsigned char *d, PyObject *resyncs, ui
         Seg *s = by_key(e, get64(p));
         if (!s) break;  /* fast_update found it: only a bug could have removed it since */
         s->heard_ns = now;
-        if (apply_entry(e, s, p, resyncs) < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
+        int rc;
+        if (get16(p + 28) == 1) {  /* a whole update in this entry */
+            PartAt one = {get64(p + 8), get16(p + 24)};
+            uint16_t flags = get16(p + 30);
+            rc = apply_update(e, s, get32(p + 16), get32(p + 20), flags == DG_ENTRY_FULL, &one, 1, p + DG_ENTRY,
+                              one.offset, resyncs);
+        } else {
+            rc = assemble(e, s, sender, p, resyncs, now);
+        }
+        if (rc < 0) {  /* a bug must not end the bridge (Bridge.receive_datagram) */
             PyErr_WriteUnraisable((PyObject *)e);
             e->counts[C_INTERNAL_ERRORS]++;
         }
         p += DG_ENTRY + get16(p + 24);
     }
+}
+
+/* One datagram received: taken here (fast_update), or left to Python with the rest of its pass
+   (*deferring: one sender's datagrams stay in order). 0, or -1 with an exception. */
+static int take_datagram(Engine *e, const unsigned char *d, Py_ssize_t n, const struct sockaddr_storage *from,
+                         socklen_t from_len, int *deferring, PyObject *datagrams, PyObject *resyncs, uint64_t now) {
+    if (!*deferring && fast_part(e, d, n, from, from_len, resyncs, now)) return 0;
+    if (!*deferring && fast_update(e, d, n, from, from_len)) {
+        e->counts[C_DATAGRAMS_IN]++;
+        e->counts[C_BYTES_IN] += (unsigned long long)n;
+        take_update(e, d, resyncs, now);
+        return 0;
+    }
+    *deferring = 1;  /* Python counts it */
+    char host[NI_MAXHOST], port[NI_MAXSERV];
+    if (getnameinfo((const struct sockaddr *)from, from_len, host, sizeof host, port, sizeof port,
+                    NI_NUMERICHOST | NI_NUMERICSERV))
+        return 0;  /* no address Python could name: as its recvfrom would fail */
+    PyObject *item = Py_BuildValue("(y#(si))", (const char *)d, n, host, atoi(port));
+    if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
+    Py_DECREF(item);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- one pass */
@@ -549,42 +957,44 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
     struct mmsghdr msgs[RECV_BATCH];
     struct iovec iov[RECV_BATCH];
     struct sockaddr_storage from[RECV_BATCH];
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control[RECV_BATCH];
     int deferring = PyList_GET_SIZE(datagrams) > 0;
     for (int batch = 0; batch < RECV_BATCHES; batch++) {
         for (int i = 0; i < RECV_BATCH; i++) {
             iov[i].iov_base = e->recv_buf + (size_t)i * RECV_SIZE;
             iov[i].iov_len = RECV_SIZE;
             msgs[i].msg_hdr = (struct msghdr){.msg_name = &from[i], .msg_namelen = sizeof from[i],
-                                              .msg_iov = &iov[i], .msg_iovlen = 1};
+                                              .msg_iov = &iov[i], .msg_iovlen = 1,
+                                              .msg_control = control[i].buf, .msg_controllen = sizeof control[i].buf};
             msgs[i].msg_len = 0;
         }
         int got = recvmmsg(e->fd, msgs, RECV_BATCH, MSG_DONTWAIT, NULL);
         if (got <= 0) break;  /* none (or an ICMP error reported on the socket: Python's recvfrom skips it too) */
         busy = 1;
+        uint64_t t1 = now_ns();  /* one clock for the batch (the replay window's, only for a new sender) */
         for (int i = 0; i < got; i++) {
-            uint64_t t1 = now_ns();
             const unsigned char *d = iov[i].iov_base;
-            Py_ssize_t n = msgs[i].msg_len;
-            /* once one goes to Python, the rest follow it: one sender's datagrams stay in order */
-            if (!deferring && fast_update(e, d, n, &from[i], msgs[i].msg_hdr.msg_namelen)) {
-                e->counts[C_DATAGRAMS_IN]++;
-                e->counts[C_BYTES_IN] += (unsigned long long)n;
-                take_update(e, d, resyncs, t1);
-                e->counts[C_BUSY_IN_NS] += now_ns() - t1;
-                continue;
-            }
-            deferring = 1;  /* Python counts it */
-            char host[NI_MAXHOST], port[NI_MAXSERV];
-            if (getnameinfo((struct sockaddr *)&from[i], msgs[i].msg_hdr.msg_namelen, host, sizeof host, port,
-                            sizeof port, NI_NUMERICHOST | NI_NUMERICSERV))
-                continue;  /* no address Python could name: as its recvfrom would fail */
-            PyObject *item = Py_BuildValue("(y#(si))", (const char *)d, n, host, atoi(port));
-            if (!item || PyList_Append(datagrams, item) < 0) { Py_XDECREF(item); return -1; }
-            Py_DECREF(item);
+            Py_ssize_t n = msgs[i].msg_len, size = n;
+            struct msghdr *mh = &msgs[i].msg_hdr;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                    int gro;
+                    memcpy(&gro, CMSG_DATA(cm), sizeof gro);
+                    if (gro > 0 && gro < size) size = gro;  /* datagrams this long joined (the last: shorter) */
+                }
+            Py_ssize_t at = 0;
+            do {  /* an empty datagram too (Python counts it, and drops it) */
+                Py_ssize_t len = n - at < size ? n - at : size;
+                if (take_datagram(e, d + at, len, &from[i], mh->msg_namelen, &deferring, datagrams, resyncs, t1) < 0)
+                    return -1;
+                at += len;
+            } while (at < n);
         }
+        e->counts[C_BUSY_IN_NS] += now_ns() - t1;  /* from the receive to the local writes (and what Python gets) */
         if (got < RECV_BATCH) break;
     }
     t0 = now_ns();
+    if (e->npartials) partials_expire(e, t0);
     for (Py_ssize_t i = 0; i < e->nsegs; i++) {
         Seg *s = e->segs[i];
         for (Py_ssize_t k = 0; k < s->ndirty; k++) {
@@ -594,7 +1004,7 @@ static int pass(Engine *e, PyObject *signals, PyObject *datagrams, PyObject *res
         }
         s->ndirty = 0;
     }
-    flush_out(e);
+    send_all(e);
     if (busy) e->counts[C_BUSY_OUT_NS] += out_ns + now_ns() - t0;
     return busy;
 }
@@ -717,11 +1127,16 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *Py_UNUSED(kw)) {
     e->tag = (uint32_t)tag;
     e->max_age_us = max_age;
     e->mtu = mtu;
+    e->segments = 1;
     e->out_len = DG_HEADER;
     e->fifo_drops = atomic_load_explicit(A64(((FifoMap *)fifo)->base + FIFO_DROPS), memory_order_relaxed);
     e->window = PyMem_Calloc(MAX_SENDERS, sizeof *e->window);
     e->recv_buf = PyMem_Malloc((size_t)RECV_BATCH * RECV_SIZE);
-    if (!e->window || !e->recv_buf) {
+    e->max_partials = 256;             /* Assembler's defaults, until set_assembly */
+    e->max_partial_bytes = 8 << 20;
+    e->partial_timeout_ns = 500000000ull;
+    e->partials = PyMem_Calloc((size_t)e->max_partials, sizeof *e->partials);
+    if (!e->window || !e->recv_buf || !e->partials) {
         PyErr_NoMemory();
         return -1;
     }
@@ -751,27 +1166,55 @@ static int Engine_clear(Engine *e) {
     e->nwindow = 0;
     PyMem_Free(e->recv_buf);
     e->recv_buf = NULL;
+    partials_free(e);
+    PyMem_Free(e->partials);
+    e->partials = NULL;
     Py_CLEAR(e->fifo);
     return 0;
 }
 
 static int ready(Engine *e) {
-    if (!e->fifo || !e->window || !e->recv_buf) {
+    if (!e->fifo || !e->window || !e->recv_buf || !e->partials) {
         PyErr_SetString(PyExc_ValueError, "BridgeEngine: not initialised, or closed");
         return 0;
     }
     return 1;
 }
 
-static PyObject *Engine_remove(Engine *e, PyObject *arg) {
-    unsigned long long key = PyLong_AsUnsignedLongLong(arg);
-    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+static void seg_remove(Engine *e, uint64_t key) {
     for (Py_ssize_t i = 0; i < e->nsegs; i++)
         if (e->segs[i]->key == key) {
             seg_free(e->segs[i]);
             e->segs[i] = e->segs[--e->nsegs];
             break;
         }
+}
+
+static PyObject *Engine_remove(Engine *e, PyObject *arg) {
+    unsigned long long key = PyLong_AsUnsignedLongLong(arg);
+    if (key == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    seg_remove(e, key);
+    if (e->partials) partials_forget(e, key);  /* as Assembler.forget: not counted */
+    Py_RETURN_NONE;
+}
+
+/* set_assembly(max_updates, max_bytes, timeout_s): the bounds of partial updates (Assembler's). */
+static PyObject *Engine_set_assembly(Engine *e, PyObject *args) {
+    Py_ssize_t max_updates, max_bytes;
+    double timeout_s;
+    if (!ready(e) || !PyArg_ParseTuple(args, "nnd", &max_updates, &max_bytes, &timeout_s)) return NULL;
+    if (max_updates < 1 || max_updates > 65536 || max_bytes < 1 || !(timeout_s >= 0 && timeout_s <= 86400)) {
+        PyErr_SetString(PyExc_ValueError, "BridgeEngine.set_assembly: out of range");
+        return NULL;
+    }
+    Partial *partials = PyMem_Calloc((size_t)max_updates, sizeof *partials);
+    if (!partials) return PyErr_NoMemory();
+    partials_free(e);
+    PyMem_Free(e->partials);
+    e->partials = partials;
+    e->max_partials = max_updates;
+    e->max_partial_bytes = max_bytes;
+    e->partial_timeout_ns = (uint64_t)(timeout_s * 1e9);
     Py_RETURN_NONE;
 }
 
@@ -811,7 +1254,7 @@ static PyObject *Engine_add(Engine *e, PyObject *args) {
     if (!s->dirty || !s->dirty_list) { PyErr_NoMemory(); goto fail; }
     Py_INCREF(write);
     s->write = write;
-    Engine_remove(e, PyTuple_GET_ITEM(args, 0));
+    seg_remove(e, key);
     if (e->nsegs == e->cap) {
         Py_ssize_t cap = e->cap ? 2 * e->cap : 16;
         Seg **segs = PyMem_Realloc(e->segs, (size_t)cap * sizeof *segs);
@@ -834,6 +1277,7 @@ static PyObject *Engine_set_mtu(Engine *e, PyObject *arg) {
         return NULL;
     }
     e->mtu = mtu;
+    e->segments = 1;  /* a new size: the kernel may cut sends to it (send_sealed) */
     Py_RETURN_NONE;
 }
 
@@ -1008,11 +1452,66 @@ static PyObject *Engine_takes(Engine *e, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(r);
 }
 
+/* assemble(sender, entry, now_s): one entry of a multi-datagram update of a registered segment that
+   came in a datagram Python took (run() leaves the rest of a batch to Python once it leaves it one),
+   into this path's assembler: one assembler per segment, whichever path its parts came by (now_s:
+   the monotonic clock, Python's time.monotonic()). The units to ask a RESYNC for: [unit]. The entry
+   as datagram.pack_entry makes it; ValueError if it is not one of a registered segment. */
+static PyObject *Engine_assemble(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "assemble(sender, entry, now_s)");
+        return NULL;
+    }
+    if (!ready(e)) return NULL;
+    unsigned long long sender = PyLong_AsUnsignedLongLong(args[0]);
+    if (sender == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double now_s = PyFloat_AsDouble(args[2]);
+    if (now_s == -1.0 && PyErr_Occurred()) return NULL;
+    uint64_t now = now_s > 0 ? (uint64_t)(now_s * 1e9) : 0;
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = v.buf;
+    Seg *s = v.len >= DG_ENTRY ? by_key(e, get64(p)) : NULL;
+    unsigned length = v.len >= DG_ENTRY ? get16(p + 24) : 0;
+    unsigned part = v.len >= DG_ENTRY ? get16(p + 26) : 0, parts = v.len >= DG_ENTRY ? get16(p + 28) : 0;
+    unsigned flags = v.len >= DG_ENTRY ? get16(p + 30) : 0;
+    if (!s || v.len != DG_ENTRY + (Py_ssize_t)length || !length || !(part < parts) || parts < 2 || !get32(p + 20) ||
+        (flags & ~DG_ENTRY_FULL) || (get32(p + 16) == 0) != (flags == DG_ENTRY_FULL)) {  /* as decode checks it */
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "assemble: not a fragment of a registered segment");
+        return NULL;
+    }
+    PyObject *resyncs = PyList_New(0);
+    int rc = resyncs ? assemble(e, s, sender, p, resyncs, now) : -1;
+    PyBuffer_Release(&v);
+    if (rc < 0) {
+        Py_XDECREF(resyncs);
+        return NULL;
+    }
+    PyObject *units = PyList_New(0);  /* [(key, unit)] -> [unit] */
+    for (Py_ssize_t i = 0; units && i < PyList_GET_SIZE(resyncs); i++)
+        if (PyList_Append(units, PyTuple_GET_ITEM(PyList_GET_ITEM(resyncs, i), 1)) < 0) Py_CLEAR(units);
+    Py_DECREF(resyncs);
+    return units;
+}
+
+/* expire(now_s): drop the partial updates older than the reassembly timeout (Assembler.expire). */
+static PyObject *Engine_expire(Engine *e, PyObject *arg) {
+    double now_s = PyFloat_AsDouble(arg);
+    if (now_s == -1.0 && PyErr_Occurred()) return NULL;
+    if (!ready(e)) return NULL;
+    partials_expire(e, now_s > 0 ? (uint64_t)(now_s * 1e9) : 0);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Engine_methods[] = {
     {"add", (PyCFunction)Engine_add, METH_VARARGS,
      "add(key, segment_id, base, size, unit, shadow, tags, own, write, address, in_sync): take this segment's "
      "updates with the one bridge at address natively"},
-    {"remove", (PyCFunction)Engine_remove, METH_O, "remove(key): no longer (before its binding goes)"},
+    {"remove", (PyCFunction)Engine_remove, METH_O,
+     "remove(key): no longer (before its binding goes); its partial updates are dropped"},
+    {"set_assembly", (PyCFunction)Engine_set_assembly, METH_VARARGS,
+     "set_assembly(max_updates, max_bytes, timeout_s): the bounds of partial updates, as Assembler's"},
     {"set_mtu", (PyCFunction)Engine_set_mtu, METH_O, "set_mtu(mtu): the largest datagram to send"},
     {"next_seq", (PyCFunction)Engine_next_seq, METH_O, "next_seq(now_us): the sender's next sequence number"},
     {"next_tag", (PyCFunction)Engine_next_tag, METH_NOARGS, "next_tag(): a fresh tag for a unit's content"},
@@ -1025,6 +1524,10 @@ static PyMethodDef Engine_methods[] = {
     {"counts", (PyCFunction)Engine_counts, METH_NOARGS, "the counters of this path"},
     {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
      "run(spin_cap_ns, adaptive, timeout_s, doorbell_fd, fds): serve until Python is needed"},
+    {"assemble", (PyCFunction)(void (*)(void))Engine_assemble, METH_FASTCALL,
+     "assemble(sender, entry, now_s): a fragment Python took, into this path's assembler: the units to RESYNC"},
+    {"expire", (PyCFunction)Engine_expire, METH_O,
+     "expire(now_s): drop the partial updates older than the reassembly timeout (time.monotonic())"},
     {"takes", (PyCFunction)(void (*)(void))Engine_takes, METH_FASTCALL,
      "takes(data, (ip, port)): whether run() would take this datagram itself (for the tests)"},
     {NULL, NULL, 0, NULL},

@@ -23,7 +23,7 @@ policy, natively, yielding the CPU).
 
 **The native data path.** With ``native`` (the default) the loop is one native call per turn
 (``_native.BridgeEngine.run``, :meth:`Bridge._native_turn`): the common case (a local write sent
-as a single-datagram update, such an update received and written) never returns to Python, which
+as an update, an update received, its parts gathered, and written) never returns to Python, which
 keeps everything else as above and stays the reference (``native=False``; docs/net.md, "How an
 update travels"). The engine owns the sequence numbers, the tags and the replay window for both paths.
 
@@ -41,6 +41,7 @@ bridge: released by ``close()``, reclaimed by ``ombm gc`` after a ``SIGKILL``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -79,6 +80,7 @@ STAT_KEYS = (
 RETRY_S = 0.2            # an IMPORT or LIST without answer is sent again after this
 MAX_TURN = 256           # datagrams (and control requests) taken per turn before looking at signals
 FIFO_CAPACITY = 4096     # the bridge's receiver: one entry per unit completed since its last turn
+SOCKET_BUFFER = 16 << 20  # the UDP socket's buffers (the kernel doubles it): a 1 MiB stream's window of 8 MiB, twice
 USERS_CHECK_S = 0.25     # how often the local users of every replica are looked at (liveness across hosts)
 USE_GRACE_S = 5.0        # a replica no local process has used this long after it was made or asked for goes
 BYE_COPIES = 2           # a BYE for a segment is sent this many times (best effort, like everything here)
@@ -207,8 +209,11 @@ class Bridge:
             raise
 
     def _open(self, bind_to: Address, control: bool) -> None:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            self._sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # the kernel caps it at its maximum
+        for option, forced in ((socket.SO_RCVBUF, _SO_RCVBUFFORCE), (socket.SO_SNDBUF, _SO_SNDBUFFORCE)):
+            try:  # a stream's window of updates may arrive while the bridge is not running: room for it
+                self._sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)  # past the kernel's maximum (root)
+            except OSError:
+                self._sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)  # the kernel caps it at its maximum
         if not self._ip_fragments:
             _dont_fragment(self._sock, self._family)
         self._sock.bind(bind_to)
@@ -236,6 +241,12 @@ class Bridge:
             self._engine = _native.BridgeEngine(self._receiver.fifo.fifo_map, self._sock.fileno(), self._sealer.sender,
                                                 self._tag, -1 if self._max_age_us is None else self._max_age_us,
                                                 self._mtu, self._key)
+            self._engine.set_assembly(self._assembler.max_updates, self._assembler.max_bytes,
+                                      self._assembler.timeout_s)
+            # only the native path reads the socket: it takes datagrams of one flow joined (UDP_GRO),
+            # as its peer sends runs of them in one call (UDP_SEGMENT; docs/net.md, "Bulk")
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.IPPROTO_UDP, _UDP_GRO, 1)
             self._sealer.sequence = self._engine.next_seq
             self._window = self._engine
 
@@ -370,7 +381,7 @@ class Bridge:
 
     def _native_turn(self, engine: _native.BridgeEngine) -> None:
         """One turn with the native data path: ``engine.run`` serves the common case (local writes
-        out, single-datagram updates in) without returning, spinning and sleeping as :meth:`_spin`
+        out, updates in) without returning, spinning and sleeping as :meth:`_spin`
         and :meth:`_sleep` do; it returns what only Python does (signals of segments it does not
         take, datagrams it does not take, RESYNCs to ask, a request on the control socket, a
         wake-up, a timer), and this turn does it as :meth:`_turn` does."""
@@ -490,6 +501,8 @@ class Bridge:
 
     def _timers(self, now_s: float) -> None:
         self._assembler.expire(now_s)
+        if self._engine is not None:
+            self._engine.expire(now_s)
         if now_s >= self._users_at:
             self._users_at = now_s + USERS_CHECK_S
             self._check_users(now_s)
@@ -612,6 +625,14 @@ class Bridge:
         replica = self._replicas.get(entry.key)
         if replica is None or source not in replica.links:
             self._counts["dropped_unknown_segment"] += 1
+            return
+        engine = replica.engine
+        if engine is not None and entry.parts > 1 and len(replica.links) == 1:
+            # the native path has this segment: its assembler takes the part (the others of its update
+            # may have come that way), and writes the update when it is whole
+            for u in engine.assemble(sender, dg.pack_entry(entry.key, entry.offset, entry.base, entry.tag, entry.part,
+                                                           entry.parts, entry.full, entry.data), now_s):
+                self._resyncs.setdefault((source, replica.key), set()).add(u)
             return
         update = self._assembler.add(sender, entry, now_s)
         if update is None:
@@ -1103,6 +1124,8 @@ def _resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
     return fam, (str(sockaddr[0]), int(sockaddr[1]))
 
 
+_UDP_GRO = 104  # <linux/udp.h>
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>
 _IP_MTU_DISCOVER, _IP_MTU, _IPV6_MTU_DISCOVER, _IPV6_MTU, _PMTUDISC_DO = 10, 14, 23, 24, 2  # <linux/in.h>, in6.h
 _UDP_HEADERS: dict[int, int] = {socket.AF_INET: 20 + 8, socket.AF_INET6: 40 + 8}
 

@@ -29,7 +29,7 @@ cleared: at worst one echo goes out as a one-byte delta (a duplicate signal, whi
 tolerate), never a local write lost.
 
 **Native.** While a replica has one link, the bridge's native data path (``_native.BridgeEngine``)
-does what :meth:`Replica.local_update` and :meth:`Replica.apply` do for single-datagram updates, on
+does what :meth:`Replica.local_update` and :meth:`Replica.apply` do (gathering the parts of long updates), on
 this object's own buffers (shadow, tags, own-write counts, the link's in-sync map): :meth:`attach`
 and every change of the links tell it (``_sync``), and :meth:`close` takes the segment back from it
 before the binding goes.

@@ -86,7 +86,8 @@ class Assembler:
     """Gathers the parts of updates that span several datagrams, within bounds.
 
     At most ``max_updates`` partial updates and ``max_bytes`` of their data are kept; the oldest goes
-    when a new one would pass either bound.  Counters: ``incomplete`` (dropped, expired or pushed
+    when a new one would pass either bound, and an update whose next part would pass ``max_bytes``
+    goes itself.  Counters: ``incomplete`` (dropped, expired or pushed
     out), ``inconsistent`` (a part that disagrees with the others of its update, or parts whose
     ranges overlap or go backwards: the whole update is dropped), ``duplicates`` (a part that came
     twice: ignored).
@@ -117,6 +118,10 @@ class Assembler:
             return None
         if entry.part in pending.got:
             self.duplicates += 1
+            return None
+        if pending.got and self._bytes + len(entry.data) > self.max_bytes:  # the bound holds: this update goes
+            self._drop(ident)
+            self.incomplete += 1
             return None
         pending.got[entry.part] = (entry.offset, bytes(entry.data))
         pending.size += len(entry.data)

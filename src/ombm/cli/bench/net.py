@@ -201,7 +201,6 @@ _STATUS = ("import json; from ombm.core import remote; stats = remote.raise_for(
 # --- ombm Stream across the link ----------------------------------------------------------------
 
 _STREAM_PORT = 7100  # the streams' own bridges, beside the calls' (port 7000)
-_STREAM_MTU = 65_507  # the largest UDP payload: a 1 MiB fragment in 17 datagrams (the veth fragments them)
 _STREAM_WRITER = """
 import json, os, sys, time
 from ombm.channels.stream import Stream
@@ -235,7 +234,8 @@ with Stream.open(name, timeout=60.0) as stream:
 def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) -> Throughput:
     """ombm Stream throughput across the link: the writer in ``client`` (host a, CPU 0), the reader in
     ``server`` (host b, CPU 1) opening ``name@HOST:PORT``, through a bridge in each host (their own
-    ombm folders, beside the calls' bridges; ``--mtu 65507 --ip-fragments``). Timed from the first message
+    ombm folders, beside the calls' bridges; the path's MTU: runs of full datagrams go in one send and
+    arrive joined, UDP_SEGMENT and UDP_GRO, docs/net.md "Bulk"). Timed from the first message
     after a warm-up message (the reader is there) to the writer's ``flush`` (every message acknowledged),
     ``plan.stream_bytes`` per size, best of ``plan.repeats``; slots: the message size, 8 MiB of them
     (4 to 64). Messages are random bytes, each at a new offset of one random buffer: a slot never
@@ -246,7 +246,7 @@ def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) 
         os.makedirs(folders[host]["OMBM_SHM_DIR"], exist_ok=True)
         exports = [arg for name in names for arg in ("--export", name, "--export", name + ".credit")]
         _start_bridge(host, f"{host.address}:{_STREAM_PORT}", "--insecure", "--peer", f"{other.address}:{_STREAM_PORT}",
-                      "--mtu", str(_STREAM_MTU), "--ip-fragments", *(exports if host is client else []),
+                      *(exports if host is client else []),
                       env=folders[host])
     (writer_cpu, reader_cpu), rates = PLACEMENTS[STREAM_PLACEMENT], {}
     for size in STREAM_SIZES:
@@ -265,8 +265,7 @@ def ombm_stream_row(client: Host, server: Host, plan: Plan, progress: Progress) 
                 process.wait(60)
         rates[size] = best
     return Throughput("ombm Stream via bridge", rates,
-                      note=f"--mtu {_STREAM_MTU} --ip-fragments; "
-                           f"writer CPU {writer_cpu}, reader CPU {reader_cpu}")
+                      note=f"writer CPU {writer_cpu}, reader CPU {reader_cpu}")
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
