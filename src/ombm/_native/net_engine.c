@@ -444,14 +444,9 @@ static void send_all(Engine *e) {
     send_sealed(e);
 }
 
-/* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
-static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
-                       uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
-    Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
-    if (e->out_to != to) send_all(e);
-    else if (e->out_count && (e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF)) flush_out(e);
-    e->out_to = to;
-    unsigned char *p = e->out + e->out_end + e->out_len;
+/* An entry's header (DG_ENTRY bytes) at p: where its bytes go, which part of which update. */
+static void put_entry(unsigned char *p, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
+                      uint16_t part, uint16_t parts, int full, Py_ssize_t len) {
     put64(p, key);
     put64(p + 8, offset);
     put32(p + 16, base);
@@ -460,6 +455,17 @@ static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset,
     put16(p + 26, part);
     put16(p + 28, parts);
     put16(p + 30, full ? DG_ENTRY_FULL : 0);
+}
+
+/* Add one entry (Packer.add): the packed ones go first if it does not fit, or go elsewhere. */
+static void pack_entry(Engine *e, const Peer *to, uint64_t key, uint64_t offset, uint32_t base, uint32_t tag,
+                       uint16_t part, uint16_t parts, int full, const unsigned char *data, Py_ssize_t len) {
+    Py_ssize_t room = e->mtu - DG_HEADER - e->trailer;
+    if (e->out_to != to) send_all(e);
+    else if (e->out_count && (e->out_len - DG_HEADER + DG_ENTRY + len > room || e->out_count == 0xFFFF)) flush_out(e);
+    e->out_to = to;
+    unsigned char *p = e->out + e->out_end + e->out_len;
+    put_entry(p, key, offset, base, tag, part, parts, full, len);
     memcpy(p + DG_ENTRY, data, (size_t)len);
     e->out_len += DG_ENTRY + len;
     e->out_count++;
@@ -481,14 +487,7 @@ static void pack_alone(Engine *e, const Peer *to, uint64_t key, uint64_t offset,
     put16(h + 6, 1);
     put64(h + 8, e->sender);
     put64(h + 16, next_seq(e));
-    put64(p, key);
-    put64(p + 8, offset);
-    put32(p + 16, base);
-    put32(p + 20, tag);
-    put16(p + 24, (uint16_t)len);
-    put16(p + 26, part);
-    put16(p + 28, parts);
-    put16(p + 30, full ? DG_ENTRY_FULL : 0);
+    put_entry(p, key, offset, base, tag, part, parts, full, len);
     uint32_t crc = crc32c_copy(NULL, h, DG_HEADER + DG_ENTRY, 0);
     crc = crc32c_copy(p + DG_ENTRY, data, (size_t)len, crc);
     put32(p + DG_ENTRY + len, crc);
