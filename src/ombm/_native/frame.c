@@ -548,16 +548,15 @@ int frame_take_split(const unsigned char *b, Py_ssize_t n, frame_trailer *t, con
         *why = (uint64_t)crc != total ? WHY_SUM : WHY_TRAILER;
         return -1;
     }
+    if (_PyBytes_Resize(&s->env, c.epos) < 0) {
+        Py_CLEAR(s->big);  /* (_PyBytes_Resize released env) */
+        return -1;
+    }
     if (s->big && !walked) {  /* not a message the placeholder may stand in: whole again */
         PyObject *whole = frame_split_join(s);
         frame_split_clear(s);
         if (!whole) return -1;
         s->env = whole;
-        return 0;
-    }
-    if (_PyBytes_Resize(&s->env, c.epos) < 0) {
-        Py_CLEAR(s->big);  /* (_PyBytes_Resize released env) */
-        return -1;
     }
     return 0;
 }
