@@ -411,7 +411,9 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
 /* ---------------------------------------------------------------- one copy out of a large bin */
 
 /* The payload copied out in order (source position pos), its checksum continued in crc, into
-   env (position epos, never past pos: the placeholder is shorter than what it stands for). */
+   env (position epos, never past pos: the placeholder is shorter than what it stands for). With
+   the GIL held, as frame_take: the slot is a lane's raw pointer into a mapping that only the GIL
+   keeps from being closed meanwhile (a slot's frame is at most about a slot, 128 KiB by default). */
 typedef struct {
     const unsigned char *src;
     Py_ssize_t plen, pos;
@@ -423,7 +425,7 @@ typedef struct {
 /* Copy the next k bytes into env: 0, or -1 if the payload ends first (nothing copied). */
 static int split_need(split_cursor *c, uint64_t k) {
     if (k > (uint64_t)(c->plen - c->pos)) return -1;
-    c->crc = crc_copy_released(c->env + c->epos, c->src + c->pos, (Py_ssize_t)k, c->crc);
+    c->crc = crc32c_copy(c->env + c->epos, c->src + c->pos, (size_t)k, c->crc);
     c->pos += (Py_ssize_t)k;
     c->epos += (Py_ssize_t)k;
     return 0;
@@ -482,8 +484,7 @@ static int split_walk(split_cursor *c, frame_split *s, int *failed) {
             c->env[c->epos++] = 0;
             s->big = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)body);
             if (!s->big) { *failed = 1; return -1; }
-            c->crc = crc_copy_released((unsigned char *)PyBytes_AS_STRING(s->big), c->src + c->pos, (Py_ssize_t)body,
-                                       c->crc);
+            c->crc = crc32c_copy((unsigned char *)PyBytes_AS_STRING(s->big), c->src + c->pos, (size_t)body, c->crc);
             c->pos += (Py_ssize_t)body;
             continue;
         }
