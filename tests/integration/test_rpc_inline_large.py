@@ -1,7 +1,8 @@
 """Large inline payloads on the lanes (issue 13 item 4: one copy per side): a bytes, bytearray or
 C-contiguous memoryview argument or result of ``_native.SPLIT_MIN`` bytes up to ``bulk.BULK_MIN``
 is packed straight into the message (one copy), and copied out of the slot straight into the bytes
-the receiver gets (one copy, checksum fused). The wire stays msgpack's: the message the client's
+the receiver gets (one copy, checksum fused); a large ext (a numpy array, a tuple) is copied out
+likewise into the bytes its decoder gets. The wire stays msgpack's: the message the client's
 lane wrote and the reply the server's lane wrote are compared byte for byte with what the Python
 encoders make, and every value, around each threshold, must come back whole, from a real server
 process on both lanes.
@@ -59,6 +60,19 @@ def test_large_buffers_come_back_whole_and_the_message_is_msgpacks(calc):
             cli.identity(memoryview(pattern(20000))[::2])
         assert cli.echo(pattern(9000), key=pattern(9000)) == {"args": [pattern(9000)], "kwargs": {"key": pattern(9000)}}
         assert cli.size(pattern(bulk.BULK_MIN)) == bulk.BULK_MIN  # the bulk guard's, as before
+
+
+def test_large_exts_come_back_as_before(calc):
+    """A numpy array or a tuple of SPLIT_MIN bytes or more (an ext, copied out of the slot into the
+    bytes its decoder gets): what the Python decoder makes of them, a read-only array over them."""
+    np = pytest.importorskip("numpy")
+    with ombm.rpc.connect(calc, timeout=30.0) as cli:
+        for n in (_native.SPLIT_MIN // 8, 8192, 15000):
+            arr = np.arange(n, dtype=np.float64).reshape(-1, 2 if n % 2 == 0 else 1)
+            got = cli.identity(arr)
+            assert got.dtype == arr.dtype and got.shape == arr.shape and (got == arr).all()
+            assert not got.flags.writeable
+            assert cli.identity((pattern(n), n)) == (pattern(n), n)
 
 
 def test_the_servers_reply_is_msgpacks(calc):

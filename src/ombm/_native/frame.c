@@ -438,7 +438,7 @@ static uint64_t get_be(const unsigned char *p, int n) {
 }
 
 /* Walk one msgpack object (a bounded loop over the private copy: every item costs a byte), copying
-   it into env, the first bin of SPLIT_MIN bytes or more into s->big. 0 if the object is well
+   it into env, the body of the first bin or ext of SPLIT_MIN bytes or more into s->big. 0 if the object is well
    formed and holds no SPLIT_CODE ext of its own, -1 otherwise (an exception if *failed). */
 static int split_walk(split_cursor *c, frame_split *s, int *failed) {
     uint64_t pending = 1;
@@ -474,8 +474,9 @@ static int split_walk(split_cursor *c, frame_split *s, int *failed) {
             if (split_need(c, 1) < 0) return -1;
             if (c->env[c->epos - 1] == SPLIT_CODE) return -1;  /* the placeholder's code on the wire */
         }
-        if (bin && !s->big && body >= SPLIT_MIN && body <= (uint64_t)(c->plen - c->pos)) {
-            s->hlen = 1 + lenbytes;  /* the header, already in env: replaced by the placeholder */
+        if ((bin || (ext && lenbytes)) && !s->big && body >= SPLIT_MIN && body <= (uint64_t)(c->plen - c->pos)) {
+            s->hlen = 1 + lenbytes + ext;  /* the header, already in env: replaced by the placeholder */
+            s->code = ext ? c->env[c->epos - 1] : -1;
             memcpy(s->hdr, c->env + c->epos - s->hlen, (size_t)s->hlen);
             c->epos -= s->hlen;
             s->at = c->epos;
@@ -517,6 +518,7 @@ PyObject *frame_split_join(const frame_split *s) {
 int frame_take_split(const unsigned char *b, Py_ssize_t n, frame_trailer *t, const char **why, frame_split *s) {
     s->env = s->big = NULL;
     s->at = s->hlen = 0;
+    s->code = -1;
     *why = NULL;
     if (n < TRAILER) {
         *why = WHY_SHORT;
@@ -602,7 +604,7 @@ static PyObject *n_frame_decode(PyObject *Py_UNUSED(self), PyObject *const *args
     return r;
 }
 
-/* frame_split(view) -> (env, big or None, at): frame_take_split's split of the frame ending the
+/* frame_split(view) -> (env, big or None, at, header): frame_take_split's split of the frame ending the
    view (for the tests: the lanes read their slots with it). ValueError as frame_decode. */
 static PyObject *n_frame_split(PyObject *Py_UNUSED(self), PyObject *view) {
     Py_buffer v;
@@ -616,14 +618,15 @@ static PyObject *n_frame_split(PyObject *Py_UNUSED(self), PyObject *view) {
         if (why) PyErr_SetString(PyExc_ValueError, why);
         return NULL;
     }
-    PyObject *out = Py_BuildValue("(OOn)", s.env, s.big ? s.big : Py_None, s.at);
+    PyObject *out = Py_BuildValue("(OOny#)", s.env, s.big ? s.big : Py_None, s.at, (const char *)s.hdr,
+                                  (Py_ssize_t)(s.big ? s.hlen : 0));
     frame_split_clear(&s);
     return out;
 }
 
 static PyMethodDef frame_functions[] = {
     {"frame_split", n_frame_split, METH_O,
-     "frame_split(view) -> (env, big | None, at): a frame's payload as the lanes take it (a large bin split out)"},
+     "frame_split(view) -> (env, big | None, at, header): a frame's payload as the lanes take it (a large item split out)"},
     {"frame_encode", (PyCFunction)(void (*)(void))n_frame_encode, METH_FASTCALL,
      "encode an RPC frame: payload + trailer"},
     {"frame_decode", (PyCFunction)(void (*)(void))n_frame_decode, METH_FASTCALL,

@@ -47,24 +47,29 @@ PyObject *marshal_unpack(Marshal *m, PyObject *data) {
     return obj;
 }
 
-/* The placeholder's ext hook, self = (big, inner hook): ext SPLIT_CODE holding one zero byte is
-   `big` (frame_take_split wrote it; the wire's own SPLIT_CODE is never split), anything else the
-   inner hook's. */
+/* The placeholder's ext hook, self = (big, inner hook, code): ext SPLIT_CODE holding one zero byte
+   (frame_take_split wrote it; the wire's own SPLIT_CODE is never split) is `big` if it was a bin
+   (code None), else the inner hook's object for ext `code` holding `big`; anything else the inner
+   hook's. */
 static PyObject *split_hook(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     int overflow;
     if (nargs == 2 && PyLong_CheckExact(args[0]) && PyLong_AsLongAndOverflow(args[0], &overflow) == SPLIT_CODE &&
-        PyBytes_CheckExact(args[1]) &&
-        PyBytes_GET_SIZE(args[1]) == 1 && PyBytes_AS_STRING(args[1])[0] == 0)
-        return Py_NewRef(PyTuple_GET_ITEM(self, 0));
+        PyBytes_CheckExact(args[1]) && PyBytes_GET_SIZE(args[1]) == 1 && PyBytes_AS_STRING(args[1])[0] == 0) {
+        PyObject *code = PyTuple_GET_ITEM(self, 2);
+        if (code == Py_None) return Py_NewRef(PyTuple_GET_ITEM(self, 0));
+        return PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), (PyObject *[]){code, PyTuple_GET_ITEM(self, 0)}, 2, NULL);
+    }
     return PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, (size_t)nargs, NULL);
 }
 
 static PyMethodDef split_hook_def = {"split_hook", (PyCFunction)(void (*)(void))split_hook, METH_FASTCALL,
-                                     "a large bin's placeholder, else the marshal ext hook"};
+                                     "a large item's placeholder, else the marshal ext hook"};
 
 PyObject *marshal_unpack_split(Marshal *m, const frame_split *s) {
     if (!s->big) return marshal_unpack(m, s->env);
-    PyObject *state = PyTuple_Pack(2, s->big, m->ext_hook);
+    PyObject *code = s->code < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(s->code);
+    PyObject *state = code ? PyTuple_Pack(3, s->big, m->ext_hook, code) : NULL;
+    Py_XDECREF(code);
     PyObject *hook = state ? PyCFunction_New(&split_hook_def, state) : NULL;
     Py_XDECREF(state);
     if (!hook) return NULL;

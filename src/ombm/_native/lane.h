@@ -57,7 +57,8 @@ PyObject *marshal_pack(Marshal *m, PyObject *obj);
 PyObject *marshal_unpack(Marshal *m, PyObject *data);
 
 /* marshal_unpack of a split payload (frame.h: frame_take_split): the large bin comes back as the
-   bytes object it was copied into (no second copy), the rest as marshal_unpack would make it. */
+   bytes object it was copied into (no second copy), a large ext as the ext hook makes it from those
+   bytes (a numpy array views them), the rest as marshal_unpack would make it. */
 PyObject *marshal_unpack_split(Marshal *m, const frame_split *s);
 
 /* A call [method, [args...], {}] or a reply [0, result] (as rpc/marshal.py packs them) in which a
