@@ -193,6 +193,16 @@ def frame_decode(view: ReadableBuffer, kinds: tuple[_K | None, ...], /) -> _Fram
     """Validate and copy out the frame ending ``view``; ``kinds[k]`` is what kind byte k decodes to (None:
     invalid). ``ValueError`` for anything wrong."""
 
+SPLIT_MIN: int
+SPLIT_CODE: int
+
+def frame_split(view: ReadableBuffer, /) -> tuple[bytes, bytes | None, int, bytes]:
+    """The payload of the frame ending ``view`` as the RPC lanes take it (checked as frame_decode,
+    ``ValueError`` likewise): ``(env, big, at, header)``, the body of the first msgpack bin or ext of
+    ``SPLIT_MIN`` bytes or more copied out into ``big``, the item (``header`` + body) replaced in
+    ``env`` at ``at`` by ext ``SPLIT_CODE`` holding one zero byte; ``big`` None: ``env`` is the whole
+    payload (and ``header`` empty)."""
+
 CRC32C_IMPL: Final[Literal["sse4.2", "armv8-crc", "table"]]
 """Which CRC32C the checksum uses, chosen at import: ``"sse4.2"``, ``"armv8-crc"`` or ``"table"`` (also when the
 environment sets ``OMBM_CRC32C=table``)."""

@@ -122,44 +122,32 @@ static int CallLane_clear(CallLane *l) {
 }
 
 /* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection, of any
-   call: a new bytes object with its payload, *kind and *call_id set; NULL (no exception) otherwise. */
-static PyObject *lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id) {
-    if (off >= (uint64_t)l->reply_size) return NULL;
+   call: 1 with its payload in *s (frame_take_split: a large bin copied out once, straight into
+   the bytes the result will be), *kind and *call_id set; 0 (no exception) otherwise. */
+static int lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id, frame_split *s) {
+    if (off >= (uint64_t)l->reply_size) return 0;
     Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
-    if (start + l->reply_slot > l->reply_size) return NULL;
+    if (start + l->reply_slot > l->reply_size) return 0;
     frame_trailer t;
     const char *why;
-    PyObject *payload = frame_take(l->reply_base + start, l->reply_slot, 0, &t, &why);
-    if (!payload) {
+    if (frame_take_split(l->reply_base + start, l->reply_slot, &t, &why, s) < 0) {
         PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
-        return NULL;
+        return 0;
     }
     if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
         t.connection_id != l->connection_id || !t.message_id) {
-        Py_DECREF(payload);
-        return NULL;
+        frame_split_clear(s);
+        return 0;
     }
     *kind = t.kind;
     *call_id = t.message_id;
-    return payload;
-}
-
-/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection and call:
-   a new bytes object with its payload and *kind set; NULL (no exception) otherwise. */
-static PyObject *lane_take_reply(CallLane *l, uint64_t off, uint64_t call_id, unsigned *kind) {
-    uint64_t got;
-    PyObject *payload = lane_take_any(l, off, kind, &got);
-    if (payload && got != call_id) {
-        Py_DECREF(payload);
-        return NULL;
-    }
-    return payload;
+    return 1;
 }
 
 /* The result in a REPLY payload that unmarshals to [0, result] (a new reference), or NULL
    (no exception unless one that is not an Exception was raised) for anything else. */
-static PyObject *lane_result(CallLane *l, PyObject *payload) {
-    PyObject *reply = marshal_unpack(&l->marshal, payload);
+static PyObject *lane_result(CallLane *l, const frame_split *s) {
+    PyObject *reply = marshal_unpack_split(&l->marshal, s);
     if (!reply) return NULL;
     PyObject *result = NULL;
     if (PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
@@ -170,6 +158,20 @@ static PyObject *lane_result(CallLane *l, PyObject *payload) {
     }
     Py_DECREF(reply);
     return result;
+}
+
+/* A taken reply's result (LANE_VALUE) or its whole payload (LANE_REPLY, LANE_ERROR_REPLY) into
+   *value: its status, or -1 with an exception. The split is cleared. */
+static int lane_settle(CallLane *l, unsigned kind, frame_split *s, PyObject **value) {
+    *value = kind == KIND_REPLY ? lane_result(l, s) : NULL;
+    if (*value || PyErr_Occurred()) {
+        frame_split_clear(s);
+        return *value ? LANE_VALUE : -1;
+    }
+    *value = frame_split_join(s);
+    frame_split_clear(s);
+    if (!*value) return -1;
+    return kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY;
 }
 
 /* call(method, args, kwargs, spin_ns, sleep_ok) -> CallResult (see the file's comment). The
@@ -203,7 +205,8 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     PyList_SET_ITEM(triple, 0, args[0]);
     PyList_SET_ITEM(triple, 1, positional);
     PyList_SET_ITEM(triple, 2, args[2]);
-    PyObject *message = marshal_pack(&l->marshal, triple);
+    PyObject *message = marshal_pack_direct(&l->marshal, triple);  /* a large buffer: copied once */
+    if (!message && !PyErr_Occurred()) message = marshal_pack(&l->marshal, triple);
     Py_DECREF(triple);
     if (!message) return PyErr_Occurred() ? NULL : call_unsent(LANE_UNSENT);
     if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent) {
@@ -229,24 +232,21 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
     if (r != WAIT_READY || !fifo_take(f, &seg, &off))
         return call_result(r == WAIT_STALLED ? LANE_STALLED : LANE_TIMEOUT, Py_NewRef(Py_None), waited, call_id, 0, 0);
-    if (seg == l->reply_seg) {
-        unsigned kind = 0;
-        PyObject *payload = lane_take_reply(l, off, call_id, &kind);
-        if (payload) {
+    frame_split s;
+    unsigned kind = 0;
+    uint64_t got = 0;
+    if (seg == l->reply_seg && lane_take_any(l, off, &kind, &got, &s)) {
+        if (got == call_id) {
             if (!settle) {  /* the call is over: what the protocol's end_call would do */
                 l->current = 0;
                 l->rtt_ns = waited ? waited : 1;
             }
-            if (kind == KIND_REPLY) {
-                PyObject *result = lane_result(l, payload);
-                if (result) {
-                    Py_DECREF(payload);
-                    return call_result(LANE_VALUE, result, waited, settle, 0, 0);
-                }
-                if (PyErr_Occurred()) { Py_DECREF(payload); return NULL; }
-            }
-            return call_result(kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY, payload, waited, settle, 0, 0);
+            PyObject *value;
+            int status = lane_settle(l, kind, &s, &value);
+            if (status < 0) return NULL;
+            return call_result(status, value, waited, settle, 0, 0);
         }
+        frame_split_clear(&s);
     }
     return call_result(LANE_OTHER, Py_NewRef(Py_None), waited, call_id, seg, off);
 }
@@ -305,22 +305,16 @@ static PyObject *CallLane_take(CallLane *l, PyObject *const *args, Py_ssize_t na
         if (!fifo_take(f, &seg, &off)) break;
         PyObject *entry = NULL;
         unsigned kind = 0;
-        PyObject *payload = seg == l->reply_seg ? lane_take_any(l, off, &kind, &call_id) : NULL;
-        if (!payload) {
+        frame_split s;
+        if (seg != l->reply_seg || !lane_take_any(l, off, &kind, &call_id, &s)) {
             entry = take_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg), PyLong_FromUnsignedLongLong(off));
         } else {
-            PyObject *result = kind == KIND_REPLY ? lane_result(l, payload) : NULL;
-            if (result) {
-                Py_DECREF(payload);
-                entry = take_entry(LANE_VALUE, PyLong_FromUnsignedLongLong(call_id), result);
-            } else if (PyErr_Occurred()) {
-                /* not an Exception (e.g. KeyboardInterrupt): it propagates, and the replies taken so
-                   far are lost, as if their signals were (the protocol's retransmission recovers them) */
-                Py_DECREF(payload);
-            } else {
-                entry = take_entry(kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY,
-                                   PyLong_FromUnsignedLongLong(call_id), payload);
-            }
+            PyObject *value;
+            int status = lane_settle(l, kind, &s, &value);
+            /* status < 0, an exception that is not an Exception (e.g. KeyboardInterrupt): it
+               propagates, and the replies taken so far are lost, as if their signals were (the
+               protocol's retransmission recovers them) */
+            if (status >= 0) entry = take_entry(status, PyLong_FromUnsignedLongLong(call_id), value);
         }
         if (!entry || PyList_Append(entries, entry) < 0) {
             Py_XDECREF(entry);

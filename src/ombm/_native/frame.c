@@ -223,9 +223,7 @@ static PyObject *n_span_view(PyObject *Py_UNUSED(self), PyObject *const *args, P
 
 /* ---------------------------------------------------------------- large payloads, routed away */
 
-/* The size of a bytes-like object (bytes, bytearray, memoryview, a numpy array: anything with a
-   buffer, but str) or -1 if it is none; no exception either way. */
-static Py_ssize_t buffer_size(PyObject *o) {
+Py_ssize_t frame_buffer_size(PyObject *o) {
     if (PyBytes_CheckExact(o)) return PyBytes_GET_SIZE(o);
     if (PyByteArray_CheckExact(o)) return PyByteArray_GET_SIZE(o);
     if (PyLong_CheckExact(o) || PyUnicode_CheckExact(o) || PyFloat_CheckExact(o) || o == Py_None || PyBool_Check(o))
@@ -243,7 +241,7 @@ static Py_ssize_t buffer_size(PyObject *o) {
     return n;
 }
 
-static int is_large(PyObject *o, Py_ssize_t threshold) { return buffer_size(o) >= threshold; }
+static int is_large(PyObject *o, Py_ssize_t threshold) { return frame_buffer_size(o) >= threshold; }
 
 /* The guard's pack(obj), self = (inner pack, threshold int, exception class): obj is a call
    [method, [args...], {kwargs}] or a reply [0, result] as rpc/marshal.py packs them; if an
@@ -359,10 +357,26 @@ static PyObject *n_frame_encode(PyObject *Py_UNUSED(self), PyObject *const *args
 
 /* ---------------------------------------------------------------- THE frame check */
 
+/* The trailer's fields from its private copy p (TRAILER_HEAD bytes) into *t; 0, or -1 if it is
+   malformed for a payload of plen bytes. */
+static int trailer_read(const unsigned char *p, uint32_t plen, frame_trailer *t) {
+    t->connection_id = get64(p); t->message_id = get64(p + 8); t->ack = get64(p + 16);
+    t->payload_len = get32(p + 24); t->credit = get32(p + 28);
+    t->frag_index = get16(p + 32); t->frag_count = get16(p + 34);
+    t->kind = p[36];
+    return get16(p + 38) != FRAME_MAGIC || p[37] != 0 || t->payload_len != plen || t->frag_index >= t->frag_count
+               ? -1 : 0;
+}
+
+static const char WHY_SHORT[] = "buffer too short for a frame trailer";
+static const char WHY_OVERRUN[] = "payload length overruns the buffer";
+static const char WHY_SUM[] = "checksum mismatch (corrupt, torn or overwritten frame)";
+static const char WHY_TRAILER[] = "malformed trailer (magic, flags, length or fragment)";
+
 PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, frame_trailer *t, const char **why) {
     *why = NULL;
     if (n < TRAILER) {
-        *why = "buffer too short for a frame trailer";
+        *why = WHY_SHORT;
         return NULL;
     }
     /* the length is read once, so the bound checked is the bound copied; the sum is compared
@@ -370,7 +384,7 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
     uint32_t plen = get32(b + n - 24);
     uint64_t total = get64(b + n - 8);
     if ((Py_ssize_t)plen > n - TRAILER) {
-        *why = "payload length overruns the buffer";
+        *why = WHY_OVERRUN;
         return NULL;
     }
     Py_ssize_t size = (Py_ssize_t)plen + TRAILER_HEAD;
@@ -379,17 +393,12 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
     unsigned char *c = (unsigned char *)(as_bytearray ? PyByteArray_AS_STRING(copy) : PyBytes_AS_STRING(copy));
     if ((uint64_t)crc32c_copy(c, b + n - TRAILER - plen, (size_t)size, 0) != total) {
         Py_DECREF(copy);
-        *why = "checksum mismatch (corrupt, torn or overwritten frame)";
+        *why = WHY_SUM;
         return NULL;
     }
-    const unsigned char *p = c + plen;  /* every field from the private copy */
-    t->connection_id = get64(p); t->message_id = get64(p + 8); t->ack = get64(p + 16);
-    t->payload_len = get32(p + 24); t->credit = get32(p + 28);
-    t->frag_index = get16(p + 32); t->frag_count = get16(p + 34);
-    t->kind = p[36];
-    if (get16(p + 38) != FRAME_MAGIC || p[37] != 0 || t->payload_len != plen || t->frag_index >= t->frag_count) {
+    if (trailer_read(c + plen, plen, t) < 0) {  /* every field from the private copy */
         Py_DECREF(copy);
-        *why = "malformed trailer (magic, flags, length or fragment)";
+        *why = WHY_TRAILER;
         return NULL;
     }
     if (as_bytearray ? PyByteArray_Resize(copy, plen) < 0 : _PyBytes_Resize(&copy, plen) < 0) {
@@ -397,6 +406,162 @@ PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, fra
         return NULL;
     }
     return copy;
+}
+
+/* ---------------------------------------------------------------- one copy out of a large bin */
+
+/* The payload copied out in order (source position pos), its checksum continued in crc, into
+   env (position epos, never past pos: the placeholder is shorter than what it stands for). With
+   the GIL held, as frame_take: the slot is a lane's raw pointer into a mapping that only the GIL
+   keeps from being closed meanwhile (a slot's frame is at most about a slot, 128 KiB by default). */
+typedef struct {
+    const unsigned char *src;
+    Py_ssize_t plen, pos;
+    unsigned char *env;
+    Py_ssize_t epos;
+    uint32_t crc;
+} split_cursor;
+
+/* Copy the next k bytes into env: 0, or -1 if the payload ends first (nothing copied). */
+static int split_need(split_cursor *c, uint64_t k) {
+    if (k > (uint64_t)(c->plen - c->pos)) return -1;
+    c->crc = crc32c_copy(c->env + c->epos, c->src + c->pos, (size_t)k, c->crc);
+    c->pos += (Py_ssize_t)k;
+    c->epos += (Py_ssize_t)k;
+    return 0;
+}
+
+static uint64_t get_be(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* Walk one msgpack object (a bounded loop over the private copy: every item costs a byte), copying
+   it into env, the body of the first bin or ext of SPLIT_MIN bytes or more into s->big. 0 if the object is well
+   formed and holds no SPLIT_CODE ext of its own, -1 otherwise (an exception if *failed). */
+static int split_walk(split_cursor *c, frame_split *s, int *failed) {
+    uint64_t pending = 1;
+    while (pending > 0) {
+        pending--;
+        if (split_need(c, 1) < 0) return -1;
+        unsigned b = c->env[c->epos - 1];
+        uint64_t children = 0, body = 0;
+        int lenbytes = 0, bin = 0, ext = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) continue;
+        if ((b & 0xf0) == 0x80) children = 2 * (uint64_t)(b & 15);
+        else if ((b & 0xf0) == 0x90) children = b & 15;
+        else if ((b & 0xe0) == 0xa0) body = b & 31;
+        else if (b >= 0xc4 && b <= 0xc6) { bin = 1; lenbytes = 1 << (b - 0xc4); }
+        else if (b >= 0xc7 && b <= 0xc9) { ext = 1; lenbytes = 1 << (b - 0xc7); }
+        else if (b == 0xca || b == 0xcb) body = b == 0xca ? 4 : 8;
+        else if (b >= 0xcc && b <= 0xcf) body = 1u << (b - 0xcc);
+        else if (b >= 0xd0 && b <= 0xd3) body = 1u << (b - 0xd0);
+        else if (b >= 0xd4 && b <= 0xd8) { ext = 1; body = 1u << (b - 0xd4); }
+        else if (b >= 0xd9 && b <= 0xdb) lenbytes = 1 << (b - 0xd9);
+        else if (b == 0xdc || b == 0xdd || b == 0xde || b == 0xdf) {
+            int w = b & 1 ? 4 : 2;
+            if (split_need(c, (uint64_t)w) < 0) return -1;
+            children = get_be(c->env + c->epos - w, w) * (b >= 0xde ? 2 : 1);
+        } else {
+            return -1;  /* 0xc1: never used */
+        }
+        if (lenbytes) {
+            if (split_need(c, (uint64_t)lenbytes) < 0) return -1;
+            body = get_be(c->env + c->epos - lenbytes, lenbytes);  /* from the private copy */
+        }
+        if (ext) {
+            if (split_need(c, 1) < 0) return -1;
+            if (c->env[c->epos - 1] == SPLIT_CODE) return -1;  /* the placeholder's code on the wire */
+        }
+        if ((bin || (ext && lenbytes)) && !s->big && body >= SPLIT_MIN && body <= (uint64_t)(c->plen - c->pos)) {
+            s->hlen = 1 + lenbytes + ext;  /* the header, already in env: replaced by the placeholder */
+            s->code = ext ? c->env[c->epos - 1] : -1;
+            memcpy(s->hdr, c->env + c->epos - s->hlen, (size_t)s->hlen);
+            c->epos -= s->hlen;
+            s->at = c->epos;
+            c->env[c->epos++] = 0xd4;
+            c->env[c->epos++] = SPLIT_CODE;
+            c->env[c->epos++] = 0;
+            s->big = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)body);
+            if (!s->big) { *failed = 1; return -1; }
+            c->crc = crc32c_copy((unsigned char *)PyBytes_AS_STRING(s->big), c->src + c->pos, (size_t)body, c->crc);
+            c->pos += (Py_ssize_t)body;
+            continue;
+        }
+        if (split_need(c, body) < 0) return -1;
+        if (children > (uint64_t)(c->plen - c->pos)) return -1;  /* each item takes a byte at least */
+        pending += children;
+    }
+    return 0;
+}
+
+void frame_split_clear(frame_split *s) {
+    Py_CLEAR(s->env);
+    Py_CLEAR(s->big);
+}
+
+PyObject *frame_split_join(const frame_split *s) {
+    if (!s->big) return Py_NewRef(s->env);
+    Py_ssize_t elen = PyBytes_GET_SIZE(s->env), blen = PyBytes_GET_SIZE(s->big);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, elen - 3 + s->hlen + blen);
+    if (!out) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    const char *e = PyBytes_AS_STRING(s->env);
+    memcpy(o, e, (size_t)s->at);
+    memcpy(o + s->at, s->hdr, (size_t)s->hlen);
+    memcpy(o + s->at + s->hlen, PyBytes_AS_STRING(s->big), (size_t)blen);
+    memcpy(o + s->at + s->hlen + blen, e + s->at + 3, (size_t)(elen - s->at - 3));
+    return out;
+}
+
+int frame_take_split(const unsigned char *b, Py_ssize_t n, frame_trailer *t, const char **why, frame_split *s) {
+    s->env = s->big = NULL;
+    s->at = s->hlen = 0;
+    s->code = -1;
+    *why = NULL;
+    if (n < TRAILER) {
+        *why = WHY_SHORT;
+        return -1;
+    }
+    uint32_t plen = get32(b + n - 24);  /* read once, as in frame_take */
+    uint64_t total = get64(b + n - 8);
+    if ((Py_ssize_t)plen > n - TRAILER) {
+        *why = WHY_OVERRUN;
+        return -1;
+    }
+    if (plen < SPLIT_MIN) {
+        s->env = frame_take(b, n, 0, t, why);
+        return s->env ? 0 : -1;
+    }
+    s->env = PyBytes_FromStringAndSize(NULL, plen);
+    if (!s->env) return -1;
+    split_cursor c = {b + n - TRAILER - plen, plen, 0, (unsigned char *)PyBytes_AS_STRING(s->env), 0, 0};
+    int failed = 0;
+    int walked = split_walk(&c, s, &failed) == 0 && c.pos == c.plen;
+    if (failed) {
+        frame_split_clear(s);
+        return -1;
+    }
+    split_need(&c, (uint64_t)(c.plen - c.pos));  /* the rest, if the walk stopped early */
+    unsigned char head[TRAILER_HEAD];
+    uint32_t crc = crc32c_copy(head, b + n - TRAILER, TRAILER_HEAD, c.crc);
+    if ((uint64_t)crc != total || trailer_read(head, plen, t) < 0) {
+        frame_split_clear(s);
+        *why = (uint64_t)crc != total ? WHY_SUM : WHY_TRAILER;
+        return -1;
+    }
+    if (_PyBytes_Resize(&s->env, c.epos) < 0) {
+        Py_CLEAR(s->big);  /* (_PyBytes_Resize released env) */
+        return -1;
+    }
+    if (s->big && !walked) {  /* not a message the placeholder may stand in: whole again */
+        PyObject *whole = frame_split_join(s);
+        frame_split_clear(s);
+        if (!whole) return -1;
+        s->env = whole;
+    }
+    return 0;
 }
 
 PyObject *frame_fields(PyObject *kind, const frame_trailer *t, PyObject *payload) {
@@ -439,7 +604,29 @@ static PyObject *n_frame_decode(PyObject *Py_UNUSED(self), PyObject *const *args
     return r;
 }
 
+/* frame_split(view) -> (env, big or None, at, header): frame_take_split's split of the frame ending the
+   view (for the tests: the lanes read their slots with it). ValueError as frame_decode. */
+static PyObject *n_frame_split(PyObject *Py_UNUSED(self), PyObject *view) {
+    Py_buffer v;
+    if (PyObject_GetBuffer(view, &v, PyBUF_SIMPLE) < 0) return NULL;
+    frame_trailer t;
+    const char *why;
+    frame_split s;
+    int r = frame_take_split(v.buf, v.len, &t, &why, &s);
+    PyBuffer_Release(&v);
+    if (r < 0) {
+        if (why) PyErr_SetString(PyExc_ValueError, why);
+        return NULL;
+    }
+    PyObject *out = Py_BuildValue("(OOny#)", s.env, s.big ? s.big : Py_None, s.at, (const char *)s.hdr,
+                                  (Py_ssize_t)(s.big ? s.hlen : 0));
+    frame_split_clear(&s);
+    return out;
+}
+
 static PyMethodDef frame_functions[] = {
+    {"frame_split", n_frame_split, METH_O,
+     "frame_split(view) -> (env, big | None, at, header): a frame's payload as the lanes take it (a large item split out)"},
     {"frame_encode", (PyCFunction)(void (*)(void))n_frame_encode, METH_FASTCALL,
      "encode an RPC frame: payload + trailer"},
     {"frame_decode", (PyCFunction)(void (*)(void))n_frame_decode, METH_FASTCALL,
@@ -462,7 +649,10 @@ static PyMethodDef frame_functions[] = {
 
 int native_add_frame(PyObject *module) {
     const char *impl = crc32c_init();  /* the CRC32C implementation, chosen once */
-    if (PyModule_AddStringConstant(module, "CRC32C_IMPL", impl) < 0) return -1;
+    if (PyModule_AddStringConstant(module, "CRC32C_IMPL", impl) < 0 ||
+        PyModule_AddIntConstant(module, "SPLIT_MIN", SPLIT_MIN) < 0 ||
+        PyModule_AddIntConstant(module, "SPLIT_CODE", SPLIT_CODE) < 0)
+        return -1;
     if (PyType_Ready(&SpanViewType) < 0) return -1;  /* (made by span_view only: not in the module) */
     return native_add(module, frame_functions, NULL);
 }

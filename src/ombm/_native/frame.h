@@ -41,6 +41,38 @@ PyObject *frame_bytes(const void *payload, const frame_trailer *t);
    exception (out of memory; *why NULL). */
 PyObject *frame_take(const unsigned char *b, Py_ssize_t n, int as_bytearray, frame_trailer *t, const char **why);
 
+/* A large inline payload (issue 13 item 4: one copy out): a frame whose payload is msgpack with a
+   bin or ext of SPLIT_MIN bytes or more is copied out by frame_take_split in that same one pass
+   (checksum fused), the first such body straight into its own bytes object (`big`), the rest of
+   the payload into `env` (private) with the item replaced by a placeholder the wire never carries:
+   ext type SPLIT_CODE holding one zero byte (marshal_unpack_split, lane.c, gives back `big` for a
+   bin, or what the ext hook makes of `big` for an ext: a numpy array views it). big NULL: env is
+   the whole payload. */
+#define SPLIT_MIN 8192
+#define SPLIT_CODE 15         /* an ext type code of ombm's (0-15) that rpc/marshal.py never uses */
+typedef struct {
+    PyObject *env, *big;      /* new references (big may be NULL) */
+    Py_ssize_t at;            /* where the placeholder (3 bytes) is in env */
+    int code;                 /* the ext type code of big, -1 for a bin */
+    unsigned char hdr[6];     /* the item's header, as it came */
+    int hlen;
+} frame_split;
+
+/* THE frame check, as frame_take (same *why, same checks, every field from the private copy),
+   splitting out a large bin or ext as described above; a payload shorter than SPLIT_MIN, or not walkable
+   msgpack (malformed, trailing bytes, a placeholder code of its own), is never split. 0 with *s
+   set, or -1 (*why says what is wrong, no exception; or *why NULL and an exception). */
+int frame_take_split(const unsigned char *b, Py_ssize_t n, frame_trailer *t, const char **why, frame_split *s);
+
+/* The whole payload of a split (a new bytes: env itself if nothing is split), or NULL with an
+   exception. */
+PyObject *frame_split_join(const frame_split *s);
+void frame_split_clear(frame_split *s);
+
+/* The size of a bytes-like object (bytes, bytearray, memoryview, a numpy array: anything with a
+   C-contiguous buffer, but str) or -1 if it is none; no exception either way. */
+Py_ssize_t frame_buffer_size(PyObject *o);
+
 /* frame_decode's tuple for Python: (kinds[t->kind], connection id, message id, frag index,
    frag count, ack, payload, credit); a new reference, or NULL with an exception. */
 PyObject *frame_fields(PyObject *kind, const frame_trailer *t, PyObject *payload);

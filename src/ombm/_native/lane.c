@@ -47,6 +47,160 @@ PyObject *marshal_unpack(Marshal *m, PyObject *data) {
     return obj;
 }
 
+/* The placeholder's ext hook, self = (big, inner hook, code): ext SPLIT_CODE holding one zero byte
+   (frame_take_split wrote it; the wire's own SPLIT_CODE is never split) is `big` if it was a bin
+   (code None), else the inner hook's object for ext `code` holding `big`; anything else the inner
+   hook's. */
+static PyObject *split_hook(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int overflow;
+    if (nargs == 2 && PyLong_CheckExact(args[0]) && PyLong_AsLongAndOverflow(args[0], &overflow) == SPLIT_CODE &&
+        PyBytes_CheckExact(args[1]) && PyBytes_GET_SIZE(args[1]) == 1 && PyBytes_AS_STRING(args[1])[0] == 0) {
+        PyObject *code = PyTuple_GET_ITEM(self, 2);
+        if (code == Py_None) return Py_NewRef(PyTuple_GET_ITEM(self, 0));
+        return PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), (PyObject *[]){code, PyTuple_GET_ITEM(self, 0)}, 2, NULL);
+    }
+    return PyObject_Vectorcall(PyTuple_GET_ITEM(self, 1), args, (size_t)nargs, NULL);
+}
+
+static PyMethodDef split_hook_def = {"split_hook", (PyCFunction)(void (*)(void))split_hook, METH_FASTCALL,
+                                     "a large item's placeholder, else the marshal ext hook"};
+
+PyObject *marshal_unpack_split(Marshal *m, const frame_split *s) {
+    if (!s->big) return marshal_unpack(m, s->env);
+    PyObject *code = s->code < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(s->code);
+    PyObject *state = code ? PyTuple_Pack(3, s->big, m->ext_hook, code) : NULL;
+    Py_XDECREF(code);
+    PyObject *hook = state ? PyCFunction_New(&split_hook_def, state) : NULL;
+    Py_XDECREF(state);
+    if (!hook) return NULL;
+    PyObject *argv[3] = {s->env, hook, Py_False};
+    PyObject *obj = PyObject_Vectorcall(m->unpack, argv, 1, m->kwnames);
+    Py_DECREF(hook);
+    if (!obj && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
+    return obj;
+}
+
+/* msgpack's headers, big-endian lengths: the smallest form, as msgpack's Packer writes them. */
+static Py_ssize_t put_head(unsigned char *p, unsigned fix, unsigned fixmax, unsigned b8, unsigned b16, size_t n) {
+    if (fix && n <= fixmax) { p[0] = (unsigned char)(fix | n); return 1; }
+    if (b8 && n < 256) { p[0] = (unsigned char)b8; p[1] = (unsigned char)n; return 2; }
+    if (n < 65536) { p[0] = (unsigned char)b16; p[1] = (unsigned char)(n >> 8); p[2] = (unsigned char)n; return 3; }
+    p[0] = (unsigned char)(b16 + 1);
+    p[1] = (unsigned char)(n >> 24); p[2] = (unsigned char)(n >> 16); p[3] = (unsigned char)(n >> 8); p[4] = (unsigned char)n;
+    return 5;
+}
+
+#define DIRECT_ITEMS 16  /* the most positional arguments a direct call packs */
+
+/* A buffer to copy straight: 1 with *v filled (release it), 0 if o is not one, -1 if o is a large
+   payload (the bulk guard's: the message is not packed here). */
+static int direct_buffer(PyObject *o, Py_buffer *v) {
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(o)) n = PyBytes_GET_SIZE(o);
+    else if (PyByteArray_CheckExact(o)) n = PyByteArray_GET_SIZE(o);
+    else if (Py_IS_TYPE(o, &PyMemoryView_Type)) n = PyMemoryView_GET_BUFFER(o)->len;
+    else if (PyLong_CheckExact(o) || PyUnicode_CheckExact(o) || PyFloat_CheckExact(o) || o == Py_None || PyBool_Check(o))
+        return 0;
+    else return frame_buffer_size(o) >= DIRECT_MAX ? -1 : 0;
+    if (n >= DIRECT_MAX) return -1;
+    if (n < SPLIT_MIN) return 0;
+    if (PyObject_GetBuffer(o, v, PyBUF_SIMPLE) < 0) {  /* a non-contiguous memoryview: the packer's */
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+PyObject *marshal_pack_direct(Marshal *m, PyObject *obj) {
+    if (!PyList_CheckExact(obj)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(obj), count;
+    PyObject *const *items;
+    PyObject *method = NULL;
+    if (n == 2) {  /* [0, result] */
+        PyObject *tag = PyList_GET_ITEM(obj, 0);
+        int overflow;
+        if (!PyLong_CheckExact(tag) || PyLong_AsLongAndOverflow(tag, &overflow) != 0 || overflow) return NULL;
+        items = &PyList_GET_ITEM(obj, 1);
+        count = 1;
+    } else if (n == 3) {  /* [method, [args...], {}] */
+        method = PyList_GET_ITEM(obj, 0);
+        PyObject *args = PyList_GET_ITEM(obj, 1), *kwargs = PyList_GET_ITEM(obj, 2);
+        if (!PyUnicode_CheckExact(method) || !PyList_CheckExact(args) || !PyDict_CheckExact(kwargs) ||
+            PyDict_GET_SIZE(kwargs) || PyList_GET_SIZE(args) > DIRECT_ITEMS)
+            return NULL;
+        items = ((PyListObject *)args)->ob_item;
+        count = PyList_GET_SIZE(args);
+    } else {
+        return NULL;
+    }
+    Py_buffer views[DIRECT_ITEMS];
+    PyObject *packed[DIRECT_ITEMS];
+    int is_view[DIRECT_ITEMS];
+    Py_ssize_t i, done = 0, total = 0, direct = 0;
+    PyObject *out = NULL;
+    for (i = 0; i < count; i++) {  /* first the type checks: a message with no large buffer costs nothing more */
+        int r = direct_buffer(items[i], &views[i]);
+        if (r < 0) goto release;
+        if (r) PyBuffer_Release(&views[i]);
+        direct += r;
+    }
+    if (!direct) return NULL;
+    for (done = 0; done < count; done++) {
+        is_view[done] = direct_buffer(items[done], &views[done]);
+        if (is_view[done] < 0) goto release;  /* (it changed meanwhile) */
+        packed[done] = NULL;
+        if (is_view[done]) {
+            total += 5 + views[done].len;
+        } else {
+            packed[done] = marshal_pack(m, items[done]);  /* (may run Python code) */
+            if (!packed[done]) { is_view[done] = 0; goto release; }
+            total += PyBytes_GET_SIZE(packed[done]);
+        }
+    }
+    Py_ssize_t mlen = 0;
+    const char *mtext = NULL;
+    if (method) {
+        mtext = PyUnicode_AsUTF8AndSize(method, &mlen);
+        if (!mtext) { PyErr_Clear(); goto release; }  /* (a lone surrogate: the packer says why) */
+        total += 5 + mlen + 5 + 1 + 1;
+    } else {
+        total += 2;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) goto release;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    if (method) {
+        *p++ = 0x93;
+        p += put_head(p, 0xa0, 31, 0xd9, 0xda, (size_t)mlen);
+        memcpy(p, mtext, (size_t)mlen);
+        p += mlen;
+        p += put_head(p, 0x90, 15, 0, 0xdc, (size_t)count);
+    } else {
+        *p++ = 0x92;
+        *p++ = 0;
+    }
+    for (i = 0; i < count; i++) {
+        if (is_view[i]) {
+            p += put_head(p, 0, 0, 0xc4, 0xc5, (size_t)views[i].len);
+            memcpy(p, views[i].buf, (size_t)views[i].len);  /* the one copy of the payload */
+            p += views[i].len;
+        } else {
+            Py_ssize_t k = PyBytes_GET_SIZE(packed[i]);
+            memcpy(p, PyBytes_AS_STRING(packed[i]), (size_t)k);
+            p += k;
+        }
+    }
+    if (method) *p++ = 0x80;
+    if (_PyBytes_Resize(&out, (Py_ssize_t)(p - (unsigned char *)PyBytes_AS_STRING(out))) < 0) out = NULL;
+release:
+    for (i = 0; i < done; i++) {
+        if (is_view[i]) PyBuffer_Release(&views[i]);
+        else Py_XDECREF(packed[i]);
+    }
+    if (!out && PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
+    return out;
+}
+
 /* ---------------------------------------------------------------- typed results */
 
 #define RECORD_FIELD(i) ((Py_ssize_t)(offsetof(Record, field) + (size_t)(i) * sizeof(PyObject *)))

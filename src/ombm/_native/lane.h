@@ -8,6 +8,7 @@
 #define OMBM_LANE_H
 
 #include "native.h"
+#include "frame.h"
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h>
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -54,6 +55,20 @@ PyObject *marshal_pack(Marshal *m, PyObject *obj);
 /* unpackb(data, ext_hook=..., strict_map_key=False): the object, or NULL; an Exception (data
    does not unmarshal: Python's own decoding says why) leaves no exception set, anything else does. */
 PyObject *marshal_unpack(Marshal *m, PyObject *data);
+
+/* marshal_unpack of a split payload (frame.h: frame_take_split): the large bin comes back as the
+   bytes object it was copied into (no second copy), a large ext as the ext hook makes it from those
+   bytes (a numpy array views them), the rest as marshal_unpack would make it. */
+PyObject *marshal_unpack_split(Marshal *m, const frame_split *s);
+
+/* A call [method, [args...], {}] or a reply [0, result] (as rpc/marshal.py packs them) in which a
+   positional argument or the result is a bytes, bytearray or C-contiguous memoryview of SPLIT_MIN
+   to DIRECT_MAX - 1 bytes (bulk.BULK_MIN: larger ones are the bulk guard's), packed into its bytes
+   with each such buffer copied once, straight (issue 13 item 4), the other arguments by the packer:
+   the same bytes marshal_pack makes. NULL without an exception for any other message (then
+   marshal_pack it); NULL with an exception only for one that is not an Exception. */
+#define DIRECT_MAX 131072
+PyObject *marshal_pack_direct(Marshal *m, PyObject *obj);
 
 /* ---- typed results: a small immutable record with named fields, made only here. Its fields
    are read-only members of kind Py_T_OBJECT_EX, read as fast as __slots__ (the interpreter

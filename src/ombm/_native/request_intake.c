@@ -200,8 +200,8 @@ static PyObject *intake_finish(RequestIntake *x, IntakeEntry *e, PyObject *resul
    ran yet). The common case stays here: unmarshal (as marshal.decode_call), look the method up,
    call it, marshal [0, result]. A request that does not unmarshal to a call goes to execute()
    whole; a method that raised, or a result that does not marshal or fit, to finish(). */
-static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payload) {
-    PyObject *call = marshal_unpack(&x->marshal, payload);
+static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, frame_split *s) {
+    PyObject *call = marshal_unpack_split(&x->marshal, s);
     if (!call) {
         if (PyErr_Occurred()) return NULL;
         goto in_python;
@@ -253,7 +253,8 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
         PyList_SET_ITEM(pair, 0, x->zero);
         PyList_SET_ITEM(pair, 1, result);
     }
-    PyObject *data = pair ? marshal_pack(&x->marshal, pair) : NULL;
+    PyObject *data = pair ? marshal_pack_direct(&x->marshal, pair) : NULL;  /* a large buffer: copied once */
+    if (pair && !data && !PyErr_Occurred()) data = marshal_pack(&x->marshal, pair);
     Py_XDECREF(pair);
     if (!data && PyErr_Occurred()) { Py_DECREF(result); return NULL; }
     if (!data || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > e->limit_n) {
@@ -268,7 +269,10 @@ static PyObject *intake_execute(RequestIntake *x, IntakeEntry *e, PyObject *payl
     return r;
 in_python:
     Py_XDECREF(call);
-    return PyObject_Vectorcall(x->execute, (PyObject *[]){payload, e->limit}, 2, NULL);
+    PyObject *whole = frame_split_join(s), *done = NULL;
+    if (whole) done = PyObject_Vectorcall(x->execute, (PyObject *[]){whole, e->limit}, 2, NULL);
+    Py_XDECREF(whole);
+    return done;
 }
 
 /* add(segment_id, connection, base, size, slot_size, reply_writer, connection_id, max_payload, limit):
@@ -423,6 +427,16 @@ static void lane_deliver(IntakeEntry *e, const frame_trailer *t, PyObject *data,
     k->kind = kind;
 }
 
+/* frame_fields of a CALL, its whole payload joined again (the split cleared); NULL with an exception. */
+static PyObject *intake_fields(RequestIntake *x, const frame_trailer *t, frame_split *s) {
+    PyObject *whole = frame_split_join(s);
+    frame_split_clear(s);
+    if (!whole) return NULL;
+    PyObject *fields = frame_fields(PyTuple_GET_ITEM(x->kinds, KIND_CALL), t, whole);
+    Py_DECREF(whole);
+    return fields;
+}
+
 /* One request signal for entry e at offset off: 1 if the lane served it; 0 with *out a new
    SERVE_REQUEST result for Python; -1 with an exception. */
 static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64_t waited, PyObject **out) {
@@ -435,11 +449,11 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
        it, and room to keep it (the ack releases the kept calls below it first). */
     frame_trailer t;
     const char *why;
-    PyObject *payload = frame_take(b, n, 0, &t, &why);
-    if (!payload && !why) return -1;
-    if (!payload || t.frag_count != 1 || t.kind != KIND_CALL || t.connection_id != e->connection_id ||
+    frame_split payload;  /* a large bin copied out once, straight into the bytes the argument will be */
+    if (frame_take_split(b, n, &t, &why, &payload) < 0 && !why) return -1;
+    if (!payload.env || t.frag_count != 1 || t.kind != KIND_CALL || t.connection_id != e->connection_id ||
         t.ack > t.message_id || t.message_id <= e->last) {
-        Py_XDECREF(payload);
+        frame_split_clear(&payload);
         return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
     }
     if (t.ack > e->ack) {  /* a request the protocol would take: its ack holds (as in receive_fields) */
@@ -447,15 +461,14 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
         lane_release(e, t.ack);
     }
     if (e->count >= e->room) {
-        Py_DECREF(payload);
+        frame_split_clear(&payload);
         return (*out = intake_to_python(x, e, b, n, waited, NULL, NULL)) ? 0 : -1;
     }
     uint64_t call_id = t.message_id;
-    PyObject *executed = intake_execute(x, e, payload);
+    PyObject *executed = intake_execute(x, e, &payload);
     if (executed == Py_None) {  /* not the lane's: the protocol delivers it (the lane's state handed back) */
         Py_DECREF(executed);
-        PyObject *fields = frame_fields(PyTuple_GET_ITEM(x->kinds, KIND_CALL), &t, payload);
-        Py_DECREF(payload);
+        PyObject *fields = intake_fields(x, &t, &payload);
         if (!fields) return -1;
         return (*out = intake_to_python(x, e, b, n, waited, fields, NULL)) ? 0 : -1;
     }
@@ -469,7 +482,7 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     if (error < 0) {
         /* delivered, never answered (execute raised past the server's own handling, e.g.
            KeyboardInterrupt): a retransmission must not run it again */
-        Py_DECREF(payload);
+        frame_split_clear(&payload);
         Py_XDECREF(executed);
         lane_deliver(e, &t, NULL, 0);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "execute must return (bytes, bool)");
@@ -478,14 +491,13 @@ static int intake_request(RequestIntake *x, IntakeEntry *e, uint64_t off, uint64
     Py_ssize_t dlen = PyBytes_GET_SIZE(data);
     if (dlen > e->max_payload || dlen + TRAILER > e->reply->unit) {
         /* a reply of several frames: the protocol splits it */
-        PyObject *fields = frame_fields(PyTuple_GET_ITEM(x->kinds, KIND_CALL), &t, payload);
-        Py_DECREF(payload);
+        PyObject *fields = intake_fields(x, &t, &payload);
         if (!fields) { Py_DECREF(executed); return -1; }
         *out = intake_to_python(x, e, b, n, waited, fields, executed);
         Py_DECREF(executed);
         return *out ? 0 : -1;
     }
-    Py_DECREF(payload);
+    frame_split_clear(&payload);
     unsigned kind = error ? KIND_ERROR_REPLY : KIND_REPLY;
     lane_deliver(e, &t, data, kind);  /* the reply cache: sent again if the request comes again */
     e->replied++;
