@@ -254,6 +254,12 @@ static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, int f
    while it waits. See sync.c. */
 int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
 int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
+/* The same, knowing the peer it waits for: `peer` the FIFO of the thread that will signal, whose
+   receiver publishes whether it runs (FIFO_STATE); NULL: none known. */
+int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                        uint64_t *waited_ns);
+int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                    uint64_t *waited_ns);
 
 /* A FifoMap argument: the object, or NULL with TypeError. */
 static inline FifoMap *as_fifo(PyObject *o) {

@@ -135,7 +135,7 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
 
 static _Atomic int load_aware = 1;         /* 0: none of this (configure(load_aware=False)) */
 static _Atomic uint64_t load_seen_ns = 0;  /* when a thread last read the load (0: never) */
-static _Atomic int load_over = 0;          /* runnable tasks > online CPUs at that reading */
+static _Atomic long load_runnable = 0;     /* the runnable tasks at that reading (-1: unknown) */
 static _Atomic long online_cpus = 0;       /* read once per process (0: not yet) */
 static _Thread_local unsigned overload_losses = 0, overload_waits = 0;
 
@@ -165,19 +165,44 @@ static long runnable_tasks(void) {
 int machine_overloaded(uint64_t now) {
     if (!atomic_load_explicit(&load_aware, memory_order_relaxed)) return 0;
     uint64_t seen = atomic_load_explicit(&load_seen_ns, memory_order_relaxed);
-    if (seen && now - seen < LOAD_REFRESH_NS) return atomic_load_explicit(&load_over, memory_order_relaxed);
-    if (!atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
+    if ((seen && now - seen < LOAD_REFRESH_NS) ||
+        !atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
                                                  memory_order_relaxed))
-        return atomic_load_explicit(&load_over, memory_order_relaxed);
+        return atomic_load_explicit(&load_runnable, memory_order_relaxed) >
+               atomic_load_explicit(&online_cpus, memory_order_relaxed);
     long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
     if (!cpus) {
         cpus = sysconf(_SC_NPROCESSORS_ONLN);
         if (cpus < 1) cpus = 1;
         atomic_store_explicit(&online_cpus, cpus, memory_order_relaxed);
     }
-    int over = runnable_tasks() > cpus;
-    atomic_store_explicit(&load_over, over, memory_order_relaxed);
-    return over;
+    long runnable = runnable_tasks();
+    atomic_store_explicit(&load_runnable, runnable, memory_order_relaxed);
+    return runnable > cpus;
+}
+
+/* Whether at most one task waits for a CPU (the runnable tasks at the last reading, the waiter
+   and its running peer included, are at most the online CPUs + 1): the "little load" under which
+   a waiter may follow its peer (below). Many clients of one server are many more. */
+static int load_is_light(void) {
+    long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
+    long runnable = atomic_load_explicit(&load_runnable, memory_order_relaxed);
+    return cpus > 0 && runnable >= 0 && runnable <= cpus + 1;
+}
+
+/* Whether the peer a waiter waits for (the thread that will signal it) runs on another CPU than
+   `cpu`: its receiver's published state (FIFO_STATE of the peer's own FIFO, publish_state below)
+   reads running or spinning, with a CPU that is not this one. A hint the peer may forge. */
+static inline int peer_runs_elsewhere(const FifoMap *peer, int cpu) {
+    uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
+    uint32_t state = s & 0xffu, at = s >> 8;
+    return (state == RECEIVER_RUNNING || state == RECEIVER_SPINNING) && at && cpu >= 0 && at != (uint32_t)cpu + 1;
+}
+
+/* Whether that peer reads running (not waiting) on `cpu`, this thread's CPU. */
+static inline int peer_runs_here(const FifoMap *peer, int cpu) {
+    uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
+    return cpu >= 0 && (s & 0xffu) == RECEIVER_RUNNING && s >> 8 == (uint32_t)cpu + 1;
 }
 
 /* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
@@ -212,19 +237,26 @@ static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid();
 
 /* Spin for spin_ns (as the hints above allow: poll for QUIET_SPIN_NS, then pause and sched_yield
    every 16 checks; with the peer on this CPU, yield at every check), then announce sleep,
-   re-check, and sleep on the futex until timeout. Called without the GIL. Returns WAIT_*;
-   *waited_ns is the time spent. */
-int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+   re-check, and sleep on the futex until timeout. `peer`, if not NULL, is the FIFO of the thread
+   this waiter waits for (a client lane: its server's receiver), whose published state tells
+   whether the peer runs (the peer's rule in the comment above). Called without the GIL.
+   Returns WAIT_*; *waited_ns is the time spent. */
+int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                        uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
     int cpu = sched_getcpu();
     /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
-    uint32_t peer = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
+    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
     int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
-    int shared = aware && cpu >= 0 && peer == (uint32_t)cpu + 1;
+    int shared = aware && cpu >= 0 && (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
     int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
-    if (loaded) {  /* spin only as long as spins under load win (learnt), probing now and then */
+    /* following: under a little load, the peer runs on another CPU (working for this waiter, and
+       able to run): spin the whole budget while that lasts, whatever the losses */
+    uint64_t budget = spin_ns;  /* the learnt budget: a follower's, never more */
+    int follow = loaded && peer && !shared && load_is_light() && peer_runs_elsewhere(peer, cpu);
+    if (loaded && !follow) {  /* spin only as long as spins under load win (learnt), probing now and then */
         if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
         else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
     }
@@ -241,7 +273,16 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         for (;;) {
             if (fifo_ready(m)) { result = WAIT_READY; goto done; }
             if (++iter % every == 0) {
-                if (now_ns() >= spin_end) break;
+                uint64_t t = now_ns();
+                int elsewhere = loaded && peer && !shared && peer_runs_elsewhere(peer, cpu);
+                if (follow && !elsewhere) {  /* no longer: today's rule */
+                    follow = 0;
+                    if (spin_end > start + OVERLOAD_SPIN_NS) spin_end = start + OVERLOAD_SPIN_NS;
+                } else if (!follow && elsewhere && load_is_light()) {  /* it woke up meanwhile */
+                    follow = 1;
+                    spin_end = start + budget < deadline ? start + budget : deadline;
+                }
+                if (t >= spin_end) break;
                 sched_yield();
             } else {
                 cpu_relax();
@@ -291,10 +332,16 @@ done:  /* a signal came while spinning */
     return result;
 }
 
+int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    return spin_then_sleep_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
+}
+
 /* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
-   handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
-int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+   handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait.
+   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. */
+int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                    uint64_t *waited_ns) {
     *waited_ns = 0;
     for (;;) {
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
@@ -303,7 +350,7 @@ int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_
         uint64_t w = 0;
         int r;
         Py_BEGIN_ALLOW_THREADS
-        r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
+        r = spin_then_sleep_for(m, peer, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
         if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) return r;
@@ -312,6 +359,10 @@ int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_
         spin_ns = 0;  /* it spun already: straight back to sleep */
         if (timeout_s <= 0) return fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
     }
+}
+
+int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    return wait_signal_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
 }
 
 /* (spin_ns, timeout_s[, sleep_ok]) at args[0..n): timeout clamped to [0, 1e9], sleep_ok default True. */
