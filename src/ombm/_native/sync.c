@@ -181,15 +181,6 @@ int machine_overloaded(uint64_t now) {
     return runnable > cpus;
 }
 
-/* Whether at most one task waits for a CPU (the runnable tasks at the last reading, the waiter
-   and its running peer included, are at most the online CPUs + 1): the "little load" under which
-   a waiter may follow its peer (below). Many clients of one server are many more. */
-static int load_is_light(void) {
-    long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
-    long runnable = atomic_load_explicit(&load_runnable, memory_order_relaxed);
-    return cpus > 0 && runnable >= 0 && runnable <= cpus + 1;
-}
-
 /* Whether the peer a waiter waits for (the thread that will signal it) runs on another CPU than
    `cpu`: its receiver's published state (FIFO_STATE of the peer's own FIFO, publish_state below)
    reads running or spinning, with a CPU that is not this one. A hint the peer may forge. */
@@ -252,10 +243,10 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
     int shared = aware && cpu >= 0 && (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
     int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
-    /* following: under a little load, the peer runs on another CPU (working for this waiter, and
-       able to run): spin the whole budget while that lasts, whatever the losses */
+    /* following: under load, the peer runs on another CPU (working for this waiter, and able to
+       run): spin the whole learnt budget while that lasts, whatever the losses */
     uint64_t budget = spin_ns;  /* the learnt budget: a follower's, never more */
-    int follow = loaded && peer && !shared && load_is_light() && peer_runs_elsewhere(peer, cpu);
+    int follow = loaded && peer && !shared && peer_runs_elsewhere(peer, cpu);
     if (loaded && !follow) {  /* spin only as long as spins under load win (learnt), probing now and then */
         if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
         else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
@@ -278,7 +269,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
                 if (follow && !elsewhere) {  /* no longer: today's rule */
                     follow = 0;
                     if (spin_end > start + OVERLOAD_SPIN_NS) spin_end = start + OVERLOAD_SPIN_NS;
-                } else if (!follow && elsewhere && load_is_light()) {  /* it woke up meanwhile */
+                } else if (!follow && elsewhere) {  /* it woke up meanwhile */
                     follow = 1;
                     spin_end = start + budget < deadline ? start + budget : deadline;
                 }
