@@ -182,12 +182,19 @@ int machine_overloaded(uint64_t now) {
 }
 
 /* Whether the peer a waiter waits for (the thread that will signal it) runs on another CPU than
-   `cpu`: its receiver's published state (FIFO_STATE of the peer's own FIFO, publish_state below)
-   reads running or spinning, with a CPU that is not this one. A hint the peer may forge. */
+   `cpu`, with no queue before this waiter's request: its receiver's published state (FIFO_STATE
+   of the peer's own FIFO, publish_state below) reads running or spinning, with a CPU that is not
+   this one, and its FIFO holds at most one signal (a server with other clients' requests pending
+   answers after them: spinning through their work steals a CPU from those clients). Hints the
+   peer may forge. */
 static inline int peer_runs_elsewhere(const FifoMap *peer, int cpu) {
     uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
     uint32_t state = s & 0xffu, at = s >> 8;
-    return (state == RECEIVER_RUNNING || state == RECEIVER_SPINNING) && at && cpu >= 0 && at != (uint32_t)cpu + 1;
+    if ((state != RECEIVER_RUNNING && state != RECEIVER_SPINNING) || !at || cpu < 0 || at == (uint32_t)cpu + 1)
+        return 0;
+    uint64_t head = atomic_load_explicit(A64(peer->base + FIFO_HEAD), memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(A64(peer->base + FIFO_TAIL), memory_order_relaxed);
+    return tail - head <= 1 || head - tail <= 1;  /* (the head may pass the tail by one: fifo.h) */
 }
 
 /* Whether that peer reads running (not waiting) on `cpu`, this thread's CPU. */
