@@ -121,7 +121,13 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      at every check (no polling, no pause), so a ping-pong on one CPU hands the CPU over directly,
      two context switches a round trip;
    - what its spins achieved: under load, OVERLOAD_LOSSES spins in a row that ended without a
-     signal stop the spinning; every OVERLOAD_PROBE-th wait probes again, and a win resets it.
+     signal stop the spinning; every OVERLOAD_PROBE-th wait probes again, and a win resets it;
+   - whether its peer works for it, where the waiter knows its peer (a client lane: its server's
+     receiver; the server's intake: the client it last answered): under load, while the peer's
+     published state (FIFO_STATE of the peer's FIFO) reads running or spinning on another CPU with
+     no queue before this waiter's request, the waiter spins its whole learnt budget, whatever its
+     losses (a sleep would only add a wake-up to a reply on its way: a 64 KiB echo's copies take
+     longer than OVERLOAD_SPIN_NS); running on this CPU, it yields at every check.
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
