@@ -189,7 +189,7 @@ int machine_overloaded(uint64_t now) {
 
 /* Whether the peer a waiter waits for (the thread that will signal it) runs on another CPU than
    `cpu`, with no queue before this waiter's request: its receiver's published state (FIFO_STATE
-   of the peer's own FIFO, publish_state below) reads running or spinning, with a CPU that is not
+   of the peer's own FIFO, fifo_publish_state in fifo.h) reads running or spinning, with a CPU that is not
    this one, and its FIFO holds at most one signal (a server with other clients' requests pending
    answers after them: spinning through their work steals a CPU from those clients). Hints the
    peer may forge. */
@@ -217,11 +217,6 @@ static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Publish this receiver's state (RECEIVER_*) and CPU in FIFO_STATE: a hint, relaxed. */
-static inline void publish_state(const FifoMap *m, uint32_t state, int cpu) {
-    atomic_store_explicit(A32(m->base + FIFO_STATE), state | (cpu < 0 ? 0u : (uint32_t)(cpu + 1) << 8),
-                          memory_order_relaxed);
-}
 
 /* How long a spin only polls (reading the clock between checks) before it pauses and yields,
    unless the peer shares this CPU. A sched_yield is a system call (a few hundred ns here) during
@@ -267,7 +262,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
     if (spin_end > start) {
-        publish_state(m, RECEIVER_SPINNING, cpu);
+        fifo_publish_state(m, RECEIVER_SPINNING, cpu);
         unsigned iter = 0, every = shared ? 1 : 16;
         if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
             uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
@@ -297,7 +292,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     au32 *sleep = A32(m->base + FIFO_SLEEP);
     uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
     int slices = sleep_ok && in_main_thread();
-    if (sleep_ok) publish_state(m, RECEIVER_ASLEEP, cpu);
+    if (sleep_ok) fifo_publish_state(m, RECEIVER_ASLEEP, cpu);
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
@@ -331,7 +326,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
 done:  /* a signal came while spinning */
         if (loaded) overload_losses = 0;
     }
-    publish_state(m, RECEIVER_RUNNING, sched_getcpu());
+    fifo_publish_state(m, RECEIVER_RUNNING, sched_getcpu());
     *waited_ns = now_ns() - start;
     return result;
 }
