@@ -225,7 +225,9 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
         return NULL;  /* the call stays current, for the protocol to cancel */
     const FifoMap *f = l->fifo;
     uint64_t waited;
-    int r = wait_signal(f, spin_ns, l->patience_s, sleep_ok, &waited);
+    FifoMap *peer = writer_peer(l->request);  /* the server's receiver (or the bridge's): held while waiting */
+    int r = wait_signal_for(f, peer, spin_ns, l->patience_s, sleep_ok, &waited);
+    Py_XDECREF(peer);
     if (r < 0) return NULL;  /* e.g. KeyboardInterrupt: the call stays current, for the protocol to cancel */
     /* Python may have run meanwhile (another thread, a signal handler): the state may be reclaimed */
     unsigned long long settle = l->lent ? 0 : call_id;

@@ -102,6 +102,13 @@ static inline void fifo_note_cpu(au32 *peer_cpu) {
         atomic_store_explicit(peer_cpu, v, memory_order_relaxed);
 }
 
+/* Publish this receiver's state (RECEIVER_*) and CPU in FIFO_STATE: a hint for the waits that
+   follow their peer (sync.c), relaxed. The receiver's own waits and the bridge's loop write it. */
+static inline void fifo_publish_state(const FifoMap *m, uint32_t state, int cpu) {
+    atomic_store_explicit(A32(m->base + FIFO_STATE), state | (cpu < 0 ? 0u : (uint32_t)(cpu + 1) << 8),
+                          memory_order_relaxed);
+}
+
 /* Push (segment id, offset): claim, publish, then Drepper's wake check. Never blocks. PUSH_*. */
 static inline int fifo_push(const FifoMap *m, uint64_t seg, uint64_t off) {
     uintptr_t f = m->base;
@@ -254,6 +261,12 @@ static inline int fifo_fanout(PyObject *fifos, uint64_t seg, uint64_t off, int f
    while it waits. See sync.c. */
 int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
 int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns);
+/* The same, knowing the peer it waits for: `peer` the FIFO of the thread that will signal, whose
+   receiver publishes whether it runs (FIFO_STATE); NULL: none known. */
+int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                        uint64_t *waited_ns);
+int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                    uint64_t *waited_ns);
 
 /* A FifoMap argument: the object, or NULL with TypeError. */
 static inline FifoMap *as_fifo(PyObject *o) {

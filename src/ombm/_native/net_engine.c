@@ -1024,6 +1024,7 @@ static int spin(Engine *e, uint64_t spin_ns) {
     Py_BEGIN_ALLOW_THREADS
     uint64_t start = now_ns(), end = start + spin_ns, quiet = start + QUIET_NS;
     unsigned polls = 0;
+    fifo_publish_state(m, RECEIVER_SPINNING, sched_getcpu());  /* for the local ends that follow it */
     for (;;) {
         if (fifo_ready(m) || ((polls++ & 7) == 0 && readable(fd))) { came = 1; break; }
         uint64_t t = now_ns();
@@ -1033,6 +1034,7 @@ static int spin(Engine *e, uint64_t spin_ns) {
             if (readable(fd)) { came = 1; break; }
         }
     }
+    fifo_publish_state(m, RECEIVER_RUNNING, sched_getcpu());
     Py_END_ALLOW_THREADS
     return came;
 }
@@ -1078,7 +1080,9 @@ static int sleep_poll(Engine *e, struct pollfd *pfd, nfds_t n, int timeout_ms) {
     for (nfds_t i = 0; i < n; i++) pfd[i].revents = 0;
     int r;
     Py_BEGIN_ALLOW_THREADS
+    fifo_publish_state(m, RECEIVER_ASLEEP, sched_getcpu());
     r = poll(pfd, n, timeout_ms);
+    fifo_publish_state(m, RECEIVER_RUNNING, sched_getcpu());
     Py_END_ALLOW_THREADS
     atomic_store_explicit(sleep_word, 0, memory_order_seq_cst);  /* SLEEP_AWAKE */
     if (pfd[1].fd >= 0) {

@@ -125,6 +125,7 @@ typedef struct {
     PyObject *calls_key, *zero, *one;
     unsigned long long lane_served;  /* requests served and answered on the lane, ever (the `served` attribute) */
     uint64_t linger_ns;       /* the next wait spins this much longer (linger(): a client copies a large reply) */
+    FifoMap *peer;            /* the receiver the last reply signalled (its client's), NULL: none; the wait follows it */
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNUSED(kw)) {
@@ -166,7 +167,7 @@ static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) 
 static int RequestIntake_clear(RequestIntake *x) {
     Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->methods); Py_CLEAR(x->stats); Py_CLEAR(x->execute);
     Py_CLEAR(x->finish); Py_CLEAR(x->calls_key); Py_CLEAR(x->zero); Py_CLEAR(x->one);
-    Py_CLEAR(x->fifo);  /* (a FifoMap holds no references) */
+    Py_CLEAR(x->fifo); Py_CLEAR(x->peer);  /* (a FifoMap holds no references) */
     marshal_clear(&x->marshal);
     return 0;
 }
@@ -535,7 +536,10 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         if (to_learn && !fifo_ready(f)) return serve_result(SERVE_LEARN, learnt, 0, 0);
         uint64_t t = now_ns(), waited, linger = x->linger_ns;
         x->linger_ns = 0;
-        int r = wait_signal(f, spin_ns + linger, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0, sleep_ok, &waited);
+        FifoMap *peer = (FifoMap *)Py_XNewRef(x->peer);  /* (held: the wait reads it without the GIL) */
+        int r = wait_signal_for(f, peer, spin_ns + linger, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0,
+                                sleep_ok, &waited);
+        Py_XDECREF(peer);
         if (r < 0) return NULL;  /* e.g. KeyboardInterrupt */
         uint64_t seg = 0, off = 0;  /* (set when fifo_take returns 1) */
         if (to_learn) waited = learnt;  /* what Python hears: the wait that began this batch */
@@ -552,6 +556,7 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         Py_INCREF(e);  /* the method it runs may drop the connection */
         PyObject *out = NULL;
         int served = intake_request(x, e, off, waited, &out);
+        if (served > 0) Py_XSETREF(x->peer, writer_peer(e->reply));  /* the client the next wait follows */
         Py_DECREF(e);
         if (served <= 0) return out;
         /* (the lingering is the client's expected work, not the policy's to learn from) */

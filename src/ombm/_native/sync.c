@@ -121,7 +121,13 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      at every check (no polling, no pause), so a ping-pong on one CPU hands the CPU over directly,
      two context switches a round trip;
    - what its spins achieved: under load, OVERLOAD_LOSSES spins in a row that ended without a
-     signal stop the spinning; every OVERLOAD_PROBE-th wait probes again, and a win resets it.
+     signal stop the spinning; every OVERLOAD_PROBE-th wait probes again, and a win resets it;
+   - whether its peer works for it, where the waiter knows its peer (a client lane: its server's
+     receiver; the server's intake: the client it last answered): under load, while the peer's
+     published state (FIFO_STATE of the peer's FIFO) reads running or spinning on another CPU with
+     no queue before this waiter's request, the waiter spins its whole learnt budget, whatever its
+     losses (a sleep would only add a wake-up to a reply on its way: a 64 KiB echo's copies take
+     longer than OVERLOAD_SPIN_NS); running on this CPU, it yields at every check.
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
@@ -135,7 +141,7 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
 
 static _Atomic int load_aware = 1;         /* 0: none of this (configure(load_aware=False)) */
 static _Atomic uint64_t load_seen_ns = 0;  /* when a thread last read the load (0: never) */
-static _Atomic int load_over = 0;          /* runnable tasks > online CPUs at that reading */
+static _Atomic long load_runnable = 0;     /* the runnable tasks at that reading (-1: unknown) */
 static _Atomic long online_cpus = 0;       /* read once per process (0: not yet) */
 static _Thread_local unsigned overload_losses = 0, overload_waits = 0;
 
@@ -165,19 +171,42 @@ static long runnable_tasks(void) {
 int machine_overloaded(uint64_t now) {
     if (!atomic_load_explicit(&load_aware, memory_order_relaxed)) return 0;
     uint64_t seen = atomic_load_explicit(&load_seen_ns, memory_order_relaxed);
-    if (seen && now - seen < LOAD_REFRESH_NS) return atomic_load_explicit(&load_over, memory_order_relaxed);
-    if (!atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
+    if ((seen && now - seen < LOAD_REFRESH_NS) ||
+        !atomic_compare_exchange_strong_explicit(&load_seen_ns, &seen, now, memory_order_relaxed,
                                                  memory_order_relaxed))
-        return atomic_load_explicit(&load_over, memory_order_relaxed);
+        return atomic_load_explicit(&load_runnable, memory_order_relaxed) >
+               atomic_load_explicit(&online_cpus, memory_order_relaxed);
     long cpus = atomic_load_explicit(&online_cpus, memory_order_relaxed);
     if (!cpus) {
         cpus = sysconf(_SC_NPROCESSORS_ONLN);
         if (cpus < 1) cpus = 1;
         atomic_store_explicit(&online_cpus, cpus, memory_order_relaxed);
     }
-    int over = runnable_tasks() > cpus;
-    atomic_store_explicit(&load_over, over, memory_order_relaxed);
-    return over;
+    long runnable = runnable_tasks();
+    atomic_store_explicit(&load_runnable, runnable, memory_order_relaxed);
+    return runnable > cpus;
+}
+
+/* Whether the peer a waiter waits for (the thread that will signal it) runs on another CPU than
+   `cpu`, with no queue before this waiter's request: its receiver's published state (FIFO_STATE
+   of the peer's own FIFO, fifo_publish_state in fifo.h) reads running or spinning, with a CPU that is not
+   this one, and its FIFO holds at most one signal (a server with other clients' requests pending
+   answers after them: spinning through their work steals a CPU from those clients). Hints the
+   peer may forge. */
+static inline int peer_runs_elsewhere(const FifoMap *peer, int cpu) {
+    uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
+    uint32_t state = s & 0xffu, at = s >> 8;
+    if ((state != RECEIVER_RUNNING && state != RECEIVER_SPINNING) || !at || cpu < 0 || at == (uint32_t)cpu + 1)
+        return 0;
+    uint64_t head = atomic_load_explicit(A64(peer->base + FIFO_HEAD), memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(A64(peer->base + FIFO_TAIL), memory_order_relaxed);
+    return tail - head <= 1 || head - tail <= 1;  /* (the head may pass the tail by one: fifo.h) */
+}
+
+/* Whether that peer reads running (not waiting) on `cpu`, this thread's CPU. */
+static inline int peer_runs_here(const FifoMap *peer, int cpu) {
+    uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
+    return cpu >= 0 && (s & 0xffu) == RECEIVER_RUNNING && s >> 8 == (uint32_t)cpu + 1;
 }
 
 /* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
@@ -188,11 +217,6 @@ static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Publish this receiver's state (RECEIVER_*) and CPU in FIFO_STATE: a hint, relaxed. */
-static inline void publish_state(const FifoMap *m, uint32_t state, int cpu) {
-    atomic_store_explicit(A32(m->base + FIFO_STATE), state | (cpu < 0 ? 0u : (uint32_t)(cpu + 1) << 8),
-                          memory_order_relaxed);
-}
 
 /* How long a spin only polls (reading the clock between checks) before it pauses and yields,
    unless the peer shares this CPU. A sched_yield is a system call (a few hundred ns here) during
@@ -212,26 +236,33 @@ static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid();
 
 /* Spin for spin_ns (as the hints above allow: poll for QUIET_SPIN_NS, then pause and sched_yield
    every 16 checks; with the peer on this CPU, yield at every check), then announce sleep,
-   re-check, and sleep on the futex until timeout. Called without the GIL. Returns WAIT_*;
-   *waited_ns is the time spent. */
-int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+   re-check, and sleep on the futex until timeout. `peer`, if not NULL, is the FIFO of the thread
+   this waiter waits for (a client lane: its server's receiver), whose published state tells
+   whether the peer runs (the peer's rule in the comment above). Called without the GIL.
+   Returns WAIT_*; *waited_ns is the time spent. */
+int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                        uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
     int cpu = sched_getcpu();
     /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
-    uint32_t peer = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
+    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
     int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
-    int shared = aware && cpu >= 0 && peer == (uint32_t)cpu + 1;
+    int shared = aware && cpu >= 0 && (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
     int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
-    if (loaded) {  /* spin only as long as spins under load win (learnt), probing now and then */
+    /* following: under load, the peer runs on another CPU (working for this waiter, and able to
+       run): spin the whole learnt budget while that lasts, whatever the losses */
+    uint64_t budget = spin_ns;  /* the learnt budget: a follower's, never more */
+    int follow = loaded && peer && !shared && peer_runs_elsewhere(peer, cpu);
+    if (loaded && !follow) {  /* spin only as long as spins under load win (learnt), probing now and then */
         if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
         else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
     }
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
     if (spin_end > start) {
-        publish_state(m, RECEIVER_SPINNING, cpu);
+        fifo_publish_state(m, RECEIVER_SPINNING, cpu);
         unsigned iter = 0, every = shared ? 1 : 16;
         if (!shared) {  /* the quiet spin: no pause either (see QUIET_SPIN_NS) */
             uint64_t quiet_end = start + QUIET_SPIN_NS < spin_end ? start + QUIET_SPIN_NS : spin_end;
@@ -241,7 +272,16 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
         for (;;) {
             if (fifo_ready(m)) { result = WAIT_READY; goto done; }
             if (++iter % every == 0) {
-                if (now_ns() >= spin_end) break;
+                uint64_t t = now_ns();
+                int elsewhere = loaded && peer && !shared && peer_runs_elsewhere(peer, cpu);
+                if (follow && !elsewhere) {  /* no longer: today's rule */
+                    follow = 0;
+                    if (spin_end > start + OVERLOAD_SPIN_NS) spin_end = start + OVERLOAD_SPIN_NS;
+                } else if (!follow && elsewhere) {  /* it woke up meanwhile */
+                    follow = 1;
+                    spin_end = start + budget < deadline ? start + budget : deadline;
+                }
+                if (t >= spin_end) break;
                 sched_yield();
             } else {
                 cpu_relax();
@@ -252,7 +292,7 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     au32 *sleep = A32(m->base + FIFO_SLEEP);
     uint64_t unsettled_since = 0;  /* when the FIFO was first seen unsettled in this wait, 0: not */
     int slices = sleep_ok && in_main_thread();
-    if (sleep_ok) publish_state(m, RECEIVER_ASLEEP, cpu);
+    if (sleep_ok) fifo_publish_state(m, RECEIVER_ASLEEP, cpu);
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
@@ -286,15 +326,21 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
 done:  /* a signal came while spinning */
         if (loaded) overload_losses = 0;
     }
-    publish_state(m, RECEIVER_RUNNING, sched_getcpu());
+    fifo_publish_state(m, RECEIVER_RUNNING, sched_getcpu());
     *waited_ns = now_ns() - start;
     return result;
 }
 
+int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    return spin_then_sleep_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
+}
+
 /* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
-   handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait. */
-int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+   handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait.
+   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. */
+int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                    uint64_t *waited_ns) {
     *waited_ns = 0;
     for (;;) {
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
@@ -303,7 +349,7 @@ int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_
         uint64_t w = 0;
         int r;
         Py_BEGIN_ALLOW_THREADS
-        r = spin_then_sleep(m, spin_ns, timeout_s, sleep_ok, &w);
+        r = spin_then_sleep_for(m, peer, spin_ns, timeout_s, sleep_ok, &w);
         Py_END_ALLOW_THREADS
         *waited_ns += w;
         if (r != WAIT_INTERRUPTED && r != WAIT_SLICE) return r;
@@ -312,6 +358,10 @@ int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_
         spin_ns = 0;  /* it spun already: straight back to sleep */
         if (timeout_s <= 0) return fifo_ready(m) ? WAIT_READY : WAIT_TIMEOUT;
     }
+}
+
+int wait_signal(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sleep_ok, uint64_t *waited_ns) {
+    return wait_signal_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
 }
 
 /* (spin_ns, timeout_s[, sleep_ok]) at args[0..n): timeout clamped to [0, 1e9], sleep_ok default True. */

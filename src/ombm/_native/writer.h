@@ -5,7 +5,7 @@
 #ifndef OMBM_WRITER_H
 #define OMBM_WRITER_H
 
-#include "native.h"
+#include "fifo.h"
 
 typedef struct {
     PyObject_HEAD
@@ -27,5 +27,23 @@ extern PyTypeObject WriterType;
    0, or -1 with an exception. */
 int writer_send_frame(Writer *w, unsigned kind, uint64_t conn, uint64_t msg, uint64_t ack,
                       const char *payload, Py_ssize_t plen);
+
+/* The FIFO the last frame written signalled first: the first FIFO of the route the Writer cached
+   for the unit writer_send_frame last filled (a lane's peer: the receiver that will answer, a
+   server's or its host's bridge's), a new reference; NULL if none is known. The waits follow its
+   published state (sync.c); a FifoMap keeps its mapping, so the caller may read it without the GIL. */
+static inline FifoMap *writer_peer(Writer *w) {
+    if (!w || !w->base || w->unit <= 0 || w->size < w->unit || !w->routes) return NULL;
+    Py_ssize_t units = w->size / w->unit;
+    Py_ssize_t slot = (w->next_unit + units - 1) % units;  /* (writer_next_unit moved past it) */
+    PyObject *key = PyLong_FromSsize_t(slot * w->unit);
+    if (!key) { PyErr_Clear(); return NULL; }
+    PyObject *route = PyDict_GetItemWithError(w->routes, key);  /* (a checked tuple: writer_deliver) */
+    Py_DECREF(key);
+    if (!route) { PyErr_Clear(); return NULL; }
+    PyObject *fifos = PyTuple_GET_ITEM(route, 0);
+    if (!PyTuple_GET_SIZE(fifos) || !Py_IS_TYPE(PyTuple_GET_ITEM(fifos, 0), &FifoMapType)) return NULL;
+    return (FifoMap *)Py_NewRef(PyTuple_GET_ITEM(fifos, 0));
+}
 
 #endif
