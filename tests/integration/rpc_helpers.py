@@ -185,6 +185,19 @@ def child(fn):
     return run
 
 
+def scribble_segment(conn, name: str) -> None:
+    """A child: write garbage over the spans of the (bulk) segment ``name`` until killed."""
+    from ombm.core import segment as _segment
+    buf = _segment.open_segment(name).bind(True).buffer
+    junk = bytes(range(256)) * 64
+    conn.send(("ready", None))
+    writes = 0
+    while True:
+        offset = 64 + (writes * 4096) % (1 << 20)
+        buf[offset:offset + len(junk)] = junk
+        writes += 1
+
+
 @child
 def serve_forever(conn, name: str, kind: str) -> None:
     """One service, ``serve_forever()`` in the main thread; stops on SIGTERM/SIGINT."""

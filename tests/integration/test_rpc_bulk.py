@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 
 import ombm
-from ombm.core import segment as _segment
 from ombm.errors import UnmarshalError
 from ombm.rpc import RemoteError, bulk
-from rpc_helpers import Children, expect, join, pattern, segments_of, serve_started, service_name
+from rpc_helpers import Children, expect, join, pattern, scribble_segment, segments_of, serve_started, service_name
 
 pytestmark = pytest.mark.processes
 
@@ -65,20 +64,6 @@ def test_pipelined_large_calls_fill_the_segment_then_travel_inline(calc):
         assert cli.identity(payloads[0]) == payloads[0]
 
 
-def _scribbler(conn, name: str) -> None:
-    """A child: write garbage over the spans of the bulk segment ``name`` until killed."""
-    seg = _segment.open_segment(name)
-    region = seg.bind(True)
-    buf = region.buffer
-    junk = bytes(range(256)) * 64
-    conn.send(("ready", None))
-    writes = 0
-    while True:
-        offset = 64 + (writes * 4096) % (1 << 20)
-        buf[offset:offset + len(junk)] = junk
-        writes += 1
-
-
 @pytest.mark.parametrize("direction", ["bq", "bp"])
 def test_a_peer_scribbling_on_a_bulk_segment_never_fools_the_receiver(calc, direction):
     """Another process of the user writes over the calls' (bq: the server reads) or the replies' (bp:
@@ -91,7 +76,7 @@ def test_a_peer_scribbling_on_a_bulk_segment_never_fools_the_receiver(calc, dire
         name = (cli._bulk._segments[0] if direction == "bq" else cli._bulk._segments[1]).name
         right = failed = 0
         with Children() as children:
-            _, conn = children.spawn(_scribbler, name)
+            _, conn = children.spawn(scribble_segment, name)
             expect(conn, "ready")
             for _ in range(30):
                 try:

@@ -11,7 +11,7 @@ import pytest
 
 import ombm
 from ombm.rpc import bulk
-from rpc_helpers import Children, child, expect, join, pattern, service_name
+from rpc_helpers import Children, child, expect, join, pattern, scribble_segment, service_name
 
 pytestmark = pytest.mark.processes
 
@@ -101,20 +101,6 @@ def test_held_views_keep_their_spans_from_reuse(viewer):
         assert cli._bulk.out._sent == sent + 1  # every view gone: the front of the segment is free again
 
 
-def _scribbler(conn, name: str) -> None:
-    """A child: write garbage over the spans of the bulk segment ``name`` until killed."""
-    from ombm.core import segment as _segment
-    region = _segment.open_segment(name).bind(True)
-    buf = region.buffer
-    junk = bytes(range(256)) * 64
-    conn.send(("ready", None))
-    writes = 0
-    while True:
-        offset = 64 + (writes * 4096) % (1 << 20)
-        buf[offset:offset + len(junk)] = junk
-        writes += 1
-
-
 def test_a_peer_scribbling_on_a_viewed_span_never_crashes_the_receiver(viewer):
     """What a hostile peer can do to a view (documented): change its bytes; the receiver reads them
     without crashing or hanging, and a span of another generation is refused."""
@@ -124,7 +110,7 @@ def test_a_peer_scribbling_on_a_viewed_span_never_crashes_the_receiver(viewer):
         assert cli._bulk is not None
         name = cli._bulk._segments[1].name  # the replies' segment: the client reads it
         with Children() as children:
-            _, conn = children.spawn(_scribbler, name)
+            _, conn = children.spawn(scribble_segment, name)
             expect(conn, "ready")
             done = 0
             for _ in range(20):
