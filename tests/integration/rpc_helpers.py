@@ -323,6 +323,23 @@ def service_name(label: str) -> str:
     return f"t-{label}-{os.getpid()}-{namespace.new_token() & 0xFFFFFF:06x}"
 
 
+def served(kind: str, label: str | None = None, report: dict | None = None):
+    """Serve a ``kind`` service (``SERVICES``) in a child process; yield its name; stop it cleanly
+    after. ``report``, if given, receives the child's final result (its ``stats`` among them).
+    A generator for fixtures: ``yield from served("calc")``."""
+    name = service_name(label or kind)
+    with Children() as children:
+        p, conn = children.spawn(serve_started, [(name, kind)])
+        expect(conn, "constructed")
+        expect(conn, "ready")
+        yield name
+        conn.send("stop")
+        result = expect(conn, "result")
+        if report is not None:
+            report.update(result)
+        assert join(p) == 0
+
+
 def segments_of(service: str) -> set[str]:
     """Names of the segments of ``service``: its well-known channel and its connections' channels."""
     prefix = f"rpc-{service}"

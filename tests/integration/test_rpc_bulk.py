@@ -9,7 +9,7 @@ import pytest
 import ombm
 from ombm.errors import UnmarshalError
 from ombm.rpc import RemoteError, bulk
-from rpc_helpers import Children, expect, join, pattern, scribble_segment, segments_of, serve_started, service_name
+from rpc_helpers import Children, expect, pattern, scribble_segment, segments_of, served
 
 pytestmark = pytest.mark.processes
 
@@ -19,15 +19,7 @@ SIZES = [bulk.BULK_MIN - 1, bulk.BULK_MIN, 300_000, 1 << 20]
 @pytest.fixture(scope="module")
 def calc():
     """A Calc service served by a child process for the whole module."""
-    name = service_name("bulk")
-    with Children() as children:
-        p, conn = children.spawn(serve_started, [(name, "calc")])
-        expect(conn, "constructed")
-        expect(conn, "ready")
-        yield name
-        conn.send("stop")
-        expect(conn, "result")
-        assert join(p) == 0
+    yield from served("calc", "bulk")
 
 
 @pytest.mark.parametrize("nbytes", SIZES)

@@ -13,28 +13,15 @@ import pytest
 
 import ombm
 from ombm.rpc import RemoteError
-from rpc_helpers import Children, add_many, expect, join, pattern, serve_started, service_name
+from rpc_helpers import Children, add_many, expect, join, pattern, serve_started, served, service_name
 
 pytestmark = pytest.mark.processes
-
-
-def _served(kind: str):
-    """Serve a ``kind`` service in a child process; yield its name; stop it cleanly after."""
-    name = service_name(kind)
-    with Children() as children:
-        p, conn = children.spawn(serve_started, [(name, kind)])
-        expect(conn, "constructed")
-        expect(conn, "ready")
-        yield name
-        conn.send("stop")
-        expect(conn, "result")
-        assert join(p) == 0
 
 
 @pytest.fixture(scope="module")
 def calc():
     """The name of a Calc service served by a child process for the whole module."""
-    yield from _served("calc")
+    yield from served("calc")
 
 
 @pytest.fixture
@@ -273,7 +260,7 @@ def test_one_client_shared_by_threads(cli):
 @pytest.fixture
 def counter(calc):
     """A fresh Counter service of its own, served by a child process."""
-    yield from _served("counter")
+    yield from served("counter")
 
 
 def test_oneway_calls_are_executed_exactly_once(counter):

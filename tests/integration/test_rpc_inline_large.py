@@ -16,7 +16,7 @@ import ombm
 from ombm import _native
 from ombm.rpc import bulk, marshal
 from ombm.transport import wire
-from rpc_helpers import Children, expect, join, pattern, serve_started, service_name
+from rpc_helpers import pattern, served
 from test_rpc_lanes import _next_id, _reply_to, _resend
 
 pytestmark = pytest.mark.processes
@@ -32,16 +32,9 @@ def _wrote(cli, message: bytes) -> None:
 
 @pytest.fixture
 def calc():
-    name = service_name("inline")
-    with Children() as children:
-        p, conn = children.spawn(serve_started, [(name, "calc")])
-        expect(conn, "constructed")
-        expect(conn, "ready")
-        yield name
-        conn.send("stop")
-        stats = expect(conn, "result")["stats"][0]
-        assert join(p) == 0
-        assert stats["lane_calls"] > 0  # the lanes served (not the protocol's Python path)
+    report: dict = {}
+    yield from served("calc", "inline", report)
+    assert report["stats"][0]["lane_calls"] > 0  # the lanes served (not the protocol's Python path)
 
 
 def test_large_buffers_come_back_whole_and_the_message_is_msgpacks(calc):
