@@ -48,6 +48,10 @@ LANE_TIMEOUT: Final[Literal[4]]  # no signal within the patience
 LANE_STALLED: Final[Literal[5]]  # the FIFO's head cell was claimed and never published
 LANE_UNSENT: Final[Literal[6]]  # the call does not marshal or fit one frame: nothing sent
 LANE_NOT_LENT: Final[Literal[7]]  # the lane holds no call ids: nothing sent
+PIPE_SENT: Final[Literal[8]]  # PipeLane.submit: written
+PIPE_QUEUED: Final[Literal[9]]  # PipeLane.submit: kept behind the window, written when a reply frees room
+PIPE_FULL: Final[Literal[10]]  # PipeLane.submit: the table has no room, nothing done
+PIPE_CAP: Final[int]  # the most calls a PipeLane holds (their call ids span less than this)
 
 # ServeResult.status, in the order Python tests them: <= SERVE_LEARN a signal came
 SERVE_REQUEST: Final[Literal[0]]  # a request frame the lane did not serve
@@ -439,6 +443,65 @@ class CallLane:
 
     def close(self) -> None:
         """Forget the channels (before they are unbound)."""
+
+@final
+class PipeLane:
+    """Pipelined calls' (call_async) no-loss path: marshalled, written and completed natively."""
+
+    def __init__(
+        self,
+        request_writer: Writer[object],
+        fifo: FifoMap,
+        reply_segment_id: int,
+        reply_base: int,
+        reply_size: int,
+        reply_slot: int,
+        connection_id: int,
+        max_payload: int,
+        packer: _Packer,
+        unpack: _Unpack,
+        ext_hook: _ExtHook,
+        running: str,
+        pending: str,
+        finished: str,
+        /,
+    ) -> None: ...
+    @property
+    def lent(self) -> bool:
+        """Whether the lane holds the protocol's state."""
+
+    @property
+    def outstanding(self) -> int:
+        """The calls in its table (in flight or queued behind the window)."""
+
+    @property
+    def patience(self) -> float:
+        """The patience lent (s): the oldest call in flight waits that long before the protocol takes it."""
+
+    @property
+    def oldest_sent(self) -> float | None:
+        """The oldest call in flight's send time (``time.monotonic()`` s), None if none is in flight."""
+
+    def lend(
+        self, next_id: int, patience_s: float, window: int,
+        calls: list[tuple[int, int, bytes, float | None, Any]], /,
+    ) -> None:
+        """Take the protocol's call ids with its outstanding calls ``(id, ack, message, sent_at | None, future)``."""
+
+    def submit(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], future: Any, /) -> int:
+        """``PIPE_SENT``, ``PIPE_QUEUED``, or (nothing done) ``PIPE_FULL``, ``LANE_UNSENT``, ``LANE_NOT_LENT``."""
+
+    def take(
+        self, limit: int, spin_ns: int, timeout_s: float, sleep_ok: bool, /
+    ) -> tuple[int, int, list[tuple[int, int, Any]], list[Any], int]:
+        """``CallLane.take``'s drain, completing the lane's own calls: ``(WAIT_* status, waited_ns,
+        entries, futures Python must finish, signals taken)``."""
+
+    def reclaim(self) -> tuple[int, int, float | None, int, list[tuple[int, int, bytes, float | None, Any]]] | None:
+        """``(next_id, calls, last RTT s or None, bad frames, outstanding calls)``, or None if not lent."""
+
+    def close(self) -> None:
+        """Forget the channels (before they are unbound); the calls stay until reclaimed."""
 
 @final
 class RequestIntake(Generic[_C, _K]):

@@ -49,7 +49,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     if (native_add_sync(m) < 0 || native_add_fifo(m) < 0 || native_add_frame(m) < 0 || native_add_writer(m) < 0 ||
-        native_add_call_lane(m) < 0 || native_add_request_intake(m) < 0 || native_add_mapping(m) < 0 ||
+        native_add_call_lane(m) < 0 || native_add_pipe_lane(m) < 0 || native_add_request_intake(m) < 0 || native_add_mapping(m) < 0 ||
         native_add_bridge(m) < 0 || native_add_net_engine(m) < 0 || native_add_stream_batch(m) < 0)
         goto fail;
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++)

@@ -137,6 +137,7 @@ int native_add_fifo(PyObject *module);
 int native_add_frame(PyObject *module);
 int native_add_writer(PyObject *module);
 int native_add_call_lane(PyObject *module);
+int native_add_pipe_lane(PyObject *module);
 int native_add_request_intake(PyObject *module);
 int native_add_mapping(PyObject *module);
 int native_add_bridge(PyObject *module);

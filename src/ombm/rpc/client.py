@@ -75,6 +75,7 @@ _STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that man
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
 _WAIT_STALLED = _native.WAIT_STALLED
+_PIPE_SENT, _PIPE_QUEUED = _native.PIPE_SENT, _native.PIPE_QUEUED
 
 
 _base = concurrent.futures._base
@@ -305,6 +306,8 @@ class Client:
         # _fast: the lane call() takes, None while gone or closed (call() then goes the ordinary way)
         self._lane: _native.CallLane | None = None
         self._fast: _native.CallLane | None = None
+        # the native lane of pipelined calls (call_async: _native.PipeLane), made with the CallLane
+        self._pipe: _native.PipeLane | None = None
         # the session's bulk segments (large payloads, rpc/bulk.py): made and offered to the server at the
         # first large payload (_offer_bulk)
         self._bulk: Bulk | None = None
@@ -455,6 +458,7 @@ class Client:
         # a message whose fragments x max_payload exceed its max_message_bytes; one frame always goes)
         server_max = self._hello["max_message"]
         self._max_message = min(self._request.max_message, max(max_payload, server_max // max_payload * max_payload))
+        self._pipe = None  # (a gone session's was reclaimed by _end_pending)
         if self._request.writer is not None and not self._receiver.kernel and _config.LANES:
             reply = self._reply.region
             self._lane = _native.CallLane(
@@ -462,6 +466,13 @@ class Client:
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
                 marshal.guarded_packer(self.allow_pickle), msgpack.unpackb,
                 marshal.ext_hook(self.allow_pickle, self._lane_bulk_data, self._lane_budget),
+            )
+            self._pipe = _native.PipeLane(
+                self._request.writer, self._receiver.fifo.fifo_map, self._reply_segment,
+                reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
+                marshal.guarded_packer(self.allow_pickle), msgpack.unpackb,
+                marshal.ext_hook(self.allow_pickle, self._lane_bulk_data, self._lane_budget),
+                _RUNNING, _PENDING, _FINISHED,
             )
         self._fast = self._lane
 
@@ -529,17 +540,39 @@ class Client:
             spin_ns, sleep_ok, learn_ns = receiver.wait_policy() if path is None else self._wait_policy()
         else:
             spin_ns, sleep_ok, learn_ns = 0, False, 0
-        status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
+        pipe = self._pipe
+        if pipe is None:
+            status, waited, entries = lane.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
+            slow: list[Future] = []
+            taken = len(entries)
+        else:  # the pipelined lane completes its own calls; the rest as CallLane.take's
+            status, waited, entries, slow, taken = pipe.take(_TAKE_LIMIT, spin_ns, timeout, sleep_ok)
         if status == _WAIT_STALLED:
             receiver.fifo.retire_stalled()
-        if not entries:
+        if not taken:
             return False
         if path is not None:
             self._waited(waited, spin_ns, learn_ns)
         elif waited > learn_ns:
             receiver.waited(waited)
-        self._take_entries(entries)
+        if slow:
+            self._take_slow(slow)
+        if entries:
+            self._take_entries(entries)
         return True
+
+    def _take_slow(self, futures: list[Future]) -> None:
+        """The pipelined lane's calls it completed but could not finish: wake the thread waiting
+        for each, tell an asyncio pump, finish the future (its callbacks run here)."""
+        with self._lock:
+            for future in futures:
+                pending = future._pending
+                if pending.wake is not None:
+                    self._wake(pending)
+                if pending.ready is not None:
+                    pending.ready.append(future._call_id)
+        for future in futures:
+            future._complete()
 
     def _wait_policy(self) -> tuple[int, bool, int]:
         """``(spin budget in ns, may sleep, learn_ns)`` for a native wait for replies: the receiver's
@@ -677,8 +710,8 @@ class Client:
         with self._lock:
             if self._gone:  # gone again since _marshal reconnected (or another thread is reconnecting)
                 raise self._gone_error()
-            lane = self._lane
-            if lane is not None and lane.lent:
+            lane, pipe = self._lane, self._pipe
+            if (lane is not None and lane.lent) or (pipe is not None and pipe.lent):
                 self._own()
             protocol = self._protocol
             assert protocol is not None, "connected while not gone"
@@ -838,8 +871,10 @@ class Client:
     def _lend(self) -> bool:
         """Lend the protocol's call ids to the lane if nothing is outstanding (True if lent)."""
         with self._lock:
-            protocol, lane = self._protocol, self._lane
+            protocol, lane, pipe = self._protocol, self._lane, self._pipe
             assert protocol is not None and lane is not None, "a lane is made with the protocol, in _connect"
+            if pipe is not None and pipe.lent and not pipe.outstanding:  # the pipelined lane's, idle
+                self._own()
             next_id = protocol.lend()
             if next_id is None:
                 return False
@@ -849,12 +884,22 @@ class Client:
             return True
 
     def _own(self) -> None:
-        """With ``_lock`` held: take the protocol's state back from the lane, if it holds it."""
+        """With ``_lock`` held: take the protocol's state back from the lanes, if one holds it (the
+        pipelined lane's calls not completed become ordinary calls of the protocol and this client)."""
         lane = self._lane
         if lane is not None and lane.lent:
             state = lane.reclaim()
             assert self._protocol is not None and state is not None, "a lent lane's protocol takes its state"
             self._protocol.reclaim(*state)
+        pipe = self._pipe
+        if pipe is not None and pipe.lent:
+            taken = pipe.reclaim()
+            assert self._protocol is not None and taken is not None, "a lent lane's protocol takes its state"
+            next_id, calls, rtt, bad, outstanding = taken
+            self._protocol.adopt_pipelined(next_id, calls, rtt, bad, [call[:4] for call in outstanding])
+            for call_id, _, _, _, future in outstanding:
+                pending = self._pending[call_id] = future._pending
+                pending.future = self._futures[call_id] = future
 
     def _adopt(self, call_id: int, data: bytes | None, result: _native.CallResult) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
@@ -888,11 +933,56 @@ class Client:
         return self._call_async(method, args, kwargs, self.timeout)
 
     def _call_async(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float) -> Future:
+        pipe = self._pipe
+        if pipe is not None and not self._bulk:  # (large payloads take the ordinary way: the bulk segment)
+            future = self._pipelined(pipe, method, args, kwargs, timeout)
+            if future is not None:
+                return future
         call_id, pending = self._submit(self._marshal(method, args, kwargs), False, timeout)
         future = pending.future
         assert future is not None, "a call with a timeout has its future"
         if pending.done:  # its reply taken by another thread already
             future._complete()
+        return future
+
+    def _pipelined(self, pipe: _native.PipeLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
+                   timeout: float) -> Future | None:
+        """``call_async`` on the pipelined lane (``_native.PipeLane``: marshalled, written and later
+        completed natively); None if the call must go the ordinary way (closed, gone, a call the
+        lane does not take, the protocol's state not lendable, a timeout below the lane's patience)."""
+        future = Future(self, 0, _Pending(), time.monotonic() + timeout, True)
+        with self._lock:
+            if self._closed or self._gone or pipe is not self._pipe:
+                return None
+            if not pipe.lent:
+                lane = self._lane
+                if lane is not None and lane.lent:
+                    self._own()
+                protocol = self._protocol
+                assert protocol is not None, "connected while not gone"
+                patience = protocol.lane_patience
+                next_id = protocol.lend()
+                calls: list[tuple[int, int, bytes, float | None, Future]] = []
+                if next_id is None:  # calls outstanding: lent with them if all are call_async's one-frame calls
+                    futures, pending_calls = self._futures, self._pending
+                    if len(futures) != len(pending_calls):
+                        return None
+                    lent = protocol.lend_pipelined(_native.PIPE_CAP - 1, futures.__contains__)
+                    if lent is None:
+                        return None
+                    next_id, taken = lent
+                    for call_id, ack, data, sent_at in taken:
+                        del pending_calls[call_id]
+                        calls.append((call_id, ack, data, sent_at, futures.pop(call_id)))
+                pipe.lend(next_id, patience, protocol.max_in_flight, calls)
+            if timeout < pipe.patience:
+                return None
+            status = pipe.submit(method, args, kwargs, future)
+        if status > _PIPE_QUEUED or status < _PIPE_SENT:  # not taken (nothing done): the ordinary way
+            return None
+        timer = self._timer
+        if not timer.busy:
+            timer.kick()
         return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
@@ -1018,9 +1108,11 @@ class Client:
     def _hand_over(self) -> None:
         """Wake the first follower whose call is not done, to lead (the lead was just released)."""
         with self._lock:
-            for pending in self._followers:
-                if not pending.done:
-                    self._wake(pending)
+            while self._followers:
+                pending = self._followers[0]
+                done = pending.done  # done by the pipelined lane, which wakes no follower: wake it now
+                self._wake(pending)
+                if not done:
                     return
 
     def _give_up(self, call_id: int) -> None:
@@ -1087,6 +1179,8 @@ class Client:
     def _end_pending(self) -> list[Future]:
         """With ``_lock`` held: every call of the gone session ends (``ServerGoneError``); the futures
         among them, to be finished once the lock is released (their callbacks run then)."""
+        if self._protocol is not None:
+            self._own()  # the pipelined lane's calls too
         for call_id, pending in self._pending.items():
             pending.gone = pending.done = True
             if pending.ready is not None:
@@ -1130,6 +1224,15 @@ class Client:
             return False
         if not self._pumped:
             self._poll()  # e.g. acknowledgements of one-way calls nobody waits for
+        pipe = self._pipe
+        if pipe is not None and pipe.lent and pipe.outstanding:
+            sent = pipe.oldest_sent
+            if sent is None or now - sent < pipe.patience:
+                return True  # the lane's calls: replies are coming (or it waits for the window)
+            with self._lock:  # no reply within the patience: the protocol's timer takes the calls
+                if self._closed or self._gone or self._protocol is None:
+                    return False
+                self._own()
         if self._futures and now >= self._futures_check_at:
             self._futures_check_at = now + 0.01
             self._expire_futures(now)
@@ -1182,6 +1285,8 @@ class Client:
         with self._leader:
             self._teardown()
         with self._lock:
+            if self._protocol is not None:
+                self._own()  # the pipelined lane's calls too
             futures = list(self._futures.values())
             self._futures.clear()
             while self._followers:  # threads waiting for a call: they see the client closed
@@ -1195,6 +1300,8 @@ class Client:
         if self._lane is not None:
             self._lane.close()
             self._lane = None
+        if self._pipe is not None:  # (its calls stay in it until reclaimed: _end_pending)
+            self._pipe.close()
         receiver: Receiver | None = getattr(self, "_receiver", None)  # absent if _connect failed early
         if receiver is not None:
             receiver.close()
@@ -1278,7 +1385,7 @@ def _after_fork_in_child() -> None:
     for client in list(_CLIENTS):
         client._forked = True
         client._closed = True
-        client._lane = client._fast = None  # a call goes the ordinary way, which raises
+        client._lane = client._fast = client._pipe = None  # a call goes the ordinary way, which raises
     _CLIENTS.clear()
 
 

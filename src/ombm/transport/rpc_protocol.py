@@ -475,6 +475,65 @@ class ClientProtocol(_Outbox):
         self._in_flight = {call_id: call}
         self._in_flight.update(in_flight)
 
+    def lend_pipelined(self, span: int, lendable: Callable[[int], bool]) -> tuple[int, list[tuple[int, int, bytes, float | None]]] | None:
+        """Lend the call ids to the I/O layer's pipelined lane together with the calls outstanding:
+        ``(next id, [(call id, ack, message, sent_at or None if queued), ...])`` in call id order,
+        the calls in flight first; the protocol forgets them (:meth:`adopt_pipelined` takes them
+        back). None (nothing lent) unless every call outstanding is a one-frame call, not one-way,
+        sent at most once (no retransmission: its reply is an RTT sample), ``lendable`` (by call
+        id), with call ids spanning less than ``span``, and no reply is being reassembled."""
+        if self._lane is not None or self._partial:
+            return None
+        in_flight, queue = self._in_flight, self._queue
+        first = next(iter(in_flight)) if in_flight else queue[0].call_id if queue else self._next_id
+        if self._next_id - first >= span:
+            return None
+        calls: list[tuple[int, int, bytes, float | None]] = []
+        for call in (*in_flight.values(), *queue):
+            if (call.oneway or len(call.frames) != 1 or (call.call_id in in_flight and call.sent_at is None)
+                    or not lendable(call.call_id)):
+                return None
+            _, _, call_id, _, _, ack, payload, _ = raw_decode(call.frames[0], KIND_TABLE)
+            calls.append((call_id, ack, bytes(payload), call.sent_at if call_id in in_flight else None))
+        in_flight.clear()
+        queue.clear()
+        self._timers.clear()
+        self._lane = _LENT
+        return self._next_id, calls
+
+    def adopt_pipelined(self, next_id: int, calls: int, rtt: float | None, bad: int,
+                        outstanding: list[tuple[int, int, bytes, float | None]]) -> None:
+        """Take back the call ids lent by :meth:`lend` to the I/O layer's pipelined lane.
+
+        That lane made ``calls`` calls (next id ``next_id``), each one CALL frame acking the lowest
+        call id it still waited for, as :meth:`send_request` frames a one-frame call, at most
+        ``max_in_flight`` of them sent at a time, in call id order; it completed those whose whole
+        REPLY/ERROR_REPLY came (what :meth:`complete` does), dropped ``bad`` frames that made no
+        sense, and took the RTT sample ``rtt``. ``outstanding``: the calls not completed, in call
+        id order, ``(call id, ack, message, sent_at)``; those sent (``sent_at`` not None) go in
+        flight under the timer as :meth:`adopt_call` puts a call, the others wait in the queue."""
+        last = 0
+        for call_id, ack, data, _ in outstanding:
+            if not (last < call_id < next_id and 0 < ack <= call_id) or len(data) > self.max_payload:
+                raise ValueError("the lane's calls do not follow from what was lent")
+            last = call_id
+        self.reclaim(next_id, calls, None, rtt)
+        self._bad += bad
+        for call_id, ack, data, sent_at in outstanding:
+            call = _Call()
+            call.call_id = call_id
+            call.oneway = False
+            call.frames = (raw_encode(_CALL, self.connection_id, call_id, data, 0, 1, ack, 0),)
+            if sent_at is None:
+                self._queue.append(call)
+                continue
+            call.sent_at = sent_at
+            call.rto = rto = self._rto.rto
+            call.deadline = deadline = sent_at + rto
+            call.heaped = True  # (its deadline is not ordered with the calls launched later)
+            _heappush(self._timers, (deadline, call_id))
+            self._in_flight[call_id] = call
+
     def cancel(self, call_id: int) -> None:
         """Forget a call (the caller gave up); a late reply is counted as a duplicate.
 

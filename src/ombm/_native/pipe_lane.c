@@ -1,0 +1,590 @@
+/*
+ * PipeLane: pipelined calls' (call_async) no-loss path in native code (issue 13 item 2; paper §4:
+ * the timer and the rest of the transport cost nothing when nothing is lost). rpc/client.py
+ * drives it; call_lane.c is its synchronous sibling, and the frame checks are the same.
+ *
+ * While nothing is outstanding, the Python ClientProtocol *lends* the lane its call ids
+ * (lend(next_id, patience, window)), as it does to the CallLane. From then on
+ * submit(method, args, kwargs, future) takes the next id, marshals the call with the lane's own
+ * msgpack Packer and writes one CALL frame carrying the protocol's ack (the lowest call id still
+ * waited for) into the next request slot, or keeps it queued while `window` calls are in flight
+ * (the protocol's max_in_flight): exactly the frame ClientProtocol.send_request would write, and
+ * the call is kept in a table of at most PIPE_CAP calls (id mod PIPE_CAP). The future is the
+ * caller's rpc.client.Future: the lane sets its call id and state.
+ *
+ * take(limit, spin_ns, timeout_s, sleep_ok) drains the caller's signal FIFO as CallLane.take does
+ * (one wait, then every signal there, bounded): a reply frame that passes THE frame check
+ * (frame_take) as a whole REPLY/ERROR_REPLY of this connection to a call in flight in the table
+ * completes that call here: the table forgets it (validated once: a second reply to it is then
+ * no call of the table), calls queued behind the window are written out, and the future's
+ * _Pending gets the reply (value, or payload and error flag) and done. A future nobody waits on
+ * or watches (no condition made, no waking follower, no asyncio pump) is finished here as
+ * Future._finish would (its _result and _state); the others are handed to Python (`slow`),
+ * which completes them as the ordinary path does. Every other signal is handed back untouched, as
+ * CallLane.take hands it (the protocol decides what it is); a reply to a call still queued (the
+ * peer's nonsense) is dropped and counted.
+ *
+ * reclaim() gives the protocol its state back: the next id, the calls made, the last RTT sample,
+ * the frames the lane dropped, and every call not completed (id, ack, message, sent time or None,
+ * future), which the protocol adopts (ClientProtocol.adopt_pipelined): under its timer from then
+ * on. The client reclaims whenever anything else needs the protocol, and when the oldest call in
+ * flight waited longer than the patience (oldest_sent): retransmission, timeouts and liveness
+ * are the protocol's, never the lane's.
+ *
+ * The GIL serializes the lane's methods, but marshalling, writing and completing may run Python
+ * code (a hook, a finalizer) and so let another thread in: the table is consistent at each such
+ * point (an entry is taken out of it before its future is touched; an id before its write).
+ */
+#include "fifo.h"
+#include "frame.h"
+#include "lane.h"
+#include "writer.h"
+
+#define PIPE_CAP 256  /* the most calls the table holds; their ids span less than this */
+
+/* submit()'s statuses beside LANE_UNSENT and LANE_NOT_LENT (lane.h) */
+#define PIPE_SENT 8        /* written */
+#define PIPE_QUEUED 9      /* kept behind the window, written when a reply frees room */
+#define PIPE_FULL 10       /* the table has no room: nothing done */
+
+typedef struct {
+    unsigned long long id, ack;  /* id 0: a free entry */
+    PyObject *message;           /* the marshalled call (for the protocol, if reclaimed) */
+    PyObject *future;            /* rpc.client.Future */
+    uint64_t sent_ns;            /* CLOCK_MONOTONIC when written; 0 while queued behind the window */
+} PipeCall;
+
+typedef struct {
+    PyObject_HEAD
+    Writer *request;           /* the request channel's writer; NULL once closed */
+    FifoMap *fifo;             /* the caller's signal FIFO */
+    unsigned long long reply_seg;
+    const unsigned char *reply_base;
+    Py_ssize_t reply_size, reply_slot;
+    unsigned long long connection_id;
+    Py_ssize_t max_payload;
+    Marshal marshal;
+    PyObject *running, *pending_state, *finished;  /* concurrent.futures' state constants */
+    /* the protocol state lent by lend(), given back by reclaim() */
+    int lent;
+    unsigned long long next_id, calls, oldest, bad;  /* oldest: the lowest id in the table (next_id: none) */
+    unsigned long long next_launch;  /* the calls from it to next_id wait behind the window (launched in id order) */
+    Py_ssize_t window, count, in_flight;
+    uint64_t rtt_ns;           /* the last RTT sample taken, 0 if none since lend() */
+    double patience_s;
+    PipeCall table[PIPE_CAP];
+} PipeLane;
+
+static PyObject *s_call_id, *s_state, *s_result, *s_pending, *s_value, *s_data, *s_error, *s_done, *s_wake,
+    *s_ready, *s_condition;
+
+static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook, *running, *pending_state, *finished;
+    unsigned long long reply_seg, reply_base, conn;
+    Py_ssize_t reply_size, reply_slot, max_payload;
+    if (!PyArg_ParseTuple(args, "O!OKKnnKnOOOOOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base,
+                          &reply_size, &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook, &running,
+                          &pending_state, &finished))
+        return -1;
+    if (max_payload < 0 || max_payload + TRAILER > ((Writer *)writer)->unit) {
+        PyErr_SetString(PyExc_ValueError, "PipeLane: max_payload does not fit the request channel's slots");
+        return -1;
+    }
+    if (!as_fifo(fifo_o)) return -1;
+    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
+        PyErr_SetString(PyExc_ValueError, "PipeLane: bad reply channel geometry");
+        return -1;
+    }
+    if (!PyCallable_Check(unpack)) {
+        PyErr_SetString(PyExc_TypeError, "PipeLane: unpack must be callable");
+        return -1;
+    }
+    if (marshal_init(&l->marshal, packer, unpack, ext_hook) < 0) return -1;
+    Py_XSETREF(l->running, Py_NewRef(running));
+    Py_XSETREF(l->pending_state, Py_NewRef(pending_state));
+    Py_XSETREF(l->finished, Py_NewRef(finished));
+    l->max_payload = max_payload;
+    Py_XSETREF(l->request, (Writer *)Py_NewRef(writer));
+    Py_XSETREF(l->fifo, (FifoMap *)Py_NewRef(fifo_o));
+    l->reply_seg = reply_seg;
+    l->reply_base = (const unsigned char *)(uintptr_t)reply_base;
+    l->reply_size = reply_size;
+    l->reply_slot = reply_slot;
+    l->connection_id = conn;
+    return 0;
+}
+
+static int PipeLane_traverse(PipeLane *l, visitproc visit, void *arg) {
+    Py_VISIT(l->request); Py_VISIT(l->running); Py_VISIT(l->pending_state); Py_VISIT(l->finished);
+    for (int i = 0; i < PIPE_CAP; i++) { Py_VISIT(l->table[i].message); Py_VISIT(l->table[i].future); }
+    return marshal_traverse(&l->marshal, visit, arg);
+}
+
+static int PipeLane_clear(PipeLane *l) {
+    Py_CLEAR(l->request); Py_CLEAR(l->fifo); Py_CLEAR(l->running); Py_CLEAR(l->pending_state); Py_CLEAR(l->finished);
+    for (int i = 0; i < PIPE_CAP; i++) { Py_CLEAR(l->table[i].message); Py_CLEAR(l->table[i].future); }
+    marshal_clear(&l->marshal);
+    return 0;
+}
+
+/* The table's entry of call `id`, or NULL. */
+static PipeCall *pipe_find(PipeLane *l, unsigned long long id) {
+    PipeCall *c = &l->table[id % PIPE_CAP];
+    return id && c->id == id ? c : NULL;
+}
+
+/* Write a call's frame: 0, or -1 with an exception (the call stays queued). Its future runs. */
+static int pipe_launch(PipeLane *l, PipeCall *c) {
+    /* sent before the write, which may run Python code: another thread's drain then sees it in
+       flight (and writes it no second time) */
+    unsigned long long id = c->id;
+    PyObject *message = Py_NewRef(c->message), *future = Py_NewRef(c->future);
+    c->sent_ns = now_ns();
+    l->in_flight++;
+    int rc = writer_send_frame(l->request, KIND_CALL, l->connection_id, id, c->ack, PyBytes_AS_STRING(message),
+                               PyBytes_GET_SIZE(message));
+    Py_DECREF(message);
+    if (rc < 0 && c->id == id && c->sent_ns) {  /* not written: queued again (if still in the table) */
+        c->sent_ns = 0;
+        l->in_flight--;
+    }
+    /* (queued until now: PENDING; only a reclaim lets cancel() at it) */
+    if (rc == 0 && PyObject_SetAttr(future, s_state, l->running) < 0) rc = -1;
+    Py_DECREF(future);
+    return rc;
+}
+
+/* Write the calls queued behind the window, oldest first, while it has room: 0, or -1. */
+static int pipe_fill(PipeLane *l) {
+    while (l->next_launch < l->next_id && l->in_flight < l->window) {
+        PipeCall *c = pipe_find(l, l->next_launch);
+        if (c && !c->sent_ns) {
+            l->next_launch++;  /* (before the write: Python code may run in it, a drain fill meanwhile) */
+            if (pipe_launch(l, c) < 0) {
+                if (c->id && !c->sent_ns && l->next_launch > c->id) l->next_launch = c->id;
+                return -1;
+            }
+        } else {
+            l->next_launch++;
+        }
+    }
+    return 0;
+}
+
+/* The entry leaves the table: its future (a new reference) in *future. */
+static void pipe_forget(PipeLane *l, PipeCall *c, PyObject **future) {
+    *future = c->future;
+    c->future = NULL;
+    Py_CLEAR(c->message);
+    if (c->sent_ns) l->in_flight--;
+    c->id = 0;
+    c->sent_ns = 0;
+    l->count--;
+    while (l->oldest < l->next_id && !pipe_find(l, l->oldest)) l->oldest++;
+}
+
+/* lend(next_id, patience_s, window, calls): the protocol lends its call ids with the calls it has
+   outstanding, [(id, ack, message, sent s | None, future), ...] in id order (those sent first): as
+   reclaim() gives them back (ClientProtocol.lend_pipelined). */
+static PyObject *PipeLane_lend(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "lend(next_id, patience_s, window, calls: list)");
+        return NULL;
+    }
+    unsigned long long next_id = PyLong_AsUnsignedLongLong(args[0]);
+    if (next_id == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    double patience = PyFloat_AsDouble(args[1]);
+    if (patience == -1.0 && PyErr_Occurred()) return NULL;
+    Py_ssize_t window = PyLong_AsSsize_t(args[2]);
+    if (window == -1 && PyErr_Occurred()) return NULL;
+    if (l->lent || l->count) {
+        PyErr_SetString(PyExc_ValueError, "the lane already holds the protocol's state");
+        return NULL;
+    }
+    if (!next_id || !(patience >= 0) || window < 1) {
+        PyErr_SetString(PyExc_ValueError, "lend: call ids start at 1, the patience is not negative, the window >= 1");
+        return NULL;
+    }
+    PyObject *calls = args[3];
+    Py_ssize_t n = PyList_GET_SIZE(calls), sent = 0;
+    unsigned long long last = 0, first = n ? 0 : next_id;
+    for (Py_ssize_t i = 0; i < n; i++) {  /* checked whole before anything is kept */
+        PyObject *item = PyList_GET_ITEM(calls, i), *message, *at, *future;
+        unsigned long long id, ack;
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "KKO!OO", &id, &ack, &PyBytes_Type, &message, &at, &future))
+            return NULL;
+        if (!i) first = id;
+        if (id <= last || id >= next_id || next_id - first >= PIPE_CAP || !ack || ack > id ||
+            PyBytes_GET_SIZE(message) > l->max_payload || (at == Py_None ? 0 : sent++ != i)) {
+            PyErr_SetString(PyExc_ValueError, "lend: the calls do not fit the lane (id order, sent first, one frame)");
+            return NULL;
+        }
+        last = id;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(calls, i);
+        unsigned long long id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 0));
+        PyObject *at = PyTuple_GET_ITEM(item, 3);
+        PipeCall *c = &l->table[id % PIPE_CAP];
+        c->id = id;
+        c->ack = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 1));
+        Py_XSETREF(c->message, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
+        Py_XSETREF(c->future, Py_NewRef(PyTuple_GET_ITEM(item, 4)));
+        double t = at == Py_None ? 0.0 : PyFloat_AsDouble(at);
+        c->sent_ns = at == Py_None ? 0 : t > 0 ? (uint64_t)(t * 1e9) : 1;
+    }
+    if (PyErr_Occurred()) return NULL;  /* (a sent time not a number) */
+    l->lent = 1;
+    l->next_id = next_id;
+    l->oldest = first;
+    l->next_launch = n > sent ? PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(PyList_GET_ITEM(calls, sent), 0)) : next_id;
+    l->count = n;
+    l->calls = l->bad = 0;
+    l->in_flight = sent;
+    l->window = window < PIPE_CAP ? window : PIPE_CAP;
+    l->rtt_ns = 0;
+    l->patience_s = patience > 1e9 ? 1e9 : patience;
+    Py_RETURN_NONE;
+}
+
+/* submit(method, args, kwargs, future) -> PIPE_SENT (written), PIPE_QUEUED (behind the window),
+   PIPE_FULL (the table has no room: nothing done), LANE_UNSENT (does not marshal or fit one
+   frame: nothing done, no id taken), LANE_NOT_LENT. */
+static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "submit(method, args, kwargs, future)");
+        return NULL;
+    }
+    if (!l->request) {
+        PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
+        return NULL;
+    }
+    if (!l->lent) return PyLong_FromLong(LANE_NOT_LENT);
+    if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
+        return PyLong_FromLong(LANE_UNSENT);
+    if (l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP) return PyLong_FromLong(PIPE_FULL);
+    PyObject *triple = PyList_New(3);
+    PyObject *positional = triple ? PySequence_List(args[1]) : NULL;
+    if (!positional) {
+        Py_XDECREF(triple);
+        return NULL;
+    }
+    PyList_SET_ITEM(triple, 0, Py_NewRef(args[0]));
+    PyList_SET_ITEM(triple, 1, positional);
+    PyList_SET_ITEM(triple, 2, Py_NewRef(args[2]));
+    PyObject *message = marshal_pack_direct(&l->marshal, triple);
+    if (!message && !PyErr_Occurred()) message = marshal_pack(&l->marshal, triple);
+    Py_DECREF(triple);
+    if (!message) return PyErr_Occurred() ? NULL : PyLong_FromLong(LANE_UNSENT);
+    /* (packing may have run Python code: lent and room again) */
+    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent || !l->request ||
+        l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP) {
+        int status = !l->lent ? LANE_NOT_LENT : !PyBytes_CheckExact(message) ||
+                     PyBytes_GET_SIZE(message) > l->max_payload ? LANE_UNSENT : PIPE_FULL;
+        Py_DECREF(message);
+        if (!l->request) {
+            PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
+            return NULL;
+        }
+        return PyLong_FromLong(status);
+    }
+    unsigned long long id = l->next_id;
+    PyObject *id_o = PyLong_FromUnsignedLongLong(id);
+    if (!id_o || PyObject_SetAttr(args[3], s_call_id, id_o) < 0 ||
+        PyObject_SetAttr(args[3], s_state, l->pending_state) < 0) {
+        Py_XDECREF(id_o);
+        Py_DECREF(message);
+        return NULL;
+    }
+    Py_DECREF(id_o);
+    PipeCall *c = &l->table[id % PIPE_CAP];
+    c->id = id;
+    c->ack = l->count ? l->oldest : id;  /* the lowest call id still waited for, as send_request acks */
+    c->message = message;
+    c->future = Py_NewRef(args[3]);
+    c->sent_ns = 0;
+    l->next_id = id + 1;
+    l->count++;
+    l->calls++;
+    /* launched in call id order, after any call queued before it, while the window has room */
+    if (pipe_fill(l) < 0) return NULL;  /* the call stays queued in the table, for the protocol */
+    return PyLong_FromLong(c->sent_ns ? PIPE_SENT : PIPE_QUEUED);
+}
+
+/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection to any
+   call (as call_lane.c's lane_take_any): 1 with *s, *kind, *call_id set; 0 otherwise. */
+static int pipe_take_reply(PipeLane *l, uint64_t off, unsigned *kind, uint64_t *call_id, frame_split *s) {
+    if (off >= (uint64_t)l->reply_size) return 0;
+    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
+    if (start + l->reply_slot > l->reply_size) return 0;
+    frame_trailer t;
+    const char *why;
+    if (frame_take_split(l->reply_base + start, l->reply_slot, &t, &why, s) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
+        t.connection_id != l->connection_id || !t.message_id) {
+        frame_split_clear(s);
+        return 0;
+    }
+    *kind = t.kind;
+    *call_id = t.message_id;
+    return 1;
+}
+
+/* A taken reply's result (LANE_VALUE: a REPLY that unmarshals to [0, result]) or its whole payload
+   (LANE_REPLY, LANE_ERROR_REPLY) into *value: its status, or -1 with an exception. The split is
+   cleared. (call_lane.c's lane_settle.) */
+static int pipe_settle(PipeLane *l, unsigned kind, frame_split *s, PyObject **value) {
+    *value = NULL;
+    if (kind == KIND_REPLY) {
+        PyObject *reply = marshal_unpack_split(&l->marshal, s);
+        if (reply && PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
+            PyObject *tag = PyList_GET_ITEM(reply, 0);
+            int overflow;
+            if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow)
+                *value = Py_NewRef(PyList_GET_ITEM(reply, 1));
+        }
+        Py_XDECREF(reply);
+    }
+    if (*value || PyErr_Occurred()) {
+        frame_split_clear(s);
+        return *value ? LANE_VALUE : -1;
+    }
+    *value = frame_split_join(s);
+    frame_split_clear(s);
+    if (!*value) return -1;
+    return kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY;
+}
+
+/* Give `future` its reply: its _Pending's value (status LANE_VALUE) or data and error flag, and
+   done; then finish it here if nobody waits on or watches it, else append it to `slow`. 0, or -1
+   with an exception. No Python code runs between the _Pending's done and the look at its waiters. */
+static int pipe_complete(PipeLane *l, PyObject *future, int status, PyObject *value, PyObject *slow) {
+    PyObject *pending = PyObject_GetAttr(future, s_pending);
+    if (!pending) return -1;
+    int rc = -1;
+    if (status == LANE_VALUE) {
+        if (PyObject_SetAttr(pending, s_value, value) < 0) goto done;
+    } else if (PyObject_SetAttr(pending, s_data, value) < 0 ||
+               PyObject_SetAttr(pending, s_error, status == LANE_ERROR_REPLY ? Py_True : Py_False) < 0) {
+        goto done;
+    }
+    PyObject *wake = PyObject_GetAttr(pending, s_wake);
+    PyObject *ready = wake ? PyObject_GetAttr(pending, s_ready) : NULL;
+    PyObject *dict = ready ? PyObject_GenericGetDict(future, NULL) : NULL;
+    int plain = dict && wake == Py_None && ready == Py_None && status == LANE_VALUE;
+    if (plain) {
+        PyObject *condition = PyDict_GetItemWithError(dict, s_condition);
+        if (condition || PyErr_Occurred()) plain = 0;
+    }
+    Py_XDECREF(wake); Py_XDECREF(ready);
+    if (!dict || PyErr_Occurred()) { Py_XDECREF(dict); goto done; }
+    if (PyObject_SetAttr(pending, s_done, Py_True) < 0) { Py_DECREF(dict); goto done; }
+    if (plain) {  /* Future._finish without a condition: its state only ever moves on to done */
+        PyObject *state = PyDict_GetItemWithError(dict, s_state);
+        if (state == l->running || state == l->pending_state)
+            rc = PyDict_SetItem(dict, s_result, value) < 0 || PyDict_SetItem(dict, s_state, l->finished) < 0 ? -1 : 0;
+        else
+            rc = PyErr_Occurred() ? -1 : 0;  /* cancelled or finished meanwhile: as _finish, nothing */
+    } else {
+        rc = PyList_Append(slow, future);
+    }
+    Py_DECREF(dict);
+done:
+    Py_DECREF(pending);
+    return rc;
+}
+
+/* One entry of take(): (status, a, b), the references stolen (NULL: an exception is set). */
+static PyObject *pipe_entry(int status, PyObject *a, PyObject *b) {
+    if (!a || !b) { Py_XDECREF(a); Py_XDECREF(b); return NULL; }
+    return Py_BuildValue("(iNN)", status, a, b);
+}
+
+/* take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, entries, slow, taken): see
+   the file's comment; entries as CallLane.take's, slow the futures completed here that Python must
+   finish (Future._complete) or whose waiters it must wake, taken the signals taken. */
+static PyObject *PipeLane_take(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "take(limit, spin_ns, timeout_s, sleep_ok)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[0]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    uint64_t spin_ns, waited = 0;
+    double timeout_s;
+    int sleep_ok, r = WAIT_READY;
+    if (parse_wait_policy(args + 1, 3, &spin_ns, &timeout_s, &sleep_ok) < 0) return NULL;
+    if (!l->reply_base) {
+        PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
+        return NULL;
+    }
+    const FifoMap *f = l->fifo;
+    if (timeout_s > 0) {
+        FifoMap *peer = l->in_flight ? writer_peer(l->request) : NULL;  /* held while waiting */
+        r = wait_signal_for(f, peer, spin_ns, timeout_s, sleep_ok, &waited);
+        Py_XDECREF(peer);
+        if (r < 0) return NULL;
+        if (!l->reply_base) {
+            PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
+            return NULL;
+        }
+    }
+    PyObject *entries = PyList_New(0), *slow = PyList_New(0);
+    if (!entries || !slow) goto fail;
+    int sampled = 0;
+    Py_ssize_t i;
+    for (i = 0; i < limit; i++) {
+        uint64_t seg = 0, off = 0, call_id = 0;
+        if (!fifo_take(f, &seg, &off)) break;
+        unsigned kind = 0;
+        frame_split s;
+        if (seg != l->reply_seg || !pipe_take_reply(l, off, &kind, &call_id, &s)) {
+            PyObject *entry = pipe_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg), PyLong_FromUnsignedLongLong(off));
+            if (!entry || PyList_Append(entries, entry) < 0) { Py_XDECREF(entry); goto fail; }
+            Py_DECREF(entry);
+            continue;
+        }
+        PipeCall *c = l->lent ? pipe_find(l, call_id) : NULL;
+        if (c && !c->sent_ns) {  /* a reply to a call never sent: the peer's nonsense */
+            frame_split_clear(&s);
+            l->bad++;
+            continue;
+        }
+        PyObject *future = NULL;
+        if (c) {
+            if (!sampled) {  /* one RTT sample per drain: its oldest call's (ClientProtocol.complete) */
+                uint64_t t = now_ns();
+                l->rtt_ns = t > c->sent_ns ? t - c->sent_ns : 1;
+                sampled = 1;
+            }
+            pipe_forget(l, c, &future);
+            if (pipe_fill(l) < 0) { Py_DECREF(future); frame_split_clear(&s); goto fail; }
+        }
+        PyObject *value;
+        int status = pipe_settle(l, kind, &s, &value);
+        if (status < 0) {  /* not an Exception (e.g. KeyboardInterrupt): as if the reply were lost */
+            Py_XDECREF(future);
+            goto fail;
+        }
+        if (future) {
+            int rc = pipe_complete(l, future, status, value, slow);
+            Py_DECREF(future);
+            Py_DECREF(value);
+            if (rc < 0) goto fail;
+        } else {
+            PyObject *entry = pipe_entry(status, PyLong_FromUnsignedLongLong(call_id), value);
+            if (!entry || PyList_Append(entries, entry) < 0) { Py_XDECREF(entry); goto fail; }
+            Py_DECREF(entry);
+        }
+    }
+    return Py_BuildValue("(iKNNn)", r, (unsigned long long)waited, entries, slow, i);
+fail:
+    Py_XDECREF(entries);
+    Py_XDECREF(slow);
+    return NULL;
+}
+
+/* reclaim() -> (next_id, calls, last rtt s | None, bad, [(id, ack, message, sent s | None, future), ...]
+   in id order), or None if nothing is lent; the lane holds nothing afterwards. */
+static PyObject *PipeLane_reclaim(PipeLane *l, PyObject *Py_UNUSED(ignored)) {
+    if (!l->lent) Py_RETURN_NONE;
+    PyObject *outstanding = PyList_New(0);
+    if (!outstanding) return NULL;
+    for (unsigned long long id = l->oldest; id < l->next_id; id++) {
+        PipeCall *c = pipe_find(l, id);
+        if (!c) continue;
+        PyObject *sent = c->sent_ns ? PyFloat_FromDouble((double)c->sent_ns * 1e-9) : Py_NewRef(Py_None);
+        PyObject *item = sent ? Py_BuildValue("(KKONO)", c->id, c->ack, c->message, sent, c->future) : NULL;
+        if (!item || PyList_Append(outstanding, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(outstanding);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    PyObject *rtt = l->rtt_ns ? PyFloat_FromDouble((double)l->rtt_ns * 1e-9) : Py_NewRef(Py_None);
+    PyObject *r = rtt ? Py_BuildValue("(KKNKN)", l->next_id, l->calls, rtt, l->bad, outstanding) : NULL;
+    if (!r) {
+        if (!rtt) Py_DECREF(outstanding);
+        return NULL;
+    }
+    for (int i = 0; i < PIPE_CAP; i++) {
+        PipeCall *c = &l->table[i];
+        c->id = 0;
+        c->sent_ns = 0;
+        Py_CLEAR(c->message);
+        Py_CLEAR(c->future);
+    }
+    l->lent = 0;
+    l->count = l->in_flight = 0;
+    l->calls = l->bad = 0;
+    l->rtt_ns = 0;
+    return r;
+}
+
+static PyObject *PipeLane_close(PipeLane *l, PyObject *Py_UNUSED(ignored)) {
+    Py_CLEAR(l->request);  /* (the table stays, for reclaim) */
+    l->reply_base = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *PipeLane_lent(PipeLane *l, void *Py_UNUSED(closure)) { return PyBool_FromLong(l->lent); }
+
+static PyObject *PipeLane_outstanding(PipeLane *l, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(l->count); }
+
+static PyObject *PipeLane_patience(PipeLane *l, void *Py_UNUSED(closure)) { return PyFloat_FromDouble(l->patience_s); }
+
+/* the oldest call in flight's send time (monotonic s), None if none is */
+static PyObject *PipeLane_oldest_sent(PipeLane *l, void *Py_UNUSED(closure)) {
+    for (unsigned long long id = l->oldest; l->in_flight && id < l->next_id; id++) {
+        PipeCall *c = pipe_find(l, id);
+        if (c && c->sent_ns) return PyFloat_FromDouble((double)c->sent_ns * 1e-9);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef PipeLane_methods[] = {
+    {"lend", (PyCFunction)(void (*)(void))PipeLane_lend, METH_FASTCALL, "lend(next_id, patience_s, window)"},
+    {"submit", (PyCFunction)(void (*)(void))PipeLane_submit, METH_FASTCALL,
+     "submit(method, args, kwargs, future) -> PIPE_SENT | PIPE_QUEUED | PIPE_FULL | LANE_UNSENT | LANE_NOT_LENT"},
+    {"take", (PyCFunction)(void (*)(void))PipeLane_take, METH_FASTCALL,
+     "take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, [(status, a, b), ...], [future, ...], taken)"},
+    {"reclaim", (PyCFunction)PipeLane_reclaim, METH_NOARGS,
+     "reclaim() -> (next_id, calls, last rtt s | None, bad, [(id, ack, message, sent s | None, future), ...]) | None"},
+    {"close", (PyCFunction)PipeLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef PipeLane_getset[] = {
+    {"lent", (getter)PipeLane_lent, NULL, "whether the lane holds the protocol's state", NULL},
+    {"outstanding", (getter)PipeLane_outstanding, NULL, "the calls in the table (in flight or queued)", NULL},
+    {"patience", (getter)PipeLane_patience, NULL, "the patience lent (s)", NULL},
+    {"oldest_sent", (getter)PipeLane_oldest_sent, NULL, "the oldest call in flight's send time (s), or None", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject PipeLaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    NATIVE_TYPE(PipeLane),
+    .tp_doc = "PipeLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id, "
+              "max_payload, packer, unpack, ext_hook, RUNNING, PENDING, FINISHED)",
+    .tp_getset = PipeLane_getset,
+};
+
+int native_add_pipe_lane(PyObject *module) {
+    const char *names[] = {"_call_id", "_state", "_result", "_pending", "value", "data", "error", "done", "wake",
+                           "ready", "_condition"};
+    PyObject **slots[] = {&s_call_id, &s_state, &s_result, &s_pending, &s_value, &s_data, &s_error, &s_done, &s_wake,
+                          &s_ready, &s_condition};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!(*slots[i] = PyUnicode_InternFromString(names[i]))) return -1;
+    if (PyModule_AddIntConstant(module, "PIPE_SENT", PIPE_SENT) < 0 ||
+        PyModule_AddIntConstant(module, "PIPE_QUEUED", PIPE_QUEUED) < 0 ||
+        PyModule_AddIntConstant(module, "PIPE_FULL", PIPE_FULL) < 0 ||
+        PyModule_AddIntConstant(module, "PIPE_CAP", PIPE_CAP) < 0)
+        return -1;
+    return native_add(module, NULL, (PyTypeObject *const[]){&PipeLaneType, NULL});
+}
