@@ -934,7 +934,7 @@ class Client:
 
     def _call_async(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float) -> Future:
         pipe = self._pipe
-        if pipe is not None and not self._bulk:  # (large payloads take the ordinary way: the bulk segment)
+        if pipe is not None:  # (it refuses large payloads: they take the ordinary way, the bulk segment)
             future = self._pipelined(pipe, method, args, kwargs, timeout)
             if future is not None:
                 return future
