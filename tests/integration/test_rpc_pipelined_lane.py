@@ -5,17 +5,24 @@ beyond the window of 16) twice between real processes, with the lanes on (call_a
 calls marshalled, written and completed natively) and off (``OMBM_LANES=0``: the protocol's Python
 path), each time with 5 % of signals dropped and 1 % of messages corrupted on every side, so calls
 are retransmitted, taken back by the protocol and lent again. Both runs must give every call its
-own result, run every call exactly once, leave nothing pending and count the same calls.
+own result, run every call exactly once, leave nothing pending and count the same calls. And
+replies forged into the reply channel while calls are outstanding never complete one.
 """
 
 from __future__ import annotations
 
+import random
+import signal
+
+import msgpack
 import pytest
 
+import ombm
 from lanes_helpers import env, outcome, serve_ledger
 from ombm.rpc import bulk
+from ombm.transport import wire
 from pipelined_helpers import run_stream, stream
-from rpc_helpers import Children, expect, join, service_name
+from rpc_helpers import Children, expect, join, segments_of, send_signal, serve_forever, service_name
 
 pytestmark = [pytest.mark.processes, pytest.mark.fault_injection]
 
@@ -68,3 +75,50 @@ def test_pipelined_calls_with_the_lanes_on_and_off(seed):
         else:
             assert lane_calls == 0, label
     assert runs[True]["results"] == runs[False]["results"]
+
+
+def _write_slots(region, slot_size: int, blobs: list[bytes]) -> None:
+    """Write each blob so that it ends at the end of a slot (one signal each)."""
+    slots = region.size // slot_size
+    for i, blob in enumerate(blobs):
+        blob = bytes(blob)[-slot_size:]
+        end = (i % slots + 1) * slot_size
+        region.write(end - len(blob), blob)
+
+
+def test_forged_replies_never_complete_a_pipelined_call():
+    """Replies forged into a client's reply slots while 40 call_async calls are outstanding (16 in
+    flight, 24 queued behind the window on the pipelined lane): to calls still queued, never made,
+    of another connection, garbage. Every future gets its own result (a slot overwritten loses a
+    reply: the protocol's retransmission recovers it); the forgeries are counted, never taken."""
+    name = service_name("pipeforge")
+    with Children() as children:
+        p, conn = children.spawn(serve_forever, name, "calc")
+        expect(conn, "ready")
+        rng = random.Random(3)
+        before = segments_of(name)
+        with ombm.rpc.connect(name, timeout=30.0) as victim:
+            assert victim.call_async("add", 0, 0).result() == 0
+            (rep_name,) = [s for s in segments_of(name) - before if s.endswith("-rep")]
+            conn_id = victim._protocol.connection_id
+            with ombm.open_segment(rep_name) as seg:
+                region = seg.bind(writable=True)
+                for round_ in range(3):
+                    victim._timer.remove(victim)  # no other thread takes replies (and lets queued calls go) meanwhile
+                    futures = [victim.call_async("add", round_, i) for i in range(40)]
+                    ids = [f._call_id for f in futures]
+                    forged = [wire.encode(wire.Kind.REPLY, conn_id, call_id, msgpack.packb([0, -1]))
+                              for call_id in ids[-8:] + [ids[-1] + 1, ids[-1] + 1000]]
+                    forged += [wire.encode(wire.Kind.REPLY, conn_id ^ 1, ids[0], msgpack.packb([0, -1])),
+                               rng.randbytes(seg.unit), rng.randbytes(100)]
+                    _write_slots(region, seg.unit, forged)
+                    victim._timer.add(victim)  # (it retransmits the calls whose replies a forgery overwrote)
+                    assert [f.result() for f in futures] == [round_ + i for i in range(40)]
+                region.unbind()
+            stats = victim.statistics()
+            assert stats.bad_frames + stats.foreign_frames + stats.duplicates > 0
+            assert stats.lane_calls > 0  # the calls took the pipelined lane
+            assert victim.call_async("add", 2, 2).result() == 4
+        send_signal(p, signal.SIGTERM)
+        expect(conn, "result")
+        assert join(p) == 0
