@@ -5,7 +5,10 @@ One pump task per client awaits the client's reply signals in the event loop
 outstanding; at each wake-up it takes every reply there is (the client's native
 drain, issue 13: many calls outstanding share a wake-up) and completes the
 futures of the calls they end, and of those whose deadline passed. While it
-runs, the client's retransmission timer leaves the replies to it.
+runs, the client's retransmission timer leaves the replies to it. A call whose
+message fits one frame takes the client's pipelined lane (``_native.PipeLane``:
+marshalled, written and its reply taken natively; the lane tells the pump which
+calls are done), any other the protocol's Python path.
 Connecting (a few milliseconds at most) runs in the default executor, and so
 does reconnecting once the server went (docs/rpc.md, "Lifecycle"), after the
 pump has left the gone session's receiver.
@@ -49,11 +52,16 @@ class AsyncClient:
         client = self.client
         if client._gone:
             await self._reconnect()
-        call_id, pending = client._send(method, args, kwargs, False)
+        pipe = client._pipe  # the pipelined lane (one-frame calls): told through pending.ready too
+        lent = None if pipe is None else client._pipelined(pipe, method, args, kwargs, client.timeout, self._ready)
+        if lent is not None:
+            call_id, pending = lent._call_id, lent._pending
+        else:
+            call_id, pending = client._send(method, args, kwargs, False)
+            pending.ready = self._ready
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._waiting[call_id] = (pending, future, time.monotonic() + client.timeout)
-        pending.ready = self._ready
         if pending.done:  # its reply taken by another thread already (before it could say so)
             self._ready.append(call_id)
         if self._pump is None or self._pump.done():

@@ -946,11 +946,14 @@ class Client:
         return future
 
     def _pipelined(self, pipe: _native.PipeLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
-                   timeout: float) -> Future | None:
+                   timeout: float, ready: collections.deque[int] | None = None) -> Future | None:
         """``call_async`` on the pipelined lane (``_native.PipeLane``: marshalled, written and later
         completed natively); None if the call must go the ordinary way (closed, gone, a call the
-        lane does not take, the protocol's state not lendable, a timeout below the lane's patience)."""
-        future = Future(self, 0, _Pending(), time.monotonic() + timeout, True)
+        lane does not take, the protocol's state not lendable, a timeout below the lane's patience).
+        ``ready``: an asyncio pump's (ombm.rpc.aio), told the call id once the call is done."""
+        pending = _Pending()
+        pending.ready = ready
+        future = Future(self, 0, pending, time.monotonic() + timeout, True)
         with self._lock:
             if self._closed or self._gone or pipe is not self._pipe:
                 return None
