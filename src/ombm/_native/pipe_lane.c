@@ -133,6 +133,17 @@ static PipeCall *pipe_find(PipeLane *l, unsigned long long id) {
     return id && c->id == id ? c : NULL;
 }
 
+/* A future queued until now (PENDING) runs: 0, or -1 with an exception. Only a PENDING one: the
+   write before may have run Python code, and the call been reclaimed and finished meanwhile. */
+static int pipe_running(PipeLane *l, PyObject *future) {
+    PyObject *dict = PyObject_GenericGetDict(future, NULL);
+    if (!dict) return -1;
+    PyObject *state = PyDict_GetItemWithError(dict, s_state);
+    int rc = state == l->pending_state ? PyDict_SetItem(dict, s_state, l->running) : PyErr_Occurred() ? -1 : 0;
+    Py_DECREF(dict);
+    return rc;
+}
+
 /* Write a call's frame: 0, or -1 with an exception (the call stays queued). Its future runs. */
 static int pipe_launch(PipeLane *l, PipeCall *c) {
     /* sent before the write, which may run Python code: another thread's drain then sees it in
@@ -148,8 +159,7 @@ static int pipe_launch(PipeLane *l, PipeCall *c) {
         c->sent_ns = 0;
         l->in_flight--;
     }
-    /* (queued until now: PENDING; only a reclaim lets cancel() at it) */
-    if (rc == 0 && PyObject_SetAttr(future, s_state, l->running) < 0) rc = -1;
+    if (rc == 0) rc = pipe_running(l, future);
     Py_DECREF(future);
     return rc;
 }
@@ -215,7 +225,8 @@ static PyObject *PipeLane_lend(PipeLane *l, PyObject *const *args, Py_ssize_t na
             return NULL;
         if (!i) first = id;
         if (id <= last || id >= next_id || next_id - first >= PIPE_CAP || !ack || ack > id ||
-            PyBytes_GET_SIZE(message) > l->max_payload || (at == Py_None ? 0 : sent++ != i)) {
+            PyBytes_GET_SIZE(message) > l->max_payload ||
+            (at == Py_None ? 0 : !PyFloat_CheckExact(at) || sent++ != i)) {
             PyErr_SetString(PyExc_ValueError, "lend: the calls do not fit the lane (id order, sent first, one frame)");
             return NULL;
         }
@@ -230,10 +241,9 @@ static PyObject *PipeLane_lend(PipeLane *l, PyObject *const *args, Py_ssize_t na
         c->ack = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(item, 1));
         Py_XSETREF(c->message, Py_NewRef(PyTuple_GET_ITEM(item, 2)));
         Py_XSETREF(c->future, Py_NewRef(PyTuple_GET_ITEM(item, 4)));
-        double t = at == Py_None ? 0.0 : PyFloat_AsDouble(at);
+        double t = at == Py_None ? 0.0 : PyFloat_AS_DOUBLE(at);
         c->sent_ns = at == Py_None ? 0 : t > 0 ? (uint64_t)(t * 1e9) : 1;
     }
-    if (PyErr_Occurred()) return NULL;  /* (a sent time not a number) */
     l->lent = 1;
     l->next_id = next_id;
     l->oldest = first;
@@ -290,8 +300,7 @@ static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t 
     }
     unsigned long long id = l->next_id;
     PyObject *id_o = PyLong_FromUnsignedLongLong(id);
-    if (!id_o || PyObject_SetAttr(args[3], s_call_id, id_o) < 0 ||
-        PyObject_SetAttr(args[3], s_state, l->pending_state) < 0) {
+    if (!id_o || PyObject_SetAttr(args[3], s_call_id, id_o) < 0) {
         Py_XDECREF(id_o);
         Py_DECREF(message);
         return NULL;
@@ -306,9 +315,12 @@ static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t 
     l->next_id = id + 1;
     l->count++;
     l->calls++;
-    /* launched in call id order, after any call queued before it, while the window has room */
-    if (pipe_fill(l) < 0) return NULL;  /* the call stays queued in the table, for the protocol */
-    return PyLong_FromLong(c->sent_ns ? PIPE_SENT : PIPE_QUEUED);
+    /* launched in call id order, after any call queued before it, while the window has room (its
+       future is made running; one that stays queued is pending, until pipe_launch) */
+    int rc = pipe_fill(l);
+    if (c->id == id && !c->sent_ns && PyObject_SetAttr(args[3], s_state, l->pending_state) < 0) rc = -1;
+    if (rc < 0) return NULL;  /* the call stays queued in the table, for the protocol */
+    return PyLong_FromLong(c->id != id || c->sent_ns ? PIPE_SENT : PIPE_QUEUED);
 }
 
 /* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection to any

@@ -895,11 +895,17 @@ class Client:
         if pipe is not None and pipe.lent:
             taken = pipe.reclaim()
             assert self._protocol is not None and taken is not None, "a lent lane's protocol takes its state"
-            next_id, calls, rtt, bad, outstanding = taken
-            self._protocol.adopt_pipelined(next_id, calls, rtt, bad, [call[:4] for call in outstanding])
-            for call_id, _, _, _, future in outstanding:
-                pending = self._pending[call_id] = future._pending
-                pending.future = self._futures[call_id] = future
+            self._give_back(*taken)
+
+    def _give_back(self, next_id: int, calls: int, rtt: float | None, bad: int,
+                   outstanding: list[tuple[int, int, bytes, float | None, Future]]) -> None:
+        """With ``_lock`` held: the pipelined lane's state and calls not completed go to the protocol
+        (:meth:`ClientProtocol.adopt_pipelined`), their futures to this client's tables."""
+        assert self._protocol is not None, "a lane is made with the protocol"
+        self._protocol.adopt_pipelined(next_id, calls, rtt, bad, [call[:4] for call in outstanding])
+        for call_id, _, _, _, future in outstanding:
+            pending = self._pending[call_id] = future._pending
+            pending.future = self._futures[call_id] = future
 
     def _adopt(self, call_id: int, data: bytes | None, result: _native.CallResult) -> _Pending:
         """The lane gave up on its call: make it an ordinary in-flight call and handle what came."""
@@ -977,10 +983,19 @@ class Client:
                     for call_id, ack, data, sent_at in taken:
                         del pending_calls[call_id]
                         calls.append((call_id, ack, data, sent_at, futures.pop(call_id)))
-                pipe.lend(next_id, patience, protocol.max_in_flight, calls)
+                try:
+                    pipe.lend(next_id, patience, protocol.max_in_flight, calls)
+                except BaseException:  # (never, for what the protocol lends): the calls go back to it
+                    self._give_back(next_id, 0, None, 0, calls)
+                    raise
             if timeout < pipe.patience:
                 return None
-            status = pipe.submit(method, args, kwargs, future)
+            try:
+                status = pipe.submit(method, args, kwargs, future)
+            except BaseException:  # (e.g. a write failed): the call, if it took an id, is given up
+                if future._call_id:
+                    self._cancel(future._call_id)
+                raise
         if status > _PIPE_QUEUED or status < _PIPE_SENT:  # not taken (nothing done): the ordinary way
             return None
         timer = self._timer
