@@ -640,3 +640,52 @@ def test_complete_takes_a_reply_the_io_layer_decoded_as_receive_frame_would():
     assert (st.duplicates, st.bad_frames, st.in_flight, st.queued) == (1, 3, 2, 0)
     assert c.complete(third, 0.007) is True
     assert c.statistics().in_flight == 1  # the one-way call, until its ACK
+
+
+# -- the pipelined lane: the calls outstanding lent with the ids (lend_pipelined/adopt_pipelined)
+
+def test_pipelined_calls_are_lent_with_the_ids_and_taken_back_under_the_timer():
+    c, s = pair(max_in_flight=2)
+    ids = [c.send_request(f"c{i}".encode(), 0.0) for i in range(3)]  # two in flight, one queued
+    frames = c.frames_to_send(0.0)
+    lent = c.lend_pipelined(64, lambda call_id: True)
+    assert lent == (4, [(1, 1, b"c0", 0.0), (2, 1, b"c1", 0.0), (3, 1, b"c2", None)])  # in flight, then queued
+    assert c.statistics().in_flight == 0 and c.get_timer() is None and c.lend() is None  # the lane's now
+    with pytest.raises(RuntimeError, match="reclaim"):
+        c.send_request(b"x", 0.0)
+    # the lane: call 1 answered; call 3 written (ack 2: the oldest still waited for); call 4 made, queued
+    to_server(c, s, 0.0, frames)
+    to_server(c, s, 0.1, [encode(Kind.CALL, CONN, 3, b"c2", ack=2)])
+    c.adopt_pipelined(5, 1, 0.003, 1, [(2, 1, b"c1", 0.0), (3, 2, b"c2", 0.1), (4, 2, b"c3", None)])
+    st = c.statistics()
+    assert (st.calls, st.in_flight, st.queued, st.bad_frames, st.lane_calls) == (4, 2, 1, 1, 1)
+    assert st.srtt_s == pytest.approx(0.003)
+    c.handle_timer(c.get_timer())  # call 2 is due first: resent as the lane framed it
+    assert encode(Kind.CALL, CONN, 2, b"c1", ack=1) in c.frames_to_send(c.get_timer())
+    for call_id, data in ((2, b"r1"), (3, b"r2")):
+        s.send_reply(call_id, data, 0.2)
+    events = to_client(s, c, 0.2)
+    assert [e.call_id for e in events] == [2, 3] and c.statistics().in_flight == 1  # call 4 was let go
+    assert decode(memoryview(c.frames_to_send(0.2)[0])).message_id == 4
+    assert c.send_request(b"next", 0.3) == 5 and ids == [1, 2, 3]
+
+
+def test_pipelined_lending_refuses_what_the_lane_cannot_hold():
+    c, _ = pair(max_in_flight=4)
+    c.send_request(b"x" * 100, 0.0)  # two frames
+    assert c.lend_pipelined(64, lambda call_id: True) is None
+    c, _ = pair(max_in_flight=4)
+    one = c.send_request(b"a", 0.0, oneway=True)
+    assert c.lend_pipelined(64, lambda call_id: True) is None  # a one-way call
+    c.cancel(one)
+    two = c.send_request(b"b", 0.0)
+    assert c.lend_pipelined(64, lambda call_id: call_id != two) is None  # not a call_async call
+    c.handle_timer(c.get_timer())
+    assert c.lend_pipelined(64, lambda call_id: True) is None  # retransmitted: its reply is no RTT sample
+    c, _ = pair(max_in_flight=4)
+    for _ in range(5):
+        c.send_request(b"c", 0.0)
+    assert c.lend_pipelined(5, lambda call_id: True) is None  # ids 1..6 span more than 5
+    assert c.lend_pipelined(6, lambda call_id: True) is not None
+    with pytest.raises(ValueError, match="follow"):
+        c.adopt_pipelined(7, 0, None, 0, [(3, 1, b"c", 0.0), (2, 1, b"c", 0.0)])  # not in call id order

@@ -454,7 +454,8 @@ static PyObject *PipeLane_take(PipeLane *l, PyObject *const *args, Py_ssize_t na
         unsigned kind = 0;
         frame_split s;
         if (seg != l->reply_seg || !pipe_take_reply(l, off, &kind, &call_id, &s)) {
-            PyObject *entry = pipe_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg), PyLong_FromUnsignedLongLong(off));
+            PyObject *entry = pipe_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg),
+                                         PyLong_FromUnsignedLongLong(off));
             if (!entry || PyList_Append(entries, entry) < 0) { Py_XDECREF(entry); goto fail; }
             Py_DECREF(entry);
             continue;
@@ -563,7 +564,8 @@ static PyMethodDef PipeLane_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))PipeLane_submit, METH_FASTCALL,
      "submit(method, args, kwargs, future) -> PIPE_SENT | PIPE_QUEUED | PIPE_FULL | LANE_UNSENT | LANE_NOT_LENT"},
     {"take", (PyCFunction)(void (*)(void))PipeLane_take, METH_FASTCALL,
-     "take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, [(status, a, b), ...], [future, ...], taken)"},
+     "take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, [(status, a, b), ...], [future, ...], "
+     "taken)"},
     {"reclaim", (PyCFunction)PipeLane_reclaim, METH_NOARGS,
      "reclaim() -> (next_id, calls, last rtt s | None, bad, [(id, ack, message, sent s | None, future), ...]) | None"},
     {"close", (PyCFunction)PipeLane_close, METH_NOARGS, "forget the channels (before they are unbound)"},

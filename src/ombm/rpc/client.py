@@ -8,8 +8,11 @@ A synchronous call made while nothing else is outstanding is one native call
 (``_native.CallLane``, holding the call ids the sans-I/O
 :class:`~ombm.transport.rpc_protocol.ClientProtocol` lent it): marshal, write the frame
 (the write of its last byte signals the server), wait, take and unmarshal the
-reply. Any other call (pipelined: ``call_async``, the asyncio client, threads sharing the
-client) marshals the arguments, hands the message to the protocol, writes its frames, then
+reply. A pipelined call (``call_async``, the asyncio client) whose message fits one frame is one
+native call too (``_native.PipeLane``, holding the call ids and the calls outstanding the protocol
+lent it with them): marshal, write the frame or queue it behind the window; the drain completes
+it. Any other call (threads sharing the client, large payloads, or while the protocol holds its
+state) marshals the arguments, hands the message to the protocol, writes its frames, then
 **takes its own reply** in the calling thread: no thread hop either way. Replies are taken
 per wake-up, not per signal (issue 13): one native ``CallLane.take`` takes every signal in
 the FIFO, checks the reply frames and unmarshals their results, and the calls of the whole

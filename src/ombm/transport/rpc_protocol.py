@@ -475,7 +475,8 @@ class ClientProtocol(_Outbox):
         self._in_flight = {call_id: call}
         self._in_flight.update(in_flight)
 
-    def lend_pipelined(self, span: int, lendable: Callable[[int], bool]) -> tuple[int, list[tuple[int, int, bytes, float | None]]] | None:
+    def lend_pipelined(self, span: int, lendable: Callable[[int], bool]
+                       ) -> tuple[int, list[tuple[int, int, bytes, float | None]]] | None:
         """Lend the call ids to the I/O layer's pipelined lane together with the calls outstanding:
         ``(next id, [(call id, ack, message, sent_at or None if queued), ...])`` in call id order,
         the calls in flight first; the protocol forgets them (:meth:`adopt_pipelined` takes them
