@@ -63,8 +63,8 @@ def test_the_server_lane_serves_pipelined_calls():
                 assert window.pop(0).result() == i
                 window.append(cli.call_async("work", 32 + i))
             assert [f.result() for f in window] == list(range(300, 332))
-            # each exactly once; the order is the arrival order, which a request whose signal was
-            # dropped on a busy machine (its retransmission arrives later) may change (docs/rpc.md)
+            # each exactly once; the order is the arrival order, which a request overwritten in the
+            # channel on a busy machine (retransmissions filled its slots) may change (docs/rpc.md)
             executed = cli.executed()
             assert executed[0] == -1 and sorted(executed[1:]) == list(range(332)), executed
         conn.send("stop")
