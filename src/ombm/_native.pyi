@@ -240,13 +240,20 @@ def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exce
 
 def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                     connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
-                    records: list[Any], hold_last: bool = False, /) -> tuple[int, int]:
+                    records: list[Any], /) -> tuple[int, int]:
     """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
     slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
     while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
-    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. With ``hold_last``
-    the last frame's checksum is not stored: the caller stores it with a write that signals.
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``.
     ``(count, bytes)``; on an error, the frames recorded were written and sealed."""
+
+def stream_put_one(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                   connection_id: int, seq: int, limit: int, message: object, credit_base: int,
+                   writer: Writer[Any], /) -> tuple[int, int, int, int, int, bytes, int, int] | None:
+    """``Stream.send``'s common case: if ``message`` is ``bytes`` of at most ``max_payload`` and ``seq`` is
+    below ``limit``, write it as fragment ``seq`` (as :func:`stream_put_many`) and signal its slot through
+    ``writer`` unless the reader says it is reading (:func:`stream_reader_reading`); its record. Else None:
+    nothing written."""
 
 def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                      connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:
@@ -254,6 +261,15 @@ def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int
     each copied out once with its checksum folded into the copy and taken only if its private trailer
     seals it and says exactly what the stream expects there; stops at the first that is not.
     ``(messages, bytes)``."""
+
+def stream_reader_reading(credit_base: int, /) -> bool:
+    """A Stream's writer, after it stored a frame's checksum: a full fence, then whether the reader's
+    reading word in the credit channel at ``credit_base`` is set and the reader is on this host (it looks
+    at the slots again before it waits: no signal needed)."""
+
+def stream_reader_idle(credit_base: int, /) -> None:
+    """A Stream's reader, before its last look and a wait: clear its reading word in the credit channel at
+    ``credit_base``, then a full fence."""
 
 def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
                   ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
@@ -320,6 +336,8 @@ class Writer(Generic[_R_co]):
         /,
     ) -> None: ...
     def write(self, offset: int, data: ReadableBuffer, /) -> None: ...
+    def signal(self, offset: int, /) -> None:
+        """Raise the signal of the unit holding ``offset``, writing nothing."""
     def send(self, data: ReadableBuffer, /) -> None:
         """Write ``data`` to end at the end of the next unit (round robin): that unit's one signal."""
 

@@ -11,8 +11,8 @@
  * ends at the end of its slot, fragment s at first + (s % slots + 1) * slot_size; its checksum is
  * the CRC32C of the payload continued over trailer[0:40] (seal), stored last, with a release store.
  * stream_put_many writes into the writer's own mapping, without signals: the caller signals the
- * last fragment of the burst (a reader looks from the fragment it expects next on), or stores the
- * held-back checksum of a single message with a write that signals. Fault injection (faults.h)
+ * last fragment of the burst (a reader looks from the fragment it expects next on), unless the
+ * reader says it is reading (stream_reader_reading). Fault injection (faults.h)
  * flips a bit of a frame it wrote as Writer.write would. stream_take_many reads memory the writer
  * may be writing: it reads the checksum (acquire) and the trailer head into private memory,
  * copies the payload out once with its checksum folded into the copy, and takes the message only
@@ -26,6 +26,7 @@
  */
 #include "faults.h"
 #include "frame.h"
+#include "writer.h"
 
 #define DATA_KIND 6          /* wire.Kind.DATA */
 #define CONTENT_BYTES 0      /* stream_protocol.BYTES */
@@ -70,18 +71,35 @@ static inline unsigned char *slot_end(unsigned char *base, const geometry *g, ui
     return base + g->first + ((Py_ssize_t)(seq % (uint64_t)g->slots) + 1) * g->slot_size;
 }
 
+/* Write the bytes message m as the one-fragment DATA frame seq, all but its checksum (*sum): the
+   payload copied with its CRC folded in, the trailer's head written and the seal continued over it.
+   Returns where the payload starts (the checksum word ends the frame, n + TRAILER bytes on). */
+static unsigned char *put_frame(unsigned char *base, const geometry *g, uint64_t conn, uint64_t seq, PyObject *m,
+                                uint64_t *sum) {
+    Py_ssize_t n = PyBytes_GET_SIZE(m);
+    unsigned char *end = slot_end(base, g, seq), *t = end - TRAILER, *at = t - n;
+    uint32_t crc = copy_sum(at, (const unsigned char *)PyBytes_AS_STRING(m), (size_t)n);
+    unsigned char head[TRAILER_HEAD];
+    uint64_t total = (uint64_t)n;
+    uint32_t plen = (uint32_t)n, content = CONTENT_BYTES;
+    uint16_t index = 0, frags = 1, magic = FRAME_MAGIC;
+    memcpy(head, &conn, 8); memcpy(head + 8, &seq, 8); memcpy(head + 16, &total, 8);
+    memcpy(head + 24, &plen, 4); memcpy(head + 28, &content, 4);
+    memcpy(head + 32, &index, 2); memcpy(head + 34, &frags, 2);
+    head[36] = DATA_KIND; head[37] = 0; memcpy(head + 38, &magic, 2);
+    *sum = crc32c_copy(t, head, TRAILER_HEAD, crc);  /* the head written, the seal continued */
+    return at;
+}
+
 /* stream_put_many(wbuf, first, slot_size, slots, max_payload, connection_id, seq, limit, messages,
-   start, records[, hold_last]) -> (count, bytes): write messages[start:] as fragments seq, seq + 1,
+   start, records) -> (count, bytes): write messages[start:] as fragments seq, seq + 1,
    ... while each is a bytes object of at most max_payload bytes and its fragment is below limit;
    append each one's record (seq, 0, 1, length, BYTES, message, length, frame checksum) to
-   `records` (Stream's _Record). No signal. With hold_last, the last frame written is left without
-   its checksum: the caller stores it (the record has it) with a write of the slot's last bytes,
-   which raises the slot's signal (signal-on-write). */
+   `records` (Stream's _Record). No signal. */
 static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs < 11 || nargs > 12 || !PyList_Check(args[8]) || !PyList_Check(args[10])) {
+    if (nargs != 11 || !PyList_Check(args[8]) || !PyList_Check(args[10])) {
         PyErr_SetString(PyExc_TypeError, "stream_put_many(wbuf, first, slot_size, slots, max_payload, "
-                                          "connection_id, seq, limit, messages: list, start, records: list, "
-                                          "hold_last=False)");
+                                          "connection_id, seq, limit, messages: list, start, records: list)");
         return NULL;
     }
     geometry g;
@@ -95,8 +113,6 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
     Py_ssize_t i = PyLong_AsSsize_t(args[9]);
     if (PyErr_Occurred()) return NULL;
     PyObject *messages = args[8], *records = args[10];
-    int hold_last = nargs == 12 ? PyObject_IsTrue(args[11]) : 0;
-    if (hold_last < 0) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0) return NULL;
     if (check_geometry(&g, v.buf, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
@@ -108,17 +124,8 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) > g.max_payload) break;
         Py_INCREF(m);
         Py_ssize_t n = PyBytes_GET_SIZE(m);
-        unsigned char *end = slot_end(v.buf, &g, seq), *t = end - TRAILER, *at = t - n;
-        uint32_t crc = copy_sum(at, (const unsigned char *)PyBytes_AS_STRING(m), (size_t)n);
-        unsigned char head[TRAILER_HEAD];
-        uint64_t total = (uint64_t)n;
-        uint32_t plen = (uint32_t)n, content = CONTENT_BYTES;
-        uint16_t index = 0, frags = 1, magic = FRAME_MAGIC;
-        memcpy(head, &conn, 8); memcpy(head + 8, &seq, 8); memcpy(head + 16, &total, 8);
-        memcpy(head + 24, &plen, 4); memcpy(head + 28, &content, 4);
-        memcpy(head + 32, &index, 2); memcpy(head + 34, &frags, 2);
-        head[36] = DATA_KIND; head[37] = 0; memcpy(head + 38, &magic, 2);
-        uint64_t sum = crc32c_copy(t, head, TRAILER_HEAD, crc);  /* the head written, the seal continued */
+        uint64_t sum;
+        unsigned char *at = put_frame(v.buf, &g, conn, seq, m, &sum);
         PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
                                       m, n, (unsigned long long)sum);
         Py_DECREF(m);
@@ -130,12 +137,12 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         /* the checksum stored last: a reader that sees it sees the frame it seals; the previous
            frame's now (it was not the last), this one's at the next frame or after the loop */
         if (held) atomic_store_explicit(held, held_sum, memory_order_release);
-        held = (_Atomic uint64_t *)(void *)(t + TRAILER_HEAD);
+        held = (_Atomic uint64_t *)(void *)(at + n + TRAILER_HEAD);
         held_sum = sum;
         if (FAULTS_CORRUPT) fault_corrupt(at, n + TRAILER);  /* as Writer.write does to a message it wrote */
         bytes += n;
     }
-    if (held && !hold_last) atomic_store_explicit(held, held_sum, memory_order_release);
+    if (held) atomic_store_explicit(held, held_sum, memory_order_release);
     PyBuffer_Release(&v);
     return Py_BuildValue("(nn)", count, bytes);
 fail:  /* the frame being written stays unsealed; those recorded before it are sealed: the caller
@@ -303,11 +310,119 @@ fail:
     return NULL;
 }
 
+/* The reader's reading word (Stream's credit channel, CR_READING; issue 13, item 5): nonzero while
+   the reader is in a receive and looks at the slots again before it waits, so a writer need not
+   signal a fragment. A Dekker handshake, as Drepper's wake protocol orders each side: the writer
+   stores a frame's checksum, then (full fence) loads the word, and signals unless it is set; the
+   reader clears the word, then (full fence) looks at the slot it expects. Of a frame written and a
+   reader going to wait, at least one sees the other: no lost wake-up. A reader on another host
+   (its flags say) is always signalled: its bridge sends a fragment on its signal. A forged word only
+   makes the writer leave signals out: the reader, which looks once a tick while it waits, finds it
+   (Stream._check_words). */
+#define CR_FLAGS 36
+#define CR_READING 64
+#define READER_REMOTE 1u
+
+/* The writer, after it stored a frame's checksum: whether a reader on this host says it is reading. */
+static int reader_reading(uintptr_t a) {
+    atomic_thread_fence(memory_order_seq_cst);  /* the checksum stored before, the words loaded after */
+    if (atomic_load_explicit((_Atomic uint32_t *)(a + CR_FLAGS), memory_order_seq_cst) & READER_REMOTE) return 0;
+    return atomic_load_explicit((_Atomic uint64_t *)(a + CR_READING), memory_order_seq_cst) != 0;
+}
+
+/* stream_reader_reading(credit_base) -> bool */
+static PyObject *n_stream_reader_reading(PyObject *Py_UNUSED(self), PyObject *arg) {
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (a == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (!a || (a & 63)) {
+        PyErr_SetString(PyExc_ValueError, "stream_reader_reading: not a credit channel's address");
+        return NULL;
+    }
+    return PyBool_FromLong(reader_reading((uintptr_t)a));
+}
+
+/* stream_put_one(wbuf, first, slot_size, slots, max_payload, connection_id, seq, limit, message,
+   credit_base, writer) -> record or None: Stream.send's common case in one call. If `message` is a
+   bytes object of at most max_payload bytes and seq is below limit, write it as fragment seq (as
+   stream_put_many does, its checksum stored last) and signal its slot through `writer` (the data
+   channel's Writer) unless the reader says it is reading; return the fragment's record
+   (seq, 0, 1, length, BYTES, message, length, frame checksum), which the caller hands the
+   protocol. Else None: nothing written. */
+static PyObject *n_stream_put_one(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11 || !Py_IS_TYPE(args[10], &WriterType)) {
+        PyErr_SetString(PyExc_TypeError, "stream_put_one(wbuf, first, slot_size, slots, max_payload, "
+                                          "connection_id, seq, limit, message, credit_base, writer: Writer)");
+        return NULL;
+    }
+    geometry g;
+    g.first = PyLong_AsSsize_t(args[1]);
+    g.slot_size = PyLong_AsSsize_t(args[2]);
+    g.slots = PyLong_AsSsize_t(args[3]);
+    g.max_payload = PyLong_AsSsize_t(args[4]);
+    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
+    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    uint64_t limit = PyLong_AsUnsignedLongLong(args[7]);
+    unsigned long long credit = PyLong_AsUnsignedLongLong(args[9]);
+    if (PyErr_Occurred()) return NULL;
+    if (!credit || credit % 64) {
+        PyErr_SetString(PyExc_ValueError, "stream_put_one: not a credit channel's address");
+        return NULL;
+    }
+    PyObject *m = args[8];
+    if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) > g.max_payload || seq >= limit) Py_RETURN_NONE;
+    Writer *w = (Writer *)args[10];
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[0], &v, PyBUF_WRITABLE) < 0) return NULL;
+    if (check_geometry(&g, v.buf, v.len) < 0) { PyBuffer_Release(&v); return NULL; }
+    Py_ssize_t n = PyBytes_GET_SIZE(m);
+    Py_ssize_t slot = g.first + (Py_ssize_t)(seq % (uint64_t)g.slots) * g.slot_size;  /* the slot's offset */
+    if (!w->base || w->base != (unsigned char *)v.buf || w->unit <= 0 || slot % w->unit ||
+        slot + g.slot_size > w->size) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "stream_put_one: the writer is not this mapping's, or its units are not the slots");
+        return NULL;
+    }
+    uint64_t sum;
+    Py_INCREF(m);  /* bytes: immutable, and held while a long copy releases the GIL */
+    unsigned char *at = put_frame(v.buf, &g, conn, seq, m, &sum);
+    PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
+                                  m, n, (unsigned long long)sum);
+    Py_DECREF(m);
+    if (!rec) { PyBuffer_Release(&v); return NULL; }  /* out of memory: the frame stays unsealed, not sent */
+    atomic_store_explicit((_Atomic uint64_t *)(void *)(at + n + TRAILER_HEAD), sum, memory_order_release);
+    if (FAULTS_CORRUPT) fault_corrupt(at, n + TRAILER);  /* as Writer.write does to a message it wrote */
+    PyBuffer_Release(&v);
+    if (!reader_reading((uintptr_t)credit) && writer_deliver(w, slot) < 0) {
+        Py_DECREF(rec);  /* written and sealed, not signalled; not counted sent: the error is raised */
+        return NULL;
+    }
+    return rec;
+}
+
+/* stream_reader_idle(credit_base): the reader, before its last look and a wait. */
+static PyObject *n_stream_reader_idle(PyObject *Py_UNUSED(self), PyObject *arg) {
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (a == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    if (!a || (a & 63)) {
+        PyErr_SetString(PyExc_ValueError, "stream_reader_idle: not a credit channel's address");
+        return NULL;
+    }
+    atomic_store_explicit((_Atomic uint64_t *)(uintptr_t)(a + CR_READING), 0, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);  /* the word cleared before the slots are looked at */
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef stream_batch_functions[] = {
     {"stream_put_many", (PyCFunction)(void (*)(void))n_stream_put_many, METH_FASTCALL,
      "write a run of single-fragment bytes messages into a stream's slots, unsignalled: (count, bytes)"},
+    {"stream_put_one", (PyCFunction)(void (*)(void))n_stream_put_one, METH_FASTCALL,
+     "write one single-fragment bytes message into its slot, signalled unless the reader is reading: its record"},
     {"stream_take_many", (PyCFunction)(void (*)(void))n_stream_take_many, METH_FASTCALL,
      "copy out the run of single-fragment bytes messages there from a fragment on: (list of bytearray, bytes)"},
+    {"stream_reader_reading", n_stream_reader_reading, METH_O,
+     "writer: after a frame's checksum was stored, whether the reader's reading word is set (full fence first)"},
+    {"stream_reader_idle", n_stream_reader_idle, METH_O,
+     "reader: clear the reading word before the last look and a wait (full fence after)"},
     {"raw_take_many", (PyCFunction)(void (*)(void))n_raw_take_many, METH_FASTCALL,
      "a raw reader's take of the new good frames of a list of signalled units, copied out: (frames, used, ...)"},
     {NULL, NULL, 0, NULL},
