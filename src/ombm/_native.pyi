@@ -271,6 +271,12 @@ def stream_reader_idle(credit_base: int, /) -> None:
     """A Stream's reader, before its last look and a wait: clear its reading word in the credit channel at
     ``credit_base``, then a full fence."""
 
+def raw_drain(fifo: FifoMap, segment_id: int, lo: int, hi: int, unit_size: int, limit: int,
+              units: list[int], /) -> tuple[int, int]:
+    """A raw reader's own signal FIFO drained without a Python call per signal: up to ``limit`` entries
+    popped; the unit ``(offset - lo) // unit_size`` of each of ``segment_id`` in ``[lo, hi)`` appended to
+    ``units``. ``(popped, foreign)``: foreign counts the others that are not nudges (segment 0)."""
+
 def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
                   ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
                   horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:

@@ -293,3 +293,21 @@ def test_a_forged_reading_word_breaks_the_stream_of_a_waiting_reader(stream_pair
     _native.store64(r._cbase + CR_READING, 1)  # another process: the writer would leave its signals out
     with pytest.raises(ombm.StreamProtocolError, match="reading word"):
         r.recv(5)  # found within a tick of waiting
+
+
+def test_raw_drain_takes_the_readers_own_signals_and_counts_a_peers_others_unhandled(raw_pair):
+    w, r = raw_pair
+    fifo = r._receiver.fifo.fifo_map
+    before = ombm.stats()["signals_unhandled"]
+    _native.fifo_push(fifo, r.segment.id + 1, r.first)  # another segment's: no handler takes it
+    _native.fifo_push(fifo, r.segment.id, 0)  # this segment's control block, outside the units
+    _native.fifo_push(fifo, 0, 0)  # a nudge: not counted
+    w.write(b"frame")
+    assert [f.data for f in r.recv_many(8, timeout=5)] == [b"frame"]
+    assert ombm.stats()["signals_unhandled"] - before == 2
+    units: list = []
+    assert _native.raw_drain(fifo, r.segment.id, r.first, r.first + 4 * r.slot_size, r.slot_size, 8, units) == (0, 0)
+    with pytest.raises(ValueError):
+        _native.raw_drain(fifo, r.segment.id, r.first, r.first - 1, r.slot_size, 8, units)
+    with pytest.raises(TypeError):
+        _native.raw_drain(object(), r.segment.id, r.first, r.first, r.slot_size, 8, units)

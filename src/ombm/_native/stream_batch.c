@@ -20,11 +20,13 @@
  * every field it uses comes from the private copy.
  *
  * RawChannel (RawChannel._take): raw_take_many reads each signalled unit between two reads of its
- * generations (acquire), as the Python reader does.
+ * generations (acquire), as the Python reader does; raw_drain takes the reader's signals from its
+ * FIFO without a Python handler call each.
  *
  * Batches are bounded by the caller's limit; a copy of 64 KiB or more runs with the GIL released.
  */
 #include "faults.h"
+#include "fifo.h"
 #include "frame.h"
 #include "writer.h"
 
@@ -310,6 +312,42 @@ fail:
     return NULL;
 }
 
+/* raw_drain(fifo, segment_id, lo, hi, unit_size, limit, units: list) -> (popped, foreign): a raw
+   reader's own signal FIFO (its one handler watches [lo, hi) of segment_id) drained without a Python
+   call per signal: pops up to `limit` entries, appends the unit of each one of its own ((offset - lo)
+   // unit_size) to `units`, and counts the others that are not nudges (segment 0): a peer's pushes
+   of anything else, which no handler takes (RawChannel counts them unhandled). */
+static PyObject *n_raw_drain(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyList_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "raw_drain(fifo, segment_id, lo, hi, unit_size, limit, units: list)");
+        return NULL;
+    }
+    FifoMap *m = as_fifo(args[0]);
+    if (!m) return NULL;
+    uint64_t seg_id = PyLong_AsUnsignedLongLong(args[1]);
+    Py_ssize_t lo = PyLong_AsSsize_t(args[2]), hi = PyLong_AsSsize_t(args[3]), unit = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (lo < 0 || hi < lo || unit < 1) {
+        PyErr_SetString(PyExc_ValueError, "raw_drain: bad range or unit size");
+        return NULL;
+    }
+    PyObject *units = args[6];
+    Py_ssize_t popped = 0, foreign = 0;
+    uint64_t seg = 0, off = 0;
+    while (popped < limit && fifo_take(m, &seg, &off)) {
+        popped++;
+        if (seg == seg_id && off >= (uint64_t)lo && off < (uint64_t)hi) {
+            PyObject *u = PyLong_FromSsize_t(((Py_ssize_t)off - lo) / unit);
+            if (!u || PyList_Append(units, u) < 0) { Py_XDECREF(u); return NULL; }  /* (the rest stays queued) */
+            Py_DECREF(u);
+        } else if (seg != 0) {
+            foreign++;
+        }
+    }
+    return Py_BuildValue("(nn)", popped, foreign);
+}
+
 /* The reader's reading word (Stream's credit channel, CR_READING; issue 13, item 5): nonzero while
    the reader is in a receive and looks at the slots again before it waits, so a writer need not
    signal a fragment. A Dekker handshake, as Drepper's wake protocol orders each side: the writer
@@ -423,6 +461,8 @@ static PyMethodDef stream_batch_functions[] = {
      "writer: after a frame's checksum was stored, whether the reader's reading word is set (full fence first)"},
     {"stream_reader_idle", n_stream_reader_idle, METH_O,
      "reader: clear the reading word before the last look and a wait (full fence after)"},
+    {"raw_drain", (PyCFunction)(void (*)(void))n_raw_drain, METH_FASTCALL,
+     "a raw reader's signal FIFO drained: the units of its own signals appended, (popped, foreign)"},
     {"raw_take_many", (PyCFunction)(void (*)(void))n_raw_take_many, METH_FASTCALL,
      "a raw reader's take of the new good frames of a list of signalled units, copied out: (frames, used, ...)"},
     {NULL, NULL, 0, NULL},

@@ -93,6 +93,7 @@ from ombm.errors import ForkedError
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
 from ombm.core.directory import Directory
 from ombm.core.signals import Receiver
+from ombm.core.stats import COUNTERS
 from ombm.core.signals import signal as _signal
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ REIMPORT_S = 0.25     # ... asking the bridge to import it again this often whil
 _load64, _load32, _store64, _store32, _cas64 = (
     _native.load64, _native.load32, _native.store64, _native.store32, _native.cas64)
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
-_raw_take_many = _native.raw_take_many
+_raw_take_many, _raw_drain = _native.raw_take_many, _native.raw_drain
 
 _Ch = TypeVar("_Ch", bound="Channel")
 # how a reader copies a frame out: (start offset in the segment, length) -> the frame's data
@@ -713,6 +714,9 @@ class RawChannel(Channel):
             receiver.close()
             raise
         self._receiver = receiver
+        # its signals drained natively (raw_drain) from a FIFO in shared memory; a software-only
+        # receiver's kernel FIFO dispatches them to the handler above
+        self._fifo_map = None if receiver.kernel else receiver.fifo.fifo_map
         self._crc = bool(_load32(self._ctrl + CTRL_FLAGS) & FLAG_CHECKSUM)
         if self.remote and not self._crc:
             raise SegmentFormatError(f"raw channel {self.name!r} carries no checksums, which a reader on another "
@@ -769,6 +773,25 @@ class RawChannel(Channel):
         self._last_gen[unit] = gen
         self._received += 1
 
+    def _drain(self) -> bool:
+        """Move the units of the signals in this reader's FIFO to ``_ready`` (up to 256 signals), as
+        its handler does, with one native call rather than a Python call per signal; True if any."""
+        fifo = self._fifo_map
+        if fifo is None:
+            receiver = self._receiver
+            assert receiver is not None, "a reader has its receiver from _setup_reader"
+            return bool(receiver.dispatch_pending())
+        units: list[int] = []
+        _, foreign = _raw_drain(fifo, self.segment.id, self.first, self.first + self.slots * self.slot_size,
+                                self.slot_size, 256, units)
+        if foreign:
+            COUNTERS.signals_unhandled += foreign
+        if not units:
+            return False
+        COUNTERS.signals_delivered += len(units)
+        self._ready.extend(units)
+        return True
+
     def _take(self, copy_into: _CopyOut) -> RawFrame | None:
         """Read the next signalled unit that holds a new good frame, or None if none is pending.
 
@@ -781,10 +804,8 @@ class RawChannel(Channel):
         published = self._ctrl + CTRL_PUBLISHED
         horizon = max(1, self.slots // 2)
         ordered = self.ordered
-        receiver = self._receiver
-        assert receiver is not None, "a reader has its receiver from _setup_reader"
         while True:
-            if not ready and not receiver.dispatch_pending():
+            if not ready and not self._drain():
                 return None
             while ready:
                 unit = ready.popleft()
@@ -871,12 +892,11 @@ class RawChannel(Channel):
     def _rest_of_batch(self, frames: list[RawFrame], limit: int) -> list[RawFrame]:
         """Append the new good frames there now to ``frames``, up to ``limit`` in all: every unit
         signalled so far, taken by one native call (``_native.raw_take_many``: :meth:`_take`'s
-        checks, each frame copied out once) per drain of the signal FIFO."""
-        ready, receiver = self._ready, self._receiver
-        assert receiver is not None, "a reader has its receiver from _setup_reader"
+        checks, each frame copied out once) per drain of the signal FIFO (:meth:`_drain`)."""
+        ready = self._ready
         published, horizon = self._ctrl - self._base + CTRL_PUBLISHED, max(1, self.slots // 2)
         while len(frames) < limit:
-            if not ready and not receiver.dispatch_pending():
+            if not ready and not self._drain():
                 break
             units = list(ready)
             ready.clear()
