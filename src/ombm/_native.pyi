@@ -6,6 +6,7 @@ the FIFO, 4-byte aligned for the 32-bit ones; an unaligned or null address raise
 Every function takes its arguments by position only.
 """
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
 
@@ -278,12 +279,15 @@ def raw_drain(fifo: FifoMap, segment_id: int, lo: int, hi: int, unit_size: int, 
     ``units``. ``(popped, foreign)``: foreign counts the others that are not nudges (segment 0)."""
 
 def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
-                  ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
-                  horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:
+                  ordered: bool, units: list[int] | deque[int], last_seq: int, last_gen: list[int],
+                  published_offset: int, horizon: int, limit: int, frame_type: Any, view: bool = False,
+                  /) -> tuple[list[Any], int, int, int, int, int, int]:
     """A raw reader's take (``RawChannel._take``'s checks) of the new good frames of the signalled
-    ``units`` in turn, until ``limit`` frames: each copied out once (checksummed in the same pass if the
-    channel carries checksums) and delivered as ``frame_type(unit, seq, generation, data)``;
-    ``last_gen`` is updated in place. ``(frames, units used, last_seq, received, missed, torn, stale)``."""
+    ``units`` in turn (a list, or a deque the units looked at are popped from), until ``limit`` frames:
+    each copied out once (checksummed in the same pass if the channel carries checksums) and delivered
+    as ``frame_type(unit, seq, generation, data)``; with ``view`` (``buf`` a memoryview) ``data`` is a
+    slice of ``buf``, checksummed in place, nothing copied. ``last_gen`` is updated in place.
+    ``(frames, units used, last_seq, received, missed, torn, stale)``."""
 
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 

@@ -212,19 +212,62 @@ fail:
     return NULL;
 }
 
+static uint32_t sum_only(const unsigned char *src, size_t n) {
+    if (n < GIL_COPY) return crc32c_copy(NULL, src, n, 0);
+    uint32_t crc;
+    Py_BEGIN_ALLOW_THREADS
+    crc = crc32c_copy(NULL, src, n, 0);
+    Py_END_ALLOW_THREADS
+    return crc;
+}
+
+/* The next unit of `units`: a list read from index *used on, or a deque popped from the left (the
+   reader's own queue of signalled units). 1 and *unit; 0 when there is none; -1 with an exception. */
+static PyObject *popleft_name = NULL;  /* "popleft", interned once */
+
+static int next_unit(PyObject *units, int popping, Py_ssize_t *used, Py_ssize_t *unit) {
+    PyObject *u;
+    if (popping) {
+        if (PyObject_Length(units) <= 0) return PyErr_Occurred() ? -1 : 0;
+        u = PyObject_CallMethodNoArgs(units, popleft_name);
+        if (!u) return -1;
+    } else {
+        if (*used >= PyList_GET_SIZE(units)) return 0;
+        u = Py_NewRef(PyList_GET_ITEM(units, *used));
+    }
+    (*used)++;
+    *unit = PyLong_AsSsize_t(u);
+    Py_DECREF(u);
+    return *unit == -1 && PyErr_Occurred() ? -1 : 1;
+}
+
 /* raw_take_many(buf, first, slot_size, max_payload, checksummed, ordered, units, last_seq, last_gen,
-   published_offset, horizon, limit, frame_type) -> (frames, used, last_seq, received, missed, torn, stale):
-   RawChannel._take for each signalled unit of the list `units` in turn (channels/raw.py owns the
-   layout and the rules), until `limit` frames were taken: a unit whose generations agree and whose
-   frame is new is copied out (checksummed in the same pass if the channel carries checksums) and
-   delivered as frame_type(unit, seq, generation, data: bytes) if its generations still agree after
-   the copy (and its checksum matches). `last_gen` (a list, one int a unit) is updated in place;
-   `used` is how many units of the list were looked at; the counts are this call's. */
+   published_offset, horizon, limit, frame_type[, view]) -> (frames, used, last_seq, received, missed,
+   torn, stale): RawChannel._take for each signalled unit of `units` in turn (channels/raw.py owns
+   the layout and the rules), until `limit` frames were taken: a unit whose generations agree and
+   whose frame is new is copied out (checksummed in the same pass if the channel carries checksums)
+   and delivered as frame_type(unit, seq, generation, data: bytes) if its generations still agree
+   after the copy (and its checksum matches). With `view`, nothing is copied: data is buf[start:
+   start + length] (buf a memoryview of the mapping), checksummed in place. `units` is a list, or a
+   deque the units looked at are popped from; `last_gen` (a list, one int a unit) is updated in
+   place; `used` is how many units were looked at; the counts are this call's. */
 static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 13 || !PyList_Check(args[6]) || !PyList_Check(args[8])) {
+    if (nargs < 13 || nargs > 14 || !PyList_Check(args[8])) {
         PyErr_SetString(PyExc_TypeError, "raw_take_many(buf, first, slot_size, max_payload, checksummed, ordered, "
-                                          "units: list, last_seq, last_gen: list, published_offset, horizon, "
-                                          "limit, frame_type)");
+                                          "units: list or deque, last_seq, last_gen: list, published_offset, horizon, "
+                                          "limit, frame_type, view=False)");
+        return NULL;
+    }
+    if (!popleft_name && !(popleft_name = PyUnicode_InternFromString("popleft"))) return NULL;
+    int popping = !PyList_Check(args[6]);
+    if (popping && !PyObject_HasAttr(args[6], popleft_name)) {
+        PyErr_SetString(PyExc_TypeError, "raw_take_many: units must be a list or a deque");
+        return NULL;
+    }
+    int view = nargs == 14 ? PyObject_IsTrue(args[13]) : 0;
+    if (view < 0) return NULL;
+    if (view && !PyMemoryView_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "raw_take_many: a view is a slice of a memoryview of the mapping");
         return NULL;
     }
     Py_ssize_t first = PyLong_AsSsize_t(args[1]), slot_size = PyLong_AsSsize_t(args[2]);
@@ -250,12 +293,12 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
     PyObject *frames = PyList_New(0);
     if (!frames) { PyBuffer_Release(&v); return NULL; }
     unsigned long long received = 0, missed = 0, torn = 0, stale = 0;
-    Py_ssize_t used = 0;
+    Py_ssize_t used = 0, unit = 0;
     /* the lists' sizes are read again at each use: a copy that releases the GIL lets other threads run */
-    while (used < PyList_GET_SIZE(units) && PyList_GET_SIZE(frames) < limit) {
-        Py_ssize_t unit = PyLong_AsSsize_t(PyList_GET_ITEM(units, used));
-        used++;
-        if (unit == -1 && PyErr_Occurred()) goto fail;
+    while (PyList_GET_SIZE(frames) < limit) {
+        int got = next_unit(units, popping, &used, &unit);
+        if (got < 0) goto fail;
+        if (!got) break;
         if (unit < 0 || unit >= slots || unit >= PyList_GET_SIZE(last_gen))
             continue;  /* not a unit of this channel: the handler never makes one */
         const unsigned char *end = base + first + (unit + 1) * slot_size;
@@ -270,16 +313,26 @@ static PyObject *n_raw_take_many(PyObject *Py_UNUSED(self), PyObject *const *arg
         uint64_t known = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(last_gen, unit));
         if (known == (uint64_t)-1 && PyErr_Occurred()) goto fail;
         if (ordered ? seq <= last_seq : gen <= known) { stale++; continue; }
-        if (ordered && used < PyList_GET_SIZE(units)) {  /* at risk, and a newer frame is signalled anyway */
+        int more = popping ? PyObject_Length(units) > 0 : used < PyList_GET_SIZE(units);
+        if (ordered && more) {  /* at risk, and a newer frame is signalled anyway */
             uint64_t published = atomic_load_explicit((_Atomic uint64_t *)(void *)(base + published_at),
                                                       memory_order_acquire);
             if (published - seq >= horizon && published >= seq) continue;
         }
-        PyObject *data = PyBytes_FromStringAndSize(NULL, length);
-        if (!data) goto fail;
-        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(data);
-        uint32_t sum = checksummed ? copy_sum(d, end - slot_size, length) : 0;
-        if (!checksummed) copy_plain(d, end - slot_size, length);
+        PyObject *data;
+        uint32_t sum = 0;
+        if (view) {  /* zero copy: a slice of the caller's view of the mapping */
+            Py_ssize_t at = (Py_ssize_t)(end - slot_size - base);
+            data = PySequence_GetSlice(args[0], at, at + (Py_ssize_t)length);
+            if (!data) goto fail;
+            if (checksummed) sum = sum_only(end - slot_size, length);
+        } else {
+            data = PyBytes_FromStringAndSize(NULL, length);
+            if (!data) goto fail;
+            unsigned char *d = (unsigned char *)PyBytes_AS_STRING(data);
+            if (checksummed) sum = copy_sum(d, end - slot_size, length);
+            else copy_plain(d, end - slot_size, length);
+        }
         atomic_thread_fence(memory_order_acquire);
         if (atomic_load_explicit(gen_begin, memory_order_acquire) != gen ||
             atomic_load_explicit(gen_end, memory_order_acquire) != gen || (checksummed && sum != crc)) {

@@ -827,23 +827,51 @@ class RawChannel(Channel):
                 self._accept(unit, gen, seq)
                 return RawFrame(unit, seq, gen, data)
 
-    def _recv(self, copy_into: _CopyOut, timeout: float | None) -> RawFrame:
-        self._check_reader()
-        frame = self._take(copy_into)  # the common case of a reader that keeps up: no loop to set up
-        return frame if frame is not None else self._run(self._receiving(copy_into, timeout))
+    def _take_frames(self, limit: int, view: bool) -> list[RawFrame]:
+        """:meth:`_take` natively: the new good frames of the signalled units (every unit signalled so
+        far, the FIFO drained as needed), at most ``limit``: each copied out once by one native call
+        (``_native.raw_take_many``: :meth:`_take`'s checks) per look, or with ``view`` a view of its unit."""
+        ready = self._ready
+        published, horizon = self._ctrl - self._base + CTRL_PUBLISHED, max(1, self.slots // 2)
+        frames: list[RawFrame] = []
+        while len(frames) < limit:
+            if not ready and not self._drain():
+                break
+            got, _, self._last_seq, received, missed, torn, stale = _raw_take_many(
+                self._buf, self.first, self.slot_size, self.max_payload, self._crc, self.ordered, ready,
+                self._last_seq, self._last_gen, published, horizon, limit - len(frames), RawFrame, view)
+            self._received += received
+            self._missed += missed
+            self._torn += torn
+            self._stale += stale
+            frames += got
+        return frames
 
-    def _receiving(self, copy_into: _CopyOut, timeout: float | None) -> Receiving[RawFrame]:
+    def _take_copy(self) -> RawFrame | None:
+        got = self._take_frames(1, False)
+        return got[0] if got else None
+
+    def _take_view(self) -> RawFrame | None:
+        got = self._take_frames(1, True)
+        return got[0] if got else None
+
+    def _recv(self, take: Callable[[], RawFrame | None], timeout: float | None) -> RawFrame:
+        self._check_reader()
+        frame = take()  # the common case of a reader that keeps up: no loop to set up
+        return frame if frame is not None else self._run(self._receiving(take, timeout))
+
+    def _receiving(self, take: Callable[[], RawFrame | None], timeout: float | None) -> Receiving[RawFrame]:
         """The receive loop of :meth:`recv` and :meth:`recv_async` (see :data:`Receiving`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            frame = self._take(copy_into)
+            frame = take()
             if frame is not None:
                 return frame
             if self._writer_state() == STATE_CLOSED or self._tick_due():
                 self._check_writer()
             left = TICK_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                frame = self._take(copy_into)
+                frame = take()
                 if frame is not None:
                     return frame
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
@@ -859,9 +887,7 @@ class RawChannel(Channel):
 
     def recv(self, timeout: float | None = None) -> RawFrame:
         """The next new good frame, copied out (``data`` is bytes); waits up to ``timeout``."""
-        timeout = check_timeout(timeout)
-        buf = self._buf
-        return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
+        return self._recv(self._take_copy, check_timeout(timeout))
 
     def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
         """Every new good frame there now, copied out, at most ``max_frames``: at least one, waiting
@@ -875,41 +901,20 @@ class RawChannel(Channel):
         frames = self._rest_of_batch([], max_frames)
         if frames:
             return frames
-        return self._rest_of_batch([self._recv(self._copy_out(), timeout)], max_frames)
+        return self._rest_of_batch([self._recv(self._take_copy, timeout)], max_frames)
 
     async def recv_many_async(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
         """:meth:`recv_many` for asyncio: awaits the first frame as :meth:`recv_async` does."""
         timeout = check_timeout(timeout)
         max_frames = _check_count(max_frames, "max_frames")
         self._check_reader()
-        first = await self._run_async(self._receiving(self._copy_out(), timeout))
+        first = await self._run_async(self._receiving(self._take_copy, timeout))
         return self._rest_of_batch([first], max_frames)
 
-    def _copy_out(self) -> _CopyOut:
-        buf = self._buf
-        return lambda start, n: bytes(buf[start:start + n])
-
     def _rest_of_batch(self, frames: list[RawFrame], limit: int) -> list[RawFrame]:
-        """Append the new good frames there now to ``frames``, up to ``limit`` in all: every unit
-        signalled so far, taken by one native call (``_native.raw_take_many``: :meth:`_take`'s
-        checks, each frame copied out once) per drain of the signal FIFO (:meth:`_drain`)."""
-        ready = self._ready
-        published, horizon = self._ctrl - self._base + CTRL_PUBLISHED, max(1, self.slots // 2)
-        while len(frames) < limit:
-            if not ready and not self._drain():
-                break
-            units = list(ready)
-            ready.clear()
-            got, used, self._last_seq, received, missed, torn, stale = _raw_take_many(
-                self._buf, self.first, self.slot_size, self.max_payload, self._crc, self.ordered, units,
-                self._last_seq, self._last_gen, published, horizon, limit - len(frames), RawFrame)
-            if used < len(units):
-                ready.extendleft(reversed(units[used:]))
-            self._received += received
-            self._missed += missed
-            self._torn += torn
-            self._stale += stale
-            frames += got
+        """Append the new good frames there now to ``frames``, up to ``limit`` in all (:meth:`_take_frames`)."""
+        if len(frames) < limit:
+            frames += self._take_frames(limit - len(frames), False)
         return frames
 
     async def recv_async(self, timeout: float | None = None) -> RawFrame:
@@ -918,8 +923,7 @@ class RawChannel(Channel):
         the channel as it was (no frame is taken)."""
         timeout = check_timeout(timeout)
         self._check_reader()
-        buf = self._buf
-        return await self._run_async(self._receiving(lambda start, n: bytes(buf[start:start + n]), timeout))
+        return await self._run_async(self._receiving(self._take_copy, timeout))
 
     async def __aiter__(self) -> AsyncIterator[RawFrame]:
         """``async for frame in channel``: frames until the writer closes it (:meth:`recv_async`)."""
@@ -932,8 +936,7 @@ class RawChannel(Channel):
     def recv_nowait(self) -> RawFrame:
         """Like :meth:`recv` but raise :class:`~ombm.WouldBlock` if no new frame is there."""
         self._check_reader()
-        buf = self._buf
-        frame = self._take(lambda start, n: bytes(buf[start:start + n]))
+        frame = self._take_copy()
         if frame is None:
             raise WouldBlock(f"no new frame on {self.name!r}")
         return frame
@@ -953,7 +956,7 @@ class RawChannel(Channel):
             out[:n] = buf[start:start + n]
             return out[:n]
 
-        return self._recv(copy_into, timeout)
+        return self._recv(lambda: self._take(copy_into), timeout)
 
     def recv_view(self, timeout: float | None = None) -> RawView:
         """Zero copy: the next new frame as a :class:`RawView` of the segment.
@@ -963,8 +966,7 @@ class RawChannel(Channel):
         """
         timeout = check_timeout(timeout)
         self._check_reader()
-        buf = self._buf
-        frame = self._recv(lambda start, n: buf[start:start + n], timeout)
+        frame = self._recv(self._take_view, timeout)
         end = self._unit_end(frame.unit)
         data = cast(memoryview, frame.data)  # the view of the segment the copy-out above made
         return RawView(frame.unit, frame.seq, frame.generation, data, (end - 32, end - 8), self.region)
