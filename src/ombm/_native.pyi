@@ -6,6 +6,7 @@ the FIFO, 4-byte aligned for the 32-bit ones; an unaligned or null address raise
 Every function takes its arguments by position only.
 """
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
 
@@ -244,13 +245,20 @@ def bulk_guard(pack: Callable[[object], bytes], threshold: int, error: type[Exce
 
 def stream_put_many(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                     connection_id: int, seq: int, limit: int, messages: list[Any], start: int,
-                    records: list[Any], hold_last: bool = False, /) -> tuple[int, int]:
+                    records: list[Any], /) -> tuple[int, int]:
     """Write ``messages[start:]`` as one-fragment DATA frames ``seq``, ``seq + 1``, ... (each ending at its
     slot's end, payload copied and checksummed in one pass, the checksum stored last), without signals,
     while each is ``bytes`` of at most ``max_payload`` and its fragment is below ``limit``; append each
-    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``. With ``hold_last``
-    the last frame's checksum is not stored: the caller stores it with a write that signals.
+    one's record ``(seq, 0, 1, length, 0, message, length, checksum)`` to ``records``.
     ``(count, bytes)``; on an error, the frames recorded were written and sealed."""
+
+def stream_put_one(wbuf: WriteableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
+                   connection_id: int, seq: int, limit: int, message: object, credit_base: int,
+                   writer: Writer[Any], /) -> tuple[int, int, int, int, int, bytes, int, int] | None:
+    """``Stream.send``'s common case: if ``message`` is ``bytes`` of at most ``max_payload`` and ``seq`` is
+    below ``limit``, write it as fragment ``seq`` (as :func:`stream_put_many`) and signal its slot through
+    ``writer`` unless the reader says it is reading (:func:`stream_reader_reading`); its record. Else None:
+    nothing written."""
 
 def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int, max_payload: int,
                      connection_id: int, expected: int, limit: int, /) -> tuple[list[bytearray], int]:
@@ -259,13 +267,31 @@ def stream_take_many(buf: ReadableBuffer, first: int, slot_size: int, slots: int
     seals it and says exactly what the stream expects there; stops at the first that is not.
     ``(messages, bytes)``."""
 
+def stream_reader_reading(credit_base: int, /) -> bool:
+    """A Stream's writer, after it stored a frame's checksum: a full fence, then whether the reader's
+    reading word in the credit channel at ``credit_base`` is set and the reader is on this host (it looks
+    at the slots again before it waits: no signal needed)."""
+
+def stream_reader_idle(credit_base: int, /) -> None:
+    """A Stream's reader, before its last look and a wait: clear its reading word in the credit channel at
+    ``credit_base``, then a full fence."""
+
+def raw_drain(fifo: FifoMap, segment_id: int, lo: int, hi: int, unit_size: int, limit: int,
+              units: list[int], /) -> tuple[int, int]:
+    """A raw reader's own signal FIFO drained without a Python call per signal: up to ``limit`` entries
+    popped; the unit ``(offset - lo) // unit_size`` of each of ``segment_id`` in ``[lo, hi)`` appended to
+    ``units``. ``(popped, foreign)``: foreign counts the others that are not nudges (segment 0)."""
+
 def raw_take_many(buf: ReadableBuffer, first: int, slot_size: int, max_payload: int, checksummed: bool,
-                  ordered: bool, units: list[int], last_seq: int, last_gen: list[int], published_offset: int,
-                  horizon: int, limit: int, frame_type: Any, /) -> tuple[list[Any], int, int, int, int, int, int]:
+                  ordered: bool, units: list[int] | deque[int], last_seq: int, last_gen: list[int],
+                  published_offset: int, horizon: int, limit: int, frame_type: Any, view: bool = False,
+                  /) -> tuple[list[Any], int, int, int, int, int, int]:
     """A raw reader's take (``RawChannel._take``'s checks) of the new good frames of the signalled
-    ``units`` in turn, until ``limit`` frames: each copied out once (checksummed in the same pass if the
-    channel carries checksums) and delivered as ``frame_type(unit, seq, generation, data)``;
-    ``last_gen`` is updated in place. ``(frames, units used, last_seq, received, missed, torn, stale)``."""
+    ``units`` in turn (a list, or a deque the units looked at are popped from), until ``limit`` frames:
+    each copied out once (checksummed in the same pass if the channel carries checksums) and delivered
+    as ``frame_type(unit, seq, generation, data)``; with ``view`` (``buf`` a memoryview) ``data`` is a
+    slice of ``buf``, checksummed in place, nothing copied. ``last_gen`` is updated in place.
+    ``(frames, units used, last_seq, received, missed, torn, stale)``."""
 
 # ---- the bridge (ombm.net.replica, ombm.net.bridge)
 
@@ -324,6 +350,8 @@ class Writer(Generic[_R_co]):
         /,
     ) -> None: ...
     def write(self, offset: int, data: ReadableBuffer, /) -> None: ...
+    def signal(self, offset: int, /) -> None:
+        """Raise the signal of the unit holding ``offset``, writing nothing."""
     def send(self, data: ReadableBuffer, /) -> None:
         """Write ``data`` to end at the end of the next unit (round robin): that unit's one signal."""
 

@@ -2,7 +2,9 @@
 
 * a stateful test interleaves ``send_nowait``/``recv_nowait`` of byte messages and
   arrays in one thread: every message arrives whole, in order, exactly once, and
-  ``WouldBlock`` happens exactly when the window (slots) cannot take the message;
+  ``WouldBlock`` happens exactly when the window (slots) cannot take the message (a
+  receive of a small one-fragment bytes message takes the run of such messages behind
+  it too, up to ``READ_AHEAD``, and frees their slots: the reader's read-ahead);
 * a threaded test streams messages of any size (up to several windows) through
   small slots and checks them byte for byte, with fragment boundaries at and
   around multiples of the fragment size.
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import ombm
-from ombm.channels.stream import Stream
+from ombm.channels.stream import READ_AHEAD, Stream
 
 np = pytest.importorskip("numpy")
 
@@ -45,7 +47,8 @@ class StreamModel(RuleBasedStateMachine):
         self.w = Stream.create(fresh_name(), slot_bytes=slot_bytes, slots=slots)
         self.r = Stream.open(self.w.name)
         self.mp, self.slots = self.w.max_payload, slots
-        self.queue: deque = deque()  # (kind, value, fragments) sent, not yet received
+        self.queue: deque = deque()  # (kind, value, fragments) sent, not yet taken by the reader
+        self.ahead: deque = deque()  # bytes messages the reader took ahead (their slots free), not received
 
     def in_flight(self) -> int:
         return sum(f for _, _, f in self.queue)
@@ -90,11 +93,16 @@ class StreamModel(RuleBasedStateMachine):
     @rule()
     @precondition(lambda self: self.w is not None)
     def receive(self):
-        if not self.queue:
+        if not self.queue and not self.ahead:
             with pytest.raises(ombm.WouldBlock):
                 self.r.recv_nowait()
             return
-        kind, value, _ = self.queue.popleft()
+        if not self.ahead and self.queue[0][0] == "bytes" and self.queue[0][2] == 1:
+            # a small one-fragment bytes message: taken with the run of such messages behind it
+            while self.queue and self.queue[0][0] == "bytes" and self.queue[0][2] == 1 and \
+                    len(self.ahead) < READ_AHEAD:
+                self.ahead.append(self.queue.popleft())
+        kind, value, _ = self.ahead.popleft() if self.ahead else self.queue.popleft()
         got = self.r.recv_nowait()
         if kind == "bytes":
             assert got == value

@@ -1,5 +1,7 @@
 """The native batch paths of Stream.send_many/recv_many and RawChannel.recv_many (issue 13, item 5):
-``_native.stream_put_many``, ``stream_take_many`` and ``raw_take_many``, in one process.
+``_native.stream_put_many``, ``stream_take_many`` and ``raw_take_many``, in one process; and
+``Stream.send``'s one call (``stream_put_one``), which leaves the signal out while the reader says it
+is reading (the reading word: ``stream_reader_reading``/``stream_reader_idle``).
 
 The native calls take only what their Python paths would (a run of one-fragment bytes messages; new,
 intact raw frames) and stop at anything else, which the Python path then handles: these tests pin
@@ -17,7 +19,8 @@ import ombm
 from ombm import _native
 from ombm.channels import stream as stream_mod
 from ombm.channels.raw import RawChannel, RawFrame
-from ombm.channels.stream import TRAILER, Stream
+from ombm.channels.raw import ChannelTimeout
+from ombm.channels.stream import CR_FLAGS, CR_READING, READ_AHEAD, READER_REMOTE, TRAILER, Stream
 
 CONN = 0x1234_5678_9ABC_DEF0
 FIRST, SLOT, SLOTS = 128, 256, 4
@@ -89,17 +92,6 @@ def test_take_stops_at_a_frame_it_must_not_take(spoil):
         crc = _native.checksum(bytes(buf[t:t + 40]), _native.checksum(bytes(buf[t - 4:t])))
         buf[t + 40:end] = crc.to_bytes(8, "little")
     assert take(buf, 0)[0] == [b"one"]
-
-
-def test_hold_last_leaves_the_last_frame_unsealed_until_the_caller_stores_its_checksum():
-    buf = ring()
-    records: list = []
-    assert _native.stream_put_many(buf, FIRST, SLOT, SLOTS, MAXP, CONN, 0, 4, [b"one", b"two", b"x" * 300], 0,
-                                   records, True) == (2, 6)  # the third does not fit a slot
-    assert take(buf, 0)[0] == [b"one"]  # "two" is written but not sealed: not there yet
-    end = FIRST + 2 * SLOT
-    buf[end - 8:end] = records[-1][7].to_bytes(8, "little")  # what Stream._put_one writes (and signals)
-    assert take(buf, 0)[0] == [b"one", b"two"]
 
 
 def test_take_refuses_slots_beyond_the_mapping():
@@ -201,6 +193,22 @@ def test_raw_take_many_counts_torn_and_corrupt_frames_and_takes_none_of_them(raw
     assert r.statistics().torn == 2 and r.statistics().received == 1
 
 
+def test_raw_views_are_checked_in_place_like_copies(raw_pair):
+    w, r = raw_pair
+    for i in range(2):
+        w.write(b"%d" % i * 50)
+    w._wbuf[w.first + w.slot_size + 3] ^= 1  # unit 1: payload no longer matches its checksum
+    with r.recv_view(5) as first:
+        w.write(b"2" * 50)
+        second = r.recv_view(5)
+        assert (first.seq, second.seq) == (1, 3) and type(first.data) is memoryview
+        assert bytes(first.data) == b"0" * 50 and first.intact() and bytes(second.data) == b"2" * 50
+        second.release()
+    assert r.statistics().torn == 1
+    with pytest.raises(TypeError):  # a view is a slice of a memoryview of the mapping
+        _native.raw_take_many(bytes(1024), 128, 256, 224, False, True, [0], 0, [0], 64, 1, 8, RawFrame, True)
+
+
 def test_raw_take_many_refuses_bad_geometry():
     with pytest.raises(ValueError):
         _native.raw_take_many(bytes(1024), 128, 512, 480, False, True, [0], 0, [0, 0], 64, 1, 8, RawFrame)
@@ -209,3 +217,113 @@ def test_raw_take_many_refuses_bad_geometry():
     # a unit number outside the channel (the handler never makes one) is skipped, not read
     assert _native.raw_take_many(bytes(1024), 128, 256, 224, False, True, [7, -1], 0, [0], 64, 1, 8,
                                  RawFrame)[:2] == ([], 2)
+
+
+def signals_of(action) -> int:
+    before = _native.writer_signals_sent()
+    action()
+    return _native.writer_signals_sent() - before
+
+
+def test_send_leaves_the_signal_out_while_the_reader_reads_and_raises_it_once_the_reader_waits(stream_pair):
+    w, r = stream_pair
+    assert _native.load64(r._cbase + CR_READING) == 0
+    assert signals_of(lambda: w.send(b"first", timeout=5)) == 1  # nobody said it is reading
+    assert r.recv(5) == b"first"
+    assert _native.load64(r._cbase + CR_READING) == 1  # it found a message: it will look again
+    assert signals_of(lambda: w.send(b"quiet", timeout=5)) == 0
+    assert signals_of(lambda: w.send_many([b"q1", b"q2"], timeout=5)) == 0
+    assert [r.recv(5) for _ in range(3)] == [b"quiet", b"q1", b"q2"]  # found without a signal
+    with pytest.raises(ChannelTimeout):
+        r.recv(0.01)  # it waited: it cleared the word first
+    assert _native.load64(r._cbase + CR_READING) == 0
+    assert signals_of(lambda: w.send(b"woken", timeout=5)) == 1
+    assert r.recv(5) == b"woken"
+
+
+def test_a_reader_on_another_host_is_always_signalled(stream_pair):
+    w, r = stream_pair
+    w.send(b"a", timeout=5)
+    assert r.recv(5) == b"a"  # the reading word is set
+    flags = r._cbase + CR_FLAGS
+    _native.store32(flags, _native.load32(flags) | READER_REMOTE)  # its bridge needs every signal
+    try:
+        assert not _native.stream_reader_reading(w._cbase)
+        assert signals_of(lambda: w.send(b"b", timeout=5)) == 1
+    finally:
+        _native.store32(flags, _native.load32(flags) & ~READER_REMOTE)
+    assert _native.stream_reader_reading(w._cbase)
+    assert r.recv(5) == b"b"
+
+
+def test_recv_takes_the_run_there_ahead_and_hands_it_out_in_order(stream_pair):
+    np = pytest.importorskip("numpy")
+    w, r = stream_pair
+    msgs = [bytes([i]) * i for i in range(20)]
+    for m in msgs[:12]:
+        w.send(m, timeout=5)
+    assert r.recv(5) == msgs[0]
+    assert r.statistics().messages_received == 12 <= READ_AHEAD  # the rest taken ahead, their slots released
+    w.flush(5)  # so all twelve are acknowledged
+    w.send_array(np.arange(3), timeout=5)  # not taken ahead: an array
+    with pytest.raises(TypeError):
+        r.recv_array(5)  # the next message is bytes (taken ahead): it stays
+    assert [r.recv(5) for _ in range(11)] == msgs[1:12]
+    with r.recv_array(5) as view:
+        assert list(view.array) == [0, 1, 2]
+    for m in msgs[12:]:
+        w.send(m, timeout=5)
+    assert r.recv_many(3, timeout=5) == msgs[12:15]
+    got = []
+    while len(got) < len(msgs) - 15:
+        got.append(r.recv_nowait())
+    assert got == msgs[15:]
+
+
+def test_put_one_writes_nothing_it_does_not_take(stream_pair):
+    w, r = stream_pair
+    writer = w.region.native_writer
+    args = (w._wbuf, w.first, w.slot_size, w.slots, w.max_payload, w.connection_id)
+    seq, limit = w._tx.next_seq, w._tx.limit
+    before = bytes(w._wbuf)
+    assert _native.stream_put_one(*args, seq, limit, bytearray(b"x"), w._cbase, writer) is None  # not bytes
+    assert _native.stream_put_one(*args, seq, limit, b"x" * (w.max_payload + 1), w._cbase, writer) is None
+    assert _native.stream_put_one(*args, limit, limit, b"x", w._cbase, writer) is None  # no credit
+    assert bytes(w._wbuf) == before
+    with pytest.raises(TypeError):
+        _native.stream_put_one(*args, seq, limit, b"x", w._cbase, object())
+    with pytest.raises(ValueError):  # a Writer of another mapping
+        _native.stream_put_one(bytearray(len(w._wbuf)), *args[1:], seq, limit, b"x", w._cbase, writer)
+    with pytest.raises(ValueError):
+        _native.stream_reader_reading(w._cbase + 8)
+    w.send(b"still fine", timeout=5)
+    assert r.recv(5) == b"still fine"
+
+
+def test_a_forged_reading_word_breaks_the_stream_of_a_waiting_reader(stream_pair):
+    w, r = stream_pair
+    w.send(b"a", timeout=5)
+    assert r.recv(5) == b"a"
+    with pytest.raises(ChannelTimeout):
+        r.recv(0.01)  # waited: the word is clear, and the writer signals
+    _native.store64(r._cbase + CR_READING, 1)  # another process: the writer would leave its signals out
+    with pytest.raises(ombm.StreamProtocolError, match="reading word"):
+        r.recv(5)  # found within a tick of waiting
+
+
+def test_raw_drain_takes_the_readers_own_signals_and_counts_a_peers_others_unhandled(raw_pair):
+    w, r = raw_pair
+    fifo = r._receiver.fifo.fifo_map
+    before = ombm.stats()["signals_unhandled"]
+    _native.fifo_push(fifo, r.segment.id + 1, r.first)  # another segment's: no handler takes it
+    _native.fifo_push(fifo, r.segment.id, 0)  # this segment's control block, outside the units
+    _native.fifo_push(fifo, 0, 0)  # a nudge: not counted
+    w.write(b"frame")
+    assert [f.data for f in r.recv_many(8, timeout=5)] == [b"frame"]
+    assert ombm.stats()["signals_unhandled"] - before == 2
+    units: list = []
+    assert _native.raw_drain(fifo, r.segment.id, r.first, r.first + 4 * r.slot_size, r.slot_size, 8, units) == (0, 0)
+    with pytest.raises(ValueError):
+        _native.raw_drain(fifo, r.segment.id, r.first, r.first - 1, r.slot_size, 8, units)
+    with pytest.raises(TypeError):
+        _native.raw_drain(object(), r.segment.id, r.first, r.first, r.slot_size, 8, units)

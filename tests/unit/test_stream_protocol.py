@@ -383,19 +383,21 @@ def test_a_lost_window_update_is_recovered_by_a_probe():
 
 
 def test_runs_count_exactly_what_single_calls_count():
-    """sent_run / accept_run / release_run (the native batch path's accounting) leave both ends
+    """sent_run / sent_one / accept_run / release_run (the native paths' accounting) leave both ends
     as begin+sent / accept / release one fragment at a time would."""
     one, run = sender(window=8), sender(window=8)
     for k in range(3):
         one.begin(1, 10 + k, BYTES)
         one.sent(("rec", k), 0.0)
-    run.sent_run([("rec", k) for k in range(3)], 10 + 11 + 12, 0.0)
+    run.sent_run([("rec", k) for k in range(2)], 10 + 11, 0.0)
+    run.sent_one(("rec", 2), 12, 0.0)
     fields = ("next_seq", "fragments", "messages", "bytes", "unacked", "deadline")
     assert [getattr(run, f) for f in fields] == [getattr(one, f) for f in fields]
-    assert run.last_record() == ("rec", 2)
     run.begin(2, 20, BYTES)
     with pytest.raises(ValueError):  # a run starts between messages
         run.sent_run([("rec", 9)], 1, 0.0)
+    with pytest.raises(ValueError):
+        run.sent_one(("rec", 9), 1, 0.0)
 
     a, b = StreamReceiver(CONN, 8, 100), StreamReceiver(CONN, 8, 100)
     for seq in range(3):

@@ -62,7 +62,7 @@ static int Writer_clear(Writer *w) {
 }
 
 /* Signal every receiver watching the unit at `start`: 0, or -1 with an exception set. */
-static int writer_deliver(Writer *w, Py_ssize_t start) {
+int writer_deliver(Writer *w, Py_ssize_t start) {
     /* acquire: pairs with the release store of whoever moved the version after changing the
        directory, so the route looked up below reads the new directory */
     uint64_t v = atomic_load_explicit(A64(w->version_addr), memory_order_acquire);
@@ -209,6 +209,19 @@ static PyObject *Writer_write(Writer *w, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* signal(offset): raise the signal of the unit holding `offset` without writing (a frame whose
+   last byte was written unsignalled: a burst's last fragment, or one a reader was not reading for). */
+static PyObject *Writer_signal(Writer *w, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred()) return NULL;
+    if (!w->base || !w->unit || off < 0 || off >= w->size) {
+        PyErr_SetString(PyExc_ValueError, "Writer.signal: closed, not a signalling binding, or outside it");
+        return NULL;
+    }
+    if (writer_deliver(w, off / w->unit * w->unit) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Writer_close(Writer *w, PyObject *Py_UNUSED(ignored)) {
     w->base = NULL;
     if (w->routes) PyDict_Clear(w->routes);
@@ -229,6 +242,8 @@ static PyMethodDef Writer_methods[] = {
      "write(offset, data): copy data in, then signal every unit whose last byte it wrote"},
     {"send", (PyCFunction)Writer_send, METH_O,
      "send(data): write data to end at the end of the next unit (round robin): that unit's one signal"},
+    {"signal", (PyCFunction)Writer_signal, METH_O,
+     "signal(offset): raise the signal of the unit holding offset, writing nothing"},
     {"close", (PyCFunction)Writer_close, METH_NOARGS, "stop writing: every later write takes the slow path"},
     {NULL, NULL, 0, NULL},
 };

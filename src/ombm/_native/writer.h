@@ -23,6 +23,10 @@ typedef struct {
 
 extern PyTypeObject WriterType;
 
+/* Signal every receiver watching the unit at offset `start` (a multiple of the unit), writing
+   nothing: 0, or -1 with an exception. */
+int writer_deliver(Writer *w, Py_ssize_t start);
+
 /* Write one whole frame (see frame.h) of `payload` into the next unit, raising its signal:
    0, or -1 with an exception. */
 int writer_send_frame(Writer *w, unsigned kind, uint64_t conn, uint64_t msg, uint64_t ack,

@@ -93,6 +93,7 @@ from ombm.errors import ForkedError
 from ombm.errors import ReadOnlyError, SegmentFormatError, SegmentNotFoundError, WouldBlock
 from ombm.core.directory import Directory
 from ombm.core.signals import Receiver
+from ombm.core.stats import COUNTERS
 from ombm.core.signals import signal as _signal
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ REIMPORT_S = 0.25     # ... asking the bridge to import it again this often whil
 _load64, _load32, _store64, _store32, _cas64 = (
     _native.load64, _native.load32, _native.store64, _native.store32, _native.cas64)
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
-_raw_take_many = _native.raw_take_many
+_raw_take_many, _raw_drain = _native.raw_take_many, _native.raw_drain
 
 _Ch = TypeVar("_Ch", bound="Channel")
 # how a reader copies a frame out: (start offset in the segment, length) -> the frame's data
@@ -713,6 +714,9 @@ class RawChannel(Channel):
             receiver.close()
             raise
         self._receiver = receiver
+        # its signals drained natively (raw_drain) from a FIFO in shared memory; a software-only
+        # receiver's kernel FIFO dispatches them to the handler above
+        self._fifo_map = None if receiver.kernel else receiver.fifo.fifo_map
         self._crc = bool(_load32(self._ctrl + CTRL_FLAGS) & FLAG_CHECKSUM)
         if self.remote and not self._crc:
             raise SegmentFormatError(f"raw channel {self.name!r} carries no checksums, which a reader on another "
@@ -769,6 +773,25 @@ class RawChannel(Channel):
         self._last_gen[unit] = gen
         self._received += 1
 
+    def _drain(self) -> bool:
+        """Move the units of the signals in this reader's FIFO to ``_ready`` (up to 256 signals), as
+        its handler does, with one native call rather than a Python call per signal; True if any."""
+        fifo = self._fifo_map
+        if fifo is None:
+            receiver = self._receiver
+            assert receiver is not None, "a reader has its receiver from _setup_reader"
+            return bool(receiver.dispatch_pending())
+        units: list[int] = []
+        _, foreign = _raw_drain(fifo, self.segment.id, self.first, self.first + self.slots * self.slot_size,
+                                self.slot_size, 256, units)
+        if foreign:
+            COUNTERS.signals_unhandled += foreign
+        if not units:
+            return False
+        COUNTERS.signals_delivered += len(units)
+        self._ready.extend(units)
+        return True
+
     def _take(self, copy_into: _CopyOut) -> RawFrame | None:
         """Read the next signalled unit that holds a new good frame, or None if none is pending.
 
@@ -781,10 +804,8 @@ class RawChannel(Channel):
         published = self._ctrl + CTRL_PUBLISHED
         horizon = max(1, self.slots // 2)
         ordered = self.ordered
-        receiver = self._receiver
-        assert receiver is not None, "a reader has its receiver from _setup_reader"
         while True:
-            if not ready and not receiver.dispatch_pending():
+            if not ready and not self._drain():
                 return None
             while ready:
                 unit = ready.popleft()
@@ -806,23 +827,51 @@ class RawChannel(Channel):
                 self._accept(unit, gen, seq)
                 return RawFrame(unit, seq, gen, data)
 
-    def _recv(self, copy_into: _CopyOut, timeout: float | None) -> RawFrame:
-        self._check_reader()
-        frame = self._take(copy_into)  # the common case of a reader that keeps up: no loop to set up
-        return frame if frame is not None else self._run(self._receiving(copy_into, timeout))
+    def _take_frames(self, limit: int, view: bool) -> list[RawFrame]:
+        """:meth:`_take` natively: the new good frames of the signalled units (every unit signalled so
+        far, the FIFO drained as needed), at most ``limit``: each copied out once by one native call
+        (``_native.raw_take_many``: :meth:`_take`'s checks) per look, or with ``view`` a view of its unit."""
+        ready = self._ready
+        published, horizon = self._ctrl - self._base + CTRL_PUBLISHED, max(1, self.slots // 2)
+        frames: list[RawFrame] = []
+        while len(frames) < limit:
+            if not ready and not self._drain():
+                break
+            got, _, self._last_seq, received, missed, torn, stale = _raw_take_many(
+                self._buf, self.first, self.slot_size, self.max_payload, self._crc, self.ordered, ready,
+                self._last_seq, self._last_gen, published, horizon, limit - len(frames), RawFrame, view)
+            self._received += received
+            self._missed += missed
+            self._torn += torn
+            self._stale += stale
+            frames += got
+        return frames
 
-    def _receiving(self, copy_into: _CopyOut, timeout: float | None) -> Receiving[RawFrame]:
+    def _take_copy(self) -> RawFrame | None:
+        got = self._take_frames(1, False)
+        return got[0] if got else None
+
+    def _take_view(self) -> RawFrame | None:
+        got = self._take_frames(1, True)
+        return got[0] if got else None
+
+    def _recv(self, take: Callable[[], RawFrame | None], timeout: float | None) -> RawFrame:
+        self._check_reader()
+        frame = take()  # the common case of a reader that keeps up: no loop to set up
+        return frame if frame is not None else self._run(self._receiving(take, timeout))
+
+    def _receiving(self, take: Callable[[], RawFrame | None], timeout: float | None) -> Receiving[RawFrame]:
         """The receive loop of :meth:`recv` and :meth:`recv_async` (see :data:`Receiving`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            frame = self._take(copy_into)
+            frame = take()
             if frame is not None:
                 return frame
             if self._writer_state() == STATE_CLOSED or self._tick_due():
                 self._check_writer()
             left = TICK_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                frame = self._take(copy_into)
+                frame = take()
                 if frame is not None:
                     return frame
                 raise ChannelTimeout(f"no frame on {self.name!r} within {timeout} s")
@@ -838,9 +887,7 @@ class RawChannel(Channel):
 
     def recv(self, timeout: float | None = None) -> RawFrame:
         """The next new good frame, copied out (``data`` is bytes); waits up to ``timeout``."""
-        timeout = check_timeout(timeout)
-        buf = self._buf
-        return self._recv(lambda start, n: bytes(buf[start:start + n]), timeout)
+        return self._recv(self._take_copy, check_timeout(timeout))
 
     def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
         """Every new good frame there now, copied out, at most ``max_frames``: at least one, waiting
@@ -854,42 +901,20 @@ class RawChannel(Channel):
         frames = self._rest_of_batch([], max_frames)
         if frames:
             return frames
-        return self._rest_of_batch([self._recv(self._copy_out(), timeout)], max_frames)
+        return self._rest_of_batch([self._recv(self._take_copy, timeout)], max_frames)
 
     async def recv_many_async(self, max_frames: int = 64, timeout: float | None = None) -> list[RawFrame]:
         """:meth:`recv_many` for asyncio: awaits the first frame as :meth:`recv_async` does."""
         timeout = check_timeout(timeout)
         max_frames = _check_count(max_frames, "max_frames")
         self._check_reader()
-        first = await self._run_async(self._receiving(self._copy_out(), timeout))
+        first = await self._run_async(self._receiving(self._take_copy, timeout))
         return self._rest_of_batch([first], max_frames)
 
-    def _copy_out(self) -> _CopyOut:
-        buf = self._buf
-        return lambda start, n: bytes(buf[start:start + n])
-
     def _rest_of_batch(self, frames: list[RawFrame], limit: int) -> list[RawFrame]:
-        """Append the new good frames there now to ``frames``, up to ``limit`` in all: every unit
-        signalled so far, taken by one native call (``_native.raw_take_many``: :meth:`_take`'s
-        checks, each frame copied out once) per drain of the signal FIFO."""
-        ready, receiver = self._ready, self._receiver
-        assert receiver is not None, "a reader has its receiver from _setup_reader"
-        published, horizon = self._ctrl - self._base + CTRL_PUBLISHED, max(1, self.slots // 2)
-        while len(frames) < limit:
-            if not ready and not receiver.dispatch_pending():
-                break
-            units = list(ready)
-            ready.clear()
-            got, used, self._last_seq, received, missed, torn, stale = _raw_take_many(
-                self._buf, self.first, self.slot_size, self.max_payload, self._crc, self.ordered, units,
-                self._last_seq, self._last_gen, published, horizon, limit - len(frames), RawFrame)
-            if used < len(units):
-                ready.extendleft(reversed(units[used:]))
-            self._received += received
-            self._missed += missed
-            self._torn += torn
-            self._stale += stale
-            frames += got
+        """Append the new good frames there now to ``frames``, up to ``limit`` in all (:meth:`_take_frames`)."""
+        if len(frames) < limit:
+            frames += self._take_frames(limit - len(frames), False)
         return frames
 
     async def recv_async(self, timeout: float | None = None) -> RawFrame:
@@ -898,8 +923,7 @@ class RawChannel(Channel):
         the channel as it was (no frame is taken)."""
         timeout = check_timeout(timeout)
         self._check_reader()
-        buf = self._buf
-        return await self._run_async(self._receiving(lambda start, n: bytes(buf[start:start + n]), timeout))
+        return await self._run_async(self._receiving(self._take_copy, timeout))
 
     async def __aiter__(self) -> AsyncIterator[RawFrame]:
         """``async for frame in channel``: frames until the writer closes it (:meth:`recv_async`)."""
@@ -912,8 +936,7 @@ class RawChannel(Channel):
     def recv_nowait(self) -> RawFrame:
         """Like :meth:`recv` but raise :class:`~ombm.WouldBlock` if no new frame is there."""
         self._check_reader()
-        buf = self._buf
-        frame = self._take(lambda start, n: bytes(buf[start:start + n]))
+        frame = self._take_copy()
         if frame is None:
             raise WouldBlock(f"no new frame on {self.name!r}")
         return frame
@@ -933,7 +956,7 @@ class RawChannel(Channel):
             out[:n] = buf[start:start + n]
             return out[:n]
 
-        return self._recv(copy_into, timeout)
+        return self._recv(lambda: self._take(copy_into), timeout)
 
     def recv_view(self, timeout: float | None = None) -> RawView:
         """Zero copy: the next new frame as a :class:`RawView` of the segment.
@@ -943,8 +966,7 @@ class RawChannel(Channel):
         """
         timeout = check_timeout(timeout)
         self._check_reader()
-        buf = self._buf
-        frame = self._recv(lambda start, n: buf[start:start + n], timeout)
+        frame = self._recv(self._take_view, timeout)
         end = self._unit_end(frame.unit)
         data = cast(memoryview, frame.data)  # the view of the segment the copy-out above made
         return RawView(frame.unit, frame.seq, frame.generation, data, (end - 32, end - 8), self.region)

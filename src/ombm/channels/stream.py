@@ -21,6 +21,7 @@ One writer, one reader, two unidirectional segments, both created by the writer:
      32  u32 reader state (1 open, 2 closed) | 36 u32 reader flags (1 on another host, 2 saw the end)
      40  u64 acked     the protocol's acknowledgement: every fragment below it was received
      48  u64 released  every fragment below it is free: its slot may be written again
+     64  u64 reading   nonzero while the reader looks at the slots again before it waits (its own line)
     128  8 credit slots of 64 bytes, each a CREDIT frame (ack, credit) ending at its end
 
 How the protocol's frames and counts travel here:
@@ -89,6 +90,7 @@ One thread at a time per end; :meth:`ArrayView.release` may come from any thread
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import struct
 import sys
@@ -126,6 +128,7 @@ DEFAULT_SLOTS = 8
 SLOT_ROOM = 256  # per slot beyond slot_bytes: the 48-byte trailer, an array header and its pad
 RTO_MIN_S, RTO_MAX_S = 0.1, 2.0
 DRAIN_EVERY = 32  # fragments between drains of a reader's signal FIFO (128 signals) while the hint finds them
+READ_AHEAD = 32  # recv: small messages taken from the slots per native call, handed out one by one
 
 # the wire trailer, used in place (wire owns the layout)
 _HEAD, _SUM, _TAIL = wire.TRAILER_HEAD, wire.TRAILER_SUM, wire.TRAILER_TAIL
@@ -136,6 +139,7 @@ _DATA, _MAGIC = int(wire.Kind.DATA), wire.MAGIC
 CREDIT_SUFFIX = ".credit"
 CREDIT_MAGIC = b"OMBMCRD\x01"
 CR_CONN, CR_PID, CR_START, CR_STATE, CR_FLAGS, CR_ACKED, CR_RELEASED = 8, 16, 24, 32, 36, 40, 48
+CR_READING = 64  # the reader's reading word (_native/stream_batch.c has the offsets of its handshake)
 READER_REMOTE, READER_SAW_END = 1, 2  # CR_FLAGS
 _CREDIT_HEAD = struct.Struct("<8sQQQIIQQ")  # the first credit unit's fields, as a remote reader publishes them
 CREDIT_FIRST, CREDIT_SLOTS, CREDIT_UNIT = 128, 8, 64
@@ -145,6 +149,7 @@ _load64, _load32, _store64, _store32 = _native.load64, _native.load32, _native.s
 _cas64, _fetch_add64 = _native.cas64, _native.fetch_add64
 _checksum, _copy_checksum = _native.checksum, _native.copy_checksum
 _put_many, _take_many = _native.stream_put_many, _native.stream_take_many
+_put_one, _reader_reading, _reader_idle = _native.stream_put_one, _native.stream_reader_reading, _native.stream_reader_idle
 _monotonic = time.monotonic
 
 
@@ -326,6 +331,10 @@ class Stream(Channel):
         self.max_payload = self.slot_size - TRAILER
         self._wbuf = self._buf
         self._write = self.region.write
+        writer = self.region.native_writer
+        assert writer is not None  # a writable binding has the native write path
+        self._writer_path = writer
+        self._signal_unit = writer.signal  # a fragment written unsignalled: its slot's signal
         self._tx = StreamSender(self.connection_id, self.slots, min_rto=RTO_MIN_S, max_rto=RTO_MAX_S)
         self._pieces: Sequence[_Source] = ()  # the message being sent (the protocol counts its fragments)
         self._quiet = False      # in a burst of send_many(): fragments are written without their signal
@@ -363,39 +372,50 @@ class Stream(Channel):
         first by the next ``send``/``flush``: ``exc.partial``);
         :class:`~ombm.ChannelBrokenError` if the reader closed or died.
         """
-        self._check_writer_side()
-        timeout = check_timeout(timeout)
+        if self._closed or not self.writable:
+            self._check_writer_side()
+        if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+            timeout = check_timeout(timeout)
         tx = self._tx
         if type(data) is bytes and not tx.count:  # the common case: one native call writes it, if it fits
             now = _monotonic()
-            self._check_reader(now)
+            if now - self._reader_checked >= TICK_S or _load32(self._cbase + CR_STATE) == STATE_CLOSED:
+                self._check_reader(now)
             seq = tx.next_seq
-            if (seq < tx.limit or self._refresh(now)) and self._put_one(data, seq, now):
-                return
+            if seq < tx.limit or self._refresh(now):
+                record = _put_one(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
+                                  self.connection_id, seq, tx.limit, data, self._cbase, self._writer_path)
+                if record is not None:  # (as _put_one, inline: a call costs a tenth of the send)
+                    tx.sent_one(record, record[6], now)
+                    timer = tx.deadline
+                    if timer is not None and now >= timer:
+                        self._service(now)
+                    return
         pieces, total = self._fragments(data)
         self._send(pieces, total, BYTES, timeout)
 
-    def _put_one(self, data: bytes, seq: int, now: float) -> bool:
-        """Write ``data`` as fragment ``seq`` (credit checked) with one native call, its checksum
-        last with a write that signals; False (nothing written) if it takes more than one fragment."""
-        if not self._put_run([data], 0, seq + 1, now, hold_last=True):
-            return False
-        end = self.first + (seq % self.slots + 1) * self.slot_size
-        self._write(end - 8, _SUM.pack(self._tx.last_record()[7]))  # completes the slot: its one signal
+    def _put_one(self, data: bytes, now: float) -> bool:
+        """Write ``data`` as the next fragment (credit checked) with one native call that signals
+        it, unless the reader says it is reading (it looks again before it waits); False (nothing
+        written) if it takes more than one fragment."""
         tx = self._tx
+        record = _put_one(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload, self.connection_id,
+                          tx.next_seq, tx.limit, data, self._cbase, self._writer_path)
+        if record is None:
+            return False
+        tx.sent_one(record, record[6], now)
         timer = tx.deadline
         if timer is not None and now >= timer:
             self._service(now)
         return True
 
-    def _put_run(self, msgs: list[Any], start: int, limit: int, now: float, hold_last: bool = False) -> int:
+    def _put_run(self, msgs: list[Any], start: int, limit: int, now: float) -> int:
         """Write the run of one-fragment bytes messages from ``msgs[start]`` on, below fragment
-        ``limit``, with one native call, unsignalled (with ``hold_last``, the last one's checksum is
-        not stored yet); the protocol counts them sent.  How many went."""
+        ``limit``, with one native call, unsignalled; the protocol counts them sent.  How many went."""
         records, tx = self._records, self._tx
         try:
             done, nbytes = _put_many(self._wbuf, self.first, self.slot_size, self.slots, self.max_payload,
-                                     self.connection_id, tx.next_seq, limit, msgs, start, records, hold_last)
+                                     self.connection_id, tx.next_seq, limit, msgs, start, records)
         except BaseException:  # out of memory: the frames recorded before it went (written and sealed)
             if records:
                 tx.sent_run(records, sum(r[6] for r in records), now)
@@ -439,7 +459,7 @@ class Stream(Channel):
                             i += done
                             self._unsignalled = self.first + (tx.next_seq - 1) % self.slots * self.slot_size
                             continue
-                    elif type(msgs[i]) is bytes and self._put_one(cast(bytes, msgs[i]), tx.next_seq, now):
+                    elif type(msgs[i]) is bytes and self._put_one(cast(bytes, msgs[i]), now):
                         i += 1  # written and signalled
                         continue
                 pieces, total = general.get(i) or self._fragments(msgs[i])
@@ -601,10 +621,12 @@ class Stream(Channel):
 
     def _signal_burst(self) -> None:
         """Signal the last fragment a burst wrote without its signal: the reader then takes it
-        and every fragment before it (it looks from the one it expects next)."""
+        and every fragment before it (it looks from the one it expects next); not while the reader
+        says it is reading (it looks again before it waits)."""
         if self._unsignalled >= 0:
             offset, self._unsignalled = self._unsignalled, -1
-            _signal(self._base + offset)
+            if not _reader_reading(self._cbase):
+                self._signal_unit(offset)
 
     def _refresh(self, now: float) -> bool:
         """Read the reader's counts into the protocol; True if the next fragment may be written."""
@@ -772,6 +794,12 @@ class Stream(Channel):
         self._lock = threading.RLock()
         self._claimed = False
         self._ending = False
+        # messages taken from the slots (acknowledged, released) and not handed out yet: recv's read-ahead
+        self._ready: collections.deque[bytearray] = collections.deque()
+        # the reading word is set (CR_READING): the writer leaves signals out; a reader on another host
+        # never sets it (its bridge needs every signal)
+        self._reading = False
+        self._ahead = READ_AHEAD  # how many messages a take of one may take (recv_many's first: one)
         credit = self._open_credit(name, check_timeout(timeout))
         self._credit_seg = credit
         if credit.unit != CREDIT_UNIT or credit.size < CREDIT_SIZE:
@@ -841,7 +869,12 @@ class Stream(Channel):
         after the writer's last message :class:`~ombm.channels.raw.EndOfStream`; a dead writer
         :class:`~ombm.ChannelBrokenError`.
         """
-        self._check_reader_side()
+        if self._closed or self.writable:
+            self._check_reader_side()
+        if self._ready:  # taken ahead: the common case of a reader that keeps up
+            if timeout is not None and (type(timeout) is not float or not timeout >= 0):
+                check_timeout(timeout)  # raises
+            return self._ready.popleft()
         return self._recv(check_timeout(timeout), None)
 
     def recv_nowait(self) -> bytearray | ArrayView:
@@ -870,14 +903,23 @@ class Stream(Channel):
         out = self._rest_of_batch([], max_messages)
         if out:
             return out
-        return self._rest_of_batch([self._recv(timeout, None)], max_messages)
+        self._ahead = 1  # the batch takes the rest: reading ahead here measured slower (docs/benchmarks.md)
+        try:
+            first = self._recv(timeout, None)
+        finally:
+            self._ahead = READ_AHEAD
+        return self._rest_of_batch([first], max_messages)
 
     async def recv_many_async(self, max_messages: int = 64,
                               timeout: float | None = None) -> list[bytearray | ArrayView]:
         """:meth:`recv_many` for asyncio: awaits the first message as :meth:`recv_async` does."""
         self._check_reader_side()
         max_messages = _check_count(max_messages, "max_messages")
-        first = await self._run_async(self._receiving(check_timeout(timeout), None))
+        self._ahead = 1  # as recv_many
+        try:
+            first = await self._run_async(self._receiving(check_timeout(timeout), None))
+        finally:
+            self._ahead = READ_AHEAD
         return self._rest_of_batch([first], max_messages)
 
     def _rest_of_batch(self, out: list[bytearray | ArrayView], limit: int) -> list[bytearray | ArrayView]:
@@ -911,6 +953,11 @@ class Stream(Channel):
         all), taken by one native call that checks each as :meth:`_take` does; True if it took any.
         Anything else (a message of the buffer pool's size or more, an array, a frame not there,
         torn or forged) is left to :meth:`_poll`."""
+        ready = self._ready
+        if ready:  # taken ahead by recv: first
+            while ready and len(out) < limit:
+                out.append(ready.popleft())
+            return True
         rx = self._rx
         if rx.count:
             return False
@@ -922,6 +969,7 @@ class Stream(Channel):
         rx.accept_run(len(got), nbytes)
         rx.release_run(seq, len(got))  # published at the batch's end
         out += got
+        self._mark_reading()
         return True
 
     @overload
@@ -967,7 +1015,11 @@ class Stream(Channel):
                 return
 
     def _recv(self, timeout: float | None, want: int | None) -> bytearray | ArrayView:
-        # the common case of a reader that keeps up: no loop to set up, a small message one native call
+        # the common case of a reader that keeps up: no loop to set up, a small message taken ahead, or
+        # one native call that takes it and those behind it
+        ready = self._ready
+        if ready and want is None:
+            return ready.popleft()
         msg: bytearray | ArrayView | None = self._take_one() if want is None and not self._rx.count else None
         if msg is None:
             msg = self._poll(False, want)
@@ -1005,6 +1057,12 @@ class Stream(Channel):
                         return msg
                     raise ChannelTimeout(f"no message on stream {self.name!r} within {timeout} s")
                 left = min(left, TICK_S)
+            if self._reading:  # the writer may have left signals out: say so, then look once more
+                self._reading = False
+                _reader_idle(self._cbase)
+                msg = self._poll(True, want)
+                if msg is not None:
+                    return msg
             force = not (yield left)  # a tick without a signal: look anyway
 
     def _writer_gone(self) -> bool:
@@ -1031,6 +1089,10 @@ class Stream(Channel):
                     f"stream {self.name!r}: another process changed the counts this reader publishes "
                     f"(acked {acked}, released {released}; published {rx.expected}, {self._published}): "
                     "forged credit")
+            if not self._reading and _load64(cbase + CR_READING):  # it waits: the writer must signal
+                raise StreamProtocolError(
+                    f"stream {self.name!r}: another process set the reading word of this waiting reader "
+                    "(the writer would leave its signals out): forged")
 
     def _check_writer(self) -> None:
         if self._writer_state() == STATE_CLOSED:
@@ -1057,6 +1119,11 @@ class Stream(Channel):
         the reader looks at the fragment it expects next, and goes on while fragments are there.
         It stops looking (the hint is cleared) when that fragment is not there yet: everything
         signalled until then has been taken."""
+        ready = self._ready
+        if ready:  # taken ahead by recv: the next message
+            if want is not None:
+                self._refuse(BYTES)
+            return ready.popleft()
         hint, buf, slots, size, rx = self._hint, self._buf, self.slots, self.slot_size, self._rx
         conn = self.connection_id
         while True:
@@ -1080,16 +1147,38 @@ class Stream(Channel):
 
     def _take_one(self) -> bytearray | None:
         """The next message if it is a one-fragment bytes message shorter than 64 KiB, there and
-        intact: taken by one native call (:meth:`_take`'s checks), acknowledged and released."""
+        intact, taken by one native call (:meth:`_take`'s checks) with the run of such messages
+        behind it (at most ``READ_AHEAD``), which wait in ``_ready``: the lot acknowledged and
+        released at once."""
         rx = self._rx
         seq = rx.expected
         got, nbytes = _take_many(self._buf, self.first, self.slot_size, self.slots, self._take_max,
-                                 self.connection_id, seq, 1)
+                                 self.connection_id, seq, self._ahead)
         if not got:
             return None
-        rx.accept_run(1, nbytes)
-        self._consumed(seq)
-        return got[0]
+        n = len(got)
+        rx.accept_run(n, nbytes)
+        if self._batching:  # the batch holds the lock and publishes at its end
+            rx.release_run(seq, n)
+        else:
+            _store64(self._cbase + CR_ACKED, seq + n)
+            with self._lock:
+                if not self._ending:
+                    rx.release_run(seq, n)
+                    self._publish_released()
+        self._mark_reading()
+        if n == 1:
+            return got[0]
+        ready = self._ready
+        ready.extend(got)
+        return ready.popleft()
+
+    def _mark_reading(self) -> None:
+        """Set the reading word (once, until the next wait clears it): the writer may leave signals
+        out while this reader finds messages without them (not for a reader on another host)."""
+        if not self._reading and not self.remote:
+            self._reading = True
+            _store64(self._cbase + CR_READING, 1)
 
     def _overtaken(self, seq: int, end: int) -> None:
         """A later fragment seems to sit where fragment ``seq`` must be: if its checksum says so,
@@ -1357,6 +1446,7 @@ class Stream(Channel):
     def _close_reader(self) -> None:
         if not getattr(self, "_claimed", False) or self._credit_seg.released:
             return
+        self._ready.clear()  # taken ahead, never received: dropped with the reader, as messages in the slots are
         with self._lock:
             _store32(self._cbase + CR_STATE, STATE_CLOSED)
             self._ending = True  # late array finalizers find the stream closed

@@ -219,9 +219,19 @@ class StreamSender(Generic[R]):
         self.messages += n
         self.bytes += nbytes
 
-    def last_record(self) -> R:
-        """The record of the last fragment sent and not acknowledged yet (IndexError if none)."""
-        return self._records[-1]
+    def sent_one(self, record: R, nbytes: int, now: float) -> None:
+        """A one-fragment message of ``nbytes`` payload bytes went out between messages as fragment
+        ``next_seq``: :meth:`sent_run` of one record."""
+        if self.count:
+            raise ValueError("a message is being sent: a run starts between messages")
+        records = self._records
+        if not records:
+            self.deadline = now + self.rto
+        records.append(record)
+        self.next_seq += 1
+        self.fragments += 1
+        self.messages += 1
+        self.bytes += nbytes
 
     def abandon(self) -> bool:
         """Give up the message being sent if none of its fragments went; True if it was given up."""
