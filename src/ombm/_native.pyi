@@ -203,6 +203,11 @@ def frame_split(view: ReadableBuffer, /) -> tuple[bytes, bytes | None, int, byte
     ``env`` at ``at`` by ext ``SPLIT_CODE`` holding one zero byte; ``big`` None: ``env`` is the whole
     payload (and ``header`` empty)."""
 
+def pack_direct(packer: Any, message: list[Any], /) -> bytes | None:
+    """What the RPC lanes write for a call ``[method, [args...], {}]`` or a reply ``[0, result]``
+    before asking ``packer`` (a ``marshal.packer()``): the same bytes as ``marshal.encode_call`` /
+    ``encode_result``, or None where they leave it to the packer (for tests)."""
+
 CRC32C_IMPL: Final[Literal["sse4.2", "armv8-crc", "table"]]
 """Which CRC32C the checksum uses, chosen at import: ``"sse4.2"``, ``"armv8-crc"`` or ``"table"`` (also when the
 environment sets ``OMBM_CRC32C=table``)."""

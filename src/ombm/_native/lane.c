@@ -92,23 +92,92 @@ static Py_ssize_t put_head(unsigned char *p, unsigned fix, unsigned fixmax, unsi
 
 #define DIRECT_ITEMS 16  /* the most positional arguments a direct call packs */
 
-/* A buffer to copy straight: 1 with *v filled (release it), 0 if o is not one, -1 if o is a large
-   payload (the bulk guard's: the message is not packed here). */
-static int direct_buffer(PyObject *o, Py_buffer *v) {
+/* One item of a direct message: how it is packed. */
+enum { ITEM_PACKER, ITEM_BUFFER, ITEM_SCALAR, ITEM_TEXT };
+typedef struct {
+    int kind;
+    Py_buffer view;           /* ITEM_BUFFER (released after) */
+    PyObject *packed;         /* ITEM_PACKER: the packer's bytes */
+    const char *text;         /* ITEM_TEXT: the str's UTF-8 (the str's own, cached) */
+    Py_ssize_t len;           /* ITEM_TEXT: its length */
+    unsigned char scalar[9];  /* ITEM_SCALAR: the whole encoding */
+    int slen;
+} direct_item;
+
+static void put_be(unsigned char *p, uint64_t v, int n) {
+    for (int i = n - 1; i >= 0; i--, v >>= 8) p[i] = (unsigned char)v;
+}
+
+/* An int as msgpack's Packer writes it (the smallest form; non-negative ones unsigned): its length
+   in out, or 0 if it is beyond 64 bits (the packer's, which says why). */
+static int put_int(unsigned char *out, PyObject *o) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        out[0] = 0xcf;
+        put_be(out + 1, u, 8);
+        return 9;
+    }
+    if (overflow < 0 || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u < 128) { out[0] = (unsigned char)u; return 1; }
+        if (u < 256) { out[0] = 0xcc; put_be(out + 1, u, 1); return 2; }
+        if (u < 65536) { out[0] = 0xcd; put_be(out + 1, u, 2); return 3; }
+        if (u <= 0xffffffffu) { out[0] = 0xce; put_be(out + 1, u, 4); return 5; }
+        out[0] = 0xcf; put_be(out + 1, u, 8); return 9;
+    }
+    if (v >= -32) { out[0] = (unsigned char)(0xe0 | (v + 32)); return 1; }
+    if (v >= -128) { out[0] = 0xd0; put_be(out + 1, (uint64_t)v, 1); return 2; }
+    if (v >= -32768) { out[0] = 0xd1; put_be(out + 1, (uint64_t)v, 2); return 3; }
+    if (v >= -2147483648LL) { out[0] = 0xd2; put_be(out + 1, (uint64_t)v, 4); return 5; }
+    out[0] = 0xd3; put_be(out + 1, (uint64_t)v, 8); return 9;
+}
+
+/* How item o is packed: ITEM_BUFFER with it->view filled (release it) for a bytes, bytearray or
+   C-contiguous memoryview, ITEM_SCALAR (None, a bool, an int of 64 bits, a float: encoded in
+   it->scalar) or ITEM_TEXT (a str, as UTF-8) for what is packed here as msgpack's Packer packs
+   it, ITEM_PACKER for anything else; -1 for a large payload (the bulk guard's: the message is not
+   packed here). No exception either way. */
+static int direct_kind(PyObject *o, direct_item *it) {
     Py_ssize_t n;
     if (PyBytes_CheckExact(o)) n = PyBytes_GET_SIZE(o);
     else if (PyByteArray_CheckExact(o)) n = PyByteArray_GET_SIZE(o);
     else if (Py_IS_TYPE(o, &PyMemoryView_Type)) n = PyMemoryView_GET_BUFFER(o)->len;
-    else if (PyLong_CheckExact(o) || PyUnicode_CheckExact(o) || PyFloat_CheckExact(o) || o == Py_None || PyBool_Check(o))
-        return 0;
-    else return frame_buffer_size(o) >= DIRECT_MAX ? -1 : 0;
-    if (n >= DIRECT_MAX) return -1;
-    if (n < SPLIT_MIN) return 0;
-    if (PyObject_GetBuffer(o, v, PyBUF_SIMPLE) < 0) {  /* a non-contiguous memoryview: the packer's */
-        PyErr_Clear();
-        return 0;
+    else if (o == Py_None) { it->scalar[0] = 0xc0; it->slen = 1; return ITEM_SCALAR; }
+    else if (PyBool_Check(o)) { it->scalar[0] = o == Py_True ? 0xc3 : 0xc2; it->slen = 1; return ITEM_SCALAR; }
+    else if (PyLong_CheckExact(o)) return (it->slen = put_int(it->scalar, o)) ? ITEM_SCALAR : ITEM_PACKER;
+    else if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        it->scalar[0] = 0xcb;
+        put_be(it->scalar + 1, bits, 8);
+        it->slen = 9;
+        return ITEM_SCALAR;
+    } else if (PyUnicode_CheckExact(o)) {
+        it->text = PyUnicode_AsUTF8AndSize(o, &it->len);
+        if (!it->text || it->len >= DIRECT_MAX) {  /* a lone surrogate, a long str: the packer's */
+            PyErr_Clear();
+            return ITEM_PACKER;
+        }
+        return ITEM_TEXT;
     }
-    return 1;
+    else return frame_buffer_size(o) >= DIRECT_MAX ? -1 : ITEM_PACKER;
+    if (n >= DIRECT_MAX) return -1;
+    if (PyObject_GetBuffer(o, &it->view, PyBUF_SIMPLE) < 0) {  /* a non-contiguous memoryview: the packer's */
+        PyErr_Clear();
+        return ITEM_PACKER;
+    }
+    return ITEM_BUFFER;
 }
 
 PyObject *marshal_pack_direct(Marshal *m, PyObject *obj) {
@@ -133,28 +202,31 @@ PyObject *marshal_pack_direct(Marshal *m, PyObject *obj) {
     } else {
         return NULL;
     }
-    Py_buffer views[DIRECT_ITEMS];
-    PyObject *packed[DIRECT_ITEMS];
-    int is_view[DIRECT_ITEMS];
-    Py_ssize_t i, done = 0, total = 0, direct = 0;
+    direct_item it[DIRECT_ITEMS];
+    Py_ssize_t i, done = 0, total = 0, packer_items = 0, big = 0;
     PyObject *out = NULL;
-    for (i = 0; i < count; i++) {  /* first the type checks: a message with no large buffer costs nothing more */
-        int r = direct_buffer(items[i], &views[i]);
-        if (r < 0) goto release;
-        if (r) PyBuffer_Release(&views[i]);
-        direct += r;
+    for (i = 0; i < count; i++) {  /* first the type checks: what the packer would do in one call stays its */
+        int k = direct_kind(items[i], &it[i]);
+        if (k < 0) return NULL;
+        if (k == ITEM_BUFFER) {
+            big += it[i].view.len >= SPLIT_MIN;
+            PyBuffer_Release(&it[i].view);
+        }
+        packer_items += k == ITEM_PACKER;
     }
-    if (!direct) return NULL;
+    if (packer_items && !big) return NULL;  /* the packer's in one call, as cheap and no copy more */
     for (done = 0; done < count; done++) {
-        is_view[done] = direct_buffer(items[done], &views[done]);
-        if (is_view[done] < 0) goto release;  /* (it changed meanwhile) */
-        packed[done] = NULL;
-        if (is_view[done]) {
-            total += 5 + views[done].len;
-        } else {
-            packed[done] = marshal_pack(m, items[done]);  /* (may run Python code) */
-            if (!packed[done]) { is_view[done] = 0; goto release; }
-            total += PyBytes_GET_SIZE(packed[done]);
+        it[done].kind = direct_kind(items[done], &it[done]);
+        if (it[done].kind < 0) goto release;  /* (it changed meanwhile) */
+        it[done].packed = NULL;
+        switch (it[done].kind) {
+        case ITEM_BUFFER: total += 5 + it[done].view.len; break;
+        case ITEM_SCALAR: total += it[done].slen; break;
+        case ITEM_TEXT: total += 5 + it[done].len; break;
+        default:
+            it[done].packed = marshal_pack(m, items[done]);  /* (may run Python code) */
+            if (!it[done].packed) goto release;
+            total += PyBytes_GET_SIZE(it[done].packed);
         }
     }
     Py_ssize_t mlen = 0;
@@ -180,22 +252,34 @@ PyObject *marshal_pack_direct(Marshal *m, PyObject *obj) {
         *p++ = 0;
     }
     for (i = 0; i < count; i++) {
-        if (is_view[i]) {
-            p += put_head(p, 0, 0, 0xc4, 0xc5, (size_t)views[i].len);
-            memcpy(p, views[i].buf, (size_t)views[i].len);  /* the one copy of the payload */
-            p += views[i].len;
-        } else {
-            Py_ssize_t k = PyBytes_GET_SIZE(packed[i]);
-            memcpy(p, PyBytes_AS_STRING(packed[i]), (size_t)k);
+        switch (it[i].kind) {
+        case ITEM_BUFFER:
+            p += put_head(p, 0, 0, 0xc4, 0xc5, (size_t)it[i].view.len);
+            memcpy(p, it[i].view.buf, (size_t)it[i].view.len);  /* the one copy of the payload */
+            p += it[i].view.len;
+            break;
+        case ITEM_SCALAR:
+            memcpy(p, it[i].scalar, (size_t)it[i].slen);
+            p += it[i].slen;
+            break;
+        case ITEM_TEXT:
+            p += put_head(p, 0xa0, 31, 0xd9, 0xda, (size_t)it[i].len);
+            memcpy(p, it[i].text, (size_t)it[i].len);
+            p += it[i].len;
+            break;
+        default: {
+            Py_ssize_t k = PyBytes_GET_SIZE(it[i].packed);
+            memcpy(p, PyBytes_AS_STRING(it[i].packed), (size_t)k);
             p += k;
+        }
         }
     }
     if (method) *p++ = 0x80;
     if (_PyBytes_Resize(&out, (Py_ssize_t)(p - (unsigned char *)PyBytes_AS_STRING(out))) < 0) out = NULL;
 release:
     for (i = 0; i < done; i++) {
-        if (is_view[i]) PyBuffer_Release(&views[i]);
-        else Py_XDECREF(packed[i]);
+        if (it[i].kind == ITEM_BUFFER) PyBuffer_Release(&it[i].view);
+        else if (it[i].kind == ITEM_PACKER) Py_XDECREF(it[i].packed);
     }
     if (!out && PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
     return out;
