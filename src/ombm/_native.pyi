@@ -208,6 +208,12 @@ def pack_direct(packer: Any, message: list[Any], /) -> bytes | None:
     before asking ``packer`` (a ``marshal.packer()``): the same bytes as ``marshal.encode_call`` /
     ``encode_result``, or None where they leave it to the packer (for tests)."""
 
+def unpack_plain(env: bytes, big: bytes | None = None, at: int = 0, /) -> list[Any] | None:
+    """What the RPC lanes make of a plain payload themselves (a reply ``[0, result]`` or a call
+    ``[method, [args...], {}]`` of None, bools, ints, floats, strs and bins; ``big``: the bin
+    ``frame_split`` took out at ``at``): the objects ``msgpack.unpackb`` makes, or None where the
+    lanes ask msgpack (for tests)."""
+
 CRC32C_IMPL: Final[Literal["sse4.2", "armv8-crc", "table"]]
 """Which CRC32C the checksum uses, chosen at import: ``"sse4.2"``, ``"armv8-crc"`` or ``"table"`` (also when the
 environment sets ``OMBM_CRC32C=table``)."""

@@ -423,6 +423,8 @@ static PyObject *n_pack_direct(PyObject *Py_UNUSED(self), PyObject *args) {
 static PyMethodDef call_lane_functions[] = {
     {"pack_direct", n_pack_direct, METH_VARARGS,
      "pack_direct(packer, message): the lanes' own packing of a call or reply, or None (the packer's)"},
+    {"unpack_plain", lane_unpack_plain, METH_VARARGS,
+     "unpack_plain(env, big=None, at=0): the lanes' own unpacking of a plain call or reply, or None (msgpack's)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -65,7 +65,186 @@ static PyObject *split_hook(PyObject *self, PyObject *const *args, Py_ssize_t na
 static PyMethodDef split_hook_def = {"split_hook", (PyCFunction)(void (*)(void))split_hook, METH_FASTCALL,
                                      "a large item's placeholder, else the marshal ext hook"};
 
+/* ---- plain messages, unpacked here: a reply [0, result] or a call [method, [args...], {}] whose
+   result or arguments are None, bools, ints, floats, strs and bins (what marshal_pack_direct packs
+   itself), exactly as msgpack.unpackb makes them; anything else is msgpack's. Every length is
+   checked against the private copy's end before it is used. */
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t n, pos;
+    const frame_split *s;  /* the split the bytes come from: its placeholder is its big bin */
+} plain_reader;
+
+enum { PLAIN_NOT = 0, PLAIN_ERROR = -1 };
+
+static const unsigned char *plain_take(plain_reader *r, uint64_t k) {
+    if (k > (uint64_t)(r->n - r->pos)) return NULL;
+    const unsigned char *at = r->p + r->pos;
+    r->pos += (Py_ssize_t)k;
+    return at;
+}
+
+static uint64_t plain_be(const unsigned char *p, int k) {
+    uint64_t v = 0;
+    for (int i = 0; i < k; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* A length of k big-endian bytes (k 0: `fix`), then that many bytes: where they are, or NULL. */
+static const unsigned char *plain_body(plain_reader *r, int k, uint64_t fix, uint64_t *len) {
+    const unsigned char *h = k ? plain_take(r, (uint64_t)k) : NULL;
+    if (k && !h) return NULL;
+    *len = k ? plain_be(h, k) : fix;
+    return plain_take(r, *len);
+}
+
+/* One plain item: a new reference, or NULL with *state PLAIN_NOT (not plain, or not msgpack: no
+   exception) or PLAIN_ERROR (an exception). */
+static PyObject *plain_item(plain_reader *r, int *state) {
+    *state = PLAIN_NOT;
+    const unsigned char *h = plain_take(r, 1), *at;
+    if (!h) return NULL;
+    unsigned b = h[0];
+    uint64_t len;
+    PyObject *o = NULL;
+    if (b <= 0x7f) o = PyLong_FromLong((long)b);
+    else if (b >= 0xe0) o = PyLong_FromLong((long)b - 256);
+    else if (b == 0xc0) return Py_NewRef(Py_None);
+    else if (b == 0xc2 || b == 0xc3) return Py_NewRef(b == 0xc3 ? Py_True : Py_False);
+    else if (b >= 0xcc && b <= 0xcf) {
+        int k = 1 << (b - 0xcc);
+        if (!(at = plain_take(r, (uint64_t)k))) return NULL;
+        o = PyLong_FromUnsignedLongLong(plain_be(at, k));
+    } else if (b >= 0xd0 && b <= 0xd3) {
+        int k = 1 << (b - 0xd0);
+        if (!(at = plain_take(r, (uint64_t)k))) return NULL;
+        uint64_t u = plain_be(at, k);
+        if (k < 8 && (u >> (8 * k - 1)) & 1) u |= ~(uint64_t)0 << (8 * k);  /* sign-extended */
+        o = PyLong_FromLongLong((long long)u);
+    } else if (b == 0xca || b == 0xcb) {
+        if (!(at = plain_take(r, b == 0xca ? 4 : 8))) return NULL;
+        uint64_t u = plain_be(at, b == 0xca ? 4 : 8);
+        double d;
+        if (b == 0xca) {
+            uint32_t u32 = (uint32_t)u;
+            float f;
+            memcpy(&f, &u32, 4);
+            d = f;
+        } else {
+            memcpy(&d, &u, 8);
+        }
+        o = PyFloat_FromDouble(d);
+    } else if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb)) {
+        if (!(at = plain_body(r, (b & 0xe0) == 0xa0 ? 0 : 1 << (b - 0xd9), b & 31, &len))) return NULL;
+        o = PyUnicode_DecodeUTF8((const char *)at, (Py_ssize_t)len, NULL);
+        if (!o && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {  /* msgpack's, which says so */
+            PyErr_Clear();
+            return NULL;
+        }
+    } else if (b >= 0xc4 && b <= 0xc6) {
+        if (!(at = plain_body(r, 1 << (b - 0xc4), 0, &len))) return NULL;
+        o = PyBytes_FromStringAndSize((const char *)at, (Py_ssize_t)len);
+    } else if (b == 0xd4 && r->s->big && r->s->code < 0 && r->pos - 1 == r->s->at) {  /* the placeholder of a bin */
+        if (!(at = plain_take(r, 2)) || at[0] != SPLIT_CODE || at[1] != 0) return NULL;
+        return Py_NewRef(r->s->big);
+    } else {
+        return NULL;  /* an array, a map, an ext: msgpack's */
+    }
+    if (!o) *state = PLAIN_ERROR;
+    return o;
+}
+
+/* The plain message in s (a new reference), or NULL with *state as plain_item's. */
+static PyObject *plain_message(const frame_split *s, int *state) {
+    plain_reader r = {(const unsigned char *)PyBytes_AS_STRING(s->env), PyBytes_GET_SIZE(s->env), 0, s};
+    const unsigned char *h = plain_take(&r, 1);
+    PyObject *out = NULL, *first = NULL, *args = NULL;
+    *state = PLAIN_NOT;
+    if (!h) return NULL;
+    if (h[0] == 0x92) {  /* [0, result] */
+        if (!(h = plain_take(&r, 1)) || h[0] != 0) return NULL;
+        PyObject *result = plain_item(&r, state);
+        if (!result) return NULL;
+        first = PyLong_FromLong(0);
+        out = first ? PyList_New(2) : NULL;
+        if (!out) {
+            Py_XDECREF(first);
+            Py_DECREF(result);
+            *state = PLAIN_ERROR;
+            return NULL;
+        }
+        PyList_SET_ITEM(out, 0, first);
+        PyList_SET_ITEM(out, 1, result);
+    } else if (h[0] == 0x93) {  /* [method, [args...], {}] */
+        if (!(h = plain_take(&r, 1)) || !((h[0] & 0xe0) == 0xa0 || (h[0] >= 0xd9 && h[0] <= 0xdb))) return NULL;
+        r.pos--;
+        if (!(first = plain_item(&r, state))) return NULL;
+        uint64_t count;
+        if (!(h = plain_take(&r, 1))) goto not_plain;
+        if ((h[0] & 0xf0) == 0x90) count = h[0] & 15;
+        else if (h[0] == 0xdc && (h = plain_take(&r, 2))) count = plain_be(h, 2);
+        else goto not_plain;
+        if (count > (uint64_t)(r.n - r.pos)) goto not_plain;  /* each item takes a byte at least */
+        if (!(args = PyList_New((Py_ssize_t)count))) goto error;
+        for (uint64_t i = 0; i < count; i++) {
+            PyObject *item = plain_item(&r, state);
+            if (!item) {
+                if (*state == PLAIN_ERROR) goto error;
+                goto not_plain;
+            }
+            PyList_SET_ITEM(args, (Py_ssize_t)i, item);
+        }
+        if (!(h = plain_take(&r, 1)) || h[0] != 0x80) goto not_plain;
+        PyObject *kwargs = PyDict_New();
+        out = kwargs ? PyList_New(3) : NULL;
+        if (!out) {
+            Py_XDECREF(kwargs);
+            goto error;
+        }
+        PyList_SET_ITEM(out, 0, first);
+        PyList_SET_ITEM(out, 1, args);
+        PyList_SET_ITEM(out, 2, kwargs);
+    } else {
+        return NULL;
+    }
+    if (r.pos != r.n) {  /* trailing bytes: msgpack's, which refuses them */
+        Py_DECREF(out);
+        *state = PLAIN_NOT;
+        return NULL;
+    }
+    return out;
+not_plain:
+    *state = PLAIN_NOT;
+    Py_XDECREF(first);
+    Py_XDECREF(args);
+    return NULL;
+error:
+    *state = PLAIN_ERROR;
+    Py_XDECREF(first);
+    Py_XDECREF(args);
+    return NULL;
+}
+
+PyObject *lane_unpack_plain(PyObject *Py_UNUSED(self), PyObject *args) {
+    frame_split s = {NULL, NULL, 0, -1, {0}, 0};
+    PyObject *big = Py_None;
+    if (!PyArg_ParseTuple(args, "O!|On:unpack_plain", &PyBytes_Type, &s.env, &big, &s.at)) return NULL;
+    if (big != Py_None) {
+        if (!PyBytes_CheckExact(big)) {
+            PyErr_SetString(PyExc_TypeError, "unpack_plain: big must be bytes or None");
+            return NULL;
+        }
+        s.big = big;
+    }
+    int how;
+    PyObject *plain = plain_message(&s, &how);
+    return plain || how == PLAIN_ERROR ? plain : Py_NewRef(Py_None);
+}
+
 PyObject *marshal_unpack_split(Marshal *m, const frame_split *s) {
+    int how;
+    PyObject *plain = plain_message(s, &how);
+    if (plain || how == PLAIN_ERROR) return plain;
     if (!s->big) return marshal_unpack(m, s->env);
     PyObject *code = s->code < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(s->code);
     PyObject *state = code ? PyTuple_Pack(3, s->big, m->ext_hook, code) : NULL;
