@@ -203,6 +203,10 @@ def frame_split(view: ReadableBuffer, /) -> tuple[bytes, bytes | None, int, byte
     ``env`` at ``at`` by ext ``SPLIT_CODE`` holding one zero byte; ``big`` None: ``env`` is the whole
     payload (and ``header`` empty)."""
 
+def overloaded() -> bool:
+    """Whether more tasks are runnable than the machine has CPUs, as the waits see it (read at most
+    every 2 ms; False when the waits do not know the load: ``configure(load_aware=False)``)."""
+
 def pack_direct(packer: Any, message: list[Any], /) -> bytes | None:
     """What the RPC lanes write for a call ``[method, [args...], {}]`` or a reply ``[0, result]``
     before asking ``packer`` (a ``marshal.packer()``): the same bytes as ``marshal.encode_call`` /

@@ -420,7 +420,17 @@ static PyObject *n_pack_direct(PyObject *Py_UNUSED(self), PyObject *args) {
     return packed || PyErr_Occurred() ? packed : Py_NewRef(Py_None);
 }
 
+int machine_overloaded(uint64_t now);  /* sync.c: more runnable tasks than online CPUs (a hint) */
+
+/* overloaded(): whether more tasks are runnable than the machine has CPUs, as the waits see it
+   (sync.c, read at most every 2 ms; False when the waits do not know the load) */
+static PyObject *n_overloaded(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(machine_overloaded(now_ns()));
+}
+
 static PyMethodDef call_lane_functions[] = {
+    {"overloaded", n_overloaded, METH_NOARGS,
+     "overloaded(): whether more tasks are runnable than CPUs, as the waits see it (rpc/bulk.py work_ns)"},
     {"pack_direct", n_pack_direct, METH_VARARGS,
      "pack_direct(packer, message): the lanes' own packing of a call or reply, or None (the packer's)"},
     {"unpack_plain", lane_unpack_plain, METH_VARARGS,
