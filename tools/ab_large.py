@@ -1,6 +1,6 @@
-"""A/B of two ombm builds in one sitting for large payloads: 64 KiB and 1 MiB echo calls, beside the
-32 B call and connect+disconnect (issue 13, item 4), and the 1 MiB call with views on both sides
-(``nan`` for a build without them).
+"""A/B of two ombm builds in one sitting for payloads: null, 32 B, 1 KiB, 64 KiB and 1 MiB echo calls and
+connect+disconnect (issue 13, item 4), and the 1 MiB call with views on both sides (``nan`` for a
+build without them).
 
 As ``tools/ab.py``: each build is a Python interpreter with its own ombm (a venv per commit, or a
 wrapper script setting PYTHONPATH to a worktree's ``src``); the two run alternately, ``--rounds``
@@ -51,11 +51,11 @@ def back_to_back(sizes, batch=3000, batches=5):
 def main():
     quick = rpc.Plan.make(True)
     plan = dataclasses.replace(quick, warmup=200, connects=100, ombm_calls={
-        **quick.ombm_calls, "null": 200, "32 B": 20000, "1 KiB": 200, "64 KiB": 2000, "1 MiB": 200})
+        **quick.ombm_calls, "null": 20000, "32 B": 20000, "1 KiB": 20000, "64 KiB": 2000, "1 MiB": 200})
     found = rpc.ombm_calls("ombm", (0, 1), plan, True)
     calls = found["calls"]
     out = {}
-    for size in ("32 B", "64 KiB", "1 MiB"):
+    for size in ("null", "32 B", "1 KiB", "64 KiB", "1 MiB"):
         out[f"{size} call"] = calls[size].median_us
     out["connect+disconnect"] = found["connect"]["connect+disconnect"].median_us
     # views (issue 13: Server(views=True), connect(views=True)): nan for a build without them

@@ -208,9 +208,26 @@ def frame_split(view: ReadableBuffer, /) -> tuple[bytes, bytes | None, int, byte
     ``env`` at ``at`` by ext ``SPLIT_CODE`` holding one zero byte; ``big`` None: ``env`` is the whole
     payload (and ``header`` empty)."""
 
-CRC32C_IMPL: Final[Literal["sse4.2", "armv8-crc", "table"]]
-"""Which CRC32C the checksum uses, chosen at import: ``"sse4.2"``, ``"armv8-crc"`` or ``"table"`` (also when the
-environment sets ``OMBM_CRC32C=table``)."""
+def overloaded() -> bool:
+    """Whether more tasks are runnable than the machine has CPUs, as the waits see it (read at most
+    every 2 ms; False when the waits do not know the load: ``configure(load_aware=False)``)."""
+
+def pack_direct(packer: Any, message: list[Any], /) -> bytes | None:
+    """What the RPC lanes write for a call ``[method, [args...], {}]`` or a reply ``[0, result]``
+    before asking ``packer`` (a ``marshal.packer()``): the same bytes as ``marshal.encode_call`` /
+    ``encode_result``, or None where they leave it to the packer (for tests)."""
+
+def unpack_plain(env: bytes, big: bytes | None = None, at: int = 0, /) -> list[Any] | None:
+    """What the RPC lanes make of a plain payload themselves (a reply ``[0, result]`` or a call
+    ``[method, [args...], {}]`` of None, bools, ints, floats, strs and bins; ``big``: the bin
+    ``frame_split`` took out at ``at``): the objects ``msgpack.unpackb`` makes, or None where the
+    lanes ask msgpack (for tests)."""
+
+CRC32C_IMPL: Final[Literal["sse4.2+vpclmul", "sse4.2+pclmul", "sse4.2", "armv8-crc", "table"]]
+"""Which CRC32C the checksum uses, chosen at import: on x86-64 the crc32 instruction, with runs of 1 KiB and more
+folded by carry-less multiplies where the CPU has them (``"sse4.2+vpclmul"``: 256-bit, ``"sse4.2+pclmul"``:
+128-bit; ``"sse4.2"``: none), ``"armv8-crc"`` or ``"table"``. The environment can force a lesser one:
+``OMBM_CRC32C=table``, ``=sse4.2`` (no multiplies) or ``=pclmul`` (no 256-bit ones)."""
 
 def checksum(buffer: ReadableBuffer, crc: int = 0, /) -> int:
     """The CRC32C (Castagnoli, RFC 3720) of a buffer, continued from ``crc``: the CRC of what came before it,

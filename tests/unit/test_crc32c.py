@@ -95,8 +95,9 @@ def cpu_flags() -> set[str]:
 
 def test_the_hardware_instruction_is_used_where_there_is_one():
     flags, machine = cpu_flags(), platform.machine()
-    if machine == "x86_64" and "sse4_2" in flags:
-        expected = "sse4.2"
+    if machine == "x86_64" and "sse4_2" in flags:  # long runs folded by carry-less multiplies where there are
+        expected = ("sse4.2+vpclmul" if {"pclmulqdq", "avx2", "vpclmulqdq"} <= flags else
+                    "sse4.2+pclmul" if "pclmulqdq" in flags else "sse4.2")
     elif machine == "aarch64" and "crc32" in flags:
         expected = "armv8-crc"
     else:
@@ -104,6 +105,31 @@ def test_the_hardware_instruction_is_used_where_there_is_one():
     if os.environ.get("OMBM_CRC32C") == "table":
         expected = "table"
     assert _native.CRC32C_IMPL == expected
+
+
+@pytest.mark.parametrize("forced", ["sse4.2", "pclmul"])
+def test_each_x86_implementation_agrees_with_the_table_when_forced(procs, forced):
+    """OMBM_CRC32C=sse4.2 (the crc32 instruction alone) and =pclmul (no 256-bit multiplies): the same
+    CRCs as the table around every block and threshold size, copied and continued."""
+    if platform.machine() != "x86_64" or "sse4_2" not in cpu_flags():
+        pytest.skip("no SSE4.2 here")
+    code = """
+import os
+from ombm import _native
+print(_native.CRC32C_IMPL)
+for n in [*range(0, 300), 511, 512, 767, 768, 1023, 1024, 1025, 1039, 1040, 1151, 1152, 1153, 4096, 65537]:
+    data = os.urandom(n)
+    for start in (0, 0x89ABCDEF):
+        assert _native.checksum(data, start) == _native.checksum_table(data, start), (n, start)
+    out = bytearray(n)
+    assert _native.copy_checksum(out, data) == _native.checksum_table(data) and out == data, n
+print("agree")
+"""
+    run = procs.python(code, env={"OMBM_CRC32C": forced})
+    assert run.returncode == 0, run.stderr
+    impl, verdict = run.stdout.split()
+    assert verdict == "agree"
+    assert impl in ("sse4.2", "sse4.2+pclmul") and (forced == "pclmul" or impl == "sse4.2")
 
 
 def test_the_table_runs_every_frame_path_when_forced(procs):

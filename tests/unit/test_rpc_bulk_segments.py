@@ -9,6 +9,7 @@ import struct
 import msgpack
 import pytest
 
+import ombm
 from ombm import _native
 from ombm.errors import MessageTooLargeError, UnmarshalError
 from ombm.rpc import bulk, marshal
@@ -336,3 +337,23 @@ def test_the_expected_work_on_bulk_data_grows_with_its_bytes(pair):
     small, large = bulk.work_ns(bulk.BULK_MIN), bulk.work_ns(8 * bulk.BULK_MIN)
     assert 0 < small < large
     assert bulk.work_ns(0) == 0
+
+
+def test_the_expected_work_allows_half_as_much_on_an_overloaded_machine(pair, monkeypatch):
+    """Where CPUs are free each of the peer's copies is allowed four times an in-cache copy, while
+    more tasks are runnable than CPUs twice (``_native.overloaded``, the waits' own reading)."""
+    monkeypatch.setattr(bulk, "_overloaded", lambda: True)
+    loaded = bulk.work_ns(8 * bulk.BULK_MIN)
+    monkeypatch.setattr(bulk, "_overloaded", lambda: False)
+    free = bulk.work_ns(8 * bulk.BULK_MIN)
+    assert 0 < loaded and abs(free - 2 * loaded) <= 1
+
+
+def test_the_machine_is_never_overloaded_for_waits_that_do_not_know_the_load():
+    before = ombm.settings().load_aware
+    assert isinstance(_native.overloaded(), bool)
+    ombm.configure(load_aware=False)
+    try:
+        assert _native.overloaded() is False
+    finally:
+        ombm.configure(load_aware=before)

@@ -407,7 +407,38 @@ static PyTypeObject CallLaneType = {
     .tp_getset = CallLane_getset,
 };
 
+/* pack_direct(packer, message): what both lanes write for a call or a reply before asking the packer
+   (lane.h marshal_pack_direct), or None if they leave it to the packer; for the tests that hold it
+   to marshal.encode_call and encode_result byte for byte. */
+static PyObject *n_pack_direct(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *packer, *message;
+    if (!PyArg_ParseTuple(args, "OO:pack_direct", &packer, &message)) return NULL;
+    Marshal m = {0};
+    if (marshal_init(&m, packer, Py_None, Py_None) < 0) return NULL;
+    PyObject *packed = marshal_pack_direct(&m, message);
+    marshal_clear(&m);
+    return packed || PyErr_Occurred() ? packed : Py_NewRef(Py_None);
+}
+
+int machine_overloaded(uint64_t now);  /* sync.c: more runnable tasks than online CPUs (a hint) */
+
+/* overloaded(): whether more tasks are runnable than the machine has CPUs, as the waits see it
+   (sync.c, read at most every 2 ms; False when the waits do not know the load) */
+static PyObject *n_overloaded(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
+    return PyBool_FromLong(machine_overloaded(now_ns()));
+}
+
+static PyMethodDef call_lane_functions[] = {
+    {"overloaded", n_overloaded, METH_NOARGS,
+     "overloaded(): whether more tasks are runnable than CPUs, as the waits see it (rpc/bulk.py work_ns)"},
+    {"pack_direct", n_pack_direct, METH_VARARGS,
+     "pack_direct(packer, message): the lanes' own packing of a call or reply, or None (the packer's)"},
+    {"unpack_plain", lane_unpack_plain, METH_VARARGS,
+     "unpack_plain(env, big=None, at=0): the lanes' own unpacking of a plain call or reply, or None (msgpack's)"},
+    {NULL, NULL, 0, NULL},
+};
+
 int native_add_call_lane(PyObject *module) {
     if (record_ready(&CallResultType, call_result_fields) < 0) return -1;
-    return native_add(module, NULL, (PyTypeObject *const[]){&CallResultType, &CallLaneType, NULL});
+    return native_add(module, call_lane_functions, (PyTypeObject *const[]){&CallResultType, &CallLaneType, NULL});
 }

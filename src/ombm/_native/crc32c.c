@@ -82,6 +82,8 @@ uint32_t crc32c_table_copy(unsigned char *dst, const unsigned char *src, size_t 
 /* ---------------------------------------------------------------- x86-64: SSE4.2 */
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#include <immintrin.h>
+#include <wmmintrin.h>
 #define HAVE_SSE42 1
 
 /* The crc32 instruction takes 3 cycles and can start one each cycle: three independent CRCs over
@@ -149,6 +151,131 @@ static int sse42_present(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("sse4.2");
 }
+
+/* Long runs fold with carry-less multiplies (PCLMULQDQ; Intel, "Fast CRC Computation for Generic
+   Polynomials Using PCLMULQDQ", 2009, its bit-reflected form): four 128-bit accumulators take 64
+   bytes a round, each folded 512 bits on by one multiply per half, then folded into one, 128 bits
+   at a time, and that one reduced by two crc32 instructions from a zero register (for 16 bytes X
+   they compute X * x^32 mod P, the register the bytes folded so far leave). The crc32 instruction
+   takes 8 bytes a cycle at most, and so did the three streams above; folds with 256-bit multiplies
+   (below) take more. Measured here, a copy with its CRC in cache: 64 KiB 3.4 us with the three
+   streams, 2.5 with 128-bit folds, 2.15 with 256-bit ones (memcpy: 1.5); 1 MiB 59, 47, 47 (memcpy
+   35); 256 B to 1 KiB about 10 % faster too. The constants, x^n mod P bit-reflected and shifted by
+   one, are computed at init. Runs below PCLMUL_MIN bytes keep the three crc32 streams. */
+#define PCLMUL_MIN 256
+static uint64_t fold_k1, fold_k2, fold_k3, fold_k4;  /* n = 4*128 + 32, 4*128 - 32, 128 + 32, 128 - 32 */
+
+static uint64_t fold_constant(int n) {
+    uint64_t r = 1;  /* x^n mod P, P = x^32 + 0x1EDC6F41 (not reflected) */
+    for (int i = 0; i < n; i++) {
+        r <<= 1;
+        if (r >> 32 & 1) r ^= 0x11EDC6F41ull;
+    }
+    uint64_t reflected = 0;
+    for (int i = 0; i < 32; i++)
+        if (r >> i & 1) reflected |= 1ull << (31 - i);
+    return reflected << 1;
+}
+
+__attribute__((target("sse4.2,pclmul"), always_inline)) static inline __m128i
+fold128(__m128i acc, __m128i k) {
+    return _mm_xor_si128(_mm_clmulepi64_si128(acc, k, 0x00), _mm_clmulepi64_si128(acc, k, 0x11));
+}
+
+__attribute__((target("sse4.2,pclmul"), always_inline)) static inline __m128i
+load_block(unsigned char *dst, const unsigned char *src, size_t i, const int copy) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(src + i));
+    if (copy) _mm_storeu_si128((__m128i *)(dst + i), v);
+    return v;
+}
+
+/* n >= 64 (PCLMUL_MIN): the 16-byte blocks by folding, then the rest as sse42_run's tail */
+__attribute__((target("sse4.2,pclmul"), always_inline)) static inline uint32_t
+pclmul_run(unsigned char *dst, const unsigned char *src, size_t n, uint32_t crc, const int copy) {
+    const __m128i k12 = _mm_set_epi64x((long long)fold_k2, (long long)fold_k1);
+    const __m128i k34 = _mm_set_epi64x((long long)fold_k4, (long long)fold_k3);
+    __m128i a0 = _mm_xor_si128(load_block(dst, src, 0, copy), _mm_cvtsi32_si128((int)~crc));
+    __m128i a1 = load_block(dst, src, 16, copy), a2 = load_block(dst, src, 32, copy), a3 = load_block(dst, src, 48, copy);
+    size_t i = 64;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm_xor_si128(fold128(a0, k12), load_block(dst, src, i, copy));
+        a1 = _mm_xor_si128(fold128(a1, k12), load_block(dst, src, i + 16, copy));
+        a2 = _mm_xor_si128(fold128(a2, k12), load_block(dst, src, i + 32, copy));
+        a3 = _mm_xor_si128(fold128(a3, k12), load_block(dst, src, i + 48, copy));
+    }
+    __m128i x = _mm_xor_si128(fold128(a0, k34), a1);
+    x = _mm_xor_si128(fold128(x, k34), a2);
+    x = _mm_xor_si128(fold128(x, k34), a3);
+    for (; i + 16 <= n; i += 16) x = _mm_xor_si128(fold128(x, k34), load_block(dst, src, i, copy));
+    uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(x));
+    c = _mm_crc32_u64(c, (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(x, x)));
+    CRC_WORDS_THEN_BYTES(c, _mm_crc32_u64, _mm_crc32_u8);
+}
+
+/* The same with 256-bit multiplies (VPCLMULQDQ on AVX2 registers: two 128-bit folds an instruction):
+   four accumulators of 32 bytes take 128 bytes a round, folded 1024 bits on; then into one, 256
+   bits at a time; its two halves into one 128-bit accumulator; then as pclmul_run. n >= 128
+   (PCLMUL_MIN). */
+static uint64_t fold_k5, fold_k6, fold_k7, fold_k8;  /* n = 1024 + 32, 1024 - 32, 256 + 32, 256 - 32 */
+
+__attribute__((target("sse4.2,pclmul,avx2,vpclmulqdq"), always_inline)) static inline __m256i
+fold256(__m256i acc, __m256i k) {
+    return _mm256_xor_si256(_mm256_clmulepi64_epi128(acc, k, 0x00), _mm256_clmulepi64_epi128(acc, k, 0x11));
+}
+
+__attribute__((target("sse4.2,pclmul,avx2,vpclmulqdq"), always_inline)) static inline __m256i
+load_wide(unsigned char *dst, const unsigned char *src, size_t i, const int copy) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(src + i));
+    if (copy) _mm256_storeu_si256((__m256i *)(dst + i), v);
+    return v;
+}
+
+__attribute__((target("sse4.2,pclmul,avx2,vpclmulqdq"), always_inline)) static inline uint32_t
+vpclmul_run(unsigned char *dst, const unsigned char *src, size_t n, uint32_t crc, const int copy) {
+    const __m256i k56 = _mm256_set_epi64x((long long)fold_k6, (long long)fold_k5, (long long)fold_k6, (long long)fold_k5);
+    const __m256i k78 = _mm256_set_epi64x((long long)fold_k8, (long long)fold_k7, (long long)fold_k8, (long long)fold_k7);
+    const __m128i k34 = _mm_set_epi64x((long long)fold_k4, (long long)fold_k3);
+    __m256i a0 = _mm256_xor_si256(load_wide(dst, src, 0, copy), _mm256_zextsi128_si256(_mm_cvtsi32_si128((int)~crc)));
+    __m256i a1 = load_wide(dst, src, 32, copy), a2 = load_wide(dst, src, 64, copy), a3 = load_wide(dst, src, 96, copy);
+    size_t i = 128;
+    for (; i + 128 <= n; i += 128) {
+        a0 = _mm256_xor_si256(fold256(a0, k56), load_wide(dst, src, i, copy));
+        a1 = _mm256_xor_si256(fold256(a1, k56), load_wide(dst, src, i + 32, copy));
+        a2 = _mm256_xor_si256(fold256(a2, k56), load_wide(dst, src, i + 64, copy));
+        a3 = _mm256_xor_si256(fold256(a3, k56), load_wide(dst, src, i + 96, copy));
+    }
+    __m256i y = _mm256_xor_si256(fold256(a0, k78), a1);
+    y = _mm256_xor_si256(fold256(y, k78), a2);
+    y = _mm256_xor_si256(fold256(y, k78), a3);
+    __m128i x = _mm_xor_si128(fold128(_mm256_castsi256_si128(y), k34), _mm256_extracti128_si256(y, 1));
+    for (; i + 16 <= n; i += 16) x = _mm_xor_si128(fold128(x, k34), load_block(dst, src, i, copy));
+    uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(x));
+    c = _mm_crc32_u64(c, (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(x, x)));
+    CRC_WORDS_THEN_BYTES(c, _mm_crc32_u64, _mm_crc32_u8);
+}
+
+__attribute__((target("sse4.2,pclmul,avx2,vpclmulqdq"))) static uint32_t vpclmul_copy(unsigned char *dst,
+                                                                                    const unsigned char *src, size_t n,
+                                                                                    uint32_t crc) {
+    if (n < PCLMUL_MIN) return sse42_copy(dst, src, n, crc);
+    return dst ? vpclmul_run(dst, src, n, crc, 1) : vpclmul_run(NULL, src, n, crc, 0);
+}
+
+static int vpclmul_present(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("vpclmulqdq");
+}
+
+__attribute__((target("sse4.2,pclmul"))) static uint32_t pclmul_copy(unsigned char *dst, const unsigned char *src,
+                                                                     size_t n, uint32_t crc) {
+    if (n < PCLMUL_MIN) return sse42_copy(dst, src, n, crc);
+    return dst ? pclmul_run(dst, src, n, crc, 1) : pclmul_run(NULL, src, n, crc, 0);
+}
+
+static int pclmul_present(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("pclmul");
+}
 #endif
 
 /* ---------------------------------------------------------------- aarch64: the CRC extension */
@@ -188,6 +315,22 @@ const char *crc32c_init(void) {
         shift_init(shift_long, LONG_BLOCK);
         shift_init(shift_short, SHORT_BLOCK);
         crc32c_copy = sse42_copy;
+        if (!(forced && strcmp(forced, "sse4.2") == 0) && pclmul_present()) {
+            fold_k1 = fold_constant(4 * 128 + 32);
+            fold_k2 = fold_constant(4 * 128 - 32);
+            fold_k3 = fold_constant(128 + 32);
+            fold_k4 = fold_constant(128 - 32);
+            crc32c_copy = pclmul_copy;
+            if (!(forced && strcmp(forced, "pclmul") == 0) && vpclmul_present()) {
+                fold_k5 = fold_constant(1024 + 32);
+                fold_k6 = fold_constant(1024 - 32);
+                fold_k7 = fold_constant(256 + 32);
+                fold_k8 = fold_constant(256 - 32);
+                crc32c_copy = vpclmul_copy;
+                return "sse4.2+vpclmul";
+            }
+            return "sse4.2+pclmul";
+        }
         return "sse4.2";
     }
 #endif

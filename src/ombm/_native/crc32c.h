@@ -11,8 +11,10 @@
  * like zlib's crc32(data, value).
  *
  * One implementation is chosen once, at module init (crc32c_init): the SSE4.2 crc32 instruction
- * on x86-64, the CRC extension of ARMv8 on aarch64, else a portable table (slice-by-8). The
- * environment variable OMBM_CRC32C=table forces the table (to test it through every path).
+ * on x86-64 (runs of PCLMUL_MIN bytes and more folded by carry-less multiplies where the CPU has
+ * them: VPCLMULQDQ on AVX2 registers, else PCLMULQDQ), the CRC extension of ARMv8 on aarch64,
+ * else a portable table (slice-by-8). The environment variable OMBM_CRC32C=table forces the table
+ * (to test it through every path), =sse4.2 the crc32 instruction alone, =pclmul no 256-bit folds.
  */
 #ifndef OMBM_CRC32C_H
 #define OMBM_CRC32C_H
@@ -20,7 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Choose the implementation and build the tables; its name: "sse4.2", "armv8-crc" or "table". */
+/* Choose the implementation and build the tables; its name: "sse4.2+vpclmul", "sse4.2+pclmul",
+   "sse4.2", "armv8-crc" or "table". */
 const char *crc32c_init(void);
 
 /* The CRC32C of src[0:n] continued from crc (0 to start one), copying src to dst (unless NULL)

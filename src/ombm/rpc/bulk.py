@@ -80,6 +80,7 @@ _SPAN = struct.Struct("<QQ")  # seq, length
 _COUNT = struct.Struct("<Q")
 _span_put, _span_take, _span_view = _native.span_put, _native.span_take, _native.span_view
 _pack_descriptor, _unpack_descriptor = DESCRIPTOR.pack, DESCRIPTOR.unpack
+_overloaded = _native.overloaded
 
 
 def create(name: str) -> _segment.Segment:
@@ -241,11 +242,17 @@ _PROBE = 1 << 18  # bytes copied to measure it
 def work_ns(nbytes: int) -> int:
     """How long a peer may work on ``nbytes`` of bulk data just handed to it before it answers, in
     ns: its copy out of the span and the copy of an answer as large into its own, each allowed
-    twice what a copy with the checksum takes in this process (measured once per process, cache
-    hot; a copy of what another CPU wrote is slower). A waiter spins this much beyond its policy's
-    budget, as the peer is known to be busy with our data, and does not count that time as the
-    policy's miss (the spin policy learns from waits on an idle peer, not from copies)."""
-    return nbytes * _copy_ps // 250
+    four times what a copy with the checksum takes in this process (measured once per process,
+    cache hot): those copies read what the other CPU wrote, or write lines it holds, and measured
+    2.3-2.9 times slower than a copy in cache (tools/copy_budget.py; with twice, a 1 MiB echo's
+    waiters outwaited their spins and slept, each wake-up a kernel round trip: 520-560 µs a call
+    instead of 365-395, docs/benchmarks.md). While more tasks are runnable than CPUs
+    (``_native.overloaded``) each copy is allowed twice only, as before: there the longer spin
+    bought nothing measurable and takes a CPU others wait for. A waiter spins this much beyond
+    its policy's budget, as the peer is known to be busy with our data, and does not count that
+    time as the policy's miss (the spin policy learns from waits on an idle peer, not from
+    copies)."""
+    return nbytes * _copy_ps // (250 if _overloaded() else 125)
 
 
 def _measure_copy() -> None:
