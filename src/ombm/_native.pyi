@@ -166,11 +166,14 @@ def fifo_wait_dispatch(
     spin_ns: int,
     timeout_s: float,
     sleep_ok: bool = True,
+    learn_ns: int | None = None,
     /,
-) -> tuple[int, int, int] | int:
+) -> tuple[int, int, int] | int | float:
     """Wait, pop and run the handlers of ``table`` (segment id -> (lo, hi, base, fn, handle) entries)
     whose range covers the signal's offset: ``(handlers run, segment id, waited_ns)``, or
-    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed)."""
+    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed). With
+    ``learn_ns``, a wait that ran a handler (or took a nudge) within ``learn_ns`` returns only the
+    time left (``timeout_s`` less the time waited, a float >= 0)."""
 
 def dispatch_counters() -> tuple[int, int]:
     """``(handler calls, unhandled signals)`` of :func:`fifo_wait_dispatch` in this process."""

@@ -366,18 +366,25 @@ static Py_ssize_t dispatch_signal(PyObject *table, uint64_t seg, uint64_t off) {
     return ran;
 }
 
-/* fifo_wait_dispatch(fifo, table, spin_ns, timeout_s, sleep_ok=True) -> (handlers run, segment id,
-   waited_ns) or WAIT_*: fifo_wait_pop, then the handlers of the signal it took (dispatch_signal),
-   in one call: sig_wait's per-signal path (core/signals.py) without a return to Python between
-   the wake-up and the handler. */
+/* fifo_wait_dispatch(fifo, table, spin_ns, timeout_s, sleep_ok=True, learn_ns=None) -> (handlers run,
+   segment id, waited_ns) or WAIT_*: fifo_wait_pop, then the handlers of the signal it took
+   (dispatch_signal), in one call: sig_wait's per-signal path (core/signals.py) without a return to
+   Python between the wake-up and the handler. With learn_ns (as Receiver.wait_policy's: a wait that
+   took no longer teaches the spin policy nothing), a wait that ran a handler (or took a nudge) within
+   learn_ns returns only the time left, timeout_s less the time waited (a float, >= 0): sig_wait's
+   whole common case in one call, with nothing for Python to compute (issue 13, one CPU). */
 static PyObject *n_fifo_wait_dispatch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
     FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
-    if (nargs < 4 || nargs > 5 || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "expected (fifo, table: dict, spin_ns, timeout_s[, sleep_ok])");
+    if (nargs < 4 || nargs > 6 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "expected (fifo, table: dict, spin_ns, timeout_s[, sleep_ok[, learn_ns]])");
         return NULL;
     }
-    if (!(m = as_fifo(args[0])) || parse_wait_policy(args + 2, nargs - 2, &spin_ns, &timeout_s, &sleep_ok) < 0)
+    if (!(m = as_fifo(args[0])) || parse_wait_policy(args + 2, nargs == 6 ? 3 : nargs - 2, &spin_ns, &timeout_s,
+                                                     &sleep_ok) < 0)
         return NULL;
+    uint64_t learn_ns = 0;
+    int quiet = nargs == 6 && args[5] != Py_None;  /* return the time left when nothing is to learn */
+    if (quiet && (learn_ns = PyLong_AsUnsignedLongLong(args[5])) == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     int r = wait_signal(m, spin_ns, timeout_s, sleep_ok, &waited);
     if (r < 0) return NULL;
     uint64_t seg = 0, off = 0;
@@ -386,6 +393,10 @@ static PyObject *n_fifo_wait_dispatch(PyObject *Py_UNUSED(self), PyObject *const
     Py_ssize_t ran = dispatch_signal(args[1], seg, off);
     if (ran < 0) return NULL;
     if (!ran && seg != NUDGE_SEGMENT) dispatch_unhandled++;
+    else if (quiet && waited <= learn_ns) {
+        double left = timeout_s - (double)waited * 1e-9;
+        return PyFloat_FromDouble(left > 0 ? left : 0.0);
+    }
     return Py_BuildValue("(nKK)", ran, (unsigned long long)seg, (unsigned long long)waited);
 }
 
