@@ -127,6 +127,12 @@ class Receiver:
         self._lock = threading.Lock()
         self._fifo_map = self.fifo.fifo_map
         self._misses = 0  # consecutive waits that outlasted the spin cap
+        # a memory receiver's wait is native in its common case (issue 13: on one CPU, the Python
+        # around each wait cost about as much as the hand-over); the methods below are its other paths
+        self._sig_wait = None if self.kernel else _native.SigWait(
+            self._fifo_map, self._table, self.fifo, self, Receiver.wait, Receiver._wait_on)
+        if self._sig_wait is not None:
+            self.wait = self._sig_wait.wait  # type: ignore[method-assign]
         self._adopt(s)
 
     # -- registration
@@ -215,16 +221,21 @@ class Receiver:
 
     def _miss(self) -> None:
         self._misses += 1
-        if self._misses >= 8:
+        if self._misses < 8:
+            self._set_budget(self._budget)  # (the budget stays; what a wait must report changes)
+        else:
             self._set_budget(self._cap if self._misses % 64 == 0 else min(self._cap, 2000))
 
     def _set_budget(self, budget_ns: int) -> None:
         """Set the spin budget, and the arguments of :meth:`wait`'s native call that follow from
-        the policy: its spin, whether it may sleep, and ``learn_ns`` (:meth:`wait_policy`'s)."""
+        the policy: its spin, whether it may sleep, and the longest wait it need not learn from."""
         self._budget = budget_ns
         self._spin_ns = budget_ns if self._adaptive else 0
         self._may_sleep = self._adaptive or self._sleep_ok
-        self._learn_ns = (0 if self._misses else self._cap) if self._adaptive else _NEVER_LEARNS
+        # None: every wait teaches (after a miss, a wait within the cap resets the misses)
+        self._learn_ns = (None if self._misses else self._cap) if self._adaptive else _NEVER_LEARNS
+        if self._sig_wait is not None:
+            self._sig_wait.policy(self._settings, self._spin_ns, self._may_sleep, self._learn_ns)
 
     def pop_wait(self, timeout: float) -> tuple[int, int] | None:
         """Take the next signal, waiting (spin, then sleep) up to ``timeout`` seconds: its
@@ -279,7 +290,8 @@ class Receiver:
         """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.
 
         The time left is the timeout less the time spent waiting (handlers' own
-        run time is not charged)."""
+        run time is not charged). A memory receiver's ``wait`` is ``_native.SigWait.wait``, which
+        does the same natively in the common case and calls this method for the others."""
         if type(timeout) is not float or not timeout >= 0:
             timeout = _check_timeout(timeout)
         if self.fifo._closed:  # nothing can signal a closed receiver: the wait would never end
