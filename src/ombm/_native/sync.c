@@ -209,6 +209,16 @@ static inline int peer_runs_here(const FifoMap *peer, int cpu) {
     return cpu >= 0 && (s & 0xffu) == RECEIVER_RUNNING && s >> 8 == (uint32_t)cpu + 1;
 }
 
+/* Whether the thread this waiter waits for shares `cpu`, this thread's CPU, so that it runs only
+   when this thread stops: its last signal came from this CPU (FIFO_PEER_CPU of the waiter's FIFO
+   `m`), or `peer`, the peer's own FIFO if known, reads running here. Hints a peer may forge: the
+   worst is a yield where a poll would do. */
+static inline int peer_shares_cpu(const FifoMap *m, const FifoMap *peer, int cpu) {
+    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
+    return atomic_load_explicit(&load_aware, memory_order_relaxed) && cpu >= 0 &&
+           (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
+}
+
 /* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
 static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
     int flag = PyObject_IsTrue(arg);
@@ -246,10 +256,8 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
     int cpu = sched_getcpu();
-    /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
-    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
     int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
-    int shared = aware && cpu >= 0 && (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
+    int shared = peer_shares_cpu(m, peer, cpu);  /* the peer runs only when this thread yields */
     int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
     /* following: under load, the peer runs on another CPU (working for this waiter, and able to
        run): spin the whole learnt budget while that lasts, whatever the losses */
@@ -335,13 +343,44 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     return spin_then_sleep_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
 }
 
+/* ---- the hand-over on one CPU (issue 13, item 3)
+
+   When the peer shares this CPU (peer_shares_cpu), a wait that may spin first hands the CPU over:
+   one sched_yield, which runs the peer at once (it is runnable: it yields, or has work), and the
+   wait ends there if the peer's signal came meanwhile, two context switches a round trip as with a
+   pipe, and one system call a side where a pipe makes two. In a process whose only Python thread
+   is this one, that yield keeps the GIL: no other thread can want it (a Python thread is started
+   by a thread that holds the GIL; one that a C library attaches meanwhile waits one yield, as it
+   would wait out a switch interval), and releasing and retaking it right after a context switch,
+   with the spin's set-up, cost about 0.15 µs a side, a sixth of such a round trip (docs/design.md,
+   *One CPU*). If the signal has not come, the wait goes on as below, the GIL released. */
+static int alone_in_process(void) {
+    PyInterpreterState *interp = PyInterpreterState_Head();
+    if (!interp || PyInterpreterState_Next(interp)) return 0;
+    PyThreadState *head = PyInterpreterState_ThreadHead(interp);
+    return head && !PyThreadState_Next(head);
+}
+
+/* The hand-over above, with the GIL: whether the signal came (*waited_ns then the time it took). */
+static int hand_over(const FifoMap *m, const FifoMap *peer, uint64_t *waited_ns) {
+    if (!peer_shares_cpu(m, peer, sched_getcpu()) || !alone_in_process()) return 0;
+    uint64_t start = now_ns();
+    sched_yield();
+    if (!fifo_ready(m)) return 0;
+    *waited_ns = now_ns() - start;
+    return 1;
+}
+
 /* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
    handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait.
-   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. */
+   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. With the peer on
+   this CPU, the wait begins with the hand-over above. */
 int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
                     uint64_t *waited_ns) {
     *waited_ns = 0;
+    if (fifo_ready(m)) return WAIT_READY;
+    if ((spin_ns || !sleep_ok) && timeout_s > 0 && hand_over(m, peer, waited_ns)) return WAIT_READY;
     for (;;) {
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
            signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
