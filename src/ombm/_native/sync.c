@@ -353,7 +353,8 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
    by a thread that holds the GIL; one that a C library attaches meanwhile waits one yield, as it
    would wait out a switch interval), and releasing and retaking it right after a context switch,
    with the spin's set-up, cost about 0.15 µs a side, a sixth of such a round trip (docs/design.md,
-   *One CPU*). If the signal has not come, the wait goes on as below, the GIL released. */
+   *One CPU*); with other threads, the yield releases the GIL. If the signal has not come, the wait
+   goes on as below, the GIL released. */
 static int alone_in_process(void) {
     PyInterpreterState *interp = PyInterpreterState_Head();
     if (!interp || PyInterpreterState_Next(interp)) return 0;
@@ -361,12 +362,23 @@ static int alone_in_process(void) {
     return head && !PyThreadState_Next(head);
 }
 
-/* The hand-over above, with the GIL: whether the signal came (*waited_ns then the time it took). */
+/* The hand-over above, called with the GIL: whether the signal came (*waited_ns then the time it
+   took). With other threads in the process it releases the GIL around the yield, and still skips
+   the spin's set-up. */
 static int hand_over(const FifoMap *m, const FifoMap *peer, uint64_t *waited_ns) {
-    if (!peer_shares_cpu(m, peer, sched_getcpu()) || !alone_in_process()) return 0;
+    if (!peer_shares_cpu(m, peer, sched_getcpu())) return 0;
     uint64_t start = now_ns();
-    sched_yield();
-    if (!fifo_ready(m)) return 0;
+    int ready;
+    if (alone_in_process()) {
+        sched_yield();
+        ready = fifo_ready(m);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        ready = fifo_ready(m);
+        Py_END_ALLOW_THREADS
+    }
+    if (!ready) return 0;
     *waited_ns = now_ns() - start;
     return 1;
 }
