@@ -130,6 +130,20 @@ def test_a_signal_sent_by_a_posix_signal_handler_during_the_sleep_ends_the_wait_
 # -- the native wait (``_native.SigWait``): its common case, and the paths it leaves to Python
 
 
+def test_with_learn_ns_a_handled_signal_returns_only_the_time_left(rx, region):
+    got = []
+    handle = rx.add_handler(region.address, 64, got.append)
+    fifo, table, seg_id = rx.fifo.fifo_map, rx._table, handle.region.segment.id
+    _native.fifo_push(fifo, seg_id, 0)
+    left = _native.fifo_wait_dispatch(fifo, table, 0, 5.0, True, 10**9)
+    assert type(left) is float and 4.0 < left <= 5.0
+    _native.fifo_push(fifo, seg_id, 0)
+    assert _native.fifo_wait_dispatch(fifo, table, 0, 5.0, True, None)[:2] == (1, seg_id)  # None: learn
+    _native.fifo_push(fifo, seg_id, 200)  # no handler there: the caller must hear of it
+    assert _native.fifo_wait_dispatch(fifo, table, 0, 5.0, True, 10**9)[:2] == (0, seg_id)
+    assert got == [region.address, region.address]
+
+
 def test_the_time_left_counts_from_the_whole_timeout_beyond_the_waits_hour(rx, region):
     rx.add_handler(region.address, 64, lambda a: None)
     region.write(0, b"x" * 64)
