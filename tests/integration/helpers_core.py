@@ -269,3 +269,14 @@ def echo_pings(conn, name, cpu, settings):
             raise TimeoutError(f"no stop after {answered[0]} pings")
         ombm.sig_wait(0.05)
     conn.send(("result", {"answered": answered[0]}))
+
+
+@child
+def burn_cpu(conn, cpu):
+    """Run on CPU ``cpu`` without a pause (a CPU-bound third task) until the parent sends "stop"."""
+    os.sched_setaffinity(0, {cpu})
+    conn.send(("ready", None))
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while time.monotonic() < deadline and not conn.poll(0):
+        for _ in range(10_000):
+            pass

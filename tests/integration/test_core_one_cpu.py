@@ -1,7 +1,8 @@
 """Both sides on one CPU (issue 13, item 3): a wait whose peer shares its CPU hands the CPU over
-with one yield, keeping the GIL if its thread is the process's only one (``_native/sync.c``,
-*the hand-over on one CPU*). Every signal must still arrive, and a hint a peer forged (that it
-runs on the waiter's CPU when it does not) may cost a yield, never a signal. The children are
+with one yield, keeping the GIL if its thread is the process's only one, and sleeps on the futex
+instead while a third task crowds the CPU (``_native/sync.c``, *the hand-over on one CPU*). Every
+signal must still arrive, and a hint a peer forged (that it runs on the waiter's CPU when it does
+not) may cost a yield, never a signal. The children are
 spawned (single-threaded, as the hand-over that keeps the GIL needs), daemonic, joined under a
 timeout; the timeouts are liveness bounds, never performance claims.
 """
@@ -72,6 +73,21 @@ def test_a_ping_pong_on_one_cpu_answers_every_ping(procs, seg, pinned_to, wait):
         assert ping_pong(procs, seg, cpu, settings={"wait": wait}) == (PINGS, PINGS)
     finally:
         ombm.configure(wait=previous)
+
+
+def test_a_ping_pong_beside_a_cpu_bound_task_on_its_cpu_answers_every_ping(procs, seg, pinned_to):
+    """A third task shares the CPU: the hand-overs find it crowded and the waits sleep on the futex
+    instead (``handover_crowded``), woken by each push; every ping is still answered."""
+    cpu = min(os.sched_getaffinity(0))
+    pinned_to(cpu)
+    burner_end, child_end = procs.pipe("spawn")
+    burner = procs.spawn(h.burn_cpu, child_end, cpu)
+    h.expect(burner_end, "ready")
+    try:
+        assert ping_pong(procs, seg, cpu) == (PINGS, PINGS)
+    finally:
+        burner_end.send("stop")
+        assert h.join(burner) == 0
 
 
 def test_a_forged_same_cpu_hint_costs_no_signal(procs, seg, pinned_to):
