@@ -366,7 +366,8 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
    would wait out a switch interval), and releasing and retaking it right after a context switch,
    with the spin's set-up, cost about 0.15 µs a side, a sixth of such a round trip (docs/design.md,
    *One CPU*); with other threads, the yield releases the GIL. If the signal has not come, the wait
-   goes on as below, the GIL released. */
+   goes on as below, the GIL released. While a third task crowds the CPU (handover_crowded, above)
+   it sleeps on the futex instead, but for a probe every HANDOVER_PROBE-th wait. */
 static int alone_in_process(void) {
     PyInterpreterState *interp = PyInterpreterState_Head();
     if (!interp || PyInterpreterState_Next(interp)) return 0;
@@ -406,12 +407,13 @@ static int hand_over(const FifoMap *m, const FifoMap *peer, uint64_t *waited_ns)
 int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
                     uint64_t *waited_ns) {
     *waited_ns = 0;
-    if (fifo_ready(m)) return WAIT_READY;
-    if ((spin_ns || !sleep_ok) && timeout_s > 0 && hand_over(m, peer, waited_ns)) return WAIT_READY;
+    int first = (spin_ns || !sleep_ok) && timeout_s > 0;  /* the hand-over: once, if the wait may spin */
     for (;;) {
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
            signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
         if (fifo_ready(m)) return WAIT_READY;
+        if (first && hand_over(m, peer, waited_ns)) return WAIT_READY;
+        first = 0;
         uint64_t w = 0;
         int r;
         Py_BEGIN_ALLOW_THREADS
