@@ -227,7 +227,7 @@ static inline int peer_shares_cpu(const FifoMap *m, const FifoMap *peer, int cpu
    ping-pong, round trips took 28-35 µs instead of 2.4). Every HANDOVER_PROBE-th wait hands over
    again, and learns anew. */
 #define HANDOVER_CROWDED_NS 50000ull
-#define HANDOVER_PROBE 32
+#define HANDOVER_PROBE 8
 static _Thread_local unsigned handover_crowded = 0, handover_waits = 0;
 
 /* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
