@@ -171,11 +171,39 @@ def fifo_wait_dispatch(
     spin_ns: int,
     timeout_s: float,
     sleep_ok: bool = True,
+    learn_ns: int | None = None,
     /,
-) -> tuple[int, int, int] | int:
+) -> tuple[int, int, int] | int | float:
     """Wait, pop and run the handlers of ``table`` (segment id -> (lo, hi, base, fn, handle) entries)
     whose range covers the signal's offset: ``(handlers run, segment id, waited_ns)``, or
-    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed)."""
+    WAIT_TIMEOUT / WAIT_STALLED. A handler's exception propagates (the signal consumed). With
+    ``learn_ns``, a wait that ran a handler (or took a nudge) within ``learn_ns`` returns only the
+    time left (``timeout_s`` less the time waited, a float >= 0)."""
+
+@final
+class SigWait:
+    """A memory receiver's native ``wait`` (``core/signals.py``): the common case of
+    :meth:`Receiver.wait <ombm.Receiver.wait>` in one call (a float timeout, the FIFO open, the
+    policy's settings current, a handler ran with nothing to learn); the rest goes to ``wait(receiver,
+    *args)`` and, after a first native wait that returned ``r``, ``wait_on(receiver, timeout, left, r)``.
+    The receiver is held weakly."""
+
+    def __init__(
+        self,
+        fifo: FifoMap,
+        table: dict[int, tuple[tuple[int, int, int, Callable[[int], object], Any], ...]],
+        owner: Any,
+        receiver: Any,
+        wait: Callable[..., float],
+        wait_on: Callable[..., float],
+        /,
+    ) -> None: ...
+    def wait(self, timeout: float | None = None) -> float:
+        """``SigWait(t)``: run the handlers of the next signal, waiting up to ``timeout``; the time left."""
+
+    def policy(self, settings: object, spin_ns: int, sleep_ok: bool, learn_ns: int | None, /) -> None:
+        """The receiver's spin policy, set from ``settings`` (a wait defers to Python once they changed);
+        ``learn_ns`` None: every wait returns to Python to be learnt from."""
 
 def dispatch_counters() -> tuple[int, int]:
     """``(handler calls, unhandled signals)`` of :func:`fifo_wait_dispatch` in this process."""

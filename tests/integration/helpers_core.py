@@ -244,3 +244,39 @@ def use_and_leave(conn, name, how):
 
 def current_fifo_path() -> str:
     return current_receiver().fifo.path
+
+
+@child
+def echo_pings(conn, name, cpu, settings):
+    """On CPU ``cpu``, single-threaded: answer each signal on line 0 with a write completing line 1
+    (the core benchmark's echo), until the parent sends "stop"; report how many it answered."""
+    os.sched_setaffinity(0, {cpu})
+    if settings:
+        ombm.configure(**settings)
+    seg = ombm.open_segment(name)
+    region = seg.bind()
+    answered = [0]
+
+    def on_ping(address):
+        answered[0] += 1
+        region.write(64 + 32, b"r" * 32)
+
+    handle = ombm.signal_handler(region.address, 64, on_ping)
+    conn.send(("ready", _info(region, handle)))
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while not conn.poll(0):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no stop after {answered[0]} pings")
+        ombm.sig_wait(0.05)
+    conn.send(("result", {"answered": answered[0]}))
+
+
+@child
+def burn_cpu(conn, cpu):
+    """Run on CPU ``cpu`` without a pause (a CPU-bound third task) until the parent sends "stop"."""
+    os.sched_setaffinity(0, {cpu})
+    conn.send(("ready", None))
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while time.monotonic() < deadline and not conn.poll(0):
+        for _ in range(10_000):
+            pass

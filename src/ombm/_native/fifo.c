@@ -366,28 +366,204 @@ static Py_ssize_t dispatch_signal(PyObject *table, uint64_t seg, uint64_t off) {
     return ran;
 }
 
-/* fifo_wait_dispatch(fifo, table, spin_ns, timeout_s, sleep_ok=True) -> (handlers run, segment id,
-   waited_ns) or WAIT_*: fifo_wait_pop, then the handlers of the signal it took (dispatch_signal),
-   in one call: sig_wait's per-signal path (core/signals.py) without a return to Python between
-   the wake-up and the handler. */
-static PyObject *n_fifo_wait_dispatch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    FifoMap *m; uint64_t spin_ns, waited; double timeout_s; int sleep_ok;
-    if (nargs < 4 || nargs > 5 || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "expected (fifo, table: dict, spin_ns, timeout_s[, sleep_ok])");
-        return NULL;
-    }
-    if (!(m = as_fifo(args[0])) || parse_wait_policy(args + 2, nargs - 2, &spin_ns, &timeout_s, &sleep_ok) < 0)
-        return NULL;
+/* sig_wait's per-signal path (core/signals.py): wait, take, and run the handlers of the signal
+   taken (dispatch_signal) in one call, without a return to Python between the wake-up and the
+   handler: (handlers run, segment id, waited_ns) or WAIT_*. With `quiet`, a wait that ran a handler
+   (or took a nudge) within learn_ns (as Receiver.wait_policy's: a wait that took no longer teaches
+   the spin policy nothing) returns only the time left: timeout_s less the time waited (>= 0), plus
+   `beyond` (a caller's timeout past the wait's), a float. */
+static PyObject *wait_dispatch(const FifoMap *m, PyObject *table, uint64_t spin_ns, double timeout_s, int sleep_ok,
+                               int quiet, uint64_t learn_ns, double beyond) {
+    uint64_t waited, seg = 0, off = 0;
     int r = wait_signal(m, spin_ns, timeout_s, sleep_ok, &waited);
     if (r < 0) return NULL;
-    uint64_t seg = 0, off = 0;
     if (r != WAIT_READY) return PyLong_FromLong(r);
     if (!fifo_take(m, &seg, &off)) return PyLong_FromLong(WAIT_TIMEOUT);
-    Py_ssize_t ran = dispatch_signal(args[1], seg, off);
+    Py_ssize_t ran = dispatch_signal(table, seg, off);
     if (ran < 0) return NULL;
     if (!ran && seg != NUDGE_SEGMENT) dispatch_unhandled++;
+    else if (quiet && waited <= learn_ns) {
+        double left = timeout_s - (double)waited * 1e-9;
+        return PyFloat_FromDouble((left > 0 ? left : 0.0) + beyond);
+    }
     return Py_BuildValue("(nKK)", ran, (unsigned long long)seg, (unsigned long long)waited);
 }
+
+/* fifo_wait_dispatch(fifo, table, spin_ns, timeout_s, sleep_ok=True, learn_ns=None) -> (handlers run,
+   segment id, waited_ns) or WAIT_*, or with learn_ns the time left when there is nothing to learn
+   (wait_dispatch). */
+static PyObject *n_fifo_wait_dispatch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    FifoMap *m; uint64_t spin_ns; double timeout_s; int sleep_ok;
+    if (nargs < 4 || nargs > 6 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "expected (fifo, table: dict, spin_ns, timeout_s[, sleep_ok[, learn_ns]])");
+        return NULL;
+    }
+    if (!(m = as_fifo(args[0])) || parse_wait_policy(args + 2, nargs == 6 ? 3 : nargs - 2, &spin_ns, &timeout_s,
+                                                     &sleep_ok) < 0)
+        return NULL;
+    uint64_t learn_ns = 0;
+    int quiet = nargs == 6 && args[5] != Py_None;
+    if (quiet && (learn_ns = PyLong_AsUnsignedLongLong(args[5])) == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    return wait_dispatch(m, args[1], spin_ns, timeout_s, sleep_ok, quiet, learn_ns, 0.0);
+}
+
+/* ---------------------------------------------------------------- SigWait: Receiver.wait's common case
+
+   A receiver's `wait`, native: SigWait(fifo_map, table, fifo, wait, wait_on). A memory receiver
+   (core/signals.py) shadows its method `wait` with this object's `wait`, which takes the common
+   case itself: one float timeout >= 0, the FIFO open, the settings the policy was set from
+   current, and a wait that ran a handler with nothing for the spin policy to learn (issue 13: on
+   one CPU each side's Python around the wait cost about as much as the hand-over). Everything else
+   goes to the Python methods it was given, unbound (`wait(receiver, *args)`, the method itself, and
+   `wait_on(receiver, timeout, left, r)`, after a first native wait that returned r); the receiver
+   is held weakly (no cycle: a receiver dropped unclosed still warns at once). */
+typedef struct {
+    PyObject_HEAD
+    FifoMap *fifo;         /* the receiver's memory FIFO */
+    PyObject *table;       /* its handler table (a dict, changed in place by the receiver) */
+    PyObject *owner;       /* its core.fifo.Fifo: closed when `_closed` is not False */
+    PyObject *receiver;    /* a weak reference to the receiver */
+    PyObject *wait, *wait_on;  /* the Python paths (functions, unbound) */
+    PyObject *settings;    /* the settings object the policy below came from (None: not yet set) */
+    uint64_t spin_ns, learn_ns;
+    int sleep_ok, quiet;   /* quiet: learn_ns is set (not None) */
+} SigWait;
+
+static PyObject *config_settings = NULL;  /* ombm.core.config's module dict, looked up once */
+static PyObject *closed_name = NULL, *settings_name = NULL;
+
+static int SigWait_init(SigWait *w, PyObject *args, PyObject *Py_UNUSED(kw)) {
+    PyObject *fifo, *table, *owner, *receiver, *wait, *wait_on;
+    if (!PyArg_ParseTuple(args, "O!O!OOOO", &FifoMapType, &fifo, &PyDict_Type, &table, &owner, &receiver, &wait,
+                          &wait_on))
+        return -1;
+    if (!closed_name && !(closed_name = PyUnicode_InternFromString("_closed"))) return -1;
+    if (!settings_name && !(settings_name = PyUnicode_InternFromString("SETTINGS"))) return -1;
+    if (!config_settings) {
+        PyObject *config = PyImport_ImportModule("ombm.core.config");
+        if (!config) return -1;
+        config_settings = Py_NewRef(PyModule_GetDict(config));
+        Py_DECREF(config);
+    }
+    PyObject *ref = PyWeakref_NewRef(receiver, NULL);
+    if (!ref) return -1;
+    Py_XSETREF(w->receiver, ref);
+    Py_XSETREF(w->fifo, (FifoMap *)Py_NewRef(fifo));
+    Py_XSETREF(w->table, Py_NewRef(table));
+    Py_XSETREF(w->owner, Py_NewRef(owner));
+    Py_XSETREF(w->wait, Py_NewRef(wait));
+    Py_XSETREF(w->wait_on, Py_NewRef(wait_on));
+    Py_XSETREF(w->settings, Py_NewRef(Py_None));
+    return 0;
+}
+
+/* The table's handlers may refer to their receiver's owner (an RPC client, say), which refers to
+   the receiver and so to this object: the collector must see these references to free the cycle. */
+static int SigWait_traverse(SigWait *w, visitproc visit, void *arg) {
+    Py_VISIT(w->fifo); Py_VISIT(w->table); Py_VISIT(w->owner); Py_VISIT(w->receiver);
+    Py_VISIT(w->wait); Py_VISIT(w->wait_on); Py_VISIT(w->settings);
+    return 0;
+}
+
+static int SigWait_clear(SigWait *w) {
+    Py_CLEAR(w->fifo); Py_CLEAR(w->table); Py_CLEAR(w->owner); Py_CLEAR(w->receiver);
+    Py_CLEAR(w->wait); Py_CLEAR(w->wait_on); Py_CLEAR(w->settings);
+    return 0;
+}
+
+static void SigWait_dealloc(SigWait *w) {
+    PyObject_GC_UnTrack(w);
+    SigWait_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+/* policy(settings, spin_ns, sleep_ok, learn_ns): the receiver's spin policy, set from `settings`
+   (learn_ns None: every wait goes back to Python to be learnt from). */
+static PyObject *SigWait_policy(SigWait *w, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "policy(settings, spin_ns, sleep_ok, learn_ns)");
+        return NULL;
+    }
+    uint64_t spin_ns = PyLong_AsUnsignedLongLong(args[1]);
+    if (spin_ns == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    int sleep_ok = PyObject_IsTrue(args[2]);
+    if (sleep_ok < 0) return NULL;
+    int quiet = args[3] != Py_None;
+    uint64_t learn_ns = quiet ? PyLong_AsUnsignedLongLong(args[3]) : 0;
+    if (learn_ns == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    Py_XSETREF(w->settings, Py_NewRef(args[0]));
+    w->spin_ns = spin_ns, w->sleep_ok = sleep_ok, w->learn_ns = learn_ns, w->quiet = quiet;
+    Py_RETURN_NONE;
+}
+
+/* Call `fn(receiver, *args)`: a Python path of the receiver (ReferenceError if it is gone). */
+static PyObject *SigWait_defer(SigWait *w, PyObject *fn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *receiver = w->receiver ? PyWeakref_GetObject(w->receiver) : Py_None;  /* borrowed */
+    if (receiver == Py_None || !fn) {
+        PyErr_SetString(PyExc_ReferenceError, "the receiver of this wait is gone");
+        return NULL;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[8];
+    if (nargs + nkw > 7) {
+        PyErr_SetString(PyExc_TypeError, "wait() takes one argument, the timeout");
+        return NULL;
+    }
+    stack[0] = receiver;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+    Py_INCREF(receiver);
+    PyObject *r = PyObject_Vectorcall(fn, stack, (size_t)(nargs + 1), kwnames);
+    Py_DECREF(receiver);
+    return r;
+}
+
+/* wait(timeout=None) -> the time left: Receiver.wait (see above). */
+static PyObject *SigWait_wait(SigWait *w, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || kwnames || !PyFloat_CheckExact(args[0]) || !w->owner)  /* (no owner: not set, or cleared) */
+        return SigWait_defer(w, w->wait, args, nargs, kwnames);
+    double timeout = PyFloat_AS_DOUBLE(args[0]);
+    PyObject *closed = PyObject_GetAttr(w->owner, closed_name);
+    if (!closed) return NULL;
+    Py_DECREF(closed);  /* only its identity is compared */
+    if (!(timeout >= 0) || closed != Py_False || PyDict_GetItemWithError(config_settings, settings_name) != w->settings)
+        return PyErr_Occurred() ? NULL : SigWait_defer(w, w->wait, args, nargs, NULL);
+    double left = timeout < 3600.0 ? timeout : 3600.0;
+    FifoMap *fifo = (FifoMap *)Py_NewRef(w->fifo);  /* ours through the wait, whatever happens to w */
+    PyObject *table = Py_NewRef(w->table);
+    PyObject *r = wait_dispatch(fifo, table, w->spin_ns, left, w->sleep_ok, w->quiet, w->learn_ns, timeout - left);
+    Py_DECREF(fifo);
+    Py_DECREF(table);
+    if (!r || PyFloat_CheckExact(r)) return r;
+    PyObject *left_obj = PyFloat_FromDouble(left);
+    PyObject *more = NULL;
+    if (left_obj) more = SigWait_defer(w, w->wait_on, (PyObject *[]){args[0], left_obj, r}, 3, NULL);
+    Py_XDECREF(left_obj);
+    Py_DECREF(r);
+    return more;
+}
+
+static PyMethodDef SigWait_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))SigWait_wait, METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None) -> the time left: the receiver's sig_wait"},
+    {"policy", (PyCFunction)(void (*)(void))SigWait_policy, METH_FASTCALL,
+     "policy(settings, spin_ns, sleep_ok, learn_ns): the spin policy, set from settings"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SigWaitType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.SigWait",
+    .tp_basicsize = sizeof(SigWait),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "SigWait(fifo_map, table, fifo, receiver, wait, wait_on): a receiver's native wait",
+    .tp_traverse = (traverseproc)SigWait_traverse,
+    .tp_clear = (inquiry)SigWait_clear,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SigWait_init,
+    .tp_dealloc = (destructor)SigWait_dealloc,
+    .tp_methods = SigWait_methods,
+};
 
 /* dispatch_counters() -> (delivered, unhandled): fifo_wait_dispatch's share of ombm.stats(). */
 static PyObject *n_dispatch_counters(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored)) {
@@ -433,5 +609,5 @@ int native_add_fifo(PyObject *module) {
         PyErr_SetString(PyExc_OSError, "ombm._native: pthread_atfork failed");
         return -1;
     }
-    return native_add(module, fifo_functions, (PyTypeObject *const[]){&FifoMapType, NULL});
+    return native_add(module, fifo_functions, (PyTypeObject *const[]){&FifoMapType, &SigWaitType, NULL});
 }

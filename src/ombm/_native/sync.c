@@ -209,6 +209,27 @@ static inline int peer_runs_here(const FifoMap *peer, int cpu) {
     return cpu >= 0 && (s & 0xffu) == RECEIVER_RUNNING && s >> 8 == (uint32_t)cpu + 1;
 }
 
+/* Whether the thread this waiter waits for shares `cpu`, this thread's CPU, so that it runs only
+   when this thread stops: its last signal came from this CPU (FIFO_PEER_CPU of the waiter's FIFO
+   `m`), or `peer`, the peer's own FIFO if known, reads running here. Hints a peer may forge: the
+   worst is a yield where a poll would do. */
+static inline int peer_shares_cpu(const FifoMap *m, const FifoMap *peer, int cpu) {
+    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
+    return atomic_load_explicit(&load_aware, memory_order_relaxed) && cpu >= 0 &&
+           (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
+}
+
+/* Whether this thread's last hand-over (below, hand_over) found its CPU crowded: its yield took
+   longer than HANDOVER_CROWDED_NS, so a third task ran there (or the peer's turn is that long). Then
+   a wait whose peer shares the CPU neither hands over nor yields in its spin: it sleeps on the futex
+   at once and is woken by the peer's push, as a pipe's reader is, which the scheduler runs before
+   the third task (a yield gives that task its turn: with a CPU-bound task beside a one-CPU
+   ping-pong, round trips took 28-35 µs instead of 2.4). Every HANDOVER_PROBE-th wait hands over
+   again, and learns anew. */
+#define HANDOVER_CROWDED_NS 50000ull
+#define HANDOVER_PROBE 8
+static _Thread_local unsigned handover_crowded = 0, handover_waits = 0;
+
 /* set_load_aware(flag): whether waits use the hints above (ombm.configure(load_aware=...)). */
 static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
     int flag = PyObject_IsTrue(arg);
@@ -246,10 +267,8 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     uint64_t start = now_ns();
     uint64_t deadline = start + (uint64_t)(timeout_s * 1e9);
     int cpu = sched_getcpu();
-    /* the peer on this CPU: it runs only when this thread yields (a hint a peer may have forged) */
-    uint32_t last = atomic_load_explicit(A32(m->base + FIFO_PEER_CPU), memory_order_relaxed);
     int aware = atomic_load_explicit(&load_aware, memory_order_relaxed);
-    int shared = aware && cpu >= 0 && (last == (uint32_t)cpu + 1 || (peer && peer_runs_here(peer, cpu)));
+    int shared = peer_shares_cpu(m, peer, cpu);  /* the peer runs only when this thread yields */
     int loaded = aware && sleep_ok && spin_ns && machine_overloaded(start);
     /* following: under load, the peer runs on another CPU (working for this waiter, and able to
        run): spin the whole learnt budget while that lasts, whatever the losses */
@@ -259,6 +278,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
         if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
         else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
     }
+    if (shared && handover_crowded) spin_ns = 0;  /* a third task shares the CPU: sleep (hand_over) */
     uint64_t spin_end = start + spin_ns;
     if (spin_end > deadline || !sleep_ok) spin_end = deadline;
     if (spin_end > start) {
@@ -335,17 +355,65 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
     return spin_then_sleep_for(m, NULL, spin_ns, timeout_s, sleep_ok, waited_ns);
 }
 
+/* ---- the hand-over on one CPU (issue 13, item 3)
+
+   When the peer shares this CPU (peer_shares_cpu), a wait that may spin first hands the CPU over:
+   one sched_yield, which runs the peer at once (it is runnable: it yields, or has work), and the
+   wait ends there if the peer's signal came meanwhile, two context switches a round trip as with a
+   pipe, and one system call a side where a pipe makes two. In a process whose only Python thread
+   is this one, that yield keeps the GIL: no other thread can want it (a Python thread is started
+   by a thread that holds the GIL; one that a C library attaches meanwhile waits one yield, as it
+   would wait out a switch interval), and releasing and retaking it right after a context switch,
+   with the spin's set-up, cost about 0.15 µs a side, a sixth of such a round trip (docs/design.md,
+   *One CPU*); with other threads, the yield releases the GIL. If the signal has not come, the wait
+   goes on as below, the GIL released. While a third task crowds the CPU (handover_crowded, above)
+   it sleeps on the futex instead, but for a probe every HANDOVER_PROBE-th wait. */
+static int alone_in_process(void) {
+    PyInterpreterState *interp = PyInterpreterState_Head();
+    if (!interp || PyInterpreterState_Next(interp)) return 0;
+    PyThreadState *head = PyInterpreterState_ThreadHead(interp);
+    return head && !PyThreadState_Next(head);
+}
+
+/* The hand-over above, called with the GIL: whether the signal came (*waited_ns then the time it
+   took). With other threads in the process it releases the GIL around the yield, and still skips
+   the spin's set-up. */
+static int hand_over(const FifoMap *m, const FifoMap *peer, uint64_t *waited_ns) {
+    if (!peer_shares_cpu(m, peer, sched_getcpu())) return 0;
+    if (handover_crowded && ++handover_waits % HANDOVER_PROBE) return 0;  /* the futex, as a pipe would */
+    uint64_t start = now_ns();
+    int ready;
+    if (alone_in_process()) {
+        sched_yield();
+        ready = fifo_ready(m);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        ready = fifo_ready(m);
+        Py_END_ALLOW_THREADS
+    }
+    uint64_t took = now_ns() - start;
+    handover_crowded = took > HANDOVER_CROWDED_NS;
+    if (!ready) return 0;
+    *waited_ns = took;
+    return 1;
+}
+
 /* Wait (GIL released) until FIFO f has an entry or timeout_s passed: WAIT_READY, WAIT_TIMEOUT or
    WAIT_STALLED, with *waited_ns the time spent; -1 with an exception if a POSIX signal's Python
    handler raised (e.g. KeyboardInterrupt). A signal whose handler returns resumes the wait.
-   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. */
+   `peer`: as spin_then_sleep_for's (NULL: none known); the caller keeps it alive. With the peer on
+   this CPU, the wait begins with the hand-over above. */
 int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
                     uint64_t *waited_ns) {
     *waited_ns = 0;
+    int first = (spin_ns || !sleep_ok) && timeout_s > 0;  /* the hand-over: once, if the wait may spin */
     for (;;) {
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
            signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
         if (fifo_ready(m)) return WAIT_READY;
+        if (first && hand_over(m, peer, waited_ns)) return WAIT_READY;
+        first = 0;
         uint64_t w = 0;
         int r;
         Py_BEGIN_ALLOW_THREADS

@@ -127,6 +127,12 @@ class Receiver:
         self._lock = threading.Lock()
         self._fifo_map = self.fifo.fifo_map
         self._misses = 0  # consecutive waits that outlasted the spin cap
+        # a memory receiver's wait is native in its common case (issue 13: on one CPU, the Python
+        # around each wait cost about as much as the hand-over); the methods below are its other paths
+        self._sig_wait = None if self.kernel else _native.SigWait(
+            self._fifo_map, self._table, self.fifo, self, Receiver.wait, Receiver._wait_on)
+        if self._sig_wait is not None:
+            self.wait = self._sig_wait.wait  # type: ignore[method-assign]
         self._adopt(s)
 
     # -- registration
@@ -211,12 +217,25 @@ class Receiver:
         self._adaptive = settings_now.wait == "adaptive"
         self._sleep_ok = settings_now.wait == "sleep"  # "spin" never sleeps
         self._cap = int(settings_now.spin_us * 1000)
-        self._budget = self._cap if self._misses < 8 else min(self._cap, 2000)
+        self._set_budget(self._cap if self._misses < 8 else min(self._cap, 2000))
 
     def _miss(self) -> None:
         self._misses += 1
-        if self._misses >= 8:
-            self._budget = self._cap if self._misses % 64 == 0 else min(self._cap, 2000)
+        if self._misses < 8:
+            self._set_budget(self._budget)  # (the budget stays; what a wait must report changes)
+        else:
+            self._set_budget(self._cap if self._misses % 64 == 0 else min(self._cap, 2000))
+
+    def _set_budget(self, budget_ns: int) -> None:
+        """Set the spin budget, and the arguments of :meth:`wait`'s native call that follow from
+        the policy: its spin, whether it may sleep, and the longest wait it need not learn from."""
+        self._budget = budget_ns
+        self._spin_ns = budget_ns if self._adaptive else 0
+        self._may_sleep = self._adaptive or self._sleep_ok
+        # None: every wait teaches (after a miss, a wait within the cap resets the misses)
+        self._learn_ns = (None if self._misses else self._cap) if self._adaptive else _NEVER_LEARNS
+        if self._sig_wait is not None:
+            self._sig_wait.policy(self._settings, self._spin_ns, self._may_sleep, self._learn_ns)
 
     def pop_wait(self, timeout: float) -> tuple[int, int] | None:
         """Take the next signal, waiting (spin, then sleep) up to ``timeout`` seconds: its
@@ -258,7 +277,8 @@ class Receiver:
             if waited_ns > self._cap:
                 self._miss()
             elif self._misses:
-                self._misses, self._budget = 0, self._cap
+                self._misses = 0
+                self._set_budget(self._cap)
 
     def dispatch(self, segment_id: int, offset: int) -> int:
         """Run the handlers of one signal taken by :meth:`pop_wait`; how many ran."""
@@ -270,44 +290,47 @@ class Receiver:
         """``SigWait``: returns once a handler ran (time left) or after ``timeout`` with 0.0.
 
         The time left is the timeout less the time spent waiting (handlers' own
-        run time is not charged)."""
+        run time is not charged). A memory receiver's ``wait`` is ``_native.SigWait.wait``, which
+        does the same natively in the common case and calls this method for the others."""
         if type(timeout) is not float or not timeout >= 0:
             timeout = _check_timeout(timeout)
         if self.fifo._closed:  # nothing can signal a closed receiver: the wait would never end
             raise ClosedError("receiver is closed")
         if self.kernel:
             return self._wait_kernel(timeout)
-        fifo_map, table = self._fifo_map, self._table
+        if _config.SETTINGS is not self._settings:
+            self._adopt(_config.SETTINGS)
+        # wait, take, run the handlers and count the time left in one native call: after a wake-up
+        # (on one CPU, a context switch) the handler runs without a return to Python and back, and
+        # the common case returns straight to the caller (issue 13)
+        left = timeout if timeout < 3600.0 else 3600.0
+        r = _wait_dispatch(self._fifo_map, self._table, self._spin_ns, left, self._may_sleep, self._learn_ns)
+        if type(r) is float:  # a handler ran and the spin policy has nothing to learn
+            return r + (timeout - left)
+        return self._wait_on(timeout, left, r)
+
+    def _wait_on(self, timeout: float, left: float, r: tuple[int, int, int] | int | float) -> float:
+        """:meth:`wait` after its first native call returned ``r`` (a wait of ``left`` seconds):
+        learn from it, and wait on until a handler ran or ``timeout`` passed."""
         spent = 0.0
         while True:
-            left = timeout - spent if timeout - spent < 3600.0 else 3600.0
-            settings_now = _config.SETTINGS
-            if settings_now is not self._settings:
-                self._adopt(settings_now)
-            # wait, take and run the handlers in one native call: after a wake-up (on one CPU, a
-            # context switch) the handler runs without a return to Python and back (issue 13)
-            if self._adaptive:
-                r = _wait_dispatch(fifo_map, table, self._budget, left)
-            else:
-                r = _wait_dispatch(fifo_map, table, 0, left, self._sleep_ok)
             if type(r) is tuple:
                 ran, segment_id, waited = r
                 spent += waited * 1e-9
-                if self._adaptive:  # self.waited(waited), inlined: sig_wait's per-signal path
-                    if waited > self._cap:
-                        self._miss()
-                    elif self._misses:
-                        self._misses, self._budget = 0, self._cap
+                self.waited(waited)
                 if ran or segment_id == _NUDGE:  # a nudge ends the wait early
                     return timeout - spent if spent < timeout else 0.0
-                continue
-            if r == _STALLED:
+            elif r == _STALLED:
                 spent += 0.01
                 self.fifo.retire_stalled()
-                continue
-            spent += left
-            if spent >= timeout:
-                return 0.0
+            else:
+                spent += left
+                if spent >= timeout:
+                    return 0.0
+            left = timeout - spent if timeout - spent < 3600.0 else 3600.0
+            if _config.SETTINGS is not self._settings:
+                self._adopt(_config.SETTINGS)
+            r = _wait_dispatch(self._fifo_map, self._table, self._spin_ns, left, self._may_sleep)
 
     def dispatch_before(self, deadline: float, clock: Callable[[], float]) -> tuple[bool, float]:
         """One step of a wait until ``deadline`` on ``clock``: run the pending handlers. ``(True, time
