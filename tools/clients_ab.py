@@ -73,6 +73,7 @@ def main():
         else:
             cell = load.synchronous_load(load._Ombm, n, plan)
         out[f"{n}"] = cell.rate
+        out[f"{n}: CPU us/call"] = cell.cpu_us
     print(json.dumps(out))
 
 if __name__ == "__main__":
