@@ -4,11 +4,12 @@ again, fifo.h's fifo_wake). A count, not a speed: it moves little with the machi
 For each build (``name=interpreter``: an interpreter, or a wrapper script that sets PYTHONPATH to a
 worktree's ``src``), in turn, a fresh process runs ``ombm bench load``'s cells: one client with
 ``--depth`` calls outstanding (``call_async``; client on CPU 0, server on CPU 1) and ``--clients``
-synchronous client processes (nothing pinned), each for ``--duration`` s, while ``perf stat -a``
-counts the system's shared-futex FUTEX_WAKE calls (``syscalls:sys_enter_futex`` with ``op == 1``:
-ombm's futexes are shared, most other programs' private) and FUTEX_WAIT calls (``op == 0``). Printed:
-per build and cell, the calls made and the wakes and waits per call (the cell's warm-up and
-connection included: small beside the window). Needs root (perf, tracepoints).
+synchronous client processes (nothing pinned), each for ``--duration`` s, each cell a process run under
+``perf stat``, which counts the shared-futex FUTEX_WAKE calls (``syscalls:sys_enter_futex`` with ``op == 1``:
+ombm's futexes are shared) and FUTEX_WAIT calls (``op == 0``) of the cell's own process tree (perf
+follows the cell's children: the server and the clients; no other program of the machine counts).
+Printed: per build and cell, the calls made and the wakes and waits per call (the cell's start-up,
+warm-up and connections included: small beside the window). Needs root (perf, tracepoints).
 
     python3 tools/wake_count.py 2 main=/tmp/py-a branch=/tmp/py-b --depth 32 --clients 16
 """
@@ -21,35 +22,35 @@ import statistics
 import subprocess
 import sys
 
-ONE_RUN = r"""
-import json, subprocess, sys
+ONE_CELL = r"""
+import json, sys
 from ombm.cli.bench import load
 
-def counted(run):
-    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-a", "-e", "syscalls:sys_enter_futex", "--filter", "op == 1",
-                             "-e", "syscalls:sys_enter_futex", "--filter", "op == 0"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        cell = run()
-    finally:
-        perf.send_signal(2)
-    counts = [int(line.split(",")[0]) for line in perf.communicate(timeout=60)[1].splitlines()
-              if line.split(",")[0].strip().isdigit()]
-    return cell.calls, counts
-
 def main():
-    depth, clients, duration = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    out = {}
-    calls, (wakes, waits) = counted(lambda: load.pipelined(load._Ombm, load.Plan((1,), (depth,), duration, 20))[depth])
-    out[f"{depth} outstanding"] = (calls, wakes / calls, waits / calls)
-    calls, (wakes, waits) = counted(lambda: load.synchronous_load(
-        load._Ombm, clients, load.Plan((clients,), (load.SYNC,), duration, 20)))
-    out[f"{clients} sync clients"] = (calls, wakes / calls, waits / calls)
-    print(json.dumps(out))
+    cell, n, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    if cell == "pipelined":
+        found = load.pipelined(load._Ombm, load.Plan((1,), (n,), duration, 20))[n]
+    else:
+        found = load.synchronous_load(load._Ombm, n, load.Plan((n,), (load.SYNC,), duration, 20))
+    print(json.dumps(found.calls))
 
 if __name__ == "__main__":
     main()
 """
+EVENTS = ["-e", "syscalls:sys_enter_futex", "--filter", "op == 1", "-e", "syscalls:sys_enter_futex", "--filter", "op == 0"]
+
+
+def one_cell(python: str, cell: str, n: int, duration: float) -> tuple[int, float, float] | None:
+    """(calls, wakes per call, waits per call) of one cell, counted over its process tree only."""
+    done = subprocess.run(["perf", "stat", "-x", ",", *EVENTS, "--", python, "-c", ONE_CELL, cell, str(n), str(duration)],
+                          capture_output=True, text=True, timeout=900)
+    counts = [int(line.split(",")[0]) for line in done.stderr.splitlines() if line.split(",")[0].strip().isdigit()]
+    lines = [line for line in done.stdout.splitlines() if line.strip().isdigit()]
+    if done.returncode or not lines or len(counts) != 2:
+        print(f"  {python} {cell} failed: {done.stderr[-800:]}", file=sys.stderr)
+        return None
+    calls = int(lines[-1])
+    return calls, counts[0] / calls, counts[1] / calls
 
 
 def main() -> int:
@@ -65,13 +66,13 @@ def main() -> int:
     for r in range(opts.rounds):
         for name, python in builds[r % len(builds):] + builds[:r % len(builds)]:
             load = " ".join(open("/proc/loadavg").read().split()[:4])
-            done = subprocess.run([python, "-c", ONE_RUN, str(opts.depth), str(opts.clients), str(opts.duration)],
-                                  capture_output=True, text=True, timeout=900)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            if done.returncode or not lines:
-                print(f"  {name} failed: {done.stderr[-800:]}", file=sys.stderr)
+            run = {}
+            for cell, n in (("pipelined", opts.depth), ("sync", opts.clients)):
+                got = one_cell(python, cell, n, opts.duration)
+                if got is not None:
+                    run[f"{n} outstanding" if cell == "pipelined" else f"{n} sync clients"] = got
+            if len(run) < 2:
                 continue
-            run = json.loads(lines[-1])
             found[name].append(run)
             print(f"round {r + 1} {name} (load {load}): " + "; ".join(
                 f"{cell}: {calls:,} calls, {wakes:.3f} wakes, {waits:.3f} waits per call"
