@@ -203,16 +203,6 @@ static inline int peer_runs_elsewhere(const FifoMap *peer, int cpu) {
     return tail - head <= 1 || head - tail <= 1;  /* (the head may pass the tail by one: fifo.h) */
 }
 
-/* Whether the peer's FIFO holds a queue before this waiter's request: more than one signal (the
-   others' requests, which a server answers first). Under load a waiter then sleeps at once: its
-   answer comes after the peer's batch, and while it spins it holds a CPU that the peer or the
-   clients ahead of it need (issue 13: 16 clients on 2 CPUs). A hint the peer may forge. */
-static inline int peer_has_queue(const FifoMap *peer) {
-    uint64_t head = atomic_load_explicit(A64(peer->base + FIFO_HEAD), memory_order_relaxed);
-    uint64_t tail = atomic_load_explicit(A64(peer->base + FIFO_TAIL), memory_order_relaxed);
-    return (int64_t)(tail - head) > 1 && tail - head <= peer->mask + 1;
-}
-
 /* Whether that peer reads running (not waiting) on `cpu`, this thread's CPU. */
 static inline int peer_runs_here(const FifoMap *peer, int cpu) {
     uint32_t s = atomic_load_explicit(A32(peer->base + FIFO_STATE), memory_order_relaxed);
@@ -282,8 +272,7 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     uint64_t budget = spin_ns;  /* the learnt budget: a follower's, never more */
     int follow = loaded && peer && !shared && peer_runs_elsewhere(peer, cpu);
     if (loaded && !follow) {  /* spin only as long as spins under load win (learnt), probing now and then */
-        if (peer && !shared && peer_has_queue(peer)) spin_ns = 0;  /* behind others: sleep at once */
-        else if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
+        if (overload_losses >= OVERLOAD_LOSSES && ++overload_waits % OVERLOAD_PROBE) spin_ns = 0;
         else if (spin_ns > OVERLOAD_SPIN_NS) spin_ns = OVERLOAD_SPIN_NS;
     }
     uint64_t spin_end = start + spin_ns;
