@@ -104,7 +104,7 @@ FIFO_CELL_SIZE = 32
 FIFO_FLAG_KERNEL = 1  # software-only path: signals go through the receiver's kernel socket
 FIFO_FLAG_DOORBELL = 2  # the receiver may sleep in an event loop on its socket
 
-SLEEP_AWAKE, SLEEP_FUTEX, SLEEP_DOORBELL = 0, 1, 2
+SLEEP_AWAKE, SLEEP_FUTEX, SLEEP_DOORBELL, SLEEP_WOKEN = 0, 1, 2, 3  # SLEEP_WOKEN: asleep, a wake on its way (fifo.h)
 
 # the signal value a FIFO carries: (segment id, offset); segment id 0 is ombm's own
 NUDGE_SEGMENT = 0

@@ -47,6 +47,8 @@ def test_a_tiny_load_run_gives_every_row_a_number_or_a_reason(monkeypatch: pytes
         assert system not in result.sync and sorted(result.pipelined[system]) == [load.SYNC, 4]
         for cell in result.pipelined[system].values():
             assert cell.calls > 0 and cell.window_s > 0 and 0 < cell.p50_us <= cell.p99_us
+    for system in ("ombm", "selector Unix socket"):  # the CPU per call of server and clients, measured
+        assert all(0 < cell.cpu_us < math.inf for cell in result.sync[system].values())
     assert not result.failed
     targets = load.issue13_targets(result)
     assert [t.name.split(":")[0] for t in targets][:2] == ["2 sync clients"] * 2

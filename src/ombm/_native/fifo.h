@@ -74,22 +74,36 @@ static inline au64 *fifo_cell(const FifoMap *m, uint64_t pos) {
 
 /* Drepper's wake check, after a publish: PUSH_OK, or PUSH_WOKE (a futex wake issued), or
    PUSH_DOORBELL (the receiver sleeps in an event loop: ring it). The sleep word's low two bits are
-   the receiver's state (SLEEP_STATE), which only the receiver sets and clears: every push while it
-   sleeps wakes it (or has its doorbell rung), so a producer killed between seeing a sleeper and
-   waking it takes no other producer's duty with it. Above them a wake generation: a producer bumps
-   it before FUTEX_WAKE, so a receiver that announced sleep and is about to FUTEX_WAIT on the word
-   it announced finds it changed and looks again (the wake of a producer that came first is not
-   lost). seq_cst: the load is the producer's half of the handshake (see fifo_push). */
+   the receiver's state (SLEEP_STATE): SLEEP_AWAKE 0, SLEEP_FUTEX 1 (asleep on the futex),
+   SLEEP_DOORBELL 2 (asleep in an event loop), SLEEP_WOKEN 3 (asleep on the futex, and a wake has
+   been issued: on its way). Above them a wake generation. A producer that finds SLEEP_FUTEX bumps
+   the generation before FUTEX_WAKE, so a receiver that announced sleep and is about to FUTEX_WAIT on
+   the word it announced finds it changed and looks again (the wake of a producer that came first is
+   not lost); after its FUTEX_WAKE it marks the word SLEEP_WOKEN by a CAS from the exact word it
+   bumped. A producer that finds SLEEP_WOKEN skips the system call (issue 13: 146 k FUTEX_WAKEs for
+   154 k pipelined calls, most of them made while the receiver was already waking up).
+   The mark is taken only after the system call, so a producer killed anywhere leaves the word at
+   SLEEP_FUTEX (every later push wakes the receiver, as before) or marked for a wake that was made:
+   it strands no sleeper. The receiver bumps the generation when it announces a sleep (sync.c), so a
+   late mark (its CAS expects the word of the producer's own bump) can never land on a later sleep.
+   Only the receiver clears its state. seq_cst: the load is the producer's half of the handshake
+   (see fifo_push). */
 #define SLEEP_STATE 3u
+#define SLEEP_FUTEX 1u
+#define SLEEP_WOKEN 3u
 #define SLEEP_GENERATION 4u
 static inline int fifo_wake(au32 *sleep) {
-    uint32_t state = atomic_load_explicit(sleep, memory_order_seq_cst) & SLEEP_STATE;
-    if (state == 1) {
-        atomic_fetch_add_explicit(sleep, SLEEP_GENERATION, memory_order_seq_cst);
+    uint32_t word = atomic_load_explicit(sleep, memory_order_seq_cst);
+    uint32_t state = word & SLEEP_STATE;
+    if (state == SLEEP_FUTEX) {
+        uint32_t bumped = atomic_fetch_add_explicit(sleep, SLEEP_GENERATION, memory_order_seq_cst) + SLEEP_GENERATION;
         futex(sleep, FUTEX_WAKE, INT_MAX, NULL);
+        if ((bumped & SLEEP_STATE) == SLEEP_FUTEX)  /* (a receiver's clear or announce meanwhile: no mark) */
+            atomic_compare_exchange_strong_explicit(sleep, &bumped, bumped | SLEEP_WOKEN, memory_order_seq_cst,
+                                                    memory_order_relaxed);
         return PUSH_WOKE;
     }
-    return state == 2 ? PUSH_DOORBELL : PUSH_OK;
+    return state == 2 ? PUSH_DOORBELL : PUSH_OK;  /* awake, or SLEEP_WOKEN: a wake is on its way */
 }
 
 /* Tell the receiver which CPU its last signal came from (FIFO_PEER_CPU: CPU + 1): its wait yields

@@ -261,6 +261,22 @@ static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid();
    this waiter waits for (a client lane: its server's receiver), whose published state tells
    whether the peer runs (the peer's rule in the comment above). Called without the GIL.
    Returns WAIT_*; *waited_ns is the time spent. */
+/* Announce a futex sleep: the state SLEEP_FUTEX (whatever it was: a SLEEP_WOKEN left by a wake this
+   thread took already) and the next wake generation, so that a producer's late SLEEP_WOKEN mark,
+   whose CAS expects the word of its own bump, cannot land on this sleep (fifo_wake). A CAS, so no
+   producer's bump is lost; bounded (a peer may rewrite the word all the time): then a plain
+   fetch-or, as a sleep word that a peer rewrites costs at most a sleep until the timeout anyway.
+   Returns the word announced, the value FUTEX_WAIT expects. */
+static uint32_t announce_sleep(au32 *sleep) {
+    uint32_t word = atomic_load_explicit(sleep, memory_order_relaxed);
+    for (unsigned tries = 0; tries < FIFO_RETRIES; tries++) {
+        uint32_t want = ((word & ~SLEEP_STATE) + SLEEP_GENERATION) | SLEEP_FUTEX;
+        if (atomic_compare_exchange_weak_explicit(sleep, &word, want, memory_order_seq_cst, memory_order_relaxed))
+            return want;
+    }
+    return atomic_fetch_or_explicit(sleep, SLEEP_FUTEX, memory_order_seq_cst) | SLEEP_FUTEX;
+}
+
 int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, double timeout_s, int sleep_ok,
                         uint64_t *waited_ns) {
     int result = WAIT_TIMEOUT;
@@ -316,9 +332,8 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
     while (sleep_ok) {
         uint64_t t = now_ns();
         if (t >= deadline) break;
-        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check;
-           a read-modify-write, so no producer's generation bump is lost (see fifo_wake) */
-        uint32_t announced = atomic_fetch_or_explicit(sleep, 1, memory_order_seq_cst) | 1;
+        /* seq_cst: Drepper's handshake with the push (see fifo_push): announce, then re-check */
+        uint32_t announced = announce_sleep(sleep);
         if (fifo_ready(m)) { result = WAIT_READY; break; }
         uint64_t left = deadline - t;
         /* a claimed-but-unpublished head cell, or words a peer wrote: poll every 10 ms, and after

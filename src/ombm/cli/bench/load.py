@@ -81,26 +81,30 @@ class Plan:
 
 @dataclass(frozen=True)
 class Cell:
-    """One measurement: aggregate calls/s and the latency of every call, µs."""
+    """One measurement: aggregate calls/s and the latency of every call, µs; with synchronous load
+    also the CPU time per call of the server and every client together, µs (NaN: not measured)."""
 
     calls: int
     window_s: float
     p50_us: float
     p99_us: float
+    cpu_us: float = math.nan
 
     @property
     def rate(self) -> float:
         return self.calls / self.window_s if self.window_s > 0 else math.nan
 
     @classmethod
-    def of(cls, results: list[tuple[int, int, bytes]]) -> Cell:
-        """From each client's (start ns, end ns, latencies as array('q') bytes of ns)."""
+    def of(cls, results: list[tuple[Any, ...]], server_cpu_ns: float = math.nan) -> Cell:
+        """From each client's (start ns, end ns, latencies as array('q') bytes of ns, CPU ns spent in
+        its window) and the server's CPU ns over the window."""
         latencies: list[int] = []
-        for _, _, raw in results:
+        for raw in (r[2] for r in results):
             latencies.extend(array.array("q", raw))
         window_ns = max(r[1] for r in results) - min(r[0] for r in results)
+        cpu_ns = server_cpu_ns + sum(r[3] for r in results)
         return cls(len(latencies), window_ns / 1e9, percentile(latencies, 0.5) / 1000,
-                   percentile(latencies, 0.99) / 1000)
+                   percentile(latencies, 0.99) / 1000, cpu_ns / 1000 / len(latencies) if latencies else math.nan)
 
 
 @dataclass
@@ -662,8 +666,9 @@ def _client_main(control: Connection, system: _System, barrier: Barrier | None, 
             barrier.wait(_BARRIER_TIMEOUT_S)
         for depth in depths:
             duration_ns = int(duration_s * 1e9)
+            cpu = time.process_time_ns()
             found = _synchronous(system, depth, duration_ns) if depth == SYNC else system.outstanding(depth, duration_ns)
-            control.send(("result", depth, *found))
+            control.send(("result", depth, *found, time.process_time_ns() - cpu))
     finally:
         system.close()
 
@@ -704,21 +709,34 @@ def _pipelined(system: _System, depth: int, duration_ns: int) -> tuple[int, int,
 
 
 @contextmanager
-def _server(system_type: type[_System], cpu: int | None, budget_s: float) -> Iterator[_System]:
+def _server(system_type: type[_System], cpu: int | None, budget_s: float) -> Iterator[tuple[_System, int]]:
+    """The server child: (the system, the child's pid)."""
     with tempfile.TemporaryDirectory(prefix="ombm-load-") as workdir:
         system = system_type(workdir)
         try:
-            with core.child(_server_main, system, cpu=cpu, lifetime_s=budget_s, terminate=system.terminate):
-                yield system
+            with core.child(_server_main, system, cpu=cpu, lifetime_s=budget_s,
+                            terminate=system.terminate) as (process, _):
+                yield system, process.pid or 0
         finally:
             system.cleanup()
+
+
+def _cpu_ns(pid: int) -> float:
+    """CPU time (user + system, every thread) of process ``pid`` so far, ns (a clock tick's
+    resolution; NaN if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) * 1e9 / os.sysconf("SC_CLK_TCK")
 
 
 def synchronous_load(system_type: type[_System], clients: int, plan: Plan) -> Cell:
     """``clients`` client processes (unpinned) against one server (unpinned), after one barrier."""
     budget = 60 + plan.duration_s + clients * 5
     barrier = _CONTEXT.Barrier(clients + 1)
-    with _server(system_type, None, budget) as system, ExitStack() as stack:
+    with _server(system_type, None, budget) as (system, server_pid), ExitStack() as stack:
         controls = []
         for _ in range(clients):
             process, control = core.start_child(_client_main, system, barrier, (SYNC,), plan.duration_s, plan.warmup,
@@ -727,16 +745,18 @@ def synchronous_load(system_type: type[_System], clients: int, plan: Plan) -> Ce
             controls.append(control)
         for control in controls:
             expect(control, "ready", _BARRIER_TIMEOUT_S, "client")
+        server_cpu = _cpu_ns(server_pid)
         barrier.wait(_BARRIER_TIMEOUT_S)
         results = [expect(control, "result", plan.duration_s + 60, "client")[2:] for control in controls]
-    return Cell.of(results)
+        server_cpu = _cpu_ns(server_pid) - server_cpu
+    return Cell.of(results, server_cpu)
 
 
 def pipelined(system_type: type[_System], plan: Plan) -> dict[int, Cell]:
     """One client on CPU 0, its server on CPU 1: each depth of ``plan.depths`` for ``plan.duration_s``."""
     client_cpu, server_cpu = PIPELINE_PLACEMENT
     budget = 60 + plan.duration_s * len(plan.depths) * 2
-    with _server(system_type, server_cpu, budget) as system:
+    with _server(system_type, server_cpu, budget) as (system, _):
         with core.child(_client_main, system, None, plan.depths, plan.duration_s, plan.warmup, cpu=client_cpu,
                         lifetime_s=budget) as (_, control):
             found = {}
@@ -864,10 +884,14 @@ def markdown(result: LoadResult) -> str:
     for n in plan.clients:
         name, best = best_kernel_server(result, n)
         ombm = _rate(result.sync, "ombm", n)
+        cells = [result.sync.get(system, {}).get(n) for system in ("ombm", name)]
         rows.append([str(n), times(ratio(ombm, best)),
-                     name, times(ombm / _rate(result.sync, "ombm", 1))])
-    parts += ["Ratios of aggregate calls/s, same run:", "",
-              md_table(["clients", "ombm ÷ best kernel-based server", "that server", "ombm ÷ ombm, 1 client"], rows),
+                     name, times(ombm / _rate(result.sync, "ombm", 1)),
+                     *(us(cell.cpu_us) if cell is not None else "—" for cell in cells)])
+    parts += ["Ratios of aggregate calls/s, same run; and the CPU time per call of the server and every client "
+              "together (µs: their CPU time over the calls' window, spinning included, ÷ the calls):", "",
+              md_table(["clients", "ombm ÷ best kernel-based server", "that server", "ombm ÷ ombm, 1 client",
+                        "ombm CPU per call, µs", "that server's CPU per call, µs"], rows),
               ""]
     parts += [f"### One client, calls outstanding (client on CPU {PIPELINE_PLACEMENT[0]}, server on CPU "
               f"{PIPELINE_PLACEMENT[1]})", "",
