@@ -372,7 +372,10 @@ int spin_then_sleep(const FifoMap *m, uint64_t spin_ns, double timeout_s, int sl
 
 /* ---- the hand-over on one CPU (issue 13, item 3)
 
-   When the peer shares this CPU (peer_shares_cpu), a wait that may spin first hands the CPU over:
+   When this thread is pinned to its CPU (pinned_to_one_cpu) and its last signal came from this
+   CPU (FIFO_PEER_CPU of its own FIFO, a line it reads anyway: asking the peer's published state
+   too cost a cache line taken from the peer at every wait, a cross-CPU 32 B call 5-14 % slower),
+   a wait that may spin first hands the CPU over:
    one sched_yield, which runs the peer at once (it is runnable: it yields, or has work), and the
    wait ends there if the peer's signal came meanwhile, two context switches a round trip as with a
    pipe, and one system call a side where a pipe makes two. In a process whose only Python thread
@@ -390,13 +393,31 @@ static int alone_in_process(void) {
     return head && !PyThreadState_Next(head);
 }
 
+/* Whether this thread may run on one CPU only (its affinity, which a cpuset also narrows, names
+   one), read again after PINNED_REFRESH_NS. Only then is "the peer shares this CPU" a fact rather
+   than a passing moment: an unpinned thread's peer seen here runs elsewhere the next instant, and
+   with many processes on few CPUs (16 clients of one server on 2 CPUs, each a moment on the
+   server's CPU) a yield there hands the CPU to a third task: measured, the 16-client aggregate fell
+   from 223 k to 137 k calls/s with the hand-over open to unpinned threads (docs/benchmarks.md). */
+#define PINNED_REFRESH_NS 100000000ull
+static _Thread_local int pinned_one = 0;
+static _Thread_local uint64_t pinned_seen_ns = 0;
+static int pinned_to_one_cpu(uint64_t now) {
+    if (!pinned_seen_ns || now - pinned_seen_ns >= PINNED_REFRESH_NS) {
+        cpu_set_t set;
+        pinned_one = sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) == 1;
+        pinned_seen_ns = now;
+    }
+    return pinned_one;
+}
+
 /* The hand-over above, called with the GIL: whether the signal came (*waited_ns then the time it
-   took). With other threads in the process it releases the GIL around the yield, and still skips
-   the spin's set-up. */
-static int hand_over(const FifoMap *m, const FifoMap *peer, uint64_t *waited_ns) {
-    if (!peer_shares_cpu(m, peer, sched_getcpu())) return 0;
-    if (handover_crowded && ++handover_waits % HANDOVER_PROBE) return 0;  /* the futex, as a pipe would */
+   took). Only for a thread pinned to its CPU (pinned_to_one_cpu). With other threads in the
+   process it releases the GIL around the yield, and still skips the spin's set-up. */
+static int hand_over(const FifoMap *m, uint64_t *waited_ns) {
     uint64_t start = now_ns();
+    if (!pinned_to_one_cpu(start) || !peer_shares_cpu(m, NULL, sched_getcpu())) return 0;
+    if (handover_crowded && ++handover_waits % HANDOVER_PROBE) return 0;  /* the futex, as a pipe would */
     int ready;
     if (alone_in_process()) {
         sched_yield();
@@ -427,7 +448,7 @@ int wait_signal_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns, dou
         /* also after a slice or an interruption: a signal that came meanwhile (or that a POSIX
            signal's handler sent, in PyErr_CheckSignals) is ready, never a timeout */
         if (fifo_ready(m)) return WAIT_READY;
-        if (first && hand_over(m, peer, waited_ns)) return WAIT_READY;
+        if (first && hand_over(m, waited_ns)) return WAIT_READY;
         first = 0;
         uint64_t w = 0;
         int r;
