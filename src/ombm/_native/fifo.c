@@ -498,20 +498,29 @@ static PyObject *SigWait_policy(SigWait *w, PyObject *const *args, Py_ssize_t na
 
 /* Call `fn(receiver, *args)`: a Python path of the receiver (ReferenceError if it is gone). */
 static PyObject *SigWait_defer(SigWait *w, PyObject *fn, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *receiver = w->receiver ? PyWeakref_GetObject(w->receiver) : Py_None;  /* borrowed */
-    if (receiver == Py_None || !fn) {
-        PyErr_SetString(PyExc_ReferenceError, "the receiver of this wait is gone");
-        return NULL;
-    }
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *stack[8];
     if (nargs + nkw > 7) {
         PyErr_SetString(PyExc_TypeError, "wait() takes one argument, the timeout");
         return NULL;
     }
+    PyObject *receiver = NULL;  /* a strong reference, or NULL: gone */
+#if PY_VERSION_HEX >= 0x030D0000
+    if (w->receiver && PyWeakref_GetRef(w->receiver, &receiver) < 0) return NULL;
+#else
+    if (w->receiver) {
+        receiver = PyWeakref_GetObject(w->receiver);  /* borrowed */
+        if (receiver == Py_None) receiver = NULL;
+        else Py_INCREF(receiver);
+    }
+#endif
+    if (!receiver || !fn) {
+        Py_XDECREF(receiver);
+        PyErr_SetString(PyExc_ReferenceError, "the receiver of this wait is gone");
+        return NULL;
+    }
+    PyObject *stack[8];
     stack[0] = receiver;
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
-    Py_INCREF(receiver);
     PyObject *r = PyObject_Vectorcall(fn, stack, (size_t)(nargs + 1), kwnames);
     Py_DECREF(receiver);
     return r;
