@@ -121,59 +121,6 @@ static int CallLane_clear(CallLane *l) {
     return 0;
 }
 
-/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection, of any
-   call: 1 with its payload in *s (frame_take_split: a large bin copied out once, straight into
-   the bytes the result will be), *kind and *call_id set; 0 (no exception) otherwise. */
-static int lane_take_any(CallLane *l, uint64_t off, unsigned *kind, uint64_t *call_id, frame_split *s) {
-    if (off >= (uint64_t)l->reply_size) return 0;
-    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
-    if (start + l->reply_slot > l->reply_size) return 0;
-    frame_trailer t;
-    const char *why;
-    if (frame_take_split(l->reply_base + start, l->reply_slot, &t, &why, s) < 0) {
-        PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
-        return 0;
-    }
-    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
-        t.connection_id != l->connection_id || !t.message_id) {
-        frame_split_clear(s);
-        return 0;
-    }
-    *kind = t.kind;
-    *call_id = t.message_id;
-    return 1;
-}
-
-/* The result in a REPLY payload that unmarshals to [0, result] (a new reference), or NULL
-   (no exception unless one that is not an Exception was raised) for anything else. */
-static PyObject *lane_result(CallLane *l, const frame_split *s) {
-    PyObject *reply = marshal_unpack_split(&l->marshal, s);
-    if (!reply) return NULL;
-    PyObject *result = NULL;
-    if (PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
-        PyObject *tag = PyList_GET_ITEM(reply, 0);
-        int overflow;
-        if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow)
-            result = Py_NewRef(PyList_GET_ITEM(reply, 1));
-    }
-    Py_DECREF(reply);
-    return result;
-}
-
-/* A taken reply's result (LANE_VALUE) or its whole payload (LANE_REPLY, LANE_ERROR_REPLY) into
-   *value: its status, or -1 with an exception. The split is cleared. */
-static int lane_settle(CallLane *l, unsigned kind, frame_split *s, PyObject **value) {
-    *value = kind == KIND_REPLY ? lane_result(l, s) : NULL;
-    if (*value || PyErr_Occurred()) {
-        frame_split_clear(s);
-        return *value ? LANE_VALUE : -1;
-    }
-    *value = frame_split_join(s);
-    frame_split_clear(s);
-    if (!*value) return -1;
-    return kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY;
-}
-
 /* call(method, args, kwargs, spin_ns, sleep_ok) -> CallResult (see the file's comment). The
    message written stays in `message`. */
 static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t nargs) {
@@ -237,14 +184,14 @@ static PyObject *CallLane_call(CallLane *l, PyObject *const *args, Py_ssize_t na
     frame_split s;
     unsigned kind = 0;
     uint64_t got = 0;
-    if (seg == l->reply_seg && lane_take_any(l, off, &kind, &got, &s)) {
+    if (seg == l->reply_seg && lane_take_reply(l->reply_base, l->reply_size, l->reply_slot, l->connection_id, off, &kind, &got, &s)) {
         if (got == call_id) {
             if (!settle) {  /* the call is over: what the protocol's end_call would do */
                 l->current = 0;
                 l->rtt_ns = waited ? waited : 1;
             }
             PyObject *value;
-            int status = lane_settle(l, kind, &s, &value);
+            int status = lane_settle_reply(&l->marshal, kind, &s, &value);
             if (status < 0) return NULL;
             return call_result(status, value, waited, settle, 0, 0);
         }
@@ -308,11 +255,11 @@ static PyObject *CallLane_take(CallLane *l, PyObject *const *args, Py_ssize_t na
         PyObject *entry = NULL;
         unsigned kind = 0;
         frame_split s;
-        if (seg != l->reply_seg || !lane_take_any(l, off, &kind, &call_id, &s)) {
+        if (seg != l->reply_seg || !lane_take_reply(l->reply_base, l->reply_size, l->reply_slot, l->connection_id, off, &kind, &call_id, &s)) {
             entry = take_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg), PyLong_FromUnsignedLongLong(off));
         } else {
             PyObject *value;
-            int status = lane_settle(l, kind, &s, &value);
+            int status = lane_settle_reply(&l->marshal, kind, &s, &value);
             /* status < 0, an exception that is not an Exception (e.g. KeyboardInterrupt): it
                propagates, and the replies taken so far are lost, as if their signals were (the
                protocol's retransmission recovers them) */

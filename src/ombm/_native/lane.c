@@ -538,3 +538,55 @@ fail:
     for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(values[i]);
     return NULL;
 }
+
+/* ---- the client lanes' replies (call_lane.c, pipe_lane.c) */
+
+int lane_take_reply(const unsigned char *reply_base, Py_ssize_t reply_size, Py_ssize_t reply_slot,
+                    unsigned long long connection_id, uint64_t off, unsigned *kind, uint64_t *call_id,
+                    frame_split *s) {
+    if (off >= (uint64_t)reply_size) return 0;
+    Py_ssize_t start = (Py_ssize_t)off / reply_slot * reply_slot;
+    if (start + reply_slot > reply_size) return 0;
+    frame_trailer t;
+    const char *why;
+    if (frame_take_split(reply_base + start, reply_slot, &t, &why, s) < 0) {
+        PyErr_Clear();  /* not a frame (or out of memory): Python takes the signal */
+        return 0;
+    }
+    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) || t.connection_id != connection_id ||
+        !t.message_id) {
+        frame_split_clear(s);
+        return 0;
+    }
+    *kind = t.kind;
+    *call_id = t.message_id;
+    return 1;
+}
+
+/* The result in a REPLY payload that unmarshals to [0, result] (a new reference), or NULL
+   (no exception unless one that is not an Exception was raised) for anything else. */
+static PyObject *lane_result(Marshal *m, const frame_split *s) {
+    PyObject *reply = marshal_unpack_split(m, s);
+    if (!reply) return NULL;
+    PyObject *result = NULL;
+    if (PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
+        PyObject *tag = PyList_GET_ITEM(reply, 0);
+        int overflow;
+        if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow)
+            result = Py_NewRef(PyList_GET_ITEM(reply, 1));
+    }
+    Py_DECREF(reply);
+    return result;
+}
+
+int lane_settle_reply(Marshal *m, unsigned kind, frame_split *s, PyObject **value) {
+    *value = kind == KIND_REPLY ? lane_result(m, s) : NULL;
+    if (*value || PyErr_Occurred()) {
+        frame_split_clear(s);
+        return *value ? LANE_VALUE : -1;
+    }
+    *value = frame_split_join(s);
+    frame_split_clear(s);
+    if (!*value) return -1;
+    return kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY;
+}

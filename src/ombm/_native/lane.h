@@ -1,8 +1,8 @@
 /*
- * What the two RPC lanes share (call_lane.c, request_intake.c; paper §4): the statuses of what
+ * What the RPC lanes share (call_lane.c, pipe_lane.c, request_intake.c; paper §4): the statuses of what
  * they return and the typed records that carry them, and the marshalling they do with the
- * msgpack objects Python hands them (rpc/marshal.py's format). lane.c implements the records
- * and the marshalling.
+ * msgpack objects Python hands them (rpc/marshal.py's format), and the client lanes' one check of
+ * a reply frame. lane.c implements them.
  */
 #ifndef OMBM_LANE_H
 #define OMBM_LANE_H
@@ -105,5 +105,20 @@ int record_ready(PyTypeObject *type, const char *const *names);
 /* A new record of `type` whose fields are values[0..n) (references stolen; a NULL value, a
    failed conversion, makes it NULL with that exception set, the others released). */
 PyObject *record_new(PyTypeObject *type, PyObject **values);
+
+/* ---- the client lanes' replies (call_lane.c, pipe_lane.c): the one check of a reply frame */
+
+/* The reply in the reply channel's slot at `off` if it is a whole REPLY/ERROR_REPLY of
+   `connection_id`, of any call: 1 with its payload in *s (frame_take_split: a large bin copied out
+   once, straight into the bytes the result will be), *kind and *call_id set; 0 (no exception)
+   otherwise. */
+int lane_take_reply(const unsigned char *reply_base, Py_ssize_t reply_size, Py_ssize_t reply_slot,
+                    unsigned long long connection_id, uint64_t off, unsigned *kind, uint64_t *call_id,
+                    frame_split *s);
+
+/* A taken reply's result (LANE_VALUE: a REPLY that unmarshals to [0, result]) or its whole payload
+   (LANE_REPLY, LANE_ERROR_REPLY) into *value: its status, or -1 with an exception. The split is
+   cleared. */
+int lane_settle_reply(Marshal *m, unsigned kind, frame_split *s, PyObject **value);
 
 #endif

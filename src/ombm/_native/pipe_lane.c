@@ -323,53 +323,6 @@ static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t 
     return PyLong_FromLong(c->id != id || c->sent_ns ? PIPE_SENT : PIPE_QUEUED);
 }
 
-/* The reply in the slot at `off` if it is a whole REPLY/ERROR_REPLY of this connection to any
-   call (as call_lane.c's lane_take_any): 1 with *s, *kind, *call_id set; 0 otherwise. */
-static int pipe_take_reply(PipeLane *l, uint64_t off, unsigned *kind, uint64_t *call_id, frame_split *s) {
-    if (off >= (uint64_t)l->reply_size) return 0;
-    Py_ssize_t start = (Py_ssize_t)off / l->reply_slot * l->reply_slot;
-    if (start + l->reply_slot > l->reply_size) return 0;
-    frame_trailer t;
-    const char *why;
-    if (frame_take_split(l->reply_base + start, l->reply_slot, &t, &why, s) < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    if (t.frag_count != 1 || (t.kind != KIND_REPLY && t.kind != KIND_ERROR_REPLY) ||
-        t.connection_id != l->connection_id || !t.message_id) {
-        frame_split_clear(s);
-        return 0;
-    }
-    *kind = t.kind;
-    *call_id = t.message_id;
-    return 1;
-}
-
-/* A taken reply's result (LANE_VALUE: a REPLY that unmarshals to [0, result]) or its whole payload
-   (LANE_REPLY, LANE_ERROR_REPLY) into *value: its status, or -1 with an exception. The split is
-   cleared. (call_lane.c's lane_settle.) */
-static int pipe_settle(PipeLane *l, unsigned kind, frame_split *s, PyObject **value) {
-    *value = NULL;
-    if (kind == KIND_REPLY) {
-        PyObject *reply = marshal_unpack_split(&l->marshal, s);
-        if (reply && PyList_CheckExact(reply) && PyList_GET_SIZE(reply) == 2) {
-            PyObject *tag = PyList_GET_ITEM(reply, 0);
-            int overflow;
-            if (PyLong_CheckExact(tag) && PyLong_AsLongAndOverflow(tag, &overflow) == 0 && !overflow)
-                *value = Py_NewRef(PyList_GET_ITEM(reply, 1));
-        }
-        Py_XDECREF(reply);
-    }
-    if (*value || PyErr_Occurred()) {
-        frame_split_clear(s);
-        return *value ? LANE_VALUE : -1;
-    }
-    *value = frame_split_join(s);
-    frame_split_clear(s);
-    if (!*value) return -1;
-    return kind == KIND_ERROR_REPLY ? LANE_ERROR_REPLY : LANE_REPLY;
-}
-
 /* Give `future` its reply: its _Pending's value (status LANE_VALUE) or data and error flag, and
    done; then finish it here if nobody waits on or watches it, else append it to `slow`. 0, or -1
    with an exception. No Python code runs between the _Pending's done and the look at its waiters. */
@@ -453,7 +406,7 @@ static PyObject *PipeLane_take(PipeLane *l, PyObject *const *args, Py_ssize_t na
         if (!fifo_take(f, &seg, &off)) break;
         unsigned kind = 0;
         frame_split s;
-        if (seg != l->reply_seg || !pipe_take_reply(l, off, &kind, &call_id, &s)) {
+        if (seg != l->reply_seg || !lane_take_reply(l->reply_base, l->reply_size, l->reply_slot, l->connection_id, off, &kind, &call_id, &s)) {
             PyObject *entry = pipe_entry(LANE_OTHER, PyLong_FromUnsignedLongLong(seg),
                                          PyLong_FromUnsignedLongLong(off));
             if (!entry || PyList_Append(entries, entry) < 0) { Py_XDECREF(entry); goto fail; }
@@ -477,7 +430,7 @@ static PyObject *PipeLane_take(PipeLane *l, PyObject *const *args, Py_ssize_t na
             if (pipe_fill(l) < 0) { Py_DECREF(future); frame_split_clear(&s); goto fail; }
         }
         PyObject *value;
-        int status = pipe_settle(l, kind, &s, &value);
+        int status = lane_settle_reply(&l->marshal, kind, &s, &value);
         if (status < 0) {  /* not an Exception (e.g. KeyboardInterrupt): as if the reply were lost */
             Py_XDECREF(future);
             goto fail;
