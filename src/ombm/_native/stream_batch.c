@@ -69,6 +69,25 @@ static int check_geometry(const geometry *g, const void *buf, Py_ssize_t len) {
     return 0;
 }
 
+/* args[1:7] of the stream functions (first, slot_size, slots, max_payload, connection_id, and a
+   fragment number) into *g, *conn and *seq; the caller checks PyErr_Occurred, then the geometry
+   (check_geometry) against the mapping. */
+static void stream_args(PyObject *const *args, geometry *g, uint64_t *conn, uint64_t *seq) {
+    g->first = PyLong_AsSsize_t(args[1]);
+    g->slot_size = PyLong_AsSsize_t(args[2]);
+    g->slots = PyLong_AsSsize_t(args[3]);
+    g->max_payload = PyLong_AsSsize_t(args[4]);
+    *conn = PyLong_AsUnsignedLongLong(args[5]);
+    *seq = PyLong_AsUnsignedLongLong(args[6]);
+}
+
+/* The record of the one-fragment message m (n bytes) written as fragment seq with checksum sum, as
+   Stream's _Record: (seq, 0, 1, length, BYTES, message, length, frame checksum). */
+static PyObject *one_fragment_record(uint64_t seq, PyObject *m, Py_ssize_t n, uint64_t sum) {
+    return Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES, m, n,
+                         (unsigned long long)sum);
+}
+
 static inline unsigned char *slot_end(unsigned char *base, const geometry *g, uint64_t seq) {
     return base + g->first + ((Py_ssize_t)(seq % (uint64_t)g->slots) + 1) * g->slot_size;
 }
@@ -105,12 +124,8 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         return NULL;
     }
     geometry g;
-    g.first = PyLong_AsSsize_t(args[1]);
-    g.slot_size = PyLong_AsSsize_t(args[2]);
-    g.slots = PyLong_AsSsize_t(args[3]);
-    g.max_payload = PyLong_AsSsize_t(args[4]);
-    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
-    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    uint64_t conn, seq;
+    stream_args(args, &g, &conn, &seq);
     uint64_t limit = PyLong_AsUnsignedLongLong(args[7]);
     Py_ssize_t i = PyLong_AsSsize_t(args[9]);
     if (PyErr_Occurred()) return NULL;
@@ -128,8 +143,7 @@ static PyObject *n_stream_put_many(PyObject *Py_UNUSED(self), PyObject *const *a
         Py_ssize_t n = PyBytes_GET_SIZE(m);
         uint64_t sum;
         unsigned char *at = put_frame(v.buf, &g, conn, seq, m, &sum);
-        PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
-                                      m, n, (unsigned long long)sum);
+        PyObject *rec = one_fragment_record(seq, m, n, sum);
         Py_DECREF(m);
         if (!rec || PyList_Append(records, rec) < 0) {  /* out of memory: this frame stays unsealed */
             Py_XDECREF(rec);
@@ -165,12 +179,8 @@ static PyObject *n_stream_take_many(PyObject *Py_UNUSED(self), PyObject *const *
         return NULL;
     }
     geometry g;
-    g.first = PyLong_AsSsize_t(args[1]);
-    g.slot_size = PyLong_AsSsize_t(args[2]);
-    g.slots = PyLong_AsSsize_t(args[3]);
-    g.max_payload = PyLong_AsSsize_t(args[4]);
-    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
-    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    uint64_t conn, seq;
+    stream_args(args, &g, &conn, &seq);
     Py_ssize_t limit = PyLong_AsSsize_t(args[7]);
     if (PyErr_Occurred()) return NULL;
     Py_buffer v;
@@ -446,12 +456,8 @@ static PyObject *n_stream_put_one(PyObject *Py_UNUSED(self), PyObject *const *ar
         return NULL;
     }
     geometry g;
-    g.first = PyLong_AsSsize_t(args[1]);
-    g.slot_size = PyLong_AsSsize_t(args[2]);
-    g.slots = PyLong_AsSsize_t(args[3]);
-    g.max_payload = PyLong_AsSsize_t(args[4]);
-    uint64_t conn = PyLong_AsUnsignedLongLong(args[5]);
-    uint64_t seq = PyLong_AsUnsignedLongLong(args[6]);
+    uint64_t conn, seq;
+    stream_args(args, &g, &conn, &seq);
     uint64_t limit = PyLong_AsUnsignedLongLong(args[7]);
     unsigned long long credit = PyLong_AsUnsignedLongLong(args[9]);
     if (PyErr_Occurred()) return NULL;
@@ -476,8 +482,7 @@ static PyObject *n_stream_put_one(PyObject *Py_UNUSED(self), PyObject *const *ar
     uint64_t sum;
     Py_INCREF(m);  /* bytes: immutable, and held while a long copy releases the GIL */
     unsigned char *at = put_frame(v.buf, &g, conn, seq, m, &sum);
-    PyObject *rec = Py_BuildValue("(KiinnOnK)", (unsigned long long)seq, 0, 1, n, (Py_ssize_t)CONTENT_BYTES,
-                                  m, n, (unsigned long long)sum);
+    PyObject *rec = one_fragment_record(seq, m, n, sum);
     Py_DECREF(m);
     if (!rec) { PyBuffer_Release(&v); return NULL; }  /* out of memory: the frame stays unsealed, not sent */
     atomic_store_explicit((_Atomic uint64_t *)(void *)(at + n + TRAILER_HEAD), sum, memory_order_release);
