@@ -82,19 +82,9 @@ static int CallLane_init(CallLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
     if (!PyArg_ParseTuple(args, "O!OKKnnKnOOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base, &reply_size,
                           &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook))
         return -1;
-    if (max_payload < 0 || max_payload + TRAILER > ((Writer *)writer)->unit) {
-        PyErr_SetString(PyExc_ValueError, "CallLane: max_payload does not fit the request channel's slots");
+    if (lane_check_ends("CallLane", ((Writer *)writer)->unit, max_payload, fifo_o, reply_base, reply_size, reply_slot,
+                        unpack) < 0)
         return -1;
-    }
-    if (!as_fifo(fifo_o)) return -1;
-    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
-        PyErr_SetString(PyExc_ValueError, "CallLane: bad reply channel geometry");
-        return -1;
-    }
-    if (!PyCallable_Check(unpack)) {
-        PyErr_SetString(PyExc_TypeError, "CallLane: unpack must be callable");
-        return -1;
-    }
     if (marshal_init(&l->marshal, packer, unpack, ext_hook) < 0) return -1;
     Py_XSETREF(l->message, Py_NewRef(Py_None));
     l->lent = 0;

@@ -1,8 +1,10 @@
 /*
- * What the two RPC lanes share (paper §4): marshalling with rpc/marshal.py's msgpack objects,
- * and the typed records CallLane.call and RequestIntake.serve return. See lane.h.
+ * What the RPC lanes share (paper §4): marshalling with rpc/marshal.py's msgpack objects, the
+ * typed records CallLane.call and RequestIntake.serve return, and the client lanes' one check of
+ * their channels and of a reply frame. See lane.h.
  */
 #include "lane.h"
+#include "fifo.h"
 
 /* ---------------------------------------------------------------- marshalling */
 
@@ -539,7 +541,25 @@ fail:
     return NULL;
 }
 
-/* ---- the client lanes' replies (call_lane.c, pipe_lane.c) */
+/* ---- the client lanes' ends and replies (call_lane.c, pipe_lane.c) */
+
+int lane_check_ends(const char *who, Py_ssize_t unit, Py_ssize_t max_payload, PyObject *fifo,
+                    unsigned long long reply_base, Py_ssize_t reply_size, Py_ssize_t reply_slot, PyObject *unpack) {
+    if (max_payload < 0 || max_payload + TRAILER > unit) {
+        PyErr_Format(PyExc_ValueError, "%s: max_payload does not fit the request channel's slots", who);
+        return -1;
+    }
+    if (!as_fifo(fifo)) return -1;
+    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
+        PyErr_Format(PyExc_ValueError, "%s: bad reply channel geometry", who);
+        return -1;
+    }
+    if (!PyCallable_Check(unpack)) {
+        PyErr_Format(PyExc_TypeError, "%s: unpack must be callable", who);
+        return -1;
+    }
+    return 0;
+}
 
 int lane_take_reply(const unsigned char *reply_base, Py_ssize_t reply_size, Py_ssize_t reply_slot,
                     unsigned long long connection_id, uint64_t off, unsigned *kind, uint64_t *call_id,

@@ -106,7 +106,12 @@ int record_ready(PyTypeObject *type, const char *const *names);
    failed conversion, makes it NULL with that exception set, the others released). */
 PyObject *record_new(PyTypeObject *type, PyObject **values);
 
-/* ---- the client lanes' replies (call_lane.c, pipe_lane.c): the one check of a reply frame */
+/* ---- the client lanes' ends and replies (call_lane.c, pipe_lane.c): the one check of each */
+
+/* A client lane's channels as its constructor got them (`unit`: the request writer's slot size;
+   `fifo`: the caller's FifoMap): 0, or -1 with `who`'s ValueError or TypeError. */
+int lane_check_ends(const char *who, Py_ssize_t unit, Py_ssize_t max_payload, PyObject *fifo,
+                    unsigned long long reply_base, Py_ssize_t reply_size, Py_ssize_t reply_slot, PyObject *unpack);
 
 /* The reply in the reply channel's slot at `off` if it is a whole REPLY/ERROR_REPLY of
    `connection_id`, of any call: 1 with its payload in *s (frame_take_split: a large bin copied out

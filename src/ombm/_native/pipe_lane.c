@@ -86,19 +86,9 @@ static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
                           &reply_size, &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook, &running,
                           &pending_state, &finished))
         return -1;
-    if (max_payload < 0 || max_payload + TRAILER > ((Writer *)writer)->unit) {
-        PyErr_SetString(PyExc_ValueError, "PipeLane: max_payload does not fit the request channel's slots");
+    if (lane_check_ends("PipeLane", ((Writer *)writer)->unit, max_payload, fifo_o, reply_base, reply_size, reply_slot,
+                        unpack) < 0)
         return -1;
-    }
-    if (!as_fifo(fifo_o)) return -1;
-    if (!reply_base || reply_slot < TRAILER || reply_size < reply_slot) {
-        PyErr_SetString(PyExc_ValueError, "PipeLane: bad reply channel geometry");
-        return -1;
-    }
-    if (!PyCallable_Check(unpack)) {
-        PyErr_SetString(PyExc_TypeError, "PipeLane: unpack must be callable");
-        return -1;
-    }
     if (marshal_init(&l->marshal, packer, unpack, ext_hook) < 0) return -1;
     Py_XSETREF(l->running, Py_NewRef(running));
     Py_XSETREF(l->pending_state, Py_NewRef(pending_state));
