@@ -171,9 +171,33 @@ if __name__ == "__main__":
 """
 
 
-def _load() -> str:
+def load_average() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+def run_alternately(a: str, b: str, rounds: int, one_run: str, tag: str,
+                    timeout: float) -> dict[str, list[dict[str, float]]]:
+    """Run the script ``one_run`` (printing one JSON dict last) ``rounds`` times with each source
+    tree's ``src`` on PYTHONPATH, A then B every round, a fresh process each: every run's dict, per
+    tree, with the load printed as it goes."""
+    script = os.path.join("/tmp", f"ombm-{tag}-{os.getpid()}.py")
+    with open(script, "w") as f:
+        f.write(one_run)
+    print(f"load before: {load_average()}", flush=True)
+    results: dict[str, list[dict[str, float]]] = {a: [], b: []}
+    try:
+        for r in range(rounds):
+            for tree in (a, b):
+                env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"))
+                line = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True,
+                                      text=True, timeout=timeout).stdout.strip().splitlines()[-1]
+                results[tree].append(json.loads(line))
+                print(f"round {r + 1} {tree}: {line}  (load {load_average()})", flush=True)
+    finally:
+        os.unlink(script)
+    print(f"load after: {load_average()}")
+    return results
 
 
 def main() -> None:
@@ -182,22 +206,7 @@ def main() -> None:
     parser.add_argument("b", help="source tree B")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    script = os.path.join("/tmp", f"ombm-batch-ab-{os.getpid()}.py")
-    with open(script, "w") as f:
-        f.write(ONE_RUN)
-    print(f"load before: {_load()}", flush=True)
-    results: dict[str, list[dict[str, float]]] = {args.a: [], args.b: []}
-    try:
-        for r in range(args.rounds):
-            for tree in (args.a, args.b):
-                env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"))
-                line = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True,
-                                      text=True, timeout=600).stdout.strip().splitlines()[-1]
-                results[tree].append(json.loads(line))
-                print(f"round {r + 1} {tree}: {line}  (load {_load()})", flush=True)
-    finally:
-        os.unlink(script)
-    print(f"load after: {_load()}")
+    results = run_alternately(args.a, args.b, args.rounds, ONE_RUN, "batch-ab", 600)
     keys = sorted({k for runs in results.values() for run in runs for k in run})
     print(f"\n| median of {args.rounds} | {args.a} | {args.b} |\n|:--|--:|--:|")
     for k in keys:

@@ -25,11 +25,9 @@ ratios of one sitting.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
+
+from batch_ab import run_alternately  # tools/: the same driver of alternate runs
 
 ONE_RUN = r"""
 import json, time
@@ -87,33 +85,13 @@ if __name__ == "__main__":
 """
 
 
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", help="source tree A (its src/ goes on PYTHONPATH)")
     parser.add_argument("b", help="source tree B")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    script = os.path.join("/tmp", f"ombm-stream-ab-{os.getpid()}.py")
-    with open(script, "w") as f:
-        f.write(ONE_RUN)
-    print(f"load before: {_load()}", flush=True)
-    results: dict[str, list[dict[str, float]]] = {args.a: [], args.b: []}
-    try:
-        for r in range(args.rounds):
-            for tree in (args.a, args.b):
-                env = dict(os.environ, PYTHONPATH=os.path.join(tree, "src"))
-                line = subprocess.run([sys.executable, script], env=env, check=True, capture_output=True,
-                                      text=True, timeout=900).stdout.strip().splitlines()[-1]
-                results[tree].append(json.loads(line))
-                print(f"round {r + 1} {tree}: {line}  (load {_load()})", flush=True)
-    finally:
-        os.unlink(script)
-    print(f"load after: {_load()}")
+    results = run_alternately(args.a, args.b, args.rounds, ONE_RUN, "stream-ab", 900)
     keys = list(dict.fromkeys(k for runs in results.values() for run in runs for k in run))
     print(f"\n| median of {args.rounds} | {args.a} | {args.b} | B / A |\n|:--|--:|--:|--:|")
     for k in keys:
