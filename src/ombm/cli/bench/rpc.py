@@ -210,19 +210,32 @@ def breakdown(size: int, iterations: int) -> dict[str, float]:
     each part run ``iterations`` times in batches, the median batch's mean (so the clock's own
     cost, about 0.1 µs a reading, is not charged to parts that take less)."""
     payload = _payload(size)
-    pack, unpack, hook = marshal.packer().pack, msgpack.unpackb, marshal.ext_hook()
-    call = pack(("echo", (payload,), {}))
-    result = pack((0, payload))
+    packer, pack_direct, unpack_plain = marshal.packer(), _native.pack_direct, _native.unpack_plain
+    pack, unpack, hook = packer.pack, msgpack.unpackb, marshal.ext_hook()
+    call_message: list[Any] = ["echo", [payload], {}]  # as the lanes give it: lists, not tuples
+    result_message: list[Any] = [0, payload]
+
+    def lane_pack(message: list[Any]) -> Callable[[], object]:  # the lanes' packing: their own, else the packer's
+        if pack_direct(packer, message) is not None:
+            return lambda: pack_direct(packer, message)
+        return lambda: pack(message)
+
+    def lane_unpack(data: bytes) -> Callable[[], object]:  # the lanes' unpacking: their own, else msgpack's
+        if unpack_plain(data) is not None:
+            return lambda: unpack_plain(data)
+        return lambda: unpack(data, ext_hook=hook, strict_map_key=False)
+
+    call, result = pack(call_message), pack(result_message)
     encode, decode, kinds = wire.raw_encode, wire.raw_decode, wire.KIND_TABLE
     request_frame = encode(wire.Kind.CALL, 7, 1, call, 0, 1, 1, 0)
     reply_frame = encode(wire.Kind.REPLY, 7, 1, result, 0, 1, 0, 0)
     request_view, reply_view = memoryview(request_frame), memoryview(reply_frame)
     request_sum, reply_sum = request_view[:-8], reply_view[:-8]  # what the trailer's checksum covers
     parts = {
-        "marshal call": lambda: pack(("echo", (payload,), {})),
-        "unmarshal call": lambda: unpack(call, ext_hook=hook, strict_map_key=False),
-        "marshal result": lambda: pack((0, payload)),
-        "unmarshal reply": lambda: unpack(result, ext_hook=hook, strict_map_key=False),
+        "marshal call": lane_pack(call_message),
+        "unmarshal call": lane_unpack(call),
+        "marshal result": lane_pack(result_message),
+        "unmarshal reply": lane_unpack(result),
         "frame encode, request + reply": lambda: (encode(wire.Kind.CALL, 7, 1, call, 0, 1, 1, 0),
                                                   encode(wire.Kind.REPLY, 7, 1, result, 0, 1, 0, 0)),
         "frame decode + checksum, request + reply": lambda: (decode(request_view, kinds), decode(reply_view, kinds)),
@@ -607,8 +620,9 @@ def _breakdown_markdown(result: RpcResult) -> list[str]:
         "Each part as the two lanes do it (the client's `_native.CallLane`, the server's "
         "`_native.RequestIntake`), timed alone in this process: the mean of a batch, median of 20 batches "
         f"over {result.plan.breakdown:,} runs, beside the signal round trip (32-byte write + signal each way, "
-        "cross-cpu, adaptive) and the measured echo call. The lanes marshal with a msgpack `Packer` and "
-        "unmarshal with `msgpack.unpackb`, the rows call the same; their protocol bookkeeping is a few "
+        "cross-cpu, adaptive) and the measured echo call. The lanes pack and unpack plain calls and replies "
+        "in C (`_native.pack_direct`, `_native.unpack_plain`: the bytes and objects msgpack makes) and leave "
+        "anything else to msgpack, the rows call the same; their protocol bookkeeping is a few "
         "native compares and counts, not shown. *of which* rows are already inside a row above: the channel writes (copy into the slot; "
         "no receiver, so no signal) inside the signal round trip, the checksum of each frame (when written "
         "and when read, request and reply: its throughput over a 256 KiB block times those bytes) inside the "
