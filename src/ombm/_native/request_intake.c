@@ -125,11 +125,7 @@ typedef struct {
     PyObject *calls_key, *zero, *one;
     unsigned long long lane_served;  /* requests served and answered on the lane, ever (the `served` attribute) */
     uint64_t linger_ns;       /* the next wait spins this much longer (linger(): a client copies a large reply) */
-    /* the connection of the last request served on the lane, NULL: none; the wait follows its client
-       (the receiver its last reply signalled, looked up only for a wait that waits) */
-    IntakeEntry *followed;
-    IntakeEntry *cached;      /* the entry of segment cached_seg, the last looked up (add and remove drop it) */
-    uint64_t cached_seg;
+    FifoMap *peer;            /* the receiver the last reply signalled (its client's), NULL: none; the wait follows it */
 } RequestIntake;
 
 static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNUSED(kw)) {
@@ -166,14 +162,12 @@ static int RequestIntake_init(RequestIntake *x, PyObject *args, PyObject *Py_UNU
 static int RequestIntake_traverse(RequestIntake *x, visitproc visit, void *arg) {
     Py_VISIT(x->channels); Py_VISIT(x->kinds); Py_VISIT(x->methods); Py_VISIT(x->stats); Py_VISIT(x->execute);
     Py_VISIT(x->finish); Py_VISIT(x->calls_key); Py_VISIT(x->zero); Py_VISIT(x->one);
-    Py_VISIT(x->followed); Py_VISIT(x->cached);
     return marshal_traverse(&x->marshal, visit, arg);
 }
 static int RequestIntake_clear(RequestIntake *x) {
     Py_CLEAR(x->channels); Py_CLEAR(x->kinds); Py_CLEAR(x->methods); Py_CLEAR(x->stats); Py_CLEAR(x->execute);
     Py_CLEAR(x->finish); Py_CLEAR(x->calls_key); Py_CLEAR(x->zero); Py_CLEAR(x->one);
-    Py_CLEAR(x->fifo);  /* (a FifoMap holds no references) */
-    Py_CLEAR(x->followed); Py_CLEAR(x->cached);
+    Py_CLEAR(x->fifo); Py_CLEAR(x->peer);  /* (a FifoMap holds no references) */
     marshal_clear(&x->marshal);
     return 0;
 }
@@ -316,7 +310,6 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
     e->last = e->ack = e->served = e->replied = 0;
     e->room = e->count = 0;
     PyObject_GC_Track(e);
-    Py_CLEAR(x->cached);
     int rc = PyDict_SetItem(x->channels, seg, (PyObject *)e);
     Py_DECREF(e);
     if (rc < 0) return NULL;
@@ -325,7 +318,6 @@ static PyObject *RequestIntake_add(RequestIntake *x, PyObject *args) {
 
 /* remove(segment_id): forget it (before its channel is unbound). */
 static PyObject *RequestIntake_remove(RequestIntake *x, PyObject *seg) {
-    Py_CLEAR(x->cached);
     if (PyDict_DelItem(x->channels, seg) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_KeyError)) return NULL;
         PyErr_Clear();
@@ -544,8 +536,7 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         if (to_learn && !fifo_ready(f)) return serve_result(SERVE_LEARN, learnt, 0, 0);
         uint64_t t = now_ns(), waited, linger = x->linger_ns;
         x->linger_ns = 0;
-        /* (held: the wait reads it without the GIL; looked up only if the wait will wait) */
-        FifoMap *peer = x->followed && !fifo_ready(f) ? writer_peer(x->followed->reply) : NULL;
+        FifoMap *peer = (FifoMap *)Py_XNewRef(x->peer);  /* (held: the wait reads it without the GIL) */
         int r = wait_signal_for(f, peer, spin_ns + linger, t < deadline ? (double)(deadline - t) * 1e-9 : 0.0,
                                 sleep_ok, &waited);
         Py_XDECREF(peer);
@@ -554,23 +545,18 @@ static PyObject *RequestIntake_serve(RequestIntake *x, PyObject *const *args, Py
         if (to_learn) waited = learnt;  /* what Python hears: the wait that began this batch */
         if (r != WAIT_READY || !fifo_take(f, &seg, &off))
             return serve_result(r == WAIT_STALLED ? SERVE_STALLED : SERVE_TIMEOUT, waited, 0, 0);
-        IntakeEntry *e = x->cached;
-        if (!e || x->cached_seg != seg) {
-            PyObject *key = PyLong_FromUnsignedLongLong(seg);
-            if (!key) return NULL;
-            e = (IntakeEntry *)PyDict_GetItemWithError(x->channels, key);
-            Py_DECREF(key);
-            if (!e) {
-                if (PyErr_Occurred()) return NULL;
-                return serve_result(SERVE_SIGNAL, waited, seg, off);
-            }
-            Py_XSETREF(x->cached, (IntakeEntry *)Py_NewRef(e));
-            x->cached_seg = seg;
+        PyObject *key = PyLong_FromUnsignedLongLong(seg);
+        if (!key) return NULL;
+        IntakeEntry *e = (IntakeEntry *)PyDict_GetItemWithError(x->channels, key);
+        Py_DECREF(key);
+        if (!e) {
+            if (PyErr_Occurred()) return NULL;
+            return serve_result(SERVE_SIGNAL, waited, seg, off);
         }
         Py_INCREF(e);  /* the method it runs may drop the connection */
         PyObject *out = NULL;
         int served = intake_request(x, e, off, waited, &out);
-        if (served > 0) Py_XSETREF(x->followed, (IntakeEntry *)Py_NewRef(e));  /* the client the next wait follows */
+        if (served > 0) Py_XSETREF(x->peer, writer_peer(e->reply));  /* the client the next wait follows */
         Py_DECREF(e);
         if (served <= 0) return out;
         /* (the lingering is the client's expected work, not the policy's to learn from) */
