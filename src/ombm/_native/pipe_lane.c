@@ -405,7 +405,8 @@ static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t na
         Py_DECREF(message);
         return NULL;
     }
-    if (!l->lent || l->next_id != id || !l->request) {  /* (making it may have run Python code) */
+    if (!l->lent || l->next_id != id || !l->request || l->count >= PIPE_CAP ||
+        l->next_id + 1 - l->oldest >= PIPE_CAP) {  /* (making it may have run Python code: a collection) */
         Py_DECREF(message);
         Py_DECREF(future);
         Py_RETURN_NONE;
