@@ -517,6 +517,15 @@ class CallLane:
         """Forget the channels (before they are unbound)."""
 
 @disjoint_base
+class FutureCore:
+    """A pipelined call's future's concurrent.futures state (rpc.client.Future subclasses it)."""
+
+    _state: str
+    _result: Any
+    _exception: BaseException | None
+    _pending: Any
+
+@disjoint_base
 class PendingCall:
     """One call's completion state, shared by the pipelined lane and the client (rpc.client._Pending)."""
 
@@ -553,7 +562,7 @@ class PipeLane:
         running: str,
         pending: str,
         finished: str,
-        future_type: type[Any],
+        future_type: type[FutureCore],
         pending_type: type[PendingCall],
         timer: Any,
         /,

@@ -88,13 +88,6 @@ static PyObject *PendingCall_new(PyTypeObject *type, PyObject *args, PyObject *k
     return pending_new(type);
 }
 
-static void PendingCall_dealloc(PyObject *self) {
-    PyTypeObject *type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    type->tp_clear(self);
-    type->tp_free(self);
-}
-
 #define PENDING_FIELD(name, doc) {#name, Py_T_OBJECT_EX, offsetof(PendingCall, name), 0, doc}
 static PyMemberDef PendingCall_members[] = {
     PENDING_FIELD(done, "the call is over: its reply taken, or its server gone"),
@@ -118,11 +111,65 @@ static PyTypeObject PendingCallType = {
     .tp_basicsize = sizeof(PendingCall),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
     .tp_new = PendingCall_new,
-    .tp_dealloc = PendingCall_dealloc,
+    .tp_dealloc = native_dealloc,
     .tp_traverse = (traverseproc)PendingCall_traverse,
     .tp_clear = (inquiry)PendingCall_clear,
     .tp_members = PendingCall_members,
     .tp_doc = "PendingCall(): one call's completion state, shared by the pipelined lane and the client",
+};
+
+/* ---- FutureCore: a pipelined call's future's concurrent.futures state, native (rpc/client.py's
+   Future subclasses it and concurrent.futures.Future): the lane makes and finishes one without a
+   name looked up, and the interpreter reads these fields as it reads __slots__. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *state, *result, *exception, *pending;  /* _state, _result, _exception, _pending */
+} FutureCore;
+
+static int FutureCore_traverse(FutureCore *f, visitproc visit, void *arg) {
+    Py_VISIT(f->state); Py_VISIT(f->result); Py_VISIT(f->exception); Py_VISIT(f->pending);
+    return 0;  /* (a Python subclass's dict and type are visited by its own tp_traverse) */
+}
+
+static int FutureCore_clear(FutureCore *f) {
+    Py_CLEAR(f->state); Py_CLEAR(f->result); Py_CLEAR(f->exception); Py_CLEAR(f->pending);
+    return 0;
+}
+
+/* A new future of `type` (FutureCore or a subclass): no result, no exception, no state or call yet. */
+static PyObject *future_new(PyTypeObject *type) {
+    FutureCore *f = (FutureCore *)type->tp_alloc(type, 0);
+    if (!f) return NULL;
+    f->result = Py_NewRef(Py_None);
+    f->exception = Py_NewRef(Py_None);
+    return (PyObject *)f;
+}
+
+static PyObject *FutureCore_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw)) {
+    return future_new(type);  /* (the arguments are the subclass's __init__'s) */
+}
+
+#define FUTURE_FIELD(name, field, doc) {name, Py_T_OBJECT_EX, offsetof(FutureCore, field), 0, doc}
+static PyMemberDef FutureCore_members[] = {
+    FUTURE_FIELD("_state", state, "concurrent.futures' state of the future"),
+    FUTURE_FIELD("_result", result, "its result, once finished"),
+    FUTURE_FIELD("_exception", exception, "its exception, once finished"),
+    FUTURE_FIELD("_pending", pending, "the call's PendingCall"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject FutureCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.FutureCore",
+    .tp_basicsize = sizeof(FutureCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_new = FutureCore_new,
+    .tp_dealloc = native_dealloc,
+    .tp_traverse = (traverseproc)FutureCore_traverse,
+    .tp_clear = (inquiry)FutureCore_clear,
+    .tp_members = FutureCore_members,
+    .tp_doc = "FutureCore(): a pipelined call's future's state (_state, _result, _exception, _pending)",
 };
 
 /* ---- PipeLane */
@@ -157,7 +204,7 @@ typedef struct {
     PipeCall table[PIPE_CAP];
 } PipeLane;
 
-static PyObject *s_state, *s_result, *s_pending, *s_busy, *s_kick, *empty_tuple;
+static PyObject *s_busy, *s_kick;
 
 static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
     PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook, *running, *pending_state, *finished, *timer;
@@ -168,8 +215,9 @@ static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
                           &reply_size, &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook, &running,
                           &pending_state, &finished, &PyType_Type, &future_type, &PyType_Type, &pending_type, &timer))
         return -1;
-    if (!PyType_IsSubtype(pending_type, &PendingCallType)) {
-        PyErr_SetString(PyExc_TypeError, "PipeLane: the pending type must subclass PendingCall");
+    if (!PyType_IsSubtype(pending_type, &PendingCallType) || !PyType_IsSubtype(future_type, &FutureCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "PipeLane: the future and pending types must subclass FutureCore and "
+                        "PendingCall");
         return -1;
     }
     if (lane_check_ends("PipeLane", ((Writer *)writer)->unit, max_payload, fifo_o, reply_base, reply_size, reply_slot,
@@ -217,11 +265,13 @@ static PipeCall *pipe_find(PipeLane *l, unsigned long long id) {
 /* A future queued until now (PENDING) runs: 0, or -1 with an exception. Only a PENDING one: the
    write before may have run Python code, and the call been reclaimed and finished meanwhile. */
 static int pipe_running(PipeLane *l, PyObject *future) {
-    PyObject *state = PyObject_GetAttr(future, s_state);
-    if (!state) return -1;
-    int rc = state == l->pending_state ? PyObject_SetAttr(future, s_state, l->running) : 0;
-    Py_DECREF(state);
-    return rc;
+    if (!PyObject_TypeCheck(future, &FutureCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "a pipelined call's future must be a FutureCore");
+        return -1;
+    }
+    FutureCore *f = (FutureCore *)future;
+    if (f->state == l->pending_state) Py_SETREF(f->state, Py_NewRef(l->running));  /* (a str: no code runs) */
+    return 0;
 }
 
 /* Write a call's frame: 0, or -1 with an exception (the call stays queued). Its future runs. */
@@ -374,11 +424,13 @@ static PyObject *pipe_future(PipeLane *l, PyObject *client, unsigned long long i
     Py_SETREF(p->ready, Py_NewRef(ready));
     p->call_id = id;
     p->deadline = deadline;
-    PyObject *future = l->future_type->tp_new(l->future_type, empty_tuple, NULL);
-    if (!future || PyObject_SetAttr(future, s_state, l->running) < 0 ||
-        PyObject_SetAttr(future, s_pending, pending) < 0)
-        Py_CLEAR(future);
-    Py_DECREF(pending);
+    PyObject *future = future_new(l->future_type);
+    if (!future) {
+        Py_DECREF(pending);
+        return NULL;
+    }
+    ((FutureCore *)future)->state = Py_NewRef(l->running);
+    ((FutureCore *)future)->pending = pending;  /* (the reference handed over) */
     return future;
 }
 
@@ -423,7 +475,7 @@ static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t na
     /* launched in call id order, after any call queued before it, while the window has room (its
        future is made running; one that stays queued is pending, until pipe_launch) */
     int rc = pipe_fill(l);
-    if (rc == 0 && c->id == id && !c->sent_ns) rc = PyObject_SetAttr(future, s_state, l->pending_state);
+    if (rc == 0 && c->id == id && !c->sent_ns) Py_SETREF(((FutureCore *)future)->state, Py_NewRef(l->pending_state));
     if (rc < 0) {  /* (a write failed): this call, if never sent, is forgotten; the others stay */
         if (c->id == id && !c->sent_ns) {
             PyObject *taken;
@@ -449,14 +501,14 @@ static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t na
    done; then finish it here if nobody waits on or watches it, else append it to `slow`. 0, or -1
    with an exception. No Python code runs between the call's done and the look at its waiters. */
 static int pipe_complete(PipeLane *l, PyObject *future, int status, PyObject *value, PyObject *slow) {
-    PyObject *pending = PyObject_GetAttr(future, s_pending);
-    if (!pending) return -1;
-    if (!PyObject_TypeCheck(pending, &PendingCallType)) {  /* (only Python code of the user's could) */
-        Py_DECREF(pending);
+    FutureCore *f = (FutureCore *)future;
+    if (!PyObject_TypeCheck(future, &FutureCoreType) || !f->pending ||
+        !PyObject_TypeCheck(f->pending, &PendingCallType)) {  /* (only Python code of the user's could) */
         PyErr_SetString(PyExc_TypeError, "a pipelined call's future lost its PendingCall");
         return -1;
     }
-    PendingCall *p = (PendingCall *)pending;
+    PendingCall *p = (PendingCall *)f->pending;
+    /* (the old values released below are bools, None, b"" or UNDECODED: no code runs) */
     if (status == LANE_VALUE) {
         Py_XSETREF(p->value, Py_NewRef(value));
     } else {
@@ -465,22 +517,17 @@ static int pipe_complete(PipeLane *l, PyObject *future, int status, PyObject *va
     }
     int plain = !p->watched && (!p->wake || p->wake == Py_None) && (!p->ready || p->ready == Py_None) &&
                 status == LANE_VALUE;
-    Py_XSETREF(p->done, Py_NewRef(Py_True));  /* (the old value's release runs no Python code: a bool) */
-    int rc = 0;
-    if (plain) {  /* Future._finish without a condition: its state only ever moves on to done */
-        PyObject *state = PyObject_GetAttr(future, s_state);
-        if (!state)
-            rc = -1;
-        else if (state == l->running || state == l->pending_state)
-            rc = PyObject_SetAttr(future, s_result, value) < 0 || PyObject_SetAttr(future, s_state, l->finished) < 0
-                 ? -1 : 0;
-        /* else cancelled or finished meanwhile: as _finish, nothing */
-        Py_XDECREF(state);
-    } else {
-        rc = PyList_Append(slow, future);
+    Py_XSETREF(p->done, Py_NewRef(Py_True));
+    if (!plain) return PyList_Append(slow, future);
+    /* Future._finish without a condition: its state only ever moves on to done (cancelled or
+       finished meanwhile: as _finish, nothing) */
+    if (f->state == l->running || f->state == l->pending_state) {
+        PyObject *old = f->result;
+        f->result = Py_NewRef(value);
+        Py_SETREF(f->state, Py_NewRef(l->finished));
+        Py_XDECREF(old);  /* (None, as made: last, when the future is consistent) */
     }
-    Py_DECREF(pending);
-    return rc;
+    return 0;
 }
 
 /* One entry of take(): (status, a, b), the references stolen (NULL: an exception is set). */
@@ -663,15 +710,15 @@ static PyTypeObject PipeLaneType = {
 };
 
 int native_add_pipe_lane(PyObject *module) {
-    const char *names[] = {"_state", "_result", "_pending", "busy", "kick"};
-    PyObject **slots[] = {&s_state, &s_result, &s_pending, &s_busy, &s_kick};
+    const char *names[] = {"busy", "kick"};
+    PyObject **slots[] = {&s_busy, &s_kick};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (!(*slots[i] = PyUnicode_InternFromString(names[i]))) return -1;
-    if (!(empty_tuple = PyTuple_New(0)) || !(empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) ||
+    if (!(empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) ||
         !(undecoded = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
         return -1;
     if (PyModule_AddIntConstant(module, "PIPE_CAP", PIPE_CAP) < 0 ||
         PyModule_AddObjectRef(module, "UNDECODED", undecoded) < 0)
         return -1;
-    return native_add(module, NULL, (PyTypeObject *const[]){&PipeLaneType, &PendingCallType, NULL});
+    return native_add(module, NULL, (PyTypeObject *const[]){&PipeLaneType, &PendingCallType, &FutureCoreType, NULL});
 }

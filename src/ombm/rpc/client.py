@@ -141,7 +141,7 @@ class _Watched:
         return made
 
 
-class Future(concurrent.futures.Future[Any]):
+class Future(_native.FutureCore, concurrent.futures.Future[Any]):
     """A pipelined call's result (``call_async``): a :class:`concurrent.futures.Future`.
 
     It completes when its reply is taken, by whichever thread takes it: ``result()`` takes replies
@@ -158,12 +158,11 @@ class Future(concurrent.futures.Future[Any]):
     ``cancel()`` returns False and ``running()`` is True, as for a running future.
     """
 
-    # concurrent.futures.Future's state: _state and the call's _Pending are a future's own (the
-    # pipelined lane makes a future with just these two, without this __init__); the result and
-    # exception are set when it finishes; the condition, waiters and callbacks are made when first
-    # needed, so that a future nobody waits on or watches is finished without them (_finish)
-    _result: Any = None
-    _exception: BaseException | None = None
+    # concurrent.futures.Future's state: _state, _result, _exception and the call's _Pending are
+    # native fields (_native.FutureCore: the pipelined lane makes and finishes a future without
+    # this __init__ and without a name looked up); the condition, waiters and callbacks are made
+    # when first needed, so that a future nobody waits on or watches is finished without them
+    _pending: _Pending
     _condition = _Watched(threading.Condition)
     _waiters = _Watched(list)
     _done_callbacks = _Watched(list)
