@@ -1,6 +1,7 @@
-"""A pipelined call's state (issue 13 item 2): ``_Pending`` on the native ``PendingCall`` (the fields
-the pipelined lane fills without Python code), and a ``Future`` whose condition, waiters and
-callbacks are made at their first use, so one nobody watches finishes without them."""
+"""A pipelined call's state (issue 13 item 2): ``_Pending`` on the native ``PendingCall`` and
+``Future`` on the native ``FutureCore`` (the fields the pipelined lane fills without Python code),
+a ``Future`` whose condition, waiters and callbacks are made at their first use, so one nobody
+watches finishes without them."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def test_a_future_and_its_pending_call_are_collected_together():
 
 def test_a_future_makes_its_condition_at_first_use_and_is_then_watched():
     future = Future(None, 1, _Pending(), 0.0, True)  # type: ignore[arg-type]
+    assert isinstance(future, _native.FutureCore) and isinstance(future, concurrent.futures.Future)
+    assert (future._state, future._result, future._exception) == ("RUNNING", None, None)
     future._finish(5, None)  # nobody watches: finished without a condition
     assert "_condition" not in future.__dict__ and not future._pending.watched
     assert future.result() == 5 and future.done()
