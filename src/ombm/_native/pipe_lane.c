@@ -436,8 +436,8 @@ static PyObject *pipe_future(PipeLane *l, PyObject *client, unsigned long long i
 
 /* call(client, method, args, kwargs, timeout[, ready]) -> Future, or None (nothing done: the
    ordinary path makes the call). The call's id is taken, its frame written (or queued behind
-   the window: its future is then pending, and running once written), and the timer kicked if it
-   idles. A timeout shorter than the lane's patience is the protocol's (None). */
+   the window: its future is then pending, and running once written), and, for the only call in
+   the table, the timer kicked if it idles. A timeout shorter than the lane's patience is the protocol's (None). */
 static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 && nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "call(client, method, args, kwargs, timeout[, ready])");
@@ -485,7 +485,8 @@ static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t na
         Py_DECREF(future);
         return NULL;
     }
-    PyObject *busy = PyObject_GetAttr(l->timer, s_busy);  /* as Python's `if not timer.busy: timer.kick()` */
+    if (l->count > 1) return future;  /* the timer ticks busy while the lane holds calls (Client._tick) */
+    PyObject *busy = PyObject_GetAttr(l->timer, s_busy);  /* the first: `if not timer.busy: timer.kick()` */
     int idle = busy ? busy != Py_True : -1;
     Py_XDECREF(busy);
     PyObject *kicked = idle > 0 ? PyObject_CallMethodNoArgs(l->timer, s_kick) : NULL;
