@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
+from typing_extensions import disjoint_base
 
 _K = TypeVar("_K")  # what a frame's kind byte decodes to: the objects of the ``kinds`` table
 _C = TypeVar("_C")  # a RequestIntake's connection objects, handed back with their frames
@@ -49,10 +50,8 @@ LANE_TIMEOUT: Final[Literal[4]]  # no signal within the patience
 LANE_STALLED: Final[Literal[5]]  # the FIFO's head cell was claimed and never published
 LANE_UNSENT: Final[Literal[6]]  # the call does not marshal or fit one frame: nothing sent
 LANE_NOT_LENT: Final[Literal[7]]  # the lane holds no call ids: nothing sent
-PIPE_SENT: Final[Literal[8]]  # PipeLane.submit: written
-PIPE_QUEUED: Final[Literal[9]]  # PipeLane.submit: kept behind the window, written when a reply frees room
-PIPE_FULL: Final[Literal[10]]  # PipeLane.submit: the table has no room, nothing done
 PIPE_CAP: Final[int]  # the most calls a PipeLane holds (their call ids span less than this)
+UNDECODED: Final[object]  # PendingCall.value until the reply is unmarshalled
 
 # ServeResult.status, in the order Python tests them: <= SERVE_LEARN a signal came
 SERVE_REQUEST: Final[Literal[0]]  # a request frame the lane did not serve
@@ -517,6 +516,32 @@ class CallLane:
     def close(self) -> None:
         """Forget the channels (before they are unbound)."""
 
+@disjoint_base
+class FutureCore:
+    """A pipelined call's future's concurrent.futures state (rpc.client.Future subclasses it)."""
+
+    _state: str
+    _result: Any
+    _exception: BaseException | None
+    _pending: Any
+
+@disjoint_base
+class PendingCall:
+    """One call's completion state, shared by the pipelined lane and the client (rpc.client._Pending)."""
+
+    done: bool
+    data: bytes | bytearray
+    value: object
+    error: bool
+    gone: bool
+    future: Any
+    wake: Any
+    ready: Any
+    client: Any
+    call_id: int
+    deadline: float
+    watched: bool
+
 @final
 class PipeLane:
     """Pipelined calls' (call_async) no-loss path: marshalled, written and completed natively."""
@@ -537,6 +562,9 @@ class PipeLane:
         running: str,
         pending: str,
         finished: str,
+        future_type: type[FutureCore],
+        pending_type: type[PendingCall],
+        timer: Any,
         /,
     ) -> None: ...
     @property
@@ -561,8 +589,14 @@ class PipeLane:
     ) -> None:
         """Take the protocol's call ids with its outstanding calls ``(id, ack, message, sent_at | None, future)``."""
 
-    def submit(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], future: Any, /) -> int:
-        """``PIPE_SENT``, ``PIPE_QUEUED``, or (nothing done) ``PIPE_FULL``, ``LANE_UNSENT``, ``LANE_NOT_LENT``."""
+    def call(
+        self, client: Any, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float,
+        ready: Any = None, /,
+    ) -> Any:
+        """The call made on the lane: its future (made natively, with its ``future_type`` and
+        ``pending_type``), written or queued behind the window; None (nothing done) for the ordinary
+        path: nothing lent, the lane closed, no room, a call that does not fit one frame, a timeout
+        below the patience."""
 
     def take(
         self, limit: int, spin_ns: int, timeout_s: float, sleep_ok: bool, /

@@ -5,20 +5,23 @@
  *
  * While nothing is outstanding, the Python ClientProtocol *lends* the lane its call ids
  * (lend(next_id, patience, window)), as it does to the CallLane. From then on
- * submit(method, args, kwargs, future) takes the next id, marshals the call with the lane's own
- * msgpack Packer and writes one CALL frame carrying the protocol's ack (the lowest call id still
- * waited for) into the next request slot, or keeps it queued while `window` calls are in flight
- * (the protocol's max_in_flight): exactly the frame ClientProtocol.send_request would write, and
- * the call is kept in a table of at most PIPE_CAP calls (id mod PIPE_CAP). The future is the
- * caller's rpc.client.Future: the lane sets its call id and state.
+ * call(client, method, args, kwargs, timeout[, ready]) makes the call's future and its record (a
+ * PendingCall: the call's completion state, which the client's other paths share), takes the
+ * next id, marshals the call with the lane's own msgpack Packer and writes one CALL frame carrying
+ * the protocol's ack (the lowest call id still waited for) into the next request slot, or keeps it
+ * queued while `window` calls are in flight (the protocol's max_in_flight): exactly the frame
+ * ClientProtocol.send_request would write, and the call is kept in a table of at most PIPE_CAP
+ * calls (id mod PIPE_CAP). The whole of call_async is this one native call (no Python frame of the
+ * future's, no lock: the GIL serializes the lane's methods), which returns None for what the
+ * ordinary path must do (nothing lent, the lane closed, a call that does not fit, no room).
  *
  * take(limit, spin_ns, timeout_s, sleep_ok) drains the caller's signal FIFO as CallLane.take does
  * (one wait, then every signal there, bounded): a reply frame that passes THE frame check
  * (frame_take) as a whole REPLY/ERROR_REPLY of this connection to a call in flight in the table
  * completes that call here: the table forgets it (validated once: a second reply to it is then
  * no call of the table), calls queued behind the window are written out, and the future's
- * _Pending gets the reply (value, or payload and error flag) and done. A future nobody waits on
- * or watches (no condition made, no waking follower, no asyncio pump) is finished here as
+ * PendingCall gets the reply (value, or payload and error flag) and done. A future nobody waits
+ * on or watches (no condition made, no waking follower, no asyncio pump) is finished here as
  * Future._finish would (its _result and _state); the others are handed to Python (`slow`),
  * which completes them as the ordinary path does. Every other signal is handed back untouched, as
  * CallLane.take hands it (the protocol decides what it is); a reply to a call still queued (the
@@ -42,10 +45,134 @@
 
 #define PIPE_CAP 256  /* the most calls the table holds; their ids span less than this */
 
-/* submit()'s statuses beside LANE_UNSENT and LANE_NOT_LENT (lane.h) */
-#define PIPE_SENT 8        /* written */
-#define PIPE_QUEUED 9      /* kept behind the window, written when a reply frees room */
-#define PIPE_FULL 10       /* the table has no room: nothing done */
+/* ---- PendingCall: one call's completion state (rpc/client.py's _Pending subclasses it) */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *done, *data, *value, *error, *gone, *future, *wake, *ready, *client;
+    unsigned long long call_id;
+    double deadline;  /* monotonic s: the call is given up then */
+    char watched;     /* someone waits on or watches its future (a condition, waiters or callbacks made) */
+} PendingCall;
+
+static PyObject *undecoded, *empty_bytes;  /* value until the reply is unmarshalled; data until a payload */
+
+static int PendingCall_traverse(PendingCall *p, visitproc visit, void *arg) {
+    Py_VISIT(p->done); Py_VISIT(p->data); Py_VISIT(p->value); Py_VISIT(p->error); Py_VISIT(p->gone);
+    Py_VISIT(p->future); Py_VISIT(p->wake); Py_VISIT(p->ready); Py_VISIT(p->client);
+    return 0;  /* (a Python subclass's type is visited by its own tp_traverse) */
+}
+
+static int PendingCall_clear(PendingCall *p) {
+    Py_CLEAR(p->done); Py_CLEAR(p->data); Py_CLEAR(p->value); Py_CLEAR(p->error); Py_CLEAR(p->gone);
+    Py_CLEAR(p->future); Py_CLEAR(p->wake); Py_CLEAR(p->ready); Py_CLEAR(p->client);
+    return 0;
+}
+
+/* A new record of `type` (PendingCall or a subclass) with every field at its start: not done, no
+   data, value undecoded, no error, not gone, no future, follower, pump or client; or NULL. */
+static PyObject *pending_new(PyTypeObject *type) {
+    PendingCall *p = (PendingCall *)type->tp_alloc(type, 0);
+    if (!p) return NULL;
+    p->done = Py_NewRef(Py_False); p->data = Py_NewRef(empty_bytes); p->value = Py_NewRef(undecoded);
+    p->error = Py_NewRef(Py_False); p->gone = Py_NewRef(Py_False); p->future = Py_NewRef(Py_None);
+    p->wake = Py_NewRef(Py_None); p->ready = Py_NewRef(Py_None); p->client = Py_NewRef(Py_None);
+    return (PyObject *)p;
+}
+
+static PyObject *PendingCall_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "PendingCall() takes no arguments");
+        return NULL;
+    }
+    return pending_new(type);
+}
+
+#define PENDING_FIELD(name, doc) {#name, Py_T_OBJECT_EX, offsetof(PendingCall, name), 0, doc}
+static PyMemberDef PendingCall_members[] = {
+    PENDING_FIELD(done, "the call is over: its reply taken, or its server gone"),
+    PENDING_FIELD(data, "the reply's payload, if the drain did not unmarshal it"),
+    PENDING_FIELD(value, "the result, if the drain unmarshalled it (UNDECODED until then)"),
+    PENDING_FIELD(error, "the payload is an error reply's"),
+    PENDING_FIELD(gone, "done because the server stopped or died"),
+    PENDING_FIELD(future, "the call_async future the client completes (None for the lane's own)"),
+    PENDING_FIELD(wake, "a waiting follower's lock, released when the call is done"),
+    PENDING_FIELD(ready, "an asyncio pump's deque: the call id goes there when done"),
+    PENDING_FIELD(client, "the client whose call it is (a future's)"),
+    {"call_id", T_ULONGLONG, offsetof(PendingCall, call_id), 0, "the call's id (a future's)"},
+    {"deadline", T_DOUBLE, offsetof(PendingCall, deadline), 0, "when the call is given up (monotonic s)"},
+    {"watched", T_BOOL, offsetof(PendingCall, watched), 0, "its future has a condition, waiters or callbacks"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PendingCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.PendingCall",
+    .tp_basicsize = sizeof(PendingCall),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_new = PendingCall_new,
+    .tp_dealloc = native_dealloc,
+    .tp_traverse = (traverseproc)PendingCall_traverse,
+    .tp_clear = (inquiry)PendingCall_clear,
+    .tp_members = PendingCall_members,
+    .tp_doc = "PendingCall(): one call's completion state, shared by the pipelined lane and the client",
+};
+
+/* ---- FutureCore: a pipelined call's future's concurrent.futures state, native (rpc/client.py's
+   Future subclasses it and concurrent.futures.Future): the lane makes and finishes one without a
+   name looked up, and the interpreter reads these fields as it reads __slots__. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *state, *result, *exception, *pending;  /* _state, _result, _exception, _pending */
+} FutureCore;
+
+static int FutureCore_traverse(FutureCore *f, visitproc visit, void *arg) {
+    Py_VISIT(f->state); Py_VISIT(f->result); Py_VISIT(f->exception); Py_VISIT(f->pending);
+    return 0;  /* (a Python subclass's dict and type are visited by its own tp_traverse) */
+}
+
+static int FutureCore_clear(FutureCore *f) {
+    Py_CLEAR(f->state); Py_CLEAR(f->result); Py_CLEAR(f->exception); Py_CLEAR(f->pending);
+    return 0;
+}
+
+/* A new future of `type` (FutureCore or a subclass): no result, no exception, no state or call yet. */
+static PyObject *future_new(PyTypeObject *type) {
+    FutureCore *f = (FutureCore *)type->tp_alloc(type, 0);
+    if (!f) return NULL;
+    f->result = Py_NewRef(Py_None);
+    f->exception = Py_NewRef(Py_None);
+    return (PyObject *)f;
+}
+
+static PyObject *FutureCore_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kw)) {
+    return future_new(type);  /* (the arguments are the subclass's __init__'s) */
+}
+
+#define FUTURE_FIELD(name, field, doc) {name, Py_T_OBJECT_EX, offsetof(FutureCore, field), 0, doc}
+static PyMemberDef FutureCore_members[] = {
+    FUTURE_FIELD("_state", state, "concurrent.futures' state of the future"),
+    FUTURE_FIELD("_result", result, "its result, once finished"),
+    FUTURE_FIELD("_exception", exception, "its exception, once finished"),
+    FUTURE_FIELD("_pending", pending, "the call's PendingCall"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject FutureCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ombm._native.FutureCore",
+    .tp_basicsize = sizeof(FutureCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_new = FutureCore_new,
+    .tp_dealloc = native_dealloc,
+    .tp_traverse = (traverseproc)FutureCore_traverse,
+    .tp_clear = (inquiry)FutureCore_clear,
+    .tp_members = FutureCore_members,
+    .tp_doc = "FutureCore(): a pipelined call's future's state (_state, _result, _exception, _pending)",
+};
+
+/* ---- PipeLane */
 
 typedef struct {
     unsigned long long id, ack;  /* id 0: a free entry */
@@ -65,6 +192,8 @@ typedef struct {
     Py_ssize_t max_payload;
     Marshal marshal;
     PyObject *running, *pending_state, *finished;  /* concurrent.futures' state constants */
+    PyTypeObject *future_type, *pending_type;  /* rpc.client.Future and _Pending, which call() makes */
+    PyObject *timer;                           /* the retransmission timer, kicked when a call goes out */
     /* the protocol state lent by lend(), given back by reclaim() */
     int lent;
     unsigned long long next_id, calls, oldest, bad;  /* oldest: the lowest id in the table (next_id: none) */
@@ -75,17 +204,22 @@ typedef struct {
     PipeCall table[PIPE_CAP];
 } PipeLane;
 
-static PyObject *s_call_id, *s_state, *s_result, *s_pending, *s_value, *s_data, *s_error, *s_done, *s_wake,
-    *s_ready, *s_condition;
+static PyObject *s_busy, *s_kick;
 
 static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
-    PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook, *running, *pending_state, *finished;
+    PyObject *writer, *fifo_o, *packer, *unpack, *ext_hook, *running, *pending_state, *finished, *timer;
+    PyTypeObject *future_type, *pending_type;
     unsigned long long reply_seg, reply_base, conn;
     Py_ssize_t reply_size, reply_slot, max_payload;
-    if (!PyArg_ParseTuple(args, "O!OKKnnKnOOOOOO", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base,
+    if (!PyArg_ParseTuple(args, "O!OKKnnKnOOOOOOO!O!O", &WriterType, &writer, &fifo_o, &reply_seg, &reply_base,
                           &reply_size, &reply_slot, &conn, &max_payload, &packer, &unpack, &ext_hook, &running,
-                          &pending_state, &finished))
+                          &pending_state, &finished, &PyType_Type, &future_type, &PyType_Type, &pending_type, &timer))
         return -1;
+    if (!PyType_IsSubtype(pending_type, &PendingCallType) || !PyType_IsSubtype(future_type, &FutureCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "PipeLane: the future and pending types must subclass FutureCore and "
+                        "PendingCall");
+        return -1;
+    }
     if (lane_check_ends("PipeLane", ((Writer *)writer)->unit, max_payload, fifo_o, reply_base, reply_size, reply_slot,
                         unpack) < 0)
         return -1;
@@ -93,6 +227,9 @@ static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
     Py_XSETREF(l->running, Py_NewRef(running));
     Py_XSETREF(l->pending_state, Py_NewRef(pending_state));
     Py_XSETREF(l->finished, Py_NewRef(finished));
+    Py_XSETREF(l->future_type, (PyTypeObject *)Py_NewRef(future_type));
+    Py_XSETREF(l->pending_type, (PyTypeObject *)Py_NewRef(pending_type));
+    Py_XSETREF(l->timer, Py_NewRef(timer));
     l->max_payload = max_payload;
     Py_XSETREF(l->request, (Writer *)Py_NewRef(writer));
     Py_XSETREF(l->fifo, (FifoMap *)Py_NewRef(fifo_o));
@@ -106,12 +243,14 @@ static int PipeLane_init(PipeLane *l, PyObject *args, PyObject *Py_UNUSED(kw)) {
 
 static int PipeLane_traverse(PipeLane *l, visitproc visit, void *arg) {
     Py_VISIT(l->request); Py_VISIT(l->running); Py_VISIT(l->pending_state); Py_VISIT(l->finished);
+    Py_VISIT(l->future_type); Py_VISIT(l->pending_type); Py_VISIT(l->timer);
     for (int i = 0; i < PIPE_CAP; i++) { Py_VISIT(l->table[i].message); Py_VISIT(l->table[i].future); }
     return marshal_traverse(&l->marshal, visit, arg);
 }
 
 static int PipeLane_clear(PipeLane *l) {
     Py_CLEAR(l->request); Py_CLEAR(l->fifo); Py_CLEAR(l->running); Py_CLEAR(l->pending_state); Py_CLEAR(l->finished);
+    Py_CLEAR(l->future_type); Py_CLEAR(l->pending_type); Py_CLEAR(l->timer);
     for (int i = 0; i < PIPE_CAP; i++) { Py_CLEAR(l->table[i].message); Py_CLEAR(l->table[i].future); }
     marshal_clear(&l->marshal);
     return 0;
@@ -126,12 +265,13 @@ static PipeCall *pipe_find(PipeLane *l, unsigned long long id) {
 /* A future queued until now (PENDING) runs: 0, or -1 with an exception. Only a PENDING one: the
    write before may have run Python code, and the call been reclaimed and finished meanwhile. */
 static int pipe_running(PipeLane *l, PyObject *future) {
-    PyObject *dict = PyObject_GenericGetDict(future, NULL);
-    if (!dict) return -1;
-    PyObject *state = PyDict_GetItemWithError(dict, s_state);
-    int rc = state == l->pending_state ? PyDict_SetItem(dict, s_state, l->running) : PyErr_Occurred() ? -1 : 0;
-    Py_DECREF(dict);
-    return rc;
+    if (!PyObject_TypeCheck(future, &FutureCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "a pipelined call's future must be a FutureCore");
+        return -1;
+    }
+    FutureCore *f = (FutureCore *)future;
+    if (f->state == l->pending_state) Py_SETREF(f->state, Py_NewRef(l->running));  /* (a str: no code runs) */
+    return 0;
 }
 
 /* Write a call's frame: 0, or -1 with an exception (the call stays queued). Its future runs. */
@@ -247,60 +387,87 @@ static PyObject *PipeLane_lend(PipeLane *l, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
-/* submit(method, args, kwargs, future) -> PIPE_SENT (written), PIPE_QUEUED (behind the window),
-   PIPE_FULL (the table has no room: nothing done), LANE_UNSENT (does not marshal or fit one
-   frame: nothing done, no id taken), LANE_NOT_LENT. */
-static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "submit(method, args, kwargs, future)");
+/* The call's marshalled message, if the lane takes it: a new reference; NULL with no exception if
+   the ordinary path must make it (nothing lent, the lane closed, no room, a call that does not
+   marshal here or fit one frame), NULL with an exception if packing raised one. */
+static PyObject *pipe_message(PipeLane *l, PyObject *method, PyObject *args, PyObject *kwargs) {
+    if (!l->lent || !l->request || !PyUnicode_Check(method) || !PyTuple_Check(args) || !PyDict_Check(kwargs) ||
+        l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP)
         return NULL;
-    }
-    if (!l->request) {
-        PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
-        return NULL;
-    }
-    if (!l->lent) return PyLong_FromLong(LANE_NOT_LENT);
-    if (!PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyDict_Check(args[2]))
-        return PyLong_FromLong(LANE_UNSENT);
-    if (l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP) return PyLong_FromLong(PIPE_FULL);
     PyObject *triple = PyList_New(3);
-    PyObject *positional = triple ? PySequence_List(args[1]) : NULL;
+    PyObject *positional = triple ? PySequence_List(args) : NULL;
     if (!positional) {
         Py_XDECREF(triple);
         return NULL;
     }
-    PyList_SET_ITEM(triple, 0, Py_NewRef(args[0]));
+    PyList_SET_ITEM(triple, 0, Py_NewRef(method));
     PyList_SET_ITEM(triple, 1, positional);
-    PyList_SET_ITEM(triple, 2, Py_NewRef(args[2]));
+    PyList_SET_ITEM(triple, 2, Py_NewRef(kwargs));
     PyObject *message = marshal_pack_direct(&l->marshal, triple);
     if (!message && !PyErr_Occurred()) message = marshal_pack(&l->marshal, triple);
     Py_DECREF(triple);
-    if (!message) return PyErr_Occurred() ? NULL : PyLong_FromLong(LANE_UNSENT);
-    /* (packing may have run Python code: lent and room again) */
-    if (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent || !l->request ||
-        l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP) {
-        int status = !l->lent ? LANE_NOT_LENT : !PyBytes_CheckExact(message) ||
-                     PyBytes_GET_SIZE(message) > l->max_payload ? LANE_UNSENT : PIPE_FULL;
-        Py_DECREF(message);
-        if (!l->request) {
-            PyErr_SetString(PyExc_ValueError, "PipeLane is closed");
-            return NULL;
-        }
-        return PyLong_FromLong(status);
+    /* (packing may have run Python code: lent, open and room again) */
+    if (message && (!PyBytes_CheckExact(message) || PyBytes_GET_SIZE(message) > l->max_payload || !l->lent ||
+                    !l->request || l->count >= PIPE_CAP || l->next_id + 1 - l->oldest >= PIPE_CAP))
+        Py_CLEAR(message);
+    return message;
+}
+
+/* The call's future (a Future made without its __init__: its state, and its PendingCall with the
+   client, call id, deadline and asyncio pump): a new reference, or NULL. */
+static PyObject *pipe_future(PipeLane *l, PyObject *client, unsigned long long id, double deadline,
+                             PyObject *ready) {
+    PyObject *pending = pending_new(l->pending_type);
+    if (!pending) return NULL;
+    PendingCall *p = (PendingCall *)pending;
+    Py_SETREF(p->client, Py_NewRef(client));
+    Py_SETREF(p->ready, Py_NewRef(ready));
+    p->call_id = id;
+    p->deadline = deadline;
+    PyObject *future = future_new(l->future_type);
+    if (!future) {
+        Py_DECREF(pending);
+        return NULL;
+    }
+    ((FutureCore *)future)->state = Py_NewRef(l->running);
+    ((FutureCore *)future)->pending = pending;  /* (the reference handed over) */
+    return future;
+}
+
+/* call(client, method, args, kwargs, timeout[, ready]) -> Future, or None (nothing done: the
+   ordinary path makes the call). The call's id is taken, its frame written (or queued behind
+   the window: its future is then pending, and running once written), and, for the only call in
+   the table, the timer kicked if it idles. A timeout shorter than the lane's patience is the protocol's (None). */
+static PyObject *PipeLane_call(PipeLane *l, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "call(client, method, args, kwargs, timeout[, ready])");
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[4]);
+    if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(timeout >= l->patience_s)) Py_RETURN_NONE;
+    PyObject *message = pipe_message(l, args[1], args[2], args[3]);
+    if (!message) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
     }
     unsigned long long id = l->next_id;
-    PyObject *id_o = PyLong_FromUnsignedLongLong(id);
-    if (!id_o || PyObject_SetAttr(args[3], s_call_id, id_o) < 0) {
-        Py_XDECREF(id_o);
+    PyObject *future = pipe_future(l, args[0], id, (double)now_ns() * 1e-9 + timeout, nargs == 6 ? args[5] : Py_None);
+    if (!future) {
         Py_DECREF(message);
         return NULL;
     }
-    Py_DECREF(id_o);
+    if (!l->lent || l->next_id != id || !l->request || l->count >= PIPE_CAP ||
+        l->next_id + 1 - l->oldest >= PIPE_CAP) {  /* (making it may have run Python code: a collection) */
+        Py_DECREF(message);
+        Py_DECREF(future);
+        Py_RETURN_NONE;
+    }
     PipeCall *c = &l->table[id % PIPE_CAP];
     c->id = id;
     c->ack = l->count ? l->oldest : id;  /* the lowest call id still waited for, as send_request acks */
     c->message = message;
-    c->future = Py_NewRef(args[3]);
+    c->future = Py_NewRef(future);
     c->sent_ns = 0;
     l->next_id = id + 1;
     l->count++;
@@ -308,48 +475,60 @@ static PyObject *PipeLane_submit(PipeLane *l, PyObject *const *args, Py_ssize_t 
     /* launched in call id order, after any call queued before it, while the window has room (its
        future is made running; one that stays queued is pending, until pipe_launch) */
     int rc = pipe_fill(l);
-    if (c->id == id && !c->sent_ns && PyObject_SetAttr(args[3], s_state, l->pending_state) < 0) rc = -1;
-    if (rc < 0) return NULL;  /* the call stays queued in the table, for the protocol */
-    return PyLong_FromLong(c->id != id || c->sent_ns ? PIPE_SENT : PIPE_QUEUED);
+    if (rc == 0 && c->id == id && !c->sent_ns) Py_SETREF(((FutureCore *)future)->state, Py_NewRef(l->pending_state));
+    if (rc < 0) {  /* (a write failed): this call, if never sent, is forgotten; the others stay */
+        if (c->id == id && !c->sent_ns) {
+            PyObject *taken;
+            pipe_forget(l, c, &taken);
+            Py_XDECREF(taken);
+        }
+        Py_DECREF(future);
+        return NULL;
+    }
+    if (l->count > 1) return future;  /* the timer ticks busy while the lane holds calls (Client._tick) */
+    PyObject *busy = PyObject_GetAttr(l->timer, s_busy);  /* the first: `if not timer.busy: timer.kick()` */
+    int idle = busy ? busy != Py_True : -1;
+    Py_XDECREF(busy);
+    PyObject *kicked = idle > 0 ? PyObject_CallMethodNoArgs(l->timer, s_kick) : NULL;
+    Py_XDECREF(kicked);
+    if (idle < 0 || (idle > 0 && !kicked)) {  /* (the call is in the table: the protocol has it if reclaimed) */
+        Py_DECREF(future);
+        return NULL;
+    }
+    return future;
 }
 
-/* Give `future` its reply: its _Pending's value (status LANE_VALUE) or data and error flag, and
+/* Give `future` its reply: its PendingCall's value (status LANE_VALUE) or data and error flag, and
    done; then finish it here if nobody waits on or watches it, else append it to `slow`. 0, or -1
-   with an exception. No Python code runs between the _Pending's done and the look at its waiters. */
+   with an exception. No Python code runs between the call's done and the look at its waiters. */
 static int pipe_complete(PipeLane *l, PyObject *future, int status, PyObject *value, PyObject *slow) {
-    PyObject *pending = PyObject_GetAttr(future, s_pending);
-    if (!pending) return -1;
-    int rc = -1;
+    FutureCore *f = (FutureCore *)future;
+    if (!PyObject_TypeCheck(future, &FutureCoreType) || !f->pending ||
+        !PyObject_TypeCheck(f->pending, &PendingCallType)) {  /* (only Python code of the user's could) */
+        PyErr_SetString(PyExc_TypeError, "a pipelined call's future lost its PendingCall");
+        return -1;
+    }
+    PendingCall *p = (PendingCall *)f->pending;
+    /* (the old values released below are bools, None, b"" or UNDECODED: no code runs) */
     if (status == LANE_VALUE) {
-        if (PyObject_SetAttr(pending, s_value, value) < 0) goto done;
-    } else if (PyObject_SetAttr(pending, s_data, value) < 0 ||
-               PyObject_SetAttr(pending, s_error, status == LANE_ERROR_REPLY ? Py_True : Py_False) < 0) {
-        goto done;
-    }
-    PyObject *wake = PyObject_GetAttr(pending, s_wake);
-    PyObject *ready = wake ? PyObject_GetAttr(pending, s_ready) : NULL;
-    PyObject *dict = ready ? PyObject_GenericGetDict(future, NULL) : NULL;
-    int plain = dict && wake == Py_None && ready == Py_None && status == LANE_VALUE;
-    if (plain) {
-        PyObject *condition = PyDict_GetItemWithError(dict, s_condition);
-        if (condition || PyErr_Occurred()) plain = 0;
-    }
-    Py_XDECREF(wake); Py_XDECREF(ready);
-    if (!dict || PyErr_Occurred()) { Py_XDECREF(dict); goto done; }
-    if (PyObject_SetAttr(pending, s_done, Py_True) < 0) { Py_DECREF(dict); goto done; }
-    if (plain) {  /* Future._finish without a condition: its state only ever moves on to done */
-        PyObject *state = PyDict_GetItemWithError(dict, s_state);
-        if (state == l->running || state == l->pending_state)
-            rc = PyDict_SetItem(dict, s_result, value) < 0 || PyDict_SetItem(dict, s_state, l->finished) < 0 ? -1 : 0;
-        else
-            rc = PyErr_Occurred() ? -1 : 0;  /* cancelled or finished meanwhile: as _finish, nothing */
+        Py_XSETREF(p->value, Py_NewRef(value));
     } else {
-        rc = PyList_Append(slow, future);
+        Py_XSETREF(p->data, Py_NewRef(value));
+        Py_XSETREF(p->error, Py_NewRef(status == LANE_ERROR_REPLY ? Py_True : Py_False));
     }
-    Py_DECREF(dict);
-done:
-    Py_DECREF(pending);
-    return rc;
+    int plain = !p->watched && (!p->wake || p->wake == Py_None) && (!p->ready || p->ready == Py_None) &&
+                status == LANE_VALUE;
+    Py_XSETREF(p->done, Py_NewRef(Py_True));
+    if (!plain) return PyList_Append(slow, future);
+    /* Future._finish without a condition: its state only ever moves on to done (cancelled or
+       finished meanwhile: as _finish, nothing) */
+    if (f->state == l->running || f->state == l->pending_state) {
+        PyObject *old = f->result;
+        f->result = Py_NewRef(value);
+        Py_SETREF(f->state, Py_NewRef(l->finished));
+        Py_XDECREF(old);  /* (None, as made: last, when the future is consistent) */
+    }
+    return 0;
 }
 
 /* One entry of take(): (status, a, b), the references stolen (NULL: an exception is set). */
@@ -504,8 +683,8 @@ static PyObject *PipeLane_oldest_sent(PipeLane *l, void *Py_UNUSED(closure)) {
 
 static PyMethodDef PipeLane_methods[] = {
     {"lend", (PyCFunction)(void (*)(void))PipeLane_lend, METH_FASTCALL, "lend(next_id, patience_s, window)"},
-    {"submit", (PyCFunction)(void (*)(void))PipeLane_submit, METH_FASTCALL,
-     "submit(method, args, kwargs, future) -> PIPE_SENT | PIPE_QUEUED | PIPE_FULL | LANE_UNSENT | LANE_NOT_LENT"},
+    {"call", (PyCFunction)(void (*)(void))PipeLane_call, METH_FASTCALL,
+     "call(client, method, args, kwargs, timeout[, ready]) -> Future | None (None: the ordinary path's)"},
     {"take", (PyCFunction)(void (*)(void))PipeLane_take, METH_FASTCALL,
      "take(limit, spin_ns, timeout_s, sleep_ok) -> (wait status, waited_ns, [(status, a, b), ...], [future, ...], "
      "taken)"},
@@ -527,21 +706,20 @@ static PyTypeObject PipeLaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     NATIVE_TYPE(PipeLane),
     .tp_doc = "PipeLane(request_writer, fifo, reply_segment_id, reply_base, reply_size, reply_slot, connection_id, "
-              "max_payload, packer, unpack, ext_hook, RUNNING, PENDING, FINISHED)",
+              "max_payload, packer, unpack, ext_hook, RUNNING, PENDING, FINISHED, Future, _Pending, timer)",
     .tp_getset = PipeLane_getset,
 };
 
 int native_add_pipe_lane(PyObject *module) {
-    const char *names[] = {"_call_id", "_state", "_result", "_pending", "value", "data", "error", "done", "wake",
-                           "ready", "_condition"};
-    PyObject **slots[] = {&s_call_id, &s_state, &s_result, &s_pending, &s_value, &s_data, &s_error, &s_done, &s_wake,
-                          &s_ready, &s_condition};
+    const char *names[] = {"busy", "kick"};
+    PyObject **slots[] = {&s_busy, &s_kick};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (!(*slots[i] = PyUnicode_InternFromString(names[i]))) return -1;
-    if (PyModule_AddIntConstant(module, "PIPE_SENT", PIPE_SENT) < 0 ||
-        PyModule_AddIntConstant(module, "PIPE_QUEUED", PIPE_QUEUED) < 0 ||
-        PyModule_AddIntConstant(module, "PIPE_FULL", PIPE_FULL) < 0 ||
-        PyModule_AddIntConstant(module, "PIPE_CAP", PIPE_CAP) < 0)
+    if (!(empty_bytes = PyBytes_FromStringAndSize(NULL, 0)) ||
+        !(undecoded = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type)))
         return -1;
-    return native_add(module, NULL, (PyTypeObject *const[]){&PipeLaneType, NULL});
+    if (PyModule_AddIntConstant(module, "PIPE_CAP", PIPE_CAP) < 0 ||
+        PyModule_AddObjectRef(module, "UNDECODED", undecoded) < 0)
+        return -1;
+    return native_add(module, NULL, (PyTypeObject *const[]){&PipeLaneType, &PendingCallType, &FutureCoreType, NULL});
 }

@@ -78,7 +78,6 @@ _STORM_RETRANSMITS, _STORM_LOG_S = 100, 10.0  # a retransmission storm: that man
 _LANE_VALUE, _LANE_ERROR_REPLY, _LANE_OTHER = _native.LANE_VALUE, _native.LANE_ERROR_REPLY, _native.LANE_OTHER
 _LANE_STALLED, _LANE_UNSENT, _LANE_NOT_LENT = _native.LANE_STALLED, _native.LANE_UNSENT, _native.LANE_NOT_LENT
 _WAIT_STALLED = _native.WAIT_STALLED
-_PIPE_SENT, _PIPE_QUEUED = _native.PIPE_SENT, _native.PIPE_QUEUED
 
 
 _base = concurrent.futures._base
@@ -88,23 +87,25 @@ _CONDITIONS = threading.Lock()  # who makes a Future's condition, and who finish
 _UNMARSHAL_ERROR = f"{UnmarshalError.__module__}.{UnmarshalError.__qualname__}"  # its name in an error reply
 
 
-_UNDECODED = object()  # _Pending.value until the reply is unmarshalled (by the lane's drain)
+_UNDECODED = _native.UNDECODED  # _Pending.value until the reply is unmarshalled (by the lane's drain)
 _PATH_LEARNS = -1  # _wait_policy's learn_ns when the path's spin policy learns from the wait
 _TAKE_LIMIT = 256  # the most signals one drain takes (CallLane.take): bounded work per wake-up
 
 
-class _Pending:
-    __slots__ = ("done", "data", "value", "error", "gone", "future", "wake", "ready")
+class _Pending(_native.PendingCall):
+    """One call's completion state (its fields native, so that the pipelined lane makes and completes
+    it without Python code): ``done``; the reply's ``data`` (payload) and ``error`` flag, or its
+    unmarshalled ``value``; ``gone`` (done because the server stopped or died); a call_async's
+    ``future``, ``client``, ``call_id`` and ``deadline``; ``wake``, a waiting follower's lock, held
+    (released when the call is done, :meth:`Client._follow`); ``ready``, an asyncio pump's deque (the
+    call id goes there when done); ``watched``, whether its future has a condition, waiters or
+    callbacks (:class:`_Watched`)."""
 
-    def __init__(self) -> None:
-        self.done = False
-        self.data: bytes | bytearray = b""
-        self.value: object = _UNDECODED  # the result, if the drain unmarshalled it (data is then unused)
-        self.error = False
-        self.gone = False  # done because the server stopped or died (ServerGoneError)
-        self.future: Future | None = None  # call_async's: completed when the reply is taken
-        self.wake: threading.Lock | None = None  # a follower's, held: released when the call is done (_follow)
-        self.ready: collections.deque[int] | None = None  # an asyncio pump's: the call id goes there when done
+    __slots__ = ()
+    data: bytes | bytearray
+    future: Future | None
+    wake: threading.Lock | None
+    ready: collections.deque[int] | None
 
     def result(self, allow_pickle: bool, bulk: marshal.BulkReader | None = None, bulk_limit: int = 1 << 62) -> Any:
         """The call's result (``RemoteError``, ``UnmarshalError`` as :func:`marshal.decode_reply`; large
@@ -115,7 +116,32 @@ class _Pending:
         return marshal.decode_reply(self.data, allow_pickle=allow_pickle, bulk=bulk, bulk_limit=bulk_limit)
 
 
-class Future(concurrent.futures.Future[Any]):
+class _Watched:
+    """A Future's condition, waiters or done callbacks, made at their first use (by a waiter, a
+    callback, ``wait``, ``cancel``) and kept in the future's ``__dict__`` (a non-data descriptor: found
+    there directly from then on). Under _CONDITIONS, so one is made, and the call is marked
+    watched first: a finish without a condition (:meth:`Future._finish`, the lane's drain) is over
+    or has not begun."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, future: Future | None, owner: type | None = None) -> Any:
+        if future is None:
+            return self
+        with _CONDITIONS:
+            made = future.__dict__.get(self._name)
+            if made is None:
+                future._pending.watched = True
+                made = future.__dict__[self._name] = self._make()
+        return made
+
+
+class Future(_native.FutureCore, concurrent.futures.Future[Any]):
     """A pipelined call's result (``call_async``): a :class:`concurrent.futures.Future`.
 
     It completes when its reply is taken, by whichever thread takes it: ``result()`` takes replies
@@ -132,27 +158,33 @@ class Future(concurrent.futures.Future[Any]):
     ``cancel()`` returns False and ``running()`` is True, as for a running future.
     """
 
+    # concurrent.futures.Future's state: _state, _result, _exception and the call's _Pending are
+    # native fields (_native.FutureCore: the pipelined lane makes and finishes a future without
+    # this __init__ and without a name looked up); the condition, waiters and callbacks are made
+    # when first needed, so that a future nobody waits on or watches is finished without them
+    _pending: _Pending
+    _condition = _Watched(threading.Condition)
+    _waiters = _Watched(list)
+    _done_callbacks = _Watched(list)
+
     def __init__(self, client: Client, call_id: int, pending: _Pending, deadline: float, sent: bool) -> None:
-        # concurrent.futures.Future's state, but for its condition, made when first needed (see
-        # __getattr__): a future nobody waits on or watches is finished without one (_finish)
+        pending.client, pending.call_id, pending.deadline = client, call_id, deadline
         self._state = _RUNNING if sent else _PENDING  # sent: it may run from now on
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[concurrent.futures.Future[Any]], object]] = []
-        self._client, self._call_id, self._pending, self.deadline = client, call_id, pending, deadline
+        self._pending = pending
 
-    def __getattr__(self, name: str) -> Any:
-        """The condition, made at its first use (by a waiter, a callback, ``wait``): under
-        _CONDITIONS, so one is made, and a finish without one (_finish) is over or has not begun."""
-        if name != "_condition":
-            raise AttributeError(name)
-        with _CONDITIONS:
-            condition = self.__dict__.get("_condition")
-            if condition is None:
-                condition = self.__dict__["_condition"] = threading.Condition()
-        return condition
+    @property
+    def _client(self) -> Client:
+        client: Client = self._pending.client
+        return client
 
+    @property
+    def _call_id(self) -> int:
+        return self._pending.call_id
+
+    @property
+    def deadline(self) -> float:
+        """When the call is given up (``time.monotonic()`` s)."""
+        return self._pending.deadline
     def done(self) -> bool:
         return self._state in _DONE  # (one read: the state only ever moves on to done)
 
@@ -214,7 +246,7 @@ class Future(concurrent.futures.Future[Any]):
 
     def _finish(self, value: object, exc: BaseException | None) -> None:
         with _CONDITIONS:
-            if "_condition" not in self.__dict__:  # nobody waits or watches: finished without a lock round trip
+            if not self._pending.watched:  # nobody waits or watches: finished without a lock round trip
                 if self._state not in _DONE:
                     self._result, self._exception = value, exc
                     self._state = _FINISHED
@@ -475,7 +507,7 @@ class Client:
                 reply.address, reply.size, self._reply.slot_size, conn_id, max_payload,
                 marshal.guarded_packer(self.allow_pickle), msgpack.unpackb,
                 marshal.ext_hook(self.allow_pickle, self._lane_bulk_data, self._lane_budget),
-                _RUNNING, _PENDING, _FINISHED,
+                _RUNNING, _PENDING, _FINISHED, Future, _Pending, timer(),
             )
         self._fast = self._lane
 
@@ -939,6 +971,11 @@ class Client:
 
     def call_async(self, method: str, *args: object, **kwargs: object) -> Future:
         """Send a call now, collect its result later (pipelined calls): a :class:`Future`."""
+        pipe = self._pipe
+        if pipe is not None:  # the pipelined lane, lent: the whole call in one native call
+            future: Future | None = pipe.call(self, method, args, kwargs, self.timeout)
+            if future is not None:
+                return future
         return self._call_async(method, args, kwargs, self.timeout)
 
     def _call_async(self, method: str, args: tuple[object, ...], kwargs: dict[str, object], timeout: float) -> Future:
@@ -956,13 +993,11 @@ class Client:
 
     def _pipelined(self, pipe: _native.PipeLane, method: str, args: tuple[object, ...], kwargs: dict[str, object],
                    timeout: float, ready: collections.deque[int] | None = None) -> Future | None:
-        """``call_async`` on the pipelined lane (``_native.PipeLane``: marshalled, written and later
-        completed natively); None if the call must go the ordinary way (closed, gone, a call the
-        lane does not take, the protocol's state not lendable, a timeout below the lane's patience).
+        """``call_async`` on the pipelined lane (``_native.PipeLane.call``: the future made, the call
+        marshalled and written, later completed, natively), lending the lane the protocol's state
+        if it holds none; None if the call must go the ordinary way (closed, gone, a call the lane
+        does not take, the protocol's state not lendable, a timeout below the lane's patience).
         ``ready``: an asyncio pump's (ombm.rpc.aio), told the call id once the call is done."""
-        pending = _Pending()
-        pending.ready = ready
-        future = Future(self, 0, pending, time.monotonic() + timeout, True)
         with self._lock:
             if self._closed or self._gone or pipe is not self._pipe:
                 return None
@@ -991,20 +1026,8 @@ class Client:
                 except BaseException:  # (never, for what the protocol lends): the calls go back to it
                     self._give_back(next_id, 0, None, 0, calls)
                     raise
-            if timeout < pipe.patience:
-                return None
-            try:
-                status = pipe.submit(method, args, kwargs, future)
-            except BaseException:  # (e.g. a write failed): the call, if it took an id, is given up
-                if future._call_id:
-                    self._cancel(future._call_id)
-                raise
-        if status > _PIPE_QUEUED or status < _PIPE_SENT:  # not taken (nothing done): the ordinary way
-            return None
-        timer = self._timer
-        if not timer.busy:
-            timer.kick()
-        return future
+            future: Future | None = pipe.call(self, method, args, kwargs, timeout, ready)
+            return future
 
     def oneway(self, method: str, *args: object, **kwargs: object) -> None:
         """A call with no reply (paper §8): delivered at most once, retransmitted until acknowledged."""
@@ -1045,6 +1068,8 @@ class Client:
             self._wait(future._call_id, future._pending, until, give_up=until >= future.deadline)
         except (CallTimeout, ChannelBrokenError, ClosedError) as exc:  # the call is given up
             future._finish(None, exc)
+            return
+        if future._state is _FINISHED:  # (finished by the lane's drain)
             return
         if future._pending.done:
             future._complete()
