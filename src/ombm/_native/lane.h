@@ -12,6 +12,9 @@
 #if PY_VERSION_HEX < 0x030C0000
 #include <structmember.h>
 #define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_T_ULONGLONG T_ULONGLONG
+#define Py_T_DOUBLE T_DOUBLE
+#define Py_T_BOOL T_BOOL
 #define Py_READONLY READONLY
 #endif
 

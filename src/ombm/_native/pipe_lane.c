@@ -99,9 +99,9 @@ static PyMemberDef PendingCall_members[] = {
     PENDING_FIELD(wake, "a waiting follower's lock, released when the call is done"),
     PENDING_FIELD(ready, "an asyncio pump's deque: the call id goes there when done"),
     PENDING_FIELD(client, "the client whose call it is (a future's)"),
-    {"call_id", T_ULONGLONG, offsetof(PendingCall, call_id), 0, "the call's id (a future's)"},
-    {"deadline", T_DOUBLE, offsetof(PendingCall, deadline), 0, "when the call is given up (monotonic s)"},
-    {"watched", T_BOOL, offsetof(PendingCall, watched), 0, "its future has a condition, waiters or callbacks"},
+    {"call_id", Py_T_ULONGLONG, offsetof(PendingCall, call_id), 0, "the call's id (a future's)"},
+    {"deadline", Py_T_DOUBLE, offsetof(PendingCall, deadline), 0, "when the call is given up (monotonic s)"},
+    {"watched", Py_T_BOOL, offsetof(PendingCall, watched), 0, "its future has a condition, waiters or callbacks"},
     {NULL, 0, 0, 0, NULL},
 };
 
