@@ -131,9 +131,10 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      neither pause nor sched_yield. Under load a yield hands this CPU to another runnable task,
      most often another waiter of the same server, which sends its request and yields in turn: a
      context switch (and an interpreter's cold caches) for every call. With 16 synchronous
-     clients of one server on 2 CPUs the clients' yields took the CPU time per call from about
-     6.5 to 10.5 µs and the aggregate from about 270 k to 180 k calls/s (docs/benchmarks.md,
-     *16 clients without collapse*). Running on this CPU, it yields at every check.
+     clients of one server on 2 CPUs, without those yields the CPU time per call fell from 9.7
+     to 6.4 µs and the aggregate rose from 196 k to 304 k calls/s (medians of one sitting,
+     docs/benchmarks.md, *A/B: 16 clients without collapse*). Running on this CPU, it yields at
+     every check.
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
