@@ -127,7 +127,14 @@ static PyObject *n_futex_wake(PyObject *Py_UNUSED(self), PyObject *args) {
      published state (FIFO_STATE of the peer's FIFO) reads running or spinning on another CPU with
      no queue before this waiter's request, the waiter spins its whole learnt budget, whatever its
      losses (a sleep would only add a wake-up to a reply on its way: a 64 KiB echo's copies take
-     longer than OVERLOAD_SPIN_NS); running on this CPU, it yields at every check.
+     longer than OVERLOAD_SPIN_NS), and quietly, as in its first QUIET_SPIN_NS: it polls, with
+     neither pause nor sched_yield. Under load a yield hands this CPU to another runnable task,
+     most often another waiter of the same server, which sends its request and yields in turn: a
+     context switch (and an interpreter's cold caches) for every call. With 16 synchronous
+     clients of one server on 2 CPUs, without those yields the CPU time per call fell from 9.7
+     to 6.4 µs and the aggregate rose from 196 k to 304 k calls/s (medians of one sitting,
+     docs/benchmarks.md, *A/B: 16 clients without collapse*). Running on this CPU, it yields at
+     every check.
    All of it is a hint: a peer may write anything into the FIFO's hint words; the worst it does
    is make this waiter spin (up to its budget) or sleep at once, never miss a signal. */
 #define LOAD_REFRESH_NS 2000000ull
@@ -256,7 +263,8 @@ static PyObject *n_set_load_aware(PyObject *Py_UNUSED(self), PyObject *arg) {
 static int in_main_thread(void) { return (pid_t)syscall(SYS_gettid) == getpid(); }
 
 /* Spin for spin_ns (as the hints above allow: poll for QUIET_SPIN_NS, then pause and sched_yield
-   every 16 checks; with the peer on this CPU, yield at every check), then announce sleep,
+   every 16 checks, unless it follows its peer, which polls quietly throughout; with the peer on
+   this CPU, yield at every check), then announce sleep,
    re-check, and sleep on the futex until timeout. `peer`, if not NULL, is the FIFO of the thread
    this waiter waits for (a client lane: its server's receiver), whose published state tells
    whether the peer runs (the peer's rule in the comment above). Called without the GIL.
@@ -318,8 +326,8 @@ int spin_then_sleep_for(const FifoMap *m, const FifoMap *peer, uint64_t spin_ns,
                     spin_end = start + budget < deadline ? start + budget : deadline;
                 }
                 if (t >= spin_end) break;
-                sched_yield();
-            } else {
+                if (!follow) sched_yield();
+            } else if (!follow) {
                 cpu_relax();
             }
         }
