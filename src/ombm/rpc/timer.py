@@ -4,11 +4,14 @@
 process. The timer process simply reviews the set of outstanding calls
 periodically and requests retransmissions": the call path never touches it
 beyond :meth:`RetransmissionTimer.kick`, which sets a flag. It ticks every
-millisecond while some client had calls outstanding in the last tick and every
-50 ms otherwise (a kick while it idles wakes it: a call that went outstanding
-must not wait out the idle tick for its first retransmission), and exits when
-no client is registered (it is owned by this module and joined by
-:func:`shutdown`).
+millisecond while some client had calls outstanding in one of the last
+``QUIET_TICKS`` ticks and every 50 ms otherwise, and exits when no client is
+registered (it is owned by this module and joined by :func:`shutdown`). A kick
+while it idles wakes it: a call that went outstanding must not wait out the
+idle tick for its first retransmission. A kick between busy ticks only sets the
+flag: a client making one quick call at a time (one ``call_async``, an asyncio
+task) would otherwise wake this thread, and take the GIL from the caller, at
+every call (issue 13).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Protocol
 
 BUSY_TICK_S = 0.001
 IDLE_TICK_S = 0.05
+QUIET_TICKS = 50  # busy ticks without a call outstanding before the timer idles (50 ms)
 
 
 class Ticking(Protocol):
@@ -39,6 +43,7 @@ class RetransmissionTimer:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by kick() (and shutdown()) to end an idle tick early
         self.busy = False
+        self._idling = False  # in an idle tick: a kick must wake it
 
     def add(self, client: Ticking) -> None:
         with self._lock:
@@ -56,18 +61,28 @@ class RetransmissionTimer:
         """A call went outstanding: tick at the busy rate from now on (waking the timer if it idles)."""
         if not self.busy:
             self.busy = True
-            self._wake.set()
+            if self._idling:
+                self._wake.set()
 
     def _run(self) -> None:
         wake, stop = self._wake, self._stop
+        quiet = 0  # busy ticks in a row that found no call outstanding
         while True:
-            wake.wait(BUSY_TICK_S if self.busy else IDLE_TICK_S)
+            # Dekker's handshake with kick() (the GIL orders both): say "idling", then look at
+            # busy; a kick sets busy, then looks at _idling. One sees the other: a kick that
+            # missed _idling set busy before this look, and the tick stays short.
+            self._idling = quiet >= QUIET_TICKS
+            if self._idling and self.busy:
+                self._idling, quiet = False, 0
+            wake.wait(IDLE_TICK_S if self._idling else BUSY_TICK_S)
+            self._idling = False
             if stop.is_set():
                 return
             wake.clear()
             self.busy = False
             if not self._tick_all():
                 return
+            quiet = 0 if self.busy else quiet + 1
 
     def _tick_all(self) -> bool:
         """Tick every client once; False when none is left (the thread then ends). The clients are
