@@ -81,9 +81,10 @@ if __name__ == "__main__":
 """
 
 
-def one_run(python: str, clients: str, duration: float, perf: bool) -> dict[str, float] | None:
-    done = subprocess.run([python, "-c", ONE_RUN, clients, str(duration), "1" if perf else "0"], capture_output=True,
-                          text=True, timeout=1800)
+def json_run(python: str, script: str, *args: str, timeout: float = 1800) -> dict[str, float] | None:
+    """Run ``script`` with ``args`` in a fresh ``python``: the last JSON line it printed, or None
+    (its error said) if it failed."""
+    done = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         print(f"  {python} failed: {done.stderr[-800:]}", file=sys.stderr)
@@ -106,7 +107,7 @@ def main() -> int:
         shift = r % len(builds)
         for name, python in builds[shift:] + builds[:shift]:
             load = " ".join(open("/proc/loadavg").read().split()[:4])
-            found = one_run(python, opts.clients, opts.duration, opts.perf)
+            found = json_run(python, ONE_RUN, opts.clients, str(opts.duration), "1" if opts.perf else "0")
             if found is None:
                 continue
             results[name].append(found)

@@ -21,10 +21,10 @@ The figures are ratios of one sitting: say what the machine's load was (printed 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
+
+from clients_ab import json_run
 
 ONE_RUN = r"""
 import json, subprocess, sys, threading, time
@@ -104,16 +104,6 @@ if __name__ == "__main__":
 """
 
 
-def one_run(python: str, clients: int, duration: float) -> dict[str, float] | None:
-    done = subprocess.run([python, "-c", ONE_RUN, str(clients), str(duration)], capture_output=True, text=True,
-                          timeout=600)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        print(f"  {python} failed: {done.stderr[-800:]}", file=sys.stderr)
-        return None
-    return dict(json.loads(lines[-1]))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rounds", type=int)
@@ -127,7 +117,7 @@ def main() -> int:
         shift = r % len(builds)
         for name, python in builds[shift:] + builds[:shift]:
             load = " ".join(open("/proc/loadavg").read().split()[:4])
-            found = one_run(python, opts.clients, opts.duration)
+            found = json_run(python, ONE_RUN, str(opts.clients), str(opts.duration), timeout=600)
             if found is None:
                 continue
             results[name].append(found)
