@@ -185,6 +185,7 @@ class Future(_native.FutureCore, concurrent.futures.Future[Any]):
     def deadline(self) -> float:
         """When the call is given up (``time.monotonic()`` s)."""
         return self._pending.deadline
+
     def done(self) -> bool:
         return self._state in _DONE  # (one read: the state only ever moves on to done)
 
